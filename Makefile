@@ -1,0 +1,16 @@
+# The two commands of the README: `make demo` (install, pull the default model, run the main job)
+# and `make test` (install if needed, run the test suite). CI runs `make test` through .ci/run.
+MODEL ?= qwen2.5-coder:1.5b
+PYTEST_ARGS ?=
+
+.PHONY: demo test venv
+
+venv:
+	@bash scripts/bootstrap.sh
+
+demo: venv
+	.venv/bin/apr pull $(MODEL)
+	.venv/bin/apr run $(MODEL) --prompt "Write a Python function to add two numbers."
+
+test: venv
+	HF_HUB_OFFLINE=1 .venv/bin/python -m pytest $(PYTEST_ARGS)

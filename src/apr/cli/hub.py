@@ -1,0 +1,9 @@
+"""CLI verbs of the hub group (being built; see the issue for this group)."""
+
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add this group's commands to the app."""
