@@ -16,7 +16,8 @@ VERB_GROUPS = (
     "apr.cli.formats",   # convert, inspect
     "apr.cli.engine",    # run, chat, bench
     "apr.cli.serve",     # serve
-    "apr.cli.qa",        # qa, certify, report
+    "apr.cli.qa",        # qa, certify
+    "apr.cli.report",    # report
 )
 
 
