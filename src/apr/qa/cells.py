@@ -1,0 +1,46 @@
+"""One cell of the certification matrix: a format × backend × modality × scenario to run for real."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+Backend = Literal["cpu", "gpu"]
+Modality = Literal["run", "chat", "serve"]
+ServeApi = Literal["chat", "completion"]
+
+
+@dataclass(frozen=True)
+class Cell:
+    """Everything a runner needs to drive the real CLI once, and the key that identifies it.
+
+    ``model_path`` is the artifact of ``format`` (the certify run converts the model into each
+    format first). ``use_chat_template`` says whether the model has one: `apr serve` cells use the
+    chat API when it does and the completions API otherwise.
+    """
+
+    model_path: Path
+    format: str
+    backend: Backend
+    modality: Modality
+    scenario_id: str
+    prompt: str
+    seed: int
+    max_tokens: int
+    timeout_s: float
+    use_chat_template: bool = True
+
+    @property
+    def key(self) -> str:
+        """Stable identity of the cell across runs: what `--resume` matches finished cells on."""
+        return f"{self.format}/{self.backend}/{self.modality}/{self.scenario_id}/seed{self.seed}"
+
+    @property
+    def device(self) -> str:
+        """The `--device` value the CLI takes for this backend."""
+        return "cuda" if self.backend == "gpu" else "cpu"
+
+    @property
+    def serve_api(self) -> ServeApi:
+        return "chat" if self.use_chat_template else "completion"

@@ -1,0 +1,165 @@
+"""Drive one cell through the real CLI: `apr run --json`, `apr chat --json` on stdin, `apr serve` + HTTP."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from apr.qa.cells import Cell
+from apr.qa.procs import Ending, ProcessResult, child_env, run_process
+from apr.qa.serve_session import serve, wait_ready
+
+# The serve cell's HTTP request gets whatever remains of the cell's deadline, but at least this.
+MIN_REQUEST_S = 5.0
+
+
+@dataclass(frozen=True)
+class CellRun:
+    """What one cell produced: how the program ended, and the model's reply when there is one."""
+
+    process: ProcessResult
+    ending: Ending
+    reason: str
+    text: str | None = None
+    completion_tokens: int | None = None
+    finish_reason: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    command: str = ""
+
+    @property
+    def decode_tok_s(self) -> float | None:
+        value = self.timings.get("decode_tok_s")
+        return float(value) if value is not None else None
+
+
+def _from_process(process: ProcessResult, command: str) -> CellRun:
+    return CellRun(process=process, ending=process.ending, reason=process.reason(), command=command)
+
+
+def _json_document(stdout: str) -> dict[str, Any] | None:
+    """The one JSON document on stdout (pretty-printed or a single last line)."""
+    text = stdout.strip()
+    for candidate in (text, text.splitlines()[-1] if text else ""):
+        try:
+            value = json.loads(candidate)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(value, dict):
+            return value
+    return None
+
+
+def _reply_fields(document: dict[str, Any]) -> dict[str, Any]:
+    timings = document.get("timings") or {}
+    return {
+        "text": document.get("text") if isinstance(document.get("text"), str) else None,
+        "completion_tokens": document.get("completion_tokens"),
+        "finish_reason": document.get("finish_reason"),
+        "timings": {k: float(v) for k, v in timings.items() if isinstance(v, (int, float))},
+    }
+
+
+def _parsed(run: CellRun, document: dict[str, Any] | None, what: str) -> CellRun:
+    if run.ending is not Ending.OK:
+        return run
+    if document is None or not isinstance(document.get("text"), str):
+        excerpt = run.process.stdout.strip()[-200:] or "(empty)"
+        return replace(run, ending=Ending.REFUSED, reason=f"exit 0 but {what} printed no JSON reply with a text field: {excerpt!r}")
+    return replace(run, **_reply_fields(document))
+
+
+def run_cell_run(cell: Cell, apr_argv: list[str]) -> CellRun:
+    """`apr run MODEL --prompt P --json`: one prompt, one JSON document on stdout."""
+    argv = [*apr_argv, "run", str(cell.model_path), "--prompt", cell.prompt, "--max-tokens", str(cell.max_tokens),
+            "--temperature", "0", "--seed", str(cell.seed), "--device", cell.device, "--json"]
+    process = run_process(argv, timeout_s=cell.timeout_s, env=child_env())
+    return _parsed(_from_process(process, "apr run"), _json_document(process.stdout), "apr run")
+
+
+def chat_turn(prompt: str) -> str:
+    """The prompt as ONE chat turn: `apr chat` reads a turn per stdin line, so newlines become spaces."""
+    return " ".join(prompt.splitlines()) if "\n" in prompt else prompt
+
+
+def run_cell_chat(cell: Cell, apr_argv: list[str]) -> CellRun:
+    """`apr chat MODEL --json` with the prompt as one user turn on stdin; the first JSON line is the reply."""
+    argv = [*apr_argv, "chat", str(cell.model_path), "--device", cell.device, "--max-tokens", str(cell.max_tokens),
+            "--seed", str(cell.seed), "--json"]
+    process = run_process(argv, timeout_s=cell.timeout_s, stdin_text=chat_turn(cell.prompt) + "\n", env=child_env())
+    document = None
+    for line in process.stdout.splitlines():
+        document = _json_document(line)
+        if document is not None:
+            break
+    return _parsed(_from_process(process, "apr chat"), document, "apr chat")
+
+
+def _ask_server(base_url: str, cell: Cell, timeout_s: float) -> dict[str, Any]:
+    """One real request with the official openai client; returns text, tokens, finish reason."""
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{base_url}/v1", api_key="apr-qa", timeout=timeout_s, max_retries=0)
+    model_id = client.models.list().data[0].id
+    started = time.monotonic()
+    if cell.serve_api == "chat":
+        reply = client.chat.completions.create(
+            model=model_id, messages=[{"role": "user", "content": cell.prompt}],
+            max_tokens=cell.max_tokens, temperature=0, seed=cell.seed,
+        )
+        text = reply.choices[0].message.content
+    else:
+        reply = client.completions.create(
+            model=model_id, prompt=cell.prompt, max_tokens=cell.max_tokens, temperature=0, seed=cell.seed,
+        )
+        text = reply.choices[0].text
+    elapsed = time.monotonic() - started
+    tokens = reply.usage.completion_tokens if reply.usage else None
+    timings = {"request_s": elapsed}
+    if tokens and elapsed > 0:
+        timings["request_tok_s"] = tokens / elapsed  # includes prefill and HTTP: a lower bound on decode speed
+    return {"text": text or "", "completion_tokens": tokens, "finish_reason": reply.choices[0].finish_reason, "timings": timings}
+
+
+def run_cell_serve(cell: Cell, apr_argv: list[str]) -> CellRun:
+    """`apr serve MODEL --port 0`, then one request over real HTTP; the server is always stopped."""
+    from openai import APIError
+
+    argv = [*apr_argv, "serve", str(cell.model_path), "--host", "127.0.0.1", "--port", "0", "--device", cell.device]
+    deadline = time.monotonic() + cell.timeout_s
+    with serve(argv, env=child_env()) as session:
+        if not wait_ready(session, deadline):
+            timed_out = session.alive()
+            result = session.result(timed_out=timed_out)
+            if not timed_out and result.ending is Ending.OK:
+                return CellRun(process=result, ending=Ending.REFUSED, command="apr serve",
+                               reason="apr serve exited 0 without printing its ready line")
+            return _from_process(result, "apr serve")
+        try:
+            reply = _ask_server(session.base_url, cell, max(MIN_REQUEST_S, deadline - time.monotonic()))
+        except APIError as err:
+            if not session.alive():
+                session.proc.wait()
+                result = session.result()
+                return _from_process(result, "apr serve") if result.ending is Ending.CRASHED else CellRun(
+                    process=result, ending=Ending.CRASHED, command="apr serve",
+                    reason=f"server died during the request ({type(err).__name__}); {result.reason()}")
+            status = getattr(err, "status_code", None)
+            if status is not None and status >= 500:
+                # The server stayed up but its code raised: a crash of the request, with the server's log tail.
+                return CellRun(process=session.result(), ending=Ending.CRASHED, command="apr serve",
+                               reason=f"HTTP {status} from the server; stderr: {session.result().stderr_tail() or '(empty)'}")
+            late = time.monotonic() >= deadline
+            return CellRun(process=session.result(timed_out=late), command="apr serve",
+                           ending=Ending.TIMEOUT if late else Ending.REFUSED,
+                           reason=f"HTTP request failed: {type(err).__name__}: {str(err)[:300]}")
+        return CellRun(process=session.result(), ending=Ending.OK, command="apr serve",
+                       reason=f"HTTP 200 from {session.base_url}", **reply)
+
+
+RUNNERS = {"run": run_cell_run, "chat": run_cell_chat, "serve": run_cell_serve}
+
+
+def run_cell(cell: Cell, apr_argv: list[str]) -> CellRun:
+    return RUNNERS[cell.modality](cell, apr_argv)

@@ -1,0 +1,95 @@
+"""A stand-in for the `apr` CLI used to test the executor's mechanics (not the model).
+
+It speaks the CLI contract of docs/contracts.md (run --json, chat --json on stdin, serve with a
+ready line and OpenAI-shaped HTTP) and misbehaves on purpose when the prompt asks it to:
+HANG sleeps past any deadline, SEGV kills itself with SIGSEGV, RAISE dies with a traceback,
+REFUSE exits 2 with an error line, EMPTY answers with nothing. Otherwise it answers "4".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+def answer(prompt: str) -> str:
+    if "HANG" in prompt:
+        time.sleep(600)
+    if "SEGV" in prompt:
+        os.kill(os.getpid(), signal.SIGSEGV)
+    if "RAISE" in prompt:
+        raise RuntimeError("planted failure in the stand-in")
+    if "REFUSE" in prompt:
+        print("error: stand-in refuses this prompt", file=sys.stderr)
+        sys.exit(2)
+    if "EMPTY" in prompt:
+        return ""
+    return "2 + 2 equals 4."
+
+
+def reply(prompt: str) -> dict:
+    text = answer(prompt)
+    return {"text": text, "prompt_tokens": 5, "completion_tokens": len(text.split()), "finish_reason": "stop",
+            "timings": {"load_s": 0.01, "ttft_s": 0.01, "prefill_tok_s": 500.0, "decode_tok_s": 50.0, "total_s": 0.1}}
+
+
+class Handler(BaseHTTPRequestHandler):
+    def _send(self, status: int, body: dict) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self):
+        self._send(200, {"object": "list", "data": [{"id": "stand-in", "object": "model", "created": 0, "owned_by": "qa"}]})
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        prompt = body["messages"][-1]["content"] if "messages" in body else body["prompt"]
+        if "CRASH_SERVER" in prompt:
+            os.kill(os.getpid(), signal.SIGKILL)
+        text = answer(prompt)
+        usage = {"prompt_tokens": 5, "completion_tokens": len(text.split()), "total_tokens": 5 + len(text.split())}
+        if "messages" in body:
+            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+            kind = "chat.completion"
+        else:
+            choice = {"index": 0, "text": text, "finish_reason": "stop", "logprobs": None}
+            kind = "text_completion"
+        self._send(200, {"id": "x", "object": kind, "created": 0, "model": "stand-in", "choices": [choice], "usage": usage})
+
+    def log_message(self, *args):
+        return
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("verb")
+    parser.add_argument("model")
+    parser.add_argument("--prompt", default="")
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--host", default="127.0.0.1")
+    args, _ = parser.parse_known_args()
+    if args.verb == "run":
+        print(json.dumps(reply(args.prompt)))
+    elif args.verb == "chat":
+        for line in sys.stdin:
+            print(json.dumps(reply(line.strip())), flush=True)
+    elif args.verb == "serve":
+        if "SERVE_NEVER_READY" in args.model:
+            time.sleep(600)
+        server = ThreadingHTTPServer((args.host, args.port), Handler)
+        print(f"apr serve: ready at http://{args.host}:{server.server_port}", flush=True)
+        server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()
