@@ -1,0 +1,1 @@
+"""Dagster pipelines of apr: the certification asset graph, partitioned by model playbook."""

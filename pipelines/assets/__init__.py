@@ -1,0 +1,1 @@
+"""Asset factories of the certification graph, one module per domain stage."""

@@ -1,0 +1,99 @@
+"""The ``gguf``, ``apr`` and ``safetensors`` assets: the checkpoint converted into each format by apr."""
+
+
+import os
+import shutil
+from pathlib import Path
+
+import dagster as dg
+
+from pipelines.gateways import load_check, tensor_names
+from pipelines.resources import AprSettings, WorkRoot
+from pipelines.stage import StageResult, run_stage, stage_output
+from pipelines.work_root import FileRef, StageRecord, file_ref
+
+CODE_VERSION = "1"
+FORMATS = ("gguf", "apr", "safetensors")
+ARTIFACT_NAMES = {"gguf": "model.gguf", "apr": "model.apr", "safetensors": "model"}
+
+
+def link_or_copy(source: Path, target: Path) -> None:
+    """Hard-link a file (no extra space) or copy it when the work root is on another disk."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def artifact_files(path: Path) -> dict[str, FileRef]:
+    """FileRefs of an artifact: the file itself, or every file of a SafeTensors directory."""
+    if path.is_file():
+        return {"artifact": file_ref(path)}
+    return {f"artifact/{child.name}": file_ref(child) for child in sorted(path.iterdir()) if child.is_file()}
+
+
+def materialize_format(source: Path, source_format: str, target_format: str, staging: Path, dtype: str) -> tuple[Path, dict]:
+    """Write the checkpoint as ``target_format`` into ``staging``; same format means a link, not a rewrite."""
+    target = staging / ARTIFACT_NAMES[target_format]
+    if source_format == target_format:
+        if source.is_dir():
+            target.mkdir()
+            for child in source.iterdir():
+                if child.is_file():
+                    link_or_copy(child, target / child.name)
+        else:
+            link_or_copy(source, target)
+        return target, {"converted": False}
+    from apr.formats.convert import convert
+
+    report = convert(source, target_format, target, dtype=dtype)
+    return target, {"converted": True, "conversion": _report_summary(report)}
+
+
+def _report_summary(report: object) -> dict:
+    """The JSON-able part of apr's conversion report (per-tensor details stay in the report file)."""
+    to_json = getattr(report, "to_json", None)
+    return to_json() if callable(to_json) else {}
+
+
+def build_artifact(target_format: str, partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
+    check_name = "loads"
+
+    @dg.asset(
+        name=target_format,
+        partitions_def=partitions,
+        code_version=CODE_VERSION,
+        group_name="artifacts",
+        kinds={target_format},
+        ins={"checkpoint": dg.AssetIn("checkpoint")},
+        check_specs=[dg.AssetCheckSpec(check_name, asset=target_format, blocking=True,
+                                       description=f"G1: the {target_format} artifact loads with the checkpoint's tensor set")],
+        description=f"The checkpoint written as {target_format} by apr.formats (a link when it already is one).",
+    )
+    def artifact(context: dg.AssetExecutionContext, settings: AprSettings, work: WorkRoot, checkpoint: StageRecord):
+        key = context.partition_key
+        layout = work.layout()
+        source = Path(checkpoint.facts["path"])
+        source_format = checkpoint.facts["format"]
+        dtype = settings.safetensors_dtype if target_format == "safetensors" else "keep"
+
+        def build(directory: Path) -> StageResult:
+            with layout.staging_dir(target_format, key, "out") as staging:
+                _, facts = materialize_format(source, source_format, target_format, staging, dtype)
+            produced = directory / "out" / ARTIFACT_NAMES[target_format]
+            return StageResult(files=artifact_files(produced),
+                               facts={"format": target_format, "path": str(produced), "dtype": dtype, **facts})
+
+        record = run_stage(layout, asset=target_format, partition=key, code_version=CODE_VERSION,
+                           inputs={"checkpoint": checkpoint.data_version, "dtype": dtype}, build=build)
+        path = Path(record.facts["path"])
+        main = "artifact" if "artifact" in record.files else None
+        total = sum(ref.bytes for ref in record.files.values())
+        yield stage_output(record, main, {
+            "bytes": dg.MetadataValue.int(total),
+            "converted": dg.MetadataValue.bool(bool(record.facts.get("converted"))),
+            "dtype": dg.MetadataValue.text(dtype),
+        })
+        yield load_check(target_format, check_name, path, expected_tensors=tensor_names(source))
+
+    return artifact

@@ -1,0 +1,37 @@
+"""The Dagster code location of apr: one Definitions with the certification asset graph."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+
+from pipelines.assets.artifacts import FORMATS, build_artifact
+from pipelines.assets.checkpoints import build_checkpoint
+from pipelines.partitions import DEFAULT_PLAYBOOKS_DIR, model_partitions
+from pipelines.resources import AprSettings, WorkRoot, WorkRootIOManager
+
+
+def build_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
+    """Every asset of the graph over the given model partitions, upstream first."""
+    return [
+        build_checkpoint(partitions),
+        *(build_artifact(fmt, partitions) for fmt in FORMATS),
+    ]
+
+
+def build_resources(work: WorkRoot, settings: AprSettings) -> dict[str, object]:
+    """The resources the assets use: the work root, its IO manager and the apr settings."""
+    return {"work": work, "settings": settings, "io_manager": WorkRootIOManager(work=work)}
+
+
+def build_definitions(playbooks_dir: Path = DEFAULT_PLAYBOOKS_DIR, work: WorkRoot | None = None) -> dg.Definitions:
+    """The code location for a playbooks directory (tests point it at fixture playbooks)."""
+    settings = AprSettings(playbooks_dir=str(playbooks_dir))
+    return dg.Definitions(
+        assets=build_assets(model_partitions(playbooks_dir)),
+        resources=build_resources(work or WorkRoot(), settings),
+    )
+
+
+defs = build_definitions()

@@ -1,0 +1,77 @@
+"""Dagster resources: the work root, its IO manager (stage manifests) and the apr settings."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+
+from pipelines.partitions import DEFAULT_PLAYBOOKS_DIR, REPO_ROOT
+from pipelines.work_root import StageRecord, WorkLayout
+
+DEFAULT_WORK_ROOT = REPO_ROOT / ".apr-work"
+DEFAULT_CERTIFICATIONS_DIR = REPO_ROOT / "certifications"
+
+
+def default_work_root() -> str:
+    """``$APR_WORK`` when set, else ``.apr-work/`` in the repository."""
+    return os.environ.get("APR_WORK") or str(DEFAULT_WORK_ROOT)
+
+
+class WorkRoot(dg.ConfigurableResource):
+    """The one root under which the pipelines write (plus the published certifications folder)."""
+
+    root: str = default_work_root()
+    certifications_dir: str = str(DEFAULT_CERTIFICATIONS_DIR)
+
+    def layout(self) -> WorkLayout:
+        return WorkLayout(Path(self.root))
+
+    def certifications(self) -> Path:
+        return Path(self.certifications_dir).resolve()
+
+
+class AprSettings(dg.ConfigurableResource):
+    """How the pipelines call apr: where the playbooks are and how the QA matrix runs."""
+
+    playbooks_dir: str = str(DEFAULT_PLAYBOOKS_DIR)
+    workers: int = 1
+    safetensors_dtype: str = "bf16"
+    cell_timeout_s: float = 600.0
+
+    def playbooks(self) -> Path:
+        return Path(self.playbooks_dir).resolve()
+
+
+class WorkRootIOManager(dg.ConfigurableIOManager):
+    """Stores each asset's StageRecord as ``<root>/<partition>/<asset>/manifest.json``.
+
+    An unpartitioned asset that reads a partitioned one gets ``{partition: record}`` for every
+    partition that has been materialized.
+    """
+
+    work: WorkRoot
+
+    def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
+        if not isinstance(obj, StageRecord):
+            raise TypeError(f"{context.asset_key.to_user_string()}: assets must return a StageRecord")
+        expected = context.asset_partition_key if context.has_asset_partitions else ""
+        if obj.partition != expected:
+            raise ValueError(f"record for partition {obj.partition!r} written as {expected!r}")
+        self.work.layout().write_record(obj)
+
+    def load_input(self, context: dg.InputContext) -> StageRecord | dict[str, StageRecord]:
+        layout = self.work.layout()
+        asset = context.asset_key.path[-1]
+        upstream_partitioned = context.upstream_output is not None and context.upstream_output.has_asset_partitions
+        if upstream_partitioned and not context.has_partition_key:
+            records = {key: layout.read_record(asset, key) for key in context.asset_partition_keys}
+            return {key: record for key, record in records.items() if record is not None}
+        partition = context.asset_partition_key if context.has_asset_partitions else None
+        record = layout.read_record(asset, partition)
+        if record is None:
+            where = f" partition {partition!r}" if partition else ""
+            raise dg.Failure(f"{asset}{where} has not been materialized under {layout.root}; materialize it first")
+        return record

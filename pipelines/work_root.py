@@ -1,0 +1,191 @@
+"""The work-root layout and its manifest: where every pipeline file lives and what produced it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+MANIFEST_NAME = "manifest.json"
+UNPARTITIONED = "_all"
+_HASH_CHUNK = 1 << 20
+
+
+class FileRef(BaseModel):
+    """One file a stage produced or used: where it is, its sha256 and size (and mtime for cheap re-checks)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path: str
+    sha256: str
+    bytes: int
+    mtime_ns: int
+
+    def still_matches(self) -> bool:
+        """True when the file is still there unchanged (size + mtime, re-hashed only if mtime moved)."""
+        path = Path(self.path)
+        if not path.is_file():
+            return False
+        stat = path.stat()
+        if stat.st_size != self.bytes:
+            return False
+        if stat.st_mtime_ns == self.mtime_ns:
+            return True
+        return sha256_file(path) == self.sha256
+
+
+class StageRecord(BaseModel):
+    """What one asset materialization produced; stored as the asset's manifest in the work root.
+
+    ``fingerprint`` hashes everything the stage's output depends on (its code version, the
+    fingerprints of its inputs and the settings it used): equal fingerprint + intact files means
+    the work can be skipped.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    asset: str
+    partition: str
+    fingerprint: str
+    files: dict[str, FileRef]
+    facts: dict[str, Any]
+    reused: bool = False
+
+    @property
+    def data_version(self) -> str:
+        """A digest of the produced files (and facts), independent of how they were produced."""
+        payload = {
+            "files": {name: ref.sha256 for name, ref in sorted(self.files.items())},
+            "facts": self.facts,
+        }
+        return sha256_json(payload)
+
+    def path(self, name: str) -> Path:
+        """The absolute path of a named file of this stage."""
+        return Path(self.files[name].path)
+
+    def intact(self) -> bool:
+        """True when every recorded file still exists unchanged."""
+        return all(ref.still_matches() for ref in self.files.values())
+
+
+def sha256_file(path: Path) -> str:
+    """The hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(_HASH_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def sha256_json(value: Any) -> str:
+    """The hex sha256 of a value's canonical JSON (sorted keys, no whitespace)."""
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def file_ref(path: Path, sha256: str | None = None) -> FileRef:
+    """Describe a file; pass ``sha256`` when it is already known (e.g. verified by the hub)."""
+    path = path.resolve()
+    stat = path.stat()
+    return FileRef(
+        path=str(path),
+        sha256=sha256 or sha256_file(path),
+        bytes=stat.st_size,
+        mtime_ns=stat.st_mtime_ns,
+    )
+
+
+def fingerprint(asset: str, code_version: str, inputs: Mapping[str, Any]) -> str:
+    """The fingerprint of a stage run: asset name, code version and every input that matters."""
+    return sha256_json({"asset": asset, "code_version": code_version, "inputs": dict(inputs)})
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write a text file via a temp file in the same directory and a rename: never half-written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+
+
+class WorkLayout:
+    """Every path of the pipelines under one root: ``<root>/<partition>/<asset>/...``.
+
+    Unpartitioned assets live under ``<root>/_all/<asset>/``. Each asset directory holds the
+    stage's files and its ``manifest.json`` (a StageRecord).
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+
+    def asset_dir(self, asset: str, partition: str | None) -> Path:
+        """The directory owned by one asset (and partition)."""
+        return self.root / (partition or UNPARTITIONED) / asset
+
+    def manifest_path(self, asset: str, partition: str | None) -> Path:
+        return self.asset_dir(asset, partition) / MANIFEST_NAME
+
+    def ensure_root(self) -> None:
+        """Create the root, with a .gitignore so a root inside the repo is never committed."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        ignore = self.root / ".gitignore"
+        if not ignore.exists():
+            write_text_atomic(ignore, "# Written by the apr pipelines: everything here is rebuildable.\n*\n")
+
+    def read_record(self, asset: str, partition: str | None) -> StageRecord | None:
+        """The stored record of an asset partition, or None when it was never materialized."""
+        path = self.manifest_path(asset, partition)
+        if not path.is_file():
+            return None
+        return StageRecord.model_validate_json(path.read_text(encoding="utf-8"))
+
+    def write_record(self, record: StageRecord) -> Path:
+        """Store a record atomically as the asset partition's manifest."""
+        self.ensure_root()
+        path = self.manifest_path(record.asset, record.partition or None)
+        write_text_atomic(path, record.model_dump_json(indent=2) + "\n")
+        return path
+
+    def reusable(self, asset: str, partition: str | None, wanted_fingerprint: str) -> StageRecord | None:
+        """The previous record when its fingerprint matches and its files are intact, else None."""
+        previous = self.read_record(asset, partition)
+        if previous is None or previous.fingerprint != wanted_fingerprint or not previous.intact():
+            return None
+        return previous.model_copy(update={"reused": True})
+
+    @contextmanager
+    def staging_dir(self, asset: str, partition: str | None, name: str) -> Iterator[Path]:
+        """A fresh temp directory that replaces ``<asset_dir>/<name>`` only when the block succeeds."""
+        final = self.asset_dir(asset, partition) / name
+        final.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=final.parent))
+        try:
+            yield staging
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        replace_dir(staging, final)
+
+
+def replace_dir(source: Path, final: Path) -> None:
+    """Move ``source`` onto ``final``, removing the old directory only after the new one is in place."""
+    old = final.with_name(f".{final.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(source, final)
+    shutil.rmtree(old, ignore_errors=True)
