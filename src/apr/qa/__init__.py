@@ -1,0 +1,1 @@
+"""Quality assurance: playbooks, scenarios, oracles, gates, evidence, the MQS score and reports."""

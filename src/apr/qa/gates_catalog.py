@@ -1,0 +1,123 @@
+"""The one table of gate ids: what each gate checks, its MQS category, severity, and whether it is a gateway."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class GateId(StrEnum):
+    """Every gate the workbench knows. Evidence records name exactly one of these."""
+
+    G0_INTEGRITY = "G0-INTEGRITY"
+    G1_LOAD = "G1-LOAD"
+    G2_INFERENCE = "G2-INFERENCE"
+    G3_STABILITY = "G3-STABILITY"
+    G4_QUALITY = "G4-QUALITY"
+    CONTRACT_INVARIANTS = "CONTRACT-INVARIANTS"
+    METADATA_PLAUSIBILITY = "METADATA-PLAUSIBILITY"
+    STRUCTURE = "STRUCTURE"
+    GOLDEN_OUTPUT = "GOLDEN-OUTPUT"
+    FORMAT_PARITY = "FORMAT-PARITY"
+    REFERENCE_PARITY = "REFERENCE-PARITY"
+    TOKENIZER_PARITY = "TOKENIZER-PARITY"
+    DETERMINISM = "DETERMINISM"
+    ATTENTION_TRACE = "ATTENTION-TRACE"
+    THROUGHPUT = "THROUGHPUT"
+    GPU_SPEEDUP = "GPU-SPEEDUP"
+
+
+class Category(StrEnum):
+    """MQS categories; their weights (``CATEGORY_WEIGHTS``) add up to 1000."""
+
+    INTEGRITY = "integrity"
+    EXECUTION = "execution"
+    QUALITY = "quality"
+    PARITY = "parity"
+    CONSISTENCY = "consistency"
+    PERFORMANCE = "performance"
+
+
+class Severity(StrEnum):
+    """P0 gates block certification when they fail; P1/P2 failures only cost points."""
+
+    P0 = "P0"
+    P1 = "P1"
+    P2 = "P2"
+
+
+CATEGORY_WEIGHTS: dict[Category, int] = {
+    Category.INTEGRITY: 200,
+    Category.EXECUTION: 200,
+    Category.QUALITY: 200,
+    Category.PARITY: 250,
+    Category.CONSISTENCY: 50,
+    Category.PERFORMANCE: 100,
+}
+
+
+@dataclass(frozen=True)
+class GateSpec:
+    """One row of the catalog."""
+
+    id: GateId
+    title: str  # display name, as in the `apr qa` table
+    category: Category
+    severity: Severity
+    gateway: bool  # a gateway that did not pass zeroes the MQS
+    checks: str  # what the gate checks, in one sentence
+
+    @property
+    def blocking(self) -> bool:
+        """A failure of this gate makes the status BLOCKED (every gateway is P0)."""
+        return self.severity is Severity.P0
+
+
+def _spec(gate: GateId, title: str, category: Category, severity: Severity, checks: str, *, gateway: bool = False) -> GateSpec:
+    return GateSpec(gate, title, category, severity, gateway, checks)
+
+
+_I, _E, _Q, _P, _C, _F = (Category.INTEGRITY, Category.EXECUTION, Category.QUALITY, Category.PARITY,
+                          Category.CONSISTENCY, Category.PERFORMANCE)
+_P0, _P1, _P2 = Severity.P0, Severity.P1, Severity.P2
+
+CATALOG: dict[GateId, GateSpec] = {spec.id: spec for spec in (
+    _spec(GateId.G0_INTEGRITY, "Integrity", _I, _P0,
+          "file sha256 matches, header parses, CRCs verify, config agrees with the tensors", gateway=True),
+    _spec(GateId.G1_LOAD, "Load", _E, _P0, "the model loads in every format and backend under test", gateway=True),
+    _spec(GateId.G2_INFERENCE, "Inference", _E, _P0,
+          "every cell exits cleanly and produces a reply (non-empty unless the prompt allows a clean refusal)",
+          gateway=True),
+    _spec(GateId.G3_STABILITY, "Stability", _E, _P0,
+          "no crash (signal, traceback, HTTP 5xx) and no timeout anywhere in the run", gateway=True),
+    _spec(GateId.G4_QUALITY, "Output Quality", _Q, _P0,
+          "the scenario oracles (arithmetic, code, garbage, expected text, stops on EOS, non-empty) pass",
+          gateway=True),
+    _spec(GateId.CONTRACT_INVARIANTS, "Tensor Contract", _I, _P0,
+          "shapes match the config, dtypes consistent, no NaN/Inf, byte sizes match shapes, tokenizer present"),
+    _spec(GateId.METADATA_PLAUSIBILITY, "Metadata Plausibility", _I, _P0,
+          "config values within plausible bounds (rope theta per architecture, eps, context length, head counts)"),
+    _spec(GateId.STRUCTURE, "Structure", _I, _P0,
+          "rope theta plausible, qwen2 q/k/v biases present and non-zero, norm weights non-zero, "
+          "embeddings not transposed"),
+    _spec(GateId.GOLDEN_OUTPUT, "Golden Output", _Q, _P0,
+          "greedy answers to fixed golden prompts contain the expected text (e.g. 2+2 -> 4)"),
+    _spec(GateId.FORMAT_PARITY, "Format Parity", _P, _P0,
+          "same prompts in every format: top-1 agreement and KL divergence of the logits within thresholds"),
+    _spec(GateId.REFERENCE_PARITY, "Reference Parity", _P, _P0,
+          "logits and greedy tokens agree with Hugging Face transformers within thresholds"),
+    _spec(GateId.TOKENIZER_PARITY, "Tokenizer Parity", _P, _P0,
+          "identical token ids across formats on a fixed corpus with code and Unicode"),
+    _spec(GateId.DETERMINISM, "Determinism", _C, _P1, "same seed gives the same tokens in run, chat and serve"),
+    _spec(GateId.ATTENTION_TRACE, "Attention Trace", _C, _P1,
+          "attention entropy not collapsed and not always attending to position 0"),
+    _spec(GateId.THROUGHPUT, "Throughput", _F, _P2, "decode tok/s at or above the playbook's per-backend minimum"),
+    _spec(GateId.GPU_SPEEDUP, "GPU Speedup", _F, _P2, "GPU decode tok/s over CPU decode tok/s at or above the minimum"),
+)}
+
+GATEWAYS: tuple[GateId, ...] = tuple(gate for gate, spec in CATALOG.items() if spec.gateway)
+
+
+def gates_in(category: Category) -> tuple[GateId, ...]:
+    """The catalog's gates of one category, in catalog order."""
+    return tuple(gate for gate, spec in CATALOG.items() if spec.category is category)

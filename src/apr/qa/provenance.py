@@ -1,0 +1,43 @@
+"""Capture provenance for evidence records: engine git sha, versions, host, device — without importing torch."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+from datetime import datetime
+from functools import lru_cache
+from importlib import metadata
+from pathlib import Path
+
+from apr.qa.axes import Backend, Format, Tier
+from apr.qa.evidence import Provenance
+
+_SOURCE_DIR = Path(__file__).resolve().parent
+
+
+@lru_cache(maxsize=1)
+def engine_git_sha() -> str:
+    """The commit of the apr checkout this code runs from, or 'unknown' when it is not a git checkout."""
+    result = subprocess.run(["git", "-C", str(_SOURCE_DIR), "rev-parse", "HEAD"],
+                            capture_output=True, text=True, check=False, timeout=10)
+    sha = result.stdout.strip()
+    return sha if result.returncode == 0 and sha else "unknown"
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def capture(*, started_at: datetime, finished_at: datetime, device: str, model_sha256: str | None = None,
+            format: Format | None = None, backend: Backend | None = None, seed: int | None = None,
+            playbook: str | None = None, tier: Tier | None = None) -> Provenance:
+    """A Provenance for a check that ran on this host (versions and git sha filled in here)."""
+    return Provenance(
+        model_sha256=model_sha256, format=format, backend=backend, engine_git_sha=engine_git_sha(),
+        apr_version=_version("apr") or "unknown", torch_version=_version("torch"), device=device,
+        host=platform.node() or "unknown", seed=seed, playbook=playbook, tier=tier,
+        started_at=started_at, finished_at=finished_at,
+    )

@@ -1,0 +1,158 @@
+"""MQS: the 0–1000 model qualification score, its grade and the certification status, computed from evidence alone.
+
+Formula (every number here is also in docs/qa.md):
+
+1. Records are grouped by gate (``apr.qa.gates_catalog``). For each gate,
+   ``fraction = corroborated / all records of the gate``. Skipped, falsified, timed-out and
+   crashed records are in the denominator and earn nothing. A gate with no records has
+   fraction 0 ("no evidence is not a pass").
+2. Each category's points = ``weight × mean(fraction of every catalog gate in the category)``,
+   weights integrity 200, execution 200, quality 200, parity 250, consistency 50, performance 100.
+   A category with no evidence therefore scores 0.
+3. ``raw = floor(sum of category points)`` (floor: a score never rounds up into a better grade).
+4. Gateways G0–G4: a gateway *passes* only with at least one corroborated record and no
+   falsified/timeout/crashed record; G3 (stability) also fails on a crashed or timed-out record
+   of ANY gate. A gateway that did not pass (failed, or unverified: nothing corroborated) → MQS 0.
+5. Grade: A+ ≥ 950, A ≥ 900, B+ ≥ 850, B ≥ 800, C ≥ 700, F below.
+6. Status: BLOCKED if a gateway did not pass or any P0 gate has a falsified/timeout/crashed
+   record; otherwise CERTIFIED if MQS ≥ 800, else PROVISIONAL (no defect found in a P0 gate,
+   but the evidence is incomplete — skipped cells such as GPU on a CPU-only host, missing
+   gates — or non-blocking gates failed).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict
+
+from apr.qa.evidence import EvidenceRecord, Outcome
+from apr.qa.gates_catalog import CATALOG, CATEGORY_WEIGHTS, GATEWAYS, Category, GateId, gates_in
+
+CERTIFIED_MIN = 800
+GRADE_FLOORS: tuple[tuple[int, str], ...] = ((950, "A+"), (900, "A"), (850, "B+"), (800, "B"), (700, "C"))
+
+
+class Status(StrEnum):
+    CERTIFIED = "CERTIFIED"
+    PROVISIONAL = "PROVISIONAL"
+    BLOCKED = "BLOCKED"
+
+
+class GatewayState(StrEnum):
+    PASSED = "passed"
+    FAILED = "failed"
+    UNVERIFIED = "unverified"  # no failure, but nothing corroborated either: not a pass
+
+
+class GateScore(BaseModel):
+    """Outcome counts of one gate and the fraction of its records that were corroborated."""
+
+    model_config = ConfigDict(frozen=True)
+
+    gate: GateId
+    corroborated: int = 0
+    falsified: int = 0
+    timeout: int = 0
+    crashed: int = 0
+    skipped: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.corroborated + self.falsified + self.timeout + self.crashed + self.skipped
+
+    @property
+    def failures(self) -> int:
+        return self.falsified + self.timeout + self.crashed
+
+    @property
+    def fraction(self) -> float:
+        return self.corroborated / self.total if self.total else 0.0
+
+
+class CategoryScore(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    category: Category
+    weight: int
+    points: float
+    gates: tuple[GateScore, ...]
+
+
+class MqsResult(BaseModel):
+    """The score and everything needed to explain it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    score: int  # 0–1000 after the gateway rule
+    raw: int  # before the gateway rule
+    grade: str
+    status: Status
+    gateways: dict[GateId, GatewayState]
+    categories: tuple[CategoryScore, ...]
+    blockers: tuple[str, ...]  # one line per reason for BLOCKED
+    outcomes: dict[Outcome, int]
+    total_records: int
+
+    @property
+    def gateways_passed(self) -> bool:
+        return all(state is GatewayState.PASSED for state in self.gateways.values())
+
+
+def grade_for(score: int) -> str:
+    """A+ ≥ 950, A ≥ 900, B+ ≥ 850, B ≥ 800, C ≥ 700, F below."""
+    for floor, grade in GRADE_FLOORS:
+        if score >= floor:
+            return grade
+    return "F"
+
+
+def _gate_scores(records: Iterable[EvidenceRecord]) -> dict[GateId, GateScore]:
+    counts: dict[GateId, Counter[Outcome]] = {gate: Counter() for gate in CATALOG}
+    for record in records:
+        counts[record.gate][record.outcome] += 1
+    return {gate: GateScore(gate=gate, **{outcome.value: n for outcome, n in c.items()}) for gate, c in counts.items()}
+
+
+def _gateway_state(gate: GateId, score: GateScore, any_crash_or_timeout: bool) -> GatewayState:
+    if score.failures or (gate is GateId.G3_STABILITY and any_crash_or_timeout):
+        return GatewayState.FAILED
+    return GatewayState.PASSED if score.corroborated else GatewayState.UNVERIFIED
+
+
+def compute_mqs(records: Iterable[EvidenceRecord]) -> MqsResult:
+    """Score a set of evidence records (see the module docstring for the formula)."""
+    records = list(records)
+    outcomes = Counter(record.outcome for record in records)
+    per_gate = _gate_scores(records)
+    categories = []
+    for category, weight in CATEGORY_WEIGHTS.items():
+        gates = tuple(per_gate[gate] for gate in gates_in(category))
+        points = weight * sum(g.fraction for g in gates) / len(gates)
+        categories.append(CategoryScore(category=category, weight=weight, points=points, gates=gates))
+    raw = math.floor(sum(c.points for c in categories) + 1e-9)
+
+    any_crash_or_timeout = bool(outcomes[Outcome.CRASHED] or outcomes[Outcome.TIMEOUT])
+    gateways = {gate: _gateway_state(gate, per_gate[gate], any_crash_or_timeout) for gate in GATEWAYS}
+    blockers = [f"gateway {gate} {state}" + ("" if state is GatewayState.FAILED else " (no corroborated evidence)")
+                for gate, state in gateways.items() if state is not GatewayState.PASSED]
+    blockers += [f"{gate} (P0) has {s.failures} failing record(s)" for gate, s in per_gate.items()
+                 if CATALOG[gate].blocking and not CATALOG[gate].gateway and s.failures]
+
+    score = raw if all(state is GatewayState.PASSED for state in gateways.values()) else 0
+    if blockers:
+        status = Status.BLOCKED
+    else:
+        status = Status.CERTIFIED if score >= CERTIFIED_MIN else Status.PROVISIONAL
+    return MqsResult(
+        score=score, raw=raw, grade=grade_for(score), status=status, gateways=gateways,
+        categories=tuple(categories), blockers=tuple(blockers),
+        outcomes={outcome: outcomes[outcome] for outcome in Outcome}, total_records=len(records),
+    )
+
+
+__all__ = ["CERTIFIED_MIN", "CategoryScore", "GateScore", "GatewayState", "MqsResult", "Status", "compute_mqs",
+           "grade_for"]

@@ -1,0 +1,108 @@
+"""MQS: the documented formula, the gateway rule, grades, statuses, and that skipped/missing never count as passes."""
+
+from __future__ import annotations
+
+import pytest
+
+from apr.qa.axes import Backend
+from apr.qa.evidence import Outcome
+from apr.qa.gates_catalog import CATALOG, CATEGORY_WEIGHTS, GATEWAYS, Category, GateId, gates_in
+from apr.qa.score import GatewayState, Status, compute_mqs, grade_for
+
+from qa_core_factory import all_gates_pass, record
+
+
+def test_catalog_weights_add_up_to_1000_and_every_category_has_gates():
+    assert sum(CATEGORY_WEIGHTS.values()) == 1000
+    assert all(gates_in(category) for category in Category)
+    assert GATEWAYS == (GateId.G0_INTEGRITY, GateId.G1_LOAD, GateId.G2_INFERENCE, GateId.G3_STABILITY,
+                        GateId.G4_QUALITY)
+
+
+def test_everything_corroborated_is_1000_a_plus_certified():
+    result = compute_mqs(all_gates_pass())
+    assert (result.score, result.grade, result.status) == (1000, "A+", Status.CERTIFIED)
+    assert result.gateways_passed and not result.blockers
+
+
+def test_no_evidence_is_zero_and_blocked():
+    result = compute_mqs([])
+    assert (result.score, result.raw, result.status) == (0, 0, Status.BLOCKED)
+    assert set(result.gateways.values()) == {GatewayState.UNVERIFIED}
+
+
+@pytest.mark.parametrize("gateway", GATEWAYS)
+def test_any_gateway_failure_zeroes_the_score(gateway):
+    records = all_gates_pass() + [record(gateway, Outcome.FALSIFIED, check="bad", n_compared=1)]
+    result = compute_mqs(records)
+    assert result.score == 0 and result.raw > 900
+    assert result.gateways[gateway] is GatewayState.FAILED and result.status is Status.BLOCKED
+
+
+def test_a_gateway_with_only_skipped_records_is_unverified_not_passed():
+    records = [r for r in all_gates_pass() if r.gate is not GateId.G1_LOAD]
+    records.append(record(GateId.G1_LOAD, Outcome.SKIPPED, n_compared=0, reason="no CUDA"))
+    result = compute_mqs(records)
+    assert result.gateways[GateId.G1_LOAD] is GatewayState.UNVERIFIED
+    assert result.score == 0 and result.status is Status.BLOCKED
+
+
+def test_a_crash_or_timeout_in_any_gate_fails_the_stability_gateway():
+    for outcome in (Outcome.CRASHED, Outcome.TIMEOUT):
+        result = compute_mqs(all_gates_pass() + [record(GateId.THROUGHPUT, outcome, n_compared=0)])
+        assert result.gateways[GateId.G3_STABILITY] is GatewayState.FAILED and result.score == 0
+
+
+def test_skipped_records_earn_nothing_and_lower_the_gate_fraction():
+    # Half of the G2 cells skipped (GPU without CUDA): execution loses 1/3 of half its weight.
+    records = all_gates_pass() + [record(GateId.G2_INFERENCE, Outcome.SKIPPED, check="gpu", n_compared=0,
+                                         backend=Backend.GPU, reason="no CUDA")]
+    result = compute_mqs(records)
+    execution = next(c for c in result.categories if c.category is Category.EXECUTION)
+    assert execution.points == pytest.approx(200 * (1 + 0.5 + 1) / 3)
+    assert result.raw == 1000 - 34  # floor(1000 - 33.33...)
+    assert result.status is Status.CERTIFIED and result.grade == "A+"
+
+
+def test_a_missing_gate_scores_zero_in_its_category():
+    records = [r for r in all_gates_pass() if r.gate is not GateId.GPU_SPEEDUP]
+    result = compute_mqs(records)
+    performance = next(c for c in result.categories if c.category is Category.PERFORMANCE)
+    assert performance.points == 50 and result.score == 950
+
+
+def test_honest_cpu_only_run_is_provisional_not_certified():
+    # Every CPU check corroborated, every GPU twin skipped, GPU speedup skipped.
+    records = []
+    for gate in CATALOG:
+        records.append(record(gate, check=f"{gate}-cpu"))
+        if gate in (GateId.G1_LOAD, GateId.G2_INFERENCE, GateId.G3_STABILITY, GateId.G4_QUALITY,
+                    GateId.THROUGHPUT, GateId.GPU_SPEEDUP, GateId.DETERMINISM):
+            records.append(record(gate, Outcome.SKIPPED, check=f"{gate}-gpu", backend=Backend.GPU, n_compared=0,
+                                  reason="no CUDA device"))
+    result = compute_mqs(records)
+    assert result.gateways_passed and not result.blockers
+    assert 700 <= result.score < 800 and result.status is Status.PROVISIONAL
+
+
+def test_a_p0_non_gateway_failure_blocks_without_zeroing():
+    result = compute_mqs(all_gates_pass() + [record(GateId.STRUCTURE, Outcome.FALSIFIED, check="q bias zero")])
+    assert result.status is Status.BLOCKED and result.score > 900
+    assert any("STRUCTURE" in line for line in result.blockers)
+
+
+def test_a_p2_failure_costs_points_but_does_not_block():
+    result = compute_mqs(all_gates_pass() + [record(GateId.THROUGHPUT, Outcome.FALSIFIED, check="slow")])
+    assert result.status is Status.CERTIFIED and result.score == 1000 - 25
+
+
+@pytest.mark.parametrize("score, grade", [(1000, "A+"), (950, "A+"), (949, "A"), (900, "A"), (899, "B+"),
+                                          (850, "B+"), (849, "B"), (800, "B"), (799, "C"), (700, "C"), (699, "F"),
+                                          (0, "F")])
+def test_grade_boundaries(score, grade):
+    assert grade_for(score) == grade
+
+
+def test_result_serializes_for_mqs_json():
+    data = compute_mqs(all_gates_pass()).model_dump(mode="json")
+    assert data["score"] == 1000 and data["gateways"]["G0-INTEGRITY"] == "passed"
