@@ -63,7 +63,7 @@ def build_artifact(target_format: str, partitions: dg.PartitionsDefinition) -> d
         name=target_format,
         partitions_def=partitions,
         code_version=CODE_VERSION,
-        group_name="artifacts",
+        group_name="certification",
         kinds={target_format},
         ins={"checkpoint": dg.AssetIn("checkpoint")},
         check_specs=[dg.AssetCheckSpec(check_name, asset=target_format, blocking=True,

@@ -27,7 +27,7 @@ def build_checkpoint(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition
         name=ASSET,
         partitions_def=partitions,
         code_version=CODE_VERSION,
-        group_name="models",
+        group_name="certification",
         kinds={"apr"},
         check_specs=[dg.AssetCheckSpec("loads", asset=ASSET, blocking=True,
                                        description="G1: the pulled checkpoint opens as a valid model")],

@@ -1,0 +1,215 @@
+"""Build ``notebooks/audit.ipynb`` (the papermill audit notebook) from reviewable Python source.
+
+Run ``.venv/bin/python notebooks/build_audit_notebook.py`` after editing a cell below; the notebook
+is committed without outputs. Cell ids are fixed so rebuilding an unchanged notebook is a no-op.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import nbformat
+from nbformat import v4
+
+NOTEBOOK = Path(__file__).resolve().parent / "audit.ipynb"
+
+TITLE = """\
+# Audit of a certification run
+
+Everything below is computed from the evidence file alone (`apr.qa.evidence`): the outcome of every
+check, throughput by format and backend, latency, and the MQS by category (`apr.qa.score`).
+A skipped check is shown as skipped — never as a pass. Charts are written as PNG and SVG, and
+together into one self-contained HTML page (`audit.html`, no CDN)."""
+
+PARAMETERS = """\
+# The model partition this audit is about.
+model = "fixture"
+# The evidence JSONL written by the certification run.
+evidence_path = "evidence.jsonl"
+# Where charts and audit.html go; empty means a fresh temporary directory.
+output_dir = ''"""
+
+IMPORTS = """\
+import tempfile
+from pathlib import Path
+
+import altair as alt
+import pandas as pd
+
+from apr.qa.evidence import Outcome, read_evidence
+from apr.qa.score import compute_mqs
+
+# Throughput metrics the cells record, best first: decode speed, else end-to-end request speed.
+THROUGHPUT_METRICS = ("decode_tok_s", "tok_s", "request_tok_s")
+OUTCOME_ORDER = [outcome.value for outcome in Outcome]
+
+out = Path(output_dir) if output_dir else Path(tempfile.mkdtemp(prefix="apr-audit-"))
+charts_dir = out / "charts"
+charts_dir.mkdir(parents=True, exist_ok=True)"""
+
+LOAD = """\
+log = read_evidence(evidence_path)
+assert log.torn_tail is None, log.warning()
+records = log.records
+assert records, f"{evidence_path}: the evidence file holds no records; nothing was checked"
+
+
+def throughput(record):
+    for name in THROUGHPUT_METRICS:
+        value = record.metrics.get(name)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+            return float(value)
+    return None
+
+
+evidence = pd.DataFrame([{
+    "gate": str(r.gate),
+    "check": r.check,
+    "outcome": str(r.outcome),
+    "format": str(r.scenario.format) if r.scenario.format else "model",
+    "backend": str(r.scenario.backend) if r.scenario.backend else "n/a",
+    "modality": str(r.scenario.modality) if r.scenario.modality else "n/a",
+    "prompt_id": r.scenario.prompt_id,
+    "duration_s": r.duration_s,
+    "tok_s": throughput(r),
+    "reason": r.reason,
+} for r in records])
+assert set(evidence["outcome"]) <= set(OUTCOME_ORDER), set(evidence["outcome"])
+evidence.head(10)"""
+
+SUMMARY = """\
+# NBVAL_CHECK_OUTPUT
+mqs = compute_mqs(records)
+counts = evidence["outcome"].value_counts().reindex(OUTCOME_ORDER, fill_value=0)
+assert int(counts.sum()) == len(records) == mqs.total_records
+# A pass needs corroborating evidence: a gateway with nothing corroborated is never "passed".
+for gate, state in mqs.gateways.items():
+    corroborated = ((evidence["gate"] == str(gate)) & (evidence["outcome"] == "corroborated")).sum()
+    assert state.value != "passed" or corroborated > 0, gate
+print(f"records: {len(records)}")
+print("outcomes: " + ", ".join(f"{name} {int(n)}" for name, n in counts.items()))
+print(f"MQS {mqs.score}/1000 (raw {mqs.raw}), grade {mqs.grade}, status {mqs.status.value}")
+for line in mqs.blockers:
+    print(f"blocker: {line}")"""
+
+THROUGHPUT = """\
+measured = evidence.dropna(subset=["tok_s"])
+if measured.empty:
+    throughput_chart = alt.Chart(pd.DataFrame({"note": ["no throughput was measured in this evidence"]})).mark_text(
+        size=14).encode(text="note:N").properties(title="Throughput by format and backend", width=420, height=60)
+else:
+    throughput_chart = alt.Chart(measured).mark_bar().encode(
+        x=alt.X("format:N", title="format", axis=alt.Axis(labelAngle=0)),
+        xOffset="backend:N",
+        y=alt.Y("median(tok_s):Q", title="median tok/s"),
+        color=alt.Color("backend:N", title="backend"),
+        tooltip=["format", "backend", "modality", alt.Tooltip("median(tok_s):Q", format=".1f"), "count()"],
+    ).properties(title="Throughput by format and backend", width=420, height=260)
+print(f"cells with a throughput measurement: {len(measured)}")
+throughput_chart"""
+
+HEATMAP = """\
+outcome_counts = evidence.groupby(["gate", "outcome"]).size().reset_index(name="records")
+assert int(outcome_counts["records"].sum()) == len(records)
+base = alt.Chart(outcome_counts).encode(
+    x=alt.X("outcome:N", sort=OUTCOME_ORDER, scale=alt.Scale(domain=OUTCOME_ORDER), title="outcome",
+            axis=alt.Axis(labelAngle=0)),
+    y=alt.Y("gate:N", title="gate"),
+)
+heatmap_chart = (
+    base.mark_rect().encode(color=alt.Color("records:Q", scale=alt.Scale(scheme="blues"), title="records"))
+    + base.mark_text(fontSize=12).encode(
+        text="records:Q",
+        color=alt.condition(alt.datum.records > outcome_counts["records"].max() / 2, alt.value("white"), alt.value("black")),
+    )
+).properties(title="Gate outcomes", width=420, height=max(120, 24 * outcome_counts["gate"].nunique()))
+heatmap_chart"""
+
+MQS_CHART = """\
+categories = pd.DataFrame([{"category": str(c.category), "points": c.points, "weight": c.weight}
+                           for c in mqs.categories])
+assert int(categories["weight"].sum()) == 1000
+assert int(categories["points"].sum() + 1e-9) == mqs.raw
+mqs_base = alt.Chart(categories).encode(y=alt.Y("category:N", sort=list(categories["category"]), title=None))
+mqs_chart = (
+    mqs_base.mark_bar(color="#eeeeee").encode(x=alt.X("weight:Q", title="points (of the category weight)"))
+    + mqs_base.mark_bar(color="#1565c0").encode(x="points:Q", tooltip=["category", alt.Tooltip("points:Q", format=".1f"), "weight"])
+).properties(title=f"MQS by category: {mqs.score}/1000, grade {mqs.grade}, {mqs.status.value}", width=420, height=180)
+mqs_chart"""
+
+LATENCY = """\
+cells = evidence[evidence["modality"] != "n/a"]
+ran = cells[cells["outcome"] != "skipped"]
+if ran.empty:
+    latency_chart = alt.Chart(pd.DataFrame({"note": ["no matrix cell ran in this evidence"]})).mark_text(
+        size=14).encode(text="note:N").properties(title="Latency per cell", width=420, height=60)
+else:
+    latency_chart = alt.Chart(ran).mark_bar(opacity=0.8).encode(
+        x=alt.X("duration_s:Q", bin=alt.Bin(maxbins=20), title="wall time per cell (s)"),
+        y=alt.Y("count():Q", title="cells"),
+        color=alt.Color("modality:N", title="modality"),
+    ).properties(title="Latency per cell", width=420, height=220)
+print(f"matrix cells: {len(cells)}, ran: {len(ran)}, skipped: {len(cells) - len(ran)}")
+latency_chart"""
+
+EXPORT = """\
+charts = {"throughput": throughput_chart, "gate_outcomes": heatmap_chart, "mqs_by_category": mqs_chart,
+          "latency": latency_chart}
+written = []
+for name, chart in charts.items():
+    for suffix in ("png", "svg"):
+        path = charts_dir / f"{name}.{suffix}"
+        chart.save(str(path))
+        assert path.stat().st_size > 0, path
+        written.append(path)
+page = out / "audit.html"
+alt.vconcat(*charts.values()).properties(title=f"apr audit: {model}").save(str(page), inline=True)
+html = page.read_text(encoding="utf-8")
+# Self-contained: the vega libraries are inlined, nothing is fetched from a CDN.
+assert "cdn.jsdelivr.net" not in html and "vega-embed" in html
+print(f"wrote {len(written)} chart files and audit.html under {out.name}/")"""
+
+
+def build() -> nbformat.NotebookNode:
+    """The audit notebook, cells in order, with stable ids."""
+    sources = [
+        ("markdown", TITLE, []),
+        ("code", PARAMETERS, ["parameters"]),
+        ("code", IMPORTS, []),
+        ("code", LOAD, []),
+        ("code", SUMMARY, []),
+        ("code", THROUGHPUT, []),
+        ("code", HEATMAP, []),
+        ("code", MQS_CHART, []),
+        ("code", LATENCY, []),
+        ("code", EXPORT, []),
+    ]
+    cells = []
+    for index, (kind, source, tags) in enumerate(sources):
+        cell = v4.new_markdown_cell(source) if kind == "markdown" else v4.new_code_cell(source)
+        cell["id"] = f"audit-{index:02d}"
+        if tags:
+            cell["metadata"]["tags"] = tags
+        cells.append(cell)
+    notebook = v4.new_notebook(cells=cells)
+    notebook["metadata"] = {
+        "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
+        "language_info": {"name": "python"},
+    }
+    nbformat.validate(notebook)
+    return notebook
+
+
+def main() -> int:
+    text = nbformat.writes(build())
+    if NOTEBOOK.exists() and NOTEBOOK.read_text(encoding="utf-8") == text:
+        print(f"{NOTEBOOK} is up to date")
+        return 0
+    NOTEBOOK.write_text(text, encoding="utf-8")
+    print(f"wrote {NOTEBOOK}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
