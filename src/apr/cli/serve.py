@@ -1,9 +1,63 @@
-"""CLI verbs of the serve group (being built; see the issue for this group)."""
+"""CLI verbs of the serve group: `apr serve`, an OpenAI-compatible HTTP server with continuous batching."""
 
 from __future__ import annotations
+
+import signal
+from enum import Enum
 
 import typer
 
 
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def register(app: typer.Typer) -> None:
     """Add this group's commands to the app."""
+
+    @app.command("serve")
+    def serve(
+        model: str = typer.Argument(..., help="Model path, cached name or ref (e.g. qwen2.5-coder:1.5b)."),
+        host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (loopback by default)."),
+        port: int = typer.Option(8080, "--port", min=0, max=65535, help="Port; 0 picks a free one."),
+        batch_size: int = typer.Option(8, "--batch-size", min=1, max=256, help="Sequences decoded together."),
+        api_key: str | None = typer.Option(None, "--api-key", help="Require 'Authorization: Bearer KEY' on /v1."),
+        device: Device = typer.Option(Device.auto, "--device", help="Where the engine runs."),
+        max_context: int | None = typer.Option(
+            None, "--max-context", min=1, help="Cap prompt + completion tokens (default: the model's context)."
+        ),
+        seed: int = typer.Option(0, "--seed", help="Seeds the sampling of requests that send no seed."),
+    ) -> None:
+        """Serve MODEL over OpenAI-compatible HTTP (/v1/completions, /v1/chat/completions, /v1/models, /health)."""
+        import logging
+
+        # A stop request during the (long) model load ends it like Ctrl-C: one line, no traceback.
+        signal.signal(signal.SIGTERM, _interrupt)
+        logging.basicConfig(level=logging.WARNING, format="apr serve: %(levelname)s: %(message)s")
+
+        from apr.engine import load_engine
+        from apr.hub import resolve_model_arg
+        from apr.serve import server
+        from apr.serve.app import create_app
+        from apr.serve.served import ServeSettings
+
+        settings = ServeSettings(
+            model_arg=model,
+            host=host,
+            port=port,
+            batch_size=batch_size,
+            api_key=api_key,
+            max_context=max_context,
+            seed=seed,
+        )
+        engine = load_engine(resolve_model_arg(model), device=device.value)
+        app = create_app(engine, settings)
+        stopped_by = server.run(app, settings, announce=lambda line: typer.echo(line))
+        names = ", ".join(signal.Signals(number).name for number in stopped_by) or "shutdown"
+        typer.echo(f"apr serve: stopped ({names})")

@@ -1,0 +1,89 @@
+"""FastAPI app factory for `apr serve`: routes, OpenAI error shapes, scheduler lifecycle, /health."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
+
+from fastapi import Depends, FastAPI
+
+from apr import __version__
+from apr.serve import chat, completions
+from apr.serve.errors import install_error_handlers
+from apr.serve.protocol import ModelCard, ModelList
+from apr.serve.route_meta import ERROR_RESPONSES
+from apr.serve.scheduler import Scheduler
+from apr.serve.served import ServedModel, ServeSettings
+from apr.serve.state import ServeState, check_api_key, serve_state
+
+if TYPE_CHECKING:
+    from apr.engine import Engine
+
+
+def create_app(engine: "Engine", settings: ServeSettings) -> FastAPI:
+    """The app serving `engine`; its scheduler thread starts and stops with the app's lifespan."""
+    state = ServeState(
+        settings=settings,
+        served=ServedModel.from_engine(engine, settings),
+        described=dict(engine.describe()),
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        scheduler = Scheduler(engine, settings.batch_size, asyncio.get_running_loop())
+        scheduler.start()
+        state.scheduler = scheduler
+        try:
+            yield
+        finally:
+            scheduler.stop()
+
+    app = FastAPI(
+        title="apr serve",
+        version=__version__,
+        description="OpenAI-compatible completions and chat completions from apr's own engine.",
+        lifespan=lifespan,
+    )
+    app.state.apr = state
+    install_error_handlers(app)
+    app.include_router(completions.router)
+    app.include_router(chat.router)
+
+    @app.get("/health")
+    async def health(state: ServeState = Depends(serve_state)) -> dict[str, Any]:
+        """Liveness and load; answered on the event loop without touching the engine."""
+        load = state.scheduler.load if state.scheduler is not None else None
+        return {
+            "status": "ok" if load is not None else "starting",
+            "model": state.served.model_id,
+            "format": state.described.get("format"),
+            "device": str(state.served.engine.device),
+            "memory": _memory(state),
+            "requests": {
+                "active": load.active if load else 0,
+                "queued": load.queued if load else 0,
+                "batch_size": state.settings.batch_size,
+            },
+            "max_context": state.served.max_context,
+            "uptime_s": round(time.monotonic() - state.started, 3),
+        }
+
+    @app.get("/v1/models", response_model=ModelList, dependencies=[Depends(check_api_key)], responses=ERROR_RESPONSES)
+    async def list_models(state: ServeState = Depends(serve_state)) -> ModelList:
+        served = state.served
+        return ModelList(data=[ModelCard(id=served.model_id, created=served.created)])
+
+    return app
+
+
+def _memory(state: ServeState) -> dict[str, int | None]:
+    import psutil
+
+    memory: dict[str, int | None] = {"rss_bytes": psutil.Process().memory_info().rss, "vram_bytes": None}
+    if state.served.engine.device.type == "cuda":
+        import torch
+
+        memory["vram_bytes"] = int(torch.cuda.memory_allocated(state.served.engine.device))
+    return memory

@@ -1,0 +1,121 @@
+"""POST /v1/completions: plain text completion, with echo + logprobs for log-likelihood scoring."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import StreamingResponse
+
+from apr.serve.admission import Job, completion_jobs
+from apr.serve.choices import ChoiceRun, merged_events, run_all, score, unless_disconnected
+from apr.serve.errors import ApiError
+from apr.serve.protocol import Completion, CompletionChoice, CompletionRequest
+from apr.serve.render import SSE_DONE, completion_logprobs, sse, usage
+from apr.serve.state import ServeState, check_api_key, serve_state
+from apr.serve.route_meta import ERROR_RESPONSES, SSE_HEADERS, STREAM_RESPONSE
+
+router = APIRouter(dependencies=[Depends(check_api_key)])
+
+
+@router.post(
+    "/v1/completions",
+    response_model=Completion,
+    response_model_exclude_none=False,
+    responses={**ERROR_RESPONSES, **STREAM_RESPONSE},
+)
+async def create_completion(body: CompletionRequest, request: Request, state: ServeState = Depends(serve_state)):
+    jobs = completion_jobs(body, state.served)
+    completion_id = f"cmpl-{uuid.uuid4().hex}"
+    created = int(time.time())
+    if body.stream:
+        stream = _stream(state, body, jobs, completion_id, created)
+        return StreamingResponse(stream, media_type="text/event-stream", headers=SSE_HEADERS)
+    runs = await unless_disconnected(request, _run(state, body, jobs, completion_id))
+    choices = [_choice(state, body, run) for run in runs]
+    completion_tokens = sum(len(run.events) for run in runs)
+    return Completion(
+        id=completion_id,
+        created=created,
+        model=body.model,
+        choices=choices,
+        usage=usage(_prompt_tokens(jobs, body.n), completion_tokens),
+    )
+
+
+def _prompt_tokens(jobs: list[Job], n: int) -> int:
+    # n choices share one prompt: count each prompt once, as OpenAI does.
+    return sum(len(job.prompt_ids) for job in jobs if job.index % n == 0)
+
+
+async def _run(state: ServeState, body: CompletionRequest, jobs: list[Job], completion_id: str) -> list[ChoiceRun]:
+    scheduler = state.running_scheduler
+    scores = None
+    if body.echo and body.logprobs is not None:
+        # Scoring is a forward pass per prompt; choices of one prompt share it.
+        unique = {job.index // body.n: job for job in jobs}
+        computed = await asyncio.gather(
+            *(score(scheduler, state.served.engine, job, body.logprobs) for job in unique.values())
+        )
+        scores = dict(zip(unique, computed))
+    runs = await run_all(scheduler, completion_id, jobs)
+    if scores is not None:
+        for run in runs:
+            run.prompt_scores = scores[run.job.index // body.n]
+    return runs
+
+
+def _choice(state: ServeState, body: CompletionRequest, run: ChoiceRun) -> CompletionChoice:
+    prefix = run.job.prompt_text if body.echo else ""
+    logprobs = None
+    if body.logprobs is not None:
+        logprobs = completion_logprobs(
+            state.served,
+            run.events,
+            body.logprobs,
+            prompt_ids=run.job.prompt_ids if body.echo else (),
+            prompt_scores=run.prompt_scores,
+            text_offset=0 if body.echo else len(run.job.prompt_text),
+        )
+    return CompletionChoice(
+        index=run.job.index, text=prefix + run.text, logprobs=logprobs, finish_reason=run.finish_reason
+    )
+
+
+async def _stream(
+    state: ServeState, body: CompletionRequest, jobs: list[Job], completion_id: str, created: int
+) -> AsyncIterator[str]:
+    def chunk(index: int, text: str, logprobs=None, finish_reason=None, **extra) -> dict:
+        choice = {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}
+        return {"id": completion_id, "object": "text_completion", "created": created,
+                "model": body.model, "choices": [choice], **extra}
+
+    completion_tokens = 0
+    try:
+        scheduler = state.running_scheduler
+        for job in jobs:
+            if body.echo:
+                yield sse(chunk(job.index, job.prompt_text))
+            if job.params is None:
+                yield sse(chunk(job.index, "", finish_reason="length"))
+        async with aclosing(merged_events(scheduler, completion_id, jobs)) as events:
+            async for job, event in events:
+                completion_tokens += 1
+                logprobs = None
+                if body.logprobs is not None:
+                    logprobs = completion_logprobs(state.served, [event], body.logprobs).model_dump()
+                if event.text or logprobs or event.finish_reason:
+                    yield sse(chunk(job.index, event.text, logprobs, event.finish_reason))
+    except ApiError as error:
+        yield sse(error.body())
+        yield SSE_DONE
+        return
+    if body.stream_options is not None and body.stream_options.include_usage:
+        totals = usage(_prompt_tokens(jobs, body.n), completion_tokens).model_dump()
+        yield sse({"id": completion_id, "object": "text_completion", "created": created,
+                   "model": body.model, "choices": [], "usage": totals})
+    yield SSE_DONE

@@ -1,0 +1,24 @@
+"""Metadata shared by the routes: SSE headers and the error/stream replies the OpenAPI schema documents."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from apr.serve.protocol import ErrorResponse
+
+# Proxies must pass events through as they come instead of buffering the whole reply.
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "Invalid request (OpenAI error body)."},
+    401: {"model": ErrorResponse, "description": "Missing or wrong API key."},
+    404: {"model": ErrorResponse, "description": "Unknown model."},
+    503: {"model": ErrorResponse, "description": "The server is shutting down."},
+}
+
+STREAM_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The reply; with `stream: true`, server-sent events ending in `data: [DONE]`.",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    }
+}

@@ -1,0 +1,255 @@
+"""Continuous batching: one thread owns the engine's BatchDecoder and streams token events back to asyncio."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from apr.engine import Engine, SamplingParams, TokenEvent
+
+log = logging.getLogger("apr.serve")
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class EngineFailure:
+    """Put on a request's queue instead of a token when the engine could not serve it."""
+
+    message: str
+    shutting_down: bool = False
+
+
+class SchedulerError(Exception):
+    """Raised in a request's coroutine when its generation failed or the server is stopping."""
+
+    def __init__(self, failure: EngineFailure) -> None:
+        super().__init__(failure.message)
+        self.failure = failure
+
+
+@dataclass(frozen=True)
+class _Admit:
+    request_id: str
+    prompt_ids: list[int]
+    params: "SamplingParams"
+    sink: asyncio.Queue
+
+
+@dataclass(frozen=True)
+class _Cancel:
+    request_id: str
+
+
+@dataclass(frozen=True)
+class _Call:
+    function: Callable[[], Any]
+    future: asyncio.Future
+
+
+@dataclass(frozen=True)
+class _Stop:
+    pass
+
+
+@dataclass(frozen=True)
+class Load:
+    """What /health reports: sequences decoding now and requests waiting for a slot."""
+
+    active: int
+    queued: int
+
+
+class Scheduler:
+    """Admits requests into the engine's batch up to `max_batch`, steps it, and routes each event.
+
+    The engine is touched only by the scheduler thread, so the event loop never blocks on it:
+    coroutines send messages through a thread-safe inbox and receive events on per-request
+    asyncio queues filled with `loop.call_soon_threadsafe`.
+    """
+
+    def __init__(self, engine: "Engine", max_batch: int, loop: asyncio.AbstractEventLoop) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        self._engine = engine
+        self._max_batch = max_batch
+        self._loop = loop
+        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="apr-scheduler", daemon=True)
+        self._load = Load(active=0, queued=0)
+        self._stopped = threading.Event()
+
+    # ---- event-loop side ---------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Cancel whatever is still running and wait for the thread to leave the engine.
+
+        Called on the event-loop thread, like `generate`, so no request can slip into the inbox
+        between the flag and the final drain.
+        """
+        self._stopped.set()
+        if self._thread.is_alive():
+            self._inbox.put(_Stop())
+            self._thread.join(timeout)
+        shutting_down = EngineFailure("The server is shutting down.", shutting_down=True)
+        for message in self._drain(block=False):
+            if isinstance(message, _Admit):
+                message.sink.put_nowait(shutting_down)
+            elif isinstance(message, _Call) and not message.future.done():
+                message.future.set_exception(SchedulerError(shutting_down))
+
+    @property
+    def load(self) -> Load:
+        return self._load
+
+    @property
+    def max_batch(self) -> int:
+        return self._max_batch
+
+    async def generate(
+        self, request_id: str, prompt_ids: list[int], params: "SamplingParams"
+    ) -> AsyncIterator["TokenEvent"]:
+        """Yield the request's token events until its finish_reason; cancel it if abandoned early."""
+        if self._stopped.is_set():
+            raise SchedulerError(EngineFailure("The server is shutting down.", shutting_down=True))
+        sink: asyncio.Queue = asyncio.Queue()
+        self._inbox.put(_Admit(request_id, list(prompt_ids), params, sink))
+        finished = False
+        try:
+            while True:
+                item = await sink.get()
+                if isinstance(item, EngineFailure):
+                    finished = True
+                    raise SchedulerError(item)
+                yield item
+                if item.finish_reason is not None:
+                    finished = True
+                    return
+        finally:
+            if not finished:
+                self._inbox.put(_Cancel(request_id))
+
+    async def call(self, function: Callable[[], T]) -> T:
+        """Run `function` on the scheduler thread, between two batch steps, and await its result."""
+        if self._stopped.is_set():
+            raise SchedulerError(EngineFailure("The server is shutting down.", shutting_down=True))
+        future: asyncio.Future = self._loop.create_future()
+        self._inbox.put(_Call(function, future))
+        return await future
+
+    # ---- scheduler thread ----------------------------------------------------------------
+
+    def _run(self) -> None:
+        import torch
+
+        with torch.inference_mode():
+            self._loop_forever()
+
+    def _loop_forever(self) -> None:
+        batch = self._engine.new_batch(self._max_batch)
+        waiting: deque[_Admit] = deque()
+        running: dict[str, _Admit] = {}
+        while True:
+            idle = not running and not waiting
+            for message in self._drain(block=idle):
+                if isinstance(message, _Stop):
+                    self._fail_all(running, waiting, EngineFailure("The server is shutting down.", shutting_down=True))
+                    self._load = Load(0, 0)
+                    return
+                if isinstance(message, _Admit):
+                    waiting.append(message)
+                elif isinstance(message, _Cancel):
+                    self._cancel(batch, message.request_id, running, waiting)
+                elif isinstance(message, _Call):
+                    self._execute(message)
+            while waiting and len(running) < self._max_batch:
+                admit = waiting.popleft()
+                try:
+                    batch.add(admit.request_id, admit.prompt_ids, admit.params)
+                except Exception as exc:  # one bad request must not take the batch down
+                    log.error("could not admit %s: %s: %s", admit.request_id, type(exc).__name__, exc)
+                    self._post(admit.sink, EngineFailure(f"The engine refused the request: {exc}"))
+                    continue
+                running[admit.request_id] = admit
+            self._load = Load(active=len(running), queued=len(waiting))
+            if not running:
+                continue
+            try:
+                events = batch.step()
+            except Exception as exc:
+                log.error("batch step failed: %s: %s", type(exc).__name__, exc)
+                self._fail_all(running, deque(), EngineFailure(f"The engine failed while generating: {exc}"))
+                batch = self._engine.new_batch(self._max_batch)
+                continue
+            self._route(events, running)
+
+    def _drain(self, *, block: bool) -> list[Any]:
+        messages = [self._inbox.get()] if block else []
+        while True:
+            try:
+                messages.append(self._inbox.get_nowait())
+            except queue.Empty:
+                return messages
+
+    def _route(self, events: list["TokenEvent"], running: dict[str, _Admit]) -> None:
+        deliveries = []
+        for event in events:
+            admit = running.get(event.request_id)
+            if admit is None:  # cancelled while this step ran
+                continue
+            deliveries.append((admit.sink, event))
+            if event.finish_reason is not None:
+                del running[event.request_id]
+        if deliveries:
+            self._loop.call_soon_threadsafe(_deliver, deliveries)
+        self._load = Load(active=len(running), queued=self._load.queued)
+
+    def _cancel(self, batch: Any, request_id: str, running: dict[str, _Admit], waiting: deque[_Admit]) -> None:
+        if running.pop(request_id, None) is not None:
+            batch.cancel(request_id)
+            return
+        for admit in waiting:
+            if admit.request_id == request_id:
+                waiting.remove(admit)
+                return
+
+    def _execute(self, call: _Call) -> None:
+        try:
+            result = call.function()
+        except Exception as exc:
+            self._loop.call_soon_threadsafe(_settle, call.future, None, exc)
+            return
+        self._loop.call_soon_threadsafe(_settle, call.future, result, None)
+
+    def _fail_all(self, running: dict[str, _Admit], waiting: deque[_Admit], failure: EngineFailure) -> None:
+        for admit in [*running.values(), *waiting]:
+            self._post(admit.sink, failure)
+        running.clear()
+        waiting.clear()
+
+    def _post(self, sink: asyncio.Queue, item: Any) -> None:
+        self._loop.call_soon_threadsafe(sink.put_nowait, item)
+
+
+def _deliver(deliveries: list[tuple[asyncio.Queue, Any]]) -> None:
+    for sink, event in deliveries:
+        sink.put_nowait(event)
+
+
+def _settle(future: asyncio.Future, result: Any, error: BaseException | None) -> None:
+    if future.done():  # the awaiting request was cancelled meanwhile
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)

@@ -1,0 +1,76 @@
+"""The model being served: its engine, the names clients may call it by, its limits, and token spellings."""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from apr.engine import Engine
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """How `apr serve` was started. `max_context` None means the model's own context length."""
+
+    model_arg: str
+    host: str = "127.0.0.1"
+    port: int = 8080
+    batch_size: int = 8
+    api_key: str | None = None
+    max_context: int | None = None
+    # Seeds the per-request seeds of sampled requests that send none, so a server run is replayable.
+    seed: int = 0
+    # After SIGINT/SIGTERM, in-flight requests get this long to finish before they are cancelled.
+    graceful_timeout_s: float = 2.0
+
+
+@dataclass
+class ServedModel:
+    """Everything the routes need to know about the loaded model, plus the server's seed source."""
+
+    engine: "Engine"
+    model_id: str
+    aliases: frozenset[str]
+    max_context: int
+    created: int
+    seed_source: random.Random
+    _token_texts: dict[int, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_engine(cls, engine: "Engine", settings: ServeSettings) -> "ServedModel":
+        described = engine.describe()
+        path = Path(str(described.get("path", settings.model_arg)))
+        model_id = path.name if Path(settings.model_arg).exists() else settings.model_arg
+        aliases = frozenset({model_id, settings.model_arg, path.name, path.stem, str(path)})
+        model_limit = engine.config.context_length
+        max_context = min(settings.max_context, model_limit) if settings.max_context else model_limit
+        return cls(
+            engine=engine,
+            model_id=model_id,
+            aliases=aliases,
+            max_context=max_context,
+            created=int(time.time()),
+            seed_source=random.Random(settings.seed),
+        )
+
+    @property
+    def tokenizer(self):  # apr.formats.tokenizer.Tokenizer
+        return self.engine.tokenizer
+
+    def knows(self, name: str) -> bool:
+        return name in self.aliases
+
+    def next_seed(self) -> int:
+        return self.seed_source.randrange(2**63)
+
+    def token_text(self, token_id: int) -> str:
+        """How one token spells on its own (special tokens included), cached: logprobs name every token."""
+        text = self._token_texts.get(token_id)
+        if text is None:
+            text = self.tokenizer.decode([token_id], skip_special_tokens=False)
+            self._token_texts[token_id] = text
+        return text
