@@ -168,7 +168,7 @@ alt.vconcat(*charts.values()).properties(title=f"apr audit: {model}").save(str(p
 html = page.read_text(encoding="utf-8")
 # Self-contained: the vega libraries are inlined, nothing is fetched from a CDN.
 assert "cdn.jsdelivr.net" not in html and "vega-embed" in html
-print(f"wrote {len(written)} chart files and audit.html under {out.name}/")"""
+print(f"wrote {len(written)} chart files and audit.html")"""
 
 
 def build() -> nbformat.NotebookNode:

@@ -1,0 +1,133 @@
+"""The ``certification`` asset (MQS, JUnit, HTML, audit notebook per model) and ``certification_table`` (all models)."""
+
+import shutil
+from pathlib import Path
+
+import dagster as dg
+
+from pipelines.audit import AUDIT_NOTEBOOK, EVIDENCE_NAME, run_audit_notebook
+from pipelines.resources import WorkRoot
+from pipelines.stage import StageResult, run_stage, stage_output
+from pipelines.work_root import FileRef, StageRecord, file_ref, replace_dir, sha256_file
+
+CODE_VERSION = "1"
+ASSET = "certification"
+TABLE_ASSET = "certification_table"
+JUNIT_NAME = "junit.xml"
+REPORT_NAME = "report.html"
+
+
+def folder_files(folder: Path) -> dict[str, FileRef]:
+    """FileRefs of every file under a folder, keyed by their relative path."""
+    return {str(path.relative_to(folder)): file_ref(path) for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+def publish(source: Path, target: Path) -> None:
+    """Copy a finished folder to its published place, replacing the old one only once the copy is complete."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.with_name(f".{target.name}.new")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(source, staging)
+    replace_dir(staging, target)
+
+
+def certify_folder(model: str, folder: Path) -> dict:
+    """Render the certification of ``folder/evidence.jsonl`` into ``folder``: score, JUnit, HTML, audit notebook."""
+    from apr.qa.evidence import read_evidence
+    from apr.qa.reports import write_html_report, write_junit
+    from apr.qa.score import compute_mqs
+
+    records = read_evidence(folder / EVIDENCE_NAME).records
+    mqs = compute_mqs(records)
+    write_junit(records, folder / JUNIT_NAME)
+    write_html_report(records, folder / REPORT_NAME)
+    run_audit_notebook(model, folder)
+    return {
+        "mqs": mqs.score, "raw": mqs.raw, "grade": mqs.grade, "status": mqs.status.value,
+        "gateways_passed": mqs.gateways_passed, "records": mqs.total_records,
+        "outcomes": {str(outcome): count for outcome, count in mqs.outcomes.items()},
+        "blockers": list(mqs.blockers),
+    }
+
+
+def build_certification(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
+    @dg.asset(
+        name=ASSET,
+        partitions_def=partitions,
+        code_version=CODE_VERSION,
+        group_name="certification",
+        kinds={"python", "html"},
+        ins={"gate_results": dg.AssetIn("gate_results")},
+        description="certifications/<model>/: evidence, MQS, JUnit, HTML report and the executed audit notebook with charts.",
+    )
+    def certification(context: dg.AssetExecutionContext, work: WorkRoot, gate_results: StageRecord):
+        key = context.partition_key
+        layout = work.layout()
+        evidence = gate_results.path("evidence")
+        published = work.certifications() / key
+
+        def build(_: Path) -> StageResult:
+            with layout.staging_dir(ASSET, key, "out") as folder:
+                shutil.copy2(evidence, folder / EVIDENCE_NAME)
+                facts = certify_folder(key, folder)
+            folder = layout.asset_dir(ASSET, key) / "out"
+            publish(folder, published)
+            return StageResult(files=folder_files(published), facts={**facts, "published": str(published)})
+
+        record = run_stage(layout, asset=ASSET, partition=key, code_version=CODE_VERSION,
+                           inputs={"evidence": gate_results.files["evidence"].sha256,
+                                   "notebook": sha256_file(AUDIT_NOTEBOOK), "published": str(published)},
+                           build=build)
+        facts = record.facts
+        return stage_output(record, EVIDENCE_NAME, {
+            "MQS": dg.MetadataValue.int(facts["mqs"]),
+            "grade": dg.MetadataValue.text(facts["grade"]),
+            "status": dg.MetadataValue.text(facts["status"]),
+            "records": dg.MetadataValue.int(facts["records"]),
+            "gateways_passed": dg.MetadataValue.bool(facts["gateways_passed"]),
+            "folder": dg.MetadataValue.path(facts["published"]),
+            "report": dg.MetadataValue.path(str(Path(facts["published"]) / REPORT_NAME)),
+            "audit_notebook": dg.MetadataValue.path(str(Path(facts["published"]) / "audit.ipynb")),
+        })
+
+    return certification
+
+
+def build_certification_table(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
+    @dg.asset(
+        name=TABLE_ASSET,
+        code_version=CODE_VERSION,
+        group_name="certification",
+        kinds={"csv", "html"},
+        ins={"certification": dg.AssetIn("certification", partition_mapping=dg.AllPartitionMapping())},
+        description="certifications/models.csv and index.html over every certified model.",
+    )
+    def certification_table(work: WorkRoot, certification: dict[str, StageRecord]):
+        from apr.qa.reports import write_index_html, write_models_csv
+
+        layout = work.layout()
+        if not certification:
+            raise dg.Failure("no model has a certification yet; materialize `certification` for a model first")
+        evidence = {key: Path(record.facts["published"]) / EVIDENCE_NAME for key, record in sorted(certification.items())}
+
+        def build(_: Path) -> StageResult:
+            with layout.staging_dir(TABLE_ASSET, None, "out") as folder:
+                write_models_csv(evidence, folder / "models.csv")
+                write_index_html(evidence, folder / "index.html")
+            folder = layout.asset_dir(TABLE_ASSET, None) / "out"
+            target = work.certifications()
+            target.mkdir(parents=True, exist_ok=True)
+            for name in ("models.csv", "index.html"):
+                shutil.copy2(folder / name, target / f".{name}.new")
+                (target / f".{name}.new").replace(target / name)
+            return StageResult(files={name: file_ref(target / name) for name in ("models.csv", "index.html")},
+                               facts={"models": sorted(evidence)})
+
+        record = run_stage(layout, asset=TABLE_ASSET, partition=None, code_version=CODE_VERSION,
+                           inputs={key: rec.data_version for key, rec in certification.items()}, build=build)
+        return stage_output(record, "models.csv", {
+            "models": dg.MetadataValue.int(len(record.facts["models"])),
+            "index": dg.MetadataValue.path(record.files["index.html"].path),
+        })
+
+    return certification_table

@@ -1,0 +1,117 @@
+"""One command that materializes the whole certification graph for some models: ``python -m pipelines.materialize``.
+
+    .venv/bin/python -m pipelines.materialize smollm2-135m qwen2.5-coder-1.5b
+
+Each model (a partition key, or the model ref its playbook names, e.g. ``smollm2:135m``) runs
+``checkpoint`` → artifacts → ``inference_traces`` → ``gate_results`` → ``certification``; then
+``certification_table`` is rebuilt over every certified model. Runs are recorded in the Dagster
+instance at ``$DAGSTER_HOME`` (default: ``dagster_home/`` in the repo), so ``dagster dev`` shows them.
+Work whose inputs did not change is skipped (see docs/pipelines.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from apr.errors import AprError
+from pipelines.partitions import DEFAULT_PLAYBOOKS_DIR, REPO_ROOT, discover_playbooks
+
+REPO_DAGSTER_HOME = REPO_ROOT / "dagster_home"
+
+
+def partition_for(playbooks_dir: Path, name: str) -> str:
+    """A partition key from a key or from the model ref a playbook names (``smollm2:135m``)."""
+    from pipelines.playbooks import model_ref
+
+    found = discover_playbooks(playbooks_dir)
+    if name in found:
+        return name
+    matches = [key for key in found if model_ref(playbooks_dir, key) == name]
+    if len(matches) == 1:
+        return matches[0]
+    known = ", ".join(found) or "none"
+    raise AprError(f"{name!r} is neither a model partition nor the ref of exactly one playbook in {playbooks_dir} "
+                   f"(partitions: {known})")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m pipelines.materialize", description=__doc__.splitlines()[0])
+    parser.add_argument("models", nargs="+", help="partition keys or model refs, e.g. smollm2-135m or smollm2:135m")
+    parser.add_argument("--work-root", type=Path, default=None, help="work root (default $APR_WORK or .apr-work/)")
+    parser.add_argument("--certifications", type=Path, default=None, help="published folder (default certifications/)")
+    parser.add_argument("--no-table", action="store_true", help="skip rebuilding certification_table")
+    return parser.parse_args(argv)
+
+
+def run(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    os.environ.setdefault("DAGSTER_HOME", str(REPO_DAGSTER_HOME))
+    import dagster as dg
+
+    from pipelines.definitions import build_definitions
+    from pipelines.resources import WorkRoot
+
+    work_config = {}
+    if args.work_root is not None:
+        work_config["root"] = str(args.work_root.resolve())
+    if args.certifications is not None:
+        work_config["certifications_dir"] = str(args.certifications.resolve())
+    defs = build_definitions(DEFAULT_PLAYBOOKS_DIR, WorkRoot(**work_config))
+    keys = [partition_for(DEFAULT_PLAYBOOKS_DIR, name) for name in args.models]
+    assets = list(defs.assets or [])
+    resources = dict(defs.resources or {})
+    per_model = dg.AssetSelection.assets("certification").upstream()
+
+    failed = []
+    with dg.DagsterInstance.get() as instance:
+        for key in keys:
+            started = time.monotonic()
+            result = dg.materialize(assets, selection=per_model, partition_key=key, instance=instance,
+                                    resources=resources, raise_on_error=False, tags={"apr/model": key})
+            report(key, result, time.monotonic() - started)
+            if not result.success:
+                failed.append(key)
+        if not args.no_table:
+            started = time.monotonic()
+            result = dg.materialize(assets, selection=dg.AssetSelection.assets("certification_table"),
+                                    instance=instance, resources=resources, raise_on_error=False)
+            report("certification_table", result, time.monotonic() - started)
+            if not result.success:
+                failed.append("certification_table")
+    if failed:
+        print(f"materialize: failed for {', '.join(failed)}; see the run logs in `dagster dev`", file=sys.stderr)
+        return 1
+    return 0
+
+
+def report(what: str, result, seconds: float) -> None:
+    """One line per materialized asset (reused or built, key metadata), then the run's verdict."""
+    for event in result.get_asset_materialization_events():
+        materialization = event.event_specific_data.materialization
+        metadata = materialization.metadata
+        reused = metadata.get("reused")
+        shown = {name: metadata[name].value for name in ("MQS", "grade", "status", "bytes", "decode_tok_s", "records")
+                 if name in metadata}
+        state = "reused" if reused is not None and reused.value else "built"
+        print(f"  {materialization.asset_key.to_user_string():<18} {state:<6} {shown}")
+    for evaluation in result.get_asset_check_evaluations():
+        verdict = "passed" if evaluation.passed else "FAILED"
+        print(f"  check {evaluation.asset_key.to_user_string()}:{evaluation.check_name} {verdict}"
+              + ("" if evaluation.passed else f" ({evaluation.description})"))
+    print(f"{what}: {'success' if result.success else 'FAILED'} in {seconds:.1f} s")
+
+
+def main() -> int:
+    try:
+        return run()
+    except AprError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
