@@ -1,0 +1,133 @@
+"""The ``gates:`` section of a playbook: which gates run, each with its typed thresholds.
+
+A gate listed (even as ``GATE-ID: {}`` or with no value) runs; an unlisted gate does not. The five
+gateways G0–G4 always run: they cannot be disabled, listing them only sets their thresholds.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from apr.qa.axes import Backend, Modality
+from apr.qa.gates_catalog import GATEWAYS, GateId
+
+
+DEFAULT_MIN_TOK_S: dict[Backend, float] = {Backend.CPU: 1.0, Backend.GPU: 10.0}
+
+
+class GateSettings(BaseModel):
+    """A gate without thresholds of its own."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class IntegrityGate(GateSettings):
+    verify_sha256: bool = True  # compare the file's sha256 with the one recorded by the hub
+
+
+class QualityGate(GateSettings):
+    """G4 thresholds, handed to the garbage oracle of every scenario prompt."""
+
+    max_repetition_ratio: float = Field(0.3, ge=0, le=1)
+    min_unique_chars: int = Field(10, ge=1)
+    max_token_share: float = Field(0.5, gt=0, le=1)
+
+
+class GoldenCase(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    prompt: str = Field(min_length=1)
+    expect_any: tuple[str, ...] = Field(min_length=1)
+
+
+class GoldenOutputGate(GateSettings):
+    cases: tuple[GoldenCase, ...] = (GoldenCase(prompt="What is 2+2?", expect_any=("4",)),)
+    max_tokens: int = Field(64, ge=1)
+
+
+class ParityGate(GateSettings):
+    """Logit parity: greedy top-1 agreement and mean KL(reference ‖ candidate) over the prompt positions."""
+
+    min_top1_agreement: float = Field(0.9, ge=0, le=1)
+    max_kl: float = Field(0.1, ge=0)
+    prompts: tuple[str, ...] = Field(("What is 2+2?", "def fibonacci(n):", "你好，世界"), min_length=1)
+
+
+class TokenizerParityGate(GateSettings):
+    corpus: tuple[str, ...] = Field(
+        ("Hello, world!", "def add(a, b):\n    return a + b\n", "你好，世界 — café naïve Zürich 🙂",
+         "  leading and trailing spaces  ", "x = [i**2 for i in range(10)]  # squares"), min_length=1)
+
+
+class DeterminismGate(GateSettings):
+    repeats: int = Field(2, ge=2)
+    modalities: tuple[Modality, ...] = Field((Modality.RUN, Modality.CHAT, Modality.SERVE), min_length=1)
+
+
+class AttentionTraceGate(GateSettings):
+    min_normalized_entropy: float = Field(0.05, ge=0, le=1)  # below: attention collapsed onto one key
+    max_first_position_mass: float = Field(0.95, gt=0, le=1)  # above: every head only attends to position 0
+
+
+class ThroughputGate(GateSettings):
+    """Per-backend minimum decode tok/s; a backend left out keeps its default."""
+
+    min_tok_s: dict[Backend, float] = Field(default_factory=lambda: dict(DEFAULT_MIN_TOK_S))
+
+    @field_validator("min_tok_s")
+    @classmethod
+    def _positive_and_complete(cls, value: dict[Backend, float]) -> dict[Backend, float]:
+        if any(v <= 0 for v in value.values()):
+            raise ValueError("minimum tok/s must be positive")
+        return DEFAULT_MIN_TOK_S | value
+
+
+class GpuSpeedupGate(GateSettings):
+    min_speedup: float = Field(2.0, gt=0)
+
+
+def _listed(value: Any) -> Any:
+    # `GATE-ID:` with no value in YAML means "run with defaults".
+    return {} if value is None else value
+
+
+class GateSet(BaseModel):
+    """Gates keyed by their id as written in YAML (``G4-QUALITY: {...}``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    g0_integrity: IntegrityGate = Field(IntegrityGate(), alias="G0-INTEGRITY")
+    g1_load: GateSettings = Field(GateSettings(), alias="G1-LOAD")
+    g2_inference: GateSettings = Field(GateSettings(), alias="G2-INFERENCE")
+    g3_stability: GateSettings = Field(GateSettings(), alias="G3-STABILITY")
+    g4_quality: QualityGate = Field(QualityGate(), alias="G4-QUALITY")
+    contract_invariants: GateSettings | None = Field(None, alias="CONTRACT-INVARIANTS")
+    metadata_plausibility: GateSettings | None = Field(None, alias="METADATA-PLAUSIBILITY")
+    structure: GateSettings | None = Field(None, alias="STRUCTURE")
+    golden_output: GoldenOutputGate | None = Field(None, alias="GOLDEN-OUTPUT")
+    format_parity: ParityGate | None = Field(None, alias="FORMAT-PARITY")
+    reference_parity: ParityGate | None = Field(None, alias="REFERENCE-PARITY")
+    tokenizer_parity: TokenizerParityGate | None = Field(None, alias="TOKENIZER-PARITY")
+    determinism: DeterminismGate | None = Field(None, alias="DETERMINISM")
+    attention_trace: AttentionTraceGate | None = Field(None, alias="ATTENTION-TRACE")
+    throughput: ThroughputGate | None = Field(None, alias="THROUGHPUT")
+    gpu_speedup: GpuSpeedupGate | None = Field(None, alias="GPU-SPEEDUP")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _none_means_defaults(cls, value: Any) -> Any:
+        return _listed(value)
+
+    def get(self, gate: GateId) -> GateSettings | None:
+        """The settings of ``gate`` if it runs in this playbook, else None."""
+        return getattr(self, gate.name.lower())
+
+    def enabled(self) -> tuple[GateId, ...]:
+        """Every gate that runs: the gateways always, then the listed gates, in catalog order."""
+        return tuple(gate for gate in GateId if gate in GATEWAYS or self.get(gate) is not None)
+
+
+if {GateId(field.alias) for field in GateSet.model_fields.values()} != set(GateId):
+    raise RuntimeError("GateSet must have one field per GateId")  # a new gate id without settings is a bug

@@ -1,0 +1,226 @@
+"""Seeded, property-based prompt pools; every prompt carries the oracles that judge it and their expectations.
+
+``generate_prompts(settings)`` is a pure function of the settings (which include the seed): the same
+playbook and seed always give the same prompts, ids included. Each pool draws from its own
+``random.Random(f"{seed}:{pool}")``, so changing one pool's count never changes another pool's prompts.
+
+Two prompt styles: ``instruct`` (questions for chat-tuned models; replies should stop on EOS) and
+``completion`` (text to continue, for base models without a chat template; no EOS expectation).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from apr.qa.oracles.base import (
+    ArithmeticSpec, CodeSpec, ExpectedTextSpec, GarbageSpec, Language, NonEmptySpec, OracleName, OracleSpec,
+    StopsOnEosSpec,
+)
+
+
+class Pool(StrEnum):
+    ARITHMETIC = "arithmetic"
+    CODE = "code"
+    UNICODE = "unicode"
+    FACTS = "facts"
+    LONG_CONTEXT = "long_context"
+    EMPTY = "empty"
+    WHITESPACE = "whitespace"
+    CUSTOM = "custom"
+
+
+class PromptStyle(StrEnum):
+    INSTRUCT = "instruct"
+    COMPLETION = "completion"
+
+
+class Prompt(BaseModel):
+    """One scenario prompt. ``allows_refusal``: a clean error (exit 2, one error line) is an acceptable reply."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str
+    pool: Pool
+    text: str
+    oracles: tuple[OracleSpec, ...] = ()
+    max_tokens: int = Field(64, ge=1)
+    allows_refusal: bool = False
+
+    def spec_for(self, oracle: OracleName) -> OracleSpec | None:
+        return next((spec for spec in self.oracles if spec.name is oracle), None)
+
+    @property
+    def oracle_names(self) -> tuple[OracleName, ...]:
+        return tuple(spec.name for spec in self.oracles)
+
+
+class CustomPrompt(BaseModel):
+    """A prompt written in the playbook, with its oracles spelled out."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    text: str
+    oracles: tuple[OracleSpec, ...] = ()
+    max_tokens: int | None = Field(None, ge=1)
+    allows_refusal: bool = False
+
+
+class PoolCounts(BaseModel):
+    """How many prompts to draw from each pool."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    arithmetic: int = Field(0, ge=0)
+    code: int = Field(0, ge=0)
+    unicode: int = Field(0, ge=0)
+    facts: int = Field(0, ge=0)
+    long_context: int = Field(0, ge=0)
+    empty: int = Field(0, ge=0, le=1)
+    whitespace: int = Field(0, ge=0, le=1)
+
+
+class ScenarioSettings(BaseModel):
+    """The ``scenarios:`` section of a playbook."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    seed: int = Field(42, ge=0)
+    style: PromptStyle = PromptStyle.INSTRUCT
+    max_tokens: int = Field(64, ge=1, le=4096)
+    pools: PoolCounts = PoolCounts(arithmetic=1)
+    code_languages: tuple[Language, ...] = Field((Language.PYTHON,), min_length=1)
+    long_context_words: int = Field(400, ge=50, le=20000)
+    prompts: tuple[CustomPrompt, ...] = ()
+    per_cell: int | None = Field(1, ge=1, description="prompts per format×modality cell, rotating; null = every prompt")
+
+
+def _prompt_id(pool: Pool, index: int, text: str) -> str:
+    return f"{pool}-{index}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+
+
+def _common(settings: ScenarioSettings, garbage: GarbageSpec) -> tuple[OracleSpec, ...]:
+    eos = (StopsOnEosSpec(),) if settings.style is PromptStyle.INSTRUCT else ()
+    return (NonEmptySpec(), garbage, *eos)
+
+
+def _arithmetic(rng: random.Random, settings: ScenarioSettings, garbage: GarbageSpec) -> tuple[str, tuple[OracleSpec, ...]]:
+    symbol, word = rng.choice([("+", "plus"), ("-", "minus"), ("*", "times")])
+    a, b = (rng.randint(2, 12), rng.randint(2, 12)) if symbol == "*" else (rng.randint(2, 50), rng.randint(2, 50))
+    if symbol == "-" and b > a:
+        a, b = b, a
+    if settings.style is PromptStyle.COMPLETION:
+        text = f"{a} {symbol} {b} ="
+    else:
+        text = rng.choice([f"What is {a} {symbol} {b}? Answer with just the number.",
+                           f"What is {a} {word} {b}? Reply with the number only.",
+                           f"Compute {a} {symbol} {b}. Give only the result."])
+    return text, (ArithmeticSpec(), *_common(settings, garbage))
+
+
+_CODE_TASKS = [("add_numbers", "returns the sum of its two arguments"),
+               ("max_of_two", "returns the larger of its two arguments"),
+               ("is_even", "returns true when its integer argument is even"),
+               ("square", "returns its argument multiplied by itself")]
+_LANGUAGE_NAMES = {Language.PYTHON: "Python", Language.JAVASCRIPT: "JavaScript", Language.RUST: "Rust",
+                   Language.GO: "Go"}
+
+
+def _code(rng: random.Random, settings: ScenarioSettings, garbage: GarbageSpec, index: int) -> tuple[str, tuple[OracleSpec, ...]]:
+    language = settings.code_languages[index % len(settings.code_languages)]
+    name, task = rng.choice(_CODE_TASKS)
+    text = (f"Write a {_LANGUAGE_NAMES[language]} function named {name} that {task}. "
+            "Reply with only the code in one fenced code block.")
+    # Code legitimately repeats tokens; the garbage oracle keeps its character checks but a looser loop limit.
+    loose = garbage.model_copy(update={"max_repetition_ratio": max(garbage.max_repetition_ratio, 0.5)})
+    return text, (CodeSpec(language=language, function_name=name), NonEmptySpec(), loose)
+
+
+_UNICODE_INSTRUCT = [("Translate 'hello' into Chinese. Reply with only the Chinese word.", ("你好",)),
+                     ("Repeat exactly this text: 你好，世界", ("你好",)),
+                     ("Repeat exactly these words: café, naïve, Zürich", ("café", "Zürich")),
+                     ("Write the Japanese word for 'thank you' in hiragana only.", ("ありがとう",))]
+_UNICODE_COMPLETION = [("English: hello\nChinese: 你好\nEnglish: hello\nChinese:", ("你好",)),
+                       ("The café in Zürich is called Café Zürich. The café in Zürich is called Café", ("Zürich",))]
+
+
+def _unicode(rng: random.Random, settings: ScenarioSettings, garbage: GarbageSpec) -> tuple[str, tuple[OracleSpec, ...]]:
+    pool = _UNICODE_INSTRUCT if settings.style is PromptStyle.INSTRUCT else _UNICODE_COMPLETION
+    text, expected = rng.choice(pool)
+    return text, (ExpectedTextSpec(any_of=expected), *_common(settings, garbage))
+
+
+_FACTS_INSTRUCT = [("What is the capital of France? Answer in one word.", ("Paris",)),
+                   ("How many days are in a week? Answer with a number.", ("7", "seven")),
+                   ("What color is the sky on a clear day? Answer in one word.", ("blue",)),
+                   ("What is the opposite of 'hot'? Answer in one word.", ("cold",))]
+_FACTS_COMPLETION = [("The capital of France is", ("Paris",)),
+                     ("Monday, Tuesday, Wednesday, Thursday,", ("Friday",)),
+                     ("One, two, three, four,", ("five",))]
+
+
+def _facts(rng: random.Random, settings: ScenarioSettings, garbage: GarbageSpec) -> tuple[str, tuple[OracleSpec, ...]]:
+    pool = _FACTS_INSTRUCT if settings.style is PromptStyle.INSTRUCT else _FACTS_COMPLETION
+    text, expected = rng.choice(pool)
+    return text, (ExpectedTextSpec(any_of=expected), *_common(settings, garbage))
+
+
+_SUBJECTS = ["The river", "An old lighthouse", "The village market", "Our garden", "The mountain trail", "The library"]
+_PREDICATES = ["was quiet in the early morning", "changed with every season", "attracted visitors from far away",
+               "needed repairs after the storm", "was painted a pale shade of green", "smelled of fresh bread"]
+
+
+def _long_context(rng: random.Random, settings: ScenarioSettings, garbage: GarbageSpec) -> tuple[str, tuple[OracleSpec, ...]]:
+    code = str(rng.randint(1000, 9999))
+    sentences: list[str] = []
+    while sum(len(s.split()) for s in sentences) < settings.long_context_words:
+        sentences.append(f"{rng.choice(_SUBJECTS)} {rng.choice(_PREDICATES)}.")
+    sentences.insert(rng.randrange(len(sentences) // 4, 3 * len(sentences) // 4),
+                     f"The access code for the vault is {code}.")
+    passage = " ".join(sentences)
+    if settings.style is PromptStyle.COMPLETION:
+        text = f"{passage}\n\nQuestion: What is the access code for the vault?\nAnswer: The access code for the vault is"
+    else:
+        text = f"{passage}\n\nWhat is the access code for the vault? Answer with the number only."
+    return text, (ExpectedTextSpec(any_of=(code,)), NonEmptySpec(), garbage)
+
+
+def generate_prompts(settings: ScenarioSettings, garbage: GarbageSpec = GarbageSpec()) -> list[Prompt]:
+    """All prompts of a playbook, in a fixed pool order, reproducible from the settings (seed included).
+
+    ``garbage`` carries the playbook's G4 thresholds to every prompt's garbage oracle."""
+    prompts: list[Prompt] = []
+    counts = settings.pools
+    builders = [(Pool.ARITHMETIC, counts.arithmetic, lambda rng, i: _arithmetic(rng, settings, garbage)),
+                (Pool.CODE, counts.code, lambda rng, i: _code(rng, settings, garbage, i)),
+                (Pool.UNICODE, counts.unicode, lambda rng, i: _unicode(rng, settings, garbage)),
+                (Pool.FACTS, counts.facts, lambda rng, i: _facts(rng, settings, garbage)),
+                (Pool.LONG_CONTEXT, counts.long_context, lambda rng, i: _long_context(rng, settings, garbage))]
+    for pool, count, build in builders:
+        rng = random.Random(f"{settings.seed}:{pool}")
+        for index in range(count):
+            text, oracles = build(rng, index)
+            max_tokens = settings.max_tokens * 2 if pool is Pool.CODE else settings.max_tokens
+            prompts.append(Prompt(id=_prompt_id(pool, index, text), pool=pool, text=text, oracles=oracles,
+                                  max_tokens=max_tokens))
+    for pool, count, text in ((Pool.EMPTY, counts.empty, ""), (Pool.WHITESPACE, counts.whitespace, "  \n\t ")):
+        if count:
+            # Nothing to judge: these cells prove G1–G3 only (no crash, a reply or a clean refusal).
+            prompts.append(Prompt(id=_prompt_id(pool, 0, text), pool=pool, text=text, max_tokens=settings.max_tokens,
+                                  allows_refusal=True))
+    for index, custom in enumerate(settings.prompts):
+        prompts.append(Prompt(id=_prompt_id(Pool.CUSTOM, index, custom.text), pool=Pool.CUSTOM, text=custom.text,
+                              oracles=custom.oracles, max_tokens=custom.max_tokens or settings.max_tokens,
+                              allows_refusal=custom.allows_refusal))
+    return prompts
+
+
+def assign(prompts: list[Prompt], combo_index: int, per_cell: int | None) -> list[Prompt]:
+    """The prompts of one format×modality combination: all of them, or ``per_cell`` of them rotating so that
+    successive combinations cover the pool (the same prompts on every backend, so CPU and GPU compare)."""
+    if per_cell is None or not prompts:
+        return list(prompts)
+    return [prompts[(combo_index * per_cell + j) % len(prompts)] for j in range(min(per_cell, len(prompts)))]
