@@ -1,0 +1,85 @@
+"""Shared plumbing of `apr run`, `apr chat` and `apr bench`: load a model, build prompts, render results."""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from apr.engine import Engine, GenerationResult
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """What the user asked of the engine on the command line."""
+
+    device: str = "auto"
+    dtype: str | None = None
+    threads: int | None = None
+    compile: bool | None = None
+    dense_prefill: bool | None = None
+
+
+def open_engine(model_arg: str, options: EngineOptions) -> tuple["Engine", float]:
+    """(engine, seconds from the start of loading) for a MODEL argument (path, cached name or ref)."""
+    start = time.perf_counter()
+    from apr.engine import load_engine
+    from apr.formats import load_model
+    from apr.hub import resolve_model_arg
+
+    path = resolve_model_arg(model_arg, progress=sys.stderr.isatty())
+    engine = load_engine(load_model(path), device=options.device, dtype=options.dtype, threads=options.threads,
+                         compile=options.compile, dense_prefill=options.dense_prefill)
+    return engine, time.perf_counter() - start
+
+
+def prompt_ids(engine: "Engine", messages: list[dict[str, str]], raw_text: str | None) -> list[int]:
+    """Token ids of a chat (templated) or, with ``raw_text``, of that text as it stands (BOS added if the model wants)."""
+    tokenizer = engine.tokenizer
+    if raw_text is not None:
+        return tokenizer.encode(raw_text, add_special_tokens=True)
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+    return tokenizer.encode(text, add_special_tokens=False)
+
+
+def result_json(result: "GenerationResult", load_s: float | None = None) -> dict[str, Any]:
+    timings = result.timings.to_dict()
+    if load_s is not None:
+        timings = {"load_s": load_s, **timings}
+    return {"text": result.text, "prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
+            "finish_reason": result.finish_reason, "timings": {k: round(v, 6) for k, v in timings.items()}}
+
+
+def model_json(engine: "Engine") -> dict[str, Any]:
+    described = engine.describe()
+    return {"path": described["path"], "format": described["format"], "architecture": described["architecture"]}
+
+
+def timing_line(result: "GenerationResult", load_s: float) -> str:
+    t = result.timings
+    return (f"load {load_s:.2f} s · prompt {result.prompt_tokens} tok, ttft {t.ttft_s:.3f} s "
+            f"({t.prefill_tok_s:.1f} tok/s) · {result.completion_tokens} tok at {t.decode_tok_s:.1f} tok/s · "
+            f"finish {result.finish_reason}")
+
+
+def stream_to_stdout(engine, ids: list[int], params):
+    """Print text as it is generated; return the GenerationResult of the same run."""
+    from apr.engine import GenerationResult, Timings
+
+    start = time.perf_counter()
+    first = None
+    events = []
+    for event in engine.stream(ids, params):
+        first = first or time.perf_counter()
+        events.append(event)
+        if event.text:
+            sys.stdout.write(event.text)
+            sys.stdout.flush()
+    sys.stdout.write("\n")
+    end = time.perf_counter()
+    ttft, decode_s = first - start, end - first
+    timings = Timings(ttft, len(ids) / ttft, (len(events) - 1) / decode_s if decode_s > 0 else 0.0, end - start)
+    return GenerationResult([e.token_id for e in events], "".join(e.text for e in events),
+                            events[-1].finish_reason or "length", len(ids), len(events), timings)

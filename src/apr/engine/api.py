@@ -1,0 +1,141 @@
+"""The engine's public face: load a checkpoint onto a device and generate from token ids."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from apr.engine.batch import BatchDecoder
+from apr.engine.device import resolve_device, resolve_dtype, set_threads
+from apr.engine.loader import build_transformer, weight_kinds
+from apr.engine.model import Transformer
+from apr.engine.types import GenerationResult, SamplingParams, Timings, TokenEvent
+from apr.engine.weights import WeightPolicy
+from apr.formats.model import CanonicalModel
+
+DEFAULT_MAX_POSITIONS = 8192
+
+
+class Engine:
+    """A loaded model ready to run: ``logits`` for parity checks, ``generate``/``stream`` for one request,
+    ``new_batch`` for continuous batching."""
+
+    def __init__(self, model: CanonicalModel, transformer: Transformer, policy: WeightPolicy,
+                 compile_state: str, load_s: float, decode_step=None) -> None:
+        self.model = model
+        self.config = model.config
+        self.tokenizer = model.tokenizer
+        self.transformer = transformer
+        self.device = policy.device
+        self.dtype = policy.dtype
+        self.policy = policy
+        self.compile_state = compile_state
+        self.load_s = load_s
+        self._decode_step = decode_step
+        self._ids = itertools.count()
+        eos = set(self.config.eos_token_ids)
+        eos.update(getattr(self.tokenizer, "eos_token_ids", ()) or ())
+        self.eos_token_ids = tuple(sorted(eos))
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "path": str(self.model.source_path),
+            "format": self.model.source_format,
+            "architecture": self.config.architecture,
+            "device": str(self.device),
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "weights": weight_kinds(self.transformer),
+            "dense_prefill": self.policy.dense_prefill,
+            "compile": self.compile_state,
+            "threads": torch.get_num_threads(),
+            "max_positions": self.transformer.max_positions,
+            "load_s": round(self.load_s, 3),
+        }
+
+    @torch.inference_mode()
+    def logits(self, ids: list[int]) -> torch.Tensor:
+        """float32 ``[len(ids), vocab]`` logits of the whole sequence, computed without a cache."""
+        if not ids:
+            raise ValueError("logits() needs at least one token id")
+        return self.transformer(torch.tensor(ids, device=self.device)).float().cpu()
+
+    def prompt_logprobs(self, ids: list[int]) -> list[float | None]:
+        """log p(ids[i] | ids[:i]) for every position; the first has no context and is None."""
+        logits = self.logits(ids)
+        logprobs = torch.log_softmax(logits[:-1], dim=-1)
+        picked = logprobs.gather(1, torch.tensor(ids[1:])[:, None])[:, 0]
+        return [None, *(float(x) for x in picked)]
+
+    def new_batch(self, max_batch: int) -> BatchDecoder:
+        return BatchDecoder(self.transformer, self.tokenizer, self.eos_token_ids, max_batch)
+
+    def stream(self, prompt_ids: list[int], params: SamplingParams) -> Iterator[TokenEvent]:
+        """Token events of one request as they are produced; the last one carries ``finish_reason``."""
+        decoder = BatchDecoder(self.transformer, self.tokenizer, self.eos_token_ids, 1,
+                               step_hook=self._decode_step)
+        decoder.add(f"req-{next(self._ids)}", list(prompt_ids), params)
+        while decoder.active:
+            yield from decoder.step()
+
+    def generate(self, prompt_ids: list[int], params: SamplingParams) -> GenerationResult:
+        start = time.perf_counter()
+        first_at = None
+        events: list[TokenEvent] = []
+        for event in self.stream(prompt_ids, params):
+            if first_at is None:
+                first_at = time.perf_counter()
+            events.append(event)
+        end = time.perf_counter()
+        ttft = (first_at or end) - start
+        decode_s = end - (first_at or end)
+        decoded = len(events) - 1
+        timings = Timings(ttft_s=ttft, prefill_tok_s=len(prompt_ids) / ttft if ttft > 0 else 0.0,
+                          decode_tok_s=decoded / decode_s if decoded > 0 and decode_s > 0 else 0.0,
+                          total_s=end - start)
+        return GenerationResult(
+            token_ids=[e.token_id for e in events], text="".join(e.text for e in events),
+            finish_reason=events[-1].finish_reason or "length", prompt_tokens=len(prompt_ids),
+            completion_tokens=len(events), timings=timings,
+            logprobs=[e.logprob for e in events if e.logprob is not None])
+
+
+def load_engine(model: str | Path | CanonicalModel, *, device: str = "auto", dtype: str | torch.dtype | None = None,
+                threads: int | None = None, compile: bool | None = None, dense_prefill: bool | None = None,
+                max_positions: int | None = None) -> Engine:
+    """Load ``model`` (a CanonicalModel, a path to any format, or a model ref) for inference.
+
+    dtype fp32 dequantizes every tensor (the exact reference mode); bf16 (default) keeps quantized
+    tensors packed for the weight-only kernels. ``compile`` None means: compile the decode step on CPU
+    when the packed kernels are in use.
+    """
+    start = time.perf_counter()
+    set_threads(threads)
+    canonical = model if isinstance(model, CanonicalModel) else _load_canonical(model)
+    dev = resolve_device(device)
+    act = resolve_dtype(dtype, dev)
+    packed = act != torch.float32
+    policy = WeightPolicy(dtype=act, device=dev, packed=packed, dense_prefill=bool(dense_prefill))
+    positions = min(canonical.config.context_length, max_positions or DEFAULT_MAX_POSITIONS)
+    with torch.inference_mode():
+        transformer = build_transformer(canonical, policy, positions)
+    from apr.engine.compile import compile_decode
+
+    want_compile = packed and dev.type == "cpu" if compile is None else compile
+    decode_step, state = compile_decode(transformer, want_compile)
+    return Engine(canonical, transformer, policy, state, time.perf_counter() - start, decode_step)
+
+
+def _load_canonical(model: str | Path) -> CanonicalModel:
+    from apr.formats import load_model
+
+    path = Path(model)
+    if not path.exists():
+        from apr.hub import resolve_model_arg
+
+        path = resolve_model_arg(str(model))
+    return load_model(path)

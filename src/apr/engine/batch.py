@@ -1,0 +1,110 @@
+"""Continuous batching: sequences join and leave between steps; each step yields one token per sequence."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from apr.engine.detokenize import DecodesIds, TextTracker
+from apr.engine.kv_cache import SequenceCache, capacity_for
+from apr.engine.model import Transformer
+from apr.engine.sampling import Sampler
+from apr.engine.types import FinishReason, SamplingParams, TokenEvent
+
+
+@dataclass
+class Sequence:
+    """Everything the decoder keeps about one request."""
+
+    request_id: str
+    prompt_ids: list[int]
+    params: SamplingParams
+    sampler: Sampler
+    text: TextTracker
+    stop_ids: frozenset[int]
+    cache: SequenceCache | None = None
+    generated: list[int] = field(default_factory=list)
+    finished_at: float | None = None
+
+
+class BatchDecoder:
+    """Runs up to ``max_batch`` sequences together. Greedy output of a sequence is the same alone or batched:
+    every sequence has its own cache, sized only by its own request, and the batched matmul kernels
+    compute each row independently."""
+
+    def __init__(self, model: Transformer, tokenizer: DecodesIds, eos_ids: tuple[int, ...], max_batch: int,
+                 step_hook=None) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        self.model, self.tokenizer, self.max_batch = model, tokenizer, max_batch
+        self.eos_ids = frozenset(eos_ids)
+        self._pending: list[Sequence] = []
+        self._running: list[Sequence] = []
+        self._decode = step_hook or model.decode
+
+    @property
+    def active(self) -> list[str]:
+        """Request ids still generating or waiting to start."""
+        return [s.request_id for s in (*self._running, *self._pending)]
+
+    def add(self, request_id: str, prompt_ids: list[int], params: SamplingParams) -> None:
+        if not prompt_ids:
+            raise ValueError("the prompt has no tokens")
+        if request_id in self.active:
+            raise ValueError(f"request {request_id!r} is already in the batch")
+        vocab = self.model.cfg.vocab_size
+        if any(not 0 <= i < vocab for i in prompt_ids):
+            raise ValueError(f"prompt token ids must lie in [0, {vocab})")
+        limit = self.model.max_positions
+        if len(prompt_ids) >= limit:
+            raise ValueError(f"the prompt has {len(prompt_ids)} tokens; this engine holds at most {limit - 1}")
+        self._pending.append(Sequence(request_id, list(prompt_ids), params, Sampler(params),
+                                      TextTracker(self.tokenizer, params.stop),
+                                      self.eos_ids | frozenset(params.stop_token_ids)))
+
+    def cancel(self, request_id: str) -> None:
+        self._pending = [s for s in self._pending if s.request_id != request_id]
+        self._running = [s for s in self._running if s.request_id != request_id]
+
+    @torch.inference_mode()
+    def step(self) -> list[TokenEvent]:
+        """Prefill newly added sequences (their first token) and decode one token for the others."""
+        events: list[TokenEvent] = []
+        decoding = list(self._running)
+        while self._pending and len(self._running) < self.max_batch:
+            seq = self._pending.pop(0)
+            self._running.append(seq)
+            events.append(self._prefill(seq))
+        if decoding:
+            tokens = torch.tensor([s.generated[-1] for s in decoding], device=self.model.embedding.device)
+            logits = self._decode(tokens, [s.cache for s in decoding])
+            events.extend(self._advance(seq, row) for seq, row in zip(decoding, logits))
+        self._running = [s for s in self._running if s.finished_at is None]
+        return events
+
+    def _prefill(self, seq: Sequence) -> TokenEvent:
+        positions = min(len(seq.prompt_ids) + seq.params.max_tokens, self.model.max_positions)
+        cfg = self.model.cfg
+        seq.cache = SequenceCache(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim,
+                                  capacity_for(positions, self.model.max_positions),
+                                  self.model.dtype, self.model.embedding.device)
+        ids = torch.tensor(seq.prompt_ids, device=self.model.embedding.device)
+        hidden = self.model.prefill(ids, seq.cache)
+        return self._advance(seq, self.model.head(hidden[-1:])[0])
+
+    def _advance(self, seq: Sequence, logits: torch.Tensor) -> TokenEvent:
+        token, logprob, top = seq.sampler.choose(logits, seq.prompt_ids + seq.generated)
+        seq.generated.append(token)
+        finish: FinishReason | None = None
+        text = "" if token in seq.stop_ids else seq.text.add(token)
+        if token in seq.stop_ids or seq.text.stopped:
+            finish = "stop"
+        elif len(seq.generated) >= seq.params.max_tokens or seq.cache.length >= seq.cache.capacity:
+            finish = "length"
+        if finish is not None:
+            text += seq.text.finish()
+            seq.finished_at = time.perf_counter()
+            seq.cache = None  # free the buffers now; the sequence leaves the batch after this step
+        return TokenEvent(seq.request_id, token, text, logprob, top, finish)

@@ -1,0 +1,64 @@
+"""Builds a Transformer from a CanonicalModel: maps canonical tensor names onto layers and kernels."""
+
+from __future__ import annotations
+
+from apr.engine.model import Block, Transformer
+from apr.engine.weights import DenseLinear, WeightPolicy, build_linear, dense_tensor
+from apr.errors import FormatError
+from apr.formats.model import CanonicalModel
+
+LINEARS = {"q_proj": "self_attn.q_proj", "k_proj": "self_attn.k_proj", "v_proj": "self_attn.v_proj",
+           "o_proj": "self_attn.o_proj", "gate_proj": "mlp.gate_proj", "up_proj": "mlp.up_proj",
+           "down_proj": "mlp.down_proj"}
+NORMS = {"input_layernorm": "input_layernorm", "post_attention_layernorm": "post_attention_layernorm",
+         "pre_feedforward_layernorm": "pre_feedforward_layernorm",
+         "post_feedforward_layernorm": "post_feedforward_layernorm",
+         "q_norm": "self_attn.q_norm", "k_norm": "self_attn.k_norm"}
+
+
+def build_transformer(model: CanonicalModel, policy: WeightPolicy, max_positions: int) -> Transformer:
+    """The network of ``model`` with weights laid out per ``policy``; FormatError names a missing tensor."""
+    cfg = model.config
+
+    def source(name: str):
+        if name not in model.tensors:
+            raise FormatError(f"{model.source_path}: tensor {name!r} is missing; the checkpoint is incomplete")
+        return model.tensors[name]
+
+    blocks = []
+    for i in range(cfg.num_layers):
+        prefix = f"model.layers.{i}."
+        linears = {}
+        for key, suffix in LINEARS.items():
+            bias_name = f"{prefix}{suffix}.bias"
+            bias = dense_tensor(model.tensors[bias_name], policy) if bias_name in model.tensors else None
+            if key in ("q_proj", "k_proj", "v_proj") and cfg.attention_bias and bias is None:
+                raise FormatError(f"{model.source_path}: {bias_name} is missing but the config says q/k/v have biases")
+            linears[key] = build_linear(source(f"{prefix}{suffix}.weight"), bias, policy)
+        norms = {key: dense_tensor(model.tensors[f"{prefix}{suffix}.weight"], policy)
+                 for key, suffix in NORMS.items() if f"{prefix}{suffix}.weight" in model.tensors}
+        if "input_layernorm" not in norms or "post_attention_layernorm" not in norms:
+            raise FormatError(f"{model.source_path}: layer {i} lacks its attention/MLP norm weights")
+        if cfg.qk_norm and not ("q_norm" in norms and "k_norm" in norms):
+            raise FormatError(f"{model.source_path}: layer {i} lacks q/k norms the config asks for")
+        blocks.append(Block(cfg, i, linears, norms))
+
+    embed_source = source("model.embed_tokens.weight")
+    embedding = dense_tensor(embed_source, policy)
+    if "lm_head.weight" in model.tensors:
+        lm_head = build_linear(model.tensors["lm_head.weight"], None, policy)
+    elif policy.packed and embed_source.info.ggml_type not in (0, 1, 30):
+        lm_head = build_linear(embed_source, None, policy)
+    else:
+        lm_head = DenseLinear(embedding, None)  # tied: share the embedding matrix, no second copy
+    final_norm = dense_tensor(source("model.norm.weight"), policy)
+    return Transformer(cfg, embedding, blocks, final_norm, lm_head, max_positions)
+
+
+def weight_kinds(transformer: Transformer) -> dict[str, int]:
+    """How many linear layers use each kernel kind (for ``describe``)."""
+    layers = [getattr(block, key) for block in transformer.blocks for key in LINEARS] + [transformer.lm_head]
+    counts: dict[str, int] = {}
+    for layer in layers:
+        counts[layer.kind] = counts.get(layer.kind, 0) + 1
+    return counts

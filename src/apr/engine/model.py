@@ -1,0 +1,215 @@
+"""The transformer as pure torch compute: token ids in, logits out (qwen2, llama, gemma3); no I/O."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from apr.engine.kv_cache import SequenceCache
+from apr.formats.config import ModelConfig
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm in Hugging Face numerics: llama style ``w * norm(x).to(dtype)``, gemma style ``norm(x) * (1 + w)``."""
+
+    def __init__(self, weight: torch.Tensor, eps: float, offset: float) -> None:
+        super().__init__()
+        self.eps, self.offset = eps, offset
+        if offset:
+            self.register_buffer("scale", weight.float() + offset)
+        else:
+            self.register_buffer("scale", weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        if self.offset:
+            return (normed * self.scale).to(x.dtype)
+        return self.scale * normed.to(x.dtype)
+
+
+def rope_tables(head_dim: int, theta: float, positions: int, scaling: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin ``[positions, head_dim]`` in float32, halves duplicated (neox rotation), as HF builds them."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+    inv_freq = inv_freq / scaling
+    freqs = torch.outer(torch.arange(positions, dtype=torch.float32), inv_freq)
+    emb = torch.cat([freqs, freqs], dim=-1)
+    return emb.cos(), emb.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x ``[T, heads, d]``; cos/sin ``[T, d]`` already in x's dtype."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos[:, None] + rotated * sin[:, None]
+
+
+class Block(nn.Module):
+    """One decoder layer: (sandwich-)normed attention and gated MLP with residuals."""
+
+    def __init__(self, cfg: ModelConfig, index: int, linears: dict[str, nn.Module],
+                 norms: dict[str, torch.Tensor]) -> None:
+        super().__init__()
+        self.index = index
+        self.sliding = cfg.layer_kinds[index] == "sliding"
+        self.heads, self.kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        self.scale = (cfg.query_pre_attn_scalar or cfg.head_dim) ** -0.5
+        self.gelu = cfg.hidden_activation == "gelu_tanh"
+        for name in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"):
+            self.add_module(name, linears[name])
+
+        def norm(name: str) -> RMSNorm | None:
+            weight = norms.get(name)
+            return None if weight is None else RMSNorm(weight, cfg.rms_norm_eps, cfg.norm_weight_offset)
+
+        self.input_norm = norm("input_layernorm")
+        self.sandwich = "pre_feedforward_layernorm" in norms  # gemma3: norms after attention and MLP too
+        if self.sandwich:
+            self.post_attn_norm = norm("post_attention_layernorm")
+            self.pre_mlp_norm = norm("pre_feedforward_layernorm")
+            self.post_mlp_norm = norm("post_feedforward_layernorm")
+        else:
+            self.pre_mlp_norm = norm("post_attention_layernorm")
+        self.q_norm = norm("q_norm")
+        self.k_norm = norm("k_norm")
+
+    def qkv(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rows: bool):
+        """Projections of h ``[T, hidden]`` into roped q ``[T, heads, d]`` and k, v ``[T, kv_heads, d]``."""
+        t = h.shape[0]
+        proj = (lambda layer, x: layer.forward_rows(x)) if rows else (lambda layer, x: layer(x))
+        q = proj(self.q_proj, h).view(t, self.heads, self.head_dim)
+        k = proj(self.k_proj, h).view(t, self.kv_heads, self.head_dim)
+        v = proj(self.v_proj, h).view(t, self.kv_heads, self.head_dim)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
+    def mlp(self, h: torch.Tensor, rows: bool) -> torch.Tensor:
+        proj = (lambda layer, x: layer.forward_rows(x)) if rows else (lambda layer, x: layer(x))
+        gate = proj(self.gate_proj, h)
+        gate = F.gelu(gate, approximate="tanh") if self.gelu else F.silu(gate)
+        return proj(self.down_proj, gate * proj(self.up_proj, h))
+
+    def finish(self, x: torch.Tensor, attn: torch.Tensor, rows: bool) -> torch.Tensor:
+        """Output projection, residuals and MLP, given the attention result ``[T, heads*d]``."""
+        out = self.o_proj.forward_rows(attn) if rows else self.o_proj(attn)
+        if self.sandwich:
+            x = x + self.post_attn_norm(out)
+            return x + self.post_mlp_norm(self.mlp(self.pre_mlp_norm(x), rows))
+        x = x + out
+        return x + self.mlp(self.pre_mlp_norm(x), rows)
+
+
+class Transformer(nn.Module):
+    """Decoder-only transformer. ``prefill`` runs a whole prompt, ``decode`` one new token for several sequences."""
+
+    def __init__(self, cfg: ModelConfig, embedding: torch.Tensor, blocks: list[Block], final_norm: torch.Tensor,
+                 lm_head: nn.Module, max_positions: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.register_buffer("embedding", embedding)
+        self.blocks = nn.ModuleList(blocks)
+        self.final_norm = RMSNorm(final_norm, cfg.rms_norm_eps, cfg.norm_weight_offset)
+        self.lm_head = lm_head
+        self.dtype = embedding.dtype if embedding.is_floating_point() else torch.float32
+        device = embedding.device
+        cos, sin = rope_tables(cfg.head_dim, cfg.rope_theta, max_positions, cfg.rope_scaling_factor)
+        self.register_buffer("cos_global", cos.to(device))
+        self.register_buffer("sin_global", sin.to(device))
+        local_theta = cfg.rope_local_theta or cfg.rope_theta
+        cos_l, sin_l = rope_tables(cfg.head_dim, local_theta, max_positions, 1.0)
+        self.register_buffer("cos_local", cos_l.to(device))
+        self.register_buffer("sin_local", sin_l.to(device))
+        self.embed_scale = cfg.embedding_multiplier
+
+    @property
+    def max_positions(self) -> int:
+        return self.cos_global.shape[0]
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        x = self.embedding[ids]
+        if self.embed_scale != 1.0:
+            # HF casts the multiplier to the activation dtype first (bf16 rounds sqrt(640) to 25.25).
+            x = x * torch.tensor(self.embed_scale, dtype=x.dtype)
+        return x
+
+    def rope(self, block: Block, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        cos, sin = (self.cos_local, self.sin_local) if block.sliding else (self.cos_global, self.sin_global)
+        return cos[positions].to(self.dtype), sin[positions].to(self.dtype)
+
+    def head(self, hidden: torch.Tensor, rows: bool = False) -> torch.Tensor:
+        """Logits ``[T, vocab]`` in float32 from final hidden states."""
+        h = self.final_norm(hidden)
+        logits = (self.lm_head.forward_rows(h) if rows else self.lm_head(h)).float()
+        cap = self.cfg.final_logit_softcapping
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        return logits
+
+    def prefill(self, ids: torch.Tensor, cache: SequenceCache | None) -> torch.Tensor:
+        """Final hidden states ``[T, hidden]`` of a prompt starting at position 0; fills ``cache`` if given."""
+        t = ids.shape[0]
+        positions = torch.arange(t, device=ids.device)
+        causal = torch.ones(t, t, dtype=torch.bool, device=ids.device).tril()
+        window = self.cfg.sliding_window
+        local = causal.triu(-(window - 1)) if window else causal
+        x = self.embed(ids)
+        for block in self.blocks:
+            cos, sin = self.rope(block, positions)
+            q, k, v = block.qkv(block.input_norm(x), cos, sin, rows=False)
+            if cache is not None:
+                cache.k[block.index, :, :t] = k.transpose(0, 1)
+                cache.v[block.index, :, :t] = v.transpose(0, 1)
+            mask = local if block.sliding else causal
+            attn = F.scaled_dot_product_attention(
+                q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None],
+                attn_mask=mask, scale=block.scale, enable_gqa=True)
+            x = block.finish(x, attn[0].transpose(0, 1).reshape(t, -1), rows=False)
+        if cache is not None:
+            cache.length = t
+        return x
+
+    def decode(self, tokens: torch.Tensor, caches: list[SequenceCache]) -> torch.Tensor:
+        """Logits ``[B, vocab]`` for one new token per sequence; each row only ever touches its own cache.
+
+        Every row attends over its whole (zeroed, masked) cache buffer, and matmuls run with
+        row-independent kernels, so a row's numbers do not depend on its batch mates.
+        """
+        positions = torch.tensor([c.length for c in caches], device=tokens.device)
+        masks = [self._decode_masks(c) for c in caches]
+        x = self.embed(tokens)
+        rep = self.cfg.num_heads // self.cfg.num_kv_heads
+        for block in self.blocks:
+            cos, sin = self.rope(block, positions)
+            q, k, v = block.qkv(block.input_norm(x), cos, sin, rows=True)
+            outs = []
+            for row, cache in enumerate(caches):
+                pos = cache.length
+                keys, values = cache.k[block.index], cache.v[block.index]
+                keys[:, pos] = k[row]
+                values[:, pos] = v[row]
+                # GQA without copying the cache: the `rep` query heads sharing a kv head become query rows.
+                qr = q[row].view(self.cfg.num_kv_heads, rep, self.cfg.head_dim)[None]
+                mask = masks[row][1 if block.sliding else 0]
+                out = F.scaled_dot_product_attention(qr, keys[None], values[None], attn_mask=mask,
+                                                     scale=block.scale)
+                outs.append(out.reshape(1, -1))
+            x = block.finish(x, torch.cat(outs), rows=True)
+        for cache in caches:
+            cache.length += 1
+        return self.head(x, rows=True)
+
+    def _decode_masks(self, cache: SequenceCache) -> tuple[torch.Tensor, torch.Tensor]:
+        """Boolean masks over the cache for the token at position ``cache.length``: (global, sliding)."""
+        index = torch.arange(cache.capacity, device=cache.k.device)
+        pos = cache.length
+        full = index <= pos
+        window = self.cfg.sliding_window
+        local = full & (index > pos - window) if window else full
+        return full[None], local[None]
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """Logits ``[T, vocab]`` of a whole sequence without a cache."""
+        return self.head(self.prefill(ids, None))
+

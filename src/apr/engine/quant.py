@@ -1,0 +1,88 @@
+"""GGML blocks to PyTorch weight-only kernel formats: Q4_K/Q4_1/Q4_0 -> int4 group 32 exactly, others -> int8."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+# GGML type ids (gguf.GGMLQuantizationType); apr.formats.ggml holds the full table.
+Q4_0, Q4_1, Q8_0, Q4_K, Q6_K = 2, 3, 8, 12, 14
+INT4_EXACT_TYPES = (Q4_0, Q4_1, Q4_K)
+INT4_GROUP = 32
+
+
+@dataclass(frozen=True)
+class Int4Groups:
+    """Weights as ``w = (q - 8) * scale + zero`` per group of 32 along K (tinygemm convention).
+
+    q      int32 [N, K] with values 0..15
+    scale  float32 [N, K // 32]
+    zero   float32 [N, K // 32]
+    """
+
+    q: torch.Tensor
+    scale: torch.Tensor
+    zero: torch.Tensor
+
+    def dequantize(self) -> torch.Tensor:
+        n, k = self.q.shape
+        groups = (self.q.view(n, k // INT4_GROUP, INT4_GROUP).float() - 8) * self.scale[..., None] + self.zero[..., None]
+        return groups.view(n, k)
+
+
+def _f16(block_bytes: torch.Tensor) -> torch.Tensor:
+    """Little-endian float16 from the last dim of 2 uint8s, as float32."""
+    return block_bytes.contiguous().view(torch.float16).squeeze(-1).float()
+
+
+def _nibbles_32(qs: torch.Tensor) -> torch.Tensor:
+    """16 packed bytes -> 32 values: element l is the low nibble of byte l, l+16 the high nibble."""
+    return torch.cat([qs & 0xF, qs >> 4], dim=-1)
+
+
+def int4_groups_from_raw(raw: np.ndarray, ggml_type: int, shape: tuple[int, int]) -> Int4Groups:
+    """Exact int4/group-32 form of a Q4_0, Q4_1 or Q4_K matrix from its stored bytes ``[N, row_bytes]``."""
+    n, k = shape
+    raw = np.ascontiguousarray(raw)
+    if not raw.flags.writeable:  # memory-mapped file bytes; torch wants a writable buffer
+        raw = raw.copy()
+    data = torch.from_numpy(raw).view(n, -1)
+    if ggml_type == Q4_0:
+        blocks = data.view(n, k // 32, 18)
+        d = _f16(blocks[..., 0:2])
+        q = _nibbles_32(blocks[..., 2:18])
+        return Int4Groups(q.reshape(n, k).to(torch.int32), d, torch.zeros_like(d))
+    if ggml_type == Q4_1:
+        blocks = data.view(n, k // 32, 20)
+        d, m = _f16(blocks[..., 0:2]), _f16(blocks[..., 2:4])
+        q = _nibbles_32(blocks[..., 4:20])
+        return Int4Groups(q.reshape(n, k).to(torch.int32), d, m + 8 * d)
+    if ggml_type == Q4_K:
+        return _q4_k_groups(data, n, k)
+    raise ValueError(f"GGML type {ggml_type} has no exact int4 form")
+
+
+def _q4_k_groups(data: torch.Tensor, n: int, k: int) -> Int4Groups:
+    # Super-block of 256: d, dmin (f16), 12 bytes of packed 6-bit (scale, min) for 8 sub-blocks of 32,
+    # then 128 bytes of nibbles; 64-value chunk c holds sub-block 2c in low nibbles, 2c+1 in high ones.
+    blocks = data.view(n, k // 256, 144)
+    d, dmin = _f16(blocks[..., 0:2]), _f16(blocks[..., 2:4])
+    packed = blocks[..., 4:16].to(torch.int32)
+    low_sc, low_m, high = packed[..., 0:4], packed[..., 4:8], packed[..., 8:12]
+    sc = torch.cat([low_sc & 63, (high & 0xF) | ((low_sc >> 6) << 4)], dim=-1)
+    mn = torch.cat([low_m & 63, (high >> 4) | ((low_m >> 6) << 4)], dim=-1)
+    qs = blocks[..., 16:144].reshape(n, k // 256, 4, 32)
+    q = torch.stack([qs & 0xF, qs >> 4], dim=3)  # [n, blocks, chunk, lo/hi, 32] = sub-block order
+    scale = (d[..., None] * sc.float()).reshape(n, k // 32)
+    minimum = (dmin[..., None] * mn.float()).reshape(n, k // 32)
+    return Int4Groups(q.reshape(n, k).to(torch.int32), scale, 8 * scale - minimum)
+
+
+def int8_per_channel(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-output-channel int8: ``w ≈ q * scale[:, None]``; returns (q int8 [N, K], scale fp32 [N])."""
+    w = weight.float()
+    scale = w.abs().amax(dim=1).clamp_min(1e-12) / 127.0
+    q = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)
+    return q, scale

@@ -1,0 +1,58 @@
+"""Next-token choice from logits: greedy, or seeded sampling with temperature, top-k, top-p, repetition penalty."""
+
+from __future__ import annotations
+
+import torch
+
+from apr.engine.types import SamplingParams
+
+
+class Sampler:
+    """Picks tokens for one request; owns that request's seeded generator so batch mates never share a stream."""
+
+    def __init__(self, params: SamplingParams) -> None:
+        self.params = params
+        self.generator = torch.Generator(device="cpu")
+        self.generator.manual_seed(params.effective_seed)
+
+    def choose(self, logits: torch.Tensor, history: list[int]) -> tuple[int, float, dict[int, float] | None]:
+        """(token id, its log-probability, top alternatives or None) from float32 logits ``[vocab]``."""
+        logits = logits.float().cpu()
+        p = self.params
+        if p.repetition_penalty != 1.0 and history:
+            logits = apply_repetition_penalty(logits, history, p.repetition_penalty)
+        logprobs = torch.log_softmax(logits, dim=-1)
+        if p.greedy:
+            token = int(torch.argmax(logits))
+        else:
+            probs = torch.softmax(filter_logits(logits / p.temperature, p.top_k, p.top_p), dim=-1)
+            token = int(torch.multinomial(probs, 1, generator=self.generator))
+        top = None
+        if p.logprobs:
+            values, ids = torch.topk(logprobs, min(p.logprobs, logprobs.shape[-1]))
+            top = {int(i): float(v) for i, v in zip(ids, values)}
+        return token, float(logprobs[token]), top
+
+
+def apply_repetition_penalty(logits: torch.Tensor, history: list[int], penalty: float) -> torch.Tensor:
+    """CTRL-style penalty as in transformers: seen tokens' positive logits divided, negative multiplied."""
+    seen = torch.tensor(sorted(set(history)), dtype=torch.long)
+    picked = logits[seen]
+    out = logits.clone()
+    out[seen] = torch.where(picked > 0, picked / penalty, picked * penalty)
+    return out
+
+
+def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """Logits with everything outside the top-k and the top-p nucleus set to -inf (always keeps the best)."""
+    out = logits.clone()
+    if top_k and top_k < out.shape[-1]:
+        kth = torch.topk(out, top_k).values[-1]
+        out[out < kth] = float("-inf")
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(out, descending=True)
+        cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(-1)
+        # Drop a token when the mass before it already reaches top_p.
+        drop = cumulative - torch.softmax(sorted_logits, dim=-1) >= top_p
+        out[order[drop]] = float("-inf")
+    return out

@@ -1,0 +1,100 @@
+"""Plain data types of the engine API (no torch import): sampling parameters, token events, results."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+FinishReason = Literal["stop", "length"]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to pick the next token and when to stop.
+
+    temperature 0 is greedy (argmax). Any other temperature samples with a ``torch.Generator``
+    seeded by ``seed``; ``seed=None`` means seed 0, so sampling is always reproducible.
+    ``stop`` strings end generation and are not part of the text; ``stop_token_ids`` are added to
+    the model's own EOS ids. ``logprobs`` is how many top alternatives to report per token.
+    """
+
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+    max_tokens: int = 256
+    stop: tuple[str, ...] = ()
+    stop_token_ids: tuple[int, ...] = ()
+    logprobs: int = 0
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.repetition_penalty <= 0:
+            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+        if self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
+        if self.logprobs < 0:
+            raise ValueError(f"logprobs must be >= 0, got {self.logprobs}")
+        if any(not s for s in self.stop):
+            raise ValueError("stop strings must not be empty")
+        # Accept lists from callers but keep the dataclass hashable and immutable.
+        object.__setattr__(self, "stop", tuple(self.stop))
+        object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids))
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+    @property
+    def effective_seed(self) -> int:
+        return 0 if self.seed is None else self.seed
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    """One generated token of one request.
+
+    ``text`` is the UTF-8-safe increment: it is empty while a multibyte character or a possible
+    stop string is still incomplete, and the held-back text comes out with a later event.
+    ``finish_reason`` is None until the request's last event.
+    """
+
+    request_id: str
+    token_id: int
+    text: str
+    logprob: float | None = None
+    top_logprobs: dict[int, float] | None = None
+    finish_reason: FinishReason | None = None
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Wall-clock figures of one generation, in seconds and tokens per second."""
+
+    ttft_s: float
+    prefill_tok_s: float
+    decode_tok_s: float
+    total_s: float
+
+    def to_dict(self) -> dict[str, float]:
+        return {"ttft_s": self.ttft_s, "prefill_tok_s": self.prefill_tok_s,
+                "decode_tok_s": self.decode_tok_s, "total_s": self.total_s}
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """A finished generation. ``token_ids`` are every generated id (an EOS that stopped it included)."""
+
+    token_ids: list[int]
+    text: str
+    finish_reason: FinishReason
+    prompt_tokens: int
+    completion_tokens: int
+    timings: Timings
+    logprobs: list[float] = field(default_factory=list)
