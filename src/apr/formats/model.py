@@ -27,12 +27,15 @@ class TensorInfo:
     ggml_type  storage type as a GGML type id (``gguf.GGMLQuantizationType``): F32 0, F16 1,
                Q4_1 3, Q8_0 8, Q4_K 12, Q6_K 14, BF16 30. Quantized blocks run along the last dim.
     nbytes     exact stored byte count
+    value_offset  the stored values are the HF values plus this (GGUF gemma norms store ``1 + w``:
+               1.0); ``dequantize`` subtracts it, ``raw`` returns the bytes as stored
     """
 
     name: str
     shape: tuple[int, ...]
     ggml_type: int
     nbytes: int
+    value_offset: float = 0.0
 
 
 class TensorSource(Protocol):

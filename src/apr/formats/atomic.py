@@ -1,0 +1,49 @@
+"""Write-then-rename helpers so no half-written file ever sits under its final name."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+
+@contextmanager
+def atomic_path(final: Path) -> Iterator[Path]:
+    """Yield a temporary sibling path; on success rename it to ``final``, on error delete it."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    handle, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".part", dir=final.parent)
+    os.close(handle)
+    temp = Path(name)
+    try:
+        yield temp
+        os.replace(temp, final)
+    finally:
+        if temp.exists():
+            temp.unlink()
+
+
+@contextmanager
+def atomic_dir(final: Path) -> Iterator[Path]:
+    """Yield a temporary sibling directory; on success it replaces ``final`` (a directory) whole."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    temp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".part", dir=final.parent))
+    try:
+        yield temp
+        if final.exists():
+            if not final.is_dir():
+                raise FileExistsError(f"{final} exists and is not a directory")
+            old = final.with_name(f".{final.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
+            os.replace(temp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(temp, final)
+    finally:
+        if temp.exists():
+            shutil.rmtree(temp, ignore_errors=True)

@@ -1,0 +1,101 @@
+"""The SafeTensors container: strict header parsing and a streaming writer (no whole-model buffering)."""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from apr.errors import FormatError
+from apr.formats.ggml import BF16, F16, F32
+
+DTYPE_TO_GGML = {"F32": F32, "F16": F16, "BF16": BF16}
+GGML_TO_DTYPE = {v: k for k, v in DTYPE_TO_GGML.items()}
+_ITEM = {"F32": 4, "F16": 2, "BF16": 2}
+MAX_HEADER = 100_000_000
+
+
+@dataclass(frozen=True)
+class SafeTensorEntry:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    start: int  # absolute file offset
+    nbytes: int
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise ValueError(f"duplicate tensor name {key!r}")
+        seen[key] = value
+    return seen
+
+
+def parse_safetensors(path: Path) -> tuple[list[SafeTensorEntry], dict[str, str]]:
+    """Entries with absolute offsets, and ``__metadata__``; FormatError naming the file on any defect."""
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        head = handle.read(8)
+        if len(head) < 8:
+            raise FormatError(f"{path}: truncated SafeTensors file ({size} bytes); re-download or re-convert it")
+        header_len = struct.unpack("<Q", head)[0]
+        if header_len > MAX_HEADER or 8 + header_len > size:
+            raise FormatError(f"{path}: SafeTensors header length {header_len} exceeds the file ({size} bytes); "
+                              "the file is truncated or not SafeTensors")
+        raw = handle.read(header_len)
+    try:
+        header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
+    except ValueError as err:
+        raise FormatError(f"{path}: bad SafeTensors header: {err}") from None
+    if not isinstance(header, dict):
+        raise FormatError(f"{path}: SafeTensors header is not a JSON object")
+    metadata = header.pop("__metadata__", None) or {}
+    data_start = 8 + header_len
+    entries = []
+    for name, spec in header.items():
+        dtype, shape, offsets = spec.get("dtype"), tuple(spec.get("shape", ())), spec.get("data_offsets")
+        if dtype not in _ITEM:
+            raise FormatError(f"{path}: tensor {name!r} has dtype {dtype!r} (supported: F32, F16, BF16)")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and 0 <= offsets[0] <= offsets[1]):
+            raise FormatError(f"{path}: tensor {name!r} has bad data_offsets {offsets!r}")
+        nbytes = int(np.prod(shape, dtype=np.int64)) * _ITEM[dtype]
+        if offsets[1] - offsets[0] != nbytes:
+            raise FormatError(f"{path}: tensor {name!r} {dtype} {list(shape)} needs {nbytes} bytes, "
+                              f"offsets span {offsets[1] - offsets[0]}; the file is corrupt")
+        if data_start + offsets[1] > size:
+            raise FormatError(f"{path}: tensor {name!r} data ends at {data_start + offsets[1]}, past the end of the "
+                              f"file ({size} bytes); the file is truncated, re-download or re-convert it")
+        entries.append(SafeTensorEntry(name, dtype, shape, data_start + offsets[0], nbytes))
+    return entries, {str(k): str(v) for k, v in metadata.items()}
+
+
+class SafeTensorsStreamWriter:
+    """Header first (all shapes known up front), then each tensor's bytes in order."""
+
+    def __init__(self, handle: BinaryIO, layout: list[tuple[str, str, tuple[int, ...]]], metadata: dict[str, str]) -> None:
+        self._handle = handle
+        self._expected: list[tuple[str, int]] = []
+        header: dict[str, Any] = {"__metadata__": metadata}
+        offset = 0
+        for name, dtype, shape in layout:
+            nbytes = int(np.prod(shape, dtype=np.int64)) * _ITEM[dtype]
+            header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+            self._expected.append((name, nbytes))
+            offset += nbytes
+        text = json.dumps(header, separators=(",", ":")).encode("utf-8")
+        text += b" " * (-len(text) % 8)
+        handle.write(struct.pack("<Q", len(text)))
+        handle.write(text)
+        self.data_bytes = offset
+
+    def write(self, name: str, data: np.ndarray) -> None:
+        expected_name, nbytes = self._expected.pop(0)
+        if name != expected_name or data.nbytes != nbytes:
+            raise ValueError(f"safetensors writer expected {expected_name} ({nbytes} B), got {name} ({data.nbytes} B)")
+        self._handle.write(np.ascontiguousarray(data).tobytes())

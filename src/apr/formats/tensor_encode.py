@@ -1,0 +1,49 @@
+"""Choose a target storage type for a tensor and produce its bytes (exact copy whenever possible)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+from gguf import GGMLQuantizationType
+from gguf import quants as gguf_quants
+
+from apr.formats.ggml import BF16, F16, F32, FLOAT_TYPES, ggml_type, type_name
+from apr.formats.tensor_source import StoredTensor
+
+DtypeChoice = Literal["keep", "f32", "bf16", "f16"]
+FLOAT_OF_CHOICE = {"f32": F32, "bf16": BF16, "f16": F16}
+# gguf-py can quantize these from floats; K-quants can only be carried, never produced.
+_QUANTIZABLE = {int(GGMLQuantizationType.Q8_0), int(GGMLQuantizationType.Q4_0), int(GGMLQuantizationType.Q4_1),
+                int(GGMLQuantizationType.Q5_0), int(GGMLQuantizationType.Q5_1)}
+
+
+def target_type(source_type: int, choice: DtypeChoice) -> int:
+    """``keep`` keeps the stored type (blocks carried as they are); otherwise the asked float type."""
+    if choice == "keep":
+        return source_type
+    return FLOAT_OF_CHOICE[choice]
+
+
+def encode(source: StoredTensor, out_type: int, out_offset: float = 0.0) -> np.ndarray:
+    """Bytes ``[rows, row_bytes]`` in canonical row order storing HF values + ``out_offset`` as ``out_type``.
+
+    Same type and same offset: the stored bytes are returned untouched (lossless carry).
+    """
+    info = source.info
+    if out_type == info.ggml_type and out_offset == info.value_offset:
+        return source.raw()
+    values = source.dequantize_numpy()
+    if out_offset:
+        values = values + np.float32(out_offset)
+    rows = int(np.prod(info.shape[:-1])) if len(info.shape) > 1 else 1
+    if out_type in FLOAT_TYPES:
+        from apr.formats.ggml import encode_float
+
+        flat = encode_float(values, out_type)
+    elif out_type in _QUANTIZABLE:
+        ggml_type(out_type).row_nbytes(info.shape[-1])
+        flat = np.asarray(gguf_quants.quantize(values.reshape(rows, info.shape[-1]), GGMLQuantizationType(out_type)))
+    else:
+        raise ValueError(f"{info.name}: cannot re-encode values as {type_name(out_type)} (only carry existing blocks)")
+    return flat.reshape(rows, -1).view(np.uint8)
