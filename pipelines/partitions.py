@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import dagster as dg
@@ -9,19 +10,34 @@ import dagster as dg
 from apr.errors import AprError
 
 PLAYBOOK_SUFFIX = ".playbook.yaml"
+# Tier suffixes of playbook file names (apr.qa.axes.Tier); `smollm2-135m-mvp` certifies model `smollm2-135m`.
+TIER_SUFFIXES = ("-quick", "-smoke", "-mvp", "-standard", "-full")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PLAYBOOKS_DIR = REPO_ROOT / "playbooks" / "models"
 
 
-def partition_key(playbook: Path) -> str:
-    """The partition key of a playbook file: its name without ``.playbook.yaml``."""
+def _stem(playbook: Path) -> str:
     return playbook.name[: -len(PLAYBOOK_SUFFIX)]
 
 
+def _model_name(stem: str) -> str:
+    for suffix in TIER_SUFFIXES:
+        if stem.endswith(suffix):
+            return stem[: -len(suffix)]
+    return stem
+
+
 def discover_playbooks(playbooks_dir: Path) -> dict[str, Path]:
-    """Map partition key -> playbook path for every ``*.playbook.yaml`` in the directory, sorted."""
-    found = {partition_key(path): path for path in sorted(playbooks_dir.glob(f"*{PLAYBOOK_SUFFIX}"))}
-    return found
+    """Map partition key -> playbook for every ``*.playbook.yaml``, sorted by key.
+
+    The key is the model name: the file name without ``.playbook.yaml`` and its tier suffix
+    (``smollm2-135m-mvp.playbook.yaml`` -> ``smollm2-135m``). When two tiers of one model are
+    present, both keep their full stem so no partition is ambiguous.
+    """
+    stems = {_stem(path): path for path in sorted(playbooks_dir.glob(f"*{PLAYBOOK_SUFFIX}"))}
+    names = Counter(_model_name(stem) for stem in stems)
+    keyed = {(_model_name(stem) if names[_model_name(stem)] == 1 else stem): path for stem, path in stems.items()}
+    return dict(sorted(keyed.items()))
 
 
 def playbook_for(playbooks_dir: Path, key: str) -> Path:
@@ -31,7 +47,7 @@ def playbook_for(playbooks_dir: Path, key: str) -> Path:
         known = ", ".join(found) or "none"
         raise AprError(
             f"{playbooks_dir}: no playbook for model partition {key!r} (known: {known}); "
-            f"add {key}{PLAYBOOK_SUFFIX} or pick a known partition"
+            f"add {key}-<tier>{PLAYBOOK_SUFFIX} or pick a known partition"
         )
     return found[key]
 

@@ -1,4 +1,4 @@
-"""Reading model playbooks through apr.qa: which model a partition certifies."""
+"""Reading model playbooks through apr.qa: which model a partition certifies, and how."""
 
 from __future__ import annotations
 
@@ -15,5 +15,7 @@ def load(playbooks_dir: Path, key: str):
 
 
 def model_ref(playbooks_dir: Path, key: str) -> str:
-    """The model reference (`smollm2:135m`, `hf://…`, or a path) the partition's playbook names."""
-    return str(load(playbooks_dir, key).model.ref)
+    """What to pull: the playbook's ``model.path`` when set (fixtures), else its ref (`smollm2:135m`)."""
+    playbook = load(playbooks_dir, key)
+    path = playbook.model_path()
+    return str(path) if path is not None else playbook.model.ref

@@ -65,8 +65,8 @@ class WorkRootIOManager(dg.ConfigurableIOManager):
     def load_input(self, context: dg.InputContext) -> StageRecord | dict[str, StageRecord]:
         layout = self.work.layout()
         asset = context.asset_key.path[-1]
-        upstream_partitioned = context.upstream_output is not None and context.upstream_output.has_asset_partitions
-        if upstream_partitioned and not context.has_partition_key:
+        if context.has_asset_partitions and not context.has_partition_key:
+            # An unpartitioned asset reading a partitioned one: every materialized partition.
             records = {key: layout.read_record(asset, key) for key in context.asset_partition_keys}
             return {key: record for key, record in records.items() if record is not None}
         partition = context.asset_partition_key if context.has_asset_partitions else None

@@ -1,0 +1,134 @@
+"""The ``inference_traces`` asset: every matrix cell (format × backend × modality × prompt) run through apr's CLI."""
+
+import json
+import re
+from dataclasses import asdict
+from pathlib import Path
+from statistics import median
+
+import dagster as dg
+
+from pipelines.playbooks import load
+from pipelines.resources import AprSettings, WorkRoot
+from pipelines.stage import StageResult, run_stage, stage_output
+from pipelines.work_root import StageRecord, file_ref, sha256_file, write_text_atomic
+
+CODE_VERSION = "1"
+ASSET = "inference_traces"
+CELLS_NAME = "cells.jsonl"
+ARTIFACT_INPUTS = ("gguf", "apr", "safetensors")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def trace_document(key: str, run) -> dict:
+    """The trace of one cell's subprocess: command, how it ended, reply, token counts, timings, stderr tail."""
+    process = run.process
+    return {
+        "cell": key, "command": run.command, "argv": list(process.argv), "ending": str(run.ending.value),
+        "reason": run.reason, "returncode": process.returncode, "duration_s": process.duration_s,
+        "timed_out": process.timed_out, "text": run.text, "completion_tokens": run.completion_tokens,
+        "finish_reason": run.finish_reason, "timings": dict(run.timings), "stderr_tail": process.stderr[-2000:],
+    }
+
+
+def throughput_by_format(runs: dict) -> dict[str, float]:
+    """Median decode tok/s per ``format/backend`` over the cells that measured it."""
+    measured: dict[str, list[float]] = {}
+    for key, run in runs.items():
+        fmt, backend = key.split("/")[:2]
+        if run.decode_tok_s:
+            measured.setdefault(f"{fmt}/{backend}", []).append(run.decode_tok_s)
+    return {name: round(median(values), 2) for name, values in sorted(measured.items())}
+
+
+def artifact_sha256(record: StageRecord) -> str:
+    """The sha256 evidence cites for an artifact: the file's, or a SafeTensors directory's weights file."""
+    if "artifact" in record.files:
+        return record.files["artifact"].sha256
+    weights = sorted(name for name in record.files if name.endswith(".safetensors"))
+    return record.files[weights[0]].sha256 if weights else record.data_version
+
+
+def run_matrix(playbook, artifacts: dict[str, StageRecord], directory: Path, workers: int, cuda: bool) -> StageResult:
+    """Run the playbook's cells on the artifacts with apr's executor; write the cell evidence and one trace per cell."""
+    from apr.qa.axes import Format
+    from apr.qa.evidence import EvidenceWriter
+    from apr.qa.executor import ExecutionPlan, execute
+    from apr.qa.recording import Recorder
+
+    paths = {Format(name): Path(record.facts["path"]) for name, record in artifacts.items()}
+    digests = {Format(name): artifact_sha256(record) for name, record in artifacts.items()}
+    cells = tuple(playbook.cells())
+    plan = ExecutionPlan(cells=cells, artifacts=paths, timeout_s=playbook.execution.timeout_s,
+                         workers=max(workers, playbook.execution.workers), failure_policy=playbook.execution.failure_policy,
+                         use_chat_template=playbook.model.chat_template, cuda_available=cuda)
+    recorder = Recorder(model=playbook.model.ref, artifacts=paths, sha256=digests, playbook=playbook.name,
+                        tier=playbook.tier)
+    evidence = directory / CELLS_NAME
+    evidence.unlink(missing_ok=True)
+    with EvidenceWriter(evidence) as writer:
+        summary = execute(plan, recorder, writer, progress=False)
+    traces = directory / "traces"
+    traces.mkdir(exist_ok=True)
+    files = {"evidence": file_ref(evidence)}
+    for key, run in sorted(summary.runs.items()):
+        trace = traces / f"{_UNSAFE.sub('_', key)}.json"
+        write_text_atomic(trace, json.dumps(trace_document(key, run), indent=2, ensure_ascii=False) + "\n")
+        files[f"traces/{trace.name}"] = file_ref(trace)
+    facts = {
+        "cells_planned": len(cells), "cells_run": summary.cells_run, "cells_not_run": summary.cells_not_run,
+        "stopped_by": summary.stopped_by, "outcomes": dict(summary.outcomes), "traces": len(summary.runs),
+        "decode_tok_s": throughput_by_format(summary.runs), "cuda_available": cuda,
+    }
+    return StageResult(files=files, facts=facts)
+
+
+def build_inference_traces(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
+    @dg.asset(
+        name=ASSET,
+        partitions_def=partitions,
+        code_version=CODE_VERSION,
+        group_name="certification",
+        kinds={"python"},
+        ins={name: dg.AssetIn(name) for name in ("checkpoint", *ARTIFACT_INPUTS)},
+        check_specs=[dg.AssetCheckSpec("every_cell_recorded", asset=ASSET, blocking=True,
+                                       description="every planned cell left evidence (or a P0 failure stopped the run)")],
+        description="The playbook's cell matrix run with the real apr CLI per format × backend × modality, with a trace JSON per cell.",
+    )
+    def inference_traces(context: dg.AssetExecutionContext, settings: AprSettings, work: WorkRoot,
+                         checkpoint: StageRecord, gguf: StageRecord, apr: StageRecord, safetensors: StageRecord):
+        import torch
+
+        key = context.partition_key
+        playbook = load(settings.playbooks(), key)
+        available = {"gguf": gguf, "apr": apr, "safetensors": safetensors}
+        artifacts = {fmt.value: available[fmt.value] for fmt in playbook.matrix.formats}
+        cuda = bool(torch.cuda.is_available())
+        inputs = {
+            "playbook": sha256_file(playbook.source), "cuda": cuda, "workers": settings.workers,
+            "artifacts": {name: record.data_version for name, record in artifacts.items()},
+            "checkpoint": checkpoint.data_version,
+        }
+        record = run_stage(work.layout(), asset=ASSET, partition=key, code_version=CODE_VERSION, inputs=inputs,
+                           build=lambda directory: run_matrix(playbook, artifacts, directory, settings.workers, cuda))
+        facts = record.facts
+        metadata = {
+            "cells": dg.MetadataValue.int(facts["cells_planned"]),
+            "outcomes": dg.MetadataValue.json(facts["outcomes"]),
+            "decode_tok_s": dg.MetadataValue.json(facts["decode_tok_s"]),
+        }
+        cpu = [value for name, value in facts["decode_tok_s"].items() if name.endswith("/cpu")]
+        if cpu:
+            metadata["tok/s"] = dg.MetadataValue.float(float(median(cpu)))
+        yield stage_output(record, "evidence", metadata)
+        accounted = facts["cells_run"] + facts["cells_not_run"] == facts["cells_planned"]
+        complete = accounted and (facts["cells_not_run"] == 0 or facts["stopped_by"] is not None)
+        yield dg.AssetCheckResult(
+            check_name="every_cell_recorded", passed=complete,
+            description=(f"{facts['cells_run']}/{facts['cells_planned']} cells recorded"
+                         + (f"; stopped by {facts['stopped_by']}" if facts["stopped_by"] else "")),
+            metadata={"outcomes": dg.MetadataValue.json(facts["outcomes"])},
+        )
+
+    return inference_traces
+

@@ -1,0 +1,117 @@
+"""The pipelines' work root: manifests, reuse only when inputs and files are unchanged, atomic stage folders."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from pipelines.partitions import discover_playbooks
+from pipelines.resources import WorkRoot, WorkRootIOManager
+from pipelines.stage import StageResult, run_stage
+from pipelines.work_root import StageRecord, WorkLayout, file_ref, fingerprint
+
+
+def build_counting(calls: list[Path], content: str = "weights"):
+    def build(directory: Path) -> StageResult:
+        calls.append(directory)
+        path = directory / "artifact.bin"
+        path.write_text(content, encoding="utf-8")
+        return StageResult(files={"artifact": file_ref(path)}, facts={"content": content})
+
+    return build
+
+
+def stage(layout: WorkLayout, calls: list[Path], inputs: dict, code_version: str = "1") -> StageRecord:
+    record = run_stage(layout, asset="gguf", partition="m", code_version=code_version, inputs=inputs,
+                       build=build_counting(calls))
+    layout.write_record(record)
+    return record
+
+
+def test_unchanged_inputs_reuse_the_stored_record(tmp_path: Path) -> None:
+    layout, calls = WorkLayout(tmp_path), []
+    first = stage(layout, calls, {"checkpoint": "abc"})
+    second = stage(layout, calls, {"checkpoint": "abc"})
+    assert len(calls) == 1
+    assert not first.reused and second.reused
+    assert second.fingerprint == first.fingerprint and second.data_version == first.data_version
+
+
+@pytest.mark.parametrize("change", ["inputs", "code_version", "file_edited", "file_deleted"])
+def test_any_change_rebuilds(tmp_path: Path, change: str) -> None:
+    layout, calls = WorkLayout(tmp_path), []
+    first = stage(layout, calls, {"checkpoint": "abc"})
+    inputs, code_version = {"checkpoint": "abc"}, "1"
+    if change == "inputs":
+        inputs = {"checkpoint": "abd"}
+    elif change == "code_version":
+        code_version = "2"
+    elif change == "file_edited":
+        path = first.path("artifact")
+        path.write_text("weightz", encoding="utf-8")  # same size: only the re-hash can see it
+        os.utime(path, ns=(1, 1))
+    else:
+        first.path("artifact").unlink()
+    second = stage(layout, calls, inputs, code_version)
+    assert len(calls) == 2 and not second.reused
+
+
+def test_fingerprint_depends_on_every_part() -> None:
+    base = fingerprint("gguf", "1", {"a": 1})
+    assert base == fingerprint("gguf", "1", {"a": 1})
+    assert len({base, fingerprint("apr", "1", {"a": 1}), fingerprint("gguf", "2", {"a": 1}),
+                fingerprint("gguf", "1", {"a": 2})}) == 4
+
+
+def test_a_failed_stage_leaves_no_half_written_folder(tmp_path: Path) -> None:
+    layout = WorkLayout(tmp_path)
+    with layout.staging_dir("apr", "m", "out") as staging:
+        (staging / "model.apr").write_text("good", encoding="utf-8")
+    final = layout.asset_dir("apr", "m") / "out"
+    with pytest.raises(RuntimeError):
+        with layout.staging_dir("apr", "m", "out") as staging:
+            (staging / "model.apr").write_text("half", encoding="utf-8")
+            raise RuntimeError("converter died")
+    assert (final / "model.apr").read_text(encoding="utf-8") == "good"
+    assert sorted(p.name for p in final.parent.iterdir()) == ["out"]
+
+
+def test_root_is_gitignored(tmp_path: Path) -> None:
+    layout = WorkLayout(tmp_path / "work")
+    layout.write_record(StageRecord(asset="a", partition="", fingerprint="f", files={}, facts={}))
+    assert (tmp_path / "work" / ".gitignore").read_text(encoding="utf-8").splitlines()[-1] == "*"
+    assert layout.manifest_path("a", None) == tmp_path / "work" / "_all" / "a" / "manifest.json"
+
+
+def test_partition_keys_are_model_names_unless_two_tiers_collide(tmp_path: Path) -> None:
+    for name in ("smollm2-135m-mvp", "qwen-1b-mvp", "qwen-1b-full", "plain"):
+        (tmp_path / f"{name}.playbook.yaml").write_text("", encoding="utf-8")
+    (tmp_path / "notes.yaml").write_text("", encoding="utf-8")
+    assert list(discover_playbooks(tmp_path)) == ["plain", "qwen-1b-full", "qwen-1b-mvp", "smollm2-135m"]
+
+
+def test_io_manager_round_trips_records_and_fans_in_only_materialized_partitions(tmp_path: Path) -> None:
+    models = dg.StaticPartitionsDefinition(["a", "b", "c"])
+
+    @dg.asset(partitions_def=models)
+    def per_model(context) -> StageRecord:
+        return StageRecord(asset="per_model", partition=context.partition_key, fingerprint="f", files={},
+                           facts={"model": context.partition_key})
+
+    @dg.asset(ins={"per_model": dg.AssetIn(partition_mapping=dg.AllPartitionMapping())})
+    def table(per_model: dict[str, StageRecord]) -> StageRecord:
+        return StageRecord(asset="table", partition="", fingerprint="t", files={},
+                           facts={"models": sorted(per_model)})
+
+    work = WorkRoot(root=str(tmp_path))
+    resources = {"work": work, "io_manager": WorkRootIOManager(work=work)}
+    with dg.instance_for_test() as instance:
+        for key in ("a", "c"):
+            assert dg.materialize([per_model], partition_key=key, resources=resources, instance=instance).success
+        result = dg.materialize([per_model, table], selection=[table], resources=resources, instance=instance)
+    assert result.success
+    assert WorkLayout(tmp_path).read_record("table", None).facts == {"models": ["a", "c"]}
+    assert WorkLayout(tmp_path).read_record("per_model", "c").facts == {"model": "c"}
