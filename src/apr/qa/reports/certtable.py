@@ -1,0 +1,197 @@
+"""Certification tables rendered from every evidence file under ``certifications/``: ``models.csv``,
+``index.html`` and the README table between ``<!-- certification-table:start -->`` and
+``<!-- certification-table:end -->``.
+
+``models.csv`` has one row per model and tier (the newest evidence file wins). Columns:
+
+=================  ==========================================================================================
+model              model ref as the playbook names it (e.g. ``qwen2.5-coder:1.5b``)
+tier               playbook tier (quick, smoke, mvp, standard, full); ``-`` for ``apr qa`` evidence
+status             CERTIFIED, PROVISIONAL or BLOCKED (apr.qa.score)
+mqs                0–1000 after the gateway rule
+grade              A+, A, B+, B, C or F
+gateways_passed    gateways passed out of five (G0–G4)
+records            evidence records counted
+corroborated       records that passed
+falsified          records the model failed
+timeout            records that ran out of time
+crashed            records where the program died
+skipped            records that could not run here (never passes)
+tok_s_cpu          median measured decode tok/s of the THROUGHPUT records on cpu (empty if none)
+tok_s_gpu          the same on gpu
+model_sha256       sha256 of the artifact most records were run on
+engine_git_sha     git commit of apr that produced the evidence
+last_run           newest ``finished_at`` of the records (UTC, ISO 8601)
+evidence           path of the evidence file, relative to the certifications directory
+=================  ==========================================================================================
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import statistics
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import astuple, dataclass, fields
+from html import escape
+from pathlib import Path
+
+from apr.errors import AprError
+from apr.qa.axes import Backend, Tier
+from apr.qa.evidence import EvidenceRecord, Outcome, read_evidence
+from apr.qa.gates_catalog import GateId
+from apr.qa.reports import write_text_atomic
+from apr.qa.reports.html import CSS
+from apr.qa.score import GatewayState, compute_mqs
+
+START_MARKER = "<!-- certification-table:start -->"
+END_MARKER = "<!-- certification-table:end -->"
+_TIER_ORDER = {tier.value: index for index, tier in enumerate(Tier)}
+
+
+@dataclass(frozen=True)
+class CertRow:
+    """One row of models.csv (see the module docstring for each column)."""
+
+    model: str
+    tier: str
+    status: str
+    mqs: int
+    grade: str
+    gateways_passed: str
+    records: int
+    corroborated: int
+    falsified: int
+    timeout: int
+    crashed: int
+    skipped: int
+    tok_s_cpu: str
+    tok_s_gpu: str
+    model_sha256: str
+    engine_git_sha: str
+    last_run: str
+    evidence: str
+
+
+COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(CertRow))
+
+
+def _median_tok_s(records: Sequence[EvidenceRecord], backend: Backend) -> str:
+    values = [r.measured for r in records if r.gate is GateId.THROUGHPUT and r.scenario.backend is backend
+              and r.measured is not None and r.outcome in (Outcome.CORROBORATED, Outcome.FALSIFIED)]
+    return f"{statistics.median(values):.1f}" if values else ""
+
+
+def row_for(records: Sequence[EvidenceRecord], evidence: str) -> CertRow:
+    """The table row of one model and tier's records."""
+    mqs = compute_mqs(records)
+    count = Counter(r.outcome for r in records)
+    shas = Counter(r.provenance.model_sha256 for r in records if r.provenance.model_sha256)
+    engines = Counter(r.provenance.engine_git_sha for r in records)
+    tier = records[0].provenance.tier
+    return CertRow(
+        model=records[0].scenario.model, tier=tier.value if tier else "-", status=mqs.status.value, mqs=mqs.score,
+        grade=mqs.grade,
+        gateways_passed=f"{sum(s is GatewayState.PASSED for s in mqs.gateways.values())}/{len(mqs.gateways)}",
+        records=len(records), corroborated=count[Outcome.CORROBORATED], falsified=count[Outcome.FALSIFIED],
+        timeout=count[Outcome.TIMEOUT], crashed=count[Outcome.CRASHED], skipped=count[Outcome.SKIPPED],
+        tok_s_cpu=_median_tok_s(records, Backend.CPU), tok_s_gpu=_median_tok_s(records, Backend.GPU),
+        model_sha256=shas.most_common(1)[0][0] if shas else "", engine_git_sha=engines.most_common(1)[0][0],
+        last_run=max(r.provenance.finished_at for r in records).isoformat(), evidence=evidence,
+    )
+
+
+def rows_from_records(records: Sequence[EvidenceRecord], evidence: str) -> list[CertRow]:
+    """One row per (model, tier) found in one evidence file."""
+    groups: dict[tuple[str, str], list[EvidenceRecord]] = {}
+    for record in records:
+        tier = record.provenance.tier.value if record.provenance.tier else "-"
+        groups.setdefault((record.scenario.model, tier), []).append(record)
+    return [row_for(group, evidence) for group in groups.values()]
+
+
+def collect_rows(certifications: Path) -> list[CertRow]:
+    """Rows for every ``evidence.jsonl`` under ``certifications``; per (model, tier) the newest run wins."""
+    if not certifications.is_dir():
+        raise AprError(f"{certifications}: no certifications directory; run apr certify first or pass "
+                       "--certifications DIR")
+    newest: dict[tuple[str, str], CertRow] = {}
+    for path in sorted(certifications.rglob("evidence.jsonl")):
+        log = read_evidence(path)
+        if not log.records:
+            continue
+        for row in rows_from_records(log.records, path.relative_to(certifications).as_posix()):
+            key = (row.model, row.tier)
+            if key not in newest or row.last_run > newest[key].last_run:
+                newest[key] = row
+    return sorted(newest.values(), key=lambda r: (r.model, _TIER_ORDER.get(r.tier, len(_TIER_ORDER))))
+
+
+def render_csv(rows: Sequence[CertRow]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(COLUMNS)
+    writer.writerows(astuple(row) for row in rows)
+    return buffer.getvalue()
+
+
+def render_markdown(rows: Sequence[CertRow]) -> str:
+    """The README table."""
+    lines = ["| Model | Tier | Status | MQS | Grade | Gateways | Records (pass / fail / skip) | CPU tok/s | GPU tok/s"
+             " | Last run |", "|---|---|---|---:|---|---|---|---:|---:|---|"]
+    for r in rows:
+        failed = r.falsified + r.timeout + r.crashed
+        lines.append(f"| `{r.model}` | {r.tier} | **{r.status}** | {r.mqs} | {r.grade} | {r.gateways_passed} | "
+                     f"{r.corroborated} / {failed} / {r.skipped} | {r.tok_s_cpu or '-'} | {r.tok_s_gpu or '-'} | "
+                     f"{r.last_run[:10]} |")
+    if not rows:
+        lines.append("| _no evidence yet_ | | | | | | | | | |")
+    return "\n".join(lines) + "\n"
+
+
+def render_index(rows: Sequence[CertRow]) -> str:
+    """``certifications/index.html``: every row, linking each model's report next to its evidence."""
+    head = "".join(f"<th>{escape(c)}</th>" for c in COLUMNS if c not in ("model_sha256", "engine_git_sha"))
+    body = []
+    for r in rows:
+        report = Path(r.evidence).with_name("report.html").as_posix()
+        cells = []
+        for column in COLUMNS:
+            if column in ("model_sha256", "engine_git_sha"):
+                continue
+            value = escape(str(getattr(r, column)))
+            if column == "status":
+                value = f"<span class='badge {value}'>{value}</span>"
+            if column == "evidence":
+                value = f"<a href='{escape(report)}'>report</a> · <a href='{value}'>evidence</a>"
+            cells.append(f"<td>{value}</td>")
+        body.append(f"<tr>{''.join(cells)}</tr>")
+    return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>apr certifications</title>"
+            f"<style>{CSS}</style></head><body><h1>apr certifications</h1>"
+            f"<p class='muted'>One row per model and tier, rendered from evidence by <code>apr report --tables</code>."
+            f"</p><table><tr>{head}</tr>{''.join(body)}</table></body></html>\n")
+
+
+def replace_readme_table(readme_text: str, table: str, readme: Path) -> str:
+    """``readme_text`` with everything between the two markers replaced by ``table``."""
+    start, end = readme_text.find(START_MARKER), readme_text.find(END_MARKER)
+    if start < 0 or end < 0 or end < start:
+        raise AprError(f"{readme}: no '{START_MARKER}' … '{END_MARKER}' pair; add both markers where the "
+                       "certification table belongs")
+    return readme_text[:start + len(START_MARKER)] + "\n" + table + readme_text[end:]
+
+
+def write_tables(certifications: Path, readme: Path | None) -> list[CertRow]:
+    """Regenerate models.csv and index.html in ``certifications`` (and the README table); returns the rows."""
+    rows = collect_rows(certifications)
+    updated_readme = None
+    if readme is not None:
+        if not readme.is_file():
+            raise AprError(f"{readme}: README not found; pass --readme PATH")
+        updated_readme = replace_readme_table(readme.read_text(encoding="utf-8"), render_markdown(rows), readme)
+    write_text_atomic(certifications / "models.csv", render_csv(rows))
+    write_text_atomic(certifications / "index.html", render_index(rows))
+    if updated_readme is not None:
+        write_text_atomic(readme, updated_readme)
+    return rows

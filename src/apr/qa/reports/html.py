@@ -1,0 +1,150 @@
+"""A self-contained HTML report of one evidence set: inline CSS, no scripts, no external resources.
+
+Sections: verdict (status, MQS, grade), MQS breakdown per category and gate, gateways, the cell
+matrix (format × modality rows, backend columns), every record, and provenance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from html import escape
+
+from apr.qa.evidence import EvidenceRecord, Outcome
+from apr.qa.gates_catalog import CATALOG
+from apr.qa.score import MqsResult, Status, compute_mqs
+
+CSS = """
+body{font:14px/1.45 system-ui,-apple-system,Segoe UI,sans-serif;margin:2rem auto;max-width:1200px;color:#1d2330;padding:0 1rem}
+h1{font-size:1.6rem;margin-bottom:.2rem}h2{font-size:1.15rem;margin-top:2rem;border-bottom:1px solid #d5d9e0}
+table{border-collapse:collapse;width:100%;margin:.5rem 0}th,td{border:1px solid #d5d9e0;padding:.3rem .5rem;
+text-align:left;vertical-align:top}th{background:#f1f3f6}td.num{text-align:right;font-variant-numeric:tabular-nums}
+.badge{display:inline-block;padding:.15rem .6rem;border-radius:.8rem;font-weight:600;color:#fff}
+.CERTIFIED{background:#1a7f37}.PROVISIONAL{background:#b08800}.BLOCKED{background:#cf222e}
+.corroborated,.passed{color:#1a7f37}.falsified,.failed,.crashed,.timeout{color:#cf222e;font-weight:600}
+.skipped,.unverified{color:#8a6d00}.bar{background:#e6e9ee;height:.6rem;border-radius:.3rem;min-width:8rem}
+.bar>span{display:block;height:100%;background:#1a7f37;border-radius:.3rem}
+details pre{white-space:pre-wrap;word-break:break-word;background:#f6f8fa;padding:.5rem;margin:.3rem 0}
+.muted{color:#5b6472}
+"""
+
+
+def _e(value: object) -> str:
+    return escape(str(value), quote=True)
+
+
+def _verdict(mqs: MqsResult, models: list[str]) -> str:
+    blockers = "".join(f"<li>{_e(line)}</li>" for line in mqs.blockers)
+    blocked = f"<p>Blocked by:</p><ul>{blockers}</ul>" if blockers else ""
+    return (f"<h1>{_e(', '.join(models) or 'no model')}</h1>"
+            f"<p><span class='badge {mqs.status.value}'>{mqs.status.value}</span> "
+            f"MQS <b>{mqs.score}</b>/1000 · grade <b>{_e(mqs.grade)}</b> · raw {mqs.raw} · "
+            f"{mqs.total_records} records</p>{blocked}"
+            + ("" if mqs.status is not Status.PROVISIONAL else
+               "<p class='muted'>PROVISIONAL: no P0 gate failed, but the evidence is incomplete "
+               "(skipped or missing checks) or non-blocking gates failed.</p>"))
+
+
+def _breakdown(mqs: MqsResult) -> str:
+    rows = []
+    for category in mqs.categories:
+        share = category.points / category.weight if category.weight else 0.0
+        gates = ", ".join(f"{g.gate} {g.corroborated}/{g.total}" if g.total else f"{g.gate} (no evidence)"
+                          for g in category.gates)
+        rows.append(f"<tr><td>{_e(category.category.value)}</td><td class='num'>{category.points:.1f}</td>"
+                    f"<td class='num'>{category.weight}</td><td><div class='bar'><span style='width:{share:.0%}'>"
+                    f"</span></div></td><td>{_e(gates)}</td></tr>")
+    return ("<h2>MQS breakdown</h2><table><tr><th>category</th><th>points</th><th>of</th><th></th>"
+            "<th>gates (corroborated/records)</th></tr>" + "".join(rows) + "</table>"
+            "<p class='muted'>Per gate: corroborated ÷ all its records (skipped earn nothing; a gate without "
+            "evidence scores 0). Category = weight × mean over its gates. Any gateway not passed → MQS 0.</p>")
+
+
+def _gates(mqs: MqsResult) -> str:
+    rows = []
+    for category in mqs.categories:
+        for g in category.gates:
+            spec = CATALOG[g.gate]
+            state = mqs.gateways.get(g.gate)
+            gateway = f"<span class='{state.value}'>{state.value}</span>" if state else ""
+            rows.append(f"<tr><td>{_e(g.gate)}</td><td>{_e(spec.title)}</td><td>{_e(spec.severity)}</td>"
+                        f"<td>{gateway}</td>" + "".join(f"<td class='num'>{n}</td>" for n in
+                        (g.corroborated, g.falsified, g.timeout, g.crashed, g.skipped)) + "</tr>")
+    return ("<h2>Gates</h2><table><tr><th>gate</th><th>title</th><th>severity</th><th>gateway</th>"
+            "<th>corroborated</th><th>falsified</th><th>timeout</th><th>crashed</th><th>skipped</th></tr>"
+            + "".join(rows) + "</table>")
+
+
+_WORST = (Outcome.CRASHED, Outcome.TIMEOUT, Outcome.FALSIFIED, Outcome.SKIPPED, Outcome.CORROBORATED)
+
+
+def _cells(records: Sequence[EvidenceRecord]) -> str:
+    cell_records = [r for r in records if r.scenario.format and r.scenario.backend and r.scenario.modality]
+    if not cell_records:
+        return "<h2>Cells</h2><p class='muted'>No cell evidence.</p>"
+    backends = sorted({r.scenario.backend for r in cell_records})
+    rows_keys = sorted({(r.scenario.format, r.scenario.modality) for r in cell_records})
+    rows = []
+    for fmt, modality in rows_keys:
+        tds = []
+        for backend in backends:
+            group = [r for r in cell_records if (r.scenario.format, r.scenario.modality, r.scenario.backend)
+                     == (fmt, modality, backend)]
+            if not group:
+                tds.append("<td class='muted'>—</td>")
+                continue
+            worst = next(o for o in _WORST if any(r.outcome is o for r in group))
+            counts = " ".join(f"{o.value} {n}" for o in Outcome if (n := sum(r.outcome is o for r in group)))
+            tds.append(f"<td class='{worst.value}'>{_e(counts)}</td>")
+        rows.append(f"<tr><td>{_e(fmt)}</td><td>{_e(modality)}</td>{''.join(tds)}</tr>")
+    head = "".join(f"<th>{_e(b)}</th>" for b in backends)
+    return f"<h2>Cells</h2><table><tr><th>format</th><th>modality</th>{head}</tr>{''.join(rows)}</table>"
+
+
+def _records(records: Sequence[EvidenceRecord]) -> str:
+    rows = []
+    for r in records:
+        measured = "" if r.measured is None else f"{r.measured:g}" + (f" / {r.threshold:g}" if r.threshold is not None
+                                                                       else "") + (f" {r.unit}" if r.unit else "")
+        detail = (f"<details><summary>output</summary><pre>{_e(r.output_excerpt)}</pre></details>"
+                  if r.output_excerpt else "")
+        rows.append(f"<tr><td>{_e(r.gate)}</td><td>{_e(r.check)}</td><td>{_e(r.scenario.cell_key)}</td>"
+                    f"<td class='{r.outcome.value}'>{_e(r.outcome.value)}</td><td>{_e(r.reason)}{detail}</td>"
+                    f"<td>{_e(measured)}</td><td class='num'>{r.duration_s:.2f}</td></tr>")
+    return ("<h2>Records</h2><table><tr><th>gate</th><th>check</th><th>cell</th><th>outcome</th><th>reason</th>"
+            "<th>measured / threshold</th><th>s</th></tr>" + "".join(rows) + "</table>")
+
+
+def _provenance(records: Sequence[EvidenceRecord]) -> str:
+    if not records:
+        return ""
+    fields = {
+        "engine git sha": {r.provenance.engine_git_sha for r in records},
+        "apr version": {r.provenance.apr_version for r in records},
+        "torch version": {str(r.provenance.torch_version) for r in records},
+        "hosts": {r.provenance.host for r in records},
+        "devices": {r.provenance.device for r in records},
+        "model sha256": {str(r.provenance.model_sha256) for r in records},
+        "playbooks": {f"{r.provenance.playbook} ({r.provenance.tier})" for r in records},
+    }
+    start = min(r.provenance.started_at for r in records)
+    end = max(r.provenance.finished_at for r in records)
+    rows = "".join(f"<tr><th>{_e(k)}</th><td>{'<br>'.join(_e(v) for v in sorted(vals))}</td></tr>"
+                   for k, vals in fields.items())
+    return (f"<h2>Provenance</h2><table>{rows}<tr><th>run</th><td>{_e(start.isoformat())} → "
+            f"{_e(end.isoformat())}</td></tr></table>")
+
+
+def render_html(records: Sequence[EvidenceRecord], mqs: MqsResult | None = None, *, title: str = "") -> str:
+    """The whole report as one HTML document."""
+    mqs = mqs or compute_mqs(records)
+    models = list(dict.fromkeys(r.scenario.model for r in records))
+    gateways = "".join(f"<li>{_e(g)}: <span class='{s.value}'>{s.value}</span></li>" for g, s in mqs.gateways.items())
+    body = (_verdict(mqs, models) + f"<h2>Gateways</h2><ul>{gateways}</ul>" + _breakdown(mqs) + _gates(mqs)
+            + _cells(records) + _records(records) + _provenance(records))
+    page_title = title or f"apr certification — {', '.join(models)}"
+    return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{_e(page_title)}</title>"
+            f"<meta name='viewport' content='width=device-width, initial-scale=1'><style>{CSS}</style></head>"
+            f"<body>{body}</body></html>\n")
+
+
+__all__ = ["render_html"]
