@@ -94,8 +94,15 @@ class SafeTensorsStreamWriter:
         handle.write(text)
         self.data_bytes = offset
 
-    def write(self, name: str, data: np.ndarray) -> None:
-        expected_name, nbytes = self._expected.pop(0)
-        if name != expected_name or data.nbytes != nbytes:
-            raise ValueError(f"safetensors writer expected {expected_name} ({nbytes} B), got {name} ({data.nbytes} B)")
-        self._handle.write(np.ascontiguousarray(data).tobytes())
+    def write_chunk(self, name: str, data: np.ndarray) -> None:
+        """Append part of tensor ``name`` (tensors must come in layout order)."""
+        expected_name, remaining = self._expected[0]
+        if name != expected_name or data.nbytes > remaining:
+            raise ValueError(f"safetensors writer expected {expected_name} ({remaining} B left), got {name} ({data.nbytes} B)")
+        self._handle.write(memoryview(np.ascontiguousarray(data)).cast("B"))
+        self._expected[0] = (expected_name, remaining - data.nbytes)
+
+    def finish_tensor(self, name: str) -> None:
+        expected_name, remaining = self._expected.pop(0)
+        if name != expected_name or remaining:
+            raise ValueError(f"safetensors writer: {expected_name} ended with {remaining} bytes unwritten")

@@ -11,7 +11,7 @@ from apr.formats.ggml import tensor_nbytes
 from apr.formats.hf_config import generation_config_from_model_config, hf_config_from_model_config
 from apr.formats.model import CanonicalModel
 from apr.formats.safetensors_io import GGML_TO_DTYPE, SafeTensorsStreamWriter
-from apr.formats.tensor_encode import FLOAT_OF_CHOICE, DtypeChoice, encode
+from apr.formats.tensor_encode import FLOAT_OF_CHOICE, DtypeChoice, iter_encoded
 
 Progress = Callable[[str, int], None]
 DEFAULT_SHARD_BYTES = 4 * 1024**3
@@ -60,11 +60,12 @@ def write_safetensors_dir(model: CanonicalModel, out_dir: Path, *, dtype: DtypeC
             with (temp / file_name).open("wb") as handle:
                 writer = SafeTensorsStreamWriter(handle, layout, {"format": "pt"})
                 for name in names_in_shard:
-                    data = encode(model.tensors[name], types[name], 0.0)
-                    writer.write(name, data)
+                    for chunk in iter_encoded(model.tensors[name], types[name], 0.0):
+                        writer.write_chunk(name, chunk)
+                        if progress is not None:
+                            progress(name, int(chunk.nbytes))
+                    writer.finish_tensor(name)
                     weight_map[name] = file_name
-                    if progress is not None:
-                        progress(name, int(data.nbytes))
         if len(shards) > 1:
             total = sum(tensor_nbytes(types[n], s.info.shape) for n, s in model.tensors.items())
             index_doc = {"metadata": {"total_size": total}, "weight_map": weight_map}

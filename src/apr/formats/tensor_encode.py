@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Iterator, Literal
 
 import numpy as np
 from gguf import GGMLQuantizationType
@@ -25,6 +25,42 @@ def target_type(source_type: int, choice: DtypeChoice) -> int:
     return FLOAT_OF_CHOICE[choice]
 
 
+CHUNK_VALUES = 1 << 24  # rows are processed ~64 MB of float32 at a time
+
+
+def row_chunks(source: StoredTensor) -> list[tuple[int, int]]:
+    rows = source.row_count()
+    step = max(1, CHUNK_VALUES // max(1, source.info.shape[-1]))
+    return [(start, min(rows, start + step)) for start in range(0, rows, step)]
+
+
+def iter_encoded(source: StoredTensor, out_type: int, out_offset: float = 0.0) -> Iterator[np.ndarray]:
+    """``encode`` in row chunks, so a large tensor is never dequantized whole."""
+    info = source.info
+    if out_type == info.ggml_type and out_offset == info.value_offset:
+        yield source.raw()
+        return
+    for start, stop in row_chunks(source):
+        values = source.dequantize_rows(start, stop)
+        yield _encode_values(values, out_type, out_offset, info.name)
+
+
+def _encode_values(values: np.ndarray, out_type: int, out_offset: float, name: str) -> np.ndarray:
+    if out_offset:
+        values = values + np.float32(out_offset)
+    rows, cols = values.shape
+    if out_type in FLOAT_TYPES:
+        from apr.formats.ggml import encode_float
+
+        flat = encode_float(values, out_type)
+    elif out_type in _QUANTIZABLE:
+        ggml_type(out_type).row_nbytes(cols)
+        flat = np.asarray(gguf_quants.quantize(values, GGMLQuantizationType(out_type)))
+    else:
+        raise ValueError(f"{name}: cannot re-encode values as {type_name(out_type)} (only carry existing blocks)")
+    return flat.reshape(rows, -1).view(np.uint8)
+
+
 def encode(source: StoredTensor, out_type: int, out_offset: float = 0.0) -> np.ndarray:
     """Bytes ``[rows, row_bytes]`` in canonical row order storing HF values + ``out_offset`` as ``out_type``.
 
@@ -33,17 +69,4 @@ def encode(source: StoredTensor, out_type: int, out_offset: float = 0.0) -> np.n
     info = source.info
     if out_type == info.ggml_type and out_offset == info.value_offset:
         return source.raw()
-    values = source.dequantize_numpy()
-    if out_offset:
-        values = values + np.float32(out_offset)
-    rows = int(np.prod(info.shape[:-1])) if len(info.shape) > 1 else 1
-    if out_type in FLOAT_TYPES:
-        from apr.formats.ggml import encode_float
-
-        flat = encode_float(values, out_type)
-    elif out_type in _QUANTIZABLE:
-        ggml_type(out_type).row_nbytes(info.shape[-1])
-        flat = np.asarray(gguf_quants.quantize(values.reshape(rows, info.shape[-1]), GGMLQuantizationType(out_type)))
-    else:
-        raise ValueError(f"{info.name}: cannot re-encode values as {type_name(out_type)} (only carry existing blocks)")
-    return flat.reshape(rows, -1).view(np.uint8)
+    return np.concatenate(list(iter_encoded(source, out_type, out_offset)), axis=0)

@@ -44,6 +44,19 @@ class StoredTensor:
             values = values - np.float32(self.info.value_offset)
         return values
 
+    def row_count(self) -> int:
+        return rows_and_row_bytes(self.info.ggml_type, self.info.shape)[0]
+
+    def dequantize_rows(self, start: int, stop: int) -> np.ndarray:
+        """float32 HF values of canonical rows ``[start, stop)``, shape ``[stop - start, cols]``
+        (1-D tensors have a single row). Lets converters stream inside a large tensor."""
+        raw = self.raw()[start:stop]
+        cols = self.info.shape[-1]
+        values = dequantize_raw(raw, self.info.ggml_type, (stop - start, cols))
+        if self.info.value_offset:
+            values = values - np.float32(self.info.value_offset)
+        return values
+
     def dequantize(self, dtype: "torch.dtype | None" = None) -> "torch.Tensor":
         import torch
 
