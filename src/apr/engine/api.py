@@ -42,6 +42,11 @@ class Engine:
         eos.update(getattr(self.tokenizer, "eos_token_ids", ()) or ())
         self.eos_token_ids = tuple(sorted(eos))
 
+    @property
+    def decode_step(self):
+        """The function that decodes one token for a list of sequences (compiled when compile is on)."""
+        return self._decode_step or self.transformer.decode
+
     def describe(self) -> dict[str, Any]:
         return {
             "path": str(self.model.source_path),
