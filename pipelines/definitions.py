@@ -7,7 +7,10 @@ from pathlib import Path
 import dagster as dg
 
 from pipelines.assets.artifacts import FORMATS, build_artifact
+from pipelines.assets.certification import build_certification, build_certification_table
 from pipelines.assets.checkpoints import build_checkpoint
+from pipelines.assets.gates import build_gate_results
+from pipelines.assets.inference import build_inference_traces
 from pipelines.partitions import DEFAULT_PLAYBOOKS_DIR, model_partitions
 from pipelines.resources import AprSettings, WorkRoot, WorkRootIOManager
 
@@ -17,6 +20,10 @@ def build_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefinitio
     return [
         build_checkpoint(partitions),
         *(build_artifact(fmt, partitions) for fmt in FORMATS),
+        build_inference_traces(partitions),
+        build_gate_results(partitions),
+        build_certification(partitions),
+        build_certification_table(partitions),
     ]
 
 

@@ -56,6 +56,14 @@ def _report_summary(report: object) -> dict:
     return to_json() if callable(to_json) else {}
 
 
+def artifact_sha256(record: StageRecord) -> str:
+    """The sha256 evidence cites for an artifact: the file's, or a SafeTensors directory's weights file."""
+    if "artifact" in record.files:
+        return record.files["artifact"].sha256
+    weights = sorted(name for name in record.files if name.endswith(".safetensors"))
+    return record.files[weights[0]].sha256 if weights else record.data_version
+
+
 def build_artifact(target_format: str, partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
     check_name = "loads"
 

@@ -15,6 +15,7 @@ ASSET = "certification"
 TABLE_ASSET = "certification_table"
 JUNIT_NAME = "junit.xml"
 REPORT_NAME = "report.html"
+TABLE_FILES = ("models.csv", "index.html")
 
 
 def folder_files(folder: Path) -> dict[str, FileRef]:
@@ -34,13 +35,15 @@ def publish(source: Path, target: Path) -> None:
 def certify_folder(model: str, folder: Path) -> dict:
     """Render the certification of ``folder/evidence.jsonl`` into ``folder``: score, JUnit, HTML, audit notebook."""
     from apr.qa.evidence import read_evidence
-    from apr.qa.reports import write_html_report, write_junit
+    from apr.qa.reports import write_text_atomic
+    from apr.qa.reports.html import render_html
+    from apr.qa.reports.junit import render_junit
     from apr.qa.score import compute_mqs
 
     records = read_evidence(folder / EVIDENCE_NAME).records
     mqs = compute_mqs(records)
-    write_junit(records, folder / JUNIT_NAME)
-    write_html_report(records, folder / REPORT_NAME)
+    write_text_atomic(folder / JUNIT_NAME, render_junit(records))
+    write_text_atomic(folder / REPORT_NAME, render_html(records, mqs, title=f"apr certification: {model}"))
     run_audit_notebook(model, folder)
     return {
         "mqs": mqs.score, "raw": mqs.raw, "grade": mqs.grade, "status": mqs.status.value,
@@ -103,30 +106,26 @@ def build_certification_table(partitions: dg.PartitionsDefinition) -> dg.AssetsD
         description="certifications/models.csv and index.html over every certified model.",
     )
     def certification_table(work: WorkRoot, certification: dict[str, StageRecord]):
-        from apr.qa.reports import write_index_html, write_models_csv
+        from apr.qa.reports.certtable import write_tables
 
         layout = work.layout()
         if not certification:
             raise dg.Failure("no model has a certification yet; materialize `certification` for a model first")
-        evidence = {key: Path(record.facts["published"]) / EVIDENCE_NAME for key, record in sorted(certification.items())}
+        target = work.certifications()
 
         def build(_: Path) -> StageResult:
-            with layout.staging_dir(TABLE_ASSET, None, "out") as folder:
-                write_models_csv(evidence, folder / "models.csv")
-                write_index_html(evidence, folder / "index.html")
-            folder = layout.asset_dir(TABLE_ASSET, None) / "out"
-            target = work.certifications()
-            target.mkdir(parents=True, exist_ok=True)
-            for name in ("models.csv", "index.html"):
-                shutil.copy2(folder / name, target / f".{name}.new")
-                (target / f".{name}.new").replace(target / name)
-            return StageResult(files={name: file_ref(target / name) for name in ("models.csv", "index.html")},
-                               facts={"models": sorted(evidence)})
+            # apr renders the tables from every evidence.jsonl under the certifications folder.
+            rows = write_tables(target, readme=None)
+            return StageResult(files={name: file_ref(target / name) for name in TABLE_FILES},
+                               facts={"models": sorted(f"{row.model} ({row.tier})" for row in rows),
+                                      "statuses": {f"{row.model} ({row.tier})": row.status for row in rows}})
 
         record = run_stage(layout, asset=TABLE_ASSET, partition=None, code_version=CODE_VERSION,
-                           inputs={key: rec.data_version for key, rec in certification.items()}, build=build)
+                           inputs={"certifications": {key: rec.data_version for key, rec in certification.items()},
+                                   "folder": str(target)}, build=build)
         return stage_output(record, "models.csv", {
             "models": dg.MetadataValue.int(len(record.facts["models"])),
+            "statuses": dg.MetadataValue.json(record.facts["statuses"]),
             "index": dg.MetadataValue.path(record.files["index.html"].path),
         })
 

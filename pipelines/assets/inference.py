@@ -8,6 +8,7 @@ from statistics import median
 
 import dagster as dg
 
+from pipelines.assets.artifacts import artifact_sha256
 from pipelines.playbooks import load
 from pipelines.resources import AprSettings, WorkRoot
 from pipelines.stage import StageResult, run_stage, stage_output
@@ -39,14 +40,6 @@ def throughput_by_format(runs: dict) -> dict[str, float]:
         if run.decode_tok_s:
             measured.setdefault(f"{fmt}/{backend}", []).append(run.decode_tok_s)
     return {name: round(median(values), 2) for name, values in sorted(measured.items())}
-
-
-def artifact_sha256(record: StageRecord) -> str:
-    """The sha256 evidence cites for an artifact: the file's, or a SafeTensors directory's weights file."""
-    if "artifact" in record.files:
-        return record.files["artifact"].sha256
-    weights = sorted(name for name in record.files if name.endswith(".safetensors"))
-    return record.files[weights[0]].sha256 if weights else record.data_version
 
 
 def run_matrix(playbook, artifacts: dict[str, StageRecord], directory: Path, workers: int, cuda: bool) -> StageResult:

@@ -78,4 +78,6 @@ def test_chromium_renders_the_asset_graph_without_an_error_overlay(dagster_dev: 
     for marker in ERROR_MARKERS:
         assert marker not in dom, f"{marker!r} on {url}"
     for asset in EXPECTED_DEPENDENCIES:
-        assert asset in dom, f"asset {asset!r} not rendered on {url}"
+        # Zoomed out, the UI shortens long names in the middle ("certificati…_table").
+        shown = asset in dom or (asset[:8] in dom and f"…{asset[-6:]}" in dom)
+        assert shown, f"asset {asset!r} not rendered on {url}"

@@ -1,0 +1,90 @@
+"""The ``gate_results`` asset: apr.qa's model-level gates on the artifacts, merged with the cell evidence."""
+
+from pathlib import Path
+
+import dagster as dg
+
+from pipelines.assets.artifacts import artifact_sha256
+from pipelines.playbooks import load
+from pipelines.resources import AprSettings, WorkRoot
+from pipelines.stage import StageResult, run_stage, stage_output
+from pipelines.work_root import StageRecord, file_ref, sha256_file
+
+CODE_VERSION = "1"
+ASSET = "gate_results"
+EVIDENCE_NAME = "evidence.jsonl"
+
+
+def run_gates(playbook, checkpoint: StageRecord, artifacts: dict[str, StageRecord], cells: Path,
+              directory: Path, cuda: bool) -> StageResult:
+    """Write ``evidence.jsonl``: the matrix cells' records, then every model-level gate's records."""
+    from collections import Counter
+
+    from apr.qa.axes import Format
+    from apr.qa.evidence import EvidenceWriter, read_evidence
+    from apr.qa.model_gates import ModelGateInputs, ModelGateRun
+    from apr.qa.recording import Recorder
+
+    paths = {Format(name): Path(record.facts["path"]) for name, record in artifacts.items()}
+    digests = {Format(name): artifact_sha256(record) for name, record in artifacts.items()}
+    inputs = ModelGateInputs(
+        artifacts=paths, digests=digests, source=Format(checkpoint.facts["format"]), gates=playbook.gates,
+        expected_sha256=checkpoint.facts["sha256"], chat=playbook.model.chat_template, cuda_available=cuda,
+        backends=tuple(playbook.matrix.backends),
+    )
+    recorder = Recorder(model=playbook.model.ref, artifacts=paths, sha256=digests, playbook=playbook.name,
+                        tier=playbook.tier)
+    evidence = directory / EVIDENCE_NAME
+    evidence.unlink(missing_ok=True)
+    with EvidenceWriter(evidence) as writer:
+        for record in read_evidence(cells).records:
+            writer.append(record)
+
+        def emit(records: list) -> None:
+            for record in records:
+                writer.append(record)
+
+        ModelGateRun(inputs, recorder, emit).run()
+    records = read_evidence(evidence).records
+    outcomes = Counter(str(record.outcome) for record in records)
+    gates = Counter(str(record.gate) for record in records)
+    return StageResult(files={"evidence": file_ref(evidence)},
+                       facts={"records": len(records), "outcomes": dict(outcomes), "gates": dict(sorted(gates.items()))})
+
+
+def build_gate_results(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
+    @dg.asset(
+        name=ASSET,
+        partitions_def=partitions,
+        code_version=CODE_VERSION,
+        group_name="certification",
+        kinds={"python"},
+        ins={name: dg.AssetIn(name) for name in ("checkpoint", "gguf", "apr", "safetensors", "inference_traces")},
+        description="evidence.jsonl: every cell's records plus apr.qa's model-level gates (integrity, contract, "
+                    "structure, parity, golden output...).",
+    )
+    def gate_results(context: dg.AssetExecutionContext, settings: AprSettings, work: WorkRoot,
+                     checkpoint: StageRecord, gguf: StageRecord, apr: StageRecord, safetensors: StageRecord,
+                     inference_traces: StageRecord):
+        import torch
+
+        key = context.partition_key
+        playbook = load(settings.playbooks(), key)
+        available = {"gguf": gguf, "apr": apr, "safetensors": safetensors}
+        artifacts = {fmt.value: available[fmt.value] for fmt in playbook.matrix.formats}
+        cuda = bool(torch.cuda.is_available())
+        inputs = {
+            "playbook": sha256_file(playbook.source), "cuda": cuda, "checkpoint": checkpoint.data_version,
+            "artifacts": {name: record.data_version for name, record in artifacts.items()},
+            "cells": inference_traces.files["evidence"].sha256,
+        }
+        record = run_stage(work.layout(), asset=ASSET, partition=key, code_version=CODE_VERSION, inputs=inputs,
+                           build=lambda directory: run_gates(playbook, checkpoint, artifacts,
+                                                             inference_traces.path("evidence"), directory, cuda))
+        return stage_output(record, "evidence", {
+            "records": dg.MetadataValue.int(record.facts["records"]),
+            "outcomes": dg.MetadataValue.json(record.facts["outcomes"]),
+            "gates": dg.MetadataValue.json(record.facts["gates"]),
+        })
+
+    return gate_results

@@ -1,0 +1,185 @@
+"""The certification graph materialized in process for a fixture model, end to end, then again (all reused)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import dagster as dg
+import nbformat
+import pytest
+
+from pipelines.definitions import build_definitions
+from pipelines.resources import WorkRoot
+from pipelines.work_root import WorkLayout
+
+MODEL = "fixture-llama"
+PER_MODEL = ("checkpoint", "gguf", "apr", "safetensors", "inference_traces", "gate_results", "certification")
+GATEWAY_CHECKS = {("checkpoint", "loads"), ("gguf", "loads"), ("apr", "loads"), ("safetensors", "loads"),
+                  ("inference_traces", "every_cell_recorded")}
+
+
+def fixture_playbook(gguf: Path) -> str:
+    """A small but complete playbook: all three formats, CPU, `apr run`, one prompt, the cheap gates."""
+    return f"""\
+apr_playbook: 1
+name: {MODEL}-quick
+version: 1.0.0
+tier: quick
+model:
+  ref: {MODEL}
+  path: {gguf}
+  architecture: llama
+  chat_template: true
+matrix:
+  formats: [gguf, safetensors, apr]
+  backends: [cpu]
+  modalities: [run]
+scenarios:
+  seed: 7
+  max_tokens: 8
+  pools: {{arithmetic: 1}}
+  per_cell: 1
+execution:
+  timeout_s: 120
+  failure_policy: collect_all
+gates:
+  CONTRACT-INVARIANTS:
+  TOKENIZER-PARITY:
+"""
+
+
+@pytest.fixture(scope="module")
+def graph(tmp_path_factory: pytest.TempPathFactory, fixture_models) -> dict:
+    root = tmp_path_factory.mktemp("pipelines")
+    playbooks = root / "playbooks"
+    playbooks.mkdir()
+    (playbooks / f"{MODEL}-quick.playbook.yaml").write_text(fixture_playbook(fixture_models["llama"]["gguf"]),
+                                                             encoding="utf-8")
+    work = WorkRoot(root=str(root / "work"), certifications_dir=str(root / "certifications"))
+    defs = build_definitions(playbooks, work)
+    return {"defs": defs, "work": work, "root": root}
+
+
+def materialize(graph: dict, instance: dg.DagsterInstance) -> tuple[dg.ExecuteInProcessResult, ...]:
+    defs = graph["defs"]
+    assets, resources = list(defs.assets), dict(defs.resources)
+    per_model = dg.materialize(assets, selection=dg.AssetSelection.assets("certification").upstream(),
+                               partition_key=MODEL, instance=instance, resources=resources)
+    table = dg.materialize(assets, selection=[dg.AssetKey("certification_table")], instance=instance,
+                           resources=resources)
+    return per_model, table
+
+
+def metadata_of(result: dg.ExecuteInProcessResult) -> dict[str, dict]:
+    return {event.asset_key.to_user_string(): {k: v.value for k, v in event.materialization.metadata.items()}
+            for event in (e.event_specific_data for e in result.get_asset_materialization_events())}
+
+
+@pytest.fixture(scope="module")
+def runs(graph: dict):
+    with dg.instance_for_test() as instance:
+        first = materialize(graph, instance)
+        second = materialize(graph, instance)
+        yield {"first": first, "second": second, "instance": instance}
+
+
+def test_every_asset_materializes_with_its_metadata(runs: dict) -> None:
+    per_model, table = runs["first"]
+    assert per_model.success and table.success
+    metadata = {**metadata_of(per_model), **metadata_of(table)}
+    assert set(metadata) == {*PER_MODEL, "certification_table"}
+    for asset in ("gguf", "apr", "safetensors", "inference_traces", "certification"):
+        assert len(metadata[asset]["sha256"]) == 64 and metadata[asset]["bytes"] > 0, asset
+        assert metadata[asset]["reused"] is False, asset
+    assert metadata["gguf"]["converted"] is False  # the checkpoint already is GGUF: linked, not rewritten
+    assert metadata["apr"]["converted"] is True and metadata["safetensors"]["converted"] is True
+    assert metadata["inference_traces"]["cells"] == 3
+    assert 0 <= metadata["certification"]["MQS"] <= 1000
+    assert metadata["certification"]["status"] in {"CERTIFIED", "PROVISIONAL", "BLOCKED"}
+    assert metadata["certification"]["grade"] in {"A+", "A", "B+", "B", "C", "F"}
+
+
+def test_gateway_checks_ran_and_passed(runs: dict) -> None:
+    per_model, _ = runs["first"]
+    evaluations = {(e.asset_key.to_user_string(), e.check_name): e for e in per_model.get_asset_check_evaluations()}
+    assert set(evaluations) == GATEWAY_CHECKS
+    assert all(e.passed for e in evaluations.values()), {k: e.description for k, e in evaluations.items()}
+
+
+def test_certification_folder_is_complete_and_rendered_from_the_evidence(graph: dict, runs: dict) -> None:
+    from apr.qa.evidence import read_evidence
+    from apr.qa.score import compute_mqs
+
+    folder = Path(graph["work"].certifications_dir) / MODEL
+    names = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+    assert {"evidence.jsonl", "junit.xml", "report.html", "audit.ipynb", "audit.html"} <= names
+    assert {f"charts/{c}.{s}" for c in ("throughput", "gate_outcomes", "mqs_by_category", "latency")
+            for s in ("png", "svg")} <= names
+
+    records = read_evidence(folder / "evidence.jsonl").records
+    cells = [r for r in records if r.scenario.modality is not None]
+    assert len({r.scenario.format for r in cells}) == 3  # every format ran
+    assert any(r.scenario.modality is None for r in records)  # model-level gates too
+    mqs = compute_mqs(records)
+    metadata = metadata_of(runs["first"][0])["certification"]
+    assert (metadata["MQS"], metadata["grade"], metadata["status"]) == (mqs.score, mqs.grade, mqs.status.value)
+
+    audit = nbformat.read(folder / "audit.ipynb", as_version=4)
+    assert audit.metadata.papermill.exception is None
+    assert all(cell.execution_count for cell in audit.cells if cell.cell_type == "code")
+
+    with (Path(graph["work"].certifications_dir) / "models.csv").open(encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(row["model"], row["status"], int(row["mqs"])) for row in rows] == [(MODEL, mqs.status.value, mqs.score)]
+
+
+def test_each_cell_left_a_trace(graph: dict) -> None:
+    record = WorkLayout(Path(graph["work"].root)).read_record("inference_traces", MODEL)
+    traces = [ref for name, ref in record.files.items() if name.startswith("traces/")]
+    assert len(traces) == 3
+    for ref in traces:
+        trace = json.loads(Path(ref.path).read_text(encoding="utf-8"))
+        assert trace["command"] == "apr run" and trace["argv"] and "timings" in trace
+
+
+def test_rematerializing_reuses_everything(runs: dict) -> None:
+    per_model, table = runs["second"]
+    assert per_model.success and table.success
+    metadata = {**metadata_of(per_model), **metadata_of(table)}
+    assert {asset: meta["reused"] for asset, meta in metadata.items()} == {asset: True for asset in metadata}
+    first = {**metadata_of(runs["first"][0]), **metadata_of(runs["first"][1])}
+    assert {a: m["fingerprint"] for a, m in metadata.items()} == {a: m["fingerprint"] for a, m in first.items()}
+
+
+def test_a_playbook_edit_redoes_the_matrix_but_not_the_conversions(graph: dict, runs: dict, tmp_path: Path) -> None:
+    playbook = next((graph["root"] / "playbooks").glob("*.playbook.yaml"))
+    original = playbook.read_text(encoding="utf-8")
+    playbook.write_text(original.replace("seed: 7", "seed: 8"), encoding="utf-8")
+    try:
+        per_model, _ = materialize(graph, runs["instance"])
+    finally:
+        playbook.write_text(original, encoding="utf-8")
+    reused = {asset: meta["reused"] for asset, meta in metadata_of(per_model).items()}
+    assert reused == {"checkpoint": True, "gguf": True, "apr": True, "safetensors": True,
+                      "inference_traces": False, "gate_results": False, "certification": False}
+
+
+def test_a_model_that_does_not_load_stops_the_graph(tmp_path: Path, fixture_models) -> None:
+    broken = tmp_path / "broken.gguf"
+    data = bytearray(Path(fixture_models["llama"]["gguf"]).read_bytes())
+    broken.write_bytes(bytes(data[: len(data) // 2]))  # truncated: the header promises more than is there
+    playbooks = tmp_path / "playbooks"
+    playbooks.mkdir()
+    (playbooks / f"{MODEL}-quick.playbook.yaml").write_text(fixture_playbook(broken), encoding="utf-8")
+    work = WorkRoot(root=str(tmp_path / "work"), certifications_dir=str(tmp_path / "certifications"))
+    defs = build_definitions(playbooks, work)
+    with dg.instance_for_test() as instance:
+        result = dg.materialize(list(defs.assets), selection=dg.AssetSelection.assets("certification").upstream(),
+                                partition_key=MODEL, instance=instance, resources=dict(defs.resources),
+                                raise_on_error=False)
+    assert not result.success
+    materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+    assert materialized <= {"checkpoint"}
+    assert not (tmp_path / "certifications" / MODEL).exists()
