@@ -74,6 +74,8 @@ def run_cell_run(cell: Cell, apr_argv: list[str]) -> CellRun:
     """`apr run MODEL --prompt P --json`: one prompt, one JSON document on stdout."""
     argv = [*apr_argv, "run", str(cell.model_path), "--prompt", cell.prompt, "--max-tokens", str(cell.max_tokens),
             "--temperature", "0", "--seed", str(cell.seed), "--device", cell.device, "--json"]
+    if not cell.use_chat_template:
+        argv.append("--raw")  # a base model continues the text; there is no chat template to wrap it in
     process = run_process(argv, timeout_s=cell.timeout_s, env=child_env())
     return _parsed(_from_process(process, "apr run"), _json_document(process.stdout), "apr run")
 

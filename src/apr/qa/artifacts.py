@@ -1,0 +1,82 @@
+"""The certification's artifacts: the source checkpoint plus its conversions into every format of the matrix.
+
+Conversions are cached next to the evidence: ``<output>/artifacts/model.<fmt>`` with a ``.source-sha256``
+stamp, reused only when the stamp names the same source digest (a changed source is converted again).
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from apr.errors import AprError
+from apr.qa.axes import Format
+
+ARTIFACT_NAMES = {Format.GGUF: "model.gguf", Format.APR: "model.apr", Format.SAFETENSORS: "safetensors"}
+# SafeTensors cannot hold GGML blocks: quantized sources are widened. bf16 halves the size of f32 and is what
+# transformers and our engine both read natively.
+SAFETENSORS_DTYPE = "bf16"
+
+
+@dataclass
+class Artifacts:
+    """Paths per format that exist, and why the others do not."""
+
+    source: Format
+    paths: dict[Format, Path] = field(default_factory=dict)
+    failures: dict[Format, str] = field(default_factory=dict)
+    converted: dict[Format, float] = field(default_factory=dict)  # seconds spent converting, per format
+
+
+def source_format(path: Path) -> Format:
+    from apr.formats.detect import detect_format
+
+    return Format(detect_format(path))
+
+
+def _stamp(target: Path) -> Path:
+    return target.with_name(target.name + ".source-sha256")
+
+
+def _cached(target: Path, source_sha: str) -> bool:
+    stamp = _stamp(target)
+    return target.exists() and stamp.is_file() and stamp.read_text().strip() == source_sha
+
+
+def _remove(target: Path) -> None:
+    if target.is_dir():
+        shutil.rmtree(target)
+    elif target.exists():
+        target.unlink()
+
+
+def prepare_artifacts(source: Path, source_sha: str, formats: tuple[Format, ...], directory: Path) -> Artifacts:
+    """The source for its own format and a conversion for every other; failures are kept, not raised."""
+    import time
+
+    from apr.formats.convert import convert
+
+    kind = source_format(source)
+    result = Artifacts(source=kind)
+    directory.mkdir(parents=True, exist_ok=True)
+    for fmt in formats:
+        if fmt is kind:
+            result.paths[fmt] = source
+            continue
+        target = directory / ARTIFACT_NAMES[fmt]
+        if _cached(target, source_sha):
+            result.paths[fmt] = target
+            continue
+        _remove(target)
+        started = time.monotonic()
+        try:
+            convert(source, fmt.value, target, dtype=SAFETENSORS_DTYPE if fmt is Format.SAFETENSORS else None,
+                    report=False)
+        except (AprError, ValueError, OSError) as err:
+            result.failures[fmt] = f"{type(err).__name__}: {err}"
+            continue
+        _stamp(target).write_text(source_sha + "\n")
+        result.paths[fmt] = target
+        result.converted[fmt] = time.monotonic() - started
+    return result

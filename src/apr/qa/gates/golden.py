@@ -1,0 +1,46 @@
+"""Golden output: greedy answers to fixed prompts contain the expected text (e.g. "What is 2+2?" → 4)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from apr.qa.gates_catalog import GateId
+from apr.qa.playbook_gates import GoldenOutputGate
+from apr.qa.recording import Check, verdict
+
+if TYPE_CHECKING:
+    from apr.engine import Engine
+
+GOLDEN = GateId.GOLDEN_OUTPUT
+# Text that is never a real answer: replacement characters, unknown tokens, NUL (after upstream's golden gate).
+POISON = ("\ufffd", "[UNK]", "\x00")
+
+
+def prompt_ids(engine: "Engine", prompt: str, chat: bool) -> list[int]:
+    tok = engine.tokenizer
+    if chat and tok.has_chat_template:
+        text = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True)
+        return tok.encode(text)
+    bos = [tok.bos_token_id] if engine.config.add_bos_token and tok.bos_token_id is not None else []
+    return bos + tok.encode(prompt)
+
+
+def golden_checks(engine: "Engine", settings: GoldenOutputGate, chat: bool, fmt) -> list[Check]:
+    from apr.engine import SamplingParams
+
+    checks = []
+    for index, case in enumerate(settings.cases):
+        result = engine.generate(prompt_ids(engine, case.prompt, chat),
+                                 SamplingParams(temperature=0.0, max_tokens=settings.max_tokens))
+        text = result.text
+        found = [want for want in case.expect_any if want.lower() in text.lower()]
+        poison = [p for p in POISON if p in text]
+        ok = bool(text.strip()) and bool(found) and not poison
+        reason = (f"greedy reply contains {found[0]!r}" if ok else
+                  "empty reply" if not text.strip() else
+                  f"reply contains {poison[0]!r}" if poison else
+                  f"reply lacks all of {list(case.expect_any)}")
+        checks.append(verdict(GOLDEN, f"golden:{index}", ok, reason, 1, format=fmt, prompt=case.prompt,
+                              output=text, metrics={"completion_tokens": result.completion_tokens,
+                                                    "finish_reason": result.finish_reason}))
+    return checks

@@ -1,0 +1,167 @@
+"""The model-level gates of one certification, in order: integrity, contract, plausibility, structure, tokenizer
+parity, engine load, golden output, attention trace, format parity, reference parity.
+
+Models are loaded one format at a time (an engine of the 1.5B model is gigabytes) and released before the
+next; only the parity logits are kept. Each gate family's records are written as soon as it is done.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from apr.formats.model import CanonicalModel
+from apr.qa.axes import Backend, Format
+from apr.qa.gates_catalog import GateId
+from apr.qa.playbook_gates import GateSet, ParityGate
+from apr.qa.recording import Check, Recorder, Timer, skipped, stamp_all
+
+Emit = Callable[[list], None]  # receives the stamped records of one gate family
+
+
+@dataclass
+class ModelGateInputs:
+    """What the model-level gates run on."""
+
+    artifacts: dict[Format, Path]
+    digests: dict[Format, str]
+    source: Format
+    gates: GateSet
+    expected_sha256: str | None = None
+    chat: bool = True
+    cuda_available: bool = False
+    backends: tuple[Backend, ...] = (Backend.CPU,)
+    done_gates: frozenset[GateId] = frozenset()  # already in the evidence (resume): not rerun
+    conversion_failures: dict[Format, str] = field(default_factory=dict)
+
+
+class ModelGateRun:
+    """Runs the enabled gates and hands every family's records to ``emit`` as it finishes."""
+
+    def __init__(self, inputs: ModelGateInputs, recorder: Recorder, emit: Emit) -> None:
+        self.inputs = inputs
+        self.recorder = recorder
+        self.emit = emit
+        self.models: dict[Format, CanonicalModel] = {}
+        self.parity_ids: list[list[int]] = []  # token ids of the parity prompts (source tokenizer)
+
+    def wanted(self, gate: GateId) -> bool:
+        return gate not in self.inputs.done_gates and gate in self.inputs.gates.enabled()
+
+    def _emit(self, checks: list[Check], timer: Timer) -> None:
+        if checks:
+            self.emit(stamp_all(self.recorder, checks, timer))
+
+    def _per_model(self, gate: GateId, make: Callable[[CanonicalModel, Format], list[Check]]) -> None:
+        if not self.wanted(gate):
+            return
+        timer = Timer()
+        checks: list[Check] = []
+        for fmt in self.inputs.artifacts:
+            if fmt in self.models:
+                checks += make(self.models[fmt], fmt)
+            else:
+                checks.append(skipped(gate, f"all:{fmt}", f"{fmt} artifact did not read (see G0): not checked",
+                                      format=fmt))
+        self._emit(checks, timer)
+
+    def integrity(self) -> None:
+        from apr.qa.gates.integrity import integrity_checks
+        from apr.qa.recording import falsified
+
+        timer = Timer()
+        checks, self.models = integrity_checks(self.inputs.artifacts, self.inputs.digests, self.inputs.source,
+                                               self.inputs.expected_sha256)
+        checks += [falsified(GateId.G0_INTEGRITY, f"convert:{fmt}", f"conversion to {fmt} failed: {why}", format=fmt)
+                   for fmt, why in self.inputs.conversion_failures.items()]
+        if self.wanted(GateId.G0_INTEGRITY):
+            self._emit(checks, timer)
+
+    def static_gates(self) -> None:
+        from apr.qa.gates.contract import contract_checks
+        from apr.qa.gates.structure import metadata_checks, structure_checks
+
+        self._per_model(GateId.CONTRACT_INVARIANTS, contract_checks)
+        self._per_model(GateId.METADATA_PLAUSIBILITY, metadata_checks)
+        self._per_model(GateId.STRUCTURE, structure_checks)
+        if self.wanted(GateId.TOKENIZER_PARITY):
+            from apr.qa.gates.parity import tokenizer_parity_checks
+
+            timer = Timer()
+            self._emit(tokenizer_parity_checks(self.models, self.inputs.source, self.inputs.gates.tokenizer_parity.corpus,
+                                               tuple(self.inputs.artifacts)), timer)
+
+    def _parity_prompts(self) -> tuple[str, ...]:
+        settings = self.inputs.gates.format_parity or self.inputs.gates.reference_parity or ParityGate()
+        return settings.prompts
+
+    def engine_gates(self) -> dict[Format, list]:
+        """G1 per format × backend, golden output and attention trace on the source; returns parity logits."""
+        from apr.qa.gates.load import load_engine_check
+        from apr.qa.gates.parity import encode_prompts, prompt_logits
+
+        source_model = self.models.get(self.inputs.source)
+        ids = encode_prompts(source_model, self._parity_prompts()) if source_model else []
+        self.parity_ids = ids
+        logits: dict[Format, list] = {}
+        load_checks: list[Check] = []
+        load_timer = Timer()
+        for fmt in self.inputs.artifacts:
+            for backend in self.inputs.backends:
+                if fmt not in self.models:
+                    load_checks.append(skipped(GateId.G1_LOAD, f"engine:{fmt}", f"{fmt} artifact did not read (G0)",
+                                               format=fmt, backend=backend))
+                    continue
+                check, engine = load_engine_check(self.models[fmt], fmt, backend, self.inputs.cuda_available)
+                load_checks.append(check)
+                if engine is None:
+                    continue
+                if backend is Backend.CPU:
+                    logits[fmt] = prompt_logits(engine, ids)
+                    if fmt is self.inputs.source:
+                        self._source_engine_gates(engine, fmt)
+                del engine
+                gc.collect()
+        if self.wanted(GateId.G1_LOAD):
+            self._emit(load_checks, load_timer)
+        return logits
+
+    def _source_engine_gates(self, engine, fmt: Format) -> None:
+        gates = self.inputs.gates
+        if self.wanted(GateId.GOLDEN_OUTPUT):
+            from apr.qa.gates.golden import golden_checks
+
+            timer = Timer()
+            self._emit(golden_checks(engine, gates.golden_output, self.inputs.chat, fmt), timer)
+        if self.wanted(GateId.ATTENTION_TRACE):
+            from apr.qa.gates.attention import TRACE_PROMPT, attention_checks
+            from apr.qa.gates.parity import encode_prompts
+
+            timer = Timer()
+            ids = encode_prompts(self.models[fmt], (TRACE_PROMPT,))[0]
+            self._emit(attention_checks(engine, ids, gates.attention_trace, fmt), timer)
+
+    def parity_gates(self, logits: dict[Format, list]) -> None:
+        gates = self.inputs.gates
+        if self.wanted(GateId.FORMAT_PARITY):
+            from apr.qa.gates.parity import format_parity_checks
+
+            timer = Timer()
+            settings = gates.format_parity
+            self._emit(format_parity_checks(logits, self.inputs.source, settings.min_top1_agreement, settings.max_kl,
+                                            tuple(self.inputs.artifacts)), timer)
+        if self.wanted(GateId.REFERENCE_PARITY):
+            from apr.qa.gates.reference import reference_parity_checks
+
+            timer = Timer()
+            self._emit(reference_parity_checks(self.inputs.artifacts.get(Format.SAFETENSORS),
+                                               logits.get(Format.SAFETENSORS), self.parity_ids,
+                                               gates.reference_parity), timer)
+
+    def run(self) -> dict[Format, CanonicalModel]:
+        self.integrity()
+        self.static_gates()
+        self.parity_gates(self.engine_gates())
+        return self.models
