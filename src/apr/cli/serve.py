@@ -33,6 +33,9 @@ def register(app: typer.Typer) -> None:
             None, "--max-context", min=1, help="Cap prompt + completion tokens (default: the model's context)."
         ),
         seed: int = typer.Option(0, "--seed", help="Seeds the sampling of requests that send no seed."),
+        shutdown_grace: float = typer.Option(
+            2.0, "--shutdown-grace", min=0.0, help="Seconds in-flight requests may run on after SIGINT/SIGTERM."
+        ),
     ) -> None:
         """Serve MODEL over OpenAI-compatible HTTP (/v1/completions, /v1/chat/completions, /v1/models, /health)."""
         import logging
@@ -55,6 +58,7 @@ def register(app: typer.Typer) -> None:
             api_key=api_key,
             max_context=max_context,
             seed=seed,
+            graceful_timeout_s=shutdown_grace,
         )
         engine = load_engine(resolve_model_arg(model), device=device.value)
         app = create_app(engine, settings)

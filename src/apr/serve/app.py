@@ -14,7 +14,7 @@ from apr.serve import chat, completions
 from apr.serve.errors import install_error_handlers
 from apr.serve.protocol import ModelCard, ModelList
 from apr.serve.route_meta import ERROR_RESPONSES
-from apr.serve.scheduler import Scheduler
+from apr.serve.scheduler import Load, Scheduler
 from apr.serve.served import ServedModel, ServeSettings
 from apr.serve.state import ServeState, check_api_key, serve_state
 
@@ -54,17 +54,20 @@ def create_app(engine: "Engine", settings: ServeSettings) -> FastAPI:
     @app.get("/health")
     async def health(state: ServeState = Depends(serve_state)) -> dict[str, Any]:
         """Liveness and load; answered on the event loop without touching the engine."""
-        load = state.scheduler.load if state.scheduler is not None else None
+        load = state.scheduler.load if state.scheduler is not None else Load()
         return {
-            "status": "ok" if load is not None else "starting",
+            "status": "ok" if state.scheduler is not None else "starting",
             "model": state.served.model_id,
             "format": state.described.get("format"),
             "device": str(state.served.engine.device),
             "memory": _memory(state),
             "requests": {
-                "active": load.active if load else 0,
-                "queued": load.queued if load else 0,
+                "active": load.active,
+                "queued": load.queued,
                 "batch_size": state.settings.batch_size,
+                "finished": load.finished,
+                "cancelled": load.cancelled,
+                "failed": load.failed,
             },
             "max_context": state.served.max_context,
             "uptime_s": round(time.monotonic() - state.started, 3),

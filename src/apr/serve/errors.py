@@ -64,9 +64,12 @@ def describe_validation_errors(errors: list[dict[str, Any]]) -> ApiError:
     return bad_request(f"Invalid request: {where}{message}{more}.", param=param)
 
 
+UNION_BRANCH_TAGS = frozenset({"str", "int", "float", "bool", "dict", "list", "none"})
+
+
 def _is_field_name(part: object) -> bool:
     text = str(part)
-    return text.isidentifier() and not text.startswith(("list", "dict", "str", "int", "float", "bool"))
+    return text.isidentifier() and text not in UNION_BRANCH_TAGS
 
 
 def install_error_handlers(app: "FastAPI") -> None:

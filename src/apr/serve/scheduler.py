@@ -61,10 +61,13 @@ class _Stop:
 
 @dataclass(frozen=True)
 class Load:
-    """What /health reports: sequences decoding now and requests waiting for a slot."""
+    """What /health reports: sequences decoding now, requests waiting for a slot, and totals so far."""
 
-    active: int
-    queued: int
+    active: int = 0
+    queued: int = 0
+    finished: int = 0
+    cancelled: int = 0
+    failed: int = 0
 
 
 class Scheduler:
@@ -83,7 +86,7 @@ class Scheduler:
         self._loop = loop
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="apr-scheduler", daemon=True)
-        self._load = Load(active=0, queued=0)
+        self._load = Load()
         self._stopped = threading.Event()
 
     # ---- event-loop side ---------------------------------------------------------------
@@ -164,7 +167,7 @@ class Scheduler:
             for message in self._drain(block=idle):
                 if isinstance(message, _Stop):
                     self._fail_all(running, waiting, EngineFailure("The server is shutting down.", shutting_down=True))
-                    self._load = Load(0, 0)
+                    self._publish(running, waiting)
                     return
                 if isinstance(message, _Admit):
                     waiting.append(message)
@@ -179,9 +182,10 @@ class Scheduler:
                 except Exception as exc:  # one bad request must not take the batch down
                     log.error("could not admit %s: %s: %s", admit.request_id, type(exc).__name__, exc)
                     self._post(admit.sink, EngineFailure(f"The engine refused the request: {exc}"))
+                    self._count(failed=1)
                     continue
                 running[admit.request_id] = admit
-            self._load = Load(active=len(running), queued=len(waiting))
+            self._publish(running, waiting)
             if not running:
                 continue
             try:
@@ -192,6 +196,7 @@ class Scheduler:
                 batch = self._engine.new_batch(self._max_batch)
                 continue
             self._route(events, running)
+            self._publish(running, waiting)
 
     def _drain(self, *, block: bool) -> list[Any]:
         messages = [self._inbox.get()] if block else []
@@ -210,17 +215,29 @@ class Scheduler:
             deliveries.append((admit.sink, event))
             if event.finish_reason is not None:
                 del running[event.request_id]
+                self._count(finished=1)
         if deliveries:
             self._loop.call_soon_threadsafe(_deliver, deliveries)
-        self._load = Load(active=len(running), queued=self._load.queued)
+
+    def _publish(self, running: dict[str, _Admit], waiting: deque[_Admit]) -> None:
+        """Replace the snapshot /health reads (one attribute store: atomic for the reading thread)."""
+        load = self._load
+        self._load = Load(len(running), len(waiting), load.finished, load.cancelled, load.failed)
+
+    def _count(self, *, finished: int = 0, cancelled: int = 0, failed: int = 0) -> None:
+        load = self._load
+        self._load = Load(load.active, load.queued, load.finished + finished, load.cancelled + cancelled,
+                          load.failed + failed)
 
     def _cancel(self, batch: Any, request_id: str, running: dict[str, _Admit], waiting: deque[_Admit]) -> None:
         if running.pop(request_id, None) is not None:
             batch.cancel(request_id)
+            self._count(cancelled=1)
             return
         for admit in waiting:
             if admit.request_id == request_id:
                 waiting.remove(admit)
+                self._count(cancelled=1)
                 return
 
     def _execute(self, call: _Call) -> None:
@@ -234,6 +251,7 @@ class Scheduler:
     def _fail_all(self, running: dict[str, _Admit], waiting: deque[_Admit], failure: EngineFailure) -> None:
         for admit in [*running.values(), *waiting]:
             self._post(admit.sink, failure)
+        self._count(failed=len(running) + len(waiting))
         running.clear()
         waiting.clear()
 

@@ -1,0 +1,283 @@
+"""Load benchmark of `apr serve`: batching speed-up, /health latency under load, lost/garbled replies, latency.
+
+Method (all over loopback with the official `openai` client against a real `apr serve` subprocess):
+  1. warmup: WARMUP greedy requests (the first one pays compile and allocator costs).
+  2. reference: every prompt once, alone, greedy -> the text each later reply must equal exactly
+     (greedy output is batch-invariant, so any difference is a garbled or mixed-up reply).
+  3. single stream: REPEATS streamed greedy completions of MAX_TOKENS, one at a time.
+     decode tok/s = (tokens - 1) / (last token time - first token time).
+  4. concurrent streams: CLIENTS streams started together, REPEATS times.
+     aggregate decode tok/s = sum(tokens - 1) / (last token time of all - earliest first token).
+     Meanwhile a poller times GET /health every 20 ms.
+  5. load: CLIENTS threads, each sending REQUESTS greedy requests back to back (alternating plain and
+     streamed, completions and chat): every reply must arrive, finish, and equal its reference.
+  6. short completion: REPEATS x a 10-token greedy completion, wall time per request.
+Reported: median and p90 of each figure; the last stdout line is one JSON document.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import httpx
+import openai
+
+READY = re.compile(r"apr serve: ready at (http://\S+)")
+PROMPTS = [
+    "Once upon a time, in a small village by the sea, there lived",
+    "The history of the Roman Empire can be summarised as follows:",
+    "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
+    "A list of ten fruits, one per line:\n1.",
+    "The three laws of thermodynamics are",
+    "Dear hiring manager, I am writing to apply for",
+    "Recipe for pancakes. Ingredients:",
+    "In computer science, a hash table is",
+]
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    rank = (len(ordered) - 1) * q
+    low = int(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    return {"median": round(statistics.median(values), 4), "p90": round(percentile(values, 0.9), 4),
+            "min": round(min(values), 4), "max": round(max(values), 4), "n": len(values)}
+
+
+@dataclass
+class StreamTiming:
+    text: str
+    tokens: int
+    start: float
+    first: float
+    end: float
+
+
+def start_server(model: str, batch_size: int, device: str) -> tuple[subprocess.Popen, str]:
+    argv = [sys.executable, "-m", "apr.cli.main", "serve", model, "--port", "0", "--batch-size", str(batch_size),
+            "--device", device]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    for line in iter(proc.stdout.readline, ""):
+        match = READY.search(line)
+        if match:
+            return proc, match.group(1)
+    raise SystemExit(f"apr serve exited ({proc.wait()}) before it was ready")
+
+
+def stream_completion(client: openai.OpenAI, model: str, prompt: str, max_tokens: int) -> StreamTiming:
+    start = time.perf_counter()
+    first = None
+    tokens = 0
+    parts = []
+    usage = None
+    for chunk in client.completions.create(model=model, prompt=prompt, max_tokens=max_tokens, temperature=0.0,
+                                           stream=True, stream_options={"include_usage": True}):
+        if chunk.usage is not None:
+            usage = chunk.usage
+        if chunk.choices:
+            if first is None:
+                first = time.perf_counter()
+            parts.append(chunk.choices[0].text)
+    end = time.perf_counter()
+    tokens = usage.completion_tokens if usage else 0
+    return StreamTiming("".join(parts), tokens, start, first or end, end)
+
+
+def single_stream(client, model, max_tokens: int, repeats: int) -> list[float]:
+    rates = []
+    for i in range(repeats):
+        timing = stream_completion(client, model, PROMPTS[i % len(PROMPTS)], max_tokens)
+        if timing.tokens > 1:
+            rates.append((timing.tokens - 1) / (timing.end - timing.first))
+    return rates
+
+
+def concurrent_streams(url, model, clients: int, max_tokens: int, repeats: int) -> tuple[list[float], list[float]]:
+    rates, health_ms = [], []
+    for _ in range(repeats):
+        stop = threading.Event()
+        poller = threading.Thread(target=poll_health, args=(url, stop, health_ms))
+        poller.start()
+        with ThreadPoolExecutor(clients) as pool:
+            timings = list(pool.map(
+                lambda i: stream_completion(make_client(url), model, PROMPTS[i % len(PROMPTS)], max_tokens),
+                range(clients)))
+        stop.set()
+        poller.join()
+        window = max(t.end for t in timings) - min(t.first for t in timings)
+        rates.append(sum(t.tokens - 1 for t in timings) / window)
+    return rates, health_ms
+
+
+def poll_health(url: str, stop: threading.Event, latencies_ms: list[float]) -> None:
+    with httpx.Client(timeout=10) as http:
+        while not stop.is_set():
+            start = time.perf_counter()
+            response = http.get(f"{url}/health")
+            latencies_ms.append((time.perf_counter() - start) * 1000)
+            response.raise_for_status()
+            time.sleep(0.02)
+
+
+def make_client(url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{url}/v1", api_key="bench", max_retries=0, timeout=600)
+
+
+def references(client, model, max_tokens: int) -> dict[tuple[str, str], str]:
+    expected = {}
+    for prompt in PROMPTS:
+        reply = client.completions.create(model=model, prompt=prompt, max_tokens=max_tokens, temperature=0.0)
+        expected[("completion", prompt)] = reply.choices[0].text
+        chat = client.chat.completions.create(model=model, messages=[{"role": "user", "content": prompt}],
+                                              max_tokens=max_tokens, temperature=0.0)
+        expected[("chat", prompt)] = chat.choices[0].message.content
+    return expected
+
+
+def one_request(client, model, kind: str, prompt: str, stream: bool, max_tokens: int) -> tuple[str, str | None]:
+    """(text, finish_reason) of one greedy request, plain or streamed."""
+    if kind == "completion":
+        if not stream:
+            choice = client.completions.create(model=model, prompt=prompt, max_tokens=max_tokens,
+                                               temperature=0.0).choices[0]
+            return choice.text, choice.finish_reason
+        parts, finish = [], None
+        for chunk in client.completions.create(model=model, prompt=prompt, max_tokens=max_tokens, temperature=0.0,
+                                               stream=True):
+            parts.append(chunk.choices[0].text)
+            finish = chunk.choices[0].finish_reason or finish
+        return "".join(parts), finish
+    messages = [{"role": "user", "content": prompt}]
+    if not stream:
+        choice = client.chat.completions.create(model=model, messages=messages, max_tokens=max_tokens,
+                                                temperature=0.0).choices[0]
+        return choice.message.content, choice.finish_reason
+    parts, finish = [], None
+    for chunk in client.chat.completions.create(model=model, messages=messages, max_tokens=max_tokens,
+                                                temperature=0.0, stream=True):
+        if chunk.choices:
+            parts.append(chunk.choices[0].delta.content or "")
+            finish = chunk.choices[0].finish_reason or finish
+    return "".join(parts), finish
+
+
+def load_test(url, model, expected, clients: int, requests: int, max_tokens: int) -> dict:
+    latencies, outcomes = [], []
+    lock = threading.Lock()
+
+    def worker(worker_id: int) -> None:
+        client = make_client(url)
+        for i in range(requests):
+            kind = ("completion", "chat")[(worker_id + i) % 2]
+            prompt = PROMPTS[(worker_id * requests + i) % len(PROMPTS)]
+            stream = (worker_id + i // 2) % 2 == 1
+            start = time.perf_counter()
+            try:
+                text, finish = one_request(client, model, kind, prompt, stream, max_tokens)
+                outcome = "ok" if finish in ("stop", "length") and text == expected[(kind, prompt)] else "garbled"
+            except Exception as exc:  # a lost reply is exactly what this test counts
+                outcome = f"lost: {type(exc).__name__}"
+            with lock:
+                latencies.append(time.perf_counter() - start)
+                outcomes.append(outcome)
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=worker, args=(w,)) for w in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - started
+    return {
+        "requests": len(outcomes),
+        "ok": outcomes.count("ok"),
+        "garbled": outcomes.count("garbled"),
+        "lost": sum(o.startswith("lost") for o in outcomes),
+        "lost_reasons": sorted({o for o in outcomes if o.startswith("lost")}),
+        "requests_per_s": round(len(outcomes) / wall, 3),
+        "latency_s": summary(latencies),
+    }
+
+
+def short_completion(client, model, repeats: int) -> list[float]:
+    walls = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        reply = client.completions.create(model=model, prompt="What is 2+2?", max_tokens=10, temperature=0.0)
+        walls.append(time.perf_counter() - start)
+        assert reply.choices[0].finish_reason in ("stop", "length")
+    return walls
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="qwen2.5-coder:1.5b")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-tokens", type=int, default=48)
+    parser.add_argument("--requests", type=int, default=3, help="requests per client in the load test")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=2)
+    args = parser.parse_args()
+
+    proc, url = start_server(args.model, args.batch_size, args.device)
+    try:
+        client = make_client(url)
+        model = client.models.list().data[0].id
+        for i in range(args.warmup):
+            client.completions.create(model=model, prompt=PROMPTS[i % len(PROMPTS)], max_tokens=8, temperature=0.0)
+        health = httpx.get(f"{url}/health").json()
+        short = short_completion(client, model, args.repeats + 2)
+        single = single_stream(client, model, args.max_tokens, args.repeats)
+        multi, health_ms = concurrent_streams(url, model, args.clients, args.max_tokens, args.repeats)
+        expected = references(client, model, args.max_tokens // 2)
+        load = load_test(url, model, expected, args.clients, args.requests, args.max_tokens // 2)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    speedup = statistics.median(multi) / statistics.median(single)
+    report = {
+        "bench": "serve_load",
+        "model": args.model,
+        "environment": {"python": platform.python_version(), "cpus": os.cpu_count(), "device": health["device"],
+                        "format": health["format"], "batch_size": args.batch_size, "clients": args.clients,
+                        "max_tokens": args.max_tokens, "repeats": args.repeats, "warmup": args.warmup},
+        "single_stream_decode_tok_s": summary(single),
+        "concurrent_decode_tok_s": summary(multi),
+        "batching_speedup": round(speedup, 3),
+        "health_ms_while_generating": summary(health_ms),
+        "short_completion_10_tokens_s": summary(short),
+        "load": load,
+        "criteria": {
+            "speedup_ge_3x": speedup >= 3.0,
+            "health_p90_lt_50ms": percentile(health_ms, 0.9) < 50.0,
+            "short_completion_median_lt_2s": statistics.median(short) < 2.0,
+            "no_lost_or_garbled": load["lost"] == 0 and load["garbled"] == 0,
+        },
+    }
+    print(f"single stream {statistics.median(single):.2f} tok/s; {args.clients} streams "
+          f"{statistics.median(multi):.2f} tok/s (x{speedup:.2f}); /health p90 {percentile(health_ms, 0.9):.1f} ms; "
+          f"10-token completion {statistics.median(short):.2f} s; load {load['ok']}/{load['requests']} ok")
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()
