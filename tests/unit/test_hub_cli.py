@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import struct
 import subprocess
 import sys
 import threading
@@ -63,21 +64,52 @@ def test_offline_hf_ref_exits_2_with_one_line(tmp_path: Path) -> None:
     _assert_one_error_line(_apr("pull", "hf://org/repo", env=env), "HF_HUB_OFFLINE is set")
 
 
-def test_hf_ref_is_served_from_the_local_hf_cache_offline(tmp_path: Path) -> None:
-    hf_cache = tmp_path / "hf-cache"
-    snapshot = hf_cache / "models--org--repo" / "snapshots" / "0123abcd"
-    snapshot.mkdir(parents=True)
+def _fake_hf_cache(root: Path, repo: str, files: dict[str, bytes]) -> Path:
+    """The on-disk layout huggingface_hub reads offline: a snapshot of `main` holding ``files``."""
+    repo_dir = root / f"models--{repo.replace('/', '--')}"
+    snapshot = repo_dir / "snapshots" / "0123abcd"
+    for name, data in files.items():
+        (snapshot / name).parent.mkdir(parents=True, exist_ok=True)
+        (snapshot / name).write_bytes(data)
+    (repo_dir / "refs").mkdir(parents=True)
+    (repo_dir / "refs" / "main").write_text("0123abcd")
+    return root
+
+
+def _safetensors_bytes() -> bytes:
+    header = json.dumps({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}).encode()
+    return struct.pack("<Q", len(header)) + header + struct.pack("<2f", 1.0, 2.0)
+
+
+def test_hf_file_is_served_from_the_local_hf_cache_offline(tmp_path: Path) -> None:
     payload = gguf_payload(5000, seed=3)
-    (snapshot / "model.gguf").write_bytes(payload)
-    (hf_cache / "models--org--repo" / "refs").mkdir()
-    (hf_cache / "models--org--repo" / "refs" / "main").write_text("0123abcd")
+    other = gguf_payload(4000, seed=4)
+    hf_cache = _fake_hf_cache(tmp_path / "hf", "org/repo", {"model.Q8_0.gguf": other, "model.Q4_K_M.gguf": payload})
     env = _env(tmp_path / "home", HF_HUB_CACHE=str(hf_cache))
-    result = _apr("pull", "--json", "hf://org/repo/model.gguf", env=env)
+    named = _apr("pull", "--json", "hf://org/repo/model.Q8_0.gguf", env=env)
+    assert named.returncode == 0, named.stderr
+    model = json.loads(named.stdout)
+    assert (model["ref"], model["format"], model["size_bytes"]) == ("hf://org/repo/model.Q8_0.gguf", "gguf", 4000)
+    assert Path(model["path"]).read_bytes() == other
+    assert Path(model["path"]).is_relative_to(tmp_path / "home")
+    picked = _apr("pull", "--json", "hf://org/repo", env=env)
+    assert picked.returncode == 0, picked.stderr
+    assert Path(json.loads(picked.stdout)["path"]).read_bytes() == payload, "without FILE, the Q4_K_M GGUF"
+
+
+def test_hf_safetensors_repo_becomes_a_filtered_snapshot_dir(tmp_path: Path) -> None:
+    files = {
+        "config.json": b'{"model_type": "llama"}', "tokenizer.json": b"{}", "model.safetensors": _safetensors_bytes(),
+        "README.md": b"# card", "pytorch_model.bin": b"not wanted",
+    }
+    env = _env(tmp_path / "home", HF_HUB_CACHE=str(_fake_hf_cache(tmp_path / "hf", "org/tiny-st", files)))
+    result = _apr("pull", "--json", "hf://org/tiny-st", env=env)
     assert result.returncode == 0, result.stderr
     model = json.loads(result.stdout)
-    assert (model["ref"], model["format"], model["size_bytes"]) == ("hf://org/repo/model.gguf", "gguf", 5000)
-    assert Path(model["path"]).read_bytes() == payload
-    assert Path(model["path"]).is_relative_to(tmp_path / "home")
+    path = Path(model["path"])
+    assert (model["format"], path.name) == ("safetensors", "tiny-st")
+    assert sorted(p.name for p in path.iterdir()) == ["config.json", "model.safetensors", "tokenizer.json"]
+    assert (path / "model.safetensors").read_bytes() == files["model.safetensors"]
 
 
 def test_local_pull_then_list_table_and_json(tmp_path: Path) -> None:

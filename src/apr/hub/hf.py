@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import os
 import shutil
@@ -48,9 +49,8 @@ def _quiet_hub_logs() -> Iterator[None]:
 def _hub_failure(ref: HfRef, err: BaseException) -> HubError:
     first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
     if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
-        what = "it is not in the local Hugging Face cache" if ref.filename else "listing a repo needs the network"
         return HubError(
-            f"cannot fetch {ref.text}: HF_HUB_OFFLINE is set and {what}; "
+            f"cannot fetch {ref.text}: HF_HUB_OFFLINE is set and it is not in the local Hugging Face cache; "
             "unset HF_HUB_OFFLINE when online, or pull a registry ref (e.g. smollm2:135m)"
         )
     return HubError(f"cannot fetch {ref.text} from the Hugging Face Hub: {first_line}")
@@ -67,15 +67,36 @@ def _silent_tqdm_class() -> type:
     return SilentTqdm
 
 
-def _copy_out(source: Path, work_dir: Path) -> Path:
+def _not_model_files(directory: str, names: list[str]) -> set[str]:
+    """copytree filter: keep subdirectories and SNAPSHOT_PATTERNS files (an offline snapshot is unfiltered)."""
+    base = Path(directory)
+    return {
+        name
+        for name in names
+        if name == ".cache"
+        or (not (base / name).is_dir() and not any(fnmatch.fnmatch(name, pattern) for pattern in SNAPSHOT_PATTERNS))
+    }
+
+
+def _repo_files(ref: HfRef) -> list[str]:
+    """The repo's file list: from the Hub, or offline from the cached snapshot of its main revision."""
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    if not constants.HF_HUB_OFFLINE:
+        return huggingface_hub.HfApi().list_repo_files(ref.repo_id)
+    cached = Path(str(huggingface_hub.snapshot_download(ref.repo_id, local_files_only=True)))
+    return sorted(p.relative_to(cached).as_posix() for p in cached.rglob("*") if p.is_file())
+
+
+def _copy_out(source: Path, target: Path) -> Path:
     """Copy a file or snapshot out of the Hugging Face cache (its symlinks followed) into ``work_dir``.
 
     A copy, not a link: the apr cache entry must not share bytes that another tool may change or evict.
     """
-    target = work_dir / source.name
     try:
         if source.is_dir():
-            shutil.copytree(source, target, symlinks=False, ignore=shutil.ignore_patterns(".cache"))
+            shutil.copytree(source, target, symlinks=False, ignore=_not_model_files)
         else:
             shutil.copyfile(source, target)
     except OSError as err:
@@ -101,7 +122,7 @@ def fetch_hf(ref: HfRef, work_dir: Path, *, progress: bool, refresh: bool = Fals
             filename = ref.filename
             files: list[str] = []
             if filename is None:
-                files = huggingface_hub.HfApi().list_repo_files(ref.repo_id)
+                files = _repo_files(ref)
                 filename = choose_gguf(files, ref)
             if filename is not None:
                 fetched = huggingface_hub.hf_hub_download(
@@ -115,4 +136,7 @@ def fetch_hf(ref: HfRef, work_dir: Path, *, progress: bool, refresh: bool = Fals
                 raise HubError(f"{ref.text} has neither GGUF nor SafeTensors files; name a model repo or file")
         except failures as err:
             raise _hub_failure(ref, err) from err
-    return _copy_out(Path(str(fetched)), work_dir)
+    fetched_path = Path(str(fetched))
+    # A snapshot directory is named by its commit hash; name the copy after the repo instead.
+    name = ref.repo_id.split("/")[-1] if fetched_path.is_dir() else fetched_path.name
+    return _copy_out(fetched_path, work_dir / name)
