@@ -45,7 +45,7 @@ def read_apr_header(path: Path, data: np.ndarray) -> AprHeader:
         raise _fail(path, "compressed or encrypted APR files are not supported; re-convert without compression")
     body_end = size - FOOTER_SIZE
     if not (HEADER_SIZE <= header.metadata_offset and header.metadata_offset + header.metadata_size <= body_end):
-        raise _fail(path, f"metadata [{header.metadata_offset}, +{header.metadata_size}) lies outside the file")
+        raise _fail(path, f"metadata [{header.metadata_offset}, +{header.metadata_size}) lies outside the file; the file is truncated or corrupt")
     if not (header.metadata_offset + header.metadata_size <= header.tensor_index_offset <= header.data_offset <= body_end):
         raise _fail(path, "section offsets out of order or beyond the end of the file; the file is truncated or corrupt")
     return header
@@ -92,6 +92,11 @@ def read_apr(path: Path, *, verify: bool = True) -> CanonicalModel:
         if key < previous:
             raise _fail(path, f"tensor index is not sorted by name at {entry.name!r}")
         previous = key
+    end_of_previous = 0
+    for entry in sorted(entries, key=lambda e: e.offset):  # data order = the order the model was written in
+        if entry.offset < end_of_previous:
+            raise _fail(path, f"tensor {entry.name!r} data overlaps the tensor before it; the file is corrupt")
+        end_of_previous = entry.offset + entry.size
         tensors[entry.name] = _entry_source(path, data, header, entry, body_end, float(offsets.get(entry.name, 0.0)))
     expected = set(names.expected_hf_names(config.architecture, config.num_layers, tied=config.tie_word_embeddings))
     unknown = sorted(set(tensors) - expected)

@@ -41,8 +41,10 @@ class _CrcWriter:
 def write_apr(model: CanonicalModel, out: Path, *, dtype: DtypeChoice = "keep", progress: Progress | None = None) -> Path:
     """APR v2 at ``out`` (temp file, then rename). ``keep`` stores every tensor's bytes unchanged, with any
     stored value offset (GGUF gemma norms) recorded in ``apr.value_offsets``."""
+    # Data goes in the model's own order (readers recover it from the offsets, so GGUF -> APR -> GGUF
+    # keeps the tensor order); the index is sorted by name as the format requires.
     plan = []
-    for name in sorted(model.tensors, key=lambda n: n.encode("utf-8")):
+    for name in model.tensors:
         info = model.tensors[name].info
         out_type = target_type(info.ggml_type, dtype)
         if out_type not in APR_DTYPE_OF_GGML:
@@ -53,13 +55,14 @@ def write_apr(model: CanonicalModel, out: Path, *, dtype: DtypeChoice = "keep", 
     for name, out_type, _, nbytes in plan:
         entries.append(AprIndexEntry(name, APR_DTYPE_OF_GGML[out_type], tuple(model.tensors[name].info.shape), cursor, nbytes))
         cursor = align(cursor + nbytes)
+    sorted_entries = sorted(entries, key=lambda e: e.name.encode("utf-8"))
     shapes = {name: list(model.tensors[name].info.shape) for name, *_ in plan}
     offsets = {name: off for name, _, off, _ in plan if off}
     params = sum(int(np.prod(model.tensors[name].info.shape)) for name, *_ in plan)
     total = sum(nbytes for *_, nbytes in plan)
     meta = json.dumps(build_metadata(model, shapes, offsets, total, params), separators=(",", ":"),
                       ensure_ascii=False).encode("utf-8")
-    index = b"".join(entry.pack() for entry in entries)
+    index = b"".join(entry.pack() for entry in sorted_entries)
     index_offset = HEADER_SIZE + align(len(meta))
     data_offset = index_offset + align(len(index))
     flags = FLAG_ROW_MAJOR | FLAG_HAS_VOCAB
