@@ -125,6 +125,8 @@ def test_local_pull_then_list_table_and_json(tmp_path: Path) -> None:
     listed = json.loads(_apr("list", "--json", env=env).stdout)
     assert [entry["ref"] for entry in listed] == [str(model)]
     assert listed[0]["sha256"].startswith(table[1].split()[4])
+    model.unlink()
+    assert _apr("list", env=env).stdout.splitlines()[1].endswith(f"{model} (missing)")
 
 
 def test_registry_pull_via_cli_and_missing_package(tmp_path: Path) -> None:
@@ -232,3 +234,10 @@ def test_interrupted_pull_leaves_no_final_file(
     assert retry.returncode == 0, retry.stderr
     assert next(home.rglob("fake-model.gguf")).read_bytes() == fake.payload
     assert list((home / "tmp").iterdir()) == []
+
+
+@pytest.mark.parametrize("verb", ["pull", "list"])
+def test_help_renders(tmp_path: Path, verb: str) -> None:
+    result = _apr(verb, "--help", env=_env(tmp_path / "home"))
+    assert result.returncode == 0, result.stderr
+    assert f"Usage: apr {verb}" in result.stdout

@@ -24,7 +24,9 @@ def human_size(size_bytes: int) -> str:
 
 
 def _row(model: CachedModel) -> tuple[str, ...]:
-    return (model.ref, model.format, human_size(model.size_bytes), model.sha256[:12], str(model.path))
+    # Local entries point at the user's files, which may have moved since they were registered.
+    where = str(model.path) if model.path.exists() else f"{model.path} (missing)"
+    return (model.ref, model.format, human_size(model.size_bytes), model.sha256[:12], where)
 
 
 def format_table(models: list[CachedModel]) -> str:
@@ -44,7 +46,9 @@ def register(app: typer.Typer) -> None:
         ref: Annotated[
             str,
             typer.Argument(
-                help="qwen2.5-coder:1.5b, smollm2:135m, gemma3:270m, hf://ORG/REPO[/FILE], or a local path.",
+                metavar="REF",
+                # No square brackets here: typer renders help as rich markup.
+                help="qwen2.5-coder:1.5b, smollm2:135m, gemma3:270m, hf://ORG/REPO, hf://ORG/REPO/FILE, or a path.",
                 show_default=False,
             ),
         ],
