@@ -94,8 +94,21 @@ class ScenarioSettings(BaseModel):
     pools: PoolCounts = PoolCounts(arithmetic=1)
     code_languages: tuple[Language, ...] = Field((Language.PYTHON,), min_length=1)
     long_context_words: int = Field(400, ge=50, le=20000)
+    arithmetic_max_operand: int = Field(50, ge=2, le=10**6, description="operands of + and - are 2..this; × stays ≤ 12")
     prompts: tuple[CustomPrompt, ...] = ()
     per_cell: int | None = Field(1, ge=1, description="prompts per format×modality cell, rotating; null = every prompt")
+
+
+class _Deck:
+    """Draws from a fixed list without replacement (reshuffling when exhausted): distinct prompts first."""
+
+    def __init__(self, rng: random.Random, items: list) -> None:
+        self.rng, self.items, self.left = rng, items, []
+
+    def draw(self):
+        if not self.left:
+            self.left = self.rng.sample(self.items, len(self.items))
+        return self.left.pop()
 
 
 def _prompt_id(pool: Pool, index: int, text: str) -> str:
@@ -109,7 +122,9 @@ def _common(settings: ScenarioSettings, garbage: GarbageSpec) -> tuple[OracleSpe
 
 def _arithmetic(rng: random.Random, settings: ScenarioSettings, garbage: GarbageSpec) -> tuple[str, tuple[OracleSpec, ...]]:
     symbol, word = rng.choice([("+", "plus"), ("-", "minus"), ("*", "times")])
-    a, b = (rng.randint(2, 12), rng.randint(2, 12)) if symbol == "*" else (rng.randint(2, 50), rng.randint(2, 50))
+    top = settings.arithmetic_max_operand
+    a, b = (rng.randint(2, min(12, top)), rng.randint(2, min(12, top))) if symbol == "*" else \
+        (rng.randint(2, top), rng.randint(2, top))
     if symbol == "-" and b > a:
         a, b = b, a
     if settings.style is PromptStyle.COMPLETION:
@@ -129,9 +144,9 @@ _LANGUAGE_NAMES = {Language.PYTHON: "Python", Language.JAVASCRIPT: "JavaScript",
                    Language.GO: "Go"}
 
 
-def _code(rng: random.Random, settings: ScenarioSettings, garbage: GarbageSpec, index: int) -> tuple[str, tuple[OracleSpec, ...]]:
+def _code(deck: _Deck, settings: ScenarioSettings, garbage: GarbageSpec, index: int) -> tuple[str, tuple[OracleSpec, ...]]:
     language = settings.code_languages[index % len(settings.code_languages)]
-    name, task = rng.choice(_CODE_TASKS)
+    name, task = deck.draw()
     text = (f"Write a {_LANGUAGE_NAMES[language]} function named {name} that {task}. "
             "Reply with only the code in one fenced code block.")
     # Code legitimately repeats tokens; the garbage oracle keeps its character checks but a looser loop limit.
@@ -147,9 +162,8 @@ _UNICODE_COMPLETION = [("English: hello\nChinese: 你好\nEnglish: hello\nChines
                        ("The café in Zürich is called Café Zürich. The café in Zürich is called Café", ("Zürich",))]
 
 
-def _unicode(rng: random.Random, settings: ScenarioSettings, garbage: GarbageSpec) -> tuple[str, tuple[OracleSpec, ...]]:
-    pool = _UNICODE_INSTRUCT if settings.style is PromptStyle.INSTRUCT else _UNICODE_COMPLETION
-    text, expected = rng.choice(pool)
+def _expected_text(deck: _Deck, settings: ScenarioSettings, garbage: GarbageSpec) -> tuple[str, tuple[OracleSpec, ...]]:
+    text, expected = deck.draw()
     return text, (ExpectedTextSpec(any_of=expected), *_common(settings, garbage))
 
 
@@ -160,12 +174,6 @@ _FACTS_INSTRUCT = [("What is the capital of France? Answer in one word.", ("Pari
 _FACTS_COMPLETION = [("The capital of France is", ("Paris",)),
                      ("Monday, Tuesday, Wednesday, Thursday,", ("Friday",)),
                      ("One, two, three, four,", ("five",))]
-
-
-def _facts(rng: random.Random, settings: ScenarioSettings, garbage: GarbageSpec) -> tuple[str, tuple[OracleSpec, ...]]:
-    pool = _FACTS_INSTRUCT if settings.style is PromptStyle.INSTRUCT else _FACTS_COMPLETION
-    text, expected = rng.choice(pool)
-    return text, (ExpectedTextSpec(any_of=expected), *_common(settings, garbage))
 
 
 _SUBJECTS = ["The river", "An old lighthouse", "The village market", "Our garden", "The mountain trail", "The library"]
@@ -194,15 +202,19 @@ def generate_prompts(settings: ScenarioSettings, garbage: GarbageSpec = GarbageS
     ``garbage`` carries the playbook's G4 thresholds to every prompt's garbage oracle."""
     prompts: list[Prompt] = []
     counts = settings.pools
-    builders = [(Pool.ARITHMETIC, counts.arithmetic, lambda rng, i: _arithmetic(rng, settings, garbage)),
-                (Pool.CODE, counts.code, lambda rng, i: _code(rng, settings, garbage, i)),
-                (Pool.UNICODE, counts.unicode, lambda rng, i: _unicode(rng, settings, garbage)),
-                (Pool.FACTS, counts.facts, lambda rng, i: _facts(rng, settings, garbage)),
-                (Pool.LONG_CONTEXT, counts.long_context, lambda rng, i: _long_context(rng, settings, garbage))]
+    instruct = settings.style is PromptStyle.INSTRUCT
+    lists = {Pool.CODE: _CODE_TASKS, Pool.UNICODE: _UNICODE_INSTRUCT if instruct else _UNICODE_COMPLETION,
+             Pool.FACTS: _FACTS_INSTRUCT if instruct else _FACTS_COMPLETION}
+    builders = [(Pool.ARITHMETIC, counts.arithmetic, lambda rng, deck, i: _arithmetic(rng, settings, garbage)),
+                (Pool.CODE, counts.code, lambda rng, deck, i: _code(deck, settings, garbage, i)),
+                (Pool.UNICODE, counts.unicode, lambda rng, deck, i: _expected_text(deck, settings, garbage)),
+                (Pool.FACTS, counts.facts, lambda rng, deck, i: _expected_text(deck, settings, garbage)),
+                (Pool.LONG_CONTEXT, counts.long_context, lambda rng, deck, i: _long_context(rng, settings, garbage))]
     for pool, count, build in builders:
         rng = random.Random(f"{settings.seed}:{pool}")
+        deck = _Deck(rng, lists.get(pool, []))
         for index in range(count):
-            text, oracles = build(rng, index)
+            text, oracles = build(rng, deck, index)
             max_tokens = settings.max_tokens * 2 if pool is Pool.CODE else settings.max_tokens
             prompts.append(Prompt(id=_prompt_id(pool, index, text), pool=pool, text=text, oracles=oracles,
                                   max_tokens=max_tokens))
