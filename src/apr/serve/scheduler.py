@@ -195,8 +195,7 @@ class Scheduler:
                 self._fail_all(running, deque(), EngineFailure(f"The engine failed while generating: {exc}"))
                 batch = self._engine.new_batch(self._max_batch)
                 continue
-            self._route(events, running)
-            self._publish(running, waiting)
+            self._route(events, running, waiting)
 
     def _drain(self, *, block: bool) -> list[Any]:
         messages = [self._inbox.get()] if block else []
@@ -206,7 +205,7 @@ class Scheduler:
             except queue.Empty:
                 return messages
 
-    def _route(self, events: list["TokenEvent"], running: dict[str, _Admit]) -> None:
+    def _route(self, events: list["TokenEvent"], running: dict[str, _Admit], waiting: deque[_Admit]) -> None:
         deliveries = []
         for event in events:
             admit = running.get(event.request_id)
@@ -216,6 +215,8 @@ class Scheduler:
             if event.finish_reason is not None:
                 del running[event.request_id]
                 self._count(finished=1)
+        # Publish first, so a client that sees its last token also sees its slot free.
+        self._publish(running, waiting)
         if deliveries:
             self._loop.call_soon_threadsafe(_deliver, deliveries)
 
