@@ -11,6 +11,19 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
+# Real models live in the user's cache (pulled once, reused across runs); everything else a test
+# registers (fixture files, local paths) goes to a throwaway APR_HOME so the user's cache stays clean.
+REAL_MODEL_HOME = Path(os.environ.get("APR_HOME") or Path.home() / ".cache" / "apr")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_apr_home(tmp_path_factory: pytest.TempPathFactory):
+    """Point APR_HOME (inherited by every `apr` subprocess) at a per-session temp dir."""
+    home = tmp_path_factory.mktemp("apr-home")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("APR_HOME", str(home))
+        yield home
+
 
 @pytest.fixture(scope="session")
 def fixture_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Path]]:
@@ -27,9 +40,12 @@ def fixture_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[s
 @pytest.fixture(scope="session")
 def real_model():
     """Pull (or reuse from the apr cache) a real small model; returns a callable ref -> Path."""
-    from apr.hub import pull
+    from apr.hub import Hub, ModelCache
+    from apr.hub.catalog import load_catalog
+
+    hub = Hub(ModelCache(REAL_MODEL_HOME), load_catalog())
 
     def _pull(ref: str) -> Path:
-        return pull(ref, progress=False).path
+        return hub.pull(ref, progress=False).path
 
     return _pull
