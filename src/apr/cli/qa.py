@@ -20,6 +20,7 @@ def _certify_summary(result) -> None:
 
 def register(app: typer.Typer) -> None:
     """Add this group's commands to the app."""
+    register_qa(app)
 
     @app.command("certify")
     def certify_command(
@@ -51,3 +52,56 @@ def register(app: typer.Typer) -> None:
                                         output=output, workers=workers, resume=resume, progress=not quiet))
         _certify_summary(result)
         raise typer.Exit(result.exit_code)
+
+
+def register_qa(app: typer.Typer) -> None:
+    """`apr qa MODEL`."""
+
+    @app.command("qa")
+    def qa_command(
+        model: str = typer.Argument(..., help="a ref (qwen2.5-coder:1.5b), cached name, or path to any format"),
+        json_output: bool = typer.Option(False, "--json", help="print one JSON document instead of the table"),
+        evidence: Path | None = typer.Option(None, "--evidence", help="evidence file (default WORK_DIR/evidence.jsonl)"),
+        work_dir: Path | None = typer.Option(None, "--work-dir", help="where conversions and evidence go "
+                                             "(default ./apr-qa/<model name>)"),
+        tier: str = typer.Option("mvp", "--tier", help="whose template thresholds apply"),
+        skip: list[str] = typer.Option([], "--skip", help="a gate id not to run (repeatable), e.g. REFERENCE-PARITY"),
+        max_tokens: int = typer.Option(32, "--max-tokens", min=2, help="tokens generated for the throughput gate"),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress on stderr"),
+    ) -> None:
+        """Deep single-model gates, printed as gate · status · measured · threshold · duration.
+
+        Exit code 0 when no gate failed, 1 when one did, 2 on bad input."""
+        import json
+
+        from apr.errors import AprError
+        from apr.hub import resolve_model_arg
+        from apr.qa.axes import Tier
+        from apr.qa.deep import DeepOptions, default_gates, run_deep
+        from apr.qa.gate_table import gate_rows, render_table
+        from apr.qa.gates_catalog import GATEWAYS, GateId
+
+        if tier not in {t.value for t in Tier}:
+            raise AprError(f"--tier {tier!r} is not one of {', '.join(t.value for t in Tier)}")
+        known = {g.value for g in GateId}
+        unknown = [s for s in skip if s not in known]
+        if unknown:
+            raise AprError(f"--skip {unknown[0]!r} is not a gate id; choose from {', '.join(sorted(known))}")
+        if any(GateId(s) in GATEWAYS for s in skip):
+            raise AprError("--skip cannot leave out a gateway (G0-G4)")
+        path = resolve_model_arg(model, progress=not quiet)
+        folder = work_dir or Path("apr-qa") / path.stem
+        options = DeepOptions(model=path, ref=model, work_dir=folder, evidence=evidence or folder / "evidence.jsonl",
+                              gates=default_gates(Tier(tier)), skip=frozenset(GateId(s) for s in skip),
+                              max_tokens=max_tokens)
+        records, seconds = run_deep(options, progress=not quiet)
+        rows = gate_rows(records)
+        failed = any(row.status == "failed" for row in rows)
+        if json_output:
+            typer.echo(json.dumps({"model": model, "path": str(path), "passed": not failed,
+                                   "evidence": str(options.evidence), "total_duration_s": round(seconds, 2),
+                                   "gates": [row.to_json() for row in rows]}, indent=2, ensure_ascii=False))
+        else:
+            render_table(rows, f"apr qa {model} — {'FAILED' if failed else 'passed'} in {seconds:.0f}s")
+            typer.echo(f"evidence: {options.evidence}")
+        raise typer.Exit(1 if failed else 0)

@@ -95,19 +95,24 @@ def _scan(source) -> tuple[bool, bool]:
 
 def values_check(model: CanonicalModel, fmt: Format) -> Check:
     """No NaN/Inf anywhere; no weight matrix entirely zero (norm weights are judged by the structure gate)."""
-    non_finite, zero = [], []
+    non_finite, zero, unreadable = [], [], []
     for name, source in model.tensors.items():
-        finite, all_zero = _scan(source)
+        try:
+            finite, all_zero = _scan(source)
+        except ValueError as err:  # stored bytes do not fit the declared shape and type
+            unreadable.append(f"{name} ({err})")
+            continue
         if not finite:
             non_finite.append(name)
         if all_zero and len(source.info.shape) > 1:
             zero.append(name)
-    ok = not non_finite and not zero
+    ok = not non_finite and not zero and not unreadable
     reason = (f"all {len(model.tensors)} tensors finite; no weight matrix all zero" if ok else "; ".join(
         ([f"NaN/Inf in {_names(non_finite)}"] if non_finite else []) +
-        ([f"all-zero weights in {_names(zero)}"] if zero else [])))
+        ([f"all-zero weights in {_names(zero)}"] if zero else []) +
+        ([f"unreadable values in {_names(unreadable)}"] if unreadable else [])))
     return verdict(CONTRACT, "finite-values", ok, reason, len(model.tensors), format=fmt,
-                   metrics={"non_finite": len(non_finite), "all_zero": len(zero)})
+                   metrics={"non_finite": len(non_finite), "all_zero": len(zero), "unreadable": len(unreadable)})
 
 
 def tokenizer_check(model: CanonicalModel, fmt: Format) -> Check:

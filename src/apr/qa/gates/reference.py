@@ -17,6 +17,9 @@ def transformers_logits(directory: Path, ids: list[list[int]]) -> list:
     """float32 logits of each id sequence from transformers' own implementation, on CPU."""
     import torch
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our own progress owns stderr
 
     model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32, device_map="cpu")
     model.eval()
