@@ -106,3 +106,28 @@ def test_bad_playbook_is_one_line_exit_2(tmp_path):
     assert result.returncode == 2
     assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr
     assert "matrix.formats" in result.stderr
+
+
+def test_apr_qa_prints_the_gate_table_and_json(fixture_models, tmp_path):
+    model = str(fixture_models["llama"]["gguf"])
+    skips = ["--skip", "REFERENCE-PARITY", "--skip", "THROUGHPUT", "--skip", "GOLDEN-OUTPUT"]
+    result = apr("qa", model, "--json", "--quiet", "--work-dir", str(tmp_path / "qa"), *skips, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    rows = {row["gate"]: row for row in report["gates"]}
+    assert rows["CONTRACT-INVARIANTS"]["status"] == "passed"
+    assert rows["FORMAT-PARITY"]["status"] == "passed" and rows["FORMAT-PARITY"]["measured"].endswith("top-1")
+    assert rows["GPU-SPEEDUP"]["status"] == "skipped"
+    assert "GOLDEN-OUTPUT" not in rows and "REFERENCE-PARITY" not in rows
+    records = read_evidence(Path(report["evidence"])).records
+    assert {r.gate.value for r in records} == set(rows)
+    table = apr("qa", model, "--quiet", "--work-dir", str(tmp_path / "qa"), *skips, cwd=tmp_path)
+    assert table.returncode == 0
+    for column in ("gate", "status", "measured", "threshold", "duration"):
+        assert column in table.stdout
+    assert "Tensor Contract" in table.stdout and "Format Parity" in table.stdout
+
+
+def test_apr_qa_fails_on_a_bad_gate_id(tmp_path):
+    result = apr("qa", "whatever.gguf", "--skip", "NOPE", cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.startswith("error: ")
