@@ -52,7 +52,10 @@ def _remove(target: Path) -> None:
 
 
 def prepare_artifacts(source: Path, source_sha: str, formats: tuple[Format, ...], directory: Path) -> Artifacts:
-    """The source for its own format and a conversion for every other; failures are kept, not raised."""
+    """The source for its own format and a conversion for every other; failures are kept, not raised.
+
+    The source is always an artifact (model-level gates check the checkpoint as given), even when the
+    matrix leaves its format out."""
     import time
 
     from apr.formats.convert import convert
@@ -60,6 +63,7 @@ def prepare_artifacts(source: Path, source_sha: str, formats: tuple[Format, ...]
     kind = source_format(source)
     result = Artifacts(source=kind)
     directory.mkdir(parents=True, exist_ok=True)
+    result.paths[kind] = source
     for fmt in formats:
         if fmt is kind:
             result.paths[fmt] = source

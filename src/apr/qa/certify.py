@@ -155,7 +155,8 @@ class Certification:
         digests = {fmt: (source_sha if path == source else sha256_of(path, progress=False))
                    for fmt, path in artifacts.paths.items()}
         cuda = _cuda_available()
-        recorder = Recorder(model=pb.model.ref, artifacts=artifacts.paths, sha256=digests, playbook=pb.name, tier=pb.tier)
+        recorder = Recorder(model=pb.model.ref, artifacts=artifacts.paths, sha256=digests, playbook=pb.name, tier=pb.tier,
+                            source=artifacts.source)
         done_gates = frozenset(r.gate for r in prior if r.gate not in CELL_GATES)
         with EvidenceWriter(self.evidence) as writer:
             emit = self._emit_to(writer)
@@ -174,24 +175,25 @@ class Certification:
             summary = execute(plan, recorder, writer, done_keys=frozenset(r.key for r in prior), progress=progress)
             _say(f"  {summary.line()}" + (f"; stopped by {summary.stopped_by}" if summary.stopped_by else ""), progress)
             records = read_evidence(self.evidence).records
-            self._runtime_gates(plan, records, recorder, emit, done_gates)
+            self._runtime_gates(plan, records, recorder, emit, done_gates, artifacts.source)
         records = read_evidence(self.evidence).records
         mqs = compute_mqs(records)
         self._write_reports(records, mqs)
         return CertifyResult(pb, self.output, self.evidence, mqs, summary, time.monotonic() - started)
 
-    def _runtime_gates(self, plan: ExecutionPlan, records, recorder: Recorder, emit, done: frozenset[GateId]) -> None:
+    def _runtime_gates(self, plan: ExecutionPlan, records, recorder: Recorder, emit, done: frozenset[GateId],
+                       source: Format) -> None:
         from apr.qa.gates import runtime
         from apr.qa.runners import run_cell
 
         gates = self.playbook.gates
-        formats = tuple(plan.artifacts)
+        formats = self.playbook.matrix.formats
         if gates.determinism is not None and GateId.DETERMINISM not in done:
             timer = Timer()
             modalities = [m for m in gates.determinism.modalities if m in self.playbook.matrix.modalities]
             settings = gates.determinism.model_copy(update={"modalities": tuple(modalities)})
             checks: list[Check] = []
-            targets = runtime.determinism_targets(records, plan.cells, settings, next(iter(formats), Format.GGUF))
+            targets = runtime.determinism_targets(records, plan.cells, settings, source)
             for cell, first in targets:
                 reruns = [run_cell(plan.runnable(cell), list(plan.apr_argv)) for _ in range(settings.repeats - 1)]
                 checks.append(runtime.determinism_check(cell, first, [r.text if r.text is not None else None

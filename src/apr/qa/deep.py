@@ -114,7 +114,7 @@ def run_deep(options: DeepOptions, *, progress: bool = True) -> tuple[list[Evide
     artifacts = prepare_artifacts(options.model, source_sha, options.formats, options.work_dir / "artifacts")
     digests = {fmt: source_sha if path == options.model else sha256_of(path, progress=False)
                for fmt, path in artifacts.paths.items()}
-    recorder = Recorder(model=options.ref, artifacts=artifacts.paths, sha256=digests)
+    recorder = Recorder(model=options.ref, artifacts=artifacts.paths, sha256=digests, source=artifacts.source)
     options.evidence.unlink(missing_ok=True)
     with EvidenceWriter(options.evidence) as writer:
         def emit(records: list[EvidenceRecord]) -> None:

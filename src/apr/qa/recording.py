@@ -62,6 +62,7 @@ class Recorder:
     playbook: str | None = None
     tier: Tier | None = None
     default_device: str = "cpu"
+    source: Format | None = None  # the checkpoint as given; model-level checks cite its digest
 
     def stamp(self, check: Check, *, started_at: datetime, duration_s: float) -> EvidenceRecord:
         device = check.device or ("none" if check.backend is Backend.GPU and check.outcome is Outcome.SKIPPED
@@ -81,7 +82,8 @@ class Recorder:
         )
 
     def _source_sha(self) -> str | None:
-        # Model-level checks are about the checkpoint as given: the first artifact is the source.
+        if self.source is not None and self.source in self.sha256:
+            return self.sha256[self.source]
         return next(iter(self.sha256.values()), None)
 
 
