@@ -95,10 +95,13 @@ def test_model_path_override_resolves_relative_to_the_playbook(tmp_path):
 
 
 def test_g4_thresholds_reach_every_garbage_oracle(tmp_path):
-    text = MINIMAL + "scenarios:\n  pools: {arithmetic: 2, facts: 1}\ngates:\n  G4-QUALITY: {max_repetition_ratio: 0.2}\n"
+    text = MINIMAL + ("scenarios:\n  pools: {arithmetic: 2, facts: 1}\n  prompts:\n"
+                      "    - {text: hi, oracles: [{name: garbage}]}\n"
+                      "    - {text: ho, oracles: [{name: garbage, max_repetition_ratio: 0.7}]}\n"
+                      "gates:\n  G4-QUALITY: {max_repetition_ratio: 0.2}\n")
     prompts = load_playbook(write(tmp_path, text)).prompts()
-    ratios = {p.spec_for(OracleName.GARBAGE).max_repetition_ratio for p in prompts}
-    assert ratios == {0.2}
+    ratios = [p.spec_for(OracleName.GARBAGE).max_repetition_ratio for p in prompts]
+    assert ratios == [0.2, 0.2, 0.2, 0.2, 0.7]
 
 
 @pytest.mark.parametrize("text, expected", [

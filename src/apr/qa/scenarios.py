@@ -224,8 +224,11 @@ def generate_prompts(settings: ScenarioSettings, garbage: GarbageSpec = GarbageS
             prompts.append(Prompt(id=_prompt_id(pool, 0, text), pool=pool, text=text, max_tokens=settings.max_tokens,
                                   allows_refusal=True))
     for index, custom in enumerate(settings.prompts):
+        # A custom garbage oracle without thresholds of its own takes the playbook's G4 thresholds.
+        oracles = tuple(garbage if spec.name is OracleName.GARBAGE and spec.model_fields_set <= {"name"} else spec
+                        for spec in custom.oracles)
         prompts.append(Prompt(id=_prompt_id(Pool.CUSTOM, index, custom.text), pool=Pool.CUSTOM, text=custom.text,
-                              oracles=custom.oracles, max_tokens=custom.max_tokens or settings.max_tokens,
+                              oracles=oracles, max_tokens=custom.max_tokens or settings.max_tokens,
                               allows_refusal=custom.allows_refusal))
     return prompts
 
