@@ -26,13 +26,21 @@ def link_or_copy(source: Path, target: Path) -> None:
 
 
 def artifact_files(path: Path) -> dict[str, FileRef]:
-    """FileRefs of an artifact: the file itself, or every file of a SafeTensors directory."""
+    """FileRefs of an artifact (the file, or every file of a SafeTensors directory) and its conversion report."""
     if path.is_file():
-        return {"artifact": file_ref(path)}
-    return {f"artifact/{child.name}": file_ref(child) for child in sorted(path.iterdir()) if child.is_file()}
+        files = {"artifact": file_ref(path)}
+    else:
+        files = {f"artifact/{child.name}": file_ref(child) for child in sorted(path.iterdir()) if child.is_file()}
+    from apr.formats.convert import report_path_for
+
+    report = report_path_for(path)
+    if report.is_file():
+        files["conversion_report"] = file_ref(report)
+    return files
 
 
-def materialize_format(source: Path, source_format: str, target_format: str, staging: Path, dtype: str) -> tuple[Path, dict]:
+def materialize_format(source: Path, source_format: str, target_format: str, staging: Path,
+                       dtype: str | None) -> tuple[Path, dict]:
     """Write the checkpoint as ``target_format`` into ``staging``; same format means a link, not a rewrite."""
     target = staging / ARTIFACT_NAMES[target_format]
     if source_format == target_format:
@@ -47,13 +55,9 @@ def materialize_format(source: Path, source_format: str, target_format: str, sta
     from apr.formats.convert import convert
 
     report = convert(source, target_format, target, dtype=dtype)
-    return target, {"converted": True, "conversion": _report_summary(report)}
-
-
-def _report_summary(report: object) -> dict:
-    """The JSON-able part of apr's conversion report (per-tensor details stay in the report file)."""
-    to_json = getattr(report, "to_json", None)
-    return to_json() if callable(to_json) else {}
+    # The per-tensor table stays in the report file next to the artifact; the summary goes in the manifest.
+    return target, {"converted": True, "dtype": report.dtype, "seconds": report.seconds,
+                    "conversion": report.to_json()["summary"]}
 
 
 def artifact_sha256(record: StageRecord) -> str:
@@ -83,24 +87,25 @@ def build_artifact(target_format: str, partitions: dg.PartitionsDefinition) -> d
         layout = work.layout()
         source = Path(checkpoint.facts["path"])
         source_format = checkpoint.facts["format"]
-        dtype = settings.safetensors_dtype if target_format == "safetensors" else "keep"
+        dtype = settings.safetensors_dtype if target_format == "safetensors" else None
 
         def build(directory: Path) -> StageResult:
             with layout.staging_dir(target_format, key, "out") as staging:
                 _, facts = materialize_format(source, source_format, target_format, staging, dtype)
             produced = directory / "out" / ARTIFACT_NAMES[target_format]
             return StageResult(files=artifact_files(produced),
-                               facts={"format": target_format, "path": str(produced), "dtype": dtype, **facts})
+                               facts={"format": target_format, "path": str(produced), "dtype": "keep", **facts})
 
         record = run_stage(layout, asset=target_format, partition=key, code_version=CODE_VERSION,
                            inputs={"checkpoint": checkpoint.data_version, "dtype": dtype}, build=build)
         path = Path(record.facts["path"])
-        main = "artifact" if "artifact" in record.files else None
-        total = sum(ref.bytes for ref in record.files.values())
-        yield stage_output(record, main, {
-            "bytes": dg.MetadataValue.int(total),
+        weights = {name: ref for name, ref in record.files.items() if name.startswith("artifact")}
+        yield stage_output(record, None, {
+            "sha256": dg.MetadataValue.text(artifact_sha256(record)),
+            "bytes": dg.MetadataValue.int(sum(ref.bytes for ref in weights.values())),
+            "path": dg.MetadataValue.path(str(path)),
             "converted": dg.MetadataValue.bool(bool(record.facts.get("converted"))),
-            "dtype": dg.MetadataValue.text(dtype),
+            "dtype": dg.MetadataValue.text(record.facts["dtype"]),
         })
         yield load_check(target_format, check_name, path, expected_tensors=tensor_names(source))
 

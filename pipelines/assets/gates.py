@@ -8,7 +8,7 @@ from pipelines.assets.artifacts import artifact_sha256
 from pipelines.playbooks import load
 from pipelines.resources import AprSettings, WorkRoot
 from pipelines.stage import StageResult, run_stage, stage_output
-from pipelines.work_root import StageRecord, file_ref, sha256_file
+from pipelines.work_root import StageRecord, file_ref
 
 CODE_VERSION = "1"
 ASSET = "gate_results"
@@ -74,7 +74,9 @@ def build_gate_results(partitions: dg.PartitionsDefinition) -> dg.AssetsDefiniti
         artifacts = {fmt.value: available[fmt.value] for fmt in playbook.matrix.formats}
         cuda = bool(torch.cuda.is_available())
         inputs = {
-            "playbook": sha256_file(playbook.source), "cuda": cuda, "checkpoint": checkpoint.data_version,
+            "gates": playbook.gates.model_dump(mode="json"), "model": playbook.model.model_dump(mode="json"),
+            "backends": [str(backend) for backend in playbook.matrix.backends], "cuda": cuda,
+            "checkpoint": checkpoint.data_version,
             "artifacts": {name: record.data_version for name, record in artifacts.items()},
             "cells": inference_traces.files["evidence"].sha256,
         }

@@ -12,7 +12,7 @@ from pipelines.assets.artifacts import artifact_sha256
 from pipelines.playbooks import load
 from pipelines.resources import AprSettings, WorkRoot
 from pipelines.stage import StageResult, run_stage, stage_output
-from pipelines.work_root import StageRecord, file_ref, sha256_file, write_text_atomic
+from pipelines.work_root import StageRecord, file_ref, write_text_atomic
 
 CODE_VERSION = "1"
 ASSET = "inference_traces"
@@ -97,8 +97,11 @@ def build_inference_traces(partitions: dg.PartitionsDefinition) -> dg.AssetsDefi
         available = {"gguf": gguf, "apr": apr, "safetensors": safetensors}
         artifacts = {fmt.value: available[fmt.value] for fmt in playbook.matrix.formats}
         cuda = bool(torch.cuda.is_available())
+        # Only what shapes the matrix counts: editing a model-level gate's settings does not rerun the cells.
         inputs = {
-            "playbook": sha256_file(playbook.source), "cuda": cuda, "workers": settings.workers,
+            "cells": [cell.model_dump(mode="json") for cell in playbook.cells()],
+            "execution": playbook.execution.model_dump(mode="json"), "model": playbook.model.model_dump(mode="json"),
+            "cuda": cuda, "workers": settings.workers,
             "artifacts": {name: record.data_version for name, record in artifacts.items()},
             "checkpoint": checkpoint.data_version,
         }

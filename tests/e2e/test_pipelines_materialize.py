@@ -73,8 +73,8 @@ def materialize(graph: dict, instance: dg.DagsterInstance) -> tuple[dg.ExecuteIn
 
 
 def metadata_of(result: dg.ExecuteInProcessResult) -> dict[str, dict]:
-    return {event.asset_key.to_user_string(): {k: v.value for k, v in event.materialization.metadata.items()}
-            for event in (e.event_specific_data for e in result.get_asset_materialization_events())}
+    materializations = (e.event_specific_data.materialization for e in result.get_asset_materialization_events())
+    return {m.asset_key.to_user_string(): {k: v.value for k, v in m.metadata.items()} for m in materializations}
 
 
 @pytest.fixture(scope="module")
@@ -153,17 +153,19 @@ def test_rematerializing_reuses_everything(runs: dict) -> None:
     assert {a: m["fingerprint"] for a, m in metadata.items()} == {a: m["fingerprint"] for a, m in first.items()}
 
 
-def test_a_playbook_edit_redoes_the_matrix_but_not_the_conversions(graph: dict, runs: dict, tmp_path: Path) -> None:
+def test_a_gate_setting_edit_redoes_the_gates_but_not_the_matrix(graph: dict, runs: dict) -> None:
     playbook = next((graph["root"] / "playbooks").glob("*.playbook.yaml"))
     original = playbook.read_text(encoding="utf-8")
-    playbook.write_text(original.replace("seed: 7", "seed: 8"), encoding="utf-8")
+    playbook.write_text(original + "  METADATA-PLAUSIBILITY:\n", encoding="utf-8")
     try:
         per_model, _ = materialize(graph, runs["instance"])
     finally:
         playbook.write_text(original, encoding="utf-8")
     reused = {asset: meta["reused"] for asset, meta in metadata_of(per_model).items()}
     assert reused == {"checkpoint": True, "gguf": True, "apr": True, "safetensors": True,
-                      "inference_traces": False, "gate_results": False, "certification": False}
+                      "inference_traces": True, "gate_results": False, "certification": False}
+    gates = metadata_of(per_model)["gate_results"]["gates"]
+    assert gates.get("METADATA-PLAUSIBILITY", 0) > 0
 
 
 def test_a_model_that_does_not_load_stops_the_graph(tmp_path: Path, fixture_models) -> None:
