@@ -17,7 +17,7 @@ from apr.qa.axes import Backend, Format, Tier
 from apr.qa.evidence import EvidenceRecord, EvidenceWriter, read_evidence
 from apr.qa.executor import ExecutionPlan, ExecutionSummary, execute
 from apr.qa.gates_catalog import GateId
-from apr.qa.playbook import Playbook, load_playbook, load_template
+from apr.qa.playbook import Playbook, load_playbook
 from apr.qa.procs import apr_command
 from apr.qa.recording import Check, Recorder, Timer, stamp_all
 from apr.qa.score import MqsResult, Status, compute_mqs
@@ -59,22 +59,40 @@ def _say(message: str, progress: bool) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
+def _overlay(base: dict, own: dict) -> dict:
+    """``own`` laid over ``base`` key by key (mappings merge, everything else replaces), as ``extends`` does."""
+    merged = dict(base)
+    for key, value in own.items():
+        merged[key] = _overlay(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) \
+            else value
+    return merged
+
+
 def with_tier(playbook: Playbook, tier: Tier) -> Playbook:
-    """The playbook's model run under another tier's template (its own gate overrides do not carry over)."""
+    """The model playbook's own settings laid over another tier's template, as if it extended that one."""
+    from pydantic import ValidationError
+
+    from apr.qa.playbook_yaml import read_with_extends, read_yaml
+
     if tier is playbook.tier:
         return playbook
+    if playbook.source is None or playbook.source_format != "apr":
+        raise AprError(f"{playbook.source}: --tier needs a playbook in apr's format (apr_playbook: 1)")
     template_path = TEMPLATES / f"{tier.value}.yaml"
     if not template_path.is_file():
         raise AprError(f"{template_path}: no template for tier {tier.value}")
-    template = load_template(template_path)
-    base = playbook.name.removesuffix(f"-{playbook.tier.value}")
-    data = template.model_dump(mode="json", by_alias=True, exclude={"extends"})
-    data.update(name=f"{base}-{tier.value}", version=playbook.version, model=playbook.model.model_dump(mode="json"))
-    if not playbook.model.chat_template:
-        data["matrix"]["modalities"] = [m for m in data["matrix"]["modalities"] if m != "chat"]
-        data["matrix"]["omitted"] = {**data["matrix"].get("omitted", {}), **{
-            m.value: why for m, why in playbook.matrix.omitted.items()}}
-    retiered = Playbook.model_validate(data)
+    template, _ = read_with_extends(template_path)
+    own, _ = read_yaml(playbook.source)
+    own = {key: value for key, value in own.items() if key not in ("extends", "tier", "name")}
+    data = _overlay(template, own)
+    data.pop("extends", None)
+    data.update(tier=tier.value, name=f"{playbook.name.removesuffix(f'-{playbook.tier.value}')}-{tier.value}")
+    try:
+        retiered = Playbook.model_validate(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        raise AprError(f"{playbook.source}: does not combine with the {tier.value} template: "
+                       f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from None
     retiered._source, retiered._unused_keys, retiered._source_format = (playbook.source, playbook.unused_keys,
                                                                         playbook.source_format)
     return retiered
@@ -112,10 +130,10 @@ class Certification:
     def __init__(self, options: CertifyOptions) -> None:
         self.options = options
         playbook = load_playbook(options.playbook)
-        if options.model_path is not None:
-            playbook = playbook.with_model_path(options.model_path)
         if options.tier is not None:
             playbook = with_tier(playbook, options.tier)
+        if options.model_path is not None:
+            playbook = playbook.with_model_path(options.model_path)
         self.playbook = playbook
         self.output = options.output or DEFAULT_ROOT / playbook.name
         self.evidence = self.output / "evidence.jsonl"
