@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
 from pydantic import ValidationError
 
 from apr.errors import AprError
@@ -122,3 +124,25 @@ def test_timestamps_are_serialized_with_zone():
     data = json.loads(record(GateId.G1_LOAD).model_dump_json())
     assert data["provenance"]["started_at"].startswith(T0.isoformat()[:19])
     assert data["provenance"]["started_at"].endswith("Z") or "+00:00" in data["provenance"]["started_at"]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(output=st.text(max_size=300), reason=st.text(min_size=1, max_size=80),
+       outcome=st.sampled_from(Outcome), metric=st.one_of(st.none(), st.booleans(), st.integers(-10**9, 10**9),
+                                                         st.floats(allow_nan=False, allow_infinity=False), st.text()))
+def test_any_record_round_trips_through_the_file(tmp_path, output, reason, outcome, metric):
+    item = record(GateId.G4_QUALITY, outcome, reason=reason, output=excerpt(output), metrics={"m": metric},
+                  n_compared=1 if outcome is Outcome.CORROBORATED else 0)
+    path = tmp_path / "round-trip.jsonl"
+    path.unlink(missing_ok=True)  # hypothesis reuses tmp_path across examples
+    with EvidenceWriter(path) as writer:
+        writer.append(item)
+    assert read_evidence(path).records == (item,)
+
+
+def test_provenance_capture_fills_versions_and_git_sha():
+    from apr.qa.provenance import capture, engine_git_sha
+
+    captured = capture(started_at=T0, finished_at=T0, device="cpu", seed=3)
+    assert captured.engine_git_sha == engine_git_sha() and captured.host and captured.apr_version
+    assert re.fullmatch(r"[0-9a-f]{40}|unknown", captured.engine_git_sha)
