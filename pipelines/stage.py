@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,4 +70,7 @@ def stage_output(record: StageRecord, main_file: str | None, extra: Mapping[str,
     if main_file is not None:
         metadata.update(file_metadata(record.files[main_file]))
     metadata.update(extra or {})
-    return dg.Output(record, data_version=dg.DataVersion(record.data_version), metadata=metadata)
+    with warnings.catch_warnings():
+        # Output(data_version=...) is marked beta in Dagster 1.13; it is what lets the UI track data versions.
+        warnings.simplefilter("ignore", dg.BetaWarning)
+        return dg.Output(record, data_version=dg.DataVersion(record.data_version), metadata=metadata)

@@ -17,6 +17,8 @@ from pydantic import BaseModel, ConfigDict
 MANIFEST_NAME = "manifest.json"
 UNPARTITIONED = "_all"
 _HASH_CHUNK = 1 << 20
+FILE_MODE = 0o644
+DIR_MODE = 0o755
 
 
 class FileRef(BaseModel):
@@ -116,6 +118,7 @@ def write_text_atomic(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
+        os.chmod(tmp_name, FILE_MODE)  # mkstemp creates 0600; results are meant to be read by others
         os.replace(tmp_name, path)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
@@ -173,6 +176,7 @@ class WorkLayout:
         final = self.asset_dir(asset, partition) / name
         final.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=final.parent))
+        os.chmod(staging, DIR_MODE)  # mkdtemp creates 0700
         try:
             yield staging
         except BaseException:

@@ -1,15 +1,14 @@
 """The ``checkpoint`` asset: pull the model a playbook names into the apr cache and verify it loads."""
 
-
 from pathlib import Path
 
 import dagster as dg
 
+from pipelines.gateways import load_check
 from pipelines.playbooks import model_ref
 from pipelines.resources import AprSettings, WorkRoot
 from pipelines.stage import StageResult, run_stage, stage_output
 from pipelines.work_root import FileRef, file_ref
-from pipelines.gateways import load_check
 
 CODE_VERSION = "1"
 ASSET = "checkpoint"
