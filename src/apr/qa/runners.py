@@ -13,6 +13,8 @@ from apr.qa.serve_session import serve, wait_ready
 
 # The serve cell's HTTP request gets whatever remains of the cell's deadline, but at least this.
 MIN_REQUEST_S = 5.0
+# After a failed request, how long to wait for a dying server to be reaped before judging it alive.
+DEATH_GRACE_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -100,9 +102,12 @@ def run_cell_chat(cell: Cell, apr_argv: list[str]) -> CellRun:
 
 def _ask_server(base_url: str, cell: Cell, timeout_s: float) -> dict[str, Any]:
     """One real request with the official openai client; returns text, tokens, finish reason."""
+    import httpx
     from openai import OpenAI
 
-    client = OpenAI(base_url=f"{base_url}/v1", api_key="apr-qa", timeout=timeout_s, max_retries=0)
+    # The server is local: a proxy from the environment must never sit between the two.
+    client = OpenAI(base_url=f"{base_url}/v1", api_key="apr-qa", timeout=timeout_s, max_retries=0,
+                    http_client=httpx.Client(trust_env=False, timeout=timeout_s))
     model_id = client.models.list().data[0].id
     started = time.monotonic()
     if cell.serve_api == "chat":
@@ -124,6 +129,15 @@ def _ask_server(base_url: str, cell: Cell, timeout_s: float) -> dict[str, Any]:
     return {"text": text or "", "completion_tokens": tokens, "finish_reason": reply.choices[0].finish_reason, "timings": timings}
 
 
+def _await_exit(session, seconds: float) -> None:
+    import subprocess
+
+    try:
+        session.proc.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        return  # still serving: the failure was the request's, not the process's
+
+
 def run_cell_serve(cell: Cell, apr_argv: list[str]) -> CellRun:
     """`apr serve MODEL --port 0`, then one request over real HTTP; the server is always stopped."""
     from openai import APIError
@@ -141,6 +155,7 @@ def run_cell_serve(cell: Cell, apr_argv: list[str]) -> CellRun:
         try:
             reply = _ask_server(session.base_url, cell, max(MIN_REQUEST_S, deadline - time.monotonic()))
         except APIError as err:
+            _await_exit(session, DEATH_GRACE_S)  # a dropped connection may be the server dying: let it finish
             if not session.alive():
                 session.proc.wait()
                 result = session.result()
