@@ -175,3 +175,17 @@ def test_upstream_schema_errors_point_at_the_upstream_line(tmp_path):
     text = UPSTREAM.read_text(encoding="utf-8").replace("backends: [cpu, gpu]", "backends: [cpu, tpu]")
     with pytest.raises(AprError, match=r":21: matrix\.backends\.1"):
         load_playbook(write(tmp_path, text, "up-mvp.playbook.yaml"))
+
+
+@pytest.mark.parametrize("path", sorted(MODELS.glob("*.playbook.yaml")), ids=lambda p: p.name)
+def test_committed_playbooks_validate_against_the_json_schema(path):
+    import json
+
+    import jsonschema
+
+    from apr.qa.playbook_yaml import read_with_extends
+
+    data, _ = read_with_extends(path)
+    jsonschema.validate(data, json.loads(SCHEMA_PATH.read_text(encoding="utf-8")))
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({**data, "surprise": 1}, json.loads(SCHEMA_PATH.read_text(encoding="utf-8")))
