@@ -49,6 +49,11 @@ def test_arithmetic_without_a_question_is_inapplicable_never_a_pass():
     assert result.kind is VerdictKind.INAPPLICABLE and result.outcome is Outcome.SKIPPED
 
 
+def test_arithmetic_completion_is_judged_by_the_first_number_of_the_continuation():
+    assert kind("arithmetic", "9 - 8 =", " 1\n\n10 - 7 = 3") is VerdictKind.PASS
+    assert kind("arithmetic", "9 - 8 =", " 12\n\n10 - 7 = 1") is VerdictKind.FAIL
+
+
 def test_arithmetic_explicit_expectation_and_tolerance():
     assert kind("arithmetic", "pi to two places?", "3.14", ArithmeticSpec(expected=3.14159, tolerance=0.01)) \
         is VerdictKind.PASS

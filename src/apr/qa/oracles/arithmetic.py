@@ -2,7 +2,8 @@
 
 Unlike a substring test ("14" contains "4"), the reply's *stated answer* is compared: the first
 number after the last answer marker (=, equals, is, answer) that is followed by a number, else
-the last number in the reply. Number words zero–twenty count as numbers.
+the last number in the reply. A completion prompt ending in "=" is answered by the first number of
+the continuation. Number words zero–twenty count as numbers.
 """
 
 from __future__ import annotations
@@ -46,11 +47,14 @@ def parse_question(prompt: str) -> float | None:
     return op(left, right)
 
 
-def stated_answer(reply: str) -> float | None:
-    """The number the reply gives as its answer (see module docstring), or None if it states no number."""
+def stated_answer(reply: str, *, first: bool = False) -> float | None:
+    """The number the reply gives as its answer (see module docstring), or None if it states no number.
+    ``first``: the reply continues "a OP b =", so its first number is the answer."""
     numbers = list(_ANSWER_NUMBER.finditer(reply))
     if not numbers:
         return None
+    if first:
+        return _to_float(numbers[0].group(0))
     for marker in reversed(list(_MARKER.finditer(reply))):
         following = [m for m in numbers if m.start() >= marker.end() and m.start() - marker.end() <= 24]
         if following:
@@ -62,7 +66,7 @@ def check(prompt: str, output: Generation, spec: ArithmeticSpec) -> OracleVerdic
     expected = spec.expected if spec.expected is not None else parse_question(prompt)
     if expected is None:
         return inapplicable(OracleName.ARITHMETIC, "no arithmetic question (a OP b) found in the prompt")
-    found = stated_answer(output.text)
+    found = stated_answer(output.text, first=prompt.rstrip().endswith("="))
     if found is None:
         return verdict(OracleName.ARITHMETIC, False, f"expected {expected:g} but the reply states no number",
                        expected=expected, found=None)
