@@ -63,6 +63,12 @@ def throughput(record):
     return None
 
 
+def seconds(record):
+    # The cell's subprocess wall time when recorded, else the check's own duration.
+    value = record.metrics.get("wall_s")
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else record.duration_s
+
+
 evidence = pd.DataFrame([{
     "gate": str(r.gate),
     "check": r.check,
@@ -71,11 +77,19 @@ evidence = pd.DataFrame([{
     "backend": str(r.scenario.backend) if r.scenario.backend else "n/a",
     "modality": str(r.scenario.modality) if r.scenario.modality else "n/a",
     "prompt_id": r.scenario.prompt_id,
+    "cell": r.scenario.cell_key if r.scenario.modality else None,
     "duration_s": r.duration_s,
+    "wall_s": seconds(r),
     "tok_s": throughput(r),
     "reason": r.reason,
 } for r in records])
 assert set(evidence["outcome"]) <= set(OUTCOME_ORDER), set(evidence["outcome"])
+# One row per matrix cell (a cell leaves several records: inference, stability, quality...).
+cells = evidence.dropna(subset=["cell"]).groupby("cell", as_index=False).agg(
+    format=("format", "first"), backend=("backend", "first"), modality=("modality", "first"),
+    tok_s=("tok_s", "max"), wall_s=("wall_s", "max"),
+    ran=("outcome", lambda outcomes: bool((outcomes != "skipped").any())),
+)
 evidence.head(10)"""
 
 SUMMARY = """\
@@ -94,7 +108,7 @@ for line in mqs.blockers:
     print(f"blocker: {line}")"""
 
 THROUGHPUT = """\
-measured = evidence.dropna(subset=["tok_s"])
+measured = cells.dropna(subset=["tok_s"])
 if measured.empty:
     throughput_chart = alt.Chart(pd.DataFrame({"note": ["no throughput was measured in this evidence"]})).mark_text(
         size=14).encode(text="note:N").properties(title="Throughput by format and backend", width=420, height=60)
@@ -139,14 +153,13 @@ mqs_chart = (
 mqs_chart"""
 
 LATENCY = """\
-cells = evidence[evidence["modality"] != "n/a"]
-ran = cells[cells["outcome"] != "skipped"]
+ran = cells[cells["ran"]]
 if ran.empty:
     latency_chart = alt.Chart(pd.DataFrame({"note": ["no matrix cell ran in this evidence"]})).mark_text(
         size=14).encode(text="note:N").properties(title="Latency per cell", width=420, height=60)
 else:
     latency_chart = alt.Chart(ran).mark_bar(opacity=0.8).encode(
-        x=alt.X("duration_s:Q", bin=alt.Bin(maxbins=20), title="wall time per cell (s)"),
+        x=alt.X("wall_s:Q", bin=alt.Bin(maxbins=20), title="wall time per cell (s)"),
         y=alt.Y("count():Q", title="cells"),
         color=alt.Color("modality:N", title="modality"),
     ).properties(title="Latency per cell", width=420, height=220)
