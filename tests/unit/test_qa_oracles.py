@@ -135,6 +135,12 @@ def test_garbage_rejects_degenerate_replies(reply, why):
     assert result.kind is VerdictKind.FAIL and why in result.reason
 
 
+def test_a_sentence_said_twice_passes_three_times_is_a_loop():
+    sentence = "The access code for the vault is 5634."
+    assert kind("garbage", "p", f"{sentence} {sentence}") is VerdictKind.PASS
+    assert kind("garbage", "p", f"{sentence} {sentence} {sentence}") is VerdictKind.FAIL
+
+
 def test_garbage_thresholds_come_from_the_spec():
     reply = "one two three four five six one two three four five six seven eight"
     assert kind("garbage", "p", reply, GarbageSpec(max_repetition_ratio=0.5)) is VerdictKind.PASS

@@ -30,7 +30,7 @@ class IntegrityGate(GateSettings):
 class QualityGate(GateSettings):
     """G4 thresholds, handed to the garbage oracle of every scenario prompt."""
 
-    max_repetition_ratio: float = Field(0.3, ge=0, le=1)
+    max_repetition_ratio: float = Field(0.5, ge=0, le=1)  # said twice passes, three times is a loop
     min_unique_chars: int = Field(10, ge=1)
     max_token_share: float = Field(0.5, gt=0, le=1)
 

@@ -150,7 +150,7 @@ def _code(deck: _Deck, settings: ScenarioSettings, garbage: GarbageSpec, index: 
     text = (f"Write a {_LANGUAGE_NAMES[language]} function named {name} that {task}. "
             "Reply with only the code in one fenced code block.")
     # Code legitimately repeats tokens; the garbage oracle keeps its character checks but a looser loop limit.
-    loose = garbage.model_copy(update={"max_repetition_ratio": max(garbage.max_repetition_ratio, 0.5)})
+    loose = garbage.model_copy(update={"max_repetition_ratio": max(garbage.max_repetition_ratio, 0.6)})
     return text, (CodeSpec(language=language, function_name=name), NonEmptySpec(), loose)
 
 

@@ -65,7 +65,8 @@ class GarbageSpec(_Spec):
     """Rejects degenerate text. Thresholds come from the playbook's G4-QUALITY gate."""
 
     name: Literal[OracleName.GARBAGE] = OracleName.GARBAGE
-    max_repetition_ratio: float = Field(0.3, ge=0, le=1)  # 1 - unique/total token trigrams
+    # 1 - unique/total token trigrams: a reply said twice is ~0.45, three times ~0.65, a loop ~0.9
+    max_repetition_ratio: float = Field(0.5, ge=0, le=1)
     min_unique_chars: int = Field(10, ge=1)  # judged only on replies of at least 3x this many characters
     max_token_share: float = Field(0.5, gt=0, le=1)  # share of the most frequent token (floods such as PAD)
 
