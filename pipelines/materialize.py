@@ -94,7 +94,7 @@ def report(what: str, result, seconds: float) -> None:
         materialization = event.event_specific_data.materialization
         metadata = materialization.metadata
         reused = metadata.get("reused")
-        shown = {name: metadata[name].value for name in ("MQS", "grade", "status", "bytes", "decode_tok_s", "records")
+        shown = {name: metadata[name].value for name in ("MQS", "grade", "status", "bytes", "tok/s", "cells", "records")
                  if name in metadata}
         state = "reused" if reused is not None and reused.value else "built"
         print(f"  {materialization.asset_key.to_user_string():<18} {state:<6} {shown}")

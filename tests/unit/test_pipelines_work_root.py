@@ -115,3 +115,16 @@ def test_io_manager_round_trips_records_and_fans_in_only_materialized_partitions
     assert result.success
     assert WorkLayout(tmp_path).read_record("table", None).facts == {"models": ["a", "c"]}
     assert WorkLayout(tmp_path).read_record("per_model", "c").facts == {"model": "c"}
+
+
+def test_materialize_accepts_a_partition_key_or_the_ref_its_playbook_names(tmp_path: Path) -> None:
+    from apr.errors import AprError
+    from pipelines.materialize import partition_for
+    from pipelines.partitions import DEFAULT_PLAYBOOKS_DIR
+
+    keys = list(discover_playbooks(DEFAULT_PLAYBOOKS_DIR))
+    assert "smollm2-135m" in keys
+    assert partition_for(DEFAULT_PLAYBOOKS_DIR, "smollm2-135m") == "smollm2-135m"
+    assert partition_for(DEFAULT_PLAYBOOKS_DIR, "smollm2:135m") == "smollm2-135m"
+    with pytest.raises(AprError, match="neither a model partition"):
+        partition_for(DEFAULT_PLAYBOOKS_DIR, "no-such-model:1b")
