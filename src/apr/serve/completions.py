@@ -25,7 +25,6 @@ router = APIRouter(dependencies=[Depends(check_api_key)])
 @router.post(
     "/v1/completions",
     response_model=Completion,
-    response_model_exclude_none=False,
     responses={**ERROR_RESPONSES, **STREAM_RESPONSE},
 )
 async def create_completion(body: CompletionRequest, request: Request, state: ServeState = Depends(serve_state)):
