@@ -129,3 +129,17 @@ def test_a_format_without_artifact_fails_inference_instead_of_passing(tmp_path):
     _, records = run(matrix, tmp_path, tmp_path / "e.jsonl", missing_artifacts={Format.GGUF: "apr convert failed"})
     g2 = next(r for r in records if r.gate.value == "G2-INFERENCE")
     assert g2.outcome is Outcome.FALSIFIED and "apr convert failed" in g2.reason
+
+
+def test_an_empty_prompt_may_be_answered_with_nothing_but_a_normal_prompt_may_not(tmp_path):
+    empty = Prompt(id="empty", pool=Pool.EMPTY, text="", max_tokens=8, allows_refusal=True)
+    normal = Prompt(id="normal", pool=Pool.CUSTOM, text="", max_tokens=8)
+    matrix = cells(empty, normal, modalities=(Modality.CHAT,))
+    silent = (sys.executable, "-c", "import sys; sys.stdin.read()")  # reads its input, answers nothing, exit 0
+    with EvidenceWriter(tmp_path / "e.jsonl") as writer:
+        summary = execute(ExecutionPlan(cells=matrix, artifacts={Format.GGUF: tmp_path / "m.gguf"}, timeout_s=30,
+                                        apr_argv=silent), recorder(), writer, progress=False)
+    g2 = {r.scenario.prompt_id: r.outcome for r in read_evidence(tmp_path / "e.jsonl").records
+          if r.gate.value == "G2-INFERENCE"}
+    assert summary.cells_run == 2
+    assert g2 == {"empty": Outcome.CORROBORATED, "normal": Outcome.FALSIFIED}

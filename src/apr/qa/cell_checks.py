@@ -60,6 +60,11 @@ def _inference(cell: MatrixCell, run: CellRun, fields: dict, metrics: dict) -> C
                          metrics=metrics, **fields)
         return Check(G2, "reply", Outcome.FALSIFIED, f"{run.command} exited cleanly but the reply is empty",
                      n_compared=1, metrics=metrics, **fields)
+    if allows_refusal and run.ending is Ending.REFUSED and run.process.returncode == 0 and not run.process.stdout.strip():
+        # e.g. `apr chat` given only an empty line: no turn was taken, nothing was answered, nothing broke.
+        return Check(G2, "reply", Outcome.CORROBORATED,
+                     f"{run.command} took no turn for this input and exited 0, which this prompt allows",
+                     n_compared=1, metrics=metrics, **fields)
     if run.ending is Ending.REFUSED and allows_refusal and run.process.returncode == 2:
         return Check(G2, "reply", Outcome.CORROBORATED,
                      f"{run.command} refused cleanly (exit 2), which this prompt allows: {run.reason}", n_compared=1,
