@@ -113,6 +113,7 @@ def test_g4_thresholds_reach_every_garbage_oracle(tmp_path):
     (MINIMAL + "execution:\n  timeout_s: 0\n", r":7: execution\.timeout_s: Input should be greater than 0"),
     ("apr_playbook: 1\nname: x\ntier: mvp\n", r":1: model: required field missing"),
     (MINIMAL + "matrix:\n  modalities: [run, run]\n", r":7: matrix\.modalities: .*twice"),
+    (MINIMAL + "scenarios:\n  pools: {arithmetic: 0, empty: 1}\n", r":6: scenarios: .*no prompt with an oracle"),
 ])
 def test_schema_errors_name_file_line_and_field(tmp_path, text, expected):
     with pytest.raises(AprError, match=expected):

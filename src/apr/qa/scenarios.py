@@ -14,7 +14,7 @@ import hashlib
 import random
 from enum import StrEnum
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from apr.qa.oracles.base import (
     ArithmeticSpec, CodeSpec, ExpectedTextSpec, GarbageSpec, Language, NonEmptySpec, OracleName, OracleSpec,
@@ -97,6 +97,14 @@ class ScenarioSettings(BaseModel):
     arithmetic_max_operand: int = Field(50, ge=2, le=10**6, description="operands of + and - are 2..this; × stays ≤ 12")
     prompts: tuple[CustomPrompt, ...] = ()
     per_cell: int | None = Field(1, ge=1, description="prompts per format×modality cell, rotating; null = every prompt")
+
+    @model_validator(mode="after")
+    def _something_to_judge(self) -> ScenarioSettings:
+        judged = self.pools.arithmetic + self.pools.code + self.pools.unicode + self.pools.facts \
+            + self.pools.long_context + sum(1 for p in self.prompts if p.oracles)
+        if judged == 0:
+            raise ValueError("no prompt with an oracle: G4 could never be verified; set pool counts or prompts")
+        return self
 
 
 class _Deck:
