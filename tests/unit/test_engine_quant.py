@@ -70,3 +70,18 @@ def test_batched_rows_equal_single_rows_for_packed_and_bf16_kernels():
         assert all(torch.equal(layer(x[i:i + 1]), full[i:i + 1]) for i in range(5))
     full = torch.nn.functional.linear(x, dense)
     assert all(torch.equal(torch.nn.functional.linear(x[i:i + 1], dense), full[i:i + 1]) for i in range(5))
+
+
+@pytest.mark.parametrize("ggml_type,values,nbytes", [(quant.Q6_K, 256, 210), (quant.Q8_0, 32, 34)])
+def test_torch_dequantization_matches_gguf(ggml_type, values, nbytes):
+    rng = np.random.default_rng(ggml_type)
+    n, k = 16, 512
+    blocks = rng.integers(0, 256, size=(n, k // values, nbytes), dtype=np.uint8)
+    d = rng.uniform(0.001, 0.05, size=(n, k // values, 1)).astype(np.float16).view(np.uint8)
+    if ggml_type == quant.Q6_K:
+        blocks[..., 208:210] = d
+    else:
+        blocks[..., 0:2] = d
+    raw = blocks.reshape(n, -1)
+    expected = quants.dequantize(raw, GGMLQuantizationType(ggml_type)).reshape(n, k)
+    assert torch.equal(quant.dequantize_raw(raw, ggml_type, (n, k)), torch.from_numpy(expected))

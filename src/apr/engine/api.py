@@ -26,7 +26,7 @@ class Engine:
     ``new_batch`` for continuous batching."""
 
     def __init__(self, model: CanonicalModel, transformer: Transformer, policy: WeightPolicy,
-                 compile_state: str, load_s: float, decode_step=None) -> None:
+                 compile_state: str, load_s: float, decode_step=None, pack_state: str = "off") -> None:
         self.model = model
         self.config = model.config
         self.tokenizer = model.tokenizer
@@ -36,6 +36,7 @@ class Engine:
         self.policy = policy
         self.compile_state = compile_state
         self.load_s = load_s
+        self.pack_state = pack_state
         self._decode_step = decode_step
         self._ids = itertools.count()
         eos = set(self.config.eos_token_ids)
@@ -57,6 +58,7 @@ class Engine:
             "weights": weight_kinds(self.transformer),
             "dense_prefill": self.policy.dense_prefill,
             "compile": self.compile_state,
+            "weights_cache": self.pack_state,
             "threads": torch.get_num_threads(),
             "max_positions": self.transformer.max_positions,
             "load_s": round(self.load_s, 3),
@@ -111,11 +113,12 @@ class Engine:
 
 def load_engine(model: str | Path | CanonicalModel, *, device: str = "auto", dtype: str | torch.dtype | None = None,
                 threads: int | None = None, compile: bool | None = None, dense_prefill: bool | None = None,
-                max_positions: int | None = None) -> Engine:
+                max_positions: int | None = None, pack_cache: bool = True) -> Engine:
     """Load ``model`` (a CanonicalModel, a path to any format, or a model ref) for inference.
 
     dtype fp32 dequantizes every tensor (the exact reference mode); bf16 (default) keeps quantized
-    tensors packed for the weight-only kernels. ``compile`` None means: compile the decode step on CPU
+    tensors packed for the weight-only kernels. ``pack_cache`` keeps converted weights under
+    ``$APR_HOME/engine-cache`` so the next load of the same file skips the conversion. ``compile`` None means: compile the decode step on CPU
     when the packed kernels are in use.
     """
     start = time.perf_counter()
@@ -126,13 +129,27 @@ def load_engine(model: str | Path | CanonicalModel, *, device: str = "auto", dty
     packed = act != torch.float32
     policy = WeightPolicy(dtype=act, device=dev, packed=packed, dense_prefill=bool(dense_prefill))
     positions = min(canonical.config.context_length, max_positions or DEFAULT_MAX_POSITIONS)
+    store = _pack_store(canonical, policy) if pack_cache else None
     with torch.inference_mode():
-        transformer = build_transformer(canonical, policy, positions)
+        transformer = build_transformer(canonical, policy, positions, store)
+    pack_state = "off"
+    if store is not None:
+        pack_state = "hit" if store.hit else "written"
+        store.save()
     from apr.engine.compile import compile_decode
 
     want_compile = packed and dev.type == "cpu" if compile is None else compile
     decode_step, state = compile_decode(transformer, want_compile)
-    return Engine(canonical, transformer, policy, state, time.perf_counter() - start, decode_step)
+    return Engine(canonical, transformer, policy, state, time.perf_counter() - start, decode_step, pack_state)
+
+
+def _pack_store(canonical: CanonicalModel, policy: WeightPolicy):
+    from apr.engine.pack_cache import PackStore, cache_key
+
+    if not policy.packed or policy.device.type != "cpu":
+        return None
+    key = cache_key(canonical.source_path, f"{policy.dtype}-dense{int(policy.dense_prefill)}")
+    return None if key is None else PackStore.open(key)
 
 
 def _load_canonical(model: str | Path) -> CanonicalModel:

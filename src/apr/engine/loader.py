@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from apr.engine.model import Block, Transformer
-from apr.engine.weights import DenseLinear, WeightPolicy, build_linear, dense_tensor
+from apr.engine.pack_cache import PackStore
+from apr.engine.weights import DenseLinear, WeightPolicy, build_linear, dense_tensor, is_quantized
 from apr.errors import FormatError
 from apr.formats.model import CanonicalModel
 
@@ -16,8 +17,11 @@ NORMS = {"input_layernorm": "input_layernorm", "post_attention_layernorm": "post
          "q_norm": "self_attn.q_norm", "k_norm": "self_attn.k_norm"}
 
 
-def build_transformer(model: CanonicalModel, policy: WeightPolicy, max_positions: int) -> Transformer:
-    """The network of ``model`` with weights laid out per ``policy``; FormatError names a missing tensor."""
+def build_transformer(model: CanonicalModel, policy: WeightPolicy, max_positions: int,
+                      store: PackStore | None = None) -> Transformer:
+    """The network of ``model`` with weights laid out per ``policy``; FormatError names a missing tensor.
+
+    ``store`` supplies already converted layers (and records new conversions) by tensor name."""
     cfg = model.config
 
     def source(name: str):
@@ -34,7 +38,7 @@ def build_transformer(model: CanonicalModel, policy: WeightPolicy, max_positions
             bias = dense_tensor(model.tensors[bias_name], policy) if bias_name in model.tensors else None
             if key in ("q_proj", "k_proj", "v_proj") and cfg.attention_bias and bias is None:
                 raise FormatError(f"{model.source_path}: {bias_name} is missing but the config says q/k/v have biases")
-            linears[key] = build_linear(source(f"{prefix}{suffix}.weight"), bias, policy)
+            linears[key] = build_linear(source(f"{prefix}{suffix}.weight"), bias, policy, store)
         norms = {key: dense_tensor(model.tensors[f"{prefix}{suffix}.weight"], policy)
                  for key, suffix in NORMS.items() if f"{prefix}{suffix}.weight" in model.tensors}
         if "input_layernorm" not in norms or "post_attention_layernorm" not in norms:
@@ -44,15 +48,32 @@ def build_transformer(model: CanonicalModel, policy: WeightPolicy, max_positions
         blocks.append(Block(cfg, i, linears, norms))
 
     embed_source = source("model.embed_tokens.weight")
-    embedding = dense_tensor(embed_source, policy)
+    embedding = dense_tensor(embed_source, policy, store)
     if "lm_head.weight" in model.tensors:
-        lm_head = build_linear(model.tensors["lm_head.weight"], None, policy)
-    elif policy.packed and embed_source.info.ggml_type not in (0, 1, 30):
-        lm_head = build_linear(embed_source, None, policy)
+        lm_head = build_linear(model.tensors["lm_head.weight"], None, policy, store)
+    elif policy.packed and is_quantized(embed_source.info.ggml_type):
+        # Tied and quantized: the head gets its own packed copy (stored under a distinct cache name).
+        lm_head = build_linear(_Renamed(embed_source, "lm_head.weight"), None, policy, store)
     else:
         lm_head = DenseLinear(embedding, None)  # tied: share the embedding matrix, no second copy
     final_norm = dense_tensor(source("model.norm.weight"), policy)
     return Transformer(cfg, embedding, blocks, final_norm, lm_head, max_positions)
+
+
+class _Renamed:
+    """A TensorSource seen under another name (the tied embedding used as lm_head)."""
+
+    def __init__(self, source, name: str) -> None:
+        from dataclasses import replace
+
+        self._source = source
+        self.info = replace(source.info, name=name)
+
+    def raw(self):
+        return self._source.raw()
+
+    def dequantize(self, dtype=None):
+        return self._source.dequantize(dtype)
 
 
 def weight_kinds(transformer: Transformer) -> dict[str, int]:

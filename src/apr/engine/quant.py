@@ -45,10 +45,7 @@ def _nibbles_32(qs: torch.Tensor) -> torch.Tensor:
 def int4_groups_from_raw(raw: np.ndarray, ggml_type: int, shape: tuple[int, int]) -> Int4Groups:
     """Exact int4/group-32 form of a Q4_0, Q4_1 or Q4_K matrix from its stored bytes ``[N, row_bytes]``."""
     n, k = shape
-    raw = np.ascontiguousarray(raw)
-    if not raw.flags.writeable:  # memory-mapped file bytes; torch wants a writable buffer
-        raw = raw.copy()
-    data = torch.from_numpy(raw).view(n, -1)
+    data = _as_tensor(raw, n)
     if ggml_type == Q4_0:
         blocks = data.view(n, k // 32, 18)
         d = _f16(blocks[..., 0:2])
@@ -80,9 +77,52 @@ def _q4_k_groups(data: torch.Tensor, n: int, k: int) -> Int4Groups:
     return Int4Groups(q.reshape(n, k).to(torch.int32), scale, 8 * scale - minimum)
 
 
+def _q6_k_values(data: torch.Tensor, n: int, k: int) -> torch.Tensor:
+    # Super-block of 256: 128 B low nibbles, 64 B high 2-bit pairs, 16 int8 scales (one per 16 values), f16 d.
+    blocks = data.view(n, k // 256, 210)
+    ql = blocks[..., 0:128].reshape(n, -1, 2, 1, 64)
+    ql = torch.cat([ql & 0xF, ql >> 4], dim=3).reshape(n, -1, 2, 4, 32)
+    qh = blocks[..., 128:192].reshape(n, -1, 2, 1, 32)
+    qh = torch.cat([(qh >> shift) & 3 for shift in (0, 2, 4, 6)], dim=3)
+    q = ((ql | (qh << 4)).to(torch.int16) - 32).reshape(n, -1, 16, 16).float()
+    scales = blocks[..., 192:208].contiguous().view(torch.int8).float()
+    d = _f16(blocks[..., 208:210])
+    return (q * (d[..., None] * scales)[..., None]).reshape(n, k)
+
+
+def _q8_0_values(data: torch.Tensor, n: int, k: int) -> torch.Tensor:
+    blocks = data.view(n, k // 32, 34)
+    d = _f16(blocks[..., 0:2])
+    q = blocks[..., 2:34].contiguous().view(torch.int8).float()
+    return (q * d[..., None]).reshape(n, k)
+
+
+FAST_DEQUANT_TYPES = (Q4_0, Q4_1, Q4_K, Q6_K, Q8_0)
+
+
+def dequantize_raw(raw: np.ndarray, ggml_type: int, shape: tuple[int, int]) -> torch.Tensor:
+    """float32 values of a Q4_0/Q4_1/Q4_K/Q6_K/Q8_0 matrix, vectorized in torch (multi-threaded, unlike numpy)."""
+    n, k = shape
+    if ggml_type in INT4_EXACT_TYPES:
+        return int4_groups_from_raw(raw, ggml_type, shape).dequantize()
+    data = _as_tensor(raw, n)
+    if ggml_type == Q6_K:
+        return _q6_k_values(data, n, k)
+    if ggml_type == Q8_0:
+        return _q8_0_values(data, n, k)
+    raise ValueError(f"GGML type {ggml_type} has no torch dequantization here")
+
+
+def _as_tensor(raw: np.ndarray, n: int) -> torch.Tensor:
+    raw = np.ascontiguousarray(raw)
+    if not raw.flags.writeable:  # memory-mapped file bytes; torch wants a writable buffer
+        raw = raw.copy()
+    return torch.from_numpy(raw).view(n, -1)
+
+
 def int8_per_channel(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric per-output-channel int8: ``w ≈ q * scale[:, None]``; returns (q int8 [N, K], scale fp32 [N])."""
     w = weight.float()
     scale = w.abs().amax(dim=1).clamp_min(1e-12) / 127.0
-    q = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)
-    return q, scale
+    scaled = w.mul(scale.reciprocal()[:, None]) if w is weight else w.mul_(scale.reciprocal()[:, None])
+    return scaled.round_().clamp_(-127, 127).to(torch.int8), scale

@@ -10,8 +10,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from apr.engine import quant
+from apr.engine.pack_cache import PackStore
 
 WeightKind = Literal["dense", "int4", "int8"]
+# Calls with at least this many rows (prompt chunks) use the dense twin when one is kept.
+PREFILL_MIN_ROWS = 8
 
 
 @dataclass(frozen=True)
@@ -60,11 +63,16 @@ class Int4Linear(nn.Module):
 
     kind: WeightKind = "int4"
 
-    def __init__(self, groups: quant.Int4Groups, bias: torch.Tensor | None, dtype: torch.dtype,
-                 device: torch.device) -> None:
+    def __init__(self, packed: torch.Tensor, scales_zeros: torch.Tensor, bias: torch.Tensor | None) -> None:
         super().__init__()
+        self.out_features = scales_zeros.shape[1]
+        self.register_buffer("packed", packed)
+        self.register_buffer("scales_zeros", scales_zeros)
+        self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
+
+    @classmethod
+    def from_groups(cls, groups: quant.Int4Groups, bias: torch.Tensor | None, device: torch.device) -> "Int4Linear":
         n, k = groups.q.shape
-        self.out_features, self.in_features = n, k
         # scales_and_zeros layout is [K/group, N, 2].
         sz = torch.stack([groups.scale, groups.zero], dim=-1).transpose(0, 1).contiguous()
         if device.type == "cuda":
@@ -75,10 +83,7 @@ class Int4Linear(nn.Module):
             packed = torch.ops.aten._convert_weight_to_int4pack(pairs, inner_k_tiles)
         else:
             packed = torch._convert_weight_to_int4pack_for_cpu(groups.q, 2)
-        self.register_buffer("packed", packed)
-        self.register_buffer("scales_zeros", sz.to(device=device, dtype=torch.bfloat16))
-        self.bias = None if bias is None else nn.Parameter(bias.to(device=device, dtype=dtype), requires_grad=False)
-        self.dtype = dtype
+        return cls(packed, sz.to(device=device, dtype=torch.bfloat16), bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
@@ -92,20 +97,26 @@ class Int4Linear(nn.Module):
 
     forward_rows = forward  # the packed kernel computes each row independently of the others
 
+    def parts(self) -> dict[str, torch.Tensor]:
+        return {"packed": self.packed, "scales_zeros": self.scales_zeros}
+
 
 class Int8Linear(nn.Module):
     """``y = x @ (q * scale).T + b`` with per-output-channel int8 weights."""
 
     kind: WeightKind = "int8"
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype,
-                 device: torch.device) -> None:
+    def __init__(self, q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> None:
         super().__init__()
+        self.out_features = q.shape[0]
+        self.register_buffer("q", q)
+        self.register_buffer("scale", scale)
+        self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
+
+    @classmethod
+    def from_weight(cls, weight: torch.Tensor, bias: torch.Tensor | None, device: torch.device) -> "Int8Linear":
         q, scale = quant.int8_per_channel(weight)
-        self.out_features, self.in_features = q.shape
-        self.register_buffer("q", q.to(device))
-        self.register_buffer("scale", scale.to(device=device, dtype=torch.bfloat16))
-        self.bias = None if bias is None else nn.Parameter(bias.to(device=device, dtype=dtype), requires_grad=False)
+        return cls(q.to(device), scale.to(device=device, dtype=torch.bfloat16), bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
@@ -119,11 +130,14 @@ class Int8Linear(nn.Module):
 
     forward_rows = forward
 
+    def parts(self) -> dict[str, torch.Tensor]:
+        return {"q": self.q, "scale": self.scale}
+
 
 class PrefillLinear(nn.Module):
     """A packed layer with a dense twin: the dense copy serves many-row calls (prompts), the packed one decode."""
 
-    def __init__(self, packed: nn.Module, dense: DenseLinear, min_rows: int) -> None:
+    def __init__(self, packed: Int4Linear | Int8Linear, dense: DenseLinear, min_rows: int) -> None:
         super().__init__()
         self.packed_layer, self.dense_layer, self.min_rows = packed, dense, min_rows
         self.kind = packed.kind
@@ -137,34 +151,70 @@ class PrefillLinear(nn.Module):
         return self.packed_layer(x)
 
 
-def build_linear(source, bias: torch.Tensor | None, policy: WeightPolicy) -> nn.Module:
-    """A linear layer for the canonical tensor ``source`` (a ``TensorSource``) under ``policy``."""
+def build_linear(source, bias: torch.Tensor | None, policy: WeightPolicy, store: PackStore | None = None) -> nn.Module:
+    """A linear layer for the canonical tensor ``source`` (a ``TensorSource``) under ``policy``.
+
+    With a ``store``, converted layers are taken from (or recorded into) the on-disk pack cache."""
     info = source.info
     n, k = info.shape
     bias = None if bias is None else bias.to(device=policy.device, dtype=policy.dtype)
+    cached = store.get(info.name) if store is not None else None
+    if cached is not None:
+        return _from_parts(cached, bias, policy)
     fits_int4 = info.ggml_type in quant.INT4_EXACT_TYPES and k % quant.INT4_GROUP == 0 and n % 8 == 0
     layer: nn.Module
     if policy.packed and fits_int4:
         groups = quant.int4_groups_from_raw(source.raw(), info.ggml_type, (n, k))
-        layer = Int4Linear(groups, bias, policy.dtype, policy.device)
+        layer = Int4Linear.from_groups(groups, bias, policy.device)
         dense = groups.dequantize if policy.dense_prefill else None
     elif policy.packed and is_quantized(info.ggml_type):
-        weight = source.dequantize(torch.float32)
-        layer = Int8Linear(weight, bias, policy.dtype, policy.device)
+        weight = dequantize_source(source, torch.float32)
         dense = (lambda: weight) if policy.dense_prefill else None
+        layer = Int8Linear.from_weight(weight, bias, policy.device)
     else:
-        weight = source.dequantize(policy.dtype).to(policy.device)
+        weight = dequantize_source(source, policy.dtype).to(policy.device)
         return DenseLinear(weight, bias)
-    if dense is None:
-        return layer
-    twin = DenseLinear(dense().to(device=policy.device, dtype=policy.dtype), bias)
-    return PrefillLinear(layer, twin, min_rows=8)
+    parts = layer.parts()
+    if dense is not None:
+        twin = DenseLinear(dense().to(device=policy.device, dtype=policy.dtype), bias)
+        parts = {**parts, "dense": twin.weight.data}
+        layer = PrefillLinear(layer, twin, min_rows=PREFILL_MIN_ROWS)
+    if store is not None:
+        store.put(info.name, parts)
+    return layer
+
+
+def _from_parts(parts: dict[str, torch.Tensor], bias: torch.Tensor | None, policy: WeightPolicy) -> nn.Module:
+    layer: nn.Module
+    if "packed" in parts:
+        layer = Int4Linear(parts["packed"].to(policy.device), parts["scales_zeros"].to(policy.device), bias)
+    else:
+        layer = Int8Linear(parts["q"].to(policy.device), parts["scale"].to(policy.device), bias)
+    if "dense" in parts and policy.dense_prefill:
+        twin = DenseLinear(parts["dense"].to(policy.device), bias)
+        return PrefillLinear(layer, twin, min_rows=PREFILL_MIN_ROWS)
+    return layer
 
 
 def is_quantized(ggml_type: int) -> bool:
     return ggml_type not in (0, 1, 30)  # F32, F16, BF16
 
 
-def dense_tensor(source, policy: WeightPolicy, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """A small tensor (norm weight, bias) or the embedding, dequantized onto the device."""
-    return source.dequantize(dtype or policy.dtype).to(policy.device)
+def dense_tensor(source, policy: WeightPolicy, store: PackStore | None = None) -> torch.Tensor:
+    """A small tensor (norm weight, bias) or the embedding, dequantized onto the device (quantized ones cached)."""
+    cacheable = store is not None and is_quantized(source.info.ggml_type)
+    cached = store.get(source.info.name) if cacheable else None
+    if cached is not None:
+        return cached["weight"].to(policy.device)
+    value = dequantize_source(source, policy.dtype).to(policy.device)
+    if cacheable:
+        store.put(source.info.name, {"weight": value})
+    return value
+
+
+def dequantize_source(source, dtype: torch.dtype) -> torch.Tensor:
+    """Values of a canonical tensor; common GGML matrices take the vectorized torch path (numpy is single-threaded)."""
+    info = source.info
+    if len(info.shape) == 2 and info.ggml_type in quant.FAST_DEQUANT_TYPES:
+        return quant.dequantize_raw(source.raw(), info.ggml_type, info.shape).to(dtype)
+    return source.dequantize(dtype)

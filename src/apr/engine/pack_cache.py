@@ -1,0 +1,77 @@
+"""On-disk cache of converted weights (packed int4/int8, dequantized embeddings) so later loads skip repacking."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+
+# Bump when the packed layout or the conversion changes: old entries are then simply not found.
+PACK_VERSION = 1
+
+
+def apr_home() -> Path:
+    return Path(os.environ.get("APR_HOME") or Path.home() / ".cache" / "apr")
+
+
+def cache_key(source_path: Path, policy_tag: str) -> str | None:
+    """Key from the checkpoint's identity (path, size, mtime) and the conversion; None when it has no single file."""
+    path = Path(source_path)
+    if not path.is_file():
+        return None
+    stat = path.stat()
+    ident = json.dumps([PACK_VERSION, str(path.resolve()), stat.st_size, stat.st_mtime_ns, policy_tag,
+                        torch.__version__])
+    return hashlib.sha256(ident.encode()).hexdigest()[:32]
+
+
+class PackStore:
+    """Converted tensors by canonical tensor name; filled while building, written once (temp file + rename)."""
+
+    def __init__(self, path: Path, loaded: dict[str, dict[str, torch.Tensor]] | None) -> None:
+        self.path = path
+        self.loaded = loaded or {}
+        self.fresh: dict[str, dict[str, torch.Tensor]] = {}
+
+    @classmethod
+    def open(cls, key: str) -> "PackStore":
+        path = apr_home() / "engine-cache" / f"{key}.safetensors"
+        if not path.exists():
+            return cls(path, None)
+        from safetensors.torch import load_file
+
+        flat = load_file(str(path))
+        loaded: dict[str, dict[str, torch.Tensor]] = {}
+        for flat_name, tensor in flat.items():
+            name, _, part = flat_name.rpartition("::")
+            loaded.setdefault(name, {})[part] = tensor
+        return cls(path, loaded)
+
+    @property
+    def hit(self) -> bool:
+        return bool(self.loaded)
+
+    def get(self, name: str) -> dict[str, torch.Tensor] | None:
+        return self.loaded.get(name)
+
+    def put(self, name: str, parts: dict[str, torch.Tensor]) -> None:
+        if not self.hit:
+            self.fresh[name] = parts
+
+    def save(self) -> None:
+        """Write what was converted; a failed write leaves no partial file behind."""
+        if self.hit or not self.fresh:
+            return
+        from safetensors.torch import save_file
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        flat = {f"{name}::{part}": t.contiguous() for name, parts in self.fresh.items() for part, t in parts.items()}
+        tmp = self.path.with_suffix(f".tmp{os.getpid()}")
+        try:
+            save_file(flat, str(tmp))
+            os.replace(tmp, self.path)
+        finally:
+            tmp.unlink(missing_ok=True)
