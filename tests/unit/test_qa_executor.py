@@ -143,3 +143,23 @@ def test_an_empty_prompt_may_be_answered_with_nothing_but_a_normal_prompt_may_no
           if r.gate.value == "G2-INFERENCE"}
     assert summary.cells_run == 2
     assert g2 == {"empty": Outcome.CORROBORATED, "normal": Outcome.FALSIFIED}
+
+
+def test_an_interrupt_kills_running_cells_and_records_nothing_about_them(tmp_path):
+    import threading
+    import time
+
+    from apr.qa.executor import CellExecutor
+
+    matrix = cells(prompt("HANG", "hang1"), prompt("HANG", "hang2"))
+    evidence = tmp_path / "e.jsonl"
+    with EvidenceWriter(evidence) as writer:
+        executor = CellExecutor(plan(matrix, tmp_path, timeout_s=120.0, workers=2), recorder(), writer)
+        worker = threading.Thread(target=executor.run)
+        started = time.monotonic()
+        worker.start()
+        time.sleep(2.0)
+        executor.children.kill_all()  # what the executor does on Ctrl-C
+        worker.join(timeout=30)
+    assert not worker.is_alive() and time.monotonic() - started < 30
+    assert read_evidence(evidence).records == ()

@@ -16,7 +16,7 @@ from apr.qa.evidence import EvidenceRecord, EvidenceWriter, Outcome
 from apr.qa.gates_catalog import CATALOG
 from apr.qa.matrix import MatrixCell
 from apr.qa.playbook import FailurePolicy
-from apr.qa.procs import apr_command
+from apr.qa.procs import Children, apr_command
 from apr.qa.recording import Check, Recorder, Timer, stamp_all
 from apr.qa.runners import CellRun, run_cell
 
@@ -78,6 +78,7 @@ class CellExecutor:
         self.summary = ExecutionSummary()
         self._stop = threading.Event()
         self._lock = threading.Lock()
+        self.children = Children()
 
     def _checks(self, cell: MatrixCell) -> tuple[list[Check], CellRun | None]:
         if cell.backend is Backend.GPU and not self.plan.cuda_available:
@@ -88,7 +89,7 @@ class CellExecutor:
             # No artifact is a failed inference, not merely an untested one.
             checks[0] = replace(checks[0], outcome=Outcome.FALSIFIED, n_compared=1)
             return checks, None
-        run = run_cell(self.plan.runnable(cell), list(self.plan.apr_argv))
+        run = run_cell(self.plan.runnable(cell), list(self.plan.apr_argv), self.children)
         return cell_checks(cell, run), run
 
     def _cell_finished(self, cell: MatrixCell) -> bool:
@@ -108,6 +109,8 @@ class CellExecutor:
             return
         timer = Timer()
         checks, run = self._checks(cell)
+        if self.children.cancelled:
+            return  # interrupted: what the killed program left behind is not evidence about the model
         records = [r for r in stamp_all(self.recorder, checks, timer) if r.key not in self.done_keys]
         for record in records:
             self.writer.append(record)
@@ -127,9 +130,16 @@ class CellExecutor:
             self.on_cell_done(cell, status)
 
     def run(self) -> ExecutionSummary:
-        with ThreadPoolExecutor(max_workers=max(1, self.plan.workers), thread_name_prefix="apr-cell") as pool:
+        pool = ThreadPoolExecutor(max_workers=max(1, self.plan.workers), thread_name_prefix="apr-cell")
+        try:
             for future in [pool.submit(self._run_one, cell) for cell in self.plan.cells]:
                 future.result()
+        except KeyboardInterrupt:
+            self._stop.set()
+            self.children.kill_all()  # they run in their own sessions: Ctrl-C never reached them
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
         return self.summary
 
 

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from enum import Enum
@@ -99,6 +100,35 @@ def kill_group(proc: subprocess.Popen) -> None:
         return
 
 
+class Children:
+    """The programs under test running right now, so that an interrupt stops every one of them.
+
+    They run in their own sessions (so a deadline can kill a whole group), which also means a Ctrl-C at
+    the terminal does not reach them: ``kill_all`` does, and anything started after it dies at once.
+    """
+
+    def __init__(self) -> None:
+        self._running: set[subprocess.Popen] = set()
+        self._lock = threading.Lock()
+        self.cancelled = False
+
+    def add(self, proc: subprocess.Popen) -> None:
+        with self._lock:
+            self._running.add(proc)
+            if self.cancelled:
+                kill_group(proc)
+
+    def discard(self, proc: subprocess.Popen) -> None:
+        with self._lock:
+            self._running.discard(proc)
+
+    def kill_all(self) -> None:
+        with self._lock:
+            self.cancelled = True
+            for proc in self._running:
+                kill_group(proc)
+
+
 def run_process(
     argv: list[str],
     *,
@@ -106,6 +136,7 @@ def run_process(
     stdin_text: str | None = None,
     env: dict[str, str] | None = None,
     cwd: Path | None = None,
+    children: Children | None = None,
 ) -> ProcessResult:
     """Run ``argv`` to completion or to the deadline; never raises for the program's own failures."""
     started = time.monotonic()
@@ -121,6 +152,8 @@ def run_process(
         cwd=cwd,
         start_new_session=True,
     )
+    if children is not None:
+        children.add(proc)
     timed_out = False
     try:
         stdout, stderr = proc.communicate(input=stdin_text, timeout=timeout_s)
@@ -128,6 +161,9 @@ def run_process(
         timed_out = True
         kill_group(proc)
         stdout, stderr = proc.communicate()
+    finally:
+        if children is not None:
+            children.discard(proc)
     return ProcessResult(
         argv=tuple(argv),
         returncode=proc.returncode,

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from apr.qa.cells import Cell
-from apr.qa.procs import Ending, ProcessResult, child_env, run_process
+from apr.qa.procs import Children, Ending, ProcessResult, child_env, run_process
 from apr.qa.serve_session import serve, wait_ready
 
 # The serve cell's HTTP request gets whatever remains of the cell's deadline, but at least this.
@@ -72,13 +72,13 @@ def _parsed(run: CellRun, document: dict[str, Any] | None, what: str) -> CellRun
     return replace(run, **_reply_fields(document))
 
 
-def run_cell_run(cell: Cell, apr_argv: list[str]) -> CellRun:
+def run_cell_run(cell: Cell, apr_argv: list[str], children: Children | None = None) -> CellRun:
     """`apr run MODEL --prompt P --json`: one prompt, one JSON document on stdout."""
     argv = [*apr_argv, "run", str(cell.model_path), "--prompt", cell.prompt, "--max-tokens", str(cell.max_tokens),
             "--temperature", "0", "--seed", str(cell.seed), "--device", cell.device, "--json"]
     if not cell.use_chat_template:
         argv.append("--raw")  # a base model continues the text; there is no chat template to wrap it in
-    process = run_process(argv, timeout_s=cell.timeout_s, env=child_env())
+    process = run_process(argv, timeout_s=cell.timeout_s, env=child_env(), children=children)
     return _parsed(_from_process(process, "apr run"), _json_document(process.stdout), "apr run")
 
 
@@ -87,11 +87,12 @@ def chat_turn(prompt: str) -> str:
     return " ".join(prompt.splitlines()) if "\n" in prompt else prompt
 
 
-def run_cell_chat(cell: Cell, apr_argv: list[str]) -> CellRun:
+def run_cell_chat(cell: Cell, apr_argv: list[str], children: Children | None = None) -> CellRun:
     """`apr chat MODEL --json` with the prompt as one user turn on stdin; the first JSON line is the reply."""
     argv = [*apr_argv, "chat", str(cell.model_path), "--device", cell.device, "--max-tokens", str(cell.max_tokens),
             "--seed", str(cell.seed), "--json"]
-    process = run_process(argv, timeout_s=cell.timeout_s, stdin_text=chat_turn(cell.prompt) + "\n", env=child_env())
+    process = run_process(argv, timeout_s=cell.timeout_s, stdin_text=chat_turn(cell.prompt) + "\n", env=child_env(),
+                          children=children)
     document = None
     for line in process.stdout.splitlines():
         document = _json_document(line)
@@ -138,13 +139,13 @@ def _await_exit(session, seconds: float) -> None:
         return  # still serving: the failure was the request's, not the process's
 
 
-def run_cell_serve(cell: Cell, apr_argv: list[str]) -> CellRun:
+def run_cell_serve(cell: Cell, apr_argv: list[str], children: Children | None = None) -> CellRun:
     """`apr serve MODEL --port 0`, then one request over real HTTP; the server is always stopped."""
     from openai import APIError
 
     argv = [*apr_argv, "serve", str(cell.model_path), "--host", "127.0.0.1", "--port", "0", "--device", cell.device]
     deadline = time.monotonic() + cell.timeout_s
-    with serve(argv, env=child_env()) as session:
+    with serve(argv, env=child_env(), children=children) as session:
         if not wait_ready(session, deadline):
             timed_out = session.alive()
             result = session.result(timed_out=timed_out)
@@ -178,5 +179,5 @@ def run_cell_serve(cell: Cell, apr_argv: list[str]) -> CellRun:
 RUNNERS = {"run": run_cell_run, "chat": run_cell_chat, "serve": run_cell_serve}
 
 
-def run_cell(cell: Cell, apr_argv: list[str]) -> CellRun:
-    return RUNNERS[cell.modality](cell, apr_argv)
+def run_cell(cell: Cell, apr_argv: list[str], children: Children | None = None) -> CellRun:
+    return RUNNERS[cell.modality](cell, apr_argv, children)

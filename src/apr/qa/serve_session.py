@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from apr.qa.procs import ProcessResult, child_env, kill_group
+from apr.qa.procs import Children, ProcessResult, child_env, kill_group
 
 READY_LINE = re.compile(r"apr serve: ready at (http://\S+)")
 # SIGTERM first so uvicorn can shut down cleanly; SIGKILL the group after this grace period.
@@ -87,7 +87,7 @@ def stop(session: ServeSession) -> None:
 
 
 @contextmanager
-def serve(argv: list[str], env: dict[str, str] | None = None) -> Iterator[ServeSession]:
+def serve(argv: list[str], env: dict[str, str] | None = None, children: Children | None = None) -> Iterator[ServeSession]:
     """Run the server for the duration of the block; it is stopped (and reaped) on exit."""
     proc = subprocess.Popen(
         argv,
@@ -100,6 +100,8 @@ def serve(argv: list[str], env: dict[str, str] | None = None) -> Iterator[ServeS
         env=env if env is not None else child_env(),
         start_new_session=True,
     )
+    if children is not None:
+        children.add(proc)
     output = ServerOutput()
     readers = [
         threading.Thread(target=_pump, args=(proc.stdout, output.stdout, output, True), daemon=True),
@@ -112,5 +114,7 @@ def serve(argv: list[str], env: dict[str, str] | None = None) -> Iterator[ServeS
         yield session
     finally:
         stop(session)
+        if children is not None:
+            children.discard(proc)
         for reader in readers:
             reader.join(timeout=2.0)
