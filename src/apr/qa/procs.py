@@ -161,6 +161,9 @@ def run_process(
         timed_out = True
         kill_group(proc)
         stdout, stderr = proc.communicate()
+    except KeyboardInterrupt:
+        kill_group(proc)  # its own session never saw the Ctrl-C
+        raise
     finally:
         if children is not None:
             children.discard(proc)
