@@ -60,8 +60,11 @@ def register(app: typer.Typer) -> None:
             seed=seed,
             graceful_timeout_s=shutdown_grace,
         )
-        engine = load_engine(resolve_model_arg(model), device=device.value)
+        model_path = resolve_model_arg(model)
+        # Bind before the (slow) model load, so a busy port fails at once.
+        sock = server.bind(host, port)
+        engine = load_engine(model_path, device=device.value)
         app = create_app(engine, settings)
-        stopped_by = server.run(app, settings, announce=lambda line: typer.echo(line))
+        stopped_by = server.run(app, settings, sock, announce=lambda line: typer.echo(line))
         names = ", ".join(signal.Signals(number).name for number in stopped_by) or "shutdown"
         typer.echo(f"apr serve: stopped ({names})")

@@ -37,7 +37,6 @@ def bind(host: str, port: int) -> socket.socket:
     except OSError as exc:
         sock.close()
         raise AprError(f"cannot listen on {host}:{port}: {exc.strerror}; pick another --port (0 picks a free one)") from exc
-    sock.set_inheritable(True)
     return sock
 
 
@@ -47,13 +46,12 @@ def url_of(sock: socket.socket) -> str:
     return f"http://{shown}:{port}"
 
 
-def run(app: "FastAPI", settings: ServeSettings, announce: Callable[[str], None]) -> list[int]:
-    """Serve until SIGINT/SIGTERM; return the signals that stopped it.
+def run(app: "FastAPI", settings: ServeSettings, sock: socket.socket, announce: Callable[[str], None]) -> list[int]:
+    """Serve on `sock` (from `bind`) until SIGINT/SIGTERM; return the signals that stopped it.
 
     In-flight requests get `graceful_timeout_s` to finish; then the scheduler is stopped, so those
     still running end with an error reply (or a final error event) instead of being torn down.
     """
-    sock = bind(settings.host, settings.port)
     received: list[int] = []
     # uvicorn re-raises the signal that stopped it once it is done; this keeps that from killing
     # the process, so a requested stop exits 0.
