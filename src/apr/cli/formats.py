@@ -76,6 +76,8 @@ def register(app: typer.Typer) -> None:
         trace_structure: Annotated[bool, typer.Option("--trace-structure", help="Per-tensor statistics and red flags "
                                                       "(NaN/Inf, zero biases, near-zero norms, rope θ, tied or "
                                                       "transposed embeddings).")] = False,
+        name_filter: Annotated[str | None, typer.Option("--filter", help="With --trace-structure: stats only for "
+                                                        "tensors whose name contains this text.")] = None,
     ) -> None:
         """Show a model's metadata, tokenizer and tensor table."""
         from apr.formats.inspect import describe, render_text
@@ -84,7 +86,7 @@ def register(app: typer.Typer) -> None:
 
         loaded = load_model(_resolve(model))
         info = describe(loaded)
-        structure = trace(loaded) if trace_structure else None
+        structure = trace(loaded, name_filter) if trace_structure else None
         if as_json:
             if structure is not None:
                 info["structure"] = structure

@@ -89,12 +89,14 @@ def dequantize_raw(raw: np.ndarray, type_id: int, shape: tuple[int, ...]) -> np.
 
 
 def encode_float(values: np.ndarray, type_id: int) -> np.ndarray:
-    """Stored bytes (uint8, flat) of float values as F32, F16 or BF16 (BF16 rounds to nearest even)."""
+    """Stored bytes (uint8, flat) of float values as F32, F16 or BF16 (both halves round to nearest even,
+    like gguf-py and transformers' ``.to(dtype)``; torch does it on every core)."""
     values = np.ascontiguousarray(values, dtype=np.float32)
     if type_id == F32:
         return values.reshape(-1).view(np.uint8)
-    if type_id == F16:
-        return values.astype(np.float16).reshape(-1).view(np.uint8)
-    if type_id == BF16:
-        return np.asarray(gguf_quants.quantize(values.reshape(-1), GGMLQuantizationType.BF16)).reshape(-1).view(np.uint8)
+    if type_id in (F16, BF16):
+        import torch
+
+        half = torch.float16 if type_id == F16 else torch.bfloat16
+        return torch.from_numpy(values.reshape(-1)).to(half).view(torch.uint8).numpy()
     raise ValueError(f"{type_name(type_id)} is not a float type")

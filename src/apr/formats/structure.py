@@ -56,10 +56,12 @@ def tensor_stats(source: StoredTensor) -> TensorStats:
                        zeros / count if count else math.nan)
 
 
-def trace_structure(model: CanonicalModel) -> dict[str, Any]:
-    """Per-tensor stats plus the flags a conversion bug leaves behind."""
+def trace_structure(model: CanonicalModel, name_filter: str | None = None) -> dict[str, Any]:
+    """Per-tensor stats plus the flags a conversion bug leaves behind (stats only for names containing
+    ``name_filter`` when given; shape and tying checks always see the whole model)."""
     config = model.config
-    stats = {name: tensor_stats(source) for name, source in model.tensors.items()}
+    stats = {name: tensor_stats(source) for name, source in model.tensors.items()
+             if name_filter is None or name_filter in name}
     flags: list[str] = []
     bias_mean = {name: s.mean for name, s in stats.items() if name.endswith(("q_proj.bias", "k_proj.bias", "v_proj.bias"))}
     if config.attention_bias and not bias_mean:
