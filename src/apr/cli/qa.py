@@ -62,7 +62,7 @@ def register_qa(app: typer.Typer) -> None:
         model: str = typer.Argument(..., help="a ref (qwen2.5-coder:1.5b), cached name, or path to any format"),
         json_output: bool = typer.Option(False, "--json", help="print one JSON document instead of the table"),
         evidence: Path | None = typer.Option(None, "--evidence", help="evidence file (default WORK_DIR/evidence.jsonl)"),
-        work_dir: Path | None = typer.Option(None, "--work-dir", help="where conversions and evidence go "
+        work_dir: Path | None = typer.Option(None, "--work-dir", help="where the evidence goes "
                                              "(default ./apr-qa/<model name>)"),
         tier: str = typer.Option("mvp", "--tier", help="whose template thresholds apply"),
         skip: list[str] = typer.Option([], "--skip", help="a gate id not to run (repeatable), e.g. REFERENCE-PARITY"),
@@ -91,7 +91,7 @@ def register_qa(app: typer.Typer) -> None:
             raise AprError("--skip cannot leave out a gateway (G0-G4)")
         path = resolve_model_arg(model, progress=not quiet)
         folder = work_dir or Path("apr-qa") / path.stem
-        options = DeepOptions(model=path, ref=model, work_dir=folder, evidence=evidence or folder / "evidence.jsonl",
+        options = DeepOptions(model=path, ref=model, evidence=evidence or folder / "evidence.jsonl",
                               gates=default_gates(Tier(tier)), skip=frozenset(GateId(s) for s in skip),
                               max_tokens=max_tokens)
         records, seconds = run_deep(options, progress=not quiet)

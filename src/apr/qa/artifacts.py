@@ -1,7 +1,8 @@
 """The certification's artifacts: the source checkpoint plus its conversions into every format of the matrix.
 
-Conversions are cached next to the evidence: ``<output>/artifacts/model.<fmt>`` with a ``.source-sha256``
-stamp, reused only when the stamp names the same source digest (a changed source is converted again).
+Conversions are cached in ``$APR_HOME/artifacts/<source sha256[:16]>/model.<fmt>`` (not next to the
+evidence: ``certifications/`` is committed, and a 1.5B model's conversions are gigabytes), each with a
+``.source-sha256`` stamp, reused only when the stamp names the same source digest.
 """
 
 from __future__ import annotations
@@ -27,6 +28,13 @@ class Artifacts:
     paths: dict[Format, Path] = field(default_factory=dict)
     failures: dict[Format, str] = field(default_factory=dict)
     converted: dict[Format, float] = field(default_factory=dict)  # seconds spent converting, per format
+
+
+def artifacts_dir(source_sha: str) -> Path:
+    """Where the conversions of the checkpoint with this digest live."""
+    from apr.hub.cache import default_home
+
+    return default_home() / "artifacts" / source_sha[:16]
 
 
 def source_format(path: Path) -> Format:

@@ -156,7 +156,7 @@ class Certification:
         import time
 
         from apr.hub.digest import sha256_of
-        from apr.qa.artifacts import prepare_artifacts
+        from apr.qa.artifacts import artifacts_dir, prepare_artifacts
         from apr.qa.model_gates import ModelGateInputs, ModelGateRun
 
         started = time.monotonic()
@@ -167,7 +167,7 @@ class Certification:
         source = resolve_source(pb)
         _say(f"apr certify: {pb.name} ({pb.tier}) on {source}", progress)
         source_sha = sha256_of(source, progress=False)
-        artifacts = prepare_artifacts(source, source_sha, pb.matrix.formats, self.output / "artifacts")
+        artifacts = prepare_artifacts(source, source_sha, pb.matrix.formats, artifacts_dir(source_sha))
         for fmt, seconds in artifacts.converted.items():
             _say(f"  converted to {fmt} in {seconds:.1f}s", progress)
         digests = {fmt: (source_sha if path == source else sha256_of(path, progress=False))

@@ -1,8 +1,8 @@
 """`apr qa MODEL`: the deep single-model gates (no cell matrix) — integrity, tensor contract, plausibility,
 structure, load, golden output, attention, tokenizer/format/reference parity, throughput and GPU speedup.
 
-The model is converted into the other formats in a work directory (reused while the source digest is the
-same) so that format parity compares all three; every check is written to an evidence file.
+The model is converted into the other formats (cached in ``$APR_HOME/artifacts``, shared with `apr certify`)
+so that format parity compares all three; every check is written to an evidence file.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ THROUGHPUT_PROMPT = "Write a hello world program in Python:"
 class DeepOptions:
     model: Path
     ref: str
-    work_dir: Path
     evidence: Path
     gates: GateSet
     formats: tuple[Format, ...] = (Format.GGUF, Format.SAFETENSORS, Format.APR)
@@ -100,7 +99,7 @@ def run_deep(options: DeepOptions, *, progress: bool = True) -> tuple[list[Evide
     import torch
 
     from apr.hub.digest import sha256_of
-    from apr.qa.artifacts import prepare_artifacts
+    from apr.qa.artifacts import artifacts_dir, prepare_artifacts
     from apr.qa.certify import expected_sha256
     from apr.qa.model_gates import ModelGateInputs, ModelGateRun
 
@@ -111,7 +110,7 @@ def run_deep(options: DeepOptions, *, progress: bool = True) -> tuple[list[Evide
     if progress:
         print(f"apr qa: {options.model} — converting to {', '.join(f.value for f in options.formats)} for parity",
               file=sys.stderr, flush=True)
-    artifacts = prepare_artifacts(options.model, source_sha, options.formats, options.work_dir / "artifacts")
+    artifacts = prepare_artifacts(options.model, source_sha, options.formats, artifacts_dir(source_sha))
     digests = {fmt: source_sha if path == options.model else sha256_of(path, progress=False)
                for fmt, path in artifacts.paths.items()}
     recorder = Recorder(model=options.ref, artifacts=artifacts.paths, sha256=digests, source=artifacts.source)
