@@ -136,6 +136,10 @@ def poll_health(url: str, stop: threading.Event, latencies_ms: list[float]) -> N
             time.sleep(0.02)
 
 
+def progress(message: str) -> None:
+    print(f"[bench_serve_load {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
 def make_client(url: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{url}/v1", api_key="bench", max_retries=0, timeout=600)
 
@@ -238,17 +242,24 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     args = parser.parse_args()
 
+    progress(f"starting apr serve {args.model}")
     proc, url = start_server(args.model, args.batch_size, args.device)
+    progress(f"ready at {url}; warmup")
     try:
         client = make_client(url)
         model = client.models.list().data[0].id
         for i in range(args.warmup):
             client.completions.create(model=model, prompt=PROMPTS[i % len(PROMPTS)], max_tokens=8, temperature=0.0)
         health = httpx.get(f"{url}/health").json()
+        progress("short completions")
         short = short_completion(client, model, args.repeats + 2)
+        progress(f"short completion median {statistics.median(short):.2f} s; single streams")
         single = single_stream(client, model, args.max_tokens, args.repeats)
+        progress(f"single stream median {statistics.median(single):.2f} tok/s; {args.clients} concurrent streams")
         multi, health_ms = concurrent_streams(url, model, args.clients, args.max_tokens, args.repeats)
+        progress(f"concurrent median {statistics.median(multi):.2f} tok/s; references for the load test")
         expected = references(client, model, args.max_tokens // 2)
+        progress("load test")
         load = load_test(url, model, expected, args.clients, args.requests, args.max_tokens // 2)
     finally:
         proc.terminate()

@@ -77,7 +77,8 @@ async def merged_events(
 
     async def pump(job: Job) -> None:
         try:
-            async with aclosing(scheduler.generate(f"{completion_id}-{job.index}", job.prompt_ids, job.params)) as events:
+            events = scheduler.generate(f"{completion_id}-{job.index}", job.prompt_ids, job.params)
+            async with aclosing(events):
                 async for event in events:
                     inbox.put_nowait((job, event))
         except SchedulerError as error:

@@ -46,7 +46,9 @@ class ServedModel:
         path = Path(str(described.get("path", settings.model_arg)))
         model_id = path.name if Path(settings.model_arg).exists() else settings.model_arg
         aliases = frozenset({model_id, settings.model_arg, path.name, path.stem, str(path)})
-        model_limit = engine.config.context_length
+        # The engine may hold fewer positions than the model was trained for (its KV-cache bound).
+        trained = engine.config.context_length
+        model_limit = min(trained, int(described.get("max_positions") or trained))
         max_context = min(settings.max_context, model_limit) if settings.max_context else model_limit
         return cls(
             engine=engine,

@@ -36,7 +36,9 @@ def bind(host: str, port: int) -> socket.socket:
         sock.listen(2048)
     except OSError as exc:
         sock.close()
-        raise AprError(f"cannot listen on {host}:{port}: {exc.strerror}; pick another --port (0 picks a free one)") from exc
+        raise AprError(
+            f"cannot listen on {host}:{port}: {exc.strerror}; pick another --port (0 picks a free one)"
+        ) from exc
     return sock
 
 
