@@ -164,9 +164,15 @@ class Scheduler:
         running: dict[str, _Admit] = {}
         while True:
             idle = not running and not waiting
-            for message in self._drain(block=idle):
+            messages = self._drain(block=idle)
+            for position, message in enumerate(messages):
                 if isinstance(message, _Stop):
-                    self._fail_all(running, waiting, EngineFailure("The server is shutting down.", shutting_down=True))
+                    shutting_down = EngineFailure("The server is shutting down.", shutting_down=True)
+                    waiting.extend(m for m in messages[position + 1:] if isinstance(m, _Admit))
+                    self._fail_all(running, waiting, shutting_down)
+                    for late in messages[position + 1:]:
+                        if isinstance(late, _Call):
+                            self._loop.call_soon_threadsafe(_settle, late.future, None, SchedulerError(shutting_down))
                     self._publish(running, waiting)
                     return
                 if isinstance(message, _Admit):
