@@ -31,6 +31,8 @@ def register(app: typer.Typer) -> None:
         output: Path | None = typer.Option(None, "--output", "-o",
                                            help="directory for evidence and reports (default certifications/<name>)"),
         workers: int | None = typer.Option(None, "--workers", min=1, max=64, help="cells run in parallel"),
+        timeout: float | None = typer.Option(None, "--timeout", min=1, help="per-cell deadline in seconds "
+                                             "(default: the playbook's execution.timeout_s)"),
         resume: bool = typer.Option(False, "--resume", help="append to an existing evidence file; skip finished cells"),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress on stderr"),
     ) -> None:
@@ -49,7 +51,8 @@ def register(app: typer.Typer) -> None:
         if model_path is not None and not model_path.exists():
             raise AprError(f"{model_path}: --model-path does not exist")
         result = certify(CertifyOptions(playbook=playbook, model_path=model_path, tier=Tier(tier) if tier else None,
-                                        output=output, workers=workers, resume=resume, progress=not quiet))
+                                        output=output, workers=workers, timeout_s=timeout, resume=resume,
+                                        progress=not quiet))
         _certify_summary(result)
         raise typer.Exit(result.exit_code)
 

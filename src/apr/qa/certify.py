@@ -35,6 +35,7 @@ class CertifyOptions:
     tier: Tier | None = None
     output: Path | None = None
     workers: int | None = None
+    timeout_s: float | None = None  # per-cell deadline; None = the playbook's execution.timeout_s
     resume: bool = False
     progress: bool = True
     apr_argv: tuple[str, ...] | None = None  # the CLI under test (default: this apr)
@@ -186,7 +187,8 @@ class Certification:
                 done_gates=done_gates, conversion_failures=artifacts.failures)
             ModelGateRun(gate_inputs, recorder, emit).run()
             plan = ExecutionPlan(
-                cells=tuple(pb.cells()), artifacts=artifacts.paths, timeout_s=pb.execution.timeout_s,
+                cells=tuple(pb.cells()), artifacts=artifacts.paths,
+                timeout_s=self.options.timeout_s or pb.execution.timeout_s,
                 workers=self.options.workers or pb.execution.workers, failure_policy=pb.execution.failure_policy,
                 use_chat_template=pb.model.chat_template, cuda_available=cuda,
                 apr_argv=self.options.apr_argv or tuple(apr_command()), missing_artifacts=artifacts.failures)
