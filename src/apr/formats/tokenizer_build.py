@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from functools import lru_cache
 from typing import Any
 
 from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers, processors
@@ -49,16 +50,22 @@ def _byte_level_pre_tokenizer(pre: str) -> pre_tokenizers.PreTokenizer:
 
 
 def _sentencepiece_merges(tokens: list[str]) -> list[tuple[str, str]]:
-    """Merges implied by a vocabulary without merges; earlier tokens merge first (Gemma's file order)."""
-    vocab = {token: index for index, token in enumerate(tokens)}
-    ranked: list[tuple[int, int, int, str, str]] = []
-    for index, token in enumerate(tokens):
-        for cut in range(1, len(token)):
-            left, right = token[:cut], token[cut:]
-            if left in vocab and right in vocab:
-                ranked.append((index, -len(left), -len(right), left, right))
-    ranked.sort()
-    return [(left, right) for _, _, _, left, right in ranked]
+    """Merges implied by a vocabulary without merges; earlier tokens merge first (Gemma's file order).
+
+    Order = (token index, longer left piece first), the order transformers' ``generate_merges`` gives
+    for Gemma; walking tokens in index order and cuts right to left yields it without a sort.
+    """
+    vocab = set(tokens)
+    merges: list[tuple[str, str]] = []
+    append = merges.append
+    for token in tokens:
+        for cut in range(len(token) - 1, 0, -1):
+            left = token[:cut]
+            if left in vocab:
+                right = token[cut:]
+                if right in vocab:
+                    append((left, right))
+    return merges
 
 
 def _add_special_tokens(backend: BackendTokenizer, spec: TokenizerSpec, spelled: list[str], byte_level: bool) -> None:
@@ -80,8 +87,12 @@ def _bos_post_processor(spec: TokenizerSpec, spelled: list[str]) -> processors.P
                                          special_tokens=[(bos, spec.bos_token_id)])
 
 
+@lru_cache(maxsize=8)
 def build_backend(spec: TokenizerSpec) -> BackendTokenizer:
-    """A tokenizers.Tokenizer that encodes like llama.cpp / the original HF tokenizer of ``spec``."""
+    """A tokenizers.Tokenizer that encodes like llama.cpp / the original HF tokenizer of ``spec``.
+
+    Cached per spec: building Gemma's 262k-token vocabulary (merges rebuilt from it) takes seconds, and
+    the result is never mutated."""
     tokens = list(spec.tokens)
     if spec.model == "gpt2":
         spelling = bytes_to_unicode()
