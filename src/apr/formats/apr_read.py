@@ -17,7 +17,7 @@ from apr.formats.apr_meta import config_from_metadata, spec_from_metadata
 from apr.formats.ggml import tensor_nbytes, type_name
 from apr.formats.model import CanonicalModel, TensorInfo
 from apr.formats.shapes import check_shapes
-from apr.formats.tensor_source import StoredTensor
+from apr.formats.tensor_source import StoredTensor, page_dropper
 from apr.formats.tokenizer import Tokenizer
 
 _CRC_CHUNK = 64 * 1024 * 1024
@@ -134,4 +134,4 @@ def _entry_source(path: Path, data: np.ndarray, header: AprHeader, entry, body_e
     def load() -> np.ndarray:
         return data[start:start + entry.size]
 
-    return StoredTensor(info, load)
+    return StoredTensor(info, load, release=page_dropper(data, start, start + entry.size))

@@ -83,6 +83,7 @@ def write_apr(model: CanonicalModel, out: Path, *, dtype: DtypeChoice = "keep", 
             if sink.pos != data_offset + entry.offset + nbytes:
                 raise AssertionError(f"APR writer wrote the wrong byte count for {name}")
             sink.pad_to(ALIGN)
+            model.tensors[name].release()
             if progress is not None:
                 progress(name, nbytes)
         handle.write(sink.crc.to_bytes(4, "little"))

@@ -100,6 +100,8 @@ def compare_models(before: CanonicalModel, after: CanonicalModel) -> list[Tensor
                 and src.info.value_offset == dst.info.value_offset)
         # Identical bytes, type and offset decode to identical values; no need to dequantize.
         diff = 0.0 if same else _max_abs_diff(src, dst)
+        src.release()
+        dst.release()
         rows.append(TensorReport(name, list(src.info.shape), type_name(src.info.ggml_type), type_name(dst.info.ggml_type),
                                  sha_before, sha_after, sha_before == sha_after, diff))
     return rows

@@ -14,10 +14,9 @@ from apr.formats.ggml import GGML_TYPES, tensor_nbytes, type_name
 from apr.formats.gguf_config import config_from_gguf, spec_from_gguf
 from apr.formats.model import CanonicalModel, TensorInfo
 from apr.formats.shapes import check_shapes
-from apr.formats.tensor_source import StoredTensor, rope_permutation
+from apr.formats.tensor_source import StoredTensor, page_dropper, rope_permutation
 from apr.formats.tokenizer import Tokenizer
 
-GGUF_MAGIC = b"GGUF"
 # Arrays this long stay out of CanonicalModel.metadata (the tokenizer keeps them).
 _BIG_ARRAY = 1024
 
@@ -91,4 +90,4 @@ def _tensor_source(path: Path, data: np.memmap, start: int, tensor: GGUFTensorIn
     def load() -> np.ndarray:
         return data[start:start + expected]
 
-    return StoredTensor(info, load, stored_rows)
+    return StoredTensor(info, load, stored_rows, release=page_dropper(data, start, start + expected))

@@ -10,6 +10,7 @@ from gguf import GGMLQuantizationType, GGUFValueType, GGUFWriter
 
 from apr.formats import names
 from apr.formats.atomic import atomic_path
+from apr.formats.ggml import tensor_nbytes
 from apr.formats.gguf_config import gguf_kv_from_config, gguf_kv_from_spec
 from apr.formats.model import CanonicalModel
 from apr.formats.tensor_encode import DtypeChoice, encode, target_type
@@ -75,8 +76,6 @@ def write_gguf(model: CanonicalModel, out: Path, *, dtype: DtypeChoice = "keep",
             writer.add_key_value(key, val, vtype, sub_type=sub)
         for name, gguf_name, out_type, _ in plan:
             info = model.tensors[name].info
-            from apr.formats.ggml import tensor_nbytes
-
             writer.add_tensor_info(gguf_name, list(info.shape), np.dtype(np.float32),
                                    tensor_nbytes(out_type, info.shape), raw_dtype=GGMLQuantizationType(out_type))
         writer.write_header_to_file()
@@ -89,6 +88,7 @@ def write_gguf(model: CanonicalModel, out: Path, *, dtype: DtypeChoice = "keep",
                 n_head = config.num_heads if "q_proj" in name else config.num_kv_heads
                 data = data[rope_permutation(data.shape[0], n_head)]
             writer.write_tensor_data(np.ascontiguousarray(data).reshape(-1))
+            source.release()
             if progress is not None:
                 progress(name, int(data.nbytes))
         writer.close()

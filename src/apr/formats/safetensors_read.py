@@ -13,7 +13,7 @@ from apr.formats.hf_config import model_config_from_hf
 from apr.formats.model import CanonicalModel, TensorInfo
 from apr.formats.shapes import check_shapes
 from apr.formats.safetensors_io import DTYPE_TO_GGML, SafeTensorEntry, parse_safetensors
-from apr.formats.tensor_source import StoredTensor
+from apr.formats.tensor_source import StoredTensor, page_dropper
 from apr.formats.tokenizer import Tokenizer, _read_json_if_present
 
 
@@ -42,7 +42,7 @@ def _source(data: np.memmap, entry: SafeTensorEntry, hf_name: str, offset: float
     def load() -> np.ndarray:
         return data[start:stop]
 
-    return StoredTensor(info, load)
+    return StoredTensor(info, load, release=page_dropper(data, start, stop))
 
 
 def read_safetensors(path: Path) -> CanonicalModel:

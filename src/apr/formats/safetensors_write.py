@@ -65,6 +65,7 @@ def write_safetensors_dir(model: CanonicalModel, out_dir: Path, *, dtype: DtypeC
                         if progress is not None:
                             progress(name, int(chunk.nbytes))
                     writer.finish_tensor(name)
+                    model.tensors[name].release()
                     weight_map[name] = file_name
         if len(shards) > 1:
             total = sum(tensor_nbytes(types[n], s.info.shape) for n, s in model.tensors.items())

@@ -8,7 +8,7 @@ import numpy as np
 from gguf import GGMLQuantizationType
 from gguf import quants as gguf_quants
 
-from apr.formats.ggml import BF16, F16, F32, FLOAT_TYPES, ggml_type, type_name
+from apr.formats.ggml import BF16, F16, F32, FLOAT_TYPES, encode_float, ggml_type, type_name
 from apr.formats.tensor_source import StoredTensor
 
 DtypeChoice = Literal["keep", "f32", "bf16", "f16"]
@@ -67,8 +67,6 @@ def _encode_values(values: np.ndarray, out_type: int, out_offset: float, name: s
         values = values + np.float32(out_offset)
     rows, cols = values.shape
     if out_type in FLOAT_TYPES:
-        from apr.formats.ggml import encode_float
-
         flat = encode_float(values, out_type)
     elif out_type in _QUANTIZABLE:
         ggml_type(out_type).row_nbytes(cols)

@@ -21,10 +21,18 @@ class StoredTensor:
     ``raw()`` returns ``stored[argsort(stored_rows)]``.
     """
 
-    def __init__(self, info: TensorInfo, load: Callable[[], np.ndarray], stored_rows: np.ndarray | None = None) -> None:
+    def __init__(self, info: TensorInfo, load: Callable[[], np.ndarray], stored_rows: np.ndarray | None = None,
+                 release: Callable[[], None] | None = None) -> None:
         self.info = info
         self._load = load
+        self._release = release
         self._canonical_order = None if stored_rows is None else np.argsort(stored_rows)
+
+    def release(self) -> None:
+        """Drop this tensor's mapped file pages from the process (the OS page cache keeps them), so a
+        converter streaming a whole model never holds more than the tensor at hand in its RSS."""
+        if self._release is not None:
+            self._release()
 
     def stored_bytes(self) -> np.ndarray:
         """Bytes in file order, flat uint8 (rows of GGUF llama q/k still permuted)."""
@@ -68,3 +76,17 @@ def rope_permutation(rows: int, n_head: int) -> np.ndarray:
     """llama.cpp's ``permute`` on row indices: stored row i holds canonical (HF) row ``perm[i]``."""
     index = np.arange(rows)
     return index.reshape(n_head, 2, rows // n_head // 2).swapaxes(1, 2).reshape(rows)
+
+
+def page_dropper(data: np.memmap, start: int, stop: int) -> Callable[[], None]:
+    """A ``release`` callback for bytes ``[start, stop)`` of a read-only np.memmap (MADV_DONTNEED)."""
+    import mmap
+
+    def drop() -> None:
+        handle = getattr(data, "_mmap", None)  # numpy keeps the mmap object here
+        if handle is None or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        first = start - start % mmap.PAGESIZE
+        handle.madvise(mmap.MADV_DONTNEED, first, stop - first)
+
+    return drop
