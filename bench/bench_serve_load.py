@@ -2,16 +2,18 @@
 
 Method (all over loopback with the official `openai` client against a real `apr serve` subprocess):
   1. warmup: WARMUP greedy requests (the first one pays compile and allocator costs).
-  2. reference: every prompt once, alone, greedy -> the text each later reply must equal exactly
-     (greedy output is batch-invariant, so any difference is a garbled or mixed-up reply).
-  3. single stream: REPEATS streamed greedy completions of MAX_TOKENS, one at a time.
-     decode tok/s = (tokens - 1) / (last token time - first token time).
-  4. concurrent streams: CLIENTS streams started together, REPEATS times.
-     aggregate decode tok/s = sum(tokens - 1) / (last token time of all - earliest first token).
+  2. short completion: REPEATS + 2 greedy 10-token completions, wall time per request.
+  3. single stream: REPEATS streamed greedy completions of MAX_TOKENS, one at a time (logprobs=0, so
+     one chunk per token). decode tok/s = (tokens - 1) / (last token time - first token time);
+     end-to-end tok/s = tokens / (last token time - request start).
+  4. concurrent streams: CLIENTS streams started together, REPEATS times. Aggregate decode tok/s =
+     tokens of all streams inside the window where every stream is decoding (from the last first
+     token to the first last token) / window length; end-to-end = all tokens / wall time.
      Meanwhile a poller times GET /health every 20 ms.
-  5. load: CLIENTS threads, each sending REQUESTS greedy requests back to back (alternating plain and
-     streamed, completions and chat): every reply must arrive, finish, and equal its reference.
-  6. short completion: REPEATS x a 10-token greedy completion, wall time per request.
+  5. load: first every prompt once, alone, greedy (plain completion and chat) -> the reference
+     texts; then CLIENTS threads each send REQUESTS greedy requests back to back (alternating plain
+     and streamed, completions and chat). Every reply must arrive, finish, and equal its reference
+     exactly (greedy output is batch-invariant), else it counts as lost or garbled.
 Reported: median and p90 of each figure; the last stdout line is one JSON document.
 """
 
@@ -63,11 +65,19 @@ def summary(values: list[float]) -> dict[str, float]:
 
 @dataclass
 class StreamTiming:
+    """One streamed completion; `token_times` has one entry per generated token."""
+
     text: str
-    tokens: int
     start: float
-    first: float
-    end: float
+    token_times: list[float]
+
+    @property
+    def tokens(self) -> int:
+        return len(self.token_times)
+
+    @property
+    def end(self) -> float:
+        return self.token_times[-1] if self.token_times else self.start
 
 
 def start_server(model: str, batch_size: int, device: str) -> tuple[subprocess.Popen, str]:
@@ -82,35 +92,35 @@ def start_server(model: str, batch_size: int, device: str) -> tuple[subprocess.P
 
 
 def stream_completion(client: openai.OpenAI, model: str, prompt: str, max_tokens: int) -> StreamTiming:
+    # logprobs=0 makes the server send one chunk per token, even while text is held back.
     start = time.perf_counter()
-    first = None
-    tokens = 0
-    parts = []
-    usage = None
+    times, parts = [], []
     for chunk in client.completions.create(model=model, prompt=prompt, max_tokens=max_tokens, temperature=0.0,
-                                           stream=True, stream_options={"include_usage": True}):
-        if chunk.usage is not None:
-            usage = chunk.usage
+                                           stream=True, logprobs=0):
         if chunk.choices:
-            if first is None:
-                first = time.perf_counter()
+            times.append(time.perf_counter())
             parts.append(chunk.choices[0].text)
-    end = time.perf_counter()
-    tokens = usage.completion_tokens if usage else 0
-    return StreamTiming("".join(parts), tokens, start, first or end, end)
+    return StreamTiming("".join(parts), start, times)
 
 
-def single_stream(client, model, max_tokens: int, repeats: int) -> list[float]:
-    rates = []
+def single_stream(client, model, max_tokens: int, repeats: int) -> tuple[list[float], list[float]]:
+    """Decode tok/s (after the first token) and end-to-end tok/s (prefill included) of lone streams."""
+    decode, end_to_end = [], []
     for i in range(repeats):
         timing = stream_completion(client, model, PROMPTS[i % len(PROMPTS)], max_tokens)
         if timing.tokens > 1:
-            rates.append((timing.tokens - 1) / (timing.end - timing.first))
-    return rates
+            decode.append((timing.tokens - 1) / (timing.end - timing.token_times[0]))
+            end_to_end.append(timing.tokens / (timing.end - timing.start))
+    return decode, end_to_end
 
 
-def concurrent_streams(url, model, clients: int, max_tokens: int, repeats: int) -> tuple[list[float], list[float]]:
-    rates, health_ms = [], []
+def concurrent_streams(url, model, clients: int, max_tokens: int, repeats: int):
+    """Aggregate decode tok/s while all streams decode together, end-to-end tok/s, /health latencies.
+
+    The decode window runs from the moment the last stream got its first token (every sequence is
+    prefilled) to the moment the first stream ended; only tokens inside it are counted.
+    """
+    decode, end_to_end, health_ms = [], [], []
     for _ in range(repeats):
         stop = threading.Event()
         poller = threading.Thread(target=poll_health, args=(url, stop, health_ms))
@@ -121,9 +131,16 @@ def concurrent_streams(url, model, clients: int, max_tokens: int, repeats: int) 
                 range(clients)))
         stop.set()
         poller.join()
-        window = max(t.end for t in timings) - min(t.first for t in timings)
-        rates.append(sum(t.tokens - 1 for t in timings) / window)
-    return rates, health_ms
+        window_start = max(t.token_times[0] for t in timings)
+        window_end = min(t.end for t in timings)
+        inside = sum(1 for t in timings for at in t.token_times if window_start < at <= window_end)
+        if window_end - window_start > 0 and inside > 0:
+            decode.append(inside / (window_end - window_start))
+        else:
+            progress("no window where every stream was decoding (a stream ended early); raise --max-tokens")
+        wall = max(t.end for t in timings) - min(t.start for t in timings)
+        end_to_end.append(sum(t.tokens for t in timings) / wall)
+    return decode, end_to_end, health_ms
 
 
 def poll_health(url: str, stop: threading.Event, latencies_ms: list[float]) -> None:
@@ -254,9 +271,9 @@ def main() -> None:
         progress("short completions")
         short = short_completion(client, model, args.repeats + 2)
         progress(f"short completion median {statistics.median(short):.2f} s; single streams")
-        single = single_stream(client, model, args.max_tokens, args.repeats)
+        single, single_e2e = single_stream(client, model, args.max_tokens, args.repeats)
         progress(f"single stream median {statistics.median(single):.2f} tok/s; {args.clients} concurrent streams")
-        multi, health_ms = concurrent_streams(url, model, args.clients, args.max_tokens, args.repeats)
+        multi, multi_e2e, health_ms = concurrent_streams(url, model, args.clients, args.max_tokens, args.repeats)
         progress(f"concurrent median {statistics.median(multi):.2f} tok/s; references for the load test")
         expected = references(client, model, args.max_tokens // 2)
         progress("load test")
@@ -265,6 +282,7 @@ def main() -> None:
         proc.terminate()
         proc.wait(30)
     speedup = statistics.median(multi) / statistics.median(single)
+    speedup_e2e = statistics.median(multi_e2e) / statistics.median(single_e2e)
     report = {
         "bench": "serve_load",
         "model": args.model,
@@ -274,6 +292,9 @@ def main() -> None:
         "single_stream_decode_tok_s": summary(single),
         "concurrent_decode_tok_s": summary(multi),
         "batching_speedup": round(speedup, 3),
+        "single_stream_end_to_end_tok_s": summary(single_e2e),
+        "concurrent_end_to_end_tok_s": summary(multi_e2e),
+        "batching_speedup_end_to_end": round(speedup_e2e, 3),
         "health_ms_while_generating": summary(health_ms),
         "short_completion_10_tokens_s": summary(short),
         "load": load,
