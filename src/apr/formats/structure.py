@@ -71,10 +71,12 @@ def trace_structure(model: CanonicalModel, name_filter: str | None = None) -> di
     norm_scale = {}
     for name, s in stats.items():
         if names.is_norm_weight(name):
-            effective = s.mean + config.norm_weight_offset  # the scale a norm actually applies
+            # The scale a norm actually applies is w + offset (Gemma: 1 + w); norms are small, decode whole.
+            scale = np.abs(model.tensors[name].dequantize_numpy().astype(np.float64) + config.norm_weight_offset)
+            effective = float(scale.mean())
             norm_scale[name] = effective
-            if abs(effective) < NEAR_ZERO:
-                flags.append(f"{name}: norm weight near zero (effective mean {effective:.2e})")
+            if effective < NEAR_ZERO:
+                flags.append(f"{name}: norm weight near zero (mean |scale| {effective:.2e})")
     flags.extend(f"{name}: {s.nan_count} NaN / {s.inf_count} Inf values" for name, s in stats.items()
                  if s.nan_count or s.inf_count)
     low, high = ROPE_THETA_RANGE.get(config.architecture, (1.0, 1e9))
