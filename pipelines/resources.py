@@ -38,7 +38,7 @@ class AprSettings(dg.ConfigurableResource):
 
     playbooks_dir: str = str(DEFAULT_PLAYBOOKS_DIR)
     workers: int = 1
-    # dtype of the SafeTensors artifact (f32, bf16, f16); None = apr's default for the format.
+    # dtype of the SafeTensors artifact (f32, bf16, f16); None = what `apr certify` uses (apr.qa.artifacts).
     safetensors_dtype: str | None = None
     cell_timeout_s: float = 600.0
 

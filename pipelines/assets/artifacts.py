@@ -1,16 +1,18 @@
 """The ``gguf``, ``apr`` and ``safetensors`` assets: the checkpoint converted into each format by apr."""
 
-
 import os
 import shutil
 from pathlib import Path
 
 import dagster as dg
 
+from apr.qa.artifacts import SAFETENSORS_DTYPE  # the dtype `apr certify` widens quantized sources to
+from pipelines.code_digest import apr_code_digest
 from pipelines.gateways import load_check, tensor_names
 from pipelines.resources import AprSettings, WorkRoot
 from pipelines.stage import StageResult, run_stage, stage_output
 from pipelines.work_root import FileRef, StageRecord, file_ref
+
 
 CODE_VERSION = "1"
 FORMATS = ("gguf", "apr", "safetensors")
@@ -87,7 +89,7 @@ def build_artifact(target_format: str, partitions: dg.PartitionsDefinition) -> d
         layout = work.layout()
         source = Path(checkpoint.facts["path"])
         source_format = checkpoint.facts["format"]
-        dtype = settings.safetensors_dtype if target_format == "safetensors" else None
+        dtype = (settings.safetensors_dtype or SAFETENSORS_DTYPE) if target_format == "safetensors" else None
 
         def build(directory: Path) -> StageResult:
             with layout.staging_dir(target_format, key, "out") as staging:
@@ -97,7 +99,8 @@ def build_artifact(target_format: str, partitions: dg.PartitionsDefinition) -> d
                                facts={"format": target_format, "path": str(produced), "dtype": "keep", **facts})
 
         record = run_stage(layout, asset=target_format, partition=key, code_version=CODE_VERSION,
-                           inputs={"checkpoint": checkpoint.data_version, "dtype": dtype}, build=build)
+                           inputs={"checkpoint": checkpoint.data_version, "dtype": dtype,
+                                   "apr": apr_code_digest("formats")}, build=build)
         path = Path(record.facts["path"])
         weights = {name: ref for name, ref in record.files.items() if name.startswith("artifact")}
         yield stage_output(record, None, {

@@ -6,6 +6,7 @@ from pathlib import Path
 import dagster as dg
 
 from pipelines.audit import AUDIT_NOTEBOOK, EVIDENCE_NAME, run_audit_notebook
+from pipelines.code_digest import apr_code_digest
 from pipelines.resources import WorkRoot
 from pipelines.stage import StageResult, run_stage, stage_output
 from pipelines.work_root import FileRef, StageRecord, file_ref, replace_dir, sha256_file
@@ -79,7 +80,8 @@ def build_certification(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinit
 
         record = run_stage(layout, asset=ASSET, partition=key, code_version=CODE_VERSION,
                            inputs={"evidence": gate_results.files["evidence"].sha256,
-                                   "notebook": sha256_file(AUDIT_NOTEBOOK), "published": str(published)},
+                                   "notebook": sha256_file(AUDIT_NOTEBOOK), "published": str(published),
+                                   "apr": apr_code_digest("qa")},
                            build=build)
         facts = record.facts
         return stage_output(record, EVIDENCE_NAME, {

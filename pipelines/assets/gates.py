@@ -1,10 +1,11 @@
-"""The ``gate_results`` asset: apr.qa's model-level gates on the artifacts, merged with the cell evidence."""
+"""The ``gate_results`` asset: apr.qa's model-level and runtime gates, merged with the cell evidence."""
 
 from pathlib import Path
 
 import dagster as dg
 
-from pipelines.assets.artifacts import artifact_sha256
+from pipelines.assets.inference import execution_plan, recorder_for
+from pipelines.code_digest import apr_code_digest
 from pipelines.playbooks import load
 from pipelines.resources import AprSettings, WorkRoot
 from pipelines.stage import StageResult, run_stage, stage_output
@@ -16,35 +17,41 @@ EVIDENCE_NAME = "evidence.jsonl"
 
 
 def run_gates(playbook, checkpoint: StageRecord, artifacts: dict[str, StageRecord], cells: Path,
-              directory: Path, cuda: bool) -> StageResult:
-    """Write ``evidence.jsonl``: the matrix cells' records, then every model-level gate's records."""
+              directory: Path, workers: int, cuda: bool) -> StageResult:
+    """Write ``evidence.jsonl`` in `apr certify`'s order: model-level gates, the matrix cells, runtime gates.
+
+    The cells were run by ``inference_traces``; their records are copied in. Determinism reruns,
+    throughput and GPU speedup are apr.qa's runtime gates over those records.
+    """
     from collections import Counter
 
     from apr.qa.axes import Format
+    from apr.qa.certify import Certification, CertifyOptions, expected_sha256
     from apr.qa.evidence import EvidenceWriter, read_evidence
     from apr.qa.model_gates import ModelGateInputs, ModelGateRun
-    from apr.qa.recording import Recorder
 
-    paths = {Format(name): Path(record.facts["path"]) for name, record in artifacts.items()}
-    digests = {Format(name): artifact_sha256(record) for name, record in artifacts.items()}
+    recorder = recorder_for(playbook, checkpoint, artifacts)
+    plan = execution_plan(playbook, artifacts, workers, cuda)
+    source = Format(checkpoint.facts["format"])
     inputs = ModelGateInputs(
-        artifacts=paths, digests=digests, source=Format(checkpoint.facts["format"]), gates=playbook.gates,
-        expected_sha256=checkpoint.facts["sha256"], chat=playbook.model.chat_template, cuda_available=cuda,
-        backends=tuple(playbook.matrix.backends),
+        artifacts=dict(recorder.artifacts), digests=dict(recorder.sha256), source=source, gates=playbook.gates,
+        expected_sha256=expected_sha256(playbook.model.ref) if playbook.gates.g0_integrity.verify_sha256 else None,
+        chat=playbook.model.chat_template, cuda_available=cuda, backends=tuple(playbook.matrix.backends),
     )
-    recorder = Recorder(model=playbook.model.ref, artifacts=paths, sha256=digests, playbook=playbook.name,
-                        tier=playbook.tier)
     evidence = directory / EVIDENCE_NAME
     evidence.unlink(missing_ok=True)
     with EvidenceWriter(evidence) as writer:
-        for record in read_evidence(cells).records:
-            writer.append(record)
 
         def emit(records: list) -> None:
             for record in records:
                 writer.append(record)
 
         ModelGateRun(inputs, recorder, emit).run()
+        emit(list(read_evidence(cells).records))
+        # The runtime gates live on apr.qa's Certification; calling them keeps one implementation.
+        certification = Certification(CertifyOptions(playbook=playbook.source, model_path=playbook.model_path(),
+                                                     progress=False))
+        certification._runtime_gates(plan, read_evidence(evidence).records, recorder, emit, frozenset(), source)
     records = read_evidence(evidence).records
     outcomes = Counter(str(record.outcome) for record in records)
     gates = Counter(str(record.gate) for record in records)
@@ -76,13 +83,14 @@ def build_gate_results(partitions: dg.PartitionsDefinition) -> dg.AssetsDefiniti
         inputs = {
             "gates": playbook.gates.model_dump(mode="json"), "model": playbook.model.model_dump(mode="json"),
             "backends": [str(backend) for backend in playbook.matrix.backends], "cuda": cuda,
-            "checkpoint": checkpoint.data_version,
+            "checkpoint": checkpoint.data_version, "apr": apr_code_digest("engine", "formats", "qa"),
             "artifacts": {name: record.data_version for name, record in artifacts.items()},
             "cells": inference_traces.files["evidence"].sha256,
         }
         record = run_stage(work.layout(), asset=ASSET, partition=key, code_version=CODE_VERSION, inputs=inputs,
                            build=lambda directory: run_gates(playbook, checkpoint, artifacts,
-                                                             inference_traces.path("evidence"), directory, cuda))
+                                                             inference_traces.path("evidence"), directory,
+                                                             settings.workers, cuda))
         return stage_output(record, "evidence", {
             "records": dg.MetadataValue.int(record.facts["records"]),
             "outcomes": dg.MetadataValue.json(record.facts["outcomes"]),

@@ -8,6 +8,7 @@ from statistics import median
 import dagster as dg
 
 from pipelines.assets.artifacts import artifact_sha256
+from pipelines.code_digest import apr_code_digest
 from pipelines.playbooks import load
 from pipelines.resources import AprSettings, WorkRoot
 from pipelines.stage import StageResult, run_stage, stage_output
@@ -41,21 +42,38 @@ def throughput_by_format(runs: dict) -> dict[str, float]:
     return {name: round(median(values), 2) for name, values in sorted(measured.items())}
 
 
-def run_matrix(playbook, artifacts: dict[str, StageRecord], directory: Path, workers: int, cuda: bool) -> StageResult:
-    """Run the playbook's cells on the artifacts with apr's executor; write the cell evidence and one trace per cell."""
+def execution_plan(playbook, artifacts: dict[str, StageRecord], workers: int, cuda: bool):
+    """apr.qa's plan for the playbook's cells on the pipeline's artifacts (also used for determinism reruns)."""
     from apr.qa.axes import Format
-    from apr.qa.evidence import EvidenceWriter
-    from apr.qa.executor import ExecutionPlan, execute
+    from apr.qa.executor import ExecutionPlan
+
+    paths = {Format(name): Path(record.facts["path"]) for name, record in artifacts.items()}
+    return ExecutionPlan(cells=tuple(playbook.cells()), artifacts=paths, timeout_s=playbook.execution.timeout_s,
+                         workers=max(workers, playbook.execution.workers),
+                         failure_policy=playbook.execution.failure_policy,
+                         use_chat_template=playbook.model.chat_template, cuda_available=cuda)
+
+
+def recorder_for(playbook, checkpoint: StageRecord, artifacts: dict[str, StageRecord]):
+    """The apr.qa Recorder every evidence record of this model is stamped by."""
+    from apr.qa.axes import Format
     from apr.qa.recording import Recorder
 
     paths = {Format(name): Path(record.facts["path"]) for name, record in artifacts.items()}
     digests = {Format(name): artifact_sha256(record) for name, record in artifacts.items()}
-    cells = tuple(playbook.cells())
-    plan = ExecutionPlan(cells=cells, artifacts=paths, timeout_s=playbook.execution.timeout_s,
-                         workers=max(workers, playbook.execution.workers), failure_policy=playbook.execution.failure_policy,
-                         use_chat_template=playbook.model.chat_template, cuda_available=cuda)
-    recorder = Recorder(model=playbook.model.ref, artifacts=paths, sha256=digests, playbook=playbook.name,
-                        tier=playbook.tier)
+    return Recorder(model=playbook.model.ref, artifacts=paths, sha256=digests, playbook=playbook.name,
+                    tier=playbook.tier, source=Format(checkpoint.facts["format"]))
+
+
+def run_matrix(playbook, checkpoint: StageRecord, artifacts: dict[str, StageRecord], directory: Path, workers: int,
+               cuda: bool) -> StageResult:
+    """Run the playbook's cells on the artifacts with apr's executor; write the cell evidence and one trace per cell."""
+    from apr.qa.evidence import EvidenceWriter
+    from apr.qa.executor import execute
+
+    plan = execution_plan(playbook, artifacts, workers, cuda)
+    cells = plan.cells
+    recorder = recorder_for(playbook, checkpoint, artifacts)
     evidence = directory / CELLS_NAME
     evidence.unlink(missing_ok=True)
     with EvidenceWriter(evidence) as writer:
@@ -100,12 +118,14 @@ def build_inference_traces(partitions: dg.PartitionsDefinition) -> dg.AssetsDefi
         inputs = {
             "cells": [cell.model_dump(mode="json") for cell in playbook.cells()],
             "execution": playbook.execution.model_dump(mode="json"), "model": playbook.model.model_dump(mode="json"),
-            "cuda": cuda, "workers": settings.workers,
+            "quality": playbook.garbage_spec().model_dump(mode="json"),  # the cells' garbage oracle thresholds
+            "cuda": cuda, "workers": settings.workers, "apr": apr_code_digest("cli", "engine", "formats", "qa", "serve"),
             "artifacts": {name: record.data_version for name, record in artifacts.items()},
             "checkpoint": checkpoint.data_version,
         }
         record = run_stage(work.layout(), asset=ASSET, partition=key, code_version=CODE_VERSION, inputs=inputs,
-                           build=lambda directory: run_matrix(playbook, artifacts, directory, settings.workers, cuda))
+                           build=lambda directory: run_matrix(playbook, checkpoint, artifacts, directory,
+                                                              settings.workers, cuda))
         facts = record.facts
         metadata = {
             "cells": dg.MetadataValue.int(facts["cells_planned"]),

@@ -47,6 +47,7 @@ execution:
 gates:
   CONTRACT-INVARIANTS:
   TOKENIZER-PARITY:
+  THROUGHPUT: {{min_tok_s: {{cpu: 0.01, gpu: 1.0}}}}
 """
 
 
@@ -121,7 +122,9 @@ def test_certification_folder_is_complete_and_rendered_from_the_evidence(graph: 
     records = read_evidence(folder / "evidence.jsonl").records
     cells = [r for r in records if r.scenario.modality is not None]
     assert len({r.scenario.format for r in cells}) == 3  # every format ran
-    assert any(r.scenario.modality is None for r in records)  # model-level gates too
+    gates = {str(r.gate) for r in records}
+    assert {"G0-INTEGRITY", "G1-LOAD", "CONTRACT-INVARIANTS", "TOKENIZER-PARITY"} <= gates  # model-level gates
+    assert "THROUGHPUT" in gates  # runtime gates over the cells' measurements
     mqs = compute_mqs(records)
     metadata = metadata_of(runs["first"][0])["certification"]
     assert (metadata["MQS"], metadata["grade"], metadata["status"]) == (mqs.score, mqs.grade, mqs.status.value)
