@@ -92,3 +92,22 @@ def test_writers_leave_no_temporary_files(fixture_models, tmp_path):
         convert(fixture_models["llama"]["gguf"], fmt, tmp_path / _out_name(fmt))
     leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
     assert leftovers == []
+
+
+def test_sharded_safetensors_round_trip(fixture_models, tmp_path):
+    from apr.formats.safetensors_write import write_safetensors_dir
+
+    source = load_model(fixture_models["gemma3"]["gguf"])
+    out = write_safetensors_dir(source, tmp_path / "hf", dtype="f32", max_shard_bytes=200_000)
+    shards = sorted(p.name for p in out.glob("*.safetensors"))
+    assert len(shards) > 2 and (out / "model.safetensors.index.json").is_file()
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    assert set(index["weight_map"]) == set(source.tensors)
+    again = load_model(out)
+    for name, tensor in source.tensors.items():
+        assert torch.equal(again.tensors[name].dequantize(), tensor.dequantize()), name
+    (out / shards[1]).unlink()
+    from apr.errors import FormatError
+
+    with pytest.raises(FormatError, match="missing"):
+        load_model(out)
