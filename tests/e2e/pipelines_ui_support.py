@@ -8,6 +8,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -15,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-VENV_BIN = Path(os.environ.get("VIRTUAL_ENV", REPO_ROOT / ".venv")) / "bin"
+# The `dagster` script installed next to the interpreter running the tests (the project's venv).
+VENV_BIN = Path(sys.executable).parent
 READY_TIMEOUT_S = 180.0
 STOP_TIMEOUT_S = 60.0
 
