@@ -131,3 +131,20 @@ def test_partial_stop_prefix_is_released_when_it_does_not_complete():
     pieces, tracker = _feed("a <b <c", ("<end>",))
     assert not tracker.stopped
     assert "".join(pieces) == "a <b <c"
+
+
+def test_tensor_only_decode_step_equals_the_batched_one(engine):
+    """decode_one (the torch.compile target) computes exactly what decode does for one sequence."""
+    from apr.engine.kv_cache import SequenceCache
+
+    model, cfg = engine.transformer, engine.config
+    caches = [SequenceCache(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, 256, model.dtype, torch.device("cpu"))
+              for _ in range(2)]
+    with torch.inference_mode():
+        for cache in caches:
+            model.prefill(torch.tensor(PROMPTS[1]), cache)
+        for token in (5, 9, 77):
+            a = model.decode(torch.tensor([token]), [caches[0]])
+            b = model.decode_one(torch.tensor([token]), torch.tensor([caches[1].length]), caches[1].k, caches[1].v)
+            caches[1].length += 1
+            assert torch.equal(a, b)

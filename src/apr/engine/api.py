@@ -57,7 +57,7 @@ class Engine:
             "dtype": str(self.dtype).removeprefix("torch."),
             "weights": weight_kinds(self.transformer),
             "dense_prefill": self.policy.dense_prefill,
-            "compile": self.compile_state,
+            "compile": getattr(self._decode_step, "state", self.compile_state),
             "weights_cache": self.pack_state,
             "threads": torch.get_num_threads(),
             "max_positions": self.transformer.max_positions,
@@ -118,8 +118,9 @@ def load_engine(model: str | Path | CanonicalModel, *, device: str = "auto", dty
 
     dtype fp32 dequantizes every tensor (the exact reference mode); bf16 (default) keeps quantized
     tensors packed for the weight-only kernels. ``pack_cache`` keeps converted weights under
-    ``$APR_HOME/engine-cache`` so the next load of the same file skips the conversion. ``compile`` None means: compile the decode step on CPU
-    when the packed kernels are in use.
+    ``$APR_HOME/engine-cache`` so the next load of the same file skips the conversion. ``compile`` True
+    wraps the single-sequence decode step in torch.compile (off by default: the first compile costs tens
+    of seconds). ``dense_prefill`` keeps dense bf16 copies of packed matrices for faster prompts.
     """
     start = time.perf_counter()
     set_threads(threads)
@@ -138,7 +139,8 @@ def load_engine(model: str | Path | CanonicalModel, *, device: str = "auto", dty
         store.save()
     from apr.engine.compile import compile_decode
 
-    want_compile = packed and dev.type == "cpu" if compile is None else compile
+    # Off unless asked: the first compile costs tens of seconds, which `apr run` cannot amortize.
+    want_compile = bool(compile)
     decode_step, state = compile_decode(transformer, want_compile)
     return Engine(canonical, transformer, policy, state, time.perf_counter() - start, decode_step, pack_state)
 

@@ -200,6 +200,29 @@ class Transformer(nn.Module):
             cache.length += 1
         return self.head(x, rows=True)
 
+    def decode_one(self, token: torch.Tensor, pos: torch.Tensor, k_all: torch.Tensor, v_all: torch.Tensor) -> torch.Tensor:
+        """``decode`` for a single sequence in tensor-only form (position as a tensor), for torch.compile.
+
+        Writes the new key/value at ``pos`` of ``k_all``/``v_all`` (``[layers, kv_heads, capacity, d]``)
+        and returns logits ``[1, vocab]``; the caller advances the cache length."""
+        index = torch.arange(k_all.shape[2], device=k_all.device)
+        full = (index <= pos)[None]
+        window = self.cfg.sliding_window
+        local = full & (index > pos - window)[None] if window else full
+        kv_heads, head_dim = self.cfg.num_kv_heads, self.cfg.head_dim
+        rep = self.cfg.num_heads // kv_heads
+        x = self.embed(token)
+        for block in self.blocks:
+            cos, sin = self.rope(block, pos)
+            q, k, v = block.qkv(block.input_norm(x), cos, sin, rows=True)
+            keys, values = k_all[block.index], v_all[block.index]
+            keys.index_copy_(1, pos, k.transpose(0, 1))
+            values.index_copy_(1, pos, v.transpose(0, 1))
+            out = F.scaled_dot_product_attention(q[0].view(kv_heads, rep, head_dim)[None], keys[None], values[None],
+                                                 attn_mask=local if block.sliding else full, scale=block.scale)
+            x = block.finish(x, out.reshape(1, -1), rows=True)
+        return self.head(x, rows=True)
+
     def _decode_masks(self, cache: SequenceCache) -> tuple[torch.Tensor, torch.Tensor]:
         """Boolean masks over the cache for the token at position ``cache.length``: (global, sliding)."""
         index = torch.arange(cache.capacity, device=cache.k.device)

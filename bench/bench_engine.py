@@ -1,0 +1,169 @@
+"""Our engine vs transformers vs llama.cpp on the same GGUF, in one run: prefill tok/s, decode tok/s, ratios.
+
+Method: each engine is loaded once (load time reported), then runs `--warmup` untimed repetitions and
+timed ones until both `--min-reps` and `--min-seconds` are reached. One repetition = prefill of a fixed
+`--prompt-tokens` prompt (time to first token) + `--decode-tokens` forced greedy steps (no EOS stop).
+Figures are medians with p90 (slow tail). Engines run one after another, so on a shared machine drift
+between them is possible: compare ratios from the same run only. Last stdout line: one JSON document.
+
+    .venv/bin/python bench/bench_engine.py --model /tmp/models/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+
+def measure(name: str, once: Callable[[], tuple[float, float]], args) -> dict:
+    for _ in range(args.warmup):
+        once()
+    ttft, decode = [], []
+    started = time.perf_counter()
+    while len(ttft) < args.min_reps or time.perf_counter() - started < args.min_seconds:
+        t, d = once()
+        ttft.append(t)
+        decode.append(d)
+        print(f"  {name} rep {len(ttft)}: prefill {args.prompt_tokens / t:.1f} tok/s, "
+              f"decode {(args.decode_tokens - 1) / d:.2f} tok/s", file=sys.stderr)
+
+    def p90(values):
+        ordered = sorted(values)
+        return ordered[min(len(ordered) - 1, round(0.9 * (len(ordered) - 1)))]
+
+    n = args.decode_tokens - 1
+    return {"reps": len(ttft),
+            "prefill_tok_s": {"median": args.prompt_tokens / statistics.median(ttft), "p90": args.prompt_tokens / p90(ttft)},
+            "decode_tok_s": {"median": n / statistics.median(decode), "p90": n / p90(decode)},
+            "ttft_s": {"median": statistics.median(ttft), "p90": p90(ttft)}}
+
+
+def ours(args, prompt: list[int]):
+    from apr.engine import load_engine
+    from apr.engine.bench import run_once
+
+    start = time.perf_counter()
+    engine = load_engine(args.model, device="cpu", threads=args.threads, compile=args.compile,
+                         dense_prefill=args.dense_prefill)
+    load_s = time.perf_counter() - start
+    return load_s, lambda: run_once(engine, prompt, args.decode_tokens), engine.describe()
+
+
+def transformers_bf16(args, prompt: list[int]):
+    from transformers import AutoModelForCausalLM
+
+    start = time.perf_counter()
+    model = AutoModelForCausalLM.from_pretrained(args.model.parent, gguf_file=args.model.name,
+                                                 dtype=torch.bfloat16).eval()
+    load_s = time.perf_counter() - start
+
+    @torch.inference_mode()
+    def once():
+        t0 = time.perf_counter()
+        out = model(torch.tensor([prompt]), use_cache=True)
+        token = out.logits[:, -1:].argmax(-1)
+        t1 = time.perf_counter()
+        past = out.past_key_values
+        for _ in range(args.decode_tokens - 1):
+            out = model(token, past_key_values=past, use_cache=True)
+            past, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        return t1 - t0, time.perf_counter() - t1
+
+    return load_s, once, {"dtype": "bfloat16", "weights": "dequantized by transformers"}
+
+
+def llama_cpp(args, prompt: list[int]):
+    import numpy as np
+    from llama_cpp import Llama
+
+    start = time.perf_counter()
+    llm = Llama(model_path=str(args.model), n_threads=args.threads, n_threads_batch=args.threads,
+                n_ctx=args.prompt_tokens + args.decode_tokens + 16, n_batch=512, verbose=False, logits_all=False)
+    load_s = time.perf_counter() - start
+
+    def once():
+        llm.reset()
+        t0 = time.perf_counter()
+        llm.eval(prompt)
+        token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        t1 = time.perf_counter()
+        for _ in range(args.decode_tokens - 1):
+            llm.eval([token])
+            token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        return t1 - t0, time.perf_counter() - t1
+
+    return load_s, once, {"llama_cpp_python": __import__("llama_cpp").__version__}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, required=True, help="a GGUF file")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--prompt-tokens", type=int, default=128)
+    parser.add_argument("--decode-tokens", type=int, default=64)
+    parser.add_argument("--min-reps", type=int, default=5)
+    parser.add_argument("--min-seconds", type=float, default=10.0)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--compile", action="store_true", help="torch.compile our decode step")
+    parser.add_argument("--dense-prefill", action="store_true", help="keep dense bf16 copies for prompts")
+    parser.add_argument("--engines", default="apr,transformers,llama.cpp")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from apr.engine.bench import FILLER
+    from apr.formats import load_model
+
+    tokenizer = load_model(args.model).tokenizer
+    prompt: list[int] = []
+    while len(prompt) < args.prompt_tokens:
+        prompt += tokenizer.encode(FILLER, add_special_tokens=False)
+    prompt = prompt[:args.prompt_tokens]
+
+    runners = {"apr": ours, "transformers": transformers_bf16, "llama.cpp": llama_cpp}
+    results: dict[str, dict] = {}
+    for name in args.engines.split(","):
+        if name == "llama.cpp":
+            try:
+                import llama_cpp  # noqa: F401
+            except ImportError:
+                print("llama.cpp: skipped (llama-cpp-python is not installed; pip install llama-cpp-python==0.3.36)",
+                      file=sys.stderr)
+                results[name] = {"skipped": "llama-cpp-python not installed"}
+                continue
+        print(f"{name}: loading", file=sys.stderr)
+        load_s, once, info = runners[name](args, prompt)
+        results[name] = {"load_s": round(load_s, 2), **measure(name, once, args), "info": info}
+
+    print(f"\n{'engine':<14}{'load s':>8}{'prefill tok/s':>16}{'decode tok/s':>15}   (median, p90)")
+    for name, r in results.items():
+        if "skipped" in r:
+            print(f"{name:<14}  skipped: {r['skipped']}")
+            continue
+        print(f"{name:<14}{r['load_s']:>8.1f}{r['prefill_tok_s']['median']:>10.1f} /{r['prefill_tok_s']['p90']:>5.0f}"
+              f"{r['decode_tok_s']['median']:>9.2f} /{r['decode_tok_s']['p90']:>5.1f}")
+    ratios = {}
+    if "apr" in results and "reps" in results["apr"]:
+        for other in ("transformers", "llama.cpp"):
+            if "reps" in results.get(other, {}):
+                for metric in ("prefill_tok_s", "decode_tok_s"):
+                    ratios[f"{metric} apr/{other}"] = round(
+                        results["apr"][metric]["median"] / results[other][metric]["median"], 3)
+    for key, value in ratios.items():
+        print(f"ratio {key}: {value:.2f}x")
+    doc = {"bench": "bench_engine", "model": str(args.model), "threads": args.threads,
+           "prompt_tokens": args.prompt_tokens, "decode_tokens": args.decode_tokens, "results": results,
+           "ratios": ratios, "torch": torch.__version__, "machine": platform.machine()}
+    print(json.dumps(doc, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""`apr run` and `apr chat` as real subprocesses on fixture checkpoints: JSON shape, piped chat, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+APR = [sys.executable, "-m", "apr.cli.main"]
+
+
+def apr(*args: str, stdin: str | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8"}
+    return subprocess.run([*APR, *args], input=stdin, capture_output=True, text=True, timeout=timeout, env=env,
+                          encoding="utf-8")
+
+
+@pytest.mark.parametrize("fmt", ["gguf", "apr", "safetensors"])
+def test_run_json_document(fixture_models, fmt):
+    path = fixture_models["qwen2"][fmt]
+    proc = apr("run", str(path), "--prompt", "hello there", "--max-tokens", "5", "--json", "--device", "cpu")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(doc) >= {"text", "prompt_tokens", "completion_tokens", "finish_reason", "timings", "model", "device"}
+    assert set(doc["timings"]) >= {"load_s", "ttft_s", "prefill_tok_s", "decode_tok_s", "total_s"}
+    assert doc["model"]["format"] == fmt and doc["model"]["architecture"] == "qwen2"
+    assert doc["prompt_tokens"] > 0 and 1 <= doc["completion_tokens"] <= 5
+    assert doc["finish_reason"] in ("stop", "length")
+    assert doc["device"] == "cpu"
+
+
+def test_run_is_deterministic_greedy_and_seeded(fixture_models):
+    path = str(fixture_models["llama"]["gguf"])
+    base = ("run", path, "--prompt", "abc", "--max-tokens", "8", "--json", "--raw")
+    first, second = (json.loads(apr(*base).stdout) for _ in range(2))
+    assert first["text"] == second["text"]
+    sampled = [json.loads(apr(*base, "--temperature", "1.0", "--seed", "11").stdout)["text"] for _ in range(2)]
+    assert sampled[0] == sampled[1]
+
+
+def test_chat_reads_piped_turns_and_prints_one_json_line_per_reply(fixture_models):
+    path = str(fixture_models["llama"]["gguf"])
+    proc = apr("chat", path, "--max-tokens", "4", "--json", stdin="hi\n/reset\nsecond turn 你好\n/exit\nnever read\n")
+    assert proc.returncode == 0, proc.stderr
+    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+    assert len(lines) == 2
+    assert all({"text", "completion_tokens", "finish_reason", "timings"} <= set(line) for line in lines)
+
+
+def test_bad_model_path_is_one_error_line(tmp_path):
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"GGUF\x03\x00\x00\x00garbage")
+    proc = apr("run", str(broken), "--prompt", "x", "--json")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("error:") and len(proc.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in proc.stderr
+
+
+def test_bad_sampling_option_is_one_error_line(fixture_models):
+    proc = apr("run", str(fixture_models["llama"]["gguf"]), "--prompt", "x", "--top-p", "0")
+    assert proc.returncode == 2 and "top_p" in proc.stderr and "Traceback" not in proc.stderr
