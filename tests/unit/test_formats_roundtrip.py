@@ -111,3 +111,17 @@ def test_sharded_safetensors_round_trip(fixture_models, tmp_path):
 
     with pytest.raises(FormatError, match="missing"):
         load_model(out)
+
+
+def test_outputs_get_ordinary_permissions(fixture_models, tmp_path):
+    import os
+    import stat
+
+    umask = os.umask(0o022)
+    try:
+        for fmt in FORMATS:
+            out = convert(fixture_models["llama"]["gguf"], fmt, tmp_path / _out_name(fmt)).output
+            mode = stat.S_IMODE(os.stat(out).st_mode)
+            assert mode == (0o755 if fmt == "safetensors" else 0o644), (fmt, oct(mode))
+    finally:
+        os.umask(umask)

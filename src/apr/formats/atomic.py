@@ -20,6 +20,8 @@ def atomic_path(final: Path) -> Iterator[Path]:
     temp = Path(name)
     try:
         yield temp
+        # mkstemp makes 0600 files; a model file gets the usual permissions (0666 minus the umask).
+        os.chmod(temp, 0o666 & ~_umask())
         os.replace(temp, final)
     finally:
         if temp.exists():
@@ -34,6 +36,7 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     temp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".part", dir=final.parent))
     try:
         yield temp
+        os.chmod(temp, 0o777 & ~_umask())
         if final.exists():
             if not final.is_dir():
                 raise FileExistsError(f"{final} exists and is not a directory")
@@ -47,3 +50,9 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     finally:
         if temp.exists():
             shutil.rmtree(temp, ignore_errors=True)
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
