@@ -53,11 +53,10 @@ def register(app: typer.Typer) -> None:
         from apr.formats.convert import convert, report_path_for
         from apr.formats.load import load_model
 
-        source = _resolve(src)
-        total = sum(s.info.nbytes for s in load_model(source).tensors.values())
-        bar = _progress_bar(total, f"convert → {to.value}", enabled=not quiet)
-        report = convert(source, to.value, out, dtype=dtype.value if dtype else None,
-                         progress=(lambda _name, n: bar.update(n)) if bar is not None else None)
+        model = load_model(_resolve(src))
+        bar = _progress_bar(len(model.tensors), f"convert → {to.value}", enabled=not quiet)
+        report = convert(model, to.value, out, dtype=dtype.value if dtype else None,
+                         progress=(lambda _name, _nbytes: bar.update(1)) if bar is not None else None)
         if bar is not None:
             bar.close()
         summary = report.to_json()["summary"]
@@ -106,5 +105,4 @@ def _progress_bar(total: int, label: str, *, enabled: bool):
         return None
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=label, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
-                dynamic_ncols=True, leave=False)
+    return tqdm(total=total, desc=label, unit="tensor", file=sys.stderr, dynamic_ncols=True, leave=False)

@@ -133,15 +133,16 @@ def convert_model(model: CanonicalModel, to: TargetFormat, out: Path, *, dtype: 
         raise FormatError(f"{out}: cannot write {to}: {err}") from err
 
 
-def convert(src: Path, to: TargetFormat, out: Path, *, dtype: DtypeChoice | None = None,
+def convert(src: Path | CanonicalModel, to: TargetFormat, out: Path, *, dtype: DtypeChoice | None = None,
             progress: Progress | None = None, report: bool = True) -> ConversionReport:
-    """Load ``src``, write ``out``, re-read it strictly, and write the JSON report next to it."""
+    """Load ``src`` (or take an already loaded model), write ``out``, re-read it strictly, and write
+    the JSON report next to it."""
     from apr.formats.load import load_model
 
-    src, out = Path(src), Path(out)
+    model = src if isinstance(src, CanonicalModel) else load_model(Path(src))
+    src, out = Path(model.source_path), Path(out)
     if out.resolve() == src.resolve():
         raise FormatError(f"{out}: output would overwrite the source; choose another -o path")
-    model = load_model(src)
     started = time.perf_counter()
     convert_model(model, to, out, dtype=dtype, progress=progress)
     seconds = time.perf_counter() - started

@@ -62,9 +62,9 @@ def write_safetensors_dir(model: CanonicalModel, out_dir: Path, *, dtype: DtypeC
                 for name in names_in_shard:
                     for chunk in iter_encoded(model.tensors[name], types[name], 0.0):
                         writer.write_chunk(name, chunk)
-                        if progress is not None:
-                            progress(name, int(chunk.nbytes))
                     writer.finish_tensor(name)
+                    if progress is not None:
+                        progress(name, tensor_nbytes(types[name], model.tensors[name].info.shape))
                     model.tensors[name].release()
                     weight_map[name] = file_name
         if len(shards) > 1:
