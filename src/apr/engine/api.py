@@ -69,6 +69,10 @@ class Engine:
         """float32 ``[len(ids), vocab]`` logits of the whole sequence, computed without a cache."""
         if not ids:
             raise ValueError("logits() needs at least one token id")
+        if len(ids) > self.transformer.max_positions:
+            raise ValueError(f"{len(ids)} tokens exceed this engine's {self.transformer.max_positions} positions")
+        if any(not 0 <= i < self.config.vocab_size for i in ids):
+            raise ValueError(f"token ids must lie in [0, {self.config.vocab_size})")
         return self.transformer(torch.tensor(ids, device=self.device)).float().cpu()
 
     def prompt_logprobs(self, ids: list[int]) -> list[float | None]:
