@@ -55,8 +55,10 @@ def register(app: typer.Typer) -> None:
         compile: CompileOpt = None,
     ) -> None:
         """Generate one reply to --prompt and exit."""
-        from apr.cli.engine_session import (model_json, open_engine, prompt_ids, result_json, stream_to_stdout,
-                                            timing_line)
+        from apr.cli.engine_session import (argv_text, model_json, open_engine, prompt_ids, result_json,
+                                            stream_to_stdout, timing_line)
+
+        prompt = argv_text(prompt)
 
         params = _sampling(max_tokens, temperature, seed, top_k, top_p, repetition_penalty)
         engine, load_s = open_engine(model, EngineOptions(device, dtype, threads, compile))
@@ -88,7 +90,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Talk to the model: each line is a user turn; /reset forgets the history, /exit (or Ctrl-D) leaves."""
         from apr.cli.engine_chat import chat_loop
-        from apr.cli.engine_session import open_engine
+        from apr.cli.engine_session import argv_text, open_engine
+
+        system = None if system is None else argv_text(system)
 
         params = _sampling(max_tokens, temperature, seed)
         engine, load_s = open_engine(model, EngineOptions(device, dtype, threads, compile))

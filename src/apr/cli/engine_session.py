@@ -22,9 +22,22 @@ class EngineOptions:
     dense_prefill: bool | None = None
 
 
+def utf8_stdio() -> None:
+    """Read and write UTF-8 whatever the locale says (a C locale would otherwise mangle 你好)."""
+    for stream in (sys.stdin, sys.stdout, sys.stderr):
+        if (getattr(stream, "encoding", "") or "").lower().replace("-", "") != "utf8" and hasattr(stream, "reconfigure"):
+            stream.reconfigure(encoding="utf-8", errors="replace" if stream is sys.stdin else "strict")
+
+
+def argv_text(text: str) -> str:
+    """Command-line text as real characters: under a C locale Python hands UTF-8 bytes over as surrogates."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def open_engine(model_arg: str, options: EngineOptions) -> tuple["Engine", float]:
     """(engine, seconds from the start of loading) for a MODEL argument (path, cached name or ref)."""
     start = time.perf_counter()
+    utf8_stdio()
     from apr.engine import load_engine
     from apr.formats import load_model
     from apr.hub import resolve_model_arg
