@@ -8,7 +8,7 @@ from apr.qa.gates import runtime
 from apr.qa.gate_table import gate_rows
 from apr.qa.gates_catalog import GateId
 from apr.qa.matrix import MatrixCell
-from apr.qa.playbook_gates import DeterminismGate, GpuSpeedupGate, ThroughputGate
+from apr.qa.playbook_gates import DeterminismGate, GpuSpeedupGate
 from apr.qa.recording import Check, Recorder, Timer, stamp_all
 from apr.qa.scenarios import Pool, Prompt
 
@@ -28,29 +28,39 @@ def records(*checks: Check):
     return stamp_all(recorder, list(checks), Timer())
 
 
-def test_throughput_uses_the_median_decode_speed_per_format_and_backend():
-    evidence = records(reply(Format.GGUF, Backend.CPU, Modality.RUN, 10.0), reply(Format.GGUF, Backend.CPU, Modality.CHAT, 30.0),
-                       reply(Format.GGUF, Backend.CPU, Modality.RUN, 20.0), reply(Format.APR, Backend.CPU, Modality.RUN, 2.0),
-                       reply(Format.APR, Backend.CPU, Modality.SERVE, 99.0))  # serve speed includes HTTP: not used
-    checks = runtime.throughput_checks(evidence, ThroughputGate(min_tok_s={Backend.CPU: 5.0}),
-                                       (Format.GGUF, Format.APR), (Backend.CPU,), cuda_available=False)
-    by_name = {c.check: c for c in checks}
-    assert by_name["decode:gguf/cpu"].outcome is Outcome.CORROBORATED and by_name["decode:gguf/cpu"].measured == 20.0
-    assert by_name["decode:apr/cpu"].outcome is Outcome.FALSIFIED and by_name["decode:apr/cpu"].measured == 2.0
+def bench(ending_code: int | None, speed: float | None, timed_out: bool = False):
+    from apr.qa.procs import ProcessResult
+
+    process = ProcessResult(argv=("apr", "bench"), returncode=ending_code, stdout="", stderr="boom" if ending_code else "",
+                            duration_s=1.0, timed_out=timed_out)
+    result = None if speed is None else {"decode_tok_s": {"median": speed, "p90": speed * 0.9}, "reps": 3,
+                                         "prefill_tok_s": {"median": 100.0}, "load_s": 0.5}
+    return process, result
 
 
-def test_throughput_without_measurements_or_cuda_is_skipped():
-    evidence = records(reply(Format.GGUF, Backend.CPU, Modality.RUN, 10.0, outcome=Outcome.FALSIFIED))
-    checks = runtime.throughput_checks(evidence, ThroughputGate(), (Format.GGUF,), (Backend.CPU, Backend.GPU), False)
-    assert [c.outcome for c in checks] == [Outcome.SKIPPED, Outcome.SKIPPED]
-    assert "CUDA" in checks[1].reason
+def test_throughput_compares_the_bench_median_with_the_backend_minimum():
+    fast = runtime.throughput_check(Format.GGUF, Backend.CPU, 5.0, *bench(0, 20.0))
+    slow = runtime.throughput_check(Format.APR, Backend.CPU, 5.0, *bench(0, 2.0))
+    assert (fast.outcome, fast.measured, fast.n_compared) == (Outcome.CORROBORATED, 20.0, 3)
+    assert (slow.outcome, slow.measured) == (Outcome.FALSIFIED, 2.0)
+
+
+def test_throughput_failures_keep_their_kind_and_skips_their_reason():
+    assert runtime.throughput_check(Format.GGUF, Backend.CPU, 5.0, *bench(-11, None)).outcome is Outcome.CRASHED
+    assert runtime.throughput_check(Format.GGUF, Backend.CPU, 5.0, *bench(None, None, True)).outcome is Outcome.TIMEOUT
+    assert runtime.throughput_check(Format.GGUF, Backend.CPU, 5.0, *bench(0, None)).outcome is Outcome.FALSIFIED
+    gpu = runtime.throughput_check(Format.GGUF, Backend.GPU, 50.0, None, None, "no CUDA device on this host")
+    assert gpu.outcome is Outcome.SKIPPED and "CUDA" in gpu.reason
 
 
 def test_gpu_speedup_is_measured_only_with_cuda_and_both_speeds():
-    evidence = records(reply(Format.GGUF, Backend.CPU, Modality.RUN, 10.0), reply(Format.GGUF, Backend.GPU, Modality.RUN, 15.0))
+    evidence = records(runtime.throughput_check(Format.GGUF, Backend.CPU, 1.0, *bench(0, 10.0)),
+                       runtime.throughput_check(Format.GGUF, Backend.GPU, 1.0, *bench(0, 15.0)))
     assert runtime.gpu_speedup_checks(evidence, GpuSpeedupGate(), False)[0].outcome is Outcome.SKIPPED
     slow = runtime.gpu_speedup_checks(evidence, GpuSpeedupGate(min_speedup=2.0), True)[0]
     assert slow.outcome is Outcome.FALSIFIED and slow.measured == 1.5
+    only_cpu = records(runtime.throughput_check(Format.GGUF, Backend.CPU, 1.0, *bench(0, 10.0)))
+    assert runtime.gpu_speedup_checks(only_cpu, GpuSpeedupGate(), True)[0].outcome is Outcome.SKIPPED
 
 
 def test_determinism_compares_reruns_with_the_recorded_reply():

@@ -181,3 +181,16 @@ RUNNERS = {"run": run_cell_run, "chat": run_cell_chat, "serve": run_cell_serve}
 
 def run_cell(cell: Cell, apr_argv: list[str], children: Children | None = None) -> CellRun:
     return RUNNERS[cell.modality](cell, apr_argv, children)
+
+
+BENCH_ARGS = ("--prompt-tokens", "32", "--decode-tokens", "32", "--min-reps", "3", "--min-seconds", "0",
+              "--warmup", "1")
+
+
+def run_bench(model_path, device: str, timeout_s: float, apr_argv: list[str],
+              children: Children | None = None) -> tuple[ProcessResult, dict[str, Any] | None]:
+    """`apr bench MODEL --device D` (warmup first, then repetitions): the last stdout line is its JSON result."""
+    argv = [*apr_argv, "bench", str(model_path), "--device", device, *BENCH_ARGS]
+    process = run_process(argv, timeout_s=timeout_s, env=child_env(), children=children)
+    lines = process.stdout.strip().splitlines()
+    return process, (_json_document(lines[-1]) if lines and process.ending is Ending.OK else None)

@@ -1,7 +1,8 @@
-"""Gates measured on the real CLI runs: determinism (a cell rerun gives the same reply), throughput and GPU speedup.
+"""Gates measured with the real CLI: determinism (a cell rerun gives the same reply), throughput (`apr bench`,
+warmup then repetitions, per format and backend) and GPU speedup (from the throughput records).
 
-Throughput and speedup read the decode speeds the cells already recorded (G2 metrics), so they are
-recomputed from evidence alone; determinism reruns one cell per modality through the real CLI.
+The cells' own decode speeds are not used for throughput: a one-shot `apr run` of a short reply measures
+its first decode steps, compile and cold caches included, which says little about decode speed.
 """
 
 from __future__ import annotations
@@ -13,61 +14,49 @@ from apr.qa.axes import Backend, Format, Modality
 from apr.qa.evidence import EvidenceRecord, Outcome, excerpt
 from apr.qa.gates_catalog import GateId
 from apr.qa.matrix import MatrixCell
-from apr.qa.playbook_gates import DeterminismGate, GpuSpeedupGate, ThroughputGate
-from apr.qa.recording import Check, skipped, verdict
+from apr.qa.playbook_gates import DeterminismGate, GpuSpeedupGate
+from apr.qa.procs import Ending, ProcessResult
+from apr.qa.recording import Check, falsified, skipped, verdict
 
 THROUGHPUT, SPEEDUP, DETERMINISM = GateId.THROUGHPUT, GateId.GPU_SPEEDUP, GateId.DETERMINISM
-# serve replies carry only request-level timing (prefill + HTTP included), so decode speed comes from run/chat.
-DECODE_MODALITIES = (Modality.RUN, Modality.CHAT)
 
 
 def _replies(records: Sequence[EvidenceRecord]) -> list[EvidenceRecord]:
     return [r for r in records if r.gate is GateId.G2_INFERENCE and r.outcome is Outcome.CORROBORATED]
 
 
-def decode_speeds(records: Sequence[EvidenceRecord], fmt: Format | None, backend: Backend) -> list[float]:
-    """Decode tok/s of every successful run/chat cell of this format (None: any) and backend."""
-    speeds = []
-    for record in _replies(records):
-        scenario = record.scenario
-        value = record.metrics.get("decode_tok_s")
-        if (scenario.backend is backend and scenario.modality in DECODE_MODALITIES
-                and (fmt is None or scenario.format is fmt) and isinstance(value, (int, float)) and value > 0):
-            speeds.append(float(value))
-    return speeds
+def throughput_check(fmt: Format, backend: Backend, minimum: float, process: ProcessResult | None,
+                     bench: dict | None, skip_reason: str | None = None) -> Check:
+    """One `apr bench` result against the playbook's minimum decode tok/s for the backend."""
+    name, fields = f"decode:{fmt}/{backend}", {"format": fmt, "backend": backend, "threshold": minimum, "unit": "tok/s"}
+    if skip_reason is not None or process is None:
+        return skipped(THROUGHPUT, name, skip_reason or "not measured", **fields)
+    if process.ending is Ending.CRASHED or process.ending is Ending.TIMEOUT:
+        outcome = Outcome.CRASHED if process.ending is Ending.CRASHED else Outcome.TIMEOUT
+        return Check(THROUGHPUT, name, outcome, f"apr bench: {process.reason()}", n_compared=1,
+                     output=process.stderr_tail(), **fields)
+    speed = ((bench or {}).get("decode_tok_s") or {}).get("median")
+    if not isinstance(speed, (int, float)) or speed <= 0:
+        return falsified(THROUGHPUT, name, f"apr bench gave no decode speed: {process.reason()}",
+                         output=process.stderr_tail(), **fields)
+    metrics = {"p90_tok_s": bench["decode_tok_s"].get("p90"), "reps": bench.get("reps"),
+               "prefill_tok_s": (bench.get("prefill_tok_s") or {}).get("median"), "load_s": bench.get("load_s")}
+    return verdict(THROUGHPUT, name, speed >= minimum, f"apr bench: median decode {speed:.1f} tok/s over "
+                   f"{bench.get('reps')} repetitions after warmup (min {minimum})", int(bench.get("reps") or 1),
+                   measured=round(float(speed), 3), metrics=metrics, **fields)
 
 
-def throughput_checks(records: Sequence[EvidenceRecord], settings: ThroughputGate, formats: Sequence[Format],
-                      backends: Sequence[Backend], cuda_available: bool) -> list[Check]:
-    checks = []
-    for backend in backends:
-        minimum = settings.min_tok_s[backend]
-        for fmt in formats:
-            name = f"decode:{fmt}/{backend}"
-            if backend is Backend.GPU and not cuda_available:
-                checks.append(skipped(THROUGHPUT, name, "no CUDA device on this host: GPU speed not measured",
-                                      format=fmt, backend=backend, threshold=minimum, unit="tok/s"))
-                continue
-            speeds = decode_speeds(records, fmt, backend)
-            if not speeds:
-                checks.append(skipped(THROUGHPUT, name, "no run/chat cell of this format and backend measured a "
-                                      "decode speed (none succeeded or all replies were one token)",
-                                      format=fmt, backend=backend, threshold=minimum, unit="tok/s"))
-                continue
-            median = statistics.median(speeds)
-            checks.append(verdict(THROUGHPUT, name, median >= minimum,
-                                  f"median decode {median:.1f} tok/s over {len(speeds)} cell(s) (min {minimum})",
-                                  len(speeds), format=fmt, backend=backend, measured=round(median, 3),
-                                  threshold=minimum, unit="tok/s",
-                                  metrics={"cells": len(speeds), "min_cell_tok_s": round(min(speeds), 3)}))
-    return checks
+def _bench_speeds(records: Sequence[EvidenceRecord], backend: Backend) -> list[float]:
+    return [r.measured for r in records if r.gate is THROUGHPUT and r.scenario.backend is backend
+            and r.measured is not None and r.outcome in (Outcome.CORROBORATED, Outcome.FALSIFIED)]
 
 
 def gpu_speedup_checks(records: Sequence[EvidenceRecord], settings: GpuSpeedupGate, cuda_available: bool) -> list[Check]:
+    """GPU over CPU decode speed, from the THROUGHPUT records (medians over formats)."""
     if not cuda_available:
         return [skipped(SPEEDUP, "gpu/cpu", "no CUDA device on this host: GPU speedup not measured",
                         threshold=settings.min_speedup, unit="x")]
-    cpu, gpu = decode_speeds(records, None, Backend.CPU), decode_speeds(records, None, Backend.GPU)
+    cpu, gpu = _bench_speeds(records, Backend.CPU), _bench_speeds(records, Backend.GPU)
     if not cpu or not gpu:
         return [skipped(SPEEDUP, "gpu/cpu", f"decode speeds missing (cpu cells {len(cpu)}, gpu cells {len(gpu)})",
                         threshold=settings.min_speedup, unit="x")]
