@@ -6,9 +6,11 @@ Method (all over loopback with the official `openai` client against a real `apr 
   3. single stream: REPEATS streamed greedy completions of MAX_TOKENS, one at a time (logprobs=0, so
      one chunk per token). decode tok/s = (tokens - 1) / (last token time - first token time);
      end-to-end tok/s = tokens / (last token time - request start).
-  4. concurrent streams: CLIENTS streams started together, REPEATS times. Aggregate decode tok/s =
-     tokens of all streams inside the window where every stream is decoding (from the last first
-     token to the first last token) / window length; end-to-end = all tokens / wall time.
+  4. concurrent streams: CLIENTS streams started together, REPEATS times, each run right after a
+     single-stream run of step 3 (alternating, so drifting machine load hits both alike).
+     Aggregate decode tok/s = tokens of all streams inside the window where every stream is
+     decoding (from the last first token to the first last token) / window length;
+     end-to-end = all tokens / wall time.
      Meanwhile a poller times GET /health every 20 ms.
   5. load: first every prompt once, alone, greedy (plain completion and chat) -> the reference
      texts; then CLIENTS threads each send REQUESTS greedy requests back to back (alternating plain
@@ -271,10 +273,18 @@ def main() -> None:
         progress("short completions")
         short = short_completion(client, model, args.repeats + 2)
         progress(f"short completion median {statistics.median(short):.2f} s; single streams")
-        single, single_e2e = single_stream(client, model, args.max_tokens, args.repeats)
-        progress(f"single stream median {statistics.median(single):.2f} tok/s; {args.clients} concurrent streams")
-        multi, multi_e2e, health_ms = concurrent_streams(url, model, args.clients, args.max_tokens, args.repeats)
-        progress(f"concurrent median {statistics.median(multi):.2f} tok/s; references for the load test")
+        # Single and concurrent runs alternate, so drifting machine load hits both alike.
+        single, single_e2e, multi, multi_e2e, health_ms = [], [], [], [], []
+        for repeat in range(args.repeats):
+            decode, end_to_end = single_stream(client, model, args.max_tokens, 1)
+            single += decode
+            single_e2e += end_to_end
+            decode, end_to_end, latencies = concurrent_streams(url, model, args.clients, args.max_tokens, 1)
+            multi += decode
+            multi_e2e += end_to_end
+            health_ms += latencies
+            progress(f"repeat {repeat + 1}: single {single[-1:]} tok/s, {args.clients} streams {multi[-1:]} tok/s")
+        progress("references for the load test")
         expected = references(client, model, args.max_tokens // 2)
         progress("load test")
         load = load_test(url, model, expected, args.clients, args.requests, args.max_tokens // 2)
