@@ -36,6 +36,21 @@ def reference(fixture_models):
     return get
 
 
+@pytest.fixture(scope="module")
+def engines(fixture_models):
+    """Engines by (arch, format, dtype), loaded once per module."""
+    cache = {}
+
+    def get(arch: str, fmt: str, dtype: str):
+        key = (arch, fmt, dtype)
+        if key not in cache:
+            cache[key] = load_engine(fixture_models[arch][fmt], device="cpu", dtype=dtype, compile=False,
+                                     pack_cache=False)
+        return cache[key]
+
+    return get
+
+
 def compare_logits(engine, hf, ids_list) -> tuple[int, int, float]:
     agree = total = 0
     worst = 0.0
@@ -51,8 +66,8 @@ def compare_logits(engine, hf, ids_list) -> tuple[int, int, float]:
 
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("arch", ARCHS)
-def test_fp32_logits_match_transformers_at_every_position(fixture_models, reference, arch, fmt):
-    engine = load_engine(fixture_models[arch][fmt], device="cpu", dtype="fp32", compile=False)
+def test_fp32_logits_match_transformers_at_every_position(engines, reference, arch, fmt):
+    engine = engines(arch, fmt, "fp32")
     # 20 prompts on the SafeTensors copy; the other formats hold the same values, so a few prompts show it.
     count = 20 if fmt == "safetensors" else 4
     agree, total, worst = compare_logits(engine, reference(arch), prompts(count, engine.config.vocab_size, seed=1))
@@ -62,8 +77,8 @@ def test_fp32_logits_match_transformers_at_every_position(fixture_models, refere
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_packed_bf16_top1_agreement(fixture_models, reference, arch):
-    engine = load_engine(fixture_models[arch]["gguf"], device="cpu", compile=False, pack_cache=False)
+def test_packed_bf16_top1_agreement(engines, reference, arch):
+    engine = engines(arch, "gguf", "bf16")
     assert engine.describe()["weights"].get("int4", 0) > 0  # the packed kernels really are in use
     agree, total, worst = compare_logits(engine, reference(arch), prompts(20, engine.config.vocab_size, seed=4))
     print(f"{arch}/gguf bf16 packed: top-1 {agree}/{total} ({agree / total:.1%}), max |dlogit| {worst:.2e}")
@@ -71,8 +86,8 @@ def test_packed_bf16_top1_agreement(fixture_models, reference, arch):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_greedy_32_token_continuations_match_transformers(fixture_models, reference, arch):
-    engine = load_engine(fixture_models[arch]["gguf"], device="cpu", dtype="fp32", compile=False)
+def test_greedy_32_token_continuations_match_transformers(engines, reference, arch):
+    engine = engines(arch, "gguf", "fp32")
     hf = reference(arch)
     for ids in prompts(2, engine.config.vocab_size, seed=2):
         ours = engine.generate(ids, SamplingParams(max_tokens=32))
@@ -83,11 +98,11 @@ def test_greedy_32_token_continuations_match_transformers(fixture_models, refere
         assert (ours.finish_reason == "stop") == (ours.token_ids[-1] in engine.eos_token_ids)
 
 
-def test_cached_decode_matches_uncached_logits(fixture_models):
+def test_cached_decode_matches_uncached_logits(engines):
     """Prefill + token-by-token decode reproduces the no-cache logits; gemma3's 16-token window is crossed."""
     from apr.engine.kv_cache import SequenceCache
 
-    engine = load_engine(fixture_models["gemma3"]["gguf"], device="cpu", dtype="fp32", compile=False)
+    engine = engines("gemma3", "gguf", "fp32")
     ids = prompts(1, engine.config.vocab_size, seed=3)[0][:10] + list(range(10, 40))
     model, cfg = engine.transformer, engine.config
     cache = SequenceCache(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, 256, torch.float32, torch.device("cpu"))

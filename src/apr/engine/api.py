@@ -44,6 +44,11 @@ class Engine:
         self.eos_token_ids = tuple(sorted(eos))
 
     @property
+    def max_positions(self) -> int:
+        """Most positions (prompt + generated) one sequence may use here: min(context length, engine limit)."""
+        return self.transformer.max_positions
+
+    @property
     def decode_step(self):
         """The function that decodes one token for a list of sequences (compiled when compile is on)."""
         return self._decode_step or self.transformer.decode
