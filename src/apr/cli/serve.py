@@ -44,10 +44,8 @@ def register(app: typer.Typer) -> None:
         signal.signal(signal.SIGTERM, _interrupt)
         logging.basicConfig(level=logging.WARNING, format="apr serve: %(levelname)s: %(message)s")
 
-        from apr.engine import load_engine
         from apr.hub import resolve_model_arg
         from apr.serve import server
-        from apr.serve.app import create_app
         from apr.serve.served import ServeSettings
 
         settings = ServeSettings(
@@ -63,6 +61,10 @@ def register(app: typer.Typer) -> None:
         model_path = resolve_model_arg(model)
         # Bind before the (slow) model load, so a busy port fails at once.
         sock = server.bind(host, port)
+        # torch and the app come in only now: bad arguments above are refused without that wait.
+        from apr.engine import load_engine
+        from apr.serve.app import create_app
+
         engine = load_engine(model_path, device=device.value)
         app = create_app(engine, settings)
         stopped_by = server.run(app, settings, sock, announce=lambda line: typer.echo(line))
