@@ -90,6 +90,7 @@ def build_certification(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinit
             "status": dg.MetadataValue.text(facts["status"]),
             "records": dg.MetadataValue.int(facts["records"]),
             "gateways_passed": dg.MetadataValue.bool(facts["gateways_passed"]),
+            "blockers": dg.MetadataValue.text("; ".join(facts["blockers"]) or "none"),
             "folder": dg.MetadataValue.path(facts["published"]),
             "report": dg.MetadataValue.path(str(Path(facts["published"]) / REPORT_NAME)),
             "audit_notebook": dg.MetadataValue.path(str(Path(facts["published"]) / "audit.ipynb")),

@@ -51,7 +51,7 @@ def run_gates(playbook, checkpoint: StageRecord, artifacts: dict[str, StageRecor
         # The runtime gates live on apr.qa's Certification; calling them keeps one implementation.
         certification = Certification(CertifyOptions(playbook=playbook.source, model_path=playbook.model_path(),
                                                      progress=False))
-        certification._runtime_gates(plan, read_evidence(evidence).records, recorder, emit, frozenset(), source)
+        certification.runtime_gates(plan, read_evidence(evidence).records, recorder, emit, frozenset(), source)
     records = read_evidence(evidence).records
     outcomes = Counter(str(record.outcome) for record in records)
     gates = Counter(str(record.gate) for record in records)
