@@ -222,7 +222,7 @@ class Certification:
             checks += runtime.modality_skips(settings, [cell.modality for cell, _ in targets])
             emit(stamp_all(recorder, checks, timer))
         if gates.throughput is not None and GateId.THROUGHPUT not in done:
-            emit(self._throughput(plan, recorder, formats))
+            self._throughput(plan, recorder, formats, emit)
             records = read_evidence(self.evidence).records
         if gates.gpu_speedup is not None and GateId.GPU_SPEEDUP not in done:
             timer = Timer()
@@ -230,12 +230,12 @@ class Certification:
 
     _runtime_gates = runtime_gates  # the name pipelines/assets/gates.py calls; new callers use runtime_gates
 
-    def _throughput(self, plan: ExecutionPlan, recorder: Recorder, formats) -> list[EvidenceRecord]:
-        """`apr bench` per format × backend of the matrix (GPU without CUDA, or no artifact: skipped)."""
+    def _throughput(self, plan: ExecutionPlan, recorder: Recorder, formats, emit) -> None:
+        """`apr bench` per format × backend of the matrix (GPU without CUDA, or no artifact: skipped); each
+        result is written as soon as it is measured."""
         from apr.qa.gates.runtime import throughput_check
         from apr.qa.runners import run_bench
 
-        records = []
         for backend in self.playbook.matrix.backends:
             minimum = self.playbook.gates.throughput.min_tok_s[backend]
             for fmt in formats:
@@ -249,8 +249,7 @@ class Certification:
                     process, bench = run_bench(plan.artifacts[fmt], backend.device, plan.timeout_s,
                                                list(plan.apr_argv))
                     check = throughput_check(fmt, backend, minimum, process, bench)
-                records += stamp_all(recorder, [check], timer)
-        return records
+                emit(stamp_all(recorder, [check], timer))
 
     def _write_reports(self, records, mqs: MqsResult) -> None:
         from apr.qa.reports import write_text_atomic
