@@ -49,8 +49,9 @@ def run_gates(playbook, checkpoint: StageRecord, artifacts: dict[str, StageRecor
         ModelGateRun(inputs, recorder, emit).run()
         emit(list(read_evidence(cells).records))
         # The runtime gates live on apr.qa's Certification; calling them keeps one implementation.
+        # output=directory: it re-reads its evidence file, which must be this one.
         certification = Certification(CertifyOptions(playbook=playbook.source, model_path=playbook.model_path(),
-                                                     progress=False))
+                                                     output=directory, progress=False))
         certification.runtime_gates(plan, read_evidence(evidence).records, recorder, emit, frozenset(), source)
     records = read_evidence(evidence).records
     outcomes = Counter(str(record.outcome) for record in records)
