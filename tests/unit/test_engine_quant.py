@@ -39,7 +39,7 @@ def test_int4_linear_matches_dense_matmul():
     raw = random_blocks(quant.Q4_K, n, k, seed=1)
     groups = quant.int4_groups_from_raw(raw, quant.Q4_K, (n, k))
     bias = torch.randn(n)
-    layer = Int4Linear(groups, bias, torch.bfloat16, torch.device("cpu"))
+    layer = Int4Linear.from_groups(groups, bias.bfloat16(), torch.device("cpu"))
     x = torch.randn(3, k)
     expected = x @ groups.dequantize().T + bias
     got = layer(x.bfloat16()).float()
@@ -51,7 +51,7 @@ def test_int8_per_channel_error_is_small():
     q, scale = quant.int8_per_channel(w)
     assert q.dtype == torch.int8
     assert float((q.float() * scale[:, None] - w).abs().max()) <= float(scale.max()) / 2 + 1e-6
-    layer = Int8Linear(w, None, torch.bfloat16, torch.device("cpu"))
+    layer = Int8Linear.from_weight(w, None, torch.device("cpu"))
     x = torch.randn(2, 256)
     rel = (layer(x.bfloat16()).float() - x @ w.T).norm() / (x @ w.T).norm()
     assert rel < 0.02
@@ -61,8 +61,8 @@ def test_batched_rows_equal_single_rows_for_packed_and_bf16_kernels():
     """The batching guarantee rests on this: a row's result does not depend on the other rows."""
     n, k = 96, 512
     groups = quant.int4_groups_from_raw(random_blocks(quant.Q4_K, n, k, seed=2), quant.Q4_K, (n, k))
-    layers = [Int4Linear(groups, None, torch.bfloat16, torch.device("cpu")),
-              Int8Linear(groups.dequantize(), None, torch.bfloat16, torch.device("cpu"))]
+    layers = [Int4Linear.from_groups(groups, None, torch.device("cpu")),
+              Int8Linear.from_weight(groups.dequantize(), None, torch.device("cpu"))]
     dense = groups.dequantize().bfloat16()
     x = torch.randn(5, k).bfloat16()
     for layer in layers:
