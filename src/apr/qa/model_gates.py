@@ -102,6 +102,10 @@ class ModelGateRun:
         from apr.qa.gates.load import load_engine_check
         from apr.qa.gates.parity import encode_prompts, prompt_logits
 
+        engine_gates = (GateId.G1_LOAD, GateId.GOLDEN_OUTPUT, GateId.ATTENTION_TRACE, GateId.FORMAT_PARITY,
+                        GateId.REFERENCE_PARITY)
+        if not any(self.wanted(gate) for gate in engine_gates):
+            return {}  # all recorded already (resume): loading gigabytes of engines would decide nothing
         source_model = self.models.get(self.inputs.source)
         ids = encode_prompts(source_model, self._parity_prompts()) if source_model else []
         self.parity_ids = ids
