@@ -25,29 +25,32 @@ def _hf_from_gguf(path):
 
 
 def _parity(path, fp32_greedy_prompts: int):
-    """Our engine (fp32 reference mode and the packed bf16 path) against transformers fp32 on the same GGUF."""
+    """Our engine (fp32 reference mode and the default packed path) against transformers fp32 on the same GGUF.
+
+    The default path on CPU is apr's native kernels where they build (``kernels`` in describe() says)."""
     hf = _hf_from_gguf(path)
     exact = load_engine(path, device="cpu", dtype="fp32", compile=False)
     packed = load_engine(path, device="cpu", compile=False)
     tok = exact.tokenizer
-    stats = {"fp32": [0, 0, 0.0], "bf16": [0, 0, 0.0]}
+    print(f"default path: {packed.describe()['kernels']} {packed.describe()['weights']}")
+    stats = {"fp32": [0, 0, 0.0], "packed": [0, 0, 0.0]}
     for prompt in PROMPTS:
         ids = tok.encode(prompt, add_special_tokens=True)
         with torch.no_grad():
             ref = hf(torch.tensor([ids])).logits[0].float()
-        for name, engine in (("fp32", exact), ("bf16", packed)):
+        for name, engine in (("fp32", exact), ("packed", packed)):
             ours = engine.logits(ids)
             stats[name][0] += int((ours.argmax(-1) == ref.argmax(-1)).sum())
             stats[name][1] += len(ids)
             stats[name][2] = max(stats[name][2], float((ours - ref).abs().max()))
-    greedy = {"fp32": 0, "bf16": 0}
+    greedy = {"fp32": 0, "packed": 0}
     for prompt in PROMPTS[:fp32_greedy_prompts]:
         ids = tok.encode(prompt, add_special_tokens=True)
         with torch.no_grad():
             ref = hf.generate(torch.tensor([ids]), max_new_tokens=32, do_sample=False,
                               eos_token_id=list(exact.eos_token_ids), pad_token_id=exact.eos_token_ids[0])
         expected = ref[0, len(ids):].tolist()
-        for name, engine in (("fp32", exact), ("bf16", packed)):
+        for name, engine in (("fp32", exact), ("packed", packed)):
             greedy[name] += engine.generate(ids, SamplingParams(max_tokens=32)).token_ids == expected
     for name, (agree, total, worst) in stats.items():
         print(f"{path.name} {name}: top-1 {agree}/{total} ({agree / total:.1%}), max |dlogit| {worst:.3f}, "
@@ -61,10 +64,10 @@ def test_parity_with_transformers_on_the_same_gguf(real_model, ref):
     agree, total, _ = stats["fp32"]
     assert agree / total >= 0.99
     assert greedy["fp32"] == 5
-    # The packed path (bf16 activations, int4 scales in bf16, Q6_K/Q8_0 requantized to int8) is held to
-    # top-1 agreement; its greedy continuations drift at near-ties (measured: smollm2 3/5, gemma3 1/5
-    # identical over 32 tokens), so that count is reported, not asserted.
-    agree, total, _ = stats["bf16"]
+    # The packed path (activations quantized to int8 per 32 by the native kernels, or bf16 with PyTorch's
+    # kernels) is held to top-1 agreement; its greedy continuations drift at near-ties (measured with the
+    # bf16 kernels: smollm2 3/5, gemma3 1/5 identical over 32 tokens), so that count is reported, not asserted.
+    agree, total, _ = stats["packed"]
     assert agree / total >= 0.85
 
 

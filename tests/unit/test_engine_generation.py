@@ -11,7 +11,7 @@ from apr.engine import SamplingParams, load_engine
 from apr.engine.detokenize import TextTracker
 
 
-@pytest.fixture(scope="module", params=["fp32", "bf16"])
+@pytest.fixture(scope="module", params=["fp32", "bf16", "auto"])
 def engine(request):
     _, canonical = tiny_pair("gemma3", seed=5)
     return load_engine(canonical, device="cpu", dtype=request.param, compile=False)

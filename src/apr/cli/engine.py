@@ -11,11 +11,12 @@ import typer
 from apr.cli.engine_session import EngineOptions
 
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
-DtypeOpt = Annotated[str | None, typer.Option("--dtype", help="Activations: bf16 (default, packed weights) or fp32 "
-                                                              "(every tensor dequantized; slow, exact).")]
+DtypeOpt = Annotated[str | None, typer.Option("--dtype", help="auto (default: apr's AVX2 kernels on CPU, bf16 on CUDA), "
+                                                              "bf16 (PyTorch packed kernels) or fp32 (every tensor "
+                                                              "dequantized; slow, exact).")]
 ThreadsOpt = Annotated[int | None, typer.Option("--threads", help="CPU threads for torch (default: torch's).")]
 CompileOpt = Annotated[bool | None, typer.Option("--compile/--no-compile",
-                                                 help="torch.compile the decode step (default: on for packed CPU).")]
+                                                 help="torch.compile the decode step (default: off).")]
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="Sampling seed (sampling is seeded 0 when omitted).")]
 TempOpt = Annotated[float, typer.Option("--temperature", help="0 = greedy.")]
 MaxTokOpt = Annotated[int, typer.Option("--max-tokens", help="Most tokens to generate.")]

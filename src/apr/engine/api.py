@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from apr.engine.batch import BatchDecoder
-from apr.engine.device import resolve_device, resolve_dtype, set_threads
+from apr.engine.device import resolve_device, resolve_precision, set_threads
 from apr.engine.loader import build_transformer, weight_kinds
 from apr.engine.model import Transformer
 from apr.engine.types import GenerationResult, SamplingParams, Timings, TokenEvent
@@ -26,7 +26,8 @@ class Engine:
     ``new_batch`` for continuous batching."""
 
     def __init__(self, model: CanonicalModel, transformer: Transformer, policy: WeightPolicy,
-                 compile_state: str, load_s: float, decode_step=None, pack_state: str = "off") -> None:
+                 compile_state: str, load_s: float, decode_step=None, pack_state: str = "off",
+                 kernel_note: str = "") -> None:
         self.model = model
         self.config = model.config
         self.tokenizer = model.tokenizer
@@ -37,6 +38,7 @@ class Engine:
         self.compile_state = compile_state
         self.load_s = load_s
         self.pack_state = pack_state
+        self.kernel_note = kernel_note
         self._decode_step = decode_step
         self._ids = itertools.count()
         eos = set(self.config.eos_token_ids)
@@ -61,6 +63,9 @@ class Engine:
             "device": str(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),
             "weights": weight_kinds(self.transformer),
+            "kernels": ("apr native avx2 q4/q8, int8 activations" if self.policy.kernels == "native"
+                        else "torch packed" if self.policy.packed else "torch dense"),
+            **({"kernel_note": self.kernel_note} if self.kernel_note else {}),
             "dense_prefill": self.policy.dense_prefill,
             "compile": getattr(self._decode_step, "state", self.compile_state),
             "weights_cache": self.pack_state,
@@ -125,8 +130,9 @@ def load_engine(model: str | Path | CanonicalModel, *, device: str = "auto", dty
                 max_positions: int | None = None, pack_cache: bool = True) -> Engine:
     """Load ``model`` (a CanonicalModel, a path to any format, or a model ref) for inference.
 
-    dtype fp32 dequantizes every tensor (the exact reference mode); bf16 (default) keeps quantized
-    tensors packed for the weight-only kernels. ``pack_cache`` keeps converted weights under
+    dtype ``auto`` (default) picks apr's native AVX2 kernels on CPU (float32 activations, weights kept
+    quantized) when they build here, PyTorch's packed kernels with bf16 otherwise; ``bf16`` forces the
+    PyTorch packed kernels; ``fp32`` dequantizes every tensor (the exact reference mode). ``pack_cache`` keeps converted weights under
     ``$APR_HOME/engine-cache`` so the next load of the same file skips the conversion. ``compile`` True
     wraps the single-sequence decode step in torch.compile (off by default: the first compile costs tens
     of seconds). ``dense_prefill`` keeps dense bf16 copies of packed matrices for faster prompts.
@@ -135,9 +141,10 @@ def load_engine(model: str | Path | CanonicalModel, *, device: str = "auto", dty
     set_threads(threads)
     canonical = model if isinstance(model, CanonicalModel) else _load_canonical(model)
     dev = resolve_device(device)
-    act = resolve_dtype(dtype, dev)
-    packed = act != torch.float32
-    policy = WeightPolicy(dtype=act, device=dev, packed=packed, dense_prefill=bool(dense_prefill))
+    precision = resolve_precision(dtype, dev)
+    native = precision.kernels == "native"
+    policy = WeightPolicy(dtype=precision.dtype, device=dev, packed=precision.packed,
+                          dense_prefill=bool(dense_prefill) and not native, kernels=precision.kernels)
     positions = min(canonical.config.context_length, max_positions or DEFAULT_MAX_POSITIONS)
     store = _pack_store(canonical, policy) if pack_cache else None
     with torch.inference_mode():
@@ -151,15 +158,17 @@ def load_engine(model: str | Path | CanonicalModel, *, device: str = "auto", dty
     # Off unless asked: the first compile costs tens of seconds, which `apr run` cannot amortize.
     want_compile = bool(compile)
     decode_step, state = compile_decode(transformer, want_compile)
-    return Engine(canonical, transformer, policy, state, time.perf_counter() - start, decode_step, pack_state)
+    return Engine(canonical, transformer, policy, state, time.perf_counter() - start, decode_step, pack_state,
+                  precision.note)
 
 
 def _pack_store(canonical: CanonicalModel, policy: WeightPolicy):
+    from apr.engine import native
     from apr.engine.pack_cache import PackStore, cache_key
 
     if not policy.packed or policy.device.type != "cpu":
         return None
-    key = cache_key(canonical.source_path, f"{policy.dtype}-dense{int(policy.dense_prefill)}")
+    key = cache_key(canonical.source_path, f"{policy.dtype}-dense{int(policy.dense_prefill)}-{policy.kernels}-abi{native.ABI}")
     return None if key is None else PackStore.open(key)
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 
+from apr.engine.weights import KernelFamily
 from apr.errors import AprError
 
 DeviceChoice = Literal["auto", "cpu", "cuda"]
@@ -25,19 +27,38 @@ def resolve_device(choice: str) -> torch.device:
     raise AprError(f"--device {choice!r}: expected auto, cpu or cuda")
 
 
-def resolve_dtype(choice: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """Activation dtype: bf16 by default (the fast path of the packed kernels on CPU and of CUDA)."""
-    if choice is None:
-        return torch.bfloat16
+@dataclass(frozen=True)
+class Precision:
+    """What ``--dtype`` resolved to: activation dtype, packed or dense weights, and which kernels run them."""
+
+    dtype: torch.dtype
+    packed: bool
+    kernels: KernelFamily
+    note: str = ""  # why auto did not pick the fastest kernels, when it did not
+
+
+def resolve_precision(choice: str | torch.dtype | None, device: torch.device) -> Precision:
+    """``auto`` (default): on CPU apr's native AVX2 kernels with float32 activations where they build,
+    else PyTorch's packed kernels with bf16; on CUDA bf16. ``bf16``/``fp16``: PyTorch's packed kernels.
+    ``fp32``: every tensor dequantized, no packed kernel (the exact reference mode)."""
+    if choice is None or (isinstance(choice, str) and choice.lower() == "auto"):
+        if device.type == "cpu":
+            from apr.engine import native
+
+            if native.available():
+                return Precision(torch.float32, True, "native")
+            return Precision(torch.bfloat16, True, "torch", f"native kernels unavailable: {native.unavailable_reason()}")
+        return Precision(torch.bfloat16, True, "torch")
     if isinstance(choice, torch.dtype):
-        return choice
-    try:
-        dtype = DTYPES[choice.lower()]
-    except KeyError:
-        raise AprError(f"--dtype {choice!r}: expected one of bf16, fp16, fp32") from None
+        dtype = choice
+    else:
+        try:
+            dtype = DTYPES[choice.lower()]
+        except KeyError:
+            raise AprError(f"--dtype {choice!r}: expected one of auto, bf16, fp16, fp32") from None
     if dtype == torch.float16 and device.type == "cpu":
-        raise AprError("--dtype fp16 is not supported on CPU (its kernels are slow there); use bf16 or fp32")
-    return dtype
+        raise AprError("--dtype fp16 is not supported on CPU (its kernels are slow there); use auto, bf16 or fp32")
+    return Precision(dtype, dtype != torch.float32, "torch")
 
 
 def set_threads(threads: int | None) -> int:

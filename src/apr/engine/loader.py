@@ -51,8 +51,9 @@ def build_transformer(model: CanonicalModel, policy: WeightPolicy, max_positions
     embedding = dense_tensor(embed_source, policy, store)
     if "lm_head.weight" in model.tensors:
         lm_head = build_linear(model.tensors["lm_head.weight"], None, policy, store)
-    elif policy.packed and is_quantized(embed_source.info.ggml_type):
-        # Tied and quantized: the head gets its own packed copy (stored under a distinct cache name).
+    elif policy.packed and (is_quantized(embed_source.info.ggml_type) or policy.kernels == "native"):
+        # Tied: the head gets its own packed copy (stored under a distinct cache name); read once per
+        # token, a packed head costs a fraction of the dense embedding's bytes.
         lm_head = build_linear(_Renamed(embed_source, "lm_head.weight"), None, policy, store)
     else:
         lm_head = DenseLinear(embedding, None)  # tied: share the embedding matrix, no second copy

@@ -138,6 +138,13 @@ class Transformer(nn.Module):
         cos, sin = (self.cos_local, self.sin_local) if block.sliding else (self.cos_global, self.sin_global)
         return cos[positions].to(self.dtype), sin[positions].to(self.dtype)
 
+    def rope_tables_at(self, positions: torch.Tensor) -> dict[bool, tuple[torch.Tensor, torch.Tensor]]:
+        """cos/sin at ``positions`` keyed by ``block.sliding``, gathered once per step instead of per layer."""
+        tables = {False: (self.cos_global, self.sin_global), True: (self.cos_local, self.sin_local)}
+        used = {block.sliding for block in self.blocks}
+        return {sliding: (cos[positions].to(self.dtype), sin[positions].to(self.dtype))
+                for sliding, (cos, sin) in tables.items() if sliding in used}
+
     def head(self, hidden: torch.Tensor, rows: bool = False) -> torch.Tensor:
         """Logits ``[T, vocab]`` in float32 from final hidden states."""
         h = self.final_norm(hidden)
@@ -155,8 +162,9 @@ class Transformer(nn.Module):
         window = self.cfg.sliding_window
         local = causal.triu(-(window - 1)) if window else causal
         x = self.embed(ids)
+        tables = self.rope_tables_at(positions)
         for block in self.blocks:
-            cos, sin = self.rope(block, positions)
+            cos, sin = tables[block.sliding]
             q, k, v = block.qkv(block.input_norm(x), cos, sin, rows=False)
             if cache is not None:
                 cache.k[block.index, :, :t] = k.transpose(0, 1)
@@ -174,14 +182,16 @@ class Transformer(nn.Module):
         """Logits ``[B, vocab]`` for one new token per sequence; each row only ever touches its own cache.
 
         Every row attends over its whole (zeroed, masked) cache buffer, and matmuls run with
-        row-independent kernels, so a row's numbers do not depend on its batch mates.
+        row-independent kernels, so a row's numbers do not depend on its batch mates (and equal
+        ``decode_one``'s, which needs static shapes for torch.compile).
         """
         positions = torch.tensor([c.length for c in caches], device=tokens.device)
         masks = [self._decode_masks(c) for c in caches]
         x = self.embed(tokens)
         rep = self.cfg.num_heads // self.cfg.num_kv_heads
+        tables = self.rope_tables_at(positions)
         for block in self.blocks:
-            cos, sin = self.rope(block, positions)
+            cos, sin = tables[block.sliding]
             q, k, v = block.qkv(block.input_norm(x), cos, sin, rows=True)
             outs = []
             for row, cache in enumerate(caches):

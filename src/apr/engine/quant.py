@@ -77,24 +77,48 @@ def _q4_k_groups(data: torch.Tensor, n: int, k: int) -> Int4Groups:
     return Int4Groups(q.reshape(n, k).to(torch.int32), scale, 8 * scale - minimum)
 
 
-def _q6_k_values(data: torch.Tensor, n: int, k: int) -> torch.Tensor:
+def _q6_k_ints(data: torch.Tensor, n: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     # Super-block of 256: 128 B low nibbles, 64 B high 2-bit pairs, 16 int8 scales (one per 16 values), f16 d.
     blocks = data.view(n, k // 256, 210)
     ql = blocks[..., 0:128].reshape(n, -1, 2, 1, 64)
     ql = torch.cat([ql & 0xF, ql >> 4], dim=3).reshape(n, -1, 2, 4, 32)
     qh = blocks[..., 128:192].reshape(n, -1, 2, 1, 32)
     qh = torch.cat([(qh >> shift) & 3 for shift in (0, 2, 4, 6)], dim=3)
-    q = ((ql | (qh << 4)).to(torch.int16) - 32).reshape(n, -1, 16, 16).float()
+    q = ((ql | (qh << 4)).to(torch.int16) - 32).reshape(n, k)
     scales = blocks[..., 192:208].contiguous().view(torch.int8).float()
     d = _f16(blocks[..., 208:210])
-    return (q * (d[..., None] * scales)[..., None]).reshape(n, k)
+    return q, (d[..., None] * scales).reshape(n, k // 16)
+
+
+def _q6_k_values(data: torch.Tensor, n: int, k: int) -> torch.Tensor:
+    q, scale = _q6_k_ints(data, n, k)
+    return (q.view(n, k // 16, 16).float() * scale[..., None]).reshape(n, k)
+
+
+def _q8_0_ints(data: torch.Tensor, n: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    blocks = data.view(n, k // 32, 34)
+    d = _f16(blocks[..., 0:2])
+    q = blocks[..., 2:34].contiguous().view(torch.int8).reshape(n, k)
+    return q, d.repeat_interleave(2, dim=1)
 
 
 def _q8_0_values(data: torch.Tensor, n: int, k: int) -> torch.Tensor:
-    blocks = data.view(n, k // 32, 34)
-    d = _f16(blocks[..., 0:2])
-    q = blocks[..., 2:34].contiguous().view(torch.int8).float()
-    return (q * d[..., None]).reshape(n, k)
+    q, scale = _q8_0_ints(data, n, k)
+    return (q.view(n, k // 16, 16).float() * scale[..., None]).reshape(n, k)
+
+
+INT8_EXACT_TYPES = (Q6_K, Q8_0)
+
+
+def int8_groups_from_raw(raw: np.ndarray, ggml_type: int, shape: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact ``w = q * scale`` form of a Q6_K or Q8_0 matrix: q int [N, K] (|q| <= 128), scale float32 [N, K/16]."""
+    n, k = shape
+    data = _as_tensor(raw, n)
+    if ggml_type == Q6_K:
+        return _q6_k_ints(data, n, k)
+    if ggml_type == Q8_0:
+        return _q8_0_ints(data, n, k)
+    raise ValueError(f"GGML type {ggml_type} has no exact int8 form")
 
 
 FAST_DEQUANT_TYPES = (Q4_0, Q4_1, Q4_K, Q6_K, Q8_0)

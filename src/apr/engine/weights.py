@@ -9,10 +9,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from apr.engine import quant
+from apr.engine import native, quant
 from apr.engine.pack_cache import PackStore
 
-WeightKind = Literal["dense", "int4", "int8"]
+WeightKind = Literal["dense", "int4", "int8", "q4", "q8"]
+KernelFamily = Literal["torch", "native"]
 # Calls with at least this many rows (prompt chunks) use the dense twin when one is kept.
 PREFILL_MIN_ROWS = 8
 
@@ -22,15 +23,21 @@ class WeightPolicy:
     """How stored tensors become kernels.
 
     ``packed`` False dequantizes everything to ``dtype`` (the exact reference mode used for parity).
-    With ``packed`` True, Q4_0/Q4_1/Q4_K become int4 group-32 (exact) and other quantized types become
-    int8 per channel; float tensors stay dense. ``dense_prefill`` keeps an extra dense copy of every
-    packed matrix for prompt processing, where weight-only kernels are compute-bound.
+
+    With ``packed`` True and ``kernels`` "torch", Q4_0/Q4_1/Q4_K become int4 group-32 (exact) for
+    PyTorch's tinygemm kernel and other quantized types int8 per channel; float tensors stay dense.
+    ``dense_prefill`` keeps an extra dense copy of every packed matrix for prompt processing.
+
+    With ``kernels`` "native" (CPU, float32 activations; ``apr.engine.native``), Q4_0/Q4_1/Q4_K keep
+    their 4-bit values (fp16 scale and offset per 32), Q6_K/Q8_0 their integer values (fp16 scale per
+    16), and every other matrix, float ones included, becomes symmetric int8 per 16.
     """
 
     dtype: torch.dtype
     device: torch.device
     packed: bool
     dense_prefill: bool = False
+    kernels: KernelFamily = "torch"
 
 
 class DenseLinear(nn.Module):
@@ -46,6 +53,8 @@ class DenseLinear(nn.Module):
         return self.weight.shape[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype != self.weight.dtype:
+            return F.linear(x.to(self.weight.dtype), self.weight, self.bias).to(x.dtype)
         return F.linear(x, self.weight, self.bias)
 
     def forward_rows(self, x: torch.Tensor) -> torch.Tensor:
@@ -134,6 +143,35 @@ class Int8Linear(nn.Module):
         return {"q": self.q, "scale": self.scale}
 
 
+class NativeLinear(nn.Module):
+    """``y = x @ W.T + b`` through apr's AVX2 kernels: W in the q4 or q8 layout, x quantized to int8 per 32."""
+
+    def __init__(self, parts: dict[str, torch.Tensor], bias: torch.Tensor | None) -> None:
+        super().__init__()
+        parts = {name: tensor.contiguous() for name, tensor in parts.items()}
+        self.kind: WeightKind = "q4" if "q4" in parts else "q8"
+        for name, tensor in parts.items():
+            self.register_buffer(name, tensor)
+        self.bias = None if bias is None else nn.Parameter(bias.float().contiguous(), requires_grad=False)
+        # Plain attributes: nn.Module attribute lookups cost microseconds, and decode makes ~200 calls a token.
+        self._kernel = native.PackedLinear(parts)
+        self._bias = None if self.bias is None else self.bias.data
+        self.out_features = self._kernel.n
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 2 and x.dtype == torch.float32 and x.is_contiguous():
+            return self._kernel(x, self._bias)
+        shape = x.shape
+        y = self._kernel(x.reshape(-1, shape[-1]).float().contiguous(), self._bias)
+        return y.to(x.dtype).reshape(*shape[:-1], self.out_features)
+
+    forward_rows = forward  # each row is computed independently of the others (see qgemm.c)
+
+    def parts(self) -> dict[str, torch.Tensor]:
+        names = ("q4", "q4_scale", "q4_offset") if self.kind == "q4" else ("q8", "q8_scale")
+        return {name: getattr(self, name) for name in names}
+
+
 class PrefillLinear(nn.Module):
     """A packed layer with a dense twin: the dense copy serves many-row calls (prompts), the packed one decode."""
 
@@ -161,6 +199,11 @@ def build_linear(source, bias: torch.Tensor | None, policy: WeightPolicy, store:
     cached = store.get(info.name) if store is not None else None
     if cached is not None:
         return _from_parts(cached, bias, policy)
+    if policy.packed and policy.kernels == "native":
+        layer = _native_linear(source, bias)
+        if store is not None and isinstance(layer, NativeLinear):
+            store.put(info.name, layer.parts())
+        return layer
     fits_int4 = info.ggml_type in quant.INT4_EXACT_TYPES and k % quant.INT4_GROUP == 0 and n % 8 == 0
     layer: nn.Module
     if policy.packed and fits_int4:
@@ -184,8 +227,32 @@ def build_linear(source, bias: torch.Tensor | None, policy: WeightPolicy, store:
     return layer
 
 
+def _native_linear(source, bias: torch.Tensor | None) -> nn.Module:
+    """The most faithful native layout for ``source``; dense float32 when no packed form can hold it."""
+    info = source.info
+    n, k = info.shape
+    attempts = []
+    if info.ggml_type in quant.INT4_EXACT_TYPES and k % quant.INT4_GROUP == 0:
+        def exact_q4():
+            groups = quant.int4_groups_from_raw(source.raw(), info.ggml_type, (n, k))
+            return native.pack_q4(groups.q, groups.scale, groups.zero - 8 * groups.scale)
+        attempts.append(exact_q4)
+    if info.ggml_type in quant.INT8_EXACT_TYPES and k % 16 == 0:
+        attempts.append(lambda: native.pack_q8(*quant.int8_groups_from_raw(source.raw(), info.ggml_type, (n, k))))
+    if k % 16 == 0:
+        attempts.append(lambda: native.pack_q8(*native.int8_groups_of_16(dequantize_source(source, torch.float32))))
+    for attempt in attempts:
+        try:
+            return NativeLinear(attempt(), bias)
+        except native.ScaleRangeError:  # fp16 cannot hold these scales: try the next, less faithful layout
+            continue
+    return DenseLinear(dequantize_source(source, torch.float32), bias)
+
+
 def _from_parts(parts: dict[str, torch.Tensor], bias: torch.Tensor | None, policy: WeightPolicy) -> nn.Module:
     layer: nn.Module
+    if "q4" in parts or "q8" in parts:
+        return NativeLinear(parts, bias)
     if "packed" in parts:
         layer = Int4Linear(parts["packed"].to(policy.device), parts["scales_zeros"].to(policy.device), bias)
     else:

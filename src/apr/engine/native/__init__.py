@@ -1,0 +1,253 @@
+"""apr's AVX2 quantized matmul kernels (qgemm.c): built once with the system C compiler, called through ctypes.
+
+The kernels keep quantized weights in their stored precision and quantize activations per block of 32
+to int8, as ggml does on CPUs; see qgemm.c for the layouts and the batch-invariance argument. They are
+used on x86-64 CPUs that PyTorch reports as AVX2 or better, when a C compiler is present; otherwise
+``unavailable_reason()`` says why and the engine keeps PyTorch's weight-only kernels.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).with_name("qgemm.c")
+ABI = 2
+BLOCK = 32  # activation block (and q4 weight block)
+KGROUP = 128  # K is padded to a multiple of this in every packed layout
+CFLAGS = ("-O3", "-std=c11", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-fPIC", "-shared")
+# fp16 keeps scales exactly for Q4_0/Q4_1/Q8_0 (stored as fp16) and within 2^-11 for K-quants (d * sc);
+# tiny scales land in fp16's subnormal range, where precision drops: a tensor whose scales would be
+# off by more than this (relative) is refused, and the caller picks another layout.
+MAX_SCALE_ROUNDING = 2.0**-9
+
+
+def padded(k: int) -> int:
+    return -(-k // KGROUP) * KGROUP
+
+
+def _cache_dir() -> Path:
+    from apr.engine.pack_cache import apr_home
+
+    return apr_home() / "kernel-cache"
+
+
+@functools.cache
+def _library() -> tuple[ctypes.CDLL | None, str]:
+    """The loaded kernel library, or None and the reason it cannot be used here."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return None, f"the native kernels need x86-64 (this is {platform.machine()})"
+    capability = torch.backends.cpu.get_cpu_capability()
+    if capability not in ("AVX2", "AVX512"):
+        return None, f"the native kernels need AVX2 (PyTorch reports {capability})"
+    if os.environ.get("APR_NATIVE_KERNELS", "1") == "0":
+        return None, "disabled by APR_NATIVE_KERNELS=0"
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if not compiler:
+        return None, "no C compiler (cc/gcc) to build them"
+    source = SOURCE.read_bytes()
+    tag = hashlib.sha256(source + " ".join(CFLAGS).encode() + compiler.encode()).hexdigest()[:16]
+    target = _cache_dir() / f"qgemm-{tag}.so"
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+        os.close(fd)
+        try:
+            done = subprocess.run([compiler, *CFLAGS, str(SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True)
+            if done.returncode != 0:
+                first = (done.stderr.strip().splitlines() or ["(no message)"])[0]
+                return None, f"building the native kernels failed: {first}"
+            os.replace(tmp, target)  # atomic: a concurrent build of the same source writes the same bytes
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+    lib = ctypes.CDLL(str(target))
+    if lib.apr_qgemm_abi() != ABI:
+        return None, f"{target} has ABI {lib.apr_qgemm_abi()}, expected {ABI}"
+    p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+    lib.apr_quantize_rows.argtypes = [p, i64, i64, i64, p, p, p]
+    lib.apr_quantize_rows.restype = None
+    lib.apr_q4_matmul.argtypes = [p, p, p, i64, i64, p, p, p, p, i64, p, i32]
+    lib.apr_q4_matmul.restype = None
+    lib.apr_q8_matmul.argtypes = [p, p, i64, i64, p, p, p, i64, p, i32]
+    lib.apr_q8_matmul.restype = None
+    lib.apr_linear.argtypes = [i32, p, i64, i64, i64, p, p, p, p, i64, p, i32]
+    lib.apr_linear.restype = i32
+    return lib, ""
+
+
+def available() -> bool:
+    return _library()[0] is not None
+
+
+def unavailable_reason() -> str:
+    return _library()[1]
+
+
+def _lib() -> ctypes.CDLL:
+    lib, reason = _library()
+    if lib is None:
+        raise RuntimeError(reason)
+    return lib
+
+
+@dataclass(frozen=True)
+class QuantizedActivations:
+    """Rows of x as int8 blocks of 32: ``x ≈ q * scale`` per block; ``sums`` are the exact float block sums."""
+
+    q: torch.Tensor  # int8 [M, Kpad]
+    scale: torch.Tensor  # float32 [M, Kpad / 32]
+    sums: torch.Tensor  # float32 [M, Kpad / 32]
+    k: int
+
+
+def quantize_activations(x: torch.Tensor) -> QuantizedActivations:
+    """Quantize float32 rows ``x [M, K]`` for the kernels (one pass, shared by every layer reading x)."""
+    x = x.contiguous()
+    if x.dtype != torch.float32 or x.dim() != 2:
+        raise ValueError(f"expected float32 [M, K] activations, got {x.dtype} {tuple(x.shape)}")
+    m, k = x.shape
+    kpad = padded(k)
+    q = torch.empty(m, kpad, dtype=torch.int8)
+    scale = torch.empty(m, kpad // BLOCK, dtype=torch.float32)
+    sums = torch.empty(m, kpad // BLOCK, dtype=torch.float32)
+    _lib().apr_quantize_rows(x.data_ptr(), m, k, kpad, q.data_ptr(), scale.data_ptr(), sums.data_ptr())
+    return QuantizedActivations(q, scale, sums, k)
+
+
+def _ptr(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def q4_matmul(act: QuantizedActivations, packed: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor,
+              bias: torch.Tensor | None) -> torch.Tensor:
+    """``act @ W.T (+ bias)`` for a q4 layout from ``pack_q4``; float32 [M, N]."""
+    m, kpad = act.q.shape
+    n = scale.shape[0]
+    if packed.shape != (n, kpad // 2) or scale.shape != (n, kpad // BLOCK) or offset.shape != scale.shape:
+        raise ValueError(f"q4 weights {tuple(packed.shape)} do not match activations padded to {kpad}")
+    y = torch.empty(m, n, dtype=torch.float32)
+    _lib().apr_q4_matmul(act.q.data_ptr(), act.scale.data_ptr(), act.sums.data_ptr(), m, kpad, packed.data_ptr(),
+                         scale.data_ptr(), offset.data_ptr(), _ptr(bias), n, y.data_ptr(), torch.get_num_threads())
+    return y
+
+
+def q8_matmul(act: QuantizedActivations, q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``act @ W.T (+ bias)`` for a q8 layout from ``pack_q8``; float32 [M, N]."""
+    m, kpad = act.q.shape
+    n = q.shape[0]
+    if q.shape != (n, kpad) or scale.shape != (n, kpad // 16):
+        raise ValueError(f"q8 weights {tuple(q.shape)} do not match activations padded to {kpad}")
+    y = torch.empty(m, n, dtype=torch.float32)
+    _lib().apr_q8_matmul(act.q.data_ptr(), act.scale.data_ptr(), m, kpad, q.data_ptr(), scale.data_ptr(), _ptr(bias),
+                         n, y.data_ptr(), torch.get_num_threads())
+    return y
+
+
+class ScaleRangeError(ValueError):
+    """Scales that fp16 cannot hold to its normal precision; the caller picks another layout."""
+
+
+class PackedLinear:
+    """A q4 or q8 weight ready for ``apr_linear``: the tensors plus their addresses, taken once.
+
+    The addresses stay valid because this object holds the tensors and nothing replaces them; a layer
+    moved to another device must build a new one."""
+
+    def __init__(self, parts: dict[str, torch.Tensor]) -> None:
+        self.kind = 4 if "q4" in parts else 8
+        weight = parts["q4"] if self.kind == 4 else parts["q8"]
+        scale = parts["q4_scale"] if self.kind == 4 else parts["q8_scale"]
+        offset = parts.get("q4_offset")
+        self.tensors = tuple(t for t in (weight, scale, offset) if t is not None)
+        if any(not t.is_contiguous() or t.device.type != "cpu" for t in self.tensors):
+            raise ValueError("packed weights must be contiguous CPU tensors")
+        self.n = scale.shape[0]
+        self.kpad = weight.shape[1] * (2 if self.kind == 4 else 1)
+        self._pointers = (weight.data_ptr(), scale.data_ptr(), None if offset is None else offset.data_ptr())
+        self._call = _lib().apr_linear
+
+    def __call__(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """float32 ``x [M, K]`` (contiguous) -> float32 ``[M, N]``."""
+        m, k = x.shape
+        if padded(k) != self.kpad or x.dtype != torch.float32 or not x.is_contiguous():
+            raise ValueError(f"expected contiguous float32 [M, {self.kpad}-padded K] input, got {x.dtype} {tuple(x.shape)}")
+        y = torch.empty(m, self.n, dtype=torch.float32)
+        weight, scale, offset = self._pointers
+        if self._call(self.kind, x.data_ptr(), m, k, self.kpad, weight, scale, offset,
+                      None if bias is None else bias.data_ptr(), self.n, y.data_ptr(), torch.get_num_threads()):
+            raise MemoryError(f"no memory for the activations of a {m} x {k} product")
+        return y
+
+
+def _fp16_scales(values: torch.Tensor, what: str) -> torch.Tensor:
+    """float32 scales as fp16 bits, refusing values that fp16 would round by more than MAX_SCALE_ROUNDING."""
+    rounded = values.to(torch.float16)
+    nonzero = values != 0
+    error = ((rounded.float() - values).abs() / values.abs().clamp_min(1e-38))[nonzero]
+    if error.numel() and not float(error.max()) <= MAX_SCALE_ROUNDING:  # also catches inf and NaN
+        worst = values[nonzero].abs()
+        raise ScaleRangeError(f"{what} do not fit fp16 (|scale| {float(worst.min()):.3g}..{float(worst.max()):.3g})")
+    return rounded.view(torch.int16)
+
+
+def pack_q4(q: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor) -> dict[str, torch.Tensor]:
+    """q4 layout of ``w = scale * q + offset`` (q int [N, K] in 0..15; scale, offset [N, K/32]); K % 32 == 0."""
+    n, k = q.shape
+    if k % BLOCK or scale.shape != (n, k // BLOCK) or offset.shape != scale.shape:
+        raise ValueError(f"q4 packing needs K % 32 == 0 and [N, K/32] scales; got {tuple(q.shape)}, {tuple(scale.shape)}")
+    kpad = padded(k)
+    qp = torch.zeros(n, kpad, dtype=torch.uint8)
+    qp[:, :k] = q.to(torch.uint8)
+    pairs = qp.view(n, kpad // 64, 2, 32)
+    packed = (pairs[:, :, 0] | (pairs[:, :, 1] << 4)).reshape(n, kpad // 2)
+    sp = torch.zeros(n, kpad // BLOCK, dtype=torch.float32)
+    op = torch.zeros_like(sp)
+    sp[:, : k // BLOCK] = scale
+    op[:, : k // BLOCK] = offset
+    return {"q4": packed.contiguous(), "q4_scale": _fp16_scales(sp, "q4 scales").contiguous(),
+            "q4_offset": _fp16_scales(op, "q4 offsets").contiguous()}
+
+
+def pack_q8(q: torch.Tensor, scale: torch.Tensor) -> dict[str, torch.Tensor]:
+    """q8 layout of ``w = scale * q`` (q int [N, K] in -128..127; scale [N, K/16]); K % 16 == 0."""
+    n, k = q.shape
+    if k % 16 or scale.shape != (n, k // 16):
+        raise ValueError(f"q8 packing needs K % 16 == 0 and [N, K/16] scales; got {tuple(q.shape)}, {tuple(scale.shape)}")
+    kpad = padded(k)
+    qp = torch.zeros(n, kpad, dtype=torch.int8)
+    qp[:, :k] = q.to(torch.int8)
+    sp = torch.zeros(n, kpad // 16, dtype=torch.float32)
+    sp[:, : k // 16] = scale
+    # Per group of 4 blocks: the 4 first-half scales, then the 4 second-half ones (the kernel's lane order).
+    ordered = sp.view(n, kpad // KGROUP, 4, 2).transpose(2, 3).reshape(n, kpad // 16)
+    return {"q8": qp.contiguous(), "q8_scale": _fp16_scales(ordered, "q8 scales").contiguous()}
+
+
+def int8_groups_of_16(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 per 16 along K for tensors with no exact integer form: ``w ≈ q * scale``."""
+    n, k = weight.shape
+    w = weight.float().view(n, k // 16, 16)
+    scale = w.abs().amax(dim=-1) / 127.0
+    q = torch.where(scale[..., None] > 0, w / scale.clamp_min(1e-30)[..., None], 0.0).round_().clamp_(-127, 127)
+    return q.to(torch.int8).view(n, k), scale
+
+
+def describe() -> str:
+    lib, reason = _library()
+    return "avx2 q4/q8 (int8 activations)" if lib is not None else f"unavailable: {reason}"
+
+
+if __name__ == "__main__":  # `python -m apr.engine.native` builds the kernels and says whether they load
+    print(describe())
+    sys.exit(0 if available() else 1)

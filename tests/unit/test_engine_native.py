@@ -1,0 +1,99 @@
+"""apr's AVX2 kernels (apr.engine.native): products against float references, exact batch invariance, layouts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from apr.engine import native, quant
+
+pytestmark = pytest.mark.skipif(not native.available(), reason=f"native kernels: {native.unavailable_reason()}")
+
+
+def q4_weight(n: int, k: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randint(0, 16, (n, k), generator=g)
+    scale = torch.rand(n, k // 32, generator=g) * 0.02 + 0.001
+    offset = -(torch.rand(n, k // 32, generator=g) * 0.1 + 0.001)
+    # The reference uses the fp16-rounded scales the layout stores (exact for GGML's own fp16 scales).
+    dense = (q.view(n, k // 32, 32) * scale.half().float()[..., None] + offset.half().float()[..., None]).view(n, k)
+    return native.pack_q4(q, scale, offset), dense
+
+
+def q8_weight(n: int, k: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randint(-128, 128, (n, k), generator=g)
+    scale = torch.rand(n, k // 16, generator=g) * 0.01 + 0.0005
+    dense = (q.view(n, k // 16, 16) * scale.half().float()[..., None]).view(n, k)
+    return native.pack_q8(q, scale), dense
+
+
+def relative_error(y: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((y - ref).norm() / ref.norm())
+
+
+@pytest.mark.parametrize("make", [q4_weight, q8_weight], ids=["q4", "q8"])
+@pytest.mark.parametrize("n,k,m", [(96, 256, 1), (64, 576, 3), (40, 2048, 9), (256, 1536, 1)])
+def test_products_match_the_float_reference(make, n, k, m):
+    """Only the int8 quantization of activations separates the kernel from x @ W.T (≈ 0.5 % here)."""
+    parts, dense = make(n, k, seed=n + k)
+    x = torch.randn(m, k, generator=torch.Generator().manual_seed(m))
+    bias = torch.randn(n)
+    y = native.PackedLinear(parts)(x, bias)
+    ref = x @ dense.T + bias
+    assert y.shape == (m, n)
+    assert relative_error(y, ref) < 0.02
+    # A wrong layout (e.g. nibble order or scale lanes swapped) is off by ~100 %, far beyond this bound.
+    assert relative_error(native.PackedLinear(parts)(x, None), x @ dense.T) < 0.02
+
+
+@pytest.mark.parametrize("make", [q4_weight, q8_weight], ids=["q4", "q8"])
+def test_a_row_gets_the_same_bits_alone_in_any_batch_and_thread_count(make):
+    parts, _ = make(72, 640, seed=3)
+    layer = native.PackedLinear(parts)
+    x = torch.randn(11, 640, generator=torch.Generator().manual_seed(9))
+    alone = torch.cat([layer(x[i:i + 1].contiguous(), None) for i in range(11)])
+    threads = torch.get_num_threads()
+    try:
+        for count in (1, 2, 3):
+            torch.set_num_threads(count)
+            assert torch.equal(layer(x, None), alone)
+            assert torch.equal(layer(x[3:8].contiguous(), None), alone[3:8])
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_q6_k_and_q8_0_keep_their_integer_values_exactly():
+    from gguf import GGMLQuantizationType, quants
+
+    rng = np.random.default_rng(0)
+    for ggml_type, (values, nbytes, d_at) in {quant.Q6_K: (256, 210, 208), quant.Q8_0: (32, 34, 0)}.items():
+        n, k = 8, 512
+        blocks = rng.integers(0, 256, size=(n, k // values, nbytes), dtype=np.uint8)
+        d = rng.uniform(0.001, 0.05, size=(n, k // values, 1)).astype(np.float16)
+        blocks[..., d_at:d_at + 2] = d.view(np.uint8).reshape(n, k // values, 2)
+        raw = blocks.reshape(n, -1)
+        q, scale = quant.int8_groups_from_raw(raw, ggml_type, (n, k))
+        assert int(q.abs().max()) <= 128
+        expected = quants.dequantize(raw, GGMLQuantizationType(ggml_type)).reshape(n, k)
+        ours = (q.view(n, k // 16, 16).float() * scale[..., None]).view(n, k)
+        assert torch.equal(ours, torch.from_numpy(expected))
+
+
+def test_scales_fp16_cannot_hold_are_refused_not_rounded_silently():
+    q = torch.zeros(4, 32, dtype=torch.int64)
+    with pytest.raises(native.ScaleRangeError):
+        native.pack_q4(q, torch.full((4, 1), 1e-7), torch.zeros(4, 1))
+    with pytest.raises(native.ScaleRangeError):
+        native.pack_q8(torch.zeros(4, 32, dtype=torch.int64), torch.full((4, 2), 1e6))
+    native.pack_q4(q, torch.full((4, 1), 0.00123), torch.zeros(4, 1))  # an ordinary scale packs
+
+
+def test_mismatched_inputs_are_refused():
+    parts, _ = q4_weight(16, 256, seed=1)
+    layer = native.PackedLinear(parts)
+    with pytest.raises(ValueError, match="float32"):
+        layer(torch.randn(2, 512), None)
+    with pytest.raises(ValueError, match="float32"):
+        layer(torch.randn(2, 256, dtype=torch.float64), None)
