@@ -6,13 +6,19 @@ timed ones until both `--min-reps` and `--min-seconds` are reached. One repetiti
 Figures are medians with p90 (slow tail). Engines run one after another, so on a shared machine drift
 between them is possible: compare ratios from the same run only. Last stdout line: one JSON document.
 
-    .venv/bin/python bench/bench_engine.py --model /tmp/models/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf --threads 2
+llama.cpp is measured by its own `llama-bench` (`--llama-bench PATH`, or $LLAMA_BENCH; build it with
+bench/build_llama_bench.sh) on the same GGUF, threads, prompt and decode lengths; where that binary is
+absent, through `llama-cpp-python` if installed; otherwise it is skipped with a message.
+
+    .venv/bin/python bench/bench_engine.py --model /tmp/models/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf --threads 2 \
+        --llama-bench .llama-bench/build/bin/llama-bench
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -103,6 +109,33 @@ def llama_cpp(args, prompt: list[int]):
     return load_s, once, {"llama_cpp_python": __import__("llama_cpp").__version__}
 
 
+def llama_bench(args) -> dict:
+    """llama.cpp's own benchmark: pp<prompt> and tg<decode> rates (mean and sd over --min-reps runs)."""
+    import subprocess
+
+    command = [str(args.llama_bench), "-m", str(args.model), "-t", str(args.threads), "-p", str(args.prompt_tokens),
+               "-n", str(args.decode_tokens), "-r", str(max(args.min_reps, 3)), "-o", "json"]
+    print(f"llama.cpp: {' '.join(command)}", file=sys.stderr)
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        return {"skipped": f"llama-bench exited {done.returncode}: {done.stderr.strip().splitlines()[-1:]}"}
+    rows = json.loads(done.stdout)
+    prefill = next(r for r in rows if r["n_prompt"] > 0 and r["n_gen"] == 0)
+    decode = next(r for r in rows if r["n_gen"] > 0 and r["n_prompt"] == 0)
+
+    def rates(row: dict) -> dict:
+        # From llama-bench's per-repetition rates: the same median and slow-tail p90 as our figures.
+        samples = sorted(row["samples_ts"], reverse=True)
+        return {"median": statistics.median(samples), "p90": samples[min(len(samples) - 1, round(0.9 * (len(samples) - 1)))],
+                "samples": samples}
+
+    # llama-bench does not report its load time; its prompt is random ids of the same length as ours.
+    return {"reps": len(prefill["samples_ts"]), "tool": "llama-bench", "load_s": None,
+            "prefill_tok_s": rates(prefill), "decode_tok_s": rates(decode),
+            "info": {"build": f"{prefill.get('build_commit')} ({prefill.get('build_number')})",
+                     "cpu": prefill.get("cpu_info"), "type": prefill.get("model_type")}}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, required=True, help="a GGUF file")
@@ -115,6 +148,8 @@ def main() -> int:
     parser.add_argument("--compile", action="store_true", help="torch.compile our decode step")
     parser.add_argument("--dense-prefill", action="store_true", help="keep dense bf16 copies for prompts")
     parser.add_argument("--engines", default="apr,transformers,llama.cpp")
+    parser.add_argument("--llama-bench", type=Path, default=os.environ.get("LLAMA_BENCH"),
+                        help="llama.cpp's llama-bench binary (default $LLAMA_BENCH; see bench/build_llama_bench.sh)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -130,11 +165,15 @@ def main() -> int:
     runners = {"apr": ours, "transformers": transformers_bf16, "llama.cpp": llama_cpp}
     results: dict[str, dict] = {}
     for name in args.engines.split(","):
+        if name == "llama.cpp" and args.llama_bench:
+            results[name] = llama_bench(args)
+            continue
         if name == "llama.cpp":
             try:
                 import llama_cpp  # noqa: F401
             except ImportError:
-                print("llama.cpp: skipped (llama-cpp-python is not installed; pip install llama-cpp-python==0.3.36)",
+                print("llama.cpp: skipped (no --llama-bench / $LLAMA_BENCH, and llama-cpp-python is not installed; "
+                      "bench/build_llama_bench.sh builds llama-bench)",
                       file=sys.stderr)
                 results[name] = {"skipped": "llama-cpp-python not installed"}
                 continue
@@ -147,7 +186,8 @@ def main() -> int:
         if "skipped" in r:
             print(f"{name:<14}  skipped: {r['skipped']}")
             continue
-        print(f"{name:<14}{r['load_s']:>8.1f}{r['prefill_tok_s']['median']:>10.1f} /{r['prefill_tok_s']['p90']:>5.0f}"
+        load = f"{r['load_s']:>8.1f}" if r.get("load_s") is not None else f"{'n/a':>8}"
+        print(f"{name:<14}{load}{r['prefill_tok_s']['median']:>10.1f} /{r['prefill_tok_s']['p90']:>5.0f}"
               f"{r['decode_tok_s']['median']:>9.2f} /{r['decode_tok_s']['p90']:>5.1f}")
     ratios = {}
     if "apr" in results and "reps" in results["apr"]:

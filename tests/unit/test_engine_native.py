@@ -97,3 +97,19 @@ def test_mismatched_inputs_are_refused():
         layer(torch.randn(2, 512), None)
     with pytest.raises(ValueError, match="float32"):
         layer(torch.randn(2, 256, dtype=torch.float64), None)
+
+
+def test_float_weights_with_tiny_groups_still_pack_and_stay_accurate():
+    """bf16 checkpoints hold groups far below fp16's normal range; they must not fall back to dense fp32."""
+    g = torch.Generator().manual_seed(4)
+    weight = torch.randn(32, 256, generator=g) * 0.02
+    weight[:8] *= 1e-4  # rows of ~2e-6 weights: scales in fp16's subnormal range
+    weight[8:10] = 0.0
+    q, scale = native.int8_groups_of_16(weight)
+    parts = native.pack_q8(q, scale)  # would raise ScaleRangeError if the scales were not fp16 values
+    dense = (q.view(32, 16, 16).float() * scale[..., None]).view(32, 256)
+    for rows in (slice(0, 8), slice(10, 32)):
+        assert relative_error(dense[rows], weight[rows]) < 0.02
+    assert torch.equal(dense[8:10], weight[8:10])
+    x = torch.randn(3, 256, generator=g)
+    assert relative_error(native.PackedLinear(parts)(x, None), x @ dense.T) < 0.02

@@ -29,7 +29,7 @@ def register(app: typer.Typer) -> None:
         tier: str | None = typer.Option(None, "--tier", help="run the model under another tier: quick, smoke, mvp, "
                                         "standard, full"),
         output: Path | None = typer.Option(None, "--output", "-o",
-                                           help="directory for evidence and reports (default certifications/<name>)"),
+                                           help="directory for evidence and reports (default certifications/<model>, or <model>-<tier> for tiers other than mvp)"),
         workers: int | None = typer.Option(None, "--workers", min=1, max=64, help="cells run in parallel"),
         timeout: float | None = typer.Option(None, "--timeout", min=1, help="per-cell deadline in seconds "
                                              "(default: the playbook's execution.timeout_s)"),

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 # Bump when the packed layout or the conversion changes: old entries are then simply not found.
-PACK_VERSION = 1
+PACK_VERSION = 2
 
 
 def apr_home() -> Path:
@@ -18,13 +18,19 @@ def apr_home() -> Path:
 
 
 def cache_key(source_path: Path, policy_tag: str) -> str | None:
-    """Key from the checkpoint's identity (path, size, mtime) and the conversion; None when it has no single file."""
+    """Key from the checkpoint's identity and the conversion; None when the path is neither file nor folder.
+
+    Identity is (resolved path, size, mtime) of the file, or of every file in a checkpoint folder
+    (SafeTensors shards, config, tokenizer), so rewriting any of them misses the cache."""
     path = Path(source_path)
-    if not path.is_file():
+    if path.is_file():
+        files = [path]
+    elif path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file())
+    else:
         return None
-    stat = path.stat()
-    ident = json.dumps([PACK_VERSION, str(path.resolve()), stat.st_size, stat.st_mtime_ns, policy_tag,
-                        torch.__version__])
+    identity = [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    ident = json.dumps([PACK_VERSION, identity, policy_tag, torch.__version__])
     return hashlib.sha256(ident.encode()).hexdigest()[:32]
 
 

@@ -159,6 +159,12 @@ class NativeLinear(nn.Module):
         self.out_features = self._kernel.n
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.compiler.is_compiling():  # traced: the registered operator, inputs made contiguous float32
+            weight, scale = (self.q4, self.q4_scale) if self.kind == "q4" else (self.q8, self.q8_scale)
+            offset = self.q4_offset if self.kind == "q4" else None
+            y = torch.ops.apr.native_linear(x.reshape(-1, x.shape[-1]).float().contiguous(), weight, scale, offset,
+                                            self._bias)
+            return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
         if x.dim() == 2 and x.dtype == torch.float32 and x.is_contiguous():
             return self._kernel(x, self._bias)
         shape = x.shape

@@ -55,6 +55,13 @@ class CertifyResult:
         return 1 if self.mqs.status is Status.BLOCKED else 0
 
 
+def default_output(playbook: Playbook) -> Path:
+    """``certifications/<model>`` for the MVP tier, the folder the Dagster pipeline writes too;
+    ``certifications/<model>-<tier>`` for other tiers, so tiers of one model never share evidence."""
+    model = playbook.name.removesuffix(f"-{playbook.tier.value}")
+    return DEFAULT_ROOT / (model if playbook.tier is Tier.MVP else f"{model}-{playbook.tier.value}")
+
+
 def _say(message: str, progress: bool) -> None:
     if progress:
         print(message, file=sys.stderr, flush=True)
@@ -136,7 +143,7 @@ class Certification:
         if options.model_path is not None:
             playbook = playbook.with_model_path(options.model_path)
         self.playbook = playbook
-        self.output = options.output or DEFAULT_ROOT / playbook.name
+        self.output = options.output or default_output(playbook)
         self.evidence = self.output / "evidence.jsonl"
 
     def _emit_to(self, writer: EvidenceWriter):

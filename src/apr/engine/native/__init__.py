@@ -190,6 +190,27 @@ class PackedLinear:
         return y
 
 
+@torch.library.custom_op("apr::native_linear", mutates_args=())
+def native_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor | None,
+                  bias: torch.Tensor | None) -> torch.Tensor:
+    """``PackedLinear``'s product as a PyTorch operator, so torch.compile can trace a graph around it
+    (eager code calls ``PackedLinear`` directly: the dispatcher costs more than the small products)."""
+    kind = 4 if weight.dtype == torch.uint8 else 8
+    m, k = x.shape
+    kpad = weight.shape[1] * (2 if kind == 4 else 1)
+    y = torch.empty(m, scale.shape[0], dtype=torch.float32)
+    if _lib().apr_linear(kind, x.data_ptr(), m, k, kpad, weight.data_ptr(), scale.data_ptr(),
+                         None if offset is None else offset.data_ptr(), None if bias is None else bias.data_ptr(),
+                         scale.shape[0], y.data_ptr(), torch.get_num_threads()):
+        raise MemoryError(f"no memory for the activations of a {m} x {k} product")
+    return y
+
+
+@native_linear.register_fake
+def _native_linear_shape(x, weight, scale, offset, bias):
+    return x.new_empty(x.shape[0], scale.shape[0])
+
+
 def _fp16_scales(values: torch.Tensor, what: str) -> torch.Tensor:
     """float32 scales as fp16 bits, refusing values that fp16 would round by more than MAX_SCALE_ROUNDING."""
     rounded = values.to(torch.float16)
@@ -235,11 +256,16 @@ def pack_q8(q: torch.Tensor, scale: torch.Tensor) -> dict[str, torch.Tensor]:
 
 
 def int8_groups_of_16(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric int8 per 16 along K for tensors with no exact integer form: ``w ≈ q * scale``."""
+    """Symmetric int8 per 16 along K for tensors with no exact integer form: ``w ≈ q * scale``.
+
+    The scales are fp16 values (what the layout stores) chosen before rounding q, so tiny groups in
+    fp16's subnormal range lose only a little resolution instead of being refused."""
     n, k = weight.shape
     w = weight.float().view(n, k // 16, 16)
-    scale = w.abs().amax(dim=-1) / 127.0
-    q = torch.where(scale[..., None] > 0, w / scale.clamp_min(1e-30)[..., None], 0.0).round_().clamp_(-127, 127)
+    scale = (w.abs().amax(dim=-1) / 127.0).half().float()
+    # Groups too small for any fp16 scale (max|w| < 4e-6) get the smallest one; their q stay in range.
+    scale = torch.where((scale == 0) & (w.abs().amax(dim=-1) > 0), torch.tensor(2.0**-24), scale)
+    q = torch.where(scale[..., None] > 0, w / scale.clamp_min(2.0**-24)[..., None], 0.0).round_().clamp_(-127, 127)
     return q.to(torch.int8).view(n, k), scale
 
 
