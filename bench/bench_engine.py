@@ -86,7 +86,7 @@ def transformers_bf16(args, prompt: list[int]):
     return load_s, once, {"dtype": "bfloat16", "weights": "dequantized by transformers"}
 
 
-def llama_cpp(args, prompt: list[int]):
+def llama_cpp_python(args, prompt: list[int]):
     import numpy as np
     from llama_cpp import Llama
 
@@ -162,7 +162,7 @@ def main() -> int:
         prompt += tokenizer.encode(FILLER, add_special_tokens=False)
     prompt = prompt[:args.prompt_tokens]
 
-    runners = {"apr": ours, "transformers": transformers_bf16, "llama.cpp": llama_cpp}
+    runners = {"apr": ours, "transformers": transformers_bf16, "llama.cpp": llama_cpp_python}
     results: dict[str, dict] = {}
     for name in args.engines.split(","):
         if name == "llama.cpp" and args.llama_bench:
