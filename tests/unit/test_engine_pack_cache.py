@@ -35,3 +35,16 @@ def test_rewriting_any_file_of_a_checkpoint_changes_the_key(fixture_models, tmp_
     os.utime(config, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
     assert cache_key(folder, "tag") != before
     assert cache_key(tmp_path / "missing", "tag") is None
+
+
+def test_the_size_limit_removes_least_recently_used_entries_first(tmp_path):
+    from apr.engine.pack_cache import prune
+
+    for age, name in enumerate(("newest", "middle", "oldest")):
+        entry = tmp_path / f"{name}.safetensors"
+        entry.write_bytes(b"x" * 1000)
+        os.utime(entry, (1_000_000 - age * 10, 1_000_000 - age * 10))
+    removed = prune(tmp_path, keep=tmp_path / "oldest.safetensors", limit=2000)
+    assert [p.name for p in removed] == ["middle.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["newest.safetensors", "oldest.safetensors"]
+    assert prune(tmp_path, limit=10_000) == []

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import torch
 
-# Bump when the packed layout or the conversion changes: old entries are then simply not found.
+# Bump when the packed layout or the conversion changes: old entries are then simply not found
+# (and, being the least recently used, are the first the size limit removes).
 PACK_VERSION = 2
+DEFAULT_LIMIT_GB = 12.0  # $APR_ENGINE_CACHE_GB overrides; the 1.5B takes ~1.2-1.8 GB per format
 
 
 def apr_home() -> Path:
@@ -50,6 +52,7 @@ class PackStore:
         from safetensors.torch import load_file
 
         flat = load_file(str(path))
+        os.utime(path)  # recency for the size limit: entries in use are the last to go
         loaded: dict[str, dict[str, torch.Tensor]] = {}
         for flat_name, tensor in flat.items():
             name, _, part = flat_name.rpartition("::")
@@ -81,3 +84,36 @@ class PackStore:
             os.replace(tmp, self.path)
         finally:
             tmp.unlink(missing_ok=True)
+        prune(self.path.parent, keep=self.path)
+
+
+def limit_bytes() -> int:
+    value = os.environ.get("APR_ENGINE_CACHE_GB")
+    try:
+        gigabytes = float(value) if value else DEFAULT_LIMIT_GB
+    except ValueError:
+        gigabytes = DEFAULT_LIMIT_GB
+    return int(gigabytes * 1e9)
+
+
+def prune(folder: Path, keep: Path | None = None, limit: int | None = None) -> list[Path]:
+    """Remove the least recently used entries until the folder fits ``limit`` bytes; ``keep`` always stays."""
+    limit = limit_bytes() if limit is None else limit
+    entries = []
+    for entry in folder.glob("*.safetensors"):
+        try:
+            stat = entry.stat()
+        except FileNotFoundError:  # removed by a concurrent prune
+            continue
+        entries.append((stat.st_mtime, stat.st_size, entry))
+    total = sum(size for _, size, _ in entries)
+    removed = []
+    for _, size, entry in sorted(entries):
+        if total <= limit:
+            break
+        if keep is not None and entry == keep:
+            continue
+        entry.unlink(missing_ok=True)
+        total -= size
+        removed.append(entry)
+    return removed
