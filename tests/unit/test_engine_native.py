@@ -29,12 +29,25 @@ def q8_weight(n: int, k: int, seed: int):
     return native.pack_q8(q, scale), dense
 
 
+def q4k_weight(n: int, k: int, seed: int):
+    """Random Q4_K bytes (valid fp16 d/dmin), packed as q4k; the reference is gguf-py's dequantization."""
+    from gguf import GGMLQuantizationType, quants
+
+    rng = np.random.default_rng(seed)
+    blocks = rng.integers(0, 256, size=(n, k // 256, 144), dtype=np.uint8)
+    scales = rng.uniform(0.0005, 0.002, size=(n, k // 256, 2)).astype(np.float16)
+    blocks[..., :4] = scales.view(np.uint8).reshape(n, k // 256, 4)
+    raw = blocks.reshape(n, -1)
+    dense = torch.from_numpy(quants.dequantize(raw, GGMLQuantizationType.Q4_K).reshape(n, k).copy())
+    return native.pack_q4k(quant.q4_k_parts(raw, (n, k))), dense
+
+
 def relative_error(y: torch.Tensor, ref: torch.Tensor) -> float:
     return float((y - ref).norm() / ref.norm())
 
 
-@pytest.mark.parametrize("make", [q4_weight, q8_weight], ids=["q4", "q8"])
-@pytest.mark.parametrize("n,k,m", [(96, 256, 1), (64, 576, 3), (40, 2048, 9), (256, 1536, 1)])
+@pytest.mark.parametrize("make", [q4_weight, q8_weight, q4k_weight], ids=["q4", "q8", "q4k"])
+@pytest.mark.parametrize("n,k,m", [(96, 256, 1), (64, 768, 3), (40, 2048, 9), (256, 1536, 1)])
 def test_products_match_the_float_reference(make, n, k, m):
     """Only the int8 quantization of activations separates the kernel from x @ W.T (≈ 0.5 % here)."""
     parts, dense = make(n, k, seed=n + k)
@@ -48,11 +61,11 @@ def test_products_match_the_float_reference(make, n, k, m):
     assert relative_error(native.PackedLinear(parts)(x, None), x @ dense.T) < 0.02
 
 
-@pytest.mark.parametrize("make", [q4_weight, q8_weight], ids=["q4", "q8"])
+@pytest.mark.parametrize("make", [q4_weight, q8_weight, q4k_weight], ids=["q4", "q8", "q4k"])
 def test_a_row_gets_the_same_bits_alone_in_any_batch_and_thread_count(make):
-    parts, _ = make(72, 640, seed=3)
+    parts, _ = make(72, 768, seed=3)
     layer = native.PackedLinear(parts)
-    x = torch.randn(11, 640, generator=torch.Generator().manual_seed(9))
+    x = torch.randn(11, 768, generator=torch.Generator().manual_seed(9))
     alone = torch.cat([layer(x[i:i + 1].contiguous(), None) for i in range(11)])
     threads = torch.get_num_threads()
     try:
@@ -62,6 +75,22 @@ def test_a_row_gets_the_same_bits_alone_in_any_batch_and_thread_count(make):
             assert torch.equal(layer(x[3:8].contiguous(), None), alone[3:8])
     finally:
         torch.set_num_threads(threads)
+
+
+def test_q4_k_parts_reproduce_gguf_dequantization_exactly():
+    from gguf import GGMLQuantizationType, quants
+
+    _, dense = q4k_weight(8, 512, seed=5)
+    rng = np.random.default_rng(5)  # the same bytes again, to rebuild w from the parts
+    blocks = rng.integers(0, 256, size=(8, 2, 144), dtype=np.uint8)
+    blocks[..., :4] = rng.uniform(0.0005, 0.002, size=(8, 2, 2)).astype(np.float16).view(np.uint8).reshape(8, 2, 4)
+    parts = quant.q4_k_parts(blocks.reshape(8, -1), (8, 512))
+    d = parts.d.float().repeat_interleave(8, dim=1)[..., None]
+    dmin = parts.dmin.float().repeat_interleave(8, dim=1)[..., None]
+    w = d * parts.sc.float()[..., None] * parts.q.view(8, 16, 32).float() - dmin * parts.m.float()[..., None]
+    expected = quants.dequantize(blocks.reshape(8, -1), GGMLQuantizationType.Q4_K).reshape(8, 512)
+    assert torch.allclose(w.view(8, 512), torch.from_numpy(expected), rtol=0, atol=1e-7)
+    assert torch.allclose(w.view(8, 512), dense)
 
 
 def test_q6_k_and_q8_0_keep_their_integer_values_exactly():

@@ -66,15 +66,48 @@ def _q4_k_groups(data: torch.Tensor, n: int, k: int) -> Int4Groups:
     # then 128 bytes of nibbles; 64-value chunk c holds sub-block 2c in low nibbles, 2c+1 in high ones.
     blocks = data.view(n, k // 256, 144)
     d, dmin = _f16(blocks[..., 0:2]), _f16(blocks[..., 2:4])
-    packed = blocks[..., 4:16].to(torch.int32)
-    low_sc, low_m, high = packed[..., 0:4], packed[..., 4:8], packed[..., 8:12]
-    sc = torch.cat([low_sc & 63, (high & 0xF) | ((low_sc >> 6) << 4)], dim=-1)
-    mn = torch.cat([low_m & 63, (high >> 4) | ((low_m >> 6) << 4)], dim=-1)
+    sc, mn = _q4_k_scale_bytes(blocks)
     qs = blocks[..., 16:144].reshape(n, k // 256, 4, 32)
     q = torch.stack([qs & 0xF, qs >> 4], dim=3)  # [n, blocks, chunk, lo/hi, 32] = sub-block order
     scale = (d[..., None] * sc.float()).reshape(n, k // 32)
     minimum = (dmin[..., None] * mn.float()).reshape(n, k // 32)
     return Int4Groups(q.reshape(n, k).to(torch.int32), scale, 8 * scale - minimum)
+
+
+@dataclass(frozen=True)
+class Q4KParts:
+    """A Q4_K matrix as stored: ``w = d * sc * q - dmin * m`` per block of 32 in super-blocks of 256.
+
+    q     int [N, K] in 0..15          sc, m  uint8 [N, K/32] (6-bit)
+    d, dmin  float16 [N, K/256]
+    """
+
+    q: torch.Tensor
+    sc: torch.Tensor
+    m: torch.Tensor
+    d: torch.Tensor
+    dmin: torch.Tensor
+
+
+def q4_k_parts(raw: np.ndarray, shape: tuple[int, int]) -> Q4KParts:
+    n, k = shape
+    blocks = _as_tensor(raw, n).view(n, k // 256, 144)
+    d = blocks[..., 0:2].contiguous().view(torch.float16).squeeze(-1)
+    dmin = blocks[..., 2:4].contiguous().view(torch.float16).squeeze(-1)
+    sc, mn = _q4_k_scale_bytes(blocks)
+    qs = blocks[..., 16:144].reshape(n, k // 256, 4, 32)
+    q = torch.stack([qs & 0xF, qs >> 4], dim=3)
+    return Q4KParts(q.reshape(n, k), sc.reshape(n, k // 32).to(torch.uint8), mn.reshape(n, k // 32).to(torch.uint8),
+                    d, dmin)
+
+
+def _q4_k_scale_bytes(blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 8 (scale, min) 6-bit pairs of each super-block, unpacked from their 12 bytes."""
+    packed = blocks[..., 4:16].to(torch.int32)
+    low_sc, low_m, high = packed[..., 0:4], packed[..., 4:8], packed[..., 8:12]
+    sc = torch.cat([low_sc & 63, (high & 0xF) | ((low_sc >> 6) << 4)], dim=-1)
+    mn = torch.cat([low_m & 63, (high >> 4) | ((low_m >> 6) << 4)], dim=-1)
+    return sc, mn
 
 
 def _q6_k_ints(data: torch.Tensor, n: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:

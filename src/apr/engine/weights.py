@@ -12,7 +12,7 @@ from torch.nn import functional as F
 from apr.engine import native, quant
 from apr.engine.pack_cache import PackStore
 
-WeightKind = Literal["dense", "int4", "int8", "q4", "q8"]
+WeightKind = Literal["dense", "int4", "int8", "q4", "q8", "q4k"]
 KernelFamily = Literal["torch", "native"]
 # Calls with at least this many rows (prompt chunks) use the dense twin when one is kept.
 PREFILL_MIN_ROWS = 8
@@ -149,7 +149,7 @@ class NativeLinear(nn.Module):
     def __init__(self, parts: dict[str, torch.Tensor], bias: torch.Tensor | None) -> None:
         super().__init__()
         parts = {name: tensor.contiguous() for name, tensor in parts.items()}
-        self.kind: WeightKind = "q4" if "q4" in parts else "q8"
+        self.kind: WeightKind = native.layout_of(parts)  # type: ignore[assignment]
         for name, tensor in parts.items():
             self.register_buffer(name, tensor)
         self.bias = None if bias is None else nn.Parameter(bias.float().contiguous(), requires_grad=False)
@@ -160,9 +160,8 @@ class NativeLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.compiler.is_compiling():  # traced: the registered operator, inputs made contiguous float32
-            weight, scale = (self.q4, self.q4_scale) if self.kind == "q4" else (self.q8, self.q8_scale)
-            offset = self.q4_offset if self.kind == "q4" else None
-            y = torch.ops.apr.native_linear(x.reshape(-1, x.shape[-1]).float().contiguous(), weight, scale, offset,
+            weights = [getattr(self, name) for name in native.LAYOUTS[self.kind]]
+            y = torch.ops.apr.native_linear(x.reshape(-1, x.shape[-1]).float().contiguous(), self.kind, weights,
                                             self._bias)
             return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
         if x.dim() == 2 and x.dtype == torch.float32 and x.is_contiguous():
@@ -174,8 +173,7 @@ class NativeLinear(nn.Module):
     forward_rows = forward  # each row is computed independently of the others (see qgemm.c)
 
     def parts(self) -> dict[str, torch.Tensor]:
-        names = ("q4", "q4_scale", "q4_offset") if self.kind == "q4" else ("q8", "q8_scale")
-        return {name: getattr(self, name) for name in names}
+        return {name: getattr(self, name) for name in native.LAYOUTS[self.kind]}
 
 
 class PrefillLinear(nn.Module):
@@ -238,6 +236,8 @@ def _native_linear(source, bias: torch.Tensor | None) -> nn.Module:
     info = source.info
     n, k = info.shape
     attempts = []
+    if info.ggml_type == quant.Q4_K and k % 256 == 0:  # fp16 d/dmin and integer sub-scales: exact as stored
+        attempts.append(lambda: native.pack_q4k(quant.q4_k_parts(source.raw(), (n, k))))
     if info.ggml_type in quant.INT4_EXACT_TYPES and k % quant.INT4_GROUP == 0:
         def exact_q4():
             groups = quant.int4_groups_from_raw(source.raw(), info.ggml_type, (n, k))
@@ -257,7 +257,7 @@ def _native_linear(source, bias: torch.Tensor | None) -> nn.Module:
 
 def _from_parts(parts: dict[str, torch.Tensor], bias: torch.Tensor | None, policy: WeightPolicy) -> nn.Module:
     layer: nn.Module
-    if "q4" in parts or "q8" in parts:
+    if any(name in parts for name in native.LAYOUTS):
         return NativeLinear(parts, bias)
     if "packed" in parts:
         layer = Int4Linear(parts["packed"].to(policy.device), parts["scales_zeros"].to(policy.device), bias)

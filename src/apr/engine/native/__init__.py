@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).with_name("qgemm.c")
-ABI = 2
+ABI = 3
 BLOCK = 32  # activation block (and q4 weight block)
 KGROUP = 128  # K is padded to a multiple of this in every packed layout
 CFLAGS = ("-O3", "-std=c11", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-fPIC", "-shared")
@@ -83,6 +83,8 @@ def _library() -> tuple[ctypes.CDLL | None, str]:
     lib.apr_q8_matmul.restype = None
     lib.apr_linear.argtypes = [i32, p, i64, i64, i64, p, p, p, p, i64, p, i32]
     lib.apr_linear.restype = i32
+    lib.apr_linear_q4k.argtypes = [p, i64, i64, p, p, p, p, p, p, i64, p, i32]
+    lib.apr_linear_q4k.restype = i32
     return lib, ""
 
 
@@ -158,57 +160,71 @@ class ScaleRangeError(ValueError):
     """Scales that fp16 cannot hold to its normal precision; the caller picks another layout."""
 
 
+# Layout name -> the parts it is stored as (the first is the integer matrix, the second has one row per output).
+LAYOUTS = {"q4": ("q4", "q4_scale", "q4_offset"), "q8": ("q8", "q8_scale"),
+           "q4k": ("q4k", "q4k_sc", "q4k_min", "q4k_d", "q4k_dmin")}
+
+
+def layout_of(parts: dict[str, torch.Tensor]) -> str:
+    for layout, names in LAYOUTS.items():
+        if set(parts) == set(names):
+            return layout
+    raise ValueError(f"no native layout has the parts {sorted(parts)}")
+
+
+def _padded_k(layout: str, weight: torch.Tensor) -> int:
+    return weight.shape[1] * (1 if layout == "q8" else 2)
+
+
+def _call(layout: str, x: torch.Tensor, kpad: int, pointers: tuple[int, ...], bias: torch.Tensor | None,
+          n: int) -> torch.Tensor:
+    m, k = x.shape
+    if (padded(k) if layout != "q4k" else k) != kpad or x.dtype != torch.float32 or not x.is_contiguous():
+        raise ValueError(f"expected contiguous float32 [M, K] input with K padding to {kpad}, got {x.dtype} {tuple(x.shape)}")
+    y = torch.empty(m, n, dtype=torch.float32)
+    lib, threads, b = _lib(), torch.get_num_threads(), None if bias is None else bias.data_ptr()
+    if layout == "q4k":
+        status = lib.apr_linear_q4k(x.data_ptr(), m, k, *pointers, b, n, y.data_ptr(), threads)
+    else:
+        weight, scale, *offset = pointers
+        status = lib.apr_linear(4 if layout == "q4" else 8, x.data_ptr(), m, k, kpad, weight, scale,
+                                offset[0] if offset else None, b, n, y.data_ptr(), threads)
+    if status:
+        raise MemoryError(f"no memory for the activations of a {m} x {k} product")
+    return y
+
+
 class PackedLinear:
-    """A q4 or q8 weight ready for ``apr_linear``: the tensors plus their addresses, taken once.
+    """A weight in one of the native ``LAYOUTS``, ready to multiply: the tensors plus their addresses.
 
     The addresses stay valid because this object holds the tensors and nothing replaces them; a layer
     moved to another device must build a new one."""
 
     def __init__(self, parts: dict[str, torch.Tensor]) -> None:
-        self.kind = 4 if "q4" in parts else 8
-        weight = parts["q4"] if self.kind == 4 else parts["q8"]
-        scale = parts["q4_scale"] if self.kind == 4 else parts["q8_scale"]
-        offset = parts.get("q4_offset")
-        self.tensors = tuple(t for t in (weight, scale, offset) if t is not None)
+        self.layout = layout_of(parts)
+        self.tensors = tuple(parts[name] for name in LAYOUTS[self.layout])
         if any(not t.is_contiguous() or t.device.type != "cpu" for t in self.tensors):
             raise ValueError("packed weights must be contiguous CPU tensors")
-        self.n = scale.shape[0]
-        self.kpad = weight.shape[1] * (2 if self.kind == 4 else 1)
-        self._pointers = (weight.data_ptr(), scale.data_ptr(), None if offset is None else offset.data_ptr())
-        self._call = _lib().apr_linear
+        self.n = self.tensors[1].shape[0]
+        self.kpad = _padded_k(self.layout, self.tensors[0])
+        self._pointers = tuple(t.data_ptr() for t in self.tensors)
 
     def __call__(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """float32 ``x [M, K]`` (contiguous) -> float32 ``[M, N]``."""
-        m, k = x.shape
-        if padded(k) != self.kpad or x.dtype != torch.float32 or not x.is_contiguous():
-            raise ValueError(f"expected contiguous float32 [M, {self.kpad}-padded K] input, got {x.dtype} {tuple(x.shape)}")
-        y = torch.empty(m, self.n, dtype=torch.float32)
-        weight, scale, offset = self._pointers
-        if self._call(self.kind, x.data_ptr(), m, k, self.kpad, weight, scale, offset,
-                      None if bias is None else bias.data_ptr(), self.n, y.data_ptr(), torch.get_num_threads()):
-            raise MemoryError(f"no memory for the activations of a {m} x {k} product")
-        return y
+        return _call(self.layout, x, self.kpad, self._pointers, bias, self.n)
 
 
 @torch.library.custom_op("apr::native_linear", mutates_args=())
-def native_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor | None,
-                  bias: torch.Tensor | None) -> torch.Tensor:
+def native_linear(x: torch.Tensor, layout: str, weights: list[torch.Tensor], bias: torch.Tensor | None) -> torch.Tensor:
     """``PackedLinear``'s product as a PyTorch operator, so torch.compile can trace a graph around it
     (eager code calls ``PackedLinear`` directly: the dispatcher costs more than the small products)."""
-    kind = 4 if weight.dtype == torch.uint8 else 8
-    m, k = x.shape
-    kpad = weight.shape[1] * (2 if kind == 4 else 1)
-    y = torch.empty(m, scale.shape[0], dtype=torch.float32)
-    if _lib().apr_linear(kind, x.data_ptr(), m, k, kpad, weight.data_ptr(), scale.data_ptr(),
-                         None if offset is None else offset.data_ptr(), None if bias is None else bias.data_ptr(),
-                         scale.shape[0], y.data_ptr(), torch.get_num_threads()):
-        raise MemoryError(f"no memory for the activations of a {m} x {k} product")
-    return y
+    return _call(layout, x, _padded_k(layout, weights[0]), tuple(t.data_ptr() for t in weights), bias,
+                 weights[1].shape[0])
 
 
 @native_linear.register_fake
-def _native_linear_shape(x, weight, scale, offset, bias):
-    return x.new_empty(x.shape[0], scale.shape[0])
+def _native_linear_shape(x, layout, weights, bias):
+    return x.new_empty(x.shape[0], weights[1].shape[0])
 
 
 def _fp16_scales(values: torch.Tensor, what: str) -> torch.Tensor:
@@ -238,6 +254,17 @@ def pack_q4(q: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor) -> dict[
     op[:, : k // BLOCK] = offset
     return {"q4": packed.contiguous(), "q4_scale": _fp16_scales(sp, "q4 scales").contiguous(),
             "q4_offset": _fp16_scales(op, "q4 offsets").contiguous()}
+
+
+def pack_q4k(parts) -> dict[str, torch.Tensor]:
+    """q4k layout of a Q4_K matrix (``quant.Q4KParts``): its values, sub-block scales and fp16 d/dmin as stored."""
+    n, k = parts.q.shape
+    if k % 256:
+        raise ValueError(f"q4k packing needs K % 256 == 0, got {k}")
+    pairs = parts.q.to(torch.uint8).view(n, k // 64, 2, 32)
+    packed = (pairs[:, :, 0] | (pairs[:, :, 1] << 4)).reshape(n, k // 2)
+    return {"q4k": packed.contiguous(), "q4k_sc": parts.sc.contiguous(), "q4k_min": parts.m.contiguous(),
+            "q4k_d": parts.d.contiguous().view(torch.int16), "q4k_dmin": parts.dmin.contiguous().view(torch.int16)}
 
 
 def pack_q8(q: torch.Tensor, scale: torch.Tensor) -> dict[str, torch.Tensor]:

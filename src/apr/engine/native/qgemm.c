@@ -14,6 +14,11 @@
  *       in the order (b0 first half, b1 first, b2 first, b3 first, b0 second half, ..., b3 second),
  *       the lane order that the horizontal adds below produce.
  *
+ *   q4k: Q4_K as stored: w = d * sc * q - dmin * m, q in [0, 15], 6-bit sc and m per block of 32,
+ *       fp16 d and dmin per super-block of 256; nibbles in the q4 pair layout. Its activations are
+ *       quantized per 256 (one scale per super-block, as ggml's q8_K), so the integer sub-block scales
+ *       multiply inside _mm256_madd_epi16 and a super-block needs one float step instead of eight.
+ *
  * Batch invariance: every output element is computed by the same operations in the same order
  * whatever M (rows of activations), the thread count or the row's position in the batch, because work
  * is split over output columns only and each activation row has its own accumulators.
@@ -27,7 +32,7 @@
 #define APR_KGROUP 128 /* inner-loop step: 4 blocks */
 #define APR_MT 4      /* activation rows sharing one unpacked weight group */
 
-int apr_qgemm_abi(void) { return 2; }
+int apr_qgemm_abi(void) { return 3; }
 
 /* x [m][k] float -> qx [m][kpad] int8, dx [m][kpad/32] block scales, sx [m][kpad/32] exact block sums. */
 void apr_quantize_rows(const float *x, int64_t m, int64_t k, int64_t kpad, int8_t *qx, float *dx, float *sx) {
@@ -168,6 +173,107 @@ void apr_q8_matmul(const int8_t *qx, const float *dx, int64_t m, int64_t kpad,
         for (; r0 + APR_MT <= m; r0 += APR_MT) q8_tile(qx, dx, kpad, wr, sr, b, r0, APR_MT, n, j, y);
         for (; r0 < m; r0++) q8_tile(qx, dx, kpad, wr, sr, b, r0, 1, n, j, y);
     }
+}
+
+/* x [m][k] float -> qx [m][k] int8, d [m][k/256] super-block scales, bsum [m][k/32] int16 block sums of qx. */
+void apr_quantize_rows_256(const float *x, int64_t m, int64_t k, int8_t *qx, float *d, int16_t *bsum) {
+    const int64_t nsb = k / 256;
+#pragma omp parallel for schedule(static) if (m * k >= 65536)
+    for (int64_t r = 0; r < m; r++) {
+        for (int64_t sb = 0; sb < nsb; sb++) {
+            const float *xs = x + r * k + sb * 256;
+            int8_t *q = qx + r * k + sb * 256;
+            float amax = 0.0f;
+            for (int i = 0; i < 256; i++) amax = fmaxf(amax, fabsf(xs[i]));
+            const float scale = amax / 127.0f;
+            const float inv = scale > 0.0f ? 1.0f / scale : 0.0f;
+            for (int b = 0; b < 8; b++) {
+                int sum = 0;
+                for (int i = b * 32; i < b * 32 + 32; i++) {
+                    const float v = rintf(xs[i] * inv);
+                    q[i] = (int8_t)(v > 127.0f ? 127.0f : (v < -127.0f ? -127.0f : v));
+                    sum += q[i];
+                }
+                bsum[r * (k / 32) + sb * 8 + b] = (int16_t)sum;
+            }
+            d[r * nsb + sb] = scale;
+        }
+    }
+}
+
+static inline __attribute__((always_inline)) void q4k_tile(const int8_t *qx, const float *dx, const int16_t *bsum,
+                                                           int64_t k, const uint8_t *wr, const uint8_t *sc,
+                                                           const uint8_t *mn, const uint16_t *d, const uint16_t *dmin,
+                                                           float bias, int64_t r0, const int mt, int64_t n, int64_t j,
+                                                           float *y) {
+    const int64_t nsb = k / 256, nb = k / 32;
+    const __m256i low = _mm256_set1_epi8(0x0F);
+    __m256 acc[APR_MT];
+    __m128 accm[APR_MT];
+    for (int t = 0; t < mt; t++) {
+        acc[t] = _mm256_setzero_ps();
+        accm[t] = _mm_setzero_ps();
+    }
+    for (int64_t sb = 0; sb < nsb; sb++) {
+        const uint8_t *q = wr + sb * 128;
+        __m256i w[8], s[8];
+        for (int p = 0; p < 4; p++) {
+            const __m256i v = _mm256_loadu_si256((const __m256i *)(q + p * 32));
+            w[2 * p] = _mm256_and_si256(v, low);
+            w[2 * p + 1] = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+        }
+        for (int b = 0; b < 8; b++) s[b] = _mm256_set1_epi16((short)sc[sb * 8 + b]);
+        const __m128i m8 = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)(mn + sb * 8)));
+        const float dd = _cvtsh_ss(d[sb]), dm = _cvtsh_ss(dmin[sb]);
+        for (int t = 0; t < mt; t++) {
+            const int8_t *xr = qx + (r0 + t) * k + sb * 256;
+            __m256i sumi = _mm256_setzero_si256();
+            for (int b = 0; b < 8; b++) {
+                const __m256i p16 = _mm256_maddubs_epi16(w[b], _mm256_loadu_si256((const __m256i *)(xr + 32 * b)));
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p16, s[b]));
+            }
+            const float dxt = dx[(r0 + t) * nsb + sb];
+            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi), _mm256_set1_ps(dd * dxt), acc[t]);
+            const __m128i bs = _mm_loadu_si128((const __m128i *)(bsum + (r0 + t) * nb + sb * 8));
+            accm[t] = _mm_fmadd_ps(_mm_cvtepi32_ps(_mm_madd_epi16(m8, bs)), _mm_set1_ps(dm * dxt), accm[t]);
+        }
+    }
+    for (int t = 0; t < mt; t++) {
+        const __m128 v = _mm_add_ps(_mm256_castps256_ps128(acc[t]), _mm256_extractf128_ps(acc[t], 1));
+        y[(r0 + t) * n + j] = hsum128(v) - hsum128(accm[t]) + bias;
+    }
+}
+
+void apr_q4k_matmul(const int8_t *qx, const float *dx, const int16_t *bsum, int64_t m, int64_t k,
+                    const uint8_t *qw, const uint8_t *sc, const uint8_t *mn, const uint16_t *d, const uint16_t *dmin,
+                    const float *bias, int64_t n, float *y, int threads) {
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t j = 0; j < n; j++) {
+        const uint8_t *wr = qw + j * (k / 2), *scr = sc + j * (k / 32), *mnr = mn + j * (k / 32);
+        const uint16_t *dr = d + j * (k / 256), *dmr = dmin + j * (k / 256);
+        const float b = bias ? bias[j] : 0.0f;
+        int64_t r0 = 0;
+        for (; r0 + APR_MT <= m; r0 += APR_MT) q4k_tile(qx, dx, bsum, k, wr, scr, mnr, dr, dmr, b, r0, APR_MT, n, j, y);
+        for (; r0 < m; r0++) q4k_tile(qx, dx, bsum, k, wr, scr, mnr, dr, dmr, b, r0, 1, n, j, y);
+    }
+}
+
+/* apr_linear for the q4k layout (k % 256 == 0): w = {nibbles, sc, mn, d, dmin}. Returns 0 or -1 (no memory). */
+int apr_linear_q4k(const float *x, int64_t m, int64_t k, const uint8_t *qw, const uint8_t *sc, const uint8_t *mn,
+                   const uint16_t *d, const uint16_t *dmin, const float *bias, int64_t n, float *y, int threads) {
+    int8_t *qx = malloc((size_t)(m * k));
+    float *dx = malloc((size_t)(m * (k / 256)) * sizeof(float));
+    int16_t *bsum = malloc((size_t)(m * (k / 32)) * sizeof(int16_t));
+    int status = -1;
+    if (qx && dx && bsum) {
+        apr_quantize_rows_256(x, m, k, qx, dx, bsum);
+        apr_q4k_matmul(qx, dx, bsum, m, k, qw, sc, mn, d, dmin, bias, n, y, threads);
+        status = 0;
+    }
+    free(qx);
+    free(dx);
+    free(bsum);
+    return status;
 }
 
 /* One call per linear layer: quantize x [m][k] into scratch memory, then y = x W^T (+ bias).
