@@ -63,7 +63,7 @@ class Engine:
             "device": str(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),
             "weights": weight_kinds(self.transformer),
-            "kernels": ("apr native avx2 q4/q8, int8 activations" if self.policy.kernels == "native"
+            "kernels": ("apr native avx2 q4k/q4/q8, int8 activations" if self.policy.kernels == "native"
                         else "torch packed" if self.policy.packed else "torch dense"),
             **({"kernel_note": self.kernel_note} if self.kernel_note else {}),
             "dense_prefill": self.policy.dense_prefill,

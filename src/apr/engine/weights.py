@@ -28,9 +28,10 @@ class WeightPolicy:
     PyTorch's tinygemm kernel and other quantized types int8 per channel; float tensors stay dense.
     ``dense_prefill`` keeps an extra dense copy of every packed matrix for prompt processing.
 
-    With ``kernels`` "native" (CPU, float32 activations; ``apr.engine.native``), Q4_0/Q4_1/Q4_K keep
-    their 4-bit values (fp16 scale and offset per 32), Q6_K/Q8_0 their integer values (fp16 scale per
-    16), and every other matrix, float ones included, becomes symmetric int8 per 16.
+    With ``kernels`` "native" (CPU, float32 activations; ``apr.engine.native``), Q4_K keeps its stored
+    layout (q4k), Q4_0/Q4_1 their 4-bit values (q4: fp16 scale and offset per 32), Q6_K/Q8_0 their
+    integer values (q8: fp16 scale per 16), and every other matrix, float ones included, becomes
+    symmetric int8 per 16 (q8).
     """
 
     dtype: torch.dtype
@@ -144,7 +145,7 @@ class Int8Linear(nn.Module):
 
 
 class NativeLinear(nn.Module):
-    """``y = x @ W.T + b`` through apr's AVX2 kernels: W in the q4 or q8 layout, x quantized to int8 per 32."""
+    """``y = x @ W.T + b`` through apr's AVX2 kernels: W in one of ``native.LAYOUTS``, x quantized to int8."""
 
     def __init__(self, parts: dict[str, torch.Tensor], bias: torch.Tensor | None) -> None:
         super().__init__()

@@ -17,7 +17,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -75,12 +74,6 @@ def _library() -> tuple[ctypes.CDLL | None, str]:
     if lib.apr_qgemm_abi() != ABI:
         return None, f"{target} has ABI {lib.apr_qgemm_abi()}, expected {ABI}"
     p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
-    lib.apr_quantize_rows.argtypes = [p, i64, i64, i64, p, p, p]
-    lib.apr_quantize_rows.restype = None
-    lib.apr_q4_matmul.argtypes = [p, p, p, i64, i64, p, p, p, p, i64, p, i32]
-    lib.apr_q4_matmul.restype = None
-    lib.apr_q8_matmul.argtypes = [p, p, i64, i64, p, p, p, i64, p, i32]
-    lib.apr_q8_matmul.restype = None
     lib.apr_linear.argtypes = [i32, p, i64, i64, i64, p, p, p, p, i64, p, i32]
     lib.apr_linear.restype = i32
     lib.apr_linear_q4k.argtypes = [p, i64, i64, p, p, p, p, p, p, i64, p, i32]
@@ -101,59 +94,6 @@ def _lib() -> ctypes.CDLL:
     if lib is None:
         raise RuntimeError(reason)
     return lib
-
-
-@dataclass(frozen=True)
-class QuantizedActivations:
-    """Rows of x as int8 blocks of 32: ``x ≈ q * scale`` per block; ``sums`` are the exact float block sums."""
-
-    q: torch.Tensor  # int8 [M, Kpad]
-    scale: torch.Tensor  # float32 [M, Kpad / 32]
-    sums: torch.Tensor  # float32 [M, Kpad / 32]
-    k: int
-
-
-def quantize_activations(x: torch.Tensor) -> QuantizedActivations:
-    """Quantize float32 rows ``x [M, K]`` for the kernels (one pass, shared by every layer reading x)."""
-    x = x.contiguous()
-    if x.dtype != torch.float32 or x.dim() != 2:
-        raise ValueError(f"expected float32 [M, K] activations, got {x.dtype} {tuple(x.shape)}")
-    m, k = x.shape
-    kpad = padded(k)
-    q = torch.empty(m, kpad, dtype=torch.int8)
-    scale = torch.empty(m, kpad // BLOCK, dtype=torch.float32)
-    sums = torch.empty(m, kpad // BLOCK, dtype=torch.float32)
-    _lib().apr_quantize_rows(x.data_ptr(), m, k, kpad, q.data_ptr(), scale.data_ptr(), sums.data_ptr())
-    return QuantizedActivations(q, scale, sums, k)
-
-
-def _ptr(t: torch.Tensor | None) -> int | None:
-    return None if t is None else t.data_ptr()
-
-
-def q4_matmul(act: QuantizedActivations, packed: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor,
-              bias: torch.Tensor | None) -> torch.Tensor:
-    """``act @ W.T (+ bias)`` for a q4 layout from ``pack_q4``; float32 [M, N]."""
-    m, kpad = act.q.shape
-    n = scale.shape[0]
-    if packed.shape != (n, kpad // 2) or scale.shape != (n, kpad // BLOCK) or offset.shape != scale.shape:
-        raise ValueError(f"q4 weights {tuple(packed.shape)} do not match activations padded to {kpad}")
-    y = torch.empty(m, n, dtype=torch.float32)
-    _lib().apr_q4_matmul(act.q.data_ptr(), act.scale.data_ptr(), act.sums.data_ptr(), m, kpad, packed.data_ptr(),
-                         scale.data_ptr(), offset.data_ptr(), _ptr(bias), n, y.data_ptr(), torch.get_num_threads())
-    return y
-
-
-def q8_matmul(act: QuantizedActivations, q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """``act @ W.T (+ bias)`` for a q8 layout from ``pack_q8``; float32 [M, N]."""
-    m, kpad = act.q.shape
-    n = q.shape[0]
-    if q.shape != (n, kpad) or scale.shape != (n, kpad // 16):
-        raise ValueError(f"q8 weights {tuple(q.shape)} do not match activations padded to {kpad}")
-    y = torch.empty(m, n, dtype=torch.float32)
-    _lib().apr_q8_matmul(act.q.data_ptr(), act.scale.data_ptr(), m, kpad, q.data_ptr(), scale.data_ptr(), _ptr(bias),
-                         n, y.data_ptr(), torch.get_num_threads())
-    return y
 
 
 class ScaleRangeError(ValueError):
@@ -298,7 +238,7 @@ def int8_groups_of_16(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
 
 def describe() -> str:
     lib, reason = _library()
-    return "avx2 q4/q8 (int8 activations)" if lib is not None else f"unavailable: {reason}"
+    return "avx2 q4k/q4/q8 (int8 activations)" if lib is not None else f"unavailable: {reason}"
 
 
 if __name__ == "__main__":  # `python -m apr.engine.native` builds the kernels and says whether they load
