@@ -11,7 +11,7 @@ import torch
 
 # Bump when the packed layout or the conversion changes: old entries are then simply not found
 # (and, being the least recently used, are the first the size limit removes).
-PACK_VERSION = 2
+PACK_VERSION = 3
 DEFAULT_LIMIT_GB = 12.0  # $APR_ENGINE_CACHE_GB overrides; the 1.5B takes ~1.2-1.8 GB per format
 
 
