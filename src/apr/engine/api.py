@@ -63,7 +63,7 @@ class Engine:
             "device": str(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),
             "weights": weight_kinds(self.transformer),
-            "kernels": ("apr native avx2 q4k/q4/q8, int8 activations" if self.policy.kernels == "native"
+            "kernels": ("apr native avx2 q4/q8, int8 activations" if self.policy.kernels == "native"
                         else "torch packed" if self.policy.packed else "torch dense"),
             **({"kernel_note": self.kernel_note} if self.kernel_note else {}),
             "dense_prefill": self.policy.dense_prefill,
@@ -132,7 +132,8 @@ def load_engine(model: str | Path | CanonicalModel, *, device: str = "auto", dty
 
     dtype ``auto`` (default) picks apr's native AVX2 kernels on CPU (float32 activations, weights kept
     quantized) when they build here, PyTorch's packed kernels with bf16 otherwise; ``bf16`` forces the
-    PyTorch packed kernels; ``fp32`` dequantizes every tensor (the exact reference mode). ``pack_cache`` keeps converted weights under
+    PyTorch packed kernels; ``fp32`` dequantizes every tensor (the exact reference mode).
+    ``pack_cache`` keeps converted weights under
     ``$APR_HOME/engine-cache`` so the next load of the same file skips the conversion. ``compile`` True
     wraps the single-sequence decode step in torch.compile (off by default: the first compile costs tens
     of seconds). ``dense_prefill`` keeps dense bf16 copies of packed matrices for faster prompts.
@@ -168,7 +169,8 @@ def _pack_store(canonical: CanonicalModel, policy: WeightPolicy):
 
     if not policy.packed or policy.device.type != "cpu":
         return None
-    key = cache_key(canonical.source_path, f"{policy.dtype}-dense{int(policy.dense_prefill)}-{policy.kernels}-abi{native.ABI}")
+    tag = f"{policy.dtype}-dense{int(policy.dense_prefill)}-{policy.kernels}-abi{native.ABI}"
+    key = cache_key(canonical.source_path, tag)
     return None if key is None else PackStore.open(key)
 
 

@@ -47,7 +47,8 @@ def resolve_precision(choice: str | torch.dtype | None, device: torch.device) ->
 
             if native.available():
                 return Precision(torch.float32, True, "native")
-            return Precision(torch.bfloat16, True, "torch", f"native kernels unavailable: {native.unavailable_reason()}")
+            reason = f"native kernels unavailable: {native.unavailable_reason()}"
+            return Precision(torch.bfloat16, True, "torch", reason)
         return Precision(torch.bfloat16, True, "torch")
     if isinstance(choice, torch.dtype):
         dtype = choice

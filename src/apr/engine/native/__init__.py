@@ -120,7 +120,8 @@ def _call(layout: str, x: torch.Tensor, kpad: int, pointers: tuple[int, ...], bi
           n: int) -> torch.Tensor:
     m, k = x.shape
     if (padded(k) if layout != "q4k" else k) != kpad or x.dtype != torch.float32 or not x.is_contiguous():
-        raise ValueError(f"expected contiguous float32 [M, K] input with K padding to {kpad}, got {x.dtype} {tuple(x.shape)}")
+        raise ValueError(f"expected contiguous float32 [M, K] input with K padding to {kpad}, "
+                         f"got {x.dtype} {tuple(x.shape)}")
     y = torch.empty(m, n, dtype=torch.float32)
     lib, threads, b = _lib(), torch.get_num_threads(), None if bias is None else bias.data_ptr()
     if layout == "q4k":
@@ -182,7 +183,8 @@ def pack_q4(q: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor) -> dict[
     """q4 layout of ``w = scale * q + offset`` (q int [N, K] in 0..15; scale, offset [N, K/32]); K % 32 == 0."""
     n, k = q.shape
     if k % BLOCK or scale.shape != (n, k // BLOCK) or offset.shape != scale.shape:
-        raise ValueError(f"q4 packing needs K % 32 == 0 and [N, K/32] scales; got {tuple(q.shape)}, {tuple(scale.shape)}")
+        raise ValueError(f"q4 packing needs K % 32 == 0 and [N, K/32] scales; "
+                         f"got {tuple(q.shape)}, {tuple(scale.shape)}")
     kpad = padded(k)
     qp = torch.zeros(n, kpad, dtype=torch.uint8)
     qp[:, :k] = q.to(torch.uint8)
@@ -211,7 +213,8 @@ def pack_q8(q: torch.Tensor, scale: torch.Tensor) -> dict[str, torch.Tensor]:
     """q8 layout of ``w = scale * q`` (q int [N, K] in -128..127; scale [N, K/16]); K % 16 == 0."""
     n, k = q.shape
     if k % 16 or scale.shape != (n, k // 16):
-        raise ValueError(f"q8 packing needs K % 16 == 0 and [N, K/16] scales; got {tuple(q.shape)}, {tuple(scale.shape)}")
+        raise ValueError(f"q8 packing needs K % 16 == 0 and [N, K/16] scales; "
+                         f"got {tuple(q.shape)}, {tuple(scale.shape)}")
     kpad = padded(k)
     qp = torch.zeros(n, kpad, dtype=torch.int8)
     qp[:, :k] = q.to(torch.int8)
@@ -238,7 +241,7 @@ def int8_groups_of_16(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
 
 def describe() -> str:
     lib, reason = _library()
-    return "avx2 q4k/q4/q8 (int8 activations)" if lib is not None else f"unavailable: {reason}"
+    return "avx2 q4/q8 (int8 activations)" if lib is not None else f"unavailable: {reason}"
 
 
 if __name__ == "__main__":  # `python -m apr.engine.native` builds the kernels and says whether they load
