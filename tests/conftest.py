@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,15 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # Real models live in the user's cache (pulled once, reused across runs); everything else a test
 # registers (fixture files, local paths) goes to a throwaway APR_HOME so the user's cache stays clean.
 REAL_MODEL_HOME = Path(os.environ.get("APR_HOME") or Path.home() / ".cache" / "apr")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # A suite started in the background by a non-interactive shell (`make test &`, nohup) inherits
+    # SIGINT ignored, and every subprocess inherits that in turn: `apr pull` or `dagster dev` would
+    # then shrug off the Ctrl-C the stop tests send. A Python-level handler is reset to the default
+    # on exec, so installing Python's own gives children the disposition a terminal user has.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session", autouse=True)
