@@ -140,6 +140,10 @@ def test_tensor_only_decode_step_equals_the_batched_one(engine):
     model, cfg = engine.transformer, engine.config
     caches = [SequenceCache(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, 256, model.dtype, torch.device("cpu"))
               for _ in range(2)]
+    # Traced, decode_one always takes the PyTorch glue ops; eager decode takes the same ones only with the
+    # native glue off (test_engine_parity compares the native glue with them).
+    native_glue = model.native_glue
+    model.use_native(False)
     with torch.inference_mode():
         for cache in caches:
             model.prefill(torch.tensor(PROMPTS[1]), cache)
@@ -148,3 +152,4 @@ def test_tensor_only_decode_step_equals_the_batched_one(engine):
             b = model.decode_one(torch.tensor([token]), torch.tensor([caches[1].length]), caches[1].k, caches[1].v)
             caches[1].length += 1
             assert torch.equal(a, b)
+    model.use_native(native_glue)

@@ -58,7 +58,10 @@ def build_transformer(model: CanonicalModel, policy: WeightPolicy, max_positions
     else:
         lm_head = DenseLinear(embedding, None)  # tied: share the embedding matrix, no second copy
     final_norm = dense_tensor(source("model.norm.weight"), policy)
-    return Transformer(cfg, embedding, blocks, final_norm, lm_head, max_positions)
+    transformer = Transformer(cfg, embedding, blocks, final_norm, lm_head, max_positions)
+    # The native products take float32 activations; their glue kernels then replace ~40 small ops a layer.
+    transformer.use_native(policy.kernels == "native")
+    return transformer
 
 
 class _Renamed:

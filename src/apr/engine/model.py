@@ -6,8 +6,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from apr.engine import native
 from apr.engine.kv_cache import SequenceCache
 from apr.formats.config import ModelConfig
+
+
+def use_native(x: torch.Tensor, enabled: bool) -> bool:
+    """Whether ``x`` takes native.glue's kernels: enabled for the model, float32 on the CPU, not traced."""
+    return enabled and x.dtype == torch.float32 and x.device.type == "cpu" and not torch.compiler.is_compiling()
 
 
 class RMSNorm(nn.Module):
@@ -20,8 +26,15 @@ class RMSNorm(nn.Module):
             self.register_buffer("scale", weight.float() + offset)
         else:
             self.register_buffer("scale", weight)
+        self.native_scale: torch.Tensor | None = None  # float32 scale when the native kernel is on
+
+    def use_native(self, enabled: bool) -> None:
+        self.native_scale = self.scale.float().contiguous() if enabled else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.native_scale is not None and use_native(x, True):
+            # Same value in float32 either way: llama's cast of normed to x.dtype is then a no-op.
+            return native.rms_norm(x.contiguous(), self.native_scale, self.eps)
         x32 = x.float()
         normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
         if self.offset:
@@ -43,6 +56,22 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     half = x.shape[-1] // 2
     rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
     return x * cos[:, None] + rotated * sin[:, None]
+
+
+def attend_one(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bias: torch.Tensor,
+               scale: float) -> torch.Tensor:
+    """Attention of one new token: q ``[kv_heads, rep, d]`` over keys/values ``[kv_heads, capacity, d]``.
+
+    ``bias`` ``[1, 1, capacity]`` is 0 where the token may look and -inf elsewhere. Three plain kernels
+    instead of scaled_dot_product_attention, whose flash path costs ~130 us a call for one query row."""
+    scores = torch.baddbmm(bias, q, keys.transpose(1, 2), alpha=scale)
+    return torch.bmm(torch.softmax(scores, dim=-1), values)
+
+
+def mask_bias(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Boolean ``[..., capacity]`` mask -> additive ``[1, 1, capacity]`` bias (0 allowed, -inf not)."""
+    bias = torch.zeros(allowed.shape[-1], dtype=dtype, device=allowed.device)
+    return bias.masked_fill_(~allowed.reshape(-1), float("-inf")).view(1, 1, -1)
 
 
 class Block(nn.Module):
@@ -73,6 +102,14 @@ class Block(nn.Module):
             self.pre_mlp_norm = norm("post_attention_layernorm")
         self.q_norm = norm("q_norm")
         self.k_norm = norm("k_norm")
+        self.native_glue = False
+
+    def use_native(self, enabled: bool) -> None:
+        """Route this layer's norms, RoPE and one-token attention through native.glue's kernels."""
+        self.native_glue = enabled
+        for module in self.modules():
+            if isinstance(module, RMSNorm):
+                module.use_native(enabled)
 
     def qkv(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rows: bool):
         """Projections of h ``[T, hidden]`` into roped q ``[T, heads, d]`` and k, v ``[T, kv_heads, d]``."""
@@ -83,6 +120,8 @@ class Block(nn.Module):
         v = proj(self.v_proj, h).view(t, self.kv_heads, self.head_dim)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
+        if use_native(q, self.native_glue):
+            return native.rope_neox_(q, cos, sin), native.rope_neox_(k, cos, sin), v
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
     def mlp(self, h: torch.Tensor, rows: bool) -> torch.Tensor:
@@ -122,6 +161,14 @@ class Transformer(nn.Module):
         self.register_buffer("cos_local", cos_l.to(device))
         self.register_buffer("sin_local", sin_l.to(device))
         self.embed_scale = cfg.embedding_multiplier
+        self.native_glue = False
+
+    def use_native(self, enabled: bool) -> None:
+        """Norms, RoPE and one-token attention through native.glue (float32 CPU activations)."""
+        self.native_glue = enabled
+        self.final_norm.use_native(enabled)
+        for block in self.blocks:
+            block.use_native(enabled)
 
     @property
     def max_positions(self) -> int:
@@ -186,8 +233,9 @@ class Transformer(nn.Module):
         ``decode_one``'s, which needs static shapes for torch.compile).
         """
         positions = torch.tensor([c.length for c in caches], device=tokens.device)
-        masks = [self._decode_masks(c) for c in caches]
         x = self.embed(tokens)
+        fused = use_native(x, self.native_glue)
+        masks = [] if fused else [self._decode_masks(c) for c in caches]
         rep = self.cfg.num_heads // self.cfg.num_kv_heads
         tables = self.rope_tables_at(positions)
         for block in self.blocks:
@@ -197,13 +245,16 @@ class Transformer(nn.Module):
             for row, cache in enumerate(caches):
                 pos = cache.length
                 keys, values = cache.k[block.index], cache.v[block.index]
+                if fused:
+                    window = (self.cfg.sliding_window or 0) if block.sliding else 0
+                    out = native.attend_one(q[row], k[row], v[row], keys, values, pos, window, block.scale)
+                    outs.append(out.view(1, -1))
+                    continue
                 keys[:, pos] = k[row]
                 values[:, pos] = v[row]
                 # GQA without copying the cache: the `rep` query heads sharing a kv head become query rows.
-                qr = q[row].view(self.cfg.num_kv_heads, rep, self.cfg.head_dim)[None]
-                mask = masks[row][1 if block.sliding else 0]
-                out = F.scaled_dot_product_attention(qr, keys[None], values[None], attn_mask=mask,
-                                                     scale=block.scale)
+                qr = q[row].view(self.cfg.num_kv_heads, rep, self.cfg.head_dim)
+                out = attend_one(qr, keys, values, masks[row][1 if block.sliding else 0], block.scale)
                 outs.append(out.reshape(1, -1))
             x = block.finish(x, torch.cat(outs), rows=True)
         for cache in caches:
@@ -216,9 +267,10 @@ class Transformer(nn.Module):
         Writes the new key/value at ``pos`` of ``k_all``/``v_all`` (``[layers, kv_heads, capacity, d]``)
         and returns logits ``[1, vocab]``; the caller advances the cache length."""
         index = torch.arange(k_all.shape[2], device=k_all.device)
-        full = (index <= pos)[None]
+        allowed = index <= pos
         window = self.cfg.sliding_window
-        local = full & (index > pos - window)[None] if window else full
+        full = mask_bias(allowed, k_all.dtype)
+        local = mask_bias(allowed & (index > pos - window), k_all.dtype) if window else full
         kv_heads, head_dim = self.cfg.num_kv_heads, self.cfg.head_dim
         rep = self.cfg.num_heads // kv_heads
         x = self.embed(token)
@@ -228,19 +280,19 @@ class Transformer(nn.Module):
             keys, values = k_all[block.index], v_all[block.index]
             keys.index_copy_(1, pos, k.transpose(0, 1))
             values.index_copy_(1, pos, v.transpose(0, 1))
-            out = F.scaled_dot_product_attention(q[0].view(kv_heads, rep, head_dim)[None], keys[None], values[None],
-                                                 attn_mask=local if block.sliding else full, scale=block.scale)
+            out = attend_one(q[0].view(kv_heads, rep, head_dim), keys, values, local if block.sliding else full,
+                             block.scale)
             x = block.finish(x, out.reshape(1, -1), rows=True)
         return self.head(x, rows=True)
 
     def _decode_masks(self, cache: SequenceCache) -> tuple[torch.Tensor, torch.Tensor]:
-        """Boolean masks over the cache for the token at position ``cache.length``: (global, sliding)."""
+        """Additive attention biases over the cache for the token at position ``cache.length``: (global, sliding)."""
         index = torch.arange(cache.capacity, device=cache.k.device)
         pos = cache.length
-        full = index <= pos
+        allowed = index <= pos
         window = self.cfg.sliding_window
-        local = full & (index > pos - window) if window else full
-        return full[None], local[None]
+        full = mask_bias(allowed, cache.k.dtype)
+        return full, mask_bias(allowed & (index > pos - window), cache.k.dtype) if window else full
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """Logits ``[T, vocab]`` of a whole sequence without a cache."""

@@ -1,4 +1,4 @@
-"""apr's AVX2 quantized matmul kernels (qgemm.c): built once with the system C compiler, called through ctypes.
+"""apr's AVX2 CPU kernels (qgemm.c products, glue.c norms/RoPE/attention): built once with cc, called through ctypes.
 
 The kernels keep quantized weights in their stored precision and quantize activations per block of 32
 to int8, as ggml does on CPUs; see qgemm.c for the layouts and the batch-invariance argument. They are
@@ -21,8 +21,10 @@ from pathlib import Path
 
 import torch
 
-SOURCE = Path(__file__).with_name("qgemm.c")
+SOURCES = (Path(__file__).with_name("qgemm.c"), Path(__file__).with_name("glue.c"))
+# The packed layouts' version (part of the pack-cache key); glue.c's functions check apr_glue_abi.
 ABI = 3
+GLUE_ABI = 1
 BLOCK = 32  # activation block (and q4 weight block)
 KGROUP = 128  # K is padded to a multiple of this in every packed layout
 CFLAGS = ("-O3", "-std=c11", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-fPIC", "-shared")
@@ -55,7 +57,7 @@ def _library() -> tuple[ctypes.CDLL | None, str]:
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if not compiler:
         return None, "no C compiler (cc/gcc) to build them"
-    source = SOURCE.read_bytes()
+    source = b"".join(path.read_bytes() for path in SOURCES)
     tag = hashlib.sha256(source + " ".join(CFLAGS).encode() + compiler.encode()).hexdigest()[:16]
     target = _cache_dir() / f"qgemm-{tag}.so"
     if not target.exists():
@@ -63,7 +65,7 @@ def _library() -> tuple[ctypes.CDLL | None, str]:
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
         os.close(fd)
         try:
-            done = subprocess.run([compiler, *CFLAGS, str(SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True)
+            done = subprocess.run([compiler, *CFLAGS, *map(str, SOURCES), "-o", tmp, "-lm"], capture_output=True, text=True)
             if done.returncode != 0:
                 first = (done.stderr.strip().splitlines() or ["(no message)"])[0]
                 return None, f"building the native kernels failed: {first}"
@@ -71,13 +73,19 @@ def _library() -> tuple[ctypes.CDLL | None, str]:
         finally:
             Path(tmp).unlink(missing_ok=True)
     lib = ctypes.CDLL(str(target))
-    if lib.apr_qgemm_abi() != ABI:
-        return None, f"{target} has ABI {lib.apr_qgemm_abi()}, expected {ABI}"
-    p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+    if (lib.apr_qgemm_abi(), lib.apr_glue_abi()) != (ABI, GLUE_ABI):
+        return None, f"{target} has ABI {lib.apr_qgemm_abi()}/{lib.apr_glue_abi()}, expected {ABI}/{GLUE_ABI}"
+    p, i64, i32, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
     lib.apr_linear.argtypes = [i32, p, i64, i64, i64, p, p, p, p, i64, p, i32]
     lib.apr_linear.restype = i32
     lib.apr_linear_q4k.argtypes = [p, i64, i64, p, p, p, p, p, p, i64, p, i32]
     lib.apr_linear_q4k.restype = i32
+    lib.apr_rms_norm.argtypes = [p, p, i64, i64, f32, p]
+    lib.apr_rms_norm.restype = None
+    lib.apr_rope_neox.argtypes = [p, i64, i64, i64, p, p]
+    lib.apr_rope_neox.restype = None
+    lib.apr_attend_one.argtypes = [p, p, p, p, p, i64, i64, i64, i64, i64, i64, f32, p]
+    lib.apr_attend_one.restype = i32
     return lib, ""
 
 
@@ -168,6 +176,53 @@ def _native_linear_shape(x, layout, weights, bias):
     return x.new_empty(x.shape[0], weights[1].shape[0])
 
 
+def _check_f32(what: str, *tensors: torch.Tensor) -> None:
+    # The cheapest complete test (t.device.type builds an object per call; these run ~10 times a layer).
+    if not all(t.dtype is torch.float32 and t.is_cpu and t.is_contiguous() for t in tensors):
+        raise ValueError(f"{what} needs contiguous float32 CPU tensors")
+
+
+def rms_norm(x: torch.Tensor, scale: torch.Tensor, eps: float) -> torch.Tensor:
+    """``x * rsqrt(mean(x**2, -1) + eps) * scale`` over the last dimension (glue.c)."""
+    _check_f32("rms_norm", x, scale)
+    n = x.shape[-1]
+    if scale.shape != (n,):
+        raise ValueError(f"rms_norm: scale of shape {tuple(scale.shape)} for rows of {n}")
+    out = torch.empty_like(x)
+    _lib().apr_rms_norm(x.data_ptr(), scale.data_ptr(), x.numel() // n, n, eps, out.data_ptr())
+    return out
+
+
+def rope_neox_(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotates ``x [T, heads, d]`` in place by the NEOX rule with ``cos``/``sin`` ``[T, d]``; returns x."""
+    _check_f32("rope", x, cos, sin)
+    t, heads, d = x.shape
+    if cos.shape != (t, d) or sin.shape != (t, d) or d % 2:
+        raise ValueError(f"rope: x {tuple(x.shape)} with tables {tuple(cos.shape)}, {tuple(sin.shape)}")
+    _lib().apr_rope_neox(x.data_ptr(), t, heads, d, cos.data_ptr(), sin.data_ptr())
+    return x
+
+
+def attend_one(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, keys: torch.Tensor,
+               values: torch.Tensor, pos: int, window: int, scale: float) -> torch.Tensor:
+    """One token's attention (glue.c): stores ``k_new``/``v_new`` ``[kv_heads, d]`` at ``pos`` of ``keys``/
+    ``values`` ``[kv_heads, capacity, d]``, then attends q ``[kv_heads * rep, d]`` over positions
+    ``max(0, pos - window + 1) .. pos`` (``window`` 0: all); returns ``[kv_heads * rep, d]``."""
+    _check_f32("attend_one", q, k_new, v_new, keys, values)
+    kv_heads, capacity, d = keys.shape
+    heads = q.numel() // d
+    if (values.shape != keys.shape or k_new.numel() != kv_heads * d or v_new.numel() != kv_heads * d
+            or heads % kv_heads or not 0 <= pos < capacity):
+        raise ValueError(f"attend_one: q {tuple(q.shape)}, cache {tuple(keys.shape)}, position {pos}")
+    out = torch.empty(heads, d, dtype=torch.float32)
+    status = _lib().apr_attend_one(q.data_ptr(), k_new.data_ptr(), v_new.data_ptr(), keys.data_ptr(),
+                                   values.data_ptr(), kv_heads, heads // kv_heads, capacity, d, pos, window,
+                                   scale, out.data_ptr())
+    if status:
+        raise MemoryError(f"no memory for attention over {pos + 1} positions")
+    return out
+
+
 def _fp16_scales(values: torch.Tensor, what: str) -> torch.Tensor:
     """float32 scales as fp16 bits, refusing values that fp16 would round by more than MAX_SCALE_ROUNDING."""
     rounded = values.to(torch.float16)
@@ -241,7 +296,7 @@ def int8_groups_of_16(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
 
 def describe() -> str:
     lib, reason = _library()
-    return "avx2 q4/q8 (int8 activations)" if lib is not None else f"unavailable: {reason}"
+    return "avx2 q4/q8 (int8 activations), fused norm/rope/attention" if lib is not None else f"unavailable: {reason}"
 
 
 if __name__ == "__main__":  # `python -m apr.engine.native` builds the kernels and says whether they load
