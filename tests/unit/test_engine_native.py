@@ -42,11 +42,29 @@ def q4k_weight(n: int, k: int, seed: int):
     return native.pack_q4k(quant.q4_k_parts(raw, (n, k))), dense
 
 
+def q6k_bytes(n: int, k: int, seed: int) -> np.ndarray:
+    """Random Q6_K bytes with a valid fp16 d per super-block and int8 sub-block scales of either sign."""
+    rng = np.random.default_rng(seed)
+    blocks = rng.integers(0, 256, size=(n, k // 256, 210), dtype=np.uint8)
+    blocks[..., 208:210] = rng.uniform(0.0002, 0.001, size=(n, k // 256, 1)).astype(np.float16).view(np.uint8)
+    return blocks.reshape(n, -1)
+
+
+def q6k_weight(n: int, k: int, seed: int):
+    """Random Q6_K packed as q6; the reference is gguf-py's dequantization."""
+    from gguf import GGMLQuantizationType, quants
+
+    raw = q6k_bytes(n, k, seed)
+    dense = torch.from_numpy(quants.dequantize(raw, GGMLQuantizationType.Q6_K).reshape(n, k).copy())
+    parts = quant.q6_k_parts(raw, (n, k))
+    return native.pack_q6(parts.q, parts.sc, parts.d), dense
+
+
 def relative_error(y: torch.Tensor, ref: torch.Tensor) -> float:
     return float((y - ref).norm() / ref.norm())
 
 
-@pytest.mark.parametrize("make", [q4_weight, q8_weight, q4k_weight], ids=["q4", "q8", "q4k"])
+@pytest.mark.parametrize("make", [q4_weight, q8_weight, q4k_weight, q6k_weight], ids=["q4", "q8", "q4k", "q6"])
 @pytest.mark.parametrize("n,k,m", [(96, 256, 1), (64, 768, 3), (40, 2048, 9), (256, 1536, 1)])
 def test_products_match_the_float_reference(make, n, k, m):
     """Only the int8 quantization of activations separates the kernel from x @ W.T (≈ 0.5 % here)."""
@@ -61,7 +79,7 @@ def test_products_match_the_float_reference(make, n, k, m):
     assert relative_error(native.PackedLinear(parts)(x, None), x @ dense.T) < 0.02
 
 
-@pytest.mark.parametrize("make", [q4_weight, q8_weight, q4k_weight], ids=["q4", "q8", "q4k"])
+@pytest.mark.parametrize("make", [q4_weight, q8_weight, q4k_weight, q6k_weight], ids=["q4", "q8", "q4k", "q6"])
 def test_a_row_gets_the_same_bits_alone_in_any_batch_and_thread_count(make):
     parts, _ = make(72, 768, seed=3)
     layer = native.PackedLinear(parts)
@@ -91,6 +109,19 @@ def test_q4_k_parts_reproduce_gguf_dequantization_exactly():
     expected = quants.dequantize(blocks.reshape(8, -1), GGMLQuantizationType.Q4_K).reshape(8, 512)
     assert torch.allclose(w.view(8, 512), torch.from_numpy(expected), rtol=0, atol=1e-7)
     assert torch.allclose(w.view(8, 512), dense)
+
+
+def test_q6_k_parts_reproduce_gguf_dequantization_exactly():
+    from gguf import GGMLQuantizationType, quants
+
+    raw = q6k_bytes(8, 512, seed=7)
+    parts = quant.q6_k_parts(raw, (8, 512))
+    assert int(parts.q.max()) <= 63 and parts.sc.dtype == torch.int8
+    w = (parts.d.repeat_interleave(16, dim=1) * parts.sc.float())[..., None] * (parts.q.view(8, 32, 16).float() - 32)
+    expected = quants.dequantize(raw, GGMLQuantizationType.Q6_K).reshape(8, 512)
+    assert torch.equal(w.view(8, 512), torch.from_numpy(expected))
+    with pytest.raises(ValueError, match="K % 256"):
+        native.pack_q6(parts.q[:, :384], parts.sc[:, :24], parts.d[:, :1])
 
 
 def test_q6_k_and_q8_0_keep_their_integer_values_exactly():

@@ -110,17 +110,35 @@ def _q4_k_scale_bytes(blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     return sc, mn
 
 
-def _q6_k_ints(data: torch.Tensor, n: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+@dataclass(frozen=True)
+class Q6KParts:
+    """A Q6_K matrix as stored, unpacked: ``w = d * sc * (q - 32)``."""
+
+    q: torch.Tensor  # uint8 [N, K], values 0..63
+    sc: torch.Tensor  # int8 [N, K/16]
+    d: torch.Tensor  # float32 [N, K/256] (fp16 values)
+
+
+def q6_k_parts(raw: np.ndarray, shape: tuple[int, int]) -> Q6KParts:
+    n, k = shape
+    return _q6_k_fields(_as_tensor(raw, n), n, k)
+
+
+def _q6_k_fields(data: torch.Tensor, n: int, k: int) -> Q6KParts:
     # Super-block of 256: 128 B low nibbles, 64 B high 2-bit pairs, 16 int8 scales (one per 16 values), f16 d.
     blocks = data.view(n, k // 256, 210)
     ql = blocks[..., 0:128].reshape(n, -1, 2, 1, 64)
     ql = torch.cat([ql & 0xF, ql >> 4], dim=3).reshape(n, -1, 2, 4, 32)
     qh = blocks[..., 128:192].reshape(n, -1, 2, 1, 32)
     qh = torch.cat([(qh >> shift) & 3 for shift in (0, 2, 4, 6)], dim=3)
-    q = ((ql | (qh << 4)).to(torch.int16) - 32).reshape(n, k)
-    scales = blocks[..., 192:208].contiguous().view(torch.int8).float()
-    d = _f16(blocks[..., 208:210])
-    return q, (d[..., None] * scales).reshape(n, k // 16)
+    sc = blocks[..., 192:208].contiguous().view(torch.int8).reshape(n, k // 16)
+    return Q6KParts((ql | (qh << 4)).reshape(n, k), sc, _f16(blocks[..., 208:210]).reshape(n, k // 256))
+
+
+def _q6_k_ints(data: torch.Tensor, n: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    parts = _q6_k_fields(data, n, k)
+    scale = parts.d.repeat_interleave(16, dim=1) * parts.sc.float()
+    return parts.q.to(torch.int16) - 32, scale
 
 
 def _q6_k_values(data: torch.Tensor, n: int, k: int) -> torch.Tensor:

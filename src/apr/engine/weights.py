@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from typing import Literal
 
 import torch
@@ -12,7 +12,7 @@ from torch.nn import functional as F
 from apr.engine import native, quant
 from apr.engine.pack_cache import PackStore
 
-WeightKind = Literal["dense", "int4", "int8", "q4", "q8", "q4k"]
+WeightKind = Literal["dense", "int4", "int8", "q4", "q6", "q8", "q4k"]
 KernelFamily = Literal["torch", "native"]
 # Calls with at least this many rows (prompt chunks) use the dense twin when one is kept.
 PREFILL_MIN_ROWS = 8
@@ -29,8 +29,9 @@ class WeightPolicy:
     ``dense_prefill`` keeps an extra dense copy of every packed matrix for prompt processing.
 
     With ``kernels`` "native" (CPU, float32 activations; ``apr.engine.native``), Q4_0/Q4_1/Q4_K keep
-    their 4-bit values (q4: fp16 scale and offset per 32), Q6_K/Q8_0 their integer values (q8: fp16
-    scale per 16), and every other matrix, float ones included, becomes symmetric int8 per 16 (q8).
+    their 4-bit values (q4: fp16 scale and offset per 32), Q6_K is kept as stored (q6), Q8_0 keeps its
+    integer values (q8: fp16 scale per 16), and every other matrix, float ones included, becomes
+    symmetric int8 per 16 (q8).
     """
 
     dtype: torch.dtype
@@ -239,6 +240,8 @@ def _native_linear(source, bias: torch.Tensor | None) -> nn.Module:
     # 256, and Qwen's outlier channels then cost too much precision (format parity safetensors~gguf on
     # qwen2.5-coder-1.5b: mean KL 0.61 nats with q4k against 0.055 with q4). See docs/engine.md.
     attempts = []
+    if info.ggml_type == quant.Q6_K and k % 256 == 0:
+        attempts.append(lambda: native.pack_q6(*astuple(quant.q6_k_parts(source.raw(), (n, k)))))
     if info.ggml_type in quant.INT4_EXACT_TYPES and k % quant.INT4_GROUP == 0:
         def exact_q4():
             groups = quant.int4_groups_from_raw(source.raw(), info.ggml_type, (n, k))

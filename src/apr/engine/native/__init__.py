@@ -23,7 +23,7 @@ import torch
 
 SOURCES = (Path(__file__).with_name("qgemm.c"), Path(__file__).with_name("glue.c"))
 # The packed layouts' version (part of the pack-cache key); glue.c's functions check apr_glue_abi.
-ABI = 3
+ABI = 4
 GLUE_ABI = 1
 BLOCK = 32  # activation block (and q4 weight block)
 KGROUP = 128  # K is padded to a multiple of this in every packed layout
@@ -109,8 +109,11 @@ class ScaleRangeError(ValueError):
 
 
 # Layout name -> the parts it is stored as (the first is the integer matrix, the second has one row per output).
-LAYOUTS = {"q4": ("q4", "q4_scale", "q4_offset"), "q8": ("q8", "q8_scale"),
+LAYOUTS = {"q4": ("q4", "q4_scale", "q4_offset"), "q8": ("q8", "q8_scale"), "q6": ("q6", "q6_sc", "q6_d"),
            "q4k": ("q4k", "q4k_sc", "q4k_min", "q4k_d", "q4k_dmin")}
+
+
+KIND = {"q4": 4, "q6": 6, "q8": 8}  # apr_linear's layout argument
 
 
 def layout_of(parts: dict[str, torch.Tensor]) -> str:
@@ -121,7 +124,8 @@ def layout_of(parts: dict[str, torch.Tensor]) -> str:
 
 
 def _padded_k(layout: str, weight: torch.Tensor) -> int:
-    return weight.shape[1] * (1 if layout == "q8" else 2)
+    """K (padded) from the integer matrix's row bytes: 8, 6 or 4 bits a weight."""
+    return {"q8": weight.shape[1], "q6": weight.shape[1] * 4 // 3}.get(layout, weight.shape[1] * 2)
 
 
 def _call(layout: str, x: torch.Tensor, kpad: int, pointers: tuple[int, ...], bias: torch.Tensor | None,
@@ -136,7 +140,7 @@ def _call(layout: str, x: torch.Tensor, kpad: int, pointers: tuple[int, ...], bi
         status = lib.apr_linear_q4k(x.data_ptr(), m, k, *pointers, b, n, y.data_ptr(), threads)
     else:
         weight, scale, *offset = pointers
-        status = lib.apr_linear(4 if layout == "q4" else 8, x.data_ptr(), m, k, kpad, weight, scale,
+        status = lib.apr_linear(KIND[layout], x.data_ptr(), m, k, kpad, weight, scale,
                                 offset[0] if offset else None, b, n, y.data_ptr(), threads)
     if status:
         raise MemoryError(f"no memory for the activations of a {m} x {k} product")
@@ -280,6 +284,30 @@ def pack_q8(q: torch.Tensor, scale: torch.Tensor) -> dict[str, torch.Tensor]:
     return {"q8": qp.contiguous(), "q8_scale": _fp16_scales(ordered, "q8 scales").contiguous()}
 
 
+def pack_q6(q: torch.Tensor, sc: torch.Tensor, d: torch.Tensor) -> dict[str, torch.Tensor]:
+    """q6 layout of a Q6_K matrix ``w = d * sc * (q - 32)``: q int [N, K] in 0..63, sc int8 [N, K/16],
+    d [N, K/256] (fp16 values, as Q6_K stores them); K % 256 == 0."""
+    n, k = q.shape
+    if k % 256 or sc.shape != (n, k // 16) or d.shape != (n, k // 256):
+        raise ValueError(f"q6 packing needs K % 256 == 0, [N, K/16] scales and [N, K/256] d; "
+                         f"got {tuple(q.shape)}, {tuple(sc.shape)}, {tuple(d.shape)}")
+    kpad = padded(k)
+    qp = torch.full((n, kpad), 32, dtype=torch.uint8)  # padding is q = 32, i.e. weight 0
+    qp[:, :k] = q.to(torch.uint8)
+    groups = qp.view(n, kpad // KGROUP, 4, 32)
+    nibbles = groups & 0xF
+    pairs = torch.cat([nibbles[:, :, 0] | (nibbles[:, :, 1] << 4), nibbles[:, :, 2] | (nibbles[:, :, 3] << 4)], dim=2)
+    top = groups >> 4
+    highs = top[:, :, 0] | (top[:, :, 1] << 2) | (top[:, :, 2] << 4) | (top[:, :, 3] << 6)
+    packed = torch.cat([pairs, highs], dim=2).reshape(n, kpad // 4 * 3)
+    scp = torch.zeros(n, kpad // 16, dtype=torch.int8)
+    scp[:, : k // 16] = sc.to(torch.int8)
+    ordered = scp.view(n, kpad // KGROUP, 4, 2).transpose(2, 3).reshape(n, kpad // 16)
+    dp = torch.zeros(n, kpad // KGROUP, dtype=torch.float32)
+    dp[:, : k // KGROUP] = d.float().repeat_interleave(256 // KGROUP, dim=1)
+    return {"q6": packed.contiguous(), "q6_sc": ordered.contiguous(), "q6_d": _fp16_scales(dp, "q6 d").contiguous()}
+
+
 def int8_groups_of_16(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric int8 per 16 along K for tensors with no exact integer form: ``w ≈ q * scale``.
 
@@ -296,7 +324,7 @@ def int8_groups_of_16(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
 
 def describe() -> str:
     lib, reason = _library()
-    return "avx2 q4/q8 (int8 activations), fused norm/rope/attention" if lib is not None else f"unavailable: {reason}"
+    return "avx2 q4/q6/q8 (int8 activations), fused norm/rope/attention" if lib is not None else f"unavailable: {reason}"
 
 
 if __name__ == "__main__":  # `python -m apr.engine.native` builds the kernels and says whether they load

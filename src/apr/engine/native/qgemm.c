@@ -14,6 +14,11 @@
  *       in the order (b0 first half, b1 first, b2 first, b3 first, b0 second half, ..., b3 second),
  *       the lane order that the horizontal adds below produce.
  *
+ *   q6: Q6_K as stored: w = d * sc * (q - 32), q in [0, 63], int8 sc per 16 and fp16 d per 128 along K
+ *       (Q6_K's d is per 256, so each is stored twice). Row bytes per group of 4 blocks: 64 bytes of
+ *       low nibbles in the q4 pair layout, then 32 bytes whose byte i holds element i's two high bits of
+ *       blocks 0, 1, 2, 3 at bits 0-1, 2-3, 4-5, 6-7. The 8 scales of a group are in q8's lane order.
+ *
  *   q4k: Q4_K as stored: w = d * sc * q - dmin * m, q in [0, 15], 6-bit sc and m per block of 32,
  *       fp16 d and dmin per super-block of 256; nibbles in the q4 pair layout. Its activations are
  *       quantized per 256 (one scale per super-block, as ggml's q8_K), so the integer sub-block scales
@@ -32,7 +37,7 @@
 #define APR_KGROUP 128 /* inner-loop step: 4 blocks */
 #define APR_MT 4      /* activation rows sharing one unpacked weight group */
 
-int apr_qgemm_abi(void) { return 3; }
+int apr_qgemm_abi(void) { return 4; }
 
 /* x [m][k] float -> qx [m][kpad] int8, dx [m][kpad/32] block scales, sx [m][kpad/32] exact block sums. */
 void apr_quantize_rows(const float *x, int64_t m, int64_t k, int64_t kpad, int8_t *qx, float *dx, float *sx) {
@@ -175,6 +180,64 @@ void apr_q8_matmul(const int8_t *qx, const float *dx, int64_t m, int64_t kpad,
     }
 }
 
+static inline __attribute__((always_inline)) void q6_tile(const int8_t *qx, const float *dx, int64_t kpad,
+                                                          const uint8_t *wr, const int8_t *scr, const uint16_t *dr,
+                                                          float bias, int64_t r0, const int mt, int64_t n, int64_t j,
+                                                          float *y) {
+    const int64_t nb = kpad / APR_QK, ng = kpad / APR_KGROUP;
+    const __m256i low = _mm256_set1_epi8(0x0F), high = _mm256_set1_epi8(0x30), offset = _mm256_set1_epi8(32);
+    __m256 acc[APR_MT];
+    for (int t = 0; t < mt; t++) acc[t] = _mm256_setzero_ps();
+    for (int64_t g = 0; g < ng; g++) {
+        const uint8_t *wg = wr + g * 96;
+        const __m256i v01 = _mm256_loadu_si256((const __m256i *)wg);
+        const __m256i v23 = _mm256_loadu_si256((const __m256i *)(wg + 32));
+        const __m256i hb = _mm256_loadu_si256((const __m256i *)(wg + 64));
+        /* q - 32 in [-32, 31]; maddubs wants an unsigned operand: |q - 32| times x carrying its sign. */
+        const __m256i w0 = _mm256_sub_epi8(_mm256_or_si256(_mm256_and_si256(v01, low),
+                                                           _mm256_and_si256(_mm256_slli_epi16(hb, 4), high)), offset);
+        const __m256i w1 = _mm256_sub_epi8(_mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(v01, 4), low),
+                                                           _mm256_and_si256(_mm256_slli_epi16(hb, 2), high)), offset);
+        const __m256i w2 = _mm256_sub_epi8(_mm256_or_si256(_mm256_and_si256(v23, low), _mm256_and_si256(hb, high)),
+                                           offset);
+        const __m256i w3 = _mm256_sub_epi8(_mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(v23, 4), low),
+                                                           _mm256_and_si256(_mm256_srli_epi16(hb, 2), high)), offset);
+        const __m256i a0 = _mm256_abs_epi8(w0), a1 = _mm256_abs_epi8(w1);
+        const __m256i a2 = _mm256_abs_epi8(w2), a3 = _mm256_abs_epi8(w3);
+        const __m256 s = _mm256_mul_ps(
+            _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(scr + g * 8)))),
+            _mm256_set1_ps(_cvtsh_ss(dr[g])));
+        for (int t = 0; t < mt; t++) {
+            const int8_t *xr = qx + (r0 + t) * kpad + g * APR_KGROUP;
+            const __m256i h = hadd4(
+                dot_u8_s8(a0, _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)xr), w0)),
+                dot_u8_s8(a1, _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(xr + 32)), w1)),
+                dot_u8_s8(a2, _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(xr + 64)), w2)),
+                dot_u8_s8(a3, _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(xr + 96)), w3)));
+            const __m128 d = _mm_loadu_ps(dx + (r0 + t) * nb + g * 4);
+            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(h), _mm256_mul_ps(s, _mm256_set_m128(d, d)), acc[t]);
+        }
+    }
+    for (int t = 0; t < mt; t++) {
+        const __m128 v = _mm_add_ps(_mm256_castps256_ps128(acc[t]), _mm256_extractf128_ps(acc[t], 1));
+        y[(r0 + t) * n + j] = hsum128(v) + bias;
+    }
+}
+
+void apr_q6_matmul(const int8_t *qx, const float *dx, int64_t m, int64_t kpad, const uint8_t *qw, const int8_t *sc,
+                   const uint16_t *d, const float *bias, int64_t n, float *y, int threads) {
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t j = 0; j < n; j++) {
+        const uint8_t *wr = qw + j * (kpad / 4 * 3);
+        const int8_t *scr = sc + j * (kpad / 16);
+        const uint16_t *dr = d + j * (kpad / APR_KGROUP);
+        const float b = bias ? bias[j] : 0.0f;
+        int64_t r0 = 0;
+        for (; r0 + APR_MT <= m; r0 += APR_MT) q6_tile(qx, dx, kpad, wr, scr, dr, b, r0, APR_MT, n, j, y);
+        for (; r0 < m; r0++) q6_tile(qx, dx, kpad, wr, scr, dr, b, r0, 1, n, j, y);
+    }
+}
+
 /* x [m][k] float -> qx [m][k] int8, d [m][k/256] super-block scales, bsum [m][k/32] int16 block sums of qx. */
 void apr_quantize_rows_256(const float *x, int64_t m, int64_t k, int8_t *qx, float *d, int16_t *bsum) {
     const int64_t nsb = k / 256;
@@ -277,7 +340,8 @@ int apr_linear_q4k(const float *x, int64_t m, int64_t k, const uint8_t *qw, cons
 }
 
 /* One call per linear layer: quantize x [m][k] into scratch memory, then y = x W^T (+ bias).
- * kind 4: w, scale, offset as in apr_q4_matmul; kind 8: w, scale as in apr_q8_matmul (offset unused).
+ * kind 4: w, scale, offset as in apr_q4_matmul; kind 8: w, scale as in apr_q8_matmul (offset unused);
+ * kind 6: w, sc, d as in apr_q6_matmul (passed as scale and offset).
  * Returns 0, or -1 when the scratch memory cannot be allocated (y is then left untouched). */
 int apr_linear(int kind, const float *x, int64_t m, int64_t k, int64_t kpad, const void *w, const uint16_t *scale,
                const uint16_t *offset, const float *bias, int64_t n, float *y, int threads) {
@@ -290,6 +354,8 @@ int apr_linear(int kind, const float *x, int64_t m, int64_t k, int64_t kpad, con
         apr_quantize_rows(x, m, k, kpad, qx, dx, sx);
         if (kind == 4)
             apr_q4_matmul(qx, dx, sx, m, kpad, (const uint8_t *)w, scale, offset, bias, n, y, threads);
+        else if (kind == 6)
+            apr_q6_matmul(qx, dx, m, kpad, (const uint8_t *)w, (const int8_t *)scale, offset, bias, n, y, threads);
         else
             apr_q8_matmul(qx, dx, m, kpad, (const int8_t *)w, scale, bias, n, y, threads);
         status = 0;
