@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from apr.engine import native
 from apr.engine.batch import BatchDecoder
 from apr.engine.device import resolve_device, resolve_precision, set_threads
 from apr.engine.loader import build_transformer, weight_kinds
@@ -63,7 +64,7 @@ class Engine:
             "device": str(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),
             "weights": weight_kinds(self.transformer),
-            "kernels": ("apr native avx2 q4/q8, int8 activations" if self.policy.kernels == "native"
+            "kernels": (f"apr native {native.describe()}" if self.policy.kernels == "native"
                         else "torch packed" if self.policy.packed else "torch dense"),
             **({"kernel_note": self.kernel_note} if self.kernel_note else {}),
             "dense_prefill": self.policy.dense_prefill,
@@ -143,9 +144,10 @@ def load_engine(model: str | Path | CanonicalModel, *, device: str = "auto", dty
     canonical = model if isinstance(model, CanonicalModel) else _load_canonical(model)
     dev = resolve_device(device)
     precision = resolve_precision(dtype, dev)
-    native = precision.kernels == "native"
+    # Dense prefill twins belong to the PyTorch packed kernels; native layers never keep one.
     policy = WeightPolicy(dtype=precision.dtype, device=dev, packed=precision.packed,
-                          dense_prefill=bool(dense_prefill) and not native, kernels=precision.kernels)
+                          dense_prefill=bool(dense_prefill) and precision.kernels != "native",
+                          kernels=precision.kernels)
     positions = min(canonical.config.context_length, max_positions or DEFAULT_MAX_POSITIONS)
     store = _pack_store(canonical, policy) if pack_cache else None
     with torch.inference_mode():
@@ -164,7 +166,6 @@ def load_engine(model: str | Path | CanonicalModel, *, device: str = "auto", dty
 
 
 def _pack_store(canonical: CanonicalModel, policy: WeightPolicy):
-    from apr.engine import native
     from apr.engine.pack_cache import PackStore, cache_key
 
     if not policy.packed or policy.device.type != "cpu":

@@ -28,9 +28,9 @@ class WeightPolicy:
     PyTorch's tinygemm kernel and other quantized types int8 per channel; float tensors stay dense.
     ``dense_prefill`` keeps an extra dense copy of every packed matrix for prompt processing.
 
-    With ``kernels`` "native" (CPU, float32 activations; ``apr.engine.native``), Q4_0/Q4_1/Q4_K keep
-    their 4-bit values (q4: fp16 scale and offset per 32), Q6_K is kept as stored (q6), Q8_0 keeps its
-    integer values (q8: fp16 scale per 16), and every other matrix, float ones included, becomes
+    With ``kernels`` "native" (CPU, float32 activations; ``apr.engine.native``), Q4_K and Q6_K are kept
+    as stored (q4k, q6), Q4_0/Q4_1 keep their 4-bit values (q4: fp16 scale and offset per 32), Q8_0
+    its integer values (q8: fp16 scale per 16), and every other matrix, float ones included, becomes
     symmetric int8 per 16 (q8).
     """
 
@@ -236,10 +236,9 @@ def _native_linear(source, bias: torch.Tensor | None) -> nn.Module:
     """The most faithful native layout for ``source``; dense float32 when no packed form can hold it."""
     info = source.info
     n, k = info.shape
-    # The q4k layout (Q4_K as stored, 7 % fewer bytes) is not chosen: its activations are quantized per
-    # 256, and Qwen's outlier channels then cost too much precision (format parity safetensors~gguf on
-    # qwen2.5-coder-1.5b: mean KL 0.61 nats with q4k against 0.055 with q4). See docs/engine.md.
     attempts = []
+    if info.ggml_type == quant.Q4_K and k % 256 == 0:
+        attempts.append(lambda: native.pack_q4k(quant.q4_k_parts(source.raw(), (n, k))))
     if info.ggml_type == quant.Q6_K and k % 256 == 0:
         attempts.append(lambda: native.pack_q6(*astuple(quant.q6_k_parts(source.raw(), (n, k)))))
     if info.ggml_type in quant.INT4_EXACT_TYPES and k % quant.INT4_GROUP == 0:

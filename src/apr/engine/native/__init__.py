@@ -22,8 +22,9 @@ from pathlib import Path
 import torch
 
 SOURCES = (Path(__file__).with_name("qgemm.c"), Path(__file__).with_name("glue.c"))
-# The packed layouts' version (part of the pack-cache key); glue.c's functions check apr_glue_abi.
-ABI = 4
+# Version of the packed layouts and of which layout each GGML type gets: part of the pack-cache key, so a
+# change here repacks cached models. glue.c has its own (apr_glue_abi).
+ABI = 5
 GLUE_ABI = 1
 BLOCK = 32  # activation block (and q4 weight block)
 KGROUP = 128  # K is padded to a multiple of this in every packed layout
@@ -324,7 +325,7 @@ def int8_groups_of_16(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
 
 def describe() -> str:
     lib, reason = _library()
-    return "avx2 q4/q6/q8 (int8 activations), fused norm/rope/attention" if lib is not None else f"unavailable: {reason}"
+    return "avx2 q4/q4k/q6/q8 (int8 activations), fused norm/rope/attention" if lib is not None else f"unavailable: {reason}"
 
 
 if __name__ == "__main__":  # `python -m apr.engine.native` builds the kernels and says whether they load

@@ -19,10 +19,10 @@
  *       low nibbles in the q4 pair layout, then 32 bytes whose byte i holds element i's two high bits of
  *       blocks 0, 1, 2, 3 at bits 0-1, 2-3, 4-5, 6-7. The 8 scales of a group are in q8's lane order.
  *
- *   q4k: Q4_K as stored: w = d * sc * q - dmin * m, q in [0, 15], 6-bit sc and m per block of 32,
- *       fp16 d and dmin per super-block of 256; nibbles in the q4 pair layout. Its activations are
- *       quantized per 256 (one scale per super-block, as ggml's q8_K), so the integer sub-block scales
- *       multiply inside _mm256_madd_epi16 and a super-block needs one float step instead of eight.
+ *   q4k: Q4_K as stored: w = d * sc * q - dmin * m, q in [0, 15], 6-bit sc and m per block of 32 (one
+ *       byte each), fp16 d and dmin per super-block of 256; nibbles in the q4 pair layout (4.625 bits a
+ *       weight against q4's 5). Activations are quantized per 32 as for q4: per 256 (ggml's q8_K) would
+ *       let one outlier channel of Qwen coarsen the other 255 values of its super-block.
  *
  * Batch invariance: every output element is computed by the same operations in the same order
  * whatever M (rows of activations), the thread count or the row's position in the batch, because work
@@ -37,7 +37,7 @@
 #define APR_KGROUP 128 /* inner-loop step: 4 blocks */
 #define APR_MT 4      /* activation rows sharing one unpacked weight group */
 
-int apr_qgemm_abi(void) { return 4; }
+int apr_qgemm_abi(void) { return 5; }
 
 /* x [m][k] float -> qx [m][kpad] int8, dx [m][kpad/32] block scales, sx [m][kpad/32] exact block sums. */
 void apr_quantize_rows(const float *x, int64_t m, int64_t k, int64_t kpad, int8_t *qx, float *dx, float *sx) {
@@ -86,10 +86,13 @@ static inline float hsum128(__m128 v) {
 }
 
 /* Rows r0 .. r0+mt-1 of x against weight row j; mt is a compile-time constant at each call site, so
- * the accumulators stay in registers. Every row goes through the same operations whatever mt is. */
+ * the accumulators stay in registers. Every row goes through the same operations whatever mt is.
+ * Block scales and offsets come as fp16 per block (q4: sr, orow) or, when kq is set, as Q4_K's 6-bit
+ * sc and m bytes per block (sr, orow as bytes) with fp16 d and dmin per 256 (kd, kdmin). */
 static inline __attribute__((always_inline)) void q4_tile(const int8_t *qx, const float *dx, const float *sx,
-                                                          int64_t kpad, const uint8_t *wr, const uint16_t *sr,
-                                                          const uint16_t *orow, float bias, int64_t r0, const int mt,
+                                                          int64_t kpad, const uint8_t *wr, const void *sr,
+                                                          const void *orow, const uint16_t *kd, const uint16_t *kdmin,
+                                                          const int kq, float bias, int64_t r0, const int mt,
                                                           int64_t n, int64_t j, float *y) {
     const int64_t nb = kpad / APR_QK, ng = kpad / APR_KGROUP;
     const __m256i low = _mm256_set1_epi8(0x0F);
@@ -100,8 +103,19 @@ static inline __attribute__((always_inline)) void q4_tile(const int8_t *qx, cons
         const __m256i v23 = _mm256_loadu_si256((const __m256i *)(wr + g * 64 + 32));
         const __m256i w0 = _mm256_and_si256(v01, low), w1 = _mm256_and_si256(_mm256_srli_epi16(v01, 4), low);
         const __m256i w2 = _mm256_and_si256(v23, low), w3 = _mm256_and_si256(_mm256_srli_epi16(v23, 4), low);
-        const __m128 s = _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)(sr + g * 4)));
-        const __m128 o = _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)(orow + g * 4)));
+        __m128 s, o;
+        if (kq) {
+            const uint8_t *sc = (const uint8_t *)sr + g * 4, *mn = (const uint8_t *)orow + g * 4;
+            int32_t sc4, mn4;
+            __builtin_memcpy(&sc4, sc, 4);
+            __builtin_memcpy(&mn4, mn, 4);
+            s = _mm_mul_ps(_mm_cvtepi32_ps(_mm_cvtepu8_epi32(_mm_cvtsi32_si128(sc4))), _mm_set1_ps(_cvtsh_ss(kd[g / 2])));
+            o = _mm_mul_ps(_mm_cvtepi32_ps(_mm_cvtepu8_epi32(_mm_cvtsi32_si128(mn4))),
+                           _mm_set1_ps(-_cvtsh_ss(kdmin[g / 2])));
+        } else {
+            s = _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)((const uint16_t *)sr + g * 4)));
+            o = _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)((const uint16_t *)orow + g * 4)));
+        }
         for (int t = 0; t < mt; t++) {
             const int8_t *xr = qx + (r0 + t) * kpad + g * APR_KGROUP;
             const __m256i h = hadd4(dot_u8_s8(w0, _mm256_loadu_si256((const __m256i *)xr)),
@@ -127,8 +141,9 @@ void apr_q4_matmul(const int8_t *qx, const float *dx, const float *sx, int64_t m
         const uint16_t *sr = scale + j * nb, *orow = offset + j * nb;
         const float b = bias ? bias[j] : 0.0f;
         int64_t r0 = 0;
-        for (; r0 + APR_MT <= m; r0 += APR_MT) q4_tile(qx, dx, sx, kpad, wr, sr, orow, b, r0, APR_MT, n, j, y);
-        for (; r0 < m; r0++) q4_tile(qx, dx, sx, kpad, wr, sr, orow, b, r0, 1, n, j, y);
+        for (; r0 + APR_MT <= m; r0 += APR_MT)
+            q4_tile(qx, dx, sx, kpad, wr, sr, orow, NULL, NULL, 0, b, r0, APR_MT, n, j, y);
+        for (; r0 < m; r0++) q4_tile(qx, dx, sx, kpad, wr, sr, orow, NULL, NULL, 0, b, r0, 1, n, j, y);
     }
 }
 
@@ -238,104 +253,36 @@ void apr_q6_matmul(const int8_t *qx, const float *dx, int64_t m, int64_t kpad, c
     }
 }
 
-/* x [m][k] float -> qx [m][k] int8, d [m][k/256] super-block scales, bsum [m][k/32] int16 block sums of qx. */
-void apr_quantize_rows_256(const float *x, int64_t m, int64_t k, int8_t *qx, float *d, int16_t *bsum) {
-    const int64_t nsb = k / 256;
-#pragma omp parallel for schedule(static) if (m * k >= 65536)
-    for (int64_t r = 0; r < m; r++) {
-        for (int64_t sb = 0; sb < nsb; sb++) {
-            const float *xs = x + r * k + sb * 256;
-            int8_t *q = qx + r * k + sb * 256;
-            float amax = 0.0f;
-            for (int i = 0; i < 256; i++) amax = fmaxf(amax, fabsf(xs[i]));
-            const float scale = amax / 127.0f;
-            const float inv = scale > 0.0f ? 1.0f / scale : 0.0f;
-            for (int b = 0; b < 8; b++) {
-                int sum = 0;
-                for (int i = b * 32; i < b * 32 + 32; i++) {
-                    const float v = rintf(xs[i] * inv);
-                    q[i] = (int8_t)(v > 127.0f ? 127.0f : (v < -127.0f ? -127.0f : v));
-                    sum += q[i];
-                }
-                bsum[r * (k / 32) + sb * 8 + b] = (int16_t)sum;
-            }
-            d[r * nsb + sb] = scale;
-        }
-    }
-}
-
-static inline __attribute__((always_inline)) void q4k_tile(const int8_t *qx, const float *dx, const int16_t *bsum,
-                                                           int64_t k, const uint8_t *wr, const uint8_t *sc,
-                                                           const uint8_t *mn, const uint16_t *d, const uint16_t *dmin,
-                                                           float bias, int64_t r0, const int mt, int64_t n, int64_t j,
-                                                           float *y) {
-    const int64_t nsb = k / 256, nb = k / 32;
-    const __m256i low = _mm256_set1_epi8(0x0F);
-    __m256 acc[APR_MT];
-    __m128 accm[APR_MT];
-    for (int t = 0; t < mt; t++) {
-        acc[t] = _mm256_setzero_ps();
-        accm[t] = _mm_setzero_ps();
-    }
-    for (int64_t sb = 0; sb < nsb; sb++) {
-        const uint8_t *q = wr + sb * 128;
-        __m256i w[8], s[8];
-        for (int p = 0; p < 4; p++) {
-            const __m256i v = _mm256_loadu_si256((const __m256i *)(q + p * 32));
-            w[2 * p] = _mm256_and_si256(v, low);
-            w[2 * p + 1] = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
-        }
-        for (int b = 0; b < 8; b++) s[b] = _mm256_set1_epi16((short)sc[sb * 8 + b]);
-        const __m128i m8 = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)(mn + sb * 8)));
-        const float dd = _cvtsh_ss(d[sb]), dm = _cvtsh_ss(dmin[sb]);
-        for (int t = 0; t < mt; t++) {
-            const int8_t *xr = qx + (r0 + t) * k + sb * 256;
-            __m256i sumi = _mm256_setzero_si256();
-            for (int b = 0; b < 8; b++) {
-                const __m256i p16 = _mm256_maddubs_epi16(w[b], _mm256_loadu_si256((const __m256i *)(xr + 32 * b)));
-                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p16, s[b]));
-            }
-            const float dxt = dx[(r0 + t) * nsb + sb];
-            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi), _mm256_set1_ps(dd * dxt), acc[t]);
-            const __m128i bs = _mm_loadu_si128((const __m128i *)(bsum + (r0 + t) * nb + sb * 8));
-            accm[t] = _mm_fmadd_ps(_mm_cvtepi32_ps(_mm_madd_epi16(m8, bs)), _mm_set1_ps(dm * dxt), accm[t]);
-        }
-    }
-    for (int t = 0; t < mt; t++) {
-        const __m128 v = _mm_add_ps(_mm256_castps256_ps128(acc[t]), _mm256_extractf128_ps(acc[t], 1));
-        y[(r0 + t) * n + j] = hsum128(v) - hsum128(accm[t]) + bias;
-    }
-}
-
-void apr_q4k_matmul(const int8_t *qx, const float *dx, const int16_t *bsum, int64_t m, int64_t k,
-                    const uint8_t *qw, const uint8_t *sc, const uint8_t *mn, const uint16_t *d, const uint16_t *dmin,
-                    const float *bias, int64_t n, float *y, int threads) {
+void apr_q4k_matmul(const int8_t *qx, const float *dx, const float *sx, int64_t m, int64_t k, const uint8_t *qw,
+                    const uint8_t *sc, const uint8_t *mn, const uint16_t *d, const uint16_t *dmin, const float *bias,
+                    int64_t n, float *y, int threads) {
 #pragma omp parallel for schedule(static) num_threads(threads)
     for (int64_t j = 0; j < n; j++) {
         const uint8_t *wr = qw + j * (k / 2), *scr = sc + j * (k / 32), *mnr = mn + j * (k / 32);
         const uint16_t *dr = d + j * (k / 256), *dmr = dmin + j * (k / 256);
         const float b = bias ? bias[j] : 0.0f;
         int64_t r0 = 0;
-        for (; r0 + APR_MT <= m; r0 += APR_MT) q4k_tile(qx, dx, bsum, k, wr, scr, mnr, dr, dmr, b, r0, APR_MT, n, j, y);
-        for (; r0 < m; r0++) q4k_tile(qx, dx, bsum, k, wr, scr, mnr, dr, dmr, b, r0, 1, n, j, y);
+        for (; r0 + APR_MT <= m; r0 += APR_MT) q4_tile(qx, dx, sx, k, wr, scr, mnr, dr, dmr, 1, b, r0, APR_MT, n, j, y);
+        for (; r0 < m; r0++) q4_tile(qx, dx, sx, k, wr, scr, mnr, dr, dmr, 1, b, r0, 1, n, j, y);
     }
 }
 
 /* apr_linear for the q4k layout (k % 256 == 0): w = {nibbles, sc, mn, d, dmin}. Returns 0 or -1 (no memory). */
 int apr_linear_q4k(const float *x, int64_t m, int64_t k, const uint8_t *qw, const uint8_t *sc, const uint8_t *mn,
                    const uint16_t *d, const uint16_t *dmin, const float *bias, int64_t n, float *y, int threads) {
+    const int64_t nb = k / APR_QK;
     int8_t *qx = malloc((size_t)(m * k));
-    float *dx = malloc((size_t)(m * (k / 256)) * sizeof(float));
-    int16_t *bsum = malloc((size_t)(m * (k / 32)) * sizeof(int16_t));
+    float *dx = malloc((size_t)(m * nb) * sizeof(float));
+    float *sx = malloc((size_t)(m * nb) * sizeof(float));
     int status = -1;
-    if (qx && dx && bsum) {
-        apr_quantize_rows_256(x, m, k, qx, dx, bsum);
-        apr_q4k_matmul(qx, dx, bsum, m, k, qw, sc, mn, d, dmin, bias, n, y, threads);
+    if (qx && dx && sx) {
+        apr_quantize_rows(x, m, k, k, qx, dx, sx);
+        apr_q4k_matmul(qx, dx, sx, m, k, qw, sc, mn, d, dmin, bias, n, y, threads);
         status = 0;
     }
     free(qx);
     free(dx);
-    free(bsum);
+    free(sx);
     return status;
 }
 
