@@ -228,9 +228,10 @@ class Transformer(nn.Module):
     def decode(self, tokens: torch.Tensor, caches: list[SequenceCache]) -> torch.Tensor:
         """Logits ``[B, vocab]`` for one new token per sequence; each row only ever touches its own cache.
 
-        Every row attends over its whole (zeroed, masked) cache buffer, and matmuls run with
-        row-independent kernels, so a row's numbers do not depend on its batch mates (and equal
-        ``decode_one``'s, which needs static shapes for torch.compile).
+        Every row attends over its own cache only (the PyTorch ops over the whole zeroed, masked buffer;
+        native.attend_one over the live positions), and matmuls run with row-independent kernels, so a
+        row's numbers do not depend on its batch mates. With the PyTorch glue they also equal
+        ``decode_one``'s, which needs static shapes for torch.compile.
         """
         positions = torch.tensor([c.length for c in caches], device=tokens.device)
         x = self.embed(tokens)

@@ -66,7 +66,8 @@ def _library() -> tuple[ctypes.CDLL | None, str]:
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
         os.close(fd)
         try:
-            done = subprocess.run([compiler, *CFLAGS, *map(str, SOURCES), "-o", tmp, "-lm"], capture_output=True, text=True)
+            command = [compiler, *CFLAGS, *map(str, SOURCES), "-o", tmp, "-lm"]
+            done = subprocess.run(command, capture_output=True, text=True)
             if done.returncode != 0:
                 first = (done.stderr.strip().splitlines() or ["(no message)"])[0]
                 return None, f"building the native kernels failed: {first}"
@@ -325,7 +326,9 @@ def int8_groups_of_16(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
 
 def describe() -> str:
     lib, reason = _library()
-    return "avx2 q4/q4k/q6/q8 (int8 activations), fused norm/rope/attention" if lib is not None else f"unavailable: {reason}"
+    if lib is None:
+        return f"unavailable: {reason}"
+    return "avx2 q4/q4k/q6/q8 (int8 activations), fused norm/rope/attention"
 
 
 if __name__ == "__main__":  # `python -m apr.engine.native` builds the kernels and says whether they load

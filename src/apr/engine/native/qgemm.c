@@ -109,7 +109,8 @@ static inline __attribute__((always_inline)) void q4_tile(const int8_t *qx, cons
             int32_t sc4, mn4;
             __builtin_memcpy(&sc4, sc, 4);
             __builtin_memcpy(&mn4, mn, 4);
-            s = _mm_mul_ps(_mm_cvtepi32_ps(_mm_cvtepu8_epi32(_mm_cvtsi32_si128(sc4))), _mm_set1_ps(_cvtsh_ss(kd[g / 2])));
+            s = _mm_mul_ps(_mm_cvtepi32_ps(_mm_cvtepu8_epi32(_mm_cvtsi32_si128(sc4))),
+                           _mm_set1_ps(_cvtsh_ss(kd[g / 2])));
             o = _mm_mul_ps(_mm_cvtepi32_ps(_mm_cvtepu8_epi32(_mm_cvtsi32_si128(mn4))),
                            _mm_set1_ps(-_cvtsh_ss(kdmin[g / 2])));
         } else {
