@@ -24,7 +24,7 @@ import torch
 SOURCES = (Path(__file__).with_name("qgemm.c"), Path(__file__).with_name("glue.c"))
 # Version of the packed layouts and of which layout each GGML type gets: part of the pack-cache key, so a
 # change here repacks cached models. glue.c has its own (apr_glue_abi).
-ABI = 5
+ABI = 6
 GLUE_ABI = 1
 BLOCK = 32  # activation block (and q4 weight block)
 KGROUP = 128  # K is padded to a multiple of this in every packed layout
@@ -80,7 +80,7 @@ def _library() -> tuple[ctypes.CDLL | None, str]:
     p, i64, i32, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
     lib.apr_linear.argtypes = [i32, p, i64, i64, i64, p, p, p, p, i64, p, i32]
     lib.apr_linear.restype = i32
-    lib.apr_linear_q4k.argtypes = [p, i64, i64, p, p, p, p, p, p, i64, p, i32]
+    lib.apr_linear_q4k.argtypes = [p, i64, i64, p, p, p, p, i64, p, i32]
     lib.apr_linear_q4k.restype = i32
     lib.apr_rms_norm.argtypes = [p, p, i64, i64, f32, p]
     lib.apr_rms_norm.restype = None
@@ -112,7 +112,7 @@ class ScaleRangeError(ValueError):
 
 # Layout name -> the parts it is stored as (the first is the integer matrix, the second has one row per output).
 LAYOUTS = {"q4": ("q4", "q4_scale", "q4_offset"), "q8": ("q8", "q8_scale"), "q6": ("q6", "q6_sc", "q6_d"),
-           "q4k": ("q4k", "q4k_sc", "q4k_min", "q4k_d", "q4k_dmin")}
+           "q4k": ("q4k", "q4k_scmin", "q4k_dm")}
 
 
 KIND = {"q4": 4, "q6": 6, "q8": 8}  # apr_linear's layout argument
@@ -266,8 +266,11 @@ def pack_q4k(parts) -> dict[str, torch.Tensor]:
         raise ValueError(f"q4k packing needs K % 256 == 0, got {k}")
     pairs = parts.q.to(torch.uint8).view(n, k // 64, 2, 32)
     packed = (pairs[:, :, 0] | (pairs[:, :, 1] << 4)).reshape(n, k // 2)
-    return {"q4k": packed.contiguous(), "q4k_sc": parts.sc.contiguous(), "q4k_min": parts.m.contiguous(),
-            "q4k_d": parts.d.contiguous().view(torch.int16), "q4k_dmin": parts.dmin.contiguous().view(torch.int16)}
+    # Per group of 4 blocks: their 4 sc then their 4 m; per super-block: (d, dmin) as fp16 bits.
+    scmin = torch.stack([parts.sc.view(n, k // 128, 4), parts.m.view(n, k // 128, 4)], dim=2).reshape(n, k // 16)
+    dm = torch.stack([parts.d.view(n, k // 256), parts.dmin.view(n, k // 256)], dim=2).reshape(n, k // 128)
+    return {"q4k": packed.contiguous(), "q4k_scmin": scmin.to(torch.uint8).contiguous(),
+            "q4k_dm": dm.contiguous().view(torch.int16)}
 
 
 def pack_q8(q: torch.Tensor, scale: torch.Tensor) -> dict[str, torch.Tensor]:

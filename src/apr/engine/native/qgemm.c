@@ -20,8 +20,8 @@
  *       blocks 0, 1, 2, 3 at bits 0-1, 2-3, 4-5, 6-7. The 8 scales of a group are in q8's lane order.
  *
  *   q4k: Q4_K as stored: w = d * sc * q - dmin * m, q in [0, 15], 6-bit sc and m per block of 32 (one
- *       byte each), fp16 d and dmin per super-block of 256; nibbles in the q4 pair layout (4.625 bits a
- *       weight against q4's 5). Activations are quantized per 32 as for q4: per 256 (ggml's q8_K) would
+ *       byte each, per group of 4 blocks the 4 sc then the 4 m), fp16 (d, dmin) per super-block of 256;
+ *       nibbles in the q4 pair layout (4.625 bits a weight against q4's 5). Activations are quantized per 32 as for q4: per 256 (ggml's q8_K) would
  *       let one outlier channel of Qwen coarsen the other 255 values of its super-block.
  *
  * Batch invariance: every output element is computed by the same operations in the same order
@@ -37,7 +37,7 @@
 #define APR_KGROUP 128 /* inner-loop step: 4 blocks */
 #define APR_MT 4      /* activation rows sharing one unpacked weight group */
 
-int apr_qgemm_abi(void) { return 5; }
+int apr_qgemm_abi(void) { return 6; }
 
 /* x [m][k] float -> qx [m][kpad] int8, dx [m][kpad/32] block scales, sx [m][kpad/32] exact block sums. */
 void apr_quantize_rows(const float *x, int64_t m, int64_t k, int64_t kpad, int8_t *qx, float *dx, float *sx) {
@@ -88,16 +88,19 @@ static inline float hsum128(__m128 v) {
 /* Rows r0 .. r0+mt-1 of x against weight row j; mt is a compile-time constant at each call site, so
  * the accumulators stay in registers. Every row goes through the same operations whatever mt is.
  * Block scales and offsets come as fp16 per block (q4: sr, orow) or, when kq is set, as Q4_K's 6-bit
- * sc and m bytes per block (sr, orow as bytes) with fp16 d and dmin per 256 (kd, kdmin). */
+ * sc and m bytes (sr: 4 sc then 4 m per group) with fp16 (d, dmin) pairs per 256 (kdm). One 8-lane
+ * multiply then makes a group's 4 scales and 4 offsets: at one activation row this float work is a
+ * large part of the kernel, which is otherwise bound by memory. */
 static inline __attribute__((always_inline)) void q4_tile(const int8_t *qx, const float *dx, const float *sx,
                                                           int64_t kpad, const uint8_t *wr, const void *sr,
-                                                          const void *orow, const uint16_t *kd, const uint16_t *kdmin,
-                                                          const int kq, float bias, int64_t r0, const int mt,
-                                                          int64_t n, int64_t j, float *y) {
+                                                          const void *orow, const uint16_t *kdm, const int kq,
+                                                          float bias, int64_t r0, const int mt, int64_t n, int64_t j,
+                                                          float *y) {
     const int64_t nb = kpad / APR_QK, ng = kpad / APR_KGROUP;
     const __m256i low = _mm256_set1_epi8(0x0F);
     __m128 acc[APR_MT], acco[APR_MT];
     for (int t = 0; t < mt; t++) acc[t] = acco[t] = _mm_setzero_ps();
+    __m256 dm = _mm256_setzero_ps(); /* (d x4, -dmin x4) of the current super-block (q4k) */
     for (int64_t g = 0; g < ng; g++) {
         const __m256i v01 = _mm256_loadu_si256((const __m256i *)(wr + g * 64));
         const __m256i v23 = _mm256_loadu_si256((const __m256i *)(wr + g * 64 + 32));
@@ -105,14 +108,13 @@ static inline __attribute__((always_inline)) void q4_tile(const int8_t *qx, cons
         const __m256i w2 = _mm256_and_si256(v23, low), w3 = _mm256_and_si256(_mm256_srli_epi16(v23, 4), low);
         __m128 s, o;
         if (kq) {
-            const uint8_t *sc = (const uint8_t *)sr + g * 4, *mn = (const uint8_t *)orow + g * 4;
-            int32_t sc4, mn4;
-            __builtin_memcpy(&sc4, sc, 4);
-            __builtin_memcpy(&mn4, mn, 4);
-            s = _mm_mul_ps(_mm_cvtepi32_ps(_mm_cvtepu8_epi32(_mm_cvtsi32_si128(sc4))),
-                           _mm_set1_ps(_cvtsh_ss(kd[g / 2])));
-            o = _mm_mul_ps(_mm_cvtepi32_ps(_mm_cvtepu8_epi32(_mm_cvtsi32_si128(mn4))),
-                           _mm_set1_ps(-_cvtsh_ss(kdmin[g / 2])));
+            if (g % 2 == 0)
+                dm = _mm256_set_m128(_mm_set1_ps(-_cvtsh_ss(kdm[g + 1])), _mm_set1_ps(_cvtsh_ss(kdm[g])));
+            const __m256 sm = _mm256_mul_ps(
+                _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)((const uint8_t *)sr + g * 8)))),
+                dm);
+            s = _mm256_castps256_ps128(sm);
+            o = _mm256_extractf128_ps(sm, 1);
         } else {
             s = _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)((const uint16_t *)sr + g * 4)));
             o = _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)((const uint16_t *)orow + g * 4)));
@@ -143,8 +145,8 @@ void apr_q4_matmul(const int8_t *qx, const float *dx, const float *sx, int64_t m
         const float b = bias ? bias[j] : 0.0f;
         int64_t r0 = 0;
         for (; r0 + APR_MT <= m; r0 += APR_MT)
-            q4_tile(qx, dx, sx, kpad, wr, sr, orow, NULL, NULL, 0, b, r0, APR_MT, n, j, y);
-        for (; r0 < m; r0++) q4_tile(qx, dx, sx, kpad, wr, sr, orow, NULL, NULL, 0, b, r0, 1, n, j, y);
+            q4_tile(qx, dx, sx, kpad, wr, sr, orow, NULL, 0, b, r0, APR_MT, n, j, y);
+        for (; r0 < m; r0++) q4_tile(qx, dx, sx, kpad, wr, sr, orow, NULL, 0, b, r0, 1, n, j, y);
     }
 }
 
@@ -255,22 +257,21 @@ void apr_q6_matmul(const int8_t *qx, const float *dx, int64_t m, int64_t kpad, c
 }
 
 void apr_q4k_matmul(const int8_t *qx, const float *dx, const float *sx, int64_t m, int64_t k, const uint8_t *qw,
-                    const uint8_t *sc, const uint8_t *mn, const uint16_t *d, const uint16_t *dmin, const float *bias,
-                    int64_t n, float *y, int threads) {
+                    const uint8_t *scmin, const uint16_t *dm, const float *bias, int64_t n, float *y, int threads) {
 #pragma omp parallel for schedule(static) num_threads(threads)
     for (int64_t j = 0; j < n; j++) {
-        const uint8_t *wr = qw + j * (k / 2), *scr = sc + j * (k / 32), *mnr = mn + j * (k / 32);
-        const uint16_t *dr = d + j * (k / 256), *dmr = dmin + j * (k / 256);
+        const uint8_t *wr = qw + j * (k / 2), *smr = scmin + j * (k / 16);
+        const uint16_t *dmr = dm + j * (k / 128);
         const float b = bias ? bias[j] : 0.0f;
         int64_t r0 = 0;
-        for (; r0 + APR_MT <= m; r0 += APR_MT) q4_tile(qx, dx, sx, k, wr, scr, mnr, dr, dmr, 1, b, r0, APR_MT, n, j, y);
-        for (; r0 < m; r0++) q4_tile(qx, dx, sx, k, wr, scr, mnr, dr, dmr, 1, b, r0, 1, n, j, y);
+        for (; r0 + APR_MT <= m; r0 += APR_MT) q4_tile(qx, dx, sx, k, wr, smr, NULL, dmr, 1, b, r0, APR_MT, n, j, y);
+        for (; r0 < m; r0++) q4_tile(qx, dx, sx, k, wr, smr, NULL, dmr, 1, b, r0, 1, n, j, y);
     }
 }
 
-/* apr_linear for the q4k layout (k % 256 == 0): w = {nibbles, sc, mn, d, dmin}. Returns 0 or -1 (no memory). */
-int apr_linear_q4k(const float *x, int64_t m, int64_t k, const uint8_t *qw, const uint8_t *sc, const uint8_t *mn,
-                   const uint16_t *d, const uint16_t *dmin, const float *bias, int64_t n, float *y, int threads) {
+/* apr_linear for the q4k layout (k % 256 == 0): w = {nibbles, sc+m, d+dmin}. Returns 0 or -1 (no memory). */
+int apr_linear_q4k(const float *x, int64_t m, int64_t k, const uint8_t *qw, const uint8_t *scmin, const uint16_t *dm,
+                   const float *bias, int64_t n, float *y, int threads) {
     const int64_t nb = k / APR_QK;
     int8_t *qx = malloc((size_t)(m * k));
     float *dx = malloc((size_t)(m * nb) * sizeof(float));
@@ -278,7 +279,7 @@ int apr_linear_q4k(const float *x, int64_t m, int64_t k, const uint8_t *qw, cons
     int status = -1;
     if (qx && dx && sx) {
         apr_quantize_rows(x, m, k, k, qx, dx, sx);
-        apr_q4k_matmul(qx, dx, sx, m, k, qw, sc, mn, d, dmin, bias, n, y, threads);
+        apr_q4k_matmul(qx, dx, sx, m, k, qw, scmin, dm, bias, n, y, threads);
         status = 0;
     }
     free(qx);
