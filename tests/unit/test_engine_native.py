@@ -29,8 +29,8 @@ def q8_weight(n: int, k: int, seed: int):
     return native.pack_q8(q, scale), dense
 
 
-def q4k_weight(n: int, k: int, seed: int):
-    """Random Q4_K bytes (valid fp16 d/dmin), packed as q4k; the reference is gguf-py's dequantization."""
+def q4k_bytes(n: int, k: int, seed: int) -> tuple[np.ndarray, torch.Tensor]:
+    """Random Q4_K bytes (valid fp16 d/dmin) and their values by gguf-py's dequantization."""
     from gguf import GGMLQuantizationType, quants
 
     rng = np.random.default_rng(seed)
@@ -38,8 +38,18 @@ def q4k_weight(n: int, k: int, seed: int):
     scales = rng.uniform(0.0005, 0.002, size=(n, k // 256, 2)).astype(np.float16)
     blocks[..., :4] = scales.view(np.uint8).reshape(n, k // 256, 4)
     raw = blocks.reshape(n, -1)
-    dense = torch.from_numpy(quants.dequantize(raw, GGMLQuantizationType.Q4_K).reshape(n, k).copy())
+    return raw, torch.from_numpy(quants.dequantize(raw, GGMLQuantizationType.Q4_K).reshape(n, k).copy())
+
+
+def q4k_weight(n: int, k: int, seed: int):
+    raw, dense = q4k_bytes(n, k, seed)
     return native.pack_q4k(quant.q4_k_parts(raw, (n, k))), dense
+
+
+def q4k8_weight(n: int, k: int, seed: int):
+    """Q4_K with 8 output rows interleaved."""
+    raw, dense = q4k_bytes(n, k, seed)
+    return native.pack_q4k8(quant.q4_k_parts(raw, (n, k))), dense
 
 
 def q6k_bytes(n: int, k: int, seed: int) -> np.ndarray:
@@ -60,11 +70,24 @@ def q6k_weight(n: int, k: int, seed: int):
     return native.pack_q6(parts.q, parts.sc, parts.d), dense
 
 
+def q6k8_weight(n: int, k: int, seed: int):
+    """Random Q6_K packed with 8 output rows interleaved (q6k8)."""
+    from gguf import GGMLQuantizationType, quants
+
+    raw = q6k_bytes(n, k, seed)
+    dense = torch.from_numpy(quants.dequantize(raw, GGMLQuantizationType.Q6_K).reshape(n, k).copy())
+    return native.pack_q6k8(quant.q6_k_parts(raw, (n, k))), dense
+
+
+LAYOUT_MAKERS = [q4_weight, q8_weight, q4k_weight, q4k8_weight, q6k_weight, q6k8_weight]
+LAYOUT_IDS = ["q4", "q8", "q4k", "q4k8", "q6", "q6k8"]
+
+
 def relative_error(y: torch.Tensor, ref: torch.Tensor) -> float:
     return float((y - ref).norm() / ref.norm())
 
 
-@pytest.mark.parametrize("make", [q4_weight, q8_weight, q4k_weight, q6k_weight], ids=["q4", "q8", "q4k", "q6"])
+@pytest.mark.parametrize("make", LAYOUT_MAKERS, ids=LAYOUT_IDS)
 @pytest.mark.parametrize("n,k,m", [(96, 256, 1), (64, 768, 3), (40, 2048, 9), (256, 1536, 1)])
 def test_products_match_the_float_reference(make, n, k, m):
     """Only the int8 quantization of activations separates the kernel from x @ W.T (≈ 0.5 % here)."""
@@ -79,7 +102,7 @@ def test_products_match_the_float_reference(make, n, k, m):
     assert relative_error(native.PackedLinear(parts)(x, None), x @ dense.T) < 0.02
 
 
-@pytest.mark.parametrize("make", [q4_weight, q8_weight, q4k_weight, q6k_weight], ids=["q4", "q8", "q4k", "q6"])
+@pytest.mark.parametrize("make", LAYOUT_MAKERS, ids=LAYOUT_IDS)
 def test_a_row_gets_the_same_bits_alone_in_any_batch_and_thread_count(make):
     parts, _ = make(72, 768, seed=3)
     layer = native.PackedLinear(parts)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 import shutil
 
+import pytest
 import torch
 
 from apr.engine import load_engine
-from apr.engine.pack_cache import cache_key
+from apr.engine.pack_cache import PackStore, cache_key, read_aligned
 
 
 def test_second_load_hits_and_gives_the_same_logits(fixture_models, tmp_path):
@@ -48,3 +49,34 @@ def test_the_size_limit_removes_least_recently_used_entries_first(tmp_path):
     assert [p.name for p in removed] == ["middle.safetensors"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["newest.safetensors", "oldest.safetensors"]
     assert prune(tmp_path, limit=10_000) == []
+
+
+def test_cached_tensors_come_back_exact_and_64_byte_aligned(tmp_path, monkeypatch):
+    """The kernels' vector loads want aligned rows; safetensors' own loader returns views at odd offsets."""
+    monkeypatch.setenv("APR_HOME", str(tmp_path))
+    store = PackStore.open("k")
+    parts = {"odd": torch.arange(37, dtype=torch.uint8), "scale": torch.randn(5, 3),
+             "half": torch.randn(4).to(torch.bfloat16), "ints": torch.arange(6, dtype=torch.int16).view(2, 3)}
+    store.put("layer", parts)
+    store.save()
+    again = PackStore.open("k")
+    assert again.hit
+    for name, tensor in parts.items():
+        loaded = again.get("layer")[name]
+        assert loaded.dtype == tensor.dtype and torch.equal(loaded, tensor)
+        assert loaded.data_ptr() % 64 == 0, name
+
+
+def test_an_unreadable_cache_entry_is_a_miss(tmp_path, monkeypatch):
+    monkeypatch.setenv("APR_HOME", str(tmp_path))
+    store = PackStore.open("k")
+    store.put("layer", {"w": torch.randn(64, 64)})
+    store.save()
+    data = store.path.read_bytes()
+    store.path.write_bytes(data[: len(data) // 2])  # truncated: a crash while copying, a full disk
+    truncated = PackStore.open("k")
+    assert not truncated.hit
+    with pytest.raises(ValueError, match="truncated|offsets"):
+        read_aligned(store.path)
+    store.path.write_bytes(b"not a cache entry")
+    assert not PackStore.open("k").hit

@@ -95,7 +95,7 @@ def test_native_kernels_top1_agreement(engines, reference, arch, fmt):
         pytest.skip(f"native kernels: {native.unavailable_reason()}")
     engine = engines(arch, fmt, "auto")
     weights = engine.describe()["weights"]
-    assert sum(weights.get(layout, 0) for layout in ("q4", "q4k", "q6", "q8")) > 0 and weights.get("dense", 0) == 0
+    assert sum(weights.get(layout, 0) for layout in ("q4", "q4k", "q4k8", "q6", "q6k8", "q8")) > 0 and weights.get("dense", 0) == 0
     agree, total, worst = compare_logits(engine, reference(arch), prompts(20, engine.config.vocab_size, seed=4))
     print(f"{arch}/{fmt} native: top-1 {agree}/{total} ({agree / total:.1%}), max |dlogit| {worst:.2e}, {weights}")
     # Measured 2026-11-23: qwen2 96.5-97.0 %, llama 98.8-99.0 %, gemma3 100 % (bf16 packed: 97.8 / 99.0 / 100).

@@ -46,12 +46,14 @@ class PackStore:
 
     @classmethod
     def open(cls, key: str) -> "PackStore":
+        """The entry for ``key``; an entry that cannot be read counts as a miss and is rewritten on save."""
         path = apr_home() / "engine-cache" / f"{key}.safetensors"
         if not path.exists():
             return cls(path, None)
-        from safetensors.torch import load_file
-
-        flat = load_file(str(path))
+        try:
+            flat = read_aligned(path)
+        except (OSError, ValueError, KeyError, TypeError):  # truncated, or a header we did not write
+            return cls(path, None)
         os.utime(path)  # recency for the size limit: entries in use are the last to go
         loaded: dict[str, dict[str, torch.Tensor]] = {}
         for flat_name, tensor in flat.items():
@@ -85,6 +87,43 @@ class PackStore:
         finally:
             tmp.unlink(missing_ok=True)
         prune(self.path.parent, keep=self.path)
+
+
+_DTYPES = {"U8": torch.uint8, "I8": torch.int8, "I16": torch.int16, "I32": torch.int32, "I64": torch.int64,
+           "F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32}
+
+
+def read_aligned(path: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a SafeTensors file, each read into its own fresh allocation.
+
+    Not safetensors' ``load_file``: its tensors are views into one mapping of the file at offsets that
+    are not even 32-byte aligned, so the kernels' vector loads split cache lines and walk the page
+    cache's 4 KiB pages (decode measured ~15 % slower); fresh tensors are 64-byte aligned anonymous
+    memory, and read() leaves no file pages mapped. ValueError when the file is malformed."""
+    tensors: dict[str, torch.Tensor] = {}
+    with path.open("rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        head = handle.read(8)
+        header_len = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if not 0 <= header_len <= size - 8:
+            raise ValueError(f"{path}: not a SafeTensors file")
+        header = json.loads(handle.read(header_len))
+        header.pop("__metadata__", None)
+        data_start = 8 + header_len
+        for name, spec in sorted(header.items(), key=lambda item: item[1]["data_offsets"][0]):
+            dtype = _DTYPES.get(spec["dtype"])
+            begin, end = spec["data_offsets"]
+            if dtype is None:
+                raise ValueError(f"{path}: tensor {name!r} has dtype {spec['dtype']!r}")
+            tensor = torch.empty(spec["shape"], dtype=dtype)
+            nbytes = tensor.numel() * tensor.element_size()
+            if end - begin != nbytes or data_start + end > size:
+                raise ValueError(f"{path}: tensor {name!r} does not match its offsets")
+            handle.seek(data_start + begin)
+            if nbytes and handle.readinto(tensor.view(-1).view(torch.uint8).numpy()) != nbytes:
+                raise ValueError(f"{path}: tensor {name!r} is truncated")
+            tensors[name] = tensor
+    return tensors
 
 
 def limit_bytes() -> int:

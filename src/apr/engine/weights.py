@@ -12,7 +12,7 @@ from torch.nn import functional as F
 from apr.engine import native, quant
 from apr.engine.pack_cache import PackStore
 
-WeightKind = Literal["dense", "int4", "int8", "q4", "q6", "q8", "q4k"]
+WeightKind = Literal["dense", "int4", "int8", "q4", "q6", "q8", "q4k", "q4k8", "q6k8"]
 KernelFamily = Literal["torch", "native"]
 # Calls with at least this many rows (prompt chunks) use the dense twin when one is kept.
 PREFILL_MIN_ROWS = 8
@@ -29,7 +29,7 @@ class WeightPolicy:
     ``dense_prefill`` keeps an extra dense copy of every packed matrix for prompt processing.
 
     With ``kernels`` "native" (CPU, float32 activations; ``apr.engine.native``), Q4_K and Q6_K are kept
-    as stored (q4k, q6), Q4_0/Q4_1 keep their 4-bit values (q4: fp16 scale and offset per 32), Q8_0
+    as stored (with 8 output rows interleaved, q4k8/q6k8, when N % 8 == 0; else q4k/q6), Q4_0/Q4_1 keep their 4-bit values (q4: fp16 scale and offset per 32), Q8_0
     its integer values (q8: fp16 scale per 16), and every other matrix, float ones included, becomes
     symmetric int8 per 16 (q8).
     """
@@ -237,8 +237,12 @@ def _native_linear(source, bias: torch.Tensor | None) -> nn.Module:
     info = source.info
     n, k = info.shape
     attempts = []
+    if info.ggml_type == quant.Q4_K and k % 256 == 0 and n % 8 == 0:
+        attempts.append(lambda: native.pack_q4k8(quant.q4_k_parts(source.raw(), (n, k))))
     if info.ggml_type == quant.Q4_K and k % 256 == 0:
         attempts.append(lambda: native.pack_q4k(quant.q4_k_parts(source.raw(), (n, k))))
+    if info.ggml_type == quant.Q6_K and k % 256 == 0 and n % 8 == 0:
+        attempts.append(lambda: native.pack_q6k8(quant.q6_k_parts(source.raw(), (n, k))))
     if info.ggml_type == quant.Q6_K and k % 256 == 0:
         attempts.append(lambda: native.pack_q6(*astuple(quant.q6_k_parts(source.raw(), (n, k)))))
     if info.ggml_type in quant.INT4_EXACT_TYPES and k % quant.INT4_GROUP == 0:

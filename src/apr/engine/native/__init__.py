@@ -24,7 +24,7 @@ import torch
 SOURCES = (Path(__file__).with_name("qgemm.c"), Path(__file__).with_name("glue.c"))
 # Version of the packed layouts and of which layout each GGML type gets: part of the pack-cache key, so a
 # change here repacks cached models. glue.c has its own (apr_glue_abi).
-ABI = 6
+ABI = 8
 GLUE_ABI = 1
 BLOCK = 32  # activation block (and q4 weight block)
 KGROUP = 128  # K is padded to a multiple of this in every packed layout
@@ -82,6 +82,8 @@ def _library() -> tuple[ctypes.CDLL | None, str]:
     lib.apr_linear.restype = i32
     lib.apr_linear_q4k.argtypes = [p, i64, i64, p, p, p, p, i64, p, i32]
     lib.apr_linear_q4k.restype = i32
+    lib.apr_linear_tiled.argtypes = [i32, p, i64, i64, p, p, i64, p, i32]
+    lib.apr_linear_tiled.restype = i32
     lib.apr_rms_norm.argtypes = [p, p, i64, i64, f32, p]
     lib.apr_rms_norm.restype = None
     lib.apr_rope_neox.argtypes = [p, i64, i64, i64, p, p]
@@ -110,9 +112,13 @@ class ScaleRangeError(ValueError):
     """Scales that fp16 cannot hold to its normal precision; the caller picks another layout."""
 
 
-# Layout name -> the parts it is stored as (the first is the integer matrix, the second has one row per output).
+# Layout name -> the parts it is stored as (the first is the integer matrix, the second has one row per output;
+# the tiled layouts q4k8 and q6k8 are one tensor with a row per tile of 8 outputs).
 LAYOUTS = {"q4": ("q4", "q4_scale", "q4_offset"), "q8": ("q8", "q8_scale"), "q6": ("q6", "q6_sc", "q6_d"),
-           "q4k": ("q4k", "q4k_scmin", "q4k_dm")}
+           "q4k": ("q4k", "q4k_scmin", "q4k_dm"), "q4k8": ("q4k8",), "q6k8": ("q6k8",)}
+# Tiled layouts: bytes per tile of 8 rows and super-block of 256 (qgemm.c), and apr_linear_tiled's kind.
+TILE_BYTES = {"q4k8": 1184, "q6k8": 1680}
+TILED_KIND = {"q4k8": 4, "q6k8": 6}
 
 
 KIND = {"q4": 4, "q6": 6, "q8": 8}  # apr_linear's layout argument
@@ -126,20 +132,28 @@ def layout_of(parts: dict[str, torch.Tensor]) -> str:
 
 
 def _padded_k(layout: str, weight: torch.Tensor) -> int:
-    """K (padded) from the integer matrix's row bytes: 8, 6 or 4 bits a weight."""
+    """K (padded) from the integer matrix's row bytes: 8, 6 or 4 bits a weight (tiled: super-blocks of 256)."""
+    if layout in TILE_BYTES:
+        return weight.shape[1] // TILE_BYTES[layout] * 256
     return {"q8": weight.shape[1], "q6": weight.shape[1] * 4 // 3}.get(layout, weight.shape[1] * 2)
+
+
+def _out_features(layout: str, tensors: tuple[torch.Tensor, ...]) -> int:
+    return tensors[0].shape[0] * 8 if layout in TILE_BYTES else tensors[1].shape[0]
 
 
 def _call(layout: str, x: torch.Tensor, kpad: int, pointers: tuple[int, ...], bias: torch.Tensor | None,
           n: int) -> torch.Tensor:
     m, k = x.shape
-    if (padded(k) if layout != "q4k" else k) != kpad or x.dtype != torch.float32 or not x.is_contiguous():
+    if (k if layout == "q4k" or layout in TILE_BYTES else padded(k)) != kpad or x.dtype != torch.float32 or not x.is_contiguous():
         raise ValueError(f"expected contiguous float32 [M, K] input with K padding to {kpad}, "
                          f"got {x.dtype} {tuple(x.shape)}")
     y = torch.empty(m, n, dtype=torch.float32)
     lib, threads, b = _lib(), torch.get_num_threads(), None if bias is None else bias.data_ptr()
     if layout == "q4k":
         status = lib.apr_linear_q4k(x.data_ptr(), m, k, *pointers, b, n, y.data_ptr(), threads)
+    elif layout in TILED_KIND:
+        status = lib.apr_linear_tiled(TILED_KIND[layout], x.data_ptr(), m, k, *pointers, b, n, y.data_ptr(), threads)
     else:
         weight, scale, *offset = pointers
         status = lib.apr_linear(KIND[layout], x.data_ptr(), m, k, kpad, weight, scale,
@@ -160,7 +174,7 @@ class PackedLinear:
         self.tensors = tuple(parts[name] for name in LAYOUTS[self.layout])
         if any(not t.is_contiguous() or t.device.type != "cpu" for t in self.tensors):
             raise ValueError("packed weights must be contiguous CPU tensors")
-        self.n = self.tensors[1].shape[0]
+        self.n = _out_features(self.layout, self.tensors)
         self.kpad = _padded_k(self.layout, self.tensors[0])
         self._pointers = tuple(t.data_ptr() for t in self.tensors)
 
@@ -174,12 +188,12 @@ def native_linear(x: torch.Tensor, layout: str, weights: list[torch.Tensor], bia
     """``PackedLinear``'s product as a PyTorch operator, so torch.compile can trace a graph around it
     (eager code calls ``PackedLinear`` directly: the dispatcher costs more than the small products)."""
     return _call(layout, x, _padded_k(layout, weights[0]), tuple(t.data_ptr() for t in weights), bias,
-                 weights[1].shape[0])
+                 _out_features(layout, tuple(weights)))
 
 
 @native_linear.register_fake
 def _native_linear_shape(x, layout, weights, bias):
-    return x.new_empty(x.shape[0], weights[1].shape[0])
+    return x.new_empty(x.shape[0], _out_features(layout, tuple(weights)))
 
 
 def _check_f32(what: str, *tensors: torch.Tensor) -> None:
@@ -273,6 +287,48 @@ def pack_q4k(parts) -> dict[str, torch.Tensor]:
             "q4k_dm": dm.contiguous().view(torch.int16)}
 
 
+def pack_q4k8(parts) -> dict[str, torch.Tensor]:
+    """q4k8 layout of a Q4_K matrix (``quant.Q4KParts``): q4k's values with 8 output rows interleaved (qgemm.c)."""
+    n, k = parts.q.shape
+    if k % 256 or n % 8:
+        raise ValueError(f"q4k8 packing needs K % 256 == 0 and N % 8 == 0, got {n} x {k}")
+    tiles, sbs = n // 8, k // 256
+    q = parts.q.to(torch.uint8).view(tiles, 8, sbs, 8, 2, 4, 4)  # tile, row, super-block, block, half, v, i
+    nibbles = (q[:, :, :, :, 0] | (q[:, :, :, :, 1] << 4)).permute(0, 2, 3, 4, 1, 5)  # tile, sb, block, v, row, i
+    head = torch.cat([_rows_innermost(parts.d.contiguous().view(torch.int16), tiles, sbs).contiguous().view(torch.uint8),
+                      _rows_innermost(parts.dmin.contiguous().view(torch.int16), tiles, sbs).contiguous().view(
+                          torch.uint8),
+                      _rows_innermost(parts.sc.to(torch.uint8), tiles, sbs),
+                      _rows_innermost(parts.m.to(torch.uint8), tiles, sbs)], dim=2)
+    packed = torch.cat([head, nibbles.reshape(tiles, sbs, 1024)], dim=2)
+    return {"q4k8": packed.reshape(tiles, sbs * TILE_BYTES["q4k8"]).contiguous()}
+
+
+def _rows_innermost(values: torch.Tensor, tiles: int, sbs: int) -> torch.Tensor:
+    """[N, sbs * per_sb] -> [tiles, sbs, per_sb * 8]: per super-block, each position's 8 rows together."""
+    per_sb = values.shape[1] // sbs
+    return values.reshape(tiles, 8, sbs, per_sb).permute(0, 2, 3, 1).reshape(tiles, sbs, per_sb * 8)
+
+
+def pack_q6k8(parts) -> dict[str, torch.Tensor]:
+    """q6k8 layout of a Q6_K matrix (``quant.Q6KParts``): its values as stored, 8 output rows interleaved."""
+    n, k = parts.q.shape
+    if k % 256 or n % 8:
+        raise ValueError(f"q6k8 packing needs K % 256 == 0 and N % 8 == 0, got {n} x {k}")
+    tiles, sbs = n // 8, k // 256
+    q = parts.q.to(torch.uint8).view(tiles, 8, sbs, 8, 2, 4, 4)  # tile, row, super-block, block, half, v, i
+    nib = q & 0xF
+    nibbles = (nib[:, :, :, :, 0] | (nib[:, :, :, :, 1] << 4)).permute(0, 2, 3, 4, 1, 5)  # tile, sb, block, v, row, i
+    top = (q >> 4).view(tiles, 8, sbs, 8, 2, 2, 2, 4)  # ..., half, h, v % 2, i
+    highs = (top[:, :, :, :, 0, :, 0] | (top[:, :, :, :, 1, :, 0] << 2) | (top[:, :, :, :, 0, :, 1] << 4)
+             | (top[:, :, :, :, 1, :, 1] << 6)).permute(0, 2, 3, 4, 1, 5)  # tile, sb, block, h, row, i
+    body = torch.cat([nibbles.reshape(tiles, sbs, 8, 128), highs.reshape(tiles, sbs, 8, 64)], dim=3)
+    d = _rows_innermost(parts.d.half().view(torch.int16), tiles, sbs).contiguous().view(torch.uint8)
+    sc = _rows_innermost(parts.sc.to(torch.int8), tiles, sbs).contiguous().view(torch.uint8)
+    packed = torch.cat([d, sc, body.reshape(tiles, sbs, 1536)], dim=2)
+    return {"q6k8": packed.reshape(tiles, sbs * TILE_BYTES["q6k8"]).contiguous()}
+
+
 def pack_q8(q: torch.Tensor, scale: torch.Tensor) -> dict[str, torch.Tensor]:
     """q8 layout of ``w = scale * q`` (q int [N, K] in -128..127; scale [N, K/16]); K % 16 == 0."""
     n, k = q.shape
@@ -331,7 +387,7 @@ def describe() -> str:
     lib, reason = _library()
     if lib is None:
         return f"unavailable: {reason}"
-    return "avx2 q4/q4k/q6/q8 (int8 activations), fused norm/rope/attention"
+    return "avx2 q4/q4k/q4k8/q6/q6k8/q8 (int8 activations), fused norm/rope/attention"
 
 
 if __name__ == "__main__":  # `python -m apr.engine.native` builds the kernels and says whether they load

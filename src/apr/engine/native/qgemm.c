@@ -24,6 +24,22 @@
  *       nibbles in the q4 pair layout (4.625 bits a weight against q4's 5). Activations are quantized per 32 as for q4: per 256 (ggml's q8_K) would
  *       let one outlier channel of Qwen coarsen the other 255 values of its super-block.
  *
+ *   q4k8: the same Q4_K values with 8 output rows interleaved (N % 8 == 0), as llama.cpp repacks for
+ *       its AVX2 GEMM. Per tile of 8 rows and super-block, 1184 bytes: fp16 d of rows 0-7, fp16 dmin of
+ *       rows 0-7, then sc[b][r] and m[b][r] (64 bytes each, sub-block b, row r), then per sub-block 4
+ *       vectors of 32 bytes: byte 4r + i of vector v holds row r's element 4v + i in its low nibble and
+ *       element 16 + 4v + i in its high nibble. One maddubs then multiplies 4 elements of 8 rows by the
+ *       same 4 activations (broadcast), and 8 of them are summed in 16 bits (|sum| <= 8 * 2 * 15 * 127)
+ *       before the one madd that widens the sub-block: 9 multiplies per 256 products where q4k needs 16.
+ *       That multiplier, not memory, bounds prompts and batches on AVX2 (one vector integer multiplier).
+ *
+ *   q6k8: Q6_K with 8 output rows interleaved (N % 8 == 0). Per tile of 8 rows and super-block, 1680
+ *       bytes: fp16 d of rows 0-7, int8 sc[s][r] (128 bytes, sub-block s of 16, row r), then per block b
+ *       of 32: 4 vectors of low nibbles as in q4k8 (element 4v + i low, 16 + 4v + i high), then 2 vectors
+ *       h = 0, 1 whose byte 4r + i holds the 2 high bits of (low, high) of vector 2h at bits 0-1, 2-3 and
+ *       of vector 2h + 1 at bits 4-5, 6-7. q - 32 is in [-32, 31], so |q - 32| * x sums 4 maddubs (one
+ *       sub-block of 16) in 16 bits before the madd that applies the sub-block's scale.
+ *
  * Batch invariance: every output element is computed by the same operations in the same order
  * whatever M (rows of activations), the thread count or the row's position in the batch, because work
  * is split over output columns only and each activation row has its own accumulators.
@@ -37,7 +53,7 @@
 #define APR_KGROUP 128 /* inner-loop step: 4 blocks */
 #define APR_MT 4      /* activation rows sharing one unpacked weight group */
 
-int apr_qgemm_abi(void) { return 6; }
+int apr_qgemm_abi(void) { return 8; }
 
 /* x [m][k] float -> qx [m][kpad] int8, dx [m][kpad/32] block scales, sx [m][kpad/32] exact block sums. */
 void apr_quantize_rows(const float *x, int64_t m, int64_t k, int64_t kpad, int8_t *qx, float *dx, float *sx) {
@@ -307,6 +323,151 @@ int apr_linear(int kind, const float *x, int64_t m, int64_t k, int64_t kpad, con
             apr_q6_matmul(qx, dx, m, kpad, (const uint8_t *)w, (const int8_t *)scale, offset, bias, n, y, threads);
         else
             apr_q8_matmul(qx, dx, m, kpad, (const int8_t *)w, scale, bias, n, y, threads);
+        status = 0;
+    }
+    free(qx);
+    free(dx);
+    free(sx);
+    return status;
+}
+
+
+#define APR_Q4K8_TILE 1184 /* bytes per tile of 8 rows and super-block of 256 (see the layout above) */
+
+/* Rows r0 .. r0+mt-1 of x against the 8 weight rows of one q4k8 tile; y gets 8 consecutive outputs a row. */
+static inline __attribute__((always_inline)) void q4k8_tile(const int8_t *qx, const float *dx, const float *sx,
+                                                            int64_t k, const uint8_t *tile, const float *bias,
+                                                            int64_t r0, const int mt, int64_t n, int64_t j0,
+                                                            float *y) {
+    const int64_t nb = k / APR_QK, nsb = k / 256;
+    const __m256i low = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+    __m256 acc[APR_MT];
+    for (int t = 0; t < mt; t++) acc[t] = _mm256_setzero_ps();
+    for (int64_t sb = 0; sb < nsb; sb++) {
+        const uint8_t *head = tile + sb * APR_Q4K8_TILE, *nib = head + 160;
+        const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)head));
+        const __m256 dmin = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(head + 16)));
+        for (int b = 0; b < 8; b++) {
+            const __m256 scale = _mm256_mul_ps(
+                d, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(head + 32 + 8 * b)))));
+            const __m256 offset = _mm256_mul_ps(
+                dmin, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(head + 96 + 8 * b)))));
+            const int64_t block = sb * 8 + b;
+            __m256i sum[APR_MT];
+            for (int t = 0; t < mt; t++) sum[t] = _mm256_setzero_si256();
+            for (int v = 0; v < 4; v++) {
+                const __m256i raw = _mm256_loadu_si256((const __m256i *)(nib + b * 128 + v * 32));
+                const __m256i wl = _mm256_and_si256(raw, low), wh = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
+                for (int t = 0; t < mt; t++) {
+                    const int32_t *xr = (const int32_t *)(qx + (r0 + t) * k + block * APR_QK);
+                    const __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(wl, _mm256_set1_epi32(xr[v])),
+                                                       _mm256_maddubs_epi16(wh, _mm256_set1_epi32(xr[v + 4])));
+                    sum[t] = _mm256_add_epi16(sum[t], p);
+                }
+            }
+            for (int t = 0; t < mt; t++) {
+                const int64_t bi = (r0 + t) * nb + block;
+                const __m256 p = _mm256_cvtepi32_ps(_mm256_madd_epi16(sum[t], ones));
+                acc[t] = _mm256_fmadd_ps(p, _mm256_mul_ps(scale, _mm256_set1_ps(dx[bi])), acc[t]);
+                acc[t] = _mm256_fnmadd_ps(offset, _mm256_set1_ps(sx[bi]), acc[t]);
+            }
+        }
+    }
+    const __m256 b8 = bias ? _mm256_loadu_ps(bias + j0) : _mm256_setzero_ps();
+    for (int t = 0; t < mt; t++) _mm256_storeu_ps(y + (r0 + t) * n + j0, _mm256_add_ps(acc[t], b8));
+}
+
+void apr_q4k8_matmul(const int8_t *qx, const float *dx, const float *sx, int64_t m, int64_t k, const uint8_t *qw,
+                     const float *bias, int64_t n, float *y, int threads) {
+    const int64_t tile_bytes = k / 256 * APR_Q4K8_TILE;
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t tile = 0; tile < n / 8; tile++) {
+        const uint8_t *wt = qw + tile * tile_bytes;
+        int64_t r0 = 0;
+        for (; r0 + APR_MT <= m; r0 += APR_MT) q4k8_tile(qx, dx, sx, k, wt, bias, r0, APR_MT, n, tile * 8, y);
+        for (; r0 < m; r0++) q4k8_tile(qx, dx, sx, k, wt, bias, r0, 1, n, tile * 8, y);
+    }
+}
+
+#define APR_Q6K8_TILE 1680 /* bytes per tile of 8 rows and super-block of 256 */
+
+/* Rows r0 .. r0+mt-1 of x against the 8 weight rows of one q6k8 tile. */
+static inline __attribute__((always_inline)) void q6k8_tile(const int8_t *qx, const float *dx, int64_t k,
+                                                            const uint8_t *tile, const float *bias, int64_t r0,
+                                                            const int mt, int64_t n, int64_t j0, float *y) {
+    const int64_t nb = k / APR_QK, nsb = k / 256;
+    const __m256i low = _mm256_set1_epi8(0x0F), high = _mm256_set1_epi8(0x30), offset = _mm256_set1_epi8(32);
+    /* 8 int8 scales -> 16 int16 lanes, each twice: the lanes madd pairs for row r are 2r and 2r + 1. */
+    const __m128i twice = _mm_setr_epi8(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
+    __m256 acc[APR_MT];
+    for (int t = 0; t < mt; t++) acc[t] = _mm256_setzero_ps();
+    for (int64_t sb = 0; sb < nsb; sb++) {
+        const uint8_t *head = tile + sb * APR_Q6K8_TILE, *body = head + 144;
+        const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)head));
+        for (int b = 0; b < 8; b++) {
+            const uint8_t *qb = body + b * 192;
+            const __m256i sc0 = _mm256_cvtepi8_epi16(
+                _mm_shuffle_epi8(_mm_loadl_epi64((const __m128i *)(head + 16 + 16 * b)), twice));
+            const __m256i sc1 = _mm256_cvtepi8_epi16(
+                _mm_shuffle_epi8(_mm_loadl_epi64((const __m128i *)(head + 24 + 16 * b)), twice));
+            const int64_t block = sb * 8 + b;
+            __m256i s0[APR_MT], s1[APR_MT];
+            for (int t = 0; t < mt; t++) s0[t] = s1[t] = _mm256_setzero_si256();
+            for (int v = 0; v < 4; v++) {
+                const __m256i raw = _mm256_loadu_si256((const __m256i *)(qb + v * 32));
+                const __m256i hb = _mm256_loadu_si256((const __m256i *)(qb + 128 + (v / 2) * 32));
+                const __m256i top_l = _mm256_and_si256(v % 2 ? hb : _mm256_slli_epi16(hb, 4), high);
+                const __m256i top_h = _mm256_and_si256(v % 2 ? _mm256_srli_epi16(hb, 2) : _mm256_slli_epi16(hb, 2), high);
+                const __m256i wl = _mm256_sub_epi8(_mm256_or_si256(_mm256_and_si256(raw, low), top_l), offset);
+                const __m256i wh = _mm256_sub_epi8(
+                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(raw, 4), low), top_h), offset);
+                const __m256i al = _mm256_abs_epi8(wl), ah = _mm256_abs_epi8(wh);
+                for (int t = 0; t < mt; t++) {
+                    const int32_t *xr = (const int32_t *)(qx + (r0 + t) * k + block * APR_QK);
+                    s0[t] = _mm256_add_epi16(s0[t],
+                                             _mm256_maddubs_epi16(al, _mm256_sign_epi8(_mm256_set1_epi32(xr[v]), wl)));
+                    s1[t] = _mm256_add_epi16(
+                        s1[t], _mm256_maddubs_epi16(ah, _mm256_sign_epi8(_mm256_set1_epi32(xr[v + 4]), wh)));
+                }
+            }
+            for (int t = 0; t < mt; t++) {
+                const __m256i i32 = _mm256_add_epi32(_mm256_madd_epi16(s0[t], sc0), _mm256_madd_epi16(s1[t], sc1));
+                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i32),
+                                         _mm256_mul_ps(d, _mm256_set1_ps(dx[(r0 + t) * nb + block])), acc[t]);
+            }
+        }
+    }
+    const __m256 b8 = bias ? _mm256_loadu_ps(bias + j0) : _mm256_setzero_ps();
+    for (int t = 0; t < mt; t++) _mm256_storeu_ps(y + (r0 + t) * n + j0, _mm256_add_ps(acc[t], b8));
+}
+
+void apr_q6k8_matmul(const int8_t *qx, const float *dx, int64_t m, int64_t k, const uint8_t *qw, const float *bias,
+                     int64_t n, float *y, int threads) {
+    const int64_t tile_bytes = k / 256 * APR_Q6K8_TILE;
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t tile = 0; tile < n / 8; tile++) {
+        const uint8_t *wt = qw + tile * tile_bytes;
+        int64_t r0 = 0;
+        for (; r0 + APR_MT <= m; r0 += APR_MT) q6k8_tile(qx, dx, k, wt, bias, r0, APR_MT, n, tile * 8, y);
+        for (; r0 < m; r0++) q6k8_tile(qx, dx, k, wt, bias, r0, 1, n, tile * 8, y);
+    }
+}
+
+/* apr_linear for the tiled layouts (k % 256 == 0, n % 8 == 0): kind 4 is q4k8, 6 is q6k8.
+ * Returns 0 or -1 (no memory). */
+int apr_linear_tiled(int kind, const float *x, int64_t m, int64_t k, const uint8_t *qw, const float *bias, int64_t n,
+                     float *y, int threads) {
+    const int64_t nb = k / APR_QK;
+    int8_t *qx = malloc((size_t)(m * k));
+    float *dx = malloc((size_t)(m * nb) * sizeof(float));
+    float *sx = malloc((size_t)(m * nb) * sizeof(float));
+    int status = -1;
+    if (qx && dx && sx) {
+        apr_quantize_rows(x, m, k, k, qx, dx, sx);
+        if (kind == 4)
+            apr_q4k8_matmul(qx, dx, sx, m, k, qw, bias, n, y, threads);
+        else
+            apr_q6k8_matmul(qx, dx, m, k, qw, bias, n, y, threads);
         status = 0;
     }
     free(qx);
