@@ -165,3 +165,70 @@ def test_native_glue_decodes_like_the_pytorch_ops(engines, arch):
     print(f"{arch}: top-1 {agree:.1%}, max |dlogit| / max |logit| {worst:.1e}")
     # Float rounding only (reduction order); int8 activation rounding can amplify a flip now and then.
     assert agree >= 0.95 and worst < 0.05
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_one_call_decode_layers_match_the_per_operator_path(engines, arch):
+    """native.DecodeLayer (a whole layer in one C call) against the per-operator path over the same kernels:
+    prefill plus 40 cached decode steps; only the activation's exp and the additions round differently."""
+    from apr.engine import native
+    from apr.engine.kv_cache import SequenceCache
+
+    if not native.available():
+        pytest.skip(f"native kernels: {native.unavailable_reason()}")
+    engine = engines(arch, "gguf", "auto")
+    model, cfg = engine.transformer, engine.config
+    layers = [block.native_layer for block in model.blocks]
+    assert all(layer is not None for layer in layers)
+    ids = prompts(1, cfg.vocab_size, seed=8)[0][:8] + list(range(60, 100))
+
+    def run(one_call: bool) -> torch.Tensor:
+        for block, layer in zip(model.blocks, layers):
+            block.native_layer = layer if one_call else None
+        cache = SequenceCache(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, 256, model.dtype, torch.device("cpu"))
+        with torch.inference_mode():
+            rows = [model.head(model.prefill(torch.tensor(ids[:8]), cache))[-1:]]
+            rows += [model.decode(torch.tensor([token]), [cache]) for token in ids[8:]]
+        return torch.cat(rows)
+
+    try:
+        one_call, per_operator = run(True), run(False)
+    finally:
+        for block, layer in zip(model.blocks, layers):
+            block.native_layer = layer
+    agree = float((one_call.argmax(-1) == per_operator.argmax(-1)).float().mean())
+    first = float((one_call[1] - per_operator[1]).abs().max() / per_operator[1].abs().max())
+    worst = float((one_call - per_operator).abs().max() / per_operator.abs().max())
+    print(f"{arch}: top-1 {agree:.1%}, first step {first:.1e}, worst {worst:.1e}")
+    assert agree >= 0.95 and first < 1e-3 and worst < 0.05
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_one_call_decode_layers_give_a_row_the_same_bits_alone_and_batched(engines, arch):
+    from apr.engine import native
+    from apr.engine.kv_cache import SequenceCache
+
+    if not native.available():
+        pytest.skip(f"native kernels: {native.unavailable_reason()}")
+    engine = engines(arch, "gguf", "auto")
+    model, cfg = engine.transformer, engine.config
+    assert model.blocks[0].native_layer is not None
+    prompts_ = [p[:n] for p, n in zip(prompts(3, cfg.vocab_size, seed=9), (5, 11, 20))]
+
+    def decode(batch: list[list[int]], steps: int) -> list[torch.Tensor]:
+        caches = [SequenceCache(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, 256, model.dtype,
+                                torch.device("cpu")) for _ in batch]
+        with torch.inference_mode():
+            tokens = torch.cat([model.head(model.prefill(torch.tensor(p), c)[-1:]).argmax(-1)
+                                for p, c in zip(batch, caches)])
+            logits = []
+            for _ in range(steps):
+                step = model.decode(tokens, caches)
+                logits.append(step)
+                tokens = step.argmax(-1)
+        return logits
+
+    batched = decode(prompts_, 6)
+    for row, prompt in enumerate(prompts_):
+        alone = decode([prompt], 6)
+        assert all(torch.equal(b[row], a[0]) for b, a in zip(batched, alone)), row

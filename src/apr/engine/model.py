@@ -102,14 +102,37 @@ class Block(nn.Module):
             self.pre_mlp_norm = norm("post_attention_layernorm")
         self.q_norm = norm("q_norm")
         self.k_norm = norm("k_norm")
+        self.shape = native.LayerShape(
+            hidden=cfg.hidden_size, heads=cfg.num_heads, kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim,
+            ffn=cfg.intermediate_size, window=(cfg.sliding_window or 0) if self.sliding else 0, gelu=self.gelu,
+            eps=cfg.rms_norm_eps, attn_scale=self.scale)
         self.native_glue = False
+        self.native_layer: native.DecodeLayer | None = None
 
     def use_native(self, enabled: bool) -> None:
-        """Route this layer's norms, RoPE and one-token attention through native.glue's kernels."""
+        """Route this layer's norms, RoPE and one-token attention through native.glue's kernels, and its
+        whole decode step through native.DecodeLayer when every projection has a native layout."""
         self.native_glue = enabled
         for module in self.modules():
             if isinstance(module, RMSNorm):
                 module.use_native(enabled)
+        self.native_layer = self._native_layer() if enabled else None
+
+    def _native_layer(self) -> native.DecodeLayer | None:
+        projections = {"q": self.q_proj, "k": self.k_proj, "v": self.v_proj, "o": self.o_proj,
+                       "gate": self.gate_proj, "up": self.up_proj, "down": self.down_proj}
+        inputs = {"o": self.heads * self.head_dim, "down": self.shape.ffn}
+        weights = {}
+        for name, layer in projections.items():
+            kernel = getattr(layer, "native_kernel", None)
+            if kernel is None:  # a dense or PyTorch-packed projection: the per-operator path serves it
+                return None
+            weights[name] = (kernel, layer.native_bias, inputs.get(name, self.shape.hidden))
+        norms = {"input_norm": self.input_norm, "pre_mlp_norm": self.pre_mlp_norm, "q_norm": self.q_norm,
+                 "k_norm": self.k_norm, "post_attn_norm": getattr(self, "post_attn_norm", None),
+                 "post_mlp_norm": getattr(self, "post_mlp_norm", None)}
+        return native.DecodeLayer(weights, {name: None if norm is None else norm.native_scale
+                                            for name, norm in norms.items()}, self.shape)
 
     def qkv(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rows: bool):
         """Projections of h ``[T, hidden]`` into roped q ``[T, heads, d]`` and k, v ``[T, kv_heads, d]``."""
@@ -236,6 +259,8 @@ class Transformer(nn.Module):
         positions = torch.tensor([c.length for c in caches], device=tokens.device)
         x = self.embed(tokens)
         fused = use_native(x, self.native_glue)
+        if fused and all(block.native_layer is not None for block in self.blocks):
+            return self._decode_native_layers(x, positions, caches)
         masks = [] if fused else [self._decode_masks(c) for c in caches]
         rep = self.cfg.num_heads // self.cfg.num_kv_heads
         tables = self.rope_tables_at(positions)
@@ -258,6 +283,19 @@ class Transformer(nn.Module):
                 out = attend_one(qr, keys, values, masks[row][1 if block.sliding else 0], block.scale)
                 outs.append(out.reshape(1, -1))
             x = block.finish(x, torch.cat(outs), rows=True)
+        for cache in caches:
+            cache.length += 1
+        return self.head(x, rows=True)
+
+    def _decode_native_layers(self, x: torch.Tensor, positions: torch.Tensor,
+                              caches: list[SequenceCache]) -> torch.Tensor:
+        """``decode`` with each layer in one native call (native.DecodeLayer, same kernels as the per-operator path)."""
+        x = x.contiguous()
+        rows = native.CacheRows([c.k for c in caches], [c.v for c in caches], [c.length for c in caches])
+        tables = {sliding: (cos.contiguous(), sin.contiguous())
+                  for sliding, (cos, sin) in self.rope_tables_at(positions).items()}
+        for block in self.blocks:
+            block.native_layer(block.index, x, rows, *tables[block.sliding])
         for cache in caches:
             cache.length += 1
         return self.head(x, rows=True)

@@ -159,6 +159,14 @@ class NativeLinear(nn.Module):
         self._bias = None if self.bias is None else self.bias.data
         self.out_features = self._kernel.n
 
+    @property
+    def native_kernel(self) -> native.PackedLinear:
+        return self._kernel
+
+    @property
+    def native_bias(self) -> torch.Tensor | None:
+        return self._bias
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.compiler.is_compiling():  # traced: the registered operator, inputs made contiguous float32
             weights = [getattr(self, name) for name in native.LAYOUTS[self.kind]]

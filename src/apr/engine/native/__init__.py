@@ -1,4 +1,5 @@
-"""apr's AVX2 CPU kernels (qgemm.c products, glue.c norms/RoPE/attention): built once with cc, called through ctypes.
+"""apr's AVX2 CPU kernels (qgemm.c products, glue.c norms/RoPE/attention, layer.c whole decode layers): built
+once with cc, called through ctypes.
 
 The kernels keep quantized weights in their stored precision and quantize activations per block of 32
 to int8, as ggml does on CPUs; see qgemm.c for the layouts and the batch-invariance argument. They are
@@ -17,15 +18,17 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-SOURCES = (Path(__file__).with_name("qgemm.c"), Path(__file__).with_name("glue.c"))
+SOURCES = tuple(Path(__file__).with_name(name) for name in ("qgemm.c", "glue.c", "layer.c"))
 # Version of the packed layouts and of which layout each GGML type gets: part of the pack-cache key, so a
-# change here repacks cached models. glue.c has its own (apr_glue_abi).
+# change here repacks cached models. glue.c and layer.c have their own (apr_glue_abi, apr_layer_abi).
 ABI = 8
 GLUE_ABI = 1
+LAYER_ABI = 1
 BLOCK = 32  # activation block (and q4 weight block)
 KGROUP = 128  # K is padded to a multiple of this in every packed layout
 CFLAGS = ("-O3", "-std=c11", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-fPIC", "-shared")
@@ -75,8 +78,9 @@ def _library() -> tuple[ctypes.CDLL | None, str]:
         finally:
             Path(tmp).unlink(missing_ok=True)
     lib = ctypes.CDLL(str(target))
-    if (lib.apr_qgemm_abi(), lib.apr_glue_abi()) != (ABI, GLUE_ABI):
-        return None, f"{target} has ABI {lib.apr_qgemm_abi()}/{lib.apr_glue_abi()}, expected {ABI}/{GLUE_ABI}"
+    found = (lib.apr_qgemm_abi(), lib.apr_glue_abi(), lib.apr_layer_abi())
+    if found != (ABI, GLUE_ABI, LAYER_ABI):
+        return None, f"{target} has ABI {found}, expected {(ABI, GLUE_ABI, LAYER_ABI)}"
     p, i64, i32, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
     lib.apr_linear.argtypes = [i32, p, i64, i64, i64, p, p, p, p, i64, p, i32]
     lib.apr_linear.restype = i32
@@ -90,7 +94,30 @@ def _library() -> tuple[ctypes.CDLL | None, str]:
     lib.apr_rope_neox.restype = None
     lib.apr_attend_one.argtypes = [p, p, p, p, p, i64, i64, i64, i64, i64, i64, f32, p]
     lib.apr_attend_one.restype = i32
+    lib.apr_decode_layer.argtypes = [ctypes.POINTER(_Layer), i64, p, i64, p, p, p, p, p, p, i32]
+    lib.apr_decode_layer.restype = i32
     return lib, ""
+
+
+class _Weight(ctypes.Structure):
+    """layer.c's apr_weight."""
+
+    _fields_ = [("layout", ctypes.c_int64), ("w", ctypes.c_void_p), ("scale", ctypes.c_void_p),
+                ("offset", ctypes.c_void_p), ("bias", ctypes.c_void_p), ("n", ctypes.c_int64), ("k", ctypes.c_int64),
+                ("kpad", ctypes.c_int64)]
+
+
+LAYER_WEIGHTS = ("q", "k", "v", "o", "gate", "up", "down")
+LAYER_NORMS = ("input_norm", "post_attn_norm", "pre_mlp_norm", "post_mlp_norm", "q_norm", "k_norm")
+LAYER_SIZES = ("hidden", "heads", "kv_heads", "head_dim", "ffn", "window", "gelu")
+
+
+class _Layer(ctypes.Structure):
+    """layer.c's apr_layer."""
+
+    _fields_ = ([(name, _Weight) for name in LAYER_WEIGHTS] + [(name, ctypes.c_void_p) for name in LAYER_NORMS]
+                + [("eps", ctypes.c_double), ("attn_scale", ctypes.c_double)]
+                + [(name, ctypes.c_int64) for name in LAYER_SIZES])
 
 
 def available() -> bool:
@@ -243,6 +270,93 @@ def attend_one(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, keys: 
     return out
 
 
+LAYOUT_CODE = {"q4": 4, "q6": 6, "q8": 8, "q4k": 40, "q4k8": 41, "q6k8": 61}  # layer.c's enum
+
+
+@dataclass(frozen=True)
+class LayerShape:
+    """The sizes and constants of one decoder layer (``window`` 0: global attention; ``gelu``: tanh-GELU, else SiLU)."""
+
+    hidden: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    ffn: int
+    window: int
+    gelu: bool
+    eps: float
+    attn_scale: float
+
+
+class CacheRows:
+    """The caches of a decode batch as apr_decode_layer takes them: per row the base of its float32
+    ``[layers, kv_heads, capacity, head_dim]`` keys and values, its capacity and its new token's position."""
+
+    def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor], positions: list[int]) -> None:
+        _check_f32("decode caches", *keys, *values)
+        rows = len(keys)
+        if not rows or len(values) != rows or len(positions) != rows:
+            raise ValueError("a decode batch needs one cache and one position per row")
+        if any(not 0 <= p < k.shape[2] for k, p in zip(keys, positions)):
+            raise ValueError(f"positions {positions} outside the caches")
+        self.rows = rows
+        self.keys = (ctypes.c_void_p * rows)(*[k.data_ptr() for k in keys])
+        self.values = (ctypes.c_void_p * rows)(*[v.data_ptr() for v in values])
+        self.capacity = (ctypes.c_int64 * rows)(*[k.shape[2] for k in keys])
+        self.positions = (ctypes.c_int64 * rows)(*positions)
+
+
+class DecodeLayer:
+    """One decoder layer for layer.c's apr_decode_layer: packed weights, norm scales and sizes in one struct.
+
+    ``weights`` maps LAYER_WEIGHTS names to (PackedLinear, float32 bias or None, input features);
+    ``norms`` maps LAYER_NORMS names to float32 scales (offset added) or None. The struct holds raw
+    addresses, so this object keeps every tensor it points to."""
+
+    def __init__(self, weights: dict[str, tuple[PackedLinear, torch.Tensor | None, int]],
+                 norms: dict[str, torch.Tensor | None], shape: LayerShape) -> None:
+        self.shape = shape
+        self._keep: list[torch.Tensor] = []
+        layer = _Layer()
+        for name in LAYER_WEIGHTS:
+            linear, bias, k = weights[name]
+            if k > linear.kpad or (linear.layout in TILE_BYTES or linear.layout == "q4k") and k != linear.kpad:
+                raise ValueError(f"{name}: {k} input features for a {linear.layout} weight of K {linear.kpad}")
+            pointers = list(linear._pointers) + [None] * (3 - len(linear._pointers))
+            if bias is not None:
+                _check_f32(f"{name} bias", bias)
+                self._keep.append(bias)
+            setattr(layer, name, _Weight(LAYOUT_CODE[linear.layout], *pointers,
+                                         None if bias is None else bias.data_ptr(), linear.n, k, linear.kpad))
+            self._keep.extend(linear.tensors)
+        for name in LAYER_NORMS:
+            scale = norms.get(name)
+            if scale is not None:
+                _check_f32(name, scale)
+                self._keep.append(scale)
+            setattr(layer, name, None if scale is None else scale.data_ptr())
+        if norms.get("input_norm") is None or norms.get("pre_mlp_norm") is None:
+            raise ValueError("a decoder layer needs its input and pre-MLP norms")
+        layer.eps, layer.attn_scale = shape.eps, shape.attn_scale
+        for name in LAYER_SIZES:
+            setattr(layer, name, int(getattr(shape, name)))
+        self._layer = layer
+        self._ref = ctypes.byref(layer)
+
+    def __call__(self, index: int, x: torch.Tensor, caches: CacheRows, cos: torch.Tensor, sin: torch.Tensor) -> None:
+        """Applies the layer to ``x [rows, hidden]`` in place, writing each row's new key/value to its cache."""
+        _check_f32("decode layer", x, cos, sin)
+        shape = self.shape
+        if x.shape != (caches.rows, shape.hidden) or cos.shape != (caches.rows, shape.head_dim) or sin.shape != cos.shape:
+            raise ValueError(f"decode layer: x {tuple(x.shape)}, rope {tuple(cos.shape)} for {caches.rows} rows")
+        status = _lib().apr_decode_layer(self._ref, index, x.data_ptr(), caches.rows, caches.keys, caches.values,
+                                         caches.capacity, caches.positions, cos.data_ptr(), sin.data_ptr(),
+                                         torch.get_num_threads())
+        if status:
+            raise MemoryError("no memory for a decode layer") if status == -1 else RuntimeError(
+                f"apr_decode_layer failed ({status})")
+
+
 def _fp16_scales(values: torch.Tensor, what: str) -> torch.Tensor:
     """float32 scales as fp16 bits, refusing values that fp16 would round by more than MAX_SCALE_ROUNDING."""
     rounded = values.to(torch.float16)
@@ -387,7 +501,7 @@ def describe() -> str:
     lib, reason = _library()
     if lib is None:
         return f"unavailable: {reason}"
-    return "avx2 q4/q4k/q4k8/q6/q6k8/q8 (int8 activations), fused norm/rope/attention"
+    return "avx2 q4/q4k/q4k8/q6/q6k8/q8 (int8 activations), one call per decode layer"
 
 
 if __name__ == "__main__":  # `python -m apr.engine.native` builds the kernels and says whether they load

@@ -1,0 +1,188 @@
+/* One decoder layer of one-token decode, for a batch of sequences, in a single call (apr's CPU decode path).
+ *
+ * Why this exists: with the products and the glue kernels in C, what was left of a decode step was
+ * Python: ~15 operator calls a layer between the products, ~7 ms of a ~60 ms token on the 1.5B. Here
+ * the whole layer (norms, projections, RoPE, attention over each sequence's own cache, gated MLP,
+ * residuals) runs from one call. It uses the same product and glue kernels as the Python path, in the
+ * same order; only the activation (SiLU / tanh-GELU, computed here with a vector exp) and the
+ * additions differ from PyTorch's by rounding. Each row touches only its own inputs and cache, and the
+ * products are batch invariant (qgemm.c), so a sequence's numbers do not depend on its batch mates.
+ */
+#include <immintrin.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Weight layouts (apr_weight.layout); the numbers are part of the Python binding (native/__init__.py). */
+enum { APR_Q4 = 4, APR_Q6 = 6, APR_Q8 = 8, APR_Q4K = 40, APR_Q4K8 = 41, APR_Q6K8 = 61 };
+
+typedef struct {
+    int64_t layout;
+    const void *w, *scale, *offset; /* the layout's parts in native.LAYOUTS order (unused ones NULL) */
+    const float *bias;              /* NULL: none */
+    int64_t n, k, kpad;
+} apr_weight;
+
+typedef struct {
+    apr_weight q, k, v, o, gate, up, down;
+    /* RMSNorm scales (offset already added), NULL when the architecture has none: post_attn and
+     * post_mlp are gemma3's sandwich norms, q_norm/k_norm its per-head norms. */
+    const float *input_norm, *post_attn_norm, *pre_mlp_norm, *post_mlp_norm, *q_norm, *k_norm;
+    double eps, attn_scale;
+    int64_t hidden, heads, kv_heads, head_dim, ffn, window, gelu;
+} apr_layer;
+
+int apr_linear(int kind, const float *x, int64_t m, int64_t k, int64_t kpad, const void *w, const uint16_t *scale,
+               const uint16_t *offset, const float *bias, int64_t n, float *y, int threads);
+int apr_linear_q4k(const float *x, int64_t m, int64_t k, const uint8_t *qw, const uint8_t *scmin, const uint16_t *dm,
+                   const float *bias, int64_t n, float *y, int threads);
+int apr_linear_tiled(int kind, const float *x, int64_t m, int64_t k, const uint8_t *qw, const float *bias, int64_t n,
+                     float *y, int threads);
+void apr_rms_norm(const float *x, const float *scale, int64_t rows, int64_t n, float eps, float *out);
+void apr_rope_neox(float *x, int64_t t, int64_t heads, int64_t d, const float *cos, const float *sin);
+int apr_attend_one(const float *q, const float *k_new, const float *v_new, float *keys, float *values,
+                   int64_t kv_heads, int64_t rep, int64_t cap, int64_t d, int64_t pos, int64_t window, float scale,
+                   float *out);
+
+int apr_layer_abi(void) { return 1; }
+
+/* y [m][w->n] = x [m][w->k] W^T (+ bias). 0, -1 (no memory) or -3 (unknown layout). */
+static int product(const apr_weight *w, const float *x, int64_t m, float *y, int threads) {
+    switch (w->layout) {
+    case APR_Q4:
+    case APR_Q6:
+    case APR_Q8:
+        return apr_linear((int)w->layout, x, m, w->k, w->kpad, w->w, w->scale, w->offset, w->bias, w->n, y, threads);
+    case APR_Q4K:
+        return apr_linear_q4k(x, m, w->k, w->w, w->scale, w->offset, w->bias, w->n, y, threads);
+    case APR_Q4K8:
+        return apr_linear_tiled(4, x, m, w->k, w->w, w->bias, w->n, y, threads);
+    case APR_Q6K8:
+        return apr_linear_tiled(6, x, m, w->k, w->w, w->bias, w->n, y, threads);
+    default:
+        return -3;
+    }
+}
+
+/* e^x for x <= 0, as glue.c's exp_nonpositive (Cephes' expf polynomial; relative error ~2e-7). */
+static inline __m256 exp_le0(__m256 x) {
+    x = _mm256_max_ps(x, _mm256_set1_ps(-87.33654f));
+    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 y = _mm256_set1_ps(1.9875691500E-4f);
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.3981999507E-3f));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(8.3334519073E-3f));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(4.1665795894E-2f));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.6666665459E-1f));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(5.0000001201E-1f));
+    y = _mm256_fmadd_ps(y, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(y, _mm256_castsi256_ps(bits));
+}
+
+/* sigmoid(z) = 1 / (1 + e^-z) from e^-|z| only, so the exponential never overflows. */
+static inline __m256 sigmoid8(__m256 z) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    const __m256 t = exp_le0(_mm256_or_ps(z, sign)); /* e^-|z| */
+    const __m256 one = _mm256_set1_ps(1.0f);
+    const __m256 inv = _mm256_div_ps(one, _mm256_add_ps(one, t));
+    return _mm256_blendv_ps(inv, _mm256_mul_ps(t, inv), z); /* z < 0 (sign bit set): e^z / (1 + e^z) */
+}
+
+static inline float sigmoid1(float z) {
+    const float t = expf(-fabsf(z));
+    return z >= 0.0f ? 1.0f / (1.0f + t) : t / (1.0f + t);
+}
+
+/* gate[i] <- act(gate[i]) * up[i]; act is SiLU, or GELU with the tanh approximation (gemma3), written as
+ * 0.5 z (1 + tanh(y)) = z * sigmoid(2y), y = sqrt(2/pi) (z + 0.044715 z^3). */
+static void gated(float *gate, const float *up, int64_t count, int gelu) {
+    const float c = 0.7978845608028654f, c3 = 0.044715f;
+    int64_t i = 0;
+    for (; i + 8 <= count; i += 8) {
+        const __m256 z = _mm256_loadu_ps(gate + i);
+        __m256 s;
+        if (gelu) {
+            const __m256 y = _mm256_mul_ps(_mm256_set1_ps(2.0f * c),
+                                           _mm256_fmadd_ps(_mm256_mul_ps(_mm256_set1_ps(c3), z), _mm256_mul_ps(z, z), z));
+            s = sigmoid8(y);
+        } else {
+            s = sigmoid8(z);
+        }
+        _mm256_storeu_ps(gate + i, _mm256_mul_ps(_mm256_mul_ps(z, s), _mm256_loadu_ps(up + i)));
+    }
+    for (; i < count; i++) {
+        const float z = gate[i];
+        const float s = gelu ? sigmoid1(2.0f * c * (z + c3 * z * z * z)) : sigmoid1(z);
+        gate[i] = z * s * up[i];
+    }
+}
+
+static void add_into(float *x, const float *y, int64_t count) {
+    for (int64_t i = 0; i < count; i++) x[i] += y[i];
+}
+
+/* x [rows][hidden] <- layer `index` (weights L) applied to x, one new token per row. Row r's cache is
+ * keys[r] / values[r] ([layers][kv_heads][capacity[r]][head_dim]); its token is at position pos[r], with
+ * RoPE tables cos/sin [rows][head_dim]. Returns 0, or nonzero (x then undefined): -1 no memory, -2 a
+ * position outside its cache, -3 an unknown weight layout. */
+int apr_decode_layer(const apr_layer *L, int64_t index, float *x, int64_t rows, float *const *keys,
+                     float *const *values, const int64_t *capacity, const int64_t *pos, const float *cos,
+                     const float *sin, int threads) {
+    const int64_t hidden = L->hidden, d = L->head_dim, qdim = L->heads * d, kvdim = L->kv_heads * d;
+    const int64_t widest = L->ffn > qdim ? L->ffn : qdim;
+    float *h = malloc((size_t)(rows * (hidden > qdim ? hidden : qdim)) * sizeof(float));
+    float *q = malloc((size_t)(rows * qdim) * sizeof(float));
+    float *k = malloc((size_t)(rows * kvdim) * sizeof(float));
+    float *v = malloc((size_t)(rows * kvdim) * sizeof(float));
+    float *a = malloc((size_t)(rows * widest) * sizeof(float));
+    float *b = malloc((size_t)(rows * (L->ffn > hidden ? L->ffn : hidden)) * sizeof(float));
+    int status = (h && q && k && v && a && b) ? 0 : -1;
+    const float eps = (float)L->eps;
+    if (!status) {
+        apr_rms_norm(x, L->input_norm, rows, hidden, eps, h);
+        status = product(&L->q, h, rows, q, threads);
+        if (!status) status = product(&L->k, h, rows, k, threads);
+        if (!status) status = product(&L->v, h, rows, v, threads);
+    }
+    if (!status) {
+        if (L->q_norm) apr_rms_norm(q, L->q_norm, rows * L->heads, d, eps, q);
+        if (L->k_norm) apr_rms_norm(k, L->k_norm, rows * L->kv_heads, d, eps, k);
+        apr_rope_neox(q, rows, L->heads, d, cos, sin);
+        apr_rope_neox(k, rows, L->kv_heads, d, cos, sin);
+        for (int64_t r = 0; r < rows && !status; r++) {
+            const int64_t layer = index * L->kv_heads * capacity[r] * d;
+            const int rc = apr_attend_one(q + r * qdim, k + r * kvdim, v + r * kvdim, keys[r] + layer,
+                                          values[r] + layer, L->kv_heads,
+                                          L->heads / L->kv_heads, capacity[r], d, pos[r], L->window,
+                                          (float)L->attn_scale, a + r * qdim);
+            status = rc == 2 ? -2 : (rc ? -1 : 0);
+        }
+    }
+    if (!status) status = product(&L->o, a, rows, b, threads); /* b: attention output projected */
+    if (!status) {
+        if (L->post_attn_norm) apr_rms_norm(b, L->post_attn_norm, rows, hidden, eps, b);
+        add_into(x, b, rows * hidden);
+        apr_rms_norm(x, L->pre_mlp_norm, rows, hidden, eps, h);
+        status = product(&L->gate, h, rows, a, threads);
+        if (!status) status = product(&L->up, h, rows, b, threads);
+    }
+    if (!status) {
+        gated(a, b, rows * L->ffn, (int)L->gelu);
+        status = product(&L->down, a, rows, b, threads);
+    }
+    if (!status) {
+        if (L->post_mlp_norm) apr_rms_norm(b, L->post_mlp_norm, rows, hidden, eps, b);
+        add_into(x, b, rows * hidden);
+    }
+    free(h);
+    free(q);
+    free(k);
+    free(v);
+    free(a);
+    free(b);
+    return status;
+}
