@@ -51,20 +51,23 @@ def test_the_size_limit_removes_least_recently_used_entries_first(tmp_path):
     assert prune(tmp_path, limit=10_000) == []
 
 
-def test_cached_tensors_come_back_exact_and_64_byte_aligned(tmp_path, monkeypatch):
+def test_cached_tensors_come_back_exact_and_packed_ones_64_byte_aligned(tmp_path, monkeypatch):
     """The kernels' vector loads want aligned rows; safetensors' own loader returns views at odd offsets."""
     monkeypatch.setenv("APR_HOME", str(tmp_path))
     store = PackStore.open("k")
-    parts = {"odd": torch.arange(37, dtype=torch.uint8), "scale": torch.randn(5, 3),
-             "half": torch.randn(4).to(torch.bfloat16), "ints": torch.arange(6, dtype=torch.int16).view(2, 3)}
-    store.put("layer", parts)
+    packed = {"q4k": torch.arange(37, dtype=torch.uint8), "q4k_scmin": torch.arange(7, dtype=torch.uint8),
+              "q4k_dm": torch.arange(6, dtype=torch.int16).view(2, 3)}
+    dense = {"weight": torch.randn(5, 3).to(torch.bfloat16)}
+    store.put("layer", packed)
+    store.put("embedding", dense)
     store.save()
     again = PackStore.open("k")
     assert again.hit
-    for name, tensor in parts.items():
-        loaded = again.get("layer")[name]
-        assert loaded.dtype == tensor.dtype and torch.equal(loaded, tensor)
-        assert loaded.data_ptr() % 64 == 0, name
+    for name, parts in (("layer", packed), ("embedding", dense)):
+        for part, tensor in parts.items():
+            loaded = again.get(name)[part]
+            assert loaded.dtype == tensor.dtype and torch.equal(loaded, tensor)
+    assert all(again.get("layer")[part].data_ptr() % 64 == 0 for part in packed)
 
 
 def test_an_unreadable_cache_entry_is_a_miss(tmp_path, monkeypatch):

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
 # Bump when the packed layout or the conversion changes: old entries are then simply not found
 # (and, being the least recently used, are the first the size limit removes).
@@ -51,8 +52,8 @@ class PackStore:
         if not path.exists():
             return cls(path, None)
         try:
-            flat = read_aligned(path)
-        except (OSError, ValueError, KeyError, TypeError):  # truncated, or a header we did not write
+            flat = _load_entry(path)
+        except (OSError, ValueError, KeyError, TypeError, SafetensorError):  # truncated, or not written by us
             return cls(path, None)
         os.utime(path)  # recency for the size limit: entries in use are the last to go
         loaded: dict[str, dict[str, torch.Tensor]] = {}
@@ -93,8 +94,22 @@ _DTYPES = {"U8": torch.uint8, "I8": torch.int8, "I16": torch.int16, "I32": torch
            "F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32}
 
 
-def read_aligned(path: Path) -> dict[str, torch.Tensor]:
-    """Every tensor of a SafeTensors file, each read into its own fresh allocation.
+def _load_entry(path: Path) -> dict[str, torch.Tensor]:
+    """A cache entry: the native kernels' packed weights read into aligned memory, the rest mapped.
+
+    The rest is mostly the dequantized embedding, of which a step reads a few rows: mapped, only those
+    pages are ever read, so it costs no resident memory up front."""
+    from safetensors.torch import load_file
+
+    from apr.engine.native import LAYOUTS
+
+    packed_parts = {part for parts in LAYOUTS.values() for part in parts}
+    aligned = read_aligned(path, lambda name: name.rpartition("::")[2] in packed_parts)
+    return {**load_file(str(path)), **aligned}
+
+
+def read_aligned(path: Path, wanted=lambda name: True) -> dict[str, torch.Tensor]:
+    """The tensors of a SafeTensors file that ``wanted(name)`` picks, each read into its own fresh allocation.
 
     Not safetensors' ``load_file``: its tensors are views into one mapping of the file at offsets that
     are not even 32-byte aligned, so the kernels' vector loads split cache lines and walk the page
@@ -111,6 +126,8 @@ def read_aligned(path: Path) -> dict[str, torch.Tensor]:
         header.pop("__metadata__", None)
         data_start = 8 + header_len
         for name, spec in sorted(header.items(), key=lambda item: item[1]["data_offsets"][0]):
+            if not wanted(name):
+                continue
             dtype = _DTYPES.get(spec["dtype"])
             begin, end = spec["data_offsets"]
             if dtype is None:

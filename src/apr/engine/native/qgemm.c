@@ -52,6 +52,7 @@
 #define APR_QK 32     /* activation block */
 #define APR_KGROUP 128 /* inner-loop step: 4 blocks */
 #define APR_MT 4      /* activation rows sharing one unpacked weight group */
+#define APR_MT_TILED 8 /* the same for the tiled layouts, whose accumulators fit better */
 
 int apr_qgemm_abi(void) { return 8; }
 
@@ -341,7 +342,7 @@ static inline __attribute__((always_inline)) void q4k8_tile(const int8_t *qx, co
                                                             float *y) {
     const int64_t nb = k / APR_QK, nsb = k / 256;
     const __m256i low = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
-    __m256 acc[APR_MT];
+    __m256 acc[APR_MT_TILED];
     for (int t = 0; t < mt; t++) acc[t] = _mm256_setzero_ps();
     for (int64_t sb = 0; sb < nsb; sb++) {
         const uint8_t *head = tile + sb * APR_Q4K8_TILE, *nib = head + 160;
@@ -353,7 +354,7 @@ static inline __attribute__((always_inline)) void q4k8_tile(const int8_t *qx, co
             const __m256 offset = _mm256_mul_ps(
                 dmin, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(head + 96 + 8 * b)))));
             const int64_t block = sb * 8 + b;
-            __m256i sum[APR_MT];
+            __m256i sum[APR_MT_TILED];
             for (int t = 0; t < mt; t++) sum[t] = _mm256_setzero_si256();
             for (int v = 0; v < 4; v++) {
                 const __m256i raw = _mm256_loadu_si256((const __m256i *)(nib + b * 128 + v * 32));
@@ -384,6 +385,7 @@ void apr_q4k8_matmul(const int8_t *qx, const float *dx, const float *sx, int64_t
     for (int64_t tile = 0; tile < n / 8; tile++) {
         const uint8_t *wt = qw + tile * tile_bytes;
         int64_t r0 = 0;
+        for (; r0 + APR_MT_TILED <= m; r0 += APR_MT_TILED) q4k8_tile(qx, dx, sx, k, wt, bias, r0, APR_MT_TILED, n, tile * 8, y);
         for (; r0 + APR_MT <= m; r0 += APR_MT) q4k8_tile(qx, dx, sx, k, wt, bias, r0, APR_MT, n, tile * 8, y);
         for (; r0 < m; r0++) q4k8_tile(qx, dx, sx, k, wt, bias, r0, 1, n, tile * 8, y);
     }
@@ -399,7 +401,7 @@ static inline __attribute__((always_inline)) void q6k8_tile(const int8_t *qx, co
     const __m256i low = _mm256_set1_epi8(0x0F), high = _mm256_set1_epi8(0x30), offset = _mm256_set1_epi8(32);
     /* 8 int8 scales -> 16 int16 lanes, each twice: the lanes madd pairs for row r are 2r and 2r + 1. */
     const __m128i twice = _mm_setr_epi8(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
-    __m256 acc[APR_MT];
+    __m256 acc[APR_MT_TILED];
     for (int t = 0; t < mt; t++) acc[t] = _mm256_setzero_ps();
     for (int64_t sb = 0; sb < nsb; sb++) {
         const uint8_t *head = tile + sb * APR_Q6K8_TILE, *body = head + 144;
@@ -411,7 +413,7 @@ static inline __attribute__((always_inline)) void q6k8_tile(const int8_t *qx, co
             const __m256i sc1 = _mm256_cvtepi8_epi16(
                 _mm_shuffle_epi8(_mm_loadl_epi64((const __m128i *)(head + 24 + 16 * b)), twice));
             const int64_t block = sb * 8 + b;
-            __m256i s0[APR_MT], s1[APR_MT];
+            __m256i s0[APR_MT_TILED], s1[APR_MT_TILED];
             for (int t = 0; t < mt; t++) s0[t] = s1[t] = _mm256_setzero_si256();
             for (int v = 0; v < 4; v++) {
                 const __m256i raw = _mm256_loadu_si256((const __m256i *)(qb + v * 32));
@@ -448,6 +450,7 @@ void apr_q6k8_matmul(const int8_t *qx, const float *dx, int64_t m, int64_t k, co
     for (int64_t tile = 0; tile < n / 8; tile++) {
         const uint8_t *wt = qw + tile * tile_bytes;
         int64_t r0 = 0;
+        for (; r0 + APR_MT_TILED <= m; r0 += APR_MT_TILED) q6k8_tile(qx, dx, k, wt, bias, r0, APR_MT_TILED, n, tile * 8, y);
         for (; r0 + APR_MT <= m; r0 += APR_MT) q6k8_tile(qx, dx, k, wt, bias, r0, APR_MT, n, tile * 8, y);
         for (; r0 < m; r0++) q6k8_tile(qx, dx, k, wt, bias, r0, 1, n, tile * 8, y);
     }
