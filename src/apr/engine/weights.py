@@ -246,13 +246,14 @@ def _native_linear(source, bias: torch.Tensor | None) -> nn.Module:
     n, k = info.shape
     attempts = []
     if info.ggml_type == quant.Q4_K and k % 256 == 0 and n % 8 == 0:
-        attempts.append(lambda: native.pack_q4k8(quant.q4_k_parts(source.raw(), (n, k))))
+        attempts.append(lambda: _pack_rows(source.raw(), n, k, quant.q4_k_parts, native.pack_q4k8))
     if info.ggml_type == quant.Q4_K and k % 256 == 0:
-        attempts.append(lambda: native.pack_q4k(quant.q4_k_parts(source.raw(), (n, k))))
+        attempts.append(lambda: _pack_rows(source.raw(), n, k, quant.q4_k_parts, native.pack_q4k))
     if info.ggml_type == quant.Q6_K and k % 256 == 0 and n % 8 == 0:
-        attempts.append(lambda: native.pack_q6k8(quant.q6_k_parts(source.raw(), (n, k))))
+        attempts.append(lambda: _pack_rows(source.raw(), n, k, quant.q6_k_parts, native.pack_q6k8))
     if info.ggml_type == quant.Q6_K and k % 256 == 0:
-        attempts.append(lambda: native.pack_q6(*astuple(quant.q6_k_parts(source.raw(), (n, k)))))
+        attempts.append(lambda: _pack_rows(source.raw(), n, k, quant.q6_k_parts,
+                                           lambda parts: native.pack_q6(*astuple(parts))))
     if info.ggml_type in quant.INT4_EXACT_TYPES and k % quant.INT4_GROUP == 0:
         def exact_q4():
             groups = quant.int4_groups_from_raw(source.raw(), info.ggml_type, (n, k))
@@ -268,6 +269,19 @@ def _native_linear(source, bias: torch.Tensor | None) -> nn.Module:
         except native.ScaleRangeError:  # fp16 cannot hold these scales: try the next, less faithful layout
             continue
     return DenseLinear(dequantize_source(source, torch.float32), bias)
+
+
+PACK_ROWS = 4096  # rows unpacked at a time: the 1.5B's 151936-row head unpacked whole took ~1.4 GB transient
+
+
+def _pack_rows(raw, n: int, k: int, parse, pack) -> dict[str, torch.Tensor]:
+    """``pack(parse(rows))`` over chunks of rows, concatenated. Exact: every layout packs each row (the tiled
+    ones each tile of 8 rows; PACK_ROWS is a multiple of 8) independently of the others."""
+    rows = raw.reshape(n, -1)
+    chunks = [pack(parse(rows[i:i + PACK_ROWS], (min(PACK_ROWS, n - i), k))) for i in range(0, n, PACK_ROWS)]
+    if len(chunks) == 1:
+        return chunks[0]
+    return {name: torch.cat([chunk[name] for chunk in chunks]) for name in chunks[0]}
 
 
 def _from_parts(parts: dict[str, torch.Tensor], bias: torch.Tensor | None, policy: WeightPolicy) -> nn.Module:
@@ -304,5 +318,11 @@ def dequantize_source(source, dtype: torch.dtype) -> torch.Tensor:
     """Values of a canonical tensor; common GGML matrices take the vectorized torch path (numpy is single-threaded)."""
     info = source.info
     if len(info.shape) == 2 and info.ggml_type in quant.FAST_DEQUANT_TYPES:
-        return quant.dequantize_raw(source.raw(), info.ggml_type, info.shape).to(dtype)
+        n, k = info.shape
+        rows = source.raw().reshape(n, -1)
+        out = torch.empty(n, k, dtype=dtype)
+        for i in range(0, n, PACK_ROWS):  # in chunks: the transient float32/int16 copies stay small
+            count = min(PACK_ROWS, n - i)
+            out[i:i + count] = quant.dequantize_raw(rows[i:i + count], info.ggml_type, (count, k))
+        return out
     return source.dequantize(dtype)
