@@ -176,10 +176,12 @@ def test_scales_fp16_cannot_hold_are_refused_not_rounded_silently():
 def test_mismatched_inputs_are_refused():
     parts, _ = q4_weight(16, 256, seed=1)
     layer = native.PackedLinear(parts)
-    with pytest.raises(ValueError, match="float32"):
+    with pytest.raises(ValueError, match="512 input features for a q4 weight of K 256"):
         layer(torch.randn(2, 512), None)
     with pytest.raises(ValueError, match="float32"):
         layer(torch.randn(2, 256, dtype=torch.float64), None)
+    with pytest.raises(ValueError, match="float32"):
+        layer(torch.randn(256, 2).T, None)  # not contiguous
 
 
 def test_float_weights_with_tiny_groups_still_pack_and_stay_accurate():

@@ -24,11 +24,13 @@ from pathlib import Path
 import torch
 
 SOURCES = tuple(Path(__file__).with_name(name) for name in ("qgemm.c", "glue.c", "layer.c"))
+HEADERS = (Path(__file__).with_name("apr_native.h"),)
 # Version of the packed layouts and of which layout each GGML type gets: part of the pack-cache key, so a
 # change here repacks cached models. glue.c and layer.c have their own (apr_glue_abi, apr_layer_abi).
 ABI = 8
-GLUE_ABI = 1
-LAYER_ABI = 1
+QGEMM_ABI = 9  # the products' calling convention (apr_qgemm_abi); ABI above is only the packed layouts
+GLUE_ABI = 2
+LAYER_ABI = 2
 BLOCK = 32  # activation block (and q4 weight block)
 KGROUP = 128  # K is padded to a multiple of this in every packed layout
 CFLAGS = ("-O3", "-std=c11", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-fPIC", "-shared")
@@ -61,7 +63,7 @@ def _library() -> tuple[ctypes.CDLL | None, str]:
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if not compiler:
         return None, "no C compiler (cc/gcc) to build them"
-    source = b"".join(path.read_bytes() for path in SOURCES)
+    source = b"".join(path.read_bytes() for path in (*SOURCES, *HEADERS))
     tag = hashlib.sha256(source + " ".join(CFLAGS).encode() + compiler.encode()).hexdigest()[:16]
     target = _cache_dir() / f"qgemm-{tag}.so"
     if not target.exists():
@@ -79,15 +81,11 @@ def _library() -> tuple[ctypes.CDLL | None, str]:
             Path(tmp).unlink(missing_ok=True)
     lib = ctypes.CDLL(str(target))
     found = (lib.apr_qgemm_abi(), lib.apr_glue_abi(), lib.apr_layer_abi())
-    if found != (ABI, GLUE_ABI, LAYER_ABI):
-        return None, f"{target} has ABI {found}, expected {(ABI, GLUE_ABI, LAYER_ABI)}"
+    if found != (QGEMM_ABI, GLUE_ABI, LAYER_ABI):
+        return None, f"{target} has ABI {found}, expected {(QGEMM_ABI, GLUE_ABI, LAYER_ABI)}"
     p, i64, i32, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
-    lib.apr_linear.argtypes = [i32, p, i64, i64, i64, p, p, p, p, i64, p, i32]
-    lib.apr_linear.restype = i32
-    lib.apr_linear_q4k.argtypes = [p, i64, i64, p, p, p, p, i64, p, i32]
-    lib.apr_linear_q4k.restype = i32
-    lib.apr_linear_tiled.argtypes = [i32, p, i64, i64, p, p, i64, p, i32]
-    lib.apr_linear_tiled.restype = i32
+    lib.apr_products.argtypes = [p, i32, p, i64, p, i32]
+    lib.apr_products.restype = i32
     lib.apr_rms_norm.argtypes = [p, p, i64, i64, f32, p]
     lib.apr_rms_norm.restype = None
     lib.apr_rope_neox.argtypes = [p, i64, i64, i64, p, p]
@@ -143,12 +141,9 @@ class ScaleRangeError(ValueError):
 # the tiled layouts q4k8 and q6k8 are one tensor with a row per tile of 8 outputs).
 LAYOUTS = {"q4": ("q4", "q4_scale", "q4_offset"), "q8": ("q8", "q8_scale"), "q6": ("q6", "q6_sc", "q6_d"),
            "q4k": ("q4k", "q4k_scmin", "q4k_dm"), "q4k8": ("q4k8",), "q6k8": ("q6k8",)}
-# Tiled layouts: bytes per tile of 8 rows and super-block of 256 (qgemm.c), and apr_linear_tiled's kind.
+# Tiled layouts: bytes per tile of 8 rows and super-block of 256 (qgemm.c).
 TILE_BYTES = {"q4k8": 1184, "q6k8": 1680}
-TILED_KIND = {"q4k8": 4, "q6k8": 6}
-
-
-KIND = {"q4": 4, "q6": 6, "q8": 8}  # apr_linear's layout argument
+LAYOUT_CODE = {"q4": 4, "q6": 6, "q8": 8, "q4k": 40, "q4k8": 41, "q6k8": 61}  # apr_native.h's enum
 
 
 def layout_of(parts: dict[str, torch.Tensor]) -> str:
@@ -169,24 +164,27 @@ def _out_features(layout: str, tensors: tuple[torch.Tensor, ...]) -> int:
     return tensors[0].shape[0] * 8 if layout in TILE_BYTES else tensors[1].shape[0]
 
 
-def _call(layout: str, x: torch.Tensor, kpad: int, pointers: tuple[int, ...], bias: torch.Tensor | None,
-          n: int) -> torch.Tensor:
+def _weight(layout: str, k: int, kpad: int, pointers: tuple[int, ...], bias: torch.Tensor | None,
+            n: int) -> "_Weight":
+    """apr_native.h's apr_weight for a weight with input features ``k``; ValueError when K does not fit the layout."""
+    if (k if layout == "q4k" or layout in TILE_BYTES else padded(k)) != kpad:
+        raise ValueError(f"{k} input features for a {layout} weight of K {kpad}")
+    if bias is not None:
+        _check_f32("bias", bias)
+    parts = list(pointers) + [None] * (3 - len(pointers))
+    return _Weight(LAYOUT_CODE[layout], *parts, None if bias is None else bias.data_ptr(), n, k, kpad)
+
+
+def _multiply(weight: "_Weight", x: torch.Tensor) -> torch.Tensor:
     m, k = x.shape
-    if (k if layout == "q4k" or layout in TILE_BYTES else padded(k)) != kpad or x.dtype != torch.float32 or not x.is_contiguous():
-        raise ValueError(f"expected contiguous float32 [M, K] input with K padding to {kpad}, "
-                         f"got {x.dtype} {tuple(x.shape)}")
-    y = torch.empty(m, n, dtype=torch.float32)
-    lib, threads, b = _lib(), torch.get_num_threads(), None if bias is None else bias.data_ptr()
-    if layout == "q4k":
-        status = lib.apr_linear_q4k(x.data_ptr(), m, k, *pointers, b, n, y.data_ptr(), threads)
-    elif layout in TILED_KIND:
-        status = lib.apr_linear_tiled(TILED_KIND[layout], x.data_ptr(), m, k, *pointers, b, n, y.data_ptr(), threads)
-    else:
-        weight, scale, *offset = pointers
-        status = lib.apr_linear(KIND[layout], x.data_ptr(), m, k, kpad, weight, scale,
-                                offset[0] if offset else None, b, n, y.data_ptr(), threads)
+    if x.dtype != torch.float32 or not x.is_contiguous() or k != weight.k:
+        raise ValueError(f"expected contiguous float32 [M, {weight.k}] input, got {x.dtype} {tuple(x.shape)}")
+    y = torch.empty(m, weight.n, dtype=torch.float32)
+    status = _lib().apr_products(ctypes.byref(ctypes.pointer(weight)), 1, x.data_ptr(), m,
+                                 ctypes.byref(ctypes.c_void_p(y.data_ptr())), torch.get_num_threads())
     if status:
-        raise MemoryError(f"no memory for the activations of a {m} x {k} product")
+        raise MemoryError(f"no memory for the activations of a {m} x {k} product") if status == -1 else RuntimeError(
+            f"apr_products failed ({status})")
     return y
 
 
@@ -204,18 +202,28 @@ class PackedLinear:
         self.n = _out_features(self.layout, self.tensors)
         self.kpad = _padded_k(self.layout, self.tensors[0])
         self._pointers = tuple(t.data_ptr() for t in self.tensors)
+        self._weights: dict[tuple[int, int], _Weight] = {}  # by (K, bias address): built once, reused every call
+
+    def weight(self, k: int, bias: torch.Tensor | None) -> "_Weight":
+        """The C description of this weight multiplying inputs of ``k`` features, plus ``bias``."""
+        key = (k, 0 if bias is None else bias.data_ptr())
+        found = self._weights.get(key)
+        if found is None:
+            found = self._weights[key] = _weight(self.layout, k, self.kpad, self._pointers, bias, self.n)
+        return found
 
     def __call__(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """float32 ``x [M, K]`` (contiguous) -> float32 ``[M, N]``."""
-        return _call(self.layout, x, self.kpad, self._pointers, bias, self.n)
+        return _multiply(self.weight(x.shape[-1], bias), x)
 
 
 @torch.library.custom_op("apr::native_linear", mutates_args=())
 def native_linear(x: torch.Tensor, layout: str, weights: list[torch.Tensor], bias: torch.Tensor | None) -> torch.Tensor:
     """``PackedLinear``'s product as a PyTorch operator, so torch.compile can trace a graph around it
     (eager code calls ``PackedLinear`` directly: the dispatcher costs more than the small products)."""
-    return _call(layout, x, _padded_k(layout, weights[0]), tuple(t.data_ptr() for t in weights), bias,
-                 _out_features(layout, tuple(weights)))
+    weight = _weight(layout, x.shape[-1], _padded_k(layout, weights[0]), tuple(t.data_ptr() for t in weights), bias,
+                     _out_features(layout, tuple(weights)))
+    return _multiply(weight, x)
 
 
 @native_linear.register_fake
@@ -270,9 +278,6 @@ def attend_one(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, keys: 
     return out
 
 
-LAYOUT_CODE = {"q4": 4, "q6": 6, "q8": 8, "q4k": 40, "q4k8": 41, "q6k8": 61}  # layer.c's enum
-
-
 @dataclass(frozen=True)
 class LayerShape:
     """The sizes and constants of one decoder layer (``window`` 0: global attention; ``gelu``: tanh-GELU, else SiLU)."""
@@ -320,15 +325,10 @@ class DecodeLayer:
         layer = _Layer()
         for name in LAYER_WEIGHTS:
             linear, bias, k = weights[name]
-            if k > linear.kpad or (linear.layout in TILE_BYTES or linear.layout == "q4k") and k != linear.kpad:
-                raise ValueError(f"{name}: {k} input features for a {linear.layout} weight of K {linear.kpad}")
-            pointers = list(linear._pointers) + [None] * (3 - len(linear._pointers))
-            if bias is not None:
-                _check_f32(f"{name} bias", bias)
-                self._keep.append(bias)
-            setattr(layer, name, _Weight(LAYOUT_CODE[linear.layout], *pointers,
-                                         None if bias is None else bias.data_ptr(), linear.n, k, linear.kpad))
+            setattr(layer, name, linear.weight(k, bias))
             self._keep.extend(linear.tensors)
+            if bias is not None:
+                self._keep.append(bias)
         for name in LAYER_NORMS:
             scale = norms.get(name)
             if scale is not None:

@@ -12,7 +12,9 @@
 #include <stdint.h>
 #include <stdlib.h>
 
-int apr_glue_abi(void) { return 1; }
+#include "apr_native.h"
+
+int apr_glue_abi(void) { return 2; }
 
 static inline float hsum8(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -75,32 +77,13 @@ void apr_rope_neox(float *x, int64_t t, int64_t heads, int64_t d, const float *c
     }
 }
 
-/* e^x for x <= 0 (softmax after subtracting the maximum), 8 at a time: Cephes' expf polynomial on
- * x - n ln2, times 2^n; relative error ~2e-7. Inputs below -87.3 give ~1e-38 instead of 0. */
-static inline __m256 exp_nonpositive(__m256 x) {
-    x = _mm256_max_ps(x, _mm256_set1_ps(-87.33654f));
-    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-    __m256 y = _mm256_set1_ps(1.9875691500E-4f);
-    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.3981999507E-3f));
-    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(8.3334519073E-3f));
-    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(4.1665795894E-2f));
-    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.6666665459E-1f));
-    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(5.0000001201E-1f));
-    y = _mm256_fmadd_ps(y, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
-    const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    return _mm256_mul_ps(y, _mm256_castsi256_ps(bits));
-}
-
 /* p[0..len) <- softmax(p); the exponentials in 8 lanes, the tail and the sums in order. */
 static void softmax_in_place(float *p, int64_t len) {
     float top = -INFINITY;
     for (int64_t j = 0; j < len; j++) top = fmaxf(top, p[j]);
     const __m256 vtop = _mm256_set1_ps(top);
     int64_t j = 0;
-    for (; j + 8 <= len; j += 8) _mm256_storeu_ps(p + j, exp_nonpositive(_mm256_sub_ps(_mm256_loadu_ps(p + j), vtop)));
+    for (; j + 8 <= len; j += 8) _mm256_storeu_ps(p + j, apr_exp_nonpositive(_mm256_sub_ps(_mm256_loadu_ps(p + j), vtop)));
     for (; j < len; j++) p[j] = expf(p[j] - top);
     float total = 0.0f;
     for (j = 0; j < len; j++) total += p[j];

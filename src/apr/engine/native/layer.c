@@ -14,15 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Weight layouts (apr_weight.layout); the numbers are part of the Python binding (native/__init__.py). */
-enum { APR_Q4 = 4, APR_Q6 = 6, APR_Q8 = 8, APR_Q4K = 40, APR_Q4K8 = 41, APR_Q6K8 = 61 };
-
-typedef struct {
-    int64_t layout;
-    const void *w, *scale, *offset; /* the layout's parts in native.LAYOUTS order (unused ones NULL) */
-    const float *bias;              /* NULL: none */
-    int64_t n, k, kpad;
-} apr_weight;
+#include "apr_native.h"
 
 typedef struct {
     apr_weight q, k, v, o, gate, up, down;
@@ -33,60 +25,23 @@ typedef struct {
     int64_t hidden, heads, kv_heads, head_dim, ffn, window, gelu;
 } apr_layer;
 
-int apr_linear(int kind, const float *x, int64_t m, int64_t k, int64_t kpad, const void *w, const uint16_t *scale,
-               const uint16_t *offset, const float *bias, int64_t n, float *y, int threads);
-int apr_linear_q4k(const float *x, int64_t m, int64_t k, const uint8_t *qw, const uint8_t *scmin, const uint16_t *dm,
-                   const float *bias, int64_t n, float *y, int threads);
-int apr_linear_tiled(int kind, const float *x, int64_t m, int64_t k, const uint8_t *qw, const float *bias, int64_t n,
-                     float *y, int threads);
 void apr_rms_norm(const float *x, const float *scale, int64_t rows, int64_t n, float eps, float *out);
 void apr_rope_neox(float *x, int64_t t, int64_t heads, int64_t d, const float *cos, const float *sin);
 int apr_attend_one(const float *q, const float *k_new, const float *v_new, float *keys, float *values,
                    int64_t kv_heads, int64_t rep, int64_t cap, int64_t d, int64_t pos, int64_t window, float scale,
                    float *out);
 
-int apr_layer_abi(void) { return 1; }
+int apr_layer_abi(void) { return 2; }
 
-/* y [m][w->n] = x [m][w->k] W^T (+ bias). 0, -1 (no memory) or -3 (unknown layout). */
+/* y [m][w->n] = x [m][w->k] W^T (+ bias). */
 static int product(const apr_weight *w, const float *x, int64_t m, float *y, int threads) {
-    switch (w->layout) {
-    case APR_Q4:
-    case APR_Q6:
-    case APR_Q8:
-        return apr_linear((int)w->layout, x, m, w->k, w->kpad, w->w, w->scale, w->offset, w->bias, w->n, y, threads);
-    case APR_Q4K:
-        return apr_linear_q4k(x, m, w->k, w->w, w->scale, w->offset, w->bias, w->n, y, threads);
-    case APR_Q4K8:
-        return apr_linear_tiled(4, x, m, w->k, w->w, w->bias, w->n, y, threads);
-    case APR_Q6K8:
-        return apr_linear_tiled(6, x, m, w->k, w->w, w->bias, w->n, y, threads);
-    default:
-        return -3;
-    }
-}
-
-/* e^x for x <= 0, as glue.c's exp_nonpositive (Cephes' expf polynomial; relative error ~2e-7). */
-static inline __m256 exp_le0(__m256 x) {
-    x = _mm256_max_ps(x, _mm256_set1_ps(-87.33654f));
-    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-    __m256 y = _mm256_set1_ps(1.9875691500E-4f);
-    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.3981999507E-3f));
-    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(8.3334519073E-3f));
-    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(4.1665795894E-2f));
-    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.6666665459E-1f));
-    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(5.0000001201E-1f));
-    y = _mm256_fmadd_ps(y, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
-    const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    return _mm256_mul_ps(y, _mm256_castsi256_ps(bits));
+    return apr_products(&w, 1, x, m, &y, threads);
 }
 
 /* sigmoid(z) = 1 / (1 + e^-z) from e^-|z| only, so the exponential never overflows. */
 static inline __m256 sigmoid8(__m256 z) {
     const __m256 sign = _mm256_set1_ps(-0.0f);
-    const __m256 t = exp_le0(_mm256_or_ps(z, sign)); /* e^-|z| */
+    const __m256 t = apr_exp_nonpositive(_mm256_or_ps(z, sign)); /* e^-|z| */
     const __m256 one = _mm256_set1_ps(1.0f);
     const __m256 inv = _mm256_div_ps(one, _mm256_add_ps(one, t));
     return _mm256_blendv_ps(inv, _mm256_mul_ps(t, inv), z); /* z < 0 (sign bit set): e^z / (1 + e^z) */
@@ -144,9 +99,9 @@ int apr_decode_layer(const apr_layer *L, int64_t index, float *x, int64_t rows, 
     const float eps = (float)L->eps;
     if (!status) {
         apr_rms_norm(x, L->input_norm, rows, hidden, eps, h);
-        status = product(&L->q, h, rows, q, threads);
-        if (!status) status = product(&L->k, h, rows, k, threads);
-        if (!status) status = product(&L->v, h, rows, v, threads);
+        const apr_weight *qkv[3] = {&L->q, &L->k, &L->v};
+        float *const out[3] = {q, k, v};
+        status = apr_products(qkv, 3, h, rows, out, threads);
     }
     if (!status) {
         if (L->q_norm) apr_rms_norm(q, L->q_norm, rows * L->heads, d, eps, q);
@@ -167,8 +122,9 @@ int apr_decode_layer(const apr_layer *L, int64_t index, float *x, int64_t rows, 
         if (L->post_attn_norm) apr_rms_norm(b, L->post_attn_norm, rows, hidden, eps, b);
         add_into(x, b, rows * hidden);
         apr_rms_norm(x, L->pre_mlp_norm, rows, hidden, eps, h);
-        status = product(&L->gate, h, rows, a, threads);
-        if (!status) status = product(&L->up, h, rows, b, threads);
+        const apr_weight *gate_up[2] = {&L->gate, &L->up};
+        float *const out[2] = {a, b};
+        status = apr_products(gate_up, 2, h, rows, out, threads);
     }
     if (!status) {
         gated(a, b, rows * L->ffn, (int)L->gelu);

@@ -49,12 +49,14 @@
 #include <stdint.h>
 #include <stdlib.h>
 
+#include "apr_native.h"
+
 #define APR_QK 32     /* activation block */
 #define APR_KGROUP 128 /* inner-loop step: 4 blocks */
 #define APR_MT 4      /* activation rows sharing one unpacked weight group */
 #define APR_MT_TILED 8 /* the same for the tiled layouts, whose accumulators fit better */
 
-int apr_qgemm_abi(void) { return 8; }
+int apr_qgemm_abi(void) { return 9; }
 
 /* x [m][k] float -> qx [m][kpad] int8, dx [m][kpad/32] block scales, sx [m][kpad/32] exact block sums. */
 void apr_quantize_rows(const float *x, int64_t m, int64_t k, int64_t kpad, int8_t *qx, float *dx, float *sx) {
@@ -151,21 +153,6 @@ static inline __attribute__((always_inline)) void q4_tile(const int8_t *qx, cons
     for (int t = 0; t < mt; t++) y[(r0 + t) * n + j] = hsum128(_mm_add_ps(acc[t], acco[t])) + bias;
 }
 
-void apr_q4_matmul(const int8_t *qx, const float *dx, const float *sx, int64_t m, int64_t kpad,
-                   const uint8_t *qw, const uint16_t *scale, const uint16_t *offset, const float *bias,
-                   int64_t n, float *y, int threads) {
-    const int64_t nb = kpad / APR_QK;
-#pragma omp parallel for schedule(static) num_threads(threads)
-    for (int64_t j = 0; j < n; j++) {
-        const uint8_t *wr = qw + j * (kpad / 2);
-        const uint16_t *sr = scale + j * nb, *orow = offset + j * nb;
-        const float b = bias ? bias[j] : 0.0f;
-        int64_t r0 = 0;
-        for (; r0 + APR_MT <= m; r0 += APR_MT)
-            q4_tile(qx, dx, sx, kpad, wr, sr, orow, NULL, 0, b, r0, APR_MT, n, j, y);
-        for (; r0 < m; r0++) q4_tile(qx, dx, sx, kpad, wr, sr, orow, NULL, 0, b, r0, 1, n, j, y);
-    }
-}
 
 static inline __attribute__((always_inline)) void q8_tile(const int8_t *qx, const float *dx, int64_t kpad,
                                                           const int8_t *wr, const uint16_t *sr, float bias,
@@ -200,20 +187,6 @@ static inline __attribute__((always_inline)) void q8_tile(const int8_t *qx, cons
     }
 }
 
-void apr_q8_matmul(const int8_t *qx, const float *dx, int64_t m, int64_t kpad,
-                   const int8_t *qw, const uint16_t *scale, const float *bias,
-                   int64_t n, float *y, int threads) {
-    const int64_t ns = kpad / 16;
-#pragma omp parallel for schedule(static) num_threads(threads)
-    for (int64_t j = 0; j < n; j++) {
-        const int8_t *wr = qw + j * kpad;
-        const uint16_t *sr = scale + j * ns;
-        const float b = bias ? bias[j] : 0.0f;
-        int64_t r0 = 0;
-        for (; r0 + APR_MT <= m; r0 += APR_MT) q8_tile(qx, dx, kpad, wr, sr, b, r0, APR_MT, n, j, y);
-        for (; r0 < m; r0++) q8_tile(qx, dx, kpad, wr, sr, b, r0, 1, n, j, y);
-    }
-}
 
 static inline __attribute__((always_inline)) void q6_tile(const int8_t *qx, const float *dx, int64_t kpad,
                                                           const uint8_t *wr, const int8_t *scr, const uint16_t *dr,
@@ -259,78 +232,9 @@ static inline __attribute__((always_inline)) void q6_tile(const int8_t *qx, cons
     }
 }
 
-void apr_q6_matmul(const int8_t *qx, const float *dx, int64_t m, int64_t kpad, const uint8_t *qw, const int8_t *sc,
-                   const uint16_t *d, const float *bias, int64_t n, float *y, int threads) {
-#pragma omp parallel for schedule(static) num_threads(threads)
-    for (int64_t j = 0; j < n; j++) {
-        const uint8_t *wr = qw + j * (kpad / 4 * 3);
-        const int8_t *scr = sc + j * (kpad / 16);
-        const uint16_t *dr = d + j * (kpad / APR_KGROUP);
-        const float b = bias ? bias[j] : 0.0f;
-        int64_t r0 = 0;
-        for (; r0 + APR_MT <= m; r0 += APR_MT) q6_tile(qx, dx, kpad, wr, scr, dr, b, r0, APR_MT, n, j, y);
-        for (; r0 < m; r0++) q6_tile(qx, dx, kpad, wr, scr, dr, b, r0, 1, n, j, y);
-    }
-}
 
-void apr_q4k_matmul(const int8_t *qx, const float *dx, const float *sx, int64_t m, int64_t k, const uint8_t *qw,
-                    const uint8_t *scmin, const uint16_t *dm, const float *bias, int64_t n, float *y, int threads) {
-#pragma omp parallel for schedule(static) num_threads(threads)
-    for (int64_t j = 0; j < n; j++) {
-        const uint8_t *wr = qw + j * (k / 2), *smr = scmin + j * (k / 16);
-        const uint16_t *dmr = dm + j * (k / 128);
-        const float b = bias ? bias[j] : 0.0f;
-        int64_t r0 = 0;
-        for (; r0 + APR_MT <= m; r0 += APR_MT) q4_tile(qx, dx, sx, k, wr, smr, NULL, dmr, 1, b, r0, APR_MT, n, j, y);
-        for (; r0 < m; r0++) q4_tile(qx, dx, sx, k, wr, smr, NULL, dmr, 1, b, r0, 1, n, j, y);
-    }
-}
 
-/* apr_linear for the q4k layout (k % 256 == 0): w = {nibbles, sc+m, d+dmin}. Returns 0 or -1 (no memory). */
-int apr_linear_q4k(const float *x, int64_t m, int64_t k, const uint8_t *qw, const uint8_t *scmin, const uint16_t *dm,
-                   const float *bias, int64_t n, float *y, int threads) {
-    const int64_t nb = k / APR_QK;
-    int8_t *qx = malloc((size_t)(m * k));
-    float *dx = malloc((size_t)(m * nb) * sizeof(float));
-    float *sx = malloc((size_t)(m * nb) * sizeof(float));
-    int status = -1;
-    if (qx && dx && sx) {
-        apr_quantize_rows(x, m, k, k, qx, dx, sx);
-        apr_q4k_matmul(qx, dx, sx, m, k, qw, scmin, dm, bias, n, y, threads);
-        status = 0;
-    }
-    free(qx);
-    free(dx);
-    free(sx);
-    return status;
-}
 
-/* One call per linear layer: quantize x [m][k] into scratch memory, then y = x W^T (+ bias).
- * kind 4: w, scale, offset as in apr_q4_matmul; kind 8: w, scale as in apr_q8_matmul (offset unused);
- * kind 6: w, sc, d as in apr_q6_matmul (passed as scale and offset).
- * Returns 0, or -1 when the scratch memory cannot be allocated (y is then left untouched). */
-int apr_linear(int kind, const float *x, int64_t m, int64_t k, int64_t kpad, const void *w, const uint16_t *scale,
-               const uint16_t *offset, const float *bias, int64_t n, float *y, int threads) {
-    const int64_t nb = kpad / APR_QK;
-    int8_t *qx = malloc((size_t)(m * kpad));
-    float *dx = malloc((size_t)(m * nb) * sizeof(float));
-    float *sx = malloc((size_t)(m * nb) * sizeof(float));
-    int status = -1;
-    if (qx && dx && sx) {
-        apr_quantize_rows(x, m, k, kpad, qx, dx, sx);
-        if (kind == 4)
-            apr_q4_matmul(qx, dx, sx, m, kpad, (const uint8_t *)w, scale, offset, bias, n, y, threads);
-        else if (kind == 6)
-            apr_q6_matmul(qx, dx, m, kpad, (const uint8_t *)w, (const int8_t *)scale, offset, bias, n, y, threads);
-        else
-            apr_q8_matmul(qx, dx, m, kpad, (const int8_t *)w, scale, bias, n, y, threads);
-        status = 0;
-    }
-    free(qx);
-    free(dx);
-    free(sx);
-    return status;
-}
 
 
 #define APR_Q4K8_TILE 1184 /* bytes per tile of 8 rows and super-block of 256 (see the layout above) */
@@ -378,18 +282,6 @@ static inline __attribute__((always_inline)) void q4k8_tile(const int8_t *qx, co
     for (int t = 0; t < mt; t++) _mm256_storeu_ps(y + (r0 + t) * n + j0, _mm256_add_ps(acc[t], b8));
 }
 
-void apr_q4k8_matmul(const int8_t *qx, const float *dx, const float *sx, int64_t m, int64_t k, const uint8_t *qw,
-                     const float *bias, int64_t n, float *y, int threads) {
-    const int64_t tile_bytes = k / 256 * APR_Q4K8_TILE;
-#pragma omp parallel for schedule(static) num_threads(threads)
-    for (int64_t tile = 0; tile < n / 8; tile++) {
-        const uint8_t *wt = qw + tile * tile_bytes;
-        int64_t r0 = 0;
-        for (; r0 + APR_MT_TILED <= m; r0 += APR_MT_TILED) q4k8_tile(qx, dx, sx, k, wt, bias, r0, APR_MT_TILED, n, tile * 8, y);
-        for (; r0 + APR_MT <= m; r0 += APR_MT) q4k8_tile(qx, dx, sx, k, wt, bias, r0, APR_MT, n, tile * 8, y);
-        for (; r0 < m; r0++) q4k8_tile(qx, dx, sx, k, wt, bias, r0, 1, n, tile * 8, y);
-    }
-}
 
 #define APR_Q6K8_TILE 1680 /* bytes per tile of 8 rows and super-block of 256 */
 
@@ -443,34 +335,93 @@ static inline __attribute__((always_inline)) void q6k8_tile(const int8_t *qx, co
     for (int t = 0; t < mt; t++) _mm256_storeu_ps(y + (r0 + t) * n + j0, _mm256_add_ps(acc[t], b8));
 }
 
-void apr_q6k8_matmul(const int8_t *qx, const float *dx, int64_t m, int64_t k, const uint8_t *qw, const float *bias,
-                     int64_t n, float *y, int threads) {
-    const int64_t tile_bytes = k / 256 * APR_Q6K8_TILE;
-#pragma omp parallel for schedule(static) num_threads(threads)
-    for (int64_t tile = 0; tile < n / 8; tile++) {
-        const uint8_t *wt = qw + tile * tile_bytes;
-        int64_t r0 = 0;
-        for (; r0 + APR_MT_TILED <= m; r0 += APR_MT_TILED) q6k8_tile(qx, dx, k, wt, bias, r0, APR_MT_TILED, n, tile * 8, y);
-        for (; r0 + APR_MT <= m; r0 += APR_MT) q6k8_tile(qx, dx, k, wt, bias, r0, APR_MT, n, tile * 8, y);
-        for (; r0 < m; r0++) q6k8_tile(qx, dx, k, wt, bias, r0, 1, n, tile * 8, y);
+/* Output rows (per-row layouts) or tiles of 8 of them (tiled layouts): the units that threads share. */
+static int64_t units_of(const apr_weight *w) {
+    return (w->layout == APR_Q4K8 || w->layout == APR_Q6K8) ? w->n / 8 : w->n;
+}
+
+/* Every activation row against unit u of w. The row groups (APR_MT_TILED, APR_MT, then 1) change only
+ * how many rows share a weight load, never a row's own operations: see "Batch invariance" above. */
+static void run_unit(const apr_weight *w, const int8_t *qx, const float *dx, const float *sx, int64_t m, int64_t u,
+                     float *y) {
+    const int64_t kpad = w->kpad, n = w->n, nb = kpad / APR_QK;
+    const float b = (w->bias && w->layout != APR_Q4K8 && w->layout != APR_Q6K8) ? w->bias[u] : 0.0f;
+    int64_t r0 = 0;
+    switch (w->layout) {
+    case APR_Q4: {
+        const uint8_t *wr = (const uint8_t *)w->w + u * (kpad / 2);
+        const uint16_t *sr = (const uint16_t *)w->scale + u * nb, *orow = (const uint16_t *)w->offset + u * nb;
+        for (; r0 + APR_MT <= m; r0 += APR_MT) q4_tile(qx, dx, sx, kpad, wr, sr, orow, NULL, 0, b, r0, APR_MT, n, u, y);
+        for (; r0 < m; r0++) q4_tile(qx, dx, sx, kpad, wr, sr, orow, NULL, 0, b, r0, 1, n, u, y);
+        break;
+    }
+    case APR_Q4K: {
+        const uint8_t *wr = (const uint8_t *)w->w + u * (kpad / 2), *smr = (const uint8_t *)w->scale + u * (kpad / 16);
+        const uint16_t *dmr = (const uint16_t *)w->offset + u * (kpad / 128);
+        for (; r0 + APR_MT <= m; r0 += APR_MT) q4_tile(qx, dx, sx, kpad, wr, smr, NULL, dmr, 1, b, r0, APR_MT, n, u, y);
+        for (; r0 < m; r0++) q4_tile(qx, dx, sx, kpad, wr, smr, NULL, dmr, 1, b, r0, 1, n, u, y);
+        break;
+    }
+    case APR_Q8: {
+        const int8_t *wr = (const int8_t *)w->w + u * kpad;
+        const uint16_t *sr = (const uint16_t *)w->scale + u * (kpad / 16);
+        for (; r0 + APR_MT <= m; r0 += APR_MT) q8_tile(qx, dx, kpad, wr, sr, b, r0, APR_MT, n, u, y);
+        for (; r0 < m; r0++) q8_tile(qx, dx, kpad, wr, sr, b, r0, 1, n, u, y);
+        break;
+    }
+    case APR_Q6: {
+        const uint8_t *wr = (const uint8_t *)w->w + u * (kpad / 4 * 3);
+        const int8_t *scr = (const int8_t *)w->scale + u * (kpad / 16);
+        const uint16_t *dr = (const uint16_t *)w->offset + u * (kpad / APR_KGROUP);
+        for (; r0 + APR_MT <= m; r0 += APR_MT) q6_tile(qx, dx, kpad, wr, scr, dr, b, r0, APR_MT, n, u, y);
+        for (; r0 < m; r0++) q6_tile(qx, dx, kpad, wr, scr, dr, b, r0, 1, n, u, y);
+        break;
+    }
+    case APR_Q4K8: {
+        const uint8_t *wt = (const uint8_t *)w->w + u * (kpad / 256 * APR_Q4K8_TILE);
+        for (; r0 + APR_MT_TILED <= m; r0 += APR_MT_TILED)
+            q4k8_tile(qx, dx, sx, kpad, wt, w->bias, r0, APR_MT_TILED, n, u * 8, y);
+        for (; r0 + APR_MT <= m; r0 += APR_MT) q4k8_tile(qx, dx, sx, kpad, wt, w->bias, r0, APR_MT, n, u * 8, y);
+        for (; r0 < m; r0++) q4k8_tile(qx, dx, sx, kpad, wt, w->bias, r0, 1, n, u * 8, y);
+        break;
+    }
+    case APR_Q6K8: {
+        const uint8_t *wt = (const uint8_t *)w->w + u * (kpad / 256 * APR_Q6K8_TILE);
+        for (; r0 + APR_MT_TILED <= m; r0 += APR_MT_TILED)
+            q6k8_tile(qx, dx, kpad, wt, w->bias, r0, APR_MT_TILED, n, u * 8, y);
+        for (; r0 + APR_MT <= m; r0 += APR_MT) q6k8_tile(qx, dx, kpad, wt, w->bias, r0, APR_MT, n, u * 8, y);
+        for (; r0 < m; r0++) q6k8_tile(qx, dx, kpad, wt, w->bias, r0, 1, n, u * 8, y);
+        break;
+    }
     }
 }
 
-/* apr_linear for the tiled layouts (k % 256 == 0, n % 8 == 0): kind 4 is q4k8, 6 is q6k8.
- * Returns 0 or -1 (no memory). */
-int apr_linear_tiled(int kind, const float *x, int64_t m, int64_t k, const uint8_t *qw, const float *bias, int64_t n,
-                     float *y, int threads) {
-    const int64_t nb = k / APR_QK;
-    int8_t *qx = malloc((size_t)(m * k));
+static int known_layout(int64_t layout) {
+    return layout == APR_Q4 || layout == APR_Q6 || layout == APR_Q8 || layout == APR_Q4K || layout == APR_Q4K8 ||
+           layout == APR_Q6K8;
+}
+
+int apr_products(const apr_weight *const *ws, int count, const float *x, int64_t m, float *const *ys, int threads) {
+    if (count < 1) return 0;
+    const int64_t k = ws[0]->k, kpad = ws[0]->kpad, nb = kpad / APR_QK;
+    for (int i = 0; i < count; i++) {
+        if (!known_layout(ws[i]->layout)) return -3;
+        if (ws[i]->k != k || ws[i]->kpad != kpad) return -4;
+    }
+    int8_t *qx = malloc((size_t)(m * kpad));
     float *dx = malloc((size_t)(m * nb) * sizeof(float));
     float *sx = malloc((size_t)(m * nb) * sizeof(float));
     int status = -1;
     if (qx && dx && sx) {
-        apr_quantize_rows(x, m, k, k, qx, dx, sx);
-        if (kind == 4)
-            apr_q4k8_matmul(qx, dx, sx, m, k, qw, bias, n, y, threads);
-        else
-            apr_q6k8_matmul(qx, dx, m, k, qw, bias, n, y, threads);
+        apr_quantize_rows(x, m, k, kpad, qx, dx, sx);
+        /* One region for all the weights; nowait lets a thread start on the next weight's units while
+         * the other finishes this one's (each output element is still computed by one thread alone). */
+#pragma omp parallel num_threads(threads)
+        for (int i = 0; i < count; i++) {
+            const int64_t units = units_of(ws[i]);
+#pragma omp for schedule(static) nowait
+            for (int64_t u = 0; u < units; u++) run_unit(ws[i], qx, dx, sx, m, u, ys[i]);
+        }
         status = 0;
     }
     free(qx);
@@ -478,3 +429,4 @@ int apr_linear_tiled(int kind, const float *x, int64_t m, int64_t k, const uint8
     free(sx);
     return status;
 }
+
