@@ -134,12 +134,23 @@ def test_cached_decode_matches_uncached_logits(engines):
     assert torch.allclose(torch.cat(stepped)[split - 1:], full[split - 1:], atol=1e-4)
 
 
+def prefill_then_decode(model, ids: list[int], prompt_length: int) -> torch.Tensor:
+    """Logits of the last prompt position, then of each later id fed one decode step at a time."""
+    from apr.engine.kv_cache import SequenceCache
+
+    cfg = model.cfg
+    cache = SequenceCache(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, 256, model.dtype, torch.device("cpu"))
+    with torch.inference_mode():
+        rows = [model.head(model.prefill(torch.tensor(ids[:prompt_length]), cache))[-1:]]
+        rows += [model.decode(torch.tensor([token]), [cache]) for token in ids[prompt_length:]]
+    return torch.cat(rows)
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 def test_native_glue_decodes_like_the_pytorch_ops(engines, arch):
     """The fused norm/RoPE/attention kernels against the PyTorch ops they replace, same weights and products,
     prefill plus 40 cached decode steps (gemma3's 16-token window is crossed)."""
     from apr.engine import native
-    from apr.engine.kv_cache import SequenceCache
 
     if not native.available():
         pytest.skip(f"native kernels: {native.unavailable_reason()}")
@@ -150,11 +161,7 @@ def test_native_glue_decodes_like_the_pytorch_ops(engines, arch):
 
     def run(native_glue: bool) -> torch.Tensor:
         model.use_native(native_glue)
-        cache = SequenceCache(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, 256, model.dtype, torch.device("cpu"))
-        with torch.inference_mode():
-            rows = [model.head(model.prefill(torch.tensor(ids[:8]), cache))[-1:]]
-            rows += [model.decode(torch.tensor([token]), [cache]) for token in ids[8:]]
-        return torch.cat(rows)
+        return prefill_then_decode(model, ids, prompt_length=8)
 
     try:
         fused, reference = run(True), run(False)
@@ -172,7 +179,6 @@ def test_one_call_decode_layers_match_the_per_operator_path(engines, arch):
     """native.DecodeLayer (a whole layer in one C call) against the per-operator path over the same kernels:
     prefill plus 40 cached decode steps; only the activation's exp and the additions round differently."""
     from apr.engine import native
-    from apr.engine.kv_cache import SequenceCache
 
     if not native.available():
         pytest.skip(f"native kernels: {native.unavailable_reason()}")
@@ -185,11 +191,7 @@ def test_one_call_decode_layers_match_the_per_operator_path(engines, arch):
     def run(one_call: bool) -> torch.Tensor:
         for block, layer in zip(model.blocks, layers):
             block.native_layer = layer if one_call else None
-        cache = SequenceCache(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, 256, model.dtype, torch.device("cpu"))
-        with torch.inference_mode():
-            rows = [model.head(model.prefill(torch.tensor(ids[:8]), cache))[-1:]]
-            rows += [model.decode(torch.tensor([token]), [cache]) for token in ids[8:]]
-        return torch.cat(rows)
+        return prefill_then_decode(model, ids, prompt_length=8)
 
     try:
         one_call, per_operator = run(True), run(False)

@@ -401,14 +401,22 @@ def pack_q4k(parts) -> dict[str, torch.Tensor]:
             "q4k_dm": dm.contiguous().view(torch.int16)}
 
 
+def _tiled_values(layout: str, q: torch.Tensor) -> tuple[int, int, torch.Tensor, torch.Tensor]:
+    """(tiles, super-blocks, values viewed [tile, row, super-block, block, half, v, i], their low nibbles
+    packed [tile, super-block, block, v, row, i]): what both tiled layouts store first (qgemm.c)."""
+    n, k = q.shape
+    if k % 256 or n % 8:
+        raise ValueError(f"{layout} packing needs K % 256 == 0 and N % 8 == 0, got {n} x {k}")
+    tiles, sbs = n // 8, k // 256
+    values = q.to(torch.uint8).view(tiles, 8, sbs, 8, 2, 4, 4)
+    low = values & 0xF
+    nibbles = (low[:, :, :, :, 0] | (low[:, :, :, :, 1] << 4)).permute(0, 2, 3, 4, 1, 5)
+    return tiles, sbs, values, nibbles
+
+
 def pack_q4k8(parts) -> dict[str, torch.Tensor]:
     """q4k8 layout of a Q4_K matrix (``quant.Q4KParts``): q4k's values with 8 output rows interleaved (qgemm.c)."""
-    n, k = parts.q.shape
-    if k % 256 or n % 8:
-        raise ValueError(f"q4k8 packing needs K % 256 == 0 and N % 8 == 0, got {n} x {k}")
-    tiles, sbs = n // 8, k // 256
-    q = parts.q.to(torch.uint8).view(tiles, 8, sbs, 8, 2, 4, 4)  # tile, row, super-block, block, half, v, i
-    nibbles = (q[:, :, :, :, 0] | (q[:, :, :, :, 1] << 4)).permute(0, 2, 3, 4, 1, 5)  # tile, sb, block, v, row, i
+    tiles, sbs, _, nibbles = _tiled_values("q4k8", parts.q)
     head = torch.cat([_rows_innermost(parts.d.contiguous().view(torch.int16), tiles, sbs).contiguous().view(torch.uint8),
                       _rows_innermost(parts.dmin.contiguous().view(torch.int16), tiles, sbs).contiguous().view(
                           torch.uint8),
@@ -426,13 +434,7 @@ def _rows_innermost(values: torch.Tensor, tiles: int, sbs: int) -> torch.Tensor:
 
 def pack_q6k8(parts) -> dict[str, torch.Tensor]:
     """q6k8 layout of a Q6_K matrix (``quant.Q6KParts``): its values as stored, 8 output rows interleaved."""
-    n, k = parts.q.shape
-    if k % 256 or n % 8:
-        raise ValueError(f"q6k8 packing needs K % 256 == 0 and N % 8 == 0, got {n} x {k}")
-    tiles, sbs = n // 8, k // 256
-    q = parts.q.to(torch.uint8).view(tiles, 8, sbs, 8, 2, 4, 4)  # tile, row, super-block, block, half, v, i
-    nib = q & 0xF
-    nibbles = (nib[:, :, :, :, 0] | (nib[:, :, :, :, 1] << 4)).permute(0, 2, 3, 4, 1, 5)  # tile, sb, block, v, row, i
+    tiles, sbs, q, nibbles = _tiled_values("q6k8", parts.q)
     top = (q >> 4).view(tiles, 8, sbs, 8, 2, 2, 2, 4)  # ..., half, h, v % 2, i
     highs = (top[:, :, :, :, 0, :, 0] | (top[:, :, :, :, 1, :, 0] << 2) | (top[:, :, :, :, 0, :, 1] << 4)
              | (top[:, :, :, :, 1, :, 1] << 6)).permute(0, 2, 3, 4, 1, 5)  # tile, sb, block, h, row, i
