@@ -38,6 +38,19 @@ static int product(const apr_weight *w, const float *x, int64_t m, float *y, int
     return apr_products(&w, 1, x, m, &y, threads);
 }
 
+/* Several products of one input: together when their layouts pad K alike (one quantization of x, one
+ * parallel region), else one by one. */
+static int products(const apr_weight *const *ws, int count, const float *x, int64_t m, float *const *ys,
+                    int threads) {
+    int status = apr_products(ws, count, x, m, ys, threads);
+    if (status != -4) return status;
+    for (int i = 0; i < count; i++) {
+        status = product(ws[i], x, m, ys[i], threads);
+        if (status) return status;
+    }
+    return 0;
+}
+
 /* sigmoid(z) = 1 / (1 + e^-z) from e^-|z| only, so the exponential never overflows. */
 static inline __m256 sigmoid8(__m256 z) {
     const __m256 sign = _mm256_set1_ps(-0.0f);
@@ -101,7 +114,7 @@ int apr_decode_layer(const apr_layer *L, int64_t index, float *x, int64_t rows, 
         apr_rms_norm(x, L->input_norm, rows, hidden, eps, h);
         const apr_weight *qkv[3] = {&L->q, &L->k, &L->v};
         float *const out[3] = {q, k, v};
-        status = apr_products(qkv, 3, h, rows, out, threads);
+        status = products(qkv, 3, h, rows, out, threads);
     }
     if (!status) {
         if (L->q_norm) apr_rms_norm(q, L->q_norm, rows * L->heads, d, eps, q);
@@ -124,7 +137,7 @@ int apr_decode_layer(const apr_layer *L, int64_t index, float *x, int64_t rows, 
         apr_rms_norm(x, L->pre_mlp_norm, rows, hidden, eps, h);
         const apr_weight *gate_up[2] = {&L->gate, &L->up};
         float *const out[2] = {a, b};
-        status = apr_products(gate_up, 2, h, rows, out, threads);
+        status = products(gate_up, 2, h, rows, out, threads);
     }
     if (!status) {
         gated(a, b, rows * L->ffn, (int)L->gelu);
