@@ -102,7 +102,8 @@ def write_streaming(path: Path, tensors: dict[str, torch.Tensor]) -> None:
         if tensor.dtype not in names:
             raise ValueError(f"{name}: the pack cache does not store {tensor.dtype}")
         nbytes = tensor.numel() * tensor.element_size()
-        header[name] = {"dtype": names[tensor.dtype], "shape": list(tensor.shape), "data_offsets": [offset, offset + nbytes]}
+        header[name] = {"dtype": names[tensor.dtype], "shape": list(tensor.shape),
+                        "data_offsets": [offset, offset + nbytes]}
         offset += nbytes
     encoded = json.dumps(header, separators=(",", ":")).encode()
     encoded += b" " * (-len(encoded) % 8)  # the data starts 8-byte aligned, as safetensors writes it

@@ -29,9 +29,9 @@ class WeightPolicy:
     ``dense_prefill`` keeps an extra dense copy of every packed matrix for prompt processing.
 
     With ``kernels`` "native" (CPU, float32 activations; ``apr.engine.native``), Q4_K and Q6_K are kept
-    as stored (with 8 output rows interleaved, q4k8/q6k8, when N % 8 == 0; else q4k/q6), Q4_0/Q4_1 keep their 4-bit values (q4: fp16 scale and offset per 32), Q8_0
-    its integer values (q8: fp16 scale per 16), and every other matrix, float ones included, becomes
-    symmetric int8 per 16 (q8).
+    as stored (with 8 output rows interleaved, q4k8/q6k8, when N % 8 == 0; else q4k/q6), Q4_0/Q4_1 keep
+    their 4-bit values (q4: fp16 scale and offset per 32), Q8_0 its integer values (q8: fp16 scale per
+    16), and every other matrix, float ones included, becomes symmetric int8 per 16 (q8).
     """
 
     dtype: torch.dtype

@@ -347,7 +347,8 @@ class DecodeLayer:
         """Applies the layer to ``x [rows, hidden]`` in place, writing each row's new key/value to its cache."""
         _check_f32("decode layer", x, cos, sin)
         shape = self.shape
-        if x.shape != (caches.rows, shape.hidden) or cos.shape != (caches.rows, shape.head_dim) or sin.shape != cos.shape:
+        rope = (caches.rows, shape.head_dim)
+        if x.shape != (caches.rows, shape.hidden) or cos.shape != rope or sin.shape != rope:
             raise ValueError(f"decode layer: x {tuple(x.shape)}, rope {tuple(cos.shape)} for {caches.rows} rows")
         status = _lib().apr_decode_layer(self._ref, index, x.data_ptr(), caches.rows, caches.keys, caches.values,
                                          caches.capacity, caches.positions, cos.data_ptr(), sin.data_ptr(),
@@ -417,11 +418,14 @@ def _tiled_values(layout: str, q: torch.Tensor) -> tuple[int, int, torch.Tensor,
 def pack_q4k8(parts) -> dict[str, torch.Tensor]:
     """q4k8 layout of a Q4_K matrix (``quant.Q4KParts``): q4k's values with 8 output rows interleaved (qgemm.c)."""
     tiles, sbs, _, nibbles = _tiled_values("q4k8", parts.q)
-    head = torch.cat([_rows_innermost(parts.d.contiguous().view(torch.int16), tiles, sbs).contiguous().view(torch.uint8),
-                      _rows_innermost(parts.dmin.contiguous().view(torch.int16), tiles, sbs).contiguous().view(
-                          torch.uint8),
-                      _rows_innermost(parts.sc.to(torch.uint8), tiles, sbs),
-                      _rows_innermost(parts.m.to(torch.uint8), tiles, sbs)], dim=2)
+
+    def by_row(values: torch.Tensor) -> torch.Tensor:
+        """Per super-block, each position's 8 rows together, as bytes."""
+        return _rows_innermost(values.contiguous().view(torch.int16 if values.dtype == torch.float16 else torch.uint8),
+                               tiles, sbs).contiguous().view(torch.uint8)
+
+    head = torch.cat([by_row(parts.d), by_row(parts.dmin), by_row(parts.sc.to(torch.uint8)),
+                      by_row(parts.m.to(torch.uint8))], dim=2)
     packed = torch.cat([head, nibbles.reshape(tiles, sbs, 1024)], dim=2)
     return {"q4k8": packed.reshape(tiles, sbs * TILE_BYTES["q4k8"]).contiguous()}
 

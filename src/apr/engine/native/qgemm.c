@@ -21,8 +21,9 @@
  *
  *   q4k: Q4_K as stored: w = d * sc * q - dmin * m, q in [0, 15], 6-bit sc and m per block of 32 (one
  *       byte each, per group of 4 blocks the 4 sc then the 4 m), fp16 (d, dmin) per super-block of 256;
- *       nibbles in the q4 pair layout (4.625 bits a weight against q4's 5). Activations are quantized per 32 as for q4: per 256 (ggml's q8_K) would
- *       let one outlier channel of Qwen coarsen the other 255 values of its super-block.
+ *       nibbles in the q4 pair layout (4.625 bits a weight against q4's 5). Activations are quantized
+ *       per 32 as for q4: per 256 (ggml's q8_K) would let one outlier channel of Qwen coarsen the other
+ *       255 values of its super-block.
  *
  *   q4k8: the same Q4_K values with 8 output rows interleaved (N % 8 == 0), as llama.cpp repacks for
  *       its AVX2 GEMM. Per tile of 8 rows and super-block, 1184 bytes: fp16 d of rows 0-7, fp16 dmin of
