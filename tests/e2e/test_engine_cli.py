@@ -50,6 +50,27 @@ def test_chat_reads_piped_turns_and_prints_one_json_line_per_reply(fixture_model
     assert all({"text", "completion_tokens", "finish_reason", "timings"} <= set(line) for line in lines)
 
 
+def test_chat_takes_a_multi_line_turn_exactly_as_run_takes_the_prompt(fixture_models):
+    """The same multi-line prompt through `apr run`, a three-quote block and a JSON message: the same
+    prompt tokens and the same greedy reply, so chat certifies what run and serve certify."""
+    path = str(fixture_models["qwen2"]["gguf"])
+    prompt = "def add(a, b):\n    return a + b\n\nExplain."
+    options = ("--max-tokens", "6", "--json", "--device", "cpu")
+    ran = json.loads(apr("run", path, "--prompt", prompt, *options).stdout.strip().splitlines()[-1])
+    block = '"""\n' + prompt + '\n"""\n'
+    message = json.dumps({"role": "user", "content": prompt}) + "\n"
+    flattened = " ".join(prompt.splitlines()) + "\n"
+    replies = {}
+    for name, stdin in (("block", block), ("message", message), ("flattened", flattened)):
+        proc = apr("chat", path, *options, stdin=stdin)
+        assert proc.returncode == 0, proc.stderr
+        replies[name] = json.loads(proc.stdout.strip().splitlines()[0])
+    for name in ("block", "message"):
+        assert replies[name]["prompt_tokens"] == ran["prompt_tokens"], name
+        assert replies[name]["text"] == ran["text"], name
+    assert replies["flattened"]["prompt_tokens"] != ran["prompt_tokens"]
+
+
 def test_bad_model_path_is_one_error_line(tmp_path):
     broken = tmp_path / "broken.gguf"
     broken.write_bytes(b"GGUF\x03\x00\x00\x00garbage")

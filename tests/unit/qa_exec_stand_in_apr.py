@@ -3,7 +3,8 @@
 It speaks the CLI contract of docs/contracts.md (run --json, chat --json on stdin, serve with a
 ready line and OpenAI-shaped HTTP) and misbehaves on purpose when the prompt asks it to:
 HANG sleeps past any deadline, SEGV kills itself with SIGSEGV, RAISE dies with a traceback,
-REFUSE exits 2 with an error line, EMPTY answers with nothing. Otherwise it answers "4".
+REFUSE exits 2 with an error line, EMPTY answers with nothing, ECHO answers with the prompt exactly as
+received. Otherwise it answers "4".
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ def answer(prompt: str) -> str:
         sys.exit(2)
     if "EMPTY" in prompt:
         return ""
+    if "ECHO" in prompt:
+        return prompt
     return "2 + 2 equals 4."
 
 
@@ -81,8 +84,8 @@ def main() -> None:
     if args.verb == "run":
         print(json.dumps(reply(args.prompt)))
     elif args.verb == "chat":
-        for line in sys.stdin:
-            print(json.dumps(reply(line.strip())), flush=True)
+        for line in sys.stdin:  # one JSON message a line, as the QA runner sends turns
+            print(json.dumps(reply(json.loads(line)["content"])), flush=True)
     elif args.verb == "serve":
         if "SERVE_NEVER_READY" in args.model:
             time.sleep(600)

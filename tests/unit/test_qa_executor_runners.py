@@ -81,5 +81,13 @@ def test_a_program_printing_no_json_is_refused():
     assert "no JSON" in result.reason
 
 
-def test_a_multi_line_prompt_becomes_one_chat_turn():
-    assert chat_turn("def f():\n    return 1") == "def f():     return 1"
+@pytest.mark.parametrize("modality", ["run", "chat", "serve"])
+def test_a_multi_line_prompt_reaches_the_model_exactly(modality):
+    prompt = 'ECHO\ndef f():\n    """Say "hi"."""\n    return \'你好\'\n'
+    result = run_cell(cell(modality, prompt), STAND_IN)
+    assert result.ending is Ending.OK, result.reason
+    assert result.text == prompt
+
+
+def test_a_chat_turn_is_one_line():
+    assert "\n" not in chat_turn("a\nb\n\nc")

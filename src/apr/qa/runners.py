@@ -83,8 +83,8 @@ def run_cell_run(cell: Cell, apr_argv: list[str], children: Children | None = No
 
 
 def chat_turn(prompt: str) -> str:
-    """The prompt as ONE chat turn: `apr chat` reads a turn per stdin line, so newlines become spaces."""
-    return " ".join(prompt.splitlines()) if "\n" in prompt else prompt
+    """The prompt as ONE stdin line of `apr chat`: a JSON message, which carries newlines and quotes exactly."""
+    return json.dumps({"role": "user", "content": prompt}, ensure_ascii=False)
 
 
 def run_cell_chat(cell: Cell, apr_argv: list[str], children: Children | None = None) -> CellRun:
