@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from apr.engine.model import Block, Transformer
 from apr.engine.pack_cache import PackStore
-from apr.engine.weights import DenseLinear, WeightPolicy, build_linear, dense_tensor, is_quantized
+from apr.engine.weights import DenseLinear, WeightPolicy, build_linear, dense_tensor, embedding_rows, is_quantized
 from apr.errors import FormatError
 from apr.formats.model import CanonicalModel
 
@@ -48,7 +48,6 @@ def build_transformer(model: CanonicalModel, policy: WeightPolicy, max_positions
         blocks.append(Block(cfg, i, linears, norms))
 
     embed_source = source("model.embed_tokens.weight")
-    embedding = dense_tensor(embed_source, policy, store)
     if "lm_head.weight" in model.tensors:
         lm_head = build_linear(model.tensors["lm_head.weight"], None, policy, store)
     elif policy.packed and (is_quantized(embed_source.info.ggml_type) or policy.kernels == "native"):
@@ -56,7 +55,10 @@ def build_transformer(model: CanonicalModel, policy: WeightPolicy, max_positions
         # token, a packed head costs a fraction of the dense embedding's bytes.
         lm_head = build_linear(_Renamed(embed_source, "lm_head.weight"), None, policy, store)
     else:
-        lm_head = DenseLinear(embedding, None)  # tied: share the embedding matrix, no second copy
+        lm_head = None  # tied to the dense embedding below: no second copy
+    embedding = embedding_rows(embed_source, policy, store, shared_with_head=lm_head is None)
+    if lm_head is None:
+        lm_head = DenseLinear(embedding, None)
     final_norm = dense_tensor(source("model.norm.weight"), policy)
     transformer = Transformer(cfg, embedding, blocks, final_norm, lm_head, max_positions)
     # The native products take float32 activations; their glue kernels then replace ~40 small ops a layer.

@@ -6,9 +6,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from typing import TYPE_CHECKING
+
 from apr.engine import native
 from apr.engine.kv_cache import SequenceCache
 from apr.formats.config import ModelConfig
+
+if TYPE_CHECKING:
+    from apr.engine.weights import BlockRows
 
 
 # Prompts up to this long run through native.DecodeLayer, one row per position: its attention is one row
@@ -172,15 +177,18 @@ class Block(nn.Module):
 class Transformer(nn.Module):
     """Decoder-only transformer. ``prefill`` runs a whole prompt, ``decode`` one new token for several sequences."""
 
-    def __init__(self, cfg: ModelConfig, embedding: torch.Tensor, blocks: list[Block], final_norm: torch.Tensor,
-                 lm_head: nn.Module, max_positions: int) -> None:
+    def __init__(self, cfg: ModelConfig, embedding: "torch.Tensor | BlockRows", blocks: list[Block],
+                 final_norm: torch.Tensor, lm_head: nn.Module, max_positions: int) -> None:
         super().__init__()
         self.cfg = cfg
-        self.register_buffer("embedding", embedding)
+        if isinstance(embedding, torch.Tensor):
+            self.register_buffer("embedding", embedding)
+        else:
+            self.embedding = embedding  # rows dequantized from stored blocks on lookup (weights.BlockRows)
         self.blocks = nn.ModuleList(blocks)
         self.final_norm = RMSNorm(final_norm, cfg.rms_norm_eps, cfg.norm_weight_offset)
         self.lm_head = lm_head
-        self.dtype = embedding.dtype if embedding.is_floating_point() else torch.float32
+        self.dtype = embedding.dtype if embedding.dtype.is_floating_point else torch.float32
         device = embedding.device
         cos, sin = rope_tables(cfg.head_dim, cfg.rope_theta, max_positions, cfg.rope_scaling_factor)
         self.register_buffer("cos_global", cos.to(device))

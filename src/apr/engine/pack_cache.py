@@ -1,4 +1,4 @@
-"""On-disk cache of converted weights (packed int4/int8, dequantized embeddings) so later loads skip repacking."""
+"""On-disk cache of converted weights (packed matrices, dense embeddings of float checkpoints) so later loads skip repacking."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from safetensors import SafetensorError
 
 # Bump when the packed layout or the conversion changes: old entries are then simply not found
 # (and, being the least recently used, are the first the size limit removes).
-PACK_VERSION = 3
+PACK_VERSION = 4  # 4: quantized embeddings are no longer stored dense (weights.BlockRows)
 DEFAULT_LIMIT_GB = 12.0  # $APR_ENGINE_CACHE_GB overrides; the 1.5B takes ~1.2-1.8 GB per format
 
 

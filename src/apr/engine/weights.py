@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import astuple, dataclass
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -312,6 +313,36 @@ def dense_tensor(source, policy: WeightPolicy, store: PackStore | None = None) -
     if cacheable:
         store.put(source.info.name, {"weight": value})
     return value
+
+
+class BlockRows:
+    """An embedding kept as its stored GGML blocks (memory-mapped): a lookup dequantizes only its rows.
+
+    Why: a step reads a few rows of the embedding, yet its dense float32 copy is the largest tensor of a
+    small model (the 1.5B's: 933 MB, against 131 MB of Q4_K blocks), resident on a first load and
+    written to the pack cache. Blocks never cross rows, so a row's values equal dequantize_source's.
+    """
+
+    def __init__(self, raw: np.ndarray, ggml_type: int, shape: tuple[int, int], dtype: torch.dtype) -> None:
+        if ggml_type not in quant.FAST_DEQUANT_TYPES or raw.shape[0] != shape[0]:
+            raise ValueError(f"BlockRows: GGML type {ggml_type} with raw shape {raw.shape} for {shape}")
+        self.raw, self.ggml_type, self.shape, self.dtype = raw, ggml_type, tuple(shape), dtype
+        self.device = torch.device("cpu")
+
+    @torch.compiler.disable  # numpy indexing: a compiled decode step calls it as a plain function
+    def __getitem__(self, ids: torch.Tensor) -> torch.Tensor:
+        flat = ids.reshape(-1).cpu().numpy()
+        values = quant.dequantize_raw(self.raw[flat], self.ggml_type, (len(flat), self.shape[1]))
+        return values.to(self.dtype).view(*ids.shape, self.shape[1])
+
+
+def embedding_rows(source, policy: WeightPolicy, store: PackStore | None, *, shared_with_head: bool):
+    """The embedding as BlockRows (quantized, CPU, packed kernels, and no dense head sharing it), else dense."""
+    info = source.info
+    if (not shared_with_head and policy.packed and policy.device.type == "cpu" and len(info.shape) == 2
+            and info.ggml_type in quant.FAST_DEQUANT_TYPES):
+        return BlockRows(source.raw(), info.ggml_type, info.shape, policy.dtype)
+    return dense_tensor(source, policy, store)
 
 
 def dequantize_source(source, dtype: torch.dtype) -> torch.Tensor:
