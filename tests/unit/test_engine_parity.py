@@ -202,10 +202,7 @@ def test_one_call_decode_layers_match_the_per_operator_path(engines, arch):
     first = float((one_call[1] - per_operator[1]).abs().max() / per_operator[1].abs().max())
     worst = float((one_call - per_operator).abs().max() / per_operator.abs().max())
     print(f"{arch}: top-1 {agree:.1%}, first step {first:.1e}, worst {worst:.1e}")
-    # Usually ~1e-7 at the first step; but when an activation lands within rounding of a step of the
-    # int8 activation quantization, the two paths' last-bit differences put it on different integers,
-    # which moves these 64-wide fixture models' logits by up to ~5e-3 (measured: gemma3, layer 4).
-    assert agree >= 0.95 and first < 1e-2 and worst < 0.05
+    assert agree >= 0.95 and first < 1e-3 and worst < 0.05
 
 
 @pytest.mark.parametrize("arch", ARCHS)

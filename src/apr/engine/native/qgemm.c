@@ -68,8 +68,11 @@ static inline float hsum128(__m128 v) {
     return _mm_cvtss_f32(v);
 }
 
-/* One full block of 32: the scalar loop below, 8 lanes at a time (the same quantized values; the sum
- * is added in another order). Scalar, this was ~5 % of a 128-token prompt. */
+/* One full block of 32: the scalar loop below, 8 lanes at a time, with the same results bit for bit
+ * (scalar, this was ~5 % of a 128-token prompt). The block sum stays a sequential scalar sum: summed
+ * pairwise in lanes, it differed in the last bits, which flipped a near-tie in smollm2-135m's greedy
+ * reply ("a beautiful shade of blue" -> "a beautiful and romantic sight") and failed a certification
+ * gate. A speed-up must not move the numbers. */
 static inline void quantize_block32(const float *x, int8_t *q, float *d_out, float *sum_out) {
     const __m256 sign = _mm256_set1_ps(-0.0f);
     const __m256 v0 = _mm256_loadu_ps(x), v1 = _mm256_loadu_ps(x + 8);
@@ -80,8 +83,9 @@ static inline void quantize_block32(const float *x, int8_t *q, float *d_out, flo
     a4 = _mm_max_ps(a4, _mm_movehl_ps(a4, a4));
     a4 = _mm_max_ss(a4, _mm_movehdup_ps(a4));
     const float amax = _mm_cvtss_f32(a4);
-    const __m256 s8 = _mm256_add_ps(_mm256_add_ps(v0, v1), _mm256_add_ps(v2, v3));
-    *sum_out = hsum128(_mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1)));
+    float sum = 0.0f;
+    for (int i = 0; i < APR_QK; i++) sum += x[i];
+    *sum_out = sum;
     const float d = amax / 127.0f;
     const __m256 id = _mm256_set1_ps(d > 0.0f ? 1.0f / d : 0.0f);
     const __m256 hi = _mm256_set1_ps(127.0f), lo = _mm256_set1_ps(-127.0f);
