@@ -128,3 +128,12 @@ def test_materialize_accepts_a_partition_key_or_the_ref_its_playbook_names(tmp_p
     assert partition_for(DEFAULT_PLAYBOOKS_DIR, "smollm2:135m") == "smollm2-135m"
     with pytest.raises(AprError, match="neither a model partition"):
         partition_for(DEFAULT_PLAYBOOKS_DIR, "no-such-model:1b")
+
+
+def test_the_code_digest_covers_the_engine_kernels_in_c() -> None:
+    """A C-only kernel change must rerun inference: the digest reads the native sources too."""
+    from pipelines.code_digest import package_sources
+
+    names = {path.name for path in package_sources("engine")}
+    assert {"qgemm.c", "layer.c", "glue.c", "apr_native.h", "model.py"} <= names
+    assert not any(name.endswith((".so", ".pyc")) for name in names)
