@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 from torch.nn import functional as F
-
-from typing import TYPE_CHECKING
 
 from apr.engine import native
 from apr.engine.kv_cache import SequenceCache
