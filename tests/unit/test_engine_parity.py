@@ -184,25 +184,53 @@ def test_one_call_decode_layers_match_the_per_operator_path(engines, arch):
         pytest.skip(f"native kernels: {native.unavailable_reason()}")
     engine = engines(arch, "gguf", "auto")
     model, cfg = engine.transformer, engine.config
-    layers = [block.native_layer for block in model.blocks]
-    assert all(layer is not None for layer in layers)
+    stack = model.native_stack
+    assert stack is not None and all(block.native_layer is not None for block in model.blocks)
     ids = prompts(1, cfg.vocab_size, seed=8)[0][:8] + list(range(60, 100))
 
     def run(one_call: bool) -> torch.Tensor:
-        for block, layer in zip(model.blocks, layers):
-            block.native_layer = layer if one_call else None
+        model.native_stack = stack if one_call else None
         return prefill_then_decode(model, ids, prompt_length=8)
 
     try:
         one_call, per_operator = run(True), run(False)
     finally:
-        for block, layer in zip(model.blocks, layers):
-            block.native_layer = layer
+        model.native_stack = stack
     agree = float((one_call.argmax(-1) == per_operator.argmax(-1)).float().mean())
     first = float((one_call[1] - per_operator[1]).abs().max() / per_operator[1].abs().max())
     worst = float((one_call - per_operator).abs().max() / per_operator.abs().max())
     print(f"{arch}: top-1 {agree:.1%}, first step {first:.1e}, worst {worst:.1e}")
     assert agree >= 0.95 and first < 1e-3 and worst < 0.05
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_the_layer_stack_is_its_layers_called_one_by_one(engines, arch):
+    """native.DecodeStack (every layer in one call, gemma3's sliding layers on the local RoPE tables) gives
+    the same bits as each native.DecodeLayer called in turn with its own layer's tables."""
+    from apr.engine import native
+    from apr.engine.kv_cache import SequenceCache
+
+    if not native.available():
+        pytest.skip(f"native kernels: {native.unavailable_reason()}")
+    engine = engines(arch, "gguf", "auto")
+    model, cfg = engine.transformer, engine.config
+    ids = torch.tensor(prompts(1, cfg.vocab_size, seed=10)[0][:12])
+
+    def prefill(one_call: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        cache = SequenceCache(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, 64, model.dtype, torch.device("cpu"))
+        positions = torch.arange(len(ids))
+        rows = native.CacheRows([cache.k] * len(ids), [cache.v] * len(ids), list(range(len(ids))))
+        with torch.inference_mode():
+            x = model.embed(ids).contiguous()
+            if one_call:
+                return model._native_layers(x, positions, rows), cache.k.clone()
+            for block in model.blocks:
+                cos, sin = model.rope(block, positions)
+                block.native_layer(block.index, x, rows, cos.contiguous(), sin.contiguous())
+            return x, cache.k.clone()
+
+    (stacked, stacked_keys), (one_by_one, keys) = prefill(True), prefill(False)
+    assert torch.equal(stacked, one_by_one) and torch.equal(stacked_keys, keys)
 
 
 @pytest.mark.parametrize("arch", ARCHS)

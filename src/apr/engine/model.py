@@ -199,6 +199,7 @@ class Transformer(nn.Module):
         self.register_buffer("sin_local", sin_l.to(device))
         self.embed_scale = cfg.embedding_multiplier
         self.native_glue = False
+        self.native_stack: native.DecodeStack | None = None
 
     def use_native(self, enabled: bool) -> None:
         """Norms, RoPE and one-token attention through native.glue (float32 CPU activations)."""
@@ -206,6 +207,9 @@ class Transformer(nn.Module):
         self.final_norm.use_native(enabled)
         for block in self.blocks:
             block.use_native(enabled)
+        layers = [block.native_layer for block in self.blocks]
+        self.native_stack = (native.DecodeStack(layers, [block.sliding for block in self.blocks])
+                             if all(layer is not None for layer in layers) else None)
 
     @property
     def max_positions(self) -> int:
@@ -243,8 +247,7 @@ class Transformer(nn.Module):
         t = ids.shape[0]
         positions = torch.arange(t, device=ids.device)
         x = self.embed(ids)
-        if (t <= NATIVE_PREFILL_MAX_TOKENS and use_native(x, self.native_glue)
-                and all(block.native_layer is not None for block in self.blocks)):
+        if t <= NATIVE_PREFILL_MAX_TOKENS and use_native(x, self.native_glue) and self.native_stack is not None:
             return self._prefill_native_layers(x, positions, cache)
         causal = torch.ones(t, t, dtype=torch.bool, device=ids.device).tril()
         window = self.cfg.sliding_window
@@ -276,7 +279,7 @@ class Transformer(nn.Module):
         positions = torch.tensor([c.length for c in caches], device=tokens.device)
         x = self.embed(tokens)
         fused = use_native(x, self.native_glue)
-        if fused and all(block.native_layer is not None for block in self.blocks):
+        if fused and self.native_stack is not None:
             return self._decode_native_layers(x, positions, caches)
         masks = [] if fused else [self._decode_masks(c) for c in caches]
         rep = self.cfg.num_heads // self.cfg.num_kv_heads
@@ -331,8 +334,8 @@ class Transformer(nn.Module):
         x = x.contiguous()
         tables = {sliding: (cos.contiguous(), sin.contiguous())
                   for sliding, (cos, sin) in self.rope_tables_at(positions).items()}
-        for block in self.blocks:
-            block.native_layer(block.index, x, rows, *tables[block.sliding])
+        global_tables = tables.get(False, tables.get(True))  # a model of one kind of layer has one table
+        self.native_stack(x, rows, global_tables, tables.get(True, global_tables))
         return x
 
     def decode_one(self, token: torch.Tensor, pos: torch.Tensor, k_all: torch.Tensor, v_all: torch.Tensor) -> torch.Tensor:

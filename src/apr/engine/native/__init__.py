@@ -1,5 +1,5 @@
-"""apr's AVX2 CPU kernels (qgemm.c products, glue.c norms/RoPE/attention, layer.c whole decode layers): built
-once with cc, called through ctypes.
+"""apr's AVX2 CPU kernels (qgemm.c products, glue.c norms/RoPE/attention, layer.c whole decode layers,
+dequant.c embedding rows): built once with cc, called through ctypes.
 
 The kernels keep quantized weights in their stored precision and quantize activations per block of 32
 to int8, as ggml does on CPUs; see qgemm.c for the layouts and the batch-invariance argument. They are
@@ -21,16 +21,18 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
-SOURCES = tuple(Path(__file__).with_name(name) for name in ("qgemm.c", "glue.c", "layer.c"))
+SOURCES = tuple(Path(__file__).with_name(name) for name in ("qgemm.c", "glue.c", "layer.c", "dequant.c"))
 HEADERS = (Path(__file__).with_name("apr_native.h"),)
 # Version of the packed layouts and of which layout each GGML type gets: part of the pack-cache key, so a
 # change here repacks cached models. glue.c and layer.c have their own (apr_glue_abi, apr_layer_abi).
 ABI = 8
 QGEMM_ABI = 9  # the products' calling convention (apr_qgemm_abi); ABI above is only the packed layouts
 GLUE_ABI = 2
-LAYER_ABI = 2
+LAYER_ABI = 3
+DEQUANT_ABI = 1
 BLOCK = 32  # activation block (and q4 weight block)
 KGROUP = 128  # K is padded to a multiple of this in every packed layout
 CFLAGS = ("-O3", "-std=c11", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-fPIC", "-shared")
@@ -80,9 +82,9 @@ def _library() -> tuple[ctypes.CDLL | None, str]:
         finally:
             Path(tmp).unlink(missing_ok=True)
     lib = ctypes.CDLL(str(target))
-    found = (lib.apr_qgemm_abi(), lib.apr_glue_abi(), lib.apr_layer_abi())
-    if found != (QGEMM_ABI, GLUE_ABI, LAYER_ABI):
-        return None, f"{target} has ABI {found}, expected {(QGEMM_ABI, GLUE_ABI, LAYER_ABI)}"
+    found = (lib.apr_qgemm_abi(), lib.apr_glue_abi(), lib.apr_layer_abi(), lib.apr_dequant_abi())
+    if found != (QGEMM_ABI, GLUE_ABI, LAYER_ABI, DEQUANT_ABI):
+        return None, f"{target} has ABI {found}, expected {(QGEMM_ABI, GLUE_ABI, LAYER_ABI, DEQUANT_ABI)}"
     p, i64, i32, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
     lib.apr_products.argtypes = [p, i32, p, i64, p, i32]
     lib.apr_products.restype = i32
@@ -94,6 +96,10 @@ def _library() -> tuple[ctypes.CDLL | None, str]:
     lib.apr_attend_one.restype = i32
     lib.apr_decode_layer.argtypes = [ctypes.POINTER(_Layer), i64, p, i64, p, p, p, p, p, p, i32]
     lib.apr_decode_layer.restype = i32
+    lib.apr_decode_layers.argtypes = [p, p, i64, p, i64, p, p, p, p, p, p, p, p, i32]
+    lib.apr_decode_layers.restype = i32
+    lib.apr_dequantize_rows.argtypes = [p, i64, i64, i64, i64, p, i64, p]
+    lib.apr_dequantize_rows.restype = i32
     return lib, ""
 
 
@@ -278,6 +284,26 @@ def attend_one(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, keys: 
     return out
 
 
+# GGML types dequant.c reads (ggml.h numbering), by their number.
+DEQUANT_TYPES = (2, 3, 8, 12, 14)  # Q4_0, Q4_1, Q8_0, Q4_K, Q6_K
+
+
+def dequantize_rows(raw: np.ndarray, ggml_type: int, k: int, ids: torch.Tensor) -> torch.Tensor:
+    """float32 ``[len(ids), k]``: rows ``ids`` of the GGML-block matrix ``raw`` (uint8 ``[rows, row_bytes]``,
+    C-contiguous, a memory map is fine), bit-identical to ``quant.dequantize_raw`` of those rows."""
+    flat = ids.reshape(-1).to(device="cpu", dtype=torch.int64).contiguous()
+    if raw.ndim != 2 or raw.dtype != np.uint8 or not raw.flags.c_contiguous:
+        raise ValueError(f"dequantize_rows: raw {raw.dtype} {raw.shape} is not C-contiguous uint8 rows")
+    out = torch.empty(flat.numel(), k, dtype=torch.float32)
+    status = _lib().apr_dequantize_rows(raw.ctypes.data, raw.shape[0], raw.shape[1], ggml_type, k, flat.data_ptr(),
+                                        flat.numel(), out.data_ptr())
+    if status == -2:
+        raise IndexError(f"token ids {flat.tolist()} outside 0..{raw.shape[0] - 1}")
+    if status:
+        raise ValueError(f"dequantize_rows: GGML type {ggml_type} with {raw.shape[1]} bytes a row of {k}")
+    return out
+
+
 @dataclass(frozen=True)
 class LayerShape:
     """The sizes and constants of one decoder layer (``window`` 0: global attention; ``gelu``: tanh-GELU, else SiLU)."""
@@ -353,9 +379,40 @@ class DecodeLayer:
         status = _lib().apr_decode_layer(self._ref, index, x.data_ptr(), caches.rows, caches.keys, caches.values,
                                          caches.capacity, caches.positions, cos.data_ptr(), sin.data_ptr(),
                                          torch.get_num_threads())
-        if status:
-            raise MemoryError("no memory for a decode layer") if status == -1 else RuntimeError(
-                f"apr_decode_layer failed ({status})")
+        _raise_for_layer_status(status)
+
+
+def _raise_for_layer_status(status: int) -> None:
+    if status:
+        raise MemoryError("no memory for a decode layer") if status == -1 else RuntimeError(
+            f"apr_decode_layer failed ({status})")
+
+
+class DecodeStack:
+    """All the decoder layers of a model for layer.c's apr_decode_layers: one native call a step.
+
+    ``local[l]``: layer l takes the local RoPE tables (gemma3's sliding layers). Layer l writes layer l of
+    the caches. Keeps the DecodeLayers (and so every tensor their structs point to)."""
+
+    def __init__(self, layers: list[DecodeLayer], local: list[bool]) -> None:
+        if not layers or len(local) != len(layers):
+            raise ValueError("a decode stack needs one local/global flag per layer")
+        self.layers, self.shape = layers, layers[0].shape
+        self._structs = (ctypes.POINTER(_Layer) * len(layers))(*[ctypes.pointer(layer._layer) for layer in layers])
+        self._local = (ctypes.c_uint8 * len(layers))(*map(int, local))
+
+    def __call__(self, x: torch.Tensor, caches: CacheRows, global_tables: tuple[torch.Tensor, torch.Tensor],
+                 local_tables: tuple[torch.Tensor, torch.Tensor]) -> None:
+        """Applies every layer to ``x [rows, hidden]`` in place, writing each row's new keys/values to its cache."""
+        tables = (*global_tables, *local_tables)
+        _check_f32("decode stack", x, *tables)
+        rope = (caches.rows, self.shape.head_dim)
+        if x.shape != (caches.rows, self.shape.hidden) or any(table.shape != rope for table in tables):
+            raise ValueError(f"decode stack: x {tuple(x.shape)}, rope {tuple(tables[0].shape)} for {caches.rows} rows")
+        status = _lib().apr_decode_layers(self._structs, self._local, len(self.layers), x.data_ptr(), caches.rows,
+                                          caches.keys, caches.values, caches.capacity, caches.positions,
+                                          *(table.data_ptr() for table in tables), torch.get_num_threads())
+        _raise_for_layer_status(status)
 
 
 def _fp16_scales(values: torch.Tensor, what: str) -> torch.Tensor:

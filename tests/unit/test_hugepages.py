@@ -1,0 +1,106 @@
+"""hugepages: packed-weight memory on transparent huge pages, and the pack cache reading into it."""
+
+import torch
+import pytest
+
+from apr.engine import hugepages
+from apr.engine.pack_cache import PackStore, read_aligned
+
+MIB = 1 << 20
+
+
+def huge_kib_under(tensor: torch.Tensor) -> int:
+    """AnonHugePages (KiB) of the mapping that holds ``tensor``'s first byte, from /proc/self/smaps."""
+    address = tensor.data_ptr()
+    inside = False
+    for line in open("/proc/self/smaps"):
+        first = line.split()[0]
+        if "-" in first and ":" not in first:  # a mapping's header line: "start-end perms ..."
+            start, end = (int(part, 16) for part in first.split("-"))
+            inside = start <= address < end
+        elif inside and first == "AnonHugePages:":
+            return int(line.split()[1])
+    raise AssertionError("no mapping holds the tensor")
+
+
+@pytest.fixture
+def fresh_setting(monkeypatch):
+    """hugepages.enabled() is cached: clear it around a test that changes APR_HUGE_PAGES."""
+    hugepages.enabled.cache_clear()
+    yield monkeypatch
+    hugepages.enabled.cache_clear()
+
+
+def test_empty_many_gives_separate_aligned_tensors_of_each_shape_and_dtype():
+    specs = [((3 * MIB,), torch.uint8), ((5, 7), torch.float32), ((MIB // 2, 3), torch.int16), ((0,), torch.float16)]
+    tensors = hugepages.empty_many(specs)
+    assert [(tuple(t.shape), t.dtype) for t in tensors] == [spec for spec in specs]
+    assert all(t.data_ptr() % hugepages.ALIGN == 0 for t in tensors if t.numel())
+    for value, tensor in enumerate(tensors):
+        tensor.fill_(value + 1)
+    # Filling each left the others as they were: no two overlap.
+    assert [int(t.max()) if t.numel() else None for t in tensors] == [1, 2, 3, None]
+    assert [int(t.min()) if t.numel() else None for t in tensors] == [1, 2, 3, None]
+
+
+@pytest.mark.skipif(not hugepages.enabled(), reason="this system gives no transparent huge pages (THP never/absent)")
+def test_large_tensors_land_on_huge_pages():
+    big = hugepages.empty((16 * MIB,), torch.uint8)
+    assert big.data_ptr() % hugepages.HUGE_PAGE == 0
+    big.fill_(7)  # first touch: the kernel backs the advised range with 2 MiB pages
+    assert huge_kib_under(big) >= 8 * 1024, "the advised mapping got no huge pages"
+    ordinary = torch.empty(16 * MIB, dtype=torch.uint8).fill_(7)
+    assert huge_kib_under(ordinary) < huge_kib_under(big)
+
+
+def test_small_or_switched_off_allocations_are_ordinary_tensors(fresh_setting):
+    small = hugepages.empty((1000,), torch.float32)
+    assert small.shape == (1000,) and small.dtype == torch.float32
+    fresh_setting.setenv("APR_HUGE_PAGES", "0")
+    hugepages.enabled.cache_clear()
+    assert not hugepages.enabled()
+    off = hugepages.empty((8 * MIB,), torch.uint8)
+    assert off.shape == (8 * MIB,)
+    source = torch.arange(3 * MIB, dtype=torch.int32)
+    assert hugepages.copied(source) is source
+
+
+def test_copied_moves_the_values(fresh_setting):
+    source = torch.arange(3 * MIB, dtype=torch.int32).view(3, MIB)
+    moved = hugepages.copied(source)
+    assert moved.data_ptr() != source.data_ptr() or not hugepages.enabled()
+    assert torch.equal(moved, source) and moved.dtype == source.dtype
+
+
+def test_pack_cache_reads_packed_parts_into_huge_pages(tmp_path, monkeypatch):
+    monkeypatch.setenv("APR_HOME", str(tmp_path))
+    store = PackStore.open("k")
+    weights = {"w": torch.randint(0, 255, (8 * MIB,), dtype=torch.uint8), "scale": torch.randn(4096)}
+    store.put("layer", weights)
+    store.save()
+    read = read_aligned(store.path)
+    assert torch.equal(read["layer::w"], weights["w"]) and torch.equal(read["layer::scale"], weights["scale"])
+    if hugepages.enabled():
+        assert huge_kib_under(read["layer::w"]) >= 4 * 1024
+
+
+@pytest.mark.parametrize("header", [
+    b'{"t": {"dtype": "F32", "shape": "4", "data_offsets": [0, 16]}}',
+    b'{"t": {"dtype": "F32", "shape": [4], "data_offsets": [0]}}',
+    b'{"t": {"dtype": "F32", "shape": [-4], "data_offsets": [0, 16]}}',
+    b'{"t": {"dtype": "F32", "shape": [1000000000000], "data_offsets": [0, 16]}}',
+    b'{"t": {"dtype": "Q9", "shape": [4], "data_offsets": [0, 16]}}',
+])
+def test_a_malformed_header_is_refused_before_any_memory_is_taken(tmp_path, header):
+    path = tmp_path / "entry.safetensors"
+    path.write_bytes(len(header).to_bytes(8, "little") + header + bytes(16))
+    with pytest.raises(ValueError, match="offsets|dtype"):
+        read_aligned(path)
+
+
+@pytest.mark.parametrize("header", [b'[1, 2]', b'{"t": 5}'])
+def test_a_header_that_is_not_a_table_of_tensors_is_refused(tmp_path, header):
+    path = tmp_path / "entry.safetensors"
+    path.write_bytes(len(header).to_bytes(8, "little") + header)
+    with pytest.raises(ValueError, match="header"):
+        read_aligned(path)
