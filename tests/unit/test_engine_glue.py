@@ -56,6 +56,28 @@ def test_one_token_attention_matches_the_masked_reference(kv_heads, rep, d, pos,
     assert torch.equal(keys, ref_keys) and torch.equal(values, ref_values)
 
 
+@pytest.mark.parametrize("kv_heads,rep,d,pos", [(2, 6, 128, 300), (1, 4, 256, 97), (3, 3, 64, 45)])
+def test_a_heads_attention_has_the_same_bits_alone_grouped_and_on_any_thread_count(kv_heads, rep, d, pos):
+    """Heads sharing a kv head are computed together (each key and value read once for the group) and the
+    groups split over threads; a head's numbers depend on neither: equal to that head attending alone."""
+    keys, values = randn(kv_heads, 512, d, seed=6), randn(kv_heads, 512, d, seed=7)
+    k_new, v_new, q = randn(kv_heads, d, seed=8), randn(kv_heads, d, seed=9), randn(kv_heads * rep, d, seed=10)
+    threads = torch.get_num_threads()
+    try:
+        outs = []
+        for count in (1, 2, 3):
+            torch.set_num_threads(count)
+            outs.append(native.attend_one(q, k_new, v_new, keys.clone(), values.clone(), pos, 0, d**-0.5))
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(out, outs[0]) for out in outs[1:])
+    for head in (0, rep * kv_heads - 1):
+        g = head // rep
+        alone = native.attend_one(q[head:head + 1].contiguous(), k_new[g:g + 1].contiguous(), v_new[g:g + 1].contiguous(),
+                                  keys[g:g + 1].clone(), values[g:g + 1].clone(), pos, 0, d**-0.5)
+        assert torch.equal(alone[0], outs[0][head])
+
+
 def test_attention_of_a_row_does_not_depend_on_positions_it_may_not_see():
     """Masked positions (the window's past, the future) are skipped, not merely weighted to ~0."""
     keys, values = randn(2, 64, 32, seed=1), randn(2, 64, 32, seed=2)

@@ -56,20 +56,32 @@ def test_large_tensors_land_on_huge_pages():
 def test_small_or_switched_off_allocations_are_ordinary_tensors(fresh_setting):
     small = hugepages.empty((1000,), torch.float32)
     assert small.shape == (1000,) and small.dtype == torch.float32
+    assert small.untyped_storage().resizable()  # the allocator's, not a mapping of its own
     fresh_setting.setenv("APR_HUGE_PAGES", "0")
     hugepages.enabled.cache_clear()
     assert not hugepages.enabled()
     off = hugepages.empty((8 * MIB,), torch.uint8)
-    assert off.shape == (8 * MIB,)
-    source = torch.arange(3 * MIB, dtype=torch.int32)
-    assert hugepages.copied(source) is source
+    assert off.shape == (8 * MIB,) and off.untyped_storage().resizable()
 
 
-def test_copied_moves_the_values(fresh_setting):
-    source = torch.arange(3 * MIB, dtype=torch.int32).view(3, MIB)
-    moved = hugepages.copied(source)
-    assert moved.data_ptr() != source.data_ptr() or not hugepages.enabled()
-    assert torch.equal(moved, source) and moved.dtype == source.dtype
+@pytest.mark.parametrize("numel", [100, 3 * MIB])  # the allocator's zeros, and a fresh mapping's
+def test_zeros_are_zeros(numel):
+    zeros = hugepages.zeros((numel,), torch.float32)
+    assert zeros.shape == (numel,) and zeros.dtype == torch.float32
+    assert int(torch.count_nonzero(zeros)) == 0
+    zeros[::4096] = 1.0  # writable, and the pages it touches read back what was written
+    assert int(torch.count_nonzero(zeros)) == -(-numel // 4096)
+
+
+def test_the_kv_cache_is_zeroed_huge_page_memory_on_the_cpu():
+    from apr.engine.kv_cache import SequenceCache
+
+    cache = SequenceCache(4, 2, 256, 1024, torch.float32, torch.device("cpu"))  # 8 MiB a tensor
+    assert int(torch.count_nonzero(cache.k)) == 0 and int(torch.count_nonzero(cache.v)) == 0
+    cache.k.fill_(1.0)
+    assert int(torch.count_nonzero(cache.v)) == 0  # separate memory
+    if hugepages.enabled():
+        assert huge_kib_under(cache.k) >= 2 * 1024
 
 
 def test_pack_cache_reads_packed_parts_into_huge_pages(tmp_path, monkeypatch):

@@ -43,6 +43,13 @@ def empty(shape: tuple[int, ...] | torch.Size, dtype: torch.dtype) -> torch.Tens
     return empty_many([(tuple(shape), dtype)])[0]
 
 
+def zeros(shape: tuple[int, ...] | torch.Size, dtype: torch.dtype) -> torch.Tensor:
+    """``torch.zeros(shape, dtype=dtype)`` on the CPU; from two huge pages up, in huge-page memory (a fresh
+    anonymous mapping reads as zeros, so nothing is written until the tensor is used)."""
+    mapped = _mapped([(tuple(shape), dtype)])
+    return torch.zeros(shape, dtype=dtype) if mapped is None else mapped[0]
+
+
 def empty_many(specs: list[tuple[tuple[int, ...], torch.dtype]]) -> list[torch.Tensor]:
     """One empty CPU tensor per ``(shape, dtype)``; together from two huge pages up, in one mapping whose
     pages are advised huge before anything touches them (each tensor 64-byte aligned in it).
@@ -53,20 +60,26 @@ def empty_many(specs: list[tuple[tuple[int, ...], torch.dtype]]) -> list[torch.T
     4 KiB pages, where a mapping each would leave every small tensor and every tail out. The mapping
     starts one huge page early so the tensors can begin on a 2 MiB boundary; that part is never touched,
     so it costs address space only. The tensors keep the mapping alive (as torch.frombuffer does)."""
+    mapped = _mapped(specs)
+    return [torch.empty(shape, dtype=dtype) for shape, dtype in specs] if mapped is None else mapped
+
+
+def _mapped(specs: list[tuple[tuple[int, ...], torch.dtype]]) -> list[torch.Tensor] | None:
+    """empty_many's tensors in one advised mapping, or None where that does not apply (too small, THP off)."""
     sizes = [torch.Size(shape).numel() * dtype.itemsize for shape, dtype in specs]
     offsets, total = [], 0
     for size in sizes:
         offsets.append(total)
         total += -(-size // ALIGN) * ALIGN
     if total < 2 * HUGE_PAGE or not enabled():
-        return [torch.empty(shape, dtype=dtype) for shape, dtype in specs]
+        return None
     mapping = mmap.mmap(-1, total + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     base = -_address(mapping) % HUGE_PAGE
     try:
         mapping.madvise(mmap.MADV_HUGEPAGE, base, total // HUGE_PAGE * HUGE_PAGE)
     except OSError:  # refused although THP is on: ordinary tensors do the same job
         mapping.close()
-        return [torch.empty(shape, dtype=dtype) for shape, dtype in specs]
+        return None
     return [torch.frombuffer(mapping, dtype=torch.uint8, count=size, offset=base + offset).view(dtype).view(shape)
             if size else torch.empty(shape, dtype=dtype)
             for (shape, dtype), size, offset in zip(specs, sizes, offsets)]
@@ -80,12 +93,3 @@ def _address(mapping: mmap.mmap) -> int:
         return ctypes.addressof(view)
     finally:
         del view  # an exported buffer would keep the mapping from ever being closed
-
-
-def copied(tensor: torch.Tensor) -> torch.Tensor:
-    """``tensor`` moved into memory from ``empty`` (the same tensor when it is under two huge pages or not on the CPU)."""
-    if tensor.device.type != "cpu" or tensor.numel() * tensor.element_size() < 2 * HUGE_PAGE or not enabled():
-        return tensor
-    fresh = empty(tensor.shape, tensor.dtype)
-    fresh.copy_(tensor)
-    return fresh

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from apr.engine import hugepages
+
 # Capacities are rounded up to this many positions, so the attention length (and with it the
 # floating-point reduction order) depends only on the request itself, never on its batch mates.
 CAPACITY_STEP = 256
@@ -25,8 +27,11 @@ class SequenceCache:
     def __init__(self, num_layers: int, num_kv_heads: int, head_dim: int, capacity: int,
                  dtype: torch.dtype, device: torch.device) -> None:
         shape = (num_layers, num_kv_heads, capacity, head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        if device.type == "cpu":  # decode streams the whole live cache every token: huge pages (hugepages.py)
+            self.k, self.v = hugepages.zeros(shape, dtype), hugepages.zeros(shape, dtype)
+        else:
+            self.k = torch.zeros(shape, dtype=dtype, device=device)
+            self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.length = 0
 
     @property
