@@ -1,0 +1,52 @@
+"""The benchmark programs in bench/ run end to end on a fixture model and end with their JSON document.
+
+Speed is never asserted here (benchmarks own that); these only keep the programs from rotting."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_bench_depth_measures_decode_at_each_depth_and_skips_an_absent_peer(fixture_models):
+    gguf = fixture_models["qwen2"]["gguf"]
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "bench_depth.py"), "--model", str(gguf), "--depths", "0,40",
+         "--decode-tokens", "4", "--min-reps", "2", "--min-seconds", "0", "--warmup", "0"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    for depth in ("0", "40"):
+        apr = report["results"]["apr"][depth]
+        assert apr["reps"] >= 2 and apr["decode_tok_s"]["median"] > 0
+    assert "llama.cpp" not in report["results"] and report["ratios"] == {}
+    assert "llama.cpp: skipped" in done.stderr
+
+
+def test_bench_depth_refuses_a_missing_model_without_a_traceback(tmp_path):
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_depth.py"), "--model", str(tmp_path / "none.gguf")],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "no such GGUF file" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler")
+def test_bench_products_builds_and_reports_a_token(tmp_path):
+    binary = tmp_path / "bench_products"
+    build = subprocess.run(["cc", "-O2", "-std=c11", "-D_DEFAULT_SOURCE", "-mavx2", "-mfma", "-mf16c", "-fopenmp",
+                            str(ROOT / "bench" / "bench_products.c"), "-o", str(binary), "-lm"],
+                           capture_output=True, text=True, timeout=120)
+    assert build.returncode == 0, build.stderr
+    done = subprocess.run([str(binary), "--reps", "1", "--pages", "huge", "--loads-only"], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["loads_only"] is True and report["bytes"] > 0.9e9 and report["median_ms"] > 0
+    assert subprocess.run([str(binary), "--reps", "0"], capture_output=True, timeout=60).returncode == 1
