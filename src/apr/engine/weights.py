@@ -332,7 +332,8 @@ class BlockRows:
             raise ValueError(f"BlockRows: GGML type {ggml_type} with raw shape {raw.shape} for {shape}")
         self.raw, self.ggml_type, self.shape, self.dtype = raw, ggml_type, tuple(shape), dtype
         self.device = torch.device("cpu")
-        self.native = native.available() and ggml_type in native.DEQUANT_TYPES and raw.flags.c_contiguous
+        self.native = (native.available() and ggml_type in native.DEQUANT_TYPES and raw.dtype == np.uint8
+                       and raw.ndim == 2 and raw.flags.c_contiguous)
 
     @torch.compiler.disable  # numpy indexing: a compiled decode step calls it as a plain function
     def __getitem__(self, ids: torch.Tensor) -> torch.Tensor:

@@ -24,10 +24,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from apr.engine import quant
+
 SOURCES = tuple(Path(__file__).with_name(name) for name in ("qgemm.c", "glue.c", "layer.c", "dequant.c"))
 HEADERS = (Path(__file__).with_name("apr_native.h"),)
 # Version of the packed layouts and of which layout each GGML type gets: part of the pack-cache key, so a
-# change here repacks cached models. glue.c and layer.c have their own (apr_glue_abi, apr_layer_abi).
+# change here repacks cached models. glue.c, layer.c and dequant.c have their own (apr_glue_abi, ...).
 ABI = 8
 QGEMM_ABI = 9  # the products' calling convention (apr_qgemm_abi); ABI above is only the packed layouts
 GLUE_ABI = 2
@@ -284,8 +286,8 @@ def attend_one(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, keys: 
     return out
 
 
-# GGML types dequant.c reads (ggml.h numbering), by their number.
-DEQUANT_TYPES = (2, 3, 8, 12, 14)  # Q4_0, Q4_1, Q8_0, Q4_K, Q6_K
+# GGML types dequant.c reads (its enum repeats quant's numbers, which are ggml.h's).
+DEQUANT_TYPES = (quant.Q4_0, quant.Q4_1, quant.Q8_0, quant.Q4_K, quant.Q6_K)
 
 
 def dequantize_rows(raw: np.ndarray, ggml_type: int, k: int, ids: torch.Tensor) -> torch.Tensor:
