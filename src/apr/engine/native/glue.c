@@ -39,7 +39,7 @@ static inline float dot(const float *a, const float *b, int64_t n) {
 /* The dots of a with b0..b3 (n a multiple of 16), each bit-identical to dot(a, bi, n): the same two
  * accumulators per dot and the same reduction order as hsum8 ((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7)),
  * done for the 4 at once. One load of a serves 4 FMAs, and 8 independent chains keep the FMA pipes busy
- * where one dot's 2 chains waited on FMA latency: scoring a decoded token against its cache ~2x faster. */
+ * where one dot's 2 chains wait on FMA latency. */
 static inline __m128 dots4(const float *a, const float *b0, const float *b1, const float *b2, const float *b3,
                            int64_t n) {
     __m256 x0 = _mm256_setzero_ps(), x1 = x0, x2 = x0, x3 = x0, y0 = x0, y1 = x0, y2 = x0, y3 = x0;
@@ -190,8 +190,9 @@ static void weighted_sums(const float *p, int64_t n, const float *v, int64_t len
  * values into out [kv_heads * rep][d]. Returns nonzero when out of memory or pos is out of range.
  *
  * Threads take the query heads of a kv head together (split in parts only when there are fewer kv heads
- * than threads), so each reads that kv head's keys and values from memory once: at 4096 positions this
- * was ~3x faster than a head at a time. A head's numbers do not depend on the split or the thread count. */
+ * than threads), so each reads that kv head's keys and values from memory once: for Qwen2.5-1.5B's 28
+ * layers at 4096 positions, 25 -> 16.5 ms a token than a head at a time (13.3 with the cache on huge
+ * pages). A head's numbers do not depend on the split or the thread count. */
 int apr_attend_one(const float *q, const float *k_new, const float *v_new, float *keys, float *values,
                    int64_t kv_heads, int64_t rep, int64_t cap, int64_t d, int64_t pos, int64_t window,
                    float scale, float *out) {
