@@ -48,6 +48,16 @@ def test_chat_reads_piped_turns_and_prints_one_json_line_per_reply(fixture_model
     lines = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
     assert len(lines) == 2
     assert all({"text", "completion_tokens", "finish_reason", "timings"} <= set(line) for line in lines)
+    assert [line["cached_prompt_tokens"] for line in lines] == [0, 0]  # /reset forgot the first turn's cache
+
+
+def test_chat_continues_each_turn_from_the_cache_the_last_one_left(fixture_models):
+    path = str(fixture_models["qwen2"]["gguf"])
+    proc = apr("chat", path, "--max-tokens", "4", "--json", "--device", "cpu", stdin="hi\nand then?\n")
+    assert proc.returncode == 0, proc.stderr
+    first, second = (json.loads(line) for line in proc.stdout.splitlines() if line.strip())
+    assert first["cached_prompt_tokens"] == 0
+    assert 0 < second["cached_prompt_tokens"] < second["prompt_tokens"]
 
 
 def test_chat_takes_a_multi_line_turn_exactly_as_run_takes_the_prompt(fixture_models):

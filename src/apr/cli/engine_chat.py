@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from apr.engine import Engine, SamplingParams
+    from apr.engine import Engine, PrefixCache, SamplingParams
 
 HELP = ('commands: /reset forgets the conversation, /exit leaves (Ctrl-D too); """ on its own line opens '
         'and closes a turn of several lines')
@@ -95,8 +95,13 @@ def chat_loop(engine: "Engine", params: "SamplingParams", *, as_json: bool, syst
               file=sys.stderr)
     if not templated:
         print("note: this model has no chat template; turns are appended to one raw transcript", file=sys.stderr)
+    from apr.engine import PrefixCache
+
     history: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
     transcript = ""
+    # Each turn starts from the cache the previous one left: only what follows the shared prefix (the new
+    # message, the template's markers) is prefilled, so a long conversation does not re-read its past.
+    prefix = PrefixCache()
     for turn in read_turns(_line_reader(interactive), piped=not interactive):
         text = turn.text.strip()
         if not text:
@@ -106,6 +111,7 @@ def chat_loop(engine: "Engine", params: "SamplingParams", *, as_json: bool, syst
         if not turn.literal and text == "/reset":
             history = history[:1] if system else []
             transcript = ""
+            prefix.clear()
             print("(history cleared)", file=sys.stderr)
             continue
         if not turn.literal and text.startswith("/") and text.split()[0] in ("/help", "/?"):
@@ -115,7 +121,7 @@ def chat_loop(engine: "Engine", params: "SamplingParams", *, as_json: bool, syst
         transcript += text
         ids = prompt_ids(engine, history, None if templated else transcript)
         try:
-            reply = _reply(engine, ids, params, show=not as_json)
+            reply = _reply(engine, ids, params, prefix, show=not as_json)
         except KeyboardInterrupt:
             print("\n(interrupted)", file=sys.stderr)
             history.pop()
@@ -123,13 +129,14 @@ def chat_loop(engine: "Engine", params: "SamplingParams", *, as_json: bool, syst
         history.append({"role": "assistant", "content": reply.text})
         transcript += reply.text
         if as_json:
-            sys.stdout.write(json.dumps(result_json(reply), ensure_ascii=False) + "\n")
+            document = {**result_json(reply), "cached_prompt_tokens": prefix.reused}
+            sys.stdout.write(json.dumps(document, ensure_ascii=False) + "\n")
             sys.stdout.flush()
 
 
-def _reply(engine: "Engine", ids: list[int], params: "SamplingParams", show: bool):
+def _reply(engine: "Engine", ids: list[int], params: "SamplingParams", prefix: "PrefixCache", show: bool):
     if not show:
-        return engine.generate(ids, params)
+        return engine.generate(ids, params, prefix)
     from apr.cli.engine_session import stream_to_stdout
 
-    return stream_to_stdout(engine, ids, params)
+    return stream_to_stdout(engine, ids, params, prefix)

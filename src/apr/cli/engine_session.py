@@ -77,14 +77,14 @@ def timing_line(result: "GenerationResult", load_s: float) -> str:
             f"finish {result.finish_reason}")
 
 
-def stream_to_stdout(engine, ids: list[int], params):
-    """Print text as it is generated; return the GenerationResult of the same run."""
+def stream_to_stdout(engine, ids: list[int], params, prefix=None):
+    """Print text as it is generated; return the GenerationResult of the same run (``prefix``: Engine.stream's)."""
     from apr.engine import GenerationResult, Timings
 
     start = time.perf_counter()
     first = None
     events = []
-    for event in engine.stream(ids, params):
+    for event in engine.stream(ids, params, prefix):
         first = first or time.perf_counter()
         events.append(event)
         if event.text:

@@ -5,8 +5,8 @@ Importing this package pulls in torch, so CLI modules import it inside their com
 """
 
 from apr.engine.api import Engine, load_engine
-from apr.engine.batch import BatchDecoder
+from apr.engine.batch import BatchDecoder, PrefixCache
 from apr.engine.types import FinishReason, GenerationResult, SamplingParams, Timings, TokenEvent
 
-__all__ = ["Engine", "load_engine", "BatchDecoder", "SamplingParams", "TokenEvent", "GenerationResult", "Timings",
+__all__ = ["Engine", "load_engine", "BatchDecoder", "PrefixCache", "SamplingParams", "TokenEvent", "GenerationResult", "Timings",
            "FinishReason"]

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from apr.engine import native
-from apr.engine.batch import BatchDecoder
+from apr.engine.batch import BatchDecoder, PrefixCache
 from apr.engine.device import resolve_device, resolve_precision, set_threads
 from apr.engine.loader import build_transformer, weight_kinds
 from apr.engine.model import Transformer
@@ -96,19 +96,24 @@ class Engine:
     def new_batch(self, max_batch: int) -> BatchDecoder:
         return BatchDecoder(self.transformer, self.tokenizer, self.eos_token_ids, max_batch)
 
-    def stream(self, prompt_ids: list[int], params: SamplingParams) -> Iterator[TokenEvent]:
-        """Token events of one request as they are produced; the last one carries ``finish_reason``."""
+    def stream(self, prompt_ids: list[int], params: SamplingParams,
+               prefix: PrefixCache | None = None) -> Iterator[TokenEvent]:
+        """Token events of one request as they are produced; the last one carries ``finish_reason``.
+
+        ``prefix``: the cache an earlier request of the same conversation left (see ``PrefixCache``); this
+        request starts from it where its prompt shares a prefix, and leaves its own there."""
         decoder = BatchDecoder(self.transformer, self.tokenizer, self.eos_token_ids, 1,
                                step_hook=self._decode_step)
-        decoder.add(f"req-{next(self._ids)}", list(prompt_ids), params)
+        decoder.add(f"req-{next(self._ids)}", list(prompt_ids), params, prefix)
         while decoder.active:
             yield from decoder.step()
 
-    def generate(self, prompt_ids: list[int], params: SamplingParams) -> GenerationResult:
+    def generate(self, prompt_ids: list[int], params: SamplingParams,
+                 prefix: PrefixCache | None = None) -> GenerationResult:
         start = time.perf_counter()
         first_at = None
         events: list[TokenEvent] = []
-        for event in self.stream(prompt_ids, params):
+        for event in self.stream(prompt_ids, params, prefix):
             if first_at is None:
                 first_at = time.perf_counter()
             events.append(event)

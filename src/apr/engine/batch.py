@@ -15,6 +15,26 @@ from apr.engine.types import FinishReason, SamplingParams, TokenEvent
 
 
 @dataclass
+class PrefixCache:
+    """The KV cache a finished request leaves for the next request of the same conversation (``apr chat``).
+
+    ``ids`` are the tokens whose keys and values ``cache`` holds. A request given this object prefills only
+    what follows the longest prefix its prompt shares with ``ids``, and leaves its own cache here when it
+    ends (while it runs, ``cache`` is None). Where the remainder cannot continue a cache (the model's
+    one-call native layers do not apply, or the cache is too small) the request starts a new one.
+    ``reused`` is how many prompt tokens the last request took from the cache. Reusing changes no number:
+    each position's keys and values are computed by the same operations whether it was prefilled, decoded
+    or continued (the native kernels are batch invariant)."""
+
+    cache: SequenceCache | None = None
+    ids: list[int] = field(default_factory=list)
+    reused: int = 0
+
+    def clear(self) -> None:
+        self.cache, self.ids, self.reused = None, [], 0
+
+
+@dataclass
 class Sequence:
     """Everything the decoder keeps about one request."""
 
@@ -27,6 +47,7 @@ class Sequence:
     cache: SequenceCache | None = None
     generated: list[int] = field(default_factory=list)
     finished_at: float | None = None
+    prefix: PrefixCache | None = None
 
 
 class BatchDecoder:
@@ -49,7 +70,8 @@ class BatchDecoder:
         """Request ids still generating or waiting to start."""
         return [s.request_id for s in (*self._running, *self._pending)]
 
-    def add(self, request_id: str, prompt_ids: list[int], params: SamplingParams) -> None:
+    def add(self, request_id: str, prompt_ids: list[int], params: SamplingParams,
+            prefix: PrefixCache | None = None) -> None:
         if not prompt_ids:
             raise ValueError("the prompt has no tokens")
         if request_id in self.active:
@@ -62,7 +84,7 @@ class BatchDecoder:
             raise ValueError(f"the prompt has {len(prompt_ids)} tokens; this engine holds at most {limit - 1}")
         self._pending.append(Sequence(request_id, list(prompt_ids), params, Sampler(params),
                                       TextTracker(self.tokenizer, params.stop),
-                                      self.eos_ids | frozenset(params.stop_token_ids)))
+                                      self.eos_ids | frozenset(params.stop_token_ids), prefix=prefix))
 
     def cancel(self, request_id: str) -> None:
         self._pending = [s for s in self._pending if s.request_id != request_id]
@@ -86,13 +108,35 @@ class BatchDecoder:
 
     def _prefill(self, seq: Sequence) -> TokenEvent:
         positions = min(len(seq.prompt_ids) + seq.params.max_tokens, self.model.max_positions)
-        cfg = self.model.cfg
-        seq.cache = SequenceCache(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim,
-                                  capacity_for(positions, self.model.max_positions),
-                                  self.model.dtype, self.model.embedding.device)
-        ids = torch.tensor(seq.prompt_ids, device=self.model.embedding.device)
+        reused = self._take_prefix(seq, positions)
+        if seq.cache is None:
+            cfg = self.model.cfg
+            seq.cache = SequenceCache(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim,
+                                      capacity_for(positions, self.model.max_positions),
+                                      self.model.dtype, self.model.embedding.device)
+        ids = torch.tensor(seq.prompt_ids[reused:], device=self.model.embedding.device)
         hidden = self.model.prefill(ids, seq.cache)
         return self._advance(seq, self.model.head(hidden[-1:])[0])
+
+    def _take_prefix(self, seq: Sequence, positions: int) -> int:
+        """Makes the sequence's cache its prefix's, rewound to the shared prompt tokens, when that works;
+        returns how many prompt tokens it holds already (0: a new cache)."""
+        prefix = seq.prefix
+        if prefix is None:
+            return 0
+        cache, prefix.cache, prefix.reused = prefix.cache, None, 0
+        if cache is None:
+            return 0
+        shared = 0
+        limit = min(len(prefix.ids), len(seq.prompt_ids) - 1)  # at least one token to prefill: its logits
+        while shared < limit and prefix.ids[shared] == seq.prompt_ids[shared]:
+            shared += 1
+        if (shared == 0 or cache.capacity < positions
+                or not self.model.can_continue_prefill(len(seq.prompt_ids) - shared)):
+            return 0
+        cache.length = shared  # positions past it are overwritten before anything reads them
+        seq.cache, prefix.reused = cache, shared
+        return shared
 
     def _advance(self, seq: Sequence, logits: torch.Tensor) -> TokenEvent:
         token, logprob, top = seq.sampler.choose(logits, seq.prompt_ids + seq.generated)
@@ -106,5 +150,8 @@ class BatchDecoder:
         if finish is not None:
             text += seq.text.finish()
             seq.finished_at = time.perf_counter()
-            seq.cache = None  # free the buffers now; the sequence leaves the batch after this step
+            if seq.prefix is not None:  # the last token was never fed: the cache holds everything before it
+                seq.prefix.cache = seq.cache
+                seq.prefix.ids = (seq.prompt_ids + seq.generated)[:seq.cache.length]
+            seq.cache = None  # the sequence leaves the batch after this step
         return TokenEvent(seq.request_id, token, text, logprob, top, finish)

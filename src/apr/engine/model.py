@@ -242,13 +242,23 @@ class Transformer(nn.Module):
             logits = torch.tanh(logits / cap) * cap
         return logits
 
+    def can_continue_prefill(self, tokens: int) -> bool:
+        """Whether ``prefill`` can take ``tokens`` more tokens into a cache that already holds some: the
+        one-call native layers handle any start position; the PyTorch path starts at 0 only."""
+        return (tokens <= NATIVE_PREFILL_MAX_TOKENS and self.native_stack is not None and self.native_glue
+                and self.dtype == torch.float32 and self.cos_global.device.type == "cpu")
+
     def prefill(self, ids: torch.Tensor, cache: SequenceCache | None) -> torch.Tensor:
-        """Final hidden states ``[T, hidden]`` of a prompt starting at position 0; fills ``cache`` if given."""
-        t = ids.shape[0]
-        positions = torch.arange(t, device=ids.device)
+        """Final hidden states ``[T, hidden]`` of prompt tokens placed after the ``cache.length`` positions
+        ``cache`` already holds (0 without a cache); fills ``cache`` if given. Starting past 0 needs
+        ``can_continue_prefill``."""
+        t, start = ids.shape[0], cache.length if cache is not None else 0
+        positions = torch.arange(start, start + t, device=ids.device)
         x = self.embed(ids)
         if t <= NATIVE_PREFILL_MAX_TOKENS and use_native(x, self.native_glue) and self.native_stack is not None:
             return self._prefill_native_layers(x, positions, cache)
+        if start:
+            raise ValueError(f"this model's prefill starts at position 0 only, the cache holds {start}")
         causal = torch.ones(t, t, dtype=torch.bool, device=ids.device).tril()
         window = self.cfg.sliding_window
         local = causal.triu(-(window - 1)) if window else causal
@@ -322,12 +332,14 @@ class Transformer(nn.Module):
         share a cache; row p writes its key/value at p and attends over 0..p, which is causal attention,
         since each row's key/value is written before that row attends."""
         t, cfg = x.shape[0], self.cfg
+        start = cache.length if cache is not None else 0
         # Whole-sequence logits (no cache given) still need somewhere to keep the keys: a scratch cache.
         target = cache if cache is not None else SequenceCache(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, t,
                                                                self.dtype, x.device)
-        x = self._native_layers(x, positions, native.CacheRows([target.k] * t, [target.v] * t, list(range(t))))
+        rows = native.CacheRows([target.k] * t, [target.v] * t, list(range(start, start + t)))
+        x = self._native_layers(x, positions, rows)
         if cache is not None:
-            cache.length = t
+            cache.length = start + t
         return x
 
     def _native_layers(self, x: torch.Tensor, positions: torch.Tensor, rows: native.CacheRows) -> torch.Tensor:
