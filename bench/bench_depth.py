@@ -1,13 +1,14 @@
-"""Decode speed with a long context already in the cache: our engine vs llama.cpp's `llama-bench -d`, in one run.
+"""Prefill and decode with a long context already in the cache: our engine vs llama.cpp's `llama-bench -d`.
 
-Method: for each `--depths` D, our engine prefills a fixed natural-text prompt of D tokens once (untimed;
-reported), then each repetition decodes `--decode-tokens` forced greedy steps from position D (the cache is
-rewound to D between repetitions: a step writes its key and value before it attends, so nothing stale is
-read). After `--warmup` untimed repetitions, repetitions continue until both `--min-reps` and
-`--min-seconds` are reached; medians and p90 (slow tail). llama.cpp is measured by its own `llama-bench
--p 0 -n <decode-tokens> -d D` on the same GGUF and threads (its tg test at depth D: the same quantity).
-The two run one after another, so on a shared machine compare ratios from the same run only. Last stdout
-line: one JSON document.
+Method: for each `--depths` D, our engine prefills the first D tokens of a fixed natural-text prompt once
+(untimed; reported). Each repetition then rewinds the cache to D (a position's key and value are written
+before anything reads them, so nothing stale is seen), prefills the next `--prompt-tokens` tokens on top of
+the context (timed: prefill tok/s at depth D) and decodes `--decode-tokens` forced greedy steps (timed:
+decode tok/s at depth D). After `--warmup` untimed repetitions, repetitions continue until both
+`--min-reps` and `--min-seconds` are reached; medians and p90 (slow tail). llama.cpp is measured by its own
+`llama-bench -p <prompt-tokens> -n <decode-tokens> -d D` on the same GGUF and threads: its pp and tg tests
+at depth D, the same quantities. The two run one after another, so on a shared machine compare ratios from
+the same run only. Last stdout line: one JSON document.
 
     .venv/bin/python bench/bench_depth.py --model /tmp/models/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf \\
         --depths 0,1000,4000 --llama-bench .llama-bench/build/bin/llama-bench
@@ -42,42 +43,54 @@ def ours(args, depths: list[int]) -> dict[int, dict]:
     model, cfg = engine.transformer, engine.config
     results: dict[int, dict] = {}
     for depth in depths:
-        prompt = bench_prompt(engine, max(depth, 1))
-        if len(prompt) + args.decode_tokens >= model.max_positions:
-            results[depth] = {"skipped": f"{depth} + {args.decode_tokens} positions exceed the engine's {model.max_positions}"}
+        text = bench_prompt(engine, depth + args.prompt_tokens)
+        context, prompt = text[:depth], torch.tensor(text[depth:])
+        positions = len(text) + args.decode_tokens
+        if positions >= model.max_positions:
+            results[depth] = {"skipped": f"{positions} positions exceed the engine's {model.max_positions}"}
+            continue
+        if depth and not model.can_continue_prefill(args.prompt_tokens):
+            results[depth] = {"skipped": "this engine cannot prefill on top of a cache (not the native CPU path)"}
             continue
         with torch.inference_mode():
             cache = SequenceCache(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim,
-                                  capacity_for(len(prompt) + args.decode_tokens, model.max_positions),
-                                  model.dtype, engine.device)
+                                  capacity_for(positions, model.max_positions), model.dtype, engine.device)
             start = time.perf_counter()
-            first = model.head(model.prefill(torch.tensor(prompt), cache)[-1:]).argmax(-1)
+            if depth:
+                model.prefill(torch.tensor(context), cache)
             fill_s = time.perf_counter() - start
             print(f"  apr depth {depth}: context prefilled in {fill_s:.1f} s", file=sys.stderr)
 
-            def once() -> float:
-                cache.length = len(prompt)
-                token = first
+            def once() -> tuple[float, float]:
+                cache.length = depth
                 begin = time.perf_counter()
+                token = model.head(model.prefill(prompt, cache)[-1:]).argmax(-1)
+                first = time.perf_counter()
                 for _ in range(args.decode_tokens):
                     token = engine.decode_step(token, [cache]).argmax(-1)
-                return time.perf_counter() - begin
+                return first - begin, time.perf_counter() - first
 
             for _ in range(args.warmup):
                 once()
-            times: list[float] = []
+            prefills: list[float] = []
+            decodes: list[float] = []
             started = time.perf_counter()
-            while len(times) < args.min_reps or time.perf_counter() - started < args.min_seconds:
-                times.append(once())
-                print(f"  apr depth {depth} rep {len(times)}: {args.decode_tokens / times[-1]:.2f} tok/s", file=sys.stderr)
-        results[depth] = {"reps": len(times), "context_prefill_s": round(fill_s, 2),
-                          "decode_tok_s": {"median": args.decode_tokens / statistics.median(times),
-                                           "p90": args.decode_tokens / p90(times)}}
+            while len(decodes) < args.min_reps or time.perf_counter() - started < args.min_seconds:
+                prefill_s, decode_s = once()
+                prefills.append(prefill_s)
+                decodes.append(decode_s)
+                print(f"  apr depth {depth} rep {len(decodes)}: prefill {args.prompt_tokens / prefill_s:.1f} tok/s, "
+                      f"decode {args.decode_tokens / decode_s:.2f} tok/s", file=sys.stderr)
+        results[depth] = {"reps": len(decodes), "context_prefill_s": round(fill_s, 2),
+                          "prefill_tok_s": {"median": args.prompt_tokens / statistics.median(prefills),
+                                            "p90": args.prompt_tokens / p90(prefills)},
+                          "decode_tok_s": {"median": args.decode_tokens / statistics.median(decodes),
+                                           "p90": args.decode_tokens / p90(decodes)}}
     return results
 
 
 def llama_bench(args, depths: list[int]) -> dict[int, dict]:
-    command = [str(args.llama_bench), "-m", str(args.model), "-t", str(args.threads), "-p", "0",
+    command = [str(args.llama_bench), "-m", str(args.model), "-t", str(args.threads), "-p", str(args.prompt_tokens),
                "-n", str(args.decode_tokens), "-d", ",".join(map(str, depths)), "-r", str(max(args.min_reps, 3)),
                "-o", "json"]
     print(f"llama.cpp: {' '.join(command)}", file=sys.stderr)
@@ -85,13 +98,16 @@ def llama_bench(args, depths: list[int]) -> dict[int, dict]:
     if done.returncode != 0:
         reason = f"llama-bench exited {done.returncode}: {done.stderr.strip().splitlines()[-1:]}"
         return {depth: {"skipped": reason} for depth in depths}
-    results: dict[int, dict] = {}
+    results: dict[int, dict] = {depth: {} for depth in depths}
     for row in json.loads(done.stdout):
         samples = sorted(row["samples_ts"], reverse=True)
-        results[int(row["n_depth"])] = {"reps": len(samples), "decode_tok_s": {
+        metric = "prefill_tok_s" if row["n_prompt"] > 0 and row["n_gen"] == 0 else "decode_tok_s"
+        results.setdefault(int(row["n_depth"]), {})[metric] = {
             "median": statistics.median(samples), "p90": samples[min(len(samples) - 1, round(0.9 * (len(samples) - 1)))],
-            "samples": samples}}
-    return {depth: results.get(depth, {"skipped": "llama-bench reported no such depth"}) for depth in depths}
+            "samples": samples}
+        results[int(row["n_depth"])]["reps"] = len(samples)
+    return {depth: results[depth] if "reps" in results[depth] else {"skipped": "llama-bench reported no such depth"}
+            for depth in depths}
 
 
 def main() -> int:
@@ -99,6 +115,7 @@ def main() -> int:
     parser.add_argument("--model", type=Path, required=True, help="a GGUF file")
     parser.add_argument("--depths", default="0,1000,4000", help="context lengths, comma-separated")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--prompt-tokens", type=int, default=128)
     parser.add_argument("--decode-tokens", type=int, default=32)
     parser.add_argument("--min-reps", type=int, default=3)
     parser.add_argument("--min-seconds", type=float, default=5.0)
@@ -110,8 +127,8 @@ def main() -> int:
         depths = sorted({int(part) for part in args.depths.split(",")})
     except ValueError:
         parser.error(f"--depths takes comma-separated integers, got {args.depths!r}")
-    if any(depth < 0 for depth in depths) or args.decode_tokens < 1:
-        parser.error("depths must be >= 0 and --decode-tokens >= 1")
+    if any(depth < 0 for depth in depths) or args.decode_tokens < 1 or args.prompt_tokens < 1:
+        parser.error("depths must be >= 0, --prompt-tokens and --decode-tokens >= 1")
     if not args.model.is_file():
         parser.error(f"no such GGUF file: {args.model}")
     torch.set_num_threads(args.threads)
@@ -122,18 +139,18 @@ def main() -> int:
     else:
         print("llama.cpp: skipped (no --llama-bench / $LLAMA_BENCH; bench/build_llama_bench.sh builds it)", file=sys.stderr)
     ratios: dict[str, float] = {}
-    print(f"\n{'depth':>6}{'apr tok/s':>14}{'llama.cpp tok/s':>18}{'ratio':>8}   (decode median, p90)")
+    print(f"\n{'depth':>6}{'':>2}{'metric':<9}{'apr':>14}{'llama.cpp':>16}{'ratio':>8}   (tok/s median / p90)")
     for depth in depths:
         mine, peer = results["apr"][depth], results.get("llama.cpp", {}).get(depth, {"skipped": "not run"})
-        cells = []
-        for r in (mine, peer):
-            cells.append(f"{r['decode_tok_s']['median']:.2f} / {r['decode_tok_s']['p90']:.1f}" if "reps" in r else "n/a")
-        if "reps" in mine and "reps" in peer:
-            ratios[f"decode_tok_s apr/llama.cpp @ {depth}"] = round(
-                mine["decode_tok_s"]["median"] / peer["decode_tok_s"]["median"], 3)
-        ratio = ratios.get(f"decode_tok_s apr/llama.cpp @ {depth}")
-        print(f"{depth:>6}{cells[0]:>14}{cells[1]:>18}{(f'{ratio:.2f}x' if ratio else 'n/a'):>8}")
-    print(json.dumps({"model": str(args.model), "threads": args.threads, "decode_tokens": args.decode_tokens,
+        for metric, label in (("prefill_tok_s", "prefill"), ("decode_tok_s", "decode")):
+            cells = [f"{r[metric]['median']:.2f} / {r[metric]['p90']:.1f}" if metric in r else "n/a" for r in (mine, peer)]
+            key = f"{metric} apr/llama.cpp @ {depth}"
+            if metric in mine and metric in peer:
+                ratios[key] = round(mine[metric]["median"] / peer[metric]["median"], 3)
+            ratio = f"{ratios[key]:.2f}x" if key in ratios else "n/a"
+            print(f"{depth:>6}{'':>2}{label:<9}{cells[0]:>14}{cells[1]:>16}{ratio:>8}")
+    print(json.dumps({"model": str(args.model), "threads": args.threads, "prompt_tokens": args.prompt_tokens,
+                      "decode_tokens": args.decode_tokens,
                       "results": {name: {str(d): r for d, r in per.items()} for name, per in results.items()},
                       "ratios": ratios, "torch": torch.__version__, "machine": platform.machine()}))
     return 0

@@ -19,14 +19,14 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_bench_depth_measures_decode_at_each_depth_and_skips_an_absent_peer(fixture_models):
     gguf = fixture_models["qwen2"]["gguf"]
     done = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "bench_depth.py"), "--model", str(gguf), "--depths", "0,40",
+        [sys.executable, str(ROOT / "bench" / "bench_depth.py"), "--model", str(gguf), "--depths", "0,40", "--prompt-tokens", "8",
          "--decode-tokens", "4", "--min-reps", "2", "--min-seconds", "0", "--warmup", "0"],
         capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
     for depth in ("0", "40"):
         apr = report["results"]["apr"][depth]
-        assert apr["reps"] >= 2 and apr["decode_tok_s"]["median"] > 0
+        assert apr["reps"] >= 2 and apr["decode_tok_s"]["median"] > 0 and apr["prefill_tok_s"]["median"] > 0
     assert "llama.cpp" not in report["results"] and report["ratios"] == {}
     assert "llama.cpp: skipped" in done.stderr
 

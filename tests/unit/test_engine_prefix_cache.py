@@ -87,9 +87,11 @@ def test_what_cannot_be_reused_starts_a_new_cache(engines):
     other = [(held[0] + 1) % engine.config.vocab_size, *held[1:]]
     engine.generate(other, params, prefix)
     assert prefix.reused == 0
-    # A request that needs more positions than the held cache has gets a new one.
-    capacity = prefix.cache.capacity
-    engine.generate(other[:5], SamplingParams(max_tokens=capacity, temperature=0.0), prefix)
-    assert prefix.reused == 0 and prefix.cache.capacity > capacity
+    # A request that needs more positions than the held cache has: the shared part moves to a larger one.
+    capacity, held = prefix.cache.capacity, list(prefix.ids)
+    longer = held + ids_in_vocab(engine, 3, seed=5)
+    grown = engine.generate(longer, SamplingParams(max_tokens=capacity, temperature=0.0), prefix)
+    assert prefix.reused == len(held) and prefix.cache.capacity > capacity
+    assert grown.token_ids == engine.generate(longer, SamplingParams(max_tokens=capacity, temperature=0.0)).token_ids
     prefix.clear()
     assert prefix.cache is None and prefix.ids == [] and prefix.reused == 0

@@ -19,9 +19,10 @@ class PrefixCache:
     """The KV cache a finished request leaves for the next request of the same conversation (``apr chat``).
 
     ``ids`` are the tokens whose keys and values ``cache`` holds. A request given this object prefills only
-    what follows the longest prefix its prompt shares with ``ids``, and leaves its own cache here when it
-    ends (while it runs, ``cache`` is None). Where the remainder cannot continue a cache (the model's
-    one-call native layers do not apply, or the cache is too small) the request starts a new one.
+    what follows the longest prefix its prompt shares with ``ids`` (moved into a larger cache when the
+    conversation has outgrown this one), and leaves its own cache here when it ends (while it runs,
+    ``cache`` is None). Where the remainder cannot continue a cache (the model's one-call native layers do
+    not apply) the request starts a new one.
     ``reused`` is how many prompt tokens the last request took from the cache. Reusing changes no number:
     each position's keys and values are computed by the same operations whether it was prefilled, decoded
     or continued (the native kernels are batch invariant)."""
@@ -131,9 +132,15 @@ class BatchDecoder:
         limit = min(len(prefix.ids), len(seq.prompt_ids) - 1)  # at least one token to prefill: its logits
         while shared < limit and prefix.ids[shared] == seq.prompt_ids[shared]:
             shared += 1
-        if (shared == 0 or cache.capacity < positions
-                or not self.model.can_continue_prefill(len(seq.prompt_ids) - shared)):
+        if shared == 0 or not self.model.can_continue_prefill(len(seq.prompt_ids) - shared):
             return 0
+        if cache.capacity < positions:  # the conversation outgrew it: the shared part moves to a larger one
+            cfg = self.model.cfg
+            larger = SequenceCache(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim,
+                                   capacity_for(positions, self.model.max_positions), cache.k.dtype, cache.k.device)
+            larger.k[:, :, :shared] = cache.k[:, :, :shared]
+            larger.v[:, :, :shared] = cache.v[:, :, :shared]
+            cache = larger
         cache.length = shared  # positions past it are overwritten before anything reads them
         seq.cache, prefix.reused = cache, shared
         return shared
