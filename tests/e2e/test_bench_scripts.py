@@ -50,3 +50,16 @@ def test_bench_products_builds_and_reports_a_token(tmp_path):
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["loads_only"] is True and report["bytes"] > 0.9e9 and report["median_ms"] > 0
     assert subprocess.run([str(binary), "--reps", "0"], capture_output=True, timeout=60).returncode == 1
+
+
+def test_bench_chat_turns_reports_each_turn_and_that_reuse_changes_no_token(fixture_models):
+    gguf = fixture_models["qwen2"]["gguf"]
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "bench_chat_turns.py"), "--model", str(gguf), "--max-tokens", "3",
+         "--reps", "1", "--warmup", "0"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["same_tokens"] is True and len(report["turns"]) == 5
+    assert report["turns"][0]["cached_prompt_tokens"] == 0
+    assert all(0 < turn["cached_prompt_tokens"] < turn["prompt_tokens"] for turn in report["turns"][1:])
