@@ -107,6 +107,9 @@ def register(app: typer.Typer) -> None:
         min_reps: Annotated[int, typer.Option("--min-reps")] = 5,
         min_seconds: Annotated[float, typer.Option("--min-seconds")] = 10.0,
         warmup: Annotated[int, typer.Option("--warmup", help="Untimed repetitions first.")] = 1,
+        batch: Annotated[int, typer.Option("--batch", min=1, max=64,
+                                           help="Also measure the aggregate decode rate of this many "
+                                                "sequences decoded together (1: single stream only).")] = 1,
         device: DeviceOpt = "auto",
         dtype: DtypeOpt = None,
         threads: ThreadsOpt = None,
@@ -119,7 +122,7 @@ def register(app: typer.Typer) -> None:
         from apr.engine.bench import BenchPlan, run_bench
 
         engine, load_s = open_engine(model, EngineOptions(device, dtype, threads, compile, dense_prefill))
-        plan = BenchPlan(prompt_tokens, decode_tokens, min_reps, min_seconds, warmup)
+        plan = BenchPlan(prompt_tokens, decode_tokens, min_reps, min_seconds, warmup, batch)
         report = run_bench(engine, plan, load_s=load_s, progress=lambda line: print(line, file=sys.stderr))
         for line in report.summary_lines():
             print(line)

@@ -13,6 +13,7 @@ import torch
 from apr.engine import native
 from apr.engine.batch import BatchDecoder, PrefixCache
 from apr.engine.device import resolve_device, resolve_precision, set_threads
+from apr.engine.kv_cache import SequenceCache
 from apr.engine.loader import build_transformer, weight_kinds
 from apr.engine.model import Transformer
 from apr.engine.types import GenerationResult, SamplingParams, Timings, TokenEvent
@@ -93,8 +94,18 @@ class Engine:
         picked = logprobs.gather(1, torch.tensor(ids[1:])[:, None])[:, 0]
         return [None, *(float(x) for x in picked)]
 
+    def new_cache(self, capacity: int) -> SequenceCache:
+        """A zeroed KV cache of ``capacity`` positions for one sequence (a CUDA graph pool slot when one is free)."""
+        new_cache = getattr(self._decode_step, "new_cache", None)
+        if new_cache is not None:
+            return new_cache(capacity)
+        cfg = self.config
+        return SequenceCache(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, capacity, self.transformer.dtype,
+                             self.device)
+
     def new_batch(self, max_batch: int) -> BatchDecoder:
-        return BatchDecoder(self.transformer, self.tokenizer, self.eos_token_ids, max_batch)
+        return BatchDecoder(self.transformer, self.tokenizer, self.eos_token_ids, max_batch,
+                            step_hook=self._decode_step, cache_factory=self.new_cache)
 
     def stream(self, prompt_ids: list[int], params: SamplingParams,
                prefix: PrefixCache | None = None) -> Iterator[TokenEvent]:
@@ -103,7 +114,7 @@ class Engine:
         ``prefix``: the cache an earlier request of the same conversation left (see ``PrefixCache``); this
         request starts from it where its prompt shares a prefix, and leaves its own there."""
         decoder = BatchDecoder(self.transformer, self.tokenizer, self.eos_token_ids, 1,
-                               step_hook=self._decode_step)
+                               step_hook=self._decode_step, cache_factory=self.new_cache)
         decoder.add(f"req-{next(self._ids)}", list(prompt_ids), params, prefix)
         while decoder.active:
             yield from decoder.step()
@@ -133,7 +144,7 @@ class Engine:
 
 def load_engine(model: str | Path | CanonicalModel, *, device: str = "auto", dtype: str | torch.dtype | None = None,
                 threads: int | None = None, compile: bool | None = None, dense_prefill: bool | None = None,
-                max_positions: int | None = None, pack_cache: bool = True) -> Engine:
+                max_positions: int | None = None, pack_cache: bool = True, cuda_graphs: bool = True) -> Engine:
     """Load ``model`` (a CanonicalModel, a path to any format, or a model ref) for inference.
 
     dtype ``auto`` (default) picks apr's native AVX2 kernels on CPU (float32 activations, weights kept
@@ -143,6 +154,8 @@ def load_engine(model: str | Path | CanonicalModel, *, device: str = "auto", dty
     ``$APR_HOME/engine-cache`` so the next load of the same file skips the conversion. ``compile`` True
     wraps the single-sequence decode step in torch.compile (off by default: the first compile costs tens
     of seconds). ``dense_prefill`` keeps dense bf16 copies of packed matrices for faster prompts.
+    ``cuda_graphs`` (CUDA only, on by default) replays each decode step from a captured CUDA graph, with the
+    KV caches of up to 16 sequences in one pool (cuda_graphs.py).
     """
     start = time.perf_counter()
     set_threads(threads)
@@ -161,11 +174,17 @@ def load_engine(model: str | Path | CanonicalModel, *, device: str = "auto", dty
     if store is not None:
         pack_state = "hit" if store.hit else "written"
         store.save()
-    from apr.engine.compile import compile_decode
+    if dev.type == "cuda" and cuda_graphs:
+        from apr.engine.cuda_graphs import GraphDecode
 
-    # Off unless asked: the first compile costs tens of seconds, which `apr run` cannot amortize.
-    want_compile = bool(compile)
-    decode_step, state = compile_decode(transformer, want_compile)
+        # Graph replay removes the per-kernel launch cost that bounds an eager decode step on a GPU.
+        graph_step = GraphDecode(transformer)
+        decode_step, state = graph_step, graph_step.state
+    else:
+        from apr.engine.compile import compile_decode
+
+        # Off unless asked: the first compile costs tens of seconds, which `apr run` cannot amortize.
+        decode_step, state = compile_decode(transformer, bool(compile))
     return Engine(canonical, transformer, policy, state, time.perf_counter() - start, decode_step, pack_state,
                   precision.note)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -57,7 +58,7 @@ class BatchDecoder:
     compute each row independently."""
 
     def __init__(self, model: Transformer, tokenizer: DecodesIds, eos_ids: tuple[int, ...], max_batch: int,
-                 step_hook=None) -> None:
+                 step_hook=None, cache_factory: Callable[[int], SequenceCache] | None = None) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.model, self.tokenizer, self.max_batch = model, tokenizer, max_batch
@@ -65,6 +66,13 @@ class BatchDecoder:
         self._pending: list[Sequence] = []
         self._running: list[Sequence] = []
         self._decode = step_hook or model.decode
+        # The CUDA graph step hands out caches from its pool (cuda_graphs.CachePool); else private ones.
+        self._new_cache = cache_factory or self._private_cache
+
+    def _private_cache(self, capacity: int) -> SequenceCache:
+        cfg = self.model.cfg
+        return SequenceCache(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, capacity, self.model.dtype,
+                             self.model.embedding.device)
 
     @property
     def active(self) -> list[str]:
@@ -111,10 +119,7 @@ class BatchDecoder:
         positions = min(len(seq.prompt_ids) + seq.params.max_tokens, self.model.max_positions)
         reused = self._take_prefix(seq, positions)
         if seq.cache is None:
-            cfg = self.model.cfg
-            seq.cache = SequenceCache(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim,
-                                      capacity_for(positions, self.model.max_positions),
-                                      self.model.dtype, self.model.embedding.device)
+            seq.cache = self._new_cache(capacity_for(positions, self.model.max_positions))
         ids = torch.tensor(seq.prompt_ids[reused:], device=self.model.embedding.device)
         hidden = self.model.prefill(ids, seq.cache)
         return self._advance(seq, self.model.head(hidden[-1:])[0])
@@ -135,9 +140,7 @@ class BatchDecoder:
         if shared == 0 or not self.model.can_continue_prefill(len(seq.prompt_ids) - shared):
             return 0
         if cache.capacity < positions:  # the conversation outgrew it: the shared part moves to a larger one
-            cfg = self.model.cfg
-            larger = SequenceCache(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim,
-                                   capacity_for(positions, self.model.max_positions), cache.k.dtype, cache.k.device)
+            larger = self._new_cache(capacity_for(positions, self.model.max_positions))
             larger.k[:, :, :shared] = cache.k[:, :, :shared]
             larger.v[:, :, :shared] = cache.v[:, :, :shared]
             cache = larger

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from apr.engine.api import Engine
-from apr.engine.kv_cache import SequenceCache, capacity_for
+from apr.engine.kv_cache import capacity_for
 from apr.engine.loader import LINEARS
 
 FILLER = ("The quick brown fox jumps over the lazy dog while the compiler checks every branch of the code. ")
@@ -28,6 +28,7 @@ class BenchPlan:
     min_reps: int = 5
     min_seconds: float = 10.0
     warmup: int = 1
+    batch: int = 1  # above 1: also the aggregate decode rate of this many sequences decoded together
 
 
 @dataclass
@@ -38,17 +39,23 @@ class BenchReport:
     ttft_s: list[float] = field(default_factory=list)
     decode_s: list[float] = field(default_factory=list)
     bytes_per_token: int = 0
+    batch_decode_s: list[float] = field(default_factory=list)
 
     def _stats(self) -> dict[str, Any]:
         p, n = self.plan.prompt_tokens, self.plan.decode_tokens - 1
         ttft = summary(self.ttft_s)
         decode = summary(self.decode_s)
         # Throughput "p90" is the rate at the 90th-percentile (slow) repetition time.
-        return {
+        stats = {
             "ttft_s": ttft,
             "prefill_tok_s": {"median": p / ttft["median"], "p90": p / ttft["p90"]},
             "decode_tok_s": {"median": n / decode["median"], "p90": n / decode["p90"]},
         }
+        if self.batch_decode_s:
+            batch = summary(self.batch_decode_s)
+            b = self.plan.batch
+            stats["batch_decode_tok_s"] = {"median": b * n / batch["median"], "p90": b * n / batch["p90"]}
+        return stats
 
     def to_json(self) -> dict[str, Any]:
         stats = self._stats()
@@ -59,6 +66,7 @@ class BenchReport:
             "engine": self.engine,
             "prompt_tokens": self.plan.prompt_tokens,
             "decode_tokens": self.plan.decode_tokens,
+            "batch": self.plan.batch,
             "warmup": self.plan.warmup,
             "reps": len(self.ttft_s),
             "load_s": round(self.load_s, 3),
@@ -72,6 +80,7 @@ class BenchReport:
         }
         if torch.cuda.is_available():
             doc["peak_vram_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+            doc["host"]["gpu"] = torch.cuda.get_device_name()
         return doc
 
     def summary_lines(self) -> list[str]:
@@ -85,6 +94,8 @@ class BenchReport:
             f"prefill   {s['prefill_tok_s']['median']:.1f} tok/s median, {s['prefill_tok_s']['p90']:.1f} p90",
             f"ttft      {s['ttft_s']['median'] * 1000:.1f} ms median, {s['ttft_s']['p90'] * 1000:.1f} ms p90",
             f"decode    {s['decode_tok_s']['median']:.2f} tok/s median, {s['decode_tok_s']['p90']:.2f} p90",
+            *([f"batch {self.plan.batch:<3} {s['batch_decode_tok_s']['median']:.2f} tok/s aggregate median, "
+               f"{s['batch_decode_tok_s']['p90']:.2f} p90"] if "batch_decode_tok_s" in s else []),
             f"memory    peak RSS {doc['peak_rss_mb']:.0f} MB; {self.bytes_per_token / 1e9:.3f} GB read per token "
             f"-> {doc['achieved_gb_s']:.1f} GB/s",
         ]
@@ -117,13 +128,11 @@ def weight_bytes_per_token(engine: Engine) -> int:
 
 def run_once(engine: Engine, prompt: list[int], decode_tokens: int) -> tuple[float, float]:
     """(time to first token, time of the remaining decode steps) of one forced-length greedy generation."""
-    model, cfg = engine.transformer, engine.config
+    model = engine.transformer
     step = engine.decode_step
     sync = torch.cuda.synchronize if engine.device.type == "cuda" else (lambda: None)
     with torch.inference_mode():
-        cache = SequenceCache(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim,
-                              capacity_for(len(prompt) + decode_tokens, model.max_positions),
-                              model.dtype, engine.device)
+        cache = engine.new_cache(capacity_for(len(prompt) + decode_tokens, model.max_positions))
         start = time.perf_counter()
         token = model.head(model.prefill(torch.tensor(prompt, device=engine.device), cache)[-1:]).argmax(-1)
         sync()
@@ -135,10 +144,31 @@ def run_once(engine: Engine, prompt: list[int], decode_tokens: int) -> tuple[flo
     return first - start, end - first
 
 
+def run_batch_once(engine: Engine, prompt: list[int], decode_tokens: int, batch: int) -> float:
+    """Seconds for ``decode_tokens - 1`` forced greedy steps of ``batch`` copies of ``prompt`` decoded together
+    (after their prefills, which are not timed): aggregate decode tok/s is ``batch * (decode_tokens - 1) / s``."""
+    model = engine.transformer
+    step = engine.decode_step
+    sync = torch.cuda.synchronize if engine.device.type == "cuda" else (lambda: None)
+    capacity = capacity_for(len(prompt) + decode_tokens, model.max_positions)
+    with torch.inference_mode():
+        caches = [engine.new_cache(capacity) for _ in range(batch)]
+        ids = torch.tensor(prompt, device=engine.device)
+        tokens = torch.cat([model.head(model.prefill(ids, cache)[-1:]).argmax(-1) for cache in caches])
+        sync()
+        start = time.perf_counter()
+        for _ in range(decode_tokens - 1):
+            tokens = step(tokens, caches).argmax(-1)
+        sync()
+        return time.perf_counter() - start
+
+
 def run_bench(engine: Engine, plan: BenchPlan, *, load_s: float,
               progress: Callable[[str], None] = lambda line: None) -> BenchReport:
     if plan.decode_tokens < 2 or plan.prompt_tokens < 1:
         raise ValueError("bench needs at least 1 prompt token and 2 decode tokens")
+    if plan.batch < 1:
+        raise ValueError(f"bench batch must be >= 1, got {plan.batch}")
     report = BenchReport(engine.describe(), plan, load_s, bytes_per_token=weight_bytes_per_token(engine))
     prompt = bench_prompt(engine, plan.prompt_tokens)
     for i in range(plan.warmup):
@@ -150,4 +180,14 @@ def run_bench(engine: Engine, plan: BenchPlan, *, load_s: float,
         report.ttft_s.append(ttft)
         report.decode_s.append(decode)
         progress(f"rep {len(report.ttft_s)}: ttft {ttft:.3f} s, decode {(plan.decode_tokens - 1) / decode:.2f} tok/s")
+    if plan.batch > 1:
+        steps = plan.batch * (plan.decode_tokens - 1)
+        for i in range(plan.warmup):
+            seconds = run_batch_once(engine, prompt, plan.decode_tokens, plan.batch)
+            progress(f"batch {plan.batch} warmup {i + 1}: {steps / seconds:.2f} tok/s aggregate")
+        started = time.perf_counter()
+        while len(report.batch_decode_s) < plan.min_reps or time.perf_counter() - started < plan.min_seconds:
+            report.batch_decode_s.append(run_batch_once(engine, prompt, plan.decode_tokens, plan.batch))
+            progress(f"batch {plan.batch} rep {len(report.batch_decode_s)}: "
+                     f"{steps / report.batch_decode_s[-1]:.2f} tok/s aggregate")
     return report

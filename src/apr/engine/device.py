@@ -39,7 +39,9 @@ class Precision:
 
 def resolve_precision(choice: str | torch.dtype | None, device: torch.device) -> Precision:
     """``auto`` (default): on CPU apr's native AVX2 kernels with float32 activations where they build,
-    else PyTorch's packed kernels with bf16; on CUDA bf16. ``bf16``/``fp16``: PyTorch's packed kernels.
+    else PyTorch's packed kernels with bf16; on CUDA every tensor dequantized to dense bf16 on the device
+    (a small model's bf16 weights fit any data-centre GPU, and cuBLAS bf16 beats the int4/int8 weight-only
+    kernels at decode batch sizes). ``bf16``/``fp16``: PyTorch's packed kernels (int4 tinygemm, int8).
     ``fp32``: every tensor dequantized, no packed kernel (the exact reference mode)."""
     if choice is None or (isinstance(choice, str) and choice.lower() == "auto"):
         if device.type == "cpu":
@@ -49,7 +51,7 @@ def resolve_precision(choice: str | torch.dtype | None, device: torch.device) ->
                 return Precision(torch.float32, True, "native")
             reason = f"native kernels unavailable: {native.unavailable_reason()}"
             return Precision(torch.bfloat16, True, "torch", reason)
-        return Precision(torch.bfloat16, True, "torch")
+        return Precision(torch.bfloat16, False, "torch")
     if isinstance(choice, torch.dtype):
         dtype = choice
     else:

@@ -33,6 +33,14 @@ class SequenceCache:
             self.k = torch.zeros(shape, dtype=dtype, device=device)
             self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.length = 0
+        self.slot: int | None = None  # its row in a CachePool (cuda_graphs.py), None for a private cache
+
+    @classmethod
+    def from_buffers(cls, k: torch.Tensor, v: torch.Tensor, slot: int) -> "SequenceCache":
+        """A cache over given (zeroed) ``[layers, kv_heads, capacity, head_dim]`` views, e.g. one slot of a pool."""
+        cache = cls.__new__(cls)
+        cache.k, cache.v, cache.length, cache.slot = k, v, 0, slot
+        return cache
 
     @property
     def capacity(self) -> int:

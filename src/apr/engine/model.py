@@ -374,6 +374,44 @@ class Transformer(nn.Module):
             x = block.finish(x, out.reshape(1, -1), rows=True)
         return self.head(x, rows=True)
 
+    def decode_slots(self, args: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor,
+                     span: int) -> torch.Tensor:
+        """``decode`` in tensor-only form over a pool of caches, for CUDA graph capture (cuda_graphs.py).
+
+        ``args`` ``[3, B]`` holds each row's token, position and slot; row b's keys and values are
+        ``k_pool[slot]`` / ``v_pool[slot]`` (pools ``[slots, layers, kv_heads, capacity, d]``). Each row writes
+        its new key/value at its position and attends over the first ``span`` positions of its own slot,
+        masked past its position (and outside the window on sliding layers), so rows never see each other.
+        Returns logits ``[B, vocab]``; the caller advances the cache lengths. Only shape-static operations
+        (no host reads of device values), so the whole step can be captured once per (B, span)."""
+        tokens, positions, slots = args[0], args[1], args[2]
+        rows = tokens.shape[0]
+        kv_heads, head_dim = self.cfg.num_kv_heads, self.cfg.head_dim
+        rep = self.cfg.num_heads // kv_heads
+        index = torch.arange(span, device=args.device)
+        full = torch.zeros(rows, span, dtype=k_pool.dtype, device=args.device)
+        full = full.masked_fill(index[None, :] > positions[:, None], float("-inf"))
+        window = self.cfg.sliding_window
+        local = full.masked_fill(index[None, :] <= positions[:, None] - window, float("-inf")) if window else full
+        # [rows * kv_heads, 1, span]: one bias row per (sequence, kv head), shared by its `rep` query heads.
+        biases = {sliding: bias[:, None, None].expand(rows, kv_heads, 1, span).reshape(rows * kv_heads, 1, span)
+                  for sliding, bias in ((False, full), (True, local))}
+        x = self.embed(tokens)
+        tables = self.rope_tables_at(positions)
+        for block in self.blocks:
+            cos, sin = tables[block.sliding]
+            q, k, v = block.qkv(block.input_norm(x), cos, sin, rows=False)
+            layer_k, layer_v = k_pool[:, block.index, :, :span], v_pool[:, block.index, :, :span]
+            # Seen as [slots, span, kv_heads, d], (slot, position) pairs index the row each new key goes to.
+            layer_k.transpose(1, 2).index_put_((slots, positions), k)
+            layer_v.transpose(1, 2).index_put_((slots, positions), v)
+            keys = layer_k.index_select(0, slots).reshape(rows * kv_heads, span, head_dim)
+            values = layer_v.index_select(0, slots).reshape(rows * kv_heads, span, head_dim)
+            qr = q.reshape(rows * kv_heads, rep, head_dim)
+            out = attend_one(qr, keys, values, biases[block.sliding], block.scale)
+            x = block.finish(x, out.reshape(rows, -1), rows=False)
+        return self.head(x)
+
     def _decode_masks(self, cache: SequenceCache) -> tuple[torch.Tensor, torch.Tensor]:
         """Additive attention biases over the cache for the token at position ``cache.length``: (global, sliding)."""
         index = torch.arange(cache.capacity, device=cache.k.device)
