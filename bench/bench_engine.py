@@ -29,7 +29,8 @@ from pathlib import Path
 import torch
 
 
-def measure(name: str, once: Callable[[], tuple[float, float]], args) -> dict:
+def measure(name: str, once: Callable[[], tuple[float, float]], args,
+            batch_once: Callable[[], float] | None = None) -> dict:
     for _ in range(args.warmup):
         once()
     ttft, decode = [], []
@@ -46,44 +47,64 @@ def measure(name: str, once: Callable[[], tuple[float, float]], args) -> dict:
         return ordered[min(len(ordered) - 1, round(0.9 * (len(ordered) - 1)))]
 
     n = args.decode_tokens - 1
-    return {"reps": len(ttft),
-            "prefill_tok_s": {"median": args.prompt_tokens / statistics.median(ttft), "p90": args.prompt_tokens / p90(ttft)},
-            "decode_tok_s": {"median": n / statistics.median(decode), "p90": n / p90(decode)},
-            "ttft_s": {"median": statistics.median(ttft), "p90": p90(ttft)}}
+    result = {"reps": len(ttft),
+              "prefill_tok_s": {"median": args.prompt_tokens / statistics.median(ttft),
+                                "p90": args.prompt_tokens / p90(ttft)},
+              "decode_tok_s": {"median": n / statistics.median(decode), "p90": n / p90(decode)},
+              "ttft_s": {"median": statistics.median(ttft), "p90": p90(ttft)}}
+    if batch_once is not None:  # aggregate decode of --batch sequences together (prefills untimed)
+        for _ in range(args.warmup):
+            batch_once()
+        seconds: list[float] = []
+        started = time.perf_counter()
+        while len(seconds) < args.min_reps or time.perf_counter() - started < args.min_seconds:
+            seconds.append(batch_once())
+            print(f"  {name} batch {args.batch} rep {len(seconds)}: {args.batch * n / seconds[-1]:.1f} tok/s",
+                  file=sys.stderr)
+        result["batch_decode_tok_s"] = {"median": args.batch * n / statistics.median(seconds),
+                                        "p90": args.batch * n / p90(seconds)}
+    return result
 
 
 def ours(args, prompt: list[int]):
     from apr.engine import load_engine
-    from apr.engine.bench import run_once
+    from apr.engine.bench import run_batch_once, run_once
 
     start = time.perf_counter()
-    engine = load_engine(args.model, device="cpu", threads=args.threads, compile=args.compile,
+    engine = load_engine(args.model, device=args.device, threads=args.threads, compile=args.compile,
                          dense_prefill=args.dense_prefill)
     load_s = time.perf_counter() - start
-    return load_s, lambda: run_once(engine, prompt, args.decode_tokens), engine.describe()
+    batch_once = (lambda: run_batch_once(engine, prompt, args.decode_tokens, args.batch)) if args.batch > 1 else None
+    return load_s, lambda: run_once(engine, prompt, args.decode_tokens), engine.describe(), batch_once
 
 
 def transformers_bf16(args, prompt: list[int]):
     from transformers import AutoModelForCausalLM
 
     start = time.perf_counter()
-    model = AutoModelForCausalLM.from_pretrained(args.model.parent, gguf_file=args.model.name,
-                                                 dtype=torch.bfloat16).eval()
+    source = ({"pretrained_model_name_or_path": args.hf_dir} if args.hf_dir else
+              {"pretrained_model_name_or_path": args.model.parent, "gguf_file": args.model.name})
+    model = AutoModelForCausalLM.from_pretrained(**source, dtype=torch.bfloat16).to(args.device).eval()
     load_s = time.perf_counter() - start
+    sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
 
     @torch.inference_mode()
-    def once():
+    def run(rows: int) -> tuple[float, float]:
         t0 = time.perf_counter()
-        out = model(torch.tensor([prompt]), use_cache=True)
+        out = model(torch.tensor([prompt] * rows, device=args.device), use_cache=True)
         token = out.logits[:, -1:].argmax(-1)
+        sync()
         t1 = time.perf_counter()
         past = out.past_key_values
         for _ in range(args.decode_tokens - 1):
             out = model(token, past_key_values=past, use_cache=True)
             past, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        sync()
         return t1 - t0, time.perf_counter() - t1
 
-    return load_s, once, {"dtype": "bfloat16", "weights": "dequantized by transformers"}
+    batch_once = (lambda: run(args.batch)[1]) if args.batch > 1 else None
+    return load_s, lambda: run(1), {"dtype": "bfloat16", "device": args.device,
+                                    "weights": f"dense bf16 from {args.hf_dir}" if args.hf_dir else "the GGUF's"}, batch_once
 
 
 def llama_cpp_python(args, prompt: list[int]):
@@ -106,7 +127,7 @@ def llama_cpp_python(args, prompt: list[int]):
             token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
         return t1 - t0, time.perf_counter() - t1
 
-    return load_s, once, {"llama_cpp_python": __import__("llama_cpp").__version__}
+    return load_s, once, {"llama_cpp_python": __import__("llama_cpp").__version__}, None
 
 
 def llama_bench(args) -> dict:
@@ -148,6 +169,12 @@ def main() -> int:
     parser.add_argument("--compile", action="store_true", help="torch.compile our decode step")
     parser.add_argument("--dense-prefill", action="store_true", help="keep dense bf16 copies for prompts")
     parser.add_argument("--engines", default="apr,transformers,llama.cpp")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                        help="where apr and transformers run (llama.cpp: CPU only here)")
+    parser.add_argument("--hf-dir", type=Path, help="transformers loads this dense bf16 checkpoint (`apr convert "
+                        "MODEL --to safetensors --dtype bf16`) instead of the GGUF")
+    parser.add_argument("--batch", type=int, default=1,
+                        help="above 1: also the aggregate decode rate of this many sequences decoded together")
     parser.add_argument("--llama-bench", type=Path, default=os.environ.get("LLAMA_BENCH"),
                         help="llama.cpp's llama-bench binary (default $LLAMA_BENCH; see bench/build_llama_bench.sh)")
     args = parser.parse_args()
@@ -178,8 +205,8 @@ def main() -> int:
                 results[name] = {"skipped": "llama-cpp-python not installed"}
                 continue
         print(f"{name}: loading", file=sys.stderr)
-        load_s, once, info = runners[name](args, prompt)
-        results[name] = {"load_s": round(load_s, 2), **measure(name, once, args), "info": info}
+        load_s, once, info, batch_once = runners[name](args, prompt)
+        results[name] = {"load_s": round(load_s, 2), **measure(name, once, args, batch_once), "info": info}
 
     print(f"\n{'engine':<14}{'load s':>8}{'prefill tok/s':>16}{'decode tok/s':>15}   (median, p90)")
     for name, r in results.items():
@@ -193,12 +220,21 @@ def main() -> int:
     if "apr" in results and "reps" in results["apr"]:
         for other in ("transformers", "llama.cpp"):
             if "reps" in results.get(other, {}):
-                for metric in ("prefill_tok_s", "decode_tok_s"):
+                for metric in ("prefill_tok_s", "decode_tok_s", "batch_decode_tok_s"):
+                    if metric not in results["apr"] or metric not in results[other]:
+                        continue
                     ratios[f"{metric} apr/{other}"] = round(
                         results["apr"][metric]["median"] / results[other][metric]["median"], 3)
     for key, value in ratios.items():
         print(f"ratio {key}: {value:.2f}x")
-    doc = {"bench": "bench_engine", "model": str(args.model), "threads": args.threads,
+    for name, r in results.items():
+        if "batch_decode_tok_s" in r:
+            print(f"{name:<14}batch {args.batch} decode {r['batch_decode_tok_s']['median']:.1f} tok/s aggregate (median)")
+    if args.device == "cuda":
+        doc_gpu = torch.cuda.get_device_name()
+        print(f"gpu: {doc_gpu}")
+    doc = {"bench": "bench_engine", "model": str(args.model), "threads": args.threads, "device": args.device,
+           "batch": args.batch, **({"gpu": torch.cuda.get_device_name()} if args.device == "cuda" else {}),
            "prompt_tokens": args.prompt_tokens, "decode_tokens": args.decode_tokens, "results": results,
            "ratios": ratios, "torch": torch.__version__, "machine": platform.machine()}
     print(json.dumps(doc, default=str))
