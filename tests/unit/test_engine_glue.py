@@ -7,6 +7,7 @@ import torch
 
 from apr.engine import native
 from apr.engine.model import RMSNorm, apply_rope, attend_one, mask_bias, rope_tables
+from apr.engine.native_model import NativeRMSNorm
 
 pytestmark = pytest.mark.skipif(not native.available(), reason=f"native kernels: {native.unavailable_reason()}")
 
@@ -19,8 +20,7 @@ def randn(*shape: int, seed: int) -> torch.Tensor:
 def test_rms_norm_matches_the_reference_norm(rows, n, offset):
     x, weight = randn(rows, n, seed=n) * 3, randn(n, seed=rows)
     reference = RMSNorm(weight, 1e-6, offset)
-    fused = RMSNorm(weight, 1e-6, offset)
-    fused.use_native(True)
+    fused = NativeRMSNorm(weight, 1e-6, offset)
     expected, got = reference(x), fused(x)
     assert got.shape == expected.shape
     torch.testing.assert_close(got, expected, rtol=2e-6, atol=2e-6)

@@ -156,7 +156,7 @@ def test_native_glue_decodes_like_the_pytorch_ops(engines, arch):
         pytest.skip(f"native kernels: {native.unavailable_reason()}")
     engine = engines(arch, "gguf", "auto")
     model, cfg = engine.transformer, engine.config
-    assert model.native_glue
+    assert model.native_stack is not None
     ids = prompts(1, cfg.vocab_size, seed=6)[0][:8] + list(range(10, 50))
 
     def run(native_glue: bool) -> torch.Tensor:
@@ -185,7 +185,7 @@ def test_one_call_decode_layers_match_the_per_operator_path(engines, arch):
     engine = engines(arch, "gguf", "auto")
     model, cfg = engine.transformer, engine.config
     stack = model.native_stack
-    assert stack is not None and all(block.native_layer is not None for block in model.blocks)
+    assert stack is not None and len(stack.layers) == len(model.blocks)
     ids = prompts(1, cfg.vocab_size, seed=8)[0][:8] + list(range(60, 100))
 
     def run(one_call: bool) -> torch.Tensor:
@@ -223,10 +223,10 @@ def test_the_layer_stack_is_its_layers_called_one_by_one(engines, arch):
         with torch.inference_mode():
             x = model.embed(ids).contiguous()
             if one_call:
-                return model._native_layers(x, positions, rows), cache.k.clone()
-            for block in model.blocks:
+                return model._run_stack(x, positions, rows), cache.k.clone()
+            for block, layer in zip(model.blocks, model.native_stack.layers):
                 cos, sin = model.rope(block, positions)
-                block.native_layer(block.index, x, rows, cos.contiguous(), sin.contiguous())
+                layer(block.index, x, rows, cos.contiguous(), sin.contiguous())
             return x, cache.k.clone()
 
     (stacked, stacked_keys), (one_by_one, keys) = prefill(True), prefill(False)
@@ -242,7 +242,7 @@ def test_one_call_decode_layers_give_a_row_the_same_bits_alone_and_batched(engin
         pytest.skip(f"native kernels: {native.unavailable_reason()}")
     engine = engines(arch, "gguf", "auto")
     model, cfg = engine.transformer, engine.config
-    assert model.blocks[0].native_layer is not None
+    assert model.native_stack is not None
     prompts_ = [p[:n] for p, n in zip(prompts(3, cfg.vocab_size, seed=9), (5, 11, 20))]
 
     def decode(batch: list[list[int]], steps: int) -> list[torch.Tensor]:

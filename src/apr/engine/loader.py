@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from apr.engine.model import Block, Transformer
+from apr.engine.native_model import NativeBlock, NativeTransformer
 from apr.engine.pack_cache import PackStore
 from apr.engine.weights import DenseLinear, WeightPolicy, build_linear, dense_tensor, embedding_rows, is_quantized
 from apr.errors import FormatError
@@ -23,6 +24,9 @@ def build_transformer(model: CanonicalModel, policy: WeightPolicy, max_positions
 
     ``store`` supplies already converted layers (and records new conversions) by tensor name."""
     cfg = model.config
+    # The native products take float32 activations; their glue kernels then replace ~40 small ops a layer.
+    block_class, transformer_class = ((NativeBlock, NativeTransformer) if policy.kernels == "native"
+                                      else (Block, Transformer))
 
     def source(name: str):
         if name not in model.tensors:
@@ -45,7 +49,7 @@ def build_transformer(model: CanonicalModel, policy: WeightPolicy, max_positions
             raise FormatError(f"{model.source_path}: layer {i} lacks its attention/MLP norm weights")
         if cfg.qk_norm and not ("q_norm" in norms and "k_norm" in norms):
             raise FormatError(f"{model.source_path}: layer {i} lacks q/k norms the config asks for")
-        blocks.append(Block(cfg, i, linears, norms))
+        blocks.append(block_class(cfg, i, linears, norms))
 
     embed_source = source("model.embed_tokens.weight")
     if "lm_head.weight" in model.tensors:
@@ -60,10 +64,7 @@ def build_transformer(model: CanonicalModel, policy: WeightPolicy, max_positions
     if lm_head is None:
         lm_head = DenseLinear(embedding, None)
     final_norm = dense_tensor(source("model.norm.weight"), policy)
-    transformer = Transformer(cfg, embedding, blocks, final_norm, lm_head, max_positions)
-    # The native products take float32 activations; their glue kernels then replace ~40 small ops a layer.
-    transformer.use_native(policy.kernels == "native")
-    return transformer
+    return transformer_class(cfg, embedding, blocks, final_norm, lm_head, max_positions)
 
 
 class _Renamed:

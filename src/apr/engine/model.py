@@ -1,4 +1,6 @@
-"""The transformer as pure torch compute: token ids in, logits out (qwen2, llama, gemma3); no I/O."""
+"""The transformer as pure PyTorch compute, the reference path: token ids in, logits out (qwen2, llama, gemma3).
+
+No I/O, no native kernels: native_model.py derives the CPU path that runs apr's C kernels from these classes."""
 
 from __future__ import annotations
 
@@ -8,23 +10,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from apr.engine import native
 from apr.engine.kv_cache import SequenceCache
 from apr.formats.config import ModelConfig
 
 if TYPE_CHECKING:
     from apr.engine.weights import BlockRows
-
-
-# Prompts up to this long run through native.DecodeLayer, one row per position: its attention is one row
-# at a time, so longer prompts go to scaled_dot_product_attention's matrix products instead. Measured on
-# the 1.5B, 2 threads: 512 tokens 5.8 % faster one-call, 1024 even, 2048 5 % slower.
-NATIVE_PREFILL_MAX_TOKENS = 1024
-
-
-def use_native(x: torch.Tensor, enabled: bool) -> bool:
-    """Whether ``x`` takes native.glue's kernels: enabled for the model, float32 on the CPU, not traced."""
-    return enabled and x.dtype == torch.float32 and x.device.type == "cpu" and not torch.compiler.is_compiling()
 
 
 class RMSNorm(nn.Module):
@@ -37,15 +27,8 @@ class RMSNorm(nn.Module):
             self.register_buffer("scale", weight.float() + offset)
         else:
             self.register_buffer("scale", weight)
-        self.native_scale: torch.Tensor | None = None  # float32 scale when the native kernel is on
-
-    def use_native(self, enabled: bool) -> None:
-        self.native_scale = self.scale.float().contiguous() if enabled else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.native_scale is not None and use_native(x, True):
-            # Same value in float32 either way: llama's cast of normed to x.dtype is then a no-op.
-            return native.rms_norm(x.contiguous(), self.native_scale, self.eps)
         x32 = x.float()
         normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
         if self.offset:
@@ -88,6 +71,8 @@ def mask_bias(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 class Block(nn.Module):
     """One decoder layer: (sandwich-)normed attention and gated MLP with residuals."""
 
+    norm_class: type[RMSNorm] = RMSNorm  # native_model.NativeBlock swaps in its fused norm
+
     def __init__(self, cfg: ModelConfig, index: int, linears: dict[str, nn.Module],
                  norms: dict[str, torch.Tensor]) -> None:
         super().__init__()
@@ -101,7 +86,7 @@ class Block(nn.Module):
 
         def norm(name: str) -> RMSNorm | None:
             weight = norms.get(name)
-            return None if weight is None else RMSNorm(weight, cfg.rms_norm_eps, cfg.norm_weight_offset)
+            return None if weight is None else self.norm_class(weight, cfg.rms_norm_eps, cfg.norm_weight_offset)
 
         self.input_norm = norm("input_layernorm")
         self.sandwich = "pre_feedforward_layernorm" in norms  # gemma3: norms after attention and MLP too
@@ -113,38 +98,6 @@ class Block(nn.Module):
             self.pre_mlp_norm = norm("post_attention_layernorm")
         self.q_norm = norm("q_norm")
         self.k_norm = norm("k_norm")
-        self.shape = native.LayerShape(
-            hidden=cfg.hidden_size, heads=cfg.num_heads, kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim,
-            ffn=cfg.intermediate_size, window=(cfg.sliding_window or 0) if self.sliding else 0, gelu=self.gelu,
-            eps=cfg.rms_norm_eps, attn_scale=self.scale)
-        self.native_glue = False
-        self.native_layer: native.DecodeLayer | None = None
-
-    def use_native(self, enabled: bool) -> None:
-        """Route this layer's norms, RoPE and one-token attention through native.glue's kernels, and its
-        whole decode step through native.DecodeLayer when every projection has a native layout."""
-        self.native_glue = enabled
-        for module in self.modules():
-            if isinstance(module, RMSNorm):
-                module.use_native(enabled)
-        self.native_layer = self._native_layer() if enabled else None
-
-    def _native_layer(self) -> native.DecodeLayer | None:
-        projections = {"q": self.q_proj, "k": self.k_proj, "v": self.v_proj, "o": self.o_proj,
-                       "gate": self.gate_proj, "up": self.up_proj, "down": self.down_proj}
-        inputs = {"o": self.heads * self.head_dim, "down": self.shape.ffn}
-        weights = {}
-        for name, layer in projections.items():
-            kernel = getattr(layer, "native_kernel", None)
-            if kernel is None:  # a dense or PyTorch-packed projection: the per-operator path serves it
-                return None
-            weights[name] = (kernel, layer.native_bias, inputs.get(name, self.shape.hidden))
-        norms = {"input_norm": self.input_norm, "pre_mlp_norm": self.pre_mlp_norm, "q_norm": self.q_norm,
-                 "k_norm": self.k_norm, "post_attn_norm": getattr(self, "post_attn_norm", None),
-                 "post_mlp_norm": getattr(self, "post_mlp_norm", None)}
-        return native.DecodeLayer(weights, {name: None if norm is None else norm.native_scale
-                                            for name, norm in norms.items()}, self.shape)
-
     def qkv(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rows: bool):
         """Projections of h ``[T, hidden]`` into roped q ``[T, heads, d]`` and k, v ``[T, kv_heads, d]``."""
         t = h.shape[0]
@@ -154,9 +107,10 @@ class Block(nn.Module):
         v = proj(self.v_proj, h).view(t, self.kv_heads, self.head_dim)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        if use_native(q, self.native_glue):
-            return native.rope_neox_(q, cos, sin), native.rope_neox_(k, cos, sin), v
-        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+        return self.rotate(q, cos, sin), self.rotate(k, cos, sin), v
+
+    def rotate(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        return apply_rope(x, cos, sin)
 
     def mlp(self, h: torch.Tensor, rows: bool) -> torch.Tensor:
         proj = (lambda layer, x: layer.forward_rows(x)) if rows else (lambda layer, x: layer(x))
@@ -186,7 +140,7 @@ class Transformer(nn.Module):
         else:
             self.embedding = embedding  # rows dequantized from stored blocks on lookup (weights.BlockRows)
         self.blocks = nn.ModuleList(blocks)
-        self.final_norm = RMSNorm(final_norm, cfg.rms_norm_eps, cfg.norm_weight_offset)
+        self.final_norm = blocks[0].norm_class(final_norm, cfg.rms_norm_eps, cfg.norm_weight_offset)
         self.lm_head = lm_head
         self.dtype = embedding.dtype if embedding.dtype.is_floating_point else torch.float32
         device = embedding.device
@@ -198,18 +152,6 @@ class Transformer(nn.Module):
         self.register_buffer("cos_local", cos_l.to(device))
         self.register_buffer("sin_local", sin_l.to(device))
         self.embed_scale = cfg.embedding_multiplier
-        self.native_glue = False
-        self.native_stack: native.DecodeStack | None = None
-
-    def use_native(self, enabled: bool) -> None:
-        """Norms, RoPE and one-token attention through native.glue (float32 CPU activations)."""
-        self.native_glue = enabled
-        self.final_norm.use_native(enabled)
-        for block in self.blocks:
-            block.use_native(enabled)
-        layers = [block.native_layer for block in self.blocks]
-        self.native_stack = (native.DecodeStack(layers, [block.sliding for block in self.blocks])
-                             if all(layer is not None for layer in layers) else None)
 
     @property
     def max_positions(self) -> int:
@@ -243,10 +185,9 @@ class Transformer(nn.Module):
         return logits
 
     def can_continue_prefill(self, tokens: int) -> bool:
-        """Whether ``prefill`` can take ``tokens`` more tokens into a cache that already holds some: the
-        one-call native layers handle any start position; the PyTorch path starts at 0 only."""
-        return (tokens <= NATIVE_PREFILL_MAX_TOKENS and self.native_stack is not None and self.native_glue
-                and self.dtype == torch.float32 and self.cos_global.device.type == "cpu")
+        """Whether ``prefill`` can take ``tokens`` more tokens into a cache that already holds some: this
+        path starts at position 0 only (native_model.NativeTransformer continues from any position)."""
+        return False
 
     def prefill(self, ids: torch.Tensor, cache: SequenceCache | None) -> torch.Tensor:
         """Final hidden states ``[T, hidden]`` of prompt tokens placed after the ``cache.length`` positions
@@ -255,8 +196,6 @@ class Transformer(nn.Module):
         t, start = ids.shape[0], cache.length if cache is not None else 0
         positions = torch.arange(start, start + t, device=ids.device)
         x = self.embed(ids)
-        if t <= NATIVE_PREFILL_MAX_TOKENS and use_native(x, self.native_glue) and self.native_stack is not None:
-            return self._prefill_native_layers(x, positions, cache)
         if start:
             raise ValueError(f"this model's prefill starts at position 0 only, the cache holds {start}")
         causal = torch.ones(t, t, dtype=torch.bool, device=ids.device).tril()
@@ -281,17 +220,13 @@ class Transformer(nn.Module):
     def decode(self, tokens: torch.Tensor, caches: list[SequenceCache]) -> torch.Tensor:
         """Logits ``[B, vocab]`` for one new token per sequence; each row only ever touches its own cache.
 
-        Every row attends over its own cache only (the PyTorch ops over the whole zeroed, masked buffer;
-        native.attend_one over the live positions), and matmuls run with row-independent kernels, so a
-        row's numbers do not depend on its batch mates. With the PyTorch glue they also equal
+        Every row attends over its own cache only (the whole zeroed, masked buffer), and matmuls run with
+        row-independent kernels, so a row's numbers do not depend on its batch mates. They also equal
         ``decode_one``'s, which needs static shapes for torch.compile.
         """
         positions = torch.tensor([c.length for c in caches], device=tokens.device)
         x = self.embed(tokens)
-        fused = use_native(x, self.native_glue)
-        if fused and self.native_stack is not None:
-            return self._decode_native_layers(x, positions, caches)
-        masks = [] if fused else [self._decode_masks(c) for c in caches]
+        masks = [self._decode_masks(c) for c in caches]
         rep = self.cfg.num_heads // self.cfg.num_kv_heads
         tables = self.rope_tables_at(positions)
         for block in self.blocks:
@@ -301,11 +236,6 @@ class Transformer(nn.Module):
             for row, cache in enumerate(caches):
                 pos = cache.length
                 keys, values = cache.k[block.index], cache.v[block.index]
-                if fused:
-                    window = (self.cfg.sliding_window or 0) if block.sliding else 0
-                    out = native.attend_one(q[row], k[row], v[row], keys, values, pos, window, block.scale)
-                    outs.append(out.view(1, -1))
-                    continue
                 keys[:, pos] = k[row]
                 values[:, pos] = v[row]
                 # GQA without copying the cache: the `rep` query heads sharing a kv head become query rows.
@@ -316,39 +246,6 @@ class Transformer(nn.Module):
         for cache in caches:
             cache.length += 1
         return self.head(x, rows=True)
-
-    def _decode_native_layers(self, x: torch.Tensor, positions: torch.Tensor,
-                              caches: list[SequenceCache]) -> torch.Tensor:
-        """``decode`` with each layer in one native call (native.DecodeLayer, same kernels as the per-operator path)."""
-        rows = native.CacheRows([c.k for c in caches], [c.v for c in caches], [c.length for c in caches])
-        x = self._native_layers(x, positions, rows)
-        for cache in caches:
-            cache.length += 1
-        return self.head(x, rows=True)
-
-    def _prefill_native_layers(self, x: torch.Tensor, positions: torch.Tensor,
-                               cache: SequenceCache | None) -> torch.Tensor:
-        """``prefill`` through native.DecodeLayer: the prompt's positions are the rows of one batch that
-        share a cache; row p writes its key/value at p and attends over 0..p, which is causal attention,
-        since each row's key/value is written before that row attends."""
-        t, cfg = x.shape[0], self.cfg
-        start = cache.length if cache is not None else 0
-        # Whole-sequence logits (no cache given) still need somewhere to keep the keys: a scratch cache.
-        target = cache if cache is not None else SequenceCache(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, t,
-                                                               self.dtype, x.device)
-        rows = native.CacheRows([target.k] * t, [target.v] * t, list(range(start, start + t)))
-        x = self._native_layers(x, positions, rows)
-        if cache is not None:
-            cache.length = start + t
-        return x
-
-    def _native_layers(self, x: torch.Tensor, positions: torch.Tensor, rows: native.CacheRows) -> torch.Tensor:
-        x = x.contiguous()
-        tables = {sliding: (cos.contiguous(), sin.contiguous())
-                  for sliding, (cos, sin) in self.rope_tables_at(positions).items()}
-        global_tables = tables.get(False, tables.get(True))  # a model of one kind of layer has one table
-        self.native_stack(x, rows, global_tables, tables.get(True, global_tables))
-        return x
 
     def decode_one(self, token: torch.Tensor, pos: torch.Tensor, k_all: torch.Tensor, v_all: torch.Tensor) -> torch.Tensor:
         """``decode`` for a single sequence in tensor-only form (position as a tensor), for torch.compile.
