@@ -198,3 +198,19 @@ def test_float_weights_with_tiny_groups_still_pack_and_stay_accurate():
     assert torch.equal(dense[8:10], weight[8:10])
     x = torch.randn(3, 256, generator=g)
     assert relative_error(native.PackedLinear(parts)(x, None), x @ dense.T) < 0.02
+
+
+def test_the_kernels_share_torchs_openmp_runtime():
+    """One OpenMP runtime in the process: the kernels link the libgomp torch loaded, not the system's."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    probe = ("import json; from apr.engine import native; assert native.available(), native.unavailable_reason(); "
+             "print(json.dumps([str(p) for p in native.openmp_runtimes_in_process()]))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    runtimes = json.loads(done.stdout.strip().splitlines()[-1])
+    assert len(runtimes) == 1, runtimes
+    assert Path(torch.__file__).parent in Path(runtimes[0]).parents  # torch's own, where torch bundles one

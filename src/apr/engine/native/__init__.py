@@ -54,6 +54,22 @@ def _cache_dir() -> Path:
     return apr_home() / "kernel-cache"
 
 
+def openmp_runtimes_in_process() -> list[Path]:
+    """The GNU OpenMP runtimes (libgomp*) mapped into this process, from /proc/self/maps (Linux)."""
+    maps = Path("/proc/self/maps")
+    if not maps.exists():
+        return []
+    found = {line.split()[-1] for line in maps.read_text().splitlines()
+             if "/" in line and Path(line.split()[-1]).name.startswith("libgomp")}
+    return sorted(Path(path) for path in found)
+
+
+def openmp_runtime_in_process() -> Path | None:
+    """The libgomp torch loaded (torch is imported above), which the kernels should share; None if none."""
+    runtimes = openmp_runtimes_in_process()
+    return runtimes[0] if len(runtimes) == 1 else None
+
+
 @functools.cache
 def _library() -> tuple[ctypes.CDLL | None, str]:
     """The loaded kernel library, or None and the reason it cannot be used here."""
@@ -68,14 +84,18 @@ def _library() -> tuple[ctypes.CDLL | None, str]:
     if not compiler:
         return None, "no C compiler (cc/gcc) to build them"
     source = b"".join(path.read_bytes() for path in (*SOURCES, *HEADERS))
-    tag = hashlib.sha256(source + " ".join(CFLAGS).encode() + compiler.encode()).hexdigest()[:16]
+    runtime = openmp_runtime_in_process()
+    # Linked against the OpenMP runtime torch already loaded (by its own file), so the process keeps one
+    # runtime and one thread pool: a second libgomp would size, spin and bind its threads separately.
+    link = [str(runtime), f"-Wl,-rpath,{runtime.parent}"] if runtime is not None else []
+    tag = hashlib.sha256(source + " ".join((*CFLAGS, *link)).encode() + compiler.encode()).hexdigest()[:16]
     target = _cache_dir() / f"qgemm-{tag}.so"
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
         os.close(fd)
         try:
-            command = [compiler, *CFLAGS, *map(str, SOURCES), "-o", tmp, "-lm"]
+            command = [compiler, *CFLAGS, *map(str, SOURCES), *link, "-o", tmp, "-lm"]
             done = subprocess.run(command, capture_output=True, text=True)
             if done.returncode != 0:
                 first = (done.stderr.strip().splitlines() or ["(no message)"])[0]
