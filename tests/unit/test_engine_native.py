@@ -214,3 +214,58 @@ def test_the_kernels_share_torchs_openmp_runtime():
     runtimes = json.loads(done.stdout.strip().splitlines()[-1])
     assert len(runtimes) == 1, runtimes
     assert Path(torch.__file__).parent in Path(runtimes[0]).parents  # torch's own, where torch bundles one
+
+
+LAYOUT_BUILDERS = {"q4": q4_weight, "q8": q8_weight, "q4k": q4k_weight, "q4k8": q4k8_weight, "q6": q6k_weight,
+                   "q6k8": q6k8_weight}
+
+
+def products_of_every_layout() -> dict[str, torch.Tensor]:
+    """Every layout's products for 1, 3, 8 and 13 activation rows (the kernels' row groups), seeded."""
+    out = {}
+    for name, build in LAYOUT_BUILDERS.items():
+        parts, _ = build(64, 512, seed=3)
+        layer = native.PackedLinear(parts)
+        for rows in (1, 3, 8, 13):
+            x = torch.randn(rows, 512, generator=torch.Generator().manual_seed(rows)) * 2
+            out[f"{name}-{rows}"] = layer(x, None)
+    return out
+
+
+@pytest.mark.parametrize("variant", [v.name for v in native.supported_variants()])
+def test_every_kernel_variant_this_cpu_runs_gives_the_avx2_bits(variant, tmp_path):
+    """Each variant (built and chosen as APR_NATIVE_VARIANT forces it, in its own process) computes the same
+    integer sums as the AVX2 build: every layout's products equal bit for bit."""
+    import os
+    import subprocess
+    import sys
+
+    results = {}
+    for name in sorted({variant, "avx2"}):
+        out = tmp_path / f"{name}.pt"
+        env = {**os.environ, "APR_NATIVE_VARIANT": name}
+        done = subprocess.run([sys.executable, __file__, str(out)], env=env, capture_output=True, text=True,
+                              timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert done.stdout.split()[0] == name  # the build that ran is the one asked for
+        results[name] = torch.load(out)
+    for key, expected in results["avx2"].items():
+        assert torch.equal(results[variant][key], expected), key
+
+
+def test_variant_choice_follows_the_cpu_flags():
+    base = frozenset({"avx2", "fma", "f16c"})
+    assert [v.name for v in native.supported_variants(base)] == ["avx2"]
+    assert [v.name for v in native.supported_variants(base | {"avx512_vnni", "avx512vl"})] == ["avx512vnni", "avx2"]
+    assert native.choose_variant(None, base | {"avx_vnni"})[0].name == "avxvnni"
+    assert native.choose_variant(None, frozenset({"avx2", "fma"}))[0] is None  # no F16C: no build at all
+    chosen, why = native.choose_variant("avx512vnni", base)
+    assert chosen is None and "cannot run" in why
+    assert native.choose_variant("sse", base)[0] is None
+
+
+if __name__ == "__main__":  # the probe the variant test runs in a process of its own
+    import sys
+
+    torch.save(products_of_every_layout(), sys.argv[1])
+    print(native.variant())

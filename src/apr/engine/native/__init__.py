@@ -38,6 +38,72 @@ DEQUANT_ABI = 1
 BLOCK = 32  # activation block (and q4 weight block)
 KGROUP = 128  # K is padded to a multiple of this in every packed layout
 CFLAGS = ("-O3", "-std=c11", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-fPIC", "-shared")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One build of the kernels: the CPU features (/proc/cpuinfo flag names) it needs and its extra flags."""
+
+    name: str
+    code: int  # what apr_qgemm_variant() returns in this build
+    needs: tuple[str, ...]
+    flags: tuple[str, ...]
+
+
+# Best first; each needs AVX2, FMA and F16C besides its own features. The VNNI builds are bit-identical to
+# avx2 (see qgemm.c); 256-bit vectors throughout, so no build switches to 512-bit code on its own.
+VARIANTS = (
+    Variant("avxvnni", 2, ("avx_vnni",), ("-mavxvnni",)),
+    Variant("avx512vnni", 1, ("avx512_vnni", "avx512vl"),
+            ("-mavx512f", "-mavx512vl", "-mavx512vnni", "-mprefer-vector-width=256")),
+    Variant("avx2", 0, (), ()),
+)
+BASE_FEATURES = ("avx2", "fma", "f16c")
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags as Linux reports them (empty where /proc/cpuinfo is absent)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.exists():
+        return frozenset()
+    for line in cpuinfo.read_text(errors="replace").splitlines():
+        if line.startswith("flags"):
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
+
+
+def cpu_model() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def supported_variants(flags: frozenset[str] | None = None) -> list[Variant]:
+    """The variants this CPU can run, best first ([] without AVX2/FMA/F16C)."""
+    flags = cpu_flags() if flags is None else flags
+    if not all(feature in flags for feature in BASE_FEATURES):
+        return []
+    return [v for v in VARIANTS if all(feature in flags for feature in v.needs)]
+
+
+def choose_variant(requested: str | None, flags: frozenset[str] | None = None) -> tuple[Variant | None, str]:
+    """(the variant to build, "" or why none): the best supported one, or ``requested`` (APR_NATIVE_VARIANT)."""
+    supported = supported_variants(flags)
+    if not supported:
+        return None, "the native kernels need AVX2, FMA and F16C (this CPU lacks some)"
+    if not requested:
+        return supported[0], ""
+    names = [v.name for v in VARIANTS]
+    if requested not in names:
+        return None, f"APR_NATIVE_VARIANT={requested!r}: expected one of {', '.join(names)}"
+    chosen = next((v for v in supported if v.name == requested), None)
+    if chosen is None:
+        return None, (f"APR_NATIVE_VARIANT={requested}: this CPU cannot run it "
+                      f"(it runs {', '.join(v.name for v in supported)})")
+    return chosen, ""
 # fp16 keeps scales exactly for Q4_0/Q4_1/Q8_0 (stored as fp16) and within 2^-11 for K-quants (d * sc);
 # tiny scales land in fp16's subnormal range, where precision drops: a tensor whose scales would be
 # off by more than this (relative) is refused, and the caller picks another layout.
@@ -75,9 +141,9 @@ def _library() -> tuple[ctypes.CDLL | None, str]:
     """The loaded kernel library, or None and the reason it cannot be used here."""
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return None, f"the native kernels need x86-64 (this is {platform.machine()})"
-    capability = torch.backends.cpu.get_cpu_capability()
-    if capability not in ("AVX2", "AVX512"):
-        return None, f"the native kernels need AVX2 (PyTorch reports {capability})"
+    variant, why = choose_variant(os.environ.get("APR_NATIVE_VARIANT") or None)
+    if variant is None:
+        return None, why
     if os.environ.get("APR_NATIVE_KERNELS", "1") == "0":
         return None, "disabled by APR_NATIVE_KERNELS=0"
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
@@ -88,14 +154,15 @@ def _library() -> tuple[ctypes.CDLL | None, str]:
     # Linked against the OpenMP runtime torch already loaded (by its own file), so the process keeps one
     # runtime and one thread pool: a second libgomp would size, spin and bind its threads separately.
     link = [str(runtime), f"-Wl,-rpath,{runtime.parent}"] if runtime is not None else []
-    tag = hashlib.sha256(source + " ".join((*CFLAGS, *link)).encode() + compiler.encode()).hexdigest()[:16]
-    target = _cache_dir() / f"qgemm-{tag}.so"
+    flags = (*CFLAGS, *variant.flags)
+    tag = hashlib.sha256(source + " ".join((*flags, *link)).encode() + compiler.encode()).hexdigest()[:16]
+    target = _cache_dir() / f"qgemm-{variant.name}-{tag}.so"
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
         os.close(fd)
         try:
-            command = [compiler, *CFLAGS, *map(str, SOURCES), *link, "-o", tmp, "-lm"]
+            command = [compiler, *flags, *map(str, SOURCES), *link, "-o", tmp, "-lm"]
             done = subprocess.run(command, capture_output=True, text=True)
             if done.returncode != 0:
                 first = (done.stderr.strip().splitlines() or ["(no message)"])[0]
@@ -107,6 +174,8 @@ def _library() -> tuple[ctypes.CDLL | None, str]:
     found = (lib.apr_qgemm_abi(), lib.apr_glue_abi(), lib.apr_layer_abi(), lib.apr_dequant_abi())
     if found != (QGEMM_ABI, GLUE_ABI, LAYER_ABI, DEQUANT_ABI):
         return None, f"{target} has ABI {found}, expected {(QGEMM_ABI, GLUE_ABI, LAYER_ABI, DEQUANT_ABI)}"
+    if lib.apr_qgemm_variant() != variant.code:  # e.g. a compiler that ignored the variant's flags
+        return None, f"{target} built as variant {lib.apr_qgemm_variant()}, expected {variant.name}"
     p, i64, i32, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
     lib.apr_products.argtypes = [p, i32, p, i64, p, i32]
     lib.apr_products.restype = i32
@@ -582,11 +651,20 @@ def int8_groups_of_16(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     return q.to(torch.int8).view(n, k), scale
 
 
+def variant() -> str | None:
+    """The name of the kernel build in use (avx2, avx512vnni, avxvnni), None when the kernels are unavailable."""
+    lib, _ = _library()
+    if lib is None:
+        return None
+    code = lib.apr_qgemm_variant()
+    return next(v.name for v in VARIANTS if v.code == code)
+
+
 def describe() -> str:
     lib, reason = _library()
     if lib is None:
         return f"unavailable: {reason}"
-    return "avx2 q4/q4k/q4k8/q6/q6k8/q8 (int8 activations), one call per decode layer"
+    return f"{variant()} q4/q4k/q4k8/q6/q6k8/q8 (int8 activations), one call per decode layer"
 
 
 if __name__ == "__main__":  # `python -m apr.engine.native` builds the kernels and says whether they load

@@ -135,9 +135,30 @@ void apr_quantize_rows(const float *x, int64_t m, int64_t k, int64_t kpad, int8_
     }
 }
 
+/* Kernel variants (chosen at run time by native/__init__.py, each built with its own flags): with VNNI,
+ * one vpdpbusd sums 4 u8 x s8 products into each int32 lane, where AVX2 needs maddubs (pairs into int16)
+ * then madd (pairs of those into int32). Every product here keeps its int16 pair sums and the 16-bit sums
+ * of q4k8 below the int16 limit (4-bit weights: 8 * 2 * 15 * 127; q8: 2 * 128 * 127), so maddubs never
+ * saturates and both variants compute the same integers: the variants are bit-identical (tests check). */
+#if defined(__AVXVNNI__)
+#define APR_VARIANT 2 /* avxvnni: VEX-encoded 256-bit VNNI (Alder Lake, Sapphire Rapids, Zen 5) */
+#define APR_DPBUSD(acc, w, x) _mm256_dpbusd_avx_epi32((acc), (w), (x))
+#elif defined(__AVX512VNNI__) && defined(__AVX512VL__)
+#define APR_VARIANT 1 /* avx512vnni: EVEX-encoded 256-bit VNNI (Ice Lake, Zen 4) */
+#define APR_DPBUSD(acc, w, x) _mm256_dpbusd_epi32((acc), (w), (x))
+#else
+#define APR_VARIANT 0 /* avx2 */
+#endif
+
+int apr_qgemm_variant(void) { return APR_VARIANT; }
+
 /* 8 int32 lanes; lane j sums the products of elements 4j..4j+3 (w unsigned, x signed). */
 static inline __m256i dot_u8_s8(__m256i w, __m256i x) {
+#ifdef APR_DPBUSD
+    return APR_DPBUSD(_mm256_setzero_si256(), w, x);
+#else
     return _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), _mm256_set1_epi16(1));
+#endif
 }
 
 /* [p0(0..3), p1(0..3), p2(0..3), p3(0..3) | p0(4..7), p1(4..7), p2(4..7), p3(4..7)] */
@@ -314,6 +335,18 @@ static inline __attribute__((always_inline)) void q4k8_tile(const int8_t *qx, co
 #pragma GCC unroll 1 /* unrolled, the rows' temporaries push the weight vectors out of registers */
             for (int t = 0; t < mt; t++) {
                 const int32_t *xr = (const int32_t *)(qx + (r0 + t) * k + block * APR_QK);
+#ifdef APR_DPBUSD
+                __m256i dot = APR_DPBUSD(_mm256_setzero_si256(), wl0, _mm256_set1_epi32(xr[0]));
+                dot = APR_DPBUSD(dot, wh0, _mm256_set1_epi32(xr[4]));
+                dot = APR_DPBUSD(dot, wl1, _mm256_set1_epi32(xr[1]));
+                dot = APR_DPBUSD(dot, wh1, _mm256_set1_epi32(xr[5]));
+                dot = APR_DPBUSD(dot, wl2, _mm256_set1_epi32(xr[2]));
+                dot = APR_DPBUSD(dot, wh2, _mm256_set1_epi32(xr[6]));
+                dot = APR_DPBUSD(dot, wl3, _mm256_set1_epi32(xr[3]));
+                dot = APR_DPBUSD(dot, wh3, _mm256_set1_epi32(xr[7]));
+                const __m256 p = _mm256_cvtepi32_ps(dot);
+                (void)ones;
+#else
                 __m256i sum = _mm256_maddubs_epi16(wl0, _mm256_set1_epi32(xr[0]));
                 sum = _mm256_add_epi16(sum, _mm256_maddubs_epi16(wh0, _mm256_set1_epi32(xr[4])));
                 sum = _mm256_add_epi16(sum, _mm256_maddubs_epi16(wl1, _mm256_set1_epi32(xr[1])));
@@ -322,8 +355,9 @@ static inline __attribute__((always_inline)) void q4k8_tile(const int8_t *qx, co
                 sum = _mm256_add_epi16(sum, _mm256_maddubs_epi16(wh2, _mm256_set1_epi32(xr[6])));
                 sum = _mm256_add_epi16(sum, _mm256_maddubs_epi16(wl3, _mm256_set1_epi32(xr[3])));
                 sum = _mm256_add_epi16(sum, _mm256_maddubs_epi16(wh3, _mm256_set1_epi32(xr[7])));
-                const int64_t bi = (r0 + t) * nb + block;
                 const __m256 p = _mm256_cvtepi32_ps(_mm256_madd_epi16(sum, ones));
+#endif
+                const int64_t bi = (r0 + t) * nb + block;
                 acc[t] = _mm256_fmadd_ps(p, _mm256_mul_ps(scale, _mm256_set1_ps(dx[bi])), acc[t]);
                 acc[t] = _mm256_fnmadd_ps(offset, _mm256_set1_ps(sx[bi]), acc[t]);
             }
