@@ -28,7 +28,7 @@ def run_gates(playbook, checkpoint: StageRecord, artifacts: dict[str, StageRecor
     from apr.qa.axes import Format
     from apr.qa.certify import Certification, CertifyOptions, expected_sha256
     from apr.qa.evidence import EvidenceWriter, read_evidence
-    from apr.qa.model_gates import ModelGateInputs, ModelGateRun
+    from apr.qa.gates.model_level import ModelGateInputs, ModelGateRun
 
     recorder = recorder_for(playbook, checkpoint, artifacts)
     plan = execution_plan(playbook, artifacts, workers, cuda)

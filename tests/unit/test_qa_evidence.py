@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from apr.errors import AprError
 from apr.qa.evidence import EvidenceRecord, EvidenceWriter, Outcome, excerpt, finished_keys, read_evidence
-from apr.qa.gates_catalog import GateId
+from apr.qa.gates.catalog import GateId
 
 from qa_core_factory import T0, provenance, record
 

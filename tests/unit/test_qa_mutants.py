@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from apr.qa.evidence import Outcome
-from apr.qa.gates_catalog import GateId
+from apr.qa.gates.catalog import GateId
 from apr.qa.score import Status
 
 STAND_IN = (sys.executable, str(Path(__file__).with_name("qa_exec_stand_in_apr.py")))

@@ -15,7 +15,7 @@ from apr.cli.main import main
 from apr.errors import AprError
 from apr.qa.axes import Backend, Tier
 from apr.qa.evidence import EvidenceWriter, Outcome, read_evidence
-from apr.qa.gates_catalog import GateId
+from apr.qa.gates.catalog import GateId
 from apr.qa.reports.certtable import (
     COLUMNS, END_MARKER, START_MARKER, collect_rows, render_csv, replace_readme_table, write_tables,
 )

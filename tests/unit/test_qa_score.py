@@ -6,7 +6,7 @@ import pytest
 
 from apr.qa.axes import Backend
 from apr.qa.evidence import Outcome
-from apr.qa.gates_catalog import CATALOG, CATEGORY_WEIGHTS, GATEWAYS, Category, GateId, gates_in
+from apr.qa.gates.catalog import CATALOG, CATEGORY_WEIGHTS, GATEWAYS, Category, GateId, gates_in
 from apr.qa.score import GatewayState, Status, compute_mqs, grade_for
 
 from qa_core_factory import all_gates_pass, record

@@ -81,8 +81,8 @@ def register_qa(app: typer.Typer) -> None:
         from apr.hub import resolve_model_arg
         from apr.qa.axes import Tier
         from apr.qa.deep import DeepOptions, default_gates, run_deep
-        from apr.qa.gate_table import gate_rows, render_table
-        from apr.qa.gates_catalog import GATEWAYS, GateId
+        from apr.qa.reports.gate_table import gate_rows, render_table
+        from apr.qa.gates.catalog import GATEWAYS, GateId
 
         if tier not in {t.value for t in Tier}:
             raise AprError(f"--tier {tier!r} is not one of {', '.join(t.value for t in Tier)}")

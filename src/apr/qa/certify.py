@@ -16,7 +16,7 @@ from apr.errors import AprError
 from apr.qa.axes import Backend, Format, Tier
 from apr.qa.evidence import EvidenceRecord, EvidenceWriter, read_evidence
 from apr.qa.executor import ExecutionPlan, ExecutionSummary, execute
-from apr.qa.gates_catalog import GateId
+from apr.qa.gates.catalog import GateId
 from apr.qa.playbook import Playbook, load_playbook
 from apr.qa.procs import apr_command
 from apr.qa.recording import Check, Recorder, Timer, stamp_all
@@ -165,7 +165,7 @@ class Certification:
 
         from apr.hub.digest import sha256_of
         from apr.qa.artifacts import artifacts_dir, prepare_artifacts
-        from apr.qa.model_gates import ModelGateInputs, ModelGateRun
+        from apr.qa.gates.model_level import ModelGateInputs, ModelGateRun
 
         started = time.monotonic()
         pb, progress = self.playbook, self.options.progress

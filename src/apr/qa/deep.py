@@ -13,8 +13,8 @@ from pathlib import Path
 
 from apr.qa.axes import Backend, Format, Tier
 from apr.qa.evidence import EvidenceRecord, EvidenceWriter, read_evidence
-from apr.qa.gates_catalog import GateId
-from apr.qa.playbook_gates import GateSet
+from apr.qa.gates.catalog import GateId
+from apr.qa.gates.thresholds import GateSet
 from apr.qa.recording import Recorder, Timer, falsified, skipped, stamp_all, verdict
 
 THROUGHPUT_PROMPT = "Write a hello world program in Python:"
@@ -101,7 +101,7 @@ def run_deep(options: DeepOptions, *, progress: bool = True) -> tuple[list[Evide
     from apr.hub.digest import sha256_of
     from apr.qa.artifacts import artifacts_dir, prepare_artifacts
     from apr.qa.certify import expected_sha256
-    from apr.qa.model_gates import ModelGateInputs, ModelGateRun
+    from apr.qa.gates.model_level import ModelGateInputs, ModelGateRun
 
     started = time.monotonic()
     gates = _without(options.gates, options.skip)

@@ -21,9 +21,9 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from apr.errors import AprError
 from apr.qa.axes import Backend, Format, Modality, Tier
-from apr.qa.matrix import MatrixCell
+from apr.qa.matrix import Cell
 from apr.qa.oracles.base import GarbageSpec
-from apr.qa.playbook_gates import GateSet
+from apr.qa.gates.thresholds import GateSet
 from apr.qa.playbook_yaml import SourceMap, read_with_extends
 from apr.qa.scenarios import Prompt, ScenarioSettings, assign, generate_prompts
 
@@ -157,12 +157,12 @@ class Playbook(PlaybookTemplate):
         """Every scenario prompt, reproducible from (playbook, seed)."""
         return generate_prompts(self.scenarios, self.garbage_spec())
 
-    def cells(self) -> list[MatrixCell]:
+    def cells(self) -> list[Cell]:
         """The cell matrix: formats × backends × modalities × the prompts assigned to each format×modality."""
         prompts = self.prompts()
         combos = list(itertools.product(self.matrix.formats, self.matrix.modalities))
         assigned = {combo: assign(prompts, index, self.scenarios.per_cell) for index, combo in enumerate(combos)}
-        return [MatrixCell(format=fmt, backend=backend, modality=modality, prompt=prompt, seed=self.scenarios.seed)
+        return [Cell(format=fmt, backend=backend, modality=modality, prompt=prompt, seed=self.scenarios.seed)
                 for fmt in self.matrix.formats for backend in self.matrix.backends
                 for modality in self.matrix.modalities for prompt in assigned[(fmt, modality)]]
 

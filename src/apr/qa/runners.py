@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from apr.qa.cells import Cell
+from apr.qa.invocation import Invocation
 from apr.qa.procs import Children, Ending, ProcessResult, child_env, run_process
 from apr.qa.serve_session import serve, wait_ready
 
@@ -72,7 +72,7 @@ def _parsed(run: CellRun, document: dict[str, Any] | None, what: str) -> CellRun
     return replace(run, **_reply_fields(document))
 
 
-def run_cell_run(cell: Cell, apr_argv: list[str], children: Children | None = None) -> CellRun:
+def run_cell_run(cell: Invocation, apr_argv: list[str], children: Children | None = None) -> CellRun:
     """`apr run MODEL --prompt P --json`: one prompt, one JSON document on stdout."""
     argv = [*apr_argv, "run", str(cell.model_path), "--prompt", cell.prompt, "--max-tokens", str(cell.max_tokens),
             "--temperature", "0", "--seed", str(cell.seed), "--device", cell.device, "--json"]
@@ -87,7 +87,7 @@ def chat_turn(prompt: str) -> str:
     return json.dumps({"role": "user", "content": prompt}, ensure_ascii=False)
 
 
-def run_cell_chat(cell: Cell, apr_argv: list[str], children: Children | None = None) -> CellRun:
+def run_cell_chat(cell: Invocation, apr_argv: list[str], children: Children | None = None) -> CellRun:
     """`apr chat MODEL --json` with the prompt as one user turn on stdin; the first JSON line is the reply."""
     argv = [*apr_argv, "chat", str(cell.model_path), "--device", cell.device, "--max-tokens", str(cell.max_tokens),
             "--seed", str(cell.seed), "--json"]
@@ -101,7 +101,7 @@ def run_cell_chat(cell: Cell, apr_argv: list[str], children: Children | None = N
     return _parsed(_from_process(process, "apr chat"), document, "apr chat")
 
 
-def _ask_server(base_url: str, cell: Cell, timeout_s: float) -> dict[str, Any]:
+def _ask_server(base_url: str, cell: Invocation, timeout_s: float) -> dict[str, Any]:
     """One real request with the official openai client; returns text, tokens, finish reason."""
     import httpx
     from openai import OpenAI
@@ -139,7 +139,7 @@ def _await_exit(session, seconds: float) -> None:
         return  # still serving: the failure was the request's, not the process's
 
 
-def run_cell_serve(cell: Cell, apr_argv: list[str], children: Children | None = None) -> CellRun:
+def run_cell_serve(cell: Invocation, apr_argv: list[str], children: Children | None = None) -> CellRun:
     """`apr serve MODEL --port 0`, then one request over real HTTP; the server is always stopped."""
     from openai import APIError
 
@@ -179,7 +179,7 @@ def run_cell_serve(cell: Cell, apr_argv: list[str], children: Children | None = 
 RUNNERS = {"run": run_cell_run, "chat": run_cell_chat, "serve": run_cell_serve}
 
 
-def run_cell(cell: Cell, apr_argv: list[str], children: Children | None = None) -> CellRun:
+def run_cell(cell: Invocation, apr_argv: list[str], children: Children | None = None) -> CellRun:
     return RUNNERS[cell.modality](cell, apr_argv, children)
 
 

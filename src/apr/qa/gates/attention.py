@@ -10,8 +10,8 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from apr.qa.gates_catalog import GateId
-from apr.qa.playbook_gates import AttentionTraceGate
+from apr.qa.gates.catalog import GateId
+from apr.qa.gates.thresholds import AttentionTraceGate
 from apr.qa.recording import Check, verdict
 
 if TYPE_CHECKING:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from apr.qa.gates_catalog import GateId
-from apr.qa.playbook_gates import GoldenOutputGate
+from apr.qa.gates.catalog import GateId
+from apr.qa.gates.thresholds import GoldenOutputGate
 from apr.qa.recording import Check, verdict
 
 if TYPE_CHECKING:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from apr.errors import AprError
 from apr.formats.model import CanonicalModel
 from apr.qa.axes import Backend, Format
-from apr.qa.gates_catalog import GateId
+from apr.qa.gates.catalog import GateId
 from apr.qa.recording import Check, corroborated, falsified, skipped
 
 if TYPE_CHECKING:

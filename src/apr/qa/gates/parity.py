@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from apr.formats.model import CanonicalModel
 from apr.qa.axes import Format
-from apr.qa.gates_catalog import GateId
+from apr.qa.gates.catalog import GateId
 from apr.qa.recording import Check, skipped, verdict
 
 if TYPE_CHECKING:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from apr.qa.axes import Format
 from apr.qa.gates.parity import LogitComparison, comparison_check
-from apr.qa.gates_catalog import GateId
-from apr.qa.playbook_gates import ParityGate
+from apr.qa.gates.catalog import GateId
+from apr.qa.gates.thresholds import ParityGate
 from apr.qa.recording import Check, falsified, skipped
 
 REFERENCE = GateId.REFERENCE_PARITY

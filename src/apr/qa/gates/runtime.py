@@ -12,9 +12,9 @@ from collections.abc import Sequence
 
 from apr.qa.axes import Backend, Format, Modality
 from apr.qa.evidence import EvidenceRecord, Outcome, excerpt
-from apr.qa.gates_catalog import GateId
-from apr.qa.matrix import MatrixCell
-from apr.qa.playbook_gates import DeterminismGate, GpuSpeedupGate
+from apr.qa.gates.catalog import GateId
+from apr.qa.matrix import Cell
+from apr.qa.gates.thresholds import DeterminismGate, GpuSpeedupGate
 from apr.qa.procs import Ending, ProcessResult
 from apr.qa.recording import Check, falsified, skipped, verdict
 
@@ -67,8 +67,8 @@ def gpu_speedup_checks(records: Sequence[EvidenceRecord], settings: GpuSpeedupGa
                     metrics={"cpu_tok_s": round(statistics.median(cpu), 3), "gpu_tok_s": round(statistics.median(gpu), 3)})]
 
 
-def determinism_targets(records: Sequence[EvidenceRecord], cells: Sequence[MatrixCell], settings: DeterminismGate,
-                        prefer: Format) -> list[tuple[MatrixCell, EvidenceRecord]]:
+def determinism_targets(records: Sequence[EvidenceRecord], cells: Sequence[Cell], settings: DeterminismGate,
+                        prefer: Format) -> list[tuple[Cell, EvidenceRecord]]:
     """Per modality, the first CPU cell (preferring the source format) that gave a non-empty reply."""
     by_key = {r.scenario.cell_key: r for r in _replies(records) if r.output_excerpt.strip()}
     targets = []
@@ -80,7 +80,7 @@ def determinism_targets(records: Sequence[EvidenceRecord], cells: Sequence[Matri
     return targets
 
 
-def determinism_check(cell: MatrixCell, first: EvidenceRecord, rerun_texts: list[str | None]) -> Check:
+def determinism_check(cell: Cell, first: EvidenceRecord, rerun_texts: list[str | None]) -> Check:
     """The reruns of ``cell`` (same seed, same settings) must reproduce the recorded reply exactly."""
     fields = {"format": cell.format, "backend": cell.backend, "modality": cell.modality, "prompt_id": cell.prompt.id,
               "prompt": cell.prompt.text, "seed": cell.seed}

@@ -40,7 +40,7 @@ from pathlib import Path
 from apr.errors import AprError
 from apr.qa.axes import Backend, Tier
 from apr.qa.evidence import EvidenceRecord, Outcome, read_evidence
-from apr.qa.gates_catalog import GateId
+from apr.qa.gates.catalog import GateId
 from apr.qa.reports import write_text_atomic
 from apr.qa.reports.html import CSS
 from apr.qa.score import GatewayState, compute_mqs

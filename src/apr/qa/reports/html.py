@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from html import escape
 
 from apr.qa.evidence import EvidenceRecord, Outcome
-from apr.qa.gates_catalog import CATALOG
+from apr.qa.gates.catalog import CATALOG
 from apr.qa.score import MqsResult, Status, compute_mqs
 
 CSS = """

@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from apr.qa.axes import Backend, Modality
-from apr.qa.gates_catalog import GATEWAYS, GateId
+from apr.qa.gates.catalog import GATEWAYS, GateId
 
 
 DEFAULT_MIN_TOK_S: dict[Backend, float] = {Backend.CPU: 1.0, Backend.GPU: 10.0}

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from apr.formats.model import CanonicalModel
 from apr.qa.axes import Backend, Format
-from apr.qa.gates_catalog import GateId
-from apr.qa.playbook_gates import GateSet, ParityGate
+from apr.qa.gates.catalog import GateId
+from apr.qa.gates.thresholds import GateSet, ParityGate
 from apr.qa.recording import Check, Recorder, Timer, skipped, stamp_all
 
 Emit = Callable[[list], None]  # receives the stamped records of one gate family

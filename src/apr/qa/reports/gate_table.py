@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 from apr.qa.evidence import EvidenceRecord, Outcome
-from apr.qa.gates_catalog import CATALOG, GateId
+from apr.qa.gates.catalog import CATALOG, GateId
 
 # A gate's headline is its worst measurement: the lowest where higher is better, the highest where lower is.
 LOWER_IS_BETTER = frozenset({"share of heads"})
