@@ -11,15 +11,15 @@ import torch
 from safetensors import SafetensorError
 
 from apr.engine import hugepages
+from apr.settings import current
 
 # Bump when the packed layout or the conversion changes: old entries are then simply not found
 # (and, being the least recently used, are the first the size limit removes).
 PACK_VERSION = 4  # 4: quantized embeddings are no longer stored dense (weights.BlockRows)
-DEFAULT_LIMIT_GB = 12.0  # $APR_ENGINE_CACHE_GB overrides; the 1.5B takes ~1.2-1.8 GB per format
 
 
 def apr_home() -> Path:
-    return Path(os.environ.get("APR_HOME") or Path.home() / ".cache" / "apr")
+    return current().home
 
 
 def cache_key(source_path: Path, policy_tag: str) -> str | None:
@@ -173,12 +173,7 @@ def read_aligned(path: Path, wanted=lambda name: True) -> dict[str, torch.Tensor
 
 
 def limit_bytes() -> int:
-    value = os.environ.get("APR_ENGINE_CACHE_GB")
-    try:
-        gigabytes = float(value) if value else DEFAULT_LIMIT_GB
-    except ValueError:
-        gigabytes = DEFAULT_LIMIT_GB
-    return int(gigabytes * 1e9)
+    return int(current().engine_cache_gb * 1e9)
 
 
 def prune(folder: Path, keep: Path | None = None, limit: int | None = None) -> list[Path]:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from apr.errors import HubError
+from apr.settings import Settings, current
 
 REGISTRY_FILE_ENV = "APR_REGISTRY_FILE"
 
@@ -129,12 +129,11 @@ def _model_from_json(entry: Mapping[str, object], source: Path) -> RegistryModel
 
 def load_catalog(environ: Mapping[str, str] | None = None) -> dict[str, RegistryModel]:
     """Built-in models, plus (overriding by ref) the entries of the JSON file named by $APR_REGISTRY_FILE."""
-    env = os.environ if environ is None else environ
+    settings = current() if environ is None else Settings.from_environ(environ)
     catalog = {model.ref: model for model in BUILTIN_MODELS}
-    extra = env.get(REGISTRY_FILE_ENV, "")
-    if not extra:
+    if settings.registry_file is None:
         return catalog
-    path = Path(extra)
+    path = settings.registry_file
     try:
         entries = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:

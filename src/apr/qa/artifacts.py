@@ -22,11 +22,12 @@ SAFETENSORS_DTYPE = "bf16"
 
 @dataclass
 class Artifacts:
-    """Paths per format that exist, and why the others do not."""
+    """Paths (and digests) per format that exist, and why the others do not."""
 
     source: Format
     paths: dict[Format, Path] = field(default_factory=dict)
     failures: dict[Format, str] = field(default_factory=dict)
+    digests: dict[Format, str] = field(default_factory=dict)  # sha256 per artifact, as evidence cites it
     converted: dict[Format, float] = field(default_factory=dict)  # seconds spent converting, per format
 
 
@@ -59,14 +60,22 @@ def _remove(target: Path) -> None:
         target.unlink()
 
 
+def convert_format(source: Path, fmt: Format, target: Path, *, dtype: str | None = None, report: bool = False):
+    """Write the checkpoint as ``fmt`` at ``target`` (SafeTensors widened to ``dtype``, default bf16); the one
+    conversion call of a certification, whether `apr certify` or a Dagster artifact asset makes it."""
+    from apr.formats.convert import convert
+
+    if fmt is Format.SAFETENSORS:
+        dtype = dtype or SAFETENSORS_DTYPE
+    return convert(source, fmt.value, target, dtype=dtype, report=report)
+
+
 def prepare_artifacts(source: Path, source_sha: str, formats: tuple[Format, ...], directory: Path) -> Artifacts:
     """The source for its own format and a conversion for every other; failures are kept, not raised.
 
     The source is always an artifact (model-level gates check the checkpoint as given), even when the
     matrix leaves its format out."""
     import time
-
-    from apr.formats.convert import convert
 
     kind = source_format(source)
     result = Artifacts(source=kind)
@@ -83,8 +92,7 @@ def prepare_artifacts(source: Path, source_sha: str, formats: tuple[Format, ...]
         _remove(target)
         started = time.monotonic()
         try:
-            convert(source, fmt.value, target, dtype=SAFETENSORS_DTYPE if fmt is Format.SAFETENSORS else None,
-                    report=False)
+            convert_format(source, fmt, target)
         except (AprError, ValueError, OSError) as err:
             result.failures[fmt] = f"{type(err).__name__}: {err}"
             continue

@@ -40,7 +40,7 @@ def _from_process(process: ProcessResult, command: str) -> CellRun:
     return CellRun(process=process, ending=process.ending, reason=process.reason(), command=command)
 
 
-def _json_document(stdout: str) -> dict[str, Any] | None:
+def json_document(stdout: str) -> dict[str, Any] | None:
     """The one JSON document on stdout (pretty-printed or a single last line)."""
     text = stdout.strip()
     for candidate in (text, text.splitlines()[-1] if text else ""):
@@ -79,7 +79,7 @@ def run_cell_run(cell: Invocation, apr_argv: list[str], children: Children | Non
     if not cell.use_chat_template:
         argv.append("--raw")  # a base model continues the text; there is no chat template to wrap it in
     process = run_process(argv, timeout_s=cell.timeout_s, env=child_env(), children=children)
-    return _parsed(_from_process(process, "apr run"), _json_document(process.stdout), "apr run")
+    return _parsed(_from_process(process, "apr run"), json_document(process.stdout), "apr run")
 
 
 def chat_turn(prompt: str) -> str:
@@ -95,7 +95,7 @@ def run_cell_chat(cell: Invocation, apr_argv: list[str], children: Children | No
                           children=children)
     document = None
     for line in process.stdout.splitlines():
-        document = _json_document(line)
+        document = json_document(line)
         if document is not None:
             break
     return _parsed(_from_process(process, "apr chat"), document, "apr chat")
@@ -182,15 +182,3 @@ RUNNERS = {"run": run_cell_run, "chat": run_cell_chat, "serve": run_cell_serve}
 def run_cell(cell: Invocation, apr_argv: list[str], children: Children | None = None) -> CellRun:
     return RUNNERS[cell.modality](cell, apr_argv, children)
 
-
-BENCH_ARGS = ("--prompt-tokens", "32", "--decode-tokens", "32", "--min-reps", "3", "--min-seconds", "0",
-              "--warmup", "1")
-
-
-def run_bench(model_path, device: str, timeout_s: float, apr_argv: list[str],
-              children: Children | None = None) -> tuple[ProcessResult, dict[str, Any] | None]:
-    """`apr bench MODEL --device D` (warmup first, then repetitions): the last stdout line is its JSON result."""
-    argv = [*apr_argv, "bench", str(model_path), "--device", device, *BENCH_ARGS]
-    process = run_process(argv, timeout_s=timeout_s, env=child_env(), children=children)
-    lines = process.stdout.strip().splitlines()
-    return process, (_json_document(lines[-1]) if lines and process.ending is Ending.OK else None)

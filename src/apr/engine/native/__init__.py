@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from apr.engine import quant
+from apr.settings import current
 
 SOURCES = tuple(Path(__file__).with_name(name) for name in ("qgemm.c", "glue.c", "layer.c", "dequant.c"))
 HEADERS = (Path(__file__).with_name("apr_native.h"),)
@@ -62,9 +63,10 @@ def _library() -> tuple[ctypes.CDLL | None, str]:
     capability = torch.backends.cpu.get_cpu_capability()
     if capability not in ("AVX2", "AVX512"):
         return None, f"the native kernels need AVX2 (PyTorch reports {capability})"
-    if os.environ.get("APR_NATIVE_KERNELS", "1") == "0":
+    settings = current()
+    if not settings.native_kernels:
         return None, "disabled by APR_NATIVE_KERNELS=0"
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    compiler = settings.compiler or shutil.which("cc") or shutil.which("gcc")
     if not compiler:
         return None, "no C compiler (cc/gcc) to build them"
     source = b"".join(path.read_bytes() for path in (*SOURCES, *HEADERS))

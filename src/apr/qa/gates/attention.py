@@ -33,7 +33,6 @@ class HeadStats:
 
 def _head_stats(layer: int, probs: "torch.Tensor", visible: "torch.Tensor") -> list[HeadStats]:
     """probs [heads, T, T]; visible [T] = number of keys each query sees."""
-    import torch
 
     queries = slice(1, None)  # the first query sees only itself: nothing to measure
     p = probs[:, queries].float().clamp_min(1e-12)

@@ -27,7 +27,7 @@ def _replies(records: Sequence[EvidenceRecord]) -> list[EvidenceRecord]:
 
 def throughput_check(fmt: Format, backend: Backend, minimum: float, process: ProcessResult | None,
                      bench: dict | None, skip_reason: str | None = None) -> Check:
-    """One `apr bench` result against the playbook's minimum decode tok/s for the backend."""
+    """One `apr bench` result (``apr.qa.measure.measure_speed``) against the playbook's minimum decode tok/s for the backend."""
     name, fields = f"decode:{fmt}/{backend}", {"format": fmt, "backend": backend, "threshold": minimum, "unit": "tok/s"}
     if skip_reason is not None or process is None:
         return skipped(THROUGHPUT, name, skip_reason or "not measured", **fields)
@@ -40,7 +40,8 @@ def throughput_check(fmt: Format, backend: Backend, minimum: float, process: Pro
         return falsified(THROUGHPUT, name, f"apr bench gave no decode speed: {process.reason()}",
                          output=process.stderr_tail(), **fields)
     metrics = {"p90_tok_s": bench["decode_tok_s"].get("p90"), "reps": bench.get("reps"),
-               "prefill_tok_s": (bench.get("prefill_tok_s") or {}).get("median"), "load_s": bench.get("load_s")}
+               "prefill_tok_s": (bench.get("prefill_tok_s") or {}).get("median"),
+               "ttft_s": (bench.get("ttft_s") or {}).get("median"), "load_s": bench.get("load_s")}
     return verdict(THROUGHPUT, name, speed >= minimum, f"apr bench: median decode {speed:.1f} tok/s over "
                    f"{bench.get('reps')} repetitions after warmup (min {minimum})", int(bench.get("reps") or 1),
                    measured=round(float(speed), 3), metrics=metrics, **fields)
