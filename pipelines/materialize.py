@@ -66,13 +66,14 @@ def run(argv: list[str] | None = None) -> int:
         raise AprError(f"{args.playbooks}: --playbooks must be a folder of *.playbook.yaml files")
     defs = build_definitions(playbooks, WorkRoot(**work_config))
     keys = [partition_for(playbooks, name) for name in args.models]
-    assets = list(defs.assets or [])
+    assets = [asset for asset in defs.assets or [] if isinstance(asset, dg.AssetsDefinition)]  # all ours are
     resources = dict(defs.resources or {})
     per_model = dg.AssetSelection.assets("certification").upstream()
 
     failed = []
     # The instance is opened from its folder, not through $DAGSTER_HOME, so nothing here edits the environment.
-    home = current().dagster_home or REPO_DAGSTER_HOME
+    home = (current().dagster_home or REPO_DAGSTER_HOME).resolve()
+    home.mkdir(parents=True, exist_ok=True)
     with dg.DagsterInstance.from_config(str(home)) as instance:
         for key in keys:
             started = time.monotonic()

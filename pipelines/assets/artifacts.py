@@ -14,7 +14,6 @@ from pipelines.stage import StageResult, run_stage, stage_output
 from pipelines.subject import artifact_sha256
 from pipelines.work_root import FileRef, StageRecord, file_ref
 
-
 CODE_VERSION = "1"
 FORMATS = ("gguf", "apr", "safetensors")
 ARTIFACT_NAMES = {"gguf": "model.gguf", "apr": "model.apr", "safetensors": "model"}

@@ -75,7 +75,7 @@ def build_gate_results(partitions: dg.PartitionsDefinition) -> dg.AssetsDefiniti
         }
         record = run_stage(work.layout(), asset=ASSET, partition=key, code_version=CODE_VERSION, inputs=inputs,
                            build=lambda directory: run_gates(subject, inference_traces.path("evidence"), directory))
-        metadata = {
+        metadata: dict[str, dg.MetadataValue] = {
             "records": dg.MetadataValue.int(record.facts["records"]),
             "outcomes": dg.MetadataValue.json(record.facts["outcomes"]),
             "gates": dg.MetadataValue.json(record.facts["gates"]),

@@ -17,7 +17,7 @@ from apr.qa.gates.catalog import GateId
 from apr.qa.stages import CELL_GATES
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-MODEL = "fixture-llama"
+MODEL = "fixture-qwen2"
 
 
 def playbook_text(gguf: Path) -> str:
@@ -27,7 +27,7 @@ def playbook_text(gguf: Path) -> str:
 apr_playbook: 1
 name: {MODEL}-smoke
 tier: smoke
-model: {{ref: {MODEL}, path: "{gguf}", architecture: llama, chat_template: true}}
+model: {{ref: {MODEL}, path: "{gguf}", architecture: qwen2, chat_template: true}}
 matrix: {{formats: [gguf, apr], backends: [cpu, gpu], modalities: [run]}}
 scenarios:
   seed: 7
@@ -59,7 +59,7 @@ def evidence(fixture_models, tmp_path_factory) -> dict[str, tuple[EvidenceRecord
     folder = tmp_path_factory.mktemp("one-pipeline")
     playbooks = folder / "playbooks"
     playbooks.mkdir()
-    gguf = Path(fixture_models["llama"]["gguf"])
+    gguf = Path(fixture_models["qwen2"]["gguf"])
     playbook = playbooks / f"{MODEL}-smoke.playbook.yaml"
     playbook.write_text(playbook_text(gguf), encoding="utf-8")
 

@@ -10,7 +10,11 @@ from apr.qa.evidence import Outcome
 from apr.qa.gates.attention import TRACE_PROMPT, attention_checks, trace_attention
 from apr.qa.gates.load import load_engine_check
 from apr.qa.gates.parity import (
-    LogitComparison, encode_prompts, format_parity_checks, prompt_logits, tokenizer_parity_checks,
+    LogitComparison,
+    encode_prompts,
+    format_parity_checks,
+    prompt_logits,
+    tokenizer_parity_checks,
 )
 from apr.qa.gates.thresholds import AttentionTraceGate
 

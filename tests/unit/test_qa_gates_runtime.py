@@ -5,11 +5,11 @@ from __future__ import annotations
 from apr.qa.axes import Backend, Format, Modality
 from apr.qa.evidence import Outcome
 from apr.qa.gates import runtime
-from apr.qa.reports.gate_table import gate_rows
 from apr.qa.gates.catalog import GateId
-from apr.qa.matrix import Cell
 from apr.qa.gates.thresholds import DeterminismGate, GpuSpeedupGate
+from apr.qa.matrix import Cell
 from apr.qa.recording import Check, Recorder, Timer, stamp_all
+from apr.qa.reports.gate_table import gate_rows
 from apr.qa.scenarios import Pool, Prompt
 
 SHA = "cd" * 32

@@ -83,9 +83,9 @@ def register_qa(app: typer.Typer) -> None:
         from apr.hub import resolve_model_arg
         from apr.qa.axes import Tier
         from apr.qa.deep import DeepOptions, default_gates, options_from_playbook, run_deep
+        from apr.qa.gates.catalog import GATEWAYS, GateId
         from apr.qa.playbook import load_playbook
         from apr.qa.reports.gate_table import gate_rows, render_table
-        from apr.qa.gates.catalog import GATEWAYS, GateId
 
         if tier not in {t.value for t in Tier}:
             raise AprError(f"--tier {tier!r} is not one of {', '.join(t.value for t in Tier)}")

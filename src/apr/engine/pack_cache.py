@@ -48,7 +48,7 @@ class PackStore:
         self.fresh: dict[str, dict[str, torch.Tensor]] = {}
 
     @classmethod
-    def open(cls, key: str) -> "PackStore":
+    def open(cls, key: str) -> PackStore:
         """The entry for ``key``; an entry that cannot be read counts as a miss and is rewritten on save."""
         path = apr_home() / "engine-cache" / f"{key}.safetensors"
         if not path.exists():
@@ -166,7 +166,7 @@ def read_aligned(path: Path, wanted=lambda name: True) -> dict[str, torch.Tensor
         for (name, spec), tensor in zip(picked, fresh):
             begin, end = spec["data_offsets"]
             handle.seek(data_start + begin)
-            if end > begin and handle.readinto(tensor.view(-1).view(torch.uint8).numpy()) != end - begin:
+            if end > begin and handle.readinto(tensor.view(-1).view(torch.uint8).numpy().data) != end - begin:
                 raise ValueError(f"{path}: tensor {name!r} is truncated")
             tensors[name] = tensor
     return tensors

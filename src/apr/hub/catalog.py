@@ -6,6 +6,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from apr.errors import HubError
 from apr.settings import Settings, current
@@ -106,17 +107,17 @@ BUILTIN_MODELS: tuple[RegistryModel, ...] = (
 )
 
 
-def _model_from_json(entry: Mapping[str, object], source: Path) -> RegistryModel:
+def _model_from_json(entry: Mapping[str, Any], source: Path) -> RegistryModel:
     try:
         parts = tuple(
             WheelPart(str(p["package"]), str(p["version"]), str(p["member"]), int(p["size_bytes"]))
-            for p in entry["parts"]  # type: ignore[union-attr]
+            for p in entry["parts"]
         )
         return RegistryModel(
             ref=str(entry["ref"]),
             filename=str(entry["filename"]),
             parts=parts,
-            size_bytes=int(entry["size_bytes"]),  # type: ignore[arg-type]
+            size_bytes=int(entry["size_bytes"]),
             sha256=str(entry["sha256"]).lower(),
             architecture=str(entry.get("architecture", "")),
         )

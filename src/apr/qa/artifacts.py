@@ -10,9 +10,13 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 from apr.errors import AprError
 from apr.qa.axes import Format
+
+if TYPE_CHECKING:
+    from apr.formats.convert import DtypeChoice
 
 ARTIFACT_NAMES = {Format.GGUF: "model.gguf", Format.APR: "model.apr", Format.SAFETENSORS: "safetensors"}
 # SafeTensors cannot hold GGML blocks: quantized sources are widened. bf16 halves the size of f32 and is what
@@ -67,7 +71,7 @@ def convert_format(source: Path, fmt: Format, target: Path, *, dtype: str | None
 
     if fmt is Format.SAFETENSORS:
         dtype = dtype or SAFETENSORS_DTYPE
-    return convert(source, fmt.value, target, dtype=dtype, report=report)
+    return convert(source, fmt.value, target, dtype=cast("DtypeChoice", dtype), report=report)
 
 
 def prepare_artifacts(source: Path, source_sha: str, formats: tuple[Format, ...], directory: Path) -> Artifacts:

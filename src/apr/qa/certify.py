@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from apr.errors import AprError
-from apr.qa.axes import Tier
 from apr.qa import stages
+from apr.qa.axes import Tier
 from apr.qa.evidence import EvidenceRecord, EvidenceWriter, read_evidence
 from apr.qa.executor import ExecutionSummary
 from apr.qa.playbook import Playbook, load_playbook

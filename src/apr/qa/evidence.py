@@ -16,7 +16,7 @@ import json
 import os
 import threading
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Literal
@@ -106,7 +106,7 @@ class EvidenceRecord(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    schema_version: Literal[1] = Field(SCHEMA_VERSION, description="evidence schema version")
+    schema_version: Literal[1] = Field(1, description="evidence schema version (SCHEMA_VERSION)")
     gate: GateId = Field(description="the gate this check belongs to (apr.qa.gates.catalog)")
     check: str = Field(min_length=1, description="which check inside the gate, e.g. 'oracle:arithmetic', 'top1 gguf~apr'")
     scenario: Scenario = Field(description="what was exercised")
@@ -260,7 +260,7 @@ def finished_keys(path: Path | str) -> frozenset[str]:
 
 def utc_now() -> datetime:
     """Timezone-aware now, as evidence timestamps require."""
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 __all__ = [

@@ -10,10 +10,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from apr.qa.axes import Backend, Format
-from apr.qa.gates.cell import cell_checks, skipped_cell_checks
-from apr.qa.invocation import Invocation
 from apr.qa.evidence import EvidenceRecord, EvidenceWriter, Outcome
 from apr.qa.gates.catalog import CATALOG
+from apr.qa.gates.cell import cell_checks, skipped_cell_checks
+from apr.qa.invocation import Invocation
 from apr.qa.matrix import Cell
 from apr.qa.playbook import FailurePolicy
 from apr.qa.procs import Children, apr_command

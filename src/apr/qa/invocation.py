@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-Backend = Literal["cpu", "gpu"]
-Modality = Literal["run", "chat", "serve"]
+from apr.qa.axes import Backend, Modality
+
 ServeApi = Literal["chat", "completion"]
 
 

@@ -107,27 +107,28 @@ def _ask_server(base_url: str, cell: Invocation, timeout_s: float) -> dict[str, 
     from openai import OpenAI
 
     # The server is local: a proxy from the environment must never sit between the two.
+    # openai's annotations name its own vendored client class; an httpx.Client is what it takes at run time.
     client = OpenAI(base_url=f"{base_url}/v1", api_key="apr-qa", timeout=timeout_s, max_retries=0,
-                    http_client=httpx.Client(trust_env=False, timeout=timeout_s))
+                    http_client=httpx.Client(trust_env=False, timeout=timeout_s))  # type: ignore[arg-type]
     model_id = client.models.list().data[0].id
     started = time.monotonic()
     if cell.serve_api == "chat":
-        reply = client.chat.completions.create(
+        chat = client.chat.completions.create(
             model=model_id, messages=[{"role": "user", "content": cell.prompt}],
             max_tokens=cell.max_tokens, temperature=0, seed=cell.seed,
         )
-        text = reply.choices[0].message.content
+        text, usage, finish = chat.choices[0].message.content, chat.usage, chat.choices[0].finish_reason
     else:
-        reply = client.completions.create(
+        completion = client.completions.create(
             model=model_id, prompt=cell.prompt, max_tokens=cell.max_tokens, temperature=0, seed=cell.seed,
         )
-        text = reply.choices[0].text
+        text, usage, finish = completion.choices[0].text, completion.usage, completion.choices[0].finish_reason
     elapsed = time.monotonic() - started
-    tokens = reply.usage.completion_tokens if reply.usage else None
+    tokens = usage.completion_tokens if usage else None
     timings = {"request_s": elapsed}
     if tokens and elapsed > 0:
         timings["request_tok_s"] = tokens / elapsed  # includes prefill and HTTP: a lower bound on decode speed
-    return {"text": text or "", "completion_tokens": tokens, "finish_reason": reply.choices[0].finish_reason, "timings": timings}
+    return {"text": text or "", "completion_tokens": tokens, "finish_reason": finish, "timings": timings}
 
 
 def _await_exit(session, seconds: float) -> None:
@@ -154,6 +155,7 @@ def run_cell_serve(cell: Invocation, apr_argv: list[str], children: Children | N
                                reason="apr serve exited 0 without printing its ready line")
             return _from_process(result, "apr serve")
         try:
+            assert session.base_url is not None  # wait_ready returned True only after reading it
             reply = _ask_server(session.base_url, cell, max(MIN_REQUEST_S, deadline - time.monotonic()))
         except APIError as err:
             _await_exit(session, DEATH_GRACE_S)  # a dropped connection may be the server dying: let it finish

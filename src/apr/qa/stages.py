@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from apr.errors import AprError
@@ -23,6 +23,7 @@ from apr.qa.gates.thresholds import GateSet
 from apr.qa.matrix import Cell
 from apr.qa.measure import DECODE_TOKENS
 from apr.qa.playbook import FailurePolicy, Playbook
+from apr.qa.procs import apr_command
 from apr.qa.recording import Check, Recorder, Timer, stamp_all
 from apr.qa.score import MqsResult
 
@@ -89,7 +90,7 @@ class Subject:
     timeout_s: float = 600.0  # per cell, and per `apr bench` run
     workers: int = 1
     failure_policy: FailurePolicy = FailurePolicy.COLLECT_ALL
-    apr_argv: tuple[str, ...] = field(default_factory=lambda: tuple(_apr_command()))
+    apr_argv: tuple[str, ...] = ()  # the CLI under test; empty: this very apr
     decode_tokens: int = DECODE_TOKENS
 
     def recorder(self) -> Recorder:
@@ -101,14 +102,8 @@ class Subject:
         """How the cells run (also how the determinism gate reruns one)."""
         return ExecutionPlan(cells=self.cells, artifacts=dict(self.artifacts.paths), timeout_s=self.timeout_s,
                              workers=self.workers, failure_policy=self.failure_policy, use_chat_template=self.chat,
-                             cuda_available=self.cuda, apr_argv=self.apr_argv,
+                             cuda_available=self.cuda, apr_argv=self.apr_argv or tuple(apr_command()),
                              missing_artifacts=dict(self.artifacts.failures))
-
-
-def _apr_command() -> list[str]:
-    from apr.qa.procs import apr_command
-
-    return apr_command()
 
 
 def expected_sha256(ref: str) -> str | None:
@@ -136,7 +131,7 @@ def subject_of(playbook: Playbook, artifacts: Artifacts, *, cuda: bool, workers:
         cuda=cuda, playbook=playbook.name, tier=playbook.tier,
         timeout_s=timeout_s or playbook.execution.timeout_s, workers=workers or playbook.execution.workers,
         failure_policy=playbook.execution.failure_policy,
-        **({"apr_argv": tuple(apr_argv)} if apr_argv is not None else {}),
+        apr_argv=tuple(apr_argv or ()),
     )
 
 
@@ -219,7 +214,7 @@ def _throughput(subject: Subject, fmt: Format, backend: Backend) -> Check:
     if fmt not in subject.artifacts.paths:
         return throughput_check(fmt, backend, minimum, None, None, f"no {fmt} artifact")
     run = measure_speed(subject.artifacts.paths[fmt], backend.device, timeout_s=subject.timeout_s,
-                        apr_argv=list(subject.apr_argv), decode_tokens=subject.decode_tokens)
+                        apr_argv=list(subject.plan().apr_argv), decode_tokens=subject.decode_tokens)
     return throughput_check(fmt, backend, minimum, run.process, run.result)
 
 

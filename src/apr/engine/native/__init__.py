@@ -175,7 +175,7 @@ def _out_features(layout: str, tensors: tuple[torch.Tensor, ...]) -> int:
 
 
 def _weight(layout: str, k: int, kpad: int, pointers: tuple[int, ...], bias: torch.Tensor | None,
-            n: int) -> "_Weight":
+            n: int) -> _Weight:
     """apr_native.h's apr_weight for a weight with input features ``k``; ValueError when K does not fit the layout."""
     if (k if layout == "q4k" or layout in TILE_BYTES else padded(k)) != kpad:
         raise ValueError(f"{k} input features for a {layout} weight of K {kpad}")
@@ -185,7 +185,7 @@ def _weight(layout: str, k: int, kpad: int, pointers: tuple[int, ...], bias: tor
     return _Weight(LAYOUT_CODE[layout], *parts, None if bias is None else bias.data_ptr(), n, k, kpad)
 
 
-def _multiply(weight: "_Weight", x: torch.Tensor) -> torch.Tensor:
+def _multiply(weight: _Weight, x: torch.Tensor) -> torch.Tensor:
     m, k = x.shape
     if x.dtype != torch.float32 or not x.is_contiguous() or k != weight.k:
         raise ValueError(f"expected contiguous float32 [M, {weight.k}] input, got {x.dtype} {tuple(x.shape)}")
@@ -214,7 +214,7 @@ class PackedLinear:
         self._pointers = tuple(t.data_ptr() for t in self.tensors)
         self._weights: dict[tuple[int, int], _Weight] = {}  # by (K, bias address): built once, reused every call
 
-    def weight(self, k: int, bias: torch.Tensor | None) -> "_Weight":
+    def weight(self, k: int, bias: torch.Tensor | None) -> _Weight:
         """The C description of this weight multiplying inputs of ``k`` features, plus ``bias``."""
         key = (k, 0 if bias is None else bias.data_ptr())
         found = self._weights.get(key)

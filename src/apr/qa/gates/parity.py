@@ -28,7 +28,7 @@ def encode_prompts(model: CanonicalModel, prompts: tuple[str, ...]) -> list[list
     return [bos + tok.encode(prompt) for prompt in prompts if bos + tok.encode(prompt)]
 
 
-def prompt_logits(engine: "Engine", ids: list[list[int]]) -> list["torch.Tensor"]:
+def prompt_logits(engine: Engine, ids: list[list[int]]) -> list[torch.Tensor]:
     return [engine.logits(seq) for seq in ids]
 
 
@@ -45,7 +45,7 @@ def comparison_check(gate: GateId, check: str, comparison: LogitComparison, min_
                                                               "max_kl": max_kl})
 
 
-def format_parity_checks(logits: dict[Format, list["torch.Tensor"]], reference: Format, min_top1: float,
+def format_parity_checks(logits: dict[Format, list[torch.Tensor]], reference: Format, min_top1: float,
                          max_kl: float, expected: tuple[Format, ...]) -> list[Check]:
     """Each other format against the reference format; a format whose logits are missing cannot pass."""
     checks = []

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Sequence
+from typing import Any
 
 from apr.qa.axes import Backend, Format, Modality
 from apr.qa.evidence import EvidenceRecord, Outcome, excerpt
 from apr.qa.gates.catalog import GateId
-from apr.qa.matrix import Cell
 from apr.qa.gates.thresholds import DeterminismGate, GpuSpeedupGate
+from apr.qa.matrix import Cell
 from apr.qa.procs import Ending, ProcessResult
 from apr.qa.recording import Check, falsified, skipped, verdict
 
@@ -28,7 +29,8 @@ def _replies(records: Sequence[EvidenceRecord]) -> list[EvidenceRecord]:
 def throughput_check(fmt: Format, backend: Backend, minimum: float, process: ProcessResult | None,
                      bench: dict | None, skip_reason: str | None = None) -> Check:
     """One `apr bench` result (``apr.qa.measure.measure_speed``) against the playbook's minimum decode tok/s for the backend."""
-    name, fields = f"decode:{fmt}/{backend}", {"format": fmt, "backend": backend, "threshold": minimum, "unit": "tok/s"}
+    name = f"decode:{fmt}/{backend}"
+    fields: dict[str, Any] = {"format": fmt, "backend": backend, "threshold": minimum, "unit": "tok/s"}
     if skip_reason is not None or process is None:
         return skipped(THROUGHPUT, name, skip_reason or "not measured", **fields)
     if process.ending is Ending.CRASHED or process.ending is Ending.TIMEOUT:
@@ -36,7 +38,7 @@ def throughput_check(fmt: Format, backend: Backend, minimum: float, process: Pro
         return Check(THROUGHPUT, name, outcome, f"apr bench: {process.reason()}", n_compared=1,
                      output=process.stderr_tail(), **fields)
     speed = ((bench or {}).get("decode_tok_s") or {}).get("median")
-    if not isinstance(speed, (int, float)) or speed <= 0:
+    if bench is None or not isinstance(speed, (int, float)) or speed <= 0:
         return falsified(THROUGHPUT, name, f"apr bench gave no decode speed: {process.reason()}",
                          output=process.stderr_tail(), **fields)
     metrics = {"p90_tok_s": bench["decode_tok_s"].get("p90"), "reps": bench.get("reps"),

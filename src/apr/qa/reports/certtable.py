@@ -192,6 +192,6 @@ def write_tables(certifications: Path, readme: Path | None) -> list[CertRow]:
         updated_readme = replace_readme_table(readme.read_text(encoding="utf-8"), render_markdown(rows), readme)
     write_text_atomic(certifications / "models.csv", render_csv(rows))
     write_text_atomic(certifications / "index.html", render_index(rows))
-    if updated_readme is not None:
+    if readme is not None and updated_readme is not None:
         write_text_atomic(readme, updated_readme)
     return rows
