@@ -18,7 +18,6 @@ from apr.qa.evidence import EvidenceRecord, EvidenceWriter, read_evidence
 from apr.qa.executor import ExecutionSummary
 from apr.qa.playbook import Playbook, load_playbook
 from apr.qa.score import MqsResult, Status
-from apr.qa.stages import CELL_GATES, expected_sha256
 
 TEMPLATES = Path(__file__).resolve().parents[3] / "playbooks" / "templates"
 DEFAULT_ROOT = Path("certifications")
@@ -168,4 +167,4 @@ def certify(options: CertifyOptions) -> CertifyResult:
     return Certification(options).run()
 
 
-__all__ = ["CELL_GATES", "CertifyOptions", "CertifyResult", "certify", "expected_sha256", "with_tier"]
+__all__ = ["CertifyOptions", "CertifyResult", "certify", "with_tier"]
