@@ -81,13 +81,13 @@ def main() -> int:
     rows = []
     print(f"\n{'turn':>4}{'prompt':>8}{'cached':>8}{'ttft reuse':>16}{'ttft fresh':>16}   (s, median / p90)")
     for index in range(len(QUESTIONS)):
-        reuse = [run[index][2] for run in runs[True]]
+        reused = [run[index][2] for run in runs[True]]
         fresh = [run[index][2] for run in runs[False]]
         prompt, cached = runs[True][0][index][:2]
         rows.append({"turn": index + 1, "prompt_tokens": prompt, "cached_prompt_tokens": cached,
-                     "ttft_reuse_s": {"median": statistics.median(reuse), "p90": p90(reuse)},
+                     "ttft_reuse_s": {"median": statistics.median(reused), "p90": p90(reused)},
                      "ttft_fresh_s": {"median": statistics.median(fresh), "p90": p90(fresh)}})
-        print(f"{index + 1:>4}{prompt:>8}{cached:>8}{statistics.median(reuse):>9.2f} / {p90(reuse):.2f}"
+        print(f"{index + 1:>4}{prompt:>8}{cached:>8}{statistics.median(reused):>9.2f} / {p90(reused):.2f}"
               f"{statistics.median(fresh):>9.2f} / {p90(fresh):.2f}")
     print(f"same tokens every turn: {same}")
     print(json.dumps({"model": args.model, "threads": args.threads, "max_tokens": args.max_tokens, "reps": args.reps,

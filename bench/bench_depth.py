@@ -61,7 +61,8 @@ def ours(args, depths: list[int]) -> dict[int, dict]:
             fill_s = time.perf_counter() - start
             print(f"  apr depth {depth}: context prefilled in {fill_s:.1f} s", file=sys.stderr)
 
-            def once() -> tuple[float, float]:
+            # Bound now: this depth's cache and prompt (the function is only called in this iteration anyway).
+            def once(cache=cache, depth=depth, prompt=prompt) -> tuple[float, float]:
                 cache.length = depth
                 begin = time.perf_counter()
                 token = model.head(model.prefill(prompt, cache)[-1:]).argmax(-1)

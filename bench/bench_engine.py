@@ -33,7 +33,8 @@ def measure(name: str, once: Callable[[], tuple[float, float]], args,
             batch_once: Callable[[], float] | None = None) -> dict:
     for _ in range(args.warmup):
         once()
-    ttft, decode = [], []
+    ttft: list[float] = []
+    decode: list[float] = []
     started = time.perf_counter()
     while len(ttft) < args.min_reps or time.perf_counter() - started < args.min_seconds:
         t, d = once()

@@ -86,6 +86,7 @@ def start_server(model: str, batch_size: int, device: str) -> tuple[subprocess.P
     argv = [sys.executable, "-m", "apr.cli.main", "serve", model, "--port", "0", "--batch-size", str(batch_size),
             "--device", device]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert proc.stdout is not None  # stdout=PIPE
     for line in iter(proc.stdout.readline, ""):
         match = READY.search(line)
         if match:
@@ -122,7 +123,9 @@ def concurrent_streams(url, model, clients: int, max_tokens: int, repeats: int):
     The decode window runs from the moment the last stream got its first token (every sequence is
     prefilled) to the moment the first stream ended; only tokens inside it are counted.
     """
-    decode, end_to_end, health_ms = [], [], []
+    decode: list[float] = []
+    end_to_end: list[float] = []
+    health_ms: list[float] = []
     for _ in range(repeats):
         stop = threading.Event()
         poller = threading.Thread(target=poll_health, args=(url, stop, health_ms))

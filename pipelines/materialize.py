@@ -12,12 +12,12 @@ Work whose inputs did not change is skipped (see docs/pipelines.md).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
 
 from apr.errors import AprError
+from apr.settings import current
 from pipelines.partitions import DEFAULT_PLAYBOOKS_DIR, REPO_ROOT, discover_playbooks
 
 REPO_DAGSTER_HOME = REPO_ROOT / "dagster_home"
@@ -43,13 +43,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("models", nargs="+", help="partition keys or model refs, e.g. smollm2-135m or smollm2:135m")
     parser.add_argument("--work-root", type=Path, default=None, help="work root (default $APR_WORK or .apr-work/)")
     parser.add_argument("--certifications", type=Path, default=None, help="published folder (default certifications/)")
+    parser.add_argument("--playbooks", type=Path, default=DEFAULT_PLAYBOOKS_DIR,
+                        help="folder of model playbooks, one partition each (default playbooks/models)")
     parser.add_argument("--no-table", action="store_true", help="skip rebuilding certification_table")
     return parser.parse_args(argv)
 
 
 def run(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    os.environ.setdefault("DAGSTER_HOME", str(REPO_DAGSTER_HOME))
     import dagster as dg
 
     from pipelines.definitions import build_definitions
@@ -60,14 +61,20 @@ def run(argv: list[str] | None = None) -> int:
         work_config["root"] = str(args.work_root.resolve())
     if args.certifications is not None:
         work_config["certifications_dir"] = str(args.certifications.resolve())
-    defs = build_definitions(DEFAULT_PLAYBOOKS_DIR, WorkRoot(**work_config))
-    keys = [partition_for(DEFAULT_PLAYBOOKS_DIR, name) for name in args.models]
-    assets = list(defs.assets or [])
+    playbooks = args.playbooks.resolve()
+    if not playbooks.is_dir():
+        raise AprError(f"{args.playbooks}: --playbooks must be a folder of *.playbook.yaml files")
+    defs = build_definitions(playbooks, WorkRoot(**work_config))
+    keys = [partition_for(playbooks, name) for name in args.models]
+    assets = [asset for asset in defs.assets or [] if isinstance(asset, dg.AssetsDefinition)]  # all ours are
     resources = dict(defs.resources or {})
     per_model = dg.AssetSelection.assets("certification").upstream()
 
     failed = []
-    with dg.DagsterInstance.get() as instance:
+    # The instance is opened from its folder, not through $DAGSTER_HOME, so nothing here edits the environment.
+    home = (current().dagster_home or REPO_DAGSTER_HOME).resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    with dg.DagsterInstance.from_config(str(home)) as instance:
         for key in keys:
             started = time.monotonic()
             result = dg.materialize(assets, selection=per_model, partition_key=key, instance=instance,

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 
+from apr.settings import current
 from pipelines.partitions import DEFAULT_PLAYBOOKS_DIR, REPO_ROOT
 from pipelines.work_root import StageRecord, WorkLayout
 
@@ -17,7 +17,7 @@ DEFAULT_CERTIFICATIONS_DIR = REPO_ROOT / "certifications"
 
 def default_work_root() -> str:
     """``$APR_WORK`` when set, else ``.apr-work/`` in the repository."""
-    return os.environ.get("APR_WORK") or str(DEFAULT_WORK_ROOT)
+    return str(current().work_root or DEFAULT_WORK_ROOT)
 
 
 class WorkRoot(dg.ConfigurableResource):

@@ -1,4 +1,4 @@
-"""The ``gguf``, ``apr`` and ``safetensors`` assets: the checkpoint converted into each format by apr."""
+"""The ``gguf``, ``apr`` and ``safetensors`` assets: the convert stage (``apr.qa.artifacts.convert_format``) per format."""
 
 import os
 import shutil
@@ -6,13 +6,13 @@ from pathlib import Path
 
 import dagster as dg
 
-from apr.qa.artifacts import SAFETENSORS_DTYPE  # the dtype `apr certify` widens quantized sources to
+from apr.qa.artifacts import SAFETENSORS_DTYPE  # the dtype every certification widens quantized sources to
 from pipelines.code_digest import apr_code_digest
 from pipelines.gateways import load_check, tensor_names
 from pipelines.resources import AprSettings, WorkRoot
 from pipelines.stage import StageResult, run_stage, stage_output
+from pipelines.subject import artifact_sha256
 from pipelines.work_root import FileRef, StageRecord, file_ref
-
 
 CODE_VERSION = "1"
 FORMATS = ("gguf", "apr", "safetensors")
@@ -54,20 +54,13 @@ def materialize_format(source: Path, source_format: str, target_format: str, sta
         else:
             link_or_copy(source, target)
         return target, {"converted": False}
-    from apr.formats.convert import convert
+    from apr.qa.artifacts import convert_format
+    from apr.qa.axes import Format
 
-    report = convert(source, target_format, target, dtype=dtype)
+    report = convert_format(source, Format(target_format), target, dtype=dtype, report=True)
     # The per-tensor table stays in the report file next to the artifact; the summary goes in the manifest.
     return target, {"converted": True, "dtype": report.dtype, "seconds": report.seconds,
                     "conversion": report.to_json()["summary"]}
-
-
-def artifact_sha256(record: StageRecord) -> str:
-    """The sha256 evidence cites for an artifact: the file's, or a SafeTensors directory's weights file."""
-    if "artifact" in record.files:
-        return record.files["artifact"].sha256
-    weights = sorted(name for name in record.files if name.endswith(".safetensors"))
-    return record.files[weights[0]].sha256 if weights else record.data_version
 
 
 def build_artifact(target_format: str, partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:

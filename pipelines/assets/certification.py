@@ -1,4 +1,5 @@
-"""The ``certification`` asset (MQS, JUnit, HTML, audit notebook per model) and ``certification_table`` (all models)."""
+"""The score and report stages as assets: ``certification`` (MQS, JUnit, HTML, audit notebook per model) and
+``certification_table`` (all models)."""
 
 import shutil
 from pathlib import Path
@@ -35,16 +36,12 @@ def publish(source: Path, target: Path) -> None:
 
 def certify_folder(model: str, folder: Path) -> dict:
     """Render the certification of ``folder/evidence.jsonl`` into ``folder``: score, JUnit, HTML, audit notebook."""
+    from apr.qa import stages
     from apr.qa.evidence import read_evidence
-    from apr.qa.reports import write_text_atomic
-    from apr.qa.reports.html import render_html
-    from apr.qa.reports.junit import render_junit
-    from apr.qa.score import compute_mqs
 
     records = read_evidence(folder / EVIDENCE_NAME).records
-    mqs = compute_mqs(records)
-    write_text_atomic(folder / JUNIT_NAME, render_junit(records))
-    write_text_atomic(folder / REPORT_NAME, render_html(records, mqs, title=f"apr certification: {model}"))
+    mqs = stages.score(records)
+    stages.report(records, mqs, folder, title=f"apr certification: {model}")
     run_audit_notebook(model, folder)
     return {
         "mqs": mqs.score, "raw": mqs.raw, "grade": mqs.grade, "status": mqs.status.value,
@@ -109,7 +106,7 @@ def build_certification_table(partitions: dg.PartitionsDefinition) -> dg.AssetsD
         description="certifications/models.csv and index.html over every certified model.",
     )
     def certification_table(work: WorkRoot, certification: dict[str, StageRecord]):
-        from apr.qa.reports.certtable import write_tables
+        from apr.qa import stages
 
         layout = work.layout()
         if not certification:
@@ -118,7 +115,7 @@ def build_certification_table(partitions: dg.PartitionsDefinition) -> dg.AssetsD
 
         def build(_: Path) -> StageResult:
             # apr renders the tables from every evidence.jsonl under the certifications folder.
-            rows = write_tables(target, readme=None)
+            rows = stages.tables(target)
             return StageResult(files={name: file_ref(target / name) for name in TABLE_FILES},
                                facts={"models": sorted(f"{row.model} ({row.tier})" for row in rows),
                                       "statuses": {f"{row.model} ({row.tier})": row.status for row in rows}})

@@ -1,11 +1,11 @@
-"""The ``checkpoint`` asset: pull the model a playbook names into the apr cache and verify it loads."""
+"""The ``checkpoint`` asset: the acquire stage (``apr.qa.stages.acquire``) for the model a playbook names."""
 
 from pathlib import Path
 
 import dagster as dg
 
 from pipelines.gateways import load_check
-from pipelines.playbooks import model_ref
+from pipelines.playbooks import load, model_ref
 from pipelines.resources import AprSettings, WorkRoot
 from pipelines.stage import StageResult, run_stage, stage_output
 from pipelines.work_root import FileRef, file_ref
@@ -33,17 +33,20 @@ def build_checkpoint(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition
         description="The model the playbook names, pulled (or found) in the apr cache with its sha256 verified.",
     )
     def checkpoint(context: dg.AssetExecutionContext, settings: AprSettings, work: WorkRoot):
-        from apr.hub import pull
+        from apr.hub.digest import size_of
+        from apr.qa import stages
 
         key = context.partition_key
+        playbook = load(settings.playbooks(), key)
         ref = model_ref(settings.playbooks(), key)
-        pulled = pull(ref, progress=False)
+        pulled = stages.acquire(playbook.model.ref, playbook.model_path())
+        size = size_of(pulled.path)
 
         def build(_: Path) -> StageResult:
             return StageResult(
                 files=model_files(pulled.path, pulled.sha256),
                 facts={"ref": ref, "path": str(pulled.path), "format": str(pulled.format),
-                       "sha256": pulled.sha256, "bytes": pulled.size_bytes},
+                       "sha256": pulled.sha256, "bytes": size},
             )
 
         record = run_stage(work.layout(), asset=ASSET, partition=key, code_version=CODE_VERSION,
@@ -52,7 +55,7 @@ def build_checkpoint(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition
             "ref": dg.MetadataValue.text(ref),
             "format": dg.MetadataValue.text(str(pulled.format)),
             "sha256": dg.MetadataValue.text(pulled.sha256),
-            "bytes": dg.MetadataValue.int(pulled.size_bytes),
+            "bytes": dg.MetadataValue.int(size),
             "path": dg.MetadataValue.path(str(pulled.path)),
         })
         yield load_check(ASSET, "loads", pulled.path)

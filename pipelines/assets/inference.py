@@ -1,17 +1,17 @@
-"""The ``inference_traces`` asset: every matrix cell (format × backend × modality × prompt) run through apr's CLI."""
+"""The ``inference_traces`` asset: the trace stage — every matrix cell (format × backend × modality × prompt)
+run through apr's CLI."""
 
 import json
 import re
 from pathlib import Path
-from statistics import median
 
 import dagster as dg
 
-from pipelines.assets.artifacts import artifact_sha256
 from pipelines.code_digest import apr_code_digest
 from pipelines.playbooks import load
 from pipelines.resources import AprSettings, WorkRoot
 from pipelines.stage import StageResult, run_stage, stage_output
+from pipelines.subject import artifact_records, subject_for
 from pipelines.work_root import StageRecord, file_ref, write_text_atomic
 
 CODE_VERSION = "1"
@@ -32,52 +32,15 @@ def trace_document(key: str, run) -> dict:
     }
 
 
-def throughput_by_format(runs: dict) -> dict[str, float]:
-    """Median decode tok/s per ``format/backend`` over the cells that measured it."""
-    measured: dict[str, list[float]] = {}
-    for key, run in runs.items():
-        fmt, backend = key.split("/")[:2]
-        if run.decode_tok_s:
-            measured.setdefault(f"{fmt}/{backend}", []).append(run.decode_tok_s)
-    return {name: round(median(values), 2) for name, values in sorted(measured.items())}
-
-
-def execution_plan(playbook, artifacts: dict[str, StageRecord], workers: int, cuda: bool):
-    """apr.qa's plan for the playbook's cells on the pipeline's artifacts (also used for determinism reruns)."""
-    from apr.qa.axes import Format
-    from apr.qa.executor import ExecutionPlan
-
-    paths = {Format(name): Path(record.facts["path"]) for name, record in artifacts.items()}
-    return ExecutionPlan(cells=tuple(playbook.cells()), artifacts=paths, timeout_s=playbook.execution.timeout_s,
-                         workers=max(workers, playbook.execution.workers),
-                         failure_policy=playbook.execution.failure_policy,
-                         use_chat_template=playbook.model.chat_template, cuda_available=cuda)
-
-
-def recorder_for(playbook, checkpoint: StageRecord, artifacts: dict[str, StageRecord]):
-    """The apr.qa Recorder every evidence record of this model is stamped by."""
-    from apr.qa.axes import Format
-    from apr.qa.recording import Recorder
-
-    paths = {Format(name): Path(record.facts["path"]) for name, record in artifacts.items()}
-    digests = {Format(name): artifact_sha256(record) for name, record in artifacts.items()}
-    return Recorder(model=playbook.model.ref, artifacts=paths, sha256=digests, playbook=playbook.name,
-                    tier=playbook.tier, source=Format(checkpoint.facts["format"]))
-
-
-def run_matrix(playbook, checkpoint: StageRecord, artifacts: dict[str, StageRecord], directory: Path, workers: int,
-               cuda: bool) -> StageResult:
-    """Run the playbook's cells on the artifacts with apr's executor; write the cell evidence and one trace per cell."""
+def run_matrix(subject, directory: Path) -> StageResult:
+    """The trace stage: the playbook's cells on the artifacts; the cell evidence and one trace per cell."""
+    from apr.qa import stages
     from apr.qa.evidence import EvidenceWriter
-    from apr.qa.executor import execute
 
-    plan = execution_plan(playbook, artifacts, workers, cuda)
-    cells = plan.cells
-    recorder = recorder_for(playbook, checkpoint, artifacts)
     evidence = directory / CELLS_NAME
     evidence.unlink(missing_ok=True)
     with EvidenceWriter(evidence) as writer:
-        summary = execute(plan, recorder, writer, progress=False)
+        summary = stages.trace(subject, writer)
     traces = directory / "traces"
     traces.mkdir(exist_ok=True)
     files = {"evidence": file_ref(evidence)}
@@ -86,9 +49,9 @@ def run_matrix(playbook, checkpoint: StageRecord, artifacts: dict[str, StageReco
         write_text_atomic(trace, json.dumps(trace_document(key, run), indent=2, ensure_ascii=False) + "\n")
         files[f"traces/{trace.name}"] = file_ref(trace)
     facts = {
-        "cells_planned": len(cells), "cells_run": summary.cells_run, "cells_not_run": summary.cells_not_run,
+        "cells_planned": len(subject.cells), "cells_run": summary.cells_run, "cells_not_run": summary.cells_not_run,
         "stopped_by": summary.stopped_by, "outcomes": dict(summary.outcomes), "traces": len(summary.runs),
-        "decode_tok_s": throughput_by_format(summary.runs), "cuda_available": cuda,
+        "cuda_available": subject.cuda,
     }
     return StageResult(files=files, facts=facts)
 
@@ -111,9 +74,9 @@ def build_inference_traces(partitions: dg.PartitionsDefinition) -> dg.AssetsDefi
 
         key = context.partition_key
         playbook = load(settings.playbooks(), key)
-        available = {"gguf": gguf, "apr": apr, "safetensors": safetensors}
-        artifacts = {fmt.value: available[fmt.value] for fmt in playbook.matrix.formats}
+        artifacts = artifact_records(playbook, checkpoint, {"gguf": gguf, "apr": apr, "safetensors": safetensors})
         cuda = bool(torch.cuda.is_available())
+        subject = subject_for(playbook, checkpoint, artifacts, workers=settings.workers, cuda=cuda)
         # Only what shapes the matrix counts: editing a model-level gate's settings does not rerun the cells.
         inputs = {
             "cells": [cell.model_dump(mode="json") for cell in playbook.cells()],
@@ -124,17 +87,12 @@ def build_inference_traces(partitions: dg.PartitionsDefinition) -> dg.AssetsDefi
             "checkpoint": checkpoint.data_version,
         }
         record = run_stage(work.layout(), asset=ASSET, partition=key, code_version=CODE_VERSION, inputs=inputs,
-                           build=lambda directory: run_matrix(playbook, checkpoint, artifacts, directory,
-                                                              settings.workers, cuda))
+                           build=lambda directory: run_matrix(subject, directory))
         facts = record.facts
         metadata = {
             "cells": dg.MetadataValue.int(facts["cells_planned"]),
             "outcomes": dg.MetadataValue.json(facts["outcomes"]),
-            "decode_tok_s": dg.MetadataValue.json(facts["decode_tok_s"]),
         }
-        cpu = [value for name, value in facts["decode_tok_s"].items() if name.endswith("/cpu")]
-        if cpu:
-            metadata["tok/s"] = dg.MetadataValue.float(float(median(cpu)))
         yield stage_output(record, "evidence", metadata)
         accounted = facts["cells_run"] + facts["cells_not_run"] == facts["cells_planned"]
         complete = accounted and (facts["cells_not_run"] == 0 or facts["stopped_by"] is not None)

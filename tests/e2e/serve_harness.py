@@ -66,6 +66,7 @@ def start_server(model: Path | str, *args: str, env: dict[str, str] | None = Non
     deadline = time.monotonic() + START_TIMEOUT_S
     url = None
     while url is None:
+        assert proc.stdout is not None  # started with stdout=PIPE
         line = proc.stdout.readline()
         if not line:
             proc.wait(10)

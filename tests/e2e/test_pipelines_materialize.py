@@ -74,7 +74,7 @@ def materialize(graph: dict, instance: dg.DagsterInstance) -> tuple[dg.ExecuteIn
 
 
 def metadata_of(result: dg.ExecuteInProcessResult) -> dict[str, dict]:
-    materializations = (e.event_specific_data.materialization for e in result.get_asset_materialization_events())
+    materializations = (e.materialization for e in result.get_asset_materialization_events())
     return {m.asset_key.to_user_string(): {k: v.value for k, v in m.metadata.items()} for m in materializations}
 
 
@@ -140,6 +140,7 @@ def test_certification_folder_is_complete_and_rendered_from_the_evidence(graph: 
 
 def test_each_cell_left_a_trace(graph: dict) -> None:
     record = WorkLayout(Path(graph["work"].root)).read_record("inference_traces", MODEL)
+    assert record is not None
     traces = [ref for name, ref in record.files.items() if name.startswith("traces/")]
     assert len(traces) == 3
     for ref in traces:
@@ -181,10 +182,11 @@ def test_a_model_that_does_not_load_stops_the_graph(tmp_path: Path, fixture_mode
     work = WorkRoot(root=str(tmp_path / "work"), certifications_dir=str(tmp_path / "certifications"))
     defs = build_definitions(playbooks, work)
     with dg.instance_for_test() as instance:
-        result = dg.materialize(list(defs.assets), selection=dg.AssetSelection.assets("certification").upstream(),
-                                partition_key=MODEL, instance=instance, resources=dict(defs.resources),
+        assets = [asset for asset in defs.assets or () if isinstance(asset, dg.AssetsDefinition)]
+        result = dg.materialize(assets, selection=dg.AssetSelection.assets("certification").upstream(),
+                                partition_key=MODEL, instance=instance, resources=dict(defs.resources or {}),
                                 raise_on_error=False)
     assert not result.success
-    materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+    materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events() if e.asset_key}
     assert materialized <= {"checkpoint"}
     assert not (tmp_path / "certifications" / MODEL).exists()

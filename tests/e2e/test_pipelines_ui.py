@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from pipelines_ui_support import DagsterServer, chromium, install_chromium, png_size, start_dagster_dev
 
 # The certification graph as the issue describes it: asset -> the assets it reads.

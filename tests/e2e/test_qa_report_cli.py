@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
 from qa_core_factory import all_gates_pass, record  # noqa: E402
 
 from apr.qa.evidence import EvidenceWriter, Outcome  # noqa: E402
-from apr.qa.gates_catalog import GateId  # noqa: E402
+from apr.qa.gates.catalog import GateId  # noqa: E402
 
 APR = [sys.executable, "-m", "apr.cli.main"]
 

@@ -150,7 +150,7 @@ def test_completion_logprobs_rank_the_greedy_token_first(client, model_id):
     reply = complete(client, model_id, logprobs=3, max_tokens=8)
     logprobs = reply.choices[0].logprobs
     assert len(logprobs.tokens) == reply.usage.completion_tokens
-    for token, value, top in zip(logprobs.tokens, logprobs.token_logprobs, logprobs.top_logprobs):
+    for _token, value, top in zip(logprobs.tokens, logprobs.token_logprobs, logprobs.top_logprobs):
         assert value <= 0.0
         assert 1 <= len(top) <= 3
         assert math.isclose(max(top.values()), value, abs_tol=1e-4)

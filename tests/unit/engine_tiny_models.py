@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -49,7 +50,7 @@ class DenseSource:
 def hf_config(arch: str):
     from transformers import Gemma3TextConfig, LlamaConfig, Qwen2Config
 
-    common = dict(vocab_size=ByteTokenizer.vocab_size, hidden_size=64, intermediate_size=96, num_attention_heads=4,
+    common: dict[str, Any] = dict(vocab_size=ByteTokenizer.vocab_size, hidden_size=64, intermediate_size=96, num_attention_heads=4,
                   num_key_value_heads=2, max_position_embeddings=512, eos_token_id=None, bos_token_id=None,
                   pad_token_id=None)
     if arch == "qwen2":
@@ -63,7 +64,7 @@ def hf_config(arch: str):
                             tie_word_embeddings=True, **common)
 
 
-def model_config(arch: str, hf) -> ModelConfig:
+def model_config(arch: Any, hf) -> ModelConfig:  # "qwen2" | "llama" | "gemma3"
     gemma = arch == "gemma3"
     rope = hf.rope_parameters
     return ModelConfig(
@@ -100,5 +101,8 @@ def tiny_pair(arch: str, seed: int = 0, eos_token_ids: tuple[int, ...] = ()):
                 p.copy_(noise * (0.5 if "embed" in name else 0.15))
     tensors = {name: DenseSource(TensorInfo(name, tuple(p.shape), 0, p.numel() * 4), p.detach().clone())
                for name, p in hf.state_dict().items() if not (hf_cfg.tie_word_embeddings and name == "lm_head.weight")}
-    canonical = CanonicalModel(model_config(arch, hf_cfg), ByteTokenizer(eos_token_ids), tensors, Path(f"<tiny {arch}>"), "safetensors")
+    # The engine reads a tokenizer and tensors only through what these duck types provide.
+    tokenizer: Any = ByteTokenizer(eos_token_ids)
+    stored: Any = tensors
+    canonical = CanonicalModel(model_config(arch, hf_cfg), tokenizer, stored, Path(f"<tiny {arch}>"), "safetensors")
     return hf, canonical

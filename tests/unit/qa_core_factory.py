@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from apr.qa.axes import Backend, Format, Modality, Tier
 from apr.qa.evidence import EvidenceRecord, Outcome, Provenance, Scenario
-from apr.qa.gates_catalog import CATALOG, GateId
+from apr.qa.gates.catalog import CATALOG, GateId
 
-T0 = datetime(2026, 11, 23, 18, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 23, 18, 0, tzinfo=UTC)
 SHA = "ab" * 32
 
 

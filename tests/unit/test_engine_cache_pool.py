@@ -6,7 +6,6 @@ import gc
 
 import pytest
 import torch
-
 from engine_tiny_models import tiny_pair
 
 from apr.engine import load_engine

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from test_engine_native import q4k_bytes, q6k_bytes
 
 from apr.engine import load_engine, native, quant
 from apr.engine.weights import BlockRows
-from test_engine_native import q4k_bytes, q6k_bytes
 
 
 def q8_0_bytes(n: int, k: int, seed: int) -> np.ndarray:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from engine_tiny_models import ByteTokenizer, tiny_pair
 
 from apr.engine import SamplingParams, load_engine

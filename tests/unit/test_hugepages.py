@@ -1,7 +1,7 @@
 """hugepages: packed-weight memory on transparent huge pages, and the pack cache reading into it."""
 
-import torch
 import pytest
+import torch
 
 from apr.engine import hugepages
 from apr.engine.pack_cache import PackStore, read_aligned

@@ -32,7 +32,7 @@ def stage(layout: WorkLayout, calls: list[Path], inputs: dict, code_version: str
 
 
 def test_unchanged_inputs_reuse_the_stored_record(tmp_path: Path) -> None:
-    layout, calls = WorkLayout(tmp_path), []
+    layout, calls = WorkLayout(tmp_path), list[Path]()
     first = stage(layout, calls, {"checkpoint": "abc"})
     second = stage(layout, calls, {"checkpoint": "abc"})
     assert len(calls) == 1
@@ -42,7 +42,7 @@ def test_unchanged_inputs_reuse_the_stored_record(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("change", ["inputs", "code_version", "file_edited", "file_deleted"])
 def test_any_change_rebuilds(tmp_path: Path, change: str) -> None:
-    layout, calls = WorkLayout(tmp_path), []
+    layout, calls = WorkLayout(tmp_path), list[Path]()
     first = stage(layout, calls, {"checkpoint": "abc"})
     inputs, code_version = {"checkpoint": "abc"}, "1"
     if change == "inputs":
@@ -113,8 +113,9 @@ def test_io_manager_round_trips_records_and_fans_in_only_materialized_partitions
             assert dg.materialize([per_model], partition_key=key, resources=resources, instance=instance).success
         result = dg.materialize([per_model, table], selection=[table], resources=resources, instance=instance)
     assert result.success
-    assert WorkLayout(tmp_path).read_record("table", None).facts == {"models": ["a", "c"]}
-    assert WorkLayout(tmp_path).read_record("per_model", "c").facts == {"model": "c"}
+    table_record, model_record = WorkLayout(tmp_path).read_record("table", None), WorkLayout(tmp_path).read_record("per_model", "c")
+    assert table_record is not None and table_record.facts == {"models": ["a", "c"]}
+    assert model_record is not None and model_record.facts == {"model": "c"}
 
 
 def test_materialize_accepts_a_partition_key_or_the_ref_its_playbook_names(tmp_path: Path) -> None:

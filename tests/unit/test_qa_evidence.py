@@ -7,14 +7,14 @@ import re
 import threading
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
+from qa_core_factory import T0, provenance, record
 
 from apr.errors import AprError
 from apr.qa.evidence import EvidenceRecord, EvidenceWriter, Outcome, excerpt, finished_keys, read_evidence
-from apr.qa.gates_catalog import GateId
-
-from qa_core_factory import T0, provenance, record
+from apr.qa.gates.catalog import GateId
 
 
 def test_a_corroborated_record_that_compared_nothing_cannot_exist():

@@ -8,7 +8,7 @@ from pathlib import Path
 from apr.qa.axes import Backend, Format, Modality
 from apr.qa.evidence import EvidenceWriter, Outcome, finished_keys, read_evidence
 from apr.qa.executor import ExecutionPlan, execute
-from apr.qa.matrix import MatrixCell
+from apr.qa.matrix import Cell
 from apr.qa.oracles.base import ArithmeticSpec, NonEmptySpec
 from apr.qa.playbook import FailurePolicy
 from apr.qa.recording import Recorder
@@ -23,8 +23,8 @@ def prompt(text: str, pid: str) -> Prompt:
     return Prompt(id=pid, pool=Pool.CUSTOM, text=text, oracles=(ArithmeticSpec(), NonEmptySpec()), max_tokens=16)
 
 
-def cells(*prompts: Prompt, backends=(Backend.CPU,), modalities=(Modality.RUN,)) -> tuple[MatrixCell, ...]:
-    return tuple(MatrixCell(format=Format.GGUF, backend=b, modality=m, prompt=p, seed=7)
+def cells(*prompts: Prompt, backends=(Backend.CPU,), modalities=(Modality.RUN,)) -> tuple[Cell, ...]:
+    return tuple(Cell(format=Format.GGUF, backend=b, modality=m, prompt=p, seed=7)
                  for b in backends for m in modalities for p in prompts)
 
 

@@ -7,15 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from apr.qa.cells import Cell
+from apr.qa.axes import Backend, Modality
+from apr.qa.invocation import Invocation
 from apr.qa.procs import Ending
 from apr.qa.runners import chat_turn, run_cell
 
 STAND_IN = [sys.executable, str(Path(__file__).with_name("qa_exec_stand_in_apr.py"))]
 
 
-def cell(modality: str, prompt: str, *, timeout_s: float = 30.0, model: str = "model.gguf", chat: bool = True) -> Cell:
-    return Cell(model_path=Path(model), format="gguf", backend="cpu", modality=modality, scenario_id="s1",
+def cell(modality: str, prompt: str, *, timeout_s: float = 30.0, model: str = "model.gguf", chat: bool = True) -> Invocation:
+    return Invocation(model_path=Path(model), format="gguf", backend=Backend.CPU, modality=Modality(modality), scenario_id="s1",
                 prompt=prompt, seed=7, max_tokens=8, timeout_s=timeout_s, use_chat_template=chat)
 
 

@@ -10,9 +10,13 @@ from apr.qa.evidence import Outcome
 from apr.qa.gates.attention import TRACE_PROMPT, attention_checks, trace_attention
 from apr.qa.gates.load import load_engine_check
 from apr.qa.gates.parity import (
-    LogitComparison, encode_prompts, format_parity_checks, prompt_logits, tokenizer_parity_checks,
+    LogitComparison,
+    encode_prompts,
+    format_parity_checks,
+    prompt_logits,
+    tokenizer_parity_checks,
 )
-from apr.qa.playbook_gates import AttentionTraceGate
+from apr.qa.gates.thresholds import AttentionTraceGate
 
 PROMPTS = ("What is 2+2?", "def add(a, b):", "你好，世界")
 
@@ -95,7 +99,7 @@ def test_attention_checks_pass_on_a_healthy_model_and_fail_on_thresholds_it_cann
 
 def test_golden_output_fails_on_a_random_model(engine):
     from apr.qa.gates.golden import golden_checks
-    from apr.qa.playbook_gates import GoldenOutputGate
+    from apr.qa.gates.thresholds import GoldenOutputGate
 
     checks = golden_checks(engine, GoldenOutputGate(max_tokens=8), chat=True, fmt=Format.GGUF)
     assert [c.outcome for c in checks] == [Outcome.FALSIFIED]  # random weights do not know that 2+2=4

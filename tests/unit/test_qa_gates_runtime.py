@@ -5,11 +5,11 @@ from __future__ import annotations
 from apr.qa.axes import Backend, Format, Modality
 from apr.qa.evidence import Outcome
 from apr.qa.gates import runtime
-from apr.qa.gate_table import gate_rows
-from apr.qa.gates_catalog import GateId
-from apr.qa.matrix import MatrixCell
-from apr.qa.playbook_gates import DeterminismGate, GpuSpeedupGate
+from apr.qa.gates.catalog import GateId
+from apr.qa.gates.thresholds import DeterminismGate, GpuSpeedupGate
+from apr.qa.matrix import Cell
 from apr.qa.recording import Check, Recorder, Timer, stamp_all
+from apr.qa.reports.gate_table import gate_rows
 from apr.qa.scenarios import Pool, Prompt
 
 SHA = "cd" * 32
@@ -64,7 +64,7 @@ def test_gpu_speedup_is_measured_only_with_cuda_and_both_speeds():
 
 
 def test_determinism_compares_reruns_with_the_recorded_reply():
-    cell = MatrixCell(format=Format.GGUF, backend=Backend.CPU, modality=Modality.RUN, prompt=PROMPT, seed=1)
+    cell = Cell(format=Format.GGUF, backend=Backend.CPU, modality=Modality.RUN, prompt=PROMPT, seed=1)
     first = records(reply(Format.GGUF, Backend.CPU, Modality.RUN, 10.0, text="the same words"))
     targets = runtime.determinism_targets(first, [cell], DeterminismGate(modalities=(Modality.RUN,)), Format.GGUF)
     assert [c for c, _ in targets] == [cell]

@@ -36,7 +36,7 @@ def set_tensor(model, name: str, values: np.ndarray, type_id: int | None = None)
     type_id = F32 if type_id is None else type_id
     shape = tuple(values.shape)
     data = encode_float(values.astype(np.float32), type_id)
-    model.tensors[name] = StoredTensor(TensorInfo(name, shape, type_id, tensor_nbytes(type_id, shape)), lambda d=data: d)
+    model.tensors[name] = StoredTensor(TensorInfo(name, shape, type_id, tensor_nbytes(type_id, shape)), lambda: data)
 
 
 @pytest.mark.parametrize("arch", ["qwen2", "llama", "gemma3"])

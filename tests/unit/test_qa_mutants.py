@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from apr.qa.evidence import Outcome
-from apr.qa.gates_catalog import GateId
+from apr.qa.gates.catalog import GateId
 from apr.qa.score import Status
 
 STAND_IN = (sys.executable, str(Path(__file__).with_name("qa_exec_stand_in_apr.py")))
@@ -44,7 +44,8 @@ def write_playbook(folder: Path, model: Path, fmt: str, arch: str) -> Path:
 
 
 def certify(folder: Path, model: Path, fmt: str, arch: str):
-    from apr.qa.certify import CertifyOptions, certify as run_certify
+    from apr.qa.certify import CertifyOptions
+    from apr.qa.certify import certify as run_certify
 
     playbook = write_playbook(folder, model, fmt, arch)
     return run_certify(CertifyOptions(playbook=playbook, output=folder / "out" / "run", progress=False,
@@ -66,7 +67,7 @@ def replace_tensor(model, name: str, values: np.ndarray) -> None:
     shape = tuple(values.shape)
     info = TensorInfo(name=name, shape=shape, ggml_type=F32, nbytes=tensor_nbytes(F32, shape))
     data = encode_float(values, F32)
-    model.tensors[name] = StoredTensor(info, lambda d=data: d)
+    model.tensors[name] = StoredTensor(info, lambda: data)
 
 
 def write_gguf_mutant(model, path: Path) -> Path:

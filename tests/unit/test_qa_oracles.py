@@ -8,10 +8,17 @@ from apr.qa.evidence import Outcome
 from apr.qa.oracles import ORACLES, evaluate
 from apr.qa.oracles.arithmetic import parse_question, stated_answer
 from apr.qa.oracles.base import (
-    ArithmeticSpec, CodeSpec, ExpectedTextSpec, GarbageSpec, Generation, Language, OracleName, VerdictKind,
+    ArithmeticSpec,
+    CodeSpec,
+    ExpectedTextSpec,
+    GarbageSpec,
+    Generation,
+    Language,
+    OracleName,
+    VerdictKind,
 )
 from apr.qa.oracles.garbage import mojibake
-from apr.qa.scenarios import Prompt, Pool
+from apr.qa.scenarios import Pool, Prompt
 
 
 def kind(name, prompt, reply, spec=None):

@@ -8,9 +8,9 @@ import pytest
 
 from apr.errors import AprError
 from apr.qa.axes import Backend, Format, Modality, Tier
-from apr.qa.gates_catalog import GATEWAYS, GateId
+from apr.qa.gates.catalog import GATEWAYS, GateId
 from apr.qa.oracles.base import OracleName
-from apr.qa.playbook import FailurePolicy, load_playbook, load_template, schema_text, SCHEMA_PATH
+from apr.qa.playbook import SCHEMA_PATH, FailurePolicy, load_playbook, load_template, schema_text
 from apr.qa.scenarios import PromptStyle
 
 REPO = Path(__file__).resolve().parents[2]

@@ -10,19 +10,24 @@ import xml.etree.ElementTree as ET
 from datetime import timedelta
 
 import pytest
+from qa_core_factory import all_gates_pass, record
 
 from apr.cli.main import main
 from apr.errors import AprError
 from apr.qa.axes import Backend, Tier
 from apr.qa.evidence import EvidenceWriter, Outcome, read_evidence
-from apr.qa.gates_catalog import GateId
+from apr.qa.gates.catalog import GateId
 from apr.qa.reports.certtable import (
-    COLUMNS, END_MARKER, START_MARKER, collect_rows, render_csv, replace_readme_table, write_tables,
+    COLUMNS,
+    END_MARKER,
+    START_MARKER,
+    collect_rows,
+    render_csv,
+    replace_readme_table,
+    write_tables,
 )
 from apr.qa.reports.html import render_html
 from apr.qa.reports.junit import render_junit
-
-from qa_core_factory import all_gates_pass, record
 
 
 def apr(argv: list[str]) -> int:

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import ast
 
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from apr.qa.oracles import evaluate
 from apr.qa.oracles.arithmetic import parse_question

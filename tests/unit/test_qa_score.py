@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from qa_core_factory import all_gates_pass, record
 
 from apr.qa.axes import Backend
 from apr.qa.evidence import Outcome
-from apr.qa.gates_catalog import CATALOG, CATEGORY_WEIGHTS, GATEWAYS, Category, GateId, gates_in
+from apr.qa.gates.catalog import CATALOG, CATEGORY_WEIGHTS, GATEWAYS, Category, GateId, gates_in
 from apr.qa.score import GatewayState, Status, compute_mqs, grade_for
-
-from qa_core_factory import all_gates_pass, record
 
 
 def test_catalog_weights_add_up_to_1000_and_every_category_has_gates():

@@ -12,7 +12,7 @@ from apr.serve.protocol import ChatCompletionRequest, CompletionRequest
 def validation_error(model, data: dict) -> ApiError:
     with pytest.raises(ValidationError) as caught:
         model.model_validate(data)
-    return describe_validation_errors(caught.value.errors())
+    return describe_validation_errors([dict(error) for error in caught.value.errors()])
 
 
 def test_completion_defaults_follow_openai():

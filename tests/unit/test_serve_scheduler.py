@@ -28,7 +28,8 @@ def greedy(max_tokens: int):
 
 
 async def collect(scheduler: Scheduler, request_id: str, ids: list[int], params) -> list:
-    async with aclosing(scheduler.generate(request_id, ids, params)) as events:
+    # generate is an async generator (it has aclose); its annotation only promises an AsyncIterator.
+    async with aclosing(scheduler.generate(request_id, ids, params)) as events:  # type: ignore[type-var]
         return [event async for event in events]
 
 

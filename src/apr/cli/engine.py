@@ -56,8 +56,15 @@ def register(app: typer.Typer) -> None:
         compile: CompileOpt = None,
     ) -> None:
         """Generate one reply to --prompt and exit."""
-        from apr.cli.engine_session import (argv_text, model_json, open_engine, prompt_ids, result_json,
-                                            stream_to_stdout, timing_line)
+        from apr.cli.engine_session import (
+            argv_text,
+            model_json,
+            open_engine,
+            prompt_ids,
+            result_json,
+            stream_to_stdout,
+            timing_line,
+        )
 
         prompt = argv_text(prompt)
 

@@ -84,7 +84,7 @@ def _json_content(line: str) -> str | None:
     return content if isinstance(content, str) else None
 
 
-def chat_loop(engine: "Engine", params: "SamplingParams", *, as_json: bool, system: str | None,
+def chat_loop(engine: Engine, params: SamplingParams, *, as_json: bool, system: str | None,
               load_s: float) -> None:
     from apr.cli.engine_session import prompt_ids, result_json
 
@@ -134,7 +134,7 @@ def chat_loop(engine: "Engine", params: "SamplingParams", *, as_json: bool, syst
             sys.stdout.flush()
 
 
-def _reply(engine: "Engine", ids: list[int], params: "SamplingParams", prefix: "PrefixCache", show: bool):
+def _reply(engine: Engine, ids: list[int], params: SamplingParams, prefix: PrefixCache, show: bool):
     if not show:
         return engine.generate(ids, params, prefix)
     from apr.cli.engine_session import stream_to_stdout

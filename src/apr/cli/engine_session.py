@@ -34,7 +34,7 @@ def argv_text(text: str) -> str:
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
-def open_engine(model_arg: str, options: EngineOptions) -> tuple["Engine", float]:
+def open_engine(model_arg: str, options: EngineOptions) -> tuple[Engine, float]:
     """(engine, seconds from the start of loading) for a MODEL argument (path, cached name or ref)."""
     start = time.perf_counter()
     utf8_stdio()
@@ -48,7 +48,7 @@ def open_engine(model_arg: str, options: EngineOptions) -> tuple["Engine", float
     return engine, time.perf_counter() - start
 
 
-def prompt_ids(engine: "Engine", messages: list[dict[str, str]], raw_text: str | None) -> list[int]:
+def prompt_ids(engine: Engine, messages: list[dict[str, str]], raw_text: str | None) -> list[int]:
     """Token ids of a chat (templated) or, with ``raw_text``, of that text as it stands (BOS added if the model wants)."""
     tokenizer = engine.tokenizer
     if raw_text is not None:
@@ -57,7 +57,7 @@ def prompt_ids(engine: "Engine", messages: list[dict[str, str]], raw_text: str |
     return tokenizer.encode(text, add_special_tokens=False)
 
 
-def result_json(result: "GenerationResult", load_s: float | None = None) -> dict[str, Any]:
+def result_json(result: GenerationResult, load_s: float | None = None) -> dict[str, Any]:
     timings = result.timings.to_dict()
     if load_s is not None:
         timings = {"load_s": load_s, **timings}
@@ -65,12 +65,12 @@ def result_json(result: "GenerationResult", load_s: float | None = None) -> dict
             "finish_reason": result.finish_reason, "timings": {k: round(v, 6) for k, v in timings.items()}}
 
 
-def model_json(engine: "Engine") -> dict[str, Any]:
+def model_json(engine: Engine) -> dict[str, Any]:
     described = engine.describe()
     return {"path": described["path"], "format": described["format"], "architecture": described["architecture"]}
 
 
-def timing_line(result: "GenerationResult", load_s: float) -> str:
+def timing_line(result: GenerationResult, load_s: float) -> str:
     t = result.timings
     return (f"load {load_s:.2f} s · prompt {result.prompt_tokens} tok, ttft {t.ttft_s:.3f} s "
             f"({t.prefill_tok_s:.1f} tok/s) · {result.completion_tokens} tok at {t.decode_tok_s:.1f} tok/s · "
@@ -92,6 +92,7 @@ def stream_to_stdout(engine, ids: list[int], params, prefix=None):
             sys.stdout.flush()
     sys.stdout.write("\n")
     end = time.perf_counter()
+    first = first if first is not None else end  # no token at all: the whole call was the wait for one
     ttft, decode_s = first - start, end - first
     timings = Timings(ttft, len(ids) / ttft, (len(events) - 1) / decode_s if decode_s > 0 else 0.0, end - start)
     return GenerationResult([e.token_id for e in events], "".join(e.text for e in events),

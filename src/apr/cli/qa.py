@@ -70,6 +70,8 @@ def register_qa(app: typer.Typer) -> None:
         tier: str = typer.Option("mvp", "--tier", help="whose template thresholds apply"),
         skip: list[str] = typer.Option([], "--skip", help="a gate id not to run (repeatable), e.g. REFERENCE-PARITY"),
         max_tokens: int = typer.Option(32, "--max-tokens", min=2, help="tokens generated for the throughput gate"),
+        playbook: Path | None = typer.Option(None, "--playbook", help="take formats, backends and gate thresholds "
+                                             "from this model playbook (its matrix of cells is not run)"),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress on stderr"),
     ) -> None:
         """Deep single-model gates, printed as gate · status · measured · threshold · duration.
@@ -80,9 +82,10 @@ def register_qa(app: typer.Typer) -> None:
         from apr.errors import AprError
         from apr.hub import resolve_model_arg
         from apr.qa.axes import Tier
-        from apr.qa.deep import DeepOptions, default_gates, run_deep
-        from apr.qa.gate_table import gate_rows, render_table
-        from apr.qa.gates_catalog import GATEWAYS, GateId
+        from apr.qa.deep import DeepOptions, default_gates, options_from_playbook, run_deep
+        from apr.qa.gates.catalog import GATEWAYS, GateId
+        from apr.qa.playbook import load_playbook
+        from apr.qa.reports.gate_table import gate_rows, render_table
 
         if tier not in {t.value for t in Tier}:
             raise AprError(f"--tier {tier!r} is not one of {', '.join(t.value for t in Tier)}")
@@ -92,11 +95,18 @@ def register_qa(app: typer.Typer) -> None:
             raise AprError(f"--skip {unknown[0]!r} is not a gate id; choose from {', '.join(sorted(known))}")
         if any(GateId(s) in GATEWAYS for s in skip):
             raise AprError("--skip cannot leave out a gateway (G0-G4)")
+        if playbook is not None and not playbook.is_file():
+            raise AprError(f"{playbook}: playbook not found; pass a file such as "
+                           "playbooks/models/qwen2.5-coder-1.5b-mvp.playbook.yaml")
         path = resolve_model_arg(model, progress=not quiet)
         folder = work_dir or Path("apr-qa") / path.stem
-        options = DeepOptions(model=path, ref=model, evidence=evidence or folder / "evidence.jsonl",
-                              gates=default_gates(Tier(tier)), skip=frozenset(GateId(s) for s in skip),
-                              max_tokens=max_tokens)
+        target = evidence or folder / "evidence.jsonl"
+        skipped = frozenset(GateId(s) for s in skip)
+        if playbook is not None:
+            options = options_from_playbook(load_playbook(playbook), path, target, skipped, max_tokens)
+        else:
+            options = DeepOptions(model=path, ref=model, evidence=target, gates=default_gates(Tier(tier)),
+                                  skip=skipped, max_tokens=max_tokens)
         records, seconds = run_deep(options, progress=not quiet)
         rows = gate_rows(records)
         failed = any(row.status == "failed" for row in rows)

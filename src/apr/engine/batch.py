@@ -110,7 +110,7 @@ class BatchDecoder:
             events.append(self._prefill(seq))
         if decoding:
             tokens = torch.tensor([s.generated[-1] for s in decoding], device=self.model.embedding.device)
-            logits = self._decode(tokens, [s.cache for s in decoding])
+            logits = self._decode(tokens, [_cache_of(s) for s in decoding])
             events.extend(self._advance(seq, row) for seq, row in zip(decoding, logits))
         self._running = [s for s in self._running if s.finished_at is None]
         return events
@@ -149,19 +149,27 @@ class BatchDecoder:
         return shared
 
     def _advance(self, seq: Sequence, logits: torch.Tensor) -> TokenEvent:
+        cache = _cache_of(seq)
         token, logprob, top = seq.sampler.choose(logits, seq.prompt_ids + seq.generated)
         seq.generated.append(token)
         finish: FinishReason | None = None
         text = "" if token in seq.stop_ids else seq.text.add(token)
         if token in seq.stop_ids or seq.text.stopped:
             finish = "stop"
-        elif len(seq.generated) >= seq.params.max_tokens or seq.cache.length >= seq.cache.capacity:
+        elif len(seq.generated) >= seq.params.max_tokens or cache.length >= cache.capacity:
             finish = "length"
         if finish is not None:
             text += seq.text.finish()
             seq.finished_at = time.perf_counter()
             if seq.prefix is not None:  # the last token was never fed: the cache holds everything before it
-                seq.prefix.cache = seq.cache
-                seq.prefix.ids = (seq.prompt_ids + seq.generated)[:seq.cache.length]
+                seq.prefix.cache = cache
+                seq.prefix.ids = (seq.prompt_ids + seq.generated)[:cache.length]
             seq.cache = None  # the sequence leaves the batch after this step
         return TokenEvent(seq.request_id, token, text, logprob, top, finish)
+
+
+def _cache_of(seq: Sequence) -> SequenceCache:
+    """The cache of a running sequence (set by its prefill, dropped only as it leaves the batch)."""
+    if seq.cache is None:
+        raise RuntimeError(f"request {seq.request_id!r} is running without a cache")
+    return seq.cache

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -10,11 +9,11 @@ import torch
 
 from apr.engine.kv_cache import SequenceCache
 from apr.engine.model import Transformer
-from apr.engine.pack_cache import apr_home
+from apr.settings import current, export_inductor_cache_dir
 
 
 def compile_cache_dir() -> Path:
-    return apr_home() / "compile-cache"
+    return current().home / "compile-cache"
 
 
 class CompiledDecode:
@@ -24,8 +23,7 @@ class CompiledDecode:
     """
 
     def __init__(self, transformer: Transformer) -> None:
-        # Inductor reads its cache location from the environment when it first compiles.
-        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(compile_cache_dir()))
+        export_inductor_cache_dir(compile_cache_dir())
         self.transformer = transformer
         self.compiled = torch.compile(transformer.decode_one)
         self.failed: str | None = None

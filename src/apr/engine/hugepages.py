@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import functools
 import mmap
-import os
 from pathlib import Path
 
 import torch
+
+from apr.settings import current
 
 HUGE_PAGE = 2 << 20
 ALIGN = 64  # each tensor's start within a shared mapping: a cache line, as the kernels' loads want
@@ -30,7 +31,7 @@ THP_SETTING = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 def enabled() -> bool:
     """Whether huge pages can be asked for here: Linux with THP not ``never``, not switched off by
     ``APR_HUGE_PAGES=0``."""
-    if not hasattr(mmap, "MADV_HUGEPAGE") or os.environ.get("APR_HUGE_PAGES", "1") == "0":
+    if not hasattr(mmap, "MADV_HUGEPAGE") or not current().huge_pages:
         return False
     try:
         return "[never]" not in THP_SETTING.read_text()

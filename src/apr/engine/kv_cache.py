@@ -36,7 +36,7 @@ class SequenceCache:
         self.slot: int | None = None  # its row in a CachePool (cuda_graphs.py), None for a private cache
 
     @classmethod
-    def from_buffers(cls, k: torch.Tensor, v: torch.Tensor, slot: int) -> "SequenceCache":
+    def from_buffers(cls, k: torch.Tensor, v: torch.Tensor, slot: int) -> SequenceCache:
         """A cache over given (zeroed) ``[layers, kv_heads, capacity, head_dim]`` views, e.g. one slot of a pool."""
         cache = cls.__new__(cls)
         cache.k, cache.v, cache.length, cache.slot = k, v, 0, slot

@@ -84,20 +84,27 @@ class Block(nn.Module):
         for name in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"):
             self.add_module(name, linears[name])
 
-        def norm(name: str) -> RMSNorm | None:
+        def optional(name: str) -> RMSNorm | None:
             weight = norms.get(name)
             return None if weight is None else self.norm_class(weight, cfg.rms_norm_eps, cfg.norm_weight_offset)
 
-        self.input_norm = norm("input_layernorm")
+        def required(name: str) -> RMSNorm:
+            found = optional(name)
+            if found is None:  # the loader checks the checkpoint first; this guards direct construction
+                raise ValueError(f"layer {index} has no {name} weight")
+            return found
+
+        self.input_norm = required("input_layernorm")
         self.sandwich = "pre_feedforward_layernorm" in norms  # gemma3: norms after attention and MLP too
         if self.sandwich:
-            self.post_attn_norm = norm("post_attention_layernorm")
-            self.pre_mlp_norm = norm("pre_feedforward_layernorm")
-            self.post_mlp_norm = norm("post_feedforward_layernorm")
+            self.post_attn_norm = required("post_attention_layernorm")
+            self.pre_mlp_norm = required("pre_feedforward_layernorm")
+            self.post_mlp_norm = required("post_feedforward_layernorm")
         else:
-            self.pre_mlp_norm = norm("post_attention_layernorm")
-        self.q_norm = norm("q_norm")
-        self.k_norm = norm("k_norm")
+            self.pre_mlp_norm = required("post_attention_layernorm")
+        self.q_norm = optional("q_norm")
+        self.k_norm = optional("k_norm")
+
     def qkv(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rows: bool):
         """Projections of h ``[T, hidden]`` into roped q ``[T, heads, d]`` and k, v ``[T, kv_heads, d]``."""
         t = h.shape[0]
@@ -105,7 +112,7 @@ class Block(nn.Module):
         q = proj(self.q_proj, h).view(t, self.heads, self.head_dim)
         k = proj(self.k_proj, h).view(t, self.kv_heads, self.head_dim)
         v = proj(self.v_proj, h).view(t, self.kv_heads, self.head_dim)
-        if self.q_norm is not None:
+        if self.q_norm is not None and self.k_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         return self.rotate(q, cos, sin), self.rotate(k, cos, sin), v
 
@@ -131,7 +138,7 @@ class Block(nn.Module):
 class Transformer(nn.Module):
     """Decoder-only transformer. ``prefill`` runs a whole prompt, ``decode`` one new token for several sequences."""
 
-    def __init__(self, cfg: ModelConfig, embedding: "torch.Tensor | BlockRows", blocks: list[Block],
+    def __init__(self, cfg: ModelConfig, embedding: torch.Tensor | BlockRows, blocks: list[Block],
                  final_norm: torch.Tensor, lm_head: nn.Module, max_positions: int) -> None:
         super().__init__()
         self.cfg = cfg

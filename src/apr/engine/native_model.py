@@ -136,6 +136,6 @@ class NativeTransformer(Transformer):
         x = x.contiguous()
         tables = {sliding: (cos.contiguous(), sin.contiguous())
                   for sliding, (cos, sin) in self.rope_tables_at(positions).items()}
-        global_tables = tables.get(False, tables.get(True))  # a model of one kind of layer has one table
+        global_tables = tables[False] if False in tables else tables[True]  # one kind of layer: one table
         self.native_stack(x, rows, global_tables, tables.get(True, global_tables))
         return x

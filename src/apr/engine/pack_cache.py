@@ -11,15 +11,15 @@ import torch
 from safetensors import SafetensorError
 
 from apr.engine import hugepages
+from apr.settings import current
 
 # Bump when the packed layout or the conversion changes: old entries are then simply not found
 # (and, being the least recently used, are the first the size limit removes).
 PACK_VERSION = 4  # 4: quantized embeddings are no longer stored dense (weights.BlockRows)
-DEFAULT_LIMIT_GB = 12.0  # $APR_ENGINE_CACHE_GB overrides; the 1.5B takes ~1.2-1.8 GB per format
 
 
 def apr_home() -> Path:
-    return Path(os.environ.get("APR_HOME") or Path.home() / ".cache" / "apr")
+    return current().home
 
 
 def cache_key(source_path: Path, policy_tag: str) -> str | None:
@@ -48,7 +48,7 @@ class PackStore:
         self.fresh: dict[str, dict[str, torch.Tensor]] = {}
 
     @classmethod
-    def open(cls, key: str) -> "PackStore":
+    def open(cls, key: str) -> PackStore:
         """The entry for ``key``; an entry that cannot be read counts as a miss and is rewritten on save."""
         path = apr_home() / "engine-cache" / f"{key}.safetensors"
         if not path.exists():
@@ -166,19 +166,14 @@ def read_aligned(path: Path, wanted=lambda name: True) -> dict[str, torch.Tensor
         for (name, spec), tensor in zip(picked, fresh):
             begin, end = spec["data_offsets"]
             handle.seek(data_start + begin)
-            if end > begin and handle.readinto(tensor.view(-1).view(torch.uint8).numpy()) != end - begin:
+            if end > begin and handle.readinto(tensor.view(-1).view(torch.uint8).numpy().data) != end - begin:
                 raise ValueError(f"{path}: tensor {name!r} is truncated")
             tensors[name] = tensor
     return tensors
 
 
 def limit_bytes() -> int:
-    value = os.environ.get("APR_ENGINE_CACHE_GB")
-    try:
-        gigabytes = float(value) if value else DEFAULT_LIMIT_GB
-    except ValueError:
-        gigabytes = DEFAULT_LIMIT_GB
-    return int(gigabytes * 1e9)
+    return int(current().engine_cache_gb * 1e9)
 
 
 def prune(folder: Path, keep: Path | None = None, limit: int | None = None) -> list[Path]:

@@ -82,7 +82,7 @@ class Int4Linear(nn.Module):
         self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
 
     @classmethod
-    def from_groups(cls, groups: quant.Int4Groups, bias: torch.Tensor | None, device: torch.device) -> "Int4Linear":
+    def from_groups(cls, groups: quant.Int4Groups, bias: torch.Tensor | None, device: torch.device) -> Int4Linear:
         n, k = groups.q.shape
         # scales_and_zeros layout is [K/group, N, 2].
         sz = torch.stack([groups.scale, groups.zero], dim=-1).transpose(0, 1).contiguous()
@@ -125,7 +125,7 @@ class Int8Linear(nn.Module):
         self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
 
     @classmethod
-    def from_weight(cls, weight: torch.Tensor, bias: torch.Tensor | None, device: torch.device) -> "Int8Linear":
+    def from_weight(cls, weight: torch.Tensor, bias: torch.Tensor | None, device: torch.device) -> Int8Linear:
         q, scale = quant.int8_per_channel(weight)
         return cls(q.to(device), scale.to(device=device, dtype=torch.bfloat16), bias)
 
@@ -213,13 +213,13 @@ def build_linear(source, bias: torch.Tensor | None, policy: WeightPolicy, store:
     cached = store.get(info.name) if store is not None else None
     if cached is not None:
         return _from_parts(cached, bias, policy)
+    layer: nn.Module
     if policy.packed and policy.kernels == "native":
         layer = _native_linear(source, bias)
         if store is not None and isinstance(layer, NativeLinear):
             store.put(info.name, layer.parts())
         return layer
     fits_int4 = info.ggml_type in quant.INT4_EXACT_TYPES and k % quant.INT4_GROUP == 0 and n % 8 == 0
-    layer: nn.Module
     if policy.packed and fits_int4:
         groups = quant.int4_groups_from_raw(source.raw(), info.ggml_type, (n, k))
         layer = Int4Linear.from_groups(groups, bias, policy.device)
@@ -309,13 +309,13 @@ def is_quantized(ggml_type: int) -> bool:
 
 def dense_tensor(source, policy: WeightPolicy, store: PackStore | None = None) -> torch.Tensor:
     """A small tensor (norm weight, bias) or the embedding, dequantized onto the device (quantized ones cached)."""
-    cacheable = store is not None and is_quantized(source.info.ggml_type)
-    cached = store.get(source.info.name) if cacheable else None
+    cache = store if store is not None and is_quantized(source.info.ggml_type) else None
+    cached = cache.get(source.info.name) if cache is not None else None
     if cached is not None:
         return cached["weight"].to(policy.device)
     value = dequantize_source(source, policy.dtype).to(policy.device)
-    if cacheable:
-        store.put(source.info.name, {"weight": value})
+    if cache is not None:
+        cache.put(source.info.name, {"weight": value})
     return value
 
 

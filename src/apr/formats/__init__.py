@@ -10,7 +10,7 @@ if TYPE_CHECKING:
 __all__ = ["load_model"]
 
 
-def load_model(path: "str | object") -> "CanonicalModel":
+def load_model(path: str | object) -> CanonicalModel:
     """Read any supported checkpoint (see ``apr.formats.load.load_model``)."""
     from apr.formats.load import load_model as _load
 

@@ -10,9 +10,21 @@ import numpy as np
 
 from apr.errors import FormatError
 from apr.formats import names
-from apr.formats.apr_layout import (ALIGN, FLAG_COLUMN_MAJOR, FLAG_ENCRYPTED, FLAG_LZ4, FLAG_ZSTD, FOOTER_SIZE,
-                                    GGML_OF_APR_DTYPE, HEADER_SIZE, MAGIC, AprHeader, header_crc, unpack_header,
-                                    unpack_index)
+from apr.formats.apr_layout import (
+    ALIGN,
+    FLAG_COLUMN_MAJOR,
+    FLAG_ENCRYPTED,
+    FLAG_LZ4,
+    FLAG_ZSTD,
+    FOOTER_SIZE,
+    GGML_OF_APR_DTYPE,
+    HEADER_SIZE,
+    MAGIC,
+    AprHeader,
+    header_crc,
+    unpack_header,
+    unpack_index,
+)
 from apr.formats.apr_meta import config_from_metadata, spec_from_metadata
 from apr.formats.ggml import tensor_nbytes, type_name
 from apr.formats.model import CanonicalModel, TensorInfo
@@ -56,7 +68,7 @@ def verify_footer(path: Path, data: np.ndarray) -> None:
     body_end = len(data) - FOOTER_SIZE
     crc = 0
     for start in range(0, body_end, _CRC_CHUNK):
-        crc = zlib.crc32(memoryview(data[start:min(start + _CRC_CHUNK, body_end)]), crc)
+        crc = zlib.crc32(data[start:min(start + _CRC_CHUNK, body_end)].data, crc)
     stored = int.from_bytes(bytes(data[body_end:]), "little")
     if crc != stored:
         raise _fail(path, f"footer checksum mismatch (CRC32 {crc:08x} != {stored:08x}); the file is corrupt or "

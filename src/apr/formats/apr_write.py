@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import json
 import zlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
-from apr.formats.apr_layout import (ALIGN, APR_DTYPE_OF_GGML, FLAG_HAS_VOCAB, FLAG_QUANTIZED, FLAG_ROW_MAJOR,
-                                    HEADER_SIZE, AprIndexEntry, align, pack_header)
+from apr.formats.apr_layout import (
+    ALIGN,
+    APR_DTYPE_OF_GGML,
+    FLAG_HAS_VOCAB,
+    FLAG_QUANTIZED,
+    FLAG_ROW_MAJOR,
+    HEADER_SIZE,
+    AprIndexEntry,
+    align,
+    pack_header,
+)
 from apr.formats.apr_meta import build_metadata
 from apr.formats.atomic import atomic_path
 from apr.formats.ggml import FLOAT_TYPES, tensor_nbytes, type_name
@@ -79,7 +88,7 @@ def write_apr(model: CanonicalModel, out: Path, *, dtype: DtypeChoice = "keep", 
             if sink.pos != data_offset + entry.offset:
                 raise AssertionError(f"APR writer layout drifted at {name}")
             for chunk in iter_encoded(model.tensors[name], out_type, offset):
-                sink.write(memoryview(np.ascontiguousarray(chunk)).cast("B"))
+                sink.write(np.ascontiguousarray(chunk).data.cast("B"))
             if sink.pos != data_offset + entry.offset + nbytes:
                 raise AssertionError(f"APR writer wrote the wrong byte count for {name}")
             sink.pad_to(ALIGN)

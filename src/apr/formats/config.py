@@ -63,7 +63,8 @@ class ModelConfig:
 
     @property
     def layer_kinds(self) -> tuple[LayerType, ...]:
-        return self.layer_types or ("full",) * self.num_layers
+        full: tuple[LayerType, ...] = ("full",)
+        return self.layer_types or full * self.num_layers
 
     @property
     def q_size(self) -> int:
@@ -73,7 +74,7 @@ class ModelConfig:
     def kv_size(self) -> int:
         return self.num_kv_heads * self.head_dim
 
-    def validate(self) -> "ModelConfig":
+    def validate(self) -> ModelConfig:
         """Raise ValueError naming the first inconsistent field; return self when sound."""
         if self.architecture not in SUPPORTED_ARCHITECTURES:
             raise ValueError(f"architecture {self.architecture!r} is not one of {SUPPORTED_ARCHITECTURES}")
@@ -103,7 +104,7 @@ class ModelConfig:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Literal
 
 import numpy as np
 
@@ -70,7 +71,7 @@ def report_path_for(out: Path) -> Path:
 
 
 def _sha256(source: StoredTensor) -> str:
-    return hashlib.sha256(memoryview(np.ascontiguousarray(source.raw())).cast("B")).hexdigest()
+    return hashlib.sha256(np.ascontiguousarray(source.raw()).data.cast("B")).hexdigest()
 
 
 def _max_abs_diff(a: StoredTensor, b: StoredTensor) -> float:

@@ -8,8 +8,7 @@ from tokenizers import Tokenizer as BackendTokenizer
 from tokenizers import models, pre_tokenizers, trainers
 
 from apr.formats.tokenizer_build import _byte_level_pre_tokenizer
-from apr.formats.tokenizer_spec import (TOKEN_BYTE, TOKEN_CONTROL, TOKEN_NORMAL, TOKEN_UNKNOWN, TokenizerSpec,
-                                        eog_ids)
+from apr.formats.tokenizer_spec import TOKEN_BYTE, TOKEN_CONTROL, TOKEN_NORMAL, TOKEN_UNKNOWN, TokenizerSpec, eog_ids
 
 CORPUS = [
     "The quick brown fox jumps over the lazy dog.",

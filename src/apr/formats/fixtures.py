@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ from gguf import GGMLQuantizationType
 from gguf import quants as gguf_quants
 
 from apr.formats import names
+from apr.formats.apr_write import write_apr
 from apr.formats.config import ModelConfig
 from apr.formats.fixture_tokenizers import TOKENIZER_SPECS
 from apr.formats.ggml import BF16, F16, F32, FLOAT_TYPES, Q4_1, Q4_K, Q6_K, Q8_0, encode_float, ggml_type, tensor_nbytes
@@ -106,7 +108,7 @@ def build_fixture_model(arch: str) -> CanonicalModel:
         type_id = _storage_type(arch, name, layer)
         data = _stored(rng, config, name, shape, type_id)
         info = TensorInfo(name=name, shape=shape, ggml_type=type_id, nbytes=tensor_nbytes(type_id, shape))
-        tensors[name] = StoredTensor(info, (lambda d=data: d.reshape(-1)))
+        tensors[name] = StoredTensor(info, functools.partial(np.reshape, data, -1))
     return CanonicalModel(config=config, tokenizer=Tokenizer(spec), tensors=tensors,
                           source_path=Path(f"<fixture:{arch}>"), source_format="gguf", metadata={})
 
@@ -125,11 +127,6 @@ def build_fixture_set(root: Path) -> dict[str, dict[str, Path]]:
             "gguf": write_gguf(model, folder / f"{arch}-fixture.gguf"),
             "safetensors": write_safetensors_dir(model, folder / "safetensors", dtype="f32"),
         }
-        try:
-            from apr.formats.apr_write import write_apr
-        except ImportError:
-            write_apr = None
-        if write_apr is not None:
-            paths["apr"] = write_apr(model, folder / f"{arch}-fixture.apr")
+        paths["apr"] = write_apr(model, folder / f"{arch}-fixture.apr")
         out[arch] = paths
     return out

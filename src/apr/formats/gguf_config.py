@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from apr.formats.config import ModelConfig
+from apr.formats.config import LayerType, ModelConfig
 from apr.formats.tokenizer_spec import TokenizerSpec, eog_ids
 
 # llama.cpp facts that GGUF files do not carry for Gemma3 (llama-model.cpp).
@@ -13,7 +13,7 @@ GEMMA3_SLIDING_PATTERN = 6
 GEMMA3_LOCAL_ROPE_BASE = 10_000.0
 
 
-def gemma3_layer_types(num_layers: int, pattern: int = GEMMA3_SLIDING_PATTERN) -> tuple[str, ...]:
+def gemma3_layer_types(num_layers: int, pattern: int = GEMMA3_SLIDING_PATTERN) -> tuple[LayerType, ...]:
     """Every ``pattern``-th layer is global (HF ``layer_types``), the rest slide."""
     return tuple("full" if (i + 1) % pattern == 0 else "sliding" for i in range(num_layers))
 

@@ -74,7 +74,8 @@ class _Cursor:
     def string_array(self, count: int) -> list[str]:
         # The hot loop of a 262k-token vocabulary: no per-item bounds checks, one check at the end
         # (a slice past the end is silently short, but then pos ends past the buffer too).
-        buf, pos, out = self.buf, self.pos, []
+        buf, pos = self.buf, self.pos
+        out: list[str] = []
         append, unpack = out.append, _U64.unpack_from
         try:
             for _ in range(count):

@@ -9,9 +9,9 @@ import numpy as np
 
 from apr.errors import FormatError
 from apr.formats import names
-from apr.formats.gguf_parse import GGUFHeader, GGUFTensorInfo, parse_gguf_header
 from apr.formats.ggml import GGML_TYPES, tensor_nbytes, type_name
 from apr.formats.gguf_config import config_from_gguf, spec_from_gguf
+from apr.formats.gguf_parse import GGUFHeader, GGUFTensorInfo, parse_gguf_header
 from apr.formats.model import CanonicalModel, TensorInfo
 from apr.formats.shapes import check_shapes
 from apr.formats.tensor_source import StoredTensor, page_dropper, rope_permutation
@@ -27,7 +27,7 @@ def read_gguf_metadata(path: Path) -> tuple[np.memmap, GGUFHeader]:
         raise FormatError(f"{path}: truncated GGUF file ({path.stat().st_size} bytes, the header alone needs 24); "
                           "re-download it")
     data = np.memmap(path, dtype=np.uint8, mode="r")
-    return data, parse_gguf_header(path, memoryview(data))
+    return data, parse_gguf_header(path, data.data)
 
 
 def read_gguf(path: Path) -> CanonicalModel:

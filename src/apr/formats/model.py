@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
+    from apr.formats.tensor_source import StoredTensor
     from apr.formats.tokenizer import Tokenizer
 
 FormatName = Literal["gguf", "safetensors", "apr"]
@@ -43,7 +44,7 @@ class TensorSource(Protocol):
 
     info: TensorInfo
 
-    def raw(self) -> "np.ndarray":
+    def raw(self) -> np.ndarray:
         """Stored bytes as uint8, shape ``[rows, row_bytes]`` (1-D tensors: ``[1, nbytes]``).
 
         Rows are in canonical order: a reader that stores rows permuted (GGUF llama q/k) undoes
@@ -51,7 +52,7 @@ class TensorSource(Protocol):
         """
         ...
 
-    def dequantize(self, dtype: "torch.dtype | None" = None) -> "torch.Tensor":
+    def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         """Values in Hugging Face convention with ``info.shape`` (float32 unless ``dtype`` given).
 
         Convention fixes are applied here, never in the engine: e.g. GGUF gemma norms store
@@ -65,8 +66,8 @@ class CanonicalModel:
     """A checkpoint in memory: typed config, tokenizer, and its tensors by canonical name."""
 
     config: ModelConfig
-    tokenizer: "Tokenizer"
-    tensors: dict[str, TensorSource]
+    tokenizer: Tokenizer
+    tensors: dict[str, StoredTensor]  # every reader hands out StoredTensors; the engine reads them as TensorSources
     source_path: Path
     source_format: FormatName
     # Format-specific metadata kept for round trips and `apr inspect` (GGUF KV pairs, APR JSON...).

@@ -99,7 +99,7 @@ class SafeTensorsStreamWriter:
         expected_name, remaining = self._expected[0]
         if name != expected_name or data.nbytes > remaining:
             raise ValueError(f"safetensors writer expected {expected_name} ({remaining} B left), got {name} ({data.nbytes} B)")
-        self._handle.write(memoryview(np.ascontiguousarray(data)).cast("B"))
+        self._handle.write(np.ascontiguousarray(data).data.cast("B"))
         self._expected[0] = (expected_name, remaining - data.nbytes)
 
     def finish_tensor(self, name: str) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +10,8 @@ from apr.errors import FormatError
 from apr.formats import names
 from apr.formats.hf_config import model_config_from_hf
 from apr.formats.model import CanonicalModel, TensorInfo
-from apr.formats.shapes import check_shapes
 from apr.formats.safetensors_io import DTYPE_TO_GGML, SafeTensorEntry, parse_safetensors
+from apr.formats.shapes import check_shapes
 from apr.formats.tensor_source import StoredTensor, page_dropper
 from apr.formats.tokenizer import Tokenizer, _read_json_if_present
 

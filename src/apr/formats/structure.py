@@ -35,7 +35,8 @@ class TensorStats:
 
 def tensor_stats(source: StoredTensor) -> TensorStats:
     """Stats of the HF-convention values, accumulated chunk by chunk in float64."""
-    count = total = total_sq = zeros = nan = inf = 0
+    count = zeros = nan = inf = 0
+    total = total_sq = 0.0
     low, high = math.inf, -math.inf
     for start, stop in row_chunks(source):
         values = source.dequantize_rows(start, stop).astype(np.float64).reshape(-1)
@@ -69,7 +70,7 @@ def trace_structure(model: CanonicalModel, name_filter: str | None = None) -> di
     flags.extend(f"{name}: q/k/v bias is all zero (dropped biases?)" for name, s in stats.items()
                  if name in bias_mean and s.zero_fraction == 1.0)
     norm_scale = {}
-    for name, s in stats.items():
+    for name in stats:
         if names.is_norm_weight(name):
             # The scale a norm actually applies is w + offset (Gemma: 1 + w); norms are small, decode whole.
             scale = np.abs(model.tensors[name].dequantize_numpy().astype(np.float64) + config.norm_weight_offset)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -65,7 +66,7 @@ class StoredTensor:
             values = values - np.float32(self.info.value_offset)
         return values
 
-    def dequantize(self, dtype: "torch.dtype | None" = None) -> "torch.Tensor":
+    def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         import torch
 
         tensor = torch.from_numpy(np.ascontiguousarray(self.dequantize_numpy()))
@@ -78,7 +79,7 @@ def rope_permutation(rows: int, n_head: int) -> np.ndarray:
     return index.reshape(n_head, 2, rows // n_head // 2).swapaxes(1, 2).reshape(rows)
 
 
-def page_dropper(data: np.memmap, start: int, stop: int) -> Callable[[], None]:
+def page_dropper(data: np.ndarray, start: int, stop: int) -> Callable[[], None]:
     """A ``release`` callback for bytes ``[start, stop)`` of a read-only np.memmap (MADV_DONTNEED)."""
     import mmap
 

@@ -28,7 +28,7 @@ class Tokenizer:
 
     # --- construction -------------------------------------------------------------------------
     @classmethod
-    def from_hf_dir(cls, directory: Path) -> "Tokenizer":
+    def from_hf_dir(cls, directory: Path) -> Tokenizer:
         """Load ``tokenizer.json`` (+ ``tokenizer_config.json``, ``generation_config.json``) from a directory."""
         path = directory / "tokenizer.json"
         if not path.is_file():

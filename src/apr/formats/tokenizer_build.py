@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import json
 from functools import lru_cache
-from typing import Any
+from typing import Any, Literal
 
 from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers, processors
 from tokenizers import Tokenizer as BackendTokenizer
 
-from apr.formats.tokenizer_spec import (TOKEN_BYTE, TOKEN_CONTROL, TOKEN_NORMAL, TOKEN_USER_DEFINED, TokenizerSpec,
-                                        eog_ids)
+from apr.formats.tokenizer_spec import (
+    TOKEN_BYTE,
+    TOKEN_CONTROL,
+    TOKEN_NORMAL,
+    TOKEN_USER_DEFINED,
+    TokenizerSpec,
+    eog_ids,
+)
 
 # llama.cpp pre-tokenizer regexes (llama-vocab.cpp), as tokenizers Split patterns.
 _QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
@@ -20,6 +26,12 @@ _LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1
 _SPLIT_BY_PRE = {"qwen2": _QWEN2_SPLIT, "llama-bpe": _LLAMA3_SPLIT, "llama3": _LLAMA3_SPLIT}
 # These split every digit off first, then apply GPT-2's regex (what ByteLevel(use_regex=True) does).
 _DIGIT_FIRST_PRES = ("smollm", "starcoder", "refact", "codeshell")
+
+
+def _pair(merge: str) -> tuple[str, str]:
+    """One merge rule, ``"a b"``, as the pair BPE takes."""
+    left, _, right = merge.partition(" ")
+    return left, right
 
 
 def bytes_to_unicode() -> dict[int, str]:
@@ -99,7 +111,7 @@ def build_backend(spec: TokenizerSpec) -> BackendTokenizer:
         alphabet = set(spelling.values())
         spelled = [t if set(t) <= alphabet else "".join(spelling[b] for b in t.encode("utf-8")) for t in tokens]
         vocab = {text: index for index, text in enumerate(spelled)}
-        merges = [tuple(merge.split(" ", 1)) for merge in spec.merges]
+        merges = [_pair(merge) for merge in spec.merges]
         backend = BackendTokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False))
         backend.pre_tokenizer = _byte_level_pre_tokenizer(spec.pre)
         backend.decoder = decoders.ByteLevel()
@@ -107,12 +119,12 @@ def build_backend(spec: TokenizerSpec) -> BackendTokenizer:
         # SentencePiece stores runs of spaces as real spaces; the BPE model looks them up as U+2581.
         spelled = ["\u2581" * len(t) if " " in t and not t.strip() else t for t in tokens]
         vocab = {text: index for index, text in enumerate(spelled)}
-        merges = ([tuple(merge.split(" ", 1)) for merge in spec.merges] if spec.merges
+        merges = ([_pair(merge) for merge in spec.merges] if spec.merges
                   else _sentencepiece_merges(spelled))
         unk = spelled[spec.unk_token_id] if spec.unk_token_id is not None else None
         backend = BackendTokenizer(models.BPE(vocab=vocab, merges=merges, unk_token=unk, fuse_unk=True,
                                               byte_fallback=True))
-        steps = [normalizers.Replace(" ", "\u2581")]
+        steps: list[normalizers.Normalizer] = [normalizers.Replace(" ", "\u2581")]
         if spec.add_space_prefix:
             steps.insert(0, normalizers.Prepend("\u2581"))
         backend.normalizer = normalizers.Sequence(steps) if len(steps) > 1 else steps[0]
@@ -148,11 +160,11 @@ def spec_from_tokenizer_json(data: dict[str, Any], config: dict[str, Any]) -> To
     if model.get("type") != "BPE":
         raise ValueError(f"tokenizer model {model.get('type')!r} is not BPE (supported: byte-level and SentencePiece BPE)")
     byte_fallback = bool(model.get("byte_fallback"))
-    kind = "llama" if byte_fallback else "gpt2"
+    kind: Literal["gpt2", "llama"] = "llama" if byte_fallback else "gpt2"
     id_to_text: dict[int, str] = {int(i): t for t, i in model["vocab"].items()}
     added = {int(tok["id"]): tok for tok in data.get("added_tokens") or []}
-    for token_id, tok in added.items():
-        id_to_text[token_id] = tok["content"]
+    for added_id, tok in added.items():
+        id_to_text[added_id] = tok["content"]
     size = max(id_to_text) + 1
     missing = [i for i in range(size) if i not in id_to_text]
     if missing:

@@ -58,7 +58,7 @@ class TokenizerSpec:
         ids.extend(self.extra_eos_token_ids)
         return tuple(dict.fromkeys(ids))
 
-    def validate(self) -> "TokenizerSpec":
+    def validate(self) -> TokenizerSpec:
         if not self.tokens:
             raise ValueError("tokenizer has no tokens")
         if len(self.token_types) != len(self.tokens):
@@ -77,7 +77,7 @@ class TokenizerSpec:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TokenizerSpec":
+    def from_dict(cls, data: dict[str, Any]) -> TokenizerSpec:
         values = dict(data)
         for key in ("tokens", "token_types", "merges", "scores", "extra_eos_token_ids"):
             values[key] = tuple(values.get(key, ()))

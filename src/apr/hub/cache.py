@@ -17,6 +17,7 @@ from pathlib import Path
 
 from apr.errors import HubError
 from apr.hub.sniff import ModelFormat
+from apr.settings import current
 
 HOME_ENV = "APR_HOME"
 MANIFEST_NAME = "manifest.json"
@@ -42,8 +43,7 @@ class CachedModel:
 
 
 def default_home() -> Path:
-    configured = os.environ.get(HOME_ENV, "")
-    return Path(configured).expanduser() if configured else Path.home() / ".cache" / "apr"
+    return current().home
 
 
 def slug_for(ref: str) -> str:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from apr.errors import HubError
+from apr.settings import Settings, current
 
 REGISTRY_FILE_ENV = "APR_REGISTRY_FILE"
 
@@ -106,17 +107,17 @@ BUILTIN_MODELS: tuple[RegistryModel, ...] = (
 )
 
 
-def _model_from_json(entry: Mapping[str, object], source: Path) -> RegistryModel:
+def _model_from_json(entry: Mapping[str, Any], source: Path) -> RegistryModel:
     try:
         parts = tuple(
             WheelPart(str(p["package"]), str(p["version"]), str(p["member"]), int(p["size_bytes"]))
-            for p in entry["parts"]  # type: ignore[union-attr]
+            for p in entry["parts"]
         )
         return RegistryModel(
             ref=str(entry["ref"]),
             filename=str(entry["filename"]),
             parts=parts,
-            size_bytes=int(entry["size_bytes"]),  # type: ignore[arg-type]
+            size_bytes=int(entry["size_bytes"]),
             sha256=str(entry["sha256"]).lower(),
             architecture=str(entry.get("architecture", "")),
         )
@@ -129,12 +130,11 @@ def _model_from_json(entry: Mapping[str, object], source: Path) -> RegistryModel
 
 def load_catalog(environ: Mapping[str, str] | None = None) -> dict[str, RegistryModel]:
     """Built-in models, plus (overriding by ref) the entries of the JSON file named by $APR_REGISTRY_FILE."""
-    env = os.environ if environ is None else environ
+    settings = current() if environ is None else Settings.from_environ(environ)
     catalog = {model.ref: model for model in BUILTIN_MODELS}
-    extra = env.get(REGISTRY_FILE_ENV, "")
-    if not extra:
+    if settings.registry_file is None:
         return catalog
-    path = Path(extra)
+    path = settings.registry_file
     try:
         entries = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:

@@ -10,7 +10,7 @@ from apr.hub.progress import ByteProgress, byte_bar
 CHUNK_BYTES = 8 * 1024 * 1024
 
 
-def _feed(path: Path, hasher: "hashlib._Hash", bar: ByteProgress) -> None:
+def _feed(path: Path, hasher: hashlib._Hash, bar: ByteProgress) -> None:
     buffer = bytearray(CHUNK_BYTES)
     view = memoryview(buffer)
     with path.open("rb", buffering=0) as handle:

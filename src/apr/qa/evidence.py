@@ -16,7 +16,7 @@ import json
 import os
 import threading
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Literal
@@ -25,7 +25,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationErro
 
 from apr.errors import AprError
 from apr.qa.axes import Backend, Format, Modality, Tier
-from apr.qa.gates_catalog import GateId
+from apr.qa.gates.catalog import GateId
 
 SCHEMA_VERSION = 1
 EXCERPT_LIMIT = 2000
@@ -62,7 +62,7 @@ class Scenario(BaseModel):
 
     @property
     def cell_key(self) -> str:
-        """Same shape as ``MatrixCell.key`` for cell checks; ``model`` for model-level checks."""
+        """Same shape as ``Cell.key`` for cell checks; ``model`` for model-level checks."""
         if self.format is None or self.backend is None or self.modality is None:
             parts = [str(p) for p in (self.format, self.backend, self.modality, self.prompt_id) if p is not None]
             return "/".join(["model", *parts])
@@ -106,8 +106,8 @@ class EvidenceRecord(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    schema_version: Literal[1] = Field(SCHEMA_VERSION, description="evidence schema version")
-    gate: GateId = Field(description="the gate this check belongs to (apr.qa.gates_catalog)")
+    schema_version: Literal[1] = Field(1, description="evidence schema version (SCHEMA_VERSION)")
+    gate: GateId = Field(description="the gate this check belongs to (apr.qa.gates.catalog)")
     check: str = Field(min_length=1, description="which check inside the gate, e.g. 'oracle:arithmetic', 'top1 gguf~apr'")
     scenario: Scenario = Field(description="what was exercised")
     outcome: Outcome = Field(description="corroborated | falsified | timeout | crashed | skipped")
@@ -260,7 +260,7 @@ def finished_keys(path: Path | str) -> frozenset[str]:
 
 def utc_now() -> datetime:
     """Timezone-aware now, as evidence timestamps require."""
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 __all__ = [

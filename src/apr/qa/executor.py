@@ -10,11 +10,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from apr.qa.axes import Backend, Format
-from apr.qa.cell_checks import cell_checks, skipped_cell_checks
-from apr.qa.cells import Cell
 from apr.qa.evidence import EvidenceRecord, EvidenceWriter, Outcome
-from apr.qa.gates_catalog import CATALOG
-from apr.qa.matrix import MatrixCell
+from apr.qa.gates.catalog import CATALOG
+from apr.qa.gates.cell import cell_checks, skipped_cell_checks
+from apr.qa.invocation import Invocation
+from apr.qa.matrix import Cell
 from apr.qa.playbook import FailurePolicy
 from apr.qa.procs import Children, apr_command
 from apr.qa.recording import Check, Recorder, Timer, stamp_all
@@ -27,7 +27,7 @@ NO_CUDA_REASON = "no CUDA device on this host (torch.cuda.is_available() is Fals
 class ExecutionPlan:
     """The cells to run and how: artifacts per format, deadline, workers, failure policy, CUDA presence."""
 
-    cells: tuple[MatrixCell, ...]
+    cells: tuple[Cell, ...]
     artifacts: dict[Format, Path]
     timeout_s: float
     workers: int = 1
@@ -37,8 +37,8 @@ class ExecutionPlan:
     apr_argv: tuple[str, ...] = field(default_factory=lambda: tuple(apr_command()))
     missing_artifacts: dict[Format, str] = field(default_factory=dict)  # format -> why it has no artifact
 
-    def runnable(self, cell: MatrixCell) -> Cell:
-        return Cell(model_path=self.artifacts[cell.format], format=cell.format, backend=cell.backend,
+    def runnable(self, cell: Cell) -> Invocation:
+        return Invocation(model_path=self.artifacts[cell.format], format=cell.format, backend=cell.backend,
                     modality=cell.modality, scenario_id=cell.prompt.id, prompt=cell.prompt.text, seed=cell.seed,
                     max_tokens=cell.prompt.max_tokens, timeout_s=self.timeout_s,
                     use_chat_template=self.use_chat_template)
@@ -69,7 +69,7 @@ class CellExecutor:
     """Drives the plan; every record goes through one thread-safe writer the moment its cell ends."""
 
     def __init__(self, plan: ExecutionPlan, recorder: Recorder, writer: EvidenceWriter,
-                 done_keys: frozenset[str] = frozenset(), on_cell_done: Callable[[MatrixCell, str], None] | None = None):
+                 done_keys: frozenset[str] = frozenset(), on_cell_done: Callable[[Cell, str], None] | None = None):
         self.plan = plan
         self.recorder = recorder
         self.writer = writer
@@ -80,7 +80,7 @@ class CellExecutor:
         self._lock = threading.Lock()
         self.children = Children()
 
-    def _checks(self, cell: MatrixCell) -> tuple[list[Check], CellRun | None]:
+    def _checks(self, cell: Cell) -> tuple[list[Check], CellRun | None]:
         if cell.backend is Backend.GPU and not self.plan.cuda_available:
             return skipped_cell_checks(cell, NO_CUDA_REASON), None
         if cell.format in self.plan.missing_artifacts:
@@ -92,11 +92,11 @@ class CellExecutor:
         run = run_cell(self.plan.runnable(cell), list(self.plan.apr_argv), self.children)
         return cell_checks(cell, run), run
 
-    def _cell_finished(self, cell: MatrixCell) -> bool:
+    def _cell_finished(self, cell: Cell) -> bool:
         # G3 is written last for a cell; its key being present means every record of the cell was written.
         return f"G3-STABILITY|process|{self.recorder.model}|{cell.key}" in self.done_keys
 
-    def _run_one(self, cell: MatrixCell) -> None:
+    def _run_one(self, cell: Cell) -> None:
         if self._cell_finished(cell):
             with self._lock:
                 self.summary.cells_resumed += 1
@@ -125,7 +125,7 @@ class CellExecutor:
                 self._stop.set()
         self._notify(cell, records[-1].outcome.value if records else "resumed")
 
-    def _notify(self, cell: MatrixCell, status: str) -> None:
+    def _notify(self, cell: Cell, status: str) -> None:
         if self.on_cell_done is not None:
             self.on_cell_done(cell, status)
 
@@ -156,7 +156,7 @@ def execute(plan: ExecutionPlan, recorder: Recorder, writer: EvidenceWriter, *, 
     with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
         task = bar.add_task("", total=len(plan.cells))
 
-        def advance(cell: MatrixCell, status: str) -> None:
+        def advance(cell: Cell, status: str) -> None:
             bar.update(task, advance=1, description=f"{cell.key}: {status}")
 
         return CellExecutor(plan, recorder, writer, done_keys, on_cell_done=advance).run()

@@ -8,12 +8,12 @@ from apr.qa.axes import Backend, Format, Modality
 from apr.qa.scenarios import Prompt
 
 
-class MatrixCell(BaseModel):
+class Cell(BaseModel):
     """One planned cell: a format × backend × modality × scenario prompt, before any model path is known.
 
-    The executor turns it into a runnable ``apr.qa.cells.Cell`` (adding the artifact path and the
+    The executor turns it into a runnable ``apr.qa.invocation.Invocation`` (adding the artifact path and the
     timeout). ``key`` is the identity `--resume` matches on; it has the same shape as
-    ``apr.qa.cells.Cell.key``.
+    ``apr.qa.invocation.Invocation.key``.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")

@@ -13,17 +13,18 @@ from __future__ import annotations
 import itertools
 import json
 import sys
+from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from apr.errors import AprError
 from apr.qa.axes import Backend, Format, Modality, Tier
-from apr.qa.matrix import MatrixCell
+from apr.qa.gates.thresholds import GateSet
+from apr.qa.matrix import Cell
 from apr.qa.oracles.base import GarbageSpec
-from apr.qa.playbook_gates import GateSet
 from apr.qa.playbook_yaml import SourceMap, read_with_extends
 from apr.qa.scenarios import Prompt, ScenarioSettings, assign, generate_prompts
 
@@ -157,17 +158,20 @@ class Playbook(PlaybookTemplate):
         """Every scenario prompt, reproducible from (playbook, seed)."""
         return generate_prompts(self.scenarios, self.garbage_spec())
 
-    def cells(self) -> list[MatrixCell]:
+    def cells(self) -> list[Cell]:
         """The cell matrix: formats × backends × modalities × the prompts assigned to each format×modality."""
         prompts = self.prompts()
         combos = list(itertools.product(self.matrix.formats, self.matrix.modalities))
         assigned = {combo: assign(prompts, index, self.scenarios.per_cell) for index, combo in enumerate(combos)}
-        return [MatrixCell(format=fmt, backend=backend, modality=modality, prompt=prompt, seed=self.scenarios.seed)
+        return [Cell(format=fmt, backend=backend, modality=modality, prompt=prompt, seed=self.scenarios.seed)
                 for fmt in self.matrix.formats for backend in self.matrix.backends
                 for modality in self.matrix.modalities for prompt in assigned[(fmt, modality)]]
 
 
-def _describe(error: dict, source: SourceMap, path: Path) -> str:
+_T = TypeVar("_T", bound=PlaybookTemplate)
+
+
+def _describe(error: Mapping[str, Any], source: SourceMap, path: Path) -> str:
     loc = tuple(error["loc"])
     position = source.locate(loc)
     file, line = position if position else (path, 1)
@@ -180,7 +184,7 @@ def _describe(error: dict, source: SourceMap, path: Path) -> str:
     return f"{file}:{line}: {field}: {message}"
 
 
-def _validate(model: type[PlaybookTemplate], data: dict, source: SourceMap, path: Path) -> PlaybookTemplate:
+def _validate(model: type[_T], data: dict, source: SourceMap, path: Path) -> _T:
     try:
         return model.model_validate(data)
     except ValidationError as err:

@@ -58,8 +58,8 @@ class _Translation:
     def put(self, target: Loc, value: Any, origin: Loc) -> None:
         node = self.out
         for key in target[:-1]:
-            node = node.setdefault(key, {})
-        node[target[-1]] = value
+            node = node.setdefault(str(key), {})  # targets are mapping keys: upstream's layout has no lists
+        node[str(target[-1])] = value
         position = self.source.locate(origin)
         if position is not None:
             for end in range(1, len(target) + 1):

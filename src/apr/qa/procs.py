@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
+from apr.settings import child_environ
+
 TRACEBACK_MARKER = "Traceback (most recent call last)"
 # How many trailing stderr lines a crash reason quotes: enough to name the exception.
 STDERR_TAIL_LINES = 6
@@ -85,11 +87,7 @@ def apr_command() -> list[str]:
 
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """Environment for a program under test: ours, unbuffered, no colour codes in its output."""
-    env = dict(os.environ)
-    env.update({"PYTHONUNBUFFERED": "1", "NO_COLOR": "1", "TERM": "dumb"})
-    if extra:
-        env.update(extra)
-    return env
+    return child_environ({"PYTHONUNBUFFERED": "1", "NO_COLOR": "1", "TERM": "dumb", **(extra or {})})
 
 
 def kill_group(proc: subprocess.Popen) -> None:

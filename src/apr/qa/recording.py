@@ -9,7 +9,7 @@ from pathlib import Path
 
 from apr.qa.axes import Backend, Format, Modality, Tier
 from apr.qa.evidence import EvidenceRecord, MetricValue, Outcome, Scenario, excerpt, utc_now
-from apr.qa.gates_catalog import GateId
+from apr.qa.gates.catalog import GateId
 from apr.qa.provenance import capture
 
 

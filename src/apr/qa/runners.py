@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from apr.qa.cells import Cell
+from apr.qa.invocation import Invocation
 from apr.qa.procs import Children, Ending, ProcessResult, child_env, run_process
 from apr.qa.serve_session import serve, wait_ready
 
@@ -40,7 +40,7 @@ def _from_process(process: ProcessResult, command: str) -> CellRun:
     return CellRun(process=process, ending=process.ending, reason=process.reason(), command=command)
 
 
-def _json_document(stdout: str) -> dict[str, Any] | None:
+def json_document(stdout: str) -> dict[str, Any] | None:
     """The one JSON document on stdout (pretty-printed or a single last line)."""
     text = stdout.strip()
     for candidate in (text, text.splitlines()[-1] if text else ""):
@@ -72,14 +72,14 @@ def _parsed(run: CellRun, document: dict[str, Any] | None, what: str) -> CellRun
     return replace(run, **_reply_fields(document))
 
 
-def run_cell_run(cell: Cell, apr_argv: list[str], children: Children | None = None) -> CellRun:
+def run_cell_run(cell: Invocation, apr_argv: list[str], children: Children | None = None) -> CellRun:
     """`apr run MODEL --prompt P --json`: one prompt, one JSON document on stdout."""
     argv = [*apr_argv, "run", str(cell.model_path), "--prompt", cell.prompt, "--max-tokens", str(cell.max_tokens),
             "--temperature", "0", "--seed", str(cell.seed), "--device", cell.device, "--json"]
     if not cell.use_chat_template:
         argv.append("--raw")  # a base model continues the text; there is no chat template to wrap it in
     process = run_process(argv, timeout_s=cell.timeout_s, env=child_env(), children=children)
-    return _parsed(_from_process(process, "apr run"), _json_document(process.stdout), "apr run")
+    return _parsed(_from_process(process, "apr run"), json_document(process.stdout), "apr run")
 
 
 def chat_turn(prompt: str) -> str:
@@ -87,7 +87,7 @@ def chat_turn(prompt: str) -> str:
     return json.dumps({"role": "user", "content": prompt}, ensure_ascii=False)
 
 
-def run_cell_chat(cell: Cell, apr_argv: list[str], children: Children | None = None) -> CellRun:
+def run_cell_chat(cell: Invocation, apr_argv: list[str], children: Children | None = None) -> CellRun:
     """`apr chat MODEL --json` with the prompt as one user turn on stdin; the first JSON line is the reply."""
     argv = [*apr_argv, "chat", str(cell.model_path), "--device", cell.device, "--max-tokens", str(cell.max_tokens),
             "--seed", str(cell.seed), "--json"]
@@ -95,39 +95,40 @@ def run_cell_chat(cell: Cell, apr_argv: list[str], children: Children | None = N
                           children=children)
     document = None
     for line in process.stdout.splitlines():
-        document = _json_document(line)
+        document = json_document(line)
         if document is not None:
             break
     return _parsed(_from_process(process, "apr chat"), document, "apr chat")
 
 
-def _ask_server(base_url: str, cell: Cell, timeout_s: float) -> dict[str, Any]:
+def _ask_server(base_url: str, cell: Invocation, timeout_s: float) -> dict[str, Any]:
     """One real request with the official openai client; returns text, tokens, finish reason."""
     import httpx
     from openai import OpenAI
 
     # The server is local: a proxy from the environment must never sit between the two.
+    # openai's annotations name its own vendored client class; an httpx.Client is what it takes at run time.
     client = OpenAI(base_url=f"{base_url}/v1", api_key="apr-qa", timeout=timeout_s, max_retries=0,
-                    http_client=httpx.Client(trust_env=False, timeout=timeout_s))
+                    http_client=httpx.Client(trust_env=False, timeout=timeout_s))  # type: ignore[arg-type]
     model_id = client.models.list().data[0].id
     started = time.monotonic()
     if cell.serve_api == "chat":
-        reply = client.chat.completions.create(
+        chat = client.chat.completions.create(
             model=model_id, messages=[{"role": "user", "content": cell.prompt}],
             max_tokens=cell.max_tokens, temperature=0, seed=cell.seed,
         )
-        text = reply.choices[0].message.content
+        text, usage, finish = chat.choices[0].message.content, chat.usage, chat.choices[0].finish_reason
     else:
-        reply = client.completions.create(
+        completion = client.completions.create(
             model=model_id, prompt=cell.prompt, max_tokens=cell.max_tokens, temperature=0, seed=cell.seed,
         )
-        text = reply.choices[0].text
+        text, usage, finish = completion.choices[0].text, completion.usage, completion.choices[0].finish_reason
     elapsed = time.monotonic() - started
-    tokens = reply.usage.completion_tokens if reply.usage else None
+    tokens = usage.completion_tokens if usage else None
     timings = {"request_s": elapsed}
     if tokens and elapsed > 0:
         timings["request_tok_s"] = tokens / elapsed  # includes prefill and HTTP: a lower bound on decode speed
-    return {"text": text or "", "completion_tokens": tokens, "finish_reason": reply.choices[0].finish_reason, "timings": timings}
+    return {"text": text or "", "completion_tokens": tokens, "finish_reason": finish, "timings": timings}
 
 
 def _await_exit(session, seconds: float) -> None:
@@ -139,7 +140,7 @@ def _await_exit(session, seconds: float) -> None:
         return  # still serving: the failure was the request's, not the process's
 
 
-def run_cell_serve(cell: Cell, apr_argv: list[str], children: Children | None = None) -> CellRun:
+def run_cell_serve(cell: Invocation, apr_argv: list[str], children: Children | None = None) -> CellRun:
     """`apr serve MODEL --port 0`, then one request over real HTTP; the server is always stopped."""
     from openai import APIError
 
@@ -154,6 +155,7 @@ def run_cell_serve(cell: Cell, apr_argv: list[str], children: Children | None = 
                                reason="apr serve exited 0 without printing its ready line")
             return _from_process(result, "apr serve")
         try:
+            assert session.base_url is not None  # wait_ready returned True only after reading it
             reply = _ask_server(session.base_url, cell, max(MIN_REQUEST_S, deadline - time.monotonic()))
         except APIError as err:
             _await_exit(session, DEATH_GRACE_S)  # a dropped connection may be the server dying: let it finish
@@ -179,18 +181,6 @@ def run_cell_serve(cell: Cell, apr_argv: list[str], children: Children | None = 
 RUNNERS = {"run": run_cell_run, "chat": run_cell_chat, "serve": run_cell_serve}
 
 
-def run_cell(cell: Cell, apr_argv: list[str], children: Children | None = None) -> CellRun:
+def run_cell(cell: Invocation, apr_argv: list[str], children: Children | None = None) -> CellRun:
     return RUNNERS[cell.modality](cell, apr_argv, children)
 
-
-BENCH_ARGS = ("--prompt-tokens", "32", "--decode-tokens", "32", "--min-reps", "3", "--min-seconds", "0",
-              "--warmup", "1")
-
-
-def run_bench(model_path, device: str, timeout_s: float, apr_argv: list[str],
-              children: Children | None = None) -> tuple[ProcessResult, dict[str, Any] | None]:
-    """`apr bench MODEL --device D` (warmup first, then repetitions): the last stdout line is its JSON result."""
-    argv = [*apr_argv, "bench", str(model_path), "--device", device, *BENCH_ARGS]
-    process = run_process(argv, timeout_s=timeout_s, env=child_env(), children=children)
-    lines = process.stdout.strip().splitlines()
-    return process, (_json_document(lines[-1]) if lines and process.ending is Ending.OK else None)

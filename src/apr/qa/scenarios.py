@@ -17,7 +17,14 @@ from enum import StrEnum
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from apr.qa.oracles.base import (
-    ArithmeticSpec, CodeSpec, ExpectedTextSpec, GarbageSpec, Language, NonEmptySpec, OracleName, OracleSpec,
+    ArithmeticSpec,
+    CodeSpec,
+    ExpectedTextSpec,
+    GarbageSpec,
+    Language,
+    NonEmptySpec,
+    OracleName,
+    OracleSpec,
     StopsOnEosSpec,
 )
 
@@ -111,7 +118,8 @@ class _Deck:
     """Draws from a fixed list without replacement (reshuffling when exhausted): distinct prompts first."""
 
     def __init__(self, rng: random.Random, items: list) -> None:
-        self.rng, self.items, self.left = rng, items, []
+        self.rng, self.items = rng, items
+        self.left: list = []
 
     def draw(self):
         if not self.left:

@@ -2,7 +2,7 @@
 
 Formula (every number here is also in docs/qa.md):
 
-1. Records are grouped by gate (``apr.qa.gates_catalog``). For each gate,
+1. Records are grouped by gate (``apr.qa.gates.catalog``). For each gate,
    ``fraction = corroborated / all records of the gate``. Skipped, falsified, timed-out and
    crashed records are in the denominator and earn nothing. A gate with no records has
    fraction 0 ("no evidence is not a pass").
@@ -30,7 +30,7 @@ from enum import StrEnum
 from pydantic import BaseModel, ConfigDict
 
 from apr.qa.evidence import EvidenceRecord, Outcome
-from apr.qa.gates_catalog import CATALOG, CATEGORY_WEIGHTS, GATEWAYS, Category, GateId, gates_in
+from apr.qa.gates.catalog import CATALOG, CATEGORY_WEIGHTS, GATEWAYS, Category, GateId, gates_in
 
 CERTIFIED_MIN = 800
 GRADE_FLOORS: tuple[tuple[int, str], ...] = ((950, "A+"), (900, "A"), (850, "B+"), (800, "B"), (700, "C"))

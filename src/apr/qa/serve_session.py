@@ -32,6 +32,7 @@ class ServeSession:
     """A running server: its base URL and a way to read how it ended."""
 
     proc: subprocess.Popen
+    argv: tuple[str, ...]
     output: ServerOutput
     started: float
     base_url: str | None = None
@@ -45,7 +46,7 @@ class ServeSession:
             for reader in self.readers:  # the streams are closed: let the readers drain them
                 reader.join(timeout=2.0)
         return ProcessResult(
-            argv=tuple(self.proc.args),
+            argv=self.argv,
             returncode=self.proc.returncode,
             stdout="".join(self.output.stdout),
             stderr="".join(self.output.stderr),
@@ -109,7 +110,7 @@ def serve(argv: list[str], env: dict[str, str] | None = None, children: Children
     ]
     for reader in readers:
         reader.start()
-    session = ServeSession(proc=proc, output=output, started=time.monotonic(), readers=readers)
+    session = ServeSession(proc=proc, argv=tuple(argv), output=output, started=time.monotonic(), readers=readers)
     try:
         yield session
     finally:

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from apr.engine import quant
+from apr.settings import current
 
 SOURCES = tuple(Path(__file__).with_name(name) for name in ("qgemm.c", "glue.c", "layer.c", "dequant.c"))
 HEADERS = (Path(__file__).with_name("apr_native.h"),)
@@ -115,9 +116,7 @@ def padded(k: int) -> int:
 
 
 def _cache_dir() -> Path:
-    from apr.engine.pack_cache import apr_home
-
-    return apr_home() / "kernel-cache"
+    return current().home / "kernel-cache"
 
 
 def openmp_runtimes_in_process() -> list[Path]:
@@ -141,12 +140,13 @@ def _library() -> tuple[ctypes.CDLL | None, str]:
     """The loaded kernel library, or None and the reason it cannot be used here."""
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return None, f"the native kernels need x86-64 (this is {platform.machine()})"
-    variant, why = choose_variant(os.environ.get("APR_NATIVE_VARIANT") or None)
+    settings = current()
+    variant, why = choose_variant(settings.native_variant)
     if variant is None:
         return None, why
-    if os.environ.get("APR_NATIVE_KERNELS", "1") == "0":
+    if not settings.native_kernels:
         return None, "disabled by APR_NATIVE_KERNELS=0"
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    compiler = settings.compiler or shutil.which("cc") or shutil.which("gcc")
     if not compiler:
         return None, "no C compiler (cc/gcc) to build them"
     source = b"".join(path.read_bytes() for path in (*SOURCES, *HEADERS))
@@ -262,7 +262,7 @@ def _out_features(layout: str, tensors: tuple[torch.Tensor, ...]) -> int:
 
 
 def _weight(layout: str, k: int, kpad: int, pointers: tuple[int, ...], bias: torch.Tensor | None,
-            n: int) -> "_Weight":
+            n: int) -> _Weight:
     """apr_native.h's apr_weight for a weight with input features ``k``; ValueError when K does not fit the layout."""
     if (k if layout == "q4k" or layout in TILE_BYTES else padded(k)) != kpad:
         raise ValueError(f"{k} input features for a {layout} weight of K {kpad}")
@@ -272,7 +272,7 @@ def _weight(layout: str, k: int, kpad: int, pointers: tuple[int, ...], bias: tor
     return _Weight(LAYOUT_CODE[layout], *parts, None if bias is None else bias.data_ptr(), n, k, kpad)
 
 
-def _multiply(weight: "_Weight", x: torch.Tensor) -> torch.Tensor:
+def _multiply(weight: _Weight, x: torch.Tensor) -> torch.Tensor:
     m, k = x.shape
     if x.dtype != torch.float32 or not x.is_contiguous() or k != weight.k:
         raise ValueError(f"expected contiguous float32 [M, {weight.k}] input, got {x.dtype} {tuple(x.shape)}")
@@ -301,7 +301,7 @@ class PackedLinear:
         self._pointers = tuple(t.data_ptr() for t in self.tensors)
         self._weights: dict[tuple[int, int], _Weight] = {}  # by (K, bias address): built once, reused every call
 
-    def weight(self, k: int, bias: torch.Tensor | None) -> "_Weight":
+    def weight(self, k: int, bias: torch.Tensor | None) -> _Weight:
         """The C description of this weight multiplying inputs of ``k`` features, plus ``bias``."""
         key = (k, 0 if bias is None else bias.data_ptr())
         found = self._weights.get(key)

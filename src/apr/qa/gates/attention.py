@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from apr.qa.gates_catalog import GateId
-from apr.qa.playbook_gates import AttentionTraceGate
+from apr.qa.gates.catalog import GateId
+from apr.qa.gates.thresholds import AttentionTraceGate
 from apr.qa.recording import Check, verdict
 
 if TYPE_CHECKING:
@@ -31,9 +31,8 @@ class HeadStats:
     first_position_mass: float  # mean probability given to position 0
 
 
-def _head_stats(layer: int, probs: "torch.Tensor", visible: "torch.Tensor") -> list[HeadStats]:
+def _head_stats(layer: int, probs: torch.Tensor, visible: torch.Tensor) -> list[HeadStats]:
     """probs [heads, T, T]; visible [T] = number of keys each query sees."""
-    import torch
 
     queries = slice(1, None)  # the first query sees only itself: nothing to measure
     p = probs[:, queries].float().clamp_min(1e-12)
@@ -42,12 +41,13 @@ def _head_stats(layer: int, probs: "torch.Tensor", visible: "torch.Tensor") -> l
     return [HeadStats(layer, h, float(entropy[h].mean()), float(first[h].mean())) for h in range(probs.shape[0])]
 
 
-def trace_attention(engine: "Engine", ids: list[int]) -> tuple[list[HeadStats], "torch.Tensor"]:
+def trace_attention(engine: Engine, ids: list[int]) -> tuple[list[HeadStats], torch.Tensor]:
     """Per-head statistics of every layer for one prompt (at least two tokens), and the replay's logits
     (which must equal ``engine.logits(ids)``: the proof that the replay is the engine's network)."""
     import torch
 
-    model = engine.transformer
+    # The reference network's submodules are typed as plain nn.Modules: its attributes are read as Any here.
+    model: Any = engine.transformer
     with torch.inference_mode():
         t = len(ids)
         tokens = torch.tensor(ids, device=engine.device)
@@ -73,7 +73,7 @@ def trace_attention(engine: "Engine", ids: list[int]) -> tuple[list[HeadStats], 
     return stats, logits
 
 
-def attention_checks(engine: "Engine", ids: list[int], settings: AttentionTraceGate, fmt) -> list[Check]:
+def attention_checks(engine: Engine, ids: list[int], settings: AttentionTraceGate, fmt) -> list[Check]:
     stats, _ = trace_attention(engine, ids)
     heads = len(stats)
     mean_entropy = sum(s.normalized_entropy for s in stats) / heads

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from apr.qa.gates_catalog import GateId
-from apr.qa.playbook_gates import GoldenOutputGate
+from apr.qa.gates.catalog import GateId
+from apr.qa.gates.thresholds import GoldenOutputGate
 from apr.qa.recording import Check, verdict
 
 if TYPE_CHECKING:
@@ -16,7 +16,7 @@ GOLDEN = GateId.GOLDEN_OUTPUT
 POISON = ("\ufffd", "[UNK]", "\x00")
 
 
-def prompt_ids(engine: "Engine", prompt: str, chat: bool) -> list[int]:
+def prompt_ids(engine: Engine, prompt: str, chat: bool) -> list[int]:
     tok = engine.tokenizer
     if chat and tok.has_chat_template:
         text = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True)
@@ -25,7 +25,7 @@ def prompt_ids(engine: "Engine", prompt: str, chat: bool) -> list[int]:
     return bos + tok.encode(prompt)
 
 
-def golden_checks(engine: "Engine", settings: GoldenOutputGate, chat: bool, fmt) -> list[Check]:
+def golden_checks(engine: Engine, settings: GoldenOutputGate, chat: bool, fmt) -> list[Check]:
     from apr.engine import SamplingParams
 
     checks = []

@@ -7,7 +7,7 @@ from pathlib import Path
 from apr.errors import AprError
 from apr.formats.model import CanonicalModel
 from apr.qa.axes import Format
-from apr.qa.gates_catalog import GateId
+from apr.qa.gates.catalog import GateId
 from apr.qa.recording import Check, corroborated, falsified, skipped, verdict
 
 G0 = GateId.G0_INTEGRITY

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from apr.errors import AprError
 from apr.formats.model import CanonicalModel
 from apr.qa.axes import Backend, Format
-from apr.qa.gates_catalog import GateId
+from apr.qa.gates.catalog import GateId
 from apr.qa.recording import Check, corroborated, falsified, skipped
 
 if TYPE_CHECKING:
@@ -17,7 +17,7 @@ G1 = GateId.G1_LOAD
 
 
 def load_engine_check(model: CanonicalModel, fmt: Format, backend: Backend, cuda_available: bool
-                      ) -> tuple[Check, "Engine | None"]:
+                      ) -> tuple[Check, Engine | None]:
     """Build the engine in-process; a failure to build is a falsified load, with the error as the reason."""
     if backend is Backend.GPU and not cuda_available:
         return skipped(G1, f"engine:{fmt}", "no CUDA device on this host: GPU load not attempted",

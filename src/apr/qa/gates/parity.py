@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from apr.formats.model import CanonicalModel
 from apr.qa.axes import Format
-from apr.qa.gates_catalog import GateId
+from apr.qa.gates.catalog import GateId
+from apr.qa.measure import LogitComparison
 from apr.qa.recording import Check, skipped, verdict
 
 if TYPE_CHECKING:
@@ -15,29 +15,10 @@ if TYPE_CHECKING:
 
     from apr.engine import Engine
 
+__all__ = ["LogitComparison", "comparison_check", "encode_prompts", "format_parity_checks", "prompt_logits",
+           "tokenizer_parity_checks"]
+
 FORMAT_PARITY, TOKENIZER_PARITY = GateId.FORMAT_PARITY, GateId.TOKENIZER_PARITY
-
-
-@dataclass(frozen=True)
-class LogitComparison:
-    """Agreement of candidate logits with reference logits over every position of every prompt."""
-
-    positions: int
-    top1_agreement: float
-    mean_kl: float  # mean over positions of KL(reference ‖ candidate), in nats
-    max_abs_diff: float
-
-    @classmethod
-    def of(cls, reference: list["torch.Tensor"], candidate: list["torch.Tensor"]) -> "LogitComparison":
-        import torch
-
-        ref, cand = torch.cat(reference).float(), torch.cat(candidate).float()
-        if ref.shape != cand.shape:
-            raise ValueError(f"logit shapes differ: {tuple(ref.shape)} vs {tuple(cand.shape)}")
-        log_p, log_q = torch.log_softmax(ref, -1), torch.log_softmax(cand, -1)
-        kl = (log_p.exp() * (log_p - log_q)).sum(-1)
-        return cls(positions=ref.shape[0], top1_agreement=float((ref.argmax(-1) == cand.argmax(-1)).float().mean()),
-                   mean_kl=float(kl.mean()), max_abs_diff=float((ref - cand).abs().max()))
 
 
 def encode_prompts(model: CanonicalModel, prompts: tuple[str, ...]) -> list[list[int]]:
@@ -47,7 +28,7 @@ def encode_prompts(model: CanonicalModel, prompts: tuple[str, ...]) -> list[list
     return [bos + tok.encode(prompt) for prompt in prompts if bos + tok.encode(prompt)]
 
 
-def prompt_logits(engine: "Engine", ids: list[list[int]]) -> list["torch.Tensor"]:
+def prompt_logits(engine: Engine, ids: list[list[int]]) -> list[torch.Tensor]:
     return [engine.logits(seq) for seq in ids]
 
 
@@ -64,7 +45,7 @@ def comparison_check(gate: GateId, check: str, comparison: LogitComparison, min_
                                                               "max_kl": max_kl})
 
 
-def format_parity_checks(logits: dict[Format, list["torch.Tensor"]], reference: Format, min_top1: float,
+def format_parity_checks(logits: dict[Format, list[torch.Tensor]], reference: Format, min_top1: float,
                          max_kl: float, expected: tuple[Format, ...]) -> list[Check]:
     """Each other format against the reference format; a format whose logits are missing cannot pass."""
     checks = []

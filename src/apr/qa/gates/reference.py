@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from apr.qa.axes import Format
-from apr.qa.gates.parity import LogitComparison, comparison_check
-from apr.qa.gates_catalog import GateId
-from apr.qa.playbook_gates import ParityGate
+from apr.qa.gates.catalog import GateId
+from apr.qa.gates.parity import comparison_check
+from apr.qa.gates.thresholds import ParityGate
+from apr.qa.measure import LogitComparison
 from apr.qa.recording import Check, falsified, skipped
 
 REFERENCE = GateId.REFERENCE_PARITY

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Sequence
+from typing import Any
 
 from apr.qa.axes import Backend, Format, Modality
 from apr.qa.evidence import EvidenceRecord, Outcome, excerpt
-from apr.qa.gates_catalog import GateId
-from apr.qa.matrix import MatrixCell
-from apr.qa.playbook_gates import DeterminismGate, GpuSpeedupGate
+from apr.qa.gates.catalog import GateId
+from apr.qa.gates.thresholds import DeterminismGate, GpuSpeedupGate
+from apr.qa.matrix import Cell
 from apr.qa.procs import Ending, ProcessResult
 from apr.qa.recording import Check, falsified, skipped, verdict
 
@@ -27,8 +28,9 @@ def _replies(records: Sequence[EvidenceRecord]) -> list[EvidenceRecord]:
 
 def throughput_check(fmt: Format, backend: Backend, minimum: float, process: ProcessResult | None,
                      bench: dict | None, skip_reason: str | None = None) -> Check:
-    """One `apr bench` result against the playbook's minimum decode tok/s for the backend."""
-    name, fields = f"decode:{fmt}/{backend}", {"format": fmt, "backend": backend, "threshold": minimum, "unit": "tok/s"}
+    """One `apr bench` result (``apr.qa.measure.measure_speed``) against the playbook's minimum decode tok/s for the backend."""
+    name = f"decode:{fmt}/{backend}"
+    fields: dict[str, Any] = {"format": fmt, "backend": backend, "threshold": minimum, "unit": "tok/s"}
     if skip_reason is not None or process is None:
         return skipped(THROUGHPUT, name, skip_reason or "not measured", **fields)
     if process.ending is Ending.CRASHED or process.ending is Ending.TIMEOUT:
@@ -36,11 +38,12 @@ def throughput_check(fmt: Format, backend: Backend, minimum: float, process: Pro
         return Check(THROUGHPUT, name, outcome, f"apr bench: {process.reason()}", n_compared=1,
                      output=process.stderr_tail(), **fields)
     speed = ((bench or {}).get("decode_tok_s") or {}).get("median")
-    if not isinstance(speed, (int, float)) or speed <= 0:
+    if bench is None or not isinstance(speed, (int, float)) or speed <= 0:
         return falsified(THROUGHPUT, name, f"apr bench gave no decode speed: {process.reason()}",
                          output=process.stderr_tail(), **fields)
     metrics = {"p90_tok_s": bench["decode_tok_s"].get("p90"), "reps": bench.get("reps"),
-               "prefill_tok_s": (bench.get("prefill_tok_s") or {}).get("median"), "load_s": bench.get("load_s")}
+               "prefill_tok_s": (bench.get("prefill_tok_s") or {}).get("median"),
+               "ttft_s": (bench.get("ttft_s") or {}).get("median"), "load_s": bench.get("load_s")}
     return verdict(THROUGHPUT, name, speed >= minimum, f"apr bench: median decode {speed:.1f} tok/s over "
                    f"{bench.get('reps')} repetitions after warmup (min {minimum})", int(bench.get("reps") or 1),
                    measured=round(float(speed), 3), metrics=metrics, **fields)
@@ -67,8 +70,8 @@ def gpu_speedup_checks(records: Sequence[EvidenceRecord], settings: GpuSpeedupGa
                     metrics={"cpu_tok_s": round(statistics.median(cpu), 3), "gpu_tok_s": round(statistics.median(gpu), 3)})]
 
 
-def determinism_targets(records: Sequence[EvidenceRecord], cells: Sequence[MatrixCell], settings: DeterminismGate,
-                        prefer: Format) -> list[tuple[MatrixCell, EvidenceRecord]]:
+def determinism_targets(records: Sequence[EvidenceRecord], cells: Sequence[Cell], settings: DeterminismGate,
+                        prefer: Format) -> list[tuple[Cell, EvidenceRecord]]:
     """Per modality, the first CPU cell (preferring the source format) that gave a non-empty reply."""
     by_key = {r.scenario.cell_key: r for r in _replies(records) if r.output_excerpt.strip()}
     targets = []
@@ -80,7 +83,7 @@ def determinism_targets(records: Sequence[EvidenceRecord], cells: Sequence[Matri
     return targets
 
 
-def determinism_check(cell: MatrixCell, first: EvidenceRecord, rerun_texts: list[str | None]) -> Check:
+def determinism_check(cell: Cell, first: EvidenceRecord, rerun_texts: list[str | None]) -> Check:
     """The reruns of ``cell`` (same seed, same settings) must reproduce the recorded reply exactly."""
     fields = {"format": cell.format, "backend": cell.backend, "modality": cell.modality, "prompt_id": cell.prompt.id,
               "prompt": cell.prompt.text, "seed": cell.seed}

@@ -6,7 +6,7 @@ import numpy as np
 
 from apr.formats.model import CanonicalModel
 from apr.qa.axes import Format
-from apr.qa.gates_catalog import GateId
+from apr.qa.gates.catalog import GateId
 from apr.qa.recording import Check, verdict
 
 META, STRUCT = GateId.METADATA_PLAUSIBILITY, GateId.STRUCTURE

@@ -12,8 +12,18 @@ from typing import Any, Protocol
 
 from apr.qa.oracles import arithmetic, code, expected_text, garbage, non_empty, stops_on_eos
 from apr.qa.oracles.base import (
-    ArithmeticSpec, CodeSpec, ExpectedTextSpec, GarbageSpec, Generation, Language, NonEmptySpec, OracleName,
-    OracleSpec, OracleVerdict, StopsOnEosSpec, VerdictKind,
+    ArithmeticSpec,
+    CodeSpec,
+    ExpectedTextSpec,
+    GarbageSpec,
+    Generation,
+    Language,
+    NonEmptySpec,
+    OracleName,
+    OracleSpec,
+    OracleVerdict,
+    StopsOnEosSpec,
+    VerdictKind,
 )
 
 ORACLES: dict[OracleName, Callable[[str, Generation, Any], OracleVerdict]] = {
@@ -25,13 +35,14 @@ ORACLES: dict[OracleName, Callable[[str, Generation, Any], OracleVerdict]] = {
     OracleName.NON_EMPTY: non_empty.check,
 }
 
-_DEFAULT_SPECS = {OracleName.ARITHMETIC: ArithmeticSpec(), OracleName.CODE: CodeSpec(),
+_DEFAULT_SPECS: dict[OracleName, OracleSpec] = {OracleName.ARITHMETIC: ArithmeticSpec(), OracleName.CODE: CodeSpec(),
                   OracleName.GARBAGE: GarbageSpec(), OracleName.STOPS_ON_EOS: StopsOnEosSpec(),
                   OracleName.NON_EMPTY: NonEmptySpec()}
 
 
 class PromptLike(Protocol):
-    text: str
+    @property
+    def text(self) -> str: ...
 
     def spec_for(self, oracle: OracleName) -> OracleSpec | None: ...
 

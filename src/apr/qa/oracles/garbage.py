@@ -10,7 +10,7 @@ import re
 import unicodedata
 from collections import Counter
 
-from apr.qa.oracles.base import Generation, GarbageSpec, OracleName, OracleVerdict, verdict
+from apr.qa.oracles.base import GarbageSpec, Generation, OracleName, OracleVerdict, verdict
 
 # Tokens for the repetition statistics: single CJK/kana characters, words, or single punctuation marks.
 _TOKEN = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af]|[^\W_]+|[^\w\s]", re.UNICODE)
@@ -67,7 +67,7 @@ def check(prompt: str, output: Generation, spec: GarbageSpec) -> OracleVerdict:
         return verdict(name, False, f"only {unique_chars} distinct characters in {len(text.strip())}",
                        unique_chars=unique_chars)
     tokens = _TOKEN.findall(text)
-    metrics = {"tokens": len(tokens), "unique_chars": unique_chars}
+    metrics: dict[str, float] = {"tokens": len(tokens), "unique_chars": unique_chars}
     if len(tokens) >= MIN_TOKENS_FOR_STATS:
         top, top_count = Counter(tokens).most_common(1)[0]
         share = top_count / len(tokens)

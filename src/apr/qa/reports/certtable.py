@@ -40,7 +40,7 @@ from pathlib import Path
 from apr.errors import AprError
 from apr.qa.axes import Backend, Tier
 from apr.qa.evidence import EvidenceRecord, Outcome, read_evidence
-from apr.qa.gates_catalog import GateId
+from apr.qa.gates.catalog import GateId
 from apr.qa.reports import write_text_atomic
 from apr.qa.reports.html import CSS
 from apr.qa.score import GatewayState, compute_mqs
@@ -192,6 +192,6 @@ def write_tables(certifications: Path, readme: Path | None) -> list[CertRow]:
         updated_readme = replace_readme_table(readme.read_text(encoding="utf-8"), render_markdown(rows), readme)
     write_text_atomic(certifications / "models.csv", render_csv(rows))
     write_text_atomic(certifications / "index.html", render_index(rows))
-    if updated_readme is not None:
+    if readme is not None and updated_readme is not None:
         write_text_atomic(readme, updated_readme)
     return rows

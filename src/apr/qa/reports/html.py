@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from html import escape
 
 from apr.qa.evidence import EvidenceRecord, Outcome
-from apr.qa.gates_catalog import CATALOG
+from apr.qa.gates.catalog import CATALOG
 from apr.qa.score import MqsResult, Status, compute_mqs
 
 CSS = """
@@ -81,7 +81,7 @@ def _cells(records: Sequence[EvidenceRecord]) -> str:
     cell_records = [r for r in records if r.scenario.format and r.scenario.backend and r.scenario.modality]
     if not cell_records:
         return "<h2>Cells</h2><p class='muted'>No cell evidence.</p>"
-    backends = sorted({r.scenario.backend for r in cell_records})
+    backends = sorted({r.scenario.backend for r in cell_records if r.scenario.backend is not None})
     rows_keys = sorted({(r.scenario.format, r.scenario.modality) for r in cell_records})
     rows = []
     for fmt, modality in rows_keys:

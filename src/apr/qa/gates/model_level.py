@@ -11,13 +11,15 @@ import gc
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from apr.formats.model import CanonicalModel
 from apr.qa.axes import Backend, Format
-from apr.qa.gates_catalog import GateId
-from apr.qa.playbook_gates import GateSet, ParityGate
+from apr.qa.gates.catalog import GateId
+from apr.qa.gates.thresholds import GateSet, ParityGate
 from apr.qa.recording import Check, Recorder, Timer, skipped, stamp_all
 
+_S = TypeVar("_S")
 Emit = Callable[[list], None]  # receives the stamped records of one gate family
 
 
@@ -35,6 +37,13 @@ class ModelGateInputs:
     backends: tuple[Backend, ...] = (Backend.CPU,)
     done_gates: frozenset[GateId] = frozenset()  # already in the evidence (resume): not rerun
     conversion_failures: dict[Format, str] = field(default_factory=dict)
+
+
+def _settings(value: _S | None) -> _S:
+    """A wanted gate's settings: ``wanted()`` is true only for a gate the playbook lists, so they are set."""
+    if value is None:
+        raise AssertionError("a gate ran without settings")  # a bug in wanted(), never bad input
+    return value
 
 
 class ModelGateRun:
@@ -90,8 +99,9 @@ class ModelGateRun:
             from apr.qa.gates.parity import tokenizer_parity_checks
 
             timer = Timer()
-            self._emit(tokenizer_parity_checks(self.models, self.inputs.source, self.inputs.gates.tokenizer_parity.corpus,
-                                               tuple(self.inputs.artifacts)), timer)
+            corpus = _settings(self.inputs.gates.tokenizer_parity).corpus
+            self._emit(tokenizer_parity_checks(self.models, self.inputs.source, corpus, tuple(self.inputs.artifacts)),
+                       timer)
 
     def _parity_prompts(self) -> tuple[str, ...]:
         settings = self.inputs.gates.format_parity or self.inputs.gates.reference_parity or ParityGate()
@@ -138,14 +148,14 @@ class ModelGateRun:
             from apr.qa.gates.golden import golden_checks
 
             timer = Timer()
-            self._emit(golden_checks(engine, gates.golden_output, self.inputs.chat, fmt), timer)
+            self._emit(golden_checks(engine, _settings(gates.golden_output), self.inputs.chat, fmt), timer)
         if self.wanted(GateId.ATTENTION_TRACE):
             from apr.qa.gates.attention import TRACE_PROMPT, attention_checks
             from apr.qa.gates.parity import encode_prompts
 
             timer = Timer()
             ids = encode_prompts(self.models[fmt], (TRACE_PROMPT,))[0]
-            self._emit(attention_checks(engine, ids, gates.attention_trace, fmt), timer)
+            self._emit(attention_checks(engine, ids, _settings(gates.attention_trace), fmt), timer)
 
     def parity_gates(self, logits: dict[Format, list]) -> None:
         gates = self.inputs.gates
@@ -153,7 +163,7 @@ class ModelGateRun:
             from apr.qa.gates.parity import format_parity_checks
 
             timer = Timer()
-            settings = gates.format_parity
+            settings = _settings(gates.format_parity)
             self._emit(format_parity_checks(logits, self.inputs.source, settings.min_top1_agreement, settings.max_kl,
                                             tuple(self.inputs.artifacts)), timer)
         if self.wanted(GateId.REFERENCE_PARITY):
@@ -162,7 +172,7 @@ class ModelGateRun:
             timer = Timer()
             self._emit(reference_parity_checks(self.inputs.artifacts.get(Format.SAFETENSORS),
                                                logits.get(Format.SAFETENSORS), self.parity_ids,
-                                               gates.reference_parity), timer)
+                                               _settings(gates.reference_parity)), timer)
 
     def run(self) -> dict[Format, CanonicalModel]:
         self.integrity()

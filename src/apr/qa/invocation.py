@@ -1,4 +1,4 @@
-"""One cell of the certification matrix: a format × backend × modality × scenario to run for real."""
+"""How to invoke the real CLI for one cell: the cell plus its artifact path, deadline and chat-template flag."""
 
 from __future__ import annotations
 
@@ -6,13 +6,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-Backend = Literal["cpu", "gpu"]
-Modality = Literal["run", "chat", "serve"]
+from apr.qa.axes import Backend, Modality
+
 ServeApi = Literal["chat", "completion"]
 
 
 @dataclass(frozen=True)
-class Cell:
+class Invocation:
     """Everything a runner needs to drive the real CLI once, and the key that identifies it.
 
     ``model_path`` is the artifact of ``format`` (the certify run converts the model into each

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from apr.qa.evidence import Outcome
-from apr.qa.gates_catalog import GateId
-from apr.qa.matrix import MatrixCell
+from apr.qa.gates.catalog import GateId
+from apr.qa.matrix import Cell
 from apr.qa.oracles import evaluate
 from apr.qa.oracles.base import Generation
 from apr.qa.procs import Ending
@@ -14,7 +14,7 @@ from apr.qa.runners import CellRun
 G2, G3, G4 = GateId.G2_INFERENCE, GateId.G3_STABILITY, GateId.G4_QUALITY
 
 
-def _cell_fields(cell: MatrixCell) -> dict:
+def _cell_fields(cell: Cell) -> dict:
     return {"format": cell.format, "backend": cell.backend, "modality": cell.modality, "prompt_id": cell.prompt.id,
             "prompt": cell.prompt.text, "seed": cell.seed}
 
@@ -26,7 +26,7 @@ def _run_metrics(run: CellRun) -> dict:
     return metrics
 
 
-def skipped_cell_checks(cell: MatrixCell, reason: str) -> list[Check]:
+def skipped_cell_checks(cell: Cell, reason: str) -> list[Check]:
     """Every check a cell would have made, recorded as skipped: the cell could not run here (never a pass)."""
     fields = _cell_fields(cell)
     checks = [Check(G2, "reply", Outcome.SKIPPED, reason, **fields),
@@ -48,7 +48,7 @@ def _stability(run: CellRun, fields: dict, metrics: dict) -> Check:
                  metrics=metrics, **fields)
 
 
-def _inference(cell: MatrixCell, run: CellRun, fields: dict, metrics: dict) -> Check:
+def _inference(cell: Cell, run: CellRun, fields: dict, metrics: dict) -> Check:
     allows_refusal = cell.prompt.allows_refusal
     if run.ending is Ending.OK and run.text is not None:
         if run.text.strip():
@@ -73,7 +73,7 @@ def _inference(cell: MatrixCell, run: CellRun, fields: dict, metrics: dict) -> C
                  metrics=metrics, output=run.process.stderr_tail(), **fields)
 
 
-def _quality(cell: MatrixCell, run: CellRun, fields: dict) -> list[Check]:
+def _quality(cell: Cell, run: CellRun, fields: dict) -> list[Check]:
     names = cell.prompt.oracle_names
     if run.ending is not Ending.OK or run.text is None:
         return [Check(G4, f"oracle:{name}", Outcome.SKIPPED, f"no reply to judge: {run.reason}", **fields)
@@ -89,7 +89,7 @@ def _quality(cell: MatrixCell, run: CellRun, fields: dict) -> list[Check]:
     return checks
 
 
-def cell_checks(cell: MatrixCell, run: CellRun) -> list[Check]:
+def cell_checks(cell: Cell, run: CellRun) -> list[Check]:
     """G2, G4 (one per oracle of the prompt), then G3 — G3 last, so a cell counts as finished only when whole."""
     fields = _cell_fields(cell)
     if run.process.argv:

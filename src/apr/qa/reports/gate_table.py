@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import Literal
 
 from apr.qa.evidence import EvidenceRecord, Outcome
-from apr.qa.gates_catalog import CATALOG, GateId
+from apr.qa.gates.catalog import CATALOG, GateId
 
 # A gate's headline is its worst measurement: the lowest where higher is better, the highest where lower is.
 LOWER_IS_BETTER = frozenset({"share of heads"})
@@ -42,7 +43,7 @@ def _headline(records: Sequence[EvidenceRecord]) -> tuple[str, str]:
         with_threshold = next((r for r in records if r.threshold is not None), None)
         return "-", _fmt(with_threshold.threshold, with_threshold.unit) if with_threshold else "-"
     pick = max if measured[0].unit in LOWER_IS_BETTER else min
-    worst = pick(measured, key=lambda r: r.measured)
+    worst = pick(measured, key=lambda r: r.measured or 0.0)  # measured is set: filtered above
     return _fmt(worst.measured, worst.unit), _fmt(worst.threshold, worst.unit)
 
 
@@ -75,8 +76,10 @@ def render_table(rows: Sequence[GateRow], title: str) -> None:
     from rich.table import Table
 
     table = Table(title=title, show_lines=False)
-    for column, justify in (("gate", "left"), ("status", "left"), ("measured", "right"), ("threshold", "right"),
-                            ("duration", "right"), ("checks", "right"), ("detail", "left")):
+    columns: tuple[tuple[str, Literal["left", "right"]], ...] = (
+        ("gate", "left"), ("status", "left"), ("measured", "right"), ("threshold", "right"), ("duration", "right"),
+        ("checks", "right"), ("detail", "left"))
+    for column, justify in columns:
         table.add_column(column, justify=justify, overflow="fold")
     for row in rows:
         counts = f"{row.corroborated}✓ {row.failed}✗ {row.skipped}–"

@@ -11,8 +11,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from apr.qa.axes import Backend, Modality
-from apr.qa.gates_catalog import GATEWAYS, GateId
-
+from apr.qa.gates.catalog import GATEWAYS, GateId
 
 DEFAULT_MIN_TOK_S: dict[Backend, float] = {Backend.CPU: 1.0, Backend.GPU: 10.0}
 
@@ -129,5 +128,5 @@ class GateSet(BaseModel):
         return tuple(gate for gate in GateId if gate in GATEWAYS or self.get(gate) is not None)
 
 
-if {GateId(field.alias) for field in GateSet.model_fields.values()} != set(GateId):
+if {GateId(str(field.alias)) for field in GateSet.model_fields.values()} != set(GateId):
     raise RuntimeError("GateSet must have one field per GateId")  # a new gate id without settings is a bug

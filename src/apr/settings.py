@@ -1,0 +1,102 @@
+"""Every environment variable apr honours (``APR_*`` and a few standard ones), read in this one module only.
+
+Each caller asks for ``current()`` at its entry point and passes the typed ``Settings`` on (or reads one
+field). The environment is read when asked, not frozen at import: the test suite and `apr` subprocesses
+change ``APR_HOME`` between calls, and a value cached at import would silently point at the wrong cache.
+The table ``VARIABLES`` is what docs/contracts.md documents (a unit test keeps the two in agreement).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_ENGINE_CACHE_GB = 12.0  # the 1.5B takes ~1.2-1.8 GB of packed weights per format
+_TRUE = ("1", "true", "yes", "on")
+
+
+@dataclass(frozen=True)
+class Variable:
+    """One documented environment variable: its name, default and what it changes."""
+
+    name: str
+    default: str
+    meaning: str
+
+
+VARIABLES: tuple[Variable, ...] = (
+    Variable("APR_HOME", "~/.cache/apr", "the model cache, converted artifacts, packed-weight and kernel caches"),
+    Variable("APR_REGISTRY_FILE", "(none)", "a JSON file of extra registry models, overriding built-ins by ref"),
+    Variable("APR_WORK", ".apr-work/ in the repository", "the Dagster pipelines' work root"),
+    Variable("APR_ENGINE_CACHE_GB", "12", "size limit of the packed-weight cache under $APR_HOME/engine-cache"),
+    Variable("APR_HUGE_PAGES", "1", "0 turns off transparent huge pages for packed weights"),
+    Variable("APR_NATIVE_KERNELS", "1", "0 turns off the native C kernels (the pure-PyTorch path runs)"),
+    Variable("APR_NATIVE_VARIANT", "(the best this CPU runs)",
+             "force a native kernel build: avxvnni, avx512vnni or avx2 (refused if the CPU lacks it)"),
+    Variable("CC", "cc, then gcc on PATH", "the C compiler that builds the native kernels"),
+    Variable("HF_HUB_OFFLINE", "(unset)", "1/true: hf:// refs come only from the local Hugging Face cache"),
+    Variable("TORCHINDUCTOR_CACHE_DIR", "$APR_HOME/compile-cache", "where torch.compile (`--compile`) keeps its kernels"),
+    Variable("DAGSTER_HOME", "dagster_home/ in the repository", "the Dagster instance `pipelines.materialize` records runs in"),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The typed values of ``VARIABLES``."""
+
+    home: Path
+    registry_file: Path | None
+    work_root: Path | None
+    engine_cache_gb: float
+    huge_pages: bool
+    native_kernels: bool
+    native_variant: str | None
+    compiler: str | None
+    hf_offline: bool
+    dagster_home: Path | None
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str]) -> Settings:
+        def path(name: str) -> Path | None:
+            value = environ.get(name, "").strip()
+            return Path(value).expanduser() if value else None
+
+        return cls(
+            home=path("APR_HOME") or Path.home() / ".cache" / "apr",
+            registry_file=path("APR_REGISTRY_FILE"),
+            work_root=path("APR_WORK"),
+            engine_cache_gb=_gigabytes(environ.get("APR_ENGINE_CACHE_GB", "")),
+            huge_pages=environ.get("APR_HUGE_PAGES", "1") != "0",
+            native_kernels=environ.get("APR_NATIVE_KERNELS", "1") != "0",
+            native_variant=environ.get("APR_NATIVE_VARIANT", "").strip() or None,
+            compiler=environ.get("CC") or None,
+            hf_offline=environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE,
+            dagster_home=path("DAGSTER_HOME"),
+        )
+
+
+def _gigabytes(value: str) -> float:
+    # A malformed limit must not stop a model from loading: the cache is an optimisation, so fall back.
+    try:
+        gigabytes = float(value) if value.strip() else DEFAULT_ENGINE_CACHE_GB
+    except ValueError:
+        return DEFAULT_ENGINE_CACHE_GB
+    return gigabytes
+
+
+def current() -> Settings:
+    """The settings as the process environment has them now."""
+    return Settings.from_environ(os.environ)
+
+
+def child_environ(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment a subprocess gets: all of ours (it reads the same settings), plus ``extra``."""
+    return {**os.environ, **(extra or {})}
+
+
+def export_inductor_cache_dir(path: Path) -> None:
+    """Point torch's Inductor cache under ``path`` unless the user chose one: Inductor reads its location only
+    from TORCHINDUCTOR_CACHE_DIR, when it first compiles, so the variable is set for this process."""
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(path))
