@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
@@ -18,6 +20,7 @@ PROMPTS = [
 ]
 
 
+@functools.lru_cache(maxsize=2)  # both models' references, shared by the parity and the numerics tests
 def _hf_from_gguf(path):
     from transformers import AutoModelForCausalLM
 
@@ -93,3 +96,23 @@ def test_qwen_coder_answers_sanely_in_every_format(real_model, tmp_path_factory,
         result = engine.generate(tok.encode(text, add_special_tokens=False), SamplingParams(max_tokens=max_tokens))
         print(f"{fmt} {prompt!r} -> {result.text!r}")
         assert ok(result.text), (fmt, prompt, result.text)
+
+
+@pytest.mark.parametrize("ref", ["smollm2:135m", "gemma3:270m"])
+def test_exact_numerics_match_the_float32_log_likelihoods(real_model, ref):
+    """--numerics exact: per-token log-likelihoods within 1e-3 nats of transformers fp32 on the same GGUF (what
+    lm-eval's loglikelihood tasks compare); the default fast mode's deviation is measured and printed."""
+    path = real_model(ref)
+    hf = _hf_from_gguf(path)
+    engines = {"exact": load_engine(path, device="cpu", numerics="exact"), "fast": load_engine(path, device="cpu")}
+    worst = {"exact": 0.0, "fast": 0.0}
+    for prompt in PROMPTS[:4]:
+        ids = engines["exact"].tokenizer.encode(prompt + " and so on, as everyone knows.", add_special_tokens=True)
+        with torch.no_grad():
+            reference = torch.log_softmax(hf(torch.tensor([ids])).logits[0].float(), dim=-1)
+        expected = reference[:-1].gather(1, torch.tensor(ids[1:])[:, None])[:, 0]
+        for name, engine in engines.items():
+            got = torch.tensor(engine.prompt_logprobs(ids)[1:])
+            worst[name] = max(worst[name], float((got - expected).abs().max()))
+    print(f"{ref}: max |Δ log p| per token vs transformers fp32: exact {worst['exact']:.2e}, fast {worst['fast']:.3f}")
+    assert worst["exact"] < 1e-3

@@ -154,3 +154,21 @@ def test_tensor_only_decode_step_equals_the_batched_one(engine):
             assert torch.equal(a, b)
     if native is not None:
         native(True)
+
+
+def test_exact_numerics_are_the_float32_reference_and_refuse_a_contradicting_dtype():
+    from apr.errors import AprError
+
+    _, canonical = tiny_pair("qwen2", seed=3)
+    exact = load_engine(canonical, device="cpu", numerics="exact")
+    fp32 = load_engine(canonical, device="cpu", dtype="fp32")
+    fast = load_engine(canonical, device="cpu")
+    assert exact.describe()["numerics"] == "exact" and fast.describe()["numerics"] == "fast"
+    assert exact.describe()["dtype"] == "float32" and set(exact.describe()["weights"]) == {"dense"}
+    ids = PROMPTS[1]
+    assert torch.equal(exact.logits(ids), fp32.logits(ids))
+    assert not torch.equal(exact.logits(ids), fast.logits(ids))  # the fast path quantizes activations or uses bf16
+    with pytest.raises(AprError, match="contradicts"):
+        load_engine(canonical, device="cpu", numerics="exact", dtype="bf16")
+    with pytest.raises(AprError, match="expected one of"):
+        load_engine(canonical, device="cpu", numerics="approximate")

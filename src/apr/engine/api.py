@@ -29,7 +29,7 @@ class Engine:
 
     def __init__(self, model: CanonicalModel, transformer: Transformer, policy: WeightPolicy,
                  compile_state: str, load_s: float, decode_step=None, pack_state: str = "off",
-                 kernel_note: str = "") -> None:
+                 kernel_note: str = "", numerics: str = "fast") -> None:
         self.model = model
         self.config = model.config
         self.tokenizer = model.tokenizer
@@ -41,6 +41,7 @@ class Engine:
         self.load_s = load_s
         self.pack_state = pack_state
         self.kernel_note = kernel_note
+        self.numerics = numerics
         self._decode_step = decode_step
         self._ids = itertools.count()
         eos = set(self.config.eos_token_ids)
@@ -64,6 +65,7 @@ class Engine:
             "architecture": self.config.architecture,
             "device": str(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),
+            "numerics": self.numerics,
             "weights": weight_kinds(self.transformer),
             "kernels": (f"apr native {native.describe()}" if self.policy.kernels == "native"
                         else "torch packed" if self.policy.packed else "torch dense"),
@@ -144,7 +146,8 @@ class Engine:
 
 def load_engine(model: str | Path | CanonicalModel, *, device: str = "auto", dtype: str | torch.dtype | None = None,
                 threads: int | None = None, compile: bool | None = None, dense_prefill: bool | None = None,
-                max_positions: int | None = None, pack_cache: bool = True, cuda_graphs: bool = True) -> Engine:
+                max_positions: int | None = None, pack_cache: bool = True, cuda_graphs: bool = True,
+                numerics: str = "fast") -> Engine:
     """Load ``model`` (a CanonicalModel, a path to any format, or a model ref) for inference.
 
     dtype ``auto`` (default) picks apr's native AVX2 kernels on CPU (float32 activations, weights kept
@@ -154,14 +157,15 @@ def load_engine(model: str | Path | CanonicalModel, *, device: str = "auto", dty
     ``$APR_HOME/engine-cache`` so the next load of the same file skips the conversion. ``compile`` True
     wraps the single-sequence decode step in torch.compile (off by default: the first compile costs tens
     of seconds). ``dense_prefill`` keeps dense bf16 copies of packed matrices for faster prompts.
-    ``cuda_graphs`` (CUDA only, on by default) replays each decode step from a captured CUDA graph, with the
+    ``numerics`` ``exact`` computes like the float32 reference (every tensor dequantized, as ``dtype`` fp32);
+    ``fast`` (default) takes the fastest kernels. ``cuda_graphs`` (CUDA only, on by default) replays each decode step from a captured CUDA graph, with the
     KV caches of up to 16 sequences in one pool (cuda_graphs.py).
     """
     start = time.perf_counter()
     set_threads(threads)
     canonical = model if isinstance(model, CanonicalModel) else _load_canonical(model)
     dev = resolve_device(device)
-    precision = resolve_precision(dtype, dev)
+    precision = resolve_precision(dtype, dev, numerics)
     # Dense prefill twins belong to the PyTorch packed kernels; native layers never keep one.
     policy = WeightPolicy(dtype=precision.dtype, device=dev, packed=precision.packed,
                           dense_prefill=bool(dense_prefill) and precision.kernels != "native",
@@ -186,7 +190,7 @@ def load_engine(model: str | Path | CanonicalModel, *, device: str = "auto", dty
         # Off unless asked: the first compile costs tens of seconds, which `apr run` cannot amortize.
         decode_step, state = compile_decode(transformer, bool(compile))
     return Engine(canonical, transformer, policy, state, time.perf_counter() - start, decode_step, pack_state,
-                  precision.note)
+                  precision.note, numerics)
 
 
 def _pack_store(canonical: CanonicalModel, policy: WeightPolicy):

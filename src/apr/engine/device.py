@@ -11,6 +11,11 @@ from apr.engine.weights import KernelFamily
 from apr.errors import AprError
 
 DeviceChoice = Literal["auto", "cpu", "cuda"]
+# fast: the quickest kernels for the device (int8 activations on apr's CPU kernels, bf16 elsewhere);
+# exact: every tensor dequantized to float32, float32 activations: the reference numerics, which
+# log-likelihood evaluations (lm-eval's loglikelihood tasks) need.
+Numerics = Literal["fast", "exact"]
+NUMERICS: tuple[Numerics, ...] = ("fast", "exact")
 DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp32": torch.float32, "float32": torch.float32,
           "f32": torch.float32, "fp16": torch.float16, "float16": torch.float16}
 
@@ -37,12 +42,21 @@ class Precision:
     note: str = ""  # why auto did not pick the fastest kernels, when it did not
 
 
-def resolve_precision(choice: str | torch.dtype | None, device: torch.device) -> Precision:
+def resolve_precision(choice: str | torch.dtype | None, device: torch.device, numerics: str = "fast") -> Precision:
     """``auto`` (default): on CPU apr's native AVX2 kernels with float32 activations where they build,
     else PyTorch's packed kernels with bf16; on CUDA every tensor dequantized to dense bf16 on the device
     (a small model's bf16 weights fit any data-centre GPU, and cuBLAS bf16 beats the int4/int8 weight-only
     kernels at decode batch sizes). ``bf16``/``fp16``: PyTorch's packed kernels (int4 tinygemm, int8).
-    ``fp32``: every tensor dequantized, no packed kernel (the exact reference mode)."""
+    ``fp32``: every tensor dequantized, no packed kernel (the exact reference mode).
+    ``numerics`` ``exact`` is that fp32 mode whatever the device; with any ``choice`` but auto/fp32 it is refused."""
+    if numerics not in NUMERICS:
+        raise AprError(f"--numerics {numerics!r}: expected one of {', '.join(NUMERICS)}")
+    if numerics == "exact":
+        named = choice if isinstance(choice, str) else None if choice is None else str(choice).removeprefix("torch.")
+        if named is not None and named.lower() not in ("auto", "fp32", "float32", "f32"):
+            raise AprError(f"--numerics exact computes in float32 with every tensor dequantized; "
+                           f"--dtype {named} contradicts it (drop --dtype)")
+        return Precision(torch.float32, False, "torch")
     if choice is None or (isinstance(choice, str) and choice.lower() == "auto"):
         if device.type == "cpu":
             from apr.engine import native
