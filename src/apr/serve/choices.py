@@ -27,7 +27,7 @@ class ChoiceRun:
     """A finished choice: its job, every token event, and (for echo + logprobs) the prompt's scores."""
 
     job: Job
-    events: list["TokenEvent"] = field(default_factory=list)
+    events: list[TokenEvent] = field(default_factory=list)
     prompt_scores: PromptScores | None = None
 
     @property
@@ -45,19 +45,19 @@ def as_api_error(error: SchedulerError) -> ApiError:
     return ApiError(status, error.failure.message, type="server_error")
 
 
-async def score(scheduler: Scheduler, engine: "Engine", job: Job, top: int) -> PromptScores:
+async def score(scheduler: Scheduler, engine: Engine, job: Job, top: int) -> PromptScores:
     try:
         return await scheduler.call(partial(score_prompt, engine, job.prompt_ids, top))
     except SchedulerError as error:
         raise as_api_error(error) from error
 
 
-async def run_choice(scheduler: Scheduler, request_id: str, job: Job) -> ChoiceRun:
+async def run_choice(scheduler: Scheduler, request_id: str, job: Job, extras: dict | None = None) -> ChoiceRun:
     run = ChoiceRun(job=job)
     if job.params is None:
         return run
     try:
-        async with aclosing(scheduler.generate(request_id, job.prompt_ids, job.params)) as events:
+        async with aclosing(scheduler.generate(request_id, job.prompt_ids, job.params, **(extras or {}))) as events:
             async for event in events:
                 run.events.append(event)
     except SchedulerError as error:
@@ -65,19 +65,30 @@ async def run_choice(scheduler: Scheduler, request_id: str, job: Job) -> ChoiceR
     return run
 
 
-async def run_all(scheduler: Scheduler, completion_id: str, jobs: list[Job]) -> list[ChoiceRun]:
-    return list(await asyncio.gather(*(run_choice(scheduler, f"{completion_id}-{job.index}", job) for job in jobs)))
+async def run_all(
+    scheduler: Scheduler, completion_id: str, jobs: list[Job], extras: dict[int, dict] | None = None
+) -> list[ChoiceRun]:
+    """`extras[job.index]`: engine extras for that choice (its grammar constraint, its prefix cache)."""
+    extras = extras or {}
+    return list(
+        await asyncio.gather(
+            *(run_choice(scheduler, f"{completion_id}-{job.index}", job, extras.get(job.index)) for job in jobs)
+        )
+    )
 
 
 async def merged_events(
-    scheduler: Scheduler, completion_id: str, jobs: list[Job]
-) -> AsyncIterator[tuple[Job, "TokenEvent"]]:
+    scheduler: Scheduler, completion_id: str, jobs: list[Job], extras: dict[int, dict] | None = None
+) -> AsyncIterator[tuple[Job, TokenEvent]]:
     """Events of every choice as they come; leaving early (client gone) cancels them all."""
     inbox: asyncio.Queue = asyncio.Queue()
+    extras = extras or {}
 
     async def pump(job: Job) -> None:
         try:
-            events = scheduler.generate(f"{completion_id}-{job.index}", job.prompt_ids, job.params)
+            events = scheduler.generate(
+                f"{completion_id}-{job.index}", job.prompt_ids, job.params, **extras.get(job.index, {})
+            )
             async with aclosing(events):
                 async for event in events:
                     inbox.put_nowait((job, event))
@@ -107,7 +118,7 @@ async def merged_events(
 CLIENT_CLOSED = 499
 
 
-async def unless_disconnected(request: "Request", work: Awaitable[T]) -> T:
+async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
     """Await `work`, but cancel it (freeing its batch slots) as soon as the client disconnects."""
     work_task = asyncio.ensure_future(work)
     watcher = asyncio.create_task(_disconnected(request))
@@ -122,6 +133,6 @@ async def unless_disconnected(request: "Request", work: Awaitable[T]) -> T:
             work_task.cancel()
 
 
-async def _disconnected(request: "Request") -> None:
+async def _disconnected(request: Request) -> None:
     while (await request.receive())["type"] != "http.disconnect":
         continue

@@ -39,8 +39,10 @@ class SchedulerError(Exception):
 class _Admit:
     request_id: str
     prompt_ids: list[int]
-    params: "SamplingParams"
+    params: SamplingParams
     sink: asyncio.Queue
+    # Optional engine extras: a grammar (engine.sampling.LogitConstraint) and a PrefixCache to start from.
+    extras: tuple[tuple[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,7 @@ class Scheduler:
     asyncio queues filled with `loop.call_soon_threadsafe`.
     """
 
-    def __init__(self, engine: "Engine", max_batch: int, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, engine: Engine, max_batch: int, loop: asyncio.AbstractEventLoop) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self._engine = engine
@@ -120,13 +122,14 @@ class Scheduler:
         return self._max_batch
 
     async def generate(
-        self, request_id: str, prompt_ids: list[int], params: "SamplingParams"
-    ) -> AsyncIterator["TokenEvent"]:
+        self, request_id: str, prompt_ids: list[int], params: SamplingParams, **extras: Any
+    ) -> AsyncIterator[TokenEvent]:
         """Yield the request's token events until its finish_reason; cancel it if abandoned early."""
         if self._stopped.is_set():
             raise SchedulerError(EngineFailure("The server is shutting down.", shutting_down=True))
         sink: asyncio.Queue = asyncio.Queue()
-        self._inbox.put(_Admit(request_id, list(prompt_ids), params, sink))
+        given = tuple((name, value) for name, value in extras.items() if value is not None)
+        self._inbox.put(_Admit(request_id, list(prompt_ids), params, sink, given))
         finished = False
         try:
             while True:
@@ -168,9 +171,9 @@ class Scheduler:
             for position, message in enumerate(messages):
                 if isinstance(message, _Stop):
                     shutting_down = EngineFailure("The server is shutting down.", shutting_down=True)
-                    waiting.extend(m for m in messages[position + 1:] if isinstance(m, _Admit))
+                    waiting.extend(m for m in messages[position + 1 :] if isinstance(m, _Admit))
                     self._fail_all(running, waiting, shutting_down)
-                    for late in messages[position + 1:]:
+                    for late in messages[position + 1 :]:
                         if isinstance(late, _Call):
                             self._loop.call_soon_threadsafe(_settle, late.future, None, SchedulerError(shutting_down))
                     self._publish(running, waiting)
@@ -184,7 +187,7 @@ class Scheduler:
             while waiting and len(running) < self._max_batch:
                 admit = waiting.popleft()
                 try:
-                    batch.add(admit.request_id, admit.prompt_ids, admit.params)
+                    batch.add(admit.request_id, admit.prompt_ids, admit.params, **dict(admit.extras))
                 except Exception as exc:  # one bad request must not take the batch down
                     log.error("could not admit %s: %s: %s", admit.request_id, type(exc).__name__, exc)
                     self._post(admit.sink, EngineFailure(f"The engine refused the request: {exc}"))
@@ -211,7 +214,7 @@ class Scheduler:
             except queue.Empty:
                 return messages
 
-    def _route(self, events: list["TokenEvent"], running: dict[str, _Admit], waiting: deque[_Admit]) -> None:
+    def _route(self, events: list[TokenEvent], running: dict[str, _Admit], waiting: deque[_Admit]) -> None:
         deliveries = []
         for event in events:
             admit = running.get(event.request_id)
@@ -233,8 +236,9 @@ class Scheduler:
 
     def _count(self, *, finished: int = 0, cancelled: int = 0, failed: int = 0) -> None:
         load = self._load
-        self._load = Load(load.active, load.queued, load.finished + finished, load.cancelled + cancelled,
-                          load.failed + failed)
+        self._load = Load(
+            load.active, load.queued, load.finished + finished, load.cancelled + cancelled, load.failed + failed
+        )
 
     def _cancel(self, batch: Any, request_id: str, running: dict[str, _Admit], waiting: deque[_Admit]) -> None:
         if running.pop(request_id, None) is not None:
