@@ -363,3 +363,43 @@ def test_embedding_dimensions_other_than_the_models_are_refused(client, model_id
     with pytest.raises(openai.BadRequestError) as caught:
         client.embeddings.create(model=model_id, input="x", dimensions=8)
     assert caught.value.body["param"] == "dimensions"
+
+
+# ---- prefix cache -------------------------------------------------------------------------------------
+
+
+def test_a_later_turn_reuses_the_earlier_prompt_and_answers_the_same(client, model_id):
+    messages = [{"role": "user", "content": "Write a function that reverses a string, please."}]
+    first = client.chat.completions.create(model=model_id, messages=messages, max_tokens=6, temperature=0.0)
+    again = client.chat.completions.create(model=model_id, messages=messages, max_tokens=6, temperature=0.0)
+    assert again.usage.prompt_tokens_details.cached_tokens == again.usage.prompt_tokens - 1
+    assert again.choices[0].message.content == first.choices[0].message.content
+    follow_up = [
+        *messages,
+        {"role": "assistant", "content": first.choices[0].message.content},
+        {"role": "user", "content": "Now in Rust."},
+    ]
+    turn = client.chat.completions.create(model=model_id, messages=follow_up, max_tokens=6, temperature=0.0)
+    assert 0 < turn.usage.prompt_tokens_details.cached_tokens < turn.usage.prompt_tokens
+
+
+def test_the_prefix_cache_changes_no_output(plain_client, coder_path):
+    """The same requests on a server without the cache give the same text."""
+    uncached = start_server(coder_path, "--prefix-cache-mb", "0")
+    try:
+        cold = uncached.client()
+        model_id = cold.models.list().data[0].id
+        warm_server = start_server(coder_path)
+        try:
+            warm = warm_server.client()
+            for text in ("def reverse(s):", "def reverse(s): return", "def reverse(s):"):
+                messages = [{"role": "user", "content": text}]
+                a = cold.chat.completions.create(model=model_id, messages=messages, max_tokens=8, temperature=0.0)
+                b = warm.chat.completions.create(model=model_id, messages=messages, max_tokens=8, temperature=0.0)
+                assert a.choices[0].message.content == b.choices[0].message.content
+                assert a.usage.prompt_tokens_details.cached_tokens == 0
+            assert b.usage.prompt_tokens_details.cached_tokens > 0
+        finally:
+            warm_server.stop()
+    finally:
+        uncached.stop()

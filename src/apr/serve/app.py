@@ -32,7 +32,9 @@ def create_app(engine: Engine, settings: ServeSettings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        scheduler = Scheduler(engine, settings.batch_size, asyncio.get_running_loop())
+        scheduler = Scheduler(
+            engine, settings.batch_size, asyncio.get_running_loop(), prefix_cache_bytes=settings.prefix_cache_mb * 2**20
+        )
         scheduler.start()
         state.scheduler = scheduler
         try:

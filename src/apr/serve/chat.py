@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
 from apr.serve.admission import Job, chat_jobs
-from apr.serve.choices import ChoiceRun, merged_events, run_all, unless_disconnected
+from apr.serve.choices import ChoiceRun, cached_prompt_tokens, merged_events, run_all, unless_disconnected
 from apr.serve.errors import ApiError
 from apr.serve.protocol import (
     AssistantMessage,
@@ -48,7 +48,11 @@ async def create_chat_completion(
         created=created,
         model=body.model,
         choices=[_choice(state, body, run) for run in runs],
-        usage=usage(len(jobs[0].prompt_ids), sum(len(run.events) for run in runs)),
+        usage=usage(
+            len(jobs[0].prompt_ids),
+            sum(len(run.events) for run in runs),
+            cached_prompt_tokens({run.job.index: run.cached_tokens for run in runs}, body.n),
+        ),
     )
 
 
@@ -115,6 +119,7 @@ async def _stream(
     completion_tokens = 0
     streamers = {job.index: CallStreamer(job.tools, job.opening) if job.tools.active else None for job in jobs}
     calls_made = {job.index: 0 for job in jobs}
+    cached: dict[int, list[int]] = {}
 
     def chunk(job: Job, **fields) -> str:
         return sse(chat_chunk(completion_id, created, body.model, job.index, **fields))
@@ -133,7 +138,7 @@ async def _stream(
         scheduler = state.running_scheduler
         for job in jobs:
             yield chunk(job, role=True, content="")
-        async with aclosing(merged_events(scheduler, completion_id, jobs, extras)) as events:
+        async with aclosing(merged_events(scheduler, completion_id, jobs, extras, cached)) as events:
             async for job, event in events:
                 completion_tokens += 1
                 logprobs = chat_logprobs(state.served, [event], _top(body)) if body.logprobs else None
@@ -157,6 +162,7 @@ async def _stream(
         yield SSE_DONE
         return
     if body.stream_options is not None and body.stream_options.include_usage:
-        totals = usage(len(jobs[0].prompt_ids), completion_tokens)
+        cached_tokens = cached_prompt_tokens({index: sum(found) for index, found in cached.items()}, body.n)
+        totals = usage(len(jobs[0].prompt_ids), completion_tokens, cached_tokens)
         yield sse(ChatCompletionChunk(id=completion_id, created=created, model=body.model, choices=[], usage=totals))
     yield SSE_DONE

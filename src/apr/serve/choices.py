@@ -29,6 +29,8 @@ class ChoiceRun:
     job: Job
     events: list[TokenEvent] = field(default_factory=list)
     prompt_scores: PromptScores | None = None
+    # Prompt tokens whose keys and values came from the serve prefix cache.
+    cached_tokens: int = 0
 
     @property
     def text(self) -> str:
@@ -38,6 +40,14 @@ class ChoiceRun:
     def finish_reason(self) -> str:
         # No events means nothing was asked for (max_tokens 0 with echo): the length limit ended it.
         return self.events[-1].finish_reason if self.events else "length"
+
+
+def cached_prompt_tokens(cached_by_choice: dict[int, int], n: int) -> int:
+    """Prompt tokens served from the prefix cache, counted once per prompt (its best choice), like prompt_tokens."""
+    best: dict[int, int] = {}
+    for index, cached in cached_by_choice.items():
+        best[index // n] = max(best.get(index // n, 0), cached)
+    return sum(best.values())
 
 
 def as_api_error(error: SchedulerError) -> ApiError:
@@ -56,12 +66,15 @@ async def run_choice(scheduler: Scheduler, request_id: str, job: Job, extras: di
     run = ChoiceRun(job=job)
     if job.params is None:
         return run
+    cached: list[int] = []
     try:
-        async with aclosing(scheduler.generate(request_id, job.prompt_ids, job.params, **(extras or {}))) as events:
+        events = scheduler.generate(request_id, job.prompt_ids, job.params, cached=cached, **(extras or {}))
+        async with aclosing(events):
             async for event in events:
                 run.events.append(event)
     except SchedulerError as error:
         raise as_api_error(error) from error
+    run.cached_tokens = sum(cached)
     return run
 
 
@@ -78,16 +91,26 @@ async def run_all(
 
 
 async def merged_events(
-    scheduler: Scheduler, completion_id: str, jobs: list[Job], extras: dict[int, dict] | None = None
+    scheduler: Scheduler,
+    completion_id: str,
+    jobs: list[Job],
+    extras: dict[int, dict] | None = None,
+    cached: dict[int, list[int]] | None = None,
 ) -> AsyncIterator[tuple[Job, TokenEvent]]:
-    """Events of every choice as they come; leaving early (client gone) cancels them all."""
+    """Events of every choice as they come; leaving early (client gone) cancels them all.
+    `cached[job.index]` (if given) receives that choice's cached prompt tokens."""
     inbox: asyncio.Queue = asyncio.Queue()
     extras = extras or {}
+    cached = cached if cached is not None else {}
 
     async def pump(job: Job) -> None:
         try:
             events = scheduler.generate(
-                f"{completion_id}-{job.index}", job.prompt_ids, job.params, **extras.get(job.index, {})
+                f"{completion_id}-{job.index}",
+                job.prompt_ids,
+                job.params,
+                cached=cached.setdefault(job.index, []),
+                **extras.get(job.index, {}),
             )
             async with aclosing(events):
                 async for event in events:

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
 from apr.serve.admission import Job, completion_jobs
-from apr.serve.choices import ChoiceRun, merged_events, run_all, score, unless_disconnected
+from apr.serve.choices import ChoiceRun, cached_prompt_tokens, merged_events, run_all, score, unless_disconnected
 from apr.serve.errors import ApiError
 from apr.serve.protocol import Completion, CompletionChoice, CompletionRequest
 from apr.serve.render import SSE_DONE, completion_logprobs, sse, usage
@@ -42,7 +42,11 @@ async def create_completion(body: CompletionRequest, request: Request, state: Se
         created=created,
         model=body.model,
         choices=choices,
-        usage=usage(_prompt_tokens(jobs, body.n), completion_tokens),
+        usage=usage(
+            _prompt_tokens(jobs, body.n),
+            completion_tokens,
+            cached_prompt_tokens({run.job.index: run.cached_tokens for run in runs}, body.n),
+        ),
     )
 
 
@@ -100,6 +104,7 @@ async def _stream(
         }
 
     completion_tokens = 0
+    cached: dict[int, list[int]] = {}
     try:
         scheduler = state.running_scheduler
         for job in jobs:
@@ -107,7 +112,7 @@ async def _stream(
                 yield sse(chunk(job.index, job.prompt_text))
             if job.params is None:
                 yield sse(chunk(job.index, "", finish_reason="length"))
-        async with aclosing(merged_events(scheduler, completion_id, jobs)) as events:
+        async with aclosing(merged_events(scheduler, completion_id, jobs, cached=cached)) as events:
             async for job, event in events:
                 completion_tokens += 1
                 logprobs = None
@@ -120,7 +125,8 @@ async def _stream(
         yield SSE_DONE
         return
     if body.stream_options is not None and body.stream_options.include_usage:
-        totals = usage(_prompt_tokens(jobs, body.n), completion_tokens).model_dump()
+        cached_tokens = cached_prompt_tokens({index: sum(found) for index, found in cached.items()}, body.n)
+        totals = usage(_prompt_tokens(jobs, body.n), completion_tokens, cached_tokens).model_dump()
         yield sse(
             {
                 "id": completion_id,

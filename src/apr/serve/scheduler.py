@@ -46,6 +46,13 @@ class _Admit:
 
 
 @dataclass(frozen=True)
+class PrefixHit:
+    """Put on a request's queue before its first token: how many prompt tokens came from the prefix cache."""
+
+    cached_tokens: int
+
+
+@dataclass(frozen=True)
 class _Cancel:
     request_id: str
 
@@ -80,16 +87,26 @@ class Scheduler:
     asyncio queues filled with `loop.call_soon_threadsafe`.
     """
 
-    def __init__(self, engine: Engine, max_batch: int, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, engine: Engine, max_batch: int, loop: asyncio.AbstractEventLoop, prefix_cache_bytes: int = 0
+    ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self._engine = engine
+        # Only where a cache can be continued (the CPU native layers) is keeping caches worth their memory;
+        # elsewhere (CUDA graph pools among them) kept caches would only hold slots.
+        can_continue = getattr(engine.transformer, "can_continue_prefill", lambda tokens: False)
+        self._prefix_cache_bytes = prefix_cache_bytes if prefix_cache_bytes > 0 and can_continue(1) else 0
         self._max_batch = max_batch
         self._loop = loop
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="apr-scheduler", daemon=True)
         self._load = Load()
         self._stopped = threading.Event()
+        # Scheduler-thread state: request id -> (store key, entry) of the prefix entry lent to it, and the
+        # requests whose cached-token count is still to be reported (with their first token).
+        self._leases: dict[str, tuple[int, Any]] = {}
+        self._unreported: set[str] = set()
 
     # ---- event-loop side ---------------------------------------------------------------
 
@@ -121,10 +138,20 @@ class Scheduler:
     def max_batch(self) -> int:
         return self._max_batch
 
+    @property
+    def prefix_cache_enabled(self) -> bool:
+        return self._prefix_cache_bytes > 0
+
     async def generate(
-        self, request_id: str, prompt_ids: list[int], params: SamplingParams, **extras: Any
+        self,
+        request_id: str,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        cached: list[int] | None = None,
+        **extras: Any,
     ) -> AsyncIterator[TokenEvent]:
-        """Yield the request's token events until its finish_reason; cancel it if abandoned early."""
+        """Yield the request's token events until its finish_reason; cancel it if abandoned early.
+        `cached` (a list) receives how many prompt tokens the prefix cache supplied."""
         if self._stopped.is_set():
             raise SchedulerError(EngineFailure("The server is shutting down.", shutting_down=True))
         sink: asyncio.Queue = asyncio.Queue()
@@ -137,6 +164,10 @@ class Scheduler:
                 if isinstance(item, EngineFailure):
                     finished = True
                     raise SchedulerError(item)
+                if isinstance(item, PrefixHit):
+                    if cached is not None:
+                        cached.append(item.cached_tokens)
+                    continue
                 yield item
                 if item.finish_reason is not None:
                     finished = True
@@ -162,9 +193,13 @@ class Scheduler:
             self._loop_forever()
 
     def _loop_forever(self) -> None:
+        from apr.serve.prefix_store import PrefixStore
+
         batch = self._engine.new_batch(self._max_batch)
         waiting: deque[_Admit] = deque()
         running: dict[str, _Admit] = {}
+        prefixes = PrefixStore(self._prefix_cache_bytes) if self._prefix_cache_bytes else None
+
         while True:
             idle = not running and not waiting
             messages = self._drain(block=idle)
@@ -186,8 +221,15 @@ class Scheduler:
                     self._execute(message)
             while waiting and len(running) < self._max_batch:
                 admit = waiting.popleft()
+                extras = dict(admit.extras)
+                if prefixes is not None and "prefix" not in extras:
+                    busy = {key for key, _ in self._leases.values()}
+                    key, entry = prefixes.lease(admit.prompt_ids, busy)
+                    extras["prefix"] = entry
+                    self._leases[admit.request_id] = (key, entry)
+                    self._unreported.add(admit.request_id)
                 try:
-                    batch.add(admit.request_id, admit.prompt_ids, admit.params, **dict(admit.extras))
+                    batch.add(admit.request_id, admit.prompt_ids, admit.params, **extras)
                 except Exception as exc:  # one bad request must not take the batch down
                     log.error("could not admit %s: %s: %s", admit.request_id, type(exc).__name__, exc)
                     self._post(admit.sink, EngineFailure(f"The engine refused the request: {exc}"))
@@ -205,6 +247,17 @@ class Scheduler:
                 batch = self._engine.new_batch(self._max_batch)
                 continue
             self._route(events, running, waiting)
+            if prefixes is not None:
+                self._settle_leases(running, prefixes)
+
+    def _settle_leases(self, running: dict[str, _Admit], prefixes: Any) -> None:
+        """Return the entries of requests that left (finished, cancelled, failed) and keep the store in budget."""
+        gone = [request_id for request_id in self._leases if request_id not in running]
+        for request_id in gone:
+            del self._leases[request_id]
+            self._unreported.discard(request_id)
+        if gone:
+            prefixes.trim({key for key, _ in self._leases.values()})
 
     def _drain(self, *, block: bool) -> list[Any]:
         messages = [self._inbox.get()] if block else []
@@ -220,6 +273,10 @@ class Scheduler:
             admit = running.get(event.request_id)
             if admit is None:  # cancelled while this step ran
                 continue
+            if event.request_id in self._unreported:
+                self._unreported.discard(event.request_id)
+                _, entry = self._leases[event.request_id]
+                deliveries.append((admit.sink, PrefixHit(entry.reused)))
             deliveries.append((admit.sink, event))
             if event.finish_reason is not None:
                 del running[event.request_id]

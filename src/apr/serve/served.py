@@ -28,6 +28,8 @@ class ServeSettings:
     seed: int = 0
     # After SIGINT/SIGTERM, in-flight requests get this long to finish before they are cancelled.
     graceful_timeout_s: float = 2.0
+    # KV caches kept for reuse by later requests sharing a prompt prefix (0 turns the prefix cache off).
+    prefix_cache_mb: int = 1024
 
 
 @dataclass
