@@ -35,8 +35,11 @@ def test_fim_fills_the_body_of_a_function(client):
     suffix = "\n\nprint(add_numbers(2, 3))\n"
     reply = client.completions.create(model=REF, prompt=prefix, suffix=suffix, max_tokens=24, temperature=0.0)
     middle = reply.choices[0].text
-    assert "return" in middle and "a + b" in middle.replace("a+b", "a + b")
-    ast.parse(prefix + middle + suffix)  # the filled-in file compiles
+    # The instruct checkpoint fills the gap, then may go on writing more functions before its 24 tokens end
+    # (seen: "return a + b\n\ndef multiply_numbers(a, b"); an editor keeps the first block, so do we.
+    first_block = middle.split("\n\n")[0]
+    assert "return" in first_block and "a + b" in first_block.replace("a+b", "a + b"), middle
+    ast.parse(prefix + first_block + suffix)  # the filled-in file compiles
 
 
 def test_a_tool_call_names_the_right_function_with_valid_arguments(client):
