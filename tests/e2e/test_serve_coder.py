@@ -381,6 +381,9 @@ def test_a_later_turn_reuses_the_earlier_prompt_and_answers_the_same(client, mod
     ]
     turn = client.chat.completions.create(model=model_id, messages=follow_up, max_tokens=6, temperature=0.0)
     assert 0 < turn.usage.prompt_tokens_details.cached_tokens < turn.usage.prompt_tokens
+    health = httpx.get(f"{client.base_url}".removesuffix("/v1/") + "/health").json()
+    assert health["prefix_cache"]["enabled"] and health["prefix_cache"]["entries"] >= 1
+    assert 0 < health["prefix_cache"]["bytes"] <= health["prefix_cache"]["budget_mb"] * 2**20
 
 
 def test_the_prefix_cache_changes_no_output(plain_client, coder_path):

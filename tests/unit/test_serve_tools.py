@@ -133,3 +133,20 @@ def test_grammar_constraint_forces_a_schema_valid_document_on_a_fixture_tokenize
         constraint.accept(token)
         chosen.append(token)
     assert json.loads(tokenizer.decode(chosen)) in ({"ok": True}, {"ok": False})
+
+
+def test_a_reply_that_is_only_a_call_object_is_a_call_plain_and_streamed():
+    plan = plan_tools(request(tools=[WEATHER]))
+    fenced = '```json\n{\n  "name": "get_weather",\n  "arguments": {\n    "city": "Paris"\n  }\n}\n```'
+    parsed = parse_reply(fenced, plan)
+    assert parsed.content is None and json.loads(parsed.calls[0].arguments) == {"city": "Paris"}
+    streamer = CallStreamer(plan)
+    out = [piece for i in range(0, len(fenced), 4) for piece in streamer.feed(fenced[i : i + 4])]
+    out.extend(streamer.finish())
+    assert [kind for kind, _ in out] == ["call"]
+    # Code that is not a call stays content, in both forms.
+    code = "```python\nprint(1)\n```"
+    assert parse_reply(code, plan).content == code
+    streamer = CallStreamer(plan)
+    assert streamer.feed(code) == [] and streamer.finish() == [("content", code)]
+    assert parse_reply('{"name": "get_weather", "arguments": {"town": 1}}', plan).calls == []

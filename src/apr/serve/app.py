@@ -77,6 +77,7 @@ def create_app(engine: Engine, settings: ServeSettings) -> FastAPI:
                 "cancelled": load.cancelled,
                 "failed": load.failed,
             },
+            "prefix_cache": _prefix_cache(state),
             "max_context": state.served.max_context,
             "uptime_s": round(time.monotonic() - state.started, 3),
         }
@@ -88,6 +89,18 @@ def create_app(engine: Engine, settings: ServeSettings) -> FastAPI:
         return ModelList(data=[ModelCard(id=served.model_id, created=served.created, max_model_len=served.max_context)])
 
     return app
+
+
+def _prefix_cache(state: ServeState) -> dict[str, Any]:
+    scheduler = state.scheduler
+    enabled = scheduler is not None and scheduler.prefix_cache_enabled
+    entries, nbytes = scheduler.prefix_usage if enabled else (0, 0)
+    return {
+        "enabled": enabled,
+        "budget_mb": state.settings.prefix_cache_mb if enabled else 0,
+        "entries": entries,
+        "bytes": nbytes,
+    }
 
 
 def _memory_usage(memory: dict[str, int | None]) -> dict[str, float | int | None]:

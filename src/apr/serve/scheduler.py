@@ -107,6 +107,8 @@ class Scheduler:
         # requests whose cached-token count is still to be reported (with their first token).
         self._leases: dict[str, tuple[int, Any]] = {}
         self._unreported: set[str] = set()
+        # (entries, bytes) of the prefix cache, replaced whole (atomic for /health's thread).
+        self._prefix_usage: tuple[int, int] = (0, 0)
 
     # ---- event-loop side ---------------------------------------------------------------
 
@@ -141,6 +143,11 @@ class Scheduler:
     @property
     def prefix_cache_enabled(self) -> bool:
         return self._prefix_cache_bytes > 0
+
+    @property
+    def prefix_usage(self) -> tuple[int, int]:
+        """(entries, bytes) the prefix cache holds, as of the last request that left."""
+        return self._prefix_usage
 
     async def generate(
         self,
@@ -258,6 +265,7 @@ class Scheduler:
             self._unreported.discard(request_id)
         if gone:
             prefixes.trim({key for key, _ in self._leases.values()})
+        self._prefix_usage = (len(prefixes), prefixes.nbytes)
 
     def _drain(self, *, block: bool) -> list[Any]:
         messages = [self._inbox.get()] if block else []

@@ -14,6 +14,7 @@ from apr.serve.protocol import ChatCompletionRequest, ChatMessage, FunctionCall,
 # Qwen2.5 (and Hermes-style templates) wrap each call as <tool_call>\n{"name": ..., "arguments": {...}}\n</tool_call>.
 CALL_OPEN = "<tool_call>"
 CALL_CLOSE = "</tool_call>"
+_FENCE = re.compile(r"^```(?:json)?\s*|\s*```$")
 _CALL = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
 
 
@@ -134,8 +135,10 @@ class ParsedReply:
 
 def parse_reply(text: str, plan: ToolPlan) -> ParsedReply:
     """Split the model's text into content and validated calls; an invalid block stays content."""
-    if not plan.active or CALL_OPEN not in text:
+    if not plan.active:
         return ParsedReply(content=text)
+    if CALL_OPEN not in text:
+        return _bare_call(text, plan)
     calls: list[FunctionCall] = []
     rejected: list[str] = []
     kept: list[str] = []
@@ -151,6 +154,18 @@ def parse_reply(text: str, plan: ToolPlan) -> ParsedReply:
     kept.append(text[last:])
     content = "".join(kept).strip() if calls else text
     return ParsedReply(content=content or None, calls=calls, rejected=rejected)
+
+
+def _bare_call(text: str, plan: ToolPlan) -> ParsedReply:
+    """A reply that is nothing but one call object, bare or in a ```json fence, is a call too: small Qwen models
+    answer so now and then. It must still name a given function with schema-valid arguments."""
+    body = _FENCE.sub("", text.strip()).strip()
+    if not body.startswith("{"):
+        return ParsedReply(content=text)
+    call, problem = _validated_call(body, plan)
+    if call is None:
+        return ParsedReply(content=text)
+    return ParsedReply(content=None, calls=[call])
 
 
 def _validated_call(body: str, plan: ToolPlan) -> tuple[FunctionCall | None, str]:
@@ -216,8 +231,24 @@ class CallStreamer:
     def __init__(self, plan: ToolPlan, opening: str = "") -> None:
         self._plan = plan
         self._pending = opening
+        # A reply opening with "{" or "```" may be a bare call object (see _bare_call): held back to the end.
+        self._whole: str | None = None
+        self._released = bool(opening)
 
     def feed(self, text: str) -> list[tuple[str, Any]]:
+        if self._whole is not None and not self._released:
+            self._whole += text
+            return []
+        if not self._released:
+            head = (self._pending + text).lstrip()
+            if not head:
+                self._pending += text
+                return []
+            if head.startswith(("{", "`")) and not head.startswith(CALL_OPEN):
+                self._whole = self._pending + text
+                self._pending = ""
+                return []
+            self._released = True
         self._pending += text
         out: list[tuple[str, Any]] = []
         while self._pending:
@@ -244,6 +275,11 @@ class CallStreamer:
         return out
 
     def finish(self) -> list[tuple[str, Any]]:
+        if self._whole is not None and not self._released:
+            parsed = _bare_call(self._whole, self._plan)
+            if parsed.calls:
+                return [("call", call) for call in parsed.calls]
+            return [("content", self._whole)] if self._whole else []
         pending, self._pending = self._pending, ""
         if pending.startswith(CALL_OPEN):
             return self._block(pending)
