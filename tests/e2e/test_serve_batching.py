@@ -127,7 +127,8 @@ def test_health_answers_while_generating(server):
     done = threading.Event()
 
     def generate() -> None:
-        client.completions.create(model=model, prompt=PROMPTS[2], max_tokens=64, temperature=0.0)
+        # Long enough to outlast a few /health round trips on a busy machine (64 tokens take ~50 ms here).
+        client.completions.create(model=model, prompt=PROMPTS[2], max_tokens=400, temperature=0.0)
         done.set()
 
     worker = threading.Thread(target=generate)

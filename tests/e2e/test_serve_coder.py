@@ -406,3 +406,26 @@ def test_the_prefix_cache_changes_no_output(plain_client, coder_path):
             warm_server.stop()
     finally:
         uncached.stop()
+
+
+# ---- model downloads ---------------------------------------------------------------------------------------
+
+
+def test_a_download_job_pulls_into_the_cache_and_reports_its_state(server, fixture_models):
+    import hashlib
+    import time
+
+    source = fixture_models["llama"]["gguf"]
+    started = httpx.post(f"{server.url}/models/download", json={"model": str(source)})
+    assert started.status_code == 202 and started.json()["status"] in ("queued", "running", "succeeded")
+    job_id = started.json()["id"]
+    deadline = time.monotonic() + 60
+    while (job := httpx.get(f"{server.url}/models/download/{job_id}").json())["status"] in ("queued", "running"):
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert job["status"] == "succeeded", job
+    assert job["result"]["sha256"] == hashlib.sha256(source.read_bytes()).hexdigest()
+    assert job_id in [item["id"] for item in httpx.get(f"{server.url}/models/download").json()["data"]]
+    bad = httpx.post(f"{server.url}/models/download", json={"model": "nosuchmodel:9b"})
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_model_ref"
+    assert httpx.get(f"{server.url}/models/download/dl-missing").status_code == 404

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from fastapi import Depends, FastAPI
 
 from apr import __version__
-from apr.serve import chat, completions, embeddings, tokenize
+from apr.serve import chat, completions, downloads, embeddings, tokenize
 from apr.serve.errors import install_error_handlers
 from apr.serve.protocol import ModelCard, ModelList
 from apr.serve.route_meta import ERROR_RESPONSES
@@ -54,6 +54,7 @@ def create_app(engine: Engine, settings: ServeSettings) -> FastAPI:
     app.include_router(chat.router)
     app.include_router(embeddings.router)
     app.include_router(tokenize.router)
+    app.include_router(downloads.router)
 
     @app.get("/health")
     async def health(state: ServeState = Depends(serve_state)) -> dict[str, Any]:
