@@ -47,8 +47,7 @@ def complete(client, model_id: str, **kwargs):
 
 
 def chat(client, model_id: str, **kwargs):
-    args = {"messages": [{"role": "user", "content": "Say something."}], "max_tokens": 12, "temperature": 0.0,
-            **kwargs}
+    args = {"messages": [{"role": "user", "content": "Say something."}], "max_tokens": 12, "temperature": 0.0, **kwargs}
     return client.chat.completions.create(model=model_id, **args)
 
 
@@ -116,7 +115,10 @@ def test_chat_completion_plain_and_streamed_agree(client, model_id):
     # The streamed request may reuse the plain one's prompt from the prefix cache: only cached_tokens differ.
     streamed_usage = chunks[-1].usage
     assert (streamed_usage.prompt_tokens, streamed_usage.completion_tokens, streamed_usage.total_tokens) == (
-        plain.usage.prompt_tokens, plain.usage.completion_tokens, plain.usage.total_tokens)
+        plain.usage.prompt_tokens,
+        plain.usage.completion_tokens,
+        plain.usage.total_tokens,
+    )
 
 
 def test_raw_stream_is_server_sent_events_ending_in_done(server, model_id):
@@ -153,7 +155,7 @@ def test_completion_logprobs_rank_the_greedy_token_first(client, model_id):
     reply = complete(client, model_id, logprobs=3, max_tokens=8)
     logprobs = reply.choices[0].logprobs
     assert len(logprobs.tokens) == reply.usage.completion_tokens
-    for token, value, top in zip(logprobs.tokens, logprobs.token_logprobs, logprobs.top_logprobs):
+    for _token, value, top in zip(logprobs.tokens, logprobs.token_logprobs, logprobs.top_logprobs):
         assert value <= 0.0
         assert 1 <= len(top) <= 3
         assert math.isclose(max(top.values()), value, abs_tol=1e-4)
