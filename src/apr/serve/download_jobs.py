@@ -39,12 +39,20 @@ class Downloads:
     def start(self, model: str) -> DownloadJob:
         from apr.errors import AprError
         from apr.hub.catalog import load_catalog
-        from apr.hub.refs import parse_ref
+        from apr.hub.refs import LocalRef, parse_ref
 
         try:
-            parse_ref(model, load_catalog())  # a ref that names nothing is the client's 400, not a failed job
+            ref = parse_ref(model, load_catalog())  # a ref that names nothing is the client's 400, not a failed job
         except AprError as exc:
             raise bad_request(str(exc), param="model", code="invalid_model_ref") from exc
+        if isinstance(ref, LocalRef):
+            # Registering a path would have the server read (and report the hash of) any file a client names.
+            raise bad_request(
+                f"'{model}' is a path on the server, not a model ref; downloads take a ref such as "
+                "qwen2.5-coder:1.5b or hf://ORG/REPO (serve a local file with `apr serve PATH`).",
+                param="model",
+                code="invalid_model_ref",
+            )
         job = DownloadJob(id=f"dl-{uuid.uuid4().hex[:16]}", model=model, status="queued", created=time.time())
         self._put(job)
         threading.Thread(target=self._run, args=(job,), name=f"apr-download-{job.id}", daemon=True).start()
