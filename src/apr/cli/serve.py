@@ -33,6 +33,9 @@ def register(app: typer.Typer) -> None:
             None, "--max-context", min=1, help="Cap prompt + completion tokens (default: the model's context)."
         ),
         seed: int = typer.Option(0, "--seed", help="Seeds the sampling of requests that send no seed."),
+        prefix_cache_mb: int = typer.Option(
+            1024, "--prefix-cache-mb", min=0, help="Memory for KV caches reused across requests (0: off)."
+        ),
         shutdown_grace: float = typer.Option(
             2.0, "--shutdown-grace", min=0.0, help="Seconds in-flight requests may run on after SIGINT/SIGTERM."
         ),
@@ -57,6 +60,7 @@ def register(app: typer.Typer) -> None:
             max_context=max_context,
             seed=seed,
             graceful_timeout_s=shutdown_grace,
+            prefix_cache_mb=prefix_cache_mb,
         )
         model_path = resolve_model_arg(model)
         # Bind before the (slow) model load, so a busy port fails at once.

@@ -96,6 +96,20 @@ class Engine:
         picked = logprobs.gather(1, torch.tensor(ids[1:])[:, None])[:, 0]
         return [None, *(float(x) for x in picked)]
 
+    @torch.inference_mode()
+    def hidden_states(self, ids: list[int]) -> torch.Tensor:
+        """float32 ``[len(ids), hidden]``: the last layer's states after the final norm (what the head reads),
+        for embeddings. Uses a private cache, never a CUDA graph pool slot."""
+        if not ids or len(ids) >= self.transformer.max_positions:
+            raise ValueError(f"hidden_states() needs 1 to {self.transformer.max_positions - 1} token ids")
+        if any(not 0 <= i < self.config.vocab_size for i in ids):
+            raise ValueError(f"token ids must lie in [0, {self.config.vocab_size})")
+        cfg = self.config
+        cache = SequenceCache(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, len(ids), self.transformer.dtype,
+                              self.device)
+        hidden = self.transformer.prefill(torch.tensor(ids, device=self.device), cache)
+        return self.transformer.final_norm(hidden).float().cpu()
+
     def new_cache(self, capacity: int) -> SequenceCache:
         """A zeroed KV cache of ``capacity`` positions for one sequence (a CUDA graph pool slot when one is free)."""
         new_cache = getattr(self._decode_step, "new_cache", None)

@@ -11,7 +11,7 @@ import torch
 from apr.engine.detokenize import DecodesIds, TextTracker
 from apr.engine.kv_cache import SequenceCache, capacity_for
 from apr.engine.model import Transformer
-from apr.engine.sampling import Sampler
+from apr.engine.sampling import LogitConstraint, Sampler
 from apr.engine.types import FinishReason, SamplingParams, TokenEvent
 
 
@@ -80,7 +80,7 @@ class BatchDecoder:
         return [s.request_id for s in (*self._running, *self._pending)]
 
     def add(self, request_id: str, prompt_ids: list[int], params: SamplingParams,
-            prefix: PrefixCache | None = None) -> None:
+            prefix: PrefixCache | None = None, constraint: LogitConstraint | None = None) -> None:
         if not prompt_ids:
             raise ValueError("the prompt has no tokens")
         if request_id in self.active:
@@ -91,7 +91,7 @@ class BatchDecoder:
         limit = self.model.max_positions
         if len(prompt_ids) >= limit:
             raise ValueError(f"the prompt has {len(prompt_ids)} tokens; this engine holds at most {limit - 1}")
-        self._pending.append(Sequence(request_id, list(prompt_ids), params, Sampler(params),
+        self._pending.append(Sequence(request_id, list(prompt_ids), params, Sampler(params, constraint),
                                       TextTracker(self.tokenizer, params.stop),
                                       self.eos_ids | frozenset(params.stop_token_ids), prefix=prefix))
 

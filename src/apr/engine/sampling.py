@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 
 from apr.engine.types import SamplingParams
 
 
+class LogitConstraint(Protocol):
+    """A per-sequence restriction of the next token (a grammar): masks logits, then learns the choice."""
+
+    def mask(self, logits: torch.Tensor) -> torch.Tensor:
+        """float32 ``[vocab]`` logits with every forbidden token at -inf."""
+        ...
+
+    def accept(self, token: int) -> None: ...
+
+
 class Sampler:
     """Picks tokens for one request; owns that request's seeded generator so batch mates never share a stream."""
 
-    def __init__(self, params: SamplingParams) -> None:
+    def __init__(self, params: SamplingParams, constraint: LogitConstraint | None = None) -> None:
         self.params = params
+        self.constraint = constraint
         self.generator = torch.Generator(device="cpu")
         self.generator.manual_seed(params.effective_seed)
 
@@ -21,12 +34,17 @@ class Sampler:
         p = self.params
         if p.repetition_penalty != 1.0 and history:
             logits = apply_repetition_penalty(logits, history, p.repetition_penalty)
+        if self.constraint is not None:
+            # Masked before the softmax, so reported logprobs are those of the constrained distribution.
+            logits = self.constraint.mask(logits)
         logprobs = torch.log_softmax(logits, dim=-1)
         if p.greedy:
             token = int(torch.argmax(logits))
         else:
             probs = torch.softmax(filter_logits(logits / p.temperature, p.top_k, p.top_p), dim=-1)
             token = int(torch.multinomial(probs, 1, generator=self.generator))
+        if self.constraint is not None:
+            self.constraint.accept(token)
         top = None
         if p.logprobs:
             values, ids = torch.topk(logprobs, min(p.logprobs, logprobs.shape[-1]))

@@ -6,8 +6,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from apr.serve.errors import ApiError, bad_request
-from apr.serve.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields, SEED_RANGE
+from apr.serve.fim import find_fim_tokens
+from apr.serve.grammar import ConstraintSpec, constraint_for
+from apr.serve.protocol import SEED_RANGE, ChatCompletionRequest, CompletionRequest, SamplingFields
 from apr.serve.served import ServedModel
+from apr.serve.tools import ToolPlan, check_schema, forced_opening, plan_tools, template_message
 
 if TYPE_CHECKING:
     from apr.engine import SamplingParams
@@ -17,6 +20,9 @@ DEFAULT_COMPLETION_TOKENS = 16
 # Echo scoring materializes float32 logits for every prompt position; beyond this it would
 # risk the server's memory, so such prompts are refused (Qwen2.5's vocabulary: ~2,600 tokens).
 MAX_SCORING_LOGITS_BYTES = 1_600_000_000
+# Prompts beyond the batch size wait in the scheduler's queue, so this only bounds one request's
+# bookkeeping; lm-eval sends its whole batch in one request.
+MAX_CHOICES_PER_REQUEST = 4096
 
 
 @dataclass(frozen=True)
@@ -26,7 +32,14 @@ class Job:
     index: int
     prompt_ids: list[int]
     prompt_text: str
-    params: "SamplingParams | None"
+    params: SamplingParams | None
+    # Chat only: the functions the reply may call, and text the assistant turn was started with
+    # (a required tool call opens with "<tool_call>"); the reply's text continues it.
+    tools: ToolPlan = ToolPlan()
+    opening: str = ""
+    # A JSON schema (or {} for any JSON object) the reply is constrained to, and the structure to
+    # constrain it with; see grammar.py.
+    constraint: ConstraintSpec | None = None
 
 
 def check_model(request: SamplingFields, served: ServedModel) -> None:
@@ -52,13 +65,19 @@ def refuse_unsupported(request: SamplingFields) -> None:
 def completion_jobs(request: CompletionRequest, served: ServedModel) -> list[Job]:
     check_model(request, served)
     refuse_unsupported(request)
-    if request.suffix is not None:
-        raise bad_request("'suffix' is not supported by this server.", param="suffix")
     if request.best_of is not None and request.best_of > 1:
         raise bad_request("'best_of' above 1 is not supported by this server.", param="best_of")
-    prompts = _completion_prompts(request, served)
-    if len(prompts) * request.n > 64:
-        raise bad_request("At most 64 choices (prompts x n) per request.", param="n")
+    stop_ids: tuple[int, ...] = ()
+    if request.suffix is not None:
+        prompts, stop_ids = _fim_prompts(request, served)
+    else:
+        prompts = _completion_prompts(request, served)
+    if len(prompts) * request.n > MAX_CHOICES_PER_REQUEST:
+        raise bad_request(
+            f"At most {MAX_CHOICES_PER_REQUEST} choices (prompts x n) per request; this one asks for "
+            f"{len(prompts)} x {request.n}.",
+            param="prompt" if request.n == 1 else "n",
+        )
     if request.max_tokens == 0 and not request.echo:
         raise bad_request("'max_tokens' 0 only makes sense with 'echo' (prompt scoring).", param="max_tokens")
     max_tokens = DEFAULT_COMPLETION_TOKENS if request.max_tokens is None else request.max_tokens
@@ -69,7 +88,7 @@ def completion_jobs(request: CompletionRequest, served: ServedModel) -> list[Job
             _check_scoring_size(len(ids), served)
         for choice in range(request.n):
             index = prompt_index * request.n + choice
-            params = _sampling_params(request, served, max_tokens, request.logprobs or 0, choice)
+            params = _sampling_params(request, served, max_tokens, request.logprobs or 0, choice, stop_ids)
             jobs.append(Job(index=index, prompt_ids=ids, prompt_text=text, params=params))
     return jobs
 
@@ -77,11 +96,14 @@ def completion_jobs(request: CompletionRequest, served: ServedModel) -> list[Job
 def chat_jobs(request: ChatCompletionRequest, served: ServedModel) -> list[Job]:
     check_model(request, served)
     refuse_unsupported(request)
-    if request.tools:
-        raise bad_request("'tools' are not supported by this server.", param="tools")
+    plan = plan_tools(request)
+    for spec in plan.functions:
+        check_schema(spec.parameters, "tools")
+    constraint = constraint_for(request, plan)
     if request.top_logprobs is not None and not request.logprobs:
         raise bad_request("'top_logprobs' needs 'logprobs': true.", param="top_logprobs")
-    text = _render_chat(request, served)
+    opening = forced_opening(plan)
+    text = _render_chat(request, served, plan) + opening
     ids = served.tokenizer.encode(text, add_special_tokens=False)
     if not ids:
         raise bad_request("The chat template produced an empty prompt.", param="messages")
@@ -92,13 +114,20 @@ def chat_jobs(request: ChatCompletionRequest, served: ServedModel) -> list[Job]:
     _check_context(len(ids), max(max_tokens, 1), served)
     top = (request.top_logprobs or 0) if request.logprobs else 0
     return [
-        Job(index=choice, prompt_ids=ids, prompt_text=text,
-            params=_sampling_params(request, served, max_tokens, top, choice))
+        Job(
+            index=choice,
+            prompt_ids=ids,
+            prompt_text=text,
+            params=_sampling_params(request, served, max_tokens, top, choice),
+            tools=plan,
+            opening=opening,
+            constraint=constraint,
+        )
         for choice in range(request.n)
     ]
 
 
-def _render_chat(request: ChatCompletionRequest, served: ServedModel) -> str:
+def _render_chat(request: ChatCompletionRequest, served: ServedModel, plan: ToolPlan) -> str:
     tokenizer = served.tokenizer
     if not tokenizer.has_chat_template:
         raise bad_request(
@@ -107,13 +136,43 @@ def _render_chat(request: ChatCompletionRequest, served: ServedModel) -> str:
             param="messages",
             code="no_chat_template",
         )
-    messages = [
-        {"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in request.messages
-    ]
+    messages = [template_message(m) for m in request.messages]
+    tools = plan.template_tools()
+    if tools and "tools" not in (tokenizer.chat_template or ""):
+        raise bad_request(
+            f"The chat template of '{served.model_id}' does not render tools, so 'tools' cannot be served.",
+            param="tools",
+            code="tools_not_supported",
+        )
     try:
-        return tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tools=tools)
     except Exception as exc:  # jinja raises TemplateError (or anything the template calls) for bad turns
         raise bad_request(f"The chat template rejected these messages: {exc}", param="messages") from exc
+
+
+def _fim_prompts(
+    request: CompletionRequest, served: ServedModel
+) -> tuple[list[tuple[list[int], str]], tuple[int, ...]]:
+    """Each text prompt is the code before the gap, `suffix` the code after it."""
+    fim = find_fim_tokens(served.tokenizer)
+    if fim is None:
+        raise bad_request(
+            f"The model '{served.model_id}' has no fill-in-the-middle tokens in its vocabulary (such as "
+            "<|fim_prefix|>), so 'suffix' cannot be served; send the prompt without 'suffix'.",
+            param="suffix",
+            code="fim_not_supported",
+        )
+    if request.echo:
+        raise bad_request("'echo' cannot be combined with 'suffix' (fill-in-the-middle).", param="echo")
+    prompt = request.prompt
+    if isinstance(prompt, str):
+        texts = [prompt]
+    elif all(isinstance(item, str) for item in prompt):
+        texts = list(prompt)
+    else:
+        raise bad_request("With 'suffix', 'prompt' must be text (the code before the gap).", param="prompt")
+    suffix = request.suffix or ""
+    return [(fim.prompt_ids(served.tokenizer, text, suffix), text) for text in texts], fim.stops
 
 
 def _completion_prompts(request: CompletionRequest, served: ServedModel) -> list[tuple[list[int], str]]:
@@ -165,8 +224,13 @@ def _check_scoring_size(prompt_tokens: int, served: ServedModel) -> None:
 
 
 def _sampling_params(
-    request: SamplingFields, served: ServedModel, max_tokens: int, top_logprobs: int, choice: int
-) -> "SamplingParams | None":
+    request: SamplingFields,
+    served: ServedModel,
+    max_tokens: int,
+    top_logprobs: int,
+    choice: int,
+    stop_token_ids: tuple[int, ...] = (),
+) -> SamplingParams | None:
     from apr.engine import SamplingParams
 
     if max_tokens == 0:
@@ -182,5 +246,6 @@ def _sampling_params(
         seed=(seed + choice) % SEED_RANGE,
         max_tokens=max_tokens,
         stop=request.stop_strings(),
+        stop_token_ids=stop_token_ids,
         logprobs=top_logprobs,
     )

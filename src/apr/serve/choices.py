@@ -27,8 +27,10 @@ class ChoiceRun:
     """A finished choice: its job, every token event, and (for echo + logprobs) the prompt's scores."""
 
     job: Job
-    events: list["TokenEvent"] = field(default_factory=list)
+    events: list[TokenEvent] = field(default_factory=list)
     prompt_scores: PromptScores | None = None
+    # Prompt tokens whose keys and values came from the serve prefix cache.
+    cached_tokens: int = 0
 
     @property
     def text(self) -> str:
@@ -40,44 +42,76 @@ class ChoiceRun:
         return self.events[-1].finish_reason if self.events else "length"
 
 
+def cached_prompt_tokens(cached_by_choice: dict[int, int], n: int) -> int:
+    """Prompt tokens served from the prefix cache, counted once per prompt (its best choice), like prompt_tokens."""
+    best: dict[int, int] = {}
+    for index, cached in cached_by_choice.items():
+        best[index // n] = max(best.get(index // n, 0), cached)
+    return sum(best.values())
+
+
 def as_api_error(error: SchedulerError) -> ApiError:
     status = 503 if error.failure.shutting_down else 500
     return ApiError(status, error.failure.message, type="server_error")
 
 
-async def score(scheduler: Scheduler, engine: "Engine", job: Job, top: int) -> PromptScores:
+async def score(scheduler: Scheduler, engine: Engine, job: Job, top: int) -> PromptScores:
     try:
         return await scheduler.call(partial(score_prompt, engine, job.prompt_ids, top))
     except SchedulerError as error:
         raise as_api_error(error) from error
 
 
-async def run_choice(scheduler: Scheduler, request_id: str, job: Job) -> ChoiceRun:
+async def run_choice(scheduler: Scheduler, request_id: str, job: Job, extras: dict | None = None) -> ChoiceRun:
     run = ChoiceRun(job=job)
     if job.params is None:
         return run
+    cached: list[int] = []
     try:
-        async with aclosing(scheduler.generate(request_id, job.prompt_ids, job.params)) as events:
+        events = scheduler.generate(request_id, job.prompt_ids, job.params, cached=cached, **(extras or {}))
+        async with aclosing(events):
             async for event in events:
                 run.events.append(event)
     except SchedulerError as error:
         raise as_api_error(error) from error
+    run.cached_tokens = sum(cached)
     return run
 
 
-async def run_all(scheduler: Scheduler, completion_id: str, jobs: list[Job]) -> list[ChoiceRun]:
-    return list(await asyncio.gather(*(run_choice(scheduler, f"{completion_id}-{job.index}", job) for job in jobs)))
+async def run_all(
+    scheduler: Scheduler, completion_id: str, jobs: list[Job], extras: dict[int, dict] | None = None
+) -> list[ChoiceRun]:
+    """`extras[job.index]`: engine extras for that choice (its grammar constraint, its prefix cache)."""
+    extras = extras or {}
+    return list(
+        await asyncio.gather(
+            *(run_choice(scheduler, f"{completion_id}-{job.index}", job, extras.get(job.index)) for job in jobs)
+        )
+    )
 
 
 async def merged_events(
-    scheduler: Scheduler, completion_id: str, jobs: list[Job]
-) -> AsyncIterator[tuple[Job, "TokenEvent"]]:
-    """Events of every choice as they come; leaving early (client gone) cancels them all."""
+    scheduler: Scheduler,
+    completion_id: str,
+    jobs: list[Job],
+    extras: dict[int, dict] | None = None,
+    cached: dict[int, list[int]] | None = None,
+) -> AsyncIterator[tuple[Job, TokenEvent]]:
+    """Events of every choice as they come; leaving early (client gone) cancels them all.
+    `cached[job.index]` (if given) receives that choice's cached prompt tokens."""
     inbox: asyncio.Queue = asyncio.Queue()
+    extras = extras or {}
+    cached = cached if cached is not None else {}
 
     async def pump(job: Job) -> None:
         try:
-            events = scheduler.generate(f"{completion_id}-{job.index}", job.prompt_ids, job.params)
+            events = scheduler.generate(
+                f"{completion_id}-{job.index}",
+                job.prompt_ids,
+                job.params,
+                cached=cached.setdefault(job.index, []),
+                **extras.get(job.index, {}),
+            )
             async with aclosing(events):
                 async for event in events:
                     inbox.put_nowait((job, event))
@@ -107,7 +141,7 @@ async def merged_events(
 CLIENT_CLOSED = 499
 
 
-async def unless_disconnected(request: "Request", work: Awaitable[T]) -> T:
+async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
     """Await `work`, but cancel it (freeing its batch slots) as soon as the client disconnects."""
     work_task = asyncio.ensure_future(work)
     watcher = asyncio.create_task(_disconnected(request))
@@ -122,6 +156,6 @@ async def unless_disconnected(request: "Request", work: Awaitable[T]) -> T:
             work_task.cancel()
 
 
-async def _disconnected(request: "Request") -> None:
+async def _disconnected(request: Request) -> None:
     while (await request.receive())["type"] != "http.disconnect":
         continue

@@ -12,12 +12,12 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
 from apr.serve.admission import Job, completion_jobs
-from apr.serve.choices import ChoiceRun, merged_events, run_all, score, unless_disconnected
+from apr.serve.choices import ChoiceRun, cached_prompt_tokens, merged_events, run_all, score, unless_disconnected
 from apr.serve.errors import ApiError
 from apr.serve.protocol import Completion, CompletionChoice, CompletionRequest
 from apr.serve.render import SSE_DONE, completion_logprobs, sse, usage
-from apr.serve.state import ServeState, check_api_key, serve_state
 from apr.serve.route_meta import ERROR_RESPONSES, SSE_HEADERS, STREAM_RESPONSE
+from apr.serve.state import ServeState, check_api_key, serve_state
 
 router = APIRouter(dependencies=[Depends(check_api_key)])
 
@@ -42,7 +42,11 @@ async def create_completion(body: CompletionRequest, request: Request, state: Se
         created=created,
         model=body.model,
         choices=choices,
-        usage=usage(_prompt_tokens(jobs, body.n), completion_tokens),
+        usage=usage(
+            _prompt_tokens(jobs, body.n),
+            completion_tokens,
+            cached_prompt_tokens({run.job.index: run.cached_tokens for run in runs}, body.n),
+        ),
     )
 
 
@@ -90,10 +94,17 @@ async def _stream(
 ) -> AsyncIterator[str]:
     def chunk(index: int, text: str, logprobs=None, finish_reason=None, **extra) -> dict:
         choice = {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}
-        return {"id": completion_id, "object": "text_completion", "created": created,
-                "model": body.model, "choices": [choice], **extra}
+        return {
+            "id": completion_id,
+            "object": "text_completion",
+            "created": created,
+            "model": body.model,
+            "choices": [choice],
+            **extra,
+        }
 
     completion_tokens = 0
+    cached: dict[int, list[int]] = {}
     try:
         scheduler = state.running_scheduler
         for job in jobs:
@@ -101,7 +112,7 @@ async def _stream(
                 yield sse(chunk(job.index, job.prompt_text))
             if job.params is None:
                 yield sse(chunk(job.index, "", finish_reason="length"))
-        async with aclosing(merged_events(scheduler, completion_id, jobs)) as events:
+        async with aclosing(merged_events(scheduler, completion_id, jobs, cached=cached)) as events:
             async for job, event in events:
                 completion_tokens += 1
                 logprobs = None
@@ -114,7 +125,16 @@ async def _stream(
         yield SSE_DONE
         return
     if body.stream_options is not None and body.stream_options.include_usage:
-        totals = usage(_prompt_tokens(jobs, body.n), completion_tokens).model_dump()
-        yield sse({"id": completion_id, "object": "text_completion", "created": created,
-                   "model": body.model, "choices": [], "usage": totals})
+        cached_tokens = cached_prompt_tokens({index: sum(found) for index, found in cached.items()}, body.n)
+        totals = usage(_prompt_tokens(jobs, body.n), completion_tokens, cached_tokens).model_dump()
+        yield sse(
+            {
+                "id": completion_id,
+                "object": "text_completion",
+                "created": created,
+                "model": body.model,
+                "choices": [],
+                "usage": totals,
+            }
+        )
     yield SSE_DONE

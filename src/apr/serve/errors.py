@@ -72,18 +72,18 @@ def _is_field_name(part: object) -> bool:
     return text.isidentifier() and text not in UNION_BRANCH_TAGS
 
 
-def install_error_handlers(app: "FastAPI") -> None:
+def install_error_handlers(app: FastAPI) -> None:
     """Make every error reply, FastAPI's own included, take the OpenAI shape."""
     from fastapi.exceptions import RequestValidationError
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
-    async def on_api_error(request: "Request", exc: ApiError) -> "JSONResponse":
+    async def on_api_error(request: Request, exc: ApiError) -> JSONResponse:
         return _json(exc)
 
-    async def on_validation_error(request: "Request", exc: RequestValidationError) -> "JSONResponse":
+    async def on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         return _json(describe_validation_errors(list(exc.errors())))
 
-    async def on_http_error(request: "Request", exc: StarletteHTTPException) -> "JSONResponse":
+    async def on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         phrase = HTTPStatus(exc.status_code).phrase if exc.status_code in HTTPStatus._value2member_map_ else "Error"
         detail = exc.detail if isinstance(exc.detail, str) else phrase
         if exc.status_code == 400 and detail == BODY_PARSE_FAILURE:
@@ -93,7 +93,7 @@ def install_error_handlers(app: "FastAPI") -> None:
         error = ApiError(exc.status_code, f"{detail} ({request.method} {request.url.path}).", type=kind, code=code)
         return _json(error, headers=getattr(exc, "headers", None))
 
-    async def on_unexpected(request: "Request", exc: Exception) -> "JSONResponse":
+    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.error("internal error on %s %s: %s: %s", request.method, request.url.path, type(exc).__name__, exc)
         return _json(ApiError(500, f"Internal server error: {type(exc).__name__}: {exc}", type=SERVER_ERROR))
 
@@ -103,7 +103,7 @@ def install_error_handlers(app: "FastAPI") -> None:
     app.add_exception_handler(Exception, on_unexpected)
 
 
-def _json(error: ApiError, headers: dict[str, str] | None = None) -> "JSONResponse":
+def _json(error: ApiError, headers: dict[str, str] | None = None) -> JSONResponse:
     from fastapi.responses import JSONResponse
 
     return JSONResponse(error.body(), status_code=error.status, headers=headers)

@@ -12,6 +12,7 @@ from apr.serve.protocol import (
     ChatDelta,
     ChoiceLogprobs,
     CompletionLogprobs,
+    PromptTokensDetails,
     TokenLogprob,
     TopLogprob,
     Usage,
@@ -32,11 +33,12 @@ def sse(payload: object) -> str:
     return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> Usage:
+def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> Usage:
     return Usage(
         prompt_tokens=prompt_tokens,
         completion_tokens=completion_tokens,
         total_tokens=prompt_tokens + completion_tokens,
+        prompt_tokens_details=PromptTokensDetails(cached_tokens=cached_tokens),
     )
 
 
@@ -53,7 +55,7 @@ def _named_top(served: ServedModel, top: dict[int, float] | None, limit: int) ->
 
 def completion_logprobs(
     served: ServedModel,
-    events: Sequence["TokenEvent"],
+    events: Sequence[TokenEvent],
     top: int,
     *,
     prompt_ids: Sequence[int] = (),
@@ -80,7 +82,7 @@ def _spelled(served: ServedModel, token_id: int, logprob: float | None) -> TopLo
     return TopLogprob(token=token, logprob=logprob if logprob is not None else 0.0, bytes=list(token.encode("utf-8")))
 
 
-def chat_logprobs(served: ServedModel, events: Sequence["TokenEvent"], top: int) -> ChoiceLogprobs:
+def chat_logprobs(served: ServedModel, events: Sequence[TokenEvent], top: int) -> ChoiceLogprobs:
     content = []
     for event in events:
         chosen = _spelled(served, event.token_id, event.logprob)
@@ -100,7 +102,9 @@ def chat_chunk(
     content: str | None = None,
     logprobs: ChoiceLogprobs | None = None,
     finish_reason: str | None = None,
+    extra: dict | None = None,
 ) -> ChatCompletionChunk:
-    delta = ChatDelta(role="assistant" if role else None, content=content)
+    """`extra`: more delta fields (`tool_calls` or the legacy `function_call`)."""
+    delta = ChatDelta(role="assistant" if role else None, content=content, **(extra or {}))
     choice = ChatChunkChoice(index=index, delta=delta, logprobs=logprobs, finish_reason=finish_reason)
     return ChatCompletionChunk(id=completion_id, created=created, model=model, choices=[choice])

@@ -39,8 +39,17 @@ class SchedulerError(Exception):
 class _Admit:
     request_id: str
     prompt_ids: list[int]
-    params: "SamplingParams"
+    params: SamplingParams
     sink: asyncio.Queue
+    # Optional engine extras: a grammar (engine.sampling.LogitConstraint) and a PrefixCache to start from.
+    extras: tuple[tuple[str, Any], ...] = ()
+
+
+@dataclass(frozen=True)
+class PrefixHit:
+    """Put on a request's queue before its first token: how many prompt tokens came from the prefix cache."""
+
+    cached_tokens: int
 
 
 @dataclass(frozen=True)
@@ -78,16 +87,28 @@ class Scheduler:
     asyncio queues filled with `loop.call_soon_threadsafe`.
     """
 
-    def __init__(self, engine: "Engine", max_batch: int, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, engine: Engine, max_batch: int, loop: asyncio.AbstractEventLoop, prefix_cache_bytes: int = 0
+    ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self._engine = engine
+        # Only where a cache can be continued (the CPU native layers) is keeping caches worth their memory;
+        # elsewhere (CUDA graph pools among them) kept caches would only hold slots.
+        can_continue = getattr(engine.transformer, "can_continue_prefill", lambda tokens: False)
+        self._prefix_cache_bytes = prefix_cache_bytes if prefix_cache_bytes > 0 and can_continue(1) else 0
         self._max_batch = max_batch
         self._loop = loop
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="apr-scheduler", daemon=True)
         self._load = Load()
         self._stopped = threading.Event()
+        # Scheduler-thread state: request id -> (store key, entry) of the prefix entry lent to it, and the
+        # requests whose cached-token count is still to be reported (with their first token).
+        self._leases: dict[str, tuple[int, Any]] = {}
+        self._unreported: set[str] = set()
+        # (entries, bytes) of the prefix cache, replaced whole (atomic for /health's thread).
+        self._prefix_usage: tuple[int, int] = (0, 0)
 
     # ---- event-loop side ---------------------------------------------------------------
 
@@ -119,14 +140,30 @@ class Scheduler:
     def max_batch(self) -> int:
         return self._max_batch
 
+    @property
+    def prefix_cache_enabled(self) -> bool:
+        return self._prefix_cache_bytes > 0
+
+    @property
+    def prefix_usage(self) -> tuple[int, int]:
+        """(entries, bytes) the prefix cache holds, as of the last request that left."""
+        return self._prefix_usage
+
     async def generate(
-        self, request_id: str, prompt_ids: list[int], params: "SamplingParams"
-    ) -> AsyncIterator["TokenEvent"]:
-        """Yield the request's token events until its finish_reason; cancel it if abandoned early."""
+        self,
+        request_id: str,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        cached: list[int] | None = None,
+        **extras: Any,
+    ) -> AsyncIterator[TokenEvent]:
+        """Yield the request's token events until its finish_reason; cancel it if abandoned early.
+        `cached` (a list) receives how many prompt tokens the prefix cache supplied."""
         if self._stopped.is_set():
             raise SchedulerError(EngineFailure("The server is shutting down.", shutting_down=True))
         sink: asyncio.Queue = asyncio.Queue()
-        self._inbox.put(_Admit(request_id, list(prompt_ids), params, sink))
+        given = tuple((name, value) for name, value in extras.items() if value is not None)
+        self._inbox.put(_Admit(request_id, list(prompt_ids), params, sink, given))
         finished = False
         try:
             while True:
@@ -134,6 +171,10 @@ class Scheduler:
                 if isinstance(item, EngineFailure):
                     finished = True
                     raise SchedulerError(item)
+                if isinstance(item, PrefixHit):
+                    if cached is not None:
+                        cached.append(item.cached_tokens)
+                    continue
                 yield item
                 if item.finish_reason is not None:
                     finished = True
@@ -159,18 +200,22 @@ class Scheduler:
             self._loop_forever()
 
     def _loop_forever(self) -> None:
+        from apr.serve.prefix_store import PrefixStore
+
         batch = self._engine.new_batch(self._max_batch)
         waiting: deque[_Admit] = deque()
         running: dict[str, _Admit] = {}
+        prefixes = PrefixStore(self._prefix_cache_bytes) if self._prefix_cache_bytes else None
+
         while True:
             idle = not running and not waiting
             messages = self._drain(block=idle)
             for position, message in enumerate(messages):
                 if isinstance(message, _Stop):
                     shutting_down = EngineFailure("The server is shutting down.", shutting_down=True)
-                    waiting.extend(m for m in messages[position + 1:] if isinstance(m, _Admit))
+                    waiting.extend(m for m in messages[position + 1 :] if isinstance(m, _Admit))
                     self._fail_all(running, waiting, shutting_down)
-                    for late in messages[position + 1:]:
+                    for late in messages[position + 1 :]:
                         if isinstance(late, _Call):
                             self._loop.call_soon_threadsafe(_settle, late.future, None, SchedulerError(shutting_down))
                     self._publish(running, waiting)
@@ -183,8 +228,15 @@ class Scheduler:
                     self._execute(message)
             while waiting and len(running) < self._max_batch:
                 admit = waiting.popleft()
+                extras = dict(admit.extras)
+                if prefixes is not None and "prefix" not in extras:
+                    busy = {key for key, _ in self._leases.values()}
+                    key, entry = prefixes.lease(admit.prompt_ids, busy)
+                    extras["prefix"] = entry
+                    self._leases[admit.request_id] = (key, entry)
+                    self._unreported.add(admit.request_id)
                 try:
-                    batch.add(admit.request_id, admit.prompt_ids, admit.params)
+                    batch.add(admit.request_id, admit.prompt_ids, admit.params, **extras)
                 except Exception as exc:  # one bad request must not take the batch down
                     log.error("could not admit %s: %s: %s", admit.request_id, type(exc).__name__, exc)
                     self._post(admit.sink, EngineFailure(f"The engine refused the request: {exc}"))
@@ -202,6 +254,18 @@ class Scheduler:
                 batch = self._engine.new_batch(self._max_batch)
                 continue
             self._route(events, running, waiting)
+            if prefixes is not None:
+                self._settle_leases(running, prefixes)
+
+    def _settle_leases(self, running: dict[str, _Admit], prefixes: Any) -> None:
+        """Return the entries of requests that left (finished, cancelled, failed) and keep the store in budget."""
+        gone = [request_id for request_id in self._leases if request_id not in running]
+        for request_id in gone:
+            del self._leases[request_id]
+            self._unreported.discard(request_id)
+        if gone:
+            prefixes.trim({key for key, _ in self._leases.values()})
+        self._prefix_usage = (len(prefixes), prefixes.nbytes)
 
     def _drain(self, *, block: bool) -> list[Any]:
         messages = [self._inbox.get()] if block else []
@@ -211,12 +275,16 @@ class Scheduler:
             except queue.Empty:
                 return messages
 
-    def _route(self, events: list["TokenEvent"], running: dict[str, _Admit], waiting: deque[_Admit]) -> None:
+    def _route(self, events: list[TokenEvent], running: dict[str, _Admit], waiting: deque[_Admit]) -> None:
         deliveries = []
         for event in events:
             admit = running.get(event.request_id)
             if admit is None:  # cancelled while this step ran
                 continue
+            if event.request_id in self._unreported:
+                self._unreported.discard(event.request_id)
+                _, entry = self._leases[event.request_id]
+                deliveries.append((admit.sink, PrefixHit(entry.reused)))
             deliveries.append((admit.sink, event))
             if event.finish_reason is not None:
                 del running[event.request_id]
@@ -233,8 +301,9 @@ class Scheduler:
 
     def _count(self, *, finished: int = 0, cancelled: int = 0, failed: int = 0) -> None:
         load = self._load
-        self._load = Load(load.active, load.queued, load.finished + finished, load.cancelled + cancelled,
-                          load.failed + failed)
+        self._load = Load(
+            load.active, load.queued, load.finished + finished, load.cancelled + cancelled, load.failed + failed
+        )
 
     def _cancel(self, batch: Any, request_id: str, running: dict[str, _Admit], waiting: deque[_Admit]) -> None:
         if running.pop(request_id, None) is not None:

@@ -20,7 +20,7 @@ class PromptScores:
     top_logprobs: list[dict[int, float] | None]
 
 
-def score_prompt(engine: "Engine", prompt_ids: list[int], top: int) -> PromptScores:
+def score_prompt(engine: Engine, prompt_ids: list[int], top: int) -> PromptScores:
     """Run on the scheduler thread: it calls the engine."""
     if top == 0:
         logprobs = list(engine.prompt_logprobs(prompt_ids))

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from apr.serve.grammar import GrammarTokenizer
+
 if TYPE_CHECKING:
     from apr.engine import Engine
 
@@ -26,22 +28,25 @@ class ServeSettings:
     seed: int = 0
     # After SIGINT/SIGTERM, in-flight requests get this long to finish before they are cancelled.
     graceful_timeout_s: float = 2.0
+    # KV caches kept for reuse by later requests sharing a prompt prefix (0 turns the prefix cache off).
+    prefix_cache_mb: int = 1024
 
 
 @dataclass
 class ServedModel:
     """Everything the routes need to know about the loaded model, plus the server's seed source."""
 
-    engine: "Engine"
+    engine: Engine
     model_id: str
     aliases: frozenset[str]
     max_context: int
     created: int
     seed_source: random.Random
+    grammar: GrammarTokenizer
     _token_texts: dict[int, str] = field(default_factory=dict)
 
     @classmethod
-    def from_engine(cls, engine: "Engine", settings: ServeSettings) -> "ServedModel":
+    def from_engine(cls, engine: Engine, settings: ServeSettings) -> ServedModel:
         described = engine.describe()
         path = Path(str(described.get("path", settings.model_arg)))
         model_id = path.name if Path(settings.model_arg).exists() else settings.model_arg
@@ -57,6 +62,7 @@ class ServedModel:
             max_context=max_context,
             created=int(time.time()),
             seed_source=random.Random(settings.seed),
+            grammar=GrammarTokenizer(engine.tokenizer, engine.config.vocab_size, engine.eos_token_ids),
         )
 
     @property

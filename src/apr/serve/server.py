@@ -48,7 +48,7 @@ def url_of(sock: socket.socket) -> str:
     return f"http://{shown}:{port}"
 
 
-def run(app: "FastAPI", settings: ServeSettings, sock: socket.socket, announce: Callable[[str], None]) -> list[int]:
+def run(app: FastAPI, settings: ServeSettings, sock: socket.socket, announce: Callable[[str], None]) -> list[int]:
     """Serve on `sock` (from `bind`) until SIGINT/SIGTERM; return the signals that stopped it.
 
     In-flight requests get `graceful_timeout_s` to finish; then the scheduler is stopped, so those
@@ -76,7 +76,7 @@ def run(app: "FastAPI", settings: ServeSettings, sock: socket.socket, announce: 
     return received
 
 
-def _stopper(app: "FastAPI") -> Callable[[], None]:
+def _stopper(app: FastAPI) -> Callable[[], None]:
     def stop_scheduler() -> None:
         scheduler = app.state.apr.scheduler
         if scheduler is not None:

@@ -9,6 +9,7 @@ from typing import Any
 
 from fastapi import Request
 
+from apr.serve.download_jobs import Downloads
 from apr.serve.errors import ApiError
 from apr.serve.scheduler import Scheduler
 from apr.serve.served import ServedModel, ServeSettings
@@ -20,6 +21,7 @@ class ServeState:
     served: ServedModel
     described: dict[str, Any]
     scheduler: Scheduler | None = None
+    downloads: Downloads = field(default_factory=Downloads)
     started: float = field(default_factory=time.monotonic)
 
     @property
