@@ -78,6 +78,7 @@ def start_server(model: str, device: str, prefix_mb: int) -> tuple[subprocess.Po
         str(prefix_mb),
     ]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert proc.stdout is not None  # stdout=PIPE
     for line in iter(proc.stdout.readline, ""):
         match = READY.search(line)
         if match:
@@ -91,7 +92,7 @@ def turn(client: openai.OpenAI, model: str, messages: list[dict], max_tokens: in
     first = None
     text = ""
     usage = None
-    stream = client.chat.completions.create(
+    stream = client.chat.completions.create(  # type: ignore[call-overload]
         model=model,
         messages=messages,
         max_tokens=max_tokens,
@@ -106,6 +107,8 @@ def turn(client: openai.OpenAI, model: str, messages: list[dict], max_tokens: in
             if choice.delta.content or choice.finish_reason:
                 first = first or time.perf_counter()
                 text += choice.delta.content or ""
+    if usage is None:
+        raise SystemExit("apr serve sent no usage chunk although include_usage was asked")
     cached = usage.prompt_tokens_details.cached_tokens if usage.prompt_tokens_details else 0
     return (first or time.perf_counter()) - start, text, usage.prompt_tokens, cached
 
