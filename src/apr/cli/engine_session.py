@@ -38,12 +38,15 @@ def open_engine(model_arg: str, options: EngineOptions) -> tuple["Engine", float
     """(engine, seconds from the start of loading) for a MODEL argument (path, cached name or ref)."""
     start = time.perf_counter()
     utf8_stdio()
-    from apr.engine import load_engine
     from apr.formats import load_model
     from apr.hub import resolve_model_arg
 
+    # The ref first: a typo is refused in milliseconds, before torch's import (seconds on a busy machine).
     path = resolve_model_arg(model_arg, progress=sys.stderr.isatty())
-    engine = load_engine(load_model(path), device=options.device, dtype=options.dtype, threads=options.threads,
+    model = load_model(path)
+    from apr.engine import load_engine
+
+    engine = load_engine(model, device=options.device, dtype=options.dtype, threads=options.threads,
                          compile=options.compile, dense_prefill=options.dense_prefill)
     return engine, time.perf_counter() - start
 
