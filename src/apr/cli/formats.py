@@ -78,7 +78,12 @@ def register(app: typer.Typer) -> None:
         name_filter: Annotated[str | None, typer.Option("--filter", help="With --trace-structure: stats only for "
                                                         "tensors whose name contains this text.")] = None,
     ) -> None:
-        """Show a model's metadata, tokenizer and tensor table."""
+        """Show a model's metadata, tokenizer and tensor table, or summarize an apr-trace file (apr run --trace)."""
+        from apr.trace.format import looks_like_trace
+
+        if looks_like_trace(Path(model)):
+            _inspect_trace(Path(model), as_json)
+            return
         from apr.formats.inspect import describe, render_text
         from apr.formats.load import load_model
         from apr.formats.structure import trace_structure as trace
@@ -92,6 +97,14 @@ def register(app: typer.Typer) -> None:
             typer.echo(json.dumps(info, default=_json_default, allow_nan=True))
         else:
             typer.echo(render_text(info, structure))
+
+
+def _inspect_trace(path: Path, as_json: bool) -> None:
+    from apr.trace.format import read_trace
+    from apr.trace.summary import render_summary, summarize
+
+    summary = summarize(read_trace(path))
+    typer.echo(json.dumps(summary, allow_nan=True) if as_json else render_summary(summary))
 
 
 def _json_default(value: object) -> object:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -12,12 +13,17 @@ from apr.formats.ggml import type_name
 from apr.formats.model import CanonicalModel
 
 
+def natural_key(name: str) -> tuple[tuple[int, int | str], ...]:
+    """Sort key reading digit runs as numbers: blk.2 before blk.10, layers.9 before layers.10."""
+    return tuple((0, int(part)) if part.isdigit() else (1, part) for part in re.split(r"(\d+)", name) if part)
+
+
 def describe(model: CanonicalModel) -> dict[str, Any]:
     config, tokenizer = model.config, model.tokenizer
     path = Path(model.source_path)
     size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
     tensors = [{"name": name, "dtype": type_name(s.info.ggml_type), "shape": list(s.info.shape), "bytes": s.info.nbytes}
-               for name, s in model.tensors.items()]
+               for name, s in sorted(model.tensors.items(), key=lambda item: natural_key(item[0]))]
     return {
         "path": str(path),
         "format": model.source_format,
