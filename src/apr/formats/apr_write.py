@@ -15,6 +15,7 @@ from apr.formats.apr_meta import build_metadata
 from apr.formats.atomic import atomic_path
 from apr.formats.ggml import FLOAT_TYPES, tensor_nbytes, type_name
 from apr.formats.model import CanonicalModel
+from apr.formats.provenance import carried_general
 from apr.formats.tensor_encode import DtypeChoice, iter_encoded, target_type
 
 Progress = Callable[[str, int], None]
@@ -60,7 +61,8 @@ def write_apr(model: CanonicalModel, out: Path, *, dtype: DtypeChoice = "keep", 
     offsets = {name: off for name, _, off, _ in plan if off}
     params = sum(int(np.prod(model.tensors[name].info.shape)) for name, *_ in plan)
     total = sum(nbytes for *_, nbytes in plan)
-    meta = json.dumps(build_metadata(model, shapes, offsets, total, params), separators=(",", ":"),
+    general = carried_general(model, {name: out_type for name, out_type, _, _ in plan})
+    meta = json.dumps(build_metadata(model, shapes, offsets, total, params, general), separators=(",", ":"),
                       ensure_ascii=False).encode("utf-8")
     index = b"".join(entry.pack() for entry in sorted_entries)
     index_offset = HEADER_SIZE + align(len(meta))

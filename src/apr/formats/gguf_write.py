@@ -13,13 +13,11 @@ from apr.formats.atomic import atomic_path
 from apr.formats.ggml import tensor_nbytes
 from apr.formats.gguf_config import gguf_kv_from_config, gguf_kv_from_spec
 from apr.formats.model import CanonicalModel
+from apr.formats.provenance import carried_general
 from apr.formats.tensor_encode import DtypeChoice, encode, target_type
 from apr.formats.tensor_source import rope_permutation
 
 Progress = Callable[[str, int], None]
-# Source keys worth carrying into a GGUF we write (provenance), when the source was GGUF too.
-_CARRIED_PREFIX = "general."
-_NOT_CARRIED = {"general.architecture", "general.alignment", "general.file_type", "general.quantization_version"}
 
 
 def _typed(key: str, value: Any) -> tuple[Any, GGUFValueType, GGUFValueType | None]:
@@ -63,9 +61,8 @@ def write_gguf(model: CanonicalModel, out: Path, *, dtype: DtypeChoice = "keep",
     with atomic_path(Path(out)) as temp:
         writer = GGUFWriter(temp, config.architecture)
         kv: dict[str, Any] = {}
-        if model.source_format == "gguf":
-            kv.update({k: v for k, v in model.metadata.items() if k.startswith(_CARRIED_PREFIX) and k not in _NOT_CARRIED
-                       and isinstance(v, (str, int, float, bool))})
+        # Provenance (name, license, basename, size_label, file_type...) from any source format.
+        kv.update(carried_general(model, {name: out_type for name, _, out_type, _ in plan}))
         if config.name:
             kv["general.name"] = config.name
         kv["general.quantization_version"] = 2

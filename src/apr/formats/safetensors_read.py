@@ -10,6 +10,7 @@ import numpy as np
 from apr.errors import FormatError
 from apr.formats import names
 from apr.formats.hf_config import model_config_from_hf
+from apr.formats.provenance import METADATA_KEY
 from apr.formats.model import CanonicalModel, TensorInfo
 from apr.formats.shapes import check_shapes
 from apr.formats.safetensors_io import DTYPE_TO_GGML, SafeTensorEntry, parse_safetensors
@@ -63,9 +64,11 @@ def read_safetensors(path: Path) -> CanonicalModel:
         raise FormatError(f"{config_path}: {err}") from err
     files = [path] if path.is_file() else _weight_files(directory)
     tensors: dict[str, StoredTensor] = {}
+    header_meta: dict[str, str] = {}
     expected = set(names.expected_hf_names(config.architecture, config.num_layers, tied=config.tie_word_embeddings))
     for file in files:
-        entries, _ = parse_safetensors(file)
+        entries, file_meta = parse_safetensors(file)
+        header_meta = header_meta or file_meta
         data = np.memmap(file, dtype=np.uint8, mode="r")
         for entry in entries:
             if entry.name == "lm_head.weight" and config.tie_word_embeddings:
@@ -80,4 +83,5 @@ def read_safetensors(path: Path) -> CanonicalModel:
         raise FormatError(f"{directory}: missing tensor {missing[0]!r} ({len(missing)} missing); the checkpoint is incomplete")
     check_shapes(directory, config, tensors)
     return CanonicalModel(config=config, tokenizer=tokenizer, tensors=tensors, source_path=path,
-                          source_format="safetensors", metadata={"config.json": hf})
+                          source_format="safetensors",
+                          metadata={"config.json": hf, **{k: v for k, v in header_meta.items() if k == METADATA_KEY}})

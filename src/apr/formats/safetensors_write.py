@@ -10,6 +10,7 @@ from apr.formats.atomic import atomic_dir
 from apr.formats.ggml import tensor_nbytes
 from apr.formats.hf_config import generation_config_from_model_config, hf_config_from_model_config
 from apr.formats.model import CanonicalModel
+from apr.formats.provenance import METADATA_KEY, carried_general
 from apr.formats.safetensors_io import GGML_TO_DTYPE, SafeTensorsStreamWriter
 from apr.formats.tensor_encode import FLOAT_OF_CHOICE, DtypeChoice, iter_encoded
 
@@ -46,6 +47,8 @@ def write_safetensors_dir(model: CanonicalModel, out_dir: Path, *, dtype: DtypeC
     """Write ``out_dir`` whole (temp dir, then rename). Values are HF convention (norm offsets removed)."""
     types = _plan_types(model, dtype)
     shards = _shards(model, types, max_shard_bytes)
+    # Header metadata holds strings only: the general.* keys go in as one JSON document.
+    header_meta = {"format": "pt", METADATA_KEY: json.dumps(carried_general(model, types), sort_keys=True)}
     with atomic_dir(Path(out_dir)) as temp:
         (temp / "config.json").write_text(json.dumps(hf_config_from_model_config(model.config), indent=2))
         (temp / "generation_config.json").write_text(json.dumps(generation_config_from_model_config(model.config), indent=2))
@@ -58,7 +61,7 @@ def write_safetensors_dir(model: CanonicalModel, out_dir: Path, *, dtype: DtypeC
                          else f"model-{index + 1:05d}-of-{len(shards):05d}.safetensors")
             layout = [(n, GGML_TO_DTYPE[types[n]], model.tensors[n].info.shape) for n in names_in_shard]
             with (temp / file_name).open("wb") as handle:
-                writer = SafeTensorsStreamWriter(handle, layout, {"format": "pt"})
+                writer = SafeTensorsStreamWriter(handle, layout, header_meta)
                 for name in names_in_shard:
                     for chunk in iter_encoded(model.tensors[name], types[name], 0.0):
                         writer.write_chunk(name, chunk)
