@@ -13,6 +13,7 @@ from apr.hub.variants import VARIANT_MANIFEST, variants_of, variants_root
 
 # Caches apr rebuilds on demand, by directory under $APR_HOME: what `list --size` reports besides models.
 DERIVED_DIRS = {"converted": "converted variants (apr pull --format)",
+                "artifacts": "certification conversions (apr certify, apr.qa.artifacts)",
                 "engine-cache": "packed weights (rebuilt on the next load)",
                 "kernel-cache": "compiled CPU kernels", "tmp": "unfinished downloads"}
 
@@ -86,10 +87,13 @@ def remove(cache: ModelCache, ref: str) -> tuple[CachedModel, int]:
         entry = cache.entry_dir(slug)
         freed += tree_bytes(entry)
         cache.drop(slug)  # manifest first: a half-removed entry never looks valid
-        shutil.rmtree(entry, ignore_errors=False)
+        shutil.rmtree(entry)
     still_used = {m.sha256 for m in cache.entries()}
     if model.sha256 not in still_used:
-        for variant in variants_of(cache, model.sha256):
+        # apr certify keeps its conversions under artifacts/<sha256[:16]> (apr.qa.artifacts): they go too.
+        for variant in [*variants_of(cache, model.sha256), cache.root / "artifacts" / model.sha256[:16]]:
+            if not variant.exists():
+                continue
             freed += tree_bytes(variant)
             shutil.rmtree(variant)
     return model, freed
