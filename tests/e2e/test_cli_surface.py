@@ -19,8 +19,15 @@ def apr(*args: str, home: Path | None = None, timeout: float = 300) -> subproces
     env = {**os.environ, "PYTHONIOENCODING": "utf-8", "HF_HUB_OFFLINE": "1"}
     if home is not None:
         env["APR_HOME"] = str(home)
-    return subprocess.run([*APR, *args], capture_output=True, text=True, timeout=timeout, env=env,
-                          stdin=subprocess.DEVNULL, encoding="utf-8")
+    return subprocess.run(
+        [*APR, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        encoding="utf-8",
+    )
 
 
 def ok(done: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
@@ -88,8 +95,22 @@ def test_inspect_lists_layers_in_natural_order(fixture_models) -> None:
 
 
 def test_run_benchmark_batch_reports_aggregate_and_per_stream_rates(fixture_models) -> None:
-    done = ok(apr("run", str(fixture_models["llama"]["gguf"]), "--prompt", "hello", "--max-tokens", "6",
-                  "--benchmark", "--batch-size", "3", "--device", "cpu", "--json"))
+    done = ok(
+        apr(
+            "run",
+            str(fixture_models["llama"]["gguf"]),
+            "--prompt",
+            "hello",
+            "--max-tokens",
+            "6",
+            "--benchmark",
+            "--batch-size",
+            "3",
+            "--device",
+            "cpu",
+            "--json",
+        )
+    )
     doc = json.loads(done.stdout.strip().splitlines()[-1])
     bench = doc["benchmark"]
     assert bench["batch_size"] == 3 and len(bench["per_stream_tok_s"]) == 3
@@ -105,8 +126,20 @@ def test_run_benchmark_batch_reports_aggregate_and_per_stream_rates(fixture_mode
 @pytest.mark.parametrize("kind", ["attention", "hidden", "all"])
 def test_run_trace_writes_a_file_inspect_reads(fixture_models, tmp_path: Path, kind: str) -> None:
     out = tmp_path / "trace.jsonl"
-    done = ok(apr("run", str(fixture_models["gemma3"]["gguf"]), "--prompt", "hello there", "--max-tokens", "4",
-                  f"--trace={kind}", "--trace-output", str(out), "--raw"))
+    done = ok(
+        apr(
+            "run",
+            str(fixture_models["gemma3"]["gguf"]),
+            "--prompt",
+            "hello there",
+            "--max-tokens",
+            "4",
+            f"--trace={kind}",
+            "--trace-output",
+            str(out),
+            "--raw",
+        )
+    )
     assert f"-> {out}" in done.stderr
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     header, end = lines[0], lines[-1]

@@ -55,16 +55,20 @@ def test_usage_error_is_one_line(argv: list[str], fragments: list[str]) -> None:
 
 def test_a_bad_ref_is_refused_before_torch_is_imported() -> None:
     """`apr run nosuch:model` answers from the ref alone: torch (seconds to import) is never loaded."""
-    probe = ("import sys; from apr.cli.main import main; code = main(['run', 'nosuch:model', '-p', 'hi']); "
-             "print(code, 'torch' in sys.modules, 'apr.engine' in sys.modules)")
+    probe = (
+        "import sys; from apr.cli.main import main; code = main(['run', 'nosuch:model', '-p', 'hi']); "
+        "print(code, 'torch' in sys.modules, 'apr.engine' in sys.modules)"
+    )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert done.stdout.split() == ["2", "False", "False"], done.stdout + done.stderr
     assert done.stderr.startswith("error: unknown model ref 'nosuch:model'") and len(done.stderr.splitlines()) == 1
 
 
 def test_help_does_not_import_torch() -> None:
-    probe = ("import sys; from apr.cli.main import main; code = main(['run', '-h']); "
-             "print(code, 'torch' in sys.modules, file=sys.stderr)")
+    probe = (
+        "import sys; from apr.cli.main import main; code = main(['run', '-h']); "
+        "print(code, 'torch' in sys.modules, file=sys.stderr)"
+    )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert done.stderr.split() == ["0", "False"], done.stderr
     assert "--trace" in done.stdout and "--batch-size" in done.stdout

@@ -33,19 +33,31 @@ class TraceKind(str, Enum):
 
 
 DeviceOpt = Annotated[Device, typer.Option("--device", help="auto, cpu or cuda.")]
-DtypeOpt = Annotated[Precision | None, typer.Option("--dtype", help="auto (default: apr's AVX2 kernels on CPU, bf16 on "
-                                                                    "CUDA), bf16/fp16 (PyTorch packed kernels) or fp32 "
-                                                                    "(every tensor dequantized; slow, exact).")]
+DtypeOpt = Annotated[
+    Precision | None,
+    typer.Option(
+        "--dtype",
+        help="auto (default: apr's AVX2 kernels on CPU, bf16 on "
+        "CUDA), bf16/fp16 (PyTorch packed kernels) or fp32 "
+        "(every tensor dequantized; slow, exact).",
+    ),
+]
 ThreadsOpt = Annotated[int | None, typer.Option("--threads", help="CPU threads for torch (default: torch's).")]
-CompileOpt = Annotated[bool | None, typer.Option("--compile/--no-compile",
-                                                 help="torch.compile the decode step (default: off).")]
+CompileOpt = Annotated[
+    bool | None, typer.Option("--compile/--no-compile", help="torch.compile the decode step (default: off).")
+]
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="Sampling seed (sampling is seeded 0 when omitted).")]
 TempOpt = Annotated[float, typer.Option("--temperature", min=0.0, help="0 = greedy.")]
 MaxTokOpt = Annotated[int, typer.Option("--max-tokens", min=1, help="Most tokens to generate.")]
 
 
-def _options(device: Device, dtype: Precision | None, threads: int | None, compile: bool | None,
-             dense_prefill: bool | None = None) -> EngineOptions:
+def _options(
+    device: Device,
+    dtype: Precision | None,
+    threads: int | None,
+    compile: bool | None,
+    dense_prefill: bool | None = None,
+) -> EngineOptions:
     return EngineOptions(device.value, dtype.value if dtype else None, threads, compile, dense_prefill)
 
 
@@ -56,14 +68,26 @@ def _resolve_first(model: str) -> str:
     return str(resolve_model_arg(model, progress=sys.stderr.isatty()))
 
 
-def _sampling(max_tokens: int, temperature: float, seed: int | None, top_k: int = 0, top_p: float = 1.0,
-              repetition_penalty: float = 1.0):
+def _sampling(
+    max_tokens: int,
+    temperature: float,
+    seed: int | None,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    repetition_penalty: float = 1.0,
+):
     from apr.engine import SamplingParams
     from apr.errors import AprError
 
     try:
-        return SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p,
-                              repetition_penalty=repetition_penalty, seed=seed, max_tokens=max_tokens)
+        return SamplingParams(
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            repetition_penalty=repetition_penalty,
+            seed=seed,
+            max_tokens=max_tokens,
+        )
     except ValueError as err:
         raise AprError(f"bad sampling option: {err}") from None
 
@@ -78,16 +102,37 @@ def register(app: typer.Typer) -> None:
         max_tokens: MaxTokOpt = 256,
         raw: Annotated[bool, typer.Option("--raw", help="Do not apply the chat template.")] = False,
         as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document instead of streaming.")] = False,
-        benchmark: Annotated[bool, typer.Option("--benchmark", help="Measure the run: tok/s (aggregate and per "
-                                                "stream), time to first token, CPU use; a summary on stderr.")] = False,
-        batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=256, help="Generate this many copies of "
-                                                "the prompt in one batch (reported with --benchmark).")] = 1,
-        trace: Annotated[TraceKind | None, typer.Option("--trace", help="Record a trace of the whole sequence on the "
-                                                        "reference fp32 path: attention (per-layer, per-head "
-                                                        "weights), hidden (per-layer hidden-state statistics) or "
-                                                        "all; see docs/trace.md.")] = None,
-        trace_output: Annotated[Path | None, typer.Option("--trace-output", help="Where --trace writes its JSON "
-                                                          "lines (default: apr-trace.jsonl).")] = None,
+        benchmark: Annotated[
+            bool,
+            typer.Option(
+                "--benchmark",
+                help="Measure the run: tok/s (aggregate and per "
+                "stream), time to first token, CPU use; a summary on stderr.",
+            ),
+        ] = False,
+        batch_size: Annotated[
+            int,
+            typer.Option(
+                "--batch-size",
+                min=1,
+                max=256,
+                help="Generate this many copies of the prompt in one batch (reported with --benchmark).",
+            ),
+        ] = 1,
+        trace: Annotated[
+            TraceKind | None,
+            typer.Option(
+                "--trace",
+                help="Record a trace of the whole sequence on the "
+                "reference fp32 path: attention (per-layer, per-head "
+                "weights), hidden (per-layer hidden-state statistics) or "
+                "all; see docs/trace.md.",
+            ),
+        ] = None,
+        trace_output: Annotated[
+            Path | None,
+            typer.Option("--trace-output", help="Where --trace writes its JSON lines (default: apr-trace.jsonl)."),
+        ] = None,
         seed: SeedOpt = None,
         temperature: TempOpt = 0.0,
         top_k: Annotated[int, typer.Option("--top-k", min=0)] = 0,
@@ -113,9 +158,18 @@ def register(app: typer.Typer) -> None:
             dtype = Precision.fp32
         model = _resolve_first(model)
         params = _sampling(max_tokens, temperature, seed, top_k, top_p, repetition_penalty)
-        _run(model, prompt, params, _options(device, dtype, threads, compile), raw=raw, as_json=as_json,
-             benchmark=benchmark, batch_size=batch_size, trace=trace,
-             trace_output=trace_output or Path("apr-trace.jsonl"))
+        _run(
+            model,
+            prompt,
+            params,
+            _options(device, dtype, threads, compile),
+            raw=raw,
+            as_json=as_json,
+            benchmark=benchmark,
+            batch_size=batch_size,
+            trace=trace,
+            trace_output=trace_output or Path("apr-trace.jsonl"),
+        )
 
     @app.command("chat")
     def chat_command(
@@ -149,18 +203,27 @@ def register(app: typer.Typer) -> None:
         min_reps: Annotated[int, typer.Option("--min-reps")] = 5,
         min_seconds: Annotated[float, typer.Option("--min-seconds")] = 10.0,
         warmup: Annotated[int, typer.Option("--warmup", help="Untimed repetitions first.")] = 1,
-        batch: Annotated[int, typer.Option("--batch", min=1, max=64,
-                                           help="Also measure the aggregate decode rate of this many "
-                                                "sequences decoded together (1: single stream only).")] = 1,
+        batch: Annotated[
+            int,
+            typer.Option(
+                "--batch",
+                min=1,
+                max=64,
+                help="Also measure the aggregate decode rate of this many "
+                "sequences decoded together (1: single stream only).",
+            ),
+        ] = 1,
         device: DeviceOpt = Device.auto,
         dtype: DtypeOpt = None,
         threads: ThreadsOpt = None,
         compile: CompileOpt = None,
-        dense_prefill: Annotated[bool | None, typer.Option("--dense-prefill/--no-dense-prefill",
-                                                           help="Keep dense bf16 copies for prompts.")] = None,
+        dense_prefill: Annotated[
+            bool | None, typer.Option("--dense-prefill/--no-dense-prefill", help="Keep dense bf16 copies for prompts.")
+        ] = None,
     ) -> None:
         """Measure prefill and decode speed: warmup, then repeat until both --min-reps and --min-seconds."""
         from apr.cli.engine_session import open_engine
+
         model = _resolve_first(model)
         from apr.engine.bench import BenchPlan, run_bench
 
@@ -172,11 +235,21 @@ def register(app: typer.Typer) -> None:
         print(json.dumps(report.to_json(), sort_keys=True))
 
 
-
-def _run(model: str, prompt: str, params, options: EngineOptions, *, raw: bool, as_json: bool, benchmark: bool,
-         batch_size: int, trace: TraceKind | None, trace_output: Path) -> None:
+def _run(
+    model: str,
+    prompt: str,
+    params,
+    options: EngineOptions,
+    *,
+    raw: bool,
+    as_json: bool,
+    benchmark: bool,
+    batch_size: int,
+    trace: TraceKind | None,
+    trace_output: Path,
+) -> None:
     """`apr run` once its options are valid: load, generate (one stream or a batch), trace if asked."""
-    from apr.cli.engine_session import model_json, open_engine, prompt_ids, result_json, stream_to_stdout, timing_line
+    from apr.cli.engine_session import model_json, open_engine, prompt_ids, result_json, stream_to_stdout
 
     engine, load_s = open_engine(model, options)
     templated = not raw and engine.tokenizer.has_chat_template
@@ -188,8 +261,13 @@ def _run(model: str, prompt: str, params, options: EngineOptions, *, raw: bool, 
 
         measured = run_batch(engine, ids, params, batch_size)
         if as_json:
-            doc = {"text": measured.streams[0].text, "model": model_json(engine), "device": str(engine.device),
-                   "load_s": round(load_s, 3), "benchmark": measured.to_json()}
+            doc = {
+                "text": measured.streams[0].text,
+                "model": model_json(engine),
+                "device": str(engine.device),
+                "load_s": round(load_s, 3),
+                "benchmark": measured.to_json(),
+            }
             sys.stdout.write(json.dumps(doc, ensure_ascii=False) + "\n")
         else:
             sys.stdout.write(measured.streams[0].text + "\n")
@@ -217,5 +295,6 @@ def _write_trace(engine, prompt: list[int], generated: list[int], kind: TraceKin
     records, _ = trace_forward(engine.transformer, ids, kinds)
     pieces = [engine.tokenizer.token_text(i) for i in ids]
     write_trace(output, trace_header(engine.model, engine.transformer, ids, pieces, len(prompt), kinds), records)
-    print(f"trace: {len(records)} records ({', '.join(sorted(kinds))}) of {len(ids)} tokens -> {output}",
-          file=sys.stderr)
+    print(
+        f"trace: {len(records)} records ({', '.join(sorted(kinds))}) of {len(ids)} tokens -> {output}", file=sys.stderr
+    )

@@ -48,10 +48,12 @@ class BatchBenchmark:
 
     def summary_line(self) -> str:
         streams = ", ".join(f"{v:.1f}" for v in self.per_stream_tok_s)
-        return (f"batch {self.batch_size} on {self.device}: {self.completion_tokens} tok in {self.wall_s:.2f} s = "
-                f"{self.aggregate_tok_s:.1f} tok/s aggregate; per stream {streams} tok/s; "
-                f"CPU {self.cpu_utilisation_pct:.0f}% of {self.threads} thread(s) "
-                f"(system {self.system_cpu_pct:.0f}%)")
+        return (
+            f"batch {self.batch_size} on {self.device}: {self.completion_tokens} tok in {self.wall_s:.2f} s = "
+            f"{self.aggregate_tok_s:.1f} tok/s aggregate; per stream {streams} tok/s; "
+            f"CPU {self.cpu_utilisation_pct:.0f}% of {self.threads} thread(s) "
+            f"(system {self.system_cpu_pct:.0f}%)"
+        )
 
 
 def run_batch(engine: Engine, prompt_ids: list[int], params: SamplingParams, batch_size: int) -> BatchBenchmark:
@@ -87,12 +89,28 @@ def run_batch(engine: Engine, prompt_ids: list[int], params: SamplingParams, bat
     system_pct = psutil.cpu_percent(interval=None)
     cpu_seconds = (cpu_after.user - cpu_before.user) + (cpu_after.system - cpu_before.system)
     threads = torch.get_num_threads() if engine.device.type == "cpu" else 1
-    streams = [StreamResult("".join(texts[n]), counts[n], finish.get(n, "length"), first.get(n, wall),
-                            counts[n] / last[n] if last.get(n) else 0.0) for n in names]
+    streams = [
+        StreamResult(
+            "".join(texts[n]),
+            counts[n],
+            finish.get(n, "length"),
+            first.get(n, wall),
+            counts[n] / last[n] if last.get(n) else 0.0,
+        )
+        for n in names
+    ]
     total = sum(counts.values())
     return BatchBenchmark(
-        batch_size=batch_size, prompt_tokens=len(prompt_ids), completion_tokens=total, wall_s=wall,
-        aggregate_tok_s=total / wall if wall > 0 else 0.0, per_stream_tok_s=[s.tok_s for s in streams],
-        cpu_seconds=cpu_seconds, threads=threads,
+        batch_size=batch_size,
+        prompt_tokens=len(prompt_ids),
+        completion_tokens=total,
+        wall_s=wall,
+        aggregate_tok_s=total / wall if wall > 0 else 0.0,
+        per_stream_tok_s=[s.tok_s for s in streams],
+        cpu_seconds=cpu_seconds,
+        threads=threads,
         cpu_utilisation_pct=100.0 * cpu_seconds / (wall * threads) if wall > 0 else 0.0,
-        system_cpu_pct=system_pct, device=str(engine.device), streams=streams)
+        system_cpu_pct=system_pct,
+        device=str(engine.device),
+        streams=streams,
+    )

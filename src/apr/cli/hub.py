@@ -41,9 +41,7 @@ def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
     """Left-aligned columns; the last column (path) is not padded."""
     rows = [header, *rows]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
-    return "\n".join(
-        "  ".join([*(cell.ljust(width) for cell, width in zip(row, widths)), row[-1]]) for row in rows
-    )
+    return "\n".join("  ".join([*(cell.ljust(width) for cell, width in zip(row, widths)), row[-1]]) for row in rows)
 
 
 def format_table(models: list[CachedModel]) -> str:
@@ -60,11 +58,20 @@ def format_usage(report: CacheUsage) -> str:
         model = usage.model
         # A local model's files are the user's, outside $APR_HOME: shown, never counted as cache.
         on_disk = f"{human_size(usage.total)}{' (local)' if usage.local else ''}"
-        rows.append((model.ref, model.format, human_size(model.size_bytes), human_size(usage.variant_bytes),
-                     on_disk, str(model.path)))
+        rows.append(
+            (
+                model.ref,
+                model.format,
+                human_size(model.size_bytes),
+                human_size(usage.variant_bytes),
+                on_disk,
+                str(model.path),
+            )
+        )
     lines = [_table(header, rows)] if rows else ["no models cached yet; try `apr pull smollm2:135m`"]
-    lines.extend(f"{name + '/':14} {human_size(size):>9}  {DERIVED_DIRS[name]}"
-                 for name, size in report.derived.items() if size)
+    lines.extend(
+        f"{name + '/':14} {human_size(size):>9}  {DERIVED_DIRS[name]}" for name, size in report.derived.items() if size
+    )
     lines.append(f"total under {report.home}: {human_size(report.total_bytes)}")
     return "\n".join(lines)
 
@@ -102,13 +109,26 @@ def register(app: typer.Typer) -> None:
 
             variant = converted(hub.cache, model, to_format.value, progress=not quiet)
             if as_json:
-                typer.echo(json.dumps({**model.to_json(), "converted": {
-                    "format": variant.format, "path": str(variant.path), "size_bytes": variant.size_bytes,
-                    "reused": variant.reused}}, sort_keys=True))
+                typer.echo(
+                    json.dumps(
+                        {
+                            **model.to_json(),
+                            "converted": {
+                                "format": variant.format,
+                                "path": str(variant.path),
+                                "size_bytes": variant.size_bytes,
+                                "reused": variant.reused,
+                            },
+                        },
+                        sort_keys=True,
+                    )
+                )
             else:
                 state = "cached" if variant.reused else "converted"
-                typer.echo(f"{model.ref}  {variant.format}  {human_size(variant.size_bytes)}  ({state} from "
-                           f"sha256:{model.sha256[:12]})  {variant.path}")
+                typer.echo(
+                    f"{model.ref}  {variant.format}  {human_size(variant.size_bytes)}  ({state} from "
+                    f"sha256:{model.sha256[:12]})  {variant.path}"
+                )
             return
         if as_json:
             typer.echo(json.dumps(model.to_json(), sort_keys=True))
@@ -119,8 +139,14 @@ def register(app: typer.Typer) -> None:
 
     @app.command("list")
     def list_command(
-        size: Annotated[bool, typer.Option("--size", help="Disk use per model (with its converted variants), "
-                                           "of the engine caches, and the total under $APR_HOME.")] = False,
+        size: Annotated[
+            bool,
+            typer.Option(
+                "--size",
+                help="Disk use per model (with its converted variants), "
+                "of the engine caches, and the total under $APR_HOME.",
+            ),
+        ] = False,
         as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list of cached models.")] = False,
     ) -> None:
         """Show the models in the cache: ref, format, size, sha256 prefix, path."""
@@ -132,11 +158,21 @@ def register(app: typer.Typer) -> None:
 
             report = usage(hub.cache)
             if as_json:
-                typer.echo(json.dumps({"home": str(report.home), "total_bytes": report.total_bytes,
-                                       "derived_bytes": report.derived,
-                                       "models": [{**u.model.to_json(), "entry_bytes": u.entry_bytes,
-                                                   "variant_bytes": u.variant_bytes} for u in report.entries]},
-                                      indent=2, sort_keys=True))
+                typer.echo(
+                    json.dumps(
+                        {
+                            "home": str(report.home),
+                            "total_bytes": report.total_bytes,
+                            "derived_bytes": report.derived,
+                            "models": [
+                                {**u.model.to_json(), "entry_bytes": u.entry_bytes, "variant_bytes": u.variant_bytes}
+                                for u in report.entries
+                            ],
+                        },
+                        indent=2,
+                        sort_keys=True,
+                    )
+                )
             else:
                 typer.echo(format_usage(report))
             return
@@ -150,8 +186,9 @@ def register(app: typer.Typer) -> None:
 
     @app.command("rm")
     def rm_command(
-        ref: Annotated[str, typer.Argument(metavar="REF", help="A cached ref or path, as `apr list` shows it.",
-                                           show_default=False)],
+        ref: Annotated[
+            str, typer.Argument(metavar="REF", help="A cached ref or path, as `apr list` shows it.", show_default=False)
+        ],
     ) -> None:
         """Remove a model from the cache, with its converted variants (a local model's own files stay)."""
         from apr.hub import Hub
@@ -163,8 +200,14 @@ def register(app: typer.Typer) -> None:
     @app.command("prune")
     def prune_command(
         dry_run: Annotated[bool, typer.Option("--dry-run", "-n", help="Only list what would be removed.")] = False,
-        older_than: Annotated[float, typer.Option("--older-than", min=0.0, help="Remove packed weights (engine "
-                                                  "cache) unused for this many days; 0 removes them all.")] = 7.0,
+        older_than: Annotated[
+            float,
+            typer.Option(
+                "--older-than",
+                min=0.0,
+                help="Remove packed weights (engine cache) unused for this many days; 0 removes them all.",
+            ),
+        ] = 7.0,
     ) -> None:
         """Free disk under $APR_HOME: unfinished downloads, broken entries, orphaned conversions, stale packed weights."""
         from apr.hub import Hub

@@ -19,11 +19,10 @@ def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
 
 def version_lines() -> list[str]:
     """One `key: value` line per fact; imports torch (only --version pays for it, never --help)."""
-    from apr import __version__
-
     # The engine's kernel probe builds or loads its shared library: worth it to say which kernels run here.
     import torch
 
+    from apr import __version__
     from apr.engine import native
 
     if torch.cuda.is_available():

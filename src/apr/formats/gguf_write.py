@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from gguf import GGMLQuantizationType, GGUFValueType, GGUFWriter
@@ -54,7 +55,9 @@ def gguf_plan(model: CanonicalModel, dtype: DtypeChoice) -> list[tuple[str, str,
     return plan
 
 
-def write_gguf(model: CanonicalModel, out: Path, *, dtype: DtypeChoice = "keep", progress: Progress | None = None) -> Path:
+def write_gguf(
+    model: CanonicalModel, out: Path, *, dtype: DtypeChoice = "keep", progress: Progress | None = None
+) -> Path:
     """Write ``model`` to ``out`` (temp file, then rename). Quantized blocks are carried byte for byte."""
     config = model.config
     plan = gguf_plan(model, dtype)
@@ -73,8 +76,13 @@ def write_gguf(model: CanonicalModel, out: Path, *, dtype: DtypeChoice = "keep",
             writer.add_key_value(key, val, vtype, sub_type=sub)
         for name, gguf_name, out_type, _ in plan:
             info = model.tensors[name].info
-            writer.add_tensor_info(gguf_name, list(info.shape), np.dtype(np.float32),
-                                   tensor_nbytes(out_type, info.shape), raw_dtype=GGMLQuantizationType(out_type))
+            writer.add_tensor_info(
+                gguf_name,
+                list(info.shape),
+                np.dtype(np.float32),
+                tensor_nbytes(out_type, info.shape),
+                raw_dtype=GGMLQuantizationType(out_type),
+            )
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()

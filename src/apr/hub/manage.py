@@ -12,10 +12,13 @@ from apr.hub.cache import HOME_ENV, CachedModel, ModelCache, slug_for
 from apr.hub.variants import VARIANT_MANIFEST, variants_of, variants_root
 
 # Caches apr rebuilds on demand, by directory under $APR_HOME: what `list --size` reports besides models.
-DERIVED_DIRS = {"converted": "converted variants (apr pull --format)",
-                "artifacts": "certification conversions (apr certify, apr.qa.artifacts)",
-                "engine-cache": "packed weights (rebuilt on the next load)",
-                "kernel-cache": "compiled CPU kernels", "tmp": "unfinished downloads"}
+DERIVED_DIRS = {
+    "converted": "converted variants (apr pull --format)",
+    "artifacts": "certification conversions (apr certify, apr.qa.artifacts)",
+    "engine-cache": "packed weights (rebuilt on the next load)",
+    "kernel-cache": "compiled CPU kernels",
+    "tmp": "unfinished downloads",
+}
 
 
 def tree_bytes(path: Path) -> int:
@@ -122,8 +125,9 @@ def plan_prune(cache: ModelCache, *, older_than_days: float) -> PrunePlan:
     if tmp.is_dir():
         # A pull in progress keeps its temp dir fresh; only an hour-old one is surely abandoned.
         stale = time.time() - STALE_TEMP_S
-        plan.items.extend((p, "unfinished download", tree_bytes(p)) for p in sorted(tmp.iterdir())
-                          if p.lstat().st_mtime <= stale)
+        plan.items.extend(
+            (p, "unfinished download", tree_bytes(p)) for p in sorted(tmp.iterdir()) if p.lstat().st_mtime <= stale
+        )
     valid = {slug_for(m.ref) for m in cache.entries()}
     if cache.models_dir.is_dir():
         for entry in sorted(cache.models_dir.iterdir()):

@@ -6,7 +6,7 @@ import json
 import os
 import shutil
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from apr.hub.cache import CachedModel, ModelCache, disk_error
@@ -71,8 +71,14 @@ def converted(cache: ModelCache, source: CachedModel, target: str, *, progress: 
             raise disk_error(err, directory) from err
         _convert(source.path, target, out, progress=progress)
         size = size_of(out)
-        record = {"source_ref": source.ref, "source_sha256": source.sha256, "format": target, "path": out.name,
-                  "size_bytes": size, "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        record = {
+            "source_ref": source.ref,
+            "source_sha256": source.sha256,
+            "format": target,
+            "path": out.name,
+            "size_bytes": size,
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
         staged = directory / f".{VARIANT_MANIFEST}.{os.getpid()}.tmp"
         staged.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         os.replace(staged, directory / VARIANT_MANIFEST)
@@ -92,8 +98,14 @@ def _convert(src: Path, target: str, out: Path, *, progress: bool) -> None:
     from tqdm import tqdm
 
     # tqdm's bar shows the rate and the time left (ETA) from the tensors done so far.
-    with tqdm(total=len(model.tensors), desc=f"convert → {target}", unit="tensor", file=sys.stderr,
-              dynamic_ncols=True, leave=False) as bar:
+    with tqdm(
+        total=len(model.tensors),
+        desc=f"convert → {target}",
+        unit="tensor",
+        file=sys.stderr,
+        dynamic_ncols=True,
+        leave=False,
+    ) as bar:
         convert(model, target, out, progress=lambda _name, _nbytes: bar.update(1))
 
 

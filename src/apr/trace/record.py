@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +27,20 @@ def _hidden_record(layer: int, name: str, x: torch.Tensor) -> dict[str, Any]:
     x32 = x.float()
     finite = x32[torch.isfinite(x32)]
     stats = finite if finite.numel() else torch.zeros(1)
-    return {"type": "hidden", "layer": layer, "name": name, "mean": float(stats.mean()),
-            "std": float(stats.std(unbiased=False)), "rms": float(stats.pow(2).mean().sqrt()),
-            "min": float(stats.min()), "max": float(stats.max()), "abs_max": float(stats.abs().max()),
-            "nan": int(torch.isnan(x32).sum()), "inf": int(torch.isinf(x32).sum()),
-            "token_l2": [round(float(v), 4) for v in x32.norm(dim=-1)]}
+    return {
+        "type": "hidden",
+        "layer": layer,
+        "name": name,
+        "mean": float(stats.mean()),
+        "std": float(stats.std(unbiased=False)),
+        "rms": float(stats.pow(2).mean().sqrt()),
+        "min": float(stats.min()),
+        "max": float(stats.max()),
+        "abs_max": float(stats.abs().max()),
+        "nan": int(torch.isnan(x32).sum()),
+        "inf": int(torch.isinf(x32).sum()),
+        "token_l2": [round(float(v), 4) for v in x32.norm(dim=-1)],
+    }
 
 
 def _attention_records(layer: int, sliding: bool, weights: torch.Tensor, rep: int) -> Iterator[dict[str, Any]]:
@@ -41,15 +50,28 @@ def _attention_records(layer: int, sliding: bool, weights: torch.Tensor, rep: in
     for head in range(weights.shape[0]):
         w = weights[head]
         entropy = -(w * torch.log(w.clamp_min(eps))).sum(-1)
-        yield {"type": "attention", "layer": layer, "head": head, "kv_head": head // rep, "sliding": sliding,
-               "entropy_mean": float(entropy.mean()), "entropy_min": float(entropy.min()),
-               "max_weight": float(w.max()), "first_token_weight": float(w[:, 0].mean()),
-               "diagonal_weight": float(w.diagonal().mean()),
-               "weights": [[round(float(v), WEIGHT_DECIMALS) for v in w[q, : q + 1]] for q in range(t)]}
+        yield {
+            "type": "attention",
+            "layer": layer,
+            "head": head,
+            "kv_head": head // rep,
+            "sliding": sliding,
+            "entropy_mean": float(entropy.mean()),
+            "entropy_min": float(entropy.min()),
+            "max_weight": float(w.max()),
+            "first_token_weight": float(w[:, 0].mean()),
+            "diagonal_weight": float(w.diagonal().mean()),
+            "weights": [[round(float(v), WEIGHT_DECIMALS) for v in w[q, : q + 1]] for q in range(t)],
+        }
 
 
-def _attention(block: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int | None,
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+def _attention(
+    block: Any,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    window: int | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(output ``[T, heads*d]``, weights ``[heads, T, T]``) of causal attention, GQA by repeating kv heads."""
     t = q.shape[0]
     rep = q.shape[1] // k.shape[1]
@@ -90,16 +112,29 @@ def trace_forward(transformer: Any, ids: list[int], kinds: set[str]) -> tuple[li
     return records, transformer.head(x)
 
 
-def trace_header(model: Any, transformer: Any, ids: list[int], pieces: list[str], prompt_tokens: int,
-                 kinds: set[str]) -> dict[str, Any]:
+def trace_header(
+    model: Any, transformer: Any, ids: list[int], pieces: list[str], prompt_tokens: int, kinds: set[str]
+) -> dict[str, Any]:
     cfg = transformer.cfg
-    return {"type": "header", "format": TRACE_FORMAT, "version": TRACE_VERSION,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "model": str(model.source_path), "model_format": model.source_format, "architecture": cfg.architecture,
-            "dtype": str(transformer.dtype).removeprefix("torch."), "kinds": sorted(kinds),
-            "num_layers": cfg.num_layers, "num_heads": cfg.num_heads, "num_kv_heads": cfg.num_kv_heads,
-            "head_dim": cfg.head_dim, "sliding_window": cfg.sliding_window, "tokens": list(ids),
-            "token_text": pieces, "prompt_tokens": prompt_tokens}
+    return {
+        "type": "header",
+        "format": TRACE_FORMAT,
+        "version": TRACE_VERSION,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "model": str(model.source_path),
+        "model_format": model.source_format,
+        "architecture": cfg.architecture,
+        "dtype": str(transformer.dtype).removeprefix("torch."),
+        "kinds": sorted(kinds),
+        "num_layers": cfg.num_layers,
+        "num_heads": cfg.num_heads,
+        "num_kv_heads": cfg.num_kv_heads,
+        "head_dim": cfg.head_dim,
+        "sliding_window": cfg.sliding_window,
+        "tokens": list(ids),
+        "token_text": pieces,
+        "prompt_tokens": prompt_tokens,
+    }
 
 
 def write_trace(path: Path, header: dict[str, Any], records: list[dict[str, Any]]) -> Path:
