@@ -159,3 +159,50 @@ def test_trace_options_are_checked_before_loading(fixture_models) -> None:
     assert lonely.returncode == 2 and lonely.stderr.startswith("error: --trace-output needs --trace")
     packed = apr("run", model, "-p", "x", "--trace", "hidden", "--dtype", "bf16")
     assert packed.returncode == 2 and "reference fp32 path" in packed.stderr
+
+
+@pytest.mark.integration
+def test_real_model_pull_format_benchmark_batch_and_trace(real_model, tmp_path: Path) -> None:
+    """The audit's command lines on smollm2:135m: pull --format apr, run --benchmark --batch-size 8, --trace."""
+    source = str(real_model("smollm2:135m"))
+    home = tmp_path / "home"
+    pulled = json.loads(ok(apr("pull", source, "--format", "apr", "--json", "-q", home=home)).stdout)
+    apr_file = pulled["converted"]["path"]
+    bench = json.loads(
+        ok(
+            apr(
+                "run",
+                apr_file,
+                "--prompt",
+                "What is 2+2?",
+                "--max-tokens",
+                "8",
+                "--benchmark",
+                "--batch-size",
+                "8",
+                "--device",
+                "cpu",
+                "--json",
+                home=home,
+            )
+        ).stdout.splitlines()[-1]
+    )["benchmark"]
+    assert bench["batch_size"] == 8 and len(bench["per_stream_tok_s"]) == 8 and bench["aggregate_tok_s"] > 0
+    out = tmp_path / "attn.jsonl"
+    ok(
+        apr(
+            "run",
+            apr_file,
+            "--prompt",
+            "What is 2+2?",
+            "--max-tokens",
+            "4",
+            "--trace=attention",
+            "--trace-output",
+            str(out),
+            home=home,
+        )
+    )
+    summary = json.loads(ok(apr("inspect", str(out), "--json")).stdout)
+    assert len(summary["layers"]) == 30 and all(row["heads"] == 9 for row in summary["layers"])
+    assert not [flag for flag in summary["flags"] if "NaN" in flag]

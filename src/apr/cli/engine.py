@@ -42,7 +42,7 @@ DtypeOpt = Annotated[
         "(every tensor dequantized; slow, exact).",
     ),
 ]
-ThreadsOpt = Annotated[int | None, typer.Option("--threads", help="CPU threads for torch (default: torch's).")]
+ThreadsOpt = Annotated[int | None, typer.Option("--threads", min=1, help="CPU threads for torch (default: torch's).")]
 CompileOpt = Annotated[
     bool | None, typer.Option("--compile/--no-compile", help="torch.compile the decode step (default: off).")
 ]
@@ -198,11 +198,13 @@ def register(app: typer.Typer) -> None:
     @app.command("bench")
     def bench_command(
         model: Annotated[str, typer.Argument(help="A ref, cached name or path to any format.")],
-        prompt_tokens: Annotated[int, typer.Option("--prompt-tokens", help="Prompt length for prefill.")] = 128,
-        decode_tokens: Annotated[int, typer.Option("--decode-tokens", help="Tokens per decode repetition.")] = 64,
-        min_reps: Annotated[int, typer.Option("--min-reps")] = 5,
-        min_seconds: Annotated[float, typer.Option("--min-seconds")] = 10.0,
-        warmup: Annotated[int, typer.Option("--warmup", help="Untimed repetitions first.")] = 1,
+        prompt_tokens: Annotated[int, typer.Option("--prompt-tokens", min=1, help="Prompt length for prefill.")] = 128,
+        decode_tokens: Annotated[
+            int, typer.Option("--decode-tokens", min=1, help="Tokens per decode repetition.")
+        ] = 64,
+        min_reps: Annotated[int, typer.Option("--min-reps", min=1)] = 5,
+        min_seconds: Annotated[float, typer.Option("--min-seconds", min=0.0)] = 10.0,
+        warmup: Annotated[int, typer.Option("--warmup", min=0, help="Untimed repetitions first.")] = 1,
         batch: Annotated[
             int,
             typer.Option(
