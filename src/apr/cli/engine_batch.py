@@ -49,7 +49,8 @@ class BatchBenchmark:
     def summary_line(self) -> str:
         streams = ", ".join(f"{v:.1f}" for v in self.per_stream_tok_s)
         return (
-            f"batch {self.batch_size} on {self.device}: {self.completion_tokens} tok in {self.wall_s:.2f} s = "
+            f"batch {self.batch_size} on {self.device}: prompt {self.prompt_tokens} tok, ttft "
+            f"{min(s.ttft_s for s in self.streams):.3f} s · {self.completion_tokens} tok in {self.wall_s:.2f} s = "
             f"{self.aggregate_tok_s:.1f} tok/s aggregate; per stream {streams} tok/s; "
             f"CPU {self.cpu_utilisation_pct:.0f}% of {self.threads} thread(s) "
             f"(system {self.system_cpu_pct:.0f}%)"
