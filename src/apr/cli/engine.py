@@ -275,7 +275,7 @@ def _run(
             sys.stdout.write(measured.streams[0].text + "\n")
         if benchmark:
             print(f"load {load_s:.2f} s · " + measured.summary_line(), file=sys.stderr)
-        generated = []
+        generated = list(measured.streams[0].token_ids)
     elif as_json:
         result = engine.generate(ids, params)
         doc = {**result_json(result, load_s), "model": model_json(engine), "device": str(engine.device)}

@@ -20,6 +20,7 @@ class StreamResult:
     finish_reason: str
     ttft_s: float
     tok_s: float  # its completion tokens over the wall time from the start to its last token
+    token_ids: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,7 @@ class BatchBenchmark:
 
     def to_json(self) -> dict[str, Any]:
         doc = asdict(self)
-        doc["streams"] = [{k: v for k, v in s.items() if k != "text"} for s in doc["streams"]]
+        doc["streams"] = [{k: v for k, v in s.items() if k not in ("text", "token_ids")} for s in doc["streams"]]
         return doc
 
     def summary_line(self) -> str:
@@ -74,6 +75,7 @@ def run_batch(engine: Engine, prompt_ids: list[int], params: SamplingParams, bat
     last: dict[str, float] = {}
     texts: dict[str, list[str]] = {name: [] for name in names}
     counts = dict.fromkeys(names, 0)
+    tokens: dict[str, list[int]] = {name: [] for name in names}
     finish: dict[str, str] = {}
     while decoder.active:
         events = decoder.step()
@@ -82,6 +84,7 @@ def run_batch(engine: Engine, prompt_ids: list[int], params: SamplingParams, bat
             first.setdefault(event.request_id, now - start)
             last[event.request_id] = now - start
             counts[event.request_id] += 1
+            tokens[event.request_id].append(event.token_id)
             texts[event.request_id].append(event.text)
             if event.finish_reason:
                 finish[event.request_id] = event.finish_reason
@@ -97,6 +100,7 @@ def run_batch(engine: Engine, prompt_ids: list[int], params: SamplingParams, bat
             finish.get(n, "length"),
             first.get(n, wall),
             counts[n] / last[n] if last.get(n) else 0.0,
+            tuple(tokens[n]),
         )
         for n in names
     ]
