@@ -23,6 +23,8 @@ CASES = [
     (["run", "m", "-p", "x", "--batch-size", "0"], ["--batch-size", "from 1 to 256"]),
     (["run", "m", "-p", "x", "--temperature", "-1"], ["--temperature", ">= 0.0"]),
     (["run", "m", "extra", "-p", "x"], ["unexpected extra argument", "extra"]),
+    (["run", "m", "-p", "x", "--json=1"], ["--json", "does not take a value"]),
+    (["run", "m", "-p"], ["-p needs a value"]),
     (["chat", "m", "--device", "gpu"], ["--device", "one of auto, cpu, cuda"]),
     (["bench", "m", "--batch", "0"], ["--batch", "from 1 to 64"]),
     (["serve", "m", "--device", "tpu"], ["--device", "one of auto, cpu, cuda"]),

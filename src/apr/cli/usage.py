@@ -7,7 +7,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from typer._click.exceptions import BadOptionUsage, BadParameter, MissingParameter, NoSuchOption, UsageError
+from typer._click.exceptions import BadParameter, MissingParameter, NoSuchOption, UsageError
 
 # typer re-exports only BadParameter; the other classes live in its vendored click, the one it raises.
 _EXTRA_ARGS = re.compile(r"^Got unexpected extra argument\S* \((?P<args>.*)\)$")
@@ -100,9 +100,9 @@ def usage_line(err: UsageError, argv: list[str], root: Any = None) -> str:
         options = _options_of(command)
         return f"error: {where}: no such option {err.option_name}" + (f"; options: {options}" if options else "")
     message = " ".join(err.format_message().split())
-    if isinstance(err, BadOptionUsage) or _NEEDS_VALUE.match(message):
-        match = _NEEDS_VALUE.match(message)
-        name = match.group("opt") if match else err.option_name if isinstance(err, BadOptionUsage) else "an option"
+    match = _NEEDS_VALUE.match(message)
+    if match:
+        name = match.group("opt")
         found = [p for p in getattr(command, "params", []) if name in getattr(p, "opts", ())]
         takes = f" ({accepted(found[0])})" if found else ""
         return f"error: {where}: {name} needs a value{takes}"
