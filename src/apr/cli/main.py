@@ -4,21 +4,33 @@ from __future__ import annotations
 
 import importlib
 import sys
+from typing import Annotated
 
 import typer
+from typer._click.exceptions import NoArgsIsHelpError, UsageError
 
+from apr.cli.usage import usage_line
 from apr.errors import AprError
 
 # Each module defines `register(app)` and imports torch & co. only inside its commands,
 # so `apr --help` stays well under a second.
 VERB_GROUPS = (
-    "apr.cli.hub",       # pull, list
-    "apr.cli.formats",   # convert, inspect
-    "apr.cli.engine",    # run, chat, bench
-    "apr.cli.serve",     # serve
-    "apr.cli.qa",        # qa, certify
-    "apr.cli.report",    # report
+    "apr.cli.hub",  # pull, list, rm, prune
+    "apr.cli.formats",  # convert, inspect
+    "apr.cli.engine",  # run, chat, bench
+    "apr.cli.serve",  # serve
+    "apr.cli.qa",  # qa, certify
+    "apr.cli.report",  # report
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from apr.cli.version import version_lines
+
+        for line in version_lines():
+            typer.echo(line)
+        raise typer.Exit(0)
 
 
 def build_app() -> typer.Typer:
@@ -28,19 +40,28 @@ def build_app() -> typer.Typer:
         no_args_is_help=True,
         add_completion=False,
         pretty_exceptions_enable=False,
+        rich_markup_mode=None,
         context_settings={"help_option_names": ["-h", "--help"]},
     )
 
     @app.callback()
-    def root() -> None:
+    def root(
+        version: Annotated[
+            bool,
+            typer.Option(
+                "--version",
+                is_eager=True,
+                callback=_print_version,
+                help="Print the version, kernel family, CPU, threads, torch version and device, then exit.",
+            ),
+        ] = False,
+    ) -> None:
         """apr: the certification workbench for LLM checkpoints."""
 
     @app.command("version")
     def version() -> None:
-        """Print the apr version."""
-        from apr import __version__
-
-        typer.echo(f"apr {__version__}")
+        """Print the version, kernel family, CPU, threads, torch version and device (same as --version)."""
+        _print_version(True)
 
     for module_name in VERB_GROUPS:
         importlib.import_module(module_name).register(app)
@@ -48,17 +69,26 @@ def build_app() -> typer.Typer:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI. Usage errors exit 2 (click); AprError prints one line and exits 2."""
-    app = build_app()
+    """Run the CLI. A usage error or an AprError prints one `error:` line and exits 2; never a traceback."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    command = typer.main.get_command(build_app())
     try:
-        app(args=argv, prog_name="apr")
+        # standalone_mode=False: click hands usage errors to us instead of drawing its boxes.
+        outcome = command.main(args=args, prog_name="apr", standalone_mode=False)
+    except NoArgsIsHelpError as err:
+        # Bare `apr`: the help text is the answer (click's convention, exit 2 as before).
+        print(err.format_message(), file=sys.stderr)
+        return 2
+    except UsageError as err:
+        print(usage_line(err, args, command), file=sys.stderr)
+        return 2
     except AprError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, typer.Abort):
         print("interrupted", file=sys.stderr)
         return 130
-    return 0
+    return outcome if isinstance(outcome, int) else 0
 
 
 if __name__ == "__main__":

@@ -17,12 +17,20 @@ def _chat_format(template: str | None) -> str:
     return "chatml" if "<|im_start|>" in template else "custom"
 
 
-def build_metadata(model: CanonicalModel, shapes: dict[str, list[int]], value_offsets: dict[str, float],
-                   total_size: int, param_count: int) -> dict[str, Any]:
+def build_metadata(
+    model: CanonicalModel,
+    shapes: dict[str, list[int]],
+    value_offsets: dict[str, float],
+    total_size: int,
+    param_count: int,
+    general: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """One flat JSON object: the reference's typed keys first, then ``tokenizer.*`` and ``apr.*`` keys.
 
     Only canonical key names are written (never an alias next to it: realizar then drops everything).
+    ``general``: the source's general.* keys (provenance.carried_general), kept under ``apr.general``.
     """
+    general = general or {}
     config, spec = model.config, model.tokenizer.spec
     text = model.tokenizer.special_tokens_map()
     special = {k: v for k, v in text.items() if v is not None}
@@ -32,7 +40,7 @@ def build_metadata(model: CanonicalModel, shapes: dict[str, list[int]], value_of
     meta: dict[str, Any] = {
         "model_type": config.architecture,
         "name": config.name or None,
-        "license": None,
+        "license": general.get("general.license"),
         "data_source": None,
         "data_license": None,
         "version": "1.0.0",
@@ -75,6 +83,7 @@ def build_metadata(model: CanonicalModel, shapes: dict[str, list[int]], value_of
         "tokenizer.chat_template": spec.chat_template,
         "apr.model_config": {k: v for k, v in config.to_dict().items() if k != "extra"},
         "apr.value_offsets": value_offsets,
+        "apr.general": general,
     }
     return meta
 

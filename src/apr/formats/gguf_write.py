@@ -14,13 +14,11 @@ from apr.formats.atomic import atomic_path
 from apr.formats.ggml import tensor_nbytes
 from apr.formats.gguf_config import gguf_kv_from_config, gguf_kv_from_spec
 from apr.formats.model import CanonicalModel
+from apr.formats.provenance import carried_general
 from apr.formats.tensor_encode import DtypeChoice, encode, target_type
 from apr.formats.tensor_source import rope_permutation
 
 Progress = Callable[[str, int], None]
-# Source keys worth carrying into a GGUF we write (provenance), when the source was GGUF too.
-_CARRIED_PREFIX = "general."
-_NOT_CARRIED = {"general.architecture", "general.alignment", "general.file_type", "general.quantization_version"}
 
 
 def _typed(key: str, value: Any) -> tuple[Any, GGUFValueType, GGUFValueType | None]:
@@ -57,16 +55,17 @@ def gguf_plan(model: CanonicalModel, dtype: DtypeChoice) -> list[tuple[str, str,
     return plan
 
 
-def write_gguf(model: CanonicalModel, out: Path, *, dtype: DtypeChoice = "keep", progress: Progress | None = None) -> Path:
+def write_gguf(
+    model: CanonicalModel, out: Path, *, dtype: DtypeChoice = "keep", progress: Progress | None = None
+) -> Path:
     """Write ``model`` to ``out`` (temp file, then rename). Quantized blocks are carried byte for byte."""
     config = model.config
     plan = gguf_plan(model, dtype)
     with atomic_path(Path(out)) as temp:
         writer = GGUFWriter(temp, config.architecture)
         kv: dict[str, Any] = {}
-        if model.source_format == "gguf":
-            kv.update({k: v for k, v in model.metadata.items() if k.startswith(_CARRIED_PREFIX) and k not in _NOT_CARRIED
-                       and isinstance(v, (str, int, float, bool))})
+        # Provenance (name, license, basename, size_label, file_type...) from any source format.
+        kv.update(carried_general(model, {name: out_type for name, _, out_type, _ in plan}))
         if config.name:
             kv["general.name"] = config.name
         kv["general.quantization_version"] = 2
@@ -77,8 +76,13 @@ def write_gguf(model: CanonicalModel, out: Path, *, dtype: DtypeChoice = "keep",
             writer.add_key_value(key, val, vtype, sub_type=sub)
         for name, gguf_name, out_type, _ in plan:
             info = model.tensors[name].info
-            writer.add_tensor_info(gguf_name, list(info.shape), np.dtype(np.float32),
-                                   tensor_nbytes(out_type, info.shape), raw_dtype=GGMLQuantizationType(out_type))
+            writer.add_tensor_info(
+                gguf_name,
+                list(info.shape),
+                np.dtype(np.float32),
+                tensor_nbytes(out_type, info.shape),
+                raw_dtype=GGMLQuantizationType(out_type),
+            )
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()

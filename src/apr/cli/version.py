@@ -1,0 +1,40 @@
+"""`apr --version`: the version and the machine it would run on (kernel family, CPU, threads, torch, device)."""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+
+def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The CPU's marketing name from /proc/cpuinfo (Linux), else what platform knows."""
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(encoding="utf-8", errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in ("model name", "Model", "cpu model") and value.strip():
+                return value.strip()
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def version_lines() -> list[str]:
+    """One `key: value` line per fact; imports torch (only --version pays for it, never --help)."""
+    # The engine's kernel probe builds or loads its shared library: worth it to say which kernels run here.
+    import torch
+
+    from apr import __version__
+    from apr.engine import native
+
+    if torch.cuda.is_available():
+        device = f"cuda ({torch.cuda.get_device_name(0)}, {torch.cuda.device_count()} device(s))"
+    else:
+        device = "cpu (no CUDA device)"
+    return [
+        f"apr {__version__}",
+        f"kernels: {native.describe()}",
+        f"cpu: {cpu_model()} ({os.cpu_count()} logical cores)",
+        f"threads: {torch.get_num_threads()}",
+        f"torch: {torch.__version__}",
+        f"python: {platform.python_version()}",
+        f"device: {device}",
+    ]
