@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from apr import cpu
 from apr.engine import native, quant
 
 pytestmark = pytest.mark.skipif(not native.available(), reason=f"native kernels: {native.unavailable_reason()}")
@@ -107,7 +108,7 @@ def test_a_row_gets_the_same_bits_alone_in_any_batch_and_thread_count(make):
     parts, _ = make(72, 768, seed=3)
     layer = native.PackedLinear(parts)
     x = torch.randn(11, 768, generator=torch.Generator().manual_seed(9))
-    alone = torch.cat([layer(x[i:i + 1].contiguous(), None) for i in range(11)])
+    alone = torch.cat([layer(x[i : i + 1].contiguous(), None) for i in range(11)])
     threads = torch.get_num_threads()
     try:
         for count in (1, 2, 3):
@@ -155,7 +156,7 @@ def test_q6_k_and_q8_0_keep_their_integer_values_exactly():
         n, k = 8, 512
         blocks = rng.integers(0, 256, size=(n, k // values, nbytes), dtype=np.uint8)
         d = rng.uniform(0.001, 0.05, size=(n, k // values, 1)).astype(np.float16)
-        blocks[..., d_at:d_at + 2] = d.view(np.uint8).reshape(n, k // values, 2)
+        blocks[..., d_at : d_at + 2] = d.view(np.uint8).reshape(n, k // values, 2)
         raw = blocks.reshape(n, -1)
         q, scale = quant.int8_groups_from_raw(raw, ggml_type, (n, k))
         assert int(q.abs().max()) <= 128
@@ -207,8 +208,10 @@ def test_the_kernels_share_torchs_openmp_runtime():
     import sys
     from pathlib import Path
 
-    probe = ("import json; from apr.engine import native; assert native.available(), native.unavailable_reason(); "
-             "print(json.dumps([str(p) for p in native.openmp_runtimes_in_process()]))")
+    probe = (
+        "import json; from apr.engine import native; assert native.available(), native.unavailable_reason(); "
+        "print(json.dumps([str(p) for p in native.openmp_runtimes_in_process()]))"
+    )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     runtimes = json.loads(done.stdout.strip().splitlines()[-1])
@@ -216,8 +219,14 @@ def test_the_kernels_share_torchs_openmp_runtime():
     assert Path(torch.__file__).parent in Path(runtimes[0]).parents  # torch's own, where torch bundles one
 
 
-LAYOUT_BUILDERS = {"q4": q4_weight, "q8": q8_weight, "q4k": q4k_weight, "q4k8": q4k8_weight, "q6": q6k_weight,
-                   "q6k8": q6k8_weight}
+LAYOUT_BUILDERS = {
+    "q4": q4_weight,
+    "q8": q8_weight,
+    "q4k": q4k_weight,
+    "q4k8": q4k8_weight,
+    "q6": q6k_weight,
+    "q6k8": q6k8_weight,
+}
 
 
 def products_of_every_layout() -> dict[str, torch.Tensor]:
@@ -232,7 +241,7 @@ def products_of_every_layout() -> dict[str, torch.Tensor]:
     return out
 
 
-@pytest.mark.parametrize("variant", [v.name for v in native.supported_variants()])
+@pytest.mark.parametrize("variant", [v.name for v in cpu.supported_variants()])
 def test_every_kernel_variant_this_cpu_runs_gives_the_avx2_bits(variant, tmp_path):
     """Each variant (built and chosen as APR_NATIVE_VARIANT forces it, in its own process) computes the same
     integer sums as the AVX2 build: every layout's products equal bit for bit."""
@@ -244,8 +253,9 @@ def test_every_kernel_variant_this_cpu_runs_gives_the_avx2_bits(variant, tmp_pat
     for name in sorted({variant, "avx2"}):
         out = tmp_path / f"{name}.pt"
         env = {**os.environ, "APR_NATIVE_VARIANT": name}
-        done = subprocess.run([sys.executable, __file__, str(out)], env=env, capture_output=True, text=True,
-                              timeout=600)
+        done = subprocess.run(
+            [sys.executable, __file__, str(out)], env=env, capture_output=True, text=True, timeout=600
+        )
         assert done.returncode == 0, done.stderr[-2000:]
         assert done.stdout.split()[0] == name  # the build that ran is the one asked for
         results[name] = torch.load(out)
@@ -255,13 +265,13 @@ def test_every_kernel_variant_this_cpu_runs_gives_the_avx2_bits(variant, tmp_pat
 
 def test_variant_choice_follows_the_cpu_flags():
     base = frozenset({"avx2", "fma", "f16c"})
-    assert [v.name for v in native.supported_variants(base)] == ["avx2"]
-    assert [v.name for v in native.supported_variants(base | {"avx512_vnni", "avx512vl"})] == ["avx512vnni", "avx2"]
-    assert native.choose_variant(None, base | {"avx_vnni"})[0].name == "avxvnni"
-    assert native.choose_variant(None, frozenset({"avx2", "fma"}))[0] is None  # no F16C: no build at all
-    chosen, why = native.choose_variant("avx512vnni", base)
+    assert [v.name for v in cpu.supported_variants(base)] == ["avx2"]
+    assert [v.name for v in cpu.supported_variants(base | {"avx512_vnni", "avx512vl"})] == ["avx512vnni", "avx2"]
+    assert cpu.choose_variant(None, base | {"avx_vnni"})[0].name == "avxvnni"
+    assert cpu.choose_variant(None, frozenset({"avx2", "fma"}))[0] is None  # no F16C: no build at all
+    chosen, why = cpu.choose_variant("avx512vnni", base)
     assert chosen is None and "cannot run" in why
-    assert native.choose_variant("sse", base)[0] is None
+    assert cpu.choose_variant("sse", base)[0] is None
 
 
 if __name__ == "__main__":  # the probe the variant test runs in a process of its own

@@ -26,6 +26,11 @@ class Precision(str, Enum):
     fp32 = "fp32"
 
 
+class NumericsChoice(str, Enum):
+    fast = "fast"
+    exact = "exact"
+
+
 class TraceKind(str, Enum):
     attention = "attention"
     hidden = "hidden"
@@ -37,9 +42,17 @@ DtypeOpt = Annotated[
     Precision | None,
     typer.Option(
         "--dtype",
-        help="auto (default: apr's AVX2 kernels on CPU, bf16 on "
+        help="auto (default: apr's native kernels on CPU, dense bf16 on "
         "CUDA), bf16/fp16 (PyTorch packed kernels) or fp32 "
         "(every tensor dequantized; slow, exact).",
+    ),
+]
+NumericsOpt = Annotated[
+    NumericsChoice,
+    typer.Option(
+        "--numerics",
+        help="fast (default: the quickest kernels) or exact (float32 reference numerics, what lm-eval "
+        "log-likelihood tasks need; slower, more memory).",
     ),
 ]
 ThreadsOpt = Annotated[int | None, typer.Option("--threads", min=1, help="CPU threads for torch (default: torch's).")]
@@ -57,8 +70,9 @@ def _options(
     threads: int | None,
     compile: bool | None,
     dense_prefill: bool | None = None,
+    numerics: NumericsChoice = NumericsChoice.fast,
 ) -> EngineOptions:
-    return EngineOptions(device.value, dtype.value if dtype else None, threads, compile, dense_prefill)
+    return EngineOptions(device.value, dtype.value if dtype else None, threads, compile, dense_prefill, numerics.value)
 
 
 def _resolve_first(model: str) -> str:
@@ -142,6 +156,7 @@ def register(app: typer.Typer) -> None:
         dtype: DtypeOpt = None,
         threads: ThreadsOpt = None,
         compile: CompileOpt = None,
+        numerics: NumericsOpt = NumericsChoice.fast,
     ) -> None:
         """Generate one reply to --prompt and exit."""
         from apr.cli.engine_session import argv_text
@@ -162,7 +177,7 @@ def register(app: typer.Typer) -> None:
             model,
             prompt,
             params,
-            _options(device, dtype, threads, compile),
+            _options(device, dtype, threads, compile, numerics=numerics),
             raw=raw,
             as_json=as_json,
             benchmark=benchmark,
@@ -183,6 +198,7 @@ def register(app: typer.Typer) -> None:
         dtype: DtypeOpt = None,
         threads: ThreadsOpt = None,
         compile: CompileOpt = None,
+        numerics: NumericsOpt = NumericsChoice.fast,
     ) -> None:
         """Talk to the model: each line is a user turn; /reset forgets the history, /exit (or Ctrl-D) leaves."""
         from apr.cli.engine_chat import chat_loop
@@ -192,7 +208,7 @@ def register(app: typer.Typer) -> None:
 
         model = _resolve_first(model)
         params = _sampling(max_tokens, temperature, seed)
-        engine, load_s = open_engine(model, _options(device, dtype, threads, compile))
+        engine, load_s = open_engine(model, _options(device, dtype, threads, compile, numerics=numerics))
         chat_loop(engine, params, as_json=as_json, system=system, load_s=load_s)
 
     @app.command("bench")
@@ -219,6 +235,7 @@ def register(app: typer.Typer) -> None:
         dtype: DtypeOpt = None,
         threads: ThreadsOpt = None,
         compile: CompileOpt = None,
+        numerics: NumericsOpt = NumericsChoice.fast,
         dense_prefill: Annotated[
             bool | None, typer.Option("--dense-prefill/--no-dense-prefill", help="Keep dense bf16 copies for prompts.")
         ] = None,
@@ -229,7 +246,7 @@ def register(app: typer.Typer) -> None:
         model = _resolve_first(model)
         from apr.engine.bench import BenchPlan, run_bench
 
-        engine, load_s = open_engine(model, _options(device, dtype, threads, compile, dense_prefill))
+        engine, load_s = open_engine(model, _options(device, dtype, threads, compile, dense_prefill, numerics))
         plan = BenchPlan(prompt_tokens, decode_tokens, min_reps, min_seconds, warmup, batch)
         report = run_bench(engine, plan, load_s=load_s, progress=lambda line: print(line, file=sys.stderr))
         for line in report.summary_lines():

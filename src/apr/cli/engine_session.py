@@ -20,6 +20,7 @@ class EngineOptions:
     threads: int | None = None
     compile: bool | None = None
     dense_prefill: bool | None = None
+    numerics: str = "fast"
 
 
 def utf8_stdio() -> None:
@@ -58,7 +59,9 @@ def open_engine(model_arg: str, options: EngineOptions) -> tuple[Engine, float]:
         threads=options.threads,
         compile=options.compile,
         dense_prefill=options.dense_prefill,
+        numerics=options.numerics,
     )
+    warn_kernel_fallback(engine)
     if sys.stderr.isatty():
         print(
             f"loaded in {time.perf_counter() - start:.1f} s ({engine.describe()['kernels']}, weights cache "
@@ -131,3 +134,10 @@ def stream_to_stdout(engine, ids: list[int], params, prefix=None):
         len(events),
         timings,
     )
+
+
+def warn_kernel_fallback(engine: Engine) -> None:
+    """One stderr line when the CPU path could not use apr's native kernels (another CPU, no compiler):
+    the run still works, slower and with other numerics, and the user should know why."""
+    if engine.kernel_note:
+        print(f"warning: {engine.kernel_note}; running PyTorch's kernels instead", file=sys.stderr)

@@ -7,6 +7,8 @@ from enum import Enum
 
 import typer
 
+from apr.cli.engine import NumericsChoice
+
 
 class Device(str, Enum):
     auto = "auto"
@@ -29,6 +31,11 @@ def register(app: typer.Typer) -> None:
         batch_size: int = typer.Option(8, "--batch-size", min=1, max=256, help="Sequences decoded together."),
         api_key: str | None = typer.Option(None, "--api-key", help="Require 'Authorization: Bearer KEY' on /v1."),
         device: Device = typer.Option(Device.auto, "--device", help="Where the engine runs."),
+        numerics: NumericsChoice = typer.Option(
+            NumericsChoice.fast,
+            "--numerics",
+            help="fast (default) or exact: float32 reference numerics, for lm-eval log-likelihoods.",
+        ),
         max_context: int | None = typer.Option(
             None, "--max-context", min=1, help="Cap prompt + completion tokens (default: the model's context)."
         ),
@@ -69,7 +76,10 @@ def register(app: typer.Typer) -> None:
         from apr.engine import load_engine
         from apr.serve.app import create_app
 
-        engine = load_engine(model_path, device=device.value)
+        engine = load_engine(model_path, device=device.value, numerics=numerics.value)
+        from apr.cli.engine_session import warn_kernel_fallback
+
+        warn_kernel_fallback(engine)
         app = create_app(engine, settings)
         stopped_by = server.run(app, settings, sock, announce=lambda line: typer.echo(line))
         names = ", ".join(signal.Signals(number).name for number in stopped_by) or "shutdown"

@@ -8,6 +8,7 @@ import shutil
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import cast
 
 from apr.hub.cache import CachedModel, ModelCache, disk_error
 from apr.hub.digest import size_of
@@ -88,10 +89,13 @@ def converted(cache: ModelCache, source: CachedModel, target: str, *, progress: 
 def _convert(src: Path, target: str, out: Path, *, progress: bool) -> None:
     from apr.formats.convert import convert
     from apr.formats.load import load_model
+    from apr.formats.model import FormatName
+
+    fmt = cast(FormatName, target)  # the CLI admits only gguf, safetensors and apr
 
     model = load_model(src)
     if not progress_wanted(progress):
-        convert(model, target, out)
+        convert(model, fmt, out)
         return
     import sys
 
@@ -106,7 +110,7 @@ def _convert(src: Path, target: str, out: Path, *, progress: bool) -> None:
         dynamic_ncols=True,
         leave=False,
     ) as bar:
-        convert(model, target, out, progress=lambda _name, _nbytes: bar.update(1))
+        convert(model, fmt, out, progress=lambda _name, _nbytes: bar.update(1))
 
 
 def variants_of(cache: ModelCache, source_sha256: str) -> list[Path]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 from datetime import datetime
@@ -9,8 +10,10 @@ from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 
+from apr.cpu import choose_variant, cpu_model
 from apr.qa.axes import Backend, Format, Tier
 from apr.qa.evidence import Provenance
+from apr.settings import current
 
 _SOURCE_DIR = Path(__file__).resolve().parent
 
@@ -18,8 +21,9 @@ _SOURCE_DIR = Path(__file__).resolve().parent
 @lru_cache(maxsize=1)
 def engine_git_sha() -> str:
     """The commit of the apr checkout this code runs from, or 'unknown' when it is not a git checkout."""
-    result = subprocess.run(["git", "-C", str(_SOURCE_DIR), "rev-parse", "HEAD"],
-                            capture_output=True, text=True, check=False, timeout=10)
+    result = subprocess.run(
+        ["git", "-C", str(_SOURCE_DIR), "rev-parse", "HEAD"], capture_output=True, text=True, check=False, timeout=10
+    )
     sha = result.stdout.strip()
     return sha if result.returncode == 0 and sha else "unknown"
 
@@ -31,13 +35,41 @@ def _version(package: str) -> str | None:
         return None
 
 
-def capture(*, started_at: datetime, finished_at: datetime, device: str, model_sha256: str | None = None,
-            format: Format | None = None, backend: Backend | None = None, seed: int | None = None,
-            playbook: str | None = None, tier: Tier | None = None) -> Provenance:
+def kernel_family() -> str:
+    """The CPU kernels an engine started now would run (from the CPU flags and settings; nothing is built)."""
+    settings = current()
+    variant, _ = choose_variant(settings.native_variant)
+    return variant.name if variant is not None and settings.native_kernels else "torch"
+
+
+def capture(
+    *,
+    started_at: datetime,
+    finished_at: datetime,
+    device: str,
+    model_sha256: str | None = None,
+    format: Format | None = None,
+    backend: Backend | None = None,
+    seed: int | None = None,
+    playbook: str | None = None,
+    tier: Tier | None = None,
+) -> Provenance:
     """A Provenance for a check that ran on this host (versions and git sha filled in here)."""
     return Provenance(
-        model_sha256=model_sha256, format=format, backend=backend, engine_git_sha=engine_git_sha(),
-        apr_version=_version("apr") or "unknown", torch_version=_version("torch"), device=device,
-        host=platform.node() or "unknown", seed=seed, playbook=playbook, tier=tier,
-        started_at=started_at, finished_at=finished_at,
+        model_sha256=model_sha256,
+        format=format,
+        backend=backend,
+        engine_git_sha=engine_git_sha(),
+        apr_version=_version("apr") or "unknown",
+        torch_version=_version("torch"),
+        device=device,
+        host=platform.node() or "unknown",
+        cpu=cpu_model(),
+        kernels=kernel_family(),
+        threads=len(os.sched_getaffinity(0)),
+        seed=seed,
+        playbook=playbook,
+        tier=tier,
+        started_at=started_at,
+        finished_at=finished_at,
     )

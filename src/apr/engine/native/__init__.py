@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from apr.cpu import VARIANTS, choose_variant
 from apr.engine import quant
 from apr.settings import current
 
@@ -41,70 +42,6 @@ KGROUP = 128  # K is padded to a multiple of this in every packed layout
 CFLAGS = ("-O3", "-std=c11", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-fPIC", "-shared")
 
 
-@dataclass(frozen=True)
-class Variant:
-    """One build of the kernels: the CPU features (/proc/cpuinfo flag names) it needs and its extra flags."""
-
-    name: str
-    code: int  # what apr_qgemm_variant() returns in this build
-    needs: tuple[str, ...]
-    flags: tuple[str, ...]
-
-
-# Best first; each needs AVX2, FMA and F16C besides its own features. The VNNI builds are bit-identical to
-# avx2 (see qgemm.c); 256-bit vectors throughout, so no build switches to 512-bit code on its own.
-VARIANTS = (
-    Variant("avxvnni", 2, ("avx_vnni",), ("-mavxvnni",)),
-    Variant("avx512vnni", 1, ("avx512_vnni", "avx512vl"),
-            ("-mavx512f", "-mavx512vl", "-mavx512vnni", "-mprefer-vector-width=256")),
-    Variant("avx2", 0, (), ()),
-)
-BASE_FEATURES = ("avx2", "fma", "f16c")
-
-
-def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags as Linux reports them (empty where /proc/cpuinfo is absent)."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if not cpuinfo.exists():
-        return frozenset()
-    for line in cpuinfo.read_text(errors="replace").splitlines():
-        if line.startswith("flags"):
-            return frozenset(line.split(":", 1)[1].split())
-    return frozenset()
-
-
-def cpu_model() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text(errors="replace").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
-def supported_variants(flags: frozenset[str] | None = None) -> list[Variant]:
-    """The variants this CPU can run, best first ([] without AVX2/FMA/F16C)."""
-    flags = cpu_flags() if flags is None else flags
-    if not all(feature in flags for feature in BASE_FEATURES):
-        return []
-    return [v for v in VARIANTS if all(feature in flags for feature in v.needs)]
-
-
-def choose_variant(requested: str | None, flags: frozenset[str] | None = None) -> tuple[Variant | None, str]:
-    """(the variant to build, "" or why none): the best supported one, or ``requested`` (APR_NATIVE_VARIANT)."""
-    supported = supported_variants(flags)
-    if not supported:
-        return None, "the native kernels need AVX2, FMA and F16C (this CPU lacks some)"
-    if not requested:
-        return supported[0], ""
-    names = [v.name for v in VARIANTS]
-    if requested not in names:
-        return None, f"APR_NATIVE_VARIANT={requested!r}: expected one of {', '.join(names)}"
-    chosen = next((v for v in supported if v.name == requested), None)
-    if chosen is None:
-        return None, (f"APR_NATIVE_VARIANT={requested}: this CPU cannot run it "
-                      f"(it runs {', '.join(v.name for v in supported)})")
-    return chosen, ""
 # fp16 keeps scales exactly for Q4_0/Q4_1/Q8_0 (stored as fp16) and within 2^-11 for K-quants (d * sc);
 # tiny scales land in fp16's subnormal range, where precision drops: a tensor whose scales would be
 # off by more than this (relative) is refused, and the caller picks another layout.
