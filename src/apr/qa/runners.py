@@ -108,8 +108,9 @@ def _ask_server(base_url: str, cell: Invocation, timeout_s: float) -> dict[str, 
 
     # The server is local: a proxy from the environment must never sit between the two.
     # openai's annotations name its own vendored client class; an httpx.Client is what it takes at run time.
+    http_client: Any = httpx.Client(trust_env=False, timeout=timeout_s)
     client = OpenAI(base_url=f"{base_url}/v1", api_key="apr-qa", timeout=timeout_s, max_retries=0,
-                    http_client=httpx.Client(trust_env=False, timeout=timeout_s))  # type: ignore[arg-type]
+                    http_client=http_client)
     model_id = client.models.list().data[0].id
     started = time.monotonic()
     if cell.serve_api == "chat":
