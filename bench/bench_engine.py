@@ -39,18 +39,26 @@ def measure(name: str, once: Callable[[], tuple[float, float]], args) -> dict:
         t, d = once()
         ttft.append(t)
         decode.append(d)
-        print(f"  {name} rep {len(ttft)}: prefill {args.prompt_tokens / t:.1f} tok/s, "
-              f"decode {(args.decode_tokens - 1) / d:.2f} tok/s", file=sys.stderr)
+        print(
+            f"  {name} rep {len(ttft)}: prefill {args.prompt_tokens / t:.1f} tok/s, "
+            f"decode {(args.decode_tokens - 1) / d:.2f} tok/s",
+            file=sys.stderr,
+        )
 
     def p90(values):
         ordered = sorted(values)
         return ordered[min(len(ordered) - 1, round(0.9 * (len(ordered) - 1)))]
 
     n = args.decode_tokens - 1
-    return {"reps": len(ttft),
-            "prefill_tok_s": {"median": args.prompt_tokens / statistics.median(ttft), "p90": args.prompt_tokens / p90(ttft)},
-            "decode_tok_s": {"median": n / statistics.median(decode), "p90": n / p90(decode)},
-            "ttft_s": {"median": statistics.median(ttft), "p90": p90(ttft)}}
+    return {
+        "reps": len(ttft),
+        "prefill_tok_s": {
+            "median": args.prompt_tokens / statistics.median(ttft),
+            "p90": args.prompt_tokens / p90(ttft),
+        },
+        "decode_tok_s": {"median": n / statistics.median(decode), "p90": n / p90(decode)},
+        "ttft_s": {"median": statistics.median(ttft), "p90": p90(ttft)},
+    }
 
 
 def ours(args, prompt: list[int]):
@@ -58,8 +66,9 @@ def ours(args, prompt: list[int]):
     from apr.engine.bench import run_once
 
     start = time.perf_counter()
-    engine = load_engine(args.model, device="cpu", threads=args.threads, compile=args.compile,
-                         dense_prefill=args.dense_prefill)
+    engine = load_engine(
+        args.model, device="cpu", threads=args.threads, compile=args.compile, dense_prefill=args.dense_prefill
+    )
     load_s = time.perf_counter() - start
     return load_s, lambda: run_once(engine, prompt, args.decode_tokens), engine.describe()
 
@@ -68,8 +77,9 @@ def transformers_bf16(args, prompt: list[int]):
     from transformers import AutoModelForCausalLM
 
     start = time.perf_counter()
-    model = AutoModelForCausalLM.from_pretrained(args.model.parent, gguf_file=args.model.name,
-                                                 dtype=torch.bfloat16).eval()
+    model = AutoModelForCausalLM.from_pretrained(
+        args.model.parent, gguf_file=args.model.name, dtype=torch.bfloat16
+    ).eval()
     load_s = time.perf_counter() - start
 
     @torch.inference_mode()
@@ -92,8 +102,15 @@ def llama_cpp_python(args, prompt: list[int]):
     from llama_cpp import Llama
 
     start = time.perf_counter()
-    llm = Llama(model_path=str(args.model), n_threads=args.threads, n_threads_batch=args.threads,
-                n_ctx=args.prompt_tokens + args.decode_tokens + 16, n_batch=512, verbose=False, logits_all=False)
+    llm = Llama(
+        model_path=str(args.model),
+        n_threads=args.threads,
+        n_threads_batch=args.threads,
+        n_ctx=args.prompt_tokens + args.decode_tokens + 16,
+        n_batch=512,
+        verbose=False,
+        logits_all=False,
+    )
     load_s = time.perf_counter() - start
 
     def once():
@@ -114,8 +131,21 @@ def llama_bench(args) -> dict:
     """llama.cpp's own benchmark: pp<prompt> and tg<decode> rates (mean and sd over --min-reps runs)."""
     import subprocess
 
-    command = [str(args.llama_bench), "-m", str(args.model), "-t", str(args.threads), "-p", str(args.prompt_tokens),
-               "-n", str(args.decode_tokens), "-r", str(max(args.min_reps, 3)), "-o", "json"]
+    command = [
+        str(args.llama_bench),
+        "-m",
+        str(args.model),
+        "-t",
+        str(args.threads),
+        "-p",
+        str(args.prompt_tokens),
+        "-n",
+        str(args.decode_tokens),
+        "-r",
+        str(max(args.min_reps, 3)),
+        "-o",
+        "json",
+    ]
     print(f"llama.cpp: {' '.join(command)}", file=sys.stderr)
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
@@ -127,14 +157,25 @@ def llama_bench(args) -> dict:
     def rates(row: dict) -> dict:
         # From llama-bench's per-repetition rates: the same median and slow-tail p90 as our figures.
         samples = sorted(row["samples_ts"], reverse=True)
-        return {"median": statistics.median(samples), "p90": samples[min(len(samples) - 1, round(0.9 * (len(samples) - 1)))],
-                "samples": samples}
+        return {
+            "median": statistics.median(samples),
+            "p90": samples[min(len(samples) - 1, round(0.9 * (len(samples) - 1)))],
+            "samples": samples,
+        }
 
     # llama-bench does not report its load time; its prompt is random ids of the same length as ours.
-    return {"reps": len(prefill["samples_ts"]), "tool": "llama-bench", "load_s": None,
-            "prefill_tok_s": rates(prefill), "decode_tok_s": rates(decode),
-            "info": {"build": f"{prefill.get('build_commit')} ({prefill.get('build_number')})",
-                     "cpu": prefill.get("cpu_info"), "type": prefill.get("model_type")}}
+    return {
+        "reps": len(prefill["samples_ts"]),
+        "tool": "llama-bench",
+        "load_s": None,
+        "prefill_tok_s": rates(prefill),
+        "decode_tok_s": rates(decode),
+        "info": {
+            "build": f"{prefill.get('build_commit')} ({prefill.get('build_number')})",
+            "cpu": prefill.get("cpu_info"),
+            "type": prefill.get("model_type"),
+        },
+    }
 
 
 def main() -> int:
@@ -149,8 +190,12 @@ def main() -> int:
     parser.add_argument("--compile", action="store_true", help="torch.compile our decode step")
     parser.add_argument("--dense-prefill", action="store_true", help="keep dense bf16 copies for prompts")
     parser.add_argument("--engines", default="apr,transformers,llama.cpp")
-    parser.add_argument("--llama-bench", type=Path, default=os.environ.get("LLAMA_BENCH"),
-                        help="llama.cpp's llama-bench binary (default $LLAMA_BENCH; see bench/build_llama_bench.sh)")
+    parser.add_argument(
+        "--llama-bench",
+        type=Path,
+        default=os.environ.get("LLAMA_BENCH"),
+        help="llama.cpp's llama-bench binary (default $LLAMA_BENCH; see bench/build_llama_bench.sh)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -161,7 +206,7 @@ def main() -> int:
     prompt: list[int] = []
     while len(prompt) < args.prompt_tokens:
         prompt += tokenizer.encode(FILLER, add_special_tokens=False)
-    prompt = prompt[:args.prompt_tokens]
+    prompt = prompt[: args.prompt_tokens]
 
     runners = {"apr": ours, "transformers": transformers_bf16, "llama.cpp": llama_cpp_python}
     results: dict[str, dict] = {}
@@ -173,9 +218,11 @@ def main() -> int:
             try:
                 import llama_cpp  # noqa: F401
             except ImportError:
-                print("llama.cpp: skipped (no --llama-bench / $LLAMA_BENCH, and llama-cpp-python is not installed; "
-                      "bench/build_llama_bench.sh builds llama-bench)",
-                      file=sys.stderr)
+                print(
+                    "llama.cpp: skipped (no --llama-bench / $LLAMA_BENCH, and llama-cpp-python is not installed; "
+                    "bench/build_llama_bench.sh builds llama-bench)",
+                    file=sys.stderr,
+                )
                 results[name] = {"skipped": "llama-cpp-python not installed"}
                 continue
         print(f"{name}: loading", file=sys.stderr)
@@ -188,20 +235,31 @@ def main() -> int:
             print(f"{name:<14}  skipped: {r['skipped']}")
             continue
         load = f"{r['load_s']:>8.1f}" if r.get("load_s") is not None else f"{'n/a':>8}"
-        print(f"{name:<14}{load}{r['prefill_tok_s']['median']:>10.1f} /{r['prefill_tok_s']['p90']:>5.0f}"
-              f"{r['decode_tok_s']['median']:>9.2f} /{r['decode_tok_s']['p90']:>5.1f}")
+        print(
+            f"{name:<14}{load}{r['prefill_tok_s']['median']:>10.1f} /{r['prefill_tok_s']['p90']:>5.0f}"
+            f"{r['decode_tok_s']['median']:>9.2f} /{r['decode_tok_s']['p90']:>5.1f}"
+        )
     ratios = {}
     if "apr" in results and "reps" in results["apr"]:
         for other in ("transformers", "llama.cpp"):
             if "reps" in results.get(other, {}):
                 for metric in ("prefill_tok_s", "decode_tok_s"):
                     ratios[f"{metric} apr/{other}"] = round(
-                        results["apr"][metric]["median"] / results[other][metric]["median"], 3)
+                        results["apr"][metric]["median"] / results[other][metric]["median"], 3
+                    )
     for key, value in ratios.items():
         print(f"ratio {key}: {value:.2f}x")
-    doc = {"bench": "bench_engine", "model": str(args.model), "threads": args.threads,
-           "prompt_tokens": args.prompt_tokens, "decode_tokens": args.decode_tokens, "results": results,
-           "ratios": ratios, "torch": torch.__version__, "machine": platform.machine()}
+    doc = {
+        "bench": "bench_engine",
+        "model": str(args.model),
+        "threads": args.threads,
+        "prompt_tokens": args.prompt_tokens,
+        "decode_tokens": args.decode_tokens,
+        "results": results,
+        "ratios": ratios,
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+    }
     print(json.dumps(doc, default=str))
     return 0
 

@@ -35,7 +35,11 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("APR_NATIVE_KERNELS", "1", "0 turns off the native C kernels (the pure-PyTorch path runs)"),
     Variable("CC", "cc, then gcc on PATH", "the C compiler that builds the native kernels"),
     Variable("HF_HUB_OFFLINE", "(unset)", "1/true: hf:// refs come only from the local Hugging Face cache"),
-    Variable("DAGSTER_HOME", "dagster_home/ in the repository", "the Dagster instance `pipelines.materialize` records runs in"),
+    Variable(
+        "DAGSTER_HOME",
+        "dagster_home/ in the repository",
+        "the Dagster instance `pipelines.materialize` records runs in",
+    ),
 )
 
 

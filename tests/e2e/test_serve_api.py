@@ -47,8 +47,7 @@ def complete(client, model_id: str, **kwargs):
 
 
 def chat(client, model_id: str, **kwargs):
-    args = {"messages": [{"role": "user", "content": "Say something."}], "max_tokens": 12, "temperature": 0.0,
-            **kwargs}
+    args = {"messages": [{"role": "user", "content": "Say something."}], "max_tokens": 12, "temperature": 0.0, **kwargs}
     return client.chat.completions.create(model=model_id, **args)
 
 

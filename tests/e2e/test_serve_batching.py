@@ -84,8 +84,14 @@ def test_concurrent_streams_are_each_complete_and_isolated(server):
 
 
 def test_a_client_that_disconnects_mid_stream_frees_its_slot(server):
-    body = {"model": model_of(server), "prompt": PROMPTS[0], "max_tokens": 100_000, "temperature": 0.8,
-            "seed": 1, "stream": True}
+    body = {
+        "model": model_of(server),
+        "prompt": PROMPTS[0],
+        "max_tokens": 100_000,
+        "temperature": 0.8,
+        "seed": 1,
+        "stream": True,
+    }
     context = health(server)["max_context"]
     body["max_tokens"] = context - 16
     cancelled_before = health(server)["requests"]["cancelled"]
@@ -105,13 +111,22 @@ def test_a_client_that_disconnects_mid_stream_frees_its_slot(server):
 def test_a_client_that_gives_up_on_a_plain_request_frees_its_slot(server):
     # A raw socket, closed as soon as the server reports the request active: a client-side timeout
     # would race the tiny fixture model, which finishes its whole context in under a second.
-    body = json.dumps({"model": model_of(server), "prompt": PROMPTS[0], "temperature": 0.0,
-                       "max_tokens": health(server)["max_context"] - 16}).encode()
+    body = json.dumps(
+        {
+            "model": model_of(server),
+            "prompt": PROMPTS[0],
+            "temperature": 0.0,
+            "max_tokens": health(server)["max_context"] - 16,
+        }
+    ).encode()
     cancelled_before = health(server)["requests"]["cancelled"]
     address = urlparse(server.url)
     with socket.create_connection((address.hostname, address.port), timeout=10) as conn:
-        conn.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: apr\r\nContent-Type: application/json\r\n"
-                     + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        conn.sendall(
+            b"POST /v1/completions HTTP/1.1\r\nHost: apr\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
         deadline = time.monotonic() + 10
         while health(server)["requests"]["active"] == 0:
             assert time.monotonic() < deadline, "the request never became active"

@@ -7,8 +7,10 @@ import torch
 
 from apr.engine import SamplingParams, load_engine
 
-pytestmark = [pytest.mark.cuda,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device; none is visible to torch")]
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device; none is visible to torch"),
+]
 
 
 @pytest.mark.parametrize("arch", ["qwen2", "llama", "gemma3"])

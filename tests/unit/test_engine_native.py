@@ -107,7 +107,7 @@ def test_a_row_gets_the_same_bits_alone_in_any_batch_and_thread_count(make):
     parts, _ = make(72, 768, seed=3)
     layer = native.PackedLinear(parts)
     x = torch.randn(11, 768, generator=torch.Generator().manual_seed(9))
-    alone = torch.cat([layer(x[i:i + 1].contiguous(), None) for i in range(11)])
+    alone = torch.cat([layer(x[i : i + 1].contiguous(), None) for i in range(11)])
     threads = torch.get_num_threads()
     try:
         for count in (1, 2, 3):
@@ -155,7 +155,7 @@ def test_q6_k_and_q8_0_keep_their_integer_values_exactly():
         n, k = 8, 512
         blocks = rng.integers(0, 256, size=(n, k // values, nbytes), dtype=np.uint8)
         d = rng.uniform(0.001, 0.05, size=(n, k // values, 1)).astype(np.float16)
-        blocks[..., d_at:d_at + 2] = d.view(np.uint8).reshape(n, k // values, 2)
+        blocks[..., d_at : d_at + 2] = d.view(np.uint8).reshape(n, k // values, 2)
         raw = blocks.reshape(n, -1)
         q, scale = quant.int8_groups_from_raw(raw, ggml_type, (n, k))
         assert int(q.abs().max()) <= 128

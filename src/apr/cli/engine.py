@@ -11,25 +11,44 @@ import typer
 from apr.cli.engine_session import EngineOptions
 
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
-DtypeOpt = Annotated[str | None, typer.Option("--dtype", help="auto (default: apr's AVX2 kernels on CPU, bf16 on CUDA), "
-                                                              "bf16 (PyTorch packed kernels) or fp32 (every tensor "
-                                                              "dequantized; slow, exact).")]
+DtypeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--dtype",
+        help="auto (default: apr's AVX2 kernels on CPU, bf16 on CUDA), "
+        "bf16 (PyTorch packed kernels) or fp32 (every tensor "
+        "dequantized; slow, exact).",
+    ),
+]
 ThreadsOpt = Annotated[int | None, typer.Option("--threads", help="CPU threads for torch (default: torch's).")]
-CompileOpt = Annotated[bool | None, typer.Option("--compile/--no-compile",
-                                                 help="torch.compile the decode step (default: off).")]
+CompileOpt = Annotated[
+    bool | None, typer.Option("--compile/--no-compile", help="torch.compile the decode step (default: off).")
+]
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="Sampling seed (sampling is seeded 0 when omitted).")]
 TempOpt = Annotated[float, typer.Option("--temperature", help="0 = greedy.")]
 MaxTokOpt = Annotated[int, typer.Option("--max-tokens", help="Most tokens to generate.")]
 
 
-def _sampling(max_tokens: int, temperature: float, seed: int | None, top_k: int = 0, top_p: float = 1.0,
-              repetition_penalty: float = 1.0):
+def _sampling(
+    max_tokens: int,
+    temperature: float,
+    seed: int | None,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    repetition_penalty: float = 1.0,
+):
     from apr.engine import SamplingParams
     from apr.errors import AprError
 
     try:
-        return SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p,
-                              repetition_penalty=repetition_penalty, seed=seed, max_tokens=max_tokens)
+        return SamplingParams(
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            repetition_penalty=repetition_penalty,
+            seed=seed,
+            max_tokens=max_tokens,
+        )
     except ValueError as err:
         raise AprError(f"bad sampling option: {err}") from None
 
@@ -118,8 +137,9 @@ def register(app: typer.Typer) -> None:
         dtype: DtypeOpt = None,
         threads: ThreadsOpt = None,
         compile: CompileOpt = None,
-        dense_prefill: Annotated[bool | None, typer.Option("--dense-prefill/--no-dense-prefill",
-                                                           help="Keep dense bf16 copies for prompts.")] = None,
+        dense_prefill: Annotated[
+            bool | None, typer.Option("--dense-prefill/--no-dense-prefill", help="Keep dense bf16 copies for prompts.")
+        ] = None,
     ) -> None:
         """Measure prefill and decode speed: warmup, then repeat until both --min-reps and --min-seconds."""
         from apr.cli.engine_session import open_engine
@@ -131,4 +151,3 @@ def register(app: typer.Typer) -> None:
         for line in report.summary_lines():
             print(line)
         print(json.dumps(report.to_json(), sort_keys=True))
-

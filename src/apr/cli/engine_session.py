@@ -25,7 +25,9 @@ class EngineOptions:
 def utf8_stdio() -> None:
     """Read and write UTF-8 whatever the locale says (a C locale would otherwise mangle 你好)."""
     for stream in (sys.stdin, sys.stdout, sys.stderr):
-        if (getattr(stream, "encoding", "") or "").lower().replace("-", "") != "utf8" and hasattr(stream, "reconfigure"):
+        if (getattr(stream, "encoding", "") or "").lower().replace("-", "") != "utf8" and hasattr(
+            stream, "reconfigure"
+        ):
             stream.reconfigure(encoding="utf-8", errors="replace" if stream is sys.stdin else "strict")
 
 
@@ -43,8 +45,14 @@ def open_engine(model_arg: str, options: EngineOptions) -> tuple[Engine, float]:
     from apr.hub import resolve_model_arg
 
     path = resolve_model_arg(model_arg, progress=sys.stderr.isatty())
-    engine = load_engine(load_model(path), device=options.device, dtype=options.dtype, threads=options.threads,
-                         compile=options.compile, dense_prefill=options.dense_prefill)
+    engine = load_engine(
+        load_model(path),
+        device=options.device,
+        dtype=options.dtype,
+        threads=options.threads,
+        compile=options.compile,
+        dense_prefill=options.dense_prefill,
+    )
     return engine, time.perf_counter() - start
 
 
@@ -61,8 +69,13 @@ def result_json(result: GenerationResult, load_s: float | None = None) -> dict[s
     timings = result.timings.to_dict()
     if load_s is not None:
         timings = {"load_s": load_s, **timings}
-    return {"text": result.text, "prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
-            "finish_reason": result.finish_reason, "timings": {k: round(v, 6) for k, v in timings.items()}}
+    return {
+        "text": result.text,
+        "prompt_tokens": result.prompt_tokens,
+        "completion_tokens": result.completion_tokens,
+        "finish_reason": result.finish_reason,
+        "timings": {k: round(v, 6) for k, v in timings.items()},
+    }
 
 
 def model_json(engine: Engine) -> dict[str, Any]:
@@ -72,9 +85,11 @@ def model_json(engine: Engine) -> dict[str, Any]:
 
 def timing_line(result: GenerationResult, load_s: float) -> str:
     t = result.timings
-    return (f"load {load_s:.2f} s · prompt {result.prompt_tokens} tok, ttft {t.ttft_s:.3f} s "
-            f"({t.prefill_tok_s:.1f} tok/s) · {result.completion_tokens} tok at {t.decode_tok_s:.1f} tok/s · "
-            f"finish {result.finish_reason}")
+    return (
+        f"load {load_s:.2f} s · prompt {result.prompt_tokens} tok, ttft {t.ttft_s:.3f} s "
+        f"({t.prefill_tok_s:.1f} tok/s) · {result.completion_tokens} tok at {t.decode_tok_s:.1f} tok/s · "
+        f"finish {result.finish_reason}"
+    )
 
 
 def stream_to_stdout(engine, ids: list[int], params, prefix=None):
@@ -95,5 +110,11 @@ def stream_to_stdout(engine, ids: list[int], params, prefix=None):
     first = first if first is not None else end  # no token at all: the whole call was the wait for one
     ttft, decode_s = first - start, end - first
     timings = Timings(ttft, len(ids) / ttft, (len(events) - 1) / decode_s if decode_s > 0 else 0.0, end - start)
-    return GenerationResult([e.token_id for e in events], "".join(e.text for e in events),
-                            events[-1].finish_reason or "length", len(ids), len(events), timings)
+    return GenerationResult(
+        [e.token_id for e in events],
+        "".join(e.text for e in events),
+        events[-1].finish_reason or "length",
+        len(ids),
+        len(events),
+        timings,
+    )

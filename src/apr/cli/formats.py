@@ -39,13 +39,25 @@ def register(app: typer.Typer) -> None:
 
     @app.command("convert")
     def convert_command(
-        src: Annotated[str, typer.Argument(help="Model to convert: a GGUF/APR file, a SafeTensors dir, or a ref.",
-                                           show_default=False)],
+        src: Annotated[
+            str,
+            typer.Argument(help="Model to convert: a GGUF/APR file, a SafeTensors dir, or a ref.", show_default=False),
+        ],
         to: Annotated[Target, typer.Option("--to", help="Target format.", show_default=False)],
-        out: Annotated[Path, typer.Option("-o", "--output", help="Output file (GGUF/APR) or directory (SafeTensors).",
-                                          show_default=False)],
-        dtype: Annotated[Dtype | None, typer.Option("--dtype", help="keep = carry stored blocks as they are (default "
-                                                    "for gguf/apr); f32 is the default for safetensors.")] = None,
+        out: Annotated[
+            Path,
+            typer.Option(
+                "-o", "--output", help="Output file (GGUF/APR) or directory (SafeTensors).", show_default=False
+            ),
+        ],
+        dtype: Annotated[
+            Dtype | None,
+            typer.Option(
+                "--dtype",
+                help="keep = carry stored blocks as they are (default "
+                "for gguf/apr); f32 is the default for safetensors.",
+            ),
+        ] = None,
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
         as_json: Annotated[bool, typer.Option("--json", help="Print the conversion report summary as JSON.")] = False,
     ) -> None:
@@ -55,28 +67,48 @@ def register(app: typer.Typer) -> None:
 
         model = load_model(_resolve(src))
         bar = _progress_bar(len(model.tensors), f"convert → {to.value}", enabled=not quiet)
-        report = convert(model, to.value, out, dtype=dtype.value if dtype else None,
-                         progress=(lambda _name, _nbytes: bar.update(1)) if bar is not None else None)
+        report = convert(
+            model,
+            to.value,
+            out,
+            dtype=dtype.value if dtype else None,
+            progress=(lambda _name, _nbytes: bar.update(1)) if bar is not None else None,
+        )
         if bar is not None:
             bar.close()
         summary = report.to_json()["summary"]
         if as_json:
-            typer.echo(json.dumps({"output": str(out), "report": str(report_path_for(out)), "seconds": report.seconds,
-                                   **summary}))
+            typer.echo(
+                json.dumps(
+                    {"output": str(out), "report": str(report_path_for(out)), "seconds": report.seconds, **summary}
+                )
+            )
         else:
-            typer.echo(f"wrote {out} ({report.output_format}, dtype {report.dtype}) in {report.seconds:.1f}s: "
-                       f"{summary['tensor_count']} tensors, {summary['bytes_identical']} byte-identical, "
-                       f"max |Δ| {summary['max_abs_diff']:.3g}; report {report_path_for(out)}")
+            typer.echo(
+                f"wrote {out} ({report.output_format}, dtype {report.dtype}) in {report.seconds:.1f}s: "
+                f"{summary['tensor_count']} tensors, {summary['bytes_identical']} byte-identical, "
+                f"max |Δ| {summary['max_abs_diff']:.3g}; report {report_path_for(out)}"
+            )
 
     @app.command("inspect")
     def inspect_command(
         model: Annotated[str, typer.Argument(help="A model file/directory or a ref.", show_default=False)],
         as_json: Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")] = False,
-        trace_structure: Annotated[bool, typer.Option("--trace-structure", help="Per-tensor statistics and red flags "
-                                                      "(NaN/Inf, zero biases, near-zero norms, rope θ, tied or "
-                                                      "transposed embeddings).")] = False,
-        name_filter: Annotated[str | None, typer.Option("--filter", help="With --trace-structure: stats only for "
-                                                        "tensors whose name contains this text.")] = None,
+        trace_structure: Annotated[
+            bool,
+            typer.Option(
+                "--trace-structure",
+                help="Per-tensor statistics and red flags "
+                "(NaN/Inf, zero biases, near-zero norms, rope θ, tied or "
+                "transposed embeddings).",
+            ),
+        ] = False,
+        name_filter: Annotated[
+            str | None,
+            typer.Option(
+                "--filter", help="With --trace-structure: stats only for tensors whose name contains this text."
+            ),
+        ] = None,
     ) -> None:
         """Show a model's metadata, tokenizer and tensor table."""
         from apr.formats.inspect import describe, render_text

@@ -33,9 +33,7 @@ def format_table(models: list[CachedModel]) -> str:
     """Left-aligned columns; the last column (path) is not padded."""
     rows = [LIST_COLUMNS, *(_row(m) for m in models)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(LIST_COLUMNS) - 1)]
-    return "\n".join(
-        "  ".join([*(cell.ljust(width) for cell, width in zip(row, widths)), row[-1]]) for row in rows
-    )
+    return "\n".join("  ".join([*(cell.ljust(width) for cell, width in zip(row, widths)), row[-1]]) for row in rows)
 
 
 def register(app: typer.Typer) -> None:

@@ -12,12 +12,12 @@ from apr.errors import AprError
 # Each module defines `register(app)` and imports torch & co. only inside its commands,
 # so `apr --help` stays well under a second.
 VERB_GROUPS = (
-    "apr.cli.hub",       # pull, list
-    "apr.cli.formats",   # convert, inspect
-    "apr.cli.engine",    # run, chat, bench
-    "apr.cli.serve",     # serve
-    "apr.cli.qa",        # qa, certify
-    "apr.cli.report",    # report
+    "apr.cli.hub",  # pull, list
+    "apr.cli.formats",  # convert, inspect
+    "apr.cli.engine",  # run, chat, bench
+    "apr.cli.serve",  # serve
+    "apr.cli.qa",  # qa, certify
+    "apr.cli.report",  # report
 )
 
 

@@ -56,8 +56,9 @@ class BatchDecoder:
     every sequence has its own cache, sized only by its own request, and the batched matmul kernels
     compute each row independently."""
 
-    def __init__(self, model: Transformer, tokenizer: DecodesIds, eos_ids: tuple[int, ...], max_batch: int,
-                 step_hook=None) -> None:
+    def __init__(
+        self, model: Transformer, tokenizer: DecodesIds, eos_ids: tuple[int, ...], max_batch: int, step_hook=None
+    ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.model, self.tokenizer, self.max_batch = model, tokenizer, max_batch
@@ -71,8 +72,9 @@ class BatchDecoder:
         """Request ids still generating or waiting to start."""
         return [s.request_id for s in (*self._running, *self._pending)]
 
-    def add(self, request_id: str, prompt_ids: list[int], params: SamplingParams,
-            prefix: PrefixCache | None = None) -> None:
+    def add(
+        self, request_id: str, prompt_ids: list[int], params: SamplingParams, prefix: PrefixCache | None = None
+    ) -> None:
         if not prompt_ids:
             raise ValueError("the prompt has no tokens")
         if request_id in self.active:
@@ -83,9 +85,17 @@ class BatchDecoder:
         limit = self.model.max_positions
         if len(prompt_ids) >= limit:
             raise ValueError(f"the prompt has {len(prompt_ids)} tokens; this engine holds at most {limit - 1}")
-        self._pending.append(Sequence(request_id, list(prompt_ids), params, Sampler(params),
-                                      TextTracker(self.tokenizer, params.stop),
-                                      self.eos_ids | frozenset(params.stop_token_ids), prefix=prefix))
+        self._pending.append(
+            Sequence(
+                request_id,
+                list(prompt_ids),
+                params,
+                Sampler(params),
+                TextTracker(self.tokenizer, params.stop),
+                self.eos_ids | frozenset(params.stop_token_ids),
+                prefix=prefix,
+            )
+        )
 
     def cancel(self, request_id: str) -> None:
         self._pending = [s for s in self._pending if s.request_id != request_id]
@@ -112,9 +122,14 @@ class BatchDecoder:
         reused = self._take_prefix(seq, positions)
         if seq.cache is None:
             cfg = self.model.cfg
-            seq.cache = SequenceCache(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim,
-                                      capacity_for(positions, self.model.max_positions),
-                                      self.model.dtype, self.model.embedding.device)
+            seq.cache = SequenceCache(
+                cfg.num_layers,
+                cfg.num_kv_heads,
+                cfg.head_dim,
+                capacity_for(positions, self.model.max_positions),
+                self.model.dtype,
+                self.model.embedding.device,
+            )
         ids = torch.tensor(seq.prompt_ids[reused:], device=self.model.embedding.device)
         hidden = self.model.prefill(ids, seq.cache)
         return self._advance(seq, self.model.head(hidden[-1:])[0])
@@ -136,8 +151,14 @@ class BatchDecoder:
             return 0
         if cache.capacity < positions:  # the conversation outgrew it: the shared part moves to a larger one
             cfg = self.model.cfg
-            larger = SequenceCache(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim,
-                                   capacity_for(positions, self.model.max_positions), cache.k.dtype, cache.k.device)
+            larger = SequenceCache(
+                cfg.num_layers,
+                cfg.num_kv_heads,
+                cfg.head_dim,
+                capacity_for(positions, self.model.max_positions),
+                cache.k.dtype,
+                cache.k.device,
+            )
             larger.k[:, :, :shared] = cache.k[:, :, :shared]
             larger.v[:, :, :shared] = cache.v[:, :, :shared]
             cache = larger
@@ -159,6 +180,6 @@ class BatchDecoder:
             seq.finished_at = time.perf_counter()
             if seq.prefix is not None:  # the last token was never fed: the cache holds everything before it
                 seq.prefix.cache = seq.cache
-                seq.prefix.ids = (seq.prompt_ids + seq.generated)[:seq.cache.length]
+                seq.prefix.ids = (seq.prompt_ids + seq.generated)[: seq.cache.length]
             seq.cache = None  # the sequence leaves the batch after this step
         return TokenEvent(seq.request_id, token, text, logprob, top, finish)

@@ -16,7 +16,7 @@ from apr.engine.api import Engine
 from apr.engine.kv_cache import SequenceCache, capacity_for
 from apr.engine.loader import LINEARS
 
-FILLER = ("The quick brown fox jumps over the lazy dog while the compiler checks every branch of the code. ")
+FILLER = "The quick brown fox jumps over the lazy dog while the compiler checks every branch of the code. "
 
 
 @dataclass(frozen=True)
@@ -67,8 +67,11 @@ class BenchReport:
             "bytes_per_token": self.bytes_per_token,
             "achieved_gb_s": round(self.bytes_per_token * decode_rate / 1e9, 2),
             "torch": torch.__version__,
-            "host": {"machine": platform.machine(), "processor": platform.processor(),
-                     "threads": torch.get_num_threads()},
+            "host": {
+                "machine": platform.machine(),
+                "processor": platform.processor(),
+                "threads": torch.get_num_threads(),
+            },
         }
         if torch.cuda.is_available():
             doc["peak_vram_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
@@ -121,9 +124,14 @@ def run_once(engine: Engine, prompt: list[int], decode_tokens: int) -> tuple[flo
     step = engine.decode_step
     sync = torch.cuda.synchronize if engine.device.type == "cuda" else (lambda: None)
     with torch.inference_mode():
-        cache = SequenceCache(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim,
-                              capacity_for(len(prompt) + decode_tokens, model.max_positions),
-                              model.dtype, engine.device)
+        cache = SequenceCache(
+            cfg.num_layers,
+            cfg.num_kv_heads,
+            cfg.head_dim,
+            capacity_for(len(prompt) + decode_tokens, model.max_positions),
+            model.dtype,
+            engine.device,
+        )
         start = time.perf_counter()
         token = model.head(model.prefill(torch.tensor(prompt, device=engine.device), cache)[-1:]).argmax(-1)
         sync()
@@ -135,8 +143,9 @@ def run_once(engine: Engine, prompt: list[int], decode_tokens: int) -> tuple[flo
     return first - start, end - first
 
 
-def run_bench(engine: Engine, plan: BenchPlan, *, load_s: float,
-              progress: Callable[[str], None] = lambda line: None) -> BenchReport:
+def run_bench(
+    engine: Engine, plan: BenchPlan, *, load_s: float, progress: Callable[[str], None] = lambda line: None
+) -> BenchReport:
     if plan.decode_tokens < 2 or plan.prompt_tokens < 1:
         raise ValueError("bench needs at least 1 prompt token and 2 decode tokens")
     report = BenchReport(engine.describe(), plan, load_s, bytes_per_token=weight_bytes_per_token(engine))

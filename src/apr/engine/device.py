@@ -11,8 +11,15 @@ from apr.engine.weights import KernelFamily
 from apr.errors import AprError
 
 DeviceChoice = Literal["auto", "cpu", "cuda"]
-DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp32": torch.float32, "float32": torch.float32,
-          "f32": torch.float32, "fp16": torch.float16, "float16": torch.float16}
+DTYPES = {
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "f32": torch.float32,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+}
 
 
 def resolve_device(choice: str) -> torch.device:

@@ -69,8 +69,9 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos[:, None] + rotated * sin[:, None]
 
 
-def attend_one(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bias: torch.Tensor,
-               scale: float) -> torch.Tensor:
+def attend_one(
+    q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bias: torch.Tensor, scale: float
+) -> torch.Tensor:
     """Attention of one new token: q ``[kv_heads, rep, d]`` over keys/values ``[kv_heads, capacity, d]``.
 
     ``bias`` ``[1, 1, capacity]`` is 0 where the token may look and -inf elsewhere. Three plain kernels
@@ -88,8 +89,9 @@ def mask_bias(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 class Block(nn.Module):
     """One decoder layer: (sandwich-)normed attention and gated MLP with residuals."""
 
-    def __init__(self, cfg: ModelConfig, index: int, linears: dict[str, nn.Module],
-                 norms: dict[str, torch.Tensor]) -> None:
+    def __init__(
+        self, cfg: ModelConfig, index: int, linears: dict[str, nn.Module], norms: dict[str, torch.Tensor]
+    ) -> None:
         super().__init__()
         self.index = index
         self.sliding = cfg.layer_kinds[index] == "sliding"
@@ -114,9 +116,16 @@ class Block(nn.Module):
         self.q_norm = norm("q_norm")
         self.k_norm = norm("k_norm")
         self.shape = native.LayerShape(
-            hidden=cfg.hidden_size, heads=cfg.num_heads, kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim,
-            ffn=cfg.intermediate_size, window=(cfg.sliding_window or 0) if self.sliding else 0, gelu=self.gelu,
-            eps=cfg.rms_norm_eps, attn_scale=self.scale)
+            hidden=cfg.hidden_size,
+            heads=cfg.num_heads,
+            kv_heads=cfg.num_kv_heads,
+            head_dim=cfg.head_dim,
+            ffn=cfg.intermediate_size,
+            window=(cfg.sliding_window or 0) if self.sliding else 0,
+            gelu=self.gelu,
+            eps=cfg.rms_norm_eps,
+            attn_scale=self.scale,
+        )
         self.native_glue = False
         self.native_layer: native.DecodeLayer | None = None
 
@@ -130,8 +139,15 @@ class Block(nn.Module):
         self.native_layer = self._native_layer() if enabled else None
 
     def _native_layer(self) -> native.DecodeLayer | None:
-        projections = {"q": self.q_proj, "k": self.k_proj, "v": self.v_proj, "o": self.o_proj,
-                       "gate": self.gate_proj, "up": self.up_proj, "down": self.down_proj}
+        projections = {
+            "q": self.q_proj,
+            "k": self.k_proj,
+            "v": self.v_proj,
+            "o": self.o_proj,
+            "gate": self.gate_proj,
+            "up": self.up_proj,
+            "down": self.down_proj,
+        }
         inputs = {"o": self.heads * self.head_dim, "down": self.shape.ffn}
         weights = {}
         for name, layer in projections.items():
@@ -139,11 +155,17 @@ class Block(nn.Module):
             if kernel is None:  # a dense or PyTorch-packed projection: the per-operator path serves it
                 return None
             weights[name] = (kernel, layer.native_bias, inputs.get(name, self.shape.hidden))
-        norms = {"input_norm": self.input_norm, "pre_mlp_norm": self.pre_mlp_norm, "q_norm": self.q_norm,
-                 "k_norm": self.k_norm, "post_attn_norm": getattr(self, "post_attn_norm", None),
-                 "post_mlp_norm": getattr(self, "post_mlp_norm", None)}
-        return native.DecodeLayer(weights, {name: None if norm is None else norm.native_scale
-                                            for name, norm in norms.items()}, self.shape)
+        norms = {
+            "input_norm": self.input_norm,
+            "pre_mlp_norm": self.pre_mlp_norm,
+            "q_norm": self.q_norm,
+            "k_norm": self.k_norm,
+            "post_attn_norm": getattr(self, "post_attn_norm", None),
+            "post_mlp_norm": getattr(self, "post_mlp_norm", None),
+        }
+        return native.DecodeLayer(
+            weights, {name: None if norm is None else norm.native_scale for name, norm in norms.items()}, self.shape
+        )
 
     def qkv(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rows: bool):
         """Projections of h ``[T, hidden]`` into roped q ``[T, heads, d]`` and k, v ``[T, kv_heads, d]``."""
@@ -177,8 +199,15 @@ class Block(nn.Module):
 class Transformer(nn.Module):
     """Decoder-only transformer. ``prefill`` runs a whole prompt, ``decode`` one new token for several sequences."""
 
-    def __init__(self, cfg: ModelConfig, embedding: "torch.Tensor | BlockRows", blocks: list[Block],
-                 final_norm: torch.Tensor, lm_head: nn.Module, max_positions: int) -> None:
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        embedding: "torch.Tensor | BlockRows",
+        blocks: list[Block],
+        final_norm: torch.Tensor,
+        lm_head: nn.Module,
+        max_positions: int,
+    ) -> None:
         super().__init__()
         self.cfg = cfg
         if isinstance(embedding, torch.Tensor):
@@ -208,8 +237,11 @@ class Transformer(nn.Module):
         for block in self.blocks:
             block.use_native(enabled)
         layers = [block.native_layer for block in self.blocks]
-        self.native_stack = (native.DecodeStack(layers, [block.sliding for block in self.blocks])
-                             if all(layer is not None for layer in layers) else None)
+        self.native_stack = (
+            native.DecodeStack(layers, [block.sliding for block in self.blocks])
+            if all(layer is not None for layer in layers)
+            else None
+        )
 
     @property
     def max_positions(self) -> int:
@@ -230,8 +262,11 @@ class Transformer(nn.Module):
         """cos/sin at ``positions`` keyed by ``block.sliding``, gathered once per step instead of per layer."""
         tables = {False: (self.cos_global, self.sin_global), True: (self.cos_local, self.sin_local)}
         used = {block.sliding for block in self.blocks}
-        return {sliding: (cos[positions].to(self.dtype), sin[positions].to(self.dtype))
-                for sliding, (cos, sin) in tables.items() if sliding in used}
+        return {
+            sliding: (cos[positions].to(self.dtype), sin[positions].to(self.dtype))
+            for sliding, (cos, sin) in tables.items()
+            if sliding in used
+        }
 
     def head(self, hidden: torch.Tensor, rows: bool = False) -> torch.Tensor:
         """Logits ``[T, vocab]`` in float32 from final hidden states."""
@@ -245,8 +280,13 @@ class Transformer(nn.Module):
     def can_continue_prefill(self, tokens: int) -> bool:
         """Whether ``prefill`` can take ``tokens`` more tokens into a cache that already holds some: the
         one-call native layers handle any start position; the PyTorch path starts at 0 only."""
-        return (tokens <= NATIVE_PREFILL_MAX_TOKENS and self.native_stack is not None and self.native_glue
-                and self.dtype == torch.float32 and self.cos_global.device.type == "cpu")
+        return (
+            tokens <= NATIVE_PREFILL_MAX_TOKENS
+            and self.native_stack is not None
+            and self.native_glue
+            and self.dtype == torch.float32
+            and self.cos_global.device.type == "cpu"
+        )
 
     def prefill(self, ids: torch.Tensor, cache: SequenceCache | None) -> torch.Tensor:
         """Final hidden states ``[T, hidden]`` of prompt tokens placed after the ``cache.length`` positions
@@ -271,8 +311,13 @@ class Transformer(nn.Module):
                 cache.v[block.index, :, :t] = v.transpose(0, 1)
             mask = local if block.sliding else causal
             attn = F.scaled_dot_product_attention(
-                q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None],
-                attn_mask=mask, scale=block.scale, enable_gqa=True)
+                q.transpose(0, 1)[None],
+                k.transpose(0, 1)[None],
+                v.transpose(0, 1)[None],
+                attn_mask=mask,
+                scale=block.scale,
+                enable_gqa=True,
+            )
             x = block.finish(x, attn[0].transpose(0, 1).reshape(t, -1), rows=False)
         if cache is not None:
             cache.length = t
@@ -317,8 +362,9 @@ class Transformer(nn.Module):
             cache.length += 1
         return self.head(x, rows=True)
 
-    def _decode_native_layers(self, x: torch.Tensor, positions: torch.Tensor,
-                              caches: list[SequenceCache]) -> torch.Tensor:
+    def _decode_native_layers(
+        self, x: torch.Tensor, positions: torch.Tensor, caches: list[SequenceCache]
+    ) -> torch.Tensor:
         """``decode`` with each layer in one native call (native.DecodeLayer, same kernels as the per-operator path)."""
         rows = native.CacheRows([c.k for c in caches], [c.v for c in caches], [c.length for c in caches])
         x = self._native_layers(x, positions, rows)
@@ -326,16 +372,20 @@ class Transformer(nn.Module):
             cache.length += 1
         return self.head(x, rows=True)
 
-    def _prefill_native_layers(self, x: torch.Tensor, positions: torch.Tensor,
-                               cache: SequenceCache | None) -> torch.Tensor:
+    def _prefill_native_layers(
+        self, x: torch.Tensor, positions: torch.Tensor, cache: SequenceCache | None
+    ) -> torch.Tensor:
         """``prefill`` through native.DecodeLayer: the prompt's positions are the rows of one batch that
         share a cache; row p writes its key/value at p and attends over 0..p, which is causal attention,
         since each row's key/value is written before that row attends."""
         t, cfg = x.shape[0], self.cfg
         start = cache.length if cache is not None else 0
         # Whole-sequence logits (no cache given) still need somewhere to keep the keys: a scratch cache.
-        target = cache if cache is not None else SequenceCache(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, t,
-                                                               self.dtype, x.device)
+        target = (
+            cache
+            if cache is not None
+            else SequenceCache(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, t, self.dtype, x.device)
+        )
         rows = native.CacheRows([target.k] * t, [target.v] * t, list(range(start, start + t)))
         x = self._native_layers(x, positions, rows)
         if cache is not None:
@@ -344,13 +394,17 @@ class Transformer(nn.Module):
 
     def _native_layers(self, x: torch.Tensor, positions: torch.Tensor, rows: native.CacheRows) -> torch.Tensor:
         x = x.contiguous()
-        tables = {sliding: (cos.contiguous(), sin.contiguous())
-                  for sliding, (cos, sin) in self.rope_tables_at(positions).items()}
+        tables = {
+            sliding: (cos.contiguous(), sin.contiguous())
+            for sliding, (cos, sin) in self.rope_tables_at(positions).items()
+        }
         global_tables = tables.get(False, tables.get(True))  # a model of one kind of layer has one table
         self.native_stack(x, rows, global_tables, tables.get(True, global_tables))
         return x
 
-    def decode_one(self, token: torch.Tensor, pos: torch.Tensor, k_all: torch.Tensor, v_all: torch.Tensor) -> torch.Tensor:
+    def decode_one(
+        self, token: torch.Tensor, pos: torch.Tensor, k_all: torch.Tensor, v_all: torch.Tensor
+    ) -> torch.Tensor:
         """``decode`` for a single sequence in tensor-only form (position as a tensor), for torch.compile.
 
         Writes the new key/value at ``pos`` of ``k_all``/``v_all`` (``[layers, kv_heads, capacity, d]``)
@@ -369,8 +423,9 @@ class Transformer(nn.Module):
             keys, values = k_all[block.index], v_all[block.index]
             keys.index_copy_(1, pos, k.transpose(0, 1))
             values.index_copy_(1, pos, v.transpose(0, 1))
-            out = attend_one(q[0].view(kv_heads, rep, head_dim), keys, values, local if block.sliding else full,
-                             block.scale)
+            out = attend_one(
+                q[0].view(kv_heads, rep, head_dim), keys, values, local if block.sliding else full, block.scale
+            )
             x = block.finish(x, out.reshape(1, -1), rows=True)
         return self.head(x, rows=True)
 
@@ -386,4 +441,3 @@ class Transformer(nn.Module):
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """Logits ``[T, vocab]`` of a whole sequence without a cache."""
         return self.head(self.prefill(ids, None))
-

@@ -17,8 +17,13 @@ def _chat_format(template: str | None) -> str:
     return "chatml" if "<|im_start|>" in template else "custom"
 
 
-def build_metadata(model: CanonicalModel, shapes: dict[str, list[int]], value_offsets: dict[str, float],
-                   total_size: int, param_count: int) -> dict[str, Any]:
+def build_metadata(
+    model: CanonicalModel,
+    shapes: dict[str, list[int]],
+    value_offsets: dict[str, float],
+    total_size: int,
+    param_count: int,
+) -> dict[str, Any]:
     """One flat JSON object: the reference's typed keys first, then ``tokenizer.*`` and ``apr.*`` keys.
 
     Only canonical key names are written (never an alias next to it: realizar then drops everything).

@@ -47,7 +47,9 @@ class _CrcWriter:
             self.write(bytes(boundary - self.pos % boundary))
 
 
-def write_apr(model: CanonicalModel, out: Path, *, dtype: DtypeChoice = "keep", progress: Progress | None = None) -> Path:
+def write_apr(
+    model: CanonicalModel, out: Path, *, dtype: DtypeChoice = "keep", progress: Progress | None = None
+) -> Path:
     """APR v2 at ``out`` (temp file, then rename). ``keep`` stores every tensor's bytes unchanged, with any
     stored value offset (GGUF gemma norms) recorded in ``apr.value_offsets``."""
     # Data goes in the model's own order (readers recover it from the offsets, so GGUF -> APR -> GGUF
@@ -62,15 +64,18 @@ def write_apr(model: CanonicalModel, out: Path, *, dtype: DtypeChoice = "keep", 
         plan.append((name, out_type, offset, tensor_nbytes(out_type, info.shape)))
     entries, cursor = [], 0
     for name, out_type, _, nbytes in plan:
-        entries.append(AprIndexEntry(name, APR_DTYPE_OF_GGML[out_type], tuple(model.tensors[name].info.shape), cursor, nbytes))
+        entries.append(
+            AprIndexEntry(name, APR_DTYPE_OF_GGML[out_type], tuple(model.tensors[name].info.shape), cursor, nbytes)
+        )
         cursor = align(cursor + nbytes)
     sorted_entries = sorted(entries, key=lambda e: e.name.encode("utf-8"))
     shapes = {name: list(model.tensors[name].info.shape) for name, *_ in plan}
     offsets = {name: off for name, _, off, _ in plan if off}
     params = sum(int(np.prod(model.tensors[name].info.shape)) for name, *_ in plan)
     total = sum(nbytes for *_, nbytes in plan)
-    meta = json.dumps(build_metadata(model, shapes, offsets, total, params), separators=(",", ":"),
-                      ensure_ascii=False).encode("utf-8")
+    meta = json.dumps(
+        build_metadata(model, shapes, offsets, total, params), separators=(",", ":"), ensure_ascii=False
+    ).encode("utf-8")
     index = b"".join(entry.pack() for entry in sorted_entries)
     index_offset = HEADER_SIZE + align(len(meta))
     data_offset = index_offset + align(len(index))

@@ -57,7 +57,9 @@ def gguf_plan(model: CanonicalModel, dtype: DtypeChoice) -> list[tuple[str, str,
     return plan
 
 
-def write_gguf(model: CanonicalModel, out: Path, *, dtype: DtypeChoice = "keep", progress: Progress | None = None) -> Path:
+def write_gguf(
+    model: CanonicalModel, out: Path, *, dtype: DtypeChoice = "keep", progress: Progress | None = None
+) -> Path:
     """Write ``model`` to ``out`` (temp file, then rename). Quantized blocks are carried byte for byte."""
     config = model.config
     plan = gguf_plan(model, dtype)
@@ -65,8 +67,15 @@ def write_gguf(model: CanonicalModel, out: Path, *, dtype: DtypeChoice = "keep",
         writer = GGUFWriter(temp, config.architecture)
         kv: dict[str, Any] = {}
         if model.source_format == "gguf":
-            kv.update({k: v for k, v in model.metadata.items() if k.startswith(_CARRIED_PREFIX) and k not in _NOT_CARRIED
-                       and isinstance(v, (str, int, float, bool))})
+            kv.update(
+                {
+                    k: v
+                    for k, v in model.metadata.items()
+                    if k.startswith(_CARRIED_PREFIX)
+                    and k not in _NOT_CARRIED
+                    and isinstance(v, (str, int, float, bool))
+                }
+            )
         if config.name:
             kv["general.name"] = config.name
         kv["general.quantization_version"] = 2
@@ -77,8 +86,13 @@ def write_gguf(model: CanonicalModel, out: Path, *, dtype: DtypeChoice = "keep",
             writer.add_key_value(key, val, vtype, sub_type=sub)
         for name, gguf_name, out_type, _ in plan:
             info = model.tensors[name].info
-            writer.add_tensor_info(gguf_name, list(info.shape), np.dtype(np.float32),
-                                   tensor_nbytes(out_type, info.shape), raw_dtype=GGMLQuantizationType(out_type))
+            writer.add_tensor_info(
+                gguf_name,
+                list(info.shape),
+                np.dtype(np.float32),
+                tensor_nbytes(out_type, info.shape),
+                raw_dtype=GGMLQuantizationType(out_type),
+            )
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()

@@ -16,8 +16,10 @@ def describe(model: CanonicalModel) -> dict[str, Any]:
     config, tokenizer = model.config, model.tokenizer
     path = Path(model.source_path)
     size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
-    tensors = [{"name": name, "dtype": type_name(s.info.ggml_type), "shape": list(s.info.shape), "bytes": s.info.nbytes}
-               for name, s in model.tensors.items()]
+    tensors = [
+        {"name": name, "dtype": type_name(s.info.ggml_type), "shape": list(s.info.shape), "bytes": s.info.nbytes}
+        for name, s in model.tensors.items()
+    ]
     return {
         "path": str(path),
         "format": model.source_format,
@@ -27,9 +29,15 @@ def describe(model: CanonicalModel) -> dict[str, Any]:
         "tensor_bytes": sum(t["bytes"] for t in tensors),
         "dtypes": dict(Counter(t["dtype"] for t in tensors)),
         "config": {k: v for k, v in config.to_dict().items() if k != "extra"},
-        "tokenizer": {"model": tokenizer.spec.model, "pre": tokenizer.spec.pre, "vocab_size": tokenizer.vocab_size,
-                      "merges": len(tokenizer.spec.merges), "bos_token_id": tokenizer.bos_token_id,
-                      "eos_token_ids": list(tokenizer.eos_token_ids), "has_chat_template": tokenizer.has_chat_template},
+        "tokenizer": {
+            "model": tokenizer.spec.model,
+            "pre": tokenizer.spec.pre,
+            "vocab_size": tokenizer.vocab_size,
+            "merges": len(tokenizer.spec.merges),
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_ids": list(tokenizer.eos_token_ids),
+            "has_chat_template": tokenizer.has_chat_template,
+        },
         "tensor_count": len(tensors),
         "tensors": tensors,
     }
@@ -44,16 +52,23 @@ def _human(n: float) -> str:
 
 
 def render_text(info: dict[str, Any], structure: dict[str, Any] | None = None) -> str:
-    lines = [f"file:          {info['path']}", f"format:        {info['format']}",
-             f"architecture:  {info['architecture']}", f"parameters:    {info['parameters']:,}",
-             f"size:          {_human(info['file_bytes'])} ({info['tensor_count']} tensors; "
-             + ", ".join(f"{k} x{v}" for k, v in sorted(info["dtypes"].items())) + ")"]
+    lines = [
+        f"file:          {info['path']}",
+        f"format:        {info['format']}",
+        f"architecture:  {info['architecture']}",
+        f"parameters:    {info['parameters']:,}",
+        f"size:          {_human(info['file_bytes'])} ({info['tensor_count']} tensors; "
+        + ", ".join(f"{k} x{v}" for k, v in sorted(info["dtypes"].items()))
+        + ")",
+    ]
     lines.append("config:")
     lines.extend(f"  {k}: {v}" for k, v in info["config"].items() if v not in (None, (), [], ""))
     tok = info["tokenizer"]
-    lines.append(f"tokenizer:     {tok['model']} ({tok['pre']}), vocab {tok['vocab_size']}, merges {tok['merges']}, "
-                 f"bos {tok['bos_token_id']}, eos {tok['eos_token_ids']}, chat template: "
-                 f"{'yes' if tok['has_chat_template'] else 'no'}")
+    lines.append(
+        f"tokenizer:     {tok['model']} ({tok['pre']}), vocab {tok['vocab_size']}, merges {tok['merges']}, "
+        f"bos {tok['bos_token_id']}, eos {tok['eos_token_ids']}, chat template: "
+        f"{'yes' if tok['has_chat_template'] else 'no'}"
+    )
     stats = {t["name"]: t for t in (structure or {}).get("tensors", [])}
     width = max(len(t["name"]) for t in info["tensors"])
     header = f"{'NAME'.ljust(width)}  {'DTYPE':6}  {'SHAPE':16}  {'BYTES':>10}"
@@ -67,8 +82,10 @@ def render_text(info: dict[str, Any], structure: dict[str, Any] | None = None) -
             row += f"  {s['mean']:10.4g} {s['std']:10.4g} {s['min']:10.4g} {s['max']:10.4g} {s['nan_count']:4d} {s['inf_count']:4d}"
         lines.append(row)
     if structure is not None:
-        lines.append(f"rope_theta: {structure['rope_theta']:g}   tied embeddings: {structure['tied_embeddings']}   "
-                     f"embedding transposed: {structure['embedding_transposed']}")
+        lines.append(
+            f"rope_theta: {structure['rope_theta']:g}   tied embeddings: {structure['tied_embeddings']}   "
+            f"embedding transposed: {structure['embedding_transposed']}"
+        )
         for name, mean in structure["bias_mean"].items():
             lines.append(f"bias_mean {name}: {mean:.4g}")
         lines.append("flags: " + ("none" if not structure["flags"] else ""))

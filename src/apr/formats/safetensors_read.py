@@ -34,8 +34,9 @@ def _weight_files(directory: Path) -> list[Path]:
 
 
 def _source(data: np.memmap, entry: SafeTensorEntry, hf_name: str, offset: float) -> StoredTensor:
-    info = TensorInfo(name=hf_name, shape=entry.shape, ggml_type=DTYPE_TO_GGML[entry.dtype], nbytes=entry.nbytes,
-                      value_offset=offset)
+    info = TensorInfo(
+        name=hf_name, shape=entry.shape, ggml_type=DTYPE_TO_GGML[entry.dtype], nbytes=entry.nbytes, value_offset=offset
+    )
     start, stop = entry.start, entry.start + entry.nbytes
 
     def load() -> np.ndarray:
@@ -50,14 +51,17 @@ def read_safetensors(path: Path) -> CanonicalModel:
     directory = path if path.is_dir() else path.parent
     config_path = directory / "config.json"
     if not config_path.is_file():
-        raise FormatError(f"{directory}: no config.json next to the SafeTensors weights; copy the model's "
-                          "config.json there (the architecture and rope settings cannot be guessed)")
+        raise FormatError(
+            f"{directory}: no config.json next to the SafeTensors weights; copy the model's "
+            "config.json there (the architecture and rope settings cannot be guessed)"
+        )
     tokenizer = Tokenizer.from_hf_dir(directory)
     hf = _read_json_if_present(config_path)
     generation = _read_json_if_present(directory / "generation_config.json")
     try:
-        config = model_config_from_hf(hf, generation, eos_extra=tokenizer.eos_token_ids,
-                                      add_bos_token=tokenizer.spec.add_bos_token)
+        config = model_config_from_hf(
+            hf, generation, eos_extra=tokenizer.eos_token_ids, add_bos_token=tokenizer.spec.add_bos_token
+        )
     except (ValueError, TypeError) as err:
         raise FormatError(f"{config_path}: {err}") from err
     files = [path] if path.is_file() else _weight_files(directory)
@@ -76,7 +80,15 @@ def read_safetensors(path: Path) -> CanonicalModel:
             tensors[entry.name] = _source(data, entry, entry.name, 0.0)
     missing = sorted(expected - set(tensors))
     if missing:
-        raise FormatError(f"{directory}: missing tensor {missing[0]!r} ({len(missing)} missing); the checkpoint is incomplete")
+        raise FormatError(
+            f"{directory}: missing tensor {missing[0]!r} ({len(missing)} missing); the checkpoint is incomplete"
+        )
     check_shapes(directory, config, tensors)
-    return CanonicalModel(config=config, tokenizer=tokenizer, tensors=tensors, source_path=path,
-                          source_format="safetensors", metadata={"config.json": hf})
+    return CanonicalModel(
+        config=config,
+        tokenizer=tokenizer,
+        tensors=tensors,
+        source_path=path,
+        source_format="safetensors",
+        metadata={"config.json": hf},
+    )

@@ -41,21 +41,31 @@ def _shards(model: CanonicalModel, types: dict[str, int], max_bytes: int) -> lis
     return shards
 
 
-def write_safetensors_dir(model: CanonicalModel, out_dir: Path, *, dtype: DtypeChoice = "f32",
-                          progress: Progress | None = None, max_shard_bytes: int = DEFAULT_SHARD_BYTES) -> Path:
+def write_safetensors_dir(
+    model: CanonicalModel,
+    out_dir: Path,
+    *,
+    dtype: DtypeChoice = "f32",
+    progress: Progress | None = None,
+    max_shard_bytes: int = DEFAULT_SHARD_BYTES,
+) -> Path:
     """Write ``out_dir`` whole (temp dir, then rename). Values are HF convention (norm offsets removed)."""
     types = _plan_types(model, dtype)
     shards = _shards(model, types, max_shard_bytes)
     with atomic_dir(Path(out_dir)) as temp:
         (temp / "config.json").write_text(json.dumps(hf_config_from_model_config(model.config), indent=2))
-        (temp / "generation_config.json").write_text(json.dumps(generation_config_from_model_config(model.config), indent=2))
+        (temp / "generation_config.json").write_text(
+            json.dumps(generation_config_from_model_config(model.config), indent=2)
+        )
         (temp / "tokenizer.json").write_text(model.tokenizer.to_tokenizer_json(), encoding="utf-8")
-        (temp / "tokenizer_config.json").write_text(json.dumps(model.tokenizer.tokenizer_config(), indent=2,
-                                                               ensure_ascii=False), encoding="utf-8")
+        (temp / "tokenizer_config.json").write_text(
+            json.dumps(model.tokenizer.tokenizer_config(), indent=2, ensure_ascii=False), encoding="utf-8"
+        )
         weight_map = {}
         for index, names_in_shard in enumerate(shards):
-            file_name = ("model.safetensors" if len(shards) == 1
-                         else f"model-{index + 1:05d}-of-{len(shards):05d}.safetensors")
+            file_name = (
+                "model.safetensors" if len(shards) == 1 else f"model-{index + 1:05d}-of-{len(shards):05d}.safetensors"
+            )
             layout = [(n, GGML_TO_DTYPE[types[n]], model.tensors[n].info.shape) for n in names_in_shard]
             with (temp / file_name).open("wb") as handle:
                 writer = SafeTensorsStreamWriter(handle, layout, {"format": "pt"})

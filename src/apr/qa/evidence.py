@@ -75,8 +75,10 @@ class Provenance(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     model_sha256: str | None = Field(
-        None, pattern=r"^[0-9a-f]{64}$",
-        description="sha256 of the artifact under test; None only when the file could not be read")
+        None,
+        pattern=r"^[0-9a-f]{64}$",
+        description="sha256 of the artifact under test; None only when the file could not be read",
+    )
     format: Format | None = Field(None, description="format of that artifact")
     backend: Backend | None = Field(None, description="backend the check used")
     engine_git_sha: str = Field(min_length=1, description="git commit of the apr checkout, or 'unknown' outside git")
@@ -108,7 +110,9 @@ class EvidenceRecord(BaseModel):
 
     schema_version: Literal[1] = Field(1, description="evidence schema version (SCHEMA_VERSION)")
     gate: GateId = Field(description="the gate this check belongs to (apr.qa.gates.catalog)")
-    check: str = Field(min_length=1, description="which check inside the gate, e.g. 'oracle:arithmetic', 'top1 gguf~apr'")
+    check: str = Field(
+        min_length=1, description="which check inside the gate, e.g. 'oracle:arithmetic', 'top1 gguf~apr'"
+    )
     scenario: Scenario = Field(description="what was exercised")
     outcome: Outcome = Field(description="corroborated | falsified | timeout | crashed | skipped")
     reason: str = Field(min_length=1, description="one line saying why: what was seen versus what was expected")
@@ -117,14 +121,18 @@ class EvidenceRecord(BaseModel):
     threshold: float | None = Field(None, description="the threshold the headline measurement was held to")
     unit: str | None = Field(None, description="unit of measured/threshold, e.g. 'tok/s', 'nats'")
     n_compared: int = Field(0, ge=0, description="how many things were actually compared (prompts, tokens, tensors)")
-    output_excerpt: str = Field("", max_length=EXCERPT_LIMIT + 64, description="the start/end of the model output or log")
+    output_excerpt: str = Field(
+        "", max_length=EXCERPT_LIMIT + 64, description="the start/end of the model output or log"
+    )
     duration_s: float = Field(0.0, ge=0, description="wall time of the check in seconds")
     provenance: Provenance
 
     @model_validator(mode="after")
     def _no_vacuous_pass(self) -> EvidenceRecord:
         if self.outcome is Outcome.CORROBORATED and self.n_compared < 1:
-            raise ValueError("a corroborated record must have n_compared >= 1: a check that compared nothing is no pass")
+            raise ValueError(
+                "a corroborated record must have n_compared >= 1: a check that compared nothing is no pass"
+            )
         return self
 
     @property
@@ -153,8 +161,10 @@ class EvidenceLog:
         """One line for the user when the file ends in a torn (incomplete) record."""
         if self.torn_tail is None:
             return None
-        return (f"{self.path}: last line is incomplete ({len(self.torn_tail)} chars, the writer stopped mid-write); "
-                "it is not counted — rerun with --resume to redo that check")
+        return (
+            f"{self.path}: last line is incomplete ({len(self.torn_tail)} chars, the writer stopped mid-write); "
+            "it is not counted — rerun with --resume to redo that check"
+        )
 
 
 def _first_error(err: ValidationError) -> str:
@@ -172,8 +182,9 @@ def parse_record_line(line: str, *, where: str) -> EvidenceRecord:
     try:
         return EvidenceRecord.model_validate(data)
     except ValidationError as err:
-        raise AprError(f"{where}: not a valid evidence record ({_first_error(err)}); "
-                       "regenerate it with apr certify") from None
+        raise AprError(
+            f"{where}: not a valid evidence record ({_first_error(err)}); regenerate it with apr certify"
+        ) from None
 
 
 def read_evidence(path: Path | str) -> EvidenceLog:
@@ -264,6 +275,18 @@ def utc_now() -> datetime:
 
 
 __all__ = [
-    "EXCERPT_LIMIT", "SCHEMA_VERSION", "EvidenceLog", "EvidenceRecord", "EvidenceWriter", "MetricValue", "Outcome",
-    "Provenance", "Scenario", "excerpt", "finished_keys", "parse_record_line", "read_evidence", "utc_now",
+    "EXCERPT_LIMIT",
+    "SCHEMA_VERSION",
+    "EvidenceLog",
+    "EvidenceRecord",
+    "EvidenceWriter",
+    "MetricValue",
+    "Outcome",
+    "Provenance",
+    "Scenario",
+    "excerpt",
+    "finished_keys",
+    "parse_record_line",
+    "read_evidence",
+    "utc_now",
 ]

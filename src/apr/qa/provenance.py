@@ -18,8 +18,9 @@ _SOURCE_DIR = Path(__file__).resolve().parent
 @lru_cache(maxsize=1)
 def engine_git_sha() -> str:
     """The commit of the apr checkout this code runs from, or 'unknown' when it is not a git checkout."""
-    result = subprocess.run(["git", "-C", str(_SOURCE_DIR), "rev-parse", "HEAD"],
-                            capture_output=True, text=True, check=False, timeout=10)
+    result = subprocess.run(
+        ["git", "-C", str(_SOURCE_DIR), "rev-parse", "HEAD"], capture_output=True, text=True, check=False, timeout=10
+    )
     sha = result.stdout.strip()
     return sha if result.returncode == 0 and sha else "unknown"
 
@@ -31,13 +32,31 @@ def _version(package: str) -> str | None:
         return None
 
 
-def capture(*, started_at: datetime, finished_at: datetime, device: str, model_sha256: str | None = None,
-            format: Format | None = None, backend: Backend | None = None, seed: int | None = None,
-            playbook: str | None = None, tier: Tier | None = None) -> Provenance:
+def capture(
+    *,
+    started_at: datetime,
+    finished_at: datetime,
+    device: str,
+    model_sha256: str | None = None,
+    format: Format | None = None,
+    backend: Backend | None = None,
+    seed: int | None = None,
+    playbook: str | None = None,
+    tier: Tier | None = None,
+) -> Provenance:
     """A Provenance for a check that ran on this host (versions and git sha filled in here)."""
     return Provenance(
-        model_sha256=model_sha256, format=format, backend=backend, engine_git_sha=engine_git_sha(),
-        apr_version=_version("apr") or "unknown", torch_version=_version("torch"), device=device,
-        host=platform.node() or "unknown", seed=seed, playbook=playbook, tier=tier,
-        started_at=started_at, finished_at=finished_at,
+        model_sha256=model_sha256,
+        format=format,
+        backend=backend,
+        engine_git_sha=engine_git_sha(),
+        apr_version=_version("apr") or "unknown",
+        torch_version=_version("torch"),
+        device=device,
+        host=platform.node() or "unknown",
+        seed=seed,
+        playbook=playbook,
+        tier=tier,
+        started_at=started_at,
+        finished_at=finished_at,
     )

@@ -92,8 +92,12 @@ def chat_jobs(request: ChatCompletionRequest, served: ServedModel) -> list[Job]:
     _check_context(len(ids), max(max_tokens, 1), served)
     top = (request.top_logprobs or 0) if request.logprobs else 0
     return [
-        Job(index=choice, prompt_ids=ids, prompt_text=text,
-            params=_sampling_params(request, served, max_tokens, top, choice))
+        Job(
+            index=choice,
+            prompt_ids=ids,
+            prompt_text=text,
+            params=_sampling_params(request, served, max_tokens, top, choice),
+        )
         for choice in range(request.n)
     ]
 
@@ -107,9 +111,7 @@ def _render_chat(request: ChatCompletionRequest, served: ServedModel) -> str:
             param="messages",
             code="no_chat_template",
         )
-    messages = [
-        {"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in request.messages
-    ]
+    messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in request.messages]
     try:
         return tokenizer.apply_chat_template(messages, add_generation_prompt=True)
     except Exception as exc:  # jinja raises TemplateError (or anything the template calls) for bad turns

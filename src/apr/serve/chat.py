@@ -75,11 +75,13 @@ async def _stream(
                 completion_tokens += 1
                 logprobs = chat_logprobs(state.served, [event], _top(body)) if body.logprobs else None
                 if event.text or logprobs is not None:
-                    yield sse(chat_chunk(completion_id, created, body.model, job.index,
-                                         content=event.text, logprobs=logprobs))
+                    yield sse(
+                        chat_chunk(completion_id, created, body.model, job.index, content=event.text, logprobs=logprobs)
+                    )
                 if event.finish_reason is not None:
-                    yield sse(chat_chunk(completion_id, created, body.model, job.index,
-                                         finish_reason=event.finish_reason))
+                    yield sse(
+                        chat_chunk(completion_id, created, body.model, job.index, finish_reason=event.finish_reason)
+                    )
     except ApiError as error:
         yield sse(error.body())
         yield SSE_DONE

@@ -90,8 +90,14 @@ async def _stream(
 ) -> AsyncIterator[str]:
     def chunk(index: int, text: str, logprobs=None, finish_reason=None, **extra) -> dict:
         choice = {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}
-        return {"id": completion_id, "object": "text_completion", "created": created,
-                "model": body.model, "choices": [choice], **extra}
+        return {
+            "id": completion_id,
+            "object": "text_completion",
+            "created": created,
+            "model": body.model,
+            "choices": [choice],
+            **extra,
+        }
 
     completion_tokens = 0
     try:
@@ -115,6 +121,14 @@ async def _stream(
         return
     if body.stream_options is not None and body.stream_options.include_usage:
         totals = usage(_prompt_tokens(jobs, body.n), completion_tokens).model_dump()
-        yield sse({"id": completion_id, "object": "text_completion", "created": created,
-                   "model": body.model, "choices": [], "usage": totals})
+        yield sse(
+            {
+                "id": completion_id,
+                "object": "text_completion",
+                "created": created,
+                "model": body.model,
+                "choices": [],
+                "usage": totals,
+            }
+        )
     yield SSE_DONE

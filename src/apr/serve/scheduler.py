@@ -168,9 +168,9 @@ class Scheduler:
             for position, message in enumerate(messages):
                 if isinstance(message, _Stop):
                     shutting_down = EngineFailure("The server is shutting down.", shutting_down=True)
-                    waiting.extend(m for m in messages[position + 1:] if isinstance(m, _Admit))
+                    waiting.extend(m for m in messages[position + 1 :] if isinstance(m, _Admit))
                     self._fail_all(running, waiting, shutting_down)
-                    for late in messages[position + 1:]:
+                    for late in messages[position + 1 :]:
                         if isinstance(late, _Call):
                             self._loop.call_soon_threadsafe(_settle, late.future, None, SchedulerError(shutting_down))
                     self._publish(running, waiting)
@@ -233,8 +233,9 @@ class Scheduler:
 
     def _count(self, *, finished: int = 0, cancelled: int = 0, failed: int = 0) -> None:
         load = self._load
-        self._load = Load(load.active, load.queued, load.finished + finished, load.cancelled + cancelled,
-                          load.failed + failed)
+        self._load = Load(
+            load.active, load.queued, load.finished + finished, load.cancelled + cancelled, load.failed + failed
+        )
 
     def _cancel(self, batch: Any, request_id: str, running: dict[str, _Admit], waiting: deque[_Admit]) -> None:
         if running.pop(request_id, None) is not None:
