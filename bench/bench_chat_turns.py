@@ -61,8 +61,9 @@ def main() -> int:
         turns = []
         for question in QUESTIONS:
             history.append({"role": "user", "content": question})
-            ids = tokenizer.encode(tokenizer.apply_chat_template(history, add_generation_prompt=True),
-                                   add_special_tokens=False)
+            ids = tokenizer.encode(
+                tokenizer.apply_chat_template(history, add_generation_prompt=True), add_special_tokens=False
+            )
             result = engine.generate(ids, params, prefix)
             turns.append((len(ids), prefix.reused if prefix else 0, result.timings.ttft_s, result.token_ids))
             history.append({"role": "assistant", "content": result.text})
@@ -75,8 +76,11 @@ def main() -> int:
     for rep in range(args.reps):
         for reuse in (True, False):
             runs[reuse].append(conversation(reuse))
-            print(f"  rep {rep + 1} {'reuse' if reuse else 'fresh'}: ttft "
-                  + " ".join(f"{turn[2]:.2f}" for turn in runs[reuse][-1]), file=sys.stderr)
+            print(
+                f"  rep {rep + 1} {'reuse' if reuse else 'fresh'}: ttft "
+                + " ".join(f"{turn[2]:.2f}" for turn in runs[reuse][-1]),
+                file=sys.stderr,
+            )
     same = all(a[3] == b[3] for run_a, run_b in zip(runs[True], runs[False]) for a, b in zip(run_a, run_b))
     rows = []
     print(f"\n{'turn':>4}{'prompt':>8}{'cached':>8}{'ttft reuse':>16}{'ttft fresh':>16}   (s, median / p90)")
@@ -84,14 +88,34 @@ def main() -> int:
         reused = [run[index][2] for run in runs[True]]
         fresh = [run[index][2] for run in runs[False]]
         prompt, cached = runs[True][0][index][:2]
-        rows.append({"turn": index + 1, "prompt_tokens": prompt, "cached_prompt_tokens": cached,
-                     "ttft_reuse_s": {"median": statistics.median(reused), "p90": p90(reused)},
-                     "ttft_fresh_s": {"median": statistics.median(fresh), "p90": p90(fresh)}})
-        print(f"{index + 1:>4}{prompt:>8}{cached:>8}{statistics.median(reused):>9.2f} / {p90(reused):.2f}"
-              f"{statistics.median(fresh):>9.2f} / {p90(fresh):.2f}")
+        rows.append(
+            {
+                "turn": index + 1,
+                "prompt_tokens": prompt,
+                "cached_prompt_tokens": cached,
+                "ttft_reuse_s": {"median": statistics.median(reused), "p90": p90(reused)},
+                "ttft_fresh_s": {"median": statistics.median(fresh), "p90": p90(fresh)},
+            }
+        )
+        print(
+            f"{index + 1:>4}{prompt:>8}{cached:>8}{statistics.median(reused):>9.2f} / {p90(reused):.2f}"
+            f"{statistics.median(fresh):>9.2f} / {p90(fresh):.2f}"
+        )
     print(f"same tokens every turn: {same}")
-    print(json.dumps({"model": args.model, "threads": args.threads, "max_tokens": args.max_tokens, "reps": args.reps,
-                      "turns": rows, "same_tokens": same, "torch": torch.__version__, "machine": platform.machine()}))
+    print(
+        json.dumps(
+            {
+                "model": args.model,
+                "threads": args.threads,
+                "max_tokens": args.max_tokens,
+                "reps": args.reps,
+                "turns": rows,
+                "same_tokens": same,
+                "torch": torch.__version__,
+                "machine": platform.machine(),
+            }
+        )
+    )
     return 0 if same else 1
 
 

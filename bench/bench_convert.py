@@ -44,8 +44,9 @@ def run_case(src: Path, to: str, dtype: str, workdir: Path, warmup: int, repeat:
     runs = []
     for index in range(warmup + repeat):
         out = workdir / (f"out-{index}.{to}" if to != "safetensors" else f"out-{index}-hf")
-        done = subprocess.run([sys.executable, "-c", CHILD, str(src), to, str(out), dtype], check=True,
-                              capture_output=True, text=True)
+        done = subprocess.run(
+            [sys.executable, "-c", CHILD, str(src), to, str(out), dtype], check=True, capture_output=True, text=True
+        )
         result = json.loads(done.stdout.strip().splitlines()[-1])
         shutil.rmtree(out) if out.is_dir() else out.unlink()
         if index >= warmup:
@@ -53,8 +54,10 @@ def run_case(src: Path, to: str, dtype: str, workdir: Path, warmup: int, repeat:
     walls = [r["wall_s"] for r in runs]
     summary = {
         "case": f"gguf->{to}" + (f" ({dtype})" if dtype != "default" else ""),
-        "repeat": repeat, "warmup": warmup,
-        "wall_s_median": round(statistics.median(walls), 2), "wall_s_p90": round(_percentile(walls, 0.9), 2),
+        "repeat": repeat,
+        "warmup": warmup,
+        "wall_s_median": round(statistics.median(walls), 2),
+        "wall_s_p90": round(_percentile(walls, 0.9), 2),
         "cpu_s_median": round(statistics.median(r["cpu_s"] for r in runs), 2),
         "peak_rss_mb_median": round(statistics.median(r["peak_rss_mb"] for r in runs)),
         "peak_rss_mb_max": round(max(r["peak_rss_mb"] for r in runs)),
@@ -87,11 +90,17 @@ def main() -> None:
             results.append(result)
             print(json.dumps(result), file=sys.stderr)
     document = {
-        "benchmark": "convert", "model": str(src), "results": results,
+        "benchmark": "convert",
+        "model": str(src),
+        "results": results,
         "largest_tensor": {"name": largest.info.name, "stored_mb": round(largest.info.nbytes / 1e6, 1)},
         "largest_tensor_f32_mb": round(biggest_f32 / 1e6, 1),
-        "environment": {"cpus": os.cpu_count(), "load_average": os.getloadavg(), "python": platform.python_version(),
-                        "machine": platform.machine()},
+        "environment": {
+            "cpus": os.cpu_count(),
+            "load_average": os.getloadavg(),
+            "python": platform.python_version(),
+            "machine": platform.machine(),
+        },
     }
     print(json.dumps(document))
 

@@ -34,8 +34,12 @@ def main() -> int:
     parser.add_argument("--model", type=Path, required=True, help="a GGUF file")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--max-tokens", type=int, default=32)
-    parser.add_argument("--hf-dir", type=Path, help="transformers loads this dense checkpoint (e.g. `apr convert "
-                        "MODEL --to safetensors --dtype bf16`) instead of dequantizing the GGUF itself")
+    parser.add_argument(
+        "--hf-dir",
+        type=Path,
+        help="transformers loads this dense checkpoint (e.g. `apr convert "
+        "MODEL --to safetensors --dtype bf16`) instead of dequantizing the GGUF itself",
+    )
     args = parser.parse_args()
 
     from transformers import AutoModelForCausalLM
@@ -44,14 +48,18 @@ def main() -> int:
     from apr.engine import SamplingParams, load_engine
 
     engine = load_engine(args.model, device=args.device)
-    source = ({"pretrained_model_name_or_path": args.hf_dir} if args.hf_dir else
-              {"pretrained_model_name_or_path": args.model.parent, "gguf_file": args.model.name})
+    source = (
+        {"pretrained_model_name_or_path": args.hf_dir}
+        if args.hf_dir
+        else {"pretrained_model_name_or_path": args.model.parent, "gguf_file": args.model.name}
+    )
     reference = AutoModelForCausalLM.from_pretrained(**source, dtype=torch.bfloat16).to(args.device).eval()
     tokenizer = engine.tokenizer
     rows = []
     for text in PROMPTS:
-        ids = prompt_ids(engine, [{"role": "user", "content": text}],
-                         None if getattr(tokenizer, "chat_template", None) else text)
+        ids = prompt_ids(
+            engine, [{"role": "user", "content": text}], None if getattr(tokenizer, "chat_template", None) else text
+        )
         ours = engine.logits(ids)
         with torch.inference_mode():
             theirs = reference(torch.tensor([ids], device=args.device)).logits[0].float().cpu()
@@ -59,26 +67,47 @@ def main() -> int:
         delta = float((ours - theirs).abs().max())
         generated = engine.generate(ids, SamplingParams(max_tokens=args.max_tokens)).token_ids
         with torch.inference_mode():
-            out = reference.generate(torch.tensor([ids], device=args.device), max_new_tokens=args.max_tokens,
-                                     do_sample=False, eos_token_id=list(engine.eos_token_ids))
-        hf_tokens = out[0, len(ids):].tolist()
+            out = reference.generate(
+                torch.tensor([ids], device=args.device),
+                max_new_tokens=args.max_tokens,
+                do_sample=False,
+                eos_token_id=list(engine.eos_token_ids),
+            )
+        hf_tokens = out[0, len(ids) :].tolist()
         common = 0
         while common < min(len(generated), len(hf_tokens)) and generated[common] == hf_tokens[common]:
             common += 1
-        row = {"prompt": text, "prompt_tokens": len(ids), "top1_agreement": round(top1, 4),
-               "max_abs_logit_delta": round(delta, 4), "greedy_tokens": len(generated),
-               "greedy_identical_prefix": common, "greedy_identical": generated == hf_tokens,
-               "apr_text": tokenizer.decode(generated), "hf_text": tokenizer.decode(hf_tokens)}
+        row = {
+            "prompt": text,
+            "prompt_tokens": len(ids),
+            "top1_agreement": round(top1, 4),
+            "max_abs_logit_delta": round(delta, 4),
+            "greedy_tokens": len(generated),
+            "greedy_identical_prefix": common,
+            "greedy_identical": generated == hf_tokens,
+            "apr_text": tokenizer.decode(generated),
+            "hf_text": tokenizer.decode(hf_tokens),
+        }
         rows.append(row)
-        print(f"{text[:40]:<42} top1 {top1:.4f}  max|Δ| {delta:.3f}  greedy same for {common}/{len(generated)} "
-              f"tokens -> {row['apr_text'][:60]!r}", file=sys.stderr)
-    doc = {"bench": "cuda_parity", "model": str(args.model), "reference": str(args.hf_dir or args.model),
-           "device": torch.cuda.get_device_name() if args.device == "cuda" else args.device,
-           "torch": torch.__version__, "engine": engine.describe(),
-           "top1_agreement_min": min(r["top1_agreement"] for r in rows),
-           "top1_agreement_mean": round(sum(r["top1_agreement"] for r in rows) / len(rows), 4),
-           "max_abs_logit_delta": max(r["max_abs_logit_delta"] for r in rows),
-           "greedy_identical": sum(r["greedy_identical"] for r in rows), "prompts": len(rows), "rows": rows}
+        print(
+            f"{text[:40]:<42} top1 {top1:.4f}  max|Δ| {delta:.3f}  greedy same for {common}/{len(generated)} "
+            f"tokens -> {row['apr_text'][:60]!r}",
+            file=sys.stderr,
+        )
+    doc = {
+        "bench": "cuda_parity",
+        "model": str(args.model),
+        "reference": str(args.hf_dir or args.model),
+        "device": torch.cuda.get_device_name() if args.device == "cuda" else args.device,
+        "torch": torch.__version__,
+        "engine": engine.describe(),
+        "top1_agreement_min": min(r["top1_agreement"] for r in rows),
+        "top1_agreement_mean": round(sum(r["top1_agreement"] for r in rows) / len(rows), 4),
+        "max_abs_logit_delta": max(r["max_abs_logit_delta"] for r in rows),
+        "greedy_identical": sum(r["greedy_identical"] for r in rows),
+        "prompts": len(rows),
+        "rows": rows,
+    }
     print(json.dumps(doc, default=str))
     return 0
 

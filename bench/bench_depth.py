@@ -53,8 +53,14 @@ def ours(args, depths: list[int]) -> dict[int, dict]:
             results[depth] = {"skipped": "this engine cannot prefill on top of a cache (not the native CPU path)"}
             continue
         with torch.inference_mode():
-            cache = SequenceCache(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim,
-                                  capacity_for(positions, model.max_positions), model.dtype, engine.device)
+            cache = SequenceCache(
+                cfg.num_layers,
+                cfg.num_kv_heads,
+                cfg.head_dim,
+                capacity_for(positions, model.max_positions),
+                model.dtype,
+                engine.device,
+            )
             start = time.perf_counter()
             if depth:
                 model.prefill(torch.tensor(context), cache)
@@ -80,20 +86,44 @@ def ours(args, depths: list[int]) -> dict[int, dict]:
                 prefill_s, decode_s = once()
                 prefills.append(prefill_s)
                 decodes.append(decode_s)
-                print(f"  apr depth {depth} rep {len(decodes)}: prefill {args.prompt_tokens / prefill_s:.1f} tok/s, "
-                      f"decode {args.decode_tokens / decode_s:.2f} tok/s", file=sys.stderr)
-        results[depth] = {"reps": len(decodes), "context_prefill_s": round(fill_s, 2),
-                          "prefill_tok_s": {"median": args.prompt_tokens / statistics.median(prefills),
-                                            "p90": args.prompt_tokens / p90(prefills)},
-                          "decode_tok_s": {"median": args.decode_tokens / statistics.median(decodes),
-                                           "p90": args.decode_tokens / p90(decodes)}}
+                print(
+                    f"  apr depth {depth} rep {len(decodes)}: prefill {args.prompt_tokens / prefill_s:.1f} tok/s, "
+                    f"decode {args.decode_tokens / decode_s:.2f} tok/s",
+                    file=sys.stderr,
+                )
+        results[depth] = {
+            "reps": len(decodes),
+            "context_prefill_s": round(fill_s, 2),
+            "prefill_tok_s": {
+                "median": args.prompt_tokens / statistics.median(prefills),
+                "p90": args.prompt_tokens / p90(prefills),
+            },
+            "decode_tok_s": {
+                "median": args.decode_tokens / statistics.median(decodes),
+                "p90": args.decode_tokens / p90(decodes),
+            },
+        }
     return results
 
 
 def llama_bench(args, depths: list[int]) -> dict[int, dict]:
-    command = [str(args.llama_bench), "-m", str(args.model), "-t", str(args.threads), "-p", str(args.prompt_tokens),
-               "-n", str(args.decode_tokens), "-d", ",".join(map(str, depths)), "-r", str(max(args.min_reps, 3)),
-               "-o", "json"]
+    command = [
+        str(args.llama_bench),
+        "-m",
+        str(args.model),
+        "-t",
+        str(args.threads),
+        "-p",
+        str(args.prompt_tokens),
+        "-n",
+        str(args.decode_tokens),
+        "-d",
+        ",".join(map(str, depths)),
+        "-r",
+        str(max(args.min_reps, 3)),
+        "-o",
+        "json",
+    ]
     print(f"llama.cpp: {' '.join(command)}", file=sys.stderr)
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
@@ -104,11 +134,15 @@ def llama_bench(args, depths: list[int]) -> dict[int, dict]:
         samples = sorted(row["samples_ts"], reverse=True)
         metric = "prefill_tok_s" if row["n_prompt"] > 0 and row["n_gen"] == 0 else "decode_tok_s"
         results.setdefault(int(row["n_depth"]), {})[metric] = {
-            "median": statistics.median(samples), "p90": samples[min(len(samples) - 1, round(0.9 * (len(samples) - 1)))],
-            "samples": samples}
+            "median": statistics.median(samples),
+            "p90": samples[min(len(samples) - 1, round(0.9 * (len(samples) - 1)))],
+            "samples": samples,
+        }
         results[int(row["n_depth"])]["reps"] = len(samples)
-    return {depth: results[depth] if "reps" in results[depth] else {"skipped": "llama-bench reported no such depth"}
-            for depth in depths}
+    return {
+        depth: results[depth] if "reps" in results[depth] else {"skipped": "llama-bench reported no such depth"}
+        for depth in depths
+    }
 
 
 def main() -> int:
@@ -121,8 +155,12 @@ def main() -> int:
     parser.add_argument("--min-reps", type=int, default=3)
     parser.add_argument("--min-seconds", type=float, default=5.0)
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--llama-bench", type=Path, default=os.environ.get("LLAMA_BENCH"),
-                        help="llama.cpp's llama-bench binary (default $LLAMA_BENCH; see bench/build_llama_bench.sh)")
+    parser.add_argument(
+        "--llama-bench",
+        type=Path,
+        default=os.environ.get("LLAMA_BENCH"),
+        help="llama.cpp's llama-bench binary (default $LLAMA_BENCH; see bench/build_llama_bench.sh)",
+    )
     args = parser.parse_args()
     try:
         depths = sorted({int(part) for part in args.depths.split(",")})
@@ -138,22 +176,37 @@ def main() -> int:
     if args.llama_bench:
         results["llama.cpp"] = llama_bench(args, depths)
     else:
-        print("llama.cpp: skipped (no --llama-bench / $LLAMA_BENCH; bench/build_llama_bench.sh builds it)", file=sys.stderr)
+        print(
+            "llama.cpp: skipped (no --llama-bench / $LLAMA_BENCH; bench/build_llama_bench.sh builds it)",
+            file=sys.stderr,
+        )
     ratios: dict[str, float] = {}
     print(f"\n{'depth':>6}{'':>2}{'metric':<9}{'apr':>14}{'llama.cpp':>16}{'ratio':>8}   (tok/s median / p90)")
     for depth in depths:
         mine, peer = results["apr"][depth], results.get("llama.cpp", {}).get(depth, {"skipped": "not run"})
         for metric, label in (("prefill_tok_s", "prefill"), ("decode_tok_s", "decode")):
-            cells = [f"{r[metric]['median']:.2f} / {r[metric]['p90']:.1f}" if metric in r else "n/a" for r in (mine, peer)]
+            cells = [
+                f"{r[metric]['median']:.2f} / {r[metric]['p90']:.1f}" if metric in r else "n/a" for r in (mine, peer)
+            ]
             key = f"{metric} apr/llama.cpp @ {depth}"
             if metric in mine and metric in peer:
                 ratios[key] = round(mine[metric]["median"] / peer[metric]["median"], 3)
             ratio = f"{ratios[key]:.2f}x" if key in ratios else "n/a"
             print(f"{depth:>6}{'':>2}{label:<9}{cells[0]:>14}{cells[1]:>16}{ratio:>8}")
-    print(json.dumps({"model": str(args.model), "threads": args.threads, "prompt_tokens": args.prompt_tokens,
-                      "decode_tokens": args.decode_tokens,
-                      "results": {name: {str(d): r for d, r in per.items()} for name, per in results.items()},
-                      "ratios": ratios, "torch": torch.__version__, "machine": platform.machine()}))
+    print(
+        json.dumps(
+            {
+                "model": str(args.model),
+                "threads": args.threads,
+                "prompt_tokens": args.prompt_tokens,
+                "decode_tokens": args.decode_tokens,
+                "results": {name: {str(d): r for d, r in per.items()} for name, per in results.items()},
+                "ratios": ratios,
+                "torch": torch.__version__,
+                "machine": platform.machine(),
+            }
+        )
+    )
     return 0
 
 

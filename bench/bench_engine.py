@@ -29,8 +29,9 @@ from pathlib import Path
 import torch
 
 
-def measure(name: str, once: Callable[[], tuple[float, float]], args,
-            batch_once: Callable[[], float] | None = None) -> dict:
+def measure(
+    name: str, once: Callable[[], tuple[float, float]], args, batch_once: Callable[[], float] | None = None
+) -> dict:
     for _ in range(args.warmup):
         once()
     ttft: list[float] = []
@@ -40,19 +41,26 @@ def measure(name: str, once: Callable[[], tuple[float, float]], args,
         t, d = once()
         ttft.append(t)
         decode.append(d)
-        print(f"  {name} rep {len(ttft)}: prefill {args.prompt_tokens / t:.1f} tok/s, "
-              f"decode {(args.decode_tokens - 1) / d:.2f} tok/s", file=sys.stderr)
+        print(
+            f"  {name} rep {len(ttft)}: prefill {args.prompt_tokens / t:.1f} tok/s, "
+            f"decode {(args.decode_tokens - 1) / d:.2f} tok/s",
+            file=sys.stderr,
+        )
 
     def p90(values):
         ordered = sorted(values)
         return ordered[min(len(ordered) - 1, round(0.9 * (len(ordered) - 1)))]
 
     n = args.decode_tokens - 1
-    result = {"reps": len(ttft),
-              "prefill_tok_s": {"median": args.prompt_tokens / statistics.median(ttft),
-                                "p90": args.prompt_tokens / p90(ttft)},
-              "decode_tok_s": {"median": n / statistics.median(decode), "p90": n / p90(decode)},
-              "ttft_s": {"median": statistics.median(ttft), "p90": p90(ttft)}}
+    result = {
+        "reps": len(ttft),
+        "prefill_tok_s": {
+            "median": args.prompt_tokens / statistics.median(ttft),
+            "p90": args.prompt_tokens / p90(ttft),
+        },
+        "decode_tok_s": {"median": n / statistics.median(decode), "p90": n / p90(decode)},
+        "ttft_s": {"median": statistics.median(ttft), "p90": p90(ttft)},
+    }
     if batch_once is not None:  # aggregate decode of --batch sequences together (prefills untimed)
         for _ in range(args.warmup):
             batch_once()
@@ -60,10 +68,14 @@ def measure(name: str, once: Callable[[], tuple[float, float]], args,
         started = time.perf_counter()
         while len(seconds) < args.min_reps or time.perf_counter() - started < args.min_seconds:
             seconds.append(batch_once())
-            print(f"  {name} batch {args.batch} rep {len(seconds)}: {args.batch * n / seconds[-1]:.1f} tok/s",
-                  file=sys.stderr)
-        result["batch_decode_tok_s"] = {"median": args.batch * n / statistics.median(seconds),
-                                        "p90": args.batch * n / p90(seconds)}
+            print(
+                f"  {name} batch {args.batch} rep {len(seconds)}: {args.batch * n / seconds[-1]:.1f} tok/s",
+                file=sys.stderr,
+            )
+        result["batch_decode_tok_s"] = {
+            "median": args.batch * n / statistics.median(seconds),
+            "p90": args.batch * n / p90(seconds),
+        }
     return result
 
 
@@ -72,8 +84,9 @@ def ours(args, prompt: list[int]):
     from apr.engine.bench import run_batch_once, run_once
 
     start = time.perf_counter()
-    engine = load_engine(args.model, device=args.device, threads=args.threads, compile=args.compile,
-                         dense_prefill=args.dense_prefill)
+    engine = load_engine(
+        args.model, device=args.device, threads=args.threads, compile=args.compile, dense_prefill=args.dense_prefill
+    )
     load_s = time.perf_counter() - start
     batch_once = (lambda: run_batch_once(engine, prompt, args.decode_tokens, args.batch)) if args.batch > 1 else None
     return load_s, lambda: run_once(engine, prompt, args.decode_tokens), engine.describe(), batch_once
@@ -83,8 +96,11 @@ def transformers_bf16(args, prompt: list[int]):
     from transformers import AutoModelForCausalLM
 
     start = time.perf_counter()
-    source = ({"pretrained_model_name_or_path": args.hf_dir} if args.hf_dir else
-              {"pretrained_model_name_or_path": args.model.parent, "gguf_file": args.model.name})
+    source = (
+        {"pretrained_model_name_or_path": args.hf_dir}
+        if args.hf_dir
+        else {"pretrained_model_name_or_path": args.model.parent, "gguf_file": args.model.name}
+    )
     model = AutoModelForCausalLM.from_pretrained(**source, dtype=torch.bfloat16).to(args.device).eval()
     load_s = time.perf_counter() - start
     sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
@@ -104,8 +120,16 @@ def transformers_bf16(args, prompt: list[int]):
         return t1 - t0, time.perf_counter() - t1
 
     batch_once = (lambda: run(args.batch)[1]) if args.batch > 1 else None
-    return load_s, lambda: run(1), {"dtype": "bfloat16", "device": args.device,
-                                    "weights": f"dense bf16 from {args.hf_dir}" if args.hf_dir else "the GGUF's"}, batch_once
+    return (
+        load_s,
+        lambda: run(1),
+        {
+            "dtype": "bfloat16",
+            "device": args.device,
+            "weights": f"dense bf16 from {args.hf_dir}" if args.hf_dir else "the GGUF's",
+        },
+        batch_once,
+    )
 
 
 def llama_cpp_python(args, prompt: list[int]):
@@ -113,8 +137,15 @@ def llama_cpp_python(args, prompt: list[int]):
     from llama_cpp import Llama
 
     start = time.perf_counter()
-    llm = Llama(model_path=str(args.model), n_threads=args.threads, n_threads_batch=args.threads,
-                n_ctx=args.prompt_tokens + args.decode_tokens + 16, n_batch=512, verbose=False, logits_all=False)
+    llm = Llama(
+        model_path=str(args.model),
+        n_threads=args.threads,
+        n_threads_batch=args.threads,
+        n_ctx=args.prompt_tokens + args.decode_tokens + 16,
+        n_batch=512,
+        verbose=False,
+        logits_all=False,
+    )
     load_s = time.perf_counter() - start
 
     def once():
@@ -135,8 +166,21 @@ def llama_bench(args) -> dict:
     """llama.cpp's own benchmark: pp<prompt> and tg<decode> rates (mean and sd over --min-reps runs)."""
     import subprocess
 
-    command = [str(args.llama_bench), "-m", str(args.model), "-t", str(args.threads), "-p", str(args.prompt_tokens),
-               "-n", str(args.decode_tokens), "-r", str(max(args.min_reps, 3)), "-o", "json"]
+    command = [
+        str(args.llama_bench),
+        "-m",
+        str(args.model),
+        "-t",
+        str(args.threads),
+        "-p",
+        str(args.prompt_tokens),
+        "-n",
+        str(args.decode_tokens),
+        "-r",
+        str(max(args.min_reps, 3)),
+        "-o",
+        "json",
+    ]
     print(f"llama.cpp: {' '.join(command)}", file=sys.stderr)
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
@@ -148,14 +192,25 @@ def llama_bench(args) -> dict:
     def rates(row: dict) -> dict:
         # From llama-bench's per-repetition rates: the same median and slow-tail p90 as our figures.
         samples = sorted(row["samples_ts"], reverse=True)
-        return {"median": statistics.median(samples), "p90": samples[min(len(samples) - 1, round(0.9 * (len(samples) - 1)))],
-                "samples": samples}
+        return {
+            "median": statistics.median(samples),
+            "p90": samples[min(len(samples) - 1, round(0.9 * (len(samples) - 1)))],
+            "samples": samples,
+        }
 
     # llama-bench does not report its load time; its prompt is random ids of the same length as ours.
-    return {"reps": len(prefill["samples_ts"]), "tool": "llama-bench", "load_s": None,
-            "prefill_tok_s": rates(prefill), "decode_tok_s": rates(decode),
-            "info": {"build": f"{prefill.get('build_commit')} ({prefill.get('build_number')})",
-                     "cpu": prefill.get("cpu_info"), "type": prefill.get("model_type")}}
+    return {
+        "reps": len(prefill["samples_ts"]),
+        "tool": "llama-bench",
+        "load_s": None,
+        "prefill_tok_s": rates(prefill),
+        "decode_tok_s": rates(decode),
+        "info": {
+            "build": f"{prefill.get('build_commit')} ({prefill.get('build_number')})",
+            "cpu": prefill.get("cpu_info"),
+            "type": prefill.get("model_type"),
+        },
+    }
 
 
 def main() -> int:
@@ -170,14 +225,30 @@ def main() -> int:
     parser.add_argument("--compile", action="store_true", help="torch.compile our decode step")
     parser.add_argument("--dense-prefill", action="store_true", help="keep dense bf16 copies for prompts")
     parser.add_argument("--engines", default="apr,transformers,llama.cpp")
-    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
-                        help="where apr and transformers run (llama.cpp: CPU only here)")
-    parser.add_argument("--hf-dir", type=Path, help="transformers loads this dense bf16 checkpoint (`apr convert "
-                        "MODEL --to safetensors --dtype bf16`) instead of the GGUF")
-    parser.add_argument("--batch", type=int, default=1,
-                        help="above 1: also the aggregate decode rate of this many sequences decoded together")
-    parser.add_argument("--llama-bench", type=Path, default=os.environ.get("LLAMA_BENCH"),
-                        help="llama.cpp's llama-bench binary (default $LLAMA_BENCH; see bench/build_llama_bench.sh)")
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        choices=("cpu", "cuda"),
+        help="where apr and transformers run (llama.cpp: CPU only here)",
+    )
+    parser.add_argument(
+        "--hf-dir",
+        type=Path,
+        help="transformers loads this dense bf16 checkpoint (`apr convert "
+        "MODEL --to safetensors --dtype bf16`) instead of the GGUF",
+    )
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=1,
+        help="above 1: also the aggregate decode rate of this many sequences decoded together",
+    )
+    parser.add_argument(
+        "--llama-bench",
+        type=Path,
+        default=os.environ.get("LLAMA_BENCH"),
+        help="llama.cpp's llama-bench binary (default $LLAMA_BENCH; see bench/build_llama_bench.sh)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -188,7 +259,7 @@ def main() -> int:
     prompt: list[int] = []
     while len(prompt) < args.prompt_tokens:
         prompt += tokenizer.encode(FILLER, add_special_tokens=False)
-    prompt = prompt[:args.prompt_tokens]
+    prompt = prompt[: args.prompt_tokens]
 
     runners = {"apr": ours, "transformers": transformers_bf16, "llama.cpp": llama_cpp_python}
     results: dict[str, dict] = {}
@@ -200,9 +271,11 @@ def main() -> int:
             try:
                 import llama_cpp  # noqa: F401
             except ImportError:
-                print("llama.cpp: skipped (no --llama-bench / $LLAMA_BENCH, and llama-cpp-python is not installed; "
-                      "bench/build_llama_bench.sh builds llama-bench)",
-                      file=sys.stderr)
+                print(
+                    "llama.cpp: skipped (no --llama-bench / $LLAMA_BENCH, and llama-cpp-python is not installed; "
+                    "bench/build_llama_bench.sh builds llama-bench)",
+                    file=sys.stderr,
+                )
                 results[name] = {"skipped": "llama-cpp-python not installed"}
                 continue
         print(f"{name}: loading", file=sys.stderr)
@@ -215,8 +288,10 @@ def main() -> int:
             print(f"{name:<14}  skipped: {r['skipped']}")
             continue
         load = f"{r['load_s']:>8.1f}" if r.get("load_s") is not None else f"{'n/a':>8}"
-        print(f"{name:<14}{load}{r['prefill_tok_s']['median']:>10.1f} /{r['prefill_tok_s']['p90']:>5.0f}"
-              f"{r['decode_tok_s']['median']:>9.2f} /{r['decode_tok_s']['p90']:>5.1f}")
+        print(
+            f"{name:<14}{load}{r['prefill_tok_s']['median']:>10.1f} /{r['prefill_tok_s']['p90']:>5.0f}"
+            f"{r['decode_tok_s']['median']:>9.2f} /{r['decode_tok_s']['p90']:>5.1f}"
+        )
     ratios = {}
     if "apr" in results and "reps" in results["apr"]:
         for other in ("transformers", "llama.cpp"):
@@ -225,19 +300,32 @@ def main() -> int:
                     if metric not in results["apr"] or metric not in results[other]:
                         continue
                     ratios[f"{metric} apr/{other}"] = round(
-                        results["apr"][metric]["median"] / results[other][metric]["median"], 3)
+                        results["apr"][metric]["median"] / results[other][metric]["median"], 3
+                    )
     for key, value in ratios.items():
         print(f"ratio {key}: {value:.2f}x")
     for name, r in results.items():
         if "batch_decode_tok_s" in r:
-            print(f"{name:<14}batch {args.batch} decode {r['batch_decode_tok_s']['median']:.1f} tok/s aggregate (median)")
+            print(
+                f"{name:<14}batch {args.batch} decode {r['batch_decode_tok_s']['median']:.1f} tok/s aggregate (median)"
+            )
     if args.device == "cuda":
         doc_gpu = torch.cuda.get_device_name()
         print(f"gpu: {doc_gpu}")
-    doc = {"bench": "bench_engine", "model": str(args.model), "threads": args.threads, "device": args.device,
-           "batch": args.batch, **({"gpu": torch.cuda.get_device_name()} if args.device == "cuda" else {}),
-           "prompt_tokens": args.prompt_tokens, "decode_tokens": args.decode_tokens, "results": results,
-           "ratios": ratios, "torch": torch.__version__, "machine": platform.machine()}
+    doc = {
+        "bench": "bench_engine",
+        "model": str(args.model),
+        "threads": args.threads,
+        "device": args.device,
+        "batch": args.batch,
+        **({"gpu": torch.cuda.get_device_name()} if args.device == "cuda" else {}),
+        "prompt_tokens": args.prompt_tokens,
+        "decode_tokens": args.decode_tokens,
+        "results": results,
+        "ratios": ratios,
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+    }
     print(json.dumps(doc, default=str))
     return 0
 

@@ -41,7 +41,7 @@ READY = re.compile(r"apr serve: ready at (http://\S+)")
 PROMPTS = [
     "Once upon a time, in a small village by the sea, there lived",
     "The history of the Roman Empire can be summarised as follows:",
-    "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
+    'def fibonacci(n):\n    """Return the n-th Fibonacci number."""\n',
     "A list of ten fruits, one per line:\n1.",
     "The three laws of thermodynamics are",
     "Dear hiring manager, I am writing to apply for",
@@ -61,8 +61,13 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def summary(values: list[float]) -> dict[str, float]:
-    return {"median": round(statistics.median(values), 4), "p90": round(percentile(values, 0.9), 4),
-            "min": round(min(values), 4), "max": round(max(values), 4), "n": len(values)}
+    return {
+        "median": round(statistics.median(values), 4),
+        "p90": round(percentile(values, 0.9), 4),
+        "min": round(min(values), 4),
+        "max": round(max(values), 4),
+        "n": len(values),
+    }
 
 
 @dataclass
@@ -83,8 +88,19 @@ class StreamTiming:
 
 
 def start_server(model: str, batch_size: int, device: str) -> tuple[subprocess.Popen, str]:
-    argv = [sys.executable, "-m", "apr.cli.main", "serve", model, "--port", "0", "--batch-size", str(batch_size),
-            "--device", device]
+    argv = [
+        sys.executable,
+        "-m",
+        "apr.cli.main",
+        "serve",
+        model,
+        "--port",
+        "0",
+        "--batch-size",
+        str(batch_size),
+        "--device",
+        device,
+    ]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     assert proc.stdout is not None  # stdout=PIPE
     for line in iter(proc.stdout.readline, ""):
@@ -98,8 +114,9 @@ def stream_completion(client: openai.OpenAI, model: str, prompt: str, max_tokens
     # logprobs=0 makes the server send one chunk per token, even while text is held back.
     start = time.perf_counter()
     times, parts = [], []
-    for chunk in client.completions.create(model=model, prompt=prompt, max_tokens=max_tokens, temperature=0.0,
-                                           stream=True, logprobs=0):
+    for chunk in client.completions.create(
+        model=model, prompt=prompt, max_tokens=max_tokens, temperature=0.0, stream=True, logprobs=0
+    ):
         if chunk.choices:
             times.append(time.perf_counter())
             parts.append(chunk.choices[0].text)
@@ -131,9 +148,12 @@ def concurrent_streams(url, model, clients: int, max_tokens: int, repeats: int):
         poller = threading.Thread(target=poll_health, args=(url, stop, health_ms))
         poller.start()
         with ThreadPoolExecutor(clients) as pool:
-            timings = list(pool.map(
-                lambda i: stream_completion(make_client(url), model, PROMPTS[i % len(PROMPTS)], max_tokens),
-                range(clients)))
+            timings = list(
+                pool.map(
+                    lambda i: stream_completion(make_client(url), model, PROMPTS[i % len(PROMPTS)], max_tokens),
+                    range(clients),
+                )
+            )
         stop.set()
         poller.join()
         window_start = max(t.token_times[0] for t in timings)
@@ -171,8 +191,9 @@ def references(client, model, max_tokens: int) -> dict[tuple[str, str], str]:
     for prompt in PROMPTS:
         reply = client.completions.create(model=model, prompt=prompt, max_tokens=max_tokens, temperature=0.0)
         expected[("completion", prompt)] = reply.choices[0].text
-        chat = client.chat.completions.create(model=model, messages=[{"role": "user", "content": prompt}],
-                                              max_tokens=max_tokens, temperature=0.0)
+        chat = client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens, temperature=0.0
+        )
         expected[("chat", prompt)] = chat.choices[0].message.content
     return expected
 
@@ -181,23 +202,27 @@ def one_request(client, model, kind: str, prompt: str, stream: bool, max_tokens:
     """(text, finish_reason) of one greedy request, plain or streamed."""
     if kind == "completion":
         if not stream:
-            choice = client.completions.create(model=model, prompt=prompt, max_tokens=max_tokens,
-                                               temperature=0.0).choices[0]
+            choice = client.completions.create(
+                model=model, prompt=prompt, max_tokens=max_tokens, temperature=0.0
+            ).choices[0]
             return choice.text, choice.finish_reason
         parts, finish = [], None
-        for chunk in client.completions.create(model=model, prompt=prompt, max_tokens=max_tokens, temperature=0.0,
-                                               stream=True):
+        for chunk in client.completions.create(
+            model=model, prompt=prompt, max_tokens=max_tokens, temperature=0.0, stream=True
+        ):
             parts.append(chunk.choices[0].text)
             finish = chunk.choices[0].finish_reason or finish
         return "".join(parts), finish
     messages = [{"role": "user", "content": prompt}]
     if not stream:
-        choice = client.chat.completions.create(model=model, messages=messages, max_tokens=max_tokens,
-                                                temperature=0.0).choices[0]
+        choice = client.chat.completions.create(
+            model=model, messages=messages, max_tokens=max_tokens, temperature=0.0
+        ).choices[0]
         return choice.message.content, choice.finish_reason
     parts, finish = [], None
-    for chunk in client.chat.completions.create(model=model, messages=messages, max_tokens=max_tokens,
-                                                temperature=0.0, stream=True):
+    for chunk in client.chat.completions.create(
+        model=model, messages=messages, max_tokens=max_tokens, temperature=0.0, stream=True
+    ):
         if chunk.choices:
             parts.append(chunk.choices[0].delta.content or "")
             finish = chunk.choices[0].finish_reason or finish
@@ -299,9 +324,17 @@ def main() -> None:
     report = {
         "bench": "serve_load",
         "model": args.model,
-        "environment": {"python": platform.python_version(), "cpus": os.cpu_count(), "device": health["device"],
-                        "format": health["format"], "batch_size": args.batch_size, "clients": args.clients,
-                        "max_tokens": args.max_tokens, "repeats": args.repeats, "warmup": args.warmup},
+        "environment": {
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "device": health["device"],
+            "format": health["format"],
+            "batch_size": args.batch_size,
+            "clients": args.clients,
+            "max_tokens": args.max_tokens,
+            "repeats": args.repeats,
+            "warmup": args.warmup,
+        },
         "single_stream_decode_tok_s": summary(single),
         "concurrent_decode_tok_s": summary(multi),
         "batching_speedup": round(speedup, 3),
@@ -318,9 +351,11 @@ def main() -> None:
             "no_lost_or_garbled": load["lost"] == 0 and load["garbled"] == 0,
         },
     }
-    print(f"single stream {statistics.median(single):.2f} tok/s; {args.clients} streams "
-          f"{statistics.median(multi):.2f} tok/s (x{speedup:.2f}); /health p90 {percentile(health_ms, 0.9):.1f} ms; "
-          f"10-token completion {statistics.median(short):.2f} s; load {load['ok']}/{load['requests']} ok")
+    print(
+        f"single stream {statistics.median(single):.2f} tok/s; {args.clients} streams "
+        f"{statistics.median(multi):.2f} tok/s (x{speedup:.2f}); /health p90 {percentile(health_ms, 0.9):.1f} ms; "
+        f"10-token completion {statistics.median(short):.2f} s; load {load['ok']}/{load['requests']} ok"
+    )
     print(json.dumps(report))
 
 

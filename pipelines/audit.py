@@ -29,11 +29,16 @@ def run_audit_notebook(model: str, output_dir: Path, *, notebook: Path = AUDIT_N
     executed = output_dir / "audit.ipynb"
     try:
         papermill.execute_notebook(
-            str(notebook), str(executed),
+            str(notebook),
+            str(executed),
             parameters={"model": model, "evidence_path": EVIDENCE_NAME, "output_dir": "."},
-            kernel_name=KERNEL, cwd=str(output_dir), progress_bar=False, log_output=False,
+            kernel_name=KERNEL,
+            cwd=str(output_dir),
+            progress_bar=False,
+            log_output=False,
         )
     except PapermillExecutionError as err:
-        raise AprError(f"{notebook}: audit of {model} failed in cell {err.exec_count}: {err.ename}: {err.evalue}; "
-                       f"see {executed}") from None
+        raise AprError(
+            f"{notebook}: audit of {model} failed in cell {err.exec_count}: {err.ename}: {err.evalue}; see {executed}"
+        ) from None
     return executed

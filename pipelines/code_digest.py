@@ -18,8 +18,9 @@ SOURCE_SUFFIXES = (".py", ".c", ".h")
 
 def package_sources(subpackage: str) -> list[Path]:
     root = APR_SOURCE / subpackage
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in SOURCE_SUFFIXES
-                  and "__pycache__" not in p.parts)
+    return sorted(
+        p for p in root.rglob("*") if p.is_file() and p.suffix in SOURCE_SUFFIXES and "__pycache__" not in p.parts
+    )
 
 
 @cache

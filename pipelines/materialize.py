@@ -34,8 +34,10 @@ def partition_for(playbooks_dir: Path, name: str) -> str:
     if len(matches) == 1:
         return matches[0]
     known = ", ".join(found) or "none"
-    raise AprError(f"{name!r} is neither a model partition nor the ref of exactly one playbook in {playbooks_dir} "
-                   f"(partitions: {known})")
+    raise AprError(
+        f"{name!r} is neither a model partition nor the ref of exactly one playbook in {playbooks_dir} "
+        f"(partitions: {known})"
+    )
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -43,8 +45,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("models", nargs="+", help="partition keys or model refs, e.g. smollm2-135m or smollm2:135m")
     parser.add_argument("--work-root", type=Path, default=None, help="work root (default $APR_WORK or .apr-work/)")
     parser.add_argument("--certifications", type=Path, default=None, help="published folder (default certifications/)")
-    parser.add_argument("--playbooks", type=Path, default=DEFAULT_PLAYBOOKS_DIR,
-                        help="folder of model playbooks, one partition each (default playbooks/models)")
+    parser.add_argument(
+        "--playbooks",
+        type=Path,
+        default=DEFAULT_PLAYBOOKS_DIR,
+        help="folder of model playbooks, one partition each (default playbooks/models)",
+    )
     parser.add_argument("--no-table", action="store_true", help="skip rebuilding certification_table")
     return parser.parse_args(argv)
 
@@ -77,15 +83,27 @@ def run(argv: list[str] | None = None) -> int:
     with dg.DagsterInstance.from_config(str(home)) as instance:
         for key in keys:
             started = time.monotonic()
-            result = dg.materialize(assets, selection=per_model, partition_key=key, instance=instance,
-                                    resources=resources, raise_on_error=False, tags={"apr/model": key})
+            result = dg.materialize(
+                assets,
+                selection=per_model,
+                partition_key=key,
+                instance=instance,
+                resources=resources,
+                raise_on_error=False,
+                tags={"apr/model": key},
+            )
             report(key, result, time.monotonic() - started)
             if not result.success:
                 failed.append(key)
         if not args.no_table:
             started = time.monotonic()
-            result = dg.materialize(assets, selection=dg.AssetSelection.assets("certification_table"),
-                                    instance=instance, resources=resources, raise_on_error=False)
+            result = dg.materialize(
+                assets,
+                selection=dg.AssetSelection.assets("certification_table"),
+                instance=instance,
+                resources=resources,
+                raise_on_error=False,
+            )
             report("certification_table", result, time.monotonic() - started)
             if not result.success:
                 failed.append("certification_table")
@@ -101,14 +119,19 @@ def report(what: str, result, seconds: float) -> None:
         materialization = event.event_specific_data.materialization
         metadata = materialization.metadata
         reused = metadata.get("reused")
-        shown = {name: metadata[name].value for name in ("MQS", "grade", "status", "bytes", "tok/s", "cells", "records")
-                 if name in metadata}
+        shown = {
+            name: metadata[name].value
+            for name in ("MQS", "grade", "status", "bytes", "tok/s", "cells", "records")
+            if name in metadata
+        }
         state = "reused" if reused is not None and reused.value else "built"
         print(f"  {materialization.asset_key.to_user_string():<18} {state:<6} {shown}")
     for evaluation in result.get_asset_check_evaluations():
         verdict = "passed" if evaluation.passed else "FAILED"
-        print(f"  check {evaluation.asset_key.to_user_string()}:{evaluation.check_name} {verdict}"
-              + ("" if evaluation.passed else f" ({evaluation.description})"))
+        print(
+            f"  check {evaluation.asset_key.to_user_string()}:{evaluation.check_name} {verdict}"
+            + ("" if evaluation.passed else f" ({evaluation.description})")
+        )
     print(f"{what}: {'success' if result.success else 'FAILED'} in {seconds:.1f} s")
 
 

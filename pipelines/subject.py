@@ -30,7 +30,9 @@ def subject_for(playbook, checkpoint: StageRecord, artifacts: dict[str, StageRec
     from apr.qa.axes import Format
 
     source = Format(checkpoint.facts["format"])
-    files = Artifacts(source=source,
-                      paths={Format(name): Path(record.facts["path"]) for name, record in artifacts.items()},
-                      digests={Format(name): artifact_sha256(record) for name, record in artifacts.items()})
+    files = Artifacts(
+        source=source,
+        paths={Format(name): Path(record.facts["path"]) for name, record in artifacts.items()},
+        digests={Format(name): artifact_sha256(record) for name, record in artifacts.items()},
+    )
     return stages.subject_of(playbook, files, cuda=cuda, workers=max(workers, playbook.execution.workers))

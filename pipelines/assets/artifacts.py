@@ -41,8 +41,9 @@ def artifact_files(path: Path) -> dict[str, FileRef]:
     return files
 
 
-def materialize_format(source: Path, source_format: str, target_format: str, staging: Path,
-                       dtype: str | None) -> tuple[Path, dict]:
+def materialize_format(
+    source: Path, source_format: str, target_format: str, staging: Path, dtype: str | None
+) -> tuple[Path, dict]:
     """Write the checkpoint as ``target_format`` into ``staging``; same format means a link, not a rewrite."""
     target = staging / ARTIFACT_NAMES[target_format]
     if source_format == target_format:
@@ -59,8 +60,12 @@ def materialize_format(source: Path, source_format: str, target_format: str, sta
 
     report = convert_format(source, Format(target_format), target, dtype=dtype, report=True)
     # The per-tensor table stays in the report file next to the artifact; the summary goes in the manifest.
-    return target, {"converted": True, "dtype": report.dtype, "seconds": report.seconds,
-                    "conversion": report.to_json()["summary"]}
+    return target, {
+        "converted": True,
+        "dtype": report.dtype,
+        "seconds": report.seconds,
+        "conversion": report.to_json()["summary"],
+    }
 
 
 def build_artifact(target_format: str, partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
@@ -73,8 +78,14 @@ def build_artifact(target_format: str, partitions: dg.PartitionsDefinition) -> d
         group_name="certification",
         kinds={target_format},
         ins={"checkpoint": dg.AssetIn("checkpoint")},
-        check_specs=[dg.AssetCheckSpec(check_name, asset=target_format, blocking=True,
-                                       description=f"G1: the {target_format} artifact loads with the checkpoint's tensor set")],
+        check_specs=[
+            dg.AssetCheckSpec(
+                check_name,
+                asset=target_format,
+                blocking=True,
+                description=f"G1: the {target_format} artifact loads with the checkpoint's tensor set",
+            )
+        ],
         description=f"The checkpoint written as {target_format} by apr.formats (a link when it already is one).",
     )
     def artifact(context: dg.AssetExecutionContext, settings: AprSettings, work: WorkRoot, checkpoint: StageRecord):
@@ -88,21 +99,32 @@ def build_artifact(target_format: str, partitions: dg.PartitionsDefinition) -> d
             with layout.staging_dir(target_format, key, "out") as staging:
                 _, facts = materialize_format(source, source_format, target_format, staging, dtype)
             produced = directory / "out" / ARTIFACT_NAMES[target_format]
-            return StageResult(files=artifact_files(produced),
-                               facts={"format": target_format, "path": str(produced), "dtype": "keep", **facts})
+            return StageResult(
+                files=artifact_files(produced),
+                facts={"format": target_format, "path": str(produced), "dtype": "keep", **facts},
+            )
 
-        record = run_stage(layout, asset=target_format, partition=key, code_version=CODE_VERSION,
-                           inputs={"checkpoint": checkpoint.data_version, "dtype": dtype,
-                                   "apr": apr_code_digest("formats")}, build=build)
+        record = run_stage(
+            layout,
+            asset=target_format,
+            partition=key,
+            code_version=CODE_VERSION,
+            inputs={"checkpoint": checkpoint.data_version, "dtype": dtype, "apr": apr_code_digest("formats")},
+            build=build,
+        )
         path = Path(record.facts["path"])
         weights = {name: ref for name, ref in record.files.items() if name.startswith("artifact")}
-        yield stage_output(record, None, {
-            "sha256": dg.MetadataValue.text(artifact_sha256(record)),
-            "bytes": dg.MetadataValue.int(sum(ref.bytes for ref in weights.values())),
-            "path": dg.MetadataValue.path(str(path)),
-            "converted": dg.MetadataValue.bool(bool(record.facts.get("converted"))),
-            "dtype": dg.MetadataValue.text(record.facts["dtype"]),
-        })
+        yield stage_output(
+            record,
+            None,
+            {
+                "sha256": dg.MetadataValue.text(artifact_sha256(record)),
+                "bytes": dg.MetadataValue.int(sum(ref.bytes for ref in weights.values())),
+                "path": dg.MetadataValue.path(str(path)),
+                "converted": dg.MetadataValue.bool(bool(record.facts.get("converted"))),
+                "dtype": dg.MetadataValue.text(record.facts["dtype"]),
+            },
+        )
         yield load_check(target_format, check_name, path, expected_tensors=tensor_names(source))
 
     return artifact

@@ -44,8 +44,12 @@ def certify_folder(model: str, folder: Path) -> dict:
     stages.report(records, mqs, folder, title=f"apr certification: {model}")
     run_audit_notebook(model, folder)
     return {
-        "mqs": mqs.score, "raw": mqs.raw, "grade": mqs.grade, "status": mqs.status.value,
-        "gateways_passed": mqs.gateways_passed, "records": mqs.total_records,
+        "mqs": mqs.score,
+        "raw": mqs.raw,
+        "grade": mqs.grade,
+        "status": mqs.status.value,
+        "gateways_passed": mqs.gateways_passed,
+        "records": mqs.total_records,
         "outcomes": {str(outcome): count for outcome, count in mqs.outcomes.items()},
         "blockers": list(mqs.blockers),
     }
@@ -75,23 +79,35 @@ def build_certification(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinit
             publish(folder, published)
             return StageResult(files=folder_files(published), facts={**facts, "published": str(published)})
 
-        record = run_stage(layout, asset=ASSET, partition=key, code_version=CODE_VERSION,
-                           inputs={"evidence": gate_results.files["evidence"].sha256,
-                                   "notebook": sha256_file(AUDIT_NOTEBOOK), "published": str(published),
-                                   "apr": apr_code_digest("qa")},
-                           build=build)
+        record = run_stage(
+            layout,
+            asset=ASSET,
+            partition=key,
+            code_version=CODE_VERSION,
+            inputs={
+                "evidence": gate_results.files["evidence"].sha256,
+                "notebook": sha256_file(AUDIT_NOTEBOOK),
+                "published": str(published),
+                "apr": apr_code_digest("qa"),
+            },
+            build=build,
+        )
         facts = record.facts
-        return stage_output(record, EVIDENCE_NAME, {
-            "MQS": dg.MetadataValue.int(facts["mqs"]),
-            "grade": dg.MetadataValue.text(facts["grade"]),
-            "status": dg.MetadataValue.text(facts["status"]),
-            "records": dg.MetadataValue.int(facts["records"]),
-            "gateways_passed": dg.MetadataValue.bool(facts["gateways_passed"]),
-            "blockers": dg.MetadataValue.text("; ".join(facts["blockers"]) or "none"),
-            "folder": dg.MetadataValue.path(facts["published"]),
-            "report": dg.MetadataValue.path(str(Path(facts["published"]) / REPORT_NAME)),
-            "audit_notebook": dg.MetadataValue.path(str(Path(facts["published"]) / "audit.ipynb")),
-        })
+        return stage_output(
+            record,
+            EVIDENCE_NAME,
+            {
+                "MQS": dg.MetadataValue.int(facts["mqs"]),
+                "grade": dg.MetadataValue.text(facts["grade"]),
+                "status": dg.MetadataValue.text(facts["status"]),
+                "records": dg.MetadataValue.int(facts["records"]),
+                "gateways_passed": dg.MetadataValue.bool(facts["gateways_passed"]),
+                "blockers": dg.MetadataValue.text("; ".join(facts["blockers"]) or "none"),
+                "folder": dg.MetadataValue.path(facts["published"]),
+                "report": dg.MetadataValue.path(str(Path(facts["published"]) / REPORT_NAME)),
+                "audit_notebook": dg.MetadataValue.path(str(Path(facts["published"]) / "audit.ipynb")),
+            },
+        )
 
     return certification
 
@@ -116,17 +132,33 @@ def build_certification_table(partitions: dg.PartitionsDefinition) -> dg.AssetsD
         def build(_: Path) -> StageResult:
             # apr renders the tables from every evidence.jsonl under the certifications folder.
             rows = stages.tables(target)
-            return StageResult(files={name: file_ref(target / name) for name in TABLE_FILES},
-                               facts={"models": sorted(f"{row.model} ({row.tier})" for row in rows),
-                                      "statuses": {f"{row.model} ({row.tier})": row.status for row in rows}})
+            return StageResult(
+                files={name: file_ref(target / name) for name in TABLE_FILES},
+                facts={
+                    "models": sorted(f"{row.model} ({row.tier})" for row in rows),
+                    "statuses": {f"{row.model} ({row.tier})": row.status for row in rows},
+                },
+            )
 
-        record = run_stage(layout, asset=TABLE_ASSET, partition=None, code_version=CODE_VERSION,
-                           inputs={"certifications": {key: rec.data_version for key, rec in certification.items()},
-                                   "folder": str(target)}, build=build)
-        return stage_output(record, "models.csv", {
-            "models": dg.MetadataValue.int(len(record.facts["models"])),
-            "statuses": dg.MetadataValue.json(record.facts["statuses"]),
-            "index": dg.MetadataValue.path(record.files["index.html"].path),
-        })
+        record = run_stage(
+            layout,
+            asset=TABLE_ASSET,
+            partition=None,
+            code_version=CODE_VERSION,
+            inputs={
+                "certifications": {key: rec.data_version for key, rec in certification.items()},
+                "folder": str(target),
+            },
+            build=build,
+        )
+        return stage_output(
+            record,
+            "models.csv",
+            {
+                "models": dg.MetadataValue.int(len(record.facts["models"])),
+                "statuses": dg.MetadataValue.json(record.facts["statuses"]),
+                "index": dg.MetadataValue.path(record.files["index.html"].path),
+            },
+        )
 
     return certification_table

@@ -28,8 +28,11 @@ def build_checkpoint(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition
         code_version=CODE_VERSION,
         group_name="certification",
         kinds={"apr"},
-        check_specs=[dg.AssetCheckSpec("loads", asset=ASSET, blocking=True,
-                                       description="G1: the pulled checkpoint opens as a valid model")],
+        check_specs=[
+            dg.AssetCheckSpec(
+                "loads", asset=ASSET, blocking=True, description="G1: the pulled checkpoint opens as a valid model"
+            )
+        ],
         description="The model the playbook names, pulled (or found) in the apr cache with its sha256 verified.",
     )
     def checkpoint(context: dg.AssetExecutionContext, settings: AprSettings, work: WorkRoot):
@@ -45,19 +48,34 @@ def build_checkpoint(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition
         def build(_: Path) -> StageResult:
             return StageResult(
                 files=model_files(pulled.path, pulled.sha256),
-                facts={"ref": ref, "path": str(pulled.path), "format": str(pulled.format),
-                       "sha256": pulled.sha256, "bytes": size},
+                facts={
+                    "ref": ref,
+                    "path": str(pulled.path),
+                    "format": str(pulled.format),
+                    "sha256": pulled.sha256,
+                    "bytes": size,
+                },
             )
 
-        record = run_stage(work.layout(), asset=ASSET, partition=key, code_version=CODE_VERSION,
-                           inputs={"ref": ref, "sha256": pulled.sha256}, build=build)
-        yield stage_output(record, None, {
-            "ref": dg.MetadataValue.text(ref),
-            "format": dg.MetadataValue.text(str(pulled.format)),
-            "sha256": dg.MetadataValue.text(pulled.sha256),
-            "bytes": dg.MetadataValue.int(size),
-            "path": dg.MetadataValue.path(str(pulled.path)),
-        })
+        record = run_stage(
+            work.layout(),
+            asset=ASSET,
+            partition=key,
+            code_version=CODE_VERSION,
+            inputs={"ref": ref, "sha256": pulled.sha256},
+            build=build,
+        )
+        yield stage_output(
+            record,
+            None,
+            {
+                "ref": dg.MetadataValue.text(ref),
+                "format": dg.MetadataValue.text(str(pulled.format)),
+                "sha256": dg.MetadataValue.text(pulled.sha256),
+                "bytes": dg.MetadataValue.int(size),
+                "path": dg.MetadataValue.path(str(pulled.path)),
+            },
+        )
         yield load_check(ASSET, "loads", pulled.path)
 
     return checkpoint

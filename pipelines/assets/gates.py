@@ -21,8 +21,11 @@ def decode_speeds(records) -> dict[str, float]:
     """Decode tok/s per ``format/backend`` as the THROUGHPUT gate measured it (`apr bench`)."""
     from apr.qa.gates.catalog import GateId
 
-    return {f"{r.scenario.format}/{r.scenario.backend}": r.measured for r in records
-            if r.gate is GateId.THROUGHPUT and r.measured is not None}
+    return {
+        f"{r.scenario.format}/{r.scenario.backend}": r.measured
+        for r in records
+        if r.gate is GateId.THROUGHPUT and r.measured is not None
+    }
 
 
 def run_gates(subject, cells: Path, directory: Path) -> StageResult:
@@ -40,9 +43,15 @@ def run_gates(subject, cells: Path, directory: Path) -> StageResult:
     records = stages.gate(subject, directory / EVIDENCE_NAME, copy_cells).records
     outcomes = Counter(str(record.outcome) for record in records)
     gates = Counter(str(record.gate) for record in records)
-    return StageResult(files={"evidence": file_ref(directory / EVIDENCE_NAME)},
-                       facts={"records": len(records), "outcomes": dict(outcomes), "gates": dict(sorted(gates.items())),
-                              "decode_tok_s": decode_speeds(records)})
+    return StageResult(
+        files={"evidence": file_ref(directory / EVIDENCE_NAME)},
+        facts={
+            "records": len(records),
+            "outcomes": dict(outcomes),
+            "gates": dict(sorted(gates.items())),
+            "decode_tok_s": decode_speeds(records),
+        },
+    )
 
 
 def build_gate_results(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
@@ -54,11 +63,18 @@ def build_gate_results(partitions: dg.PartitionsDefinition) -> dg.AssetsDefiniti
         kinds={"python"},
         ins={name: dg.AssetIn(name) for name in ("checkpoint", "gguf", "apr", "safetensors", "inference_traces")},
         description="evidence.jsonl: every cell's records plus apr.qa's model-level gates (integrity, contract, "
-                    "structure, parity, golden output...) and runtime gates (determinism, throughput, GPU speedup).",
+        "structure, parity, golden output...) and runtime gates (determinism, throughput, GPU speedup).",
     )
-    def gate_results(context: dg.AssetExecutionContext, settings: AprSettings, work: WorkRoot,
-                     checkpoint: StageRecord, gguf: StageRecord, apr: StageRecord, safetensors: StageRecord,
-                     inference_traces: StageRecord):
+    def gate_results(
+        context: dg.AssetExecutionContext,
+        settings: AprSettings,
+        work: WorkRoot,
+        checkpoint: StageRecord,
+        gguf: StageRecord,
+        apr: StageRecord,
+        safetensors: StageRecord,
+        inference_traces: StageRecord,
+    ):
         import torch
 
         key = context.partition_key
@@ -67,14 +83,23 @@ def build_gate_results(partitions: dg.PartitionsDefinition) -> dg.AssetsDefiniti
         cuda = bool(torch.cuda.is_available())
         subject = subject_for(playbook, checkpoint, artifacts, workers=settings.workers, cuda=cuda)
         inputs = {
-            "gates": playbook.gates.model_dump(mode="json"), "model": playbook.model.model_dump(mode="json"),
-            "backends": [str(backend) for backend in playbook.matrix.backends], "cuda": cuda,
-            "checkpoint": checkpoint.data_version, "apr": apr_code_digest("engine", "formats", "qa"),
+            "gates": playbook.gates.model_dump(mode="json"),
+            "model": playbook.model.model_dump(mode="json"),
+            "backends": [str(backend) for backend in playbook.matrix.backends],
+            "cuda": cuda,
+            "checkpoint": checkpoint.data_version,
+            "apr": apr_code_digest("engine", "formats", "qa"),
             "artifacts": {name: record.data_version for name, record in artifacts.items()},
             "cells": inference_traces.files["evidence"].sha256,
         }
-        record = run_stage(work.layout(), asset=ASSET, partition=key, code_version=CODE_VERSION, inputs=inputs,
-                           build=lambda directory: run_gates(subject, inference_traces.path("evidence"), directory))
+        record = run_stage(
+            work.layout(),
+            asset=ASSET,
+            partition=key,
+            code_version=CODE_VERSION,
+            inputs=inputs,
+            build=lambda directory: run_gates(subject, inference_traces.path("evidence"), directory),
+        )
         metadata: dict[str, dg.MetadataValue] = {
             "records": dg.MetadataValue.int(record.facts["records"]),
             "outcomes": dg.MetadataValue.json(record.facts["outcomes"]),

@@ -33,12 +33,21 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("APR_ENGINE_CACHE_GB", "12", "size limit of the packed-weight cache under $APR_HOME/engine-cache"),
     Variable("APR_HUGE_PAGES", "1", "0 turns off transparent huge pages for packed weights"),
     Variable("APR_NATIVE_KERNELS", "1", "0 turns off the native C kernels (the pure-PyTorch path runs)"),
-    Variable("APR_NATIVE_VARIANT", "(the best this CPU runs)",
-             "force a native kernel build: avxvnni, avx512vnni or avx2 (refused if the CPU lacks it)"),
+    Variable(
+        "APR_NATIVE_VARIANT",
+        "(the best this CPU runs)",
+        "force a native kernel build: avxvnni, avx512vnni or avx2 (refused if the CPU lacks it)",
+    ),
     Variable("CC", "cc, then gcc on PATH", "the C compiler that builds the native kernels"),
     Variable("HF_HUB_OFFLINE", "(unset)", "1/true: hf:// refs come only from the local Hugging Face cache"),
-    Variable("TORCHINDUCTOR_CACHE_DIR", "$APR_HOME/compile-cache", "where torch.compile (`--compile`) keeps its kernels"),
-    Variable("DAGSTER_HOME", "dagster_home/ in the repository", "the Dagster instance `pipelines.materialize` records runs in"),
+    Variable(
+        "TORCHINDUCTOR_CACHE_DIR", "$APR_HOME/compile-cache", "where torch.compile (`--compile`) keeps its kernels"
+    ),
+    Variable(
+        "DAGSTER_HOME",
+        "dagster_home/ in the repository",
+        "the Dagster instance `pipelines.materialize` records runs in",
+    ),
 )
 
 

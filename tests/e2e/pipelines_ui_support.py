@@ -41,7 +41,8 @@ class DagsterServer:
 
     def graphql(self, query: str) -> dict:
         request = urllib.request.Request(
-            f"{self.url}/graphql", data=json.dumps({"query": query}).encode(),
+            f"{self.url}/graphql",
+            data=json.dumps({"query": query}).encode(),
             headers={"Content-Type": "application/json"},
         )
         with urllib.request.urlopen(request, timeout=60) as response:
@@ -71,7 +72,11 @@ def start_dagster_dev(home: Path, work_root: Path, log_path: Path) -> DagsterSer
     log = log_path.open("w", encoding="utf-8")
     process = subprocess.Popen(
         [str(VENV_BIN / "dagster"), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
-        cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     server = DagsterServer(process=process, url=f"http://127.0.0.1:{port}", log_path=log_path)
     deadline = time.monotonic() + READY_TIMEOUT_S
@@ -105,9 +110,14 @@ def install_chromium() -> tuple[str | None, str]:
         return None, "chromium is not installed and apt-get is not available to install it"
     if os.geteuid() != 0:
         return None, "chromium is not installed and apt-get needs root to install it"
-    for argv in ([apt, "install", "-y", "-q", "chromium"], [apt, "update", "-q"], [apt, "install", "-y", "-q", "chromium"]):
-        subprocess.run(argv, check=False, capture_output=True, timeout=600,
-                       env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
+    for argv in (
+        [apt, "install", "-y", "-q", "chromium"],
+        [apt, "update", "-q"],
+        [apt, "install", "-y", "-q", "chromium"],
+    ):
+        subprocess.run(
+            argv, check=False, capture_output=True, timeout=600, env=dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        )
         found = find_chromium()
         if found:
             return found, ""
@@ -115,17 +125,30 @@ def install_chromium() -> tuple[str | None, str]:
 
 
 CHROMIUM_FLAGS = (
-    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--disable-default-apps", "--no-first-run", "--hide-scrollbars", "--window-size=1600,1000",
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-default-apps",
+    "--no-first-run",
+    "--hide-scrollbars",
+    "--window-size=1600,1000",
     # Let the single-page app finish its GraphQL round trips before the shot.
     "--virtual-time-budget=15000",
 )
 
 
 def chromium(binary: str, url: str, *action: str, profile: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *action, url],
-                          capture_output=True, text=True, timeout=180, check=True)
+    return subprocess.run(
+        [binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *action, url],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=True,
+    )
 
 
 def png_size(path: Path) -> tuple[int, int]:

@@ -19,9 +19,29 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_bench_depth_measures_decode_at_each_depth_and_skips_an_absent_peer(fixture_models):
     gguf = fixture_models["qwen2"]["gguf"]
     done = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "bench_depth.py"), "--model", str(gguf), "--depths", "0,40", "--prompt-tokens", "8",
-         "--decode-tokens", "4", "--min-reps", "2", "--min-seconds", "0", "--warmup", "0"],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        [
+            sys.executable,
+            str(ROOT / "bench" / "bench_depth.py"),
+            "--model",
+            str(gguf),
+            "--depths",
+            "0,40",
+            "--prompt-tokens",
+            "8",
+            "--decode-tokens",
+            "4",
+            "--min-reps",
+            "2",
+            "--min-seconds",
+            "0",
+            "--warmup",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
     for depth in ("0", "40"):
@@ -32,20 +52,41 @@ def test_bench_depth_measures_decode_at_each_depth_and_skips_an_absent_peer(fixt
 
 
 def test_bench_depth_refuses_a_missing_model_without_a_traceback(tmp_path):
-    done = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_depth.py"), "--model", str(tmp_path / "none.gguf")],
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "bench_depth.py"), "--model", str(tmp_path / "none.gguf")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 2 and "no such GGUF file" in done.stderr and "Traceback" not in done.stderr
 
 
 @pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler")
 def test_bench_products_builds_and_reports_a_token(tmp_path):
     binary = tmp_path / "bench_products"
-    build = subprocess.run(["cc", "-O2", "-std=c11", "-D_DEFAULT_SOURCE", "-mavx2", "-mfma", "-mf16c", "-fopenmp",
-                            str(ROOT / "bench" / "bench_products.c"), "-o", str(binary), "-lm"],
-                           capture_output=True, text=True, timeout=120)
+    build = subprocess.run(
+        [
+            "cc",
+            "-O2",
+            "-std=c11",
+            "-D_DEFAULT_SOURCE",
+            "-mavx2",
+            "-mfma",
+            "-mf16c",
+            "-fopenmp",
+            str(ROOT / "bench" / "bench_products.c"),
+            "-o",
+            str(binary),
+            "-lm",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert build.returncode == 0, build.stderr
-    done = subprocess.run([str(binary), "--reps", "1", "--pages", "huge", "--loads-only"], capture_output=True,
-                          text=True, timeout=300)
+    done = subprocess.run(
+        [str(binary), "--reps", "1", "--pages", "huge", "--loads-only"], capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["loads_only"] is True and report["bytes"] > 0.9e9 and report["median_ms"] > 0
@@ -55,9 +96,23 @@ def test_bench_products_builds_and_reports_a_token(tmp_path):
 def test_bench_chat_turns_reports_each_turn_and_that_reuse_changes_no_token(fixture_models):
     gguf = fixture_models["qwen2"]["gguf"]
     done = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "bench_chat_turns.py"), "--model", str(gguf), "--max-tokens", "3",
-         "--reps", "1", "--warmup", "0"],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        [
+            sys.executable,
+            str(ROOT / "bench" / "bench_chat_turns.py"),
+            "--model",
+            str(gguf),
+            "--max-tokens",
+            "3",
+            "--reps",
+            "1",
+            "--warmup",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["same_tokens"] is True and len(report["turns"]) == 5

@@ -14,8 +14,9 @@ APR = [sys.executable, "-m", "apr.cli.main"]
 
 def apr(*args: str, stdin: str | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONIOENCODING": "utf-8"}
-    return subprocess.run([*APR, *args], input=stdin, capture_output=True, text=True, timeout=timeout, env=env,
-                          encoding="utf-8")
+    return subprocess.run(
+        [*APR, *args], input=stdin, capture_output=True, text=True, timeout=timeout, env=env, encoding="utf-8"
+    )
 
 
 @pytest.mark.parametrize("fmt", ["gguf", "apr", "safetensors"])

@@ -16,8 +16,13 @@ from pipelines.work_root import WorkLayout
 
 MODEL = "fixture-llama"
 PER_MODEL = ("checkpoint", "gguf", "apr", "safetensors", "inference_traces", "gate_results", "certification")
-GATEWAY_CHECKS = {("checkpoint", "loads"), ("gguf", "loads"), ("apr", "loads"), ("safetensors", "loads"),
-                  ("inference_traces", "every_cell_recorded")}
+GATEWAY_CHECKS = {
+    ("checkpoint", "loads"),
+    ("gguf", "loads"),
+    ("apr", "loads"),
+    ("safetensors", "loads"),
+    ("inference_traces", "every_cell_recorded"),
+}
 
 
 def fixture_playbook(gguf: Path) -> str:
@@ -56,8 +61,9 @@ def graph(tmp_path_factory: pytest.TempPathFactory, fixture_models) -> dict:
     root = tmp_path_factory.mktemp("pipelines")
     playbooks = root / "playbooks"
     playbooks.mkdir()
-    (playbooks / f"{MODEL}-quick.playbook.yaml").write_text(fixture_playbook(fixture_models["llama"]["gguf"]),
-                                                             encoding="utf-8")
+    (playbooks / f"{MODEL}-quick.playbook.yaml").write_text(
+        fixture_playbook(fixture_models["llama"]["gguf"]), encoding="utf-8"
+    )
     work = WorkRoot(root=str(root / "work"), certifications_dir=str(root / "certifications"))
     defs = build_definitions(playbooks, work)
     return {"defs": defs, "work": work, "root": root}
@@ -66,10 +72,16 @@ def graph(tmp_path_factory: pytest.TempPathFactory, fixture_models) -> dict:
 def materialize(graph: dict, instance: dg.DagsterInstance) -> tuple[dg.ExecuteInProcessResult, ...]:
     defs = graph["defs"]
     assets, resources = list(defs.assets), dict(defs.resources)
-    per_model = dg.materialize(assets, selection=dg.AssetSelection.assets("certification").upstream(),
-                               partition_key=MODEL, instance=instance, resources=resources)
-    table = dg.materialize(assets, selection=[dg.AssetKey("certification_table")], instance=instance,
-                           resources=resources)
+    per_model = dg.materialize(
+        assets,
+        selection=dg.AssetSelection.assets("certification").upstream(),
+        partition_key=MODEL,
+        instance=instance,
+        resources=resources,
+    )
+    table = dg.materialize(
+        assets, selection=[dg.AssetKey("certification_table")], instance=instance, resources=resources
+    )
     return per_model, table
 
 
@@ -116,8 +128,9 @@ def test_certification_folder_is_complete_and_rendered_from_the_evidence(graph: 
     folder = Path(graph["work"].certifications_dir) / MODEL
     names = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
     assert {"evidence.jsonl", "junit.xml", "report.html", "audit.ipynb", "audit.html"} <= names
-    assert {f"charts/{c}.{s}" for c in ("throughput", "gate_outcomes", "mqs_by_category", "latency")
-            for s in ("png", "svg")} <= names
+    assert {
+        f"charts/{c}.{s}" for c in ("throughput", "gate_outcomes", "mqs_by_category", "latency") for s in ("png", "svg")
+    } <= names
 
     records = read_evidence(folder / "evidence.jsonl").records
     cells = [r for r in records if r.scenario.modality is not None]
@@ -166,8 +179,15 @@ def test_a_gate_setting_edit_redoes_the_gates_but_not_the_matrix(graph: dict, ru
     finally:
         playbook.write_text(original, encoding="utf-8")
     reused = {asset: meta["reused"] for asset, meta in metadata_of(per_model).items()}
-    assert reused == {"checkpoint": True, "gguf": True, "apr": True, "safetensors": True,
-                      "inference_traces": True, "gate_results": False, "certification": False}
+    assert reused == {
+        "checkpoint": True,
+        "gguf": True,
+        "apr": True,
+        "safetensors": True,
+        "inference_traces": True,
+        "gate_results": False,
+        "certification": False,
+    }
     gates = metadata_of(per_model)["gate_results"]["gates"]
     assert gates.get("METADATA-PLAUSIBILITY", 0) > 0
 
@@ -183,9 +203,14 @@ def test_a_model_that_does_not_load_stops_the_graph(tmp_path: Path, fixture_mode
     defs = build_definitions(playbooks, work)
     with dg.instance_for_test() as instance:
         assets = [asset for asset in defs.assets or () if isinstance(asset, dg.AssetsDefinition)]
-        result = dg.materialize(assets, selection=dg.AssetSelection.assets("certification").upstream(),
-                                partition_key=MODEL, instance=instance, resources=dict(defs.resources or {}),
-                                raise_on_error=False)
+        result = dg.materialize(
+            assets,
+            selection=dg.AssetSelection.assets("certification").upstream(),
+            partition_key=MODEL,
+            instance=instance,
+            resources=dict(defs.resources or {}),
+            raise_on_error=False,
+        )
     assert not result.success
     materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events() if e.asset_key}
     assert materialized <= {"checkpoint"}

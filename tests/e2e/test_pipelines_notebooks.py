@@ -19,16 +19,34 @@ GOLDEN = REPO_ROOT / "tests" / "notebooks" / "audit-fixture.ipynb"
 def code_sources(path: Path) -> list[str]:
     """The code cells of a notebook, without the cell papermill injects."""
     notebook = nbformat.read(path, as_version=4)
-    return [cell.source for cell in notebook.cells
-            if cell.cell_type == "code" and "injected-parameters" not in cell.metadata.get("tags", [])]
+    return [
+        cell.source
+        for cell in notebook.cells
+        if cell.cell_type == "code" and "injected-parameters" not in cell.metadata.get("tags", [])
+    ]
 
 
 def nbval(notebook: Path, cwd: Path) -> subprocess.CompletedProcess:
     """``pytest --nbval-lax`` on one notebook, in a child pytest with this interpreter's kernel."""
     return subprocess.run(
-        [sys.executable, "-m", "pytest", "--nbval-lax", "--nbval-current-env", "-p", "no:cacheprovider",
-         "-q", "--rootdir", str(cwd), str(notebook)],
-        cwd=cwd, capture_output=True, text=True, timeout=300, env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)),
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "--nbval-lax",
+            "--nbval-current-env",
+            "-p",
+            "no:cacheprovider",
+            "-q",
+            "--rootdir",
+            str(cwd),
+            str(notebook),
+        ],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)),
     )
 
 
@@ -86,12 +104,18 @@ def test_audit_writes_charts_and_a_self_contained_page(tmp_path: Path) -> None:
     (tmp_path / "evidence.jsonl").write_bytes((GOLDEN.parent / "audit-fixture-evidence.jsonl").read_bytes())
     executed = run_audit_notebook("fixture-llama", tmp_path)
     charts = sorted(path.name for path in (tmp_path / "charts").iterdir())
-    assert charts == sorted(f"{name}.{suffix}" for name in ("gate_outcomes", "latency", "mqs_by_category", "throughput")
-                            for suffix in ("png", "svg"))
+    assert charts == sorted(
+        f"{name}.{suffix}"
+        for name in ("gate_outcomes", "latency", "mqs_by_category", "throughput")
+        for suffix in ("png", "svg")
+    )
     assert (tmp_path / "charts" / "throughput.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (tmp_path / "charts" / "throughput.svg").read_text(encoding="utf-8").lstrip().startswith("<svg")
     page = (tmp_path / "audit.html").read_text(encoding="utf-8")
     assert "cdn.jsdelivr.net" not in page and "fixture-llama" in page
-    injected = [cell for cell in nbformat.read(executed, as_version=4).cells
-                if "injected-parameters" in cell.metadata.get("tags", [])]
+    injected = [
+        cell
+        for cell in nbformat.read(executed, as_version=4).cells
+        if "injected-parameters" in cell.metadata.get("tags", [])
+    ]
     assert injected and json.dumps("evidence.jsonl") in injected[0].source

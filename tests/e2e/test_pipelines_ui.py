@@ -18,8 +18,15 @@ EXPECTED_DEPENDENCIES = {
 }
 GRAPH_PAGE = "/locations/pipelines.definitions/asset-groups/certification"
 # Text the UI shows when something went wrong, and the first-run modal `nux: enabled: false` removes.
-ERROR_MARKERS = ("Unexpected error", "unexpected error", "Something went wrong", "PythonError",
-                 "DagsterInvalidDefinitionError", "Could not load", "Join the Dagster community")
+ERROR_MARKERS = (
+    "Unexpected error",
+    "unexpected error",
+    "Something went wrong",
+    "PythonError",
+    "DagsterInvalidDefinitionError",
+    "Could not load",
+    "Join the Dagster community",
+)
 
 ASSET_NODES_QUERY = """
 { assetNodes { assetKey { path } groupName isPartitioned partitionKeys dependencyKeys { path }

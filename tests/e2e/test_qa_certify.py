@@ -38,8 +38,9 @@ gates:
 
 def apr(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}  # the GPU cells must be skipped even on a GPU machine
-    return subprocess.run([sys.executable, "-m", "apr.cli.main", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=900)
+    return subprocess.run(
+        [sys.executable, "-m", "apr.cli.main", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900
+    )
 
 
 @pytest.fixture(scope="module")
@@ -95,13 +96,15 @@ def test_resume_redoes_nothing_that_finished(certified):
 
 def test_bad_playbook_is_one_line_exit_2(tmp_path):
     bad = tmp_path / "bad.playbook.yaml"
-    bad.write_text(textwrap.dedent("""\
+    bad.write_text(
+        textwrap.dedent("""\
         apr_playbook: 1
         name: bad
         tier: smoke
         model: {ref: x}
         matrix: {formats: [gguff]}
-        """))
+        """)
+    )
     result = apr("certify", str(bad), cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr

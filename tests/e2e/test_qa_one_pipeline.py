@@ -48,8 +48,9 @@ gates:
 def run(*argv: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     # The GPU cells must be skipped on any machine, or the three runs would not be comparable.
     full_env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", **(env or {})}
-    result = subprocess.run([sys.executable, *argv], cwd=cwd, env=full_env, capture_output=True, text=True,
-                            timeout=1200)
+    result = subprocess.run(
+        [sys.executable, *argv], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=1200
+    )
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
     return result
 
@@ -63,16 +64,46 @@ def evidence(fixture_models, tmp_path_factory) -> dict[str, tuple[EvidenceRecord
     playbook = playbooks / f"{MODEL}-smoke.playbook.yaml"
     playbook.write_text(playbook_text(gguf), encoding="utf-8")
 
-    certify = run("-m", "apr.cli.main", "certify", str(playbook), "--output", str(folder / "certify" / MODEL),
-                  "--quiet", cwd=folder)
+    certify = run(
+        "-m",
+        "apr.cli.main",
+        "certify",
+        str(playbook),
+        "--output",
+        str(folder / "certify" / MODEL),
+        "--quiet",
+        cwd=folder,
+    )
     assert certify.returncode == 0, certify.stdout + certify.stderr
-    qa = run("-m", "apr.cli.main", "qa", str(gguf), "--playbook", str(playbook), "--json", "--quiet",
-             "--evidence", str(folder / "qa" / "evidence.jsonl"), cwd=folder)
+    qa = run(
+        "-m",
+        "apr.cli.main",
+        "qa",
+        str(gguf),
+        "--playbook",
+        str(playbook),
+        "--json",
+        "--quiet",
+        "--evidence",
+        str(folder / "qa" / "evidence.jsonl"),
+        cwd=folder,
+    )
     assert qa.returncode == 0, qa.stdout + qa.stderr
     assert json.loads(qa.stdout)["passed"] is True
-    pipeline = run("-m", "pipelines.materialize", MODEL, "--playbooks", str(playbooks), "--work-root",
-                   str(folder / "work"), "--certifications", str(folder / "published"), "--no-table", cwd=REPO_ROOT,
-                   env={"DAGSTER_HOME": str(folder / "dagster")})
+    pipeline = run(
+        "-m",
+        "pipelines.materialize",
+        MODEL,
+        "--playbooks",
+        str(playbooks),
+        "--work-root",
+        str(folder / "work"),
+        "--certifications",
+        str(folder / "published"),
+        "--no-table",
+        cwd=REPO_ROOT,
+        env={"DAGSTER_HOME": str(folder / "dagster")},
+    )
     assert pipeline.returncode == 0, pipeline.stdout + pipeline.stderr
     return {
         "certify": read_evidence(folder / "certify" / MODEL / "evidence.jsonl").records,
@@ -114,6 +145,9 @@ def test_certify_and_the_dagster_graph_write_the_same_records(evidence) -> None:
 
 def test_apr_qa_writes_certifys_records_for_every_gate_it_runs(evidence) -> None:
     """`apr qa` runs no cells, so neither the cell gates nor determinism (a rerun of a cell); the rest agree."""
-    without_cells = {key: value for key, value in by_id(evidence["certify"]).items()
-                     if GateId(key.split("|")[0]) not in CELL_GATES | {GateId.DETERMINISM}}
+    without_cells = {
+        key: value
+        for key, value in by_id(evidence["certify"]).items()
+        if GateId(key.split("|")[0]) not in CELL_GATES | {GateId.DETERMINISM}
+    }
     assert by_id(evidence["qa"]) == without_cells

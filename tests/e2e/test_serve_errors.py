@@ -31,8 +31,9 @@ def max_context(server: RunningServer) -> int:
     return httpx.get(f"{server.url}/health").json()["max_context"]
 
 
-def assert_openai_error(response: httpx.Response, status: int, *, param: str | None = None,
-                        code: str | None = None) -> dict:
+def assert_openai_error(
+    response: httpx.Response, status: int, *, param: str | None = None, code: str | None = None
+) -> dict:
     assert response.status_code == status, response.text
     error = response.json()["error"]
     assert set(error) == {"message", "type", "param", "code"}
@@ -63,8 +64,7 @@ RAW_BODIES = {
 @pytest.mark.parametrize("name", sorted(RAW_BODIES))
 def test_undecodable_bodies_get_400(server, model_id, name):
     body, param, code = RAW_BODIES[name]
-    response = httpx.post(f"{server.base_url}/completions", content=body,
-                          headers={"content-type": "application/json"})
+    response = httpx.post(f"{server.base_url}/completions", content=body, headers={"content-type": "application/json"})
     assert_openai_error(response, 400, param=param, code=code)
     still_serving(server, model_id)
 
@@ -98,18 +98,19 @@ def test_bad_fields_get_400_naming_the_field(server, model_id, name):
 
 def test_huge_max_tokens_exceeds_the_context(server, model_id):
     body = {"model": model_id, "prompt": "hi", "max_tokens": 10**12}
-    assert_openai_error(httpx.post(f"{server.base_url}/completions", json=body), 400,
-                        code="context_length_exceeded")
+    assert_openai_error(httpx.post(f"{server.base_url}/completions", json=body), 400, code="context_length_exceeded")
     still_serving(server, model_id)
 
 
 def test_prompt_beyond_the_context_is_refused(server, model_id, max_context):
     body = {"model": model_id, "prompt": [1] * (max_context + 5), "max_tokens": 1}
-    assert_openai_error(httpx.post(f"{server.base_url}/completions", json=body), 400, param="prompt",
-                        code="context_length_exceeded")
+    assert_openai_error(
+        httpx.post(f"{server.base_url}/completions", json=body), 400, param="prompt", code="context_length_exceeded"
+    )
     text_body = {"model": model_id, "prompt": "word " * (max_context * 2), "max_tokens": 1}
-    assert_openai_error(httpx.post(f"{server.base_url}/completions", json=text_body), 400,
-                        code="context_length_exceeded")
+    assert_openai_error(
+        httpx.post(f"{server.base_url}/completions", json=text_body), 400, code="context_length_exceeded"
+    )
     still_serving(server, model_id)
 
 
@@ -125,8 +126,12 @@ def test_unknown_model_is_404_through_the_openai_client(server, model_id):
 
 @pytest.mark.parametrize(
     "messages, param",
-    [([], "messages"), ([{"role": "wizard", "content": "hi"}], "messages.0.role"),
-     ([{"content": "hi"}], "messages.0.role"), ("hello", "messages")],
+    [
+        ([], "messages"),
+        ([{"role": "wizard", "content": "hi"}], "messages.0.role"),
+        ([{"content": "hi"}], "messages.0.role"),
+        ("hello", "messages"),
+    ],
 )
 def test_bad_chat_messages_get_400(server, model_id, messages, param):
     body = {"model": model_id, "messages": messages, "max_tokens": 2}

@@ -46,8 +46,14 @@ def test_generated_requests_never_get_a_server_error(api_schema, server, mode):
     targets = [op for op in operations(api_schema) if mode is GenerationMode.POSITIVE or op.method.upper() == "POST"]
     for operation in targets:
 
-        @settings(max_examples=EXAMPLES_PER_OPERATION, deadline=None, database=None, derandomize=True,
-                  phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
+        @settings(
+            max_examples=EXAMPLES_PER_OPERATION,
+            deadline=None,
+            database=None,
+            derandomize=True,
+            phases=[Phase.explicit, Phase.generate],
+            suppress_health_check=list(HealthCheck),
+        )
         @given(case=operation.as_strategy(generation_mode=mode))
         def check(case) -> None:
             if mode is GenerationMode.POSITIVE and isinstance(case.body, dict) and "model" in case.body:

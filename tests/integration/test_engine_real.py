@@ -12,11 +12,26 @@ from apr.engine import SamplingParams, load_engine
 pytestmark = pytest.mark.integration
 
 PROMPTS = [
-    "The capital of France is", "def fibonacci(n):", "Once upon a time, there was a", "The speed of light is",
-    "import numpy as np\n", "Water boils at", "My favourite colour is", "The first president of the United States",
-    "1, 2, 3, 4,", "In the beginning", "Python is a programming language that", "The sun rises in the",
-    "A haiku about autumn:", "SELECT * FROM users WHERE", "The mitochondria is", "To be or not to be,",
-    "Machine learning models are", "The quick brown fox", "Paris, London and", "Hello, my name is",
+    "The capital of France is",
+    "def fibonacci(n):",
+    "Once upon a time, there was a",
+    "The speed of light is",
+    "import numpy as np\n",
+    "Water boils at",
+    "My favourite colour is",
+    "The first president of the United States",
+    "1, 2, 3, 4,",
+    "In the beginning",
+    "Python is a programming language that",
+    "The sun rises in the",
+    "A haiku about autumn:",
+    "SELECT * FROM users WHERE",
+    "The mitochondria is",
+    "To be or not to be,",
+    "Machine learning models are",
+    "The quick brown fox",
+    "Paris, London and",
+    "Hello, my name is",
 ]
 
 
@@ -50,14 +65,21 @@ def _parity(path, fp32_greedy_prompts: int):
     for prompt in PROMPTS[:fp32_greedy_prompts]:
         ids = tok.encode(prompt, add_special_tokens=True)
         with torch.no_grad():
-            ref = hf.generate(torch.tensor([ids]), max_new_tokens=32, do_sample=False,
-                              eos_token_id=list(exact.eos_token_ids), pad_token_id=exact.eos_token_ids[0])
-        expected = ref[0, len(ids):].tolist()
+            ref = hf.generate(
+                torch.tensor([ids]),
+                max_new_tokens=32,
+                do_sample=False,
+                eos_token_id=list(exact.eos_token_ids),
+                pad_token_id=exact.eos_token_ids[0],
+            )
+        expected = ref[0, len(ids) :].tolist()
         for name, engine in (("fp32", exact), ("packed", packed)):
             greedy[name] += engine.generate(ids, SamplingParams(max_tokens=32)).token_ids == expected
     for name, (agree, total, worst) in stats.items():
-        print(f"{path.name} {name}: top-1 {agree}/{total} ({agree / total:.1%}), max |dlogit| {worst:.3f}, "
-              f"greedy-32 identical {greedy[name]}/{fp32_greedy_prompts}")
+        print(
+            f"{path.name} {name}: top-1 {agree}/{total} ({agree / total:.1%}), max |dlogit| {worst:.3f}, "
+            f"greedy-32 identical {greedy[name]}/{fp32_greedy_prompts}"
+        )
     return stats, greedy
 
 
@@ -74,9 +96,11 @@ def test_parity_with_transformers_on_the_same_gguf(real_model, ref):
     assert agree / total >= 0.85
 
 
-SANITY = [("What is 2+2?", 24, lambda t: "4" in t),
-          ("Write a Python function to add two numbers.", 100, lambda t: "def" in t and "return" in t),
-          ("Write 'Hello' in Chinese.", 16, lambda t: "你好" in t and "\ufffd" not in t)]
+SANITY = [
+    ("What is 2+2?", 24, lambda t: "4" in t),
+    ("Write a Python function to add two numbers.", 100, lambda t: "def" in t and "return" in t),
+    ("Write 'Hello' in Chinese.", 16, lambda t: "你好" in t and "\ufffd" not in t),
+]
 
 
 @pytest.mark.parametrize("fmt", ["gguf", "apr", "safetensors"])

@@ -12,15 +12,22 @@ from apr.formats.gguf_parse import parse_gguf_header
 
 pytestmark = pytest.mark.integration
 
-CORPUS = ["Hello world!", "def add_numbers(a, b):\n    return a + b\n\n", "  leading spaces and\ttabs\n\n\nnewlines",
-          "你好，世界！这是一个测试。", "Ünïcödé — “quotes” … emoji 🎉🚀", "numbers 1234567 and 3.14159",
-          "<|im_start|>user\nHi<|im_end|>", "mixed: für naïve café 東京 Москва"]
+CORPUS = [
+    "Hello world!",
+    "def add_numbers(a, b):\n    return a + b\n\n",
+    "  leading spaces and\ttabs\n\n\nnewlines",
+    "你好，世界！这是一个测试。",
+    "Ünïcödé — “quotes” … emoji 🎉🚀",
+    "numbers 1234567 and 3.14159",
+    "<|im_start|>user\nHi<|im_end|>",
+    "mixed: für naïve café 東京 Москва",
+]
 
 
 def _data_section(path):
     data = np.memmap(path, dtype=np.uint8, mode="r")
     header = parse_gguf_header(path, memoryview(data))
-    return header, data[header.data_offset:]
+    return header, data[header.data_offset :]
 
 
 def test_smollm2_through_all_formats_and_back(real_model, tmp_path):
@@ -79,23 +86,26 @@ def test_tokenizer_matches_transformers_gguf_tokenizer(real_model, ref):
     assert ours.encode("Hi", add_special_tokens=True) == theirs.encode("Hi")
     if ours.has_chat_template:
         messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2+2?"}]
-        assert ours.apply_chat_template(messages) == theirs.apply_chat_template(messages, tokenize=False,
-                                                                                add_generation_prompt=True)
+        assert ours.apply_chat_template(messages) == theirs.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True
+        )
 
 
 def test_real_configs_come_from_metadata(real_model):
     qwen = load_model(real_model("qwen2.5-coder:1.5b"))
     c = qwen.config
     assert (c.architecture, c.rope_theta, c.attention_bias, c.tie_word_embeddings) == ("qwen2", 1e6, True, False)
-    assert set(c.eos_token_ids) == {qwen.tokenizer.backend.token_to_id("<|im_end|>"),
-                                    qwen.tokenizer.backend.token_to_id("<|endoftext|>")}
+    assert set(c.eos_token_ids) == {
+        qwen.tokenizer.backend.token_to_id("<|im_end|>"),
+        qwen.tokenizer.backend.token_to_id("<|endoftext|>"),
+    }
     assert qwen.tensors["lm_head.weight"].info.ggml_type == 14  # Q6_K
     assert qwen.tensors["model.layers.0.self_attn.q_proj.bias"].info.ggml_type == 0
     gemma = load_model(real_model("gemma3:270m")).config
     assert gemma.sliding_window == 512 and gemma.layer_kinds[5] == "full" and gemma.layer_kinds[0] == "sliding"
     assert gemma.rope_local_theta == 10_000.0 and gemma.norm_weight_offset == 1.0
     assert gemma.query_pre_attn_scalar == 256 and gemma.hidden_activation == "gelu_tanh"
-    assert abs(gemma.embedding_multiplier - 640 ** 0.5) < 1e-9
+    assert abs(gemma.embedding_multiplier - 640**0.5) < 1e-9
 
 
 def test_trace_structure_on_qwen(real_model):

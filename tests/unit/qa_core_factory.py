@@ -12,21 +12,62 @@ T0 = datetime(2026, 11, 23, 18, 0, tzinfo=UTC)
 SHA = "ab" * 32
 
 
-def provenance(*, tier: Tier | None = Tier.MVP, seconds: float = 1.0, backend: Backend | None = Backend.CPU) -> Provenance:
-    return Provenance(model_sha256=SHA, format=Format.GGUF, backend=backend, engine_git_sha="deadbeef",
-                      apr_version="0.1.0", torch_version="2.13.0", device="cpu", host="testhost", seed=42,
-                      playbook="demo-mvp", tier=tier, started_at=T0, finished_at=T0 + timedelta(seconds=seconds))
+def provenance(
+    *, tier: Tier | None = Tier.MVP, seconds: float = 1.0, backend: Backend | None = Backend.CPU
+) -> Provenance:
+    return Provenance(
+        model_sha256=SHA,
+        format=Format.GGUF,
+        backend=backend,
+        engine_git_sha="deadbeef",
+        apr_version="0.1.0",
+        torch_version="2.13.0",
+        device="cpu",
+        host="testhost",
+        seed=42,
+        playbook="demo-mvp",
+        tier=tier,
+        started_at=T0,
+        finished_at=T0 + timedelta(seconds=seconds),
+    )
 
 
-def record(gate: GateId, outcome: Outcome = Outcome.CORROBORATED, *, check: str = "c", model: str = "demo:1b",
-           backend: Backend | None = Backend.CPU, modality: Modality | None = Modality.RUN, prompt_id: str = "p0",
-           tier: Tier | None = Tier.MVP, reason: str = "seen", output: str = "2 + 2 = 4", **fields) -> EvidenceRecord:
-    scenario = Scenario(model=model, format=Format.GGUF, backend=backend, modality=modality, prompt_id=prompt_id,
-                        prompt="What is 2+2?", seed=42)
+def record(
+    gate: GateId,
+    outcome: Outcome = Outcome.CORROBORATED,
+    *,
+    check: str = "c",
+    model: str = "demo:1b",
+    backend: Backend | None = Backend.CPU,
+    modality: Modality | None = Modality.RUN,
+    prompt_id: str = "p0",
+    tier: Tier | None = Tier.MVP,
+    reason: str = "seen",
+    output: str = "2 + 2 = 4",
+    **fields,
+) -> EvidenceRecord:
+    scenario = Scenario(
+        model=model,
+        format=Format.GGUF,
+        backend=backend,
+        modality=modality,
+        prompt_id=prompt_id,
+        prompt="What is 2+2?",
+        seed=42,
+    )
     n_compared = fields.pop("n_compared", 1)
-    return EvidenceRecord(gate=gate, check=check, scenario=scenario, outcome=outcome, reason=reason,
-                          n_compared=n_compared, output_excerpt=output, duration_s=1.0,
-                          provenance=provenance(tier=tier, backend=backend), **fields)
+    return EvidenceRecord(
+        gate=gate,
+        check=check,
+        scenario=scenario,
+        outcome=outcome,
+        reason=reason,
+        n_compared=n_compared,
+        output_excerpt=output,
+        duration_s=1.0,
+        provenance=provenance(tier=tier, backend=backend),
+        **fields,
+    )
 
 
 def all_gates_pass(model: str = "demo:1b", tier: Tier | None = Tier.MVP) -> list[EvidenceRecord]:

@@ -37,8 +37,13 @@ def answer(prompt: str) -> str:
 
 def reply(prompt: str) -> dict:
     text = answer(prompt)
-    return {"text": text, "prompt_tokens": 5, "completion_tokens": len(text.split()), "finish_reason": "stop",
-            "timings": {"load_s": 0.01, "ttft_s": 0.01, "prefill_tok_s": 500.0, "decode_tok_s": 50.0, "total_s": 0.1}}
+    return {
+        "text": text,
+        "prompt_tokens": 5,
+        "completion_tokens": len(text.split()),
+        "finish_reason": "stop",
+        "timings": {"load_s": 0.01, "ttft_s": 0.01, "prefill_tok_s": 500.0, "decode_tok_s": 50.0, "total_s": 0.1},
+    }
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -51,7 +56,9 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def do_GET(self):
-        self._send(200, {"object": "list", "data": [{"id": "stand-in", "object": "model", "created": 0, "owned_by": "qa"}]})
+        self._send(
+            200, {"object": "list", "data": [{"id": "stand-in", "object": "model", "created": 0, "owned_by": "qa"}]}
+        )
 
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -66,7 +73,9 @@ class Handler(BaseHTTPRequestHandler):
         else:
             choice = {"index": 0, "text": text, "finish_reason": "stop", "logprobs": None}
             kind = "text_completion"
-        self._send(200, {"id": "x", "object": kind, "created": 0, "model": "stand-in", "choices": [choice], "usage": usage})
+        self._send(
+            200, {"id": "x", "object": kind, "created": 0, "model": "stand-in", "choices": [choice], "usage": usage}
+        )
 
     def log_message(self, *args):
         return

@@ -40,20 +40,24 @@ def test_pooled_step_equals_eager_decode_row_for_row(engine, span):
             model.prefill(torch.tensor(prompt), b)
         tokens = torch.tensor([5, 9, 77])
         for _ in range(40):  # past gemma3's fixture window, so the sliding mask is exercised
-            want = torch.cat([model.decode(tokens[i:i + 1], [private[i]]) for i in range(len(PROMPTS))])
+            want = torch.cat([model.decode(tokens[i : i + 1], [private[i]]) for i in range(len(PROMPTS))])
             # Two padding rows (token 0 at position 0 of the scratch slot) ride along, as in a captured graph.
-            args = torch.tensor([[*tokens.tolist(), 0, 0],
-                                 [*(c.length for c in pooled), 0, 0],
-                                 [*(c.slot for c in pooled), pool.scratch, pool.scratch]])
-            got = model.decode_slots(args, pool.k, pool.v, span)[:len(PROMPTS)]
+            args = torch.tensor(
+                [
+                    [*tokens.tolist(), 0, 0],
+                    [*(c.length for c in pooled), 0, 0],
+                    [*(c.slot for c in pooled), pool.scratch, pool.scratch],
+                ]
+            )
+            got = model.decode_slots(args, pool.k, pool.v, span)[: len(PROMPTS)]
             for cache in pooled:
                 cache.length += 1
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
             assert torch.equal(got.argmax(-1), want.argmax(-1))
             tokens = want.argmax(-1)
         for a, b in zip(pooled, private):  # the keys and values it wrote are the eager ones
-            torch.testing.assert_close(a.k[:, :, :a.length], b.k[:, :, :b.length], rtol=1e-5, atol=1e-5)
-            torch.testing.assert_close(a.v[:, :, :a.length], b.v[:, :, :b.length], rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(a.k[:, :, : a.length], b.k[:, :, : b.length], rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(a.v[:, :, : a.length], b.v[:, :, : b.length], rtol=1e-5, atol=1e-5)
 
 
 def test_pool_hands_out_zeroed_slots_and_takes_them_back(engine):

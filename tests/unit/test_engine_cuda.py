@@ -8,8 +8,10 @@ import torch
 
 from apr.engine import SamplingParams, load_engine
 
-pytestmark = [pytest.mark.cuda,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device; none is visible to torch")]
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device; none is visible to torch"),
+]
 
 
 def _top1_agreement(engine, reference, trials: int = 20) -> float:
@@ -43,7 +45,7 @@ def test_cuda_default_is_dense_bf16_with_graphs_and_agrees_with_cpu_fp32(fixture
     tokens = _greedy_steps(engine, [prompt], 24)[0]
     assert "captured" in engine.describe()["compile"] and "eager" not in engine.describe()["compile"]
     full = reference.logits(prompt + tokens[:-1])
-    steps = full[len(prompt) - 1:].argmax(-1).tolist()
+    steps = full[len(prompt) - 1 :].argmax(-1).tolist()
     assert sum(a == b for a, b in zip(steps, tokens)) / len(steps) >= 0.9
 
 
@@ -52,8 +54,12 @@ def _greedy_steps(engine, prompts: list[list[int]], count: int) -> list[list[int
     model = engine.transformer
     with torch.inference_mode():
         caches = [engine.new_cache(256) for _ in prompts]
-        token = torch.cat([model.head(model.prefill(torch.tensor(p, device=engine.device), c)[-1:]).argmax(-1)
-                           for p, c in zip(prompts, caches)])
+        token = torch.cat(
+            [
+                model.head(model.prefill(torch.tensor(p, device=engine.device), c)[-1:]).argmax(-1)
+                for p, c in zip(prompts, caches)
+            ]
+        )
         out = [token.tolist()]
         for _ in range(count - 1):
             token = engine.decode_step(token, caches).argmax(-1)

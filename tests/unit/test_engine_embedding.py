@@ -23,8 +23,11 @@ def test_looked_up_rows_equal_the_dense_dequantization_exactly(ggml_type):
     from gguf import GGMLQuantizationType, quants
 
     n, k = 40, 512
-    raw = {quant.Q4_K: lambda: q4k_bytes(n, k, 3)[0], quant.Q6_K: lambda: q6k_bytes(n, k, 3),
-           quant.Q8_0: lambda: q8_0_bytes(n, k, 3)}[ggml_type]()
+    raw = {
+        quant.Q4_K: lambda: q4k_bytes(n, k, 3)[0],
+        quant.Q6_K: lambda: q6k_bytes(n, k, 3),
+        quant.Q8_0: lambda: q8_0_bytes(n, k, 3),
+    }[ggml_type]()
     dense = torch.from_numpy(quants.dequantize(raw, GGMLQuantizationType(ggml_type)).reshape(n, k).copy())
     rows = BlockRows(raw, ggml_type, (n, k), torch.float32)
     ids = torch.tensor([[7, 0, 39], [7, 12, 12]])

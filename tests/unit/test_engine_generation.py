@@ -52,8 +52,10 @@ def test_step_yields_one_token_per_active_sequence_and_cancel_removes(engine):
 
 def test_seeded_sampling_is_reproducible_and_seed_dependent(engine):
     def sample(seed):
-        return engine.generate(PROMPTS[1], SamplingParams(temperature=3.0, top_p=0.99, top_k=200, seed=seed,
-                                                          max_tokens=20)).token_ids
+        return engine.generate(
+            PROMPTS[1], SamplingParams(temperature=3.0, top_p=0.99, top_k=200, seed=seed, max_tokens=20)
+        ).token_ids
+
     assert sample(7) == sample(7)
     assert sample(7) != sample(8)
 
@@ -71,7 +73,7 @@ def test_stops_on_eos_ids_and_max_tokens(engine):
     cut = engine.generate(PROMPTS[3], SamplingParams(max_tokens=16, stop_token_ids=(eos,)))
     first = free.token_ids.index(eos)
     assert cut.finish_reason == "stop"
-    assert cut.token_ids == free.token_ids[:first + 1]
+    assert cut.token_ids == free.token_ids[: first + 1]
 
 
 def test_stream_events_concatenate_to_result_text(engine):
@@ -137,8 +139,10 @@ def test_tensor_only_decode_step_equals_the_batched_one(engine):
     from apr.engine.kv_cache import SequenceCache
 
     model, cfg = engine.transformer, engine.config
-    caches = [SequenceCache(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, 256, model.dtype, torch.device("cpu"))
-              for _ in range(2)]
+    caches = [
+        SequenceCache(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, 256, model.dtype, torch.device("cpu"))
+        for _ in range(2)
+    ]
     # Traced, decode_one always takes the PyTorch glue ops; eager decode takes the same ones only with the
     # native glue off (test_engine_parity compares the native glue with them).
     native = getattr(model, "use_native", None)  # the native path's glue kernels are eager-only

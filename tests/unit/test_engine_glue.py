@@ -38,8 +38,17 @@ def test_rope_matches_the_reference_rotation(t, heads, d, theta):
     assert not torch.equal(got, x)  # it did rotate
 
 
-@pytest.mark.parametrize("kv_heads,rep,d,pos,window", [(2, 6, 128, 0, 0), (2, 6, 128, 130, 0), (1, 4, 256, 200, 32),
-                                                      (3, 3, 64, 9, 0), (4, 1, 40, 77, 512), (1, 2, 64, 40, 8)])
+@pytest.mark.parametrize(
+    "kv_heads,rep,d,pos,window",
+    [
+        (2, 6, 128, 0, 0),
+        (2, 6, 128, 130, 0),
+        (1, 4, 256, 200, 32),
+        (3, 3, 64, 9, 0),
+        (4, 1, 40, 77, 512),
+        (1, 2, 64, 40, 8),
+    ],
+)
 def test_one_token_attention_matches_the_masked_reference(kv_heads, rep, d, pos, window):
     capacity = 256
     keys, values = randn(kv_heads, capacity, d, seed=1), randn(kv_heads, capacity, d, seed=2)
@@ -73,8 +82,16 @@ def test_a_heads_attention_has_the_same_bits_alone_grouped_and_on_any_thread_cou
     assert all(torch.equal(out, outs[0]) for out in outs[1:])
     for head in (0, rep * kv_heads - 1):
         g = head // rep
-        alone = native.attend_one(q[head:head + 1].contiguous(), k_new[g:g + 1].contiguous(), v_new[g:g + 1].contiguous(),
-                                  keys[g:g + 1].clone(), values[g:g + 1].clone(), pos, 0, d**-0.5)
+        alone = native.attend_one(
+            q[head : head + 1].contiguous(),
+            k_new[g : g + 1].contiguous(),
+            v_new[g : g + 1].contiguous(),
+            keys[g : g + 1].clone(),
+            values[g : g + 1].clone(),
+            pos,
+            0,
+            d**-0.5,
+        )
         assert torch.equal(alone[0], outs[0][head])
 
 

@@ -55,8 +55,11 @@ def test_cached_tensors_come_back_exact_and_packed_ones_64_byte_aligned(tmp_path
     """The kernels' vector loads want aligned rows; safetensors' own loader returns views at odd offsets."""
     monkeypatch.setenv("APR_HOME", str(tmp_path))
     store = PackStore.open("k")
-    packed = {"q4k": torch.arange(37, dtype=torch.uint8), "q4k_scmin": torch.arange(7, dtype=torch.uint8),
-              "q4k_dm": torch.arange(6, dtype=torch.int16).view(2, 3)}
+    packed = {
+        "q4k": torch.arange(37, dtype=torch.uint8),
+        "q4k_scmin": torch.arange(7, dtype=torch.uint8),
+        "q4k_dm": torch.arange(6, dtype=torch.int16).view(2, 3),
+    }
     dense = {"weight": torch.randn(5, 3).to(torch.bfloat16)}
     store.put("layer", packed)
     store.put("embedding", dense)

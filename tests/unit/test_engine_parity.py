@@ -44,8 +44,9 @@ def engines(fixture_models):
     def get(arch: str, fmt: str, dtype: str):
         key = (arch, fmt, dtype)
         if key not in cache:
-            cache[key] = load_engine(fixture_models[arch][fmt], device="cpu", dtype=dtype, compile=False,
-                                     pack_cache=False)
+            cache[key] = load_engine(
+                fixture_models[arch][fmt], device="cpu", dtype=dtype, compile=False, pack_cache=False
+            )
         return cache[key]
 
     return get
@@ -95,7 +96,10 @@ def test_native_kernels_top1_agreement(engines, reference, arch, fmt):
         pytest.skip(f"native kernels: {native.unavailable_reason()}")
     engine = engines(arch, fmt, "auto")
     weights = engine.describe()["weights"]
-    assert sum(weights.get(layout, 0) for layout in ("q4", "q4k", "q4k8", "q6", "q6k8", "q8")) > 0 and weights.get("dense", 0) == 0
+    assert (
+        sum(weights.get(layout, 0) for layout in ("q4", "q4k", "q4k8", "q6", "q6k8", "q8")) > 0
+        and weights.get("dense", 0) == 0
+    )
     agree, total, worst = compare_logits(engine, reference(arch), prompts(20, engine.config.vocab_size, seed=4))
     print(f"{arch}/{fmt} native: top-1 {agree}/{total} ({agree / total:.1%}), max |dlogit| {worst:.2e}, {weights}")
     # Measured 2026-11-23: qwen2 96.5-97.0 %, llama 98.8-99.0 %, gemma3 100 % (bf16 packed: 97.8 / 99.0 / 100).
@@ -111,9 +115,14 @@ def test_greedy_32_token_continuations_match_transformers(engines, reference, ar
     for ids in prompts(2, engine.config.vocab_size, seed=2):
         ours = engine.generate(ids, SamplingParams(max_tokens=32))
         with torch.no_grad():
-            out = hf.generate(torch.tensor([ids]), max_new_tokens=32, do_sample=False,
-                              eos_token_id=list(engine.eos_token_ids), pad_token_id=engine.eos_token_ids[0])
-        assert ours.token_ids == out[0, len(ids):].tolist()
+            out = hf.generate(
+                torch.tensor([ids]),
+                max_new_tokens=32,
+                do_sample=False,
+                eos_token_id=list(engine.eos_token_ids),
+                pad_token_id=engine.eos_token_ids[0],
+            )
+        assert ours.token_ids == out[0, len(ids) :].tolist()
         assert (ours.finish_reason == "stop") == (ours.token_ids[-1] in engine.eos_token_ids)
 
 
@@ -131,7 +140,7 @@ def test_cached_decode_matches_uncached_logits(engines):
         for token in ids[split:]:
             stepped.append(model.decode(torch.tensor([token]), [cache]))
     full = engine.logits(ids)
-    assert torch.allclose(torch.cat(stepped)[split - 1:], full[split - 1:], atol=1e-4)
+    assert torch.allclose(torch.cat(stepped)[split - 1 :], full[split - 1 :], atol=1e-4)
 
 
 def prefill_then_decode(model, ids: list[int], prompt_length: int) -> torch.Tensor:
@@ -246,11 +255,14 @@ def test_one_call_decode_layers_give_a_row_the_same_bits_alone_and_batched(engin
     prompts_ = [p[:n] for p, n in zip(prompts(3, cfg.vocab_size, seed=9), (5, 11, 20))]
 
     def decode(batch: list[list[int]], steps: int) -> list[torch.Tensor]:
-        caches = [SequenceCache(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, 256, model.dtype,
-                                torch.device("cpu")) for _ in batch]
+        caches = [
+            SequenceCache(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, 256, model.dtype, torch.device("cpu"))
+            for _ in batch
+        ]
         with torch.inference_mode():
-            tokens = torch.cat([model.head(model.prefill(torch.tensor(p), c)[-1:]).argmax(-1)
-                                for p, c in zip(batch, caches)])
+            tokens = torch.cat(
+                [model.head(model.prefill(torch.tensor(p), c)[-1:]).argmax(-1) for p, c in zip(batch, caches)]
+            )
             logits = []
             for _ in range(steps):
                 step = model.decode(tokens, caches)

@@ -61,15 +61,17 @@ def test_batched_rows_equal_single_rows_for_packed_and_bf16_kernels():
     """The batching guarantee rests on this: a row's result does not depend on the other rows."""
     n, k = 96, 512
     groups = quant.int4_groups_from_raw(random_blocks(quant.Q4_K, n, k, seed=2), quant.Q4_K, (n, k))
-    layers = [Int4Linear.from_groups(groups, None, torch.device("cpu")),
-              Int8Linear.from_weight(groups.dequantize(), None, torch.device("cpu"))]
+    layers = [
+        Int4Linear.from_groups(groups, None, torch.device("cpu")),
+        Int8Linear.from_weight(groups.dequantize(), None, torch.device("cpu")),
+    ]
     dense = groups.dequantize().bfloat16()
     x = torch.randn(5, k).bfloat16()
     for layer in layers:
         full = layer(x)
-        assert all(torch.equal(layer(x[i:i + 1]), full[i:i + 1]) for i in range(5))
+        assert all(torch.equal(layer(x[i : i + 1]), full[i : i + 1]) for i in range(5))
     full = torch.nn.functional.linear(x, dense)
-    assert all(torch.equal(torch.nn.functional.linear(x[i:i + 1], dense), full[i:i + 1]) for i in range(5))
+    assert all(torch.equal(torch.nn.functional.linear(x[i : i + 1], dense), full[i : i + 1]) for i in range(5))
 
 
 @pytest.mark.parametrize("ggml_type,values,nbytes", [(quant.Q6_K, 256, 210), (quant.Q8_0, 32, 34)])

@@ -37,6 +37,7 @@ def _expect_error(path: Path, *fragments: str) -> str:
 
 # --- GGUF -----------------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def gguf(fixture_models, tmp_path) -> Path:
     return _copy(fixture_models["llama"]["gguf"], tmp_path / "m.gguf")
@@ -93,6 +94,7 @@ def test_wrong_magic_is_unknown_format(gguf):
 
 # --- APR ------------------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def apr(fixture_models, tmp_path) -> Path:
     return _copy(fixture_models["qwen2"]["apr"], tmp_path / "m.apr")
@@ -102,9 +104,9 @@ def _rewrite_index(path: Path, mutate) -> None:
     """Edit index entries, keep the header valid and re-seal the footer so later checks are reached."""
     data = bytearray(path.read_bytes())
     header = unpack_header(bytes(data[:HEADER_SIZE]))
-    entries = unpack_index(bytes(data[header.tensor_index_offset:header.data_offset]), header.tensor_count)
+    entries = unpack_index(bytes(data[header.tensor_index_offset : header.data_offset]), header.tensor_count)
     packed = b"".join(e.pack() for e in mutate(entries))
-    data[header.tensor_index_offset:header.tensor_index_offset + len(packed)] = packed
+    data[header.tensor_index_offset : header.tensor_index_offset + len(packed)] = packed
     data[-4:] = (zlib.crc32(bytes(data[:-4])) & 0xFFFFFFFF).to_bytes(4, "little")
     path.write_bytes(bytes(data))
 
@@ -189,11 +191,13 @@ def test_apr_unsorted_index(apr):
                 out[k], out[k + 1] = b, a
                 return out
         raise AssertionError("no swappable neighbours")
+
     _rewrite_index(apr, swap)
     _expect_error(apr, "not sorted")
 
 
 # --- SafeTensors ----------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def hf_dir(fixture_models, tmp_path) -> Path:
@@ -232,17 +236,19 @@ def test_safetensors_header_length_beyond_file(hf_dir):
 def _edit_header(weights: Path, edit) -> None:
     data = weights.read_bytes()
     n = struct.unpack("<Q", data[:8])[0]
-    header = json.loads(data[8:8 + n])
+    header = json.loads(data[8 : 8 + n])
     text = edit(json.dumps(header, separators=(",", ":")))
     encoded = text.encode()
     encoded += b" " * (-len(encoded) % 8)
-    weights.write_bytes(struct.pack("<Q", len(encoded)) + encoded + data[8 + n:])
+    weights.write_bytes(struct.pack("<Q", len(encoded)) + encoded + data[8 + n :])
 
 
 def test_safetensors_duplicate_names(hf_dir):
     weights = hf_dir / "model.safetensors"
-    _edit_header(weights, lambda t: t.replace('"model.layers.0.self_attn.k_proj.weight"',
-                                              '"model.layers.0.self_attn.q_proj.weight"'))
+    _edit_header(
+        weights,
+        lambda t: t.replace('"model.layers.0.self_attn.k_proj.weight"', '"model.layers.0.self_attn.q_proj.weight"'),
+    )
     _expect_error(hf_dir, "duplicate tensor name")
 
 
@@ -250,11 +256,11 @@ def test_safetensors_shape_mismatch(hf_dir):
     weights = hf_dir / "model.safetensors"
     data = weights.read_bytes()
     n = struct.unpack("<Q", data[:8])[0]
-    header = json.loads(data[8:8 + n])
+    header = json.loads(data[8 : 8 + n])
     header["model.norm.weight"]["shape"] = [header["model.norm.weight"]["shape"][0] * 2]
     encoded = json.dumps(header).encode()
     encoded += b" " * (-len(encoded) % 8)
-    weights.write_bytes(struct.pack("<Q", len(encoded)) + encoded + data[8 + n:])
+    weights.write_bytes(struct.pack("<Q", len(encoded)) + encoded + data[8 + n :])
     _expect_error(hf_dir, "model.norm.weight")
 
 
@@ -272,6 +278,7 @@ def test_config_without_rope_theta_is_refused(hf_dir):
 
 
 # --- CLI ------------------------------------------------------------------------------------------
+
 
 def test_cli_bad_input_exits_2_with_one_line_and_no_output(gguf, tmp_path, capsys):
     gguf.write_bytes(gguf.read_bytes()[:3000])

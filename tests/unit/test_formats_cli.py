@@ -33,8 +33,10 @@ def test_convert_cli_writes_output_and_report(fixture_models, tmp_path, capsys):
 
 def test_convert_cli_dtype_bf16_to_safetensors(fixture_models, tmp_path, capsys):
     out = tmp_path / "hf"
-    assert main(["convert", str(fixture_models["qwen2"]["apr"]), "--to", "safetensors", "--dtype", "bf16",
-                 "-o", str(out)]) == 0
+    assert (
+        main(["convert", str(fixture_models["qwen2"]["apr"]), "--to", "safetensors", "--dtype", "bf16", "-o", str(out)])
+        == 0
+    )
     assert "wrote" in capsys.readouterr().out
     assert {t.info.ggml_type for t in load_model(out).tensors.values()} == {30}
 
@@ -67,10 +69,10 @@ def test_trace_structure_flags_zeroed_norms_and_biases(fixture_models, tmp_path)
     weights = hf / "model.safetensors"
     data = bytearray(weights.read_bytes())
     header_len = int.from_bytes(data[:8], "little")
-    header = json.loads(data[8:8 + header_len])
+    header = json.loads(data[8 : 8 + header_len])
     for name in ("model.layers.0.input_layernorm.weight", "model.layers.1.self_attn.v_proj.bias"):
         start, stop = header[name]["data_offsets"]
-        data[8 + header_len + start:8 + header_len + stop] = bytes(stop - start)
+        data[8 + header_len + start : 8 + header_len + stop] = bytes(stop - start)
     weights.write_bytes(bytes(data))
     flags = trace_structure(load_model(hf))["flags"]
     assert any("input_layernorm" in f and "near zero" in f for f in flags)

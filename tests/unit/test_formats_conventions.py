@@ -60,8 +60,10 @@ def test_llama_q_k_rows_are_stored_permuted_like_llama_cpp(fixture_models):
     assert np.array_equal(np.asarray(stored["blk.0.attn_q.weight"].data).reshape(hf_rows.shape), expected_file_rows)
     assert not np.array_equal(expected_file_rows, hf_rows)
     k = model.tensors["model.layers.0.self_attn.k_proj.weight"]
-    assert np.array_equal(np.asarray(stored["blk.0.attn_k.weight"].data).reshape(k.raw().shape),
-                          k.raw()[rope_permutation(k.raw().shape[0], model.config.num_kv_heads)])
+    assert np.array_equal(
+        np.asarray(stored["blk.0.attn_k.weight"].data).reshape(k.raw().shape),
+        k.raw()[rope_permutation(k.raw().shape[0], model.config.num_kv_heads)],
+    )
 
 
 def test_qwen2_and_gemma3_are_not_permuted(fixture_models):
@@ -77,9 +79,11 @@ def test_gemma3_norms_are_stored_plus_one_in_gguf(fixture_models):
     path = fixture_models["gemma3"]["gguf"]
     stored = _gguf_py_tensors(path)
     model = load_model(path)
-    for gguf_name, hf_name in (("blk.0.attn_norm.weight", "model.layers.0.input_layernorm.weight"),
-                               ("blk.0.attn_q_norm.weight", "model.layers.0.self_attn.q_norm.weight"),
-                               ("output_norm.weight", "model.norm.weight")):
+    for gguf_name, hf_name in (
+        ("blk.0.attn_norm.weight", "model.layers.0.input_layernorm.weight"),
+        ("blk.0.attn_q_norm.weight", "model.layers.0.self_attn.q_norm.weight"),
+        ("output_norm.weight", "model.norm.weight"),
+    ):
         source = model.tensors[hf_name]
         assert source.info.value_offset == 1.0
         assert np.array_equal(np.asarray(stored[gguf_name].data), source.dequantize().numpy() + np.float32(1))

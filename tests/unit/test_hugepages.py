@@ -96,13 +96,16 @@ def test_pack_cache_reads_packed_parts_into_huge_pages(tmp_path, monkeypatch):
         assert huge_kib_under(read["layer::w"]) >= 4 * 1024
 
 
-@pytest.mark.parametrize("header", [
-    b'{"t": {"dtype": "F32", "shape": "4", "data_offsets": [0, 16]}}',
-    b'{"t": {"dtype": "F32", "shape": [4], "data_offsets": [0]}}',
-    b'{"t": {"dtype": "F32", "shape": [-4], "data_offsets": [0, 16]}}',
-    b'{"t": {"dtype": "F32", "shape": [1000000000000], "data_offsets": [0, 16]}}',
-    b'{"t": {"dtype": "Q9", "shape": [4], "data_offsets": [0, 16]}}',
-])
+@pytest.mark.parametrize(
+    "header",
+    [
+        b'{"t": {"dtype": "F32", "shape": "4", "data_offsets": [0, 16]}}',
+        b'{"t": {"dtype": "F32", "shape": [4], "data_offsets": [0]}}',
+        b'{"t": {"dtype": "F32", "shape": [-4], "data_offsets": [0, 16]}}',
+        b'{"t": {"dtype": "F32", "shape": [1000000000000], "data_offsets": [0, 16]}}',
+        b'{"t": {"dtype": "Q9", "shape": [4], "data_offsets": [0, 16]}}',
+    ],
+)
 def test_a_malformed_header_is_refused_before_any_memory_is_taken(tmp_path, header):
     path = tmp_path / "entry.safetensors"
     path.write_bytes(len(header).to_bytes(8, "little") + header + bytes(16))
@@ -110,7 +113,7 @@ def test_a_malformed_header_is_refused_before_any_memory_is_taken(tmp_path, head
         read_aligned(path)
 
 
-@pytest.mark.parametrize("header", [b'[1, 2]', b'{"t": 5}'])
+@pytest.mark.parametrize("header", [b"[1, 2]", b'{"t": 5}'])
 def test_a_header_that_is_not_a_table_of_tensors_is_refused(tmp_path, header):
     path = tmp_path / "entry.safetensors"
     path.write_bytes(len(header).to_bytes(8, "little") + header)

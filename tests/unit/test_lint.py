@@ -30,7 +30,10 @@ def test_mypy() -> None:
 def test_every_module_opens_with_a_line_saying_what_it_is_for() -> None:
     import ast
 
-    missing = [str(path.relative_to(REPO_ROOT)) for folder in ("src", "pipelines", "tests", "bench")
-               for path in sorted((REPO_ROOT / folder).rglob("*.py"))
-               if not ast.get_docstring(ast.parse(path.read_text(encoding="utf-8")))]
+    missing = [
+        str(path.relative_to(REPO_ROOT))
+        for folder in ("src", "pipelines", "tests", "bench")
+        for path in sorted((REPO_ROOT / folder).rglob("*.py"))
+        if not ast.get_docstring(ast.parse(path.read_text(encoding="utf-8")))
+    ]
     assert not missing

@@ -25,8 +25,9 @@ def build_counting(calls: list[Path], content: str = "weights"):
 
 
 def stage(layout: WorkLayout, calls: list[Path], inputs: dict, code_version: str = "1") -> StageRecord:
-    record = run_stage(layout, asset="gguf", partition="m", code_version=code_version, inputs=inputs,
-                       build=build_counting(calls))
+    record = run_stage(
+        layout, asset="gguf", partition="m", code_version=code_version, inputs=inputs, build=build_counting(calls)
+    )
     layout.write_record(record)
     return record
 
@@ -62,8 +63,17 @@ def test_any_change_rebuilds(tmp_path: Path, change: str) -> None:
 def test_fingerprint_depends_on_every_part() -> None:
     base = fingerprint("gguf", "1", {"a": 1})
     assert base == fingerprint("gguf", "1", {"a": 1})
-    assert len({base, fingerprint("apr", "1", {"a": 1}), fingerprint("gguf", "2", {"a": 1}),
-                fingerprint("gguf", "1", {"a": 2})}) == 4
+    assert (
+        len(
+            {
+                base,
+                fingerprint("apr", "1", {"a": 1}),
+                fingerprint("gguf", "2", {"a": 1}),
+                fingerprint("gguf", "1", {"a": 2}),
+            }
+        )
+        == 4
+    )
 
 
 def test_a_failed_stage_leaves_no_half_written_folder(tmp_path: Path) -> None:
@@ -98,13 +108,17 @@ def test_io_manager_round_trips_records_and_fans_in_only_materialized_partitions
 
     @dg.asset(partitions_def=models)
     def per_model(context) -> StageRecord:
-        return StageRecord(asset="per_model", partition=context.partition_key, fingerprint="f", files={},
-                           facts={"model": context.partition_key})
+        return StageRecord(
+            asset="per_model",
+            partition=context.partition_key,
+            fingerprint="f",
+            files={},
+            facts={"model": context.partition_key},
+        )
 
     @dg.asset(ins={"per_model": dg.AssetIn(partition_mapping=dg.AllPartitionMapping())})
     def table(per_model: dict[str, StageRecord]) -> StageRecord:
-        return StageRecord(asset="table", partition="", fingerprint="t", files={},
-                           facts={"models": sorted(per_model)})
+        return StageRecord(asset="table", partition="", fingerprint="t", files={}, facts={"models": sorted(per_model)})
 
     work = WorkRoot(root=str(tmp_path))
     resources = {"work": work, "io_manager": WorkRootIOManager(work=work)}
@@ -113,7 +127,10 @@ def test_io_manager_round_trips_records_and_fans_in_only_materialized_partitions
             assert dg.materialize([per_model], partition_key=key, resources=resources, instance=instance).success
         result = dg.materialize([per_model, table], selection=[table], resources=resources, instance=instance)
     assert result.success
-    table_record, model_record = WorkLayout(tmp_path).read_record("table", None), WorkLayout(tmp_path).read_record("per_model", "c")
+    table_record, model_record = (
+        WorkLayout(tmp_path).read_record("table", None),
+        WorkLayout(tmp_path).read_record("per_model", "c"),
+    )
     assert table_record is not None and table_record.facts == {"models": ["a", "c"]}
     assert model_record is not None and model_record.facts == {"model": "c"}
 

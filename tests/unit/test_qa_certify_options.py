@@ -32,8 +32,10 @@ def test_another_tier_takes_the_template_matrix_and_keeps_the_model_settings():
 
 def test_tier_of_an_upstream_playbook_is_refused_with_one_line(tmp_path):
     upstream = tmp_path / "qwen2.5-coder-1.5b-mvp.playbook.yaml"
-    upstream.write_text("name: qwen-coder-mvp\nversion: 1.0.0\nmodel: {hf_repo: Qwen/Qwen2.5-Coder-1.5B-Instruct}\n"
-                        "test_matrix: {modalities: [run], backends: [cpu], scenario_count: 1}\n")
+    upstream.write_text(
+        "name: qwen-coder-mvp\nversion: 1.0.0\nmodel: {hf_repo: Qwen/Qwen2.5-Coder-1.5B-Instruct}\n"
+        "test_matrix: {modalities: [run], backends: [cpu], scenario_count: 1}\n"
+    )
     playbook = load_playbook(upstream)
     with pytest.raises(AprError, match="apr's format"):
         with_tier(playbook, Tier.SMOKE if playbook.tier is not Tier.SMOKE else Tier.MVP)

@@ -68,9 +68,11 @@ def test_appending_reopens_without_losing_records(tmp_path):
 def test_concurrent_appends_never_interleave(tmp_path):
     path = tmp_path / "evidence.jsonl"
     with EvidenceWriter(path) as writer:
+
         def work(worker: int) -> None:
             for i in range(20):
                 writer.append(record(GateId.G2_INFERENCE, check=f"w{worker}-{i}", output="x" * 1500))
+
         threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
         for t in threads:
             t.start()
@@ -95,11 +97,14 @@ def test_a_torn_last_line_is_reported_not_counted_and_cut_before_appending(tmp_p
     assert [r.check for r in read_evidence(path).records] == ["whole", "after"]
 
 
-@pytest.mark.parametrize("bad, message", [
-    ("{not json\n", "not JSON"),
-    ('{"gate": "G9-NOPE"}\n', "not a valid evidence record"),
-    ("\n", "blank line"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ("{not json\n", "not JSON"),
+        ('{"gate": "G9-NOPE"}\n', "not a valid evidence record"),
+        ("\n", "blank line"),
+    ],
+)
 def test_a_corrupt_line_names_the_file_and_line(tmp_path, bad, message):
     path = tmp_path / "evidence.jsonl"
     good = record(GateId.G1_LOAD).model_dump_json() + "\n"
@@ -127,12 +132,27 @@ def test_timestamps_are_serialized_with_zone():
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(output=st.text(max_size=300), reason=st.text(min_size=1, max_size=80),
-       outcome=st.sampled_from(Outcome), metric=st.one_of(st.none(), st.booleans(), st.integers(-10**9, 10**9),
-                                                         st.floats(allow_nan=False, allow_infinity=False), st.text()))
+@given(
+    output=st.text(max_size=300),
+    reason=st.text(min_size=1, max_size=80),
+    outcome=st.sampled_from(Outcome),
+    metric=st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-(10**9), 10**9),
+        st.floats(allow_nan=False, allow_infinity=False),
+        st.text(),
+    ),
+)
 def test_any_record_round_trips_through_the_file(tmp_path, output, reason, outcome, metric):
-    item = record(GateId.G4_QUALITY, outcome, reason=reason, output=excerpt(output), metrics={"m": metric},
-                  n_compared=1 if outcome is Outcome.CORROBORATED else 0)
+    item = record(
+        GateId.G4_QUALITY,
+        outcome,
+        reason=reason,
+        output=excerpt(output),
+        metrics={"m": metric},
+        n_compared=1 if outcome is Outcome.CORROBORATED else 0,
+    )
     path = tmp_path / "round-trip.jsonl"
     path.unlink(missing_ok=True)  # hypothesis reuses tmp_path across examples
     with EvidenceWriter(path) as writer:

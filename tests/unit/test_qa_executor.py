@@ -24,15 +24,20 @@ def prompt(text: str, pid: str) -> Prompt:
 
 
 def cells(*prompts: Prompt, backends=(Backend.CPU,), modalities=(Modality.RUN,)) -> tuple[Cell, ...]:
-    return tuple(Cell(format=Format.GGUF, backend=b, modality=m, prompt=p, seed=7)
-                 for b in backends for m in modalities for p in prompts)
+    return tuple(
+        Cell(format=Format.GGUF, backend=b, modality=m, prompt=p, seed=7)
+        for b in backends
+        for m in modalities
+        for p in prompts
+    )
 
 
 def plan(matrix, tmp_path: Path, **kw) -> ExecutionPlan:
     artifact = tmp_path / "model.gguf"
     artifact.write_bytes(b"stand-in")
-    return ExecutionPlan(cells=matrix, artifacts={Format.GGUF: artifact}, timeout_s=kw.pop("timeout_s", 30.0),
-                         apr_argv=STAND_IN, **kw)
+    return ExecutionPlan(
+        cells=matrix, artifacts={Format.GGUF: artifact}, timeout_s=kw.pop("timeout_s", 30.0), apr_argv=STAND_IN, **kw
+    )
 
 
 def recorder() -> Recorder:
@@ -41,16 +46,20 @@ def recorder() -> Recorder:
 
 def run(matrix, tmp_path, evidence: Path, **kw):
     with EvidenceWriter(evidence) as writer:
-        summary = execute(plan(matrix, tmp_path, **kw), recorder(), writer, done_keys=finished_keys(evidence),
-                          progress=False)
+        summary = execute(
+            plan(matrix, tmp_path, **kw), recorder(), writer, done_keys=finished_keys(evidence), progress=False
+        )
     return summary, read_evidence(evidence).records
 
 
 def test_a_good_cell_writes_g2_g4_and_g3_records_all_corroborated(tmp_path):
     summary, records = run(cells(prompt("What is 2+2?", "p1")), tmp_path, tmp_path / "e.jsonl")
     assert [(r.gate.value, r.check) for r in records] == [
-        ("G2-INFERENCE", "reply"), ("G4-QUALITY", "oracle:arithmetic"), ("G4-QUALITY", "oracle:non_empty"),
-        ("G3-STABILITY", "process")]
+        ("G2-INFERENCE", "reply"),
+        ("G4-QUALITY", "oracle:arithmetic"),
+        ("G4-QUALITY", "oracle:non_empty"),
+        ("G3-STABILITY", "process"),
+    ]
     assert all(r.outcome is Outcome.CORROBORATED for r in records), [r.reason for r in records]
     assert records[0].provenance.model_sha256 == SHA
     assert records[0].metrics["decode_tok_s"] == 50.0
@@ -117,11 +126,15 @@ def test_collect_all_runs_every_cell_despite_failures(tmp_path):
 
 
 def test_parallel_workers_write_every_record_once(tmp_path):
-    matrix = cells(*(prompt(f"What is {i}+{4 - i}?", f"p{i}") for i in range(4)), modalities=(Modality.RUN, Modality.CHAT))
+    matrix = cells(
+        *(prompt(f"What is {i}+{4 - i}?", f"p{i}") for i in range(4)), modalities=(Modality.RUN, Modality.CHAT)
+    )
     summary, records = run(matrix, tmp_path, tmp_path / "e.jsonl", workers=3)
     assert summary.cells_run == 8
     assert len({r.key for r in records}) == len(records) == 32
-    assert all(r.outcome is Outcome.CORROBORATED for r in records), [r.reason for r in records if r.outcome is not Outcome.CORROBORATED]
+    assert all(r.outcome is Outcome.CORROBORATED for r in records), [
+        r.reason for r in records if r.outcome is not Outcome.CORROBORATED
+    ]
 
 
 def test_a_format_without_artifact_fails_inference_instead_of_passing(tmp_path):
@@ -137,10 +150,17 @@ def test_an_empty_prompt_may_be_answered_with_nothing_but_a_normal_prompt_may_no
     matrix = cells(empty, normal, modalities=(Modality.CHAT,))
     silent = (sys.executable, "-c", "import sys; sys.stdin.read()")  # reads its input, answers nothing, exit 0
     with EvidenceWriter(tmp_path / "e.jsonl") as writer:
-        summary = execute(ExecutionPlan(cells=matrix, artifacts={Format.GGUF: tmp_path / "m.gguf"}, timeout_s=30,
-                                        apr_argv=silent), recorder(), writer, progress=False)
-    g2 = {r.scenario.prompt_id: r.outcome for r in read_evidence(tmp_path / "e.jsonl").records
-          if r.gate.value == "G2-INFERENCE"}
+        summary = execute(
+            ExecutionPlan(cells=matrix, artifacts={Format.GGUF: tmp_path / "m.gguf"}, timeout_s=30, apr_argv=silent),
+            recorder(),
+            writer,
+            progress=False,
+        )
+    g2 = {
+        r.scenario.prompt_id: r.outcome
+        for r in read_evidence(tmp_path / "e.jsonl").records
+        if r.gate.value == "G2-INFERENCE"
+    }
     assert summary.cells_run == 2
     assert g2 == {"empty": Outcome.CORROBORATED, "normal": Outcome.FALSIFIED}
 

@@ -70,7 +70,9 @@ def test_traceback_is_a_crash_quoting_the_last_stderr_lines():
 
 
 def test_clean_error_exit_is_refused_not_crashed():
-    result = run_process(python("import sys; print('error: bad model file', file=sys.stderr); sys.exit(2)"), timeout_s=20)
+    result = run_process(
+        python("import sys; print('error: bad model file', file=sys.stderr); sys.exit(2)"), timeout_s=20
+    )
     assert result.ending is Ending.REFUSED
     assert "bad model file" in result.reason()
 

@@ -15,9 +15,21 @@ from apr.qa.runners import chat_turn, run_cell
 STAND_IN = [sys.executable, str(Path(__file__).with_name("qa_exec_stand_in_apr.py"))]
 
 
-def cell(modality: str, prompt: str, *, timeout_s: float = 30.0, model: str = "model.gguf", chat: bool = True) -> Invocation:
-    return Invocation(model_path=Path(model), format="gguf", backend=Backend.CPU, modality=Modality(modality), scenario_id="s1",
-                prompt=prompt, seed=7, max_tokens=8, timeout_s=timeout_s, use_chat_template=chat)
+def cell(
+    modality: str, prompt: str, *, timeout_s: float = 30.0, model: str = "model.gguf", chat: bool = True
+) -> Invocation:
+    return Invocation(
+        model_path=Path(model),
+        format="gguf",
+        backend=Backend.CPU,
+        modality=Modality(modality),
+        scenario_id="s1",
+        prompt=prompt,
+        seed=7,
+        max_tokens=8,
+        timeout_s=timeout_s,
+        use_chat_template=chat,
+    )
 
 
 @pytest.mark.parametrize("modality", ["run", "chat", "serve"])

@@ -53,9 +53,13 @@ def test_format_parity_passes_for_the_same_network_and_fails_for_a_broken_one(en
     ids = encode_prompts(qwen2, PROMPTS)
     good = prompt_logits(engine, ids)
     broken = [t.flip(-1) for t in good]  # a permuted vocabulary: what a mangled lm_head produces
-    checks = format_parity_checks({Format.GGUF: good, Format.APR: [t.clone() for t in good],
-                                   Format.SAFETENSORS: broken}, Format.GGUF, 0.9, 0.1,
-                                  (Format.GGUF, Format.APR, Format.SAFETENSORS))
+    checks = format_parity_checks(
+        {Format.GGUF: good, Format.APR: [t.clone() for t in good], Format.SAFETENSORS: broken},
+        Format.GGUF,
+        0.9,
+        0.1,
+        (Format.GGUF, Format.APR, Format.SAFETENSORS),
+    )
     verdicts = {c.check: c.outcome for c in checks}
     assert verdicts == {"apr~gguf": Outcome.CORROBORATED, "safetensors~gguf": Outcome.FALSIFIED}
 
@@ -71,11 +75,13 @@ def test_tokenizer_parity_finds_a_different_tokenizer():
 
     qwen, llama = build_fixture_model("qwen2"), build_fixture_model("llama")
     corpus = ("Hello, world!", "def f(x):\n    return x", "你好 café")
-    same = tokenizer_parity_checks({Format.GGUF: qwen, Format.APR: build_fixture_model("qwen2")}, Format.GGUF,
-                                   corpus, (Format.GGUF, Format.APR))
+    same = tokenizer_parity_checks(
+        {Format.GGUF: qwen, Format.APR: build_fixture_model("qwen2")}, Format.GGUF, corpus, (Format.GGUF, Format.APR)
+    )
     assert [c.outcome for c in same] == [Outcome.CORROBORATED]
-    differs = tokenizer_parity_checks({Format.GGUF: qwen, Format.APR: llama}, Format.GGUF, corpus,
-                                      (Format.GGUF, Format.APR))
+    differs = tokenizer_parity_checks(
+        {Format.GGUF: qwen, Format.APR: llama}, Format.GGUF, corpus, (Format.GGUF, Format.APR)
+    )
     assert [c.outcome for c in differs] == [Outcome.FALSIFIED]
 
 
@@ -92,8 +98,9 @@ def test_attention_checks_pass_on_a_healthy_model_and_fail_on_thresholds_it_cann
     ids = encode_prompts(qwen2, (TRACE_PROMPT,))[0]
     healthy = attention_checks(engine, ids, AttentionTraceGate(), Format.GGUF)
     assert all(c.outcome is Outcome.CORROBORATED for c in healthy)
-    impossible = attention_checks(engine, ids, AttentionTraceGate(min_normalized_entropy=1.0,
-                                                                  max_first_position_mass=1e-6), Format.GGUF)
+    impossible = attention_checks(
+        engine, ids, AttentionTraceGate(min_normalized_entropy=1.0, max_first_position_mass=1e-6), Format.GGUF
+    )
     assert [c.outcome for c in impossible] == [Outcome.FALSIFIED, Outcome.FALSIFIED]
 
 

@@ -16,11 +16,29 @@ SHA = "cd" * 32
 PROMPT = Prompt(id="p1", pool=Pool.CUSTOM, text="Hi", max_tokens=8)
 
 
-def reply(fmt: Format, backend: Backend, modality: Modality, tok_s: float, text: str = "hello there",
-          outcome: Outcome = Outcome.CORROBORATED) -> Check:
-    return Check(GateId.G2_INFERENCE, "reply", outcome, "replied", n_compared=1, format=fmt, backend=backend,
-                 modality=modality, prompt_id="p1", prompt="Hi", seed=1, output=text,
-                 metrics={"decode_tok_s": tok_s})
+def reply(
+    fmt: Format,
+    backend: Backend,
+    modality: Modality,
+    tok_s: float,
+    text: str = "hello there",
+    outcome: Outcome = Outcome.CORROBORATED,
+) -> Check:
+    return Check(
+        GateId.G2_INFERENCE,
+        "reply",
+        outcome,
+        "replied",
+        n_compared=1,
+        format=fmt,
+        backend=backend,
+        modality=modality,
+        prompt_id="p1",
+        prompt="Hi",
+        seed=1,
+        output=text,
+        metrics={"decode_tok_s": tok_s},
+    )
 
 
 def records(*checks: Check):
@@ -31,10 +49,24 @@ def records(*checks: Check):
 def bench(ending_code: int | None, speed: float | None, timed_out: bool = False):
     from apr.qa.procs import ProcessResult
 
-    process = ProcessResult(argv=("apr", "bench"), returncode=ending_code, stdout="", stderr="boom" if ending_code else "",
-                            duration_s=1.0, timed_out=timed_out)
-    result = None if speed is None else {"decode_tok_s": {"median": speed, "p90": speed * 0.9}, "reps": 3,
-                                         "prefill_tok_s": {"median": 100.0}, "load_s": 0.5}
+    process = ProcessResult(
+        argv=("apr", "bench"),
+        returncode=ending_code,
+        stdout="",
+        stderr="boom" if ending_code else "",
+        duration_s=1.0,
+        timed_out=timed_out,
+    )
+    result = (
+        None
+        if speed is None
+        else {
+            "decode_tok_s": {"median": speed, "p90": speed * 0.9},
+            "reps": 3,
+            "prefill_tok_s": {"median": 100.0},
+            "load_s": 0.5,
+        }
+    )
     return process, result
 
 
@@ -54,8 +86,10 @@ def test_throughput_failures_keep_their_kind_and_skips_their_reason():
 
 
 def test_gpu_speedup_is_measured_only_with_cuda_and_both_speeds():
-    evidence = records(runtime.throughput_check(Format.GGUF, Backend.CPU, 1.0, *bench(0, 10.0)),
-                       runtime.throughput_check(Format.GGUF, Backend.GPU, 1.0, *bench(0, 15.0)))
+    evidence = records(
+        runtime.throughput_check(Format.GGUF, Backend.CPU, 1.0, *bench(0, 10.0)),
+        runtime.throughput_check(Format.GGUF, Backend.GPU, 1.0, *bench(0, 15.0)),
+    )
     assert runtime.gpu_speedup_checks(evidence, GpuSpeedupGate(), False)[0].outcome is Outcome.SKIPPED
     slow = runtime.gpu_speedup_checks(evidence, GpuSpeedupGate(min_speedup=2.0), True)[0]
     assert slow.outcome is Outcome.FALSIFIED and slow.measured == 1.5
@@ -76,7 +110,9 @@ def test_determinism_compares_reruns_with_the_recorded_reply():
 
 def test_gate_rows_summarize_status_and_worst_measurement():
     evidence = records(
-        Check(GateId.FORMAT_PARITY, "apr~gguf", Outcome.CORROBORATED, "ok", 3, measured=0.95, threshold=0.9, unit="top-1"),
+        Check(
+            GateId.FORMAT_PARITY, "apr~gguf", Outcome.CORROBORATED, "ok", 3, measured=0.95, threshold=0.9, unit="top-1"
+        ),
         Check(GateId.FORMAT_PARITY, "st~gguf", Outcome.FALSIFIED, "bad", 3, measured=0.5, threshold=0.9, unit="top-1"),
         Check(GateId.GPU_SPEEDUP, "gpu/cpu", Outcome.SKIPPED, "no CUDA", threshold=2.0, unit="x"),
     )

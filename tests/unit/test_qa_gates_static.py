@@ -45,8 +45,9 @@ def test_every_fixture_passes_every_static_check(models, arch):
 
     model = models[arch]
     checks = contract_checks(model, GGUF) + metadata_checks(model, GGUF) + structure_checks(model, GGUF)
-    assert checks and all(c.outcome is Outcome.CORROBORATED for c in checks), [c.reason for c in checks
-                                                                            if c.outcome is not Outcome.CORROBORATED]
+    assert checks and all(c.outcome is Outcome.CORROBORATED for c in checks), [
+        c.reason for c in checks if c.outcome is not Outcome.CORROBORATED
+    ]
     assert all(c.n_compared >= 1 for c in checks)
 
 
@@ -120,14 +121,28 @@ def test_a_tensor_whose_bytes_cannot_be_read_is_a_failure_not_a_crash():
 
 def test_tokenizer_with_more_ids_than_embedding_rows_is_unusable(models):
     model = fresh("qwen2")
-    model.config = dataclasses.replace(model.config, vocab_size=model.tokenizer.vocab_size - 10,
-                                       eos_token_ids=(0,), bos_token_id=None, pad_token_id=None)
+    model.config = dataclasses.replace(
+        model.config,
+        vocab_size=model.tokenizer.vocab_size - 10,
+        eos_token_ids=(0,),
+        bos_token_id=None,
+        pad_token_id=None,
+    )
     check = tokenizer_check(model, GGUF)
     assert check.outcome is Outcome.FALSIFIED and "more than" in check.reason
 
 
-@pytest.mark.parametrize("arch,theta,ok", [("qwen2", 1e6, True), ("qwen2", 1e4, False), ("llama", 1e5, True),
-                                           ("llama", 50.0, False), ("gemma3", 1e6, True), ("gemma3", 1e4, False)])
+@pytest.mark.parametrize(
+    "arch,theta,ok",
+    [
+        ("qwen2", 1e6, True),
+        ("qwen2", 1e4, False),
+        ("llama", 1e5, True),
+        ("llama", 50.0, False),
+        ("gemma3", 1e6, True),
+        ("gemma3", 1e4, False),
+    ],
+)
 def test_rope_theta_bounds_per_architecture(arch, theta, ok):
     model = fresh(arch)
     model.config = dataclasses.replace(model.config, rope_theta=theta)

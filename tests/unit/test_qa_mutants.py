@@ -26,7 +26,8 @@ STAND_IN = (sys.executable, str(Path(__file__).with_name("qa_exec_stand_in_apr.p
 
 def write_playbook(folder: Path, model: Path, fmt: str, arch: str) -> Path:
     playbook = folder / "mutant.playbook.yaml"
-    playbook.write_text(textwrap.dedent(f"""\
+    playbook.write_text(
+        textwrap.dedent(f"""\
         apr_playbook: 1
         name: mutant-{arch}
         tier: smoke
@@ -39,7 +40,8 @@ def write_playbook(folder: Path, model: Path, fmt: str, arch: str) -> Path:
           CONTRACT-INVARIANTS:
           METADATA-PLAUSIBILITY:
           STRUCTURE:
-        """))
+        """)
+    )
     return playbook
 
 
@@ -48,8 +50,9 @@ def certify(folder: Path, model: Path, fmt: str, arch: str):
     from apr.qa.certify import certify as run_certify
 
     playbook = write_playbook(folder, model, fmt, arch)
-    return run_certify(CertifyOptions(playbook=playbook, output=folder / "out" / "run", progress=False,
-                                      apr_argv=STAND_IN))
+    return run_certify(
+        CertifyOptions(playbook=playbook, output=folder / "out" / "run", progress=False, apr_argv=STAND_IN)
+    )
 
 
 def failing(result, gate: GateId) -> list:

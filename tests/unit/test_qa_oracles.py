@@ -31,21 +31,32 @@ def test_registry_has_one_check_per_oracle():
 
 # --- arithmetic -------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("question, value", [("What is 2+2?", 4), ("Compute 7 * 8.", 56), ("What is 15-7?", 8),
-                                             ("What is 100/4?", 25), ("What is 12 plus 9?", 21),
-                                             ("What is 6 times 7?", 42), ("What is 1,000 minus 1?", 999)])
+
+@pytest.mark.parametrize(
+    "question, value",
+    [
+        ("What is 2+2?", 4),
+        ("Compute 7 * 8.", 56),
+        ("What is 15-7?", 8),
+        ("What is 100/4?", 25),
+        ("What is 12 plus 9?", 21),
+        ("What is 6 times 7?", 42),
+        ("What is 1,000 minus 1?", 999),
+    ],
+)
 def test_arithmetic_parses_the_question(question, value):
     assert parse_question(question) == value
 
 
-@pytest.mark.parametrize("reply", ["4", "2 + 2 equals 4.", "The answer is 4", "2+2=4", "Four.",
-                                   "2 + 2 = 4. Is there anything else?", "**4**"])
+@pytest.mark.parametrize(
+    "reply",
+    ["4", "2 + 2 equals 4.", "The answer is 4", "2+2=4", "Four.", "2 + 2 = 4. Is there anything else?", "**4**"],
+)
 def test_arithmetic_accepts_the_right_stated_answer(reply):
     assert kind("arithmetic", "What is 2+2?", reply) is VerdictKind.PASS
 
 
-@pytest.mark.parametrize("reply", ["14", "2 + 2 = 5", "The answer is 22.", "I don't know", "",
-                                   "33 - 26 = 11"])
+@pytest.mark.parametrize("reply", ["14", "2 + 2 = 5", "The answer is 22.", "I don't know", "", "33 - 26 = 11"])
 def test_arithmetic_rejects_wrong_or_missing_answers(reply):
     question = "What is 33 minus 26?" if "33" in reply else "What is 2+2?"
     assert kind("arithmetic", question, reply) is VerdictKind.FAIL
@@ -62,8 +73,10 @@ def test_arithmetic_completion_is_judged_by_the_first_number_of_the_continuation
 
 
 def test_arithmetic_explicit_expectation_and_tolerance():
-    assert kind("arithmetic", "pi to two places?", "3.14", ArithmeticSpec(expected=3.14159, tolerance=0.01)) \
+    assert (
+        kind("arithmetic", "pi to two places?", "3.14", ArithmeticSpec(expected=3.14159, tolerance=0.01))
         is VerdictKind.PASS
+    )
     assert kind("arithmetic", "What is 0.1 + 0.2?", "0.3") is VerdictKind.PASS
     assert stated_answer("no numbers here") is None
 
@@ -78,14 +91,17 @@ def test_code_accepts_a_python_function():
     assert result.passed and result.metrics["code_lines"] >= 2
 
 
-@pytest.mark.parametrize("reply, why", [
-    ("```python\ndef add_numbers(a, b)\n    return a + b\n```", "does not parse"),
-    ("```python\nx = 1 + 2\n```", "defines no function"),
-    ("```python\ndef add_numbers(a, b):\n    print(a + b)\n```", "never returns"),
-    ("```python\ndef other(a, b):\n    return a\n```", "no function named add_numbers"),
-    ("Sorry, I cannot help with that.", "does not parse"),
-    ("", "holds no code"),
-])
+@pytest.mark.parametrize(
+    "reply, why",
+    [
+        ("```python\ndef add_numbers(a, b)\n    return a + b\n```", "does not parse"),
+        ("```python\nx = 1 + 2\n```", "defines no function"),
+        ("```python\ndef add_numbers(a, b):\n    print(a + b)\n```", "never returns"),
+        ("```python\ndef other(a, b):\n    return a\n```", "no function named add_numbers"),
+        ("Sorry, I cannot help with that.", "does not parse"),
+        ("", "holds no code"),
+    ],
+)
 def test_code_rejects_bad_python(reply, why):
     result = evaluate("code", "write add_numbers", reply, CodeSpec(function_name="add_numbers"))
     assert result.kind is VerdictKind.FAIL and why in result.reason
@@ -95,13 +111,22 @@ def test_code_accepts_an_unfenced_python_reply():
     assert kind("code", "p", "def f(x):\n    return x * x\n", CodeSpec()) is VerdictKind.PASS
 
 
-@pytest.mark.parametrize("language, good, bad", [
-    (Language.JAVASCRIPT, "```js\nfunction isEven(n) { return n % 2 === 0; }\n```",
-     "```js\nfunction isEven(n) { return n % 2 === 0; \n```"),
-    (Language.RUST, "```rust\nfn square(x: i64) -> i64 {\n    x * x\n}\n```", "```rust\nlet x = (1, 2;\n```"),
-    (Language.GO, "```go\nfunc maxOfTwo(a, b int) int {\n\tif a > b { return a }\n\treturn b\n}\n```",
-     "```go\nreturn a }\n```"),
-])
+@pytest.mark.parametrize(
+    "language, good, bad",
+    [
+        (
+            Language.JAVASCRIPT,
+            "```js\nfunction isEven(n) { return n % 2 === 0; }\n```",
+            "```js\nfunction isEven(n) { return n % 2 === 0; \n```",
+        ),
+        (Language.RUST, "```rust\nfn square(x: i64) -> i64 {\n    x * x\n}\n```", "```rust\nlet x = (1, 2;\n```"),
+        (
+            Language.GO,
+            "```go\nfunc maxOfTwo(a, b int) int {\n\tif a > b { return a }\n\treturn b\n}\n```",
+            "```go\nreturn a }\n```",
+        ),
+    ],
+)
 def test_code_structural_checks_for_other_languages(language, good, bad):
     spec = CodeSpec(language=language)
     assert kind("code", "p", good, spec) is VerdictKind.PASS
@@ -115,28 +140,40 @@ def test_code_brackets_inside_strings_do_not_count():
 
 # --- garbage ----------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("reply", [
-    "2 + 2 equals 4.", "4", "你好", "你好，世界！很高兴见到你。",
-    "Variables store values so that a program can refer to them later by name.",
-    GOOD_PY, "Information about inference: infinite loops are bad.", "café, naïve, Zürich",
-])
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "2 + 2 equals 4.",
+        "4",
+        "你好",
+        "你好，世界！很高兴见到你。",
+        "Variables store values so that a program can refer to them later by name.",
+        GOOD_PY,
+        "Information about inference: infinite loops are bad.",
+        "café, naïve, Zürich",
+    ],
+)
 def test_garbage_accepts_clean_replies(reply):
     assert kind("garbage", "p", reply) is VerdictKind.PASS
 
 
-@pytest.mark.parametrize("reply, why", [
-    ("", "empty"),
-    ("   \n", "empty"),
-    ("answer: \ufffd\ufffd", "U+FFFD"),
-    ("ä½\xa0å¥½", "mojibake"),
-    ("The cafÃ© is open", "mojibake"),
-    ("hello\x1b[31m world", "control characters"),
-    ("ok\x00", "control characters"),
-    ("<pad><pad><pad><pad>", "flood"),
-    ("Sure, the result: PAD PAD PAD PAD PAD PAD PAD PAD PAD PAD PAD PAD PAD", "'PAD' is"),
-    ("aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", "distinct characters"),
-    ("I like cats. I like cats. I like cats. I like cats. I like cats. I like cats.", "repetition ratio"),
-])
+@pytest.mark.parametrize(
+    "reply, why",
+    [
+        ("", "empty"),
+        ("   \n", "empty"),
+        ("answer: \ufffd\ufffd", "U+FFFD"),
+        ("ä½\xa0å¥½", "mojibake"),
+        ("The cafÃ© is open", "mojibake"),
+        ("hello\x1b[31m world", "control characters"),
+        ("ok\x00", "control characters"),
+        ("<pad><pad><pad><pad>", "flood"),
+        ("Sure, the result: PAD PAD PAD PAD PAD PAD PAD PAD PAD PAD PAD PAD PAD", "'PAD' is"),
+        ("aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", "distinct characters"),
+        ("I like cats. I like cats. I like cats. I like cats. I like cats. I like cats.", "repetition ratio"),
+    ],
+)
 def test_garbage_rejects_degenerate_replies(reply, why):
     result = evaluate("garbage", "p", reply)
     assert result.kind is VerdictKind.FAIL and why in result.reason
@@ -161,22 +198,29 @@ def test_mojibake_detector_leaves_real_accents_alone():
 
 # --- expected text, stops on EOS, non-empty ----------------------------------------------------------------
 
+
 def test_expected_text():
     spec = ExpectedTextSpec(any_of=("你好",))
     assert kind("expected_text", "p", "你好！", spec) is VerdictKind.PASS
     assert kind("expected_text", "p", "Hello", spec) is VerdictKind.FAIL
     assert kind("expected_text", "p", "The capital is PARIS", ExpectedTextSpec(any_of=("Paris",))) is VerdictKind.PASS
-    assert kind("expected_text", "p", "PARIS", ExpectedTextSpec(any_of=("Paris",), case_sensitive=True)) \
+    assert (
+        kind("expected_text", "p", "PARIS", ExpectedTextSpec(any_of=("Paris",), case_sensitive=True))
         is VerdictKind.FAIL
+    )
     with pytest.raises(ValueError, match="needs a spec"):
         evaluate("expected_text", "p", "x")
 
 
 def test_stops_on_eos():
-    assert kind("stops_on_eos", "p", Generation(text="4", finish_reason="stop", completion_tokens=2,
-                                                max_tokens=64)) is VerdictKind.PASS
-    assert kind("stops_on_eos", "p", Generation(text="4 4 4", finish_reason="length", completion_tokens=64,
-                                                max_tokens=64)) is VerdictKind.FAIL
+    assert (
+        kind("stops_on_eos", "p", Generation(text="4", finish_reason="stop", completion_tokens=2, max_tokens=64))
+        is VerdictKind.PASS
+    )
+    assert (
+        kind("stops_on_eos", "p", Generation(text="4 4 4", finish_reason="length", completion_tokens=64, max_tokens=64))
+        is VerdictKind.FAIL
+    )
     assert kind("stops_on_eos", "p", "4") is VerdictKind.INAPPLICABLE
 
 

@@ -34,8 +34,7 @@ def write(tmp_path: Path, text: str, name: str = "p.playbook.yaml") -> Path:
 
 
 def test_committed_schema_equals_the_generated_one():
-    assert SCHEMA_PATH.read_text(encoding="utf-8") == schema_text(), \
-        "run: python -m apr.qa.playbook --write-schema"
+    assert SCHEMA_PATH.read_text(encoding="utf-8") == schema_text(), "run: python -m apr.qa.playbook --write-schema"
 
 
 @pytest.mark.parametrize("name", ["quick", "smoke", "mvp", "standard", "full"])
@@ -48,7 +47,8 @@ def test_qwen_mvp_is_the_18_cell_matrix():
     cells = playbook.cells()
     assert len(cells) == 18 and playbook.tier is Tier.MVP
     assert {(c.format, c.backend, c.modality) for c in cells} == {
-        (f, b, m) for f in Format for b in Backend for m in Modality}
+        (f, b, m) for f in Format for b in Backend for m in Modality
+    }
     assert len({c.key for c in cells}) == 18
     # CPU and GPU twins get the same prompt; the nine format×modality combos do not all share one prompt.
     by_combo = {(c.format, c.modality, c.backend): c.prompt.id for c in cells}
@@ -95,26 +95,31 @@ def test_model_path_override_resolves_relative_to_the_playbook(tmp_path):
 
 
 def test_g4_thresholds_reach_every_garbage_oracle(tmp_path):
-    text = MINIMAL + ("scenarios:\n  pools: {arithmetic: 2, facts: 1}\n  prompts:\n"
-                      "    - {text: hi, oracles: [{name: garbage}]}\n"
-                      "    - {text: ho, oracles: [{name: garbage, max_repetition_ratio: 0.7}]}\n"
-                      "gates:\n  G4-QUALITY: {max_repetition_ratio: 0.2}\n")
+    text = MINIMAL + (
+        "scenarios:\n  pools: {arithmetic: 2, facts: 1}\n  prompts:\n"
+        "    - {text: hi, oracles: [{name: garbage}]}\n"
+        "    - {text: ho, oracles: [{name: garbage, max_repetition_ratio: 0.7}]}\n"
+        "gates:\n  G4-QUALITY: {max_repetition_ratio: 0.2}\n"
+    )
     prompts = load_playbook(write(tmp_path, text)).prompts()
     ratios = [p.spec_for(OracleName.GARBAGE).max_repetition_ratio for p in prompts]
     assert ratios == [0.2, 0.2, 0.2, 0.2, 0.7]
 
 
-@pytest.mark.parametrize("text, expected", [
-    (MINIMAL + "colour: blue\n", r"p\.playbook\.yaml:6: colour: unknown key"),
-    (MINIMAL + "matrix:\n  formats: [gguf, onnx]\n", r":7: matrix\.formats\.1: Input should be"),
-    (MINIMAL.replace("  ref: smollm2:135m\n", "  name: x\n"), r":5: model\.name: unknown key"),
-    (MINIMAL + "gates:\n  G9-NOPE: {}\n", r":7: gates\.G9-NOPE: unknown key"),
-    (MINIMAL + "gates:\n  THROUGHPUT: {min_tok_s: {cpu: -1}}\n", r":7: gates\.THROUGHPUT\.min_tok_s: .*positive"),
-    (MINIMAL + "execution:\n  timeout_s: 0\n", r":7: execution\.timeout_s: Input should be greater than 0"),
-    ("apr_playbook: 1\nname: x\ntier: mvp\n", r":1: model: required field missing"),
-    (MINIMAL + "matrix:\n  modalities: [run, run]\n", r":7: matrix\.modalities: .*twice"),
-    (MINIMAL + "scenarios:\n  pools: {arithmetic: 0, empty: 1}\n", r":6: scenarios: .*no prompt with an oracle"),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (MINIMAL + "colour: blue\n", r"p\.playbook\.yaml:6: colour: unknown key"),
+        (MINIMAL + "matrix:\n  formats: [gguf, onnx]\n", r":7: matrix\.formats\.1: Input should be"),
+        (MINIMAL.replace("  ref: smollm2:135m\n", "  name: x\n"), r":5: model\.name: unknown key"),
+        (MINIMAL + "gates:\n  G9-NOPE: {}\n", r":7: gates\.G9-NOPE: unknown key"),
+        (MINIMAL + "gates:\n  THROUGHPUT: {min_tok_s: {cpu: -1}}\n", r":7: gates\.THROUGHPUT\.min_tok_s: .*positive"),
+        (MINIMAL + "execution:\n  timeout_s: 0\n", r":7: execution\.timeout_s: Input should be greater than 0"),
+        ("apr_playbook: 1\nname: x\ntier: mvp\n", r":1: model: required field missing"),
+        (MINIMAL + "matrix:\n  modalities: [run, run]\n", r":7: matrix\.modalities: .*twice"),
+        (MINIMAL + "scenarios:\n  pools: {arithmetic: 0, empty: 1}\n", r":6: scenarios: .*no prompt with an oracle"),
+    ],
+)
 def test_schema_errors_name_file_line_and_field(tmp_path, text, expected):
     with pytest.raises(AprError, match=expected):
         load_playbook(write(tmp_path, text))
@@ -165,8 +170,15 @@ def test_upstream_playbook_loads_and_reports_every_unused_key_by_name():
     assert [p.text for p in prompts] == ["What is 15-7?", "def fibonacci(n):", "List three colors."]
     assert OracleName.ARITHMETIC in prompts[0].oracle_names and OracleName.ARITHMETIC not in prompts[2].oracle_names
     unused = {entry.split(" (line")[0] for entry in playbook.unused_keys}
-    assert {"model.quantizations", "model.size_category", "model.expected_hidden_dim", "kernel_profile",
-            "oracles.0", "profile_ci.warmup", "metadata.author"} <= unused
+    assert {
+        "model.quantizations",
+        "model.size_category",
+        "model.expected_hidden_dim",
+        "kernel_profile",
+        "oracles.0",
+        "profile_ci.warmup",
+        "metadata.author",
+    } <= unused
     assert "kernel_profile (line 30)" in playbook.unused_keys
     assert not unused & {"name", "model.hf_repo", "test_matrix.seed", "test_matrix.prompts", "metadata.tier"}
     assert len(playbook.cells()) == 18

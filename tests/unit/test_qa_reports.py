@@ -40,15 +40,41 @@ def apr(argv: list[str]) -> int:
 
 def mixed_records(model: str = "demo:1b", tier: Tier = Tier.MVP):
     return all_gates_pass(model, tier) + [
-        record(GateId.G2_INFERENCE, Outcome.SKIPPED, check="gpu cell", backend=Backend.GPU, n_compared=0,
-               reason="no CUDA device", model=model, tier=tier),
-        record(GateId.FORMAT_PARITY, Outcome.FALSIFIED, check="top1 gguf~apr", reason="top-1 agreement 0.5 < 0.9",
-               output="bad \x00 output <script>", model=model, tier=tier, measured=0.5, threshold=0.9),
+        record(
+            GateId.G2_INFERENCE,
+            Outcome.SKIPPED,
+            check="gpu cell",
+            backend=Backend.GPU,
+            n_compared=0,
+            reason="no CUDA device",
+            model=model,
+            tier=tier,
+        ),
+        record(
+            GateId.FORMAT_PARITY,
+            Outcome.FALSIFIED,
+            check="top1 gguf~apr",
+            reason="top-1 agreement 0.5 < 0.9",
+            output="bad \x00 output <script>",
+            model=model,
+            tier=tier,
+            measured=0.5,
+            threshold=0.9,
+        ),
         record(GateId.THROUGHPUT, Outcome.TIMEOUT, check="tok/s", model=model, tier=tier, n_compared=0),
-        record(GateId.G3_STABILITY, Outcome.CRASHED, check="serve", reason="SIGSEGV", model=model, tier=tier,
-               n_compared=0),
-        record(GateId.THROUGHPUT, Outcome.CORROBORATED, check="cpu tok/s", model=model, tier=tier,
-               measured=12.5, threshold=5.0, unit="tok/s"),
+        record(
+            GateId.G3_STABILITY, Outcome.CRASHED, check="serve", reason="SIGSEGV", model=model, tier=tier, n_compared=0
+        ),
+        record(
+            GateId.THROUGHPUT,
+            Outcome.CORROBORATED,
+            check="cpu tok/s",
+            model=model,
+            tier=tier,
+            measured=12.5,
+            threshold=5.0,
+            unit="tok/s",
+        ),
     ]
 
 
@@ -111,9 +137,16 @@ def test_csv_has_the_documented_columns_and_one_row_per_model_and_tier(tmp_path)
 def test_the_newest_evidence_of_a_model_and_tier_wins(tmp_path):
     certs = tmp_path / "certifications"
     day = timedelta(days=1)
-    old = [r.model_copy(update={"provenance": r.provenance.model_copy(update={
-        "started_at": r.provenance.started_at - day, "finished_at": r.provenance.finished_at - day})})
-        for r in mixed_records()]
+    old = [
+        r.model_copy(
+            update={
+                "provenance": r.provenance.model_copy(
+                    update={"started_at": r.provenance.started_at - day, "finished_at": r.provenance.finished_at - day}
+                )
+            }
+        )
+        for r in mixed_records()
+    ]
     write_evidence(certs / "a" / "evidence.jsonl", old)
     write_evidence(certs / "b" / "evidence.jsonl", all_gates_pass())
     (row,) = collect_rows(certs)

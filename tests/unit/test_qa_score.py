@@ -14,8 +14,13 @@ from apr.qa.score import GatewayState, Status, compute_mqs, grade_for
 def test_catalog_weights_add_up_to_1000_and_every_category_has_gates():
     assert sum(CATEGORY_WEIGHTS.values()) == 1000
     assert all(gates_in(category) for category in Category)
-    assert GATEWAYS == (GateId.G0_INTEGRITY, GateId.G1_LOAD, GateId.G2_INFERENCE, GateId.G3_STABILITY,
-                        GateId.G4_QUALITY)
+    assert GATEWAYS == (
+        GateId.G0_INTEGRITY,
+        GateId.G1_LOAD,
+        GateId.G2_INFERENCE,
+        GateId.G3_STABILITY,
+        GateId.G4_QUALITY,
+    )
 
 
 def test_everything_corroborated_is_1000_a_plus_certified():
@@ -54,8 +59,9 @@ def test_a_crash_or_timeout_in_any_gate_fails_the_stability_gateway():
 
 def test_skipped_records_earn_nothing_and_lower_the_gate_fraction():
     # Half of the G2 cells skipped (GPU without CUDA): execution loses 1/3 of half its weight.
-    records = all_gates_pass() + [record(GateId.G2_INFERENCE, Outcome.SKIPPED, check="gpu", n_compared=0,
-                                         backend=Backend.GPU, reason="no CUDA")]
+    records = all_gates_pass() + [
+        record(GateId.G2_INFERENCE, Outcome.SKIPPED, check="gpu", n_compared=0, backend=Backend.GPU, reason="no CUDA")
+    ]
     result = compute_mqs(records)
     execution = next(c for c in result.categories if c.category is Category.EXECUTION)
     assert execution.points == pytest.approx(200 * (1 + 0.5 + 1) / 3)
@@ -75,10 +81,25 @@ def test_honest_cpu_only_run_is_provisional_not_certified():
     records = []
     for gate in CATALOG:
         records.append(record(gate, check=f"{gate}-cpu"))
-        if gate in (GateId.G1_LOAD, GateId.G2_INFERENCE, GateId.G3_STABILITY, GateId.G4_QUALITY,
-                    GateId.THROUGHPUT, GateId.GPU_SPEEDUP, GateId.DETERMINISM):
-            records.append(record(gate, Outcome.SKIPPED, check=f"{gate}-gpu", backend=Backend.GPU, n_compared=0,
-                                  reason="no CUDA device"))
+        if gate in (
+            GateId.G1_LOAD,
+            GateId.G2_INFERENCE,
+            GateId.G3_STABILITY,
+            GateId.G4_QUALITY,
+            GateId.THROUGHPUT,
+            GateId.GPU_SPEEDUP,
+            GateId.DETERMINISM,
+        ):
+            records.append(
+                record(
+                    gate,
+                    Outcome.SKIPPED,
+                    check=f"{gate}-gpu",
+                    backend=Backend.GPU,
+                    n_compared=0,
+                    reason="no CUDA device",
+                )
+            )
     result = compute_mqs(records)
     assert result.gateways_passed and not result.blockers
     assert 700 <= result.score < 800 and result.status is Status.PROVISIONAL
@@ -95,9 +116,23 @@ def test_a_p2_failure_costs_points_but_does_not_block():
     assert result.status is Status.CERTIFIED and result.score == 1000 - 25
 
 
-@pytest.mark.parametrize("score, grade", [(1000, "A+"), (950, "A+"), (949, "A"), (900, "A"), (899, "B+"),
-                                          (850, "B+"), (849, "B"), (800, "B"), (799, "C"), (700, "C"), (699, "F"),
-                                          (0, "F")])
+@pytest.mark.parametrize(
+    "score, grade",
+    [
+        (1000, "A+"),
+        (950, "A+"),
+        (949, "A"),
+        (900, "A"),
+        (899, "B+"),
+        (850, "B+"),
+        (849, "B"),
+        (800, "B"),
+        (799, "C"),
+        (700, "C"),
+        (699, "F"),
+        (0, "F"),
+    ],
+)
 def test_grade_boundaries(score, grade):
     assert grade_for(score) == grade
 

@@ -19,8 +19,9 @@ def engine(fixture_models):
 
 @pytest.fixture()
 def served(engine, fixture_models) -> ServedModel:
-    return ServedModel.from_engine(engine, ServeSettings(model_arg=str(fixture_models["qwen2"]["gguf"]),
-                                                         max_context=64))
+    return ServedModel.from_engine(
+        engine, ServeSettings(model_arg=str(fixture_models["qwen2"]["gguf"]), max_context=64)
+    )
 
 
 def completion(served: ServedModel, **fields):
@@ -29,8 +30,9 @@ def completion(served: ServedModel, **fields):
 
 def chat(served: ServedModel, **fields):
     messages = [{"role": "user", "content": "hi"}]
-    return chat_jobs(ChatCompletionRequest.model_validate({"model": served.model_id, "messages": messages,
-                                                          **fields}), served)
+    return chat_jobs(
+        ChatCompletionRequest.model_validate({"model": served.model_id, "messages": messages, **fields}), served
+    )
 
 
 def refusal(call, *args, **kwargs) -> ApiError:
@@ -101,8 +103,16 @@ def test_echo_with_no_tokens_is_scoring_only_and_needs_echo(served):
     assert refusal(completion, served, prompt="x", max_tokens=0).param == "max_tokens"
 
 
-@pytest.mark.parametrize("field, value", [("presence_penalty", 0.5), ("frequency_penalty", -1.0),
-                                          ("logit_bias", {"5": 1.0}), ("suffix", "end"), ("best_of", 2)])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("presence_penalty", 0.5),
+        ("frequency_penalty", -1.0),
+        ("logit_bias", {"5": 1.0}),
+        ("suffix", "end"),
+        ("best_of", 2),
+    ],
+)
 def test_unsupported_options_are_refused_not_ignored(served, field, value):
     assert refusal(completion, served, prompt="x", **{field: value}).param == field
 

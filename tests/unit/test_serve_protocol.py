@@ -30,7 +30,9 @@ def test_every_openai_prompt_shape_is_accepted(prompt):
 def test_stop_accepts_a_string_or_a_list():
     assert CompletionRequest.model_validate({"model": "m", "prompt": "x", "stop": "\n"}).stop_strings() == ("\n",)
     assert CompletionRequest.model_validate({"model": "m", "prompt": "x", "stop": ["a", "b"]}).stop_strings() == (
-        "a", "b")
+        "a",
+        "b",
+    )
 
 
 @pytest.mark.parametrize(
@@ -63,15 +65,19 @@ def test_a_missing_field_is_named():
 
 
 def test_nested_chat_fields_are_named_with_their_index():
-    error = validation_error(ChatCompletionRequest, {"model": "m", "messages": [{"role": "user", "content": "a"},
-                                                                                {"role": "robot", "content": "b"}]})
+    error = validation_error(
+        ChatCompletionRequest,
+        {"model": "m", "messages": [{"role": "user", "content": "a"}, {"role": "robot", "content": "b"}]},
+    )
     assert error.param == "messages.1.role"
 
 
 def test_chat_content_may_be_text_parts():
     request = ChatCompletionRequest.model_validate(
-        {"model": "m", "messages": [{"role": "user", "content": [{"type": "text", "text": "a"},
-                                                                  {"type": "text", "text": "b"}]}]}
+        {
+            "model": "m",
+            "messages": [{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}],
+        }
     )
     assert request.messages[0].text() == "ab"
 

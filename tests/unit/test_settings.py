@@ -16,8 +16,16 @@ def test_typed_values_and_defaults(tmp_path: Path) -> None:
     assert defaults.registry_file is None and defaults.work_root is None and defaults.dagster_home is None
     assert defaults.huge_pages and defaults.native_kernels and not defaults.hf_offline
     assert defaults.engine_cache_gb == DEFAULT_ENGINE_CACHE_GB
-    custom = Settings.from_environ({"APR_HOME": str(tmp_path), "APR_HUGE_PAGES": "0", "APR_NATIVE_KERNELS": "0",
-                                    "APR_ENGINE_CACHE_GB": "2.5", "HF_HUB_OFFLINE": "TRUE", "CC": "clang"})
+    custom = Settings.from_environ(
+        {
+            "APR_HOME": str(tmp_path),
+            "APR_HUGE_PAGES": "0",
+            "APR_NATIVE_KERNELS": "0",
+            "APR_ENGINE_CACHE_GB": "2.5",
+            "HF_HUB_OFFLINE": "TRUE",
+            "CC": "clang",
+        }
+    )
     assert custom.home == tmp_path and not custom.huge_pages and not custom.native_kernels
     assert custom.engine_cache_gb == 2.5 and custom.hf_offline and custom.compiler == "clang"
     # A malformed cache limit falls back to the default rather than stopping a model from loading.
@@ -31,8 +39,12 @@ def test_child_environ_adds_without_touching_ours() -> None:
 
 
 def test_only_the_settings_module_reads_the_environment() -> None:
-    readers = [str(path.relative_to(REPO_ROOT)) for folder in ("src", "pipelines")
-               for path in sorted((REPO_ROOT / folder).rglob("*.py")) if "os.environ" in path.read_text("utf-8")]
+    readers = [
+        str(path.relative_to(REPO_ROOT))
+        for folder in ("src", "pipelines")
+        for path in sorted((REPO_ROOT / folder).rglob("*.py"))
+        if "os.environ" in path.read_text("utf-8")
+    ]
     # compile.py is the engine's and sets the inductor cache folder; it moves here once the engine work merges.
     assert readers in (["src/apr/settings.py"], ["src/apr/engine/compile.py", "src/apr/settings.py"])
 

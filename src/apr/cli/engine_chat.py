@@ -11,8 +11,10 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from apr.engine import Engine, PrefixCache, SamplingParams
 
-HELP = ('commands: /reset forgets the conversation, /exit leaves (Ctrl-D too); """ on its own line opens '
-        'and closes a turn of several lines')
+HELP = (
+    'commands: /reset forgets the conversation, /exit leaves (Ctrl-D too); """ on its own line opens '
+    "and closes a turn of several lines"
+)
 BLOCK = '"""'
 
 
@@ -55,15 +57,15 @@ def read_turns(read_line: Callable[[str], str], *, piped: bool) -> Iterator[Turn
             if not line.lstrip().startswith(BLOCK):
                 yield Turn(line)
                 continue
-            parts, body = [], line.lstrip()[len(BLOCK):]
+            parts, body = [], line.lstrip()[len(BLOCK) :]
             while not body.rstrip().endswith(BLOCK):
                 parts.append(body)
                 try:
                     body = read_line("... ")
                 except EOFError:
-                    print(f'note: input ended inside a {BLOCK} turn; sending what was read', file=sys.stderr)
+                    print(f"note: input ended inside a {BLOCK} turn; sending what was read", file=sys.stderr)
                     body = BLOCK
-            parts.append(body.rstrip()[:-len(BLOCK)])
+            parts.append(body.rstrip()[: -len(BLOCK)])
             if parts and not parts[0].strip():
                 parts.pop(0)  # the opening quotes on their own line
             if parts and not parts[-1].strip():
@@ -84,15 +86,16 @@ def _json_content(line: str) -> str | None:
     return content if isinstance(content, str) else None
 
 
-def chat_loop(engine: Engine, params: SamplingParams, *, as_json: bool, system: str | None,
-              load_s: float) -> None:
+def chat_loop(engine: Engine, params: SamplingParams, *, as_json: bool, system: str | None, load_s: float) -> None:
     from apr.cli.engine_session import prompt_ids, result_json
 
     interactive = sys.stdin.isatty()
     templated = engine.tokenizer.has_chat_template
     if interactive:
-        print(f"apr chat · {engine.describe()['architecture']} on {engine.device} · loaded in {load_s:.1f} s · {HELP}",
-              file=sys.stderr)
+        print(
+            f"apr chat · {engine.describe()['architecture']} on {engine.device} · loaded in {load_s:.1f} s · {HELP}",
+            file=sys.stderr,
+        )
     if not templated:
         print("note: this model has no chat template; turns are appended to one raw transcript", file=sys.stderr)
     from apr.engine import PrefixCache

@@ -9,13 +9,17 @@ import typer
 
 def _certify_summary(result) -> None:
     mqs = result.mqs
-    typer.echo(f"{mqs.status.value}  MQS {mqs.score}/1000  grade {mqs.grade}  ({mqs.total_records} records: "
-               + ", ".join(f"{n} {outcome.value}" for outcome, n in mqs.outcomes.items() if n)
-               + f") in {result.seconds:.0f}s")
+    typer.echo(
+        f"{mqs.status.value}  MQS {mqs.score}/1000  grade {mqs.grade}  ({mqs.total_records} records: "
+        + ", ".join(f"{n} {outcome.value}" for outcome, n in mqs.outcomes.items() if n)
+        + f") in {result.seconds:.0f}s"
+    )
     for line in mqs.blockers:
         typer.echo(f"  blocked: {line}")
-    typer.echo(f"wrote {result.evidence}, {result.output / 'junit.xml'}, {result.output / 'report.html'}, "
-               f"{result.output.parent / 'models.csv'}")
+    typer.echo(
+        f"wrote {result.evidence}, {result.output / 'junit.xml'}, {result.output / 'report.html'}, "
+        f"{result.output.parent / 'models.csv'}"
+    )
 
 
 def register(app: typer.Typer) -> None:
@@ -26,13 +30,19 @@ def register(app: typer.Typer) -> None:
     def certify_command(
         playbook: Path = typer.Argument(..., help="model playbook (playbooks/models/*.playbook.yaml)"),
         model_path: Path | None = typer.Option(None, "--model-path", help="certify this local file instead of the ref"),
-        tier: str | None = typer.Option(None, "--tier", help="run the model under another tier: quick, smoke, mvp, "
-                                        "standard, full"),
-        output: Path | None = typer.Option(None, "--output", "-o",
-                                           help="directory for evidence and reports (default certifications/<model>, or <model>-<tier> for tiers other than mvp)"),
+        tier: str | None = typer.Option(
+            None, "--tier", help="run the model under another tier: quick, smoke, mvp, standard, full"
+        ),
+        output: Path | None = typer.Option(
+            None,
+            "--output",
+            "-o",
+            help="directory for evidence and reports (default certifications/<model>, or <model>-<tier> for tiers other than mvp)",
+        ),
         workers: int | None = typer.Option(None, "--workers", min=1, max=64, help="cells run in parallel"),
-        timeout: float | None = typer.Option(None, "--timeout", min=1, help="per-cell deadline in seconds "
-                                             "(default: the playbook's execution.timeout_s)"),
+        timeout: float | None = typer.Option(
+            None, "--timeout", min=1, help="per-cell deadline in seconds (default: the playbook's execution.timeout_s)"
+        ),
         resume: bool = typer.Option(False, "--resume", help="append to an existing evidence file; skip finished cells"),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress on stderr"),
     ) -> None:
@@ -44,15 +54,26 @@ def register(app: typer.Typer) -> None:
         from apr.qa.certify import CertifyOptions, certify
 
         if not playbook.is_file():
-            raise AprError(f"{playbook}: playbook not found; pass a file such as "
-                           "playbooks/models/qwen2.5-coder-1.5b-mvp.playbook.yaml")
+            raise AprError(
+                f"{playbook}: playbook not found; pass a file such as "
+                "playbooks/models/qwen2.5-coder-1.5b-mvp.playbook.yaml"
+            )
         if tier is not None and tier not in {t.value for t in Tier}:
             raise AprError(f"--tier {tier!r} is not one of {', '.join(t.value for t in Tier)}")
         if model_path is not None and not model_path.exists():
             raise AprError(f"{model_path}: --model-path does not exist")
-        result = certify(CertifyOptions(playbook=playbook, model_path=model_path, tier=Tier(tier) if tier else None,
-                                        output=output, workers=workers, timeout_s=timeout, resume=resume,
-                                        progress=not quiet))
+        result = certify(
+            CertifyOptions(
+                playbook=playbook,
+                model_path=model_path,
+                tier=Tier(tier) if tier else None,
+                output=output,
+                workers=workers,
+                timeout_s=timeout,
+                resume=resume,
+                progress=not quiet,
+            )
+        )
         _certify_summary(result)
         raise typer.Exit(result.exit_code)
 
@@ -64,14 +85,20 @@ def register_qa(app: typer.Typer) -> None:
     def qa_command(
         model: str = typer.Argument(..., help="a ref (qwen2.5-coder:1.5b), cached name, or path to any format"),
         json_output: bool = typer.Option(False, "--json", help="print one JSON document instead of the table"),
-        evidence: Path | None = typer.Option(None, "--evidence", help="evidence file (default WORK_DIR/evidence.jsonl)"),
-        work_dir: Path | None = typer.Option(None, "--work-dir", help="where the evidence goes "
-                                             "(default ./apr-qa/<model name>)"),
+        evidence: Path | None = typer.Option(
+            None, "--evidence", help="evidence file (default WORK_DIR/evidence.jsonl)"
+        ),
+        work_dir: Path | None = typer.Option(
+            None, "--work-dir", help="where the evidence goes (default ./apr-qa/<model name>)"
+        ),
         tier: str = typer.Option("mvp", "--tier", help="whose template thresholds apply"),
         skip: list[str] = typer.Option([], "--skip", help="a gate id not to run (repeatable), e.g. REFERENCE-PARITY"),
         max_tokens: int = typer.Option(32, "--max-tokens", min=2, help="tokens generated for the throughput gate"),
-        playbook: Path | None = typer.Option(None, "--playbook", help="take formats, backends and gate thresholds "
-                                             "from this model playbook (its matrix of cells is not run)"),
+        playbook: Path | None = typer.Option(
+            None,
+            "--playbook",
+            help="take formats, backends and gate thresholds from this model playbook (its matrix of cells is not run)",
+        ),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress on stderr"),
     ) -> None:
         """Deep single-model gates, printed as gate · status · measured · threshold · duration.
@@ -96,8 +123,10 @@ def register_qa(app: typer.Typer) -> None:
         if any(GateId(s) in GATEWAYS for s in skip):
             raise AprError("--skip cannot leave out a gateway (G0-G4)")
         if playbook is not None and not playbook.is_file():
-            raise AprError(f"{playbook}: playbook not found; pass a file such as "
-                           "playbooks/models/qwen2.5-coder-1.5b-mvp.playbook.yaml")
+            raise AprError(
+                f"{playbook}: playbook not found; pass a file such as "
+                "playbooks/models/qwen2.5-coder-1.5b-mvp.playbook.yaml"
+            )
         path = resolve_model_arg(model, progress=not quiet)
         folder = work_dir or Path("apr-qa") / path.stem
         target = evidence or folder / "evidence.jsonl"
@@ -105,15 +134,32 @@ def register_qa(app: typer.Typer) -> None:
         if playbook is not None:
             options = options_from_playbook(load_playbook(playbook), path, target, skipped, max_tokens)
         else:
-            options = DeepOptions(model=path, ref=model, evidence=target, gates=default_gates(Tier(tier)),
-                                  skip=skipped, max_tokens=max_tokens)
+            options = DeepOptions(
+                model=path,
+                ref=model,
+                evidence=target,
+                gates=default_gates(Tier(tier)),
+                skip=skipped,
+                max_tokens=max_tokens,
+            )
         records, seconds = run_deep(options, progress=not quiet)
         rows = gate_rows(records)
         failed = any(row.status == "failed" for row in rows)
         if json_output:
-            typer.echo(json.dumps({"model": model, "path": str(path), "passed": not failed,
-                                   "evidence": str(options.evidence), "total_duration_s": round(seconds, 2),
-                                   "gates": [row.to_json() for row in rows]}, indent=2, ensure_ascii=False))
+            typer.echo(
+                json.dumps(
+                    {
+                        "model": model,
+                        "path": str(path),
+                        "passed": not failed,
+                        "evidence": str(options.evidence),
+                        "total_duration_s": round(seconds, 2),
+                        "gates": [row.to_json() for row in rows],
+                    },
+                    indent=2,
+                    ensure_ascii=False,
+                )
+            )
         else:
             render_table(rows, f"apr qa {model} — {'FAILED' if failed else 'passed'} in {seconds:.0f}s")
             typer.echo(f"evidence: {options.evidence}")

@@ -31,8 +31,11 @@ def _report_evidence(evidence: Path, output: Path | None) -> None:
     write_text_atomic(target / "mqs.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     write_text_atomic(target / "junit.xml", render_junit(records))
     write_text_atomic(target / "report.html", render_html(records, mqs))
-    typer.echo(f"{mqs.status.value}  MQS {mqs.score}/1000  grade {mqs.grade}  ({mqs.total_records} records: "
-               + ", ".join(f"{n} {outcome.value}" for outcome, n in mqs.outcomes.items() if n) + ")")
+    typer.echo(
+        f"{mqs.status.value}  MQS {mqs.score}/1000  grade {mqs.grade}  ({mqs.total_records} records: "
+        + ", ".join(f"{n} {outcome.value}" for outcome, n in mqs.outcomes.items() if n)
+        + ")"
+    )
     for line in mqs.blockers:
         typer.echo(f"  blocked: {line}")
     typer.echo(f"wrote {target / 'mqs.json'}, {target / 'junit.xml'}, {target / 'report.html'}")
@@ -42,8 +45,10 @@ def _report_tables(certifications: Path, readme: Path | None) -> None:
     from apr.qa.reports.certtable import write_tables
 
     rows = write_tables(certifications, readme)
-    typer.echo(f"{len(rows)} row(s): wrote {certifications / 'models.csv'}, {certifications / 'index.html'}"
-               + (f", the table in {readme}" if readme else ""))
+    typer.echo(
+        f"{len(rows)} row(s): wrote {certifications / 'models.csv'}, {certifications / 'index.html'}"
+        + (f", the table in {readme}" if readme else "")
+    )
 
 
 def register(app: typer.Typer) -> None:
@@ -52,11 +57,13 @@ def register(app: typer.Typer) -> None:
     @app.command("report")
     def report(
         evidence: Path | None = typer.Argument(None, help="evidence.jsonl written by apr certify or apr qa"),
-        output: Path | None = typer.Option(None, "--output", "-o",
-                                           help="where mqs.json, junit.xml, report.html go (default: next to EVIDENCE)"),
+        output: Path | None = typer.Option(
+            None, "--output", "-o", help="where mqs.json, junit.xml, report.html go (default: next to EVIDENCE)"
+        ),
         tables: bool = typer.Option(False, "--tables", help="regenerate models.csv, index.html (and --readme)"),
-        certifications: Path = typer.Option(Path("certifications"), "--certifications",
-                                            help="directory holding <model>/evidence.jsonl files"),
+        certifications: Path = typer.Option(
+            Path("certifications"), "--certifications", help="directory holding <model>/evidence.jsonl files"
+        ),
         readme: Path | None = typer.Option(None, "--readme", help="README whose certification table to regenerate"),
     ) -> None:
         """Recompute MQS, JUnit and HTML from evidence alone; with --tables, the certification tables."""

@@ -8,5 +8,14 @@ from apr.engine.api import Engine, load_engine
 from apr.engine.batch import BatchDecoder, PrefixCache
 from apr.engine.types import FinishReason, GenerationResult, SamplingParams, Timings, TokenEvent
 
-__all__ = ["Engine", "load_engine", "BatchDecoder", "PrefixCache", "SamplingParams", "TokenEvent", "GenerationResult", "Timings",
-           "FinishReason"]
+__all__ = [
+    "Engine",
+    "load_engine",
+    "BatchDecoder",
+    "PrefixCache",
+    "SamplingParams",
+    "TokenEvent",
+    "GenerationResult",
+    "Timings",
+    "FinishReason",
+]

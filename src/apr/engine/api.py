@@ -27,9 +27,18 @@ class Engine:
     """A loaded model ready to run: ``logits`` for parity checks, ``generate``/``stream`` for one request,
     ``new_batch`` for continuous batching."""
 
-    def __init__(self, model: CanonicalModel, transformer: Transformer, policy: WeightPolicy,
-                 compile_state: str, load_s: float, decode_step=None, pack_state: str = "off",
-                 kernel_note: str = "", numerics: str = "fast") -> None:
+    def __init__(
+        self,
+        model: CanonicalModel,
+        transformer: Transformer,
+        policy: WeightPolicy,
+        compile_state: str,
+        load_s: float,
+        decode_step=None,
+        pack_state: str = "off",
+        kernel_note: str = "",
+        numerics: str = "fast",
+    ) -> None:
         self.model = model
         self.config = model.config
         self.tokenizer = model.tokenizer
@@ -67,8 +76,13 @@ class Engine:
             "dtype": str(self.dtype).removeprefix("torch."),
             "numerics": self.numerics,
             "weights": weight_kinds(self.transformer),
-            "kernels": (f"apr native {native.describe()}" if self.policy.kernels == "native"
-                        else "torch packed" if self.policy.packed else "torch dense"),
+            "kernels": (
+                f"apr native {native.describe()}"
+                if self.policy.kernels == "native"
+                else "torch packed"
+                if self.policy.packed
+                else "torch dense"
+            ),
             **({"kernel_note": self.kernel_note} if self.kernel_note else {}),
             "dense_prefill": self.policy.dense_prefill,
             "compile": getattr(self._decode_step, "state", self.compile_state),
@@ -105,8 +119,9 @@ class Engine:
         if any(not 0 <= i < self.config.vocab_size for i in ids):
             raise ValueError(f"token ids must lie in [0, {self.config.vocab_size})")
         cfg = self.config
-        cache = SequenceCache(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, len(ids), self.transformer.dtype,
-                              self.device)
+        cache = SequenceCache(
+            cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, len(ids), self.transformer.dtype, self.device
+        )
         hidden = self.transformer.prefill(torch.tensor(ids, device=self.device), cache)
         return self.transformer.final_norm(hidden).float().cpu()
 
@@ -116,27 +131,42 @@ class Engine:
         if new_cache is not None:
             return new_cache(capacity)
         cfg = self.config
-        return SequenceCache(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, capacity, self.transformer.dtype,
-                             self.device)
+        return SequenceCache(
+            cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, capacity, self.transformer.dtype, self.device
+        )
 
     def new_batch(self, max_batch: int) -> BatchDecoder:
-        return BatchDecoder(self.transformer, self.tokenizer, self.eos_token_ids, max_batch,
-                            step_hook=self._decode_step, cache_factory=self.new_cache)
+        return BatchDecoder(
+            self.transformer,
+            self.tokenizer,
+            self.eos_token_ids,
+            max_batch,
+            step_hook=self._decode_step,
+            cache_factory=self.new_cache,
+        )
 
-    def stream(self, prompt_ids: list[int], params: SamplingParams,
-               prefix: PrefixCache | None = None) -> Iterator[TokenEvent]:
+    def stream(
+        self, prompt_ids: list[int], params: SamplingParams, prefix: PrefixCache | None = None
+    ) -> Iterator[TokenEvent]:
         """Token events of one request as they are produced; the last one carries ``finish_reason``.
 
         ``prefix``: the cache an earlier request of the same conversation left (see ``PrefixCache``); this
         request starts from it where its prompt shares a prefix, and leaves its own there."""
-        decoder = BatchDecoder(self.transformer, self.tokenizer, self.eos_token_ids, 1,
-                               step_hook=self._decode_step, cache_factory=self.new_cache)
+        decoder = BatchDecoder(
+            self.transformer,
+            self.tokenizer,
+            self.eos_token_ids,
+            1,
+            step_hook=self._decode_step,
+            cache_factory=self.new_cache,
+        )
         decoder.add(f"req-{next(self._ids)}", list(prompt_ids), params, prefix)
         while decoder.active:
             yield from decoder.step()
 
-    def generate(self, prompt_ids: list[int], params: SamplingParams,
-                 prefix: PrefixCache | None = None) -> GenerationResult:
+    def generate(
+        self, prompt_ids: list[int], params: SamplingParams, prefix: PrefixCache | None = None
+    ) -> GenerationResult:
         start = time.perf_counter()
         first_at = None
         events: list[TokenEvent] = []
@@ -148,20 +178,36 @@ class Engine:
         ttft = (first_at or end) - start
         decode_s = end - (first_at or end)
         decoded = len(events) - 1
-        timings = Timings(ttft_s=ttft, prefill_tok_s=len(prompt_ids) / ttft if ttft > 0 else 0.0,
-                          decode_tok_s=decoded / decode_s if decoded > 0 and decode_s > 0 else 0.0,
-                          total_s=end - start)
+        timings = Timings(
+            ttft_s=ttft,
+            prefill_tok_s=len(prompt_ids) / ttft if ttft > 0 else 0.0,
+            decode_tok_s=decoded / decode_s if decoded > 0 and decode_s > 0 else 0.0,
+            total_s=end - start,
+        )
         return GenerationResult(
-            token_ids=[e.token_id for e in events], text="".join(e.text for e in events),
-            finish_reason=events[-1].finish_reason or "length", prompt_tokens=len(prompt_ids),
-            completion_tokens=len(events), timings=timings,
-            logprobs=[e.logprob for e in events if e.logprob is not None])
+            token_ids=[e.token_id for e in events],
+            text="".join(e.text for e in events),
+            finish_reason=events[-1].finish_reason or "length",
+            prompt_tokens=len(prompt_ids),
+            completion_tokens=len(events),
+            timings=timings,
+            logprobs=[e.logprob for e in events if e.logprob is not None],
+        )
 
 
-def load_engine(model: str | Path | CanonicalModel, *, device: str = "auto", dtype: str | torch.dtype | None = None,
-                threads: int | None = None, compile: bool | None = None, dense_prefill: bool | None = None,
-                max_positions: int | None = None, pack_cache: bool = True, cuda_graphs: bool = True,
-                numerics: str = "fast") -> Engine:
+def load_engine(
+    model: str | Path | CanonicalModel,
+    *,
+    device: str = "auto",
+    dtype: str | torch.dtype | None = None,
+    threads: int | None = None,
+    compile: bool | None = None,
+    dense_prefill: bool | None = None,
+    max_positions: int | None = None,
+    pack_cache: bool = True,
+    cuda_graphs: bool = True,
+    numerics: str = "fast",
+) -> Engine:
     """Load ``model`` (a CanonicalModel, a path to any format, or a model ref) for inference.
 
     dtype ``auto`` (default) picks apr's native AVX2 kernels on CPU (float32 activations, weights kept
@@ -181,9 +227,13 @@ def load_engine(model: str | Path | CanonicalModel, *, device: str = "auto", dty
     dev = resolve_device(device)
     precision = resolve_precision(dtype, dev, numerics)
     # Dense prefill twins belong to the PyTorch packed kernels; native layers never keep one.
-    policy = WeightPolicy(dtype=precision.dtype, device=dev, packed=precision.packed,
-                          dense_prefill=bool(dense_prefill) and precision.kernels != "native",
-                          kernels=precision.kernels)
+    policy = WeightPolicy(
+        dtype=precision.dtype,
+        device=dev,
+        packed=precision.packed,
+        dense_prefill=bool(dense_prefill) and precision.kernels != "native",
+        kernels=precision.kernels,
+    )
     positions = min(canonical.config.context_length, max_positions or DEFAULT_MAX_POSITIONS)
     store = _pack_store(canonical, policy) if pack_cache else None
     with torch.inference_mode():
@@ -203,8 +253,17 @@ def load_engine(model: str | Path | CanonicalModel, *, device: str = "auto", dty
 
         # Off unless asked: the first compile costs tens of seconds, which `apr run` cannot amortize.
         decode_step, state = compile_decode(transformer, bool(compile))
-    return Engine(canonical, transformer, policy, state, time.perf_counter() - start, decode_step, pack_state,
-                  precision.note, numerics)
+    return Engine(
+        canonical,
+        transformer,
+        policy,
+        state,
+        time.perf_counter() - start,
+        decode_step,
+        pack_state,
+        precision.note,
+        numerics,
+    )
 
 
 def _pack_store(canonical: CanonicalModel, policy: WeightPolicy):

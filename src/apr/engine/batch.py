@@ -57,8 +57,15 @@ class BatchDecoder:
     every sequence has its own cache, sized only by its own request, and the batched matmul kernels
     compute each row independently."""
 
-    def __init__(self, model: Transformer, tokenizer: DecodesIds, eos_ids: tuple[int, ...], max_batch: int,
-                 step_hook=None, cache_factory: Callable[[int], SequenceCache] | None = None) -> None:
+    def __init__(
+        self,
+        model: Transformer,
+        tokenizer: DecodesIds,
+        eos_ids: tuple[int, ...],
+        max_batch: int,
+        step_hook=None,
+        cache_factory: Callable[[int], SequenceCache] | None = None,
+    ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.model, self.tokenizer, self.max_batch = model, tokenizer, max_batch
@@ -71,16 +78,23 @@ class BatchDecoder:
 
     def _private_cache(self, capacity: int) -> SequenceCache:
         cfg = self.model.cfg
-        return SequenceCache(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, capacity, self.model.dtype,
-                             self.model.embedding.device)
+        return SequenceCache(
+            cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, capacity, self.model.dtype, self.model.embedding.device
+        )
 
     @property
     def active(self) -> list[str]:
         """Request ids still generating or waiting to start."""
         return [s.request_id for s in (*self._running, *self._pending)]
 
-    def add(self, request_id: str, prompt_ids: list[int], params: SamplingParams,
-            prefix: PrefixCache | None = None, constraint: LogitConstraint | None = None) -> None:
+    def add(
+        self,
+        request_id: str,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        prefix: PrefixCache | None = None,
+        constraint: LogitConstraint | None = None,
+    ) -> None:
         if not prompt_ids:
             raise ValueError("the prompt has no tokens")
         if request_id in self.active:
@@ -91,9 +105,17 @@ class BatchDecoder:
         limit = self.model.max_positions
         if len(prompt_ids) >= limit:
             raise ValueError(f"the prompt has {len(prompt_ids)} tokens; this engine holds at most {limit - 1}")
-        self._pending.append(Sequence(request_id, list(prompt_ids), params, Sampler(params, constraint),
-                                      TextTracker(self.tokenizer, params.stop),
-                                      self.eos_ids | frozenset(params.stop_token_ids), prefix=prefix))
+        self._pending.append(
+            Sequence(
+                request_id,
+                list(prompt_ids),
+                params,
+                Sampler(params, constraint),
+                TextTracker(self.tokenizer, params.stop),
+                self.eos_ids | frozenset(params.stop_token_ids),
+                prefix=prefix,
+            )
+        )
 
     def cancel(self, request_id: str) -> None:
         self._pending = [s for s in self._pending if s.request_id != request_id]
@@ -163,7 +185,7 @@ class BatchDecoder:
             seq.finished_at = time.perf_counter()
             if seq.prefix is not None:  # the last token was never fed: the cache holds everything before it
                 seq.prefix.cache = cache
-                seq.prefix.ids = (seq.prompt_ids + seq.generated)[:cache.length]
+                seq.prefix.ids = (seq.prompt_ids + seq.generated)[: cache.length]
             seq.cache = None  # the sequence leaves the batch after this step
         return TokenEvent(seq.request_id, token, text, logprob, top, finish)
 

@@ -16,7 +16,7 @@ from apr.engine.api import Engine
 from apr.engine.kv_cache import capacity_for
 from apr.engine.loader import LINEARS
 
-FILLER = ("The quick brown fox jumps over the lazy dog while the compiler checks every branch of the code. ")
+FILLER = "The quick brown fox jumps over the lazy dog while the compiler checks every branch of the code. "
 
 
 @dataclass(frozen=True)
@@ -75,8 +75,11 @@ class BenchReport:
             "bytes_per_token": self.bytes_per_token,
             "achieved_gb_s": round(self.bytes_per_token * decode_rate / 1e9, 2),
             "torch": torch.__version__,
-            "host": {"machine": platform.machine(), "processor": platform.processor(),
-                     "threads": torch.get_num_threads()},
+            "host": {
+                "machine": platform.machine(),
+                "processor": platform.processor(),
+                "threads": torch.get_num_threads(),
+            },
         }
         if torch.cuda.is_available():
             doc["peak_vram_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
@@ -94,8 +97,14 @@ class BenchReport:
             f"prefill   {s['prefill_tok_s']['median']:.1f} tok/s median, {s['prefill_tok_s']['p90']:.1f} p90",
             f"ttft      {s['ttft_s']['median'] * 1000:.1f} ms median, {s['ttft_s']['p90'] * 1000:.1f} ms p90",
             f"decode    {s['decode_tok_s']['median']:.2f} tok/s median, {s['decode_tok_s']['p90']:.2f} p90",
-            *([f"batch {self.plan.batch:<3} {s['batch_decode_tok_s']['median']:.2f} tok/s aggregate median, "
-               f"{s['batch_decode_tok_s']['p90']:.2f} p90"] if "batch_decode_tok_s" in s else []),
+            *(
+                [
+                    f"batch {self.plan.batch:<3} {s['batch_decode_tok_s']['median']:.2f} tok/s aggregate median, "
+                    f"{s['batch_decode_tok_s']['p90']:.2f} p90"
+                ]
+                if "batch_decode_tok_s" in s
+                else []
+            ),
             f"memory    peak RSS {doc['peak_rss_mb']:.0f} MB; {self.bytes_per_token / 1e9:.3f} GB read per token "
             f"-> {doc['achieved_gb_s']:.1f} GB/s",
         ]
@@ -163,8 +172,9 @@ def run_batch_once(engine: Engine, prompt: list[int], decode_tokens: int, batch:
         return time.perf_counter() - start
 
 
-def run_bench(engine: Engine, plan: BenchPlan, *, load_s: float,
-              progress: Callable[[str], None] = lambda line: None) -> BenchReport:
+def run_bench(
+    engine: Engine, plan: BenchPlan, *, load_s: float, progress: Callable[[str], None] = lambda line: None
+) -> BenchReport:
     if plan.decode_tokens < 2 or plan.prompt_tokens < 1:
         raise ValueError("bench needs at least 1 prompt token and 2 decode tokens")
     if plan.batch < 1:
@@ -188,6 +198,8 @@ def run_bench(engine: Engine, plan: BenchPlan, *, load_s: float,
         started = time.perf_counter()
         while len(report.batch_decode_s) < plan.min_reps or time.perf_counter() - started < plan.min_seconds:
             report.batch_decode_s.append(run_batch_once(engine, prompt, plan.decode_tokens, plan.batch))
-            progress(f"batch {plan.batch} rep {len(report.batch_decode_s)}: "
-                     f"{steps / report.batch_decode_s[-1]:.2f} tok/s aggregate")
+            progress(
+                f"batch {plan.batch} rep {len(report.batch_decode_s)}: "
+                f"{steps / report.batch_decode_s[-1]:.2f} tok/s aggregate"
+            )
     return report

@@ -93,8 +93,9 @@ class GraphDecode:
         cache = self.pool.acquire(capacity) if not self.failed else None
         if cache is None:
             cfg = self.model.cfg
-            cache = SequenceCache(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, capacity, self.model.dtype,
-                                  self.model.embedding.device)
+            cache = SequenceCache(
+                cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, capacity, self.model.dtype, self.model.embedding.device
+            )
         return cache
 
     def __call__(self, tokens: torch.Tensor, caches: list[SequenceCache]) -> torch.Tensor:
@@ -112,19 +113,21 @@ class GraphDecode:
                 captured = self._graphs.get((rows, span)) or self._capture(rows, span)
             except Exception as err:  # any capture failure: the eager step computes the same thing
                 self.failed = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-                print(f"apr: CUDA graph capture of the decode step failed ({self.failed}); decoding eagerly",
-                      file=sys.stderr)
+                print(
+                    f"apr: CUDA graph capture of the decode step failed ({self.failed}); decoding eagerly",
+                    file=sys.stderr,
+                )
                 return self.model.decode(tokens, caches)
             # Padding rows: token 0 at position 0 of the scratch slot.
             host = torch.zeros(2, rows, dtype=torch.long)
             host[1].fill_(pool.scratch)
-            host[0, :len(caches)] = torch.tensor([c.length for c in caches])
-            host[1, :len(caches)] = torch.tensor([c.slot for c in caches])
+            host[0, : len(caches)] = torch.tensor([c.length for c in caches])
+            host[1, : len(caches)] = torch.tensor([c.slot for c in caches])
             captured.args[0].zero_()
-            captured.args[0, :len(caches)].copy_(tokens.reshape(-1))
+            captured.args[0, : len(caches)].copy_(tokens.reshape(-1))
             captured.args[1:].copy_(host, non_blocking=True)
             captured.graph.replay()
-            logits = captured.logits[:len(caches)].clone()
+            logits = captured.logits[: len(caches)].clone()
         for cache in caches:
             cache.length += 1
         return logits

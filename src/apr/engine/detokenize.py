@@ -30,19 +30,19 @@ class TextTracker:
     def add(self, token_id: int) -> str:
         """Append one id; return the text that can safely be released now."""
         self.ids.append(token_id)
-        prefix = self.tokenizer.decode(self.ids[self._prefix_offset:self._read_offset])
-        window = self.tokenizer.decode(self.ids[self._prefix_offset:])
+        prefix = self.tokenizer.decode(self.ids[self._prefix_offset : self._read_offset])
+        window = self.tokenizer.decode(self.ids[self._prefix_offset :])
         if len(window) > len(prefix) and not window.endswith("\ufffd"):
-            self.text += window[len(prefix):]
+            self.text += window[len(prefix) :]
             self._prefix_offset, self._read_offset = self._read_offset, len(self.ids)
         return self._release(final=False)
 
     def finish(self) -> str:
         """Release everything still held (an incomplete character comes out as U+FFFD)."""
         if not self.stopped and self._read_offset < len(self.ids):
-            prefix = self.tokenizer.decode(self.ids[self._prefix_offset:self._read_offset])
-            window = self.tokenizer.decode(self.ids[self._prefix_offset:])
-            self.text += window[len(prefix):]
+            prefix = self.tokenizer.decode(self.ids[self._prefix_offset : self._read_offset])
+            window = self.tokenizer.decode(self.ids[self._prefix_offset :])
+            self.text += window[len(prefix) :]
             self._read_offset = len(self.ids)
         return self._release(final=True)
 
@@ -53,7 +53,7 @@ class TextTracker:
         hits = [i for i in (self.text.find(s, start) for s in self.stop) if i >= 0]
         if hits:
             self.stopped = True
-            self.text = self.text[:min(hits)]
+            self.text = self.text[: min(hits)]
             return self._emit(len(self.text))
         if final:
             return self._emit(len(self.text))
@@ -71,6 +71,6 @@ class TextTracker:
 
     def _emit(self, upto: int) -> str:
         upto = max(upto, self.emitted)
-        out = self.text[self.emitted:upto]
+        out = self.text[self.emitted : upto]
         self.emitted = upto
         return out

@@ -16,8 +16,15 @@ DeviceChoice = Literal["auto", "cpu", "cuda"]
 # log-likelihood evaluations (lm-eval's loglikelihood tasks) need.
 Numerics = Literal["fast", "exact"]
 NUMERICS: tuple[Numerics, ...] = ("fast", "exact")
-DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp32": torch.float32, "float32": torch.float32,
-          "f32": torch.float32, "fp16": torch.float16, "float16": torch.float16}
+DTYPES = {
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "f32": torch.float32,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+}
 
 
 def resolve_device(choice: str) -> torch.device:
@@ -54,8 +61,10 @@ def resolve_precision(choice: str | torch.dtype | None, device: torch.device, nu
     if numerics == "exact":
         named = choice if isinstance(choice, str) else None if choice is None else str(choice).removeprefix("torch.")
         if named is not None and named.lower() not in ("auto", "fp32", "float32", "f32"):
-            raise AprError(f"--numerics exact computes in float32 with every tensor dequantized; "
-                           f"--dtype {named} contradicts it (drop --dtype)")
+            raise AprError(
+                f"--numerics exact computes in float32 with every tensor dequantized; "
+                f"--dtype {named} contradicts it (drop --dtype)"
+            )
         return Precision(torch.float32, False, "torch")
     if choice is None or (isinstance(choice, str) and choice.lower() == "auto"):
         if device.type == "cpu":

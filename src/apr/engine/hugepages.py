@@ -81,9 +81,12 @@ def _mapped(specs: list[tuple[tuple[int, ...], torch.dtype]]) -> list[torch.Tens
     except OSError:  # refused although THP is on: ordinary tensors do the same job
         mapping.close()
         return None
-    return [torch.frombuffer(mapping, dtype=torch.uint8, count=size, offset=base + offset).view(dtype).view(shape)
-            if size else torch.empty(shape, dtype=dtype)
-            for (shape, dtype), size, offset in zip(specs, sizes, offsets)]
+    return [
+        torch.frombuffer(mapping, dtype=torch.uint8, count=size, offset=base + offset).view(dtype).view(shape)
+        if size
+        else torch.empty(shape, dtype=dtype)
+        for (shape, dtype), size, offset in zip(specs, sizes, offsets)
+    ]
 
 
 def _address(mapping: mmap.mmap) -> int:

@@ -24,8 +24,9 @@ class SequenceCache:
     uninitialised memory) cannot turn that into NaN.
     """
 
-    def __init__(self, num_layers: int, num_kv_heads: int, head_dim: int, capacity: int,
-                 dtype: torch.dtype, device: torch.device) -> None:
+    def __init__(
+        self, num_layers: int, num_kv_heads: int, head_dim: int, capacity: int, dtype: torch.dtype, device: torch.device
+    ) -> None:
         shape = (num_layers, num_kv_heads, capacity, head_dim)
         if device.type == "cpu":  # decode streams the whole live cache every token: huge pages (hugepages.py)
             self.k, self.v = hugepages.zeros(shape, dtype), hugepages.zeros(shape, dtype)

@@ -9,24 +9,36 @@ from apr.engine.weights import DenseLinear, WeightPolicy, build_linear, dense_te
 from apr.errors import FormatError
 from apr.formats.model import CanonicalModel
 
-LINEARS = {"q_proj": "self_attn.q_proj", "k_proj": "self_attn.k_proj", "v_proj": "self_attn.v_proj",
-           "o_proj": "self_attn.o_proj", "gate_proj": "mlp.gate_proj", "up_proj": "mlp.up_proj",
-           "down_proj": "mlp.down_proj"}
-NORMS = {"input_layernorm": "input_layernorm", "post_attention_layernorm": "post_attention_layernorm",
-         "pre_feedforward_layernorm": "pre_feedforward_layernorm",
-         "post_feedforward_layernorm": "post_feedforward_layernorm",
-         "q_norm": "self_attn.q_norm", "k_norm": "self_attn.k_norm"}
+LINEARS = {
+    "q_proj": "self_attn.q_proj",
+    "k_proj": "self_attn.k_proj",
+    "v_proj": "self_attn.v_proj",
+    "o_proj": "self_attn.o_proj",
+    "gate_proj": "mlp.gate_proj",
+    "up_proj": "mlp.up_proj",
+    "down_proj": "mlp.down_proj",
+}
+NORMS = {
+    "input_layernorm": "input_layernorm",
+    "post_attention_layernorm": "post_attention_layernorm",
+    "pre_feedforward_layernorm": "pre_feedforward_layernorm",
+    "post_feedforward_layernorm": "post_feedforward_layernorm",
+    "q_norm": "self_attn.q_norm",
+    "k_norm": "self_attn.k_norm",
+}
 
 
-def build_transformer(model: CanonicalModel, policy: WeightPolicy, max_positions: int,
-                      store: PackStore | None = None) -> Transformer:
+def build_transformer(
+    model: CanonicalModel, policy: WeightPolicy, max_positions: int, store: PackStore | None = None
+) -> Transformer:
     """The network of ``model`` with weights laid out per ``policy``; FormatError names a missing tensor.
 
     ``store`` supplies already converted layers (and records new conversions) by tensor name."""
     cfg = model.config
     # The native products take float32 activations; their glue kernels then replace ~40 small ops a layer.
-    block_class, transformer_class = ((NativeBlock, NativeTransformer) if policy.kernels == "native"
-                                      else (Block, Transformer))
+    block_class, transformer_class = (
+        (NativeBlock, NativeTransformer) if policy.kernels == "native" else (Block, Transformer)
+    )
 
     def source(name: str):
         if name not in model.tensors:
@@ -43,8 +55,11 @@ def build_transformer(model: CanonicalModel, policy: WeightPolicy, max_positions
             if key in ("q_proj", "k_proj", "v_proj") and cfg.attention_bias and bias is None:
                 raise FormatError(f"{model.source_path}: {bias_name} is missing but the config says q/k/v have biases")
             linears[key] = build_linear(source(f"{prefix}{suffix}.weight"), bias, policy, store)
-        norms = {key: dense_tensor(model.tensors[f"{prefix}{suffix}.weight"], policy)
-                 for key, suffix in NORMS.items() if f"{prefix}{suffix}.weight" in model.tensors}
+        norms = {
+            key: dense_tensor(model.tensors[f"{prefix}{suffix}.weight"], policy)
+            for key, suffix in NORMS.items()
+            if f"{prefix}{suffix}.weight" in model.tensors
+        }
         if "input_layernorm" not in norms or "post_attention_layernorm" not in norms:
             raise FormatError(f"{model.source_path}: layer {i} lacks its attention/MLP norm weights")
         if cfg.qk_norm and not ("q_norm" in norms and "k_norm" in norms):

@@ -52,8 +52,9 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos[:, None] + rotated * sin[:, None]
 
 
-def attend_one(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bias: torch.Tensor,
-               scale: float) -> torch.Tensor:
+def attend_one(
+    q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bias: torch.Tensor, scale: float
+) -> torch.Tensor:
     """Attention of one new token: q ``[kv_heads, rep, d]`` over keys/values ``[kv_heads, capacity, d]``.
 
     ``bias`` ``[1, 1, capacity]`` is 0 where the token may look and -inf elsewhere. Three plain kernels
@@ -73,8 +74,9 @@ class Block(nn.Module):
 
     norm_class: type[RMSNorm] = RMSNorm  # native_model.NativeBlock swaps in its fused norm
 
-    def __init__(self, cfg: ModelConfig, index: int, linears: dict[str, nn.Module],
-                 norms: dict[str, torch.Tensor]) -> None:
+    def __init__(
+        self, cfg: ModelConfig, index: int, linears: dict[str, nn.Module], norms: dict[str, torch.Tensor]
+    ) -> None:
         super().__init__()
         self.index = index
         self.sliding = cfg.layer_kinds[index] == "sliding"
@@ -138,8 +140,15 @@ class Block(nn.Module):
 class Transformer(nn.Module):
     """Decoder-only transformer. ``prefill`` runs a whole prompt, ``decode`` one new token for several sequences."""
 
-    def __init__(self, cfg: ModelConfig, embedding: torch.Tensor | BlockRows, blocks: list[Block],
-                 final_norm: torch.Tensor, lm_head: nn.Module, max_positions: int) -> None:
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        embedding: torch.Tensor | BlockRows,
+        blocks: list[Block],
+        final_norm: torch.Tensor,
+        lm_head: nn.Module,
+        max_positions: int,
+    ) -> None:
         super().__init__()
         self.cfg = cfg
         if isinstance(embedding, torch.Tensor):
@@ -179,8 +188,11 @@ class Transformer(nn.Module):
         """cos/sin at ``positions`` keyed by ``block.sliding``, gathered once per step instead of per layer."""
         tables = {False: (self.cos_global, self.sin_global), True: (self.cos_local, self.sin_local)}
         used = {block.sliding for block in self.blocks}
-        return {sliding: (cos[positions].to(self.dtype), sin[positions].to(self.dtype))
-                for sliding, (cos, sin) in tables.items() if sliding in used}
+        return {
+            sliding: (cos[positions].to(self.dtype), sin[positions].to(self.dtype))
+            for sliding, (cos, sin) in tables.items()
+            if sliding in used
+        }
 
     def head(self, hidden: torch.Tensor, rows: bool = False) -> torch.Tensor:
         """Logits ``[T, vocab]`` in float32 from final hidden states."""
@@ -217,8 +229,13 @@ class Transformer(nn.Module):
                 cache.v[block.index, :, :t] = v.transpose(0, 1)
             mask = local if block.sliding else causal
             attn = F.scaled_dot_product_attention(
-                q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None],
-                attn_mask=mask, scale=block.scale, enable_gqa=True)
+                q.transpose(0, 1)[None],
+                k.transpose(0, 1)[None],
+                v.transpose(0, 1)[None],
+                attn_mask=mask,
+                scale=block.scale,
+                enable_gqa=True,
+            )
             x = block.finish(x, attn[0].transpose(0, 1).reshape(t, -1), rows=False)
         if cache is not None:
             cache.length = t
@@ -254,7 +271,9 @@ class Transformer(nn.Module):
             cache.length += 1
         return self.head(x, rows=True)
 
-    def decode_one(self, token: torch.Tensor, pos: torch.Tensor, k_all: torch.Tensor, v_all: torch.Tensor) -> torch.Tensor:
+    def decode_one(
+        self, token: torch.Tensor, pos: torch.Tensor, k_all: torch.Tensor, v_all: torch.Tensor
+    ) -> torch.Tensor:
         """``decode`` for a single sequence in tensor-only form (position as a tensor), for torch.compile.
 
         Writes the new key/value at ``pos`` of ``k_all``/``v_all`` (``[layers, kv_heads, capacity, d]``)
@@ -273,13 +292,13 @@ class Transformer(nn.Module):
             keys, values = k_all[block.index], v_all[block.index]
             keys.index_copy_(1, pos, k.transpose(0, 1))
             values.index_copy_(1, pos, v.transpose(0, 1))
-            out = attend_one(q[0].view(kv_heads, rep, head_dim), keys, values, local if block.sliding else full,
-                             block.scale)
+            out = attend_one(
+                q[0].view(kv_heads, rep, head_dim), keys, values, local if block.sliding else full, block.scale
+            )
             x = block.finish(x, out.reshape(1, -1), rows=True)
         return self.head(x, rows=True)
 
-    def decode_slots(self, args: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor,
-                     span: int) -> torch.Tensor:
+    def decode_slots(self, args: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor, span: int) -> torch.Tensor:
         """``decode`` in tensor-only form over a pool of caches, for CUDA graph capture (cuda_graphs.py).
 
         ``args`` ``[3, B]`` holds each row's token, position and slot; row b's keys and values are
@@ -298,8 +317,10 @@ class Transformer(nn.Module):
         window = self.cfg.sliding_window
         local = full.masked_fill(index[None, :] <= positions[:, None] - window, float("-inf")) if window else full
         # [rows * kv_heads, 1, span]: one bias row per (sequence, kv head), shared by its `rep` query heads.
-        biases = {sliding: bias[:, None, None].expand(rows, kv_heads, 1, span).reshape(rows * kv_heads, 1, span)
-                  for sliding, bias in ((False, full), (True, local))}
+        biases = {
+            sliding: bias[:, None, None].expand(rows, kv_heads, 1, span).reshape(rows * kv_heads, 1, span)
+            for sliding, bias in ((False, full), (True, local))
+        }
         x = self.embed(tokens)
         tables = self.rope_tables_at(positions)
         for block in self.blocks:
@@ -328,4 +349,3 @@ class Transformer(nn.Module):
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """Logits ``[T, vocab]`` of a whole sequence without a cache."""
         return self.head(self.prefill(ids, None))
-

@@ -52,11 +52,25 @@ class NativeBlock(Block):
         """This layer for native.DecodeLayer, or None when a projection has no native layout (a dense or
         PyTorch-packed matrix): such a model takes the per-operator path."""
         shape = native.LayerShape(
-            hidden=cfg.hidden_size, heads=cfg.num_heads, kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim,
-            ffn=cfg.intermediate_size, window=(cfg.sliding_window or 0) if self.sliding else 0, gelu=self.gelu,
-            eps=cfg.rms_norm_eps, attn_scale=self.scale)
-        projections = {"q": self.q_proj, "k": self.k_proj, "v": self.v_proj, "o": self.o_proj,
-                       "gate": self.gate_proj, "up": self.up_proj, "down": self.down_proj}
+            hidden=cfg.hidden_size,
+            heads=cfg.num_heads,
+            kv_heads=cfg.num_kv_heads,
+            head_dim=cfg.head_dim,
+            ffn=cfg.intermediate_size,
+            window=(cfg.sliding_window or 0) if self.sliding else 0,
+            gelu=self.gelu,
+            eps=cfg.rms_norm_eps,
+            attn_scale=self.scale,
+        )
+        projections = {
+            "q": self.q_proj,
+            "k": self.k_proj,
+            "v": self.v_proj,
+            "o": self.o_proj,
+            "gate": self.gate_proj,
+            "up": self.up_proj,
+            "down": self.down_proj,
+        }
         inputs = {"o": self.heads * self.head_dim, "down": shape.ffn}
         weights = {}
         for name, layer in projections.items():
@@ -64,11 +78,17 @@ class NativeBlock(Block):
             if kernel is None:
                 return None
             weights[name] = (kernel, layer.native_bias, inputs.get(name, shape.hidden))
-        norms = {"input_norm": self.input_norm, "pre_mlp_norm": self.pre_mlp_norm, "q_norm": self.q_norm,
-                 "k_norm": self.k_norm, "post_attn_norm": getattr(self, "post_attn_norm", None),
-                 "post_mlp_norm": getattr(self, "post_mlp_norm", None)}
-        return native.DecodeLayer(weights, {name: None if norm is None else norm.native_scale
-                                            for name, norm in norms.items()}, shape)
+        norms = {
+            "input_norm": self.input_norm,
+            "pre_mlp_norm": self.pre_mlp_norm,
+            "q_norm": self.q_norm,
+            "k_norm": self.k_norm,
+            "post_attn_norm": getattr(self, "post_attn_norm", None),
+            "post_mlp_norm": getattr(self, "post_mlp_norm", None),
+        }
+        return native.DecodeLayer(
+            weights, {name: None if norm is None else norm.native_scale for name, norm in norms.items()}, shape
+        )
 
 
 class NativeTransformer(Transformer):
@@ -76,14 +96,18 @@ class NativeTransformer(Transformer):
     through ``native_stack`` (every layer in one call); longer prompts, traced steps and models with a
     projection the kernels cannot hold take Transformer's per-operator path (over the glue kernels)."""
 
-    def __init__(self, cfg, embedding, blocks: list[Block], final_norm: torch.Tensor, lm_head,
-                 max_positions: int) -> None:
+    def __init__(
+        self, cfg, embedding, blocks: list[Block], final_norm: torch.Tensor, lm_head, max_positions: int
+    ) -> None:
         if not all(isinstance(block, NativeBlock) for block in blocks):
             raise TypeError("NativeTransformer takes NativeBlocks")
         super().__init__(cfg, embedding, blocks, final_norm, lm_head, max_positions)
         layers = [block.decode_layer(cfg) for block in blocks]  # type: ignore[attr-defined]
-        self._stack = (native.DecodeStack(layers, [block.sliding for block in blocks])  # type: ignore[arg-type]
-                       if all(layer is not None for layer in layers) else None)
+        self._stack = (
+            native.DecodeStack(layers, [block.sliding for block in blocks])  # type: ignore[arg-type]
+            if all(layer is not None for layer in layers)
+            else None
+        )
         self.native_stack: native.DecodeStack | None = self._stack
 
     def use_native(self, enabled: bool) -> None:
@@ -94,8 +118,12 @@ class NativeTransformer(Transformer):
         self.native_stack = self._stack if enabled else None
 
     def _stack_runs(self) -> bool:
-        return (self.native_stack is not None and self.dtype == torch.float32 and self.cos_global.device.type == "cpu"
-                and not torch.compiler.is_compiling())
+        return (
+            self.native_stack is not None
+            and self.dtype == torch.float32
+            and self.cos_global.device.type == "cpu"
+            and not torch.compiler.is_compiling()
+        )
 
     def can_continue_prefill(self, tokens: int) -> bool:
         """The one-call layers take a prompt from any start position; the per-operator path from 0 only."""
@@ -111,8 +139,11 @@ class NativeTransformer(Transformer):
         x = self.embed(ids)
         cfg = self.cfg
         # Whole-sequence logits (no cache given) still need somewhere to keep the keys: a scratch cache.
-        target = cache if cache is not None else SequenceCache(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, t,
-                                                               self.dtype, x.device)
+        target = (
+            cache
+            if cache is not None
+            else SequenceCache(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, t, self.dtype, x.device)
+        )
         rows = native.CacheRows([target.k] * t, [target.v] * t, list(range(start, start + t)))
         x = self._run_stack(x, torch.arange(start, start + t, device=ids.device), rows)
         if cache is not None:
@@ -134,8 +165,10 @@ class NativeTransformer(Transformer):
     def _run_stack(self, x: torch.Tensor, positions: torch.Tensor, rows: native.CacheRows) -> torch.Tensor:
         assert self.native_stack is not None
         x = x.contiguous()
-        tables = {sliding: (cos.contiguous(), sin.contiguous())
-                  for sliding, (cos, sin) in self.rope_tables_at(positions).items()}
+        tables = {
+            sliding: (cos.contiguous(), sin.contiguous())
+            for sliding, (cos, sin) in self.rope_tables_at(positions).items()
+        }
         global_tables = tables[False] if False in tables else tables[True]  # one kind of layer: one table
         self.native_stack(x, rows, global_tables, tables.get(True, global_tables))
         return x

@@ -90,8 +90,16 @@ class PackStore:
         prune(self.path.parent, keep=self.path)
 
 
-_DTYPES = {"U8": torch.uint8, "I8": torch.int8, "I16": torch.int16, "I32": torch.int32, "I64": torch.int64,
-           "F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32}
+_DTYPES = {
+    "U8": torch.uint8,
+    "I8": torch.int8,
+    "I16": torch.int16,
+    "I32": torch.int32,
+    "I64": torch.int64,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "F32": torch.float32,
+}
 
 
 def write_streaming(path: Path, tensors: dict[str, torch.Tensor]) -> None:
@@ -104,8 +112,11 @@ def write_streaming(path: Path, tensors: dict[str, torch.Tensor]) -> None:
         if tensor.dtype not in names:
             raise ValueError(f"{name}: the pack cache does not store {tensor.dtype}")
         nbytes = tensor.numel() * tensor.element_size()
-        header[name] = {"dtype": names[tensor.dtype], "shape": list(tensor.shape),
-                        "data_offsets": [offset, offset + nbytes]}
+        header[name] = {
+            "dtype": names[tensor.dtype],
+            "shape": list(tensor.shape),
+            "data_offsets": [offset, offset + nbytes],
+        }
         offset += nbytes
     encoded = json.dumps(header, separators=(",", ":")).encode()
     encoded += b" " * (-len(encoded) % 8)  # the data starts 8-byte aligned, as safetensors writes it
@@ -156,10 +167,15 @@ def read_aligned(path: Path, wanted=lambda name: True) -> dict[str, torch.Tensor
             dtype, shape, offsets = _DTYPES.get(spec.get("dtype")), spec.get("shape"), spec.get("data_offsets")
             if dtype is None:
                 raise ValueError(f"{path}: tensor {name!r} has dtype {spec.get('dtype')!r}")
-            if (not isinstance(shape, list) or not all(isinstance(dim, int) and dim >= 0 for dim in shape)
-                    or not isinstance(offsets, list) or len(offsets) != 2
-                    or offsets[1] - offsets[0] != torch.Size(shape).numel() * dtype.itemsize
-                    or not 0 <= offsets[0] <= offsets[1] or data_start + offsets[1] > size):
+            if (
+                not isinstance(shape, list)
+                or not all(isinstance(dim, int) and dim >= 0 for dim in shape)
+                or not isinstance(offsets, list)
+                or len(offsets) != 2
+                or offsets[1] - offsets[0] != torch.Size(shape).numel() * dtype.itemsize
+                or not 0 <= offsets[0] <= offsets[1]
+                or data_start + offsets[1] > size
+            ):
                 raise ValueError(f"{path}: tensor {name!r} does not match its offsets")
         picked.sort(key=lambda item: item[1]["data_offsets"][0])  # read in file order
         fresh = hugepages.empty_many([(tuple(spec["shape"]), _DTYPES[spec["dtype"]]) for _, spec in picked])

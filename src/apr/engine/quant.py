@@ -28,7 +28,9 @@ class Int4Groups:
 
     def dequantize(self) -> torch.Tensor:
         n, k = self.q.shape
-        groups = (self.q.view(n, k // INT4_GROUP, INT4_GROUP).float() - 8) * self.scale[..., None] + self.zero[..., None]
+        groups = (self.q.view(n, k // INT4_GROUP, INT4_GROUP).float() - 8) * self.scale[..., None] + self.zero[
+            ..., None
+        ]
         return groups.view(n, k)
 
 
@@ -97,8 +99,9 @@ def q4_k_parts(raw: np.ndarray, shape: tuple[int, int]) -> Q4KParts:
     sc, mn = _q4_k_scale_bytes(blocks)
     qs = blocks[..., 16:144].reshape(n, k // 256, 4, 32)
     q = torch.stack([qs & 0xF, qs >> 4], dim=3)
-    return Q4KParts(q.reshape(n, k), sc.reshape(n, k // 32).to(torch.uint8), mn.reshape(n, k // 32).to(torch.uint8),
-                    d, dmin)
+    return Q4KParts(
+        q.reshape(n, k), sc.reshape(n, k // 32).to(torch.uint8), mn.reshape(n, k // 32).to(torch.uint8), d, dmin
+    )
 
 
 def _q4_k_scale_bytes(blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

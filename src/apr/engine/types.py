@@ -83,8 +83,12 @@ class Timings:
     total_s: float
 
     def to_dict(self) -> dict[str, float]:
-        return {"ttft_s": self.ttft_s, "prefill_tok_s": self.prefill_tok_s,
-                "decode_tok_s": self.decode_tok_s, "total_s": self.total_s}
+        return {
+            "ttft_s": self.ttft_s,
+            "prefill_tok_s": self.prefill_tok_s,
+            "decode_tok_s": self.decode_tok_s,
+            "total_s": self.total_s,
+        }
 
 
 @dataclass(frozen=True)

@@ -171,8 +171,9 @@ class NativeLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.compiler.is_compiling():  # traced: the registered operator, inputs made contiguous float32
             weights = [getattr(self, name) for name in native.LAYOUTS[self.kind]]
-            y = torch.ops.apr.native_linear(x.reshape(-1, x.shape[-1]).float().contiguous(), self.kind, weights,
-                                            self._bias)
+            y = torch.ops.apr.native_linear(
+                x.reshape(-1, x.shape[-1]).float().contiguous(), self.kind, weights, self._bias
+            )
             return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
         if x.dim() == 2 and x.dtype == torch.float32 and x.is_contiguous():
             return self._kernel(x, self._bias)
@@ -253,12 +254,15 @@ def _native_linear(source, bias: torch.Tensor | None) -> nn.Module:
     if info.ggml_type == quant.Q6_K and k % 256 == 0 and n % 8 == 0:
         attempts.append(lambda: _pack_rows(source.raw(), n, k, quant.q6_k_parts, native.pack_q6k8))
     if info.ggml_type == quant.Q6_K and k % 256 == 0:
-        attempts.append(lambda: _pack_rows(source.raw(), n, k, quant.q6_k_parts,
-                                           lambda parts: native.pack_q6(*astuple(parts))))
+        attempts.append(
+            lambda: _pack_rows(source.raw(), n, k, quant.q6_k_parts, lambda parts: native.pack_q6(*astuple(parts)))
+        )
     if info.ggml_type in quant.INT4_EXACT_TYPES and k % quant.INT4_GROUP == 0:
+
         def exact_q4():
             groups = quant.int4_groups_from_raw(source.raw(), info.ggml_type, (n, k))
             return native.pack_q4(groups.q, groups.scale, groups.zero - 8 * groups.scale)
+
         attempts.append(exact_q4)
     if info.ggml_type in quant.INT8_EXACT_TYPES and k % 16 == 0:
         attempts.append(lambda: native.pack_q8(*quant.int8_groups_from_raw(source.raw(), info.ggml_type, (n, k))))
@@ -279,7 +283,7 @@ def _pack_rows(raw, n: int, k: int, parse, pack) -> dict[str, torch.Tensor]:
     """``pack(parse(rows))`` over chunks of rows, concatenated. Exact: every layout packs each row (the tiled
     ones each tile of 8 rows; PACK_ROWS is a multiple of 8) independently of the others."""
     rows = raw.reshape(n, -1)
-    chunks = [pack(parse(rows[i:i + PACK_ROWS], (min(PACK_ROWS, n - i), k))) for i in range(0, n, PACK_ROWS)]
+    chunks = [pack(parse(rows[i : i + PACK_ROWS], (min(PACK_ROWS, n - i), k))) for i in range(0, n, PACK_ROWS)]
     return {name: _concatenated([chunk[name] for chunk in chunks]) for name in chunks[0]}
 
 
@@ -332,8 +336,13 @@ class BlockRows:
             raise ValueError(f"BlockRows: GGML type {ggml_type} with raw shape {raw.shape} for {shape}")
         self.raw, self.ggml_type, self.shape, self.dtype = raw, ggml_type, tuple(shape), dtype
         self.device = torch.device("cpu")
-        self.native = (native.available() and ggml_type in native.DEQUANT_TYPES and raw.dtype == np.uint8
-                       and raw.ndim == 2 and raw.flags.c_contiguous)
+        self.native = (
+            native.available()
+            and ggml_type in native.DEQUANT_TYPES
+            and raw.dtype == np.uint8
+            and raw.ndim == 2
+            and raw.flags.c_contiguous
+        )
 
     @torch.compiler.disable  # numpy indexing: a compiled decode step calls it as a plain function
     def __getitem__(self, ids: torch.Tensor) -> torch.Tensor:
@@ -348,8 +357,13 @@ class BlockRows:
 def embedding_rows(source, policy: WeightPolicy, store: PackStore | None, *, shared_with_head: bool):
     """The embedding as BlockRows (quantized, CPU, packed kernels, and no dense head sharing it), else dense."""
     info = source.info
-    if (not shared_with_head and policy.packed and policy.device.type == "cpu" and len(info.shape) == 2
-            and info.ggml_type in quant.FAST_DEQUANT_TYPES):
+    if (
+        not shared_with_head
+        and policy.packed
+        and policy.device.type == "cpu"
+        and len(info.shape) == 2
+        and info.ggml_type in quant.FAST_DEQUANT_TYPES
+    ):
         return BlockRows(source.raw(), info.ggml_type, info.shape, policy.dtype)
     return dense_tensor(source, policy, store)
 
@@ -363,6 +377,6 @@ def dequantize_source(source, dtype: torch.dtype) -> torch.Tensor:
         out = torch.empty(n, k, dtype=dtype)
         for i in range(0, n, PACK_ROWS):  # in chunks: the transient float32/int16 copies stay small
             count = min(PACK_ROWS, n - i)
-            out[i:i + count] = quant.dequantize_raw(rows[i:i + count], info.ggml_type, (count, k))
+            out[i : i + count] = quant.dequantize_raw(rows[i : i + count], info.ggml_type, (count, k))
         return out
     return source.dequantize(dtype)

@@ -25,8 +25,19 @@ FLAG_COLUMN_MAJOR = 0x0800
 # dtype byte <-> GGML type. 0/1/12/14/30 are the codes every APR reader agrees on; for the other
 # GGML block types we follow the post-GH-438 rule "ids 0-31 equal GGML type ids".
 # (Legacy readers took 8/9 for APR-native q4/q8 and 2 for BF16; we never write those meanings.)
-APR_DTYPE_OF_GGML = {F32: 0, F16: 1, BF16: 30, Q4_K: 12, Q6_K: 14, Q8_0: 8, Q4_0: 2, Q4_1: 3, Q5_0: 6, Q5_1: 7,
-                     Q5_K: 13}
+APR_DTYPE_OF_GGML = {
+    F32: 0,
+    F16: 1,
+    BF16: 30,
+    Q4_K: 12,
+    Q6_K: 14,
+    Q8_0: 8,
+    Q4_0: 2,
+    Q4_1: 3,
+    Q5_0: 6,
+    Q5_1: 7,
+    Q5_K: 13,
+}
 GGML_OF_APR_DTYPE = {code: ggml for ggml, code in APR_DTYPE_OF_GGML.items()}
 
 _HEADER = struct.Struct("<4sBBHIQIQQI20s")
@@ -54,14 +65,27 @@ def header_crc(header_bytes: bytes) -> int:
 
 
 def pack_header(flags: int, tensor_count: int, metadata_size: int, index_offset: int, data_offset: int) -> bytes:
-    without_crc = _HEADER.pack(MAGIC, *VERSION, flags, tensor_count, HEADER_SIZE, metadata_size, index_offset,
-                               data_offset, 0, bytes(20))
-    return _HEADER.pack(MAGIC, *VERSION, flags, tensor_count, HEADER_SIZE, metadata_size, index_offset, data_offset,
-                        header_crc(without_crc), bytes(20))
+    without_crc = _HEADER.pack(
+        MAGIC, *VERSION, flags, tensor_count, HEADER_SIZE, metadata_size, index_offset, data_offset, 0, bytes(20)
+    )
+    return _HEADER.pack(
+        MAGIC,
+        *VERSION,
+        flags,
+        tensor_count,
+        HEADER_SIZE,
+        metadata_size,
+        index_offset,
+        data_offset,
+        header_crc(without_crc),
+        bytes(20),
+    )
 
 
 def unpack_header(data: bytes) -> AprHeader:
-    magic, major, minor, flags, count, meta_off, meta_size, index_off, data_off, crc, _ = _HEADER.unpack(data[:HEADER_SIZE])
+    magic, major, minor, flags, count, meta_off, meta_size, index_off, data_off, crc, _ = _HEADER.unpack(
+        data[:HEADER_SIZE]
+    )
     return AprHeader((major, minor), flags, count, meta_off, meta_size, index_off, data_off, crc)
 
 
@@ -75,8 +99,13 @@ class AprIndexEntry:
 
     def pack(self) -> bytes:
         encoded = self.name.encode("utf-8")
-        return (struct.pack("<H", len(encoded)) + encoded + struct.pack("<BB", self.dtype, len(self.shape))
-                + struct.pack(f"<{len(self.shape)}Q", *self.shape) + struct.pack("<QQ", self.offset, self.size))
+        return (
+            struct.pack("<H", len(encoded))
+            + encoded
+            + struct.pack("<BB", self.dtype, len(self.shape))
+            + struct.pack(f"<{len(self.shape)}Q", *self.shape)
+            + struct.pack("<QQ", self.offset, self.size)
+        )
 
 
 def unpack_index(buf: bytes, count: int) -> list[AprIndexEntry]:
@@ -89,7 +118,7 @@ def unpack_index(buf: bytes, count: int) -> list[AprIndexEntry]:
         pos += 2
         if pos + name_len + 2 > len(buf):
             raise ValueError("tensor index is truncated")
-        name = buf[pos:pos + name_len].decode("utf-8")
+        name = buf[pos : pos + name_len].decode("utf-8")
         pos += name_len
         dtype, ndim = struct.unpack_from("<BB", buf, pos)
         pos += 2

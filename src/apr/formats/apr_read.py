@@ -42,7 +42,9 @@ def _fail(path: Path, problem: str) -> FormatError:
 def read_apr_header(path: Path, data: np.ndarray) -> AprHeader:
     size = len(data)
     if size < HEADER_SIZE + FOOTER_SIZE:
-        raise _fail(path, f"truncated APR file ({size} bytes; header and footer alone need {HEADER_SIZE + FOOTER_SIZE})")
+        raise _fail(
+            path, f"truncated APR file ({size} bytes; header and footer alone need {HEADER_SIZE + FOOTER_SIZE})"
+        )
     head = bytes(data[:HEADER_SIZE])
     if head[:4] != MAGIC:
         raise _fail(path, f"not an APR v2 file (magic {head[:4]!r}, expected b'APR\\x00')")
@@ -57,9 +59,16 @@ def read_apr_header(path: Path, data: np.ndarray) -> AprHeader:
         raise _fail(path, "compressed or encrypted APR files are not supported; re-convert without compression")
     body_end = size - FOOTER_SIZE
     if not (HEADER_SIZE <= header.metadata_offset and header.metadata_offset + header.metadata_size <= body_end):
-        raise _fail(path, f"metadata [{header.metadata_offset}, +{header.metadata_size}) lies outside the file; the file is truncated or corrupt")
-    if not (header.metadata_offset + header.metadata_size <= header.tensor_index_offset <= header.data_offset <= body_end):
-        raise _fail(path, "section offsets out of order or beyond the end of the file; the file is truncated or corrupt")
+        raise _fail(
+            path,
+            f"metadata [{header.metadata_offset}, +{header.metadata_size}) lies outside the file; the file is truncated or corrupt",
+        )
+    if not (
+        header.metadata_offset + header.metadata_size <= header.tensor_index_offset <= header.data_offset <= body_end
+    ):
+        raise _fail(
+            path, "section offsets out of order or beyond the end of the file; the file is truncated or corrupt"
+        )
     return header
 
 
@@ -68,11 +77,14 @@ def verify_footer(path: Path, data: np.ndarray) -> None:
     body_end = len(data) - FOOTER_SIZE
     crc = 0
     for start in range(0, body_end, _CRC_CHUNK):
-        crc = zlib.crc32(data[start:min(start + _CRC_CHUNK, body_end)].data, crc)
+        crc = zlib.crc32(data[start : min(start + _CRC_CHUNK, body_end)].data, crc)
     stored = int.from_bytes(bytes(data[body_end:]), "little")
     if crc != stored:
-        raise _fail(path, f"footer checksum mismatch (CRC32 {crc:08x} != {stored:08x}); the file is corrupt or "
-                          "truncated, re-convert it")
+        raise _fail(
+            path,
+            f"footer checksum mismatch (CRC32 {crc:08x} != {stored:08x}); the file is corrupt or "
+            "truncated, re-convert it",
+        )
 
 
 def read_apr(path: Path, *, verify: bool = True) -> CanonicalModel:
@@ -82,13 +94,13 @@ def read_apr(path: Path, *, verify: bool = True) -> CanonicalModel:
     if verify:
         verify_footer(path, data)
     try:
-        meta = json.loads(bytes(data[header.metadata_offset:header.metadata_offset + header.metadata_size]))
+        meta = json.loads(bytes(data[header.metadata_offset : header.metadata_offset + header.metadata_size]))
     except ValueError as err:
         raise _fail(path, f"metadata is not valid JSON ({err})") from None
     if not isinstance(meta, dict):
         raise _fail(path, "metadata is not a JSON object")
     try:
-        entries = unpack_index(bytes(data[header.tensor_index_offset:header.data_offset]), header.tensor_count)
+        entries = unpack_index(bytes(data[header.tensor_index_offset : header.data_offset]), header.tensor_count)
         config = config_from_metadata(meta)
         tokenizer = Tokenizer(spec_from_metadata(meta))
     except (ValueError, TypeError, KeyError, UnicodeDecodeError) as err:
@@ -119,8 +131,9 @@ def read_apr(path: Path, *, verify: bool = True) -> CanonicalModel:
         raise _fail(path, f"missing tensor {missing[0]!r} ({len(missing)} missing); the file is incomplete")
     check_shapes(path, config, tensors)
     light = {k: v for k, v in meta.items() if not k.startswith("tokenizer.") and k != "tensor_shapes"}
-    return CanonicalModel(config=config, tokenizer=tokenizer, tensors=tensors, source_path=path, source_format="apr",
-                          metadata=light)
+    return CanonicalModel(
+        config=config, tokenizer=tokenizer, tensors=tensors, source_path=path, source_format="apr", metadata=light
+    )
 
 
 def _entry_source(path: Path, data: np.ndarray, header: AprHeader, entry, body_end: int, offset: float) -> StoredTensor:
@@ -133,17 +146,23 @@ def _entry_source(path: Path, data: np.ndarray, header: AprHeader, entry, body_e
     except ValueError as err:
         raise _fail(path, f"tensor {entry.name!r}: {err}") from None
     if entry.size != expected:
-        raise _fail(path, f"tensor {entry.name!r} stores {entry.size} bytes, {type_name(type_id)} {list(entry.shape)} "
-                          f"needs {expected}")
+        raise _fail(
+            path,
+            f"tensor {entry.name!r} stores {entry.size} bytes, {type_name(type_id)} {list(entry.shape)} "
+            f"needs {expected}",
+        )
     if entry.offset % ALIGN:
         raise _fail(path, f"tensor {entry.name!r} offset {entry.offset} is not {ALIGN}-byte aligned")
     start = header.data_offset + entry.offset
     if start + entry.size > body_end:
-        raise _fail(path, f"tensor {entry.name!r} data [{start}, {start + entry.size}) runs past the end of the data "
-                          f"({body_end} bytes); the file is truncated")
+        raise _fail(
+            path,
+            f"tensor {entry.name!r} data [{start}, {start + entry.size}) runs past the end of the data "
+            f"({body_end} bytes); the file is truncated",
+        )
     info = TensorInfo(name=entry.name, shape=entry.shape, ggml_type=type_id, nbytes=entry.size, value_offset=offset)
 
     def load() -> np.ndarray:
-        return data[start:start + entry.size]
+        return data[start : start + entry.size]
 
     return StoredTensor(info, load, release=page_dropper(data, start, start + entry.size))

@@ -97,14 +97,27 @@ def compare_models(before: CanonicalModel, after: CanonicalModel) -> list[Tensor
     for name, src in before.tensors.items():
         dst = after.tensors[name]
         sha_before, sha_after = _sha256(src), _sha256(dst)
-        same = (sha_before == sha_after and src.info.ggml_type == dst.info.ggml_type
-                and src.info.value_offset == dst.info.value_offset)
+        same = (
+            sha_before == sha_after
+            and src.info.ggml_type == dst.info.ggml_type
+            and src.info.value_offset == dst.info.value_offset
+        )
         # Identical bytes, type and offset decode to identical values; no need to dequantize.
         diff = 0.0 if same else _max_abs_diff(src, dst)
         src.release()
         dst.release()
-        rows.append(TensorReport(name, list(src.info.shape), type_name(src.info.ggml_type), type_name(dst.info.ggml_type),
-                                 sha_before, sha_after, sha_before == sha_after, diff))
+        rows.append(
+            TensorReport(
+                name,
+                list(src.info.shape),
+                type_name(src.info.ggml_type),
+                type_name(dst.info.ggml_type),
+                sha_before,
+                sha_after,
+                sha_before == sha_after,
+                diff,
+            )
+        )
     return rows
 
 
@@ -112,8 +125,14 @@ def _size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
 
 
-def convert_model(model: CanonicalModel, to: TargetFormat, out: Path, *, dtype: DtypeChoice | None = None,
-                  progress: Progress | None = None) -> Path:
+def convert_model(
+    model: CanonicalModel,
+    to: TargetFormat,
+    out: Path,
+    *,
+    dtype: DtypeChoice | None = None,
+    progress: Progress | None = None,
+) -> Path:
     """Write ``model`` as ``to`` at ``out`` (atomically)."""
     if to not in TARGETS:
         raise FormatError(f"unknown target format {to!r}; choose one of {', '.join(TARGETS)}")
@@ -134,8 +153,15 @@ def convert_model(model: CanonicalModel, to: TargetFormat, out: Path, *, dtype: 
         raise FormatError(f"{out}: cannot write {to}: {err}") from err
 
 
-def convert(src: Path | CanonicalModel, to: TargetFormat, out: Path, *, dtype: DtypeChoice | None = None,
-            progress: Progress | None = None, report: bool = True) -> ConversionReport:
+def convert(
+    src: Path | CanonicalModel,
+    to: TargetFormat,
+    out: Path,
+    *,
+    dtype: DtypeChoice | None = None,
+    progress: Progress | None = None,
+    report: bool = True,
+) -> ConversionReport:
     """Load ``src`` (or take an already loaded model), write ``out``, re-read it strictly, and write
     the JSON report next to it."""
     from apr.formats.load import load_model
@@ -147,9 +173,16 @@ def convert(src: Path | CanonicalModel, to: TargetFormat, out: Path, *, dtype: D
     started = time.perf_counter()
     convert_model(model, to, out, dtype=dtype, progress=progress)
     seconds = time.perf_counter() - started
-    result = ConversionReport(source=str(src), source_format=model.source_format, output=str(out), output_format=to,
-                              dtype=dtype or default_dtype(to), seconds=round(seconds, 3),
-                              source_bytes=_size(src), output_bytes=_size(out))
+    result = ConversionReport(
+        source=str(src),
+        source_format=model.source_format,
+        output=str(out),
+        output_format=to,
+        dtype=dtype or default_dtype(to),
+        seconds=round(seconds, 3),
+        source_bytes=_size(src),
+        output_bytes=_size(out),
+    )
     if report:
         result.tensors = compare_models(model, load_model(out))
         from apr.formats.atomic import atomic_path
@@ -157,4 +190,3 @@ def convert(src: Path | CanonicalModel, to: TargetFormat, out: Path, *, dtype: D
         with atomic_path(report_path_for(out)) as temp:
             temp.write_text(json.dumps(result.to_json(), indent=1))
     return result
-

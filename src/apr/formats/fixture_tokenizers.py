@@ -18,7 +18,7 @@ CORPUS = [
     "for i in range(10):\n    print(i * i)\n",
     "class Model:\n    def __init__(self, config):\n        self.config = config\n",
     "import numpy as np\nx = np.zeros((3, 4), dtype=np.float32)\n",
-    "if __name__ == \"__main__\":\n    main()\n",
+    'if __name__ == "__main__":\n    main()\n',
     "Numbers: 0 1 2 3 4 5 6 7 8 9 10 42 100 1234 3.14159 2025",
     "你好，世界！这是一个测试。我们的模型可以说中文。",
     "Unicode: café naïve über straße Москва Ελλάδα 東京 🎉🚀",
@@ -44,7 +44,7 @@ SMOL_TEMPLATE = (
 )
 GEMMA_TEMPLATE = (
     "{{ bos_token }}{%- if messages[0]['role'] == 'system' -%}{%- set first_user_prefix = messages[0]['content'] + '\\n\\n' -%}"
-    "{%- set loop_messages = messages[1:] -%}{%- else -%}{%- set first_user_prefix = \"\" -%}"
+    '{%- set loop_messages = messages[1:] -%}{%- else -%}{%- set first_user_prefix = "" -%}'
     "{%- set loop_messages = messages -%}{%- endif -%}{%- for message in loop_messages -%}"
     "{%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}"
     "{{ '<start_of_turn>' + role + '\\n' + (first_user_prefix if loop.first else \"\") + message['content'] | trim + '<end_of_turn>\\n' }}"
@@ -55,8 +55,12 @@ GEMMA_TEMPLATE = (
 def _train_byte_level(pre: str, vocab_size: int, specials: list[str]) -> tuple[list[str], list[str]]:
     backend = BackendTokenizer(models.BPE())
     backend.pre_tokenizer = _byte_level_pre_tokenizer(pre)
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     backend.train_from_iterator(CORPUS, trainer=trainer)
     model = json.loads(backend.to_str())["model"]
     tokens = [t for t, _ in sorted(model["vocab"].items(), key=lambda item: item[1])]
@@ -71,10 +75,18 @@ def qwen2_tokenizer_spec() -> TokenizerSpec:
     tokens = tokens + specials
     types = [TOKEN_NORMAL] * (len(tokens) - 3) + [TOKEN_CONTROL] * 3
     eos = tokens.index("<|im_end|>")
-    return TokenizerSpec(model="gpt2", pre="qwen2", tokens=tuple(tokens), token_types=tuple(types), merges=tuple(merges),
-                         bos_token_id=tokens.index("<|endoftext|>"), eos_token_id=eos,
-                         pad_token_id=tokens.index("<|endoftext|>"), chat_template=CHATML_TEMPLATE,
-                         extra_eos_token_ids=eog_ids(tokens, eos)).validate()
+    return TokenizerSpec(
+        model="gpt2",
+        pre="qwen2",
+        tokens=tuple(tokens),
+        token_types=tuple(types),
+        merges=tuple(merges),
+        bos_token_id=tokens.index("<|endoftext|>"),
+        eos_token_id=eos,
+        pad_token_id=tokens.index("<|endoftext|>"),
+        chat_template=CHATML_TEMPLATE,
+        extra_eos_token_ids=eog_ids(tokens, eos),
+    ).validate()
 
 
 def llama_tokenizer_spec() -> TokenizerSpec:
@@ -82,9 +94,19 @@ def llama_tokenizer_spec() -> TokenizerSpec:
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
     tokens, merges = _train_byte_level("smollm", 320, specials)
     types = [TOKEN_CONTROL if t in specials else TOKEN_NORMAL for t in tokens]
-    return TokenizerSpec(model="gpt2", pre="smollm", tokens=tuple(tokens), token_types=tuple(types), merges=tuple(merges),
-                         bos_token_id=1, eos_token_id=2, unk_token_id=0, pad_token_id=2, chat_template=SMOL_TEMPLATE,
-                         extra_eos_token_ids=eog_ids(tokens, 2)).validate()
+    return TokenizerSpec(
+        model="gpt2",
+        pre="smollm",
+        tokens=tuple(tokens),
+        token_types=tuple(types),
+        merges=tuple(merges),
+        bos_token_id=1,
+        eos_token_id=2,
+        unk_token_id=0,
+        pad_token_id=2,
+        chat_template=SMOL_TEMPLATE,
+        extra_eos_token_ids=eog_ids(tokens, 2),
+    ).validate()
 
 
 def gemma3_tokenizer_spec() -> TokenizerSpec:
@@ -98,12 +120,26 @@ def gemma3_tokenizer_spec() -> TokenizerSpec:
     specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"]
     byte_tokens = [f"<0x{b:02X}>" for b in range(256)]
     tokens = specials + byte_tokens + pieces
-    types = ([TOKEN_CONTROL, TOKEN_CONTROL, TOKEN_CONTROL, TOKEN_UNKNOWN, TOKEN_CONTROL, TOKEN_CONTROL]
-             + [TOKEN_BYTE] * 256 + [TOKEN_NORMAL] * len(pieces))
+    types = (
+        [TOKEN_CONTROL, TOKEN_CONTROL, TOKEN_CONTROL, TOKEN_UNKNOWN, TOKEN_CONTROL, TOKEN_CONTROL]
+        + [TOKEN_BYTE] * 256
+        + [TOKEN_NORMAL] * len(pieces)
+    )
     scores = tuple(float(-i) for i in range(len(tokens)))
-    return TokenizerSpec(model="llama", pre="default", tokens=tuple(tokens), token_types=tuple(types), scores=scores,
-                         bos_token_id=2, eos_token_id=1, unk_token_id=3, pad_token_id=0, add_bos_token=True,
-                         chat_template=GEMMA_TEMPLATE, extra_eos_token_ids=eog_ids(tokens, 1)).validate()
+    return TokenizerSpec(
+        model="llama",
+        pre="default",
+        tokens=tuple(tokens),
+        token_types=tuple(types),
+        scores=scores,
+        bos_token_id=2,
+        eos_token_id=1,
+        unk_token_id=3,
+        pad_token_id=0,
+        add_bos_token=True,
+        chat_template=GEMMA_TEMPLATE,
+        extra_eos_token_ids=eog_ids(tokens, 1),
+    ).validate()
 
 
 TOKENIZER_SPECS = {"qwen2": qwen2_tokenizer_spec, "llama": llama_tokenizer_spec, "gemma3": gemma3_tokenizer_spec}

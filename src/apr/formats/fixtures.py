@@ -23,23 +23,61 @@ _SEEDS = {"qwen2": 2, "llama": 3, "gemma3": 5}
 
 
 def fixture_config(arch: str, vocab_size: int, spec) -> ModelConfig:
-    common = dict(architecture=arch, vocab_size=vocab_size, hidden_size=64, intermediate_size=256,
-                  context_length=512, bos_token_id=spec.bos_token_id, eos_token_ids=spec.eos_token_ids,
-                  pad_token_id=spec.pad_token_id, add_bos_token=spec.add_bos_token, name=f"apr-fixture-{arch}")
+    common = dict(
+        architecture=arch,
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=256,
+        context_length=512,
+        bos_token_id=spec.bos_token_id,
+        eos_token_ids=spec.eos_token_ids,
+        pad_token_id=spec.pad_token_id,
+        add_bos_token=spec.add_bos_token,
+        name=f"apr-fixture-{arch}",
+    )
     if arch == "qwen2":
-        return ModelConfig(**common, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16, rms_norm_eps=1e-6,
-                           rope_theta=1_000_000.0, attention_bias=True).validate()
+        return ModelConfig(
+            **common,
+            num_layers=2,
+            num_heads=4,
+            num_kv_heads=2,
+            head_dim=16,
+            rms_norm_eps=1e-6,
+            rope_theta=1_000_000.0,
+            attention_bias=True,
+        ).validate()
     if arch == "llama":
-        return ModelConfig(**common, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16, rms_norm_eps=1e-5,
-                           rope_theta=100_000.0, tie_word_embeddings=True).validate()
+        return ModelConfig(
+            **common,
+            num_layers=2,
+            num_heads=4,
+            num_kv_heads=2,
+            head_dim=16,
+            rms_norm_eps=1e-5,
+            rope_theta=100_000.0,
+            tie_word_embeddings=True,
+        ).validate()
     from apr.formats.gguf_config import GEMMA3_LOCAL_ROPE_BASE, gemma3_layer_types
 
     # head_dim 256 = query_pre_attn_scalar, as in Gemma3 270M (transformers assumes 256 for GGUF files).
-    return ModelConfig(**common, num_layers=6, num_heads=2, num_kv_heads=1, head_dim=256, rms_norm_eps=1e-6,
-                       rope_theta=1_000_000.0, rope_local_theta=GEMMA3_LOCAL_ROPE_BASE, tie_word_embeddings=True,
-                       qk_norm=True, hidden_activation="gelu_tanh", norm_weight_offset=1.0,
-                       embedding_multiplier=8.0, query_pre_attn_scalar=256.0, sliding_window=16,
-                       layer_types=gemma3_layer_types(6)).validate()
+    return ModelConfig(
+        **common,
+        num_layers=6,
+        num_heads=2,
+        num_kv_heads=1,
+        head_dim=256,
+        rms_norm_eps=1e-6,
+        rope_theta=1_000_000.0,
+        rope_local_theta=GEMMA3_LOCAL_ROPE_BASE,
+        tie_word_embeddings=True,
+        qk_norm=True,
+        hidden_activation="gelu_tanh",
+        norm_weight_offset=1.0,
+        embedding_multiplier=8.0,
+        query_pre_attn_scalar=256.0,
+        sliding_window=16,
+        layer_types=gemma3_layer_types(6),
+    ).validate()
 
 
 def _storage_type(arch: str, name: str, layer: int) -> int:
@@ -83,7 +121,9 @@ def _values(rng: np.random.Generator, config: ModelConfig, name: str, shape: tup
     return (rng.standard_normal(shape) * scale).astype(np.float32)
 
 
-def _stored(rng: np.random.Generator, config: ModelConfig, name: str, shape: tuple[int, ...], type_id: int) -> np.ndarray:
+def _stored(
+    rng: np.random.Generator, config: ModelConfig, name: str, shape: tuple[int, ...], type_id: int
+) -> np.ndarray:
     rows = int(np.prod(shape[:-1])) if len(shape) > 1 else 1
     if type_id in (Q4_K, Q6_K):
         return _random_blocks(rng, type_id, rows, shape[-1])
@@ -109,8 +149,14 @@ def build_fixture_model(arch: str) -> CanonicalModel:
         data = _stored(rng, config, name, shape, type_id)
         info = TensorInfo(name=name, shape=shape, ggml_type=type_id, nbytes=tensor_nbytes(type_id, shape))
         tensors[name] = StoredTensor(info, functools.partial(np.reshape, data, -1))
-    return CanonicalModel(config=config, tokenizer=Tokenizer(spec), tensors=tensors,
-                          source_path=Path(f"<fixture:{arch}>"), source_format="gguf", metadata={})
+    return CanonicalModel(
+        config=config,
+        tokenizer=Tokenizer(spec),
+        tensors=tensors,
+        source_path=Path(f"<fixture:{arch}>"),
+        source_format="gguf",
+        metadata={},
+    )
 
 
 def build_fixture_set(root: Path) -> dict[str, dict[str, Path]]:

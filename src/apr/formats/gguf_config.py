@@ -35,25 +35,39 @@ def config_from_gguf(meta: dict[str, Any], tensor_names: set[str], spec: Tokeniz
     layers = int(_need(meta, p + "block_count"))
     vocab = int(meta.get(p + "vocab_size") or spec.vocab_size)
     common: dict[str, Any] = dict(
-        architecture=arch, vocab_size=vocab, hidden_size=hidden,
-        intermediate_size=int(_need(meta, p + "feed_forward_length")), num_layers=layers, num_heads=heads,
-        num_kv_heads=kv_heads, head_dim=head_dim, context_length=int(_need(meta, p + "context_length")),
+        architecture=arch,
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=int(_need(meta, p + "feed_forward_length")),
+        num_layers=layers,
+        num_heads=heads,
+        num_kv_heads=kv_heads,
+        head_dim=head_dim,
+        context_length=int(_need(meta, p + "context_length")),
         rms_norm_eps=float(_need(meta, p + "attention.layer_norm_rms_epsilon")),
         rope_theta=float(meta.get(p + "rope.freq_base", 10_000.0)),
         tie_word_embeddings="output.weight" not in tensor_names,
         attention_bias="blk.0.attn_q.bias" in tensor_names,
-        bos_token_id=spec.bos_token_id, eos_token_ids=spec.eos_token_ids, pad_token_id=spec.pad_token_id,
-        add_bos_token=spec.add_bos_token, name=str(meta.get("general.name", "")),
+        bos_token_id=spec.bos_token_id,
+        eos_token_ids=spec.eos_token_ids,
+        pad_token_id=spec.pad_token_id,
+        add_bos_token=spec.add_bos_token,
+        name=str(meta.get("general.name", "")),
     )
     if arch == "gemma3":
         window = int(_need(meta, p + "attention.sliding_window"))
         scaling_type = meta.get(p + "rope.scaling.type")
         factor = float(meta.get(p + "rope.scaling.factor", 1.0)) if scaling_type in (None, "linear") else 1.0
         common.update(
-            qk_norm=True, hidden_activation="gelu_tanh", norm_weight_offset=1.0,
-            embedding_multiplier=math.sqrt(hidden), query_pre_attn_scalar=float(head_dim),
-            sliding_window=window, layer_types=gemma3_layer_types(layers),
-            rope_local_theta=GEMMA3_LOCAL_ROPE_BASE, rope_scaling_factor=factor,
+            qk_norm=True,
+            hidden_activation="gelu_tanh",
+            norm_weight_offset=1.0,
+            embedding_multiplier=math.sqrt(hidden),
+            query_pre_attn_scalar=float(head_dim),
+            sliding_window=window,
+            layer_types=gemma3_layer_types(layers),
+            rope_local_theta=GEMMA3_LOCAL_ROPE_BASE,
+            rope_scaling_factor=factor,
         )
     return ModelConfig(**common).validate()
 
@@ -121,8 +135,12 @@ def gguf_kv_from_spec(spec: TokenizerSpec) -> dict[str, Any]:
         kv["tokenizer.ggml.merges"] = list(spec.merges)
     if spec.scores:
         kv["tokenizer.ggml.scores"] = [float(s) for s in spec.scores]
-    for key, value in (("bos_token_id", spec.bos_token_id), ("eos_token_id", spec.eos_token_id),
-                       ("unknown_token_id", spec.unk_token_id), ("padding_token_id", spec.pad_token_id)):
+    for key, value in (
+        ("bos_token_id", spec.bos_token_id),
+        ("eos_token_id", spec.eos_token_id),
+        ("unknown_token_id", spec.unk_token_id),
+        ("padding_token_id", spec.pad_token_id),
+    ):
         if value is not None:
             kv[f"tokenizer.ggml.{key}"] = int(value)
     kv["tokenizer.ggml.add_bos_token"] = spec.add_bos_token

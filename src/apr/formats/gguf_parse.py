@@ -11,9 +11,32 @@ import numpy as np
 
 from apr.errors import FormatError
 
-_SCALARS = {0: ("<B", 1), 1: ("<b", 1), 2: ("<H", 2), 3: ("<h", 2), 4: ("<I", 4), 5: ("<i", 4),
-            6: ("<f", 4), 7: ("<?", 1), 10: ("<Q", 8), 11: ("<q", 8), 12: ("<d", 8)}
-_NUMPY = {0: "<u1", 1: "<i1", 2: "<u2", 3: "<i2", 4: "<u4", 5: "<i4", 6: "<f4", 7: "<u1", 10: "<u8", 11: "<i8", 12: "<f8"}
+_SCALARS = {
+    0: ("<B", 1),
+    1: ("<b", 1),
+    2: ("<H", 2),
+    3: ("<h", 2),
+    4: ("<I", 4),
+    5: ("<i", 4),
+    6: ("<f", 4),
+    7: ("<?", 1),
+    10: ("<Q", 8),
+    11: ("<q", 8),
+    12: ("<d", 8),
+}
+_NUMPY = {
+    0: "<u1",
+    1: "<i1",
+    2: "<u2",
+    3: "<i2",
+    4: "<u4",
+    5: "<i4",
+    6: "<f4",
+    7: "<u1",
+    10: "<u8",
+    11: "<i8",
+    12: "<f8",
+}
 _STRING, _ARRAY = 8, 9
 DEFAULT_ALIGNMENT = 32
 _U64 = struct.Struct("<Q")
@@ -57,7 +80,7 @@ class _Cursor:
         length = self.take("<Q", 8)
         if self.pos + length > len(self.buf):
             raise _Truncated
-        text = bytes(self.buf[self.pos:self.pos + length]).decode("utf-8", errors="replace")
+        text = bytes(self.buf[self.pos : self.pos + length]).decode("utf-8", errors="replace")
         self.pos += length
         return text
 
@@ -81,7 +104,7 @@ class _Cursor:
             for _ in range(count):
                 (length,) = unpack(buf, pos)
                 pos += 8
-                append(str(buf[pos:pos + length], "utf-8", "replace"))
+                append(str(buf[pos : pos + length], "utf-8", "replace"))
                 pos += length
         except struct.error:
             raise _Truncated from None
@@ -114,7 +137,9 @@ def parse_gguf_header(path: Path, buf: memoryview) -> GGUFHeader:
     try:
         return _parse(path, buf)
     except _Truncated:
-        raise FormatError(f"{path}: truncated GGUF file (header ends past the end of the file); re-download it") from None
+        raise FormatError(
+            f"{path}: truncated GGUF file (header ends past the end of the file); re-download it"
+        ) from None
     except ValueError as err:
         raise FormatError(f"{path}: corrupt GGUF header: {err}") from None
 

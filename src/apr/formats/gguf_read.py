@@ -24,8 +24,9 @@ _BIG_ARRAY = 1024
 def read_gguf_metadata(path: Path) -> tuple[np.memmap, GGUFHeader]:
     """The file mapped read-only, and its parsed header."""
     if path.stat().st_size < 24:
-        raise FormatError(f"{path}: truncated GGUF file ({path.stat().st_size} bytes, the header alone needs 24); "
-                          "re-download it")
+        raise FormatError(
+            f"{path}: truncated GGUF file ({path.stat().st_size} bytes, the header alone needs 24); re-download it"
+        )
     data = np.memmap(path, dtype=np.uint8, mode="r")
     return data, parse_gguf_header(path, data.data)
 
@@ -51,24 +52,31 @@ def read_gguf(path: Path) -> CanonicalModel:
         if hf_name is None:
             raise FormatError(f"{path}: unexpected tensor {tensor.name!r} for architecture {arch}")
         if tensor.offset % header.alignment:
-            raise FormatError(f"{path}: tensor {tensor.name!r} data offset {tensor.offset} is not "
-                              f"{header.alignment}-aligned; the file is corrupt")
+            raise FormatError(
+                f"{path}: tensor {tensor.name!r} data offset {tensor.offset} is not "
+                f"{header.alignment}-aligned; the file is corrupt"
+            )
         if hf_name in tensors:
             raise FormatError(f"{path}: two tensors map to {hf_name!r}; the file is corrupt")
         tensors[hf_name] = _tensor_source(path, data, header.data_offset + tensor.offset, tensor, hf_name, config)
-    missing = [n for n in names.expected_hf_names(arch, config.num_layers, tied=config.tie_word_embeddings)
-               if n not in tensors]
+    missing = [
+        n for n in names.expected_hf_names(arch, config.num_layers, tied=config.tie_word_embeddings) if n not in tensors
+    ]
     if missing:
-        raise FormatError(f"{path}: missing tensor {names.hf_to_gguf(arch, missing[0])!r} "
-                          f"({len(missing)} missing in all); the file is incomplete")
+        raise FormatError(
+            f"{path}: missing tensor {names.hf_to_gguf(arch, missing[0])!r} "
+            f"({len(missing)} missing in all); the file is incomplete"
+        )
     check_shapes(path, config, tensors)
     metadata = {k: v for k, v in meta.items() if not (isinstance(v, list) and len(v) > _BIG_ARRAY)}
-    return CanonicalModel(config=config, tokenizer=tokenizer, tensors=tensors, source_path=path,
-                          source_format="gguf", metadata=metadata)
+    return CanonicalModel(
+        config=config, tokenizer=tokenizer, tensors=tensors, source_path=path, source_format="gguf", metadata=metadata
+    )
 
 
-def _tensor_source(path: Path, data: np.memmap, start: int, tensor: GGUFTensorInfo, hf_name: str,
-                   config: Any) -> StoredTensor:
+def _tensor_source(
+    path: Path, data: np.memmap, start: int, tensor: GGUFTensorInfo, hf_name: str, config: Any
+) -> StoredTensor:
     file_size = len(data)
     type_id = tensor.type_id
     shape = tuple(reversed(tensor.ne))
@@ -79,15 +87,18 @@ def _tensor_source(path: Path, data: np.memmap, start: int, tensor: GGUFTensorIn
     except ValueError as err:
         raise FormatError(f"{path}: tensor {tensor.name!r} {list(shape)}: {err}") from err
     if start + expected > file_size:
-        raise FormatError(f"{path}: tensor {tensor.name!r} data [{start}, {start + expected}) lies beyond the end "
-                          f"of the file ({file_size} bytes); the file is truncated, re-download it")
+        raise FormatError(
+            f"{path}: tensor {tensor.name!r} data [{start}, {start + expected}) lies beyond the end "
+            f"of the file ({file_size} bytes); the file is truncated, re-download it"
+        )
     offset = config.norm_weight_offset if names.is_norm_weight(hf_name) else 0.0
     info = TensorInfo(name=hf_name, shape=shape, ggml_type=type_id, nbytes=expected, value_offset=offset)
     stored_rows = None
     if names.is_rope_permuted(config.architecture, hf_name):
         n_head = config.num_heads if "q_proj" in hf_name else config.num_kv_heads
         stored_rows = rope_permutation(shape[0], n_head)
+
     def load() -> np.ndarray:
-        return data[start:start + expected]
+        return data[start : start + expected]
 
     return StoredTensor(info, load, stored_rows, release=page_dropper(data, start, start + expected))

@@ -95,4 +95,6 @@ def is_norm_weight(hf_name: str) -> bool:
 
 def is_rope_permuted(arch: str, hf_name: str) -> bool:
     """GGUF llama files store q/k rows permuted for GGML's NORM rope (llama.cpp ``permute``)."""
-    return arch == "llama" and (hf_name.endswith("self_attn.q_proj.weight") or hf_name.endswith("self_attn.k_proj.weight"))
+    return arch == "llama" and (
+        hf_name.endswith("self_attn.q_proj.weight") or hf_name.endswith("self_attn.k_proj.weight")
+    )

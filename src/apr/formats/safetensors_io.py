@@ -46,8 +46,10 @@ def parse_safetensors(path: Path) -> tuple[list[SafeTensorEntry], dict[str, str]
             raise FormatError(f"{path}: truncated SafeTensors file ({size} bytes); re-download or re-convert it")
         header_len = struct.unpack("<Q", head)[0]
         if header_len > MAX_HEADER or 8 + header_len > size:
-            raise FormatError(f"{path}: SafeTensors header length {header_len} exceeds the file ({size} bytes); "
-                              "the file is truncated or not SafeTensors")
+            raise FormatError(
+                f"{path}: SafeTensors header length {header_len} exceeds the file ({size} bytes); "
+                "the file is truncated or not SafeTensors"
+            )
         raw = handle.read(header_len)
     try:
         header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
@@ -66,11 +68,15 @@ def parse_safetensors(path: Path) -> tuple[list[SafeTensorEntry], dict[str, str]
             raise FormatError(f"{path}: tensor {name!r} has bad data_offsets {offsets!r}")
         nbytes = int(np.prod(shape, dtype=np.int64)) * _ITEM[dtype]
         if offsets[1] - offsets[0] != nbytes:
-            raise FormatError(f"{path}: tensor {name!r} {dtype} {list(shape)} needs {nbytes} bytes, "
-                              f"offsets span {offsets[1] - offsets[0]}; the file is corrupt")
+            raise FormatError(
+                f"{path}: tensor {name!r} {dtype} {list(shape)} needs {nbytes} bytes, "
+                f"offsets span {offsets[1] - offsets[0]}; the file is corrupt"
+            )
         if data_start + offsets[1] > size:
-            raise FormatError(f"{path}: tensor {name!r} data ends at {data_start + offsets[1]}, past the end of the "
-                              f"file ({size} bytes); the file is truncated, re-download or re-convert it")
+            raise FormatError(
+                f"{path}: tensor {name!r} data ends at {data_start + offsets[1]}, past the end of the "
+                f"file ({size} bytes); the file is truncated, re-download or re-convert it"
+            )
         entries.append(SafeTensorEntry(name, dtype, shape, data_start + offsets[0], nbytes))
     return entries, {str(k): str(v) for k, v in metadata.items()}
 
@@ -78,7 +84,9 @@ def parse_safetensors(path: Path) -> tuple[list[SafeTensorEntry], dict[str, str]
 class SafeTensorsStreamWriter:
     """Header first (all shapes known up front), then each tensor's bytes in order."""
 
-    def __init__(self, handle: BinaryIO, layout: list[tuple[str, str, tuple[int, ...]]], metadata: dict[str, str]) -> None:
+    def __init__(
+        self, handle: BinaryIO, layout: list[tuple[str, str, tuple[int, ...]]], metadata: dict[str, str]
+    ) -> None:
         self._handle = handle
         self._expected: list[tuple[str, int]] = []
         header: dict[str, Any] = {"__metadata__": metadata}
@@ -98,7 +106,9 @@ class SafeTensorsStreamWriter:
         """Append part of tensor ``name`` (tensors must come in layout order)."""
         expected_name, remaining = self._expected[0]
         if name != expected_name or data.nbytes > remaining:
-            raise ValueError(f"safetensors writer expected {expected_name} ({remaining} B left), got {name} ({data.nbytes} B)")
+            raise ValueError(
+                f"safetensors writer expected {expected_name} ({remaining} B left), got {name} ({data.nbytes} B)"
+            )
         self._handle.write(np.ascontiguousarray(data).data.cast("B"))
         self._expected[0] = (expected_name, remaining - data.nbytes)
 

@@ -52,23 +52,40 @@ def tensor_stats(source: StoredTensor) -> TensorStats:
             low, high = min(low, float(good.min())), max(high, float(good.max()))
     mean = total / count if count else math.nan
     var = max(0.0, total_sq / count - mean * mean) if count else math.nan
-    return TensorStats(source.info.name, type_name(source.info.ggml_type), list(source.info.shape), mean, math.sqrt(var),
-                       low if count else math.nan, high if count else math.nan, nan, inf,
-                       zeros / count if count else math.nan)
+    return TensorStats(
+        source.info.name,
+        type_name(source.info.ggml_type),
+        list(source.info.shape),
+        mean,
+        math.sqrt(var),
+        low if count else math.nan,
+        high if count else math.nan,
+        nan,
+        inf,
+        zeros / count if count else math.nan,
+    )
 
 
 def trace_structure(model: CanonicalModel, name_filter: str | None = None) -> dict[str, Any]:
     """Per-tensor stats plus the flags a conversion bug leaves behind (stats only for names containing
     ``name_filter`` when given; shape and tying checks always see the whole model)."""
     config = model.config
-    stats = {name: tensor_stats(source) for name, source in model.tensors.items()
-             if name_filter is None or name_filter in name}
+    stats = {
+        name: tensor_stats(source)
+        for name, source in model.tensors.items()
+        if name_filter is None or name_filter in name
+    }
     flags: list[str] = []
-    bias_mean = {name: s.mean for name, s in stats.items() if name.endswith(("q_proj.bias", "k_proj.bias", "v_proj.bias"))}
+    bias_mean = {
+        name: s.mean for name, s in stats.items() if name.endswith(("q_proj.bias", "k_proj.bias", "v_proj.bias"))
+    }
     if config.attention_bias and not bias_mean:
         flags.append("attention_bias is set but no q/k/v bias tensors exist")
-    flags.extend(f"{name}: q/k/v bias is all zero (dropped biases?)" for name, s in stats.items()
-                 if name in bias_mean and s.zero_fraction == 1.0)
+    flags.extend(
+        f"{name}: q/k/v bias is all zero (dropped biases?)"
+        for name, s in stats.items()
+        if name in bias_mean and s.zero_fraction == 1.0
+    )
     norm_scale = {}
     for name in stats:
         if names.is_norm_weight(name):
@@ -78,18 +95,26 @@ def trace_structure(model: CanonicalModel, name_filter: str | None = None) -> di
             norm_scale[name] = effective
             if effective < NEAR_ZERO:
                 flags.append(f"{name}: norm weight near zero (mean |scale| {effective:.2e})")
-    flags.extend(f"{name}: {s.nan_count} NaN / {s.inf_count} Inf values" for name, s in stats.items()
-                 if s.nan_count or s.inf_count)
+    flags.extend(
+        f"{name}: {s.nan_count} NaN / {s.inf_count} Inf values"
+        for name, s in stats.items()
+        if s.nan_count or s.inf_count
+    )
     low, high = ROPE_THETA_RANGE.get(config.architecture, (1.0, 1e9))
     if not low <= config.rope_theta <= high:
-        flags.append(f"rope_theta {config.rope_theta:g} is implausible for {config.architecture} (expected {low:g}-{high:g})")
+        flags.append(
+            f"rope_theta {config.rope_theta:g} is implausible for {config.architecture} (expected {low:g}-{high:g})"
+        )
     embed = model.tensors["model.embed_tokens.weight"].info.shape
     transposed = tuple(embed) != (config.vocab_size, config.hidden_size)
     if transposed:
         flags.append(f"embedding shape {list(embed)} is not [vocab, hidden] (transposed?)")
     head = model.tensors.get("lm_head.weight")
-    head_copies_embedding = bool(head is not None and head.info.ggml_type == model.tensors["model.embed_tokens.weight"].info.ggml_type
-                                 and np.array_equal(head.raw(), model.tensors["model.embed_tokens.weight"].raw()))
+    head_copies_embedding = bool(
+        head is not None
+        and head.info.ggml_type == model.tensors["model.embed_tokens.weight"].info.ggml_type
+        and np.array_equal(head.raw(), model.tensors["model.embed_tokens.weight"].raw())
+    )
     if head_copies_embedding:
         flags.append("lm_head.weight is a byte copy of the embedding (tied weights stored twice)")
     return {

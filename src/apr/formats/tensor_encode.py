@@ -15,8 +15,13 @@ from apr.formats.tensor_source import StoredTensor
 DtypeChoice = Literal["keep", "f32", "bf16", "f16"]
 FLOAT_OF_CHOICE = {"f32": F32, "bf16": BF16, "f16": F16}
 # gguf-py can quantize these from floats; K-quants can only be carried, never produced.
-_QUANTIZABLE = {int(GGMLQuantizationType.Q8_0), int(GGMLQuantizationType.Q4_0), int(GGMLQuantizationType.Q4_1),
-                int(GGMLQuantizationType.Q5_0), int(GGMLQuantizationType.Q5_1)}
+_QUANTIZABLE = {
+    int(GGMLQuantizationType.Q8_0),
+    int(GGMLQuantizationType.Q4_0),
+    int(GGMLQuantizationType.Q4_1),
+    int(GGMLQuantizationType.Q5_0),
+    int(GGMLQuantizationType.Q5_1),
+}
 
 
 def target_type(source_type: int, choice: DtypeChoice) -> int:
@@ -42,6 +47,7 @@ def iter_encoded(source: StoredTensor, out_type: int, out_offset: float = 0.0) -
     if out_type == info.ggml_type and out_offset == info.value_offset:
         yield source.raw()
         return
+
     def job(span: tuple[int, int]) -> np.ndarray:
         return _encode_values(source.dequantize_rows(*span), out_type, out_offset, info.name)
 

@@ -22,8 +22,13 @@ class StoredTensor:
     ``raw()`` returns ``stored[argsort(stored_rows)]``.
     """
 
-    def __init__(self, info: TensorInfo, load: Callable[[], np.ndarray], stored_rows: np.ndarray | None = None,
-                 release: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        info: TensorInfo,
+        load: Callable[[], np.ndarray],
+        stored_rows: np.ndarray | None = None,
+        release: Callable[[], None] | None = None,
+    ) -> None:
         self.info = info
         self._load = load
         self._release = release

@@ -49,8 +49,13 @@ class Tokenizer:
         if eos_list:
             extra = tuple(i for i in dict.fromkeys([*spec.extra_eos_token_ids, *eos_list]) if i != spec.eos_token_id)
             eos_id = spec.eos_token_id if spec.eos_token_id is not None else eos_list[0]
-            spec = TokenizerSpec.from_dict({**spec.to_dict(), "eos_token_id": eos_id,
-                                            "extra_eos_token_ids": tuple(i for i in extra if i != eos_id)})
+            spec = TokenizerSpec.from_dict(
+                {
+                    **spec.to_dict(),
+                    "eos_token_id": eos_id,
+                    "extra_eos_token_ids": tuple(i for i in extra if i != eos_id),
+                }
+            )
         return cls(spec, backend)
 
     # --- contract -------------------------------------------------------------------------------
@@ -94,16 +99,30 @@ class Tokenizer:
     def special_tokens_map(self) -> dict[str, str | None]:
         def text(token_id: int | None) -> str | None:
             return self.spec.tokens[token_id] if token_id is not None else None
-        return {"bos_token": text(self.spec.bos_token_id), "eos_token": text(self.spec.eos_token_id),
-                "unk_token": text(self.spec.unk_token_id), "pad_token": text(self.spec.pad_token_id)}
 
-    def apply_chat_template(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True,
-                            tools: list[dict[str, Any]] | None = None) -> str:
+        return {
+            "bos_token": text(self.spec.bos_token_id),
+            "eos_token": text(self.spec.eos_token_id),
+            "unk_token": text(self.spec.unk_token_id),
+            "pad_token": text(self.spec.pad_token_id),
+        }
+
+    def apply_chat_template(
+        self,
+        messages: list[dict[str, Any]],
+        add_generation_prompt: bool = True,
+        tools: list[dict[str, Any]] | None = None,
+    ) -> str:
         """The prompt text for ``messages``, rendered like transformers' ``apply_chat_template``."""
         if not self.spec.chat_template:
             raise ValueError("this model has no chat template; use a raw prompt instead")
-        return render_chat(self.spec.chat_template, messages, add_generation_prompt=add_generation_prompt,
-                           special_tokens=self.special_tokens_map(), tools=tools)
+        return render_chat(
+            self.spec.chat_template,
+            messages,
+            add_generation_prompt=add_generation_prompt,
+            special_tokens=self.special_tokens_map(),
+            tools=tools,
+        )
 
     def to_tokenizer_json(self) -> str:
         return self._backend.to_str()
@@ -117,9 +136,13 @@ class Tokenizer:
             "clean_up_tokenization_spaces": False,
             "model_max_length": 131072,
             **{k: v for k, v in self.special_tokens_map().items() if v is not None},
-            "apr_gguf_tokenizer": {"pre": self.spec.pre, "token_types": list(self.spec.token_types),
-                                   "scores": list(self.spec.scores), "add_space_prefix": self.spec.add_space_prefix,
-                                   "keep_merges": bool(self.spec.merges)},
+            "apr_gguf_tokenizer": {
+                "pre": self.spec.pre,
+                "token_types": list(self.spec.token_types),
+                "scores": list(self.spec.scores),
+                "add_space_prefix": self.spec.add_space_prefix,
+                "keep_merges": bool(self.spec.merges),
+            },
         }
         if self.spec.chat_template:
             config["chat_template"] = self.spec.chat_template

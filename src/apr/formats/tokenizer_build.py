@@ -19,10 +19,14 @@ from apr.formats.tokenizer_spec import (
 )
 
 # llama.cpp pre-tokenizer regexes (llama-vocab.cpp), as tokenizers Split patterns.
-_QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
-_LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
-                 r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_QWEN2_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_LLAMA3_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 _SPLIT_BY_PRE = {"qwen2": _QWEN2_SPLIT, "llama-bpe": _LLAMA3_SPLIT, "llama3": _LLAMA3_SPLIT}
 # These split every digit off first, then apply GPT-2's regex (what ByteLevel(use_regex=True) does).
 _DIGIT_FIRST_PRES = ("smollm", "starcoder", "refact", "codeshell")
@@ -36,7 +40,9 @@ def _pair(merge: str) -> tuple[str, str]:
 
 def bytes_to_unicode() -> dict[int, str]:
     """GPT-2's printable spelling of every byte."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    printable = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    )
     chars = printable[:]
     extra = 0
     for byte in range(256):
@@ -49,15 +55,19 @@ def bytes_to_unicode() -> dict[int, str]:
 
 def _byte_level_pre_tokenizer(pre: str) -> pre_tokenizers.PreTokenizer:
     if pre in _SPLIT_BY_PRE:
-        return pre_tokenizers.Sequence([
-            pre_tokenizers.Split(Regex(_SPLIT_BY_PRE[pre]), behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ])
+        return pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(_SPLIT_BY_PRE[pre]), behavior="isolated"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
     if pre in _DIGIT_FIRST_PRES:
-        return pre_tokenizers.Sequence([
-            pre_tokenizers.Digits(individual_digits=True),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
-        ])
+        return pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Digits(individual_digits=True),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+            ]
+        )
     return pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
 
 
@@ -82,12 +92,17 @@ def _sentencepiece_merges(tokens: list[str]) -> list[tuple[str, str]]:
 
 def _add_special_tokens(backend: BackendTokenizer, spec: TokenizerSpec, spelled: list[str], byte_level: bool) -> None:
     alphabet = set(bytes_to_unicode().values()) if byte_level else None
-    control = [AddedToken(text, normalized=False, special=True)
-               for text, kind in zip(spelled, spec.token_types)
-               if kind == TOKEN_CONTROL and (alphabet is None or set(text) <= alphabet)]
+    control = [
+        AddedToken(text, normalized=False, special=True)
+        for text, kind in zip(spelled, spec.token_types)
+        if kind == TOKEN_CONTROL and (alphabet is None or set(text) <= alphabet)
+    ]
     backend.add_special_tokens(control)
-    user = [AddedToken(text, normalized=False, special=False)
-            for text, kind in zip(spelled, spec.token_types) if kind == TOKEN_USER_DEFINED]
+    user = [
+        AddedToken(text, normalized=False, special=False)
+        for text, kind in zip(spelled, spec.token_types)
+        if kind == TOKEN_USER_DEFINED
+    ]
     backend.add_tokens(user)
 
 
@@ -95,8 +110,9 @@ def _bos_post_processor(spec: TokenizerSpec, spelled: list[str]) -> processors.P
     if not spec.add_bos_token or spec.bos_token_id is None:
         return None
     bos = spelled[spec.bos_token_id]
-    return processors.TemplateProcessing(single=f"{bos}:0 $A:0", pair=f"{bos}:0 $A:0 {bos}:1 $B:1",
-                                         special_tokens=[(bos, spec.bos_token_id)])
+    return processors.TemplateProcessing(
+        single=f"{bos}:0 $A:0", pair=f"{bos}:0 $A:0 {bos}:1 $B:1", special_tokens=[(bos, spec.bos_token_id)]
+    )
 
 
 @lru_cache(maxsize=8)
@@ -119,11 +135,11 @@ def build_backend(spec: TokenizerSpec) -> BackendTokenizer:
         # SentencePiece stores runs of spaces as real spaces; the BPE model looks them up as U+2581.
         spelled = ["\u2581" * len(t) if " " in t and not t.strip() else t for t in tokens]
         vocab = {text: index for index, text in enumerate(spelled)}
-        merges = ([_pair(merge) for merge in spec.merges] if spec.merges
-                  else _sentencepiece_merges(spelled))
+        merges = [_pair(merge) for merge in spec.merges] if spec.merges else _sentencepiece_merges(spelled)
         unk = spelled[spec.unk_token_id] if spec.unk_token_id is not None else None
-        backend = BackendTokenizer(models.BPE(vocab=vocab, merges=merges, unk_token=unk, fuse_unk=True,
-                                              byte_fallback=True))
+        backend = BackendTokenizer(
+            models.BPE(vocab=vocab, merges=merges, unk_token=unk, fuse_unk=True, byte_fallback=True)
+        )
         steps: list[normalizers.Normalizer] = [normalizers.Replace(" ", "\u2581")]
         if spec.add_space_prefix:
             steps.insert(0, normalizers.Prepend("\u2581"))
@@ -158,7 +174,9 @@ def spec_from_tokenizer_json(data: dict[str, Any], config: dict[str, Any]) -> To
     """A TokenizerSpec from tokenizer.json (``data``) and tokenizer_config.json (``config``)."""
     model = data.get("model") or {}
     if model.get("type") != "BPE":
-        raise ValueError(f"tokenizer model {model.get('type')!r} is not BPE (supported: byte-level and SentencePiece BPE)")
+        raise ValueError(
+            f"tokenizer model {model.get('type')!r} is not BPE (supported: byte-level and SentencePiece BPE)"
+        )
     byte_fallback = bool(model.get("byte_fallback"))
     kind: Literal["gpt2", "llama"] = "llama" if byte_fallback else "gpt2"
     id_to_text: dict[int, str] = {int(i): t for t, i in model["vocab"].items()}

@@ -17,8 +17,17 @@ TOKEN_UNUSED = 5
 TOKEN_BYTE = 6
 
 # Texts llama.cpp treats as end-of-generation whenever the vocabulary has them.
-EOG_TEXTS = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<EOT>",
-             "<|end_of_text|>", "<end_of_utterance>", "<|eom_id|>")
+EOG_TEXTS = (
+    "<|eot_id|>",
+    "<|im_end|>",
+    "<|end|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "<EOT>",
+    "<|end_of_text|>",
+    "<end_of_utterance>",
+    "<|eom_id|>",
+)
 
 
 @dataclass(frozen=True)

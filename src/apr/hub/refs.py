@@ -59,7 +59,7 @@ def _looks_like_path(text: str) -> bool:
 
 
 def _parse_hf(text: str) -> HfRef:
-    body = text[len(HF_SCHEME):].strip("/")
+    body = text[len(HF_SCHEME) :].strip("/")
     pieces = [piece for piece in body.split("/") if piece]
     if len(pieces) < 2:
         raise HubError(

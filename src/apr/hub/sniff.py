@@ -43,9 +43,7 @@ def detect_format(path: Path) -> ModelFormat:
     if path.is_dir():
         if _is_safetensors_dir(path):
             return "safetensors"
-        raise HubError(
-            f"{path}: directory is not a model (needs config.json and *.safetensors weights)"
-        )
+        raise HubError(f"{path}: directory is not a model (needs config.json and *.safetensors weights)")
     try:
         with path.open("rb") as handle:
             magic = handle.read(4)

@@ -66,8 +66,9 @@ def _overlay(base: dict, own: dict) -> dict:
     """``own`` laid over ``base`` key by key (mappings merge, everything else replaces), as ``extends`` does."""
     merged = dict(base)
     for key, value in own.items():
-        merged[key] = _overlay(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) \
-            else value
+        merged[key] = (
+            _overlay(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+        )
     return merged
 
 
@@ -94,10 +95,15 @@ def with_tier(playbook: Playbook, tier: Tier) -> Playbook:
         retiered = Playbook.model_validate(data)
     except ValidationError as err:
         first = err.errors()[0]
-        raise AprError(f"{playbook.source}: does not combine with the {tier.value} template: "
-                       f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from None
-    retiered._source, retiered._unused_keys, retiered._source_format = (playbook.source, playbook.unused_keys,
-                                                                        playbook.source_format)
+        raise AprError(
+            f"{playbook.source}: does not combine with the {tier.value} template: "
+            f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
+        ) from None
+    retiered._source, retiered._unused_keys, retiered._source_format = (
+        playbook.source,
+        playbook.unused_keys,
+        playbook.source_format,
+    )
     return retiered
 
 
@@ -105,8 +111,9 @@ def resolve_source(playbook: Playbook) -> Path | None:
     """The playbook's ``model.path`` (which must exist), or None: the ref is acquired through the hub."""
     path = playbook.model_path()
     if path is not None and not path.exists():
-        raise AprError(f"{path}: model file not found (model.path of {playbook.source}); fix the path or pass "
-                       "--model-path")
+        raise AprError(
+            f"{path}: model file not found (model.path of {playbook.source}); fix the path or pass --model-path"
+        )
     return path
 
 
@@ -145,14 +152,19 @@ class Certification:
         artifacts = stages.convert(checkpoint, pb.matrix.formats)
         for fmt, seconds in artifacts.converted.items():
             _say(f"  converted to {fmt} in {seconds:.1f}s", progress)
-        subject = stages.subject_of(pb, artifacts, cuda=stages.cuda_available(), workers=self.options.workers,
-                                    timeout_s=self.options.timeout_s, apr_argv=self.options.apr_argv)
+        subject = stages.subject_of(
+            pb,
+            artifacts,
+            cuda=stages.cuda_available(),
+            workers=self.options.workers,
+            timeout_s=self.options.timeout_s,
+            apr_argv=self.options.apr_argv,
+        )
         summaries: list[ExecutionSummary] = []
 
         def cells(writer: EvidenceWriter) -> None:
             summary = stages.trace(subject, writer, done_keys=frozenset(r.key for r in prior), progress=progress)
-            _say(f"  {summary.line()}" + (f"; stopped by {summary.stopped_by}" if summary.stopped_by else ""),
-                 progress)
+            _say(f"  {summary.line()}" + (f"; stopped by {summary.stopped_by}" if summary.stopped_by else ""), progress)
             summaries.append(summary)
 
         _say("  model-level gates ...", progress)

@@ -57,12 +57,22 @@ def without(gates: GateSet, skip: frozenset[GateId]) -> GateSet:
     return GateSet.model_validate({k: v for k, v in data.items() if v is not None})
 
 
-def options_from_playbook(playbook: Playbook, model: Path, evidence: Path, skip: frozenset[GateId],
-                          max_tokens: int = DECODE_TOKENS) -> DeepOptions:
+def options_from_playbook(
+    playbook: Playbook, model: Path, evidence: Path, skip: frozenset[GateId], max_tokens: int = DECODE_TOKENS
+) -> DeepOptions:
     """The playbook's model, formats, backends and gate thresholds, without its matrix."""
-    return DeepOptions(model=model, ref=playbook.model.ref, evidence=evidence, gates=playbook.gates,
-                       formats=tuple(playbook.matrix.formats), backends=tuple(playbook.matrix.backends), skip=skip,
-                       max_tokens=max_tokens, chat=playbook.model.chat_template, playbook=playbook)
+    return DeepOptions(
+        model=model,
+        ref=playbook.model.ref,
+        evidence=evidence,
+        gates=playbook.gates,
+        formats=tuple(playbook.matrix.formats),
+        backends=tuple(playbook.matrix.backends),
+        skip=skip,
+        max_tokens=max_tokens,
+        chat=playbook.model.chat_template,
+        playbook=playbook,
+    )
 
 
 def run_deep(options: DeepOptions, *, progress: bool = True) -> tuple[list[EvidenceRecord], float]:
@@ -72,8 +82,11 @@ def run_deep(options: DeepOptions, *, progress: bool = True) -> tuple[list[Evide
     started = time.monotonic()
     checkpoint = stages.acquire(options.ref, options.model)
     if progress:
-        print(f"apr qa: {options.model} — converting to {', '.join(f.value for f in options.formats)} for parity",
-              file=sys.stderr, flush=True)
+        print(
+            f"apr qa: {options.model} — converting to {', '.join(f.value for f in options.formats)} for parity",
+            file=sys.stderr,
+            flush=True,
+        )
     artifacts = stages.convert(checkpoint, options.formats)
     gates = without(options.gates, options.skip)
     cuda = stages.cuda_available()
@@ -81,10 +94,16 @@ def run_deep(options: DeepOptions, *, progress: bool = True) -> tuple[list[Evide
         subject = stages.subject_of(options.playbook, artifacts, cuda=cuda)
         subject = replace(subject, gates=gates, cells=(), decode_tokens=options.max_tokens)
     else:
-        subject = stages.Subject(ref=options.ref, artifacts=artifacts, gates=gates, backends=options.backends,
-                                 formats=options.formats, chat=options.chat,
-                                 expected_sha256=stages.expected_sha256(options.ref), cuda=cuda,
-                                 decode_tokens=options.max_tokens)
+        subject = stages.Subject(
+            ref=options.ref,
+            artifacts=artifacts,
+            gates=gates,
+            backends=options.backends,
+            formats=options.formats,
+            chat=options.chat,
+            expected_sha256=stages.expected_sha256(options.ref),
+            cuda=cuda,
+            decode_tokens=options.max_tokens,
+        )
     evidence = stages.gate(subject, options.evidence)
     return list(evidence.records), time.monotonic() - started
-

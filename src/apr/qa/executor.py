@@ -38,10 +38,18 @@ class ExecutionPlan:
     missing_artifacts: dict[Format, str] = field(default_factory=dict)  # format -> why it has no artifact
 
     def runnable(self, cell: Cell) -> Invocation:
-        return Invocation(model_path=self.artifacts[cell.format], format=cell.format, backend=cell.backend,
-                    modality=cell.modality, scenario_id=cell.prompt.id, prompt=cell.prompt.text, seed=cell.seed,
-                    max_tokens=cell.prompt.max_tokens, timeout_s=self.timeout_s,
-                    use_chat_template=self.use_chat_template)
+        return Invocation(
+            model_path=self.artifacts[cell.format],
+            format=cell.format,
+            backend=cell.backend,
+            modality=cell.modality,
+            scenario_id=cell.prompt.id,
+            prompt=cell.prompt.text,
+            seed=cell.seed,
+            max_tokens=cell.prompt.max_tokens,
+            timeout_s=self.timeout_s,
+            use_chat_template=self.use_chat_template,
+        )
 
 
 @dataclass
@@ -68,8 +76,14 @@ def _blocking_failure(records: list[EvidenceRecord]) -> EvidenceRecord | None:
 class CellExecutor:
     """Drives the plan; every record goes through one thread-safe writer the moment its cell ends."""
 
-    def __init__(self, plan: ExecutionPlan, recorder: Recorder, writer: EvidenceWriter,
-                 done_keys: frozenset[str] = frozenset(), on_cell_done: Callable[[Cell, str], None] | None = None):
+    def __init__(
+        self,
+        plan: ExecutionPlan,
+        recorder: Recorder,
+        writer: EvidenceWriter,
+        done_keys: frozenset[str] = frozenset(),
+        on_cell_done: Callable[[Cell, str], None] | None = None,
+    ):
         self.plan = plan
         self.recorder = recorder
         self.writer = writer
@@ -143,16 +157,27 @@ class CellExecutor:
         return self.summary
 
 
-def execute(plan: ExecutionPlan, recorder: Recorder, writer: EvidenceWriter, *, done_keys: frozenset[str] = frozenset(),
-            progress: bool = True) -> ExecutionSummary:
+def execute(
+    plan: ExecutionPlan,
+    recorder: Recorder,
+    writer: EvidenceWriter,
+    *,
+    done_keys: frozenset[str] = frozenset(),
+    progress: bool = True,
+) -> ExecutionSummary:
     """Run the plan with a live progress bar on stderr (or silently)."""
     if not progress:
         return CellExecutor(plan, recorder, writer, done_keys).run()
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    columns = (TextColumn("[bold]cells"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TextColumn("{task.description}"))
+    columns = (
+        TextColumn("[bold]cells"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.description}"),
+    )
     with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
         task = bar.add_task("", total=len(plan.cells))
 

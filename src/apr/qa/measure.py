@@ -43,13 +43,35 @@ class SpeedRun:
         return self.median("ttft_s")
 
 
-def measure_speed(model_path: Path, device: str, *, timeout_s: float, apr_argv: list[str],
-                  decode_tokens: int = DECODE_TOKENS, children: Children | None = None) -> SpeedRun:
+def measure_speed(
+    model_path: Path,
+    device: str,
+    *,
+    timeout_s: float,
+    apr_argv: list[str],
+    decode_tokens: int = DECODE_TOKENS,
+    children: Children | None = None,
+) -> SpeedRun:
     """Decode throughput and time to first token of ``model_path`` on ``device`` with `apr bench`."""
     from apr.qa.runners import json_document
 
-    argv = [*apr_argv, "bench", str(model_path), "--device", device, "--prompt-tokens", str(DECODE_TOKENS),
-            "--decode-tokens", str(decode_tokens), "--min-reps", str(MIN_REPS), "--min-seconds", "0", "--warmup", "1"]
+    argv = [
+        *apr_argv,
+        "bench",
+        str(model_path),
+        "--device",
+        device,
+        "--prompt-tokens",
+        str(DECODE_TOKENS),
+        "--decode-tokens",
+        str(decode_tokens),
+        "--min-reps",
+        str(MIN_REPS),
+        "--min-seconds",
+        "0",
+        "--warmup",
+        "1",
+    ]
     process = run_process(argv, timeout_s=timeout_s, env=child_env(), children=children)
     lines = process.stdout.strip().splitlines()
     return SpeedRun(process, json_document(lines[-1]) if lines and process.ending is Ending.OK else None)
@@ -74,5 +96,9 @@ class LogitComparison:
             raise ValueError(f"logit shapes differ: {tuple(ref.shape)} vs {tuple(cand.shape)}")
         log_p, log_q = torch.log_softmax(ref, -1), torch.log_softmax(cand, -1)
         kl = (log_p.exp() * (log_p - log_q)).sum(-1)
-        return cls(positions=ref.shape[0], top1_agreement=float((ref.argmax(-1) == cand.argmax(-1)).float().mean()),
-                   mean_kl=float(kl.mean()), max_abs_diff=float((ref - cand).abs().max()))
+        return cls(
+            positions=ref.shape[0],
+            top1_agreement=float((ref.argmax(-1) == cand.argmax(-1)).float().mean()),
+            mean_kl=float(kl.mean()),
+            max_abs_diff=float((ref - cand).abs().max()),
+        )

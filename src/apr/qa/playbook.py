@@ -119,8 +119,10 @@ class Playbook(PlaybookTemplate):
     @model_validator(mode="after")
     def _chat_needs_template(self) -> Playbook:
         if not self.model.chat_template and Modality.CHAT in self.matrix.modalities:
-            raise ValueError("matrix.modalities has chat but model.chat_template is false: "
-                             "a base model has no chat template; move chat to matrix.omitted with the reason")
+            raise ValueError(
+                "matrix.modalities has chat but model.chat_template is false: "
+                "a base model has no chat template; move chat to matrix.omitted with the reason"
+            )
         return self
 
     @property
@@ -151,8 +153,11 @@ class Playbook(PlaybookTemplate):
 
     def garbage_spec(self) -> GarbageSpec:
         quality = self.gates.g4_quality
-        return GarbageSpec(max_repetition_ratio=quality.max_repetition_ratio,
-                           min_unique_chars=quality.min_unique_chars, max_token_share=quality.max_token_share)
+        return GarbageSpec(
+            max_repetition_ratio=quality.max_repetition_ratio,
+            min_unique_chars=quality.min_unique_chars,
+            max_token_share=quality.max_token_share,
+        )
 
     def prompts(self) -> list[Prompt]:
         """Every scenario prompt, reproducible from (playbook, seed)."""
@@ -163,9 +168,13 @@ class Playbook(PlaybookTemplate):
         prompts = self.prompts()
         combos = list(itertools.product(self.matrix.formats, self.matrix.modalities))
         assigned = {combo: assign(prompts, index, self.scenarios.per_cell) for index, combo in enumerate(combos)}
-        return [Cell(format=fmt, backend=backend, modality=modality, prompt=prompt, seed=self.scenarios.seed)
-                for fmt in self.matrix.formats for backend in self.matrix.backends
-                for modality in self.matrix.modalities for prompt in assigned[(fmt, modality)]]
+        return [
+            Cell(format=fmt, backend=backend, modality=modality, prompt=prompt, seed=self.scenarios.seed)
+            for fmt in self.matrix.formats
+            for backend in self.matrix.backends
+            for modality in self.matrix.modalities
+            for prompt in assigned[(fmt, modality)]
+        ]
 
 
 _T = TypeVar("_T", bound=PlaybookTemplate)
@@ -206,8 +215,10 @@ def load_playbook(path: Path | str) -> Playbook:
         data, source, unused = playbook_upstream.translate(data, source, path)
         source_format = "upstream"
     elif "apr_playbook" not in data:
-        raise AprError(f"{path}:1: not a playbook: expected 'apr_playbook: 1' (apr format) or 'test_matrix' "
-                       "(upstream apr-model-qa-playbook format)")
+        raise AprError(
+            f"{path}:1: not a playbook: expected 'apr_playbook: 1' (apr format) or 'test_matrix' "
+            "(upstream apr-model-qa-playbook format)"
+        )
     playbook = _validate(Playbook, data, source, path)
     playbook._source, playbook._unused_keys, playbook._source_format = path.resolve(), unused, source_format
     return playbook

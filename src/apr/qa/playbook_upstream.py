@@ -25,10 +25,23 @@ from apr.qa.playbook_yaml import Loc, SourceMap
 
 _MISSING = object()
 _FILE_TIER = re.compile(r"-(mvp|smoke|quick|ci|full|nightly|release)\.playbook\.ya?ml$")
-_TIERS = {"mvp": "mvp", "smoke": "smoke", "quick": "quick", "ci": "standard", "standard": "standard",
-          "deep": "full", "full": "full", "nightly": "full", "release": "full"}
-_POLICIES = {"collect_all": "collect_all", "stop_on_p0": "stop_on_first_p0", "stop_on_first": "stop_on_first_p0",
-             "fail_fast": "stop_on_first_p0"}
+_TIERS = {
+    "mvp": "mvp",
+    "smoke": "smoke",
+    "quick": "quick",
+    "ci": "standard",
+    "standard": "standard",
+    "deep": "full",
+    "full": "full",
+    "nightly": "full",
+    "release": "full",
+}
+_POLICIES = {
+    "collect_all": "collect_all",
+    "stop_on_p0": "stop_on_first_p0",
+    "stop_on_first": "stop_on_first_p0",
+    "fail_fast": "stop_on_first_p0",
+}
 _TRUE = {True, "true", "yes", "on"}
 
 
@@ -77,7 +90,7 @@ class _Translation:
         def visit(node: Any, path: Loc) -> None:
             if path in self.used:
                 return
-            consumed_below = any(u[:len(path)] == path and len(u) > len(path) for u in self.used)
+            consumed_below = any(u[: len(path)] == path and len(u) > len(path) for u in self.used)
             if consumed_below and isinstance(node, (dict, list)):
                 items = node.items() if isinstance(node, dict) else enumerate(node)
                 for key, value in items:
@@ -117,8 +130,11 @@ def translate(data: dict[str, Any], source: SourceMap, path: Path) -> tuple[dict
     t.move(("test_matrix", "backends"), ("matrix", "backends"), _lower_list)
     t.move(("test_matrix", "seed"), ("scenarios", "seed"))
     t.move(("test_matrix", "scenario_count"), ("scenarios", "per_cell"))
-    t.move(("test_matrix", "timeout_ms"), ("execution", "timeout_s"),
-           lambda ms: ms / 1000 if isinstance(ms, (int, float)) else ms)
+    t.move(
+        ("test_matrix", "timeout_ms"),
+        ("execution", "timeout_s"),
+        lambda ms: ms / 1000 if isinstance(ms, (int, float)) else ms,
+    )
     prompts = t.take("test_matrix", "prompts")
     prompts = ["What is 2+2?"] if prompts is _MISSING else prompts  # upstream's default prompt list
     custom = [{"text": p, "oracles": _oracles_for(p)} if isinstance(p, str) else p for p in prompts]

@@ -89,7 +89,7 @@ def _drop_subtree(lines: dict[Loc, tuple[Path, int]], data: Any, path: Loc) -> N
         for key, value in data.items():
             sub = (*path, key)
             if not isinstance(value, dict):
-                for loc in [loc for loc in lines if loc[:len(sub)] == sub and len(loc) > len(sub)]:
+                for loc in [loc for loc in lines if loc[: len(sub)] == sub and len(loc) > len(sub)]:
                     del lines[loc]
             else:
                 _drop_subtree(lines, value, sub)
@@ -108,7 +108,7 @@ def read_with_extends(path: Path, _chain: tuple[Path, ...] = ()) -> tuple[dict[s
     if not isinstance(parent, str):
         line = source.lines[("extends",)][1]
         raise AprError(f"{path}:{line}: extends: expected a file path, got {type(parent).__name__}")
-    base_path = (path.parent / parent)
+    base_path = path.parent / parent
     if not base_path.is_file():
         line = source.lines[("extends",)][1]
         raise AprError(f"{path}:{line}: extends: {base_path} not found; give a path relative to this playbook")

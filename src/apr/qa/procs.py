@@ -71,7 +71,9 @@ class ProcessResult:
         ending = self.ending
         tail = self.stderr_tail()
         if ending is Ending.TIMEOUT:
-            return f"no result after {self.duration_s:.1f}s: killed at the deadline" + (f"; stderr: {tail}" if tail else "")
+            return f"no result after {self.duration_s:.1f}s: killed at the deadline" + (
+                f"; stderr: {tail}" if tail else ""
+            )
         if ending is Ending.CRASHED:
             how = f"killed by {self.signal_name}" if self.signal_name else f"Python traceback (exit {self.returncode})"
             return f"{how}; stderr: {tail or '(empty)'}"

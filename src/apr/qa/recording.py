@@ -65,19 +65,42 @@ class Recorder:
     source: Format | None = None  # the checkpoint as given; model-level checks cite its digest
 
     def stamp(self, check: Check, *, started_at: datetime, duration_s: float) -> EvidenceRecord:
-        device = check.device or ("none" if check.backend is Backend.GPU and check.outcome is Outcome.SKIPPED
-                                  else self.default_device)
-        provenance = capture(
-            started_at=started_at, finished_at=utc_now(), device=device,
-            model_sha256=self.sha256.get(check.format) if check.format else self._source_sha(),
-            format=check.format, backend=check.backend, seed=check.seed, playbook=self.playbook, tier=self.tier,
+        device = check.device or (
+            "none" if check.backend is Backend.GPU and check.outcome is Outcome.SKIPPED else self.default_device
         )
-        scenario = Scenario(model=self.model, format=check.format, backend=check.backend, modality=check.modality,
-                            prompt_id=check.prompt_id, prompt=check.prompt, seed=check.seed)
+        provenance = capture(
+            started_at=started_at,
+            finished_at=utc_now(),
+            device=device,
+            model_sha256=self.sha256.get(check.format) if check.format else self._source_sha(),
+            format=check.format,
+            backend=check.backend,
+            seed=check.seed,
+            playbook=self.playbook,
+            tier=self.tier,
+        )
+        scenario = Scenario(
+            model=self.model,
+            format=check.format,
+            backend=check.backend,
+            modality=check.modality,
+            prompt_id=check.prompt_id,
+            prompt=check.prompt,
+            seed=check.seed,
+        )
         return EvidenceRecord(
-            gate=check.gate, check=check.check, scenario=scenario, outcome=check.outcome, reason=check.reason,
-            metrics=check.metrics, measured=check.measured, threshold=check.threshold, unit=check.unit,
-            n_compared=check.n_compared, output_excerpt=excerpt(check.output), duration_s=max(0.0, duration_s),
+            gate=check.gate,
+            check=check.check,
+            scenario=scenario,
+            outcome=check.outcome,
+            reason=check.reason,
+            metrics=check.metrics,
+            measured=check.measured,
+            threshold=check.threshold,
+            unit=check.unit,
+            n_compared=check.n_compared,
+            output_excerpt=excerpt(check.output),
+            duration_s=max(0.0, duration_s),
             provenance=provenance,
         )
 

@@ -68,14 +68,30 @@ def _parsed(run: CellRun, document: dict[str, Any] | None, what: str) -> CellRun
         return run
     if document is None or not isinstance(document.get("text"), str):
         excerpt = run.process.stdout.strip()[-200:] or "(empty)"
-        return replace(run, ending=Ending.REFUSED, reason=f"exit 0 but {what} printed no JSON reply with a text field: {excerpt!r}")
+        return replace(
+            run, ending=Ending.REFUSED, reason=f"exit 0 but {what} printed no JSON reply with a text field: {excerpt!r}"
+        )
     return replace(run, **_reply_fields(document))
 
 
 def run_cell_run(cell: Invocation, apr_argv: list[str], children: Children | None = None) -> CellRun:
     """`apr run MODEL --prompt P --json`: one prompt, one JSON document on stdout."""
-    argv = [*apr_argv, "run", str(cell.model_path), "--prompt", cell.prompt, "--max-tokens", str(cell.max_tokens),
-            "--temperature", "0", "--seed", str(cell.seed), "--device", cell.device, "--json"]
+    argv = [
+        *apr_argv,
+        "run",
+        str(cell.model_path),
+        "--prompt",
+        cell.prompt,
+        "--max-tokens",
+        str(cell.max_tokens),
+        "--temperature",
+        "0",
+        "--seed",
+        str(cell.seed),
+        "--device",
+        cell.device,
+        "--json",
+    ]
     if not cell.use_chat_template:
         argv.append("--raw")  # a base model continues the text; there is no chat template to wrap it in
     process = run_process(argv, timeout_s=cell.timeout_s, env=child_env(), children=children)
@@ -89,10 +105,21 @@ def chat_turn(prompt: str) -> str:
 
 def run_cell_chat(cell: Invocation, apr_argv: list[str], children: Children | None = None) -> CellRun:
     """`apr chat MODEL --json` with the prompt as one user turn on stdin; the first JSON line is the reply."""
-    argv = [*apr_argv, "chat", str(cell.model_path), "--device", cell.device, "--max-tokens", str(cell.max_tokens),
-            "--seed", str(cell.seed), "--json"]
-    process = run_process(argv, timeout_s=cell.timeout_s, stdin_text=chat_turn(cell.prompt) + "\n", env=child_env(),
-                          children=children)
+    argv = [
+        *apr_argv,
+        "chat",
+        str(cell.model_path),
+        "--device",
+        cell.device,
+        "--max-tokens",
+        str(cell.max_tokens),
+        "--seed",
+        str(cell.seed),
+        "--json",
+    ]
+    process = run_process(
+        argv, timeout_s=cell.timeout_s, stdin_text=chat_turn(cell.prompt) + "\n", env=child_env(), children=children
+    )
     document = None
     for line in process.stdout.splitlines():
         document = json_document(line)
@@ -109,19 +136,27 @@ def _ask_server(base_url: str, cell: Invocation, timeout_s: float) -> dict[str, 
     # The server is local: a proxy from the environment must never sit between the two.
     # openai's annotations name its own vendored client class; an httpx.Client is what it takes at run time.
     http_client: Any = httpx.Client(trust_env=False, timeout=timeout_s)
-    client = OpenAI(base_url=f"{base_url}/v1", api_key="apr-qa", timeout=timeout_s, max_retries=0,
-                    http_client=http_client)
+    client = OpenAI(
+        base_url=f"{base_url}/v1", api_key="apr-qa", timeout=timeout_s, max_retries=0, http_client=http_client
+    )
     model_id = client.models.list().data[0].id
     started = time.monotonic()
     if cell.serve_api == "chat":
         chat = client.chat.completions.create(
-            model=model_id, messages=[{"role": "user", "content": cell.prompt}],
-            max_tokens=cell.max_tokens, temperature=0, seed=cell.seed,
+            model=model_id,
+            messages=[{"role": "user", "content": cell.prompt}],
+            max_tokens=cell.max_tokens,
+            temperature=0,
+            seed=cell.seed,
         )
         text, usage, finish = chat.choices[0].message.content, chat.usage, chat.choices[0].finish_reason
     else:
         completion = client.completions.create(
-            model=model_id, prompt=cell.prompt, max_tokens=cell.max_tokens, temperature=0, seed=cell.seed,
+            model=model_id,
+            prompt=cell.prompt,
+            max_tokens=cell.max_tokens,
+            temperature=0,
+            seed=cell.seed,
         )
         text, usage, finish = completion.choices[0].text, completion.usage, completion.choices[0].finish_reason
     elapsed = time.monotonic() - started
@@ -152,8 +187,12 @@ def run_cell_serve(cell: Invocation, apr_argv: list[str], children: Children | N
             timed_out = session.alive()
             result = session.result(timed_out=timed_out)
             if not timed_out and result.ending is Ending.OK:
-                return CellRun(process=result, ending=Ending.REFUSED, command="apr serve",
-                               reason="apr serve exited 0 without printing its ready line")
+                return CellRun(
+                    process=result,
+                    ending=Ending.REFUSED,
+                    command="apr serve",
+                    reason="apr serve exited 0 without printing its ready line",
+                )
             return _from_process(result, "apr serve")
         try:
             assert session.base_url is not None  # wait_ready returned True only after reading it
@@ -163,20 +202,39 @@ def run_cell_serve(cell: Invocation, apr_argv: list[str], children: Children | N
             if not session.alive():
                 session.proc.wait()
                 result = session.result()
-                return _from_process(result, "apr serve") if result.ending is Ending.CRASHED else CellRun(
-                    process=result, ending=Ending.CRASHED, command="apr serve",
-                    reason=f"server died during the request ({type(err).__name__}); {result.reason()}")
+                return (
+                    _from_process(result, "apr serve")
+                    if result.ending is Ending.CRASHED
+                    else CellRun(
+                        process=result,
+                        ending=Ending.CRASHED,
+                        command="apr serve",
+                        reason=f"server died during the request ({type(err).__name__}); {result.reason()}",
+                    )
+                )
             status = getattr(err, "status_code", None)
             if status is not None and status >= 500:
                 # The server stayed up but its code raised: a crash of the request, with the server's log tail.
-                return CellRun(process=session.result(), ending=Ending.CRASHED, command="apr serve",
-                               reason=f"HTTP {status} from the server; stderr: {session.result().stderr_tail() or '(empty)'}")
+                return CellRun(
+                    process=session.result(),
+                    ending=Ending.CRASHED,
+                    command="apr serve",
+                    reason=f"HTTP {status} from the server; stderr: {session.result().stderr_tail() or '(empty)'}",
+                )
             late = time.monotonic() >= deadline
-            return CellRun(process=session.result(timed_out=late), command="apr serve",
-                           ending=Ending.TIMEOUT if late else Ending.REFUSED,
-                           reason=f"HTTP request failed: {type(err).__name__}: {str(err)[:300]}")
-        return CellRun(process=session.result(), ending=Ending.OK, command="apr serve",
-                       reason=f"HTTP 200 from {session.base_url}", **reply)
+            return CellRun(
+                process=session.result(timed_out=late),
+                command="apr serve",
+                ending=Ending.TIMEOUT if late else Ending.REFUSED,
+                reason=f"HTTP request failed: {type(err).__name__}: {str(err)[:300]}",
+            )
+        return CellRun(
+            process=session.result(),
+            ending=Ending.OK,
+            command="apr serve",
+            reason=f"HTTP 200 from {session.base_url}",
+            **reply,
+        )
 
 
 RUNNERS = {"run": run_cell_run, "chat": run_cell_chat, "serve": run_cell_serve}
@@ -184,4 +242,3 @@ RUNNERS = {"run": run_cell_run, "chat": run_cell_chat, "serve": run_cell_serve}
 
 def run_cell(cell: Invocation, apr_argv: list[str], children: Children | None = None) -> CellRun:
     return RUNNERS[cell.modality](cell, apr_argv, children)
-

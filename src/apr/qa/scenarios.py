@@ -107,8 +107,14 @@ class ScenarioSettings(BaseModel):
 
     @model_validator(mode="after")
     def _something_to_judge(self) -> ScenarioSettings:
-        judged = self.pools.arithmetic + self.pools.code + self.pools.unicode + self.pools.facts \
-            + self.pools.long_context + sum(1 for p in self.prompts if p.oracles)
+        judged = (
+            self.pools.arithmetic
+            + self.pools.code
+            + self.pools.unicode
+            + self.pools.facts
+            + self.pools.long_context
+            + sum(1 for p in self.prompts if p.oracles)
+        )
         if judged == 0:
             raise ValueError("no prompt with an oracle: G4 could never be verified; set pool counts or prompts")
         return self
@@ -136,46 +142,69 @@ def _common(settings: ScenarioSettings, garbage: GarbageSpec) -> tuple[OracleSpe
     return (NonEmptySpec(), garbage, *eos)
 
 
-def _arithmetic(rng: random.Random, settings: ScenarioSettings, garbage: GarbageSpec) -> tuple[str, tuple[OracleSpec, ...]]:
+def _arithmetic(
+    rng: random.Random, settings: ScenarioSettings, garbage: GarbageSpec
+) -> tuple[str, tuple[OracleSpec, ...]]:
     symbol, word = rng.choice([("+", "plus"), ("-", "minus"), ("*", "times")])
     top = settings.arithmetic_max_operand
-    a, b = (rng.randint(2, min(12, top)), rng.randint(2, min(12, top))) if symbol == "*" else \
-        (rng.randint(2, top), rng.randint(2, top))
+    a, b = (
+        (rng.randint(2, min(12, top)), rng.randint(2, min(12, top)))
+        if symbol == "*"
+        else (rng.randint(2, top), rng.randint(2, top))
+    )
     if symbol == "-" and b > a:
         a, b = b, a
     if settings.style is PromptStyle.COMPLETION:
         text = f"{a} {symbol} {b} ="
     else:
-        text = rng.choice([f"What is {a} {symbol} {b}? Answer with just the number.",
-                           f"What is {a} {word} {b}? Reply with the number only.",
-                           f"Compute {a} {symbol} {b}. Give only the result."])
+        text = rng.choice(
+            [
+                f"What is {a} {symbol} {b}? Answer with just the number.",
+                f"What is {a} {word} {b}? Reply with the number only.",
+                f"Compute {a} {symbol} {b}. Give only the result.",
+            ]
+        )
     return text, (ArithmeticSpec(), *_common(settings, garbage))
 
 
-_CODE_TASKS = [("add_numbers", "returns the sum of its two arguments"),
-               ("max_of_two", "returns the larger of its two arguments"),
-               ("is_even", "returns true when its integer argument is even"),
-               ("square", "returns its argument multiplied by itself")]
-_LANGUAGE_NAMES = {Language.PYTHON: "Python", Language.JAVASCRIPT: "JavaScript", Language.RUST: "Rust",
-                   Language.GO: "Go"}
+_CODE_TASKS = [
+    ("add_numbers", "returns the sum of its two arguments"),
+    ("max_of_two", "returns the larger of its two arguments"),
+    ("is_even", "returns true when its integer argument is even"),
+    ("square", "returns its argument multiplied by itself"),
+]
+_LANGUAGE_NAMES = {
+    Language.PYTHON: "Python",
+    Language.JAVASCRIPT: "JavaScript",
+    Language.RUST: "Rust",
+    Language.GO: "Go",
+}
 
 
-def _code(deck: _Deck, settings: ScenarioSettings, garbage: GarbageSpec, index: int) -> tuple[str, tuple[OracleSpec, ...]]:
+def _code(
+    deck: _Deck, settings: ScenarioSettings, garbage: GarbageSpec, index: int
+) -> tuple[str, tuple[OracleSpec, ...]]:
     language = settings.code_languages[index % len(settings.code_languages)]
     name, task = deck.draw()
-    text = (f"Write a {_LANGUAGE_NAMES[language]} function named {name} that {task}. "
-            "Reply with only the code in one fenced code block.")
+    text = (
+        f"Write a {_LANGUAGE_NAMES[language]} function named {name} that {task}. "
+        "Reply with only the code in one fenced code block."
+    )
     # Code legitimately repeats tokens; the garbage oracle keeps its character checks but a looser loop limit.
     loose = garbage.model_copy(update={"max_repetition_ratio": max(garbage.max_repetition_ratio, 0.6)})
     return text, (CodeSpec(language=language, function_name=name), NonEmptySpec(), loose)
 
 
-_UNICODE_INSTRUCT = [("Translate 'hello' into Chinese. Reply with only the Chinese word.", ("你好",)),
-                     ("Repeat exactly this text: 你好，世界", ("你好",)),
-                     ("Repeat exactly these words: café, naïve, Zürich", ("café", "Zürich")),
-                     ("Write the Japanese word for 'thank you' in hiragana only.", ("ありがとう",))]
-_UNICODE_COMPLETION = [("English: hello\nChinese: 你好\nEnglish: hello\nChinese:", ("你好",)),
-                       ("The café in Zürich is called Café Zürich. The café in Zürich is called Café", ("Zürich",))]
+_UNICODE_INSTRUCT = [
+    ("Translate 'hello' into Chinese. Reply with only the Chinese word.", ("你好",)),
+    ("Repeat exactly this text: 你好，世界", ("你好",)),
+    ("Repeat exactly these words: café, naïve, Zürich", ("café", "Zürich")),
+    ("Write the Japanese word for 'thank you' in hiragana only.", ("ありがとう",)),
+]
+_UNICODE_COMPLETION = [
+    ("English: hello\nChinese: 你好\nEnglish: hello\nChinese:", ("你好",)),
+    ("The café in Zürich is called Café Zürich. The café in Zürich is called Café", ("Zürich",)),
+]
 
 
 def _expected_text(deck: _Deck, settings: ScenarioSettings, garbage: GarbageSpec) -> tuple[str, tuple[OracleSpec, ...]]:
@@ -183,30 +212,45 @@ def _expected_text(deck: _Deck, settings: ScenarioSettings, garbage: GarbageSpec
     return text, (ExpectedTextSpec(any_of=expected), *_common(settings, garbage))
 
 
-_FACTS_INSTRUCT = [("What is the capital of France? Answer in one word.", ("Paris",)),
-                   ("How many days are in a week? Answer with a number.", ("7", "seven")),
-                   ("What color is the sky on a clear day? Answer in one word.", ("blue",)),
-                   ("What is the opposite of 'hot'? Answer in one word.", ("cold",))]
-_FACTS_COMPLETION = [("The capital of France is", ("Paris",)),
-                     ("Monday, Tuesday, Wednesday, Thursday,", ("Friday",)),
-                     ("One, two, three, four,", ("five",))]
+_FACTS_INSTRUCT = [
+    ("What is the capital of France? Answer in one word.", ("Paris",)),
+    ("How many days are in a week? Answer with a number.", ("7", "seven")),
+    ("What color is the sky on a clear day? Answer in one word.", ("blue",)),
+    ("What is the opposite of 'hot'? Answer in one word.", ("cold",)),
+]
+_FACTS_COMPLETION = [
+    ("The capital of France is", ("Paris",)),
+    ("Monday, Tuesday, Wednesday, Thursday,", ("Friday",)),
+    ("One, two, three, four,", ("five",)),
+]
 
 
 _SUBJECTS = ["The river", "An old lighthouse", "The village market", "Our garden", "The mountain trail", "The library"]
-_PREDICATES = ["was quiet in the early morning", "changed with every season", "attracted visitors from far away",
-               "needed repairs after the storm", "was painted a pale shade of green", "smelled of fresh bread"]
+_PREDICATES = [
+    "was quiet in the early morning",
+    "changed with every season",
+    "attracted visitors from far away",
+    "needed repairs after the storm",
+    "was painted a pale shade of green",
+    "smelled of fresh bread",
+]
 
 
-def _long_context(rng: random.Random, settings: ScenarioSettings, garbage: GarbageSpec) -> tuple[str, tuple[OracleSpec, ...]]:
+def _long_context(
+    rng: random.Random, settings: ScenarioSettings, garbage: GarbageSpec
+) -> tuple[str, tuple[OracleSpec, ...]]:
     code = str(rng.randint(1000, 9999))
     sentences: list[str] = []
     while sum(len(s.split()) for s in sentences) < settings.long_context_words:
         sentences.append(f"{rng.choice(_SUBJECTS)} {rng.choice(_PREDICATES)}.")
-    sentences.insert(rng.randrange(len(sentences) // 4, 3 * len(sentences) // 4),
-                     f"The access code for the vault is {code}.")
+    sentences.insert(
+        rng.randrange(len(sentences) // 4, 3 * len(sentences) // 4), f"The access code for the vault is {code}."
+    )
     passage = " ".join(sentences)
     if settings.style is PromptStyle.COMPLETION:
-        text = f"{passage}\n\nQuestion: What is the access code for the vault?\nAnswer: The access code for the vault is"
+        text = (
+            f"{passage}\n\nQuestion: What is the access code for the vault?\nAnswer: The access code for the vault is"
+        )
     else:
         text = f"{passage}\n\nWhat is the access code for the vault? Answer with the number only."
     return text, (ExpectedTextSpec(any_of=(code,)), NonEmptySpec(), garbage)
@@ -219,33 +263,55 @@ def generate_prompts(settings: ScenarioSettings, garbage: GarbageSpec = GarbageS
     prompts: list[Prompt] = []
     counts = settings.pools
     instruct = settings.style is PromptStyle.INSTRUCT
-    lists = {Pool.CODE: _CODE_TASKS, Pool.UNICODE: _UNICODE_INSTRUCT if instruct else _UNICODE_COMPLETION,
-             Pool.FACTS: _FACTS_INSTRUCT if instruct else _FACTS_COMPLETION}
-    builders = [(Pool.ARITHMETIC, counts.arithmetic, lambda rng, deck, i: _arithmetic(rng, settings, garbage)),
-                (Pool.CODE, counts.code, lambda rng, deck, i: _code(deck, settings, garbage, i)),
-                (Pool.UNICODE, counts.unicode, lambda rng, deck, i: _expected_text(deck, settings, garbage)),
-                (Pool.FACTS, counts.facts, lambda rng, deck, i: _expected_text(deck, settings, garbage)),
-                (Pool.LONG_CONTEXT, counts.long_context, lambda rng, deck, i: _long_context(rng, settings, garbage))]
+    lists = {
+        Pool.CODE: _CODE_TASKS,
+        Pool.UNICODE: _UNICODE_INSTRUCT if instruct else _UNICODE_COMPLETION,
+        Pool.FACTS: _FACTS_INSTRUCT if instruct else _FACTS_COMPLETION,
+    }
+    builders = [
+        (Pool.ARITHMETIC, counts.arithmetic, lambda rng, deck, i: _arithmetic(rng, settings, garbage)),
+        (Pool.CODE, counts.code, lambda rng, deck, i: _code(deck, settings, garbage, i)),
+        (Pool.UNICODE, counts.unicode, lambda rng, deck, i: _expected_text(deck, settings, garbage)),
+        (Pool.FACTS, counts.facts, lambda rng, deck, i: _expected_text(deck, settings, garbage)),
+        (Pool.LONG_CONTEXT, counts.long_context, lambda rng, deck, i: _long_context(rng, settings, garbage)),
+    ]
     for pool, count, build in builders:
         rng = random.Random(f"{settings.seed}:{pool}")
         deck = _Deck(rng, lists.get(pool, []))
         for index in range(count):
             text, oracles = build(rng, deck, index)
             max_tokens = settings.max_tokens * 2 if pool is Pool.CODE else settings.max_tokens
-            prompts.append(Prompt(id=_prompt_id(pool, index, text), pool=pool, text=text, oracles=oracles,
-                                  max_tokens=max_tokens))
+            prompts.append(
+                Prompt(id=_prompt_id(pool, index, text), pool=pool, text=text, oracles=oracles, max_tokens=max_tokens)
+            )
     for pool, count, text in ((Pool.EMPTY, counts.empty, ""), (Pool.WHITESPACE, counts.whitespace, "  \n\t ")):
         if count:
             # Nothing to judge: these cells prove G1–G3 only (no crash, a reply or a clean refusal).
-            prompts.append(Prompt(id=_prompt_id(pool, 0, text), pool=pool, text=text, max_tokens=settings.max_tokens,
-                                  allows_refusal=True))
+            prompts.append(
+                Prompt(
+                    id=_prompt_id(pool, 0, text),
+                    pool=pool,
+                    text=text,
+                    max_tokens=settings.max_tokens,
+                    allows_refusal=True,
+                )
+            )
     for index, custom in enumerate(settings.prompts):
         # A custom garbage oracle without thresholds of its own takes the playbook's G4 thresholds.
-        oracles = tuple(garbage if spec.name is OracleName.GARBAGE and spec.model_fields_set <= {"name"} else spec
-                        for spec in custom.oracles)
-        prompts.append(Prompt(id=_prompt_id(Pool.CUSTOM, index, custom.text), pool=Pool.CUSTOM, text=custom.text,
-                              oracles=oracles, max_tokens=custom.max_tokens or settings.max_tokens,
-                              allows_refusal=custom.allows_refusal))
+        oracles = tuple(
+            garbage if spec.name is OracleName.GARBAGE and spec.model_fields_set <= {"name"} else spec
+            for spec in custom.oracles
+        )
+        prompts.append(
+            Prompt(
+                id=_prompt_id(Pool.CUSTOM, index, custom.text),
+                pool=Pool.CUSTOM,
+                text=custom.text,
+                oracles=oracles,
+                max_tokens=custom.max_tokens or settings.max_tokens,
+                allows_refusal=custom.allows_refusal,
+            )
+        )
     return prompts
 
 

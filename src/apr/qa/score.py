@@ -137,10 +137,16 @@ def compute_mqs(records: Iterable[EvidenceRecord]) -> MqsResult:
 
     any_crash_or_timeout = bool(outcomes[Outcome.CRASHED] or outcomes[Outcome.TIMEOUT])
     gateways = {gate: _gateway_state(gate, per_gate[gate], any_crash_or_timeout) for gate in GATEWAYS}
-    blockers = [f"gateway {gate} {state}" + ("" if state is GatewayState.FAILED else " (no corroborated evidence)")
-                for gate, state in gateways.items() if state is not GatewayState.PASSED]
-    blockers += [f"{gate} (P0) has {s.failures} failing record(s)" for gate, s in per_gate.items()
-                 if CATALOG[gate].blocking and not CATALOG[gate].gateway and s.failures]
+    blockers = [
+        f"gateway {gate} {state}" + ("" if state is GatewayState.FAILED else " (no corroborated evidence)")
+        for gate, state in gateways.items()
+        if state is not GatewayState.PASSED
+    ]
+    blockers += [
+        f"{gate} (P0) has {s.failures} failing record(s)"
+        for gate, s in per_gate.items()
+        if CATALOG[gate].blocking and not CATALOG[gate].gateway and s.failures
+    ]
 
     score = raw if all(state is GatewayState.PASSED for state in gateways.values()) else 0
     if blockers:
@@ -148,11 +154,25 @@ def compute_mqs(records: Iterable[EvidenceRecord]) -> MqsResult:
     else:
         status = Status.CERTIFIED if score >= CERTIFIED_MIN else Status.PROVISIONAL
     return MqsResult(
-        score=score, raw=raw, grade=grade_for(score), status=status, gateways=gateways,
-        categories=tuple(categories), blockers=tuple(blockers),
-        outcomes={outcome: outcomes[outcome] for outcome in Outcome}, total_records=len(records),
+        score=score,
+        raw=raw,
+        grade=grade_for(score),
+        status=status,
+        gateways=gateways,
+        categories=tuple(categories),
+        blockers=tuple(blockers),
+        outcomes={outcome: outcomes[outcome] for outcome in Outcome},
+        total_records=len(records),
     )
 
 
-__all__ = ["CERTIFIED_MIN", "CategoryScore", "GateScore", "GatewayState", "MqsResult", "Status", "compute_mqs",
-           "grade_for"]
+__all__ = [
+    "CERTIFIED_MIN",
+    "CategoryScore",
+    "GateScore",
+    "GatewayState",
+    "MqsResult",
+    "Status",
+    "compute_mqs",
+    "grade_for",
+]

@@ -88,7 +88,9 @@ def stop(session: ServeSession) -> None:
 
 
 @contextmanager
-def serve(argv: list[str], env: dict[str, str] | None = None, children: Children | None = None) -> Iterator[ServeSession]:
+def serve(
+    argv: list[str], env: dict[str, str] | None = None, children: Children | None = None
+) -> Iterator[ServeSession]:
     """Run the server for the duration of the block; it is stopped (and reaped) on exit."""
     proc = subprocess.Popen(
         argv,

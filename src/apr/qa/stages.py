@@ -34,6 +34,7 @@ CELL_GATES = frozenset({GateId.G2_INFERENCE, GateId.G3_STABILITY, GateId.G4_QUAL
 
 # ---- acquire --------------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Checkpoint:
     """The model as given: the ref it is known by, its file (or folder), format and sha256."""
@@ -58,19 +59,24 @@ def acquire(ref: str, path: Path | None = None, *, progress: bool = False) -> Ch
 
 # ---- convert --------------------------------------------------------------------------------------------
 
+
 def convert(checkpoint: Checkpoint, formats: Sequence[Format], directory: Path | None = None) -> Artifacts:
     """The checkpoint in every format (conversions cached by source digest), each artifact with its digest."""
     from apr.hub.digest import sha256_of
     from apr.qa.artifacts import artifacts_dir, prepare_artifacts
 
-    artifacts = prepare_artifacts(checkpoint.path, checkpoint.sha256, tuple(formats),
-                                  directory or artifacts_dir(checkpoint.sha256))
-    artifacts.digests = {fmt: checkpoint.sha256 if path == checkpoint.path else sha256_of(path, progress=False)
-                         for fmt, path in artifacts.paths.items()}
+    artifacts = prepare_artifacts(
+        checkpoint.path, checkpoint.sha256, tuple(formats), directory or artifacts_dir(checkpoint.sha256)
+    )
+    artifacts.digests = {
+        fmt: checkpoint.sha256 if path == checkpoint.path else sha256_of(path, progress=False)
+        for fmt, path in artifacts.paths.items()
+    }
     return artifacts
 
 
 # ---- what is certified, under which rules ---------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Subject:
@@ -95,15 +101,28 @@ class Subject:
 
     def recorder(self) -> Recorder:
         """The stamp every evidence record of this certification carries."""
-        return Recorder(model=self.ref, artifacts=dict(self.artifacts.paths), sha256=dict(self.artifacts.digests),
-                        playbook=self.playbook, tier=self.tier, source=self.artifacts.source)
+        return Recorder(
+            model=self.ref,
+            artifacts=dict(self.artifacts.paths),
+            sha256=dict(self.artifacts.digests),
+            playbook=self.playbook,
+            tier=self.tier,
+            source=self.artifacts.source,
+        )
 
     def plan(self) -> ExecutionPlan:
         """How the cells run (also how the determinism gate reruns one)."""
-        return ExecutionPlan(cells=self.cells, artifacts=dict(self.artifacts.paths), timeout_s=self.timeout_s,
-                             workers=self.workers, failure_policy=self.failure_policy, use_chat_template=self.chat,
-                             cuda_available=self.cuda, apr_argv=self.apr_argv or tuple(apr_command()),
-                             missing_artifacts=dict(self.artifacts.failures))
+        return ExecutionPlan(
+            cells=self.cells,
+            artifacts=dict(self.artifacts.paths),
+            timeout_s=self.timeout_s,
+            workers=self.workers,
+            failure_policy=self.failure_policy,
+            use_chat_template=self.chat,
+            cuda_available=self.cuda,
+            apr_argv=self.apr_argv or tuple(apr_command()),
+            missing_artifacts=dict(self.artifacts.failures),
+        )
 
 
 def expected_sha256(ref: str) -> str | None:
@@ -120,16 +139,31 @@ def cuda_available() -> bool:
     return bool(torch.cuda.is_available())
 
 
-def subject_of(playbook: Playbook, artifacts: Artifacts, *, cuda: bool, workers: int | None = None,
-               timeout_s: float | None = None, apr_argv: Sequence[str] | None = None) -> Subject:
+def subject_of(
+    playbook: Playbook,
+    artifacts: Artifacts,
+    *,
+    cuda: bool,
+    workers: int | None = None,
+    timeout_s: float | None = None,
+    apr_argv: Sequence[str] | None = None,
+) -> Subject:
     """A playbook's certification of ``artifacts``: its matrix, gates and execution settings."""
     gates = playbook.gates
     return Subject(
-        ref=playbook.model.ref, artifacts=artifacts, gates=gates, backends=tuple(playbook.matrix.backends),
-        formats=tuple(playbook.matrix.formats), cells=tuple(playbook.cells()), chat=playbook.model.chat_template,
+        ref=playbook.model.ref,
+        artifacts=artifacts,
+        gates=gates,
+        backends=tuple(playbook.matrix.backends),
+        formats=tuple(playbook.matrix.formats),
+        cells=tuple(playbook.cells()),
+        chat=playbook.model.chat_template,
         expected_sha256=expected_sha256(playbook.model.ref) if gates.g0_integrity.verify_sha256 else None,
-        cuda=cuda, playbook=playbook.name, tier=playbook.tier,
-        timeout_s=timeout_s or playbook.execution.timeout_s, workers=workers or playbook.execution.workers,
+        cuda=cuda,
+        playbook=playbook.name,
+        tier=playbook.tier,
+        timeout_s=timeout_s or playbook.execution.timeout_s,
+        workers=workers or playbook.execution.workers,
         failure_policy=playbook.execution.failure_policy,
         apr_argv=tuple(apr_argv or ()),
     )
@@ -137,8 +171,10 @@ def subject_of(playbook: Playbook, artifacts: Artifacts, *, cuda: bool, workers:
 
 # ---- trace: the cells through the real CLI --------------------------------------------------------------
 
-def trace(subject: Subject, writer: EvidenceWriter, *, done_keys: frozenset[str] = frozenset(),
-          progress: bool = False) -> ExecutionSummary:
+
+def trace(
+    subject: Subject, writer: EvidenceWriter, *, done_keys: frozenset[str] = frozenset(), progress: bool = False
+) -> ExecutionSummary:
     """Run every cell of the matrix; G2/G3/G4 records go to ``writer`` as each cell ends."""
     from apr.qa.executor import execute
 
@@ -147,21 +183,30 @@ def trace(subject: Subject, writer: EvidenceWriter, *, done_keys: frozenset[str]
 
 # ---- gates ----------------------------------------------------------------------------------------------
 
+
 def model_gates(subject: Subject, emit: Emit, *, done: frozenset[GateId] = frozenset()) -> None:
     """Integrity, contract, plausibility, structure, tokenizer parity, load, golden output, attention trace,
     format and reference parity — each family's records emitted as it finishes."""
     from apr.qa.gates.model_level import ModelGateInputs, ModelGateRun
 
     inputs = ModelGateInputs(
-        artifacts=dict(subject.artifacts.paths), digests=dict(subject.artifacts.digests),
-        source=subject.artifacts.source, gates=subject.gates, expected_sha256=subject.expected_sha256,
-        chat=subject.chat, cuda_available=subject.cuda, backends=subject.backends, done_gates=done,
-        conversion_failures=dict(subject.artifacts.failures))
+        artifacts=dict(subject.artifacts.paths),
+        digests=dict(subject.artifacts.digests),
+        source=subject.artifacts.source,
+        gates=subject.gates,
+        expected_sha256=subject.expected_sha256,
+        chat=subject.chat,
+        cuda_available=subject.cuda,
+        backends=subject.backends,
+        done_gates=done,
+        conversion_failures=dict(subject.artifacts.failures),
+    )
     ModelGateRun(inputs, subject.recorder(), emit).run()
 
 
-def runtime_gates(subject: Subject, records: Sequence[EvidenceRecord], emit: Emit, *,
-                  done: frozenset[GateId] = frozenset()) -> None:
+def runtime_gates(
+    subject: Subject, records: Sequence[EvidenceRecord], emit: Emit, *, done: frozenset[GateId] = frozenset()
+) -> None:
     """Determinism (reruns of recorded cells), throughput (one `apr bench` per format × backend) and GPU
     speedup (from the throughput records); ``records`` is the evidence so far."""
     from apr.qa.gates import runtime
@@ -178,8 +223,11 @@ def runtime_gates(subject: Subject, records: Sequence[EvidenceRecord], emit: Emi
                 emit(stamped)
     if gates.gpu_speedup is not None and GateId.GPU_SPEEDUP not in done:
         timer = Timer()
-        emit(stamp_all(recorder, runtime.gpu_speedup_checks([*records, *measured], gates.gpu_speedup, subject.cuda),
-                       timer))
+        emit(
+            stamp_all(
+                recorder, runtime.gpu_speedup_checks([*records, *measured], gates.gpu_speedup, subject.cuda), timer
+            )
+        )
 
 
 def _determinism(subject: Subject, records: Sequence[EvidenceRecord], recorder: Recorder) -> list[EvidenceRecord]:
@@ -209,12 +257,18 @@ def _throughput(subject: Subject, fmt: Format, backend: Backend) -> Check:
     assert settings is not None  # the caller checked
     minimum = settings.min_tok_s[backend]
     if backend is Backend.GPU and not subject.cuda:
-        return throughput_check(fmt, backend, minimum, None, None,
-                                "no CUDA device on this host: GPU decode speed not measured")
+        return throughput_check(
+            fmt, backend, minimum, None, None, "no CUDA device on this host: GPU decode speed not measured"
+        )
     if fmt not in subject.artifacts.paths:
         return throughput_check(fmt, backend, minimum, None, None, f"no {fmt} artifact")
-    run = measure_speed(subject.artifacts.paths[fmt], backend.device, timeout_s=subject.timeout_s,
-                        apr_argv=list(subject.plan().apr_argv), decode_tokens=subject.decode_tokens)
+    run = measure_speed(
+        subject.artifacts.paths[fmt],
+        backend.device,
+        timeout_s=subject.timeout_s,
+        apr_argv=list(subject.plan().apr_argv),
+        decode_tokens=subject.decode_tokens,
+    )
     return throughput_check(fmt, backend, minimum, run.process, run.result)
 
 
@@ -229,14 +283,16 @@ class Evidence:
 CellStage = Callable[[EvidenceWriter], object]  # writes the cells' records (runs them, or copies a trace's)
 
 
-def gate(subject: Subject, evidence: Path, cells: CellStage | None = None, *,
-         prior: Sequence[EvidenceRecord] = ()) -> Evidence:
+def gate(
+    subject: Subject, evidence: Path, cells: CellStage | None = None, *, prior: Sequence[EvidenceRecord] = ()
+) -> Evidence:
     """Every gate of the certification into one evidence file: model-level gates, the cells (``cells`` writes
     them), then the runtime gates. ``prior`` records (resume) are kept and their gates not redone."""
     done = frozenset(r.gate for r in prior if r.gate not in CELL_GATES)
     if not prior:
         evidence.unlink(missing_ok=True)
     with EvidenceWriter(evidence) as writer:
+
         def emit(records: list[EvidenceRecord]) -> None:
             for record in records:
                 writer.append(record)
@@ -249,6 +305,7 @@ def gate(subject: Subject, evidence: Path, cells: CellStage | None = None, *,
 
 
 # ---- score and report -----------------------------------------------------------------------------------
+
 
 def score(records: Sequence[EvidenceRecord]) -> MqsResult:
     """The MQS, grade and status of the evidence (a rendering of it: recomputable from the records alone)."""
@@ -266,8 +323,9 @@ class Reports:
     summary: Path | None = None
 
 
-def report(records: Sequence[EvidenceRecord], mqs: MqsResult, folder: Path, *, title: str,
-           evidence: Path | None = None) -> Reports:
+def report(
+    records: Sequence[EvidenceRecord], mqs: MqsResult, folder: Path, *, title: str, evidence: Path | None = None
+) -> Reports:
     """JUnit and HTML renderings of the evidence into ``folder``; with ``evidence``, also ``mqs.json`` citing it."""
     from apr.qa.reports import write_text_atomic
     from apr.qa.reports.html import render_html

@@ -61,8 +61,11 @@ def openmp_runtimes_in_process() -> list[Path]:
     maps = Path("/proc/self/maps")
     if not maps.exists():
         return []
-    found = {line.split()[-1] for line in maps.read_text().splitlines()
-             if "/" in line and Path(line.split()[-1]).name.startswith("libgomp")}
+    found = {
+        line.split()[-1]
+        for line in maps.read_text().splitlines()
+        if "/" in line and Path(line.split()[-1]).name.startswith("libgomp")
+    }
     return sorted(Path(path) for path in found)
 
 
@@ -134,9 +137,16 @@ def _library() -> tuple[ctypes.CDLL | None, str]:
 class _Weight(ctypes.Structure):
     """layer.c's apr_weight."""
 
-    _fields_ = [("layout", ctypes.c_int64), ("w", ctypes.c_void_p), ("scale", ctypes.c_void_p),
-                ("offset", ctypes.c_void_p), ("bias", ctypes.c_void_p), ("n", ctypes.c_int64), ("k", ctypes.c_int64),
-                ("kpad", ctypes.c_int64)]
+    _fields_ = [
+        ("layout", ctypes.c_int64),
+        ("w", ctypes.c_void_p),
+        ("scale", ctypes.c_void_p),
+        ("offset", ctypes.c_void_p),
+        ("bias", ctypes.c_void_p),
+        ("n", ctypes.c_int64),
+        ("k", ctypes.c_int64),
+        ("kpad", ctypes.c_int64),
+    ]
 
 
 LAYER_WEIGHTS = ("q", "k", "v", "o", "gate", "up", "down")
@@ -147,9 +157,12 @@ LAYER_SIZES = ("hidden", "heads", "kv_heads", "head_dim", "ffn", "window", "gelu
 class _Layer(ctypes.Structure):
     """layer.c's apr_layer."""
 
-    _fields_ = ([(name, _Weight) for name in LAYER_WEIGHTS] + [(name, ctypes.c_void_p) for name in LAYER_NORMS]
-                + [("eps", ctypes.c_double), ("attn_scale", ctypes.c_double)]
-                + [(name, ctypes.c_int64) for name in LAYER_SIZES])
+    _fields_ = (
+        [(name, _Weight) for name in LAYER_WEIGHTS]
+        + [(name, ctypes.c_void_p) for name in LAYER_NORMS]
+        + [("eps", ctypes.c_double), ("attn_scale", ctypes.c_double)]
+        + [(name, ctypes.c_int64) for name in LAYER_SIZES]
+    )
 
 
 def available() -> bool:
@@ -173,8 +186,14 @@ class ScaleRangeError(ValueError):
 
 # Layout name -> the parts it is stored as (the first is the integer matrix, the second has one row per output;
 # the tiled layouts q4k8 and q6k8 are one tensor with a row per tile of 8 outputs).
-LAYOUTS = {"q4": ("q4", "q4_scale", "q4_offset"), "q8": ("q8", "q8_scale"), "q6": ("q6", "q6_sc", "q6_d"),
-           "q4k": ("q4k", "q4k_scmin", "q4k_dm"), "q4k8": ("q4k8",), "q6k8": ("q6k8",)}
+LAYOUTS = {
+    "q4": ("q4", "q4_scale", "q4_offset"),
+    "q8": ("q8", "q8_scale"),
+    "q6": ("q6", "q6_sc", "q6_d"),
+    "q4k": ("q4k", "q4k_scmin", "q4k_dm"),
+    "q4k8": ("q4k8",),
+    "q6k8": ("q6k8",),
+}
 # Tiled layouts: bytes per tile of 8 rows and super-block of 256 (qgemm.c).
 TILE_BYTES = {"q4k8": 1184, "q6k8": 1680}
 LAYOUT_CODE = {"q4": 4, "q6": 6, "q8": 8, "q4k": 40, "q4k8": 41, "q6k8": 61}  # apr_native.h's enum
@@ -198,8 +217,7 @@ def _out_features(layout: str, tensors: tuple[torch.Tensor, ...]) -> int:
     return tensors[0].shape[0] * 8 if layout in TILE_BYTES else tensors[1].shape[0]
 
 
-def _weight(layout: str, k: int, kpad: int, pointers: tuple[int, ...], bias: torch.Tensor | None,
-            n: int) -> _Weight:
+def _weight(layout: str, k: int, kpad: int, pointers: tuple[int, ...], bias: torch.Tensor | None, n: int) -> _Weight:
     """apr_native.h's apr_weight for a weight with input features ``k``; ValueError when K does not fit the layout."""
     if (k if layout == "q4k" or layout in TILE_BYTES else padded(k)) != kpad:
         raise ValueError(f"{k} input features for a {layout} weight of K {kpad}")
@@ -214,11 +232,20 @@ def _multiply(weight: _Weight, x: torch.Tensor) -> torch.Tensor:
     if x.dtype != torch.float32 or not x.is_contiguous() or k != weight.k:
         raise ValueError(f"expected contiguous float32 [M, {weight.k}] input, got {x.dtype} {tuple(x.shape)}")
     y = torch.empty(m, weight.n, dtype=torch.float32)
-    status = _lib().apr_products(ctypes.byref(ctypes.pointer(weight)), 1, x.data_ptr(), m,
-                                 ctypes.byref(ctypes.c_void_p(y.data_ptr())), torch.get_num_threads())
+    status = _lib().apr_products(
+        ctypes.byref(ctypes.pointer(weight)),
+        1,
+        x.data_ptr(),
+        m,
+        ctypes.byref(ctypes.c_void_p(y.data_ptr())),
+        torch.get_num_threads(),
+    )
     if status:
-        raise MemoryError(f"no memory for the activations of a {m} x {k} product") if status == -1 else RuntimeError(
-            f"apr_products failed ({status})")
+        raise (
+            MemoryError(f"no memory for the activations of a {m} x {k} product")
+            if status == -1
+            else RuntimeError(f"apr_products failed ({status})")
+        )
     return y
 
 
@@ -255,8 +282,14 @@ class PackedLinear:
 def native_linear(x: torch.Tensor, layout: str, weights: list[torch.Tensor], bias: torch.Tensor | None) -> torch.Tensor:
     """``PackedLinear``'s product as a PyTorch operator, so torch.compile can trace a graph around it
     (eager code calls ``PackedLinear`` directly: the dispatcher costs more than the small products)."""
-    weight = _weight(layout, x.shape[-1], _padded_k(layout, weights[0]), tuple(t.data_ptr() for t in weights), bias,
-                     _out_features(layout, tuple(weights)))
+    weight = _weight(
+        layout,
+        x.shape[-1],
+        _padded_k(layout, weights[0]),
+        tuple(t.data_ptr() for t in weights),
+        bias,
+        _out_features(layout, tuple(weights)),
+    )
     return _multiply(weight, x)
 
 
@@ -292,21 +325,46 @@ def rope_neox_(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x
 
 
-def attend_one(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, keys: torch.Tensor,
-               values: torch.Tensor, pos: int, window: int, scale: float) -> torch.Tensor:
+def attend_one(
+    q: torch.Tensor,
+    k_new: torch.Tensor,
+    v_new: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    pos: int,
+    window: int,
+    scale: float,
+) -> torch.Tensor:
     """One token's attention (glue.c): stores ``k_new``/``v_new`` ``[kv_heads, d]`` at ``pos`` of ``keys``/
     ``values`` ``[kv_heads, capacity, d]``, then attends q ``[kv_heads * rep, d]`` over positions
     ``max(0, pos - window + 1) .. pos`` (``window`` 0: all); returns ``[kv_heads * rep, d]``."""
     _check_f32("attend_one", q, k_new, v_new, keys, values)
     kv_heads, capacity, d = keys.shape
     heads = q.numel() // d
-    if (values.shape != keys.shape or k_new.numel() != kv_heads * d or v_new.numel() != kv_heads * d
-            or heads % kv_heads or not 0 <= pos < capacity):
+    if (
+        values.shape != keys.shape
+        or k_new.numel() != kv_heads * d
+        or v_new.numel() != kv_heads * d
+        or heads % kv_heads
+        or not 0 <= pos < capacity
+    ):
         raise ValueError(f"attend_one: q {tuple(q.shape)}, cache {tuple(keys.shape)}, position {pos}")
     out = torch.empty(heads, d, dtype=torch.float32)
-    status = _lib().apr_attend_one(q.data_ptr(), k_new.data_ptr(), v_new.data_ptr(), keys.data_ptr(),
-                                   values.data_ptr(), kv_heads, heads // kv_heads, capacity, d, pos, window,
-                                   scale, out.data_ptr())
+    status = _lib().apr_attend_one(
+        q.data_ptr(),
+        k_new.data_ptr(),
+        v_new.data_ptr(),
+        keys.data_ptr(),
+        values.data_ptr(),
+        kv_heads,
+        heads // kv_heads,
+        capacity,
+        d,
+        pos,
+        window,
+        scale,
+        out.data_ptr(),
+    )
     if status:
         raise MemoryError(f"no memory for attention over {pos + 1} positions")
     return out
@@ -323,8 +381,9 @@ def dequantize_rows(raw: np.ndarray, ggml_type: int, k: int, ids: torch.Tensor) 
     if raw.ndim != 2 or raw.dtype != np.uint8 or not raw.flags.c_contiguous:
         raise ValueError(f"dequantize_rows: raw {raw.dtype} {raw.shape} is not C-contiguous uint8 rows")
     out = torch.empty(flat.numel(), k, dtype=torch.float32)
-    status = _lib().apr_dequantize_rows(raw.ctypes.data, raw.shape[0], raw.shape[1], ggml_type, k, flat.data_ptr(),
-                                        flat.numel(), out.data_ptr())
+    status = _lib().apr_dequantize_rows(
+        raw.ctypes.data, raw.shape[0], raw.shape[1], ggml_type, k, flat.data_ptr(), flat.numel(), out.data_ptr()
+    )
     if status == -2:
         raise IndexError(f"token ids {flat.tolist()} outside 0..{raw.shape[0] - 1}")
     if status:
@@ -372,8 +431,12 @@ class DecodeLayer:
     ``norms`` maps LAYER_NORMS names to float32 scales (offset added) or None. The struct holds raw
     addresses, so this object keeps every tensor it points to."""
 
-    def __init__(self, weights: dict[str, tuple[PackedLinear, torch.Tensor | None, int]],
-                 norms: dict[str, torch.Tensor | None], shape: LayerShape) -> None:
+    def __init__(
+        self,
+        weights: dict[str, tuple[PackedLinear, torch.Tensor | None, int]],
+        norms: dict[str, torch.Tensor | None],
+        shape: LayerShape,
+    ) -> None:
         self.shape = shape
         self._keep: list[torch.Tensor] = []
         layer = _Layer()
@@ -404,16 +467,29 @@ class DecodeLayer:
         rope = (caches.rows, shape.head_dim)
         if x.shape != (caches.rows, shape.hidden) or cos.shape != rope or sin.shape != rope:
             raise ValueError(f"decode layer: x {tuple(x.shape)}, rope {tuple(cos.shape)} for {caches.rows} rows")
-        status = _lib().apr_decode_layer(self._ref, index, x.data_ptr(), caches.rows, caches.keys, caches.values,
-                                         caches.capacity, caches.positions, cos.data_ptr(), sin.data_ptr(),
-                                         torch.get_num_threads())
+        status = _lib().apr_decode_layer(
+            self._ref,
+            index,
+            x.data_ptr(),
+            caches.rows,
+            caches.keys,
+            caches.values,
+            caches.capacity,
+            caches.positions,
+            cos.data_ptr(),
+            sin.data_ptr(),
+            torch.get_num_threads(),
+        )
         _raise_for_layer_status(status)
 
 
 def _raise_for_layer_status(status: int) -> None:
     if status:
-        raise MemoryError("no memory for a decode layer") if status == -1 else RuntimeError(
-            f"apr_decode_layer failed ({status})")
+        raise (
+            MemoryError("no memory for a decode layer")
+            if status == -1
+            else RuntimeError(f"apr_decode_layer failed ({status})")
+        )
 
 
 class DecodeStack:
@@ -429,17 +505,32 @@ class DecodeStack:
         self._structs = (ctypes.POINTER(_Layer) * len(layers))(*[ctypes.pointer(layer._layer) for layer in layers])
         self._local = (ctypes.c_uint8 * len(layers))(*map(int, local))
 
-    def __call__(self, x: torch.Tensor, caches: CacheRows, global_tables: tuple[torch.Tensor, torch.Tensor],
-                 local_tables: tuple[torch.Tensor, torch.Tensor]) -> None:
+    def __call__(
+        self,
+        x: torch.Tensor,
+        caches: CacheRows,
+        global_tables: tuple[torch.Tensor, torch.Tensor],
+        local_tables: tuple[torch.Tensor, torch.Tensor],
+    ) -> None:
         """Applies every layer to ``x [rows, hidden]`` in place, writing each row's new keys/values to its cache."""
         tables = (*global_tables, *local_tables)
         _check_f32("decode stack", x, *tables)
         rope = (caches.rows, self.shape.head_dim)
         if x.shape != (caches.rows, self.shape.hidden) or any(table.shape != rope for table in tables):
             raise ValueError(f"decode stack: x {tuple(x.shape)}, rope {tuple(tables[0].shape)} for {caches.rows} rows")
-        status = _lib().apr_decode_layers(self._structs, self._local, len(self.layers), x.data_ptr(), caches.rows,
-                                          caches.keys, caches.values, caches.capacity, caches.positions,
-                                          *(table.data_ptr() for table in tables), torch.get_num_threads())
+        status = _lib().apr_decode_layers(
+            self._structs,
+            self._local,
+            len(self.layers),
+            x.data_ptr(),
+            caches.rows,
+            caches.keys,
+            caches.values,
+            caches.capacity,
+            caches.positions,
+            *(table.data_ptr() for table in tables),
+            torch.get_num_threads(),
+        )
         _raise_for_layer_status(status)
 
 
@@ -458,8 +549,9 @@ def pack_q4(q: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor) -> dict[
     """q4 layout of ``w = scale * q + offset`` (q int [N, K] in 0..15; scale, offset [N, K/32]); K % 32 == 0."""
     n, k = q.shape
     if k % BLOCK or scale.shape != (n, k // BLOCK) or offset.shape != scale.shape:
-        raise ValueError(f"q4 packing needs K % 32 == 0 and [N, K/32] scales; "
-                         f"got {tuple(q.shape)}, {tuple(scale.shape)}")
+        raise ValueError(
+            f"q4 packing needs K % 32 == 0 and [N, K/32] scales; got {tuple(q.shape)}, {tuple(scale.shape)}"
+        )
     kpad = padded(k)
     qp = torch.zeros(n, kpad, dtype=torch.uint8)
     qp[:, :k] = q.to(torch.uint8)
@@ -469,8 +561,11 @@ def pack_q4(q: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor) -> dict[
     op = torch.zeros_like(sp)
     sp[:, : k // BLOCK] = scale
     op[:, : k // BLOCK] = offset
-    return {"q4": packed.contiguous(), "q4_scale": _fp16_scales(sp, "q4 scales").contiguous(),
-            "q4_offset": _fp16_scales(op, "q4 offsets").contiguous()}
+    return {
+        "q4": packed.contiguous(),
+        "q4_scale": _fp16_scales(sp, "q4 scales").contiguous(),
+        "q4_offset": _fp16_scales(op, "q4 offsets").contiguous(),
+    }
 
 
 def pack_q4k(parts) -> dict[str, torch.Tensor]:
@@ -483,8 +578,11 @@ def pack_q4k(parts) -> dict[str, torch.Tensor]:
     # Per group of 4 blocks: their 4 sc then their 4 m; per super-block: (d, dmin) as fp16 bits.
     scmin = torch.stack([parts.sc.view(n, k // 128, 4), parts.m.view(n, k // 128, 4)], dim=2).reshape(n, k // 16)
     dm = torch.stack([parts.d.view(n, k // 256), parts.dmin.view(n, k // 256)], dim=2).reshape(n, k // 128)
-    return {"q4k": packed.contiguous(), "q4k_scmin": scmin.to(torch.uint8).contiguous(),
-            "q4k_dm": dm.contiguous().view(torch.int16)}
+    return {
+        "q4k": packed.contiguous(),
+        "q4k_scmin": scmin.to(torch.uint8).contiguous(),
+        "q4k_dm": dm.contiguous().view(torch.int16),
+    }
 
 
 def _tiled_values(layout: str, q: torch.Tensor) -> tuple[int, int, torch.Tensor, torch.Tensor]:
@@ -506,11 +604,17 @@ def pack_q4k8(parts) -> dict[str, torch.Tensor]:
 
     def by_row(values: torch.Tensor) -> torch.Tensor:
         """Per super-block, each position's 8 rows together, as bytes."""
-        return _rows_innermost(values.contiguous().view(torch.int16 if values.dtype == torch.float16 else torch.uint8),
-                               tiles, sbs).contiguous().view(torch.uint8)
+        return (
+            _rows_innermost(
+                values.contiguous().view(torch.int16 if values.dtype == torch.float16 else torch.uint8), tiles, sbs
+            )
+            .contiguous()
+            .view(torch.uint8)
+        )
 
-    head = torch.cat([by_row(parts.d), by_row(parts.dmin), by_row(parts.sc.to(torch.uint8)),
-                      by_row(parts.m.to(torch.uint8))], dim=2)
+    head = torch.cat(
+        [by_row(parts.d), by_row(parts.dmin), by_row(parts.sc.to(torch.uint8)), by_row(parts.m.to(torch.uint8))], dim=2
+    )
     packed = torch.cat([head, nibbles.reshape(tiles, sbs, 1024)], dim=2)
     return {"q4k8": packed.reshape(tiles, sbs * TILE_BYTES["q4k8"]).contiguous()}
 
@@ -525,8 +629,12 @@ def pack_q6k8(parts) -> dict[str, torch.Tensor]:
     """q6k8 layout of a Q6_K matrix (``quant.Q6KParts``): its values as stored, 8 output rows interleaved."""
     tiles, sbs, q, nibbles = _tiled_values("q6k8", parts.q)
     top = (q >> 4).view(tiles, 8, sbs, 8, 2, 2, 2, 4)  # ..., half, h, v % 2, i
-    highs = (top[:, :, :, :, 0, :, 0] | (top[:, :, :, :, 1, :, 0] << 2) | (top[:, :, :, :, 0, :, 1] << 4)
-             | (top[:, :, :, :, 1, :, 1] << 6)).permute(0, 2, 3, 4, 1, 5)  # tile, sb, block, h, row, i
+    highs = (
+        top[:, :, :, :, 0, :, 0]
+        | (top[:, :, :, :, 1, :, 0] << 2)
+        | (top[:, :, :, :, 0, :, 1] << 4)
+        | (top[:, :, :, :, 1, :, 1] << 6)
+    ).permute(0, 2, 3, 4, 1, 5)  # tile, sb, block, h, row, i
     body = torch.cat([nibbles.reshape(tiles, sbs, 8, 128), highs.reshape(tiles, sbs, 8, 64)], dim=3)
     d = _rows_innermost(parts.d.half().view(torch.int16), tiles, sbs).contiguous().view(torch.uint8)
     sc = _rows_innermost(parts.sc.to(torch.int8), tiles, sbs).contiguous().view(torch.uint8)
@@ -538,8 +646,9 @@ def pack_q8(q: torch.Tensor, scale: torch.Tensor) -> dict[str, torch.Tensor]:
     """q8 layout of ``w = scale * q`` (q int [N, K] in -128..127; scale [N, K/16]); K % 16 == 0."""
     n, k = q.shape
     if k % 16 or scale.shape != (n, k // 16):
-        raise ValueError(f"q8 packing needs K % 16 == 0 and [N, K/16] scales; "
-                         f"got {tuple(q.shape)}, {tuple(scale.shape)}")
+        raise ValueError(
+            f"q8 packing needs K % 16 == 0 and [N, K/16] scales; got {tuple(q.shape)}, {tuple(scale.shape)}"
+        )
     kpad = padded(k)
     qp = torch.zeros(n, kpad, dtype=torch.int8)
     qp[:, :k] = q.to(torch.int8)
@@ -555,8 +664,10 @@ def pack_q6(q: torch.Tensor, sc: torch.Tensor, d: torch.Tensor) -> dict[str, tor
     d [N, K/256] (fp16 values, as Q6_K stores them); K % 256 == 0."""
     n, k = q.shape
     if k % 256 or sc.shape != (n, k // 16) or d.shape != (n, k // 256):
-        raise ValueError(f"q6 packing needs K % 256 == 0, [N, K/16] scales and [N, K/256] d; "
-                         f"got {tuple(q.shape)}, {tuple(sc.shape)}, {tuple(d.shape)}")
+        raise ValueError(
+            f"q6 packing needs K % 256 == 0, [N, K/16] scales and [N, K/256] d; "
+            f"got {tuple(q.shape)}, {tuple(sc.shape)}, {tuple(d.shape)}"
+        )
     kpad = padded(k)
     qp = torch.full((n, kpad), 32, dtype=torch.uint8)  # padding is q = 32, i.e. weight 0
     qp[:, :k] = q.to(torch.uint8)

@@ -80,15 +80,29 @@ def attention_checks(engine: Engine, ids: list[int], settings: AttentionTraceGat
     sink_heads = sum(s.first_position_mass > settings.max_first_position_mass for s in stats)
     finite = all(math.isfinite(s.normalized_entropy) for s in stats)
     collapsed = verdict(
-        ATTENTION, "entropy", finite and mean_entropy >= settings.min_normalized_entropy,
+        ATTENTION,
+        "entropy",
+        finite and mean_entropy >= settings.min_normalized_entropy,
         f"mean normalized attention entropy {mean_entropy:.3f} over {heads} heads "
-        f"(min {settings.min_normalized_entropy}){'' if finite else '; NaN in attention'}", heads, format=fmt,
-        measured=mean_entropy, threshold=settings.min_normalized_entropy, unit="normalized entropy",
-        metrics={"heads": heads, "prompt_tokens": len(ids), "mean_normalized_entropy": round(mean_entropy, 5)})
+        f"(min {settings.min_normalized_entropy}){'' if finite else '; NaN in attention'}",
+        heads,
+        format=fmt,
+        measured=mean_entropy,
+        threshold=settings.min_normalized_entropy,
+        unit="normalized entropy",
+        metrics={"heads": heads, "prompt_tokens": len(ids), "mean_normalized_entropy": round(mean_entropy, 5)},
+    )
     position0 = verdict(
-        ATTENTION, "first-position", sink_heads < heads,
+        ATTENTION,
+        "first-position",
+        sink_heads < heads,
         f"{sink_heads} of {heads} heads put more than {settings.max_first_position_mass} of their attention on "
         "position 0" + (": attention only ever looks at the first token" if sink_heads == heads else ""),
-        heads, format=fmt, measured=sink_heads / heads, threshold=1.0, unit="share of heads",
-        metrics={"sink_heads": sink_heads, "heads": heads})
+        heads,
+        format=fmt,
+        measured=sink_heads / heads,
+        threshold=1.0,
+        unit="share of heads",
+        metrics={"sink_heads": sink_heads, "heads": heads},
+    )
     return [collapsed, position0]

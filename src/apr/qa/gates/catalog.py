@@ -73,47 +73,122 @@ class GateSpec:
         return self.severity is Severity.P0
 
 
-def _spec(gate: GateId, title: str, category: Category, severity: Severity, checks: str, *, gateway: bool = False) -> GateSpec:
+def _spec(
+    gate: GateId, title: str, category: Category, severity: Severity, checks: str, *, gateway: bool = False
+) -> GateSpec:
     return GateSpec(gate, title, category, severity, gateway, checks)
 
 
-_I, _E, _Q, _P, _C, _F = (Category.INTEGRITY, Category.EXECUTION, Category.QUALITY, Category.PARITY,
-                          Category.CONSISTENCY, Category.PERFORMANCE)
+_I, _E, _Q, _P, _C, _F = (
+    Category.INTEGRITY,
+    Category.EXECUTION,
+    Category.QUALITY,
+    Category.PARITY,
+    Category.CONSISTENCY,
+    Category.PERFORMANCE,
+)
 _P0, _P1, _P2 = Severity.P0, Severity.P1, Severity.P2
 
-CATALOG: dict[GateId, GateSpec] = {spec.id: spec for spec in (
-    _spec(GateId.G0_INTEGRITY, "Integrity", _I, _P0,
-          "file sha256 matches, header parses, CRCs verify, config agrees with the tensors", gateway=True),
-    _spec(GateId.G1_LOAD, "Load", _E, _P0, "the model loads in every format and backend under test", gateway=True),
-    _spec(GateId.G2_INFERENCE, "Inference", _E, _P0,
-          "every cell exits cleanly and produces a reply (non-empty unless the prompt allows a clean refusal)",
-          gateway=True),
-    _spec(GateId.G3_STABILITY, "Stability", _E, _P0,
-          "no crash (signal, traceback, HTTP 5xx) and no timeout anywhere in the run", gateway=True),
-    _spec(GateId.G4_QUALITY, "Output Quality", _Q, _P0,
-          "the scenario oracles (arithmetic, code, garbage, expected text, stops on EOS, non-empty) pass",
-          gateway=True),
-    _spec(GateId.CONTRACT_INVARIANTS, "Tensor Contract", _I, _P0,
-          "shapes match the config, dtypes consistent, no NaN/Inf, byte sizes match shapes, tokenizer present"),
-    _spec(GateId.METADATA_PLAUSIBILITY, "Metadata Plausibility", _I, _P0,
-          "config values within plausible bounds (rope theta per architecture, eps, context length, head counts)"),
-    _spec(GateId.STRUCTURE, "Structure", _I, _P0,
-          "rope theta plausible, qwen2 q/k/v biases present and non-zero, norm weights non-zero, "
-          "embeddings not transposed"),
-    _spec(GateId.GOLDEN_OUTPUT, "Golden Output", _Q, _P0,
-          "greedy answers to fixed golden prompts contain the expected text (e.g. 2+2 -> 4)"),
-    _spec(GateId.FORMAT_PARITY, "Format Parity", _P, _P0,
-          "same prompts in every format: top-1 agreement and KL divergence of the logits within thresholds"),
-    _spec(GateId.REFERENCE_PARITY, "Reference Parity", _P, _P0,
-          "logits and greedy tokens agree with Hugging Face transformers within thresholds"),
-    _spec(GateId.TOKENIZER_PARITY, "Tokenizer Parity", _P, _P0,
-          "identical token ids across formats on a fixed corpus with code and Unicode"),
-    _spec(GateId.DETERMINISM, "Determinism", _C, _P1, "same seed gives the same tokens in run, chat and serve"),
-    _spec(GateId.ATTENTION_TRACE, "Attention Trace", _C, _P1,
-          "attention entropy not collapsed and not always attending to position 0"),
-    _spec(GateId.THROUGHPUT, "Throughput", _F, _P2, "decode tok/s at or above the playbook's per-backend minimum"),
-    _spec(GateId.GPU_SPEEDUP, "GPU Speedup", _F, _P2, "GPU decode tok/s over CPU decode tok/s at or above the minimum"),
-)}
+CATALOG: dict[GateId, GateSpec] = {
+    spec.id: spec
+    for spec in (
+        _spec(
+            GateId.G0_INTEGRITY,
+            "Integrity",
+            _I,
+            _P0,
+            "file sha256 matches, header parses, CRCs verify, config agrees with the tensors",
+            gateway=True,
+        ),
+        _spec(GateId.G1_LOAD, "Load", _E, _P0, "the model loads in every format and backend under test", gateway=True),
+        _spec(
+            GateId.G2_INFERENCE,
+            "Inference",
+            _E,
+            _P0,
+            "every cell exits cleanly and produces a reply (non-empty unless the prompt allows a clean refusal)",
+            gateway=True,
+        ),
+        _spec(
+            GateId.G3_STABILITY,
+            "Stability",
+            _E,
+            _P0,
+            "no crash (signal, traceback, HTTP 5xx) and no timeout anywhere in the run",
+            gateway=True,
+        ),
+        _spec(
+            GateId.G4_QUALITY,
+            "Output Quality",
+            _Q,
+            _P0,
+            "the scenario oracles (arithmetic, code, garbage, expected text, stops on EOS, non-empty) pass",
+            gateway=True,
+        ),
+        _spec(
+            GateId.CONTRACT_INVARIANTS,
+            "Tensor Contract",
+            _I,
+            _P0,
+            "shapes match the config, dtypes consistent, no NaN/Inf, byte sizes match shapes, tokenizer present",
+        ),
+        _spec(
+            GateId.METADATA_PLAUSIBILITY,
+            "Metadata Plausibility",
+            _I,
+            _P0,
+            "config values within plausible bounds (rope theta per architecture, eps, context length, head counts)",
+        ),
+        _spec(
+            GateId.STRUCTURE,
+            "Structure",
+            _I,
+            _P0,
+            "rope theta plausible, qwen2 q/k/v biases present and non-zero, norm weights non-zero, "
+            "embeddings not transposed",
+        ),
+        _spec(
+            GateId.GOLDEN_OUTPUT,
+            "Golden Output",
+            _Q,
+            _P0,
+            "greedy answers to fixed golden prompts contain the expected text (e.g. 2+2 -> 4)",
+        ),
+        _spec(
+            GateId.FORMAT_PARITY,
+            "Format Parity",
+            _P,
+            _P0,
+            "same prompts in every format: top-1 agreement and KL divergence of the logits within thresholds",
+        ),
+        _spec(
+            GateId.REFERENCE_PARITY,
+            "Reference Parity",
+            _P,
+            _P0,
+            "logits and greedy tokens agree with Hugging Face transformers within thresholds",
+        ),
+        _spec(
+            GateId.TOKENIZER_PARITY,
+            "Tokenizer Parity",
+            _P,
+            _P0,
+            "identical token ids across formats on a fixed corpus with code and Unicode",
+        ),
+        _spec(GateId.DETERMINISM, "Determinism", _C, _P1, "same seed gives the same tokens in run, chat and serve"),
+        _spec(
+            GateId.ATTENTION_TRACE,
+            "Attention Trace",
+            _C,
+            _P1,
+            "attention entropy not collapsed and not always attending to position 0",
+        ),
+        _spec(GateId.THROUGHPUT, "Throughput", _F, _P2, "decode tok/s at or above the playbook's per-backend minimum"),
+        _spec(
+            GateId.GPU_SPEEDUP, "GPU Speedup", _F, _P2, "GPU decode tok/s over CPU decode tok/s at or above the minimum"
+        ),
+    )
+}
 
 GATEWAYS: tuple[GateId, ...] = tuple(gate for gate, spec in CATALOG.items() if spec.gateway)
 

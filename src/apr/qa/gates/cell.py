@@ -15,13 +15,23 @@ G2, G3, G4 = GateId.G2_INFERENCE, GateId.G3_STABILITY, GateId.G4_QUALITY
 
 
 def _cell_fields(cell: Cell) -> dict:
-    return {"format": cell.format, "backend": cell.backend, "modality": cell.modality, "prompt_id": cell.prompt.id,
-            "prompt": cell.prompt.text, "seed": cell.seed}
+    return {
+        "format": cell.format,
+        "backend": cell.backend,
+        "modality": cell.modality,
+        "prompt_id": cell.prompt.id,
+        "prompt": cell.prompt.text,
+        "seed": cell.seed,
+    }
 
 
 def _run_metrics(run: CellRun) -> dict:
-    metrics = {"exit_code": run.process.returncode, "wall_s": round(run.process.duration_s, 3),
-               "completion_tokens": run.completion_tokens, "finish_reason": run.finish_reason}
+    metrics = {
+        "exit_code": run.process.returncode,
+        "wall_s": round(run.process.duration_s, 3),
+        "completion_tokens": run.completion_tokens,
+        "finish_reason": run.finish_reason,
+    }
     metrics.update({key: round(value, 4) for key, value in run.timings.items()})
     return metrics
 
@@ -29,8 +39,10 @@ def _run_metrics(run: CellRun) -> dict:
 def skipped_cell_checks(cell: Cell, reason: str) -> list[Check]:
     """Every check a cell would have made, recorded as skipped: the cell could not run here (never a pass)."""
     fields = _cell_fields(cell)
-    checks = [Check(G2, "reply", Outcome.SKIPPED, reason, **fields),
-              Check(G3, "process", Outcome.SKIPPED, reason, **fields)]
+    checks = [
+        Check(G2, "reply", Outcome.SKIPPED, reason, **fields),
+        Check(G3, "process", Outcome.SKIPPED, reason, **fields),
+    ]
     checks += [Check(G4, f"oracle:{name}", Outcome.SKIPPED, reason, **fields) for name in cell.prompt.oracle_names]
     return checks
 
@@ -38,54 +50,137 @@ def skipped_cell_checks(cell: Cell, reason: str) -> list[Check]:
 def _stability(run: CellRun, fields: dict, metrics: dict) -> Check:
     tail = run.process.stderr_tail()
     if run.ending is Ending.CRASHED:
-        return Check(G3, "process", Outcome.CRASHED, f"{run.command}: {run.reason}", n_compared=1, metrics=metrics,
-                     output=tail, **fields)
+        return Check(
+            G3,
+            "process",
+            Outcome.CRASHED,
+            f"{run.command}: {run.reason}",
+            n_compared=1,
+            metrics=metrics,
+            output=tail,
+            **fields,
+        )
     if run.ending is Ending.TIMEOUT:
-        return Check(G3, "process", Outcome.TIMEOUT, f"{run.command}: {run.reason}", n_compared=1, metrics=metrics,
-                     output=tail, **fields)
-    return Check(G3, "process", Outcome.CORROBORATED,
-                 f"{run.command} ended without crash or timeout ({run.process.duration_s:.1f}s)", n_compared=1,
-                 metrics=metrics, **fields)
+        return Check(
+            G3,
+            "process",
+            Outcome.TIMEOUT,
+            f"{run.command}: {run.reason}",
+            n_compared=1,
+            metrics=metrics,
+            output=tail,
+            **fields,
+        )
+    return Check(
+        G3,
+        "process",
+        Outcome.CORROBORATED,
+        f"{run.command} ended without crash or timeout ({run.process.duration_s:.1f}s)",
+        n_compared=1,
+        metrics=metrics,
+        **fields,
+    )
 
 
 def _inference(cell: Cell, run: CellRun, fields: dict, metrics: dict) -> Check:
     allows_refusal = cell.prompt.allows_refusal
     if run.ending is Ending.OK and run.text is not None:
         if run.text.strip():
-            return Check(G2, "reply", Outcome.CORROBORATED, f"{run.command} replied with {len(run.text)} characters",
-                         n_compared=1, metrics=metrics, output=run.text, **fields)
+            return Check(
+                G2,
+                "reply",
+                Outcome.CORROBORATED,
+                f"{run.command} replied with {len(run.text)} characters",
+                n_compared=1,
+                metrics=metrics,
+                output=run.text,
+                **fields,
+            )
         if allows_refusal:
-            return Check(G2, "reply", Outcome.CORROBORATED,
-                         f"{run.command} gave an empty reply to a prompt that allows one", n_compared=1,
-                         metrics=metrics, **fields)
-        return Check(G2, "reply", Outcome.FALSIFIED, f"{run.command} exited cleanly but the reply is empty",
-                     n_compared=1, metrics=metrics, **fields)
-    if allows_refusal and run.ending is Ending.REFUSED and run.process.returncode == 0 and not run.process.stdout.strip():
+            return Check(
+                G2,
+                "reply",
+                Outcome.CORROBORATED,
+                f"{run.command} gave an empty reply to a prompt that allows one",
+                n_compared=1,
+                metrics=metrics,
+                **fields,
+            )
+        return Check(
+            G2,
+            "reply",
+            Outcome.FALSIFIED,
+            f"{run.command} exited cleanly but the reply is empty",
+            n_compared=1,
+            metrics=metrics,
+            **fields,
+        )
+    if (
+        allows_refusal
+        and run.ending is Ending.REFUSED
+        and run.process.returncode == 0
+        and not run.process.stdout.strip()
+    ):
         # e.g. `apr chat` given only an empty line: no turn was taken, nothing was answered, nothing broke.
-        return Check(G2, "reply", Outcome.CORROBORATED,
-                     f"{run.command} took no turn for this input and exited 0, which this prompt allows",
-                     n_compared=1, metrics=metrics, **fields)
+        return Check(
+            G2,
+            "reply",
+            Outcome.CORROBORATED,
+            f"{run.command} took no turn for this input and exited 0, which this prompt allows",
+            n_compared=1,
+            metrics=metrics,
+            **fields,
+        )
     if run.ending is Ending.REFUSED and allows_refusal and run.process.returncode == 2:
-        return Check(G2, "reply", Outcome.CORROBORATED,
-                     f"{run.command} refused cleanly (exit 2), which this prompt allows: {run.reason}", n_compared=1,
-                     metrics=metrics, output=run.process.stderr_tail(), **fields)
-    return Check(G2, "reply", Outcome.FALSIFIED, f"{run.command} gave no reply: {run.reason}", n_compared=1,
-                 metrics=metrics, output=run.process.stderr_tail(), **fields)
+        return Check(
+            G2,
+            "reply",
+            Outcome.CORROBORATED,
+            f"{run.command} refused cleanly (exit 2), which this prompt allows: {run.reason}",
+            n_compared=1,
+            metrics=metrics,
+            output=run.process.stderr_tail(),
+            **fields,
+        )
+    return Check(
+        G2,
+        "reply",
+        Outcome.FALSIFIED,
+        f"{run.command} gave no reply: {run.reason}",
+        n_compared=1,
+        metrics=metrics,
+        output=run.process.stderr_tail(),
+        **fields,
+    )
 
 
 def _quality(cell: Cell, run: CellRun, fields: dict) -> list[Check]:
     names = cell.prompt.oracle_names
     if run.ending is not Ending.OK or run.text is None:
-        return [Check(G4, f"oracle:{name}", Outcome.SKIPPED, f"no reply to judge: {run.reason}", **fields)
-                for name in names]
-    generation = Generation(text=run.text, finish_reason=run.finish_reason, completion_tokens=run.completion_tokens,
-                            max_tokens=cell.prompt.max_tokens)
+        return [
+            Check(G4, f"oracle:{name}", Outcome.SKIPPED, f"no reply to judge: {run.reason}", **fields) for name in names
+        ]
+    generation = Generation(
+        text=run.text,
+        finish_reason=run.finish_reason,
+        completion_tokens=run.completion_tokens,
+        max_tokens=cell.prompt.max_tokens,
+    )
     checks = []
     for name in names:
         result = evaluate(name, cell.prompt, generation)
-        checks.append(Check(G4, f"oracle:{name}", result.outcome, result.reason,
-                            n_compared=1 if result.outcome is not Outcome.SKIPPED else 0,
-                            metrics=dict(result.metrics), output=run.text, **fields))
+        checks.append(
+            Check(
+                G4,
+                f"oracle:{name}",
+                result.outcome,
+                result.reason,
+                n_compared=1 if result.outcome is not Outcome.SKIPPED else 0,
+                metrics=dict(result.metrics),
+                output=run.text,
+                **fields,
+            )
+        )
     return checks
 
 

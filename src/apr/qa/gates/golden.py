@@ -30,17 +30,33 @@ def golden_checks(engine: Engine, settings: GoldenOutputGate, chat: bool, fmt) -
 
     checks = []
     for index, case in enumerate(settings.cases):
-        result = engine.generate(prompt_ids(engine, case.prompt, chat),
-                                 SamplingParams(temperature=0.0, max_tokens=settings.max_tokens))
+        result = engine.generate(
+            prompt_ids(engine, case.prompt, chat), SamplingParams(temperature=0.0, max_tokens=settings.max_tokens)
+        )
         text = result.text
         found = [want for want in case.expect_any if want.lower() in text.lower()]
         poison = [p for p in POISON if p in text]
         ok = bool(text.strip()) and bool(found) and not poison
-        reason = (f"greedy reply contains {found[0]!r}" if ok else
-                  "empty reply" if not text.strip() else
-                  f"reply contains {poison[0]!r}" if poison else
-                  f"reply lacks all of {list(case.expect_any)}")
-        checks.append(verdict(GOLDEN, f"golden:{index}", ok, reason, 1, format=fmt, prompt=case.prompt,
-                              output=text, metrics={"completion_tokens": result.completion_tokens,
-                                                    "finish_reason": result.finish_reason}))
+        reason = (
+            f"greedy reply contains {found[0]!r}"
+            if ok
+            else "empty reply"
+            if not text.strip()
+            else f"reply contains {poison[0]!r}"
+            if poison
+            else f"reply lacks all of {list(case.expect_any)}"
+        )
+        checks.append(
+            verdict(
+                GOLDEN,
+                f"golden:{index}",
+                ok,
+                reason,
+                1,
+                format=fmt,
+                prompt=case.prompt,
+                output=text,
+                metrics={"completion_tokens": result.completion_tokens, "finish_reason": result.finish_reason},
+            )
+        )
     return checks

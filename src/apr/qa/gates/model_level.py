@@ -72,8 +72,9 @@ class ModelGateRun:
             if fmt in self.models:
                 checks += make(self.models[fmt], fmt)
             else:
-                checks.append(skipped(gate, f"all:{fmt}", f"{fmt} artifact did not read (see G0): not checked",
-                                      format=fmt))
+                checks.append(
+                    skipped(gate, f"all:{fmt}", f"{fmt} artifact did not read (see G0): not checked", format=fmt)
+                )
         self._emit(checks, timer)
 
     def integrity(self) -> None:
@@ -81,10 +82,13 @@ class ModelGateRun:
         from apr.qa.recording import falsified
 
         timer = Timer()
-        checks, self.models = integrity_checks(self.inputs.artifacts, self.inputs.digests, self.inputs.source,
-                                               self.inputs.expected_sha256)
-        checks += [falsified(GateId.G0_INTEGRITY, f"convert:{fmt}", f"conversion to {fmt} failed: {why}", format=fmt)
-                   for fmt, why in self.inputs.conversion_failures.items()]
+        checks, self.models = integrity_checks(
+            self.inputs.artifacts, self.inputs.digests, self.inputs.source, self.inputs.expected_sha256
+        )
+        checks += [
+            falsified(GateId.G0_INTEGRITY, f"convert:{fmt}", f"conversion to {fmt} failed: {why}", format=fmt)
+            for fmt, why in self.inputs.conversion_failures.items()
+        ]
         if self.wanted(GateId.G0_INTEGRITY):
             self._emit(checks, timer)
 
@@ -100,8 +104,9 @@ class ModelGateRun:
 
             timer = Timer()
             corpus = _settings(self.inputs.gates.tokenizer_parity).corpus
-            self._emit(tokenizer_parity_checks(self.models, self.inputs.source, corpus, tuple(self.inputs.artifacts)),
-                       timer)
+            self._emit(
+                tokenizer_parity_checks(self.models, self.inputs.source, corpus, tuple(self.inputs.artifacts)), timer
+            )
 
     def _parity_prompts(self) -> tuple[str, ...]:
         settings = self.inputs.gates.format_parity or self.inputs.gates.reference_parity or ParityGate()
@@ -112,8 +117,13 @@ class ModelGateRun:
         from apr.qa.gates.load import load_engine_check
         from apr.qa.gates.parity import encode_prompts, prompt_logits
 
-        engine_gates = (GateId.G1_LOAD, GateId.GOLDEN_OUTPUT, GateId.ATTENTION_TRACE, GateId.FORMAT_PARITY,
-                        GateId.REFERENCE_PARITY)
+        engine_gates = (
+            GateId.G1_LOAD,
+            GateId.GOLDEN_OUTPUT,
+            GateId.ATTENTION_TRACE,
+            GateId.FORMAT_PARITY,
+            GateId.REFERENCE_PARITY,
+        )
         if not any(self.wanted(gate) for gate in engine_gates):
             return {}  # all recorded already (resume): loading gigabytes of engines would decide nothing
         source_model = self.models.get(self.inputs.source)
@@ -125,8 +135,15 @@ class ModelGateRun:
         for fmt in self.inputs.artifacts:
             for backend in self.inputs.backends:
                 if fmt not in self.models:
-                    load_checks.append(skipped(GateId.G1_LOAD, f"engine:{fmt}", f"{fmt} artifact did not read (G0)",
-                                               format=fmt, backend=backend))
+                    load_checks.append(
+                        skipped(
+                            GateId.G1_LOAD,
+                            f"engine:{fmt}",
+                            f"{fmt} artifact did not read (G0)",
+                            format=fmt,
+                            backend=backend,
+                        )
+                    )
                     continue
                 check, engine = load_engine_check(self.models[fmt], fmt, backend, self.inputs.cuda_available)
                 load_checks.append(check)
@@ -164,15 +181,29 @@ class ModelGateRun:
 
             timer = Timer()
             settings = _settings(gates.format_parity)
-            self._emit(format_parity_checks(logits, self.inputs.source, settings.min_top1_agreement, settings.max_kl,
-                                            tuple(self.inputs.artifacts)), timer)
+            self._emit(
+                format_parity_checks(
+                    logits,
+                    self.inputs.source,
+                    settings.min_top1_agreement,
+                    settings.max_kl,
+                    tuple(self.inputs.artifacts),
+                ),
+                timer,
+            )
         if self.wanted(GateId.REFERENCE_PARITY):
             from apr.qa.gates.reference import reference_parity_checks
 
             timer = Timer()
-            self._emit(reference_parity_checks(self.inputs.artifacts.get(Format.SAFETENSORS),
-                                               logits.get(Format.SAFETENSORS), self.parity_ids,
-                                               _settings(gates.reference_parity)), timer)
+            self._emit(
+                reference_parity_checks(
+                    self.inputs.artifacts.get(Format.SAFETENSORS),
+                    logits.get(Format.SAFETENSORS),
+                    self.parity_ids,
+                    _settings(gates.reference_parity),
+                ),
+                timer,
+            )
 
     def run(self) -> dict[Format, CanonicalModel]:
         self.integrity()

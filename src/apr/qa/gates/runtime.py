@@ -26,8 +26,14 @@ def _replies(records: Sequence[EvidenceRecord]) -> list[EvidenceRecord]:
     return [r for r in records if r.gate is GateId.G2_INFERENCE and r.outcome is Outcome.CORROBORATED]
 
 
-def throughput_check(fmt: Format, backend: Backend, minimum: float, process: ProcessResult | None,
-                     bench: dict | None, skip_reason: str | None = None) -> Check:
+def throughput_check(
+    fmt: Format,
+    backend: Backend,
+    minimum: float,
+    process: ProcessResult | None,
+    bench: dict | None,
+    skip_reason: str | None = None,
+) -> Check:
     """One `apr bench` result (``apr.qa.measure.measure_speed``) against the playbook's minimum decode tok/s for the backend."""
     name = f"decode:{fmt}/{backend}"
     fields: dict[str, Any] = {"format": fmt, "backend": backend, "threshold": minimum, "unit": "tok/s"}
@@ -35,43 +41,98 @@ def throughput_check(fmt: Format, backend: Backend, minimum: float, process: Pro
         return skipped(THROUGHPUT, name, skip_reason or "not measured", **fields)
     if process.ending is Ending.CRASHED or process.ending is Ending.TIMEOUT:
         outcome = Outcome.CRASHED if process.ending is Ending.CRASHED else Outcome.TIMEOUT
-        return Check(THROUGHPUT, name, outcome, f"apr bench: {process.reason()}", n_compared=1,
-                     output=process.stderr_tail(), **fields)
+        return Check(
+            THROUGHPUT,
+            name,
+            outcome,
+            f"apr bench: {process.reason()}",
+            n_compared=1,
+            output=process.stderr_tail(),
+            **fields,
+        )
     speed = ((bench or {}).get("decode_tok_s") or {}).get("median")
     if bench is None or not isinstance(speed, (int, float)) or speed <= 0:
-        return falsified(THROUGHPUT, name, f"apr bench gave no decode speed: {process.reason()}",
-                         output=process.stderr_tail(), **fields)
-    metrics = {"p90_tok_s": bench["decode_tok_s"].get("p90"), "reps": bench.get("reps"),
-               "prefill_tok_s": (bench.get("prefill_tok_s") or {}).get("median"),
-               "ttft_s": (bench.get("ttft_s") or {}).get("median"), "load_s": bench.get("load_s")}
-    return verdict(THROUGHPUT, name, speed >= minimum, f"apr bench: median decode {speed:.1f} tok/s over "
-                   f"{bench.get('reps')} repetitions after warmup (min {minimum})", int(bench.get("reps") or 1),
-                   measured=round(float(speed), 3), metrics=metrics, **fields)
+        return falsified(
+            THROUGHPUT,
+            name,
+            f"apr bench gave no decode speed: {process.reason()}",
+            output=process.stderr_tail(),
+            **fields,
+        )
+    metrics = {
+        "p90_tok_s": bench["decode_tok_s"].get("p90"),
+        "reps": bench.get("reps"),
+        "prefill_tok_s": (bench.get("prefill_tok_s") or {}).get("median"),
+        "ttft_s": (bench.get("ttft_s") or {}).get("median"),
+        "load_s": bench.get("load_s"),
+    }
+    return verdict(
+        THROUGHPUT,
+        name,
+        speed >= minimum,
+        f"apr bench: median decode {speed:.1f} tok/s over {bench.get('reps')} repetitions after warmup (min {minimum})",
+        int(bench.get("reps") or 1),
+        measured=round(float(speed), 3),
+        metrics=metrics,
+        **fields,
+    )
 
 
 def _bench_speeds(records: Sequence[EvidenceRecord], backend: Backend) -> list[float]:
-    return [r.measured for r in records if r.gate is THROUGHPUT and r.scenario.backend is backend
-            and r.measured is not None and r.outcome in (Outcome.CORROBORATED, Outcome.FALSIFIED)]
+    return [
+        r.measured
+        for r in records
+        if r.gate is THROUGHPUT
+        and r.scenario.backend is backend
+        and r.measured is not None
+        and r.outcome in (Outcome.CORROBORATED, Outcome.FALSIFIED)
+    ]
 
 
-def gpu_speedup_checks(records: Sequence[EvidenceRecord], settings: GpuSpeedupGate, cuda_available: bool) -> list[Check]:
+def gpu_speedup_checks(
+    records: Sequence[EvidenceRecord], settings: GpuSpeedupGate, cuda_available: bool
+) -> list[Check]:
     """GPU over CPU decode speed, from the THROUGHPUT records (medians over formats)."""
     if not cuda_available:
-        return [skipped(SPEEDUP, "gpu/cpu", "no CUDA device on this host: GPU speedup not measured",
-                        threshold=settings.min_speedup, unit="x")]
+        return [
+            skipped(
+                SPEEDUP,
+                "gpu/cpu",
+                "no CUDA device on this host: GPU speedup not measured",
+                threshold=settings.min_speedup,
+                unit="x",
+            )
+        ]
     cpu, gpu = _bench_speeds(records, Backend.CPU), _bench_speeds(records, Backend.GPU)
     if not cpu or not gpu:
-        return [skipped(SPEEDUP, "gpu/cpu", f"decode speeds missing (cpu cells {len(cpu)}, gpu cells {len(gpu)})",
-                        threshold=settings.min_speedup, unit="x")]
+        return [
+            skipped(
+                SPEEDUP,
+                "gpu/cpu",
+                f"decode speeds missing (cpu cells {len(cpu)}, gpu cells {len(gpu)})",
+                threshold=settings.min_speedup,
+                unit="x",
+            )
+        ]
     ratio = statistics.median(gpu) / statistics.median(cpu)
-    return [verdict(SPEEDUP, "gpu/cpu", ratio >= settings.min_speedup,
-                    f"GPU decodes {ratio:.2f}x faster than CPU (min {settings.min_speedup}x)", len(cpu) + len(gpu),
-                    measured=round(ratio, 3), threshold=settings.min_speedup, unit="x",
-                    metrics={"cpu_tok_s": round(statistics.median(cpu), 3), "gpu_tok_s": round(statistics.median(gpu), 3)})]
+    return [
+        verdict(
+            SPEEDUP,
+            "gpu/cpu",
+            ratio >= settings.min_speedup,
+            f"GPU decodes {ratio:.2f}x faster than CPU (min {settings.min_speedup}x)",
+            len(cpu) + len(gpu),
+            measured=round(ratio, 3),
+            threshold=settings.min_speedup,
+            unit="x",
+            metrics={"cpu_tok_s": round(statistics.median(cpu), 3), "gpu_tok_s": round(statistics.median(gpu), 3)},
+        )
+    ]
 
 
-def determinism_targets(records: Sequence[EvidenceRecord], cells: Sequence[Cell], settings: DeterminismGate,
-                        prefer: Format) -> list[tuple[Cell, EvidenceRecord]]:
+def determinism_targets(
+    records: Sequence[EvidenceRecord], cells: Sequence[Cell], settings: DeterminismGate, prefer: Format
+) -> list[tuple[Cell, EvidenceRecord]]:
     """Per modality, the first CPU cell (preferring the source format) that gave a non-empty reply."""
     by_key = {r.scenario.cell_key: r for r in _replies(records) if r.output_excerpt.strip()}
     targets = []
@@ -85,20 +146,41 @@ def determinism_targets(records: Sequence[EvidenceRecord], cells: Sequence[Cell]
 
 def determinism_check(cell: Cell, first: EvidenceRecord, rerun_texts: list[str | None]) -> Check:
     """The reruns of ``cell`` (same seed, same settings) must reproduce the recorded reply exactly."""
-    fields = {"format": cell.format, "backend": cell.backend, "modality": cell.modality, "prompt_id": cell.prompt.id,
-              "prompt": cell.prompt.text, "seed": cell.seed}
+    fields = {
+        "format": cell.format,
+        "backend": cell.backend,
+        "modality": cell.modality,
+        "prompt_id": cell.prompt.id,
+        "prompt": cell.prompt.text,
+        "seed": cell.seed,
+    }
     failed = [i for i, text in enumerate(rerun_texts) if text is None]
     differing = [i for i, text in enumerate(rerun_texts) if text is not None and excerpt(text) != first.output_excerpt]
     ok = not failed and not differing
-    reason = (f"{len(rerun_texts)} rerun(s) with seed {cell.seed} reproduced the reply exactly" if ok else
-              f"rerun {failed[0] + 1} gave no reply" if failed else
-              f"rerun {differing[0] + 1} with the same seed gave a different reply")
+    reason = (
+        f"{len(rerun_texts)} rerun(s) with seed {cell.seed} reproduced the reply exactly"
+        if ok
+        else f"rerun {failed[0] + 1} gave no reply"
+        if failed
+        else f"rerun {differing[0] + 1} with the same seed gave a different reply"
+    )
     shown = next((t for t in rerun_texts if t is not None and excerpt(t) != first.output_excerpt), "")
-    return verdict(DETERMINISM, f"rerun:{cell.modality}", ok, reason, len(rerun_texts), output=shown or "",
-                   metrics={"reruns": len(rerun_texts), "differing": len(differing), "failed": len(failed)}, **fields)
+    return verdict(
+        DETERMINISM,
+        f"rerun:{cell.modality}",
+        ok,
+        reason,
+        len(rerun_texts),
+        output=shown or "",
+        metrics={"reruns": len(rerun_texts), "differing": len(differing), "failed": len(failed)},
+        **fields,
+    )
 
 
 def modality_skips(settings: DeterminismGate, covered: Sequence[Modality]) -> list[Check]:
     """Modalities asked for but without a successful CPU cell to rerun: recorded, never passed."""
-    return [skipped(DETERMINISM, f"rerun:{m}", f"no successful CPU {m} cell to rerun", modality=m)
-            for m in settings.modalities if m not in covered]
+    return [
+        skipped(DETERMINISM, f"rerun:{m}", f"no successful CPU {m} cell to rerun", modality=m)
+        for m in settings.modalities
+        if m not in covered
+    ]

@@ -13,7 +13,9 @@ META, STRUCT = GateId.METADATA_PLAUSIBILITY, GateId.STRUCTURE
 # Plausible rope bases by architecture. Qwen2 ships 1e6 (1e4 means its config was lost: upstream Bug 210);
 # Llama-family models use 1e4..5e5; Gemma3's global layers use 1e6 (its local layers 1e4).
 ROPE_THETA_BOUNDS: dict[str, tuple[float, float]] = {
-    "qwen2": (1e5, 1e8), "llama": (1e3, 1e7), "gemma3": (1e5, 1e8),
+    "qwen2": (1e5, 1e8),
+    "llama": (1e3, 1e7),
+    "gemma3": (1e5, 1e8),
 }
 CONTEXT_BOUNDS = (128, 2_097_152)
 EPS_BOUNDS = (1e-10, 1e-2)
@@ -24,11 +26,23 @@ def rope_check(model: CanonicalModel, fmt: Format, gate: GateId = STRUCT) -> Che
     cfg = model.config
     low, high = ROPE_THETA_BOUNDS[cfg.architecture]
     ok = low <= cfg.rope_theta <= high
-    reason = (f"rope theta {cfg.rope_theta:g} within [{low:g}, {high:g}] for {cfg.architecture}" if ok else
-              f"rope theta {cfg.rope_theta:g} implausible for {cfg.architecture} (expected [{low:g}, {high:g}]): "
-              "positions will be encoded wrongly")
-    return verdict(gate, "rope-theta", ok, reason, 1, format=fmt, measured=cfg.rope_theta, threshold=low,
-                   metrics={"rope_theta": cfg.rope_theta, "low": low, "high": high})
+    reason = (
+        f"rope theta {cfg.rope_theta:g} within [{low:g}, {high:g}] for {cfg.architecture}"
+        if ok
+        else f"rope theta {cfg.rope_theta:g} implausible for {cfg.architecture} (expected [{low:g}, {high:g}]): "
+        "positions will be encoded wrongly"
+    )
+    return verdict(
+        gate,
+        "rope-theta",
+        ok,
+        reason,
+        1,
+        format=fmt,
+        measured=cfg.rope_theta,
+        threshold=low,
+        metrics={"rope_theta": cfg.rope_theta, "low": low, "high": high},
+    )
 
 
 def metadata_checks(model: CanonicalModel, fmt: Format) -> list[Check]:
@@ -43,10 +57,15 @@ def metadata_checks(model: CanonicalModel, fmt: Format) -> list[Check]:
         problems.append(f"{cfg.num_heads} heads not a multiple of {cfg.num_kv_heads} kv heads")
     if cfg.hidden_size > 65536 or cfg.num_layers > 256 or cfg.vocab_size > 1_000_000:
         problems.append("a dimension exceeds the plausible maximum (hidden 65536, layers 256, vocab 1M)")
-    bounds = verdict(META, "config-bounds", not problems,
-                     "context length, eps, head counts and sizes within plausible bounds" if not problems
-                     else "; ".join(problems), 5, format=fmt,
-                     metrics={"context_length": cfg.context_length, "rms_norm_eps": cfg.rms_norm_eps})
+    bounds = verdict(
+        META,
+        "config-bounds",
+        not problems,
+        "context length, eps, head counts and sizes within plausible bounds" if not problems else "; ".join(problems),
+        5,
+        format=fmt,
+        metrics={"context_length": cfg.context_length, "rms_norm_eps": cfg.rms_norm_eps},
+    )
     return [rope_check(model, fmt, META), bounds]
 
 
@@ -67,13 +86,25 @@ def qkv_bias_check(model: CanonicalModel, fmt: Format) -> Check | None:
     if ok:
         reason = f"all {len(wanted)} q/k/v biases present and non-zero"
     else:
-        parts = ([] if cfg.attention_bias else ["config says no attention bias"]) + \
-                ([f"missing {', '.join(missing[:3])}"] if missing else []) + \
-                ([f"all-zero {', '.join(zero[:3])}" + (f" (+{len(zero) - 3} more)" if len(zero) > 3 else "")]
-                 if zero else [])
+        parts = (
+            ([] if cfg.attention_bias else ["config says no attention bias"])
+            + ([f"missing {', '.join(missing[:3])}"] if missing else [])
+            + (
+                [f"all-zero {', '.join(zero[:3])}" + (f" (+{len(zero) - 3} more)" if len(zero) > 3 else "")]
+                if zero
+                else []
+            )
+        )
         reason = "qwen2 needs q/k/v biases (engines that drop them produce garbage): " + "; ".join(parts)
-    return verdict(STRUCT, "qkv-bias", ok, reason, len(wanted), format=fmt,
-                   metrics={"biases": len(wanted), "missing": len(missing), "zero": len(zero)})
+    return verdict(
+        STRUCT,
+        "qkv-bias",
+        ok,
+        reason,
+        len(wanted),
+        format=fmt,
+        metrics={"biases": len(wanted), "missing": len(missing), "zero": len(zero)},
+    )
 
 
 def norms_check(model: CanonicalModel, fmt: Format) -> Check:
@@ -82,10 +113,16 @@ def norms_check(model: CanonicalModel, fmt: Format) -> Check:
     norms = [n for n in model.tensors if n.endswith("norm.weight")]
     zero = [n for n in norms if _max_abs(model, n, offset) < ZERO_ATOL]
     ok = bool(norms) and not zero
-    reason = (f"all {len(norms)} norm weights non-zero" if ok else
-              "no norm weights found" if not norms else
-              f"{len(zero)} norm weight(s) all zero, e.g. {zero[0]}: every activation through them is wiped")
-    return verdict(STRUCT, "norms", ok, reason, max(1, len(norms)), format=fmt, metrics={"norms": len(norms), "zero": len(zero)})
+    reason = (
+        f"all {len(norms)} norm weights non-zero"
+        if ok
+        else "no norm weights found"
+        if not norms
+        else f"{len(zero)} norm weight(s) all zero, e.g. {zero[0]}: every activation through them is wiped"
+    )
+    return verdict(
+        STRUCT, "norms", ok, reason, max(1, len(norms)), format=fmt, metrics={"norms": len(norms), "zero": len(zero)}
+    )
 
 
 def embedding_check(model: CanonicalModel, fmt: Format) -> Check:
@@ -106,8 +143,14 @@ def embedding_check(model: CanonicalModel, fmt: Format) -> Check:
     if model.tokenizer is not None and model.tokenizer.vocab_size > cfg.vocab_size:
         problems.append(f"tokenizer has {model.tokenizer.vocab_size} ids for {cfg.vocab_size} embedding rows")
     ok = not problems
-    return verdict(STRUCT, "embedding-orientation", ok,
-                   f"embedding is [vocab, hidden] = {list(want)}" if ok else "; ".join(problems), 1, format=fmt)
+    return verdict(
+        STRUCT,
+        "embedding-orientation",
+        ok,
+        f"embedding is [vocab, hidden] = {list(want)}" if ok else "; ".join(problems),
+        1,
+        format=fmt,
+    )
 
 
 def structure_checks(model: CanonicalModel, fmt: Format) -> list[Check]:

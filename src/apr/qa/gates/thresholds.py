@@ -56,8 +56,15 @@ class ParityGate(GateSettings):
 
 class TokenizerParityGate(GateSettings):
     corpus: tuple[str, ...] = Field(
-        ("Hello, world!", "def add(a, b):\n    return a + b\n", "你好，世界 — café naïve Zürich 🙂",
-         "  leading and trailing spaces  ", "x = [i**2 for i in range(10)]  # squares"), min_length=1)
+        (
+            "Hello, world!",
+            "def add(a, b):\n    return a + b\n",
+            "你好，世界 — café naïve Zürich 🙂",
+            "  leading and trailing spaces  ",
+            "x = [i**2 for i in range(10)]  # squares",
+        ),
+        min_length=1,
+    )
 
 
 class DeterminismGate(GateSettings):

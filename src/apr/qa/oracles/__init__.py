@@ -35,9 +35,13 @@ ORACLES: dict[OracleName, Callable[[str, Generation, Any], OracleVerdict]] = {
     OracleName.NON_EMPTY: non_empty.check,
 }
 
-_DEFAULT_SPECS: dict[OracleName, OracleSpec] = {OracleName.ARITHMETIC: ArithmeticSpec(), OracleName.CODE: CodeSpec(),
-                  OracleName.GARBAGE: GarbageSpec(), OracleName.STOPS_ON_EOS: StopsOnEosSpec(),
-                  OracleName.NON_EMPTY: NonEmptySpec()}
+_DEFAULT_SPECS: dict[OracleName, OracleSpec] = {
+    OracleName.ARITHMETIC: ArithmeticSpec(),
+    OracleName.CODE: CodeSpec(),
+    OracleName.GARBAGE: GarbageSpec(),
+    OracleName.STOPS_ON_EOS: StopsOnEosSpec(),
+    OracleName.NON_EMPTY: NonEmptySpec(),
+}
 
 
 class PromptLike(Protocol):
@@ -47,8 +51,9 @@ class PromptLike(Protocol):
     def spec_for(self, oracle: OracleName) -> OracleSpec | None: ...
 
 
-def evaluate(oracle_name: OracleName | str, prompt: PromptLike | str, output: Generation | str,
-             spec: OracleSpec | None = None) -> OracleVerdict:
+def evaluate(
+    oracle_name: OracleName | str, prompt: PromptLike | str, output: Generation | str, spec: OracleSpec | None = None
+) -> OracleVerdict:
     """Judge ``output`` against ``prompt`` with one oracle. Raises ValueError when no spec can be found
     (expected_text has no default: it needs the expected strings)."""
     name = OracleName(oracle_name)
@@ -64,5 +69,19 @@ def evaluate(oracle_name: OracleName | str, prompt: PromptLike | str, output: Ge
     return ORACLES[name](text, generation, spec)
 
 
-__all__ = ["ORACLES", "ArithmeticSpec", "CodeSpec", "ExpectedTextSpec", "GarbageSpec", "Generation", "Language",
-           "NonEmptySpec", "OracleName", "OracleSpec", "OracleVerdict", "StopsOnEosSpec", "VerdictKind", "evaluate"]
+__all__ = [
+    "ORACLES",
+    "ArithmeticSpec",
+    "CodeSpec",
+    "ExpectedTextSpec",
+    "GarbageSpec",
+    "Generation",
+    "Language",
+    "NonEmptySpec",
+    "OracleName",
+    "OracleSpec",
+    "OracleVerdict",
+    "StopsOnEosSpec",
+    "VerdictKind",
+    "evaluate",
+]

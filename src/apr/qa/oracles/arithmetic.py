@@ -17,15 +17,26 @@ from apr.qa.oracles.base import ArithmeticSpec, Generation, OracleName, OracleVe
 
 _NUMBER = r"-?\d+(?:,\d{3})*(?:\.\d+)?"
 _OPERATORS: dict[str, Callable[[float, float], float]] = {
-    "+": operator.add, "plus": operator.add,
-    "-": operator.sub, "−": operator.sub, "minus": operator.sub,
-    "*": operator.mul, "×": operator.mul, "x": operator.mul, "times": operator.mul, "multiplied by": operator.mul,
-    "/": operator.truediv, "÷": operator.truediv, "divided by": operator.truediv,
+    "+": operator.add,
+    "plus": operator.add,
+    "-": operator.sub,
+    "−": operator.sub,
+    "minus": operator.sub,
+    "*": operator.mul,
+    "×": operator.mul,
+    "x": operator.mul,
+    "times": operator.mul,
+    "multiplied by": operator.mul,
+    "/": operator.truediv,
+    "÷": operator.truediv,
+    "divided by": operator.truediv,
 }
 _OP_PATTERN = "|".join(re.escape(op) for op in sorted(_OPERATORS, key=len, reverse=True))
 _QUESTION = re.compile(rf"({_NUMBER})\s*({_OP_PATTERN})\s*({_NUMBER})", re.IGNORECASE)
-_WORDS = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
-          "sixteen seventeen eighteen nineteen twenty").split()
+_WORDS = (
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
+    "sixteen seventeen eighteen nineteen twenty"
+).split()
 _WORD_VALUES = {word: float(value) for value, word in enumerate(_WORDS)}
 _ANSWER_NUMBER = re.compile(rf"{_NUMBER}|\b(?:{'|'.join(_WORDS)})\b", re.IGNORECASE)
 _MARKER = re.compile(r"=|\bequals?\b|\bis\b|\banswer\b|\bresult\b", re.IGNORECASE)
@@ -68,8 +79,13 @@ def check(prompt: str, output: Generation, spec: ArithmeticSpec) -> OracleVerdic
         return inapplicable(OracleName.ARITHMETIC, "no arithmetic question (a OP b) found in the prompt")
     found = stated_answer(output.text, first=prompt.rstrip().endswith("="))
     if found is None:
-        return verdict(OracleName.ARITHMETIC, False, f"expected {expected:g} but the reply states no number",
-                       expected=expected, found=None)
+        return verdict(
+            OracleName.ARITHMETIC,
+            False,
+            f"expected {expected:g} but the reply states no number",
+            expected=expected,
+            found=None,
+        )
     ok = math.isclose(found, expected, abs_tol=max(spec.tolerance, 1e-9))
     reason = f"stated answer {found:g} {'equals' if ok else 'differs from'} expected {expected:g}"
     return verdict(OracleName.ARITHMETIC, ok, reason, expected=expected, found=found)

@@ -120,13 +120,17 @@ class OracleVerdict(BaseModel):
     @property
     def outcome(self) -> Outcome:
         """The evidence outcome this verdict maps to (inapplicable → skipped, which earns nothing)."""
-        return {VerdictKind.PASS: Outcome.CORROBORATED, VerdictKind.FAIL: Outcome.FALSIFIED,
-                VerdictKind.INAPPLICABLE: Outcome.SKIPPED}[self.kind]
+        return {
+            VerdictKind.PASS: Outcome.CORROBORATED,
+            VerdictKind.FAIL: Outcome.FALSIFIED,
+            VerdictKind.INAPPLICABLE: Outcome.SKIPPED,
+        }[self.kind]
 
 
 def verdict(oracle: OracleName, passed: bool, reason: str, **metrics: MetricValue) -> OracleVerdict:
-    return OracleVerdict(oracle=oracle, kind=VerdictKind.PASS if passed else VerdictKind.FAIL, reason=reason,
-                         metrics=metrics)
+    return OracleVerdict(
+        oracle=oracle, kind=VerdictKind.PASS if passed else VerdictKind.FAIL, reason=reason, metrics=metrics
+    )
 
 
 def inapplicable(oracle: OracleName, reason: str) -> OracleVerdict:

@@ -12,12 +12,15 @@ import re
 from apr.qa.oracles.base import CodeSpec, Generation, Language, OracleName, OracleVerdict, verdict
 
 _FENCE = re.compile(r"```[ \t]*([\w+#.-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
-_ALIASES = {Language.PYTHON: {"python", "py", "python3"}, Language.JAVASCRIPT: {"javascript", "js", "node"},
-            Language.RUST: {"rust", "rs"}, Language.GO: {"go", "golang"}}
+_ALIASES = {
+    Language.PYTHON: {"python", "py", "python3"},
+    Language.JAVASCRIPT: {"javascript", "js", "node"},
+    Language.RUST: {"rust", "rs"},
+    Language.GO: {"go", "golang"},
+}
 _DEF_KEYWORD = {Language.JAVASCRIPT: r"\bfunction\b|=>", Language.RUST: r"\bfn\b", Language.GO: r"\bfunc\b"}
 _PAIRS = {")": "(", "]": "[", "}": "{"}
-_STRINGS_AND_COMMENTS = re.compile(r'"(?:\\.|[^"\\\n])*"|\'(?:\\.|[^\'\\\n])*\'|`[^`]*`|//[^\n]*|/\*.*?\*/',
-                                   re.DOTALL)
+_STRINGS_AND_COMMENTS = re.compile(r'"(?:\\.|[^"\\\n])*"|\'(?:\\.|[^\'\\\n])*\'|`[^`]*`|//[^\n]*|/\*.*?\*/', re.DOTALL)
 
 
 def extract_code(reply: str, language: Language) -> str | None:

@@ -41,7 +41,7 @@ def mojibake(text: str) -> str | None:
 
 def repetition_ratio(tokens: list[str]) -> float:
     """1 − unique/total over token trigrams: 0 for varied text, near 1 for a loop."""
-    trigrams = [tuple(tokens[i:i + 3]) for i in range(len(tokens) - 2)]
+    trigrams = [tuple(tokens[i : i + 3]) for i in range(len(tokens) - 2)]
     return 1 - len(set(trigrams)) / len(trigrams) if trigrams else 0.0
 
 
@@ -54,8 +54,12 @@ def check(prompt: str, output: Generation, spec: GarbageSpec) -> OracleVerdict:
         return verdict(name, False, f"reply contains U+FFFD replacement characters ({text.count(chr(0xFFFD))})")
     controls = [c for c in text if unicodedata.category(c) == "Cc" and c not in _ALLOWED_CONTROL]
     if controls:
-        return verdict(name, False, f"reply contains control characters, first U+{ord(controls[0]):04X}",
-                       control_chars=len(controls))
+        return verdict(
+            name,
+            False,
+            f"reply contains control characters, first U+{ord(controls[0]):04X}",
+            control_chars=len(controls),
+        )
     bad = mojibake(text)
     if bad is not None:
         return verdict(name, False, f"mojibake (UTF-8 read as Latin-1): {bad!r}")
@@ -64,8 +68,9 @@ def check(prompt: str, output: Generation, spec: GarbageSpec) -> OracleVerdict:
         return verdict(name, False, f"special-token flood: {junk[0]!r} ×{len(junk)}", junk_tokens=len(junk))
     unique_chars = len(set(text.strip()))
     if len(text.strip()) >= 3 * spec.min_unique_chars and unique_chars < spec.min_unique_chars:
-        return verdict(name, False, f"only {unique_chars} distinct characters in {len(text.strip())}",
-                       unique_chars=unique_chars)
+        return verdict(
+            name, False, f"only {unique_chars} distinct characters in {len(text.strip())}", unique_chars=unique_chars
+        )
     tokens = _TOKEN.findall(text)
     metrics: dict[str, float] = {"tokens": len(tokens), "unique_chars": unique_chars}
     if len(tokens) >= MIN_TOKENS_FOR_STATS:
@@ -74,9 +79,11 @@ def check(prompt: str, output: Generation, spec: GarbageSpec) -> OracleVerdict:
         ratio = repetition_ratio(tokens)
         metrics |= {"repetition_ratio": round(ratio, 4), "top_token_share": round(share, 4)}
         if share > spec.max_token_share:
-            return verdict(name, False, f"token {top!r} is {share:.0%} of the reply (max {spec.max_token_share:.0%})",
-                           **metrics)
+            return verdict(
+                name, False, f"token {top!r} is {share:.0%} of the reply (max {spec.max_token_share:.0%})", **metrics
+            )
         if ratio > spec.max_repetition_ratio:
-            return verdict(name, False, f"repetition ratio {ratio:.2f} above {spec.max_repetition_ratio:.2f}",
-                           **metrics)
+            return verdict(
+                name, False, f"repetition ratio {ratio:.2f} above {spec.max_repetition_ratio:.2f}", **metrics
+            )
     return verdict(name, True, f"clean reply ({len(text)} chars, {len(tokens)} tokens)", **metrics)

@@ -8,6 +8,10 @@ from apr.qa.oracles.base import Generation, NonEmptySpec, OracleName, OracleVerd
 def check(prompt: str, output: Generation, spec: NonEmptySpec) -> OracleVerdict:
     stripped = output.text.strip()
     if not stripped:
-        return verdict(OracleName.NON_EMPTY, False, f"reply is empty or whitespace only ({len(output.text)} chars)",
-                       chars=len(output.text))
+        return verdict(
+            OracleName.NON_EMPTY,
+            False,
+            f"reply is empty or whitespace only ({len(output.text)} chars)",
+            chars=len(output.text),
+        )
     return verdict(OracleName.NON_EMPTY, True, f"reply has {len(stripped)} non-blank chars", chars=len(stripped))

@@ -10,8 +10,18 @@ def check(prompt: str, output: Generation, spec: StopsOnEosSpec) -> OracleVerdic
     if output.finish_reason is None:
         return inapplicable(OracleName.STOPS_ON_EOS, "the runner reported no finish_reason; cannot tell")
     if output.finish_reason == "stop":
-        return verdict(OracleName.STOPS_ON_EOS, True, f"stopped on its own after {tokens} tokens",
-                       completion_tokens=tokens, max_tokens=output.max_tokens)
-    return verdict(OracleName.STOPS_ON_EOS, False,
-                   f"finish_reason {output.finish_reason!r} after {tokens} of {output.max_tokens} tokens: "
-                   "the reply never emitted EOS", completion_tokens=tokens, max_tokens=output.max_tokens)
+        return verdict(
+            OracleName.STOPS_ON_EOS,
+            True,
+            f"stopped on its own after {tokens} tokens",
+            completion_tokens=tokens,
+            max_tokens=output.max_tokens,
+        )
+    return verdict(
+        OracleName.STOPS_ON_EOS,
+        False,
+        f"finish_reason {output.finish_reason!r} after {tokens} of {output.max_tokens} tokens: "
+        "the reply never emitted EOS",
+        completion_tokens=tokens,
+        max_tokens=output.max_tokens,
+    )

@@ -78,8 +78,14 @@ COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(CertRow))
 
 
 def _median_tok_s(records: Sequence[EvidenceRecord], backend: Backend) -> str:
-    values = [r.measured for r in records if r.gate is GateId.THROUGHPUT and r.scenario.backend is backend
-              and r.measured is not None and r.outcome in (Outcome.CORROBORATED, Outcome.FALSIFIED)]
+    values = [
+        r.measured
+        for r in records
+        if r.gate is GateId.THROUGHPUT
+        and r.scenario.backend is backend
+        and r.measured is not None
+        and r.outcome in (Outcome.CORROBORATED, Outcome.FALSIFIED)
+    ]
     return f"{statistics.median(values):.1f}" if values else ""
 
 
@@ -91,14 +97,24 @@ def row_for(records: Sequence[EvidenceRecord], evidence: str) -> CertRow:
     engines = Counter(r.provenance.engine_git_sha for r in records)
     tier = records[0].provenance.tier
     return CertRow(
-        model=records[0].scenario.model, tier=tier.value if tier else "-", status=mqs.status.value, mqs=mqs.score,
+        model=records[0].scenario.model,
+        tier=tier.value if tier else "-",
+        status=mqs.status.value,
+        mqs=mqs.score,
         grade=mqs.grade,
         gateways_passed=f"{sum(s is GatewayState.PASSED for s in mqs.gateways.values())}/{len(mqs.gateways)}",
-        records=len(records), corroborated=count[Outcome.CORROBORATED], falsified=count[Outcome.FALSIFIED],
-        timeout=count[Outcome.TIMEOUT], crashed=count[Outcome.CRASHED], skipped=count[Outcome.SKIPPED],
-        tok_s_cpu=_median_tok_s(records, Backend.CPU), tok_s_gpu=_median_tok_s(records, Backend.GPU),
-        model_sha256=shas.most_common(1)[0][0] if shas else "", engine_git_sha=engines.most_common(1)[0][0],
-        last_run=max(r.provenance.finished_at for r in records).isoformat(), evidence=evidence,
+        records=len(records),
+        corroborated=count[Outcome.CORROBORATED],
+        falsified=count[Outcome.FALSIFIED],
+        timeout=count[Outcome.TIMEOUT],
+        crashed=count[Outcome.CRASHED],
+        skipped=count[Outcome.SKIPPED],
+        tok_s_cpu=_median_tok_s(records, Backend.CPU),
+        tok_s_gpu=_median_tok_s(records, Backend.GPU),
+        model_sha256=shas.most_common(1)[0][0] if shas else "",
+        engine_git_sha=engines.most_common(1)[0][0],
+        last_run=max(r.provenance.finished_at for r in records).isoformat(),
+        evidence=evidence,
     )
 
 
@@ -114,8 +130,9 @@ def rows_from_records(records: Sequence[EvidenceRecord], evidence: str) -> list[
 def collect_rows(certifications: Path) -> list[CertRow]:
     """Rows for every ``evidence.jsonl`` under ``certifications``; per (model, tier) the newest run wins."""
     if not certifications.is_dir():
-        raise AprError(f"{certifications}: no certifications directory; run apr certify first or pass "
-                       "--certifications DIR")
+        raise AprError(
+            f"{certifications}: no certifications directory; run apr certify first or pass --certifications DIR"
+        )
     newest: dict[tuple[str, str], CertRow] = {}
     for path in sorted(certifications.rglob("evidence.jsonl")):
         log = read_evidence(path)
@@ -138,13 +155,18 @@ def render_csv(rows: Sequence[CertRow]) -> str:
 
 def render_markdown(rows: Sequence[CertRow]) -> str:
     """The README table."""
-    lines = ["| Model | Tier | Status | MQS | Grade | Gateways | Records (pass / fail / skip) | CPU tok/s | GPU tok/s"
-             " | Last run |", "|---|---|---|---:|---|---|---|---:|---:|---|"]
+    lines = [
+        "| Model | Tier | Status | MQS | Grade | Gateways | Records (pass / fail / skip) | CPU tok/s | GPU tok/s"
+        " | Last run |",
+        "|---|---|---|---:|---|---|---|---:|---:|---|",
+    ]
     for r in rows:
         failed = r.falsified + r.timeout + r.crashed
-        lines.append(f"| `{r.model}` | {r.tier} | **{r.status}** | {r.mqs} | {r.grade} | {r.gateways_passed} | "
-                     f"{r.corroborated} / {failed} / {r.skipped} | {r.tok_s_cpu or '-'} | {r.tok_s_gpu or '-'} | "
-                     f"{r.last_run[:10]} |")
+        lines.append(
+            f"| `{r.model}` | {r.tier} | **{r.status}** | {r.mqs} | {r.grade} | {r.gateways_passed} | "
+            f"{r.corroborated} / {failed} / {r.skipped} | {r.tok_s_cpu or '-'} | {r.tok_s_gpu or '-'} | "
+            f"{r.last_run[:10]} |"
+        )
     if not rows:
         lines.append("| _no evidence yet_ | | | | | | | | | |")
     return "\n".join(lines) + "\n"
@@ -167,19 +189,23 @@ def render_index(rows: Sequence[CertRow]) -> str:
                 value = f"<a href='{escape(report)}'>report</a> · <a href='{value}'>evidence</a>"
             cells.append(f"<td>{value}</td>")
         body.append(f"<tr>{''.join(cells)}</tr>")
-    return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>apr certifications</title>"
-            f"<style>{CSS}</style></head><body><h1>apr certifications</h1>"
-            f"<p class='muted'>One row per model and tier, rendered from evidence by <code>apr report --tables</code>."
-            f"</p><table><tr>{head}</tr>{''.join(body)}</table></body></html>\n")
+    return (
+        f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>apr certifications</title>"
+        f"<style>{CSS}</style></head><body><h1>apr certifications</h1>"
+        f"<p class='muted'>One row per model and tier, rendered from evidence by <code>apr report --tables</code>."
+        f"</p><table><tr>{head}</tr>{''.join(body)}</table></body></html>\n"
+    )
 
 
 def replace_readme_table(readme_text: str, table: str, readme: Path) -> str:
     """``readme_text`` with everything between the two markers replaced by ``table``."""
     start, end = readme_text.find(START_MARKER), readme_text.find(END_MARKER)
     if start < 0 or end < 0 or end < start:
-        raise AprError(f"{readme}: no '{START_MARKER}' … '{END_MARKER}' pair; add both markers where the "
-                       "certification table belongs")
-    return readme_text[:start + len(START_MARKER)] + "\n" + table + readme_text[end:]
+        raise AprError(
+            f"{readme}: no '{START_MARKER}' … '{END_MARKER}' pair; add both markers where the "
+            "certification table belongs"
+        )
+    return readme_text[: start + len(START_MARKER)] + "\n" + table + readme_text[end:]
 
 
 def write_tables(certifications: Path, readme: Path | None) -> list[CertRow]:

@@ -60,10 +60,20 @@ def gate_rows(records: Sequence[EvidenceRecord]) -> list[GateRow]:
         status = "failed" if failed else "passed" if passed else "skipped"
         measured, threshold = _headline(mine)
         first = (failed or skipped or passed)[0]
-        rows.append(GateRow(gate=gate.value, title=CATALOG[gate].title, status=status, measured=measured,
-                            threshold=threshold, duration_s=round(sum(r.duration_s for r in mine), 3),
-                            corroborated=len(passed), failed=len(failed), skipped=len(skipped),
-                            reason=f"{first.check}: {first.reason}"))
+        rows.append(
+            GateRow(
+                gate=gate.value,
+                title=CATALOG[gate].title,
+                status=status,
+                measured=measured,
+                threshold=threshold,
+                duration_s=round(sum(r.duration_s for r in mine), 3),
+                corroborated=len(passed),
+                failed=len(failed),
+                skipped=len(skipped),
+                reason=f"{first.check}: {first.reason}",
+            )
+        )
     return rows
 
 
@@ -77,15 +87,28 @@ def render_table(rows: Sequence[GateRow], title: str) -> None:
 
     table = Table(title=title, show_lines=False)
     columns: tuple[tuple[str, Literal["left", "right"]], ...] = (
-        ("gate", "left"), ("status", "left"), ("measured", "right"), ("threshold", "right"), ("duration", "right"),
-        ("checks", "right"), ("detail", "left"))
+        ("gate", "left"),
+        ("status", "left"),
+        ("measured", "right"),
+        ("threshold", "right"),
+        ("duration", "right"),
+        ("checks", "right"),
+        ("detail", "left"),
+    )
     for column, justify in columns:
         table.add_column(column, justify=justify, overflow="fold")
     for row in rows:
         counts = f"{row.corroborated}✓ {row.failed}✗ {row.skipped}–"
         detail = row.reason if row.status != "passed" else ""
-        table.add_row(row.title, f"[{STYLE[row.status]}]{row.status.upper()}[/]", row.measured, row.threshold,
-                      f"{row.duration_s:.1f}s", counts, detail[:160])
+        table.add_row(
+            row.title,
+            f"[{STYLE[row.status]}]{row.status.upper()}[/]",
+            row.measured,
+            row.threshold,
+            f"{row.duration_s:.1f}s",
+            counts,
+            detail[:160],
+        )
     import sys
 
     # Piped output would wrap at 80 columns and shred the table; a wide fixed width keeps one row per gate.

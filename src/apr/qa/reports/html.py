@@ -35,28 +35,38 @@ def _e(value: object) -> str:
 def _verdict(mqs: MqsResult, models: list[str]) -> str:
     blockers = "".join(f"<li>{_e(line)}</li>" for line in mqs.blockers)
     blocked = f"<p>Blocked by:</p><ul>{blockers}</ul>" if blockers else ""
-    return (f"<h1>{_e(', '.join(models) or 'no model')}</h1>"
-            f"<p><span class='badge {mqs.status.value}'>{mqs.status.value}</span> "
-            f"MQS <b>{mqs.score}</b>/1000 · grade <b>{_e(mqs.grade)}</b> · raw {mqs.raw} · "
-            f"{mqs.total_records} records</p>{blocked}"
-            + ("" if mqs.status is not Status.PROVISIONAL else
-               "<p class='muted'>PROVISIONAL: no P0 gate failed, but the evidence is incomplete "
-               "(skipped or missing checks) or non-blocking gates failed.</p>"))
+    return (
+        f"<h1>{_e(', '.join(models) or 'no model')}</h1>"
+        f"<p><span class='badge {mqs.status.value}'>{mqs.status.value}</span> "
+        f"MQS <b>{mqs.score}</b>/1000 · grade <b>{_e(mqs.grade)}</b> · raw {mqs.raw} · "
+        f"{mqs.total_records} records</p>{blocked}"
+        + (
+            ""
+            if mqs.status is not Status.PROVISIONAL
+            else "<p class='muted'>PROVISIONAL: no P0 gate failed, but the evidence is incomplete "
+            "(skipped or missing checks) or non-blocking gates failed.</p>"
+        )
+    )
 
 
 def _breakdown(mqs: MqsResult) -> str:
     rows = []
     for category in mqs.categories:
         share = category.points / category.weight if category.weight else 0.0
-        gates = ", ".join(f"{g.gate} {g.corroborated}/{g.total}" if g.total else f"{g.gate} (no evidence)"
-                          for g in category.gates)
-        rows.append(f"<tr><td>{_e(category.category.value)}</td><td class='num'>{category.points:.1f}</td>"
-                    f"<td class='num'>{category.weight}</td><td><div class='bar'><span style='width:{share:.0%}'>"
-                    f"</span></div></td><td>{_e(gates)}</td></tr>")
-    return ("<h2>MQS breakdown</h2><table><tr><th>category</th><th>points</th><th>of</th><th></th>"
-            "<th>gates (corroborated/records)</th></tr>" + "".join(rows) + "</table>"
-            "<p class='muted'>Per gate: corroborated ÷ all its records (skipped earn nothing; a gate without "
-            "evidence scores 0). Category = weight × mean over its gates. Any gateway not passed → MQS 0.</p>")
+        gates = ", ".join(
+            f"{g.gate} {g.corroborated}/{g.total}" if g.total else f"{g.gate} (no evidence)" for g in category.gates
+        )
+        rows.append(
+            f"<tr><td>{_e(category.category.value)}</td><td class='num'>{category.points:.1f}</td>"
+            f"<td class='num'>{category.weight}</td><td><div class='bar'><span style='width:{share:.0%}'>"
+            f"</span></div></td><td>{_e(gates)}</td></tr>"
+        )
+    return (
+        "<h2>MQS breakdown</h2><table><tr><th>category</th><th>points</th><th>of</th><th></th>"
+        "<th>gates (corroborated/records)</th></tr>" + "".join(rows) + "</table>"
+        "<p class='muted'>Per gate: corroborated ÷ all its records (skipped earn nothing; a gate without "
+        "evidence scores 0). Category = weight × mean over its gates. Any gateway not passed → MQS 0.</p>"
+    )
 
 
 def _gates(mqs: MqsResult) -> str:
@@ -66,12 +76,20 @@ def _gates(mqs: MqsResult) -> str:
             spec = CATALOG[g.gate]
             state = mqs.gateways.get(g.gate)
             gateway = f"<span class='{state.value}'>{state.value}</span>" if state else ""
-            rows.append(f"<tr><td>{_e(g.gate)}</td><td>{_e(spec.title)}</td><td>{_e(spec.severity)}</td>"
-                        f"<td>{gateway}</td>" + "".join(f"<td class='num'>{n}</td>" for n in
-                        (g.corroborated, g.falsified, g.timeout, g.crashed, g.skipped)) + "</tr>")
-    return ("<h2>Gates</h2><table><tr><th>gate</th><th>title</th><th>severity</th><th>gateway</th>"
-            "<th>corroborated</th><th>falsified</th><th>timeout</th><th>crashed</th><th>skipped</th></tr>"
-            + "".join(rows) + "</table>")
+            rows.append(
+                f"<tr><td>{_e(g.gate)}</td><td>{_e(spec.title)}</td><td>{_e(spec.severity)}</td>"
+                f"<td>{gateway}</td>"
+                + "".join(
+                    f"<td class='num'>{n}</td>" for n in (g.corroborated, g.falsified, g.timeout, g.crashed, g.skipped)
+                )
+                + "</tr>"
+            )
+    return (
+        "<h2>Gates</h2><table><tr><th>gate</th><th>title</th><th>severity</th><th>gateway</th>"
+        "<th>corroborated</th><th>falsified</th><th>timeout</th><th>crashed</th><th>skipped</th></tr>"
+        + "".join(rows)
+        + "</table>"
+    )
 
 
 _WORST = (Outcome.CRASHED, Outcome.TIMEOUT, Outcome.FALSIFIED, Outcome.SKIPPED, Outcome.CORROBORATED)
@@ -87,8 +105,11 @@ def _cells(records: Sequence[EvidenceRecord]) -> str:
     for fmt, modality in rows_keys:
         tds = []
         for backend in backends:
-            group = [r for r in cell_records if (r.scenario.format, r.scenario.modality, r.scenario.backend)
-                     == (fmt, modality, backend)]
+            group = [
+                r
+                for r in cell_records
+                if (r.scenario.format, r.scenario.modality, r.scenario.backend) == (fmt, modality, backend)
+            ]
             if not group:
                 tds.append("<td class='muted'>—</td>")
                 continue
@@ -103,15 +124,25 @@ def _cells(records: Sequence[EvidenceRecord]) -> str:
 def _records(records: Sequence[EvidenceRecord]) -> str:
     rows = []
     for r in records:
-        measured = "" if r.measured is None else f"{r.measured:g}" + (f" / {r.threshold:g}" if r.threshold is not None
-                                                                       else "") + (f" {r.unit}" if r.unit else "")
-        detail = (f"<details><summary>output</summary><pre>{_e(r.output_excerpt)}</pre></details>"
-                  if r.output_excerpt else "")
-        rows.append(f"<tr><td>{_e(r.gate)}</td><td>{_e(r.check)}</td><td>{_e(r.scenario.cell_key)}</td>"
-                    f"<td class='{r.outcome.value}'>{_e(r.outcome.value)}</td><td>{_e(r.reason)}{detail}</td>"
-                    f"<td>{_e(measured)}</td><td class='num'>{r.duration_s:.2f}</td></tr>")
-    return ("<h2>Records</h2><table><tr><th>gate</th><th>check</th><th>cell</th><th>outcome</th><th>reason</th>"
-            "<th>measured / threshold</th><th>s</th></tr>" + "".join(rows) + "</table>")
+        measured = (
+            ""
+            if r.measured is None
+            else f"{r.measured:g}"
+            + (f" / {r.threshold:g}" if r.threshold is not None else "")
+            + (f" {r.unit}" if r.unit else "")
+        )
+        detail = (
+            f"<details><summary>output</summary><pre>{_e(r.output_excerpt)}</pre></details>" if r.output_excerpt else ""
+        )
+        rows.append(
+            f"<tr><td>{_e(r.gate)}</td><td>{_e(r.check)}</td><td>{_e(r.scenario.cell_key)}</td>"
+            f"<td class='{r.outcome.value}'>{_e(r.outcome.value)}</td><td>{_e(r.reason)}{detail}</td>"
+            f"<td>{_e(measured)}</td><td class='num'>{r.duration_s:.2f}</td></tr>"
+        )
+    return (
+        "<h2>Records</h2><table><tr><th>gate</th><th>check</th><th>cell</th><th>outcome</th><th>reason</th>"
+        "<th>measured / threshold</th><th>s</th></tr>" + "".join(rows) + "</table>"
+    )
 
 
 def _provenance(records: Sequence[EvidenceRecord]) -> str:
@@ -128,10 +159,13 @@ def _provenance(records: Sequence[EvidenceRecord]) -> str:
     }
     start = min(r.provenance.started_at for r in records)
     end = max(r.provenance.finished_at for r in records)
-    rows = "".join(f"<tr><th>{_e(k)}</th><td>{'<br>'.join(_e(v) for v in sorted(vals))}</td></tr>"
-                   for k, vals in fields.items())
-    return (f"<h2>Provenance</h2><table>{rows}<tr><th>run</th><td>{_e(start.isoformat())} → "
-            f"{_e(end.isoformat())}</td></tr></table>")
+    rows = "".join(
+        f"<tr><th>{_e(k)}</th><td>{'<br>'.join(_e(v) for v in sorted(vals))}</td></tr>" for k, vals in fields.items()
+    )
+    return (
+        f"<h2>Provenance</h2><table>{rows}<tr><th>run</th><td>{_e(start.isoformat())} → "
+        f"{_e(end.isoformat())}</td></tr></table>"
+    )
 
 
 def render_html(records: Sequence[EvidenceRecord], mqs: MqsResult | None = None, *, title: str = "") -> str:
@@ -139,12 +173,21 @@ def render_html(records: Sequence[EvidenceRecord], mqs: MqsResult | None = None,
     mqs = mqs or compute_mqs(records)
     models = list(dict.fromkeys(r.scenario.model for r in records))
     gateways = "".join(f"<li>{_e(g)}: <span class='{s.value}'>{s.value}</span></li>" for g, s in mqs.gateways.items())
-    body = (_verdict(mqs, models) + f"<h2>Gateways</h2><ul>{gateways}</ul>" + _breakdown(mqs) + _gates(mqs)
-            + _cells(records) + _records(records) + _provenance(records))
+    body = (
+        _verdict(mqs, models)
+        + f"<h2>Gateways</h2><ul>{gateways}</ul>"
+        + _breakdown(mqs)
+        + _gates(mqs)
+        + _cells(records)
+        + _records(records)
+        + _provenance(records)
+    )
     page_title = title or f"apr certification — {', '.join(models)}"
-    return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{_e(page_title)}</title>"
-            f"<meta name='viewport' content='width=device-width, initial-scale=1'><style>{CSS}</style></head>"
-            f"<body>{body}</body></html>\n")
+    return (
+        f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{_e(page_title)}</title>"
+        f"<meta name='viewport' content='width=device-width, initial-scale=1'><style>{CSS}</style></head>"
+        f"<body>{body}</body></html>\n"
+    )
 
 
 __all__ = ["render_html"]

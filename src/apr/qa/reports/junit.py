@@ -20,11 +20,15 @@ def xml_text(text: str) -> str:
 
 
 def _testcase(suite: ET.Element, record: EvidenceRecord) -> None:
-    case = ET.SubElement(suite, "testcase", {
-        "classname": xml_text(f"{record.scenario.model}.{record.gate}"),
-        "name": xml_text(f"{record.check} [{record.scenario.cell_key}]"),
-        "time": f"{record.duration_s:.3f}",
-    })
+    case = ET.SubElement(
+        suite,
+        "testcase",
+        {
+            "classname": xml_text(f"{record.scenario.model}.{record.gate}"),
+            "name": xml_text(f"{record.check} [{record.scenario.cell_key}]"),
+            "time": f"{record.duration_s:.3f}",
+        },
+    )
     message = xml_text(record.reason)
     body = xml_text(record.output_excerpt)
     if record.outcome is Outcome.SKIPPED:
@@ -39,15 +43,26 @@ def _testcase(suite: ET.Element, record: EvidenceRecord) -> None:
 
 def _suite(parent: ET.Element, model: str, records: Sequence[EvidenceRecord]) -> None:
     count = {outcome: sum(r.outcome is outcome for r in records) for outcome in Outcome}
-    suite = ET.SubElement(parent, "testsuite", {
-        "name": xml_text(model), "tests": str(len(records)), "failures": str(count[Outcome.FALSIFIED]),
-        "errors": str(count[Outcome.CRASHED] + count[Outcome.TIMEOUT]), "skipped": str(count[Outcome.SKIPPED]),
-        "time": f"{sum(r.duration_s for r in records):.3f}",
-    })
+    suite = ET.SubElement(
+        parent,
+        "testsuite",
+        {
+            "name": xml_text(model),
+            "tests": str(len(records)),
+            "failures": str(count[Outcome.FALSIFIED]),
+            "errors": str(count[Outcome.CRASHED] + count[Outcome.TIMEOUT]),
+            "skipped": str(count[Outcome.SKIPPED]),
+            "time": f"{sum(r.duration_s for r in records):.3f}",
+        },
+    )
     mqs = compute_mqs(records)
     properties = ET.SubElement(suite, "properties")
-    for name, value in (("mqs.score", mqs.score), ("mqs.grade", mqs.grade), ("mqs.status", mqs.status.value),
-                        ("mqs.gateways_passed", str(mqs.gateways_passed).lower())):
+    for name, value in (
+        ("mqs.score", mqs.score),
+        ("mqs.grade", mqs.grade),
+        ("mqs.status", mqs.status.value),
+        ("mqs.gateways_passed", str(mqs.gateways_passed).lower()),
+    ):
         ET.SubElement(properties, "property", {"name": name, "value": str(value)})
     for record in records:
         _testcase(suite, record)
