@@ -118,10 +118,7 @@ class Engine:
             raise ValueError(f"hidden_states() needs 1 to {self.transformer.max_positions - 1} token ids")
         if any(not 0 <= i < self.config.vocab_size for i in ids):
             raise ValueError(f"token ids must lie in [0, {self.config.vocab_size})")
-        cfg = self.config
-        cache = SequenceCache(
-            cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, len(ids), self.transformer.dtype, self.device
-        )
+        cache = self.transformer.new_cache(len(ids))
         hidden = self.transformer.prefill(torch.tensor(ids, device=self.device), cache)
         return self.transformer.final_norm(hidden).float().cpu()
 
@@ -130,10 +127,7 @@ class Engine:
         new_cache = getattr(self._decode_step, "new_cache", None)
         if new_cache is not None:
             return new_cache(capacity)
-        cfg = self.config
-        return SequenceCache(
-            cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, capacity, self.transformer.dtype, self.device
-        )
+        return self.transformer.new_cache(capacity)
 
     def new_batch(self, max_batch: int) -> BatchDecoder:
         return BatchDecoder(

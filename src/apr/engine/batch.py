@@ -74,13 +74,7 @@ class BatchDecoder:
         self._running: list[Sequence] = []
         self._decode = step_hook or model.decode
         # The CUDA graph step hands out caches from its pool (cuda_graphs.CachePool); else private ones.
-        self._new_cache = cache_factory or self._private_cache
-
-    def _private_cache(self, capacity: int) -> SequenceCache:
-        cfg = self.model.cfg
-        return SequenceCache(
-            cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, capacity, self.model.dtype, self.model.embedding.device
-        )
+        self._new_cache = cache_factory or model.new_cache
 
     @property
     def active(self) -> list[str]:

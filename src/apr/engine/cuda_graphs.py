@@ -91,12 +91,7 @@ class GraphDecode:
         if self.pool is None:
             self.pool = CachePool(self.model, self.slots, self.model.max_positions)
         cache = self.pool.acquire(capacity) if not self.failed else None
-        if cache is None:
-            cfg = self.model.cfg
-            cache = SequenceCache(
-                cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, capacity, self.model.dtype, self.model.embedding.device
-            )
-        return cache
+        return cache if cache is not None else self.model.new_cache(capacity)
 
     def __call__(self, tokens: torch.Tensor, caches: list[SequenceCache]) -> torch.Tensor:
         pool = self.pool

@@ -173,6 +173,13 @@ class Transformer(nn.Module):
     def max_positions(self) -> int:
         return self.cos_global.shape[0]
 
+    def new_cache(self, capacity: int) -> SequenceCache:
+        """A private zeroed KV cache of ``capacity`` positions for one sequence of this model, on its device."""
+        cfg = self.cfg
+        return SequenceCache(
+            cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, capacity, self.dtype, self.cos_global.device
+        )
+
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         x = self.embedding[ids]
         if self.embed_scale != 1.0:

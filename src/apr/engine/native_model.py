@@ -137,13 +137,8 @@ class NativeTransformer(Transformer):
         if t > NATIVE_PREFILL_MAX_TOKENS or not self._stack_runs():
             return super().prefill(ids, cache)
         x = self.embed(ids)
-        cfg = self.cfg
         # Whole-sequence logits (no cache given) still need somewhere to keep the keys: a scratch cache.
-        target = (
-            cache
-            if cache is not None
-            else SequenceCache(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, t, self.dtype, x.device)
-        )
+        target = cache if cache is not None else self.new_cache(t)
         rows = native.CacheRows([target.k] * t, [target.v] * t, list(range(start, start + t)))
         x = self._run_stack(x, torch.arange(start, start + t, device=ids.device), rows)
         if cache is not None:
