@@ -4,22 +4,29 @@
 # Runs on a machine with an NVIDIA GPU, its own python3 and PyTorch (the project's pins do not apply there),
 # no network: the missing packages travel as py3.12 wheels in .whl/ (see docs/engine.md, "CUDA"), and the
 # models as chunks in .xfer/ (the SmolLM2 then the Qwen GGUF, concatenated and split: a lease moves at most
-# 64 MiB a call). Phases:
+# 64 MiB a call; bench/gpu_models.txt says which bytes are which). Phases:
+#   stash    copy the chunks this call carried (.xfer/c*) to /tmp/chunks, which outlives the call
 #   tests    the CUDA unit tests on the fixture models, and apr run/bench on a fixture through the CLI
-#   models   reassemble .xfer/c* into /tmp/models and check both sha256
+#   models   reassemble every model whose chunks have all arrived into /tmp/models, checking each sha256
 #   qwen     parity against transformers on the same GPU, bench vs transformers (single stream + batch 8),
 #            apr run / chat / serve (official openai client) on qwen2.5-coder:1.5b
-#   certify  the MVP certification of smollm2:135m with its GPU cells run, into $OUT/cert-smollm2.tgz
+#   certify-bg NAME...  start the MVP certification of each named model (bench/gpu_models.txt) in its own
+#            session, so it outlives the call; logs and evidence under /tmp/cert-NAME
+#   certify NAME...     the same, in the foreground
+#   collect  wait (COLLECT_WAIT_S) for the background certifications, pack each /tmp/cert-NAME into $OUT
+# A phase that takes model names consumes the rest of the command line.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-/tmp/gpu-out}"
 mkdir -p "$OUT"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-  >/dev/null 2>&1 || { echo "wheel install failed"; exit 1; }
+if [ ! -f /tmp/site/.apr-wheels ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    >/dev/null 2>&1 || { echo "wheel install failed"; exit 1; }
+  touch /tmp/site/.apr-wheels
+fi
 export PYTHONPATH="/tmp/site:$PWD/src:$PWD" HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 APR_HOME=/tmp/apr-home
 APR=(python3 -m apr.cli.main)
 QWEN=/tmp/models/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf
-SMOL=/tmp/models/SmolLM2-135M-Instruct.Q4_1.gguf
 
 phase_tests() {
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
@@ -33,13 +40,30 @@ print(build_fixture_set(Path("/tmp/fixtures"))["qwen2"]["gguf"])' | tail -1)
   "${APR[@]}" bench "$fixture" --device cuda --batch 8 --min-reps 2 --min-seconds 1 2>/dev/null | tail -4
 }
 
+phase_stash() {
+  mkdir -p /tmp/chunks
+  cp .xfer/c[0-9][0-9] /tmp/chunks/ 2>/dev/null
+  ls /tmp/chunks | tr '\n' ' '; echo
+}
+
 phase_models() {
-  mkdir -p /tmp/models
-  cat "${CHUNKS:-.xfer}"/c* > /tmp/models/all.bin || return 1
-  head -c 98362432 /tmp/models/all.bin > "$SMOL"
-  tail -c +98362433 /tmp/models/all.bin > "$QWEN"
-  rm /tmp/models/all.bin
-  sha256sum "$SMOL" "$QWEN"
+  python3 bench/gpu_models.py --chunks /tmp/chunks --models /tmp/models
+}
+
+model_file() {
+  awk -v name="$1" '$1 == name { print "/tmp/models/" $2 }' bench/gpu_models.txt
+}
+
+certify_one() {
+  # Cells use OMP_NUM_THREADS CPU threads each: three certifications of 3 workers share the 16 cores.
+  local name=$1 file
+  file=$(model_file "$name")
+  [ -f "$file" ] || { echo "$name: $file not assembled"; return 1; }
+  rm -rf "/tmp/cert-$name"; mkdir -p "/tmp/cert-$name"
+  OMP_NUM_THREADS="${CELL_THREADS:-2}" timeout "${CERTIFY_TIMEOUT_S:-540}" "${APR[@]}" certify \
+    "playbooks/models/$name-mvp.playbook.yaml" --model-path "$file" --workers "${CERTIFY_WORKERS:-3}" \
+    -o "/tmp/cert-$name/out" > "/tmp/cert-$name/certify.log" 2>&1
+  echo "exit $?" > "/tmp/cert-$name/done"
 }
 
 phase_qwen() {
@@ -80,16 +104,39 @@ EOF
   tail -2 "$OUT/serve.log"
 }
 
-phase_certify() {
-  # Bounded, and the evidence comes back even when the bound cuts the run short: evidence.jsonl is written
-  # cell by cell. (In the 2026-12-04 lease this phase did not finish in the ~5 min left: budget it first.)
-  timeout "${CERTIFY_TIMEOUT_S:-420}" "${APR[@]}" certify playbooks/models/smollm2-135m-mvp.playbook.yaml \
-    --model-path "$SMOL" --workers 4 -o /tmp/cert-smollm2 2>&1 | tee "$OUT/certify.log" | tail -15
-  tar czf "$OUT/cert-smollm2.tgz" -C /tmp cert-smollm2
+phase_certify-bg() {
+  local name
+  for name in "$@"; do
+    setsid nohup bash "$0" certify "$name" > /dev/null 2>&1 < /dev/null &
+    echo "$name: certification started in the background"
+  done
 }
 
-for phase in "$@"; do
+phase_certify() {
+  local name
+  for name in "$@"; do
+    certify_one "$name"
+    tail -4 "/tmp/cert-$name/certify.log"
+  done
+}
+
+phase_collect() {
+  local deadline=$((SECONDS + ${COLLECT_WAIT_S:-0})) dir name
+  for dir in /tmp/cert-*; do
+    name=${dir#/tmp/cert-}
+    while [ ! -f "$dir/done" ] && [ $SECONDS -lt $deadline ]; do sleep 5; done
+    echo "== $name: $(cat "$dir/done" 2>/dev/null || echo 'still running')"
+    tail -6 "$dir/certify.log"
+    tar czf "$OUT/cert-$name.tgz" -C /tmp "cert-$name"
+  done
+}
+
+while [ $# -gt 0 ]; do
+  phase=$1; shift
   echo "=== $phase $(date -u +%T)"
-  "phase_$phase"
+  case $phase in
+    certify|certify-bg) "phase_$phase" "$@"; set -- ;;
+    *) "phase_$phase" ;;
+  esac
 done
 echo "=== done $(date -u +%T)"
