@@ -15,6 +15,13 @@
 #   certify NAME...     the same, in the foreground
 #   collect  wait (COLLECT_WAIT_S) for the background certifications, pack each /tmp/cert-NAME into $OUT
 # A phase that takes model names consumes the rest of the command line.
+#
+# The 2026-12-04 (second) lease, 10.7 of its 15 minutes: one call carrying .whl (start, ~40 s), then one call
+# per chunk (`stash`, carry .xfer/cNN, ~7 s each); after c05 `stash models certify-bg smollm2-135m gemma3-270m`;
+# after c25 all three certifications in the foreground of one call, in parallel (~5 min; qwen the longest):
+#   CELL_THREADS=2 ... certify smollm2-135m & CELL_THREADS=2 ... certify gemma3-270m &
+#   CELL_THREADS=4 ... certify qwen2.5-coder-1.5b & wait; bash bench/gpu_session.sh collect
+# Results: certifications/<model>/gpu-h200/.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-/tmp/gpu-out}"
@@ -59,7 +66,7 @@ certify_one() {
   local name=$1 file
   file=$(model_file "$name")
   [ -f "$file" ] || { echo "$name: $file not assembled"; return 1; }
-  rm -rf "/tmp/cert-$name"; mkdir -p "/tmp/cert-$name"
+  rm -rf "/tmp/cert-$name/out" "/tmp/cert-$name/done"; mkdir -p "/tmp/cert-$name"
   OMP_NUM_THREADS="${CELL_THREADS:-2}" timeout "${CERTIFY_TIMEOUT_S:-540}" "${APR[@]}" certify \
     "playbooks/models/$name-mvp.playbook.yaml" --model-path "$file" --workers "${CERTIFY_WORKERS:-3}" \
     -o "/tmp/cert-$name/out" > "/tmp/cert-$name/certify.log" 2>&1
@@ -105,9 +112,14 @@ EOF
 }
 
 phase_certify-bg() {
+  # Each `run` call re-copies the working tree, and a module missing for that instant crashes any cell that
+  # starts then (seen in the first 2026-12-04 lease: 4 crashed cells). So background runs start from a
+  # snapshot of the tree in /tmp/repo-snapshot, and their folders are emptied here, before `collect` can look.
   local name
+  rm -rf /tmp/repo-snapshot && cp -r . /tmp/repo-snapshot
   for name in "$@"; do
-    setsid nohup bash "$0" certify "$name" > /dev/null 2>&1 < /dev/null &
+    rm -rf "/tmp/cert-$name"; mkdir -p "/tmp/cert-$name"
+    (cd /tmp/repo-snapshot && setsid nohup bash bench/gpu_session.sh certify "$name" > /dev/null 2>&1 < /dev/null &)
     echo "$name: certification started in the background"
   done
 }
