@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +39,23 @@ def argv_text(text: str) -> str:
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
+@contextmanager
+def layer_bar(description: str) -> Iterator[Callable[[int, int], None] | None]:
+    """A tqdm bar over the layers a model load builds (with ETA), or None when stderr is not a terminal."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    from tqdm import tqdm
+
+    with tqdm(desc=description, unit="layer", file=sys.stderr, dynamic_ncols=True, leave=False) as bar:
+
+        def advance(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        yield advance
+
+
 def open_engine(model_arg: str, options: EngineOptions) -> tuple[Engine, float]:
     """(engine, seconds from the start of loading) for a MODEL argument (path, cached name or ref)."""
     start = time.perf_counter()
@@ -47,20 +66,19 @@ def open_engine(model_arg: str, options: EngineOptions) -> tuple[Engine, float]:
     # The ref first: a typo is refused in milliseconds, before torch's import (seconds on a busy machine).
     path = resolve_model_arg(model_arg, progress=sys.stderr.isatty())
     model = load_model(path)
-    # The engine reports no progress while it packs weights; a terminal user at least sees what runs.
-    if sys.stderr.isatty():
-        print(f"loading {path.name} ({len(model.tensors)} tensors) on {options.device}…", file=sys.stderr, flush=True)
     from apr.engine import load_engine
 
-    engine = load_engine(
-        model,
-        device=options.device,
-        dtype=options.dtype,
-        threads=options.threads,
-        compile=options.compile,
-        dense_prefill=options.dense_prefill,
-        numerics=options.numerics,
-    )
+    with layer_bar(f"loading {path.name} on {options.device}") as progress:
+        engine = load_engine(
+            model,
+            device=options.device,
+            dtype=options.dtype,
+            threads=options.threads,
+            compile=options.compile,
+            dense_prefill=options.dense_prefill,
+            numerics=options.numerics,
+            progress=progress,
+        )
     warn_kernel_fallback(engine)
     if sys.stderr.isatty():
         print(

@@ -73,11 +73,12 @@ def register(app: typer.Typer) -> None:
         # Bind before the (slow) model load, so a busy port fails at once.
         sock = server.bind(host, port)
         # torch and the app come in only now: bad arguments above are refused without that wait.
+        from apr.cli.engine_session import layer_bar, warn_kernel_fallback
         from apr.engine import load_engine
         from apr.serve.app import create_app
 
-        engine = load_engine(model_path, device=device.value, numerics=numerics.value)
-        from apr.cli.engine_session import warn_kernel_fallback
+        with layer_bar(f"loading {model_path.name} on {device.value}") as progress:
+            engine = load_engine(model_path, device=device.value, numerics=numerics.value, progress=progress)
 
         warn_kernel_fallback(engine)
         app = create_app(engine, settings)

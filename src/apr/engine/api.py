@@ -14,7 +14,7 @@ from apr.engine import native
 from apr.engine.batch import BatchDecoder, PrefixCache
 from apr.engine.device import resolve_device, resolve_precision, set_threads
 from apr.engine.kv_cache import SequenceCache
-from apr.engine.loader import build_transformer, weight_kinds
+from apr.engine.loader import LayerProgress, build_transformer, weight_kinds
 from apr.engine.model import Transformer
 from apr.engine.types import GenerationResult, SamplingParams, Timings, TokenEvent
 from apr.engine.weights import WeightPolicy
@@ -201,6 +201,7 @@ def load_engine(
     pack_cache: bool = True,
     cuda_graphs: bool = True,
     numerics: str = "fast",
+    progress: LayerProgress | None = None,
 ) -> Engine:
     """Load ``model`` (a CanonicalModel, a path to any format, or a model ref) for inference.
 
@@ -213,7 +214,8 @@ def load_engine(
     of seconds). ``dense_prefill`` keeps dense bf16 copies of packed matrices for faster prompts.
     ``numerics`` ``exact`` computes like the float32 reference (every tensor dequantized, as ``dtype`` fp32);
     ``fast`` (default) takes the fastest kernels. ``cuda_graphs`` (CUDA only, on by default) replays each decode step from a captured CUDA graph, with the
-    KV caches of up to 16 sequences in one pool (cuda_graphs.py).
+    KV caches of up to 16 sequences in one pool (cuda_graphs.py). ``progress(done, total)`` is called after
+    each layer is built (dequantized, packed or read from the weights cache): the slow part of a cold load.
     """
     start = time.perf_counter()
     set_threads(threads)
@@ -231,7 +233,7 @@ def load_engine(
     positions = min(canonical.config.context_length, max_positions or DEFAULT_MAX_POSITIONS)
     store = _pack_store(canonical, policy) if pack_cache else None
     with torch.inference_mode():
-        transformer = build_transformer(canonical, policy, positions, store)
+        transformer = build_transformer(canonical, policy, positions, store, progress)
     pack_state = "off"
     if store is not None:
         pack_state = "hit" if store.hit else "written"

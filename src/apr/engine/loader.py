@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from apr.engine.model import Block, Transformer
 from apr.engine.native_model import NativeBlock, NativeTransformer
 from apr.engine.pack_cache import PackStore
@@ -28,13 +30,22 @@ NORMS = {
 }
 
 
+LayerProgress = Callable[[int, int], None]
+"""Called as ``progress(done, total)`` after each built layer (the embedding and head count as the last one)."""
+
+
 def build_transformer(
-    model: CanonicalModel, policy: WeightPolicy, max_positions: int, store: PackStore | None = None
+    model: CanonicalModel,
+    policy: WeightPolicy,
+    max_positions: int,
+    store: PackStore | None = None,
+    progress: LayerProgress | None = None,
 ) -> Transformer:
     """The network of ``model`` with weights laid out per ``policy``; FormatError names a missing tensor.
 
     ``store`` supplies already converted layers (and records new conversions) by tensor name."""
     cfg = model.config
+    total_steps = cfg.num_layers + 1
     # The native products take float32 activations; their glue kernels then replace ~40 small ops a layer.
     block_class, transformer_class = (
         (NativeBlock, NativeTransformer) if policy.kernels == "native" else (Block, Transformer)
@@ -65,6 +76,8 @@ def build_transformer(
         if cfg.qk_norm and not ("q_norm" in norms and "k_norm" in norms):
             raise FormatError(f"{model.source_path}: layer {i} lacks q/k norms the config asks for")
         blocks.append(block_class(cfg, i, linears, norms))
+        if progress is not None:
+            progress(i + 1, total_steps)
 
     embed_source = source("model.embed_tokens.weight")
     if "lm_head.weight" in model.tensors:
@@ -79,6 +92,8 @@ def build_transformer(
     if lm_head is None:
         lm_head = DenseLinear(embedding, None)
     final_norm = dense_tensor(source("model.norm.weight"), policy)
+    if progress is not None:
+        progress(total_steps, total_steps)
     return transformer_class(cfg, embedding, blocks, final_norm, lm_head, max_positions)
 
 
