@@ -37,8 +37,8 @@ def test_report_and_tables_from_evidence_alone(tmp_path):
 
     done = apr("report", "--tables", "--readme", str(readme), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert (certs / "models.csv").read_text(encoding="utf-8").splitlines()[1].startswith("demo:1b,mvp,BLOCKED,")
-    assert "| `demo:1b` | mvp | **BLOCKED** |" in readme.read_text(encoding="utf-8")
+    assert (certs / "models.csv").read_text(encoding="utf-8").splitlines()[1].startswith("demo:1b,mvp,-,BLOCKED,")
+    assert "| `demo:1b` | mvp | - | **BLOCKED** |" in readme.read_text(encoding="utf-8")
 
 
 def test_bad_evidence_is_one_error_line_and_exit_2(tmp_path):

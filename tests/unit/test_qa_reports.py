@@ -153,6 +153,21 @@ def test_the_newest_evidence_of_a_model_and_tier_wins(tmp_path):
     assert row.status == "CERTIFIED" and row.evidence == "b/evidence.jsonl"
 
 
+def test_a_run_with_gpu_cells_stands_beside_a_run_without_them(tmp_path):
+    certs = tmp_path / "certifications"
+    on_gpu = record(GateId.G2_INFERENCE, check="gpu cell", backend=Backend.GPU)
+    on_gpu = on_gpu.model_copy(
+        update={"provenance": on_gpu.provenance.model_copy(update={"device": "cuda (NVIDIA H200)"})}
+    )
+    write_evidence(certs / "demo" / "evidence.jsonl", mixed_records())
+    write_evidence(certs / "demo" / "gpu" / "evidence.jsonl", all_gates_pass() + [on_gpu])
+    rows = collect_rows(certs)
+    assert [(r.gpu, r.status, r.evidence) for r in rows] == [
+        ("-", "BLOCKED", "demo/evidence.jsonl"),
+        ("cuda (NVIDIA H200)", "CERTIFIED", "demo/gpu/evidence.jsonl"),
+    ]
+
+
 def test_readme_table_is_replaced_between_markers_only(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text(f"# Title\n\nintro\n{START_MARKER}\nold table\n{END_MARKER}\n\noutro\n", encoding="utf-8")
@@ -161,7 +176,7 @@ def test_readme_table_is_replaced_between_markers_only(tmp_path):
     write_tables(certs, readme)
     text = readme.read_text(encoding="utf-8")
     assert text.startswith("# Title\n\nintro\n") and text.endswith(f"{END_MARKER}\n\noutro\n")
-    assert "old table" not in text and "| `demo:1b` | mvp | **CERTIFIED** | 1000 | A+ |" in text
+    assert "old table" not in text and "| `demo:1b` | mvp | - | **CERTIFIED** | 1000 | A+ |" in text
     assert (certs / "models.csv").is_file() and (certs / "index.html").is_file()
     assert not re.search(r"https?://", (certs / "index.html").read_text(encoding="utf-8"))
     write_tables(certs, readme)

@@ -35,6 +35,32 @@ def _version(package: str) -> str | None:
         return None
 
 
+@lru_cache(maxsize=1)
+def accelerator_name() -> str | None:
+    """The first NVIDIA GPU's name from nvidia-smi (torch stays unimported here), or None where there is none."""
+    try:
+        result = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=20,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    names = result.stdout.strip().splitlines()
+    return names[0].strip() if result.returncode == 0 and names and names[0].strip() else None
+
+
+def named_device(device: str) -> str:
+    """``cuda`` as ``cuda (NVIDIA H200)``: evidence from a GPU names the GPU it ran on."""
+    if device.startswith("cuda") and "(" not in device:
+        name = accelerator_name()
+        if name:
+            return f"{device} ({name})"
+    return device
+
+
 def kernel_family() -> str:
     """The CPU kernels an engine started now would run (from the CPU flags and settings; nothing is built)."""
     settings = current()
@@ -62,7 +88,7 @@ def capture(
         engine_git_sha=engine_git_sha(),
         apr_version=_version("apr") or "unknown",
         torch_version=_version("torch"),
-        device=device,
+        device=named_device(device),
         host=platform.node() or "unknown",
         cpu=cpu_model(),
         kernels=kernel_family(),

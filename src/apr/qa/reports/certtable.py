@@ -2,11 +2,14 @@
 ``index.html`` and the README table between ``<!-- certification-table:start -->`` and
 ``<!-- certification-table:end -->``.
 
-``models.csv`` has one row per model and tier (the newest evidence file wins). Columns:
+``models.csv`` has one row per model, tier and GPU (the newest evidence file wins), so a run with the GPU
+cells executed stands beside a run on a machine without one. Columns:
 
 =================  ==========================================================================================
 model              model ref as the playbook names it (e.g. ``qwen2.5-coder:1.5b``)
 tier               playbook tier (quick, smoke, mvp, standard, full); ``-`` for ``apr qa`` evidence
+gpu                device the GPU cells ran on, as provenance names it (e.g. ``cuda (NVIDIA H200)``); ``-`` when
+                   none ran (no GPU on that machine: the GPU cells are skipped, never passes)
 status             CERTIFIED, PROVISIONAL or BLOCKED (apr.qa.score)
 mqs                0–1000 after the gateway rule
 grade              A+, A, B+, B, C or F
@@ -56,6 +59,7 @@ class CertRow:
 
     model: str
     tier: str
+    gpu: str
     status: str
     mqs: int
     grade: str
@@ -89,6 +93,15 @@ def _median_tok_s(records: Sequence[EvidenceRecord], backend: Backend) -> str:
     return f"{statistics.median(values):.1f}" if values else ""
 
 
+def _gpu_used(records: Sequence[EvidenceRecord]) -> str:
+    devices = Counter(
+        r.provenance.device
+        for r in records
+        if r.scenario.backend is Backend.GPU and r.outcome is not Outcome.SKIPPED and r.provenance.device != "none"
+    )
+    return devices.most_common(1)[0][0] if devices else "-"
+
+
 def row_for(records: Sequence[EvidenceRecord], evidence: str) -> CertRow:
     """The table row of one model and tier's records."""
     mqs = compute_mqs(records)
@@ -99,6 +112,7 @@ def row_for(records: Sequence[EvidenceRecord], evidence: str) -> CertRow:
     return CertRow(
         model=records[0].scenario.model,
         tier=tier.value if tier else "-",
+        gpu=_gpu_used(records),
         status=mqs.status.value,
         mqs=mqs.score,
         grade=mqs.grade,
@@ -128,21 +142,21 @@ def rows_from_records(records: Sequence[EvidenceRecord], evidence: str) -> list[
 
 
 def collect_rows(certifications: Path) -> list[CertRow]:
-    """Rows for every ``evidence.jsonl`` under ``certifications``; per (model, tier) the newest run wins."""
+    """Rows for every ``evidence.jsonl`` under ``certifications``; per (model, tier, gpu) the newest run wins."""
     if not certifications.is_dir():
         raise AprError(
             f"{certifications}: no certifications directory; run apr certify first or pass --certifications DIR"
         )
-    newest: dict[tuple[str, str], CertRow] = {}
+    newest: dict[tuple[str, str, str], CertRow] = {}
     for path in sorted(certifications.rglob("evidence.jsonl")):
         log = read_evidence(path)
         if not log.records:
             continue
         for row in rows_from_records(log.records, path.relative_to(certifications).as_posix()):
-            key = (row.model, row.tier)
+            key = (row.model, row.tier, row.gpu)
             if key not in newest or row.last_run > newest[key].last_run:
                 newest[key] = row
-    return sorted(newest.values(), key=lambda r: (r.model, _TIER_ORDER.get(r.tier, len(_TIER_ORDER))))
+    return sorted(newest.values(), key=lambda r: (r.model, _TIER_ORDER.get(r.tier, len(_TIER_ORDER)), r.gpu))
 
 
 def render_csv(rows: Sequence[CertRow]) -> str:
@@ -156,19 +170,19 @@ def render_csv(rows: Sequence[CertRow]) -> str:
 def render_markdown(rows: Sequence[CertRow]) -> str:
     """The README table."""
     lines = [
-        "| Model | Tier | Status | MQS | Grade | Gateways | Records (pass / fail / skip) | CPU tok/s | GPU tok/s"
-        " | Last run |",
-        "|---|---|---|---:|---|---|---|---:|---:|---|",
+        "| Model | Tier | GPU cells ran on | Status | MQS | Grade | Gateways | Records (pass / fail / skip) | CPU tok/s"
+        " | GPU tok/s | Last run |",
+        "|---|---|---|---|---:|---|---|---|---:|---:|---|",
     ]
     for r in rows:
         failed = r.falsified + r.timeout + r.crashed
         lines.append(
-            f"| `{r.model}` | {r.tier} | **{r.status}** | {r.mqs} | {r.grade} | {r.gateways_passed} | "
+            f"| `{r.model}` | {r.tier} | {r.gpu} | **{r.status}** | {r.mqs} | {r.grade} | {r.gateways_passed} | "
             f"{r.corroborated} / {failed} / {r.skipped} | {r.tok_s_cpu or '-'} | {r.tok_s_gpu or '-'} | "
             f"{r.last_run[:10]} |"
         )
     if not rows:
-        lines.append("| _no evidence yet_ | | | | | | | | | |")
+        lines.append("| _no evidence yet_ | | | | | | | | | | |")
     return "\n".join(lines) + "\n"
 
 
@@ -192,7 +206,7 @@ def render_index(rows: Sequence[CertRow]) -> str:
     return (
         f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>apr certifications</title>"
         f"<style>{CSS}</style></head><body><h1>apr certifications</h1>"
-        f"<p class='muted'>One row per model and tier, rendered from evidence by <code>apr report --tables</code>."
+        f"<p class='muted'>One row per model, tier and GPU, rendered from evidence by <code>apr report --tables</code>."
         f"</p><table><tr>{head}</tr>{''.join(body)}</table></body></html>\n"
     )
 
