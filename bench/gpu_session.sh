@@ -7,6 +7,8 @@
 # 64 MiB a call; bench/gpu_models.txt says which bytes are which). Phases:
 #   stash    copy the chunks this call carried (.xfer/c*) to /tmp/chunks, which outlives the call
 #   tests    the CUDA unit tests on the fixture models, and apr run/bench on a fixture through the CLI
+#   cli      apr --version, `apr run --benchmark --device cuda --batch-size 8` and the load bar (on a
+#            pseudo-terminal) on a fixture, and the GPU name evidence records carry
 #   models   reassemble every model whose chunks have all arrived into /tmp/models, checking each sha256
 #   qwen     parity against transformers on the same GPU, bench vs transformers (single stream + batch 8),
 #            apr run / chat / serve (official openai client) on qwen2.5-coder:1.5b
@@ -51,6 +53,16 @@ phase_stash() {
   mkdir -p /tmp/chunks
   cp .xfer/c[0-9][0-9] /tmp/chunks/ 2>/dev/null
   ls /tmp/chunks | tr '\n' ' '; echo
+}
+
+phase_cli() {
+  local fixture
+  fixture=$(python3 -c 'from pathlib import Path; from apr.formats.fixtures import build_fixture_set
+print(build_fixture_set(Path("/tmp/fixtures"))["qwen2"]["gguf"])' | tail -1)
+  "${APR[@]}" --version
+  "${APR[@]}" run "$fixture" --device cuda --prompt "hello" --max-tokens 32 --benchmark --batch-size 8 2>&1 | tail -6
+  script -qec "${APR[*]} run $fixture --device cuda --prompt hi --max-tokens 4" /dev/null | tr '\r' '\n' | grep -a "loading\|loaded" | tail -3
+  python3 -c "from apr.qa.provenance import named_device; print('evidence device:', named_device('cuda'))"
 }
 
 phase_models() {
