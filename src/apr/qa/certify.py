@@ -19,7 +19,8 @@ from apr.qa.executor import ExecutionSummary
 from apr.qa.playbook import Playbook, load_playbook
 from apr.qa.score import MqsResult, Status
 
-TEMPLATES = Path(__file__).resolve().parents[3] / "playbooks" / "templates"
+# playbooks/templates in a checkout, reached through the package's `templates` link; real files in a wheel.
+TEMPLATES = Path(__file__).resolve().parent / "templates"
 DEFAULT_ROOT = Path("certifications")
 
 

@@ -28,7 +28,8 @@ from apr.qa.oracles.base import GarbageSpec
 from apr.qa.playbook_yaml import SourceMap, read_with_extends
 from apr.qa.scenarios import Prompt, ScenarioSettings, assign, generate_prompts
 
-SCHEMA_PATH = Path(__file__).resolve().parents[3] / "playbooks" / "playbook.schema.json"
+# playbooks/playbook.schema.json in a checkout (through the package's link), a real file in a wheel.
+SCHEMA_PATH = Path(__file__).resolve().parent / "playbook.schema.json"
 Architecture = Literal["qwen2", "llama", "gemma3"]
 
 
@@ -252,5 +253,5 @@ def _write_schema(target: Path) -> None:
 if __name__ == "__main__":
     if sys.argv[1:] != ["--write-schema"]:
         sys.exit("usage: python -m apr.qa.playbook --write-schema")
-    _write_schema(SCHEMA_PATH)
+    _write_schema(SCHEMA_PATH.resolve())  # the file behind the link, which stays a link
     print(f"wrote {SCHEMA_PATH}")
