@@ -93,6 +93,11 @@ class Provenance(BaseModel):
         "or 'torch' (native kernels off or impossible here)",
     )
     threads: int | None = Field(None, description="CPU threads available to the check's processes")
+    numerics: str | None = Field(
+        None,
+        description="numerics mode of the engine behind a check that ran one ('fast': int8 activations on the "
+        "native kernels, the default; 'exact': the float32 reference); None for checks that ran no engine",
+    )
     seed: int | None = Field(None, description="seed the check was run with")
     playbook: str | None = Field(None, description="name of the playbook that planned the check (None for apr qa)")
     tier: Tier | None = Field(None, description="certification tier of that playbook")

@@ -79,6 +79,7 @@ def capture(
     seed: int | None = None,
     playbook: str | None = None,
     tier: Tier | None = None,
+    numerics: str | None = None,
 ) -> Provenance:
     """A Provenance for a check that ran on this host (versions and git sha filled in here)."""
     return Provenance(
@@ -93,6 +94,7 @@ def capture(
         cpu=cpu_model(),
         kernels=kernel_family(),
         threads=len(os.sched_getaffinity(0)),
+        numerics=numerics,
         seed=seed,
         playbook=playbook,
         tier=tier,

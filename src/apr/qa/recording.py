@@ -63,6 +63,9 @@ class Recorder:
     tier: Tier | None = None
     default_device: str = "cpu"
     source: Format | None = None  # the checkpoint as given; model-level checks cite its digest
+    # Every engine of a certification (cells and model-level gates) runs the default mode; NUMERICS-PARITY
+    # measures it against the exact one.
+    numerics: str = "fast"
 
     def stamp(self, check: Check, *, started_at: datetime, duration_s: float) -> EvidenceRecord:
         device = check.device or (
@@ -78,6 +81,7 @@ class Recorder:
             seed=check.seed,
             playbook=self.playbook,
             tier=self.tier,
+            numerics=self.numerics if check.backend is not None and check.outcome is not Outcome.SKIPPED else None,
         )
         scenario = Scenario(
             model=self.model,

@@ -20,6 +20,7 @@ class GateId(StrEnum):
     GOLDEN_OUTPUT = "GOLDEN-OUTPUT"
     FORMAT_PARITY = "FORMAT-PARITY"
     REFERENCE_PARITY = "REFERENCE-PARITY"
+    NUMERICS_PARITY = "NUMERICS-PARITY"
     TOKENIZER_PARITY = "TOKENIZER-PARITY"
     DETERMINISM = "DETERMINISM"
     ATTENTION_TRACE = "ATTENTION-TRACE"
@@ -167,6 +168,13 @@ CATALOG: dict[GateId, GateSpec] = {
             _P,
             _P0,
             "logits and greedy tokens agree with Hugging Face transformers within thresholds",
+        ),
+        _spec(
+            GateId.NUMERICS_PARITY,
+            "Numerics Parity",
+            _P,
+            _P1,
+            "the fast kernels' per-token log-likelihoods stay within bounds of the exact (float32 reference) mode",
         ),
         _spec(
             GateId.TOKENIZER_PARITY,

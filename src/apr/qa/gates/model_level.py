@@ -1,5 +1,5 @@
 """The model-level gates of one certification, in order: integrity, contract, plausibility, structure, tokenizer
-parity, engine load, golden output, attention trace, format parity, reference parity.
+parity, engine load, golden output, attention trace, numerics parity, format parity, reference parity.
 
 Models are loaded one format at a time (an engine of the 1.5B model is gigabytes) and released before the
 next; only the parity logits are kept. Each gate family's records are written as soon as it is done.
@@ -121,6 +121,7 @@ class ModelGateRun:
             GateId.G1_LOAD,
             GateId.GOLDEN_OUTPUT,
             GateId.ATTENTION_TRACE,
+            GateId.NUMERICS_PARITY,
             GateId.FORMAT_PARITY,
             GateId.REFERENCE_PARITY,
         )
@@ -173,6 +174,11 @@ class ModelGateRun:
             timer = Timer()
             ids = encode_prompts(self.models[fmt], (TRACE_PROMPT,))[0]
             self._emit(attention_checks(engine, ids, _settings(gates.attention_trace), fmt), timer)
+        if self.wanted(GateId.NUMERICS_PARITY):
+            from apr.qa.gates.numerics import numerics_checks
+
+            timer = Timer()
+            self._emit(numerics_checks(self.models[fmt], engine, _settings(gates.numerics_parity), fmt), timer)
 
     def parity_gates(self, logits: dict[Format, list]) -> None:
         gates = self.inputs.gates

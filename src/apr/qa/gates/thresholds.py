@@ -54,6 +54,24 @@ class ParityGate(GateSettings):
     prompts: tuple[str, ...] = Field(("What is 2+2?", "def fibonacci(n):", "你好，世界"), min_length=1)
 
 
+class NumericsGate(GateSettings):
+    """|log p_fast − log p_exact| per token of ``texts`` (source format, CPU). The fast kernels quantize
+    activations to int8, so a few tenths of a nat per token is their normal cost (measured 2026-12-04: smollm2
+    mean 0.14, max 1.17; gemma3 mean 0.06, max 0.57); whole nats on average mean a kernel defect."""
+
+    max_mean_nats: float = Field(0.5, gt=0)
+    max_abs_nats: float = Field(3.0, gt=0)
+    texts: tuple[str, ...] = Field(
+        (
+            "The quick brown fox jumps over the lazy dog. A certification tool must be trusted more than the "
+            "eyes of the person who ships the model.",
+            "def fibonacci(n):\n    if n < 2:\n        return n\n    return fibonacci(n - 1) + fibonacci(n - 2)\n",
+            "你好，世界。今天的天气很好，我们去公园散步吧。",
+        ),
+        min_length=1,
+    )
+
+
 class TokenizerParityGate(GateSettings):
     corpus: tuple[str, ...] = Field(
         (
@@ -115,6 +133,7 @@ class GateSet(BaseModel):
     golden_output: GoldenOutputGate | None = Field(None, alias="GOLDEN-OUTPUT")
     format_parity: ParityGate | None = Field(None, alias="FORMAT-PARITY")
     reference_parity: ParityGate | None = Field(None, alias="REFERENCE-PARITY")
+    numerics_parity: NumericsGate | None = Field(None, alias="NUMERICS-PARITY")
     tokenizer_parity: TokenizerParityGate | None = Field(None, alias="TOKENIZER-PARITY")
     determinism: DeterminismGate | None = Field(None, alias="DETERMINISM")
     attention_trace: AttentionTraceGate | None = Field(None, alias="ATTENTION-TRACE")
