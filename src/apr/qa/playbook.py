@@ -27,6 +27,7 @@ from apr.qa.matrix import Cell
 from apr.qa.oracles.base import GarbageSpec
 from apr.qa.playbook_yaml import SourceMap, read_with_extends
 from apr.qa.scenarios import Prompt, ScenarioSettings, assign, generate_prompts
+from apr.qa.selftest.spec import SelfTestSpec
 
 SCHEMA_PATH = Path(__file__).resolve().parents[3] / "playbooks" / "playbook.schema.json"
 Architecture = Literal["qwen2", "llama", "gemma3"]
@@ -103,6 +104,7 @@ class PlaybookTemplate(BaseModel):
     scenarios: ScenarioSettings = ScenarioSettings()
     execution: ExecutionSpec = ExecutionSpec()
     gates: GateSet = GateSet()
+    self_test: SelfTestSpec | None = Field(None, description="planted-defect self-test of the gates (full tier)")
 
 
 class Playbook(PlaybookTemplate):
