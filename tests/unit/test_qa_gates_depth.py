@@ -34,6 +34,17 @@ def outcomes(checks) -> dict[str, Outcome]:
     return {c.check: c.outcome for c in checks}
 
 
+def replace_tensor(model, name: str, values: np.ndarray) -> None:
+    """Swap one tensor of an in-memory model for float32 ``values``."""
+    from apr.formats.ggml import F32, encode_float, tensor_nbytes
+    from apr.formats.model import TensorInfo
+    from apr.formats.tensor_source import StoredTensor
+
+    shape = tuple(values.shape)
+    data = encode_float(values, F32)
+    model.tensors[name] = StoredTensor(TensorInfo(name, shape, F32, tensor_nbytes(F32, shape)), lambda: data)
+
+
 def engine_of(model):
     check, engine = load_engine_check(model, Format.GGUF, Backend.CPU, cuda_available=False, pack_cache=False)
     assert engine is not None, check.reason
@@ -121,7 +132,6 @@ def test_a_reply_that_ends_on_an_eos_passes_and_one_that_runs_to_the_limit_fails
 
 def test_perplexity_passes_under_its_limit_and_fails_over_it_or_on_nan():
     from apr.qa.gates.perplexity import perplexity_checks
-    from tests.unit.test_qa_mutants import replace_tensor
 
     model = fixture("llama")
     texts = ("The quick brown fox jumps over the lazy dog.",)
