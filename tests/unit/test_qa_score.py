@@ -89,6 +89,8 @@ def test_honest_cpu_only_run_is_provisional_not_certified():
             GateId.THROUGHPUT,
             GateId.GPU_SPEEDUP,
             GateId.DETERMINISM,
+            GateId.STOP_BEHAVIOR,  # reply and perplexity checks have a GPU twin (apr.qa.gates.model_level)
+            GateId.PERPLEXITY,
         ):
             records.append(
                 record(

@@ -100,10 +100,20 @@ def register_qa(app: typer.Typer) -> None:
             help="take formats, backends and gate thresholds from this model playbook (its matrix of cells is not run)",
         ),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress on stderr"),
+        self_test: bool = typer.Option(
+            False,
+            "--self-test",
+            help="plant defects into copies of MODEL (a GGUF), run the gates on each, print the detection table",
+        ),
+        defects: list[str] = typer.Option(
+            [], "--defect", help="with --self-test: only this planted defect (repeatable); default all"
+        ),
     ) -> None:
         """Deep single-model gates, printed as gate · status · measured · threshold · duration.
 
-        Exit code 0 when no gate failed, 1 when one did, 2 on bad input."""
+        With --self-test: the gates' detection power on planted defects (defect x gate table, detection.json).
+        Exit code 0 when no gate failed (self-test: every defect caught, no false block), 1 otherwise, 2 on bad
+        input."""
         import json
 
         from apr.errors import AprError
@@ -129,6 +139,14 @@ def register_qa(app: typer.Typer) -> None:
             )
         path = resolve_model_arg(model, progress=not quiet)
         folder = work_dir or Path("apr-qa") / path.stem
+        if self_test:
+            from apr.cli.selftest import run_self_test_command
+
+            loaded = load_playbook(playbook) if playbook is not None else None
+            code = run_self_test_command(model, path, folder / "self-test", loaded, Tier(tier), defects, quiet)
+            raise typer.Exit(code)
+        if defects:
+            raise AprError("--defect needs --self-test")
         target = evidence or folder / "evidence.jsonl"
         skipped = frozenset(GateId(s) for s in skip)
         if playbook is not None:

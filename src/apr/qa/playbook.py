@@ -27,6 +27,7 @@ from apr.qa.matrix import Cell
 from apr.qa.oracles.base import GarbageSpec
 from apr.qa.playbook_yaml import SourceMap, read_with_extends
 from apr.qa.scenarios import Prompt, ScenarioSettings, assign, generate_prompts
+from apr.qa.selftest.spec import SelfTestSpec
 
 # playbooks/playbook.schema.json in a checkout (through the package's link), a real file in a wheel.
 SCHEMA_PATH = Path(__file__).resolve().parent / "playbook.schema.json"
@@ -104,6 +105,7 @@ class PlaybookTemplate(BaseModel):
     scenarios: ScenarioSettings = ScenarioSettings()
     execution: ExecutionSpec = ExecutionSpec()
     gates: GateSet = GateSet()
+    self_test: SelfTestSpec | None = Field(None, description="planted-defect self-test of the gates (full tier)")
 
 
 class Playbook(PlaybookTemplate):

@@ -98,6 +98,7 @@ class Subject:
     failure_policy: FailurePolicy = FailurePolicy.COLLECT_ALL
     apr_argv: tuple[str, ...] = ()  # the CLI under test; empty: this very apr
     decode_tokens: int = DECODE_TOKENS
+    pack_cache: bool = True  # keep packed weights in $APR_HOME/engine-cache (off for throwaway copies: self-test)
 
     def recorder(self) -> Recorder:
         """The stamp every evidence record of this certification carries."""
@@ -200,6 +201,8 @@ def model_gates(subject: Subject, emit: Emit, *, done: frozenset[GateId] = froze
         backends=subject.backends,
         done_gates=done,
         conversion_failures=dict(subject.artifacts.failures),
+        ref=subject.ref,
+        pack_cache=subject.pack_cache,
     )
     ModelGateRun(inputs, subject.recorder(), emit).run()
 

@@ -18,6 +18,8 @@ class GateId(StrEnum):
     METADATA_PLAUSIBILITY = "METADATA-PLAUSIBILITY"
     STRUCTURE = "STRUCTURE"
     GOLDEN_OUTPUT = "GOLDEN-OUTPUT"
+    STOP_BEHAVIOR = "STOP-BEHAVIOR"
+    PERPLEXITY = "PERPLEXITY"
     FORMAT_PARITY = "FORMAT-PARITY"
     REFERENCE_PARITY = "REFERENCE-PARITY"
     NUMERICS_PARITY = "NUMERICS-PARITY"
@@ -154,6 +156,21 @@ CATALOG: dict[GateId, GateSpec] = {
             _Q,
             _P0,
             "greedy answers to fixed golden prompts contain the expected text (e.g. 2+2 -> 4)",
+        ),
+        _spec(
+            GateId.STOP_BEHAVIOR,
+            "Stop Behavior",
+            _Q,
+            _P0,
+            "eos ids exist, are end tokens and match the chat template's end of turn; short greedy replies end "
+            "on their own well before the token limit",
+        ),
+        _spec(
+            GateId.PERPLEXITY,
+            "Perplexity",
+            _Q,
+            _P0,
+            "mean negative log-likelihood of fixed natural text and code stays below the playbook's limit",
         ),
         _spec(
             GateId.FORMAT_PARITY,

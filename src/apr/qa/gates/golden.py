@@ -30,9 +30,15 @@ def golden_checks(engine: Engine, settings: GoldenOutputGate, chat: bool, fmt) -
 
     checks = []
     for index, case in enumerate(settings.cases):
-        result = engine.generate(
-            prompt_ids(engine, case.prompt, chat), SamplingParams(temperature=0.0, max_tokens=settings.max_tokens)
-        )
+        labels = {"capability": case.capability} if case.capability else {}
+        try:
+            ids = prompt_ids(engine, case.prompt, chat)
+        except ValueError as err:  # a chat template that does not render is the model's defect
+            checks.append(
+                verdict(GOLDEN, f"golden:{index}", False, f"prompt not built: {err}", 1, format=fmt, prompt=case.prompt)
+            )
+            continue
+        result = engine.generate(ids, SamplingParams(temperature=0.0, max_tokens=settings.max_tokens))
         text = result.text
         found = [want for want in case.expect_any if want.lower() in text.lower()]
         poison = [p for p in POISON if p in text]
@@ -56,7 +62,11 @@ def golden_checks(engine: Engine, settings: GoldenOutputGate, chat: bool, fmt) -
                 format=fmt,
                 prompt=case.prompt,
                 output=text,
-                metrics={"completion_tokens": result.completion_tokens, "finish_reason": result.finish_reason},
+                metrics={
+                    "completion_tokens": result.completion_tokens,
+                    "finish_reason": result.finish_reason,
+                    **labels,
+                },
             )
         )
     return checks

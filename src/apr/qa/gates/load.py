@@ -17,7 +17,7 @@ G1 = GateId.G1_LOAD
 
 
 def load_engine_check(
-    model: CanonicalModel, fmt: Format, backend: Backend, cuda_available: bool
+    model: CanonicalModel, fmt: Format, backend: Backend, cuda_available: bool, *, pack_cache: bool = True
 ) -> tuple[Check, Engine | None]:
     """Build the engine in-process; a failure to build is a falsified load, with the error as the reason."""
     if backend is Backend.GPU and not cuda_available:
@@ -27,7 +27,7 @@ def load_engine_check(
     from apr.engine import load_engine
 
     try:
-        engine = load_engine(model, device=backend.device, compile=False)
+        engine = load_engine(model, device=backend.device, compile=False, pack_cache=pack_cache)
     except (AprError, ValueError, RuntimeError, KeyError, NotImplementedError) as err:
         return falsified(
             G1,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -37,6 +37,8 @@ class ModelGateInputs:
     backends: tuple[Backend, ...] = (Backend.CPU,)
     done_gates: frozenset[GateId] = frozenset()  # already in the evidence (resume): not rerun
     conversion_failures: dict[Format, str] = field(default_factory=dict)
+    pack_cache: bool = True  # load engines through the packed-weight cache
+    ref: str | None = None  # the model the checkpoint claims to be (its reference config is looked up by it)
 
 
 def _settings(value: _S | None) -> _S:
@@ -94,11 +96,13 @@ class ModelGateRun:
 
     def static_gates(self) -> None:
         from apr.qa.gates.contract import contract_checks
-        from apr.qa.gates.structure import metadata_checks, structure_checks
+        from apr.qa.gates.stop import stop_static_checks
+        from apr.qa.gates.structure import structure_checks
 
         self._per_model(GateId.CONTRACT_INVARIANTS, contract_checks)
-        self._per_model(GateId.METADATA_PLAUSIBILITY, metadata_checks)
+        self._per_model(GateId.METADATA_PLAUSIBILITY, self._metadata_checks)
         self._per_model(GateId.STRUCTURE, structure_checks)
+        self._per_model(GateId.STOP_BEHAVIOR, stop_static_checks)
         if self.wanted(GateId.TOKENIZER_PARITY):
             from apr.qa.gates.parity import tokenizer_parity_checks
 
@@ -107,6 +111,14 @@ class ModelGateRun:
             self._emit(
                 tokenizer_parity_checks(self.models, self.inputs.source, corpus, tuple(self.inputs.artifacts)), timer
             )
+
+    def _metadata_checks(self, model: CanonicalModel, fmt: Format) -> list[Check]:
+        """Plausibility bounds, and the reference config where the model is a known one."""
+        from apr.qa.gates.reference_config import reference_config_check
+        from apr.qa.gates.structure import metadata_checks
+
+        reference = reference_config_check(model, fmt, self.inputs.ref)
+        return metadata_checks(model, fmt) + ([reference] if reference is not None else [])
 
     def _parity_prompts(self) -> tuple[str, ...]:
         settings = self.inputs.gates.format_parity or self.inputs.gates.reference_parity or ParityGate()
@@ -120,6 +132,8 @@ class ModelGateRun:
         engine_gates = (
             GateId.G1_LOAD,
             GateId.GOLDEN_OUTPUT,
+            GateId.STOP_BEHAVIOR,
+            GateId.PERPLEXITY,
             GateId.ATTENTION_TRACE,
             GateId.NUMERICS_PARITY,
             GateId.FORMAT_PARITY,
@@ -146,8 +160,12 @@ class ModelGateRun:
                         )
                     )
                     continue
-                check, engine = load_engine_check(self.models[fmt], fmt, backend, self.inputs.cuda_available)
+                check, engine = load_engine_check(
+                    self.models[fmt], fmt, backend, self.inputs.cuda_available, pack_cache=self.inputs.pack_cache
+                )
                 load_checks.append(check)
+                if backend is Backend.GPU and fmt is self.inputs.source:
+                    self._device_gates(engine, fmt, backend)  # the GPU's numerics, or skipped twins without CUDA
                 if engine is None:
                     continue
                 if backend is Backend.CPU:
@@ -167,6 +185,16 @@ class ModelGateRun:
 
             timer = Timer()
             self._emit(golden_checks(engine, _settings(gates.golden_output), self.inputs.chat, fmt), timer)
+        if self.wanted(GateId.STOP_BEHAVIOR):
+            from apr.qa.gates.stop import stop_reply_checks
+
+            timer = Timer()
+            self._emit(stop_reply_checks(engine, _settings(gates.stop_behavior), self.inputs.chat, fmt), timer)
+        if self.wanted(GateId.PERPLEXITY):
+            from apr.qa.gates.perplexity import perplexity_checks
+
+            timer = Timer()
+            self._emit(perplexity_checks(engine, _settings(gates.perplexity), fmt), timer)
         if self.wanted(GateId.ATTENTION_TRACE):
             from apr.qa.gates.attention import TRACE_PROMPT, attention_checks
             from apr.qa.gates.parity import encode_prompts
@@ -179,6 +207,27 @@ class ModelGateRun:
 
             timer = Timer()
             self._emit(numerics_checks(self.models[fmt], engine, _settings(gates.numerics_parity), fmt), timer)
+
+    def _device_gates(self, engine, fmt: Format, backend: Backend) -> None:
+        """Perplexity and stop behaviour on a second backend: they judge that backend's numerics too. Without an
+        engine there (no CUDA) each is recorded skipped, never passed."""
+        from apr.qa.gates.perplexity import perplexity_checks
+        from apr.qa.gates.stop import stop_reply_checks
+
+        gates = self.inputs.gates
+        for gate in (GateId.PERPLEXITY, GateId.STOP_BEHAVIOR):
+            if not self.wanted(gate) or (gate is GateId.STOP_BEHAVIOR and not self.inputs.chat):
+                continue  # a base model plans no reply checks (apr.qa.gates.stop)
+            timer = Timer()
+            if engine is None:
+                checks = [
+                    skipped(gate, f"{backend}:{fmt}", f"no {backend} engine (see G1-LOAD)", format=fmt, backend=backend)
+                ]
+            elif gate is GateId.PERPLEXITY:
+                checks = perplexity_checks(engine, _settings(gates.perplexity), fmt)
+            else:
+                checks = stop_reply_checks(engine, _settings(gates.stop_behavior), self.inputs.chat, fmt)
+            self._emit([replace(c, backend=backend) for c in checks], timer)
 
     def parity_gates(self, logits: dict[Format, list]) -> None:
         gates = self.inputs.gates

@@ -39,11 +39,41 @@ class GoldenCase(BaseModel):
 
     prompt: str = Field(min_length=1)
     expect_any: tuple[str, ...] = Field(min_length=1)
+    capability: str | None = None  # what the case probes (arithmetic, facts, code...), shown in the evidence
 
 
 class GoldenOutputGate(GateSettings):
     cases: tuple[GoldenCase, ...] = (GoldenCase(prompt="What is 2+2?", expect_any=("4",)),)
     max_tokens: int = Field(64, ge=1)
+
+
+class StopBehaviorGate(GateSettings):
+    """Short questions that want one line: a chat model's greedy reply must end on an eos id on its own."""
+
+    prompts: tuple[str, ...] = Field(
+        ("What is the capital of France?", "Say hello.", "What is 2+2?"),
+        min_length=1,
+    )
+    max_tokens: int = Field(128, ge=8)  # the token limit of each reply
+    max_fraction: float = Field(
+        0.75, gt=0, le=1
+    )  # a reply longer than this share of the limit did not stop "well before" it
+
+
+class PerplexityGate(GateSettings):
+    """Teacher-forced mean negative log-likelihood (nats per token) of fixed texts: a damaged network loses the
+    language first. The default limit is far above any working model's score and far below a broken one's."""
+
+    texts: tuple[str, ...] = Field(
+        (
+            "The quick brown fox jumps over the lazy dog. Paris is the capital of France, and Berlin is the "
+            "capital of Germany. Water boils at one hundred degrees Celsius at sea level.",
+            "def add(a, b):\n    return a + b\n\n\ndef multiply(a, b):\n    return a * b\n",
+            "Monday, Tuesday, Wednesday, Thursday, Friday, Saturday, Sunday. One, two, three, four, five, six.",
+        ),
+        min_length=1,
+    )
+    max_mean_nll: float = Field(4.5, gt=0)
 
 
 class ParityGate(GateSettings):
@@ -131,6 +161,8 @@ class GateSet(BaseModel):
     metadata_plausibility: GateSettings | None = Field(None, alias="METADATA-PLAUSIBILITY")
     structure: GateSettings | None = Field(None, alias="STRUCTURE")
     golden_output: GoldenOutputGate | None = Field(None, alias="GOLDEN-OUTPUT")
+    stop_behavior: StopBehaviorGate | None = Field(None, alias="STOP-BEHAVIOR")
+    perplexity: PerplexityGate | None = Field(None, alias="PERPLEXITY")
     format_parity: ParityGate | None = Field(None, alias="FORMAT-PARITY")
     reference_parity: ParityGate | None = Field(None, alias="REFERENCE-PARITY")
     numerics_parity: NumericsGate | None = Field(None, alias="NUMERICS-PARITY")
