@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from apr.serve.errors import ApiError, bad_request
 from apr.serve.fim import find_fim_tokens
@@ -42,7 +42,14 @@ class Job:
     constraint: ConstraintSpec | None = None
 
 
-def check_model(request: SamplingFields, served: ServedModel) -> None:
+class NamesModel(Protocol):
+    """A request that names the model it is for."""
+
+    @property
+    def model(self) -> str: ...
+
+
+def check_model(request: NamesModel, served: ServedModel) -> None:
     if not served.knows(request.model):
         raise ApiError(
             404,
@@ -164,27 +171,37 @@ def _fim_prompts(
         )
     if request.echo:
         raise bad_request("'echo' cannot be combined with 'suffix' (fill-in-the-middle).", param="echo")
-    prompt = request.prompt
-    if isinstance(prompt, str):
-        texts = [prompt]
-    elif all(isinstance(item, str) for item in prompt):
-        texts = list(prompt)
-    else:
+    texts = prompt_texts(request.prompt)
+    if texts is None:
         raise bad_request("With 'suffix', 'prompt' must be text (the code before the gap).", param="prompt")
     suffix = request.suffix or ""
     return [(fim.prompt_ids(served.tokenizer, text, suffix), text) for text in texts], fim.stops
 
 
+def prompt_texts(prompt: str | list[str] | list[int] | list[list[int]]) -> list[str] | None:
+    """The prompt's texts, or None when it is given as token ids."""
+    if isinstance(prompt, str):
+        return [prompt]
+    texts = [item for item in prompt if isinstance(item, str)]
+    return texts if len(texts) == len(prompt) else None
+
+
+def prompt_id_lists(prompt: str | list[str] | list[int] | list[list[int]]) -> list[list[int]]:
+    """A prompt of token ids as one list per prompt (a flat list is one prompt); text holds none."""
+    if isinstance(prompt, str):
+        return []
+    flat = [item for item in prompt if isinstance(item, int)]
+    if len(flat) == len(prompt):
+        return [flat]
+    return [list(item) for item in prompt if isinstance(item, list)]
+
+
 def _completion_prompts(request: CompletionRequest, served: ServedModel) -> list[tuple[list[int], str]]:
     """Each prompt as (token ids, text). Text is encoded with the model's special tokens (BOS)."""
-    prompt = request.prompt
     tokenizer = served.tokenizer
-    if isinstance(prompt, str):
-        texts = [prompt]
-    elif all(isinstance(item, str) for item in prompt):
-        texts = list(prompt)
-    else:
-        id_lists = [prompt] if all(isinstance(item, int) for item in prompt) else list(prompt)
+    texts = prompt_texts(request.prompt)
+    if texts is None:
+        id_lists = prompt_id_lists(request.prompt)
         vocab = served.engine.config.vocab_size
         for ids in id_lists:
             bad = next((token for token in ids if token >= vocab), None)

@@ -95,7 +95,7 @@ def create_app(engine: Engine, settings: ServeSettings) -> FastAPI:
 def _prefix_cache(state: ServeState) -> dict[str, Any]:
     scheduler = state.scheduler
     enabled = scheduler is not None and scheduler.prefix_cache_enabled
-    entries, nbytes = scheduler.prefix_usage if enabled else (0, 0)
+    entries, nbytes = scheduler.prefix_usage if scheduler is not None and enabled else (0, 0)
     return {
         "enabled": enabled,
         "budget_mb": state.settings.prefix_cache_mb if enabled else 0,

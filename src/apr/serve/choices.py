@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncGenerator, Awaitable
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from functools import partial
@@ -17,7 +17,8 @@ from apr.serve.scoring import PromptScores, score_prompt
 if TYPE_CHECKING:
     from fastapi import Request
 
-    from apr.engine import Engine, TokenEvent
+    from apr.engine import Engine, SamplingParams, TokenEvent
+    from apr.engine.types import FinishReason
 
 T = TypeVar("T")
 
@@ -37,9 +38,10 @@ class ChoiceRun:
         return "".join(event.text for event in self.events)
 
     @property
-    def finish_reason(self) -> str:
+    def finish_reason(self) -> FinishReason:
         # No events means nothing was asked for (max_tokens 0 with echo): the length limit ended it.
-        return self.events[-1].finish_reason if self.events else "length"
+        reason = self.events[-1].finish_reason if self.events else None
+        return reason or "length"
 
 
 def cached_prompt_tokens(cached_by_choice: dict[int, int], n: int) -> int:
@@ -96,19 +98,19 @@ async def merged_events(
     jobs: list[Job],
     extras: dict[int, dict] | None = None,
     cached: dict[int, list[int]] | None = None,
-) -> AsyncIterator[tuple[Job, TokenEvent]]:
+) -> AsyncGenerator[tuple[Job, TokenEvent], None]:
     """Events of every choice as they come; leaving early (client gone) cancels them all.
     `cached[job.index]` (if given) receives that choice's cached prompt tokens."""
     inbox: asyncio.Queue = asyncio.Queue()
     extras = extras or {}
     cached = cached if cached is not None else {}
 
-    async def pump(job: Job) -> None:
+    async def pump(job: Job, params: SamplingParams) -> None:
         try:
             events = scheduler.generate(
                 f"{completion_id}-{job.index}",
                 job.prompt_ids,
-                job.params,
+                params,
                 cached=cached.setdefault(job.index, []),
                 **extras.get(job.index, {}),
             )
@@ -119,7 +121,7 @@ async def merged_events(
             inbox.put_nowait((job, error))
         inbox.put_nowait((job, None))
 
-    tasks = [asyncio.create_task(pump(job)) for job in jobs if job.params is not None]
+    tasks = [asyncio.create_task(pump(job, job.params)) for job in jobs if job.params is not None]
     remaining = len(tasks)
     try:
         while remaining:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from fastapi import FastAPI, Request
@@ -47,7 +48,7 @@ def bad_request(message: str, *, param: str | None = None, code: str | None = No
 
 def describe_validation_errors(errors: list[dict[str, Any]]) -> ApiError:
     """Turn pydantic/FastAPI validation errors into one 400 naming the first offending field."""
-    first = errors[0] if errors else {"loc": (), "msg": "invalid request", "type": "value_error"}
+    first: dict[str, Any] = errors[0] if errors else {"loc": (), "msg": "invalid request", "type": "value_error"}
     if first.get("type") == "json_invalid":
         reason = (first.get("ctx") or {}).get("error", "malformed JSON")
         return bad_request(f"The request body is not valid JSON ({reason}).", code="invalid_json")
@@ -97,10 +98,27 @@ def install_error_handlers(app: FastAPI) -> None:
         log.error("internal error on %s %s: %s: %s", request.method, request.url.path, type(exc).__name__, exc)
         return _json(ApiError(500, f"Internal server error: {type(exc).__name__}: {exc}", type=SERVER_ERROR))
 
-    app.add_exception_handler(ApiError, on_api_error)
-    app.add_exception_handler(RequestValidationError, on_validation_error)
-    app.add_exception_handler(StarletteHTTPException, on_http_error)
+    app.add_exception_handler(ApiError, _narrowed(ApiError, on_api_error, on_unexpected))
+    app.add_exception_handler(
+        RequestValidationError, _narrowed(RequestValidationError, on_validation_error, on_unexpected)
+    )
+    app.add_exception_handler(StarletteHTTPException, _narrowed(StarletteHTTPException, on_http_error, on_unexpected))
     app.add_exception_handler(Exception, on_unexpected)
+
+
+E = TypeVar("E", bound=Exception)
+Handler = Callable[["Request", E], Awaitable["JSONResponse"]]
+
+
+def _narrowed(kind: type[E], handler: Handler[E], fallback: Handler[Exception]) -> Handler[Exception]:
+    """`handler` in the shape Starlette registers (any exception); Starlette only hands it `kind`."""
+
+    async def handle(request: Request, exc: Exception) -> JSONResponse:
+        if isinstance(exc, kind):
+            return await handler(request, exc)
+        return await fallback(request, exc)
+
+    return handle
 
 
 def _json(error: ApiError, headers: dict[str, str] | None = None) -> JSONResponse:

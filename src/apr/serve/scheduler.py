@@ -7,7 +7,7 @@ import logging
 import queue
 import threading
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -156,7 +156,7 @@ class Scheduler:
         params: SamplingParams,
         cached: list[int] | None = None,
         **extras: Any,
-    ) -> AsyncIterator[TokenEvent]:
+    ) -> AsyncGenerator[TokenEvent, None]:
         """Yield the request's token events until its finish_reason; cancel it if abandoned early.
         `cached` (a list) receives how many prompt tokens the prefix cache supplied."""
         if self._stopped.is_set():
@@ -276,7 +276,7 @@ class Scheduler:
                 return messages
 
     def _route(self, events: list[TokenEvent], running: dict[str, _Admit], waiting: deque[_Admit]) -> None:
-        deliveries = []
+        deliveries: list[tuple[asyncio.Queue, TokenEvent | PrefixHit]] = []
         for event in events:
             admit = running.get(event.request_id)
             if admit is None:  # cancelled while this step ran
