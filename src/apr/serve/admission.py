@@ -17,9 +17,6 @@ if TYPE_CHECKING:
 
 # OpenAI's default for /v1/completions; chat defaults to the rest of the context.
 DEFAULT_COMPLETION_TOKENS = 16
-# Echo scoring materializes float32 logits for every prompt position; beyond this it would
-# risk the server's memory, so such prompts are refused (Qwen2.5's vocabulary: ~2,600 tokens).
-MAX_SCORING_LOGITS_BYTES = 1_600_000_000
 # Prompts beyond the batch size wait in the scheduler's queue, so this only bounds one request's
 # bookkeeping; lm-eval sends its whole batch in one request.
 MAX_CHOICES_PER_REQUEST = 4096
@@ -91,8 +88,6 @@ def completion_jobs(request: CompletionRequest, served: ServedModel) -> list[Job
     jobs = []
     for prompt_index, (ids, text) in enumerate(prompts):
         _check_context(len(ids), max_tokens, served)
-        if request.echo and request.logprobs is not None:
-            _check_scoring_size(len(ids), served)
         for choice in range(request.n):
             index = prompt_index * request.n + choice
             params = _sampling_params(request, served, max_tokens, request.logprobs or 0, choice, stop_ids)
@@ -224,18 +219,6 @@ def _check_context(prompt_tokens: int, max_tokens: int, served: ServedModel) -> 
             f"{prompt_tokens + max_tokens} ({prompt_tokens} in the prompt + {max_tokens} to generate). "
             "Shorten the prompt or lower 'max_tokens'.",
             param="max_tokens" if prompt_tokens < served.max_context else "prompt",
-            code="context_length_exceeded",
-        )
-
-
-def _check_scoring_size(prompt_tokens: int, served: ServedModel) -> None:
-    vocab = served.engine.config.vocab_size
-    limit = MAX_SCORING_LOGITS_BYTES // (4 * vocab)
-    if prompt_tokens > limit:
-        raise bad_request(
-            f"Scoring a prompt ('echo' with 'logprobs') is limited to {limit} tokens with this model's vocabulary; "
-            f"this prompt has {prompt_tokens}. Split it into shorter windows.",
-            param="prompt",
             code="context_length_exceeded",
         )
 

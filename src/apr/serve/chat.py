@@ -36,7 +36,8 @@ router = APIRouter(dependencies=[Depends(check_api_key)])
 async def create_chat_completion(
     body: ChatCompletionRequest, request: Request, state: ServeState = Depends(serve_state)
 ):
-    jobs = chat_jobs(body, state.served)
+    # Rendering and tokenizing run off the event loop, so other streams keep flowing meanwhile.
+    jobs = await asyncio.to_thread(chat_jobs, body, state.served)
     extras = await constraints(state, jobs)
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     created = int(time.time())

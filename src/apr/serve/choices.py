@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, TypeVar
 from apr.serve.admission import Job
 from apr.serve.errors import ApiError
 from apr.serve.scheduler import Scheduler, SchedulerError
-from apr.serve.scoring import PromptScores, score_prompt
+from apr.serve.scoring import ChunkedScore, PromptScores, score_prompt
 
 if TYPE_CHECKING:
     from fastapi import Request
@@ -58,7 +58,12 @@ def as_api_error(error: SchedulerError) -> ApiError:
 
 
 async def score(scheduler: Scheduler, engine: Engine, job: Job, top: int) -> PromptScores:
+    """The prompt's own log-probabilities; a prompt longer than one prefill chunk is scored chunk by chunk
+    between batch steps, so the streams running meanwhile keep flowing."""
+    chunk = scheduler.prefill_chunk
     try:
+        if chunk is not None and len(job.prompt_ids) > chunk:
+            return await scheduler.call_chunked(ChunkedScore(engine, job.prompt_ids, top, chunk))
         return await scheduler.call(partial(score_prompt, engine, job.prompt_ids, top))
     except SchedulerError as error:
         raise as_api_error(error) from error
