@@ -99,13 +99,14 @@ def render_chat(
     add_generation_prompt: bool,
     special_tokens: dict[str, str | None],
     tools: list[dict[str, Any]] | None = None,
+    time_limit_s: float = RENDER_TIME_LIMIT_S,
 ) -> str:
     """The prompt text for ``messages``; any failure of the template is a ChatTemplateError (a ValueError)
     with the template's message, one line."""
     try:
         template = compile_template(source)
         context = dict(messages=messages, add_generation_prompt=add_generation_prompt, tools=tools, **special_tokens)
-        return _bounded_render(template, context)
+        return _bounded_render(template, context, time_limit_s)
     except ChatTemplateError:
         raise
     except jinja2.exceptions.TemplateError as err:
@@ -123,16 +124,16 @@ def _one_line(err: BaseException) -> str:
     return " ".join(str(err).split())[:300]
 
 
-def _bounded_render(template: jinja2.Template, context: dict[str, Any]) -> str:
-    """``template.render(context)``, stopped past RENDER_TIME_LIMIT_S or MAX_RENDERED_CHARS.
+def _bounded_render(template: jinja2.Template, context: dict[str, Any], time_limit_s: float) -> str:
+    """``template.render(context)``, stopped past ``time_limit_s`` or MAX_RENDERED_CHARS.
 
     The time bound traces only the template's own compiled code (line events in its frames), so a loop
     that renders nothing is stopped too; the output bound is checked as the template yields text."""
-    deadline = time.monotonic() + RENDER_TIME_LIMIT_S
+    deadline = time.monotonic() + time_limit_s
 
     def on_line(frame: FrameType, event: str, arg: Any) -> Any:
         if time.monotonic() > deadline:
-            raise ChatTemplateError(f"chat template took longer than {RENDER_TIME_LIMIT_S:g} s to render")
+            raise ChatTemplateError(f"chat template took longer than {time_limit_s:g} s to render")
         return on_line
 
     def on_call(frame: FrameType, event: str, arg: Any) -> Any:
