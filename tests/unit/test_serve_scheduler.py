@@ -28,8 +28,7 @@ def greedy(max_tokens: int):
 
 
 async def collect(scheduler: Scheduler, request_id: str, ids: list[int], params) -> list:
-    # generate is an async generator (it has aclose); its annotation only promises an AsyncIterator.
-    async with aclosing(scheduler.generate(request_id, ids, params)) as events:  # type: ignore[type-var]
+    async with aclosing(scheduler.generate(request_id, ids, params)) as events:
         return [event async for event in events]
 
 
@@ -129,3 +128,94 @@ def test_stopping_fails_running_requests_with_a_shutdown_error(engine):
             await collect(scheduler, "late", ids, greedy(2))
 
     asyncio.run(main())
+
+
+class FailingConstraint:
+    """A grammar whose mask raises at the `fail_at`-th token: a failure inside the batch step, in one sequence."""
+
+    def __init__(self, fail_at: int) -> None:
+        self.calls, self.fail_at = 0, fail_at
+
+    def mask(self, logits):
+        self.calls += 1
+        if self.calls >= self.fail_at:
+            raise RuntimeError("internal detail: /secret/path")
+        return logits
+
+    def accept(self, token: int) -> None:
+        pass
+
+
+def test_a_sequence_failing_inside_the_batch_step_ends_alone(engine):
+    prompts = [engine.tokenizer.encode(p, add_special_tokens=True) for p in PROMPTS]
+    solo = [engine.generate(ids, greedy(12)).token_ids for ids in prompts]
+
+    async def body(scheduler):
+        async def failing():
+            async with aclosing(
+                scheduler.generate("bad", prompts[0], greedy(12), constraint=FailingConstraint(3))
+            ) as events:
+                return [event async for event in events]
+
+        good = [collect(scheduler, f"r{i}", ids, greedy(12)) for i, ids in enumerate(prompts)]
+        return await asyncio.gather(failing(), *good, return_exceptions=True), scheduler.load
+
+    (bad, *runs), load = run_with_scheduler(engine, 4, body)
+    assert isinstance(bad, SchedulerError)
+    assert "engine failed" in str(bad) and "secret" not in str(bad)  # the cause stays in the server log
+    assert [[event.token_id for event in run] for run in runs] == solo
+    assert load.failed == 1 and load.finished == 3
+
+
+def test_a_long_prompt_is_prefilled_in_chunks_while_other_streams_decode(engine):
+    """With a prefill chunk, a long prompt takes several steps; a short stream already decoding gets a token
+    in each of them, and both results equal their solo runs (the chunked prefill continues the cache)."""
+    short = engine.tokenizer.encode(PROMPTS[1], add_special_tokens=True)
+    long = (engine.tokenizer.encode(" ".join(PROMPTS) * 12, add_special_tokens=True))[:150]
+    solo_short = engine.generate(short, greedy(40)).token_ids
+    solo_long = engine.generate(long, greedy(6)).token_ids
+    arrivals: list[tuple[str, float]] = []
+
+    async def body(scheduler):
+        async def stream(name, ids, params, delay):
+            await asyncio.sleep(delay)
+            out = []
+            async with aclosing(scheduler.generate(name, ids, params)) as events:
+                async for event in events:
+                    arrivals.append((name, time.monotonic()))
+                    out.append(event.token_id)
+            return out
+
+        return await asyncio.gather(stream("short", short, greedy(40), 0.0), stream("long", long, greedy(6), 0.05))
+
+    async def main():
+        scheduler = Scheduler(engine, 4, asyncio.get_running_loop(), prefill_chunk=16)
+        scheduler.start()
+        try:
+            return await body(scheduler)
+        finally:
+            scheduler.stop()
+
+    got_short, got_long = asyncio.run(main())
+    assert got_short == solo_short[: len(got_short)] and got_short == solo_short
+    assert got_long == solo_long
+    # The long prompt's first token came after ceil(150 / 16) = 10 steps; the short stream got a token in
+    # each of them (a whole-prompt prefill would give it none meanwhile).
+    first_long = next(at for name, at in arrivals if name == "long")
+    short_before = [at for name, at in arrivals if name == "short" and at < first_long]
+    assert len(short_before) >= 10
+
+
+def test_chunked_scoring_equals_whole_prompt_scoring(engine):
+    from apr.serve.scoring import ChunkedScore, score_prompt
+
+    ids = engine.tokenizer.encode(" ".join(PROMPTS) * 4, add_special_tokens=True)[:70]
+    whole = score_prompt(engine, ids, 3)
+
+    async def body(scheduler):
+        return await scheduler.call_chunked(ChunkedScore(engine, ids, 3, 16))
+
+    chunked = run_with_scheduler(engine, 1, body)
+    assert chunked.logprobs[0] is None and len(chunked.logprobs) == len(ids)
+    assert chunked.logprobs[1:] == pytest.approx(whole.logprobs[1:], abs=1e-3)
+    assert [set(top) for top in chunked.top_logprobs[1:]] == [set(top) for top in whole.top_logprobs[1:]]

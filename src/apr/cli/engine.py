@@ -208,7 +208,9 @@ def register(app: typer.Typer) -> None:
 
         model = _resolve_first(model)
         params = _sampling(max_tokens, temperature, seed)
-        engine, load_s = open_engine(model, _options(device, dtype, threads, compile, numerics=numerics))
+        engine, load_s = open_engine(
+            model, _options(device, dtype, threads, compile, numerics=numerics), templated=True
+        )
         chat_loop(engine, params, as_json=as_json, system=system, load_s=load_s)
 
     @app.command("bench")
@@ -270,7 +272,7 @@ def _run(
     """`apr run` once its options are valid: load, generate (one stream or a batch), trace if asked."""
     from apr.cli.engine_session import model_json, open_engine, prompt_ids, result_json, stream_to_stdout
 
-    engine, load_s = open_engine(model, options)
+    engine, load_s = open_engine(model, options, templated=not raw)
     templated = not raw and engine.tokenizer.has_chat_template
     if not raw and not templated:
         print("note: this model has no chat template; running the prompt raw", file=sys.stderr)

@@ -56,8 +56,11 @@ def layer_bar(description: str) -> Iterator[Callable[[int, int], None] | None]:
         yield advance
 
 
-def open_engine(model_arg: str, options: EngineOptions) -> tuple[Engine, float]:
-    """(engine, seconds from the start of loading) for a MODEL argument (path, cached name or ref)."""
+def open_engine(model_arg: str, options: EngineOptions, *, templated: bool = False) -> tuple[Engine, float]:
+    """(engine, seconds from the start of loading) for a MODEL argument (path, cached name or ref).
+
+    ``templated``: the verb will render the model's chat template, so a template that fails (broken, or
+    past its limits) is found on a probe turn before the engine is built, not after seconds of loading."""
     start = time.perf_counter()
     utf8_stdio()
     from apr.formats import load_model
@@ -66,6 +69,8 @@ def open_engine(model_arg: str, options: EngineOptions) -> tuple[Engine, float]:
     # The ref first: a typo is refused in milliseconds, before torch's import (seconds on a busy machine).
     path = resolve_model_arg(model_arg, progress=sys.stderr.isatty())
     model = load_model(path)
+    if templated and model.tokenizer.has_chat_template:
+        model.tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True)
     from apr.engine import load_engine
 
     with layer_bar(f"loading {path.name} on {options.device}") as progress:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import signal
 import sys
 from typing import Annotated
 
@@ -22,6 +23,9 @@ VERB_GROUPS = (
     "apr.cli.qa",  # qa, certify
     "apr.cli.report",  # report
 )
+
+
+DEBUG_FLAG = "--debug"
 
 
 def _print_version(value: bool) -> None:
@@ -55,6 +59,10 @@ def build_app() -> typer.Typer:
                 help="Print the version, kernel family, CPU, threads, torch version and device, then exit.",
             ),
         ] = False,
+        debug: Annotated[
+            bool,
+            typer.Option(DEBUG_FLAG, help="On an unexpected error, print the Python traceback as well."),
+        ] = False,
     ) -> None:
         """apr: the certification workbench for LLM checkpoints."""
 
@@ -68,9 +76,50 @@ def build_app() -> typer.Typer:
     return app
 
 
+def _stop_on_sigterm(signum: int, frame: object) -> None:
+    # A stop request unwinds like Ctrl-C, so atomic writes delete their temporary files on the way out.
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _debugging(args: list[str]) -> bool:
+    """Whether --debug is among the root options (those before the verb)."""
+    for arg in args:
+        if arg == DEBUG_FLAG:
+            return True
+        if not arg.startswith("-"):
+            return False
+    return False
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI. A usage error or an AprError prints one `error:` line and exits 2; never a traceback."""
+    """Run the CLI. Every failure prints one `error:` line and exits 2 (130 when interrupted); a traceback
+    only with --debug."""
     args = list(sys.argv[1:] if argv is None else argv)
+    debug = _debugging(args)
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    try:
+        return _run(args)
+    except Exception as err:  # the last line of defence: a bug or an unforeseen failure, still one line
+        if debug:
+            raise
+        print(f"error: {describe_unexpected(err)}", file=sys.stderr)
+        return 2
+
+
+def describe_unexpected(err: BaseException) -> str:
+    """One line for an exception no verb turned into an AprError."""
+    if isinstance(err, OSError):  # the environment's fault: a permission, a full disk, a file removed meanwhile
+        where = f"{err.filename}: " if err.filename else ""
+        return f"{where}{(err.strerror or type(err).__name__).lower()}; check the path, its permissions and free space"
+    if isinstance(err, MemoryError):
+        return "out of memory; use a smaller model, a shorter prompt or fewer --batch-size"
+    text = " ".join(str(err).split())[:300]
+    problem = f"{type(err).__name__}: {text}" if text else type(err).__name__
+    return f"internal error ({problem}); rerun with 'apr --debug ...' for the traceback and report it"
+
+
+def _run(args: list[str]) -> int:
     command = typer.main.get_command(build_app())
     try:
         # standalone_mode=False: click hands usage errors to us instead of drawing its boxes.
@@ -83,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         print(usage_line(err, args, command), file=sys.stderr)
         return 2
     except AprError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {' '.join(str(err).splitlines())}", file=sys.stderr)
         return err.exit_code
     except (KeyboardInterrupt, typer.Abort):
         print("interrupted", file=sys.stderr)

@@ -8,6 +8,7 @@ from enum import Enum
 import typer
 
 from apr.cli.engine import NumericsChoice
+from apr.serve.defaults import DEFAULT_MAX_BODY_MB, DEFAULT_PREFILL_CHUNK
 
 
 class Device(str, Enum):
@@ -43,6 +44,15 @@ def register(app: typer.Typer) -> None:
         prefix_cache_mb: int = typer.Option(
             1024, "--prefix-cache-mb", min=0, help="Memory for KV caches reused across requests (0: off)."
         ),
+        prefill_chunk: int = typer.Option(
+            DEFAULT_PREFILL_CHUNK,
+            "--prefill-chunk",
+            min=1,
+            help="Prompt tokens prefilled (or scored) per step; longer prompts interleave with other streams.",
+        ),
+        max_body_mb: float = typer.Option(
+            DEFAULT_MAX_BODY_MB, "--max-body-mb", min=0.001, help="Largest request body accepted (413 beyond)."
+        ),
         shutdown_grace: float = typer.Option(
             2.0, "--shutdown-grace", min=0.0, help="Seconds in-flight requests may run on after SIGINT/SIGTERM."
         ),
@@ -68,6 +78,8 @@ def register(app: typer.Typer) -> None:
             seed=seed,
             graceful_timeout_s=shutdown_grace,
             prefix_cache_mb=prefix_cache_mb,
+            prefill_chunk=prefill_chunk,
+            max_body_bytes=int(max_body_mb * 2**20),
         )
         model_path = resolve_model_arg(model)
         # Bind before the (slow) model load, so a busy port fails at once.

@@ -129,7 +129,10 @@ class Engine:
             return new_cache(capacity)
         return self.transformer.new_cache(capacity)
 
-    def new_batch(self, max_batch: int) -> BatchDecoder:
+    def new_batch(
+        self, max_batch: int, *, prefill_chunk: int | None = None, isolate_failures: bool = False
+    ) -> BatchDecoder:
+        """A continuous batch (see BatchDecoder for ``prefill_chunk`` and ``isolate_failures``)."""
         return BatchDecoder(
             self.transformer,
             self.tokenizer,
@@ -137,6 +140,8 @@ class Engine:
             max_batch,
             step_hook=self._decode_step,
             cache_factory=self.new_cache,
+            prefill_chunk=prefill_chunk,
+            isolate_failures=isolate_failures,
         )
 
     def stream(

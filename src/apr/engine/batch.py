@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import torch
 
@@ -13,6 +14,8 @@ from apr.engine.kv_cache import SequenceCache, capacity_for
 from apr.engine.model import Transformer
 from apr.engine.sampling import LogitConstraint, Sampler
 from apr.engine.types import FinishReason, SamplingParams, TokenEvent
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -50,12 +53,27 @@ class Sequence:
     generated: list[int] = field(default_factory=list)
     finished_at: float | None = None
     prefix: PrefixCache | None = None
+    # Prompt tokens whose keys and values the cache holds (a long prompt is prefilled over several steps).
+    prefilled: int = 0
+
+
+@dataclass(frozen=True)
+class SequenceFailure:
+    """A sequence that raised while it was prefilled, decoded or sampled; it left the batch, the others stay."""
+
+    request_id: str
+    error: Exception
 
 
 class BatchDecoder:
     """Runs up to ``max_batch`` sequences together. Greedy output of a sequence is the same alone or batched:
     every sequence has its own cache, sized only by its own request, and the batched matmul kernels
-    compute each row independently."""
+    compute each row independently.
+
+    ``prefill_chunk`` (serve): at most that many prompt tokens are prefilled per step, so a long prompt
+    is taken in chunks between decode steps and the other sequences keep producing tokens meanwhile.
+    ``isolate_failures`` (serve): a sequence that raises leaves the batch alone (``take_failures``)
+    instead of failing the step for every sequence."""
 
     def __init__(
         self,
@@ -65,13 +83,20 @@ class BatchDecoder:
         max_batch: int,
         step_hook=None,
         cache_factory: Callable[[int], SequenceCache] | None = None,
+        prefill_chunk: int | None = None,
+        isolate_failures: bool = False,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        if prefill_chunk is not None and prefill_chunk < 1:
+            raise ValueError(f"prefill_chunk must be >= 1, got {prefill_chunk}")
         self.model, self.tokenizer, self.max_batch = model, tokenizer, max_batch
         self.eos_ids = frozenset(eos_ids)
+        self.prefill_chunk, self.isolate_failures = prefill_chunk, isolate_failures
         self._pending: list[Sequence] = []
+        self._prefilling: list[Sequence] = []
         self._running: list[Sequence] = []
+        self._failures: list[SequenceFailure] = []
         self._decode = step_hook or model.decode
         # The CUDA graph step hands out caches from its pool (cuda_graphs.CachePool); else private ones.
         self._new_cache = cache_factory or model.new_cache
@@ -79,7 +104,12 @@ class BatchDecoder:
     @property
     def active(self) -> list[str]:
         """Request ids still generating or waiting to start."""
-        return [s.request_id for s in (*self._running, *self._pending)]
+        return [s.request_id for s in (*self._running, *self._prefilling, *self._pending)]
+
+    def take_failures(self) -> list[SequenceFailure]:
+        """The sequences that failed since the last call (only with ``isolate_failures``)."""
+        failures, self._failures = self._failures, []
+        return failures
 
     def add(
         self,
@@ -113,31 +143,89 @@ class BatchDecoder:
 
     def cancel(self, request_id: str) -> None:
         self._pending = [s for s in self._pending if s.request_id != request_id]
+        self._prefilling = [s for s in self._prefilling if s.request_id != request_id]
         self._running = [s for s in self._running if s.request_id != request_id]
 
     @torch.inference_mode()
     def step(self) -> list[TokenEvent]:
-        """Prefill newly added sequences (their first token) and decode one token for the others."""
+        """Prefill newly added sequences (their first token; a chunk of a long prompt) and decode one token
+        for the others."""
         events: list[TokenEvent] = []
         decoding = list(self._running)
-        while self._pending and len(self._running) < self.max_batch:
-            seq = self._pending.pop(0)
-            self._running.append(seq)
-            events.append(self._prefill(seq))
+        while self._pending and len(self._running) + len(self._prefilling) < self.max_batch:
+            self._prefilling.append(self._pending.pop(0))
+        budget = self.prefill_chunk
+        for seq in list(self._prefilling):
+            if budget is not None and budget <= 0:
+                break
+            before = seq.prefilled
+            event = self._guarded(seq, self._prefill, seq, budget)
+            if budget is not None:
+                budget -= max(seq.prefilled - before, 1)
+            if event is not None or seq.finished_at is not None:
+                self._prefilling.remove(seq)
+                self._running.append(seq)
+                if event is not None:
+                    events.append(event)
         if decoding:
-            tokens = torch.tensor([s.generated[-1] for s in decoding], device=self.model.embedding.device)
-            logits = self._decode(tokens, [_cache_of(s) for s in decoding])
-            events.extend(self._advance(seq, row) for seq, row in zip(decoding, logits))
+            events.extend(self._decode_all(decoding))
         self._running = [s for s in self._running if s.finished_at is None]
         return events
 
-    def _prefill(self, seq: Sequence) -> TokenEvent:
-        positions = min(len(seq.prompt_ids) + seq.params.max_tokens, self.model.max_positions)
-        reused = self._take_prefix(seq, positions)
+    def _decode_all(self, decoding: list[Sequence]) -> list[TokenEvent]:
+        device = self.model.embedding.device
+        try:
+            tokens = torch.tensor([s.generated[-1] for s in decoding], device=device)
+            logits = self._decode(tokens, [_cache_of(s) for s in decoding])
+        except Exception:
+            if not self.isolate_failures:
+                raise
+            # Find the sequence that breaks the batched step: each decodes alone (each writes only its own
+            # cache position, which the failed step may have written already: the same values again).
+            events = []
+            for seq in decoding:
+                row = self._guarded(seq, self._decode_one, seq)
+                if row is not None:
+                    event = self._guarded(seq, self._advance, seq, row)
+                    if event is not None:
+                        events.append(event)
+            return events
+        events = []
+        for seq, row in zip(decoding, logits):
+            event = self._guarded(seq, self._advance, seq, row)
+            if event is not None:
+                events.append(event)
+        return events
+
+    def _decode_one(self, seq: Sequence) -> torch.Tensor:
+        tokens = torch.tensor([seq.generated[-1]], device=self.model.embedding.device)
+        return self._decode(tokens, [_cache_of(seq)])[0]
+
+    def _guarded(self, seq: Sequence, action: Callable[..., T], *args: Any) -> T | None:
+        """``action(*args)``; with ``isolate_failures`` an exception ends ``seq`` alone (None is returned)."""
+        if not self.isolate_failures:
+            return action(*args)
+        try:
+            return action(*args)
+        except Exception as exc:
+            seq.finished_at, seq.cache = time.perf_counter(), None
+            self._failures.append(SequenceFailure(seq.request_id, exc))
+            return None
+
+    def _prefill(self, seq: Sequence, budget: int | None) -> TokenEvent | None:
+        """Prefill the next ``budget`` prompt tokens (all without a budget); the first token once the whole
+        prompt is in the cache, else None."""
         if seq.cache is None:
-            seq.cache = self._new_cache(capacity_for(positions, self.model.max_positions))
-        ids = torch.tensor(seq.prompt_ids[reused:], device=self.model.embedding.device)
+            positions = min(len(seq.prompt_ids) + seq.params.max_tokens, self.model.max_positions)
+            seq.prefilled = self._take_prefix(seq, positions)
+            if seq.cache is None:
+                seq.cache = self._new_cache(capacity_for(positions, self.model.max_positions))
+        stop = len(seq.prompt_ids) if budget is None else min(len(seq.prompt_ids), seq.prefilled + budget)
+        ids = torch.tensor(seq.prompt_ids[seq.prefilled : stop], device=self.model.embedding.device)
         hidden = self.model.prefill(ids, seq.cache)
+        seq.prefilled = stop
+        if stop < len(seq.prompt_ids):
+            return None
         return self._advance(seq, self.model.head(hidden[-1:])[0])
 
     def _take_prefix(self, seq: Sequence, positions: int) -> int:

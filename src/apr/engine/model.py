@@ -211,41 +211,45 @@ class Transformer(nn.Module):
         return logits
 
     def can_continue_prefill(self, tokens: int) -> bool:
-        """Whether ``prefill`` can take ``tokens`` more tokens into a cache that already holds some: this
-        path starts at position 0 only (native_model.NativeTransformer continues from any position)."""
+        """Whether a kept cache should be continued with ``tokens`` more tokens (prefix caching): this path
+        re-reads the whole cache per call, so only native_model.NativeTransformer's one-call layers say yes."""
         return False
 
     def prefill(self, ids: torch.Tensor, cache: SequenceCache | None) -> torch.Tensor:
         """Final hidden states ``[T, hidden]`` of prompt tokens placed after the ``cache.length`` positions
-        ``cache`` already holds (0 without a cache); fills ``cache`` if given. Starting past 0 needs
-        ``can_continue_prefill``."""
+        ``cache`` already holds (0 without a cache); fills ``cache`` if given. A prompt prefilled in chunks
+        (serve interleaves long prompts with decode steps) continues from the cache; ``can_continue_prefill``
+        says whether that is worth it for reusing a kept cache (prefix caching)."""
         t, start = ids.shape[0], cache.length if cache is not None else 0
-        positions = torch.arange(start, start + t, device=ids.device)
+        end = start + t
+        positions = torch.arange(start, end, device=ids.device)
         x = self.embed(ids)
-        if start:
-            raise ValueError(f"this model's prefill starts at position 0 only, the cache holds {start}")
-        causal = torch.ones(t, t, dtype=torch.bool, device=ids.device).tril()
+        # Row i (position start + i) sees the cached positions and itself: columns 0 .. start + i.
+        causal = torch.ones(t, end, dtype=torch.bool, device=ids.device).tril(start)
         window = self.cfg.sliding_window
-        local = causal.triu(-(window - 1)) if window else causal
+        local = causal.triu(start - (window - 1)) if window else causal
         tables = self.rope_tables_at(positions)
         for block in self.blocks:
             cos, sin = tables[block.sliding]
             q, k, v = block.qkv(block.input_norm(x), cos, sin, rows=False)
+            keys, values = k.transpose(0, 1), v.transpose(0, 1)
             if cache is not None:
-                cache.k[block.index, :, :t] = k.transpose(0, 1)
-                cache.v[block.index, :, :t] = v.transpose(0, 1)
+                cache.k[block.index, :, start:end] = keys
+                cache.v[block.index, :, start:end] = values
+                if start:  # the earlier chunks' keys and values come from the cache
+                    keys, values = cache.k[block.index, :, :end], cache.v[block.index, :, :end]
             mask = local if block.sliding else causal
             attn = F.scaled_dot_product_attention(
                 q.transpose(0, 1)[None],
-                k.transpose(0, 1)[None],
-                v.transpose(0, 1)[None],
+                keys[None],
+                values[None],
                 attn_mask=mask,
                 scale=block.scale,
                 enable_gqa=True,
             )
             x = block.finish(x, attn[0].transpose(0, 1).reshape(t, -1), rows=False)
         if cache is not None:
-            cache.length = t
+            cache.length = end
         return x
 
     def decode(self, tokens: torch.Tensor, caches: list[SequenceCache]) -> torch.Tensor:

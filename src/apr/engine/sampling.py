@@ -7,6 +7,11 @@ from typing import Protocol
 import torch
 
 from apr.engine.types import SamplingParams
+from apr.errors import AprError
+
+
+class NonFiniteLogits(AprError):
+    """The model computed NaN or +Inf logits: its weights (or its numerics) are broken, never a valid reply."""
 
 
 class LogitConstraint(Protocol):
@@ -31,6 +36,11 @@ class Sampler:
     def choose(self, logits: torch.Tensor, history: list[int]) -> tuple[int, float, dict[int, float] | None]:
         """(token id, its log-probability, top alternatives or None) from float32 logits ``[vocab]``."""
         logits = logits.float().cpu()
+        if bool(torch.isnan(logits).any() or torch.isposinf(logits).any()):
+            raise NonFiniteLogits(
+                "the model computed NaN/Inf logits: its weights hold NaN or Inf values (or overflow in this "
+                "dtype); the checkpoint is corrupt, re-convert or re-download it"
+            )
         p = self.params
         if p.repetition_penalty != 1.0 and history:
             logits = apply_repetition_penalty(logits, history, p.repetition_penalty)
@@ -41,7 +51,7 @@ class Sampler:
         if p.greedy:
             token = int(torch.argmax(logits))
         else:
-            probs = torch.softmax(filter_logits(logits / p.temperature, p.top_k, p.top_p), dim=-1)
+            probs = torch.softmax(filter_logits(scaled(logits, p.temperature), p.top_k, p.top_p), dim=-1)
             token = int(torch.multinomial(probs, 1, generator=self.generator))
         if self.constraint is not None:
             self.constraint.accept(token)
@@ -52,13 +62,20 @@ class Sampler:
         return token, float(logprobs[token]), top
 
 
+def scaled(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``logits / temperature`` shifted so the best is 0: a tiny temperature then sends the others to -inf
+    instead of overflowing to +inf (whose softmax is NaN)."""
+    return (logits - logits.max()) / temperature
+
+
 def apply_repetition_penalty(logits: torch.Tensor, history: list[int], penalty: float) -> torch.Tensor:
     """CTRL-style penalty as in transformers: seen tokens' positive logits divided, negative multiplied."""
     seen = torch.tensor(sorted(set(history)), dtype=torch.long)
     picked = logits[seen]
     out = logits.clone()
     out[seen] = torch.where(picked > 0, picked / penalty, picked * penalty)
-    return out
+    # A penalty near 0 overflows the division: the largest finite value keeps the softmax defined.
+    return out.clamp(max=torch.finfo(out.dtype).max)
 
 
 def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
@@ -72,5 +89,7 @@ def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tenso
         cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(-1)
         # Drop a token when the mass before it already reaches top_p.
         drop = cumulative - torch.softmax(sorted_logits, dim=-1) >= top_p
+        # The best token always stays, also when top_p rounds to 0 in float32.
+        drop[0] = False
         out[order[drop]] = float("-inf")
     return out

@@ -9,13 +9,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from apr.errors import AprError
+
 
 @contextmanager
 def atomic_path(final: Path) -> Iterator[Path]:
     """Yield a temporary sibling path; on success rename it to ``final``, on error delete it."""
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".part", dir=final.parent)
+    with _writable(final):
+        final.parent.mkdir(parents=True, exist_ok=True)
+        handle, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".part", dir=final.parent)
     os.close(handle)
     temp = Path(name)
     try:
@@ -32,8 +35,9 @@ def atomic_path(final: Path) -> Iterator[Path]:
 def atomic_dir(final: Path) -> Iterator[Path]:
     """Yield a temporary sibling directory; on success it replaces ``final`` (a directory) whole."""
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    temp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".part", dir=final.parent))
+    with _writable(final):
+        final.parent.mkdir(parents=True, exist_ok=True)
+        temp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".part", dir=final.parent))
     try:
         yield temp
         os.chmod(temp, 0o777 & ~_umask())
@@ -50,6 +54,17 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     finally:
         if temp.exists():
             shutil.rmtree(temp, ignore_errors=True)
+
+
+@contextmanager
+def _writable(final: Path) -> Iterator[None]:
+    """Name the output the user asked for (not our temporary sibling) when its folder cannot take it."""
+    try:
+        yield
+    except OSError as err:
+        raise AprError(
+            f"cannot write {final}: {(err.strerror or str(err)).lower()}; choose another output path"
+        ) from None
 
 
 def _umask() -> int:

@@ -8,6 +8,17 @@ from typing import Any, Literal
 
 Architecture = Literal["qwen2", "llama", "gemma3"]
 SUPPORTED_ARCHITECTURES: tuple[str, ...] = ("qwen2", "llama", "gemma3")
+# Upper bounds far above any real model: a corrupt or hostile file is refused before its sizes allocate.
+CONFIG_LIMITS: dict[str, int] = {
+    "vocab_size": 1 << 22,
+    "hidden_size": 1 << 17,
+    "intermediate_size": 1 << 19,
+    "num_layers": 1 << 10,
+    "num_heads": 1 << 10,
+    "num_kv_heads": 1 << 10,
+    "head_dim": 1 << 12,
+    "context_length": 1 << 24,
+}
 
 # Rotary embedding style. "neox" rotates the two halves of each head (HF's rotate_half);
 # "norm" rotates adjacent pairs (GGML's LLAMA_ROPE_TYPE_NORM). Canonical (HF-convention)
@@ -90,6 +101,8 @@ class ModelConfig:
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+            if getattr(self, name) > CONFIG_LIMITS[name]:
+                raise ValueError(f"{name} {getattr(self, name)} is beyond any model (at most {CONFIG_LIMITS[name]})")
         if self.num_heads % self.num_kv_heads:
             raise ValueError(f"num_heads {self.num_heads} is not a multiple of num_kv_heads {self.num_kv_heads}")
         if self.rope_theta <= 0:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from apr.formats.config import LayerType, ModelConfig
+from apr.formats.config import CONFIG_LIMITS, LayerType, ModelConfig
 from apr.formats.tokenizer_spec import TokenizerSpec, eog_ids
 
 # llama.cpp facts that GGUF files do not carry for Gemma3 (llama-model.cpp).
@@ -33,6 +33,8 @@ def config_from_gguf(meta: dict[str, Any], tensor_names: set[str], spec: Tokeniz
     kv_heads = int(meta.get(p + "attention.head_count_kv", heads))
     head_dim = int(meta.get(p + "attention.key_length") or meta.get(p + "rope.dimension_count") or hidden // heads)
     layers = int(_need(meta, p + "block_count"))
+    if not 0 < layers <= CONFIG_LIMITS["num_layers"]:  # before the per-layer tables below are built
+        raise ValueError(f"block_count {layers} is out of range (1 to {CONFIG_LIMITS['num_layers']})")
     vocab = int(meta.get(p + "vocab_size") or spec.vocab_size)
     common: dict[str, Any] = dict(
         architecture=arch,

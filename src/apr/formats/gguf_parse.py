@@ -40,6 +40,15 @@ _NUMPY = {
 _STRING, _ARRAY = 8, 9
 DEFAULT_ALIGNMENT = 32
 _U64 = struct.Struct("<Q")
+# Structure limits checked before anything is allocated: llama.cpp writes no nested arrays at all.
+MAX_ARRAY_DEPTH = 2
+# The fewest bytes one entry can take in the file, so a count can be checked against the bytes left:
+# a key/value (key length, name, type, smallest value), a tensor info (name length, dims, one ne, type,
+# offset), a string (its length), a nested array (item type and count).
+_MIN_KV_BYTES = 8 + 4 + 1
+_MIN_TENSOR_INFO_BYTES = 8 + 4 + 8 + 4 + 8
+_MIN_STRING_BYTES = 8
+_MIN_ARRAY_BYTES = 4 + 8
 
 
 class _Truncated(Exception):
@@ -68,6 +77,10 @@ class _Cursor:
     def __init__(self, buf: memoryview) -> None:
         self.buf = buf
         self.pos = 0
+
+    @property
+    def left(self) -> int:
+        return len(self.buf) - self.pos
 
     def take(self, fmt: str, size: int) -> Any:
         if self.pos + size > len(self.buf):
@@ -113,7 +126,12 @@ class _Cursor:
         self.pos = pos
         return out
 
-    def array(self, kind: int, count: int) -> list[Any]:
+    def array(self, kind: int, count: int, depth: int = 1) -> list[Any]:
+        if depth > MAX_ARRAY_DEPTH:
+            raise ValueError(f"arrays nested {depth} deep (at most {MAX_ARRAY_DEPTH})")
+        smallest = {_STRING: _MIN_STRING_BYTES, _ARRAY: _MIN_ARRAY_BYTES}.get(kind, 1)
+        if count * smallest > self.left:  # before any list is built for it
+            raise _Truncated
         if kind == _STRING:
             return self.string_array(count)
         if kind in _NUMPY:
@@ -127,7 +145,7 @@ class _Cursor:
             out = []
             for _ in range(count):
                 sub, sub_count = self.take("<I", 4), self.take("<Q", 8)
-                out.append(self.array(sub, sub_count))
+                out.append(self.array(sub, sub_count, depth + 1))
             return out
         raise ValueError(f"unknown array item type {kind}")
 
@@ -154,6 +172,8 @@ def _parse(path: Path, buf: memoryview) -> GGUFHeader:
     n_tensors, n_kv = cur.take("<Q", 8), cur.take("<Q", 8)
     if n_tensors > 1_000_000 or n_kv > 1_000_000:
         raise ValueError(f"implausible counts ({n_tensors} tensors, {n_kv} keys)")
+    if n_kv * _MIN_KV_BYTES + n_tensors * _MIN_TENSOR_INFO_BYTES > cur.left:
+        raise ValueError(f"{n_tensors} tensors and {n_kv} keys cannot fit in a file of {len(buf)} bytes")
     metadata: dict[str, Any] = {}
     types: dict[str, tuple[int, int | None]] = {}
     for _ in range(n_kv):

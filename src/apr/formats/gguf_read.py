@@ -47,6 +47,7 @@ def read_gguf(path: Path) -> CanonicalModel:
     except (ValueError, TypeError) as err:
         raise FormatError(f"{path}: bad GGUF metadata: {err}") from err
     tensors: dict[str, StoredTensor] = {}
+    spans: list[tuple[int, int, str]] = []  # (start, end, GGUF name) of each tensor's bytes
     for tensor in header.tensors:
         hf_name = names.gguf_to_hf(arch, tensor.name)
         if hf_name is None:
@@ -58,7 +59,10 @@ def read_gguf(path: Path) -> CanonicalModel:
             )
         if hf_name in tensors:
             raise FormatError(f"{path}: two tensors map to {hf_name!r}; the file is corrupt")
-        tensors[hf_name] = _tensor_source(path, data, header.data_offset + tensor.offset, tensor, hf_name, config)
+        start = header.data_offset + tensor.offset
+        tensors[hf_name] = _tensor_source(path, data, start, tensor, hf_name, config)
+        spans.append((start, start + tensors[hf_name].info.nbytes, tensor.name))
+    _check_no_overlap(path, spans)
     missing = [
         n for n in names.expected_hf_names(arch, config.num_layers, tied=config.tie_word_embeddings) if n not in tensors
     ]
@@ -72,6 +76,16 @@ def read_gguf(path: Path) -> CanonicalModel:
     return CanonicalModel(
         config=config, tokenizer=tokenizer, tensors=tensors, source_path=path, source_format="gguf", metadata=metadata
     )
+
+
+def _check_no_overlap(path: Path, spans: list[tuple[int, int, str]]) -> None:
+    """Two tensors sharing bytes means a corrupt (or crafted) file: one of them cannot hold its values."""
+    spans = sorted(spans)
+    for (_, end, first), (start, _, second) in zip(spans, spans[1:]):
+        if start < end:
+            raise FormatError(
+                f"{path}: tensors {first!r} and {second!r} share bytes; the file is corrupt, re-download it"
+            )
 
 
 def _tensor_source(

@@ -17,6 +17,7 @@ DTYPE_TO_GGML = {"F32": F32, "F16": F16, "BF16": BF16}
 GGML_TO_DTYPE = {v: k for k, v in DTYPE_TO_GGML.items()}
 _ITEM = {"F32": 4, "F16": 2, "BF16": 2}
 MAX_HEADER = 100_000_000
+MAX_DIMS = 8
 
 
 @dataclass(frozen=True)
@@ -58,14 +59,26 @@ def parse_safetensors(path: Path) -> tuple[list[SafeTensorEntry], dict[str, str]
     if not isinstance(header, dict):
         raise FormatError(f"{path}: SafeTensors header is not a JSON object")
     metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict):
+        raise FormatError(f"{path}: SafeTensors __metadata__ is not a JSON object; the file is corrupt")
     data_start = 8 + header_len
     entries = []
     for name, spec in header.items():
-        dtype, shape, offsets = spec.get("dtype"), tuple(spec.get("shape", ())), spec.get("data_offsets")
-        if dtype not in _ITEM:
-            raise FormatError(f"{path}: tensor {name!r} has dtype {dtype!r} (supported: F32, F16, BF16)")
-        if not (isinstance(offsets, list) and len(offsets) == 2 and 0 <= offsets[0] <= offsets[1]):
-            raise FormatError(f"{path}: tensor {name!r} has bad data_offsets {offsets!r}")
+        if not isinstance(spec, dict):
+            raise FormatError(f"{path}: tensor {name!r} is described by a {type(spec).__name__}, not an object")
+        dtype, raw_shape, offsets = spec.get("dtype"), spec.get("shape", []), spec.get("data_offsets")
+        if not isinstance(dtype, str) or dtype not in _ITEM:
+            raise FormatError(f"{path}: tensor {name!r} has dtype {_shown(dtype)} (supported: F32, F16, BF16)")
+        if not (isinstance(raw_shape, list) and len(raw_shape) <= MAX_DIMS and all(map(_is_count, raw_shape))):
+            raise FormatError(
+                f"{path}: tensor {name!r} has shape {_shown(raw_shape)}; a shape is a list of at most "
+                f"{MAX_DIMS} non-negative integers"
+            )
+        shape = tuple(raw_shape)
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(map(_is_count, offsets))):
+            raise FormatError(f"{path}: tensor {name!r} has bad data_offsets {_shown(offsets)}")
+        if offsets[0] > offsets[1]:
+            raise FormatError(f"{path}: tensor {name!r} has bad data_offsets {_shown(offsets)}")
         nbytes = int(np.prod(shape, dtype=np.int64)) * _ITEM[dtype]
         if offsets[1] - offsets[0] != nbytes:
             raise FormatError(
@@ -78,7 +91,26 @@ def parse_safetensors(path: Path) -> tuple[list[SafeTensorEntry], dict[str, str]
                 f"file ({size} bytes); the file is truncated, re-download or re-convert it"
             )
         entries.append(SafeTensorEntry(name, dtype, shape, data_start + offsets[0], nbytes))
+    _check_no_overlap(path, entries)
     return entries, {str(k): str(v) for k, v in metadata.items()}
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _shown(value: object) -> str:
+    """A header value in an error message, cut short (a hostile header may hold anything)."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _check_no_overlap(path: Path, entries: list[SafeTensorEntry]) -> None:
+    """Tensors sharing bytes mean a corrupt or crafted file (the format forbids it)."""
+    spans = sorted((entry.start, entry.start + entry.nbytes, entry.name) for entry in entries if entry.nbytes)
+    for (_, end, first), (start, _, second) in zip(spans, spans[1:]):
+        if start < end:
+            raise FormatError(f"{path}: tensors {first!r} and {second!r} share bytes; the file is corrupt")
 
 
 class SafeTensorsStreamWriter:

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
+from apr.formats.detect import check_readable_model_path
 from apr.hub.cache import CachedModel, ModelCache, default_home, slug_for
 from apr.hub.catalog import RegistryModel, load_catalog
 from apr.hub.digest import sha256_of, size_of
@@ -112,6 +113,7 @@ class Hub:
         """An existing path wins; then a cached ref (size-checked; `pull` re-hashes); then pull the ref."""
         as_path = Path(arg).expanduser()
         if as_path.exists():
+            check_readable_model_path(as_path)  # a FIFO or /dev/zero would block or hash forever
             return as_path
         for candidate in dict.fromkeys((arg.strip(), arg.strip().lower())):
             cached = self.cache.read(slug_for(candidate))

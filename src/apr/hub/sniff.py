@@ -40,6 +40,9 @@ def _is_safetensors_dir(path: Path) -> bool:
 
 def detect_format(path: Path) -> ModelFormat:
     """``gguf`` / ``apr`` / ``safetensors`` (a file, or a directory with config.json and weights)."""
+    from apr.formats.detect import check_readable_model_path
+
+    check_readable_model_path(path)  # a FIFO would block the read below, a device never end
     if path.is_dir():
         if _is_safetensors_dir(path):
             return "safetensors"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from apr.serve.errors import ApiError, bad_request
 from apr.serve.fim import find_fim_tokens
@@ -17,9 +17,6 @@ if TYPE_CHECKING:
 
 # OpenAI's default for /v1/completions; chat defaults to the rest of the context.
 DEFAULT_COMPLETION_TOKENS = 16
-# Echo scoring materializes float32 logits for every prompt position; beyond this it would
-# risk the server's memory, so such prompts are refused (Qwen2.5's vocabulary: ~2,600 tokens).
-MAX_SCORING_LOGITS_BYTES = 1_600_000_000
 # Prompts beyond the batch size wait in the scheduler's queue, so this only bounds one request's
 # bookkeeping; lm-eval sends its whole batch in one request.
 MAX_CHOICES_PER_REQUEST = 4096
@@ -42,7 +39,14 @@ class Job:
     constraint: ConstraintSpec | None = None
 
 
-def check_model(request: SamplingFields, served: ServedModel) -> None:
+class NamesModel(Protocol):
+    """A request that names the model it is for."""
+
+    @property
+    def model(self) -> str: ...
+
+
+def check_model(request: NamesModel, served: ServedModel) -> None:
     if not served.knows(request.model):
         raise ApiError(
             404,
@@ -84,8 +88,6 @@ def completion_jobs(request: CompletionRequest, served: ServedModel) -> list[Job
     jobs = []
     for prompt_index, (ids, text) in enumerate(prompts):
         _check_context(len(ids), max_tokens, served)
-        if request.echo and request.logprobs is not None:
-            _check_scoring_size(len(ids), served)
         for choice in range(request.n):
             index = prompt_index * request.n + choice
             params = _sampling_params(request, served, max_tokens, request.logprobs or 0, choice, stop_ids)
@@ -164,27 +166,37 @@ def _fim_prompts(
         )
     if request.echo:
         raise bad_request("'echo' cannot be combined with 'suffix' (fill-in-the-middle).", param="echo")
-    prompt = request.prompt
-    if isinstance(prompt, str):
-        texts = [prompt]
-    elif all(isinstance(item, str) for item in prompt):
-        texts = list(prompt)
-    else:
+    texts = prompt_texts(request.prompt)
+    if texts is None:
         raise bad_request("With 'suffix', 'prompt' must be text (the code before the gap).", param="prompt")
     suffix = request.suffix or ""
     return [(fim.prompt_ids(served.tokenizer, text, suffix), text) for text in texts], fim.stops
 
 
+def prompt_texts(prompt: str | list[str] | list[int] | list[list[int]]) -> list[str] | None:
+    """The prompt's texts, or None when it is given as token ids."""
+    if isinstance(prompt, str):
+        return [prompt]
+    texts = [item for item in prompt if isinstance(item, str)]
+    return texts if len(texts) == len(prompt) else None
+
+
+def prompt_id_lists(prompt: str | list[str] | list[int] | list[list[int]]) -> list[list[int]]:
+    """A prompt of token ids as one list per prompt (a flat list is one prompt); text holds none."""
+    if isinstance(prompt, str):
+        return []
+    flat = [item for item in prompt if isinstance(item, int)]
+    if len(flat) == len(prompt):
+        return [flat]
+    return [list(item) for item in prompt if isinstance(item, list)]
+
+
 def _completion_prompts(request: CompletionRequest, served: ServedModel) -> list[tuple[list[int], str]]:
     """Each prompt as (token ids, text). Text is encoded with the model's special tokens (BOS)."""
-    prompt = request.prompt
     tokenizer = served.tokenizer
-    if isinstance(prompt, str):
-        texts = [prompt]
-    elif all(isinstance(item, str) for item in prompt):
-        texts = list(prompt)
-    else:
-        id_lists = [prompt] if all(isinstance(item, int) for item in prompt) else list(prompt)
+    texts = prompt_texts(request.prompt)
+    if texts is None:
+        id_lists = prompt_id_lists(request.prompt)
         vocab = served.engine.config.vocab_size
         for ids in id_lists:
             bad = next((token for token in ids if token >= vocab), None)
@@ -207,18 +219,6 @@ def _check_context(prompt_tokens: int, max_tokens: int, served: ServedModel) -> 
             f"{prompt_tokens + max_tokens} ({prompt_tokens} in the prompt + {max_tokens} to generate). "
             "Shorten the prompt or lower 'max_tokens'.",
             param="max_tokens" if prompt_tokens < served.max_context else "prompt",
-            code="context_length_exceeded",
-        )
-
-
-def _check_scoring_size(prompt_tokens: int, served: ServedModel) -> None:
-    vocab = served.engine.config.vocab_size
-    limit = MAX_SCORING_LOGITS_BYTES // (4 * vocab)
-    if prompt_tokens > limit:
-        raise bad_request(
-            f"Scoring a prompt ('echo' with 'logprobs') is limited to {limit} tokens with this model's vocabulary; "
-            f"this prompt has {prompt_tokens}. Split it into shorter windows.",
-            param="prompt",
             code="context_length_exceeded",
         )
 

@@ -11,6 +11,7 @@ from fastapi import Depends, FastAPI
 
 from apr import __version__
 from apr.serve import chat, completions, downloads, embeddings, tokenize
+from apr.serve.body_limit import BodyLimit
 from apr.serve.errors import install_error_handlers
 from apr.serve.protocol import ModelCard, ModelList
 from apr.serve.route_meta import ERROR_RESPONSES
@@ -33,7 +34,11 @@ def create_app(engine: Engine, settings: ServeSettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         scheduler = Scheduler(
-            engine, settings.batch_size, asyncio.get_running_loop(), prefix_cache_bytes=settings.prefix_cache_mb * 2**20
+            engine,
+            settings.batch_size,
+            asyncio.get_running_loop(),
+            prefix_cache_bytes=settings.prefix_cache_mb * 2**20,
+            prefill_chunk=settings.prefill_chunk,
         )
         scheduler.start()
         state.scheduler = scheduler
@@ -50,6 +55,7 @@ def create_app(engine: Engine, settings: ServeSettings) -> FastAPI:
     )
     app.state.apr = state
     install_error_handlers(app)
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.include_router(completions.router)
     app.include_router(chat.router)
     app.include_router(embeddings.router)
@@ -95,7 +101,7 @@ def create_app(engine: Engine, settings: ServeSettings) -> FastAPI:
 def _prefix_cache(state: ServeState) -> dict[str, Any]:
     scheduler = state.scheduler
     enabled = scheduler is not None and scheduler.prefix_cache_enabled
-    entries, nbytes = scheduler.prefix_usage if enabled else (0, 0)
+    entries, nbytes = scheduler.prefix_usage if scheduler is not None and enabled else (0, 0)
     return {
         "enabled": enabled,
         "budget_mb": state.settings.prefix_cache_mb if enabled else 0,

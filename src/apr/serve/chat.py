@@ -21,6 +21,7 @@ from apr.serve.protocol import (
     ChatCompletion,
     ChatCompletionChunk,
     ChatCompletionRequest,
+    FinishReason,
 )
 from apr.serve.render import SSE_DONE, chat_chunk, chat_logprobs, sse, usage
 from apr.serve.route_meta import ERROR_RESPONSES, SSE_HEADERS, STREAM_RESPONSE
@@ -35,7 +36,8 @@ router = APIRouter(dependencies=[Depends(check_api_key)])
 async def create_chat_completion(
     body: ChatCompletionRequest, request: Request, state: ServeState = Depends(serve_state)
 ):
-    jobs = chat_jobs(body, state.served)
+    # Rendering and tokenizing run off the event loop, so other streams keep flowing meanwhile.
+    jobs = await asyncio.to_thread(chat_jobs, body, state.served)
     extras = await constraints(state, jobs)
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     created = int(time.time())
@@ -79,7 +81,7 @@ def _choice(state: ServeState, body: ChatCompletionRequest, run: ChoiceRun) -> C
     parsed = parse_reply(run.job.opening + run.text, plan)
     if parsed.rejected:
         log.warning("tool call left as content: %s", "; ".join(parsed.rejected))
-    finish_reason = run.finish_reason
+    finish_reason: FinishReason = run.finish_reason
     message = AssistantMessage(content=parsed.content)
     if parsed.calls:
         if plan.legacy:
@@ -150,7 +152,7 @@ async def _stream(
                     for piece in releases(job, streamer.feed(event.text)):
                         yield piece
                 if event.finish_reason is not None:
-                    finish_reason = event.finish_reason
+                    finish_reason: FinishReason = event.finish_reason
                     if streamer is not None:
                         for piece in releases(job, streamer.finish()):
                             yield piece

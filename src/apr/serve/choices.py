@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncGenerator, Awaitable
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from functools import partial
@@ -12,12 +12,13 @@ from typing import TYPE_CHECKING, TypeVar
 from apr.serve.admission import Job
 from apr.serve.errors import ApiError
 from apr.serve.scheduler import Scheduler, SchedulerError
-from apr.serve.scoring import PromptScores, score_prompt
+from apr.serve.scoring import ChunkedScore, PromptScores, score_prompt
 
 if TYPE_CHECKING:
     from fastapi import Request
 
-    from apr.engine import Engine, TokenEvent
+    from apr.engine import Engine, SamplingParams, TokenEvent
+    from apr.engine.types import FinishReason
 
 T = TypeVar("T")
 
@@ -37,9 +38,10 @@ class ChoiceRun:
         return "".join(event.text for event in self.events)
 
     @property
-    def finish_reason(self) -> str:
+    def finish_reason(self) -> FinishReason:
         # No events means nothing was asked for (max_tokens 0 with echo): the length limit ended it.
-        return self.events[-1].finish_reason if self.events else "length"
+        reason = self.events[-1].finish_reason if self.events else None
+        return reason or "length"
 
 
 def cached_prompt_tokens(cached_by_choice: dict[int, int], n: int) -> int:
@@ -56,7 +58,12 @@ def as_api_error(error: SchedulerError) -> ApiError:
 
 
 async def score(scheduler: Scheduler, engine: Engine, job: Job, top: int) -> PromptScores:
+    """The prompt's own log-probabilities; a prompt longer than one prefill chunk is scored chunk by chunk
+    between batch steps, so the streams running meanwhile keep flowing."""
+    chunk = scheduler.prefill_chunk
     try:
+        if chunk is not None and len(job.prompt_ids) > chunk:
+            return await scheduler.call_chunked(ChunkedScore(engine, job.prompt_ids, top, chunk))
         return await scheduler.call(partial(score_prompt, engine, job.prompt_ids, top))
     except SchedulerError as error:
         raise as_api_error(error) from error
@@ -96,19 +103,19 @@ async def merged_events(
     jobs: list[Job],
     extras: dict[int, dict] | None = None,
     cached: dict[int, list[int]] | None = None,
-) -> AsyncIterator[tuple[Job, TokenEvent]]:
+) -> AsyncGenerator[tuple[Job, TokenEvent], None]:
     """Events of every choice as they come; leaving early (client gone) cancels them all.
     `cached[job.index]` (if given) receives that choice's cached prompt tokens."""
     inbox: asyncio.Queue = asyncio.Queue()
     extras = extras or {}
     cached = cached if cached is not None else {}
 
-    async def pump(job: Job) -> None:
+    async def pump(job: Job, params: SamplingParams) -> None:
         try:
             events = scheduler.generate(
                 f"{completion_id}-{job.index}",
                 job.prompt_ids,
-                job.params,
+                params,
                 cached=cached.setdefault(job.index, []),
                 **extras.get(job.index, {}),
             )
@@ -119,7 +126,7 @@ async def merged_events(
             inbox.put_nowait((job, error))
         inbox.put_nowait((job, None))
 
-    tasks = [asyncio.create_task(pump(job)) for job in jobs if job.params is not None]
+    tasks = [asyncio.create_task(pump(job, job.params)) for job in jobs if job.params is not None]
     remaining = len(tasks)
     try:
         while remaining:

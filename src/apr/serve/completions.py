@@ -28,7 +28,8 @@ router = APIRouter(dependencies=[Depends(check_api_key)])
     responses={**ERROR_RESPONSES, **STREAM_RESPONSE},
 )
 async def create_completion(body: CompletionRequest, request: Request, state: ServeState = Depends(serve_state)):
-    jobs = completion_jobs(body, state.served)
+    # Tokenizing a long prompt takes a while: off the event loop, so other streams keep flowing meanwhile.
+    jobs = await asyncio.to_thread(completion_jobs, body, state.served)
     completion_id = f"cmpl-{uuid.uuid4().hex}"
     created = int(time.time())
     if body.stream:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, Depends
 
-from apr.serve.admission import check_model
+from apr.serve.admission import check_model, prompt_id_lists, prompt_texts
 from apr.serve.choices import as_api_error
 from apr.serve.errors import bad_request
 from apr.serve.protocol_extra import Embedding, EmbeddingList, EmbeddingRequest, EmbeddingUsage
@@ -48,14 +48,11 @@ async def create_embeddings(body: EmbeddingRequest, state: ServeState = Depends(
 def _input_ids(body: EmbeddingRequest, served: ServedModel) -> list[list[int]]:
     raw = body.input
     tokenizer = served.tokenizer
-    if isinstance(raw, str):
-        lists = [tokenizer.encode(raw, add_special_tokens=False)]
-    elif all(isinstance(item, str) for item in raw):
-        lists = [tokenizer.encode(text, add_special_tokens=False) for text in raw]
-    elif all(isinstance(item, int) for item in raw):
-        lists = [list(raw)]
+    texts = prompt_texts(raw)
+    if texts is not None:
+        lists = [tokenizer.encode(text, add_special_tokens=False) for text in texts]
     else:
-        lists = [list(ids) for ids in raw]
+        lists = prompt_id_lists(raw)
     vocab = served.engine.config.vocab_size
     for position, ids in enumerate(lists):
         if not ids:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import uuid
+from collections.abc import Awaitable, Callable
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from fastapi import FastAPI, Request
@@ -47,10 +49,13 @@ def bad_request(message: str, *, param: str | None = None, code: str | None = No
 
 def describe_validation_errors(errors: list[dict[str, Any]]) -> ApiError:
     """Turn pydantic/FastAPI validation errors into one 400 naming the first offending field."""
-    first = errors[0] if errors else {"loc": (), "msg": "invalid request", "type": "value_error"}
+    first: dict[str, Any] = errors[0] if errors else {"loc": (), "msg": "invalid request", "type": "value_error"}
     if first.get("type") == "json_invalid":
         reason = (first.get("ctx") or {}).get("error", "malformed JSON")
         return bad_request(f"The request body is not valid JSON ({reason}).", code="invalid_json")
+    if first.get("type") == "invalid_text":  # protocol.INVALID_TEXT: the model validator names the path itself
+        path = (first.get("ctx") or {}).get("path") or None
+        return bad_request(f"Invalid request: '{path}': {first.get('msg')}.", param=path, code="invalid_text")
     # loc is ("body", field, ...) ; union branches add type names like "str" or "list[int]" that
     # mean nothing to a client, so only field names and list indices are kept.
     location = [part for part in first.get("loc", ()) if part != "body"]
@@ -94,13 +99,41 @@ def install_error_handlers(app: FastAPI) -> None:
         return _json(error, headers=getattr(exc, "headers", None))
 
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.error("internal error on %s %s: %s: %s", request.method, request.url.path, type(exc).__name__, exc)
-        return _json(ApiError(500, f"Internal server error: {type(exc).__name__}: {exc}", type=SERVER_ERROR))
+        # The cause goes to the log only: exception text is internal (paths, code, other requests' data).
+        incident = uuid.uuid4().hex[:12]
+        log.error(
+            "internal error %s on %s %s: %s: %s",
+            incident,
+            request.method,
+            request.url.path,
+            type(exc).__name__,
+            exc,
+            exc_info=exc,
+        )
+        message = f"Internal server error; the server log has the cause (incident {incident})."
+        return _json(ApiError(500, message, type=SERVER_ERROR))
 
-    app.add_exception_handler(ApiError, on_api_error)
-    app.add_exception_handler(RequestValidationError, on_validation_error)
-    app.add_exception_handler(StarletteHTTPException, on_http_error)
+    app.add_exception_handler(ApiError, _narrowed(ApiError, on_api_error, on_unexpected))
+    app.add_exception_handler(
+        RequestValidationError, _narrowed(RequestValidationError, on_validation_error, on_unexpected)
+    )
+    app.add_exception_handler(StarletteHTTPException, _narrowed(StarletteHTTPException, on_http_error, on_unexpected))
     app.add_exception_handler(Exception, on_unexpected)
+
+
+E = TypeVar("E", bound=Exception)
+Handler = Callable[["Request", E], Awaitable["JSONResponse"]]
+
+
+def _narrowed(kind: type[E], handler: Handler[E], fallback: Handler[Exception]) -> Handler[Exception]:
+    """`handler` in the shape Starlette registers (any exception); Starlette only hands it `kind`."""
+
+    async def handle(request: Request, exc: Exception) -> JSONResponse:
+        if isinstance(exc, kind):
+            return await handler(request, exc)
+        return await fallback(request, exc)
+
+    return handle
 
 
 def _json(error: ApiError, headers: dict[str, str] | None = None) -> JSONResponse:

@@ -43,8 +43,8 @@ def find_fim_tokens(tokenizer: Tokenizer) -> FimTokens | None:
     """The model's FIM tokens, or None when its vocabulary has no complete set."""
     index = {text: token_id for token_id, text in enumerate(tokenizer.spec.tokens)}
     for spelling in FIM_SPELLINGS:
-        ids = [index.get(text) for text in spelling]
-        if all(token_id is not None for token_id in ids):
+        prefix, suffix, middle = (index.get(text) for text in spelling)
+        if prefix is not None and suffix is not None and middle is not None:
             stops = tuple(index[text] for text in FIM_STOP_SPELLINGS if text in index)
-            return FimTokens(prefix=ids[0], suffix=ids[1], middle=ids[2], stops=stops)
+            return FimTokens(prefix=prefix, suffix=suffix, middle=middle, stops=stops)
     return None

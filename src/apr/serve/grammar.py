@@ -67,10 +67,9 @@ def _tool_call_constraint(plan: ToolPlan) -> ConstraintSpec:
     close = json.dumps("}\n" + CALL_CLOSE)
     if plan.mode == "named":
         spec = plan.callable()[0]
-        rules = f"start: args {close}\nargs: %json {_with_layout(spec.parameters)}\n"
-        return ConstraintSpec("tool_call", rules)
-    alternatives = []
-    rules = []
+        return ConstraintSpec("tool_call", f"start: args {close}\nargs: %json {_with_layout(spec.parameters)}\n")
+    alternatives: list[str] = []
+    rules: list[str] = []
     for number, spec in enumerate(plan.callable()):
         head = json.dumps(f'{{"name": "{spec.name}", "arguments": ')
         alternatives.append(f"{head} args{number} {close}")

@@ -2,18 +2,50 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_serializer
+from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
+from pydantic_core import PydanticCustomError
 
 # OpenAI caps top logprobs at 5 (completions) and 20 (chat); we allow 20 on both.
 MAX_TOP_LOGPROBS = 20
 MAX_STOP_STRINGS = 16
 MAX_CHOICES = 16
 SEED_RANGE = 2**63
+MIN_REPETITION_PENALTY = 0.01
 
 NonEmptyText = Annotated[str, Field(min_length=1)]
 TokenId = Annotated[int, Field(ge=0)]
+
+
+# The error type of text that is not Unicode (a lone UTF-16 surrogate such as "\\ud800" in the JSON).
+INVALID_TEXT = "invalid_text"
+
+
+def surrogate_path(value: Any, path: tuple[str | int, ...] = ()) -> tuple[str | int, ...] | None:
+    """Where `value` (parsed JSON) holds a string, or a key, with a lone surrogate; None when it has none."""
+    pending: list[tuple[Any, tuple[str | int, ...]]] = [(value, path)]
+    while pending:  # iterative: the JSON parser bounds the depth, this walk need not recurse
+        item, where = pending.pop()
+        if isinstance(item, str):
+            if not item.isascii() and _has_surrogate(item):
+                return where
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                if isinstance(key, str) and not key.isascii() and _has_surrogate(key):
+                    return (*where, key.encode("utf-8", "backslashreplace").decode())
+                pending.append((child, (*where, key)))
+        elif isinstance(item, list):
+            pending.extend((child, (*where, index)) for index, child in enumerate(item))
+    return None
+
+
+def _has_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 class StrictRequest(BaseModel):
@@ -22,11 +54,27 @@ class StrictRequest(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore")
 
 
+class TopLevelRequest(StrictRequest):
+    """A whole request body: its text is checked to be Unicode at the edge, before any field is used."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _text_is_unicode(cls, data: Any) -> Any:
+        where = surrogate_path(data)
+        if where is not None:
+            raise PydanticCustomError(
+                INVALID_TEXT,
+                "text must be valid Unicode; it holds a lone UTF-16 surrogate (an unpaired \\ud800-\\udfff escape)",
+                {"path": ".".join(str(part) for part in where)},
+            )
+        return data
+
+
 class StreamOptions(StrictRequest):
     include_usage: bool = False
 
 
-class SamplingFields(StrictRequest):
+class SamplingFields(TopLevelRequest):
     """Fields common to both endpoints; defaults follow the OpenAI API."""
 
     model: str
@@ -34,7 +82,8 @@ class SamplingFields(StrictRequest):
     temperature: Annotated[float, Field(ge=0.0, le=2.0)] = 1.0
     top_p: Annotated[float, Field(ge=0.0, le=1.0)] = 1.0
     top_k: Annotated[int, Field(ge=0)] = 0
-    repetition_penalty: Annotated[float, Field(gt=0.0, le=10.0)] = 1.0
+    # Below 0.01 the division of seen tokens' logits overflows; above 10 nothing changes but the damage.
+    repetition_penalty: Annotated[float, Field(ge=MIN_REPETITION_PENALTY, le=10.0)] = 1.0
     n: Annotated[int, Field(ge=1, le=MAX_CHOICES)] = 1
     stop: NonEmptyText | Annotated[list[NonEmptyText], Field(max_length=MAX_STOP_STRINGS)] | None = None
     seed: Annotated[int, Field(ge=-SEED_RANGE, lt=SEED_RANGE)] | None = None

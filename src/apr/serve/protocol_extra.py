@@ -6,12 +6,12 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field
 
-from apr.serve.protocol import ChatMessage, StrictRequest, TokenId
+from apr.serve.protocol import ChatMessage, TokenId, TopLevelRequest
 
 MAX_EMBEDDING_INPUTS = 2048
 
 
-class EmbeddingRequest(StrictRequest):
+class EmbeddingRequest(TopLevelRequest):
     """POST /v1/embeddings. `input` may be text, texts, token ids or lists of token ids."""
 
     model: str
@@ -47,7 +47,7 @@ class EmbeddingList(BaseModel):
     usage: EmbeddingUsage
 
 
-class TokenizeRequest(StrictRequest):
+class TokenizeRequest(TopLevelRequest):
     """POST /tokenize as vLLM serves it: a `prompt`, or chat `messages` rendered by the template."""
 
     model: str | None = None
@@ -65,7 +65,7 @@ class TokenizeResponse(BaseModel):
     token_strs: list[str] | None = None
 
 
-class DetokenizeRequest(StrictRequest):
+class DetokenizeRequest(TopLevelRequest):
     model: str | None = None
     tokens: list[TokenId]
 
@@ -74,7 +74,7 @@ class DetokenizeResponse(BaseModel):
     prompt: str
 
 
-class DownloadRequest(StrictRequest):
+class DownloadRequest(TopLevelRequest):
     """POST /models/download: `model` is a ref such as `qwen2.5-coder:1.5b` or `hf://org/repo`."""
 
     model: Annotated[str, Field(min_length=1)]

@@ -7,9 +7,9 @@ import logging
 import queue
 import threading
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 if TYPE_CHECKING:
     from apr.engine import Engine, SamplingParams, TokenEvent
@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("apr.serve")
 
 T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
 
 
 @dataclass(frozen=True)
@@ -63,9 +64,28 @@ class _Call:
     future: asyncio.Future
 
 
+class ChunkedWork(Protocol[T_co]):
+    """Engine work done in slices between batch steps (scoring a long prompt): `step()` until it says done."""
+
+    def step(self) -> bool: ...
+
+    def result(self) -> T_co: ...
+
+
+@dataclass(frozen=True)
+class _Chunked:
+    work: ChunkedWork[Any]
+    future: asyncio.Future
+
+
 @dataclass(frozen=True)
 class _Stop:
     pass
+
+
+# What a client is told when the engine fails on its request: the cause goes to the server log only.
+ENGINE_FAILED = "The engine failed while generating this reply; the server log has the cause (request {id})."
+ENGINE_REFUSED = "The engine refused this request; the server log has the cause (request {id})."
 
 
 @dataclass(frozen=True)
@@ -88,7 +108,12 @@ class Scheduler:
     """
 
     def __init__(
-        self, engine: Engine, max_batch: int, loop: asyncio.AbstractEventLoop, prefix_cache_bytes: int = 0
+        self,
+        engine: Engine,
+        max_batch: int,
+        loop: asyncio.AbstractEventLoop,
+        prefix_cache_bytes: int = 0,
+        prefill_chunk: int | None = None,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
@@ -98,6 +123,8 @@ class Scheduler:
         can_continue = getattr(engine.transformer, "can_continue_prefill", lambda tokens: False)
         self._prefix_cache_bytes = prefix_cache_bytes if prefix_cache_bytes > 0 and can_continue(1) else 0
         self._max_batch = max_batch
+        # Long prompts are prefilled (and scored) this many tokens per step, between decode steps.
+        self._prefill_chunk = prefill_chunk
         self._loop = loop
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="apr-scheduler", daemon=True)
@@ -129,7 +156,7 @@ class Scheduler:
         for message in self._drain(block=False):
             if isinstance(message, _Admit):
                 message.sink.put_nowait(shutting_down)
-            elif isinstance(message, _Call) and not message.future.done():
+            elif isinstance(message, (_Call, _Chunked)) and not message.future.done():
                 message.future.set_exception(SchedulerError(shutting_down))
 
     @property
@@ -139,6 +166,10 @@ class Scheduler:
     @property
     def max_batch(self) -> int:
         return self._max_batch
+
+    @property
+    def prefill_chunk(self) -> int | None:
+        return self._prefill_chunk
 
     @property
     def prefix_cache_enabled(self) -> bool:
@@ -156,7 +187,7 @@ class Scheduler:
         params: SamplingParams,
         cached: list[int] | None = None,
         **extras: Any,
-    ) -> AsyncIterator[TokenEvent]:
+    ) -> AsyncGenerator[TokenEvent, None]:
         """Yield the request's token events until its finish_reason; cancel it if abandoned early.
         `cached` (a list) receives how many prompt tokens the prefix cache supplied."""
         if self._stopped.is_set():
@@ -191,6 +222,14 @@ class Scheduler:
         self._inbox.put(_Call(function, future))
         return await future
 
+    async def call_chunked(self, work: ChunkedWork[T]) -> T:
+        """Run `work` on the scheduler thread one step at a time, each between two batch steps."""
+        if self._stopped.is_set():
+            raise SchedulerError(EngineFailure("The server is shutting down.", shutting_down=True))
+        future: asyncio.Future = self._loop.create_future()
+        self._inbox.put(_Chunked(work, future))
+        return await future
+
     # ---- scheduler thread ----------------------------------------------------------------
 
     def _run(self) -> None:
@@ -202,22 +241,23 @@ class Scheduler:
     def _loop_forever(self) -> None:
         from apr.serve.prefix_store import PrefixStore
 
-        batch = self._engine.new_batch(self._max_batch)
+        batch = self._new_batch()
         waiting: deque[_Admit] = deque()
         running: dict[str, _Admit] = {}
+        chunked: deque[_Chunked] = deque()
         prefixes = PrefixStore(self._prefix_cache_bytes) if self._prefix_cache_bytes else None
 
         while True:
-            idle = not running and not waiting
+            idle = not running and not waiting and not chunked
             messages = self._drain(block=idle)
             for position, message in enumerate(messages):
                 if isinstance(message, _Stop):
                     shutting_down = EngineFailure("The server is shutting down.", shutting_down=True)
                     waiting.extend(m for m in messages[position + 1 :] if isinstance(m, _Admit))
                     self._fail_all(running, waiting, shutting_down)
-                    for late in messages[position + 1 :]:
-                        if isinstance(late, _Call):
-                            self._loop.call_soon_threadsafe(_settle, late.future, None, SchedulerError(shutting_down))
+                    late = [m for m in messages[position + 1 :] if isinstance(m, (_Call, _Chunked))]
+                    for pending in [*chunked, *late]:
+                        self._loop.call_soon_threadsafe(_settle, pending.future, None, SchedulerError(shutting_down))
                     self._publish(running, waiting)
                     return
                 if isinstance(message, _Admit):
@@ -226,6 +266,8 @@ class Scheduler:
                     self._cancel(batch, message.request_id, running, waiting)
                 elif isinstance(message, _Call):
                     self._execute(message)
+                elif isinstance(message, _Chunked):
+                    chunked.append(message)
             while waiting and len(running) < self._max_batch:
                 admit = waiting.popleft()
                 extras = dict(admit.extras)
@@ -238,24 +280,61 @@ class Scheduler:
                 try:
                     batch.add(admit.request_id, admit.prompt_ids, admit.params, **extras)
                 except Exception as exc:  # one bad request must not take the batch down
-                    log.error("could not admit %s: %s: %s", admit.request_id, type(exc).__name__, exc)
-                    self._post(admit.sink, EngineFailure(f"The engine refused the request: {exc}"))
-                    self._count(failed=1)
+                    self._fail_one(admit, exc, ENGINE_REFUSED)
                     continue
                 running[admit.request_id] = admit
             self._publish(running, waiting)
+            if chunked:
+                self._step_chunked(chunked)
             if not running:
                 continue
             try:
                 events = batch.step()
-            except Exception as exc:
-                log.error("batch step failed: %s: %s", type(exc).__name__, exc)
-                self._fail_all(running, deque(), EngineFailure(f"The engine failed while generating: {exc}"))
-                batch = self._engine.new_batch(self._max_batch)
+            except Exception as exc:  # the batch decoder isolates sequences; this is a failure outside them
+                log.exception("batch step failed: %s: %s", type(exc).__name__, exc)
+                for admit in running.values():
+                    self._post(admit.sink, EngineFailure(ENGINE_FAILED.format(id=admit.request_id)))
+                self._count(failed=len(running))
+                running.clear()
+                batch = self._new_batch()
                 continue
+            for failure in batch.take_failures():
+                if failure.request_id in running:
+                    self._fail_one(running.pop(failure.request_id), failure.error)
             self._route(events, running, waiting)
             if prefixes is not None:
                 self._settle_leases(running, prefixes)
+
+    def _new_batch(self) -> Any:
+        return self._engine.new_batch(self._max_batch, prefill_chunk=self._prefill_chunk, isolate_failures=True)
+
+    def _fail_one(self, admit: _Admit, error: Exception, told: str = ENGINE_FAILED) -> None:
+        """End one request whose sequence the engine refused or failed on; its batch mates go on."""
+        from apr.errors import AprError
+
+        log.error("request %s failed in the engine: %s: %s", admit.request_id, type(error).__name__, error)
+        # AprError messages are written for users (a corrupt model's NaN logits); anything else stays in the log.
+        message = str(error) if isinstance(error, AprError) else told.format(id=admit.request_id)
+        self._post(admit.sink, EngineFailure(message))
+        self._count(failed=1)
+
+    def _step_chunked(self, chunked: deque[_Chunked]) -> None:
+        """One step of the oldest chunked work; the works take turns, so a short one is not stuck behind a long."""
+        item = chunked.popleft()
+        if item.future.done():  # its request was cancelled (the client left)
+            return
+        try:
+            finished = item.work.step()
+            result = item.work.result() if finished else None
+        except Exception as exc:
+            log.exception("chunked engine work failed: %s: %s", type(exc).__name__, exc)
+            failure = SchedulerError(EngineFailure(ENGINE_FAILED.format(id="scoring")))
+            self._loop.call_soon_threadsafe(_settle, item.future, None, failure)
+            return
+        if finished:
+            self._loop.call_soon_threadsafe(_settle, item.future, result, None)
+        else:
+            chunked.append(item)
 
     def _settle_leases(self, running: dict[str, _Admit], prefixes: Any) -> None:
         """Return the entries of requests that left (finished, cancelled, failed) and keep the store in budget."""
@@ -276,7 +355,7 @@ class Scheduler:
                 return messages
 
     def _route(self, events: list[TokenEvent], running: dict[str, _Admit], waiting: deque[_Admit]) -> None:
-        deliveries = []
+        deliveries: list[tuple[asyncio.Queue, TokenEvent | PrefixHit]] = []
         for event in events:
             admit = running.get(event.request_id)
             if admit is None:  # cancelled while this step ran

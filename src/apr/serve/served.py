@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from apr.serve.defaults import DEFAULT_MAX_BODY_MB, DEFAULT_PREFILL_CHUNK
 from apr.serve.grammar import GrammarTokenizer
 
 if TYPE_CHECKING:
@@ -30,6 +31,10 @@ class ServeSettings:
     graceful_timeout_s: float = 2.0
     # KV caches kept for reuse by later requests sharing a prompt prefix (0 turns the prefix cache off).
     prefix_cache_mb: int = 1024
+    # Long prompts are prefilled and scored this many tokens per step, between the other streams' tokens.
+    prefill_chunk: int = DEFAULT_PREFILL_CHUNK
+    # Request bodies beyond this are refused (413) before they are read whole.
+    max_body_bytes: int = DEFAULT_MAX_BODY_MB * 2**20
 
 
 @dataclass

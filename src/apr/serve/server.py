@@ -6,6 +6,7 @@ Imported only by the `serve` command, so uvicorn is loaded only there.
 from __future__ import annotations
 
 import asyncio
+import math
 import signal
 import socket
 from collections.abc import Callable
@@ -64,7 +65,7 @@ def run(app: FastAPI, settings: ServeSettings, sock: socket.socket, announce: Ca
         access_log=False,
         lifespan="on",
         # The scheduler is stopped at graceful_timeout_s; this outer limit only bounds the last replies.
-        timeout_graceful_shutdown=settings.graceful_timeout_s + 5.0,
+        timeout_graceful_shutdown=math.ceil(settings.graceful_timeout_s) + 5,
     )
     server = _GracefulServer(config, grace_s=settings.graceful_timeout_s, on_grace_expired=_stopper(app))
     try:

@@ -6,10 +6,18 @@ import json
 import re
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from apr.serve.errors import bad_request
-from apr.serve.protocol import ChatCompletionRequest, ChatMessage, FunctionCall, FunctionSpec, ToolCall
+from apr.serve.protocol import (
+    ChatCompletionRequest,
+    ChatMessage,
+    FunctionCall,
+    FunctionSpec,
+    NamedFunction,
+    NamedToolChoice,
+    ToolCall,
+)
 
 # Qwen2.5 (and Hermes-style templates) wrap each call as <tool_call>\n{"name": ..., "arguments": {...}}\n</tool_call>.
 CALL_OPEN = "<tool_call>"
@@ -53,6 +61,7 @@ def plan_tools(request: ChatCompletionRequest) -> ToolPlan:
     """Fold `tools`/`tool_choice` and the legacy `functions`/`function_call` into one plan, refusing contradictions."""
     if request.tools is not None and request.functions is not None:
         raise bad_request("Send either 'tools' or the legacy 'functions', not both.", param="functions")
+    choice: Literal["none", "auto", "required"] | NamedToolChoice | NamedFunction | None
     if request.functions is not None:
         functions, choice, legacy, param = tuple(request.functions), request.function_call, True, "function_call"
     else:
@@ -68,7 +77,7 @@ def plan_tools(request: ChatCompletionRequest) -> ToolPlan:
     elif isinstance(choice, str):
         mode, name = choice, None
     else:
-        name = choice.function.name if hasattr(choice, "function") else choice.name
+        name = choice.function.name if isinstance(choice, NamedToolChoice) else choice.name
         mode = "named"
     if mode in ("required", "named", "auto") and not functions and choice is not None:
         raise bad_request(f"'{param}' {mode!r} needs at least one function in 'tools'.", param=param)
