@@ -91,7 +91,11 @@ def test_version_run_and_qa_from_an_empty_directory(installed, fixture_models):
     assert reply.returncode == 0, reply.stderr
     assert json.loads(reply.stdout.splitlines()[-1])["completion_tokens"] >= 1
 
-    skips = ["--skip", "REFERENCE-PARITY", "--skip", "THROUGHPUT", "--skip", "GOLDEN-OUTPUT"]
+    # Random weights: the gates that judge what the model says (golden answers, stopping, perplexity) fail.
+    skips = [
+        *("--skip", "REFERENCE-PARITY", "--skip", "THROUGHPUT", "--skip", "GOLDEN-OUTPUT"),
+        *("--skip", "STOP-BEHAVIOR", "--skip", "PERPLEXITY"),
+    ]
     qa = run(installed, installed["apr"], "qa", model, "--json", "--quiet", "--work-dir", "qa-work", *skips)
     assert qa.returncode == 0, qa.stdout[-2000:] + qa.stderr[-2000:]
     gates = {row["gate"]: row["status"] for row in json.loads(qa.stdout)["gates"]}
