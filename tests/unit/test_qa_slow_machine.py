@@ -4,6 +4,7 @@ is retried once, then recorded inconclusive with the machine as the cause; the c
 
 from __future__ import annotations
 
+import io
 import sys
 import textwrap
 from datetime import UTC, datetime
@@ -14,6 +15,7 @@ from apr.qa.evidence import Calibration, Outcome
 from apr.qa.gates.catalog import GateId
 from apr.qa.infra import InfraCause
 from apr.qa.playbook import load_playbook
+from apr.qa.progress import RunProgress
 from apr.qa.reports.html import render_html
 from apr.qa.score import Status
 
@@ -55,7 +57,14 @@ def test_a_slow_machine_makes_a_healthy_model_inconclusive_never_blocked(fixture
     )
     subject = stages.subject_of(pb, artifacts, cuda=False, apr_argv=SLOW_APR, calibration=fast)
 
-    evidence = stages.gate(subject, tmp_path / "evidence.jsonl", lambda writer: stages.trace(subject, writer))
+    log = io.StringIO()
+    shown = RunProgress(stream=log, live=False)  # what a log (make demo | tee, Dagster) shows
+    evidence = stages.gate(
+        subject,
+        tmp_path / "evidence.jsonl",
+        lambda writer: stages.trace(subject, writer, progress=shown),
+        progress=shown,
+    )
     records = evidence.records
     stopped = [r for r in records if r.gate in MACHINE_GATES]
     assert {r.gate for r in stopped} == MACHINE_GATES
@@ -71,5 +80,10 @@ def test_a_slow_machine_makes_a_healthy_model_inconclusive_never_blocked(fixture
     mqs = stages.score(records)
     assert mqs.status is Status.INCONCLUSIVE and mqs.grade == "I" and not mqs.blockers
     assert any("deadline" in line for line in mqs.inconclusive)
+    lines = log.getvalue().splitlines()
+    for phase in ("model-level gates", "cells", "runtime gates"):  # every phase: what ran, how long, when done
+        assert any(line.startswith(f"  [{phase} ") and " in " in line for line in lines), (phase, lines)
+    assert any("CONTRACT-INVARIANTS" in line and "ETA" in line for line in lines), lines
+    assert any("[cells 1/1" in line and "inconclusive (deadline)" in line for line in lines), lines
     page = render_html(records, mqs)
     assert page.index("Inconclusive: the machine, not the model") < page.index("<h2>Gateways</h2>")
