@@ -9,6 +9,7 @@ its tables (models.csv, index.html) cover that folder alone.
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from apr.qa import stages
 from apr.qa.axes import Tier
 from apr.qa.evidence import EvidenceRecord, EvidenceWriter, read_evidence
 from apr.qa.executor import ExecutionSummary
+from apr.qa.infra import InfraCause
 from apr.qa.playbook import Playbook, load_playbook
 from apr.qa.progress import RunProgress
 from apr.qa.rundir import archive_previous_run, drop_renderings
@@ -147,7 +149,17 @@ class Certification:
 
     def run(self) -> CertifyResult:
         with RunProgress(self.options.progress) as progress:
-            return self._run(progress)
+            try:
+                return self._run(progress)
+            except OSError as err:
+                if err.errno != errno.ENOSPC:
+                    raise
+                # The machine, not the model: what was written stays (append-only, fsynced); resume continues.
+                raise AprError(
+                    f"{self.output}: no space left on device ({err.filename or 'while writing'}); "
+                    f"{InfraCause.DISK_FULL.advice}",
+                    exit_code=3,
+                ) from None
 
     def _run(self, progress: RunProgress) -> CertifyResult:
         import time

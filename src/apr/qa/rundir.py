@@ -24,15 +24,27 @@ def archive_previous_run(folder: Path) -> Path | None:
     present = [folder / name for name in RUN_FILES if (folder / name).exists()]
     if not (folder / EVIDENCE).exists():
         return None
-    ended = datetime.fromtimestamp((folder / EVIDENCE).stat().st_mtime, UTC).strftime("%Y%m%dT%H%M%SZ")
+    target = _archive_dir(folder, (folder / EVIDENCE).stat().st_mtime)
+    for path in present:
+        os.replace(path, target / path.name)  # same file system: a rename, nothing copied or truncated
+    return target
+
+
+def keep_aside(evidence: Path) -> Path:
+    """Move one evidence file (of any name) to ``runs/<UTC time it last wrote>/`` beside it; returns the new path."""
+    target = _archive_dir(evidence.parent, evidence.stat().st_mtime)
+    os.replace(evidence, target / evidence.name)
+    return target / evidence.name
+
+
+def _archive_dir(folder: Path, mtime: float) -> Path:
+    ended = datetime.fromtimestamp(mtime, UTC).strftime("%Y%m%dT%H%M%SZ")
     target = folder / ARCHIVE_DIR / ended
     suffix = 1
     while target.exists():
         suffix += 1
         target = folder / ARCHIVE_DIR / f"{ended}-{suffix}"
     target.mkdir(parents=True)
-    for path in present:
-        os.replace(path, target / path.name)  # same file system: a rename, nothing copied or truncated
     return target
 
 

@@ -30,6 +30,7 @@ from apr.qa.playbook import FailurePolicy, Playbook
 from apr.qa.procs import apr_command
 from apr.qa.progress import SILENT, RunProgress
 from apr.qa.recording import Check, Recorder, Timer, inconclusive, stamp_all
+from apr.qa.rundir import keep_aside
 from apr.qa.score import MqsResult
 
 Emit = Callable[[list[EvidenceRecord]], None]  # receives the stamped records of one gate family as it finishes
@@ -408,8 +409,8 @@ def gate(
     """Every gate of the certification into one evidence file: model-level gates, the cells (``cells`` writes
     them), then the runtime gates. ``prior`` records (resume) are kept and their gates not redone."""
     done = frozenset(r.gate for r in prior if r.gate not in CELL_GATES)
-    if not prior:
-        evidence.unlink(missing_ok=True)
+    if not prior and evidence.exists():
+        keep_aside(evidence)  # a fresh run never truncates evidence: the earlier file moves under runs/
     with EvidenceWriter(evidence) as writer:
 
         def emit(records: list[EvidenceRecord]) -> None:
