@@ -4,7 +4,8 @@
         --loaders 0,3 --json-out bench/results/demo-wall.json
 
 Method. For each ``--loaders`` count K, K neighbour processes are started first, each a loop of PyTorch matrix
-products and large sums on ``--loader-threads`` threads (issue 21: "three other 2-thread PyTorch jobs"), and
+products and large sums on ``--loader-threads`` threads (issue 21: "three other 2-thread PyTorch jobs") at the
+certification's niceness (they compete with it, and leave a shared machine's other users alone), and
 left ``--settle`` seconds to raise the load average; then `apr certify PLAYBOOK -o DIR --quiet` runs (nice
 ``--nice``) with the conversions and packed weights already cached (a first run, or `make demo`, is the
 warmup), and the neighbours are stopped. One repetition per condition: a run of the 1.5B demo lasts
@@ -38,15 +39,12 @@ while True:
 """
 
 
-def start_loaders(count: int, threads: int) -> list[subprocess.Popen]:
+def start_loaders(count: int, threads: int, nice: int) -> list[subprocess.Popen]:
+    """Neighbours at the certification's niceness: they compete with it, not with the machine's other users."""
     from apr.qa.procs import popen_isolated
 
-    return [
-        popen_isolated(
-            [sys.executable, "-c", LOADER.format(threads=threads)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        for _ in range(count)
-    ]
+    argv = ["nice", "-n", str(nice), sys.executable, "-c", LOADER.format(threads=threads)]
+    return [popen_isolated(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(count)]
 
 
 def stop(procs: list[subprocess.Popen]) -> None:
@@ -94,7 +92,7 @@ def summarize(folder: Path) -> dict:
 
 def run_condition(args: argparse.Namespace, loaders: int) -> dict:
     out = args.out_root / f"loaders-{loaders}"
-    neighbours = start_loaders(loaders, args.loader_threads)
+    neighbours = start_loaders(loaders, args.loader_threads, args.nice)
     try:
         if loaders:
             time.sleep(args.settle)

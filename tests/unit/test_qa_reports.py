@@ -198,3 +198,23 @@ def test_apr_report_tables_and_errors(tmp_path, capsys):
     assert apr(["report", str(bad)]) == 2
     assert "bad.jsonl:1: not JSON" in capsys.readouterr().err
     assert not (tmp_path / "mqs.json").exists()
+
+
+def test_the_reasons_for_a_non_pass_come_first_most_serious_first():
+    from apr.qa.infra import InfraCause
+    from apr.qa.reports.reasons import Kind, summary_lines, why
+    from apr.qa.score import compute_mqs
+
+    records = mixed_records() + [
+        record(GateId.G2_INFERENCE, Outcome.INCONCLUSIVE, check="reply", n_compared=0, cause=InfraCause.OOM)
+    ]
+    mqs = compute_mqs(records)
+    kinds = [reason.kind for reason in why(records, mqs)]
+    assert kinds == sorted(kinds, key=list(Kind).index)  # blocks, machine, costs points, missing
+    assert kinds[0] is Kind.BLOCKS and Kind.MACHINE in kinds and Kind.MISSING in kinds
+    lines = summary_lines(records, mqs)
+    assert lines[0] == "[blocks] FORMAT-PARITY gguf/cpu/run/p0/seed42: top1 gguf~apr: top-1 agreement 0.5 < 0.9"
+    page = render_html(records, mqs)
+    top = page.index("Blocks the certification")
+    assert top < page.index("Inconclusive: the machine") < page.index("<h2>Gateways</h2>")
+    assert "top-1 agreement 0.5 &lt; 0.9" in page[top : page.index("<h2>Gateways</h2>")]

@@ -383,7 +383,9 @@ def _throughput(subject: Subject, fmt: Format, backend: Backend) -> Check:
         if run.process.infra_cause is None:
             break
     assert run is not None  # the loop ran at least once
-    floor = throughput_floor(minimum, calibration, size)
+    # What a decode step reads, as the bench counted it (the file's size where it did not say).
+    read = (run.result or {}).get("bytes_per_token")
+    floor = throughput_floor(minimum, calibration, int(read) if isinstance(read, int) and read > 0 else size)
     return throughput_check(fmt, backend, minimum, run.process, run.result, floor=floor)
 
 

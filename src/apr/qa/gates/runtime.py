@@ -75,6 +75,8 @@ def throughput_check(
         "ttft_s": (bench.get("ttft_s") or {}).get("median"),
         "load_s": bench.get("load_s"),
         "floor_written_tok_s": minimum,
+        "bytes_per_token": bench.get("bytes_per_token"),
+        "achieved_gb_s": bench.get("achieved_gb_s"),
     }
     if floor is not None and floor.ceiling_tok_s is not None:
         metrics["machine_ceiling_tok_s"] = round(floor.ceiling_tok_s, 3)
