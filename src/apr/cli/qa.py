@@ -133,7 +133,8 @@ def register_qa(app: typer.Typer) -> None:
     ) -> None:
         """Deep single-model gates, printed as gate · status · measured · threshold · duration.
 
-        Exit code 0 when no gate failed, 1 when one did, 2 on bad input."""
+        Exit code 0 when no gate failed, 1 when one did, 3 when none failed but the machine stopped a check
+        (inconclusive), 2 on bad input."""
         import json
 
         from apr.errors import AprError
@@ -175,13 +176,16 @@ def register_qa(app: typer.Typer) -> None:
         records, seconds = run_deep(options, progress=not quiet)
         rows = gate_rows(records)
         failed = any(row.status == "failed" for row in rows)
+        stopped = not failed and any(row.status == "inconclusive" for row in rows)
+        verdict = "FAILED" if failed else "INCONCLUSIVE (the machine stopped a check)" if stopped else "passed"
         if json_output:
             typer.echo(
                 json.dumps(
                     {
                         "model": model,
                         "path": str(path),
-                        "passed": not failed,
+                        "passed": not failed and not stopped,
+                        "inconclusive": stopped,
                         "evidence": str(options.evidence),
                         "total_duration_s": round(seconds, 2),
                         "gates": [row.to_json() for row in rows],
@@ -191,6 +195,6 @@ def register_qa(app: typer.Typer) -> None:
                 )
             )
         else:
-            render_table(rows, f"apr qa {model} — {'FAILED' if failed else 'passed'} in {seconds:.0f}s")
+            render_table(rows, f"apr qa {model} — {verdict} in {seconds:.0f}s")
             typer.echo(f"evidence: {options.evidence}")
-        raise typer.Exit(1 if failed else 0)
+        raise typer.Exit(1 if failed else 3 if stopped else 0)
