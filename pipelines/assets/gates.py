@@ -32,15 +32,20 @@ def run_gates(subject, cells: Path, directory: Path) -> StageResult:
     """Write ``evidence.jsonl`` in `apr certify`'s order: model-level gates, the matrix cells (copied from
     ``inference_traces``), then the runtime gates (determinism reruns, throughput, GPU speedup)."""
     from collections import Counter
+    from dataclasses import replace
 
     from apr.qa import stages
     from apr.qa.evidence import EvidenceWriter, read_evidence
+    from apr.qa.progress import RunProgress
 
     def copy_cells(writer: EvidenceWriter) -> None:
         for record in read_evidence(cells).records:
             writer.append(record)
 
-    records = stages.gate(subject, directory / EVIDENCE_NAME, copy_cells).records
+    # Plain progress lines (Dagster keeps the step's stderr); the throughput floors follow the machine.
+    progress = RunProgress(live=False)
+    subject = replace(subject, calibration=stages.calibrate(progress=progress))
+    records = stages.gate(subject, directory / EVIDENCE_NAME, copy_cells, progress=progress).records
     outcomes = Counter(str(record.outcome) for record in records)
     gates = Counter(str(record.gate) for record in records)
     return StageResult(

@@ -43,13 +43,19 @@ def trace_document(key: str, run) -> dict:
 
 def run_matrix(subject, directory: Path) -> StageResult:
     """The trace stage: the playbook's cells on the artifacts; the cell evidence and one trace per cell."""
+    from dataclasses import replace
+
     from apr.qa import stages
     from apr.qa.evidence import EvidenceWriter
+    from apr.qa.progress import RunProgress
 
     evidence = directory / CELLS_NAME
     evidence.unlink(missing_ok=True)
+    # Plain progress lines (Dagster keeps the step's stderr); deadlines and threads from the machine as it is now.
+    progress = RunProgress(live=False)
+    subject = replace(subject, calibration=stages.calibrate(progress=progress))
     with EvidenceWriter(evidence) as writer:
-        summary = stages.trace(subject, writer)
+        summary = stages.trace(subject, writer, progress=progress)
     traces = directory / "traces"
     traces.mkdir(exist_ok=True)
     files = {"evidence": file_ref(evidence)}

@@ -38,6 +38,11 @@ VARIABLES: tuple[Variable, ...] = (
         "(the best this CPU runs)",
         "force a native kernel build: avxvnni, avx512vnni or avx2 (refused if the CPU lacks it)",
     ),
+    Variable(
+        "OMP_NUM_THREADS",
+        "(the free cores: apr.machine)",
+        "CPU threads of the engine when --threads is not given; apr certify sets it for every cell",
+    ),
     Variable("CC", "cc, then gcc on PATH", "the C compiler that builds the native kernels"),
     Variable("HF_HUB_OFFLINE", "(unset)", "1/true: hf:// refs come only from the local Hugging Face cache"),
     Variable(
@@ -63,6 +68,7 @@ class Settings:
     native_kernels: bool
     native_variant: str | None
     compiler: str | None
+    omp_threads: int | None
     hf_offline: bool
     dagster_home: Path | None
 
@@ -81,6 +87,7 @@ class Settings:
             native_kernels=environ.get("APR_NATIVE_KERNELS", "1") != "0",
             native_variant=environ.get("APR_NATIVE_VARIANT", "").strip() or None,
             compiler=environ.get("CC") or None,
+            omp_threads=_positive_int(environ.get("OMP_NUM_THREADS", "")),
             hf_offline=environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE,
             dagster_home=path("DAGSTER_HOME"),
         )
@@ -93,6 +100,12 @@ def _gigabytes(value: str) -> float:
     except ValueError:
         return DEFAULT_ENGINE_CACHE_GB
     return gigabytes
+
+
+def _positive_int(value: str) -> int | None:
+    # OpenMP ignores a malformed or non-positive count too; apr then chooses as if it were unset.
+    value = value.strip()
+    return int(value) if value.isdigit() and int(value) > 0 else None
 
 
 def current() -> Settings:

@@ -2,9 +2,11 @@
 
 It speaks the CLI contract of docs/contracts.md (run --json, chat --json on stdin, serve with a
 ready line and OpenAI-shaped HTTP) and misbehaves on purpose when the prompt asks it to:
-HANG sleeps past any deadline, SEGV kills itself with SIGSEGV, RAISE dies with a traceback,
-REFUSE exits 2 with an error line, EMPTY answers with nothing, ECHO answers with the prompt exactly as
-received. Otherwise it answers "4".
+HANG sleeps past any deadline, "HANG_ONCE <file>" only while <file> does not exist (it creates it: a machine
+that was slow once), SEGV kills itself with SIGSEGV, RAISE dies with a traceback, MEMORY dies of a MemoryError
+and NOSPACE of a full disk (the machine's failures, not the model's), REFUSE exits 2 with an error line, EMPTY
+answers with nothing, ECHO answers with the prompt exactly as received. In serve, CRASH_SERVER aborts (its own
+defect) and KILLED_SERVER is SIGKILLed (as the OOM killer would). Otherwise it answers "4".
 """
 
 from __future__ import annotations
@@ -16,11 +18,21 @@ import signal
 import sys
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 
 def answer(prompt: str) -> str:
-    if "HANG" in prompt:
+    if "HANG_ONCE " in prompt:
+        marker = Path(prompt.split("HANG_ONCE ", 1)[1].split()[0])
+        if not marker.exists():
+            marker.touch()
+            time.sleep(600)
+    elif "HANG" in prompt:
         time.sleep(600)
+    if "MEMORY" in prompt:
+        raise MemoryError("stand-in could not allocate")
+    if "NOSPACE" in prompt:
+        raise OSError(28, "No space left on device")
     if "SEGV" in prompt:
         os.kill(os.getpid(), signal.SIGSEGV)
     if "RAISE" in prompt:
@@ -64,7 +76,9 @@ class Handler(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         prompt = body["messages"][-1]["content"] if "messages" in body else body["prompt"]
         if "CRASH_SERVER" in prompt:
-            os.kill(os.getpid(), signal.SIGKILL)
+            os.abort()  # its own defect: SIGABRT
+        if "KILLED_SERVER" in prompt:
+            os.kill(os.getpid(), signal.SIGKILL)  # what the OOM killer or a neighbour's kill looks like
         text = answer(prompt)
         usage = {"prompt_tokens": 5, "completion_tokens": len(text.split()), "total_tokens": 5 + len(text.split())}
         if "messages" in body:

@@ -15,6 +15,7 @@ from qa_core_factory import T0, provenance, record
 from apr.errors import AprError
 from apr.qa.evidence import EvidenceRecord, EvidenceWriter, Outcome, excerpt, finished_keys, read_evidence
 from apr.qa.gates.catalog import GateId
+from apr.qa.infra import InfraCause
 
 
 def test_a_corroborated_record_that_compared_nothing_cannot_exist():
@@ -152,12 +153,22 @@ def test_any_record_round_trips_through_the_file(tmp_path, output, reason, outco
         output=excerpt(output),
         metrics={"m": metric},
         n_compared=1 if outcome is Outcome.CORROBORATED else 0,
+        cause=InfraCause.DEADLINE if outcome is Outcome.INCONCLUSIVE else None,
     )
     path = tmp_path / "round-trip.jsonl"
     path.unlink(missing_ok=True)  # hypothesis reuses tmp_path across examples
     with EvidenceWriter(path) as writer:
         writer.append(item)
     assert read_evidence(path).records == (item,)
+
+
+def test_an_inconclusive_record_must_name_its_machine_cause_and_only_it_may():
+    with pytest.raises(ValidationError, match="machine cause"):
+        record(GateId.G2_INFERENCE, Outcome.INCONCLUSIVE, n_compared=0)
+    with pytest.raises(ValidationError, match="machine cause"):
+        record(GateId.G2_INFERENCE, Outcome.FALSIFIED, cause=InfraCause.OOM)
+    older = record(GateId.G2_INFERENCE, Outcome.TIMEOUT, n_compared=0)  # evidence from before causes existed
+    assert older.infra_cause is InfraCause.DEADLINE and not older.outcome.is_failure
 
 
 def test_provenance_capture_fills_versions_and_git_sha():

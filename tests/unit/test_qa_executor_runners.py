@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from apr.qa.axes import Backend, Modality
+from apr.qa.infra import InfraCause
 from apr.qa.invocation import Invocation
 from apr.qa.procs import Ending
 from apr.qa.runners import chat_turn, run_cell
@@ -65,9 +66,15 @@ def test_a_traceback_is_a_crash_with_the_exception_in_the_reason(modality):
     assert "planted failure" in result.reason
 
 
-def test_a_server_killed_mid_request_is_a_crash():
+def test_a_server_that_aborts_mid_request_is_a_crash():
     result = run_cell(cell("serve", "CRASH_SERVER"), STAND_IN)
-    assert result.ending is Ending.CRASHED, result.reason
+    assert result.ending is Ending.CRASHED and result.infra_cause is None, result.reason
+
+
+def test_a_server_killed_from_outside_mid_request_is_the_machine_not_the_model():
+    result = run_cell(cell("serve", "KILLED_SERVER"), STAND_IN)
+    assert result.ending is Ending.INFRASTRUCTURE and result.infra_cause is InfraCause.LOST_PROCESS, result.reason
+    assert "SIGKILL" in result.reason
 
 
 def test_a_server_that_never_gets_ready_times_out():

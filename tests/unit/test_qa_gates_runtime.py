@@ -7,6 +7,7 @@ from apr.qa.evidence import Outcome
 from apr.qa.gates import runtime
 from apr.qa.gates.catalog import GateId
 from apr.qa.gates.thresholds import DeterminismGate, GpuSpeedupGate
+from apr.qa.infra import InfraCause
 from apr.qa.matrix import Cell
 from apr.qa.recording import Check, Recorder, Timer, stamp_all
 from apr.qa.reports.gate_table import gate_rows
@@ -79,7 +80,8 @@ def test_throughput_compares_the_bench_median_with_the_backend_minimum():
 
 def test_throughput_failures_keep_their_kind_and_skips_their_reason():
     assert runtime.throughput_check(Format.GGUF, Backend.CPU, 5.0, *bench(-11, None)).outcome is Outcome.CRASHED
-    assert runtime.throughput_check(Format.GGUF, Backend.CPU, 5.0, *bench(None, None, True)).outcome is Outcome.TIMEOUT
+    stopped = runtime.throughput_check(Format.GGUF, Backend.CPU, 5.0, *bench(None, None, True))
+    assert stopped.outcome is Outcome.INCONCLUSIVE and stopped.cause is InfraCause.DEADLINE
     assert runtime.throughput_check(Format.GGUF, Backend.CPU, 5.0, *bench(0, None)).outcome is Outcome.FALSIFIED
     gpu = runtime.throughput_check(Format.GGUF, Backend.GPU, 50.0, None, None, "no CUDA device on this host")
     assert gpu.outcome is Outcome.SKIPPED and "CUDA" in gpu.reason

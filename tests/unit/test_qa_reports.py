@@ -92,9 +92,11 @@ def test_junit_has_one_testcase_per_record_and_matching_counts():
     cases = suite.findall("testcase")
     assert len(cases) == len(records) == int(suite.get("tests"))
     assert int(suite.get("failures")) == 1 == sum(1 for c in cases if c.find("failure") is not None)
-    assert int(suite.get("errors")) == 2 == sum(1 for c in cases if c.find("error") is not None)
-    assert int(suite.get("skipped")) == 1 == sum(1 for c in cases if c.find("skipped") is not None)
-    assert {e.get("type") for c in cases for e in c.findall("error")} == {"timeout", "crashed"}
+    assert int(suite.get("errors")) == 1 == sum(1 for c in cases if c.find("error") is not None)
+    # the skipped GPU cell and the older "timeout" record (the machine's deadline, never a model error)
+    assert int(suite.get("skipped")) == 2 == sum(1 for c in cases if c.find("skipped") is not None)
+    assert {e.get("type") for c in cases for e in c.findall("error")} == {"crashed"}
+    assert any("inconclusive (deadline)" in (s.get("message") or "") for c in cases for s in c.findall("skipped"))
     properties = {p.get("name"): p.get("value") for p in suite.find("properties")}
     assert properties["mqs.status"] == "BLOCKED" and properties["mqs.score"] == "0"
     failure = next(c.find("failure") for c in cases if c.find("failure") is not None)
@@ -211,3 +213,23 @@ def test_apr_report_tables_and_errors(tmp_path, capsys):
     assert apr(["report", str(bad)]) == 2
     assert "bad.jsonl:1: not JSON" in capsys.readouterr().err
     assert not (tmp_path / "mqs.json").exists()
+
+
+def test_the_reasons_for_a_non_pass_come_first_most_serious_first():
+    from apr.qa.infra import InfraCause
+    from apr.qa.reports.reasons import Kind, summary_lines, why
+    from apr.qa.score import compute_mqs
+
+    records = mixed_records() + [
+        record(GateId.G2_INFERENCE, Outcome.INCONCLUSIVE, check="reply", n_compared=0, cause=InfraCause.OOM)
+    ]
+    mqs = compute_mqs(records)
+    kinds = [reason.kind for reason in why(records, mqs)]
+    assert kinds == sorted(kinds, key=list(Kind).index)  # blocks, machine, costs points, missing
+    assert kinds[0] is Kind.BLOCKS and Kind.MACHINE in kinds and Kind.MISSING in kinds
+    lines = summary_lines(records, mqs)
+    assert lines[0] == "[blocks] FORMAT-PARITY gguf/cpu/run/p0/seed42: top1 gguf~apr: top-1 agreement 0.5 < 0.9"
+    page = render_html(records, mqs)
+    top = page.index("Blocks the certification")
+    assert top < page.index("Inconclusive: the machine") < page.index("<h2>Gateways</h2>")
+    assert "top-1 agreement 0.5 &lt; 0.9" in page[top : page.index("<h2>Gateways</h2>")]

@@ -8,6 +8,7 @@ from qa_core_factory import all_gates_pass, record
 from apr.qa.axes import Backend
 from apr.qa.evidence import Outcome
 from apr.qa.gates.catalog import CATALOG, CATEGORY_WEIGHTS, GATEWAYS, Category, GateId, gates_in
+from apr.qa.infra import InfraCause
 from apr.qa.score import GatewayState, Status, compute_mqs, grade_for
 
 
@@ -51,10 +52,42 @@ def test_a_gateway_with_only_skipped_records_is_unverified_not_passed():
     assert result.score == 0 and result.status is Status.BLOCKED
 
 
-def test_a_crash_or_timeout_in_any_gate_fails_the_stability_gateway():
-    for outcome in (Outcome.CRASHED, Outcome.TIMEOUT):
-        result = compute_mqs(all_gates_pass() + [record(GateId.THROUGHPUT, outcome, n_compared=0)])
-        assert result.gateways[GateId.G3_STABILITY] is GatewayState.FAILED and result.score == 0
+def test_a_crash_in_any_gate_fails_the_stability_gateway():
+    result = compute_mqs(all_gates_pass() + [record(GateId.THROUGHPUT, Outcome.CRASHED, n_compared=0)])
+    assert result.gateways[GateId.G3_STABILITY] is GatewayState.FAILED and result.score == 0
+    assert result.status is Status.BLOCKED
+
+
+def test_what_the_machine_stopped_is_inconclusive_never_blocked_and_costs_the_model_nothing():
+    # A cell killed at its deadline (new records) or an older "timeout" record: neither is evidence.
+    quiet = compute_mqs(all_gates_pass())
+    for stopped in (
+        record(GateId.G3_STABILITY, Outcome.INCONCLUSIVE, check="cell", n_compared=0, cause=InfraCause.DEADLINE),
+        record(GateId.G3_STABILITY, Outcome.TIMEOUT, check="cell", n_compared=0),
+    ):
+        result = compute_mqs(all_gates_pass() + [stopped])
+        assert result.status is Status.INCONCLUSIVE and not result.blockers
+        assert result.gateways[GateId.G3_STABILITY] is GatewayState.INCONCLUSIVE
+        assert result.score == quiet.score == 1000  # left out of the fractions: for nor against the model
+        assert result.grade == "I" and "deadline" in result.inconclusive[0]
+
+
+def test_evidence_against_the_model_blocks_even_beside_inconclusive_records():
+    records = all_gates_pass() + [
+        record(GateId.G2_INFERENCE, Outcome.INCONCLUSIVE, check="slow", n_compared=0, cause=InfraCause.OOM),
+        record(GateId.G4_QUALITY, Outcome.FALSIFIED, check="oracle:arithmetic"),
+    ]
+    result = compute_mqs(records)
+    assert result.status is Status.BLOCKED and result.score == 0 and result.grade == "F"
+
+
+def test_a_gateway_with_only_inconclusive_records_does_not_zero_the_score():
+    records = [r for r in all_gates_pass() if r.gate is not GateId.G2_INFERENCE] + [
+        record(GateId.G2_INFERENCE, Outcome.INCONCLUSIVE, check="c", n_compared=0, cause=InfraCause.DEADLINE)
+    ]
+    result = compute_mqs(records)
+    assert result.gateways[GateId.G2_INFERENCE] is GatewayState.INCONCLUSIVE
+    assert result.status is Status.INCONCLUSIVE and result.score == result.raw > 0
 
 
 def test_skipped_records_earn_nothing_and_lower_the_gate_fraction():

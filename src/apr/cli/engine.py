@@ -55,7 +55,14 @@ NumericsOpt = Annotated[
         "log-likelihood tasks need; slower, more memory).",
     ),
 ]
-ThreadsOpt = Annotated[int | None, typer.Option("--threads", min=1, help="CPU threads for torch (default: torch's).")]
+ThreadsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--threads",
+        min=1,
+        help="CPU threads (default: the free cores, from the load average and the CPU quota; see apr --version).",
+    ),
+]
 CompileOpt = Annotated[
     bool | None, typer.Option("--compile/--no-compile", help="torch.compile the decode step (default: off).")
 ]

@@ -7,19 +7,39 @@ from pathlib import Path
 import typer
 
 
-def _certify_summary(result) -> None:
-    mqs = result.mqs
-    typer.echo(
+def verdict_lines(records, mqs, seconds: float | None = None) -> list[str]:
+    """The status line, then why it is not a clean pass (gate, cell, evidence line): what a reader needs first."""
+    from apr.qa.reports.reasons import summary_lines
+
+    took = f" in {seconds:.0f}s" if seconds is not None else ""
+    head = (
         f"{mqs.status.value}  MQS {mqs.score}/1000  grade {mqs.grade}  ({mqs.total_records} records: "
         + ", ".join(f"{n} {outcome.value}" for outcome, n in mqs.outcomes.items() if n)
-        + f") in {result.seconds:.0f}s"
+        + f"){took}"
     )
-    for line in mqs.blockers:
-        typer.echo(f"  blocked: {line}")
+    return [head, *(f"  {line}" for line in summary_lines(records, mqs))]
+
+
+def _certify_summary(result) -> None:
+    from apr.qa.evidence import read_evidence
+
+    for line in verdict_lines(read_evidence(result.evidence).records, result.mqs, result.seconds):
+        typer.echo(line)
     typer.echo(
         f"wrote {result.evidence}, {result.output / 'junit.xml'}, {result.output / 'report.html'}, "
-        f"{result.output.parent / 'models.csv'}"
+        f"{result.tables / 'models.csv'}" + (f"; the previous run is in {result.archived}" if result.archived else "")
     )
+
+
+def _interrupt_on_termination() -> None:
+    """SIGTERM and SIGHUP end `apr certify` like Ctrl-C does: every running cell is killed with its group."""
+    import signal
+
+    def interrupt(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, interrupt)
 
 
 def register(app: typer.Typer) -> None:
@@ -41,14 +61,22 @@ def register(app: typer.Typer) -> None:
         ),
         workers: int | None = typer.Option(None, "--workers", min=1, max=64, help="cells run in parallel"),
         timeout: float | None = typer.Option(
-            None, "--timeout", min=1, help="per-cell deadline in seconds (default: the playbook's execution.timeout_s)"
+            None,
+            "--timeout",
+            min=1,
+            help="per-cell deadline in seconds (default: the playbook's execution.timeout_s); a slower machine, "
+            "as calibrated at the start, gets more",
+        ),
+        threads: int | None = typer.Option(
+            None, "--threads", min=1, help="CPU threads of every cell (default: the free cores, measured)"
         ),
         resume: bool = typer.Option(False, "--resume", help="append to an existing evidence file; skip finished cells"),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress on stderr"),
     ) -> None:
         """Certify a model: every cell of the playbook's matrix through the real CLI, every gate, MQS and reports.
 
-        Exit code 0 when CERTIFIED or PROVISIONAL, 1 when BLOCKED, 2 on bad input."""
+        Exit code 0 when CERTIFIED or PROVISIONAL, 1 when BLOCKED, 3 when INCONCLUSIVE (the machine could not
+        run every check: deadline, memory, a killed process, a full disk), 2 on bad input."""
         from apr.errors import AprError
         from apr.qa.axes import Tier
         from apr.qa.certify import CertifyOptions, certify
@@ -62,6 +90,7 @@ def register(app: typer.Typer) -> None:
             raise AprError(f"--tier {tier!r} is not one of {', '.join(t.value for t in Tier)}")
         if model_path is not None and not model_path.exists():
             raise AprError(f"{model_path}: --model-path does not exist")
+        _interrupt_on_termination()
         result = certify(
             CertifyOptions(
                 playbook=playbook,
@@ -72,6 +101,7 @@ def register(app: typer.Typer) -> None:
                 timeout_s=timeout,
                 resume=resume,
                 progress=not quiet,
+                threads=threads,
             )
         )
         _certify_summary(result)
@@ -112,8 +142,8 @@ def register_qa(app: typer.Typer) -> None:
         """Deep single-model gates, printed as gate · status · measured · threshold · duration.
 
         With --self-test: the gates' detection power on planted defects (defect x gate table, detection.json).
-        Exit code 0 when no gate failed (self-test: every defect caught, no false block), 1 otherwise, 2 on bad
-        input."""
+        Exit code 0 when no gate failed (self-test: every defect caught, no false block), 1 when one did, 3 when
+        none failed but the machine stopped a check (inconclusive), 2 on bad input."""
         import json
 
         from apr.errors import AprError
@@ -163,13 +193,16 @@ def register_qa(app: typer.Typer) -> None:
         records, seconds = run_deep(options, progress=not quiet)
         rows = gate_rows(records)
         failed = any(row.status == "failed" for row in rows)
+        stopped = not failed and any(row.status == "inconclusive" for row in rows)
+        verdict = "FAILED" if failed else "INCONCLUSIVE (the machine stopped a check)" if stopped else "passed"
         if json_output:
             typer.echo(
                 json.dumps(
                     {
                         "model": model,
                         "path": str(path),
-                        "passed": not failed,
+                        "passed": not failed and not stopped,
+                        "inconclusive": stopped,
                         "evidence": str(options.evidence),
                         "total_duration_s": round(seconds, 2),
                         "gates": [row.to_json() for row in rows],
@@ -179,6 +212,6 @@ def register_qa(app: typer.Typer) -> None:
                 )
             )
         else:
-            render_table(rows, f"apr qa {model} — {'FAILED' if failed else 'passed'} in {seconds:.0f}s")
+            render_table(rows, f"apr qa {model} — {verdict} in {seconds:.0f}s")
             typer.echo(f"evidence: {options.evidence}")
-        raise typer.Exit(1 if failed else 0)
+        raise typer.Exit(1 if failed else 3 if stopped else 0)

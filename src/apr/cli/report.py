@@ -31,13 +31,10 @@ def _report_evidence(evidence: Path, output: Path | None) -> None:
     write_text_atomic(target / "mqs.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     write_text_atomic(target / "junit.xml", render_junit(records))
     write_text_atomic(target / "report.html", render_html(records, mqs))
-    typer.echo(
-        f"{mqs.status.value}  MQS {mqs.score}/1000  grade {mqs.grade}  ({mqs.total_records} records: "
-        + ", ".join(f"{n} {outcome.value}" for outcome, n in mqs.outcomes.items() if n)
-        + ")"
-    )
-    for line in mqs.blockers:
-        typer.echo(f"  blocked: {line}")
+    from apr.cli.qa import verdict_lines
+
+    for line in verdict_lines(records, mqs):
+        typer.echo(line)
     typer.echo(f"wrote {target / 'mqs.json'}, {target / 'junit.xml'}, {target / 'report.html'}")
 
 

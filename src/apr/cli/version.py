@@ -15,6 +15,8 @@ def version_lines() -> list[str]:
 
     from apr import __version__
     from apr.engine import native
+    from apr.engine.device import set_threads
+    from apr.settings import current
 
     if torch.cuda.is_available():
         device = f"cuda ({torch.cuda.get_device_name(0)}, {torch.cuda.device_count()} device(s))"
@@ -24,8 +26,17 @@ def version_lines() -> list[str]:
         f"apr {__version__}",
         f"kernels: {native.describe()}",
         f"cpu: {cpu_model()} ({os.cpu_count()} logical cores)",
-        f"threads: {torch.get_num_threads()}",
+        f"threads: {threads_line(set_threads(None), current().omp_threads)}",
         f"torch: {torch.__version__}",
         f"python: {platform.python_version()}",
         f"device: {device}",
     ]
+
+
+def threads_line(threads: int, omp_threads: int | None) -> str:
+    """The engine's default thread count and why (OMP_NUM_THREADS, or the free cores of this machine)."""
+    from apr.engine.device import default_thread_choice
+
+    if omp_threads is not None:
+        return f"{threads} (OMP_NUM_THREADS={omp_threads})"
+    return f"{threads} ({default_thread_choice().reason})"

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Literal
 
 import torch
 
 from apr.engine.weights import KernelFamily
 from apr.errors import AprError
+from apr.machine import ThreadChoice, choose_threads
+from apr.settings import current
 
 DeviceChoice = Literal["auto", "cpu", "cuda"]
 # fast: the quickest kernels for the device (int8 activations on apr's CPU kernels, bf16 elsewhere);
@@ -88,9 +91,18 @@ def resolve_precision(choice: str | torch.dtype | None, device: torch.device, nu
 
 
 def set_threads(threads: int | None) -> int:
-    """Set torch's intra-op thread count when asked; return the count in use."""
+    """Set torch's intra-op thread count: the one asked for, else OMP_NUM_THREADS (torch applied it at start),
+    else the free cores of this machine (``apr.machine.choose_threads``); return the count in use."""
     if threads is not None:
         if threads < 1:
             raise AprError(f"--threads must be >= 1, got {threads}")
         torch.set_num_threads(threads)
+    elif current().omp_threads is None:
+        torch.set_num_threads(default_thread_choice().threads)
     return torch.get_num_threads()
+
+
+@lru_cache(maxsize=1)
+def default_thread_choice() -> ThreadChoice:
+    """The machine's default thread count, chosen once per process (from the load when the engine first loads)."""
+    return choose_threads()

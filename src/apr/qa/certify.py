@@ -1,13 +1,15 @@
 """`apr certify`: a playbook in, evidence + MQS + JUnit + HTML + certification tables out.
 
-A thin composition of ``apr.qa.stages``: acquire → convert → gate (model-level gates, the cells traced through
-the real CLI, runtime gates) → score → report. Evidence is appended as each step finishes, so an interrupted
-run resumes (``resume=True``) where it stopped.
+A thin composition of ``apr.qa.stages``: acquire → convert → calibrate → gate (model-level gates, the cells
+traced through the real CLI, runtime gates) → score → report. Evidence is appended as each step finishes, so an
+interrupted run resumes (``resume=True``) where it stopped; a run without ``resume`` keeps the folder's earlier
+run under ``runs/`` (``apr.qa.rundir``). With an explicit output folder nothing outside it is read or written:
+its tables (models.csv, index.html) cover that folder alone.
 """
 
 from __future__ import annotations
 
-import sys
+import errno
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +18,10 @@ from apr.qa import stages
 from apr.qa.axes import Tier
 from apr.qa.evidence import EvidenceRecord, EvidenceWriter, read_evidence
 from apr.qa.executor import ExecutionSummary
+from apr.qa.infra import InfraCause
 from apr.qa.playbook import Playbook, load_playbook
+from apr.qa.progress import RunProgress
+from apr.qa.rundir import archive_previous_run, drop_renderings
 from apr.qa.score import MqsResult, Status
 
 # playbooks/templates in a checkout, reached through the package's `templates` link; real files in a wheel.
@@ -35,6 +40,8 @@ class CertifyOptions:
     resume: bool = False
     progress: bool = True
     apr_argv: tuple[str, ...] | None = None  # the CLI under test (default: this apr)
+    threads: int | None = None  # CPU threads of every cell; None: the calibration chooses from the free cores
+    calibrate: bool = True  # measure the machine (deadlines and speed floors follow it); False: as written
 
 
 @dataclass(frozen=True)
@@ -45,10 +52,13 @@ class CertifyResult:
     mqs: MqsResult
     summary: ExecutionSummary
     seconds: float
+    tables: Path  # the folder whose models.csv and index.html were rewritten
+    archived: Path | None = None  # where the folder's earlier run was kept
 
     @property
     def exit_code(self) -> int:
-        return 1 if self.mqs.status is Status.BLOCKED else 0
+        """0 CERTIFIED or PROVISIONAL, 1 BLOCKED (evidence against the model), 3 INCONCLUSIVE (the machine)."""
+        return {Status.BLOCKED: 1, Status.INCONCLUSIVE: 3}.get(self.mqs.status, 0)
 
 
 def default_output(playbook: Playbook) -> Path:
@@ -56,11 +66,6 @@ def default_output(playbook: Playbook) -> Path:
     ``certifications/<model>-<tier>`` for other tiers, so tiers of one model never share evidence."""
     model = playbook.name.removesuffix(f"-{playbook.tier.value}")
     return DEFAULT_ROOT / (model if playbook.tier is Tier.MVP else f"{model}-{playbook.tier.value}")
-
-
-def _say(message: str, progress: bool) -> None:
-    if progress:
-        print(message, file=sys.stderr, flush=True)
 
 
 def _overlay(base: dict, own: dict) -> dict:
@@ -131,28 +136,57 @@ class Certification:
         self.playbook = playbook
         self.output = options.output or default_output(playbook)
         self.evidence = self.output / "evidence.jsonl"
+        # An explicit folder is the user's: its tables cover it alone. The default one lives in certifications/,
+        # whose tables cover every model certified there.
+        self.tables = self.output if options.output is not None else self.output.parent
 
-    def _prior(self) -> tuple[EvidenceRecord, ...]:
+    def _prior(self, progress: RunProgress) -> tuple[EvidenceRecord, ...]:
         if not self.options.resume or not self.evidence.exists():
             return ()
         log = read_evidence(self.evidence)
         if log.torn_tail is not None:
-            _say(log.warning() or "", self.options.progress)
+            progress.say(log.warning() or "")
         return log.records
 
     def run(self) -> CertifyResult:
+        with RunProgress(self.options.progress) as progress:
+            try:
+                return self._run(progress)
+            except OSError as err:
+                if err.errno != errno.ENOSPC:
+                    raise
+                # The machine, not the model: what was written stays (append-only, fsynced); resume continues.
+                raise AprError(
+                    f"{self.output}: no space left on device ({err.filename or 'while writing'}); "
+                    f"{InfraCause.DISK_FULL.advice}",
+                    exit_code=3,
+                ) from None
+
+    def _run(self, progress: RunProgress) -> CertifyResult:
         import time
 
         started = time.monotonic()
-        pb, progress = self.playbook, self.options.progress
-        prior = self._prior()
-        if not self.options.resume:
-            self.evidence.unlink(missing_ok=True)
-        checkpoint = stages.acquire(pb.model.ref, resolve_source(pb), progress=progress)
-        _say(f"apr certify: {pb.name} ({pb.tier}) on {checkpoint.path}", progress)
+        pb = self.playbook
+        prior = self._prior(progress)
+        archived = None
+        if self.options.resume:
+            drop_renderings(self.output)  # they describe the evidence before this run appends to it
+        else:
+            archived = archive_previous_run(self.output)
+            if archived is not None:
+                progress.say(f"apr certify: kept the previous run of {self.output} in {archived}")
+        checkpoint = stages.acquire(pb.model.ref, resolve_source(pb), progress=self.options.progress)
+        progress.say(f"apr certify: {pb.name} ({pb.tier}) on {checkpoint.path}")
+        phase = progress.phase("convert", len(pb.matrix.formats))
+        phase.start(f"{', '.join(pb.matrix.formats)} (cached by the source's digest)")
         artifacts = stages.convert(checkpoint, pb.matrix.formats)
-        for fmt, seconds in artifacts.converted.items():
-            _say(f"  converted to {fmt} in {seconds:.1f}s", progress)
+        phase.finish(
+            "; ".join(f"{fmt} converted in {seconds:.1f}s" for fmt, seconds in artifacts.converted.items())
+            or "every format already converted",
+            steps=len(pb.matrix.formats),
+        )
+        phase.close()
+        calibration = stages.calibrate(self.options.threads, progress) if self.options.calibrate else None
         subject = stages.subject_of(
             pb,
             artifacts,
@@ -160,20 +194,26 @@ class Certification:
             workers=self.options.workers,
             timeout_s=self.options.timeout_s,
             apr_argv=self.options.apr_argv,
+            calibration=calibration,
+            threads=self.options.threads,
         )
         summaries: list[ExecutionSummary] = []
 
         def cells(writer: EvidenceWriter) -> None:
-            summary = stages.trace(subject, writer, done_keys=frozenset(r.key for r in prior), progress=progress)
-            _say(f"  {summary.line()}" + (f"; stopped by {summary.stopped_by}" if summary.stopped_by else ""), progress)
+            # Measured again: the model-level gates may have taken long enough for the load to change.
+            summary = stages.trace(
+                subject.calibrated(progress), writer, done_keys=frozenset(r.key for r in prior), progress=progress
+            )
+            progress.say(f"  {summary.line()}" + (f"; stopped by {summary.stopped_by}" if summary.stopped_by else ""))
             summaries.append(summary)
 
-        _say("  model-level gates ...", progress)
-        evidence = stages.gate(subject, self.evidence, cells, prior=prior)
+        evidence = stages.gate(subject, self.evidence, cells, prior=prior, progress=progress)
         mqs = stages.score(evidence.records)
         stages.report(evidence.records, mqs, self.output, title=f"{pb.model.ref} — {pb.tier}", evidence=self.evidence)
-        stages.tables(self.output.parent)
-        return CertifyResult(pb, self.output, self.evidence, mqs, summaries[0], time.monotonic() - started)
+        stages.tables(self.tables)
+        return CertifyResult(
+            pb, self.output, self.evidence, mqs, summaries[0], time.monotonic() - started, self.tables, archived
+        )
 
 
 def certify(options: CertifyOptions) -> CertifyResult:

@@ -15,11 +15,13 @@ from pathlib import Path
 
 from apr.qa import stages
 from apr.qa.axes import Backend, Format, Tier
+from apr.qa.calibration import model_bytes
 from apr.qa.evidence import EvidenceRecord
 from apr.qa.gates.catalog import GateId
 from apr.qa.gates.thresholds import GateSet
 from apr.qa.measure import DECODE_TOKENS
 from apr.qa.playbook import Playbook
+from apr.qa.progress import RunProgress
 
 # Without cells there is nothing to rerun: determinism is a gate over the matrix, which `apr qa` does not run.
 NEEDS_CELLS = frozenset({GateId.DETERMINISM})
@@ -90,20 +92,25 @@ def run_deep(options: DeepOptions, *, progress: bool = True) -> tuple[list[Evide
     artifacts = stages.convert(checkpoint, options.formats)
     gates = without(options.gates, options.skip)
     cuda = stages.cuda_available()
-    if options.playbook is not None:
-        subject = stages.subject_of(options.playbook, artifacts, cuda=cuda)
-        subject = replace(subject, gates=gates, cells=(), decode_tokens=options.max_tokens)
-    else:
-        subject = stages.Subject(
-            ref=options.ref,
-            artifacts=artifacts,
-            gates=gates,
-            backends=options.backends,
-            formats=options.formats,
-            chat=options.chat,
-            expected_sha256=stages.expected_sha256(options.ref),
-            cuda=cuda,
-            decode_tokens=options.max_tokens,
-        )
-    evidence = stages.gate(subject, options.evidence)
+    with RunProgress(progress) as shown:
+        # The throughput floor is judged against what this machine delivers (apr.qa.calibration).
+        calibration = stages.calibrate(progress=shown) if gates.throughput is not None else None
+        if options.playbook is not None:
+            subject = stages.subject_of(options.playbook, artifacts, cuda=cuda, calibration=calibration)
+            subject = replace(subject, gates=gates, cells=(), decode_tokens=options.max_tokens)
+        else:
+            subject = stages.Subject(
+                ref=options.ref,
+                artifacts=artifacts,
+                gates=gates,
+                backends=options.backends,
+                formats=options.formats,
+                chat=options.chat,
+                expected_sha256=stages.expected_sha256(options.ref),
+                cuda=cuda,
+                decode_tokens=options.max_tokens,
+                calibration=calibration,
+                model_bytes={fmt: model_bytes(path) for fmt, path in artifacts.paths.items()},
+            )
+        evidence = stages.gate(subject, options.evidence, progress=shown)
     return list(evidence.records), time.monotonic() - started

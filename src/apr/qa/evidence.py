@@ -26,6 +26,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationErro
 from apr.errors import AprError
 from apr.qa.axes import Backend, Format, Modality, Tier
 from apr.qa.gates.catalog import GateId
+from apr.qa.infra import InfraCause
 
 SCHEMA_VERSION = 1
 EXCERPT_LIMIT = 2000
@@ -34,17 +35,30 @@ MetricValue = float | int | str | bool | None
 
 
 class Outcome(StrEnum):
-    """What a check concluded. Only ``corroborated`` is a pass; ``skipped`` is never a pass."""
+    """What a check concluded. Only ``corroborated`` is a pass; ``skipped`` and ``inconclusive`` never are.
+
+    Only ``falsified`` and ``crashed`` are evidence against the model. ``inconclusive`` says the machine
+    stopped the check (deadline, OOM, a process killed from outside, a full disk: ``cause`` names it) after a
+    bounded retry; ``timeout`` is how older evidence (before infrastructure causes existed) recorded a
+    deadline kill, and is read as inconclusive with cause ``deadline``.
+    """
 
     CORROBORATED = "corroborated"  # the check ran, compared something, and the model survived it
     FALSIFIED = "falsified"  # the check ran and the model failed it
-    TIMEOUT = "timeout"  # the check did not finish within its deadline
-    CRASHED = "crashed"  # the program under test died (signal, traceback, HTTP 5xx)
+    TIMEOUT = "timeout"  # (older evidence) the check was killed at its deadline: read as inconclusive
+    CRASHED = "crashed"  # the program under test died of its own defect (SIGSEGV/SIGABRT, traceback, HTTP 5xx)
     SKIPPED = "skipped"  # the check could not run here (e.g. a GPU cell without CUDA); reason says why
+    INCONCLUSIVE = "inconclusive"  # the machine stopped the check; ``cause`` says how; never about the model
 
     @property
     def is_failure(self) -> bool:
-        return self in (Outcome.FALSIFIED, Outcome.TIMEOUT, Outcome.CRASHED)
+        """Evidence against the model: only these falsify a gate or block a certification."""
+        return self in (Outcome.FALSIFIED, Outcome.CRASHED)
+
+    @property
+    def is_infrastructure(self) -> bool:
+        """The machine, not the model, decided this outcome."""
+        return self in (Outcome.INCONCLUSIVE, Outcome.TIMEOUT)
 
 
 class Scenario(BaseModel):
@@ -67,6 +81,30 @@ class Scenario(BaseModel):
             parts = [str(p) for p in (self.format, self.backend, self.modality, self.prompt_id) if p is not None]
             return "/".join(["model", *parts])
         return f"{self.format}/{self.backend}/{self.modality}/{self.prompt_id}/seed{self.seed}"
+
+
+class Calibration(BaseModel):
+    """What the machine delivered when a check ran, measured by apr certify at the start of the run and again
+    before each phase (``apr.qa.calibration``): cell deadlines and throughput floors are derived from it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    threads: int = Field(ge=1, description="CPU threads the programs under test were given (OMP_NUM_THREADS)")
+    threads_reason: str = Field(description="why that many: free cores from the load average and the quota")
+    stream_gb_s: float = Field(gt=0, description="GB/s a decode-like float32 matrix-vector stream reached")
+    startup_s: float = Field(ge=0, description="seconds a fresh Python process took to import torch")
+    load1: float | None = Field(None, description="one-minute load average when measured")
+    measured_at: AwareDatetime = Field(description="when the calibration ran")
+
+    def decode_ceiling_tok_s(self, model_bytes: int) -> float:
+        """The decode speed this machine's stream allows a model whose weights are read once per token."""
+        return self.stream_gb_s * 1e9 / max(1, model_bytes)
+
+    def line(self) -> str:
+        load = f", load {self.load1:.1f}" if self.load1 is not None else ""
+        return (
+            f"{self.stream_gb_s:.1f} GB/s with {self.threads} thread(s), python+torch start {self.startup_s:.1f}s{load}"
+        )
 
 
 class Provenance(BaseModel):
@@ -98,6 +136,9 @@ class Provenance(BaseModel):
         description="numerics mode of the engine behind a check that ran one ('fast': int8 activations on the "
         "native kernels, the default; 'exact': the float32 reference); None for checks that ran no engine",
     )
+    calibration: Calibration | None = Field(
+        None, description="what the machine delivered when the check ran (apr certify's calibration)"
+    )
     seed: int | None = Field(None, description="seed the check was run with")
     playbook: str | None = Field(None, description="name of the playbook that planned the check (None for apr qa)")
     tier: Tier | None = Field(None, description="certification tier of that playbook")
@@ -126,7 +167,10 @@ class EvidenceRecord(BaseModel):
         min_length=1, description="which check inside the gate, e.g. 'oracle:arithmetic', 'top1 gguf~apr'"
     )
     scenario: Scenario = Field(description="what was exercised")
-    outcome: Outcome = Field(description="corroborated | falsified | timeout | crashed | skipped")
+    outcome: Outcome = Field(description="corroborated | falsified | crashed | skipped | inconclusive (| timeout)")
+    cause: InfraCause | None = Field(
+        None, description="for inconclusive: what on the machine stopped the check (deadline, oom, ...)"
+    )
     reason: str = Field(min_length=1, description="one line saying why: what was seen versus what was expected")
     metrics: dict[str, MetricValue] = Field(default_factory=dict, description="measured numbers, e.g. tok_s, kl, top1")
     measured: float | None = Field(None, description="the headline measurement compared with threshold, if any")
@@ -145,7 +189,14 @@ class EvidenceRecord(BaseModel):
             raise ValueError(
                 "a corroborated record must have n_compared >= 1: a check that compared nothing is no pass"
             )
+        if (self.outcome is Outcome.INCONCLUSIVE) != (self.cause is not None):
+            raise ValueError("an inconclusive record names its machine cause, and only an inconclusive one does")
         return self
+
+    @property
+    def infra_cause(self) -> InfraCause | None:
+        """The machine cause of an inconclusive record (older ``timeout`` records: the deadline)."""
+        return InfraCause.DEADLINE if self.outcome is Outcome.TIMEOUT else self.cause
 
     @property
     def key(self) -> str:
@@ -291,6 +342,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "EvidenceLog",
     "EvidenceRecord",
+    "Calibration",
     "EvidenceWriter",
     "MetricValue",
     "Outcome",

@@ -1,8 +1,10 @@
-"""Run every cell of the matrix through the real CLI: worker threads, per-cell deadlines, resume, stop-on-P0."""
+"""Run every cell of the matrix through the real CLI: worker threads, calibrated per-cell deadlines, a bounded
+retry of cells the machine stopped, resume, stop-on-P0."""
 
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -10,22 +12,29 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from apr.qa.axes import Backend, Format
-from apr.qa.evidence import EvidenceRecord, EvidenceWriter, Outcome
+from apr.qa.calibration import attempt_deadline, cell_budget, prompt_tokens
+from apr.qa.evidence import Calibration, EvidenceRecord, EvidenceWriter, Outcome
 from apr.qa.gates.catalog import CATALOG
 from apr.qa.gates.cell import cell_checks, skipped_cell_checks
 from apr.qa.invocation import Invocation
 from apr.qa.matrix import Cell
 from apr.qa.playbook import FailurePolicy
 from apr.qa.procs import Children, apr_command
+from apr.qa.progress import RunProgress
 from apr.qa.recording import Check, Recorder, Timer, stamp_all
 from apr.qa.runners import CellRun, run_cell
 
 NO_CUDA_REASON = "no CUDA device on this host (torch.cuda.is_available() is False): GPU cell not run"
+RETRIES = 1  # a cell the machine stopped runs once more, with a longer deadline, before it is inconclusive
 
 
 @dataclass(frozen=True)
 class ExecutionPlan:
-    """The cells to run and how: artifacts per format, deadline, workers, failure policy, CUDA presence."""
+    """The cells to run and how: artifacts per format, deadlines, workers, failure policy, CUDA presence.
+
+    ``timeout_s`` is the playbook's deadline; with a ``calibration`` a cell gets more when this machine needs
+    more (``apr.qa.calibration.cell_budget``, from the model's size), and its programs the calibrated threads.
+    """
 
     cells: tuple[Cell, ...]
     artifacts: dict[Format, Path]
@@ -36,8 +45,18 @@ class ExecutionPlan:
     cuda_available: bool = False
     apr_argv: tuple[str, ...] = field(default_factory=lambda: tuple(apr_command()))
     missing_artifacts: dict[Format, str] = field(default_factory=dict)  # format -> why it has no artifact
+    calibration: Calibration | None = None
+    model_bytes: dict[Format, int] = field(default_factory=dict)
+    retries: int = RETRIES
 
-    def runnable(self, cell: Cell) -> Invocation:
+    def budget(self, cell: Cell) -> float:
+        """The cell's first deadline on this machine."""
+        size = self.model_bytes.get(cell.format, 0)
+        return cell_budget(
+            self.calibration, size, prompt_tokens(cell.prompt.text), cell.prompt.max_tokens, self.timeout_s
+        )
+
+    def runnable(self, cell: Cell, attempt: int = 0) -> Invocation:
         return Invocation(
             model_path=self.artifacts[cell.format],
             format=cell.format,
@@ -47,9 +66,32 @@ class ExecutionPlan:
             prompt=cell.prompt.text,
             seed=cell.seed,
             max_tokens=cell.prompt.max_tokens,
-            timeout_s=self.timeout_s,
+            timeout_s=attempt_deadline(self.budget(cell), attempt),
             use_chat_template=self.use_chat_template,
+            threads=self.calibration.threads if self.calibration is not None and cell.backend is Backend.CPU else None,
         )
+
+    def machine_note(self, cell: Cell, attempts: list[CellRun]) -> str:
+        """Why the machine, not the model, is the cause: the attempts, their deadlines, what the machine delivered."""
+        deadlines = ", ".join(f"{attempt_deadline(self.budget(cell), n):.0f}s" for n in range(len(attempts)))
+        cause = attempts[-1].infra_cause
+        note = f"{len(attempts)} attempt(s) (deadlines {deadlines})"
+        if self.calibration is not None:
+            size = self.model_bytes.get(cell.format, 0)
+            note += f"; this machine delivered {self.calibration.line()}"
+            if size:
+                note += f", ~{self.calibration.decode_ceiling_tok_s(size):.1f} tok/s for {size / 1e9:.2f} GB per token"
+        return note + (f": {cause.advice}" if cause is not None else "")
+
+
+def run_attempts(plan: ExecutionPlan, cell: Cell, children: Children | None = None) -> list[CellRun]:
+    """Run a cell until it ends without a machine cause or its retries are spent; every attempt, in order."""
+    attempts: list[CellRun] = []
+    for attempt in range(plan.retries + 1):
+        attempts.append(run_cell(plan.runnable(cell, attempt), list(plan.apr_argv), children))
+        if attempts[-1].infra_cause is None or (children is not None and children.cancelled):
+            break
+    return attempts
 
 
 @dataclass
@@ -73,6 +115,16 @@ def _blocking_failure(records: list[EvidenceRecord]) -> EvidenceRecord | None:
     return next((r for r in records if r.outcome.is_failure and CATALOG[r.gate].blocking), None)
 
 
+def cell_status(records: list[EvidenceRecord]) -> str:
+    """One word for a finished cell: its worst outcome (with the machine cause), or ``resumed``."""
+    if not records:
+        return "resumed"
+    order = (Outcome.CRASHED, Outcome.FALSIFIED, Outcome.INCONCLUSIVE, Outcome.SKIPPED, Outcome.CORROBORATED)
+    worst = next(o for o in (*order, records[-1].outcome) if any(r.outcome is o for r in records))
+    cause = next((r.cause for r in records if r.cause is not None), None)
+    return f"{worst} ({cause})" if cause is not None else str(worst)
+
+
 class CellExecutor:
     """Drives the plan; every record goes through one thread-safe writer the moment its cell ends."""
 
@@ -83,12 +135,14 @@ class CellExecutor:
         writer: EvidenceWriter,
         done_keys: frozenset[str] = frozenset(),
         on_cell_done: Callable[[Cell, str], None] | None = None,
+        on_cell_start: Callable[[Cell], None] | None = None,
     ):
         self.plan = plan
         self.recorder = recorder
         self.writer = writer
         self.done_keys = done_keys
         self.on_cell_done = on_cell_done
+        self.on_cell_start = on_cell_start
         self.summary = ExecutionSummary()
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -103,8 +157,10 @@ class CellExecutor:
             # No artifact is a failed inference, not merely an untested one.
             checks[0] = replace(checks[0], outcome=Outcome.FALSIFIED, n_compared=1)
             return checks, None
-        run = run_cell(self.plan.runnable(cell), list(self.plan.apr_argv), self.children)
-        return cell_checks(cell, run), run
+        attempts = run_attempts(self.plan, cell, self.children)
+        run = attempts[-1]
+        note = self.plan.machine_note(cell, attempts) if run.infra_cause is not None else ""
+        return cell_checks(cell, run, attempts=len(attempts), machine_note=note), run
 
     def _cell_finished(self, cell: Cell) -> bool:
         # G3 is written last for a cell; its key being present means every record of the cell was written.
@@ -121,6 +177,8 @@ class CellExecutor:
                 self.summary.cells_not_run += 1
             self._notify(cell, "not run")
             return
+        if self.on_cell_start is not None:
+            self.on_cell_start(cell)
         timer = Timer()
         checks, run = self._checks(cell)
         if self.children.cancelled:
@@ -137,7 +195,7 @@ class CellExecutor:
             if failure and self.plan.failure_policy is FailurePolicy.STOP_ON_FIRST_P0 and not self._stop.is_set():
                 self.summary.stopped_by = f"{failure.gate} {failure.check} on {cell.key}: {failure.reason}"
                 self._stop.set()
-        self._notify(cell, records[-1].outcome.value if records else "resumed")
+        self._notify(cell, cell_status(records))
 
     def _notify(self, cell: Cell, status: str) -> None:
         if self.on_cell_done is not None:
@@ -148,9 +206,9 @@ class CellExecutor:
         try:
             for future in [pool.submit(self._run_one, cell) for cell in self.plan.cells]:
                 future.result()
-        except KeyboardInterrupt:
+        except BaseException:
             self._stop.set()
-            self.children.kill_all()  # they run in their own sessions: Ctrl-C never reached them
+            self.children.kill_all()  # they run in their own sessions: Ctrl-C or SIGTERM never reached them
             raise
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
@@ -163,25 +221,25 @@ def execute(
     writer: EvidenceWriter,
     *,
     done_keys: frozenset[str] = frozenset(),
-    progress: bool = True,
+    progress: RunProgress | None = None,
 ) -> ExecutionSummary:
-    """Run the plan with a live progress bar on stderr (or silently)."""
-    if not progress:
+    """Run the plan, with a progress line (what runs, how long each cell took, ETA) when ``progress`` is given."""
+    if progress is None:
         return CellExecutor(plan, recorder, writer, done_keys).run()
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    phase = progress.phase("cells", len(plan.cells))
+    timings: dict[str, float] = {}
+    lock = threading.Lock()
 
-    columns = (
-        TextColumn("[bold]cells"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("{task.description}"),
-    )
-    with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
-        task = bar.add_task("", total=len(plan.cells))
+    def started(cell: Cell) -> None:
+        with lock:
+            timings[cell.key] = time.monotonic()
+        phase.start(f"{cell.key} (deadline {plan.budget(cell):.0f}s)")
 
-        def advance(cell: Cell, status: str) -> None:
-            bar.update(task, advance=1, description=f"{cell.key}: {status}")
+    def finished(cell: Cell, status: str) -> None:
+        with lock:
+            began = timings.pop(cell.key, None)
+        phase.finish(f"{cell.key}: {status}", seconds=time.monotonic() - began if began is not None else 0.0)
 
-        return CellExecutor(plan, recorder, writer, done_keys, on_cell_done=advance).run()
+    summary = CellExecutor(plan, recorder, writer, done_keys, on_cell_done=finished, on_cell_start=started).run()
+    phase.close()
+    return summary

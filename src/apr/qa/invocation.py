@@ -30,6 +30,13 @@ class Invocation:
     max_tokens: int
     timeout_s: float
     use_chat_template: bool = True
+    threads: int | None = None  # CPU threads of the program (OMP_NUM_THREADS); None: it chooses itself
+
+    def environment(self) -> dict[str, str]:
+        """The program's environment: ours, plus the thread count the certification chose for this machine."""
+        from apr.qa.procs import child_env
+
+        return child_env({"OMP_NUM_THREADS": str(self.threads)} if self.threads else None)
 
     @property
     def key(self) -> str:

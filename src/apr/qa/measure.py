@@ -51,6 +51,7 @@ def measure_speed(
     apr_argv: list[str],
     decode_tokens: int = DECODE_TOKENS,
     children: Children | None = None,
+    threads: int | None = None,
 ) -> SpeedRun:
     """Decode throughput and time to first token of ``model_path`` on ``device`` with `apr bench`."""
     from apr.qa.runners import json_document
@@ -72,7 +73,8 @@ def measure_speed(
         "--warmup",
         "1",
     ]
-    process = run_process(argv, timeout_s=timeout_s, env=child_env(), children=children)
+    env = child_env({"OMP_NUM_THREADS": str(threads)} if threads else None)
+    process = run_process(argv, timeout_s=timeout_s, env=env, children=children)
     lines = process.stdout.strip().splitlines()
     return SpeedRun(process, json_document(lines[-1]) if lines and process.ending is Ending.OK else None)
 

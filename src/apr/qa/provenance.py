@@ -12,7 +12,7 @@ from pathlib import Path
 
 from apr.cpu import choose_variant, cpu_model
 from apr.qa.axes import Backend, Format, Tier
-from apr.qa.evidence import Provenance
+from apr.qa.evidence import Calibration, Provenance
 from apr.settings import current
 
 _SOURCE_DIR = Path(__file__).resolve().parent
@@ -80,6 +80,7 @@ def capture(
     playbook: str | None = None,
     tier: Tier | None = None,
     numerics: str | None = None,
+    calibration: Calibration | None = None,
 ) -> Provenance:
     """A Provenance for a check that ran on this host (versions and git sha filled in here)."""
     return Provenance(
@@ -93,7 +94,8 @@ def capture(
         host=platform.node() or "unknown",
         cpu=cpu_model(),
         kernels=kernel_family(),
-        threads=len(os.sched_getaffinity(0)),
+        threads=calibration.threads if calibration is not None else len(os.sched_getaffinity(0)),
+        calibration=calibration,
         numerics=numerics,
         seed=seed,
         playbook=playbook,

@@ -8,8 +8,9 @@ from datetime import datetime
 from pathlib import Path
 
 from apr.qa.axes import Backend, Format, Modality, Tier
-from apr.qa.evidence import EvidenceRecord, MetricValue, Outcome, Scenario, excerpt, utc_now
+from apr.qa.evidence import Calibration, EvidenceRecord, MetricValue, Outcome, Scenario, excerpt, utc_now
 from apr.qa.gates.catalog import GateId
+from apr.qa.infra import InfraCause
 from apr.qa.provenance import capture
 
 
@@ -34,6 +35,12 @@ class Check:
     prompt: str | None = None
     seed: int | None = None
     device: str | None = None
+    cause: InfraCause | None = None  # set exactly when outcome is inconclusive
+
+
+def inconclusive(gate: GateId, check: str, cause: InfraCause, reason: str, **kw) -> Check:
+    """The machine stopped this check (after its retries): recorded, never a pass, never against the model."""
+    return Check(gate, check, Outcome.INCONCLUSIVE, reason, cause=cause, **kw)
 
 
 def corroborated(gate: GateId, check: str, reason: str, n_compared: int, **kw) -> Check:
@@ -66,6 +73,7 @@ class Recorder:
     # Every engine of a certification (cells and model-level gates) runs the default mode; NUMERICS-PARITY
     # measures it against the exact one.
     numerics: str = "fast"
+    calibration: Calibration | None = None  # what the machine delivered (apr certify measures it per phase)
 
     def stamp(self, check: Check, *, started_at: datetime, duration_s: float) -> EvidenceRecord:
         device = check.device or (
@@ -82,6 +90,7 @@ class Recorder:
             playbook=self.playbook,
             tier=self.tier,
             numerics=self.numerics if check.backend is not None and check.outcome is not Outcome.SKIPPED else None,
+            calibration=self.calibration,
         )
         scenario = Scenario(
             model=self.model,
@@ -102,6 +111,7 @@ class Recorder:
             measured=check.measured,
             threshold=check.threshold,
             unit=check.unit,
+            cause=check.cause,
             n_compared=check.n_compared,
             output_excerpt=excerpt(check.output),
             duration_s=max(0.0, duration_s),

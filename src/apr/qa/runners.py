@@ -7,8 +7,9 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from apr.qa.infra import InfraCause
 from apr.qa.invocation import Invocation
-from apr.qa.procs import Children, Ending, ProcessResult, child_env, run_process
+from apr.qa.procs import Children, Ending, ProcessResult, run_process
 from apr.qa.serve_session import serve, wait_ready
 
 # The serve cell's HTTP request gets whatever remains of the cell's deadline, but at least this.
@@ -34,6 +35,15 @@ class CellRun:
     def decode_tok_s(self) -> float | None:
         value = self.timings.get("decode_tok_s")
         return float(value) if value is not None else None
+
+    @property
+    def infra_cause(self) -> InfraCause | None:
+        """The machine cause when the machine, not the model, stopped the cell (see ``apr.qa.infra``)."""
+        if self.ending is Ending.TIMEOUT:
+            return InfraCause.DEADLINE
+        if self.ending is Ending.INFRASTRUCTURE:
+            return self.process.infra_cause or InfraCause.LOST_PROCESS
+        return None
 
 
 def _from_process(process: ProcessResult, command: str) -> CellRun:
@@ -94,7 +104,7 @@ def run_cell_run(cell: Invocation, apr_argv: list[str], children: Children | Non
     ]
     if not cell.use_chat_template:
         argv.append("--raw")  # a base model continues the text; there is no chat template to wrap it in
-    process = run_process(argv, timeout_s=cell.timeout_s, env=child_env(), children=children)
+    process = run_process(argv, timeout_s=cell.timeout_s, env=cell.environment(), children=children)
     return _parsed(_from_process(process, "apr run"), json_document(process.stdout), "apr run")
 
 
@@ -118,7 +128,11 @@ def run_cell_chat(cell: Invocation, apr_argv: list[str], children: Children | No
         "--json",
     ]
     process = run_process(
-        argv, timeout_s=cell.timeout_s, stdin_text=chat_turn(cell.prompt) + "\n", env=child_env(), children=children
+        argv,
+        timeout_s=cell.timeout_s,
+        stdin_text=chat_turn(cell.prompt) + "\n",
+        env=cell.environment(),
+        children=children,
     )
     document = None
     for line in process.stdout.splitlines():
@@ -178,11 +192,19 @@ def _await_exit(session, seconds: float) -> None:
 
 def run_cell_serve(cell: Invocation, apr_argv: list[str], children: Children | None = None) -> CellRun:
     """`apr serve MODEL --port 0`, then one request over real HTTP; the server is always stopped."""
-    from openai import APIError
-
     argv = [*apr_argv, "serve", str(cell.model_path), "--host", "127.0.0.1", "--port", "0", "--device", cell.device]
     deadline = time.monotonic() + cell.timeout_s
-    with serve(argv, env=child_env(), children=children) as session:
+    try:
+        return _serve_and_ask(cell, argv, deadline, children)
+    except OSError as err:  # the server could not be started: fork or exec failed
+        process = ProcessResult(tuple(argv), None, "", "", 0.0, False, start_error=str(err))
+        return _from_process(process, "apr serve")
+
+
+def _serve_and_ask(cell: Invocation, argv: list[str], deadline: float, children: Children | None) -> CellRun:
+    from openai import APIError
+
+    with serve(argv, env=cell.environment(), children=children) as session:
         if not wait_ready(session, deadline):
             timed_out = session.alive()
             result = session.result(timed_out=timed_out)
@@ -204,7 +226,7 @@ def run_cell_serve(cell: Invocation, apr_argv: list[str], children: Children | N
                 result = session.result()
                 return (
                     _from_process(result, "apr serve")
-                    if result.ending is Ending.CRASHED
+                    if result.ending in (Ending.CRASHED, Ending.INFRASTRUCTURE)
                     else CellRun(
                         process=result,
                         ending=Ending.CRASHED,

@@ -3,21 +3,27 @@
 Formula (every number here is also in docs/qa.md):
 
 1. Records are grouped by gate (``apr.qa.gates.catalog``). For each gate,
-   ``fraction = corroborated / all records of the gate``. Skipped, falsified, timed-out and
-   crashed records are in the denominator and earn nothing. A gate with no records has
-   fraction 0 ("no evidence is not a pass").
+   ``fraction = corroborated / conclusive records of the gate``. Skipped, falsified and crashed
+   records are in the denominator and earn nothing. Inconclusive records (the machine stopped the
+   check: deadline, OOM, killed from outside, full disk; older ``timeout`` records count as these)
+   are left out of it: they say nothing about the model, for or against. A gate with no conclusive
+   records has fraction 0 ("no evidence is not a pass").
 2. Each category's points = ``weight × mean(fraction of every catalog gate in the category)``,
    weights integrity 200, execution 200, quality 200, parity 250, consistency 50, performance 100.
    A category with no evidence therefore scores 0.
 3. ``raw = floor(sum of category points)`` (floor: a score never rounds up into a better grade).
-4. Gateways G0–G4: a gateway *passes* only with at least one corroborated record and no
-   falsified/timeout/crashed record; G3 (stability) also fails on a crashed or timed-out record
-   of ANY gate. A gateway that did not pass (failed, or unverified: nothing corroborated) → MQS 0.
-5. Grade: A+ ≥ 950, A ≥ 900, B+ ≥ 850, B ≥ 800, C ≥ 700, F below.
-6. Status: BLOCKED if a gateway did not pass or any P0 gate has a falsified/timeout/crashed
-   record; otherwise CERTIFIED if MQS ≥ 800, else PROVISIONAL (no defect found in a P0 gate,
-   but the evidence is incomplete — skipped cells such as GPU on a CPU-only host, missing
-   gates — or non-blocking gates failed).
+4. Gateways G0–G4: a gateway *fails* on a falsified or crashed record (G3, stability, on a crashed
+   record of ANY gate); it is *inconclusive* when it has inconclusive records and no failure; it
+   *passes* with at least one corroborated record, no failure and nothing inconclusive; otherwise it
+   is *unverified*. A failed or unverified gateway → MQS 0 (an inconclusive one does not zero it).
+5. Grade: A+ ≥ 950, A ≥ 900, B+ ≥ 850, B ≥ 800, C ≥ 700, F below; ``I`` (incomplete) whenever the
+   status is INCONCLUSIVE: a machine that could not run the checks never earns a model an F.
+6. Status: BLOCKED if a gateway failed or is unverified, or any P0 gate has a falsified/crashed
+   record (only evidence about the model blocks); otherwise INCONCLUSIVE if any record is
+   inconclusive (the machine could not run every check: re-run elsewhere, ``mqs.inconclusive`` says
+   why); otherwise CERTIFIED if MQS ≥ 800, else PROVISIONAL (no defect found in a P0 gate, but the
+   evidence is incomplete — skipped cells such as GPU on a CPU-only host, missing gates — or
+   non-blocking gates failed).
 """
 
 from __future__ import annotations
@@ -33,12 +39,14 @@ from apr.qa.evidence import EvidenceRecord, Outcome
 from apr.qa.gates.catalog import CATALOG, CATEGORY_WEIGHTS, GATEWAYS, Category, GateId, gates_in
 
 CERTIFIED_MIN = 800
+INCOMPLETE_GRADE = "I"
 GRADE_FLOORS: tuple[tuple[int, str], ...] = ((950, "A+"), (900, "A"), (850, "B+"), (800, "B"), (700, "C"))
 
 
 class Status(StrEnum):
     CERTIFIED = "CERTIFIED"
     PROVISIONAL = "PROVISIONAL"
+    INCONCLUSIVE = "INCONCLUSIVE"  # no evidence against the model, but the machine could not run every check
     BLOCKED = "BLOCKED"
 
 
@@ -46,6 +54,7 @@ class GatewayState(StrEnum):
     PASSED = "passed"
     FAILED = "failed"
     UNVERIFIED = "unverified"  # no failure, but nothing corroborated either: not a pass
+    INCONCLUSIVE = "inconclusive"  # no failure, but the machine stopped some of its checks
 
 
 class GateScore(BaseModel):
@@ -56,21 +65,26 @@ class GateScore(BaseModel):
     gate: GateId
     corroborated: int = 0
     falsified: int = 0
-    timeout: int = 0
     crashed: int = 0
     skipped: int = 0
+    inconclusive: int = 0  # includes older ``timeout`` records
 
     @property
     def total(self) -> int:
-        return self.corroborated + self.falsified + self.timeout + self.crashed + self.skipped
+        return self.conclusive + self.inconclusive
+
+    @property
+    def conclusive(self) -> int:
+        """Records that say something about the model (everything but what the machine stopped)."""
+        return self.corroborated + self.falsified + self.crashed + self.skipped
 
     @property
     def failures(self) -> int:
-        return self.falsified + self.timeout + self.crashed
+        return self.falsified + self.crashed
 
     @property
     def fraction(self) -> float:
-        return self.corroborated / self.total if self.total else 0.0
+        return self.corroborated / self.conclusive if self.conclusive else 0.0
 
 
 class CategoryScore(BaseModel):
@@ -95,6 +109,7 @@ class MqsResult(BaseModel):
     categories: tuple[CategoryScore, ...]
     blockers: tuple[str, ...]  # one line per reason for BLOCKED
     outcomes: dict[Outcome, int]
+    inconclusive: tuple[str, ...] = ()  # one line per gate and machine cause that left checks inconclusive
     total_records: int
 
     @property
@@ -111,16 +126,31 @@ def grade_for(score: int) -> str:
 
 
 def _gate_scores(records: Iterable[EvidenceRecord]) -> dict[GateId, GateScore]:
-    counts: dict[GateId, Counter[Outcome]] = {gate: Counter() for gate in CATALOG}
+    counts: dict[GateId, Counter[str]] = {gate: Counter() for gate in CATALOG}
     for record in records:
-        counts[record.gate][record.outcome] += 1
-    return {gate: GateScore(gate=gate, **{outcome.value: n for outcome, n in c.items()}) for gate, c in counts.items()}
+        counts[record.gate]["inconclusive" if record.outcome.is_infrastructure else record.outcome.value] += 1
+    return {gate: GateScore(gate=gate, **dict(c)) for gate, c in counts.items()}
 
 
-def _gateway_state(gate: GateId, score: GateScore, any_crash_or_timeout: bool) -> GatewayState:
-    if score.failures or (gate is GateId.G3_STABILITY and any_crash_or_timeout):
+def _gateway_state(gate: GateId, score: GateScore, any_crash: bool) -> GatewayState:
+    if score.failures or (gate is GateId.G3_STABILITY and any_crash):
         return GatewayState.FAILED
+    if score.inconclusive:
+        return GatewayState.INCONCLUSIVE
     return GatewayState.PASSED if score.corroborated else GatewayState.UNVERIFIED
+
+
+def inconclusive_lines(records: Iterable[EvidenceRecord]) -> list[str]:
+    """One line per gate and machine cause: how many checks the machine stopped, and the first one's reason."""
+    groups: dict[tuple[GateId, str], list[EvidenceRecord]] = {}
+    for record in records:
+        cause = record.infra_cause
+        if cause is not None:
+            groups.setdefault((record.gate, cause.value), []).append(record)
+    return [
+        f"{gate} {len(group)} check(s) inconclusive ({cause}), e.g. {group[0].scenario.cell_key}: {group[0].reason}"
+        for (gate, cause), group in groups.items()
+    ]
 
 
 def compute_mqs(records: Iterable[EvidenceRecord]) -> MqsResult:
@@ -135,12 +165,11 @@ def compute_mqs(records: Iterable[EvidenceRecord]) -> MqsResult:
         categories.append(CategoryScore(category=category, weight=weight, points=points, gates=gates))
     raw = math.floor(sum(c.points for c in categories) + 1e-9)
 
-    any_crash_or_timeout = bool(outcomes[Outcome.CRASHED] or outcomes[Outcome.TIMEOUT])
-    gateways = {gate: _gateway_state(gate, per_gate[gate], any_crash_or_timeout) for gate in GATEWAYS}
+    gateways = {gate: _gateway_state(gate, per_gate[gate], bool(outcomes[Outcome.CRASHED])) for gate in GATEWAYS}
     blockers = [
         f"gateway {gate} {state}" + ("" if state is GatewayState.FAILED else " (no corroborated evidence)")
         for gate, state in gateways.items()
-        if state is not GatewayState.PASSED
+        if state in (GatewayState.FAILED, GatewayState.UNVERIFIED)
     ]
     blockers += [
         f"{gate} (P0) has {s.failures} failing record(s)"
@@ -148,21 +177,26 @@ def compute_mqs(records: Iterable[EvidenceRecord]) -> MqsResult:
         if CATALOG[gate].blocking and not CATALOG[gate].gateway and s.failures
     ]
 
-    score = raw if all(state is GatewayState.PASSED for state in gateways.values()) else 0
+    counting = (GatewayState.PASSED, GatewayState.INCONCLUSIVE)
+    score = raw if all(state in counting for state in gateways.values()) else 0
+    inconclusive = inconclusive_lines(records)
     if blockers:
         status = Status.BLOCKED
+    elif inconclusive:
+        status = Status.INCONCLUSIVE
     else:
         status = Status.CERTIFIED if score >= CERTIFIED_MIN else Status.PROVISIONAL
     return MqsResult(
         score=score,
         raw=raw,
-        grade=grade_for(score),
+        grade=INCOMPLETE_GRADE if status is Status.INCONCLUSIVE else grade_for(score),
         status=status,
         gateways=gateways,
         categories=tuple(categories),
         blockers=tuple(blockers),
         outcomes={outcome: outcomes[outcome] for outcome in Outcome},
         total_records=len(records),
+        inconclusive=tuple(inconclusive),
     )
 
 

@@ -10,7 +10,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from apr.qa.procs import Children, ProcessResult, child_env, kill_group
+from apr.machine import oom_kills
+from apr.qa.procs import Children, ProcessResult, child_env, kill_group, oom_rose, popen_isolated
 
 READY_LINE = re.compile(r"apr serve: ready at (http://\S+)")
 # SIGTERM first so uvicorn can shut down cleanly; SIGKILL the group after this grace period.
@@ -37,6 +38,7 @@ class ServeSession:
     started: float
     base_url: str | None = None
     readers: list[threading.Thread] = field(default_factory=list)
+    oom_before: int | None = None
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -52,6 +54,7 @@ class ServeSession:
             stderr="".join(self.output.stderr),
             duration_s=time.monotonic() - self.started,
             timed_out=timed_out,
+            oom_killed=oom_rose(self.oom_before, self.proc.returncode),
         )
 
 
@@ -92,7 +95,8 @@ def serve(
     argv: list[str], env: dict[str, str] | None = None, children: Children | None = None
 ) -> Iterator[ServeSession]:
     """Run the server for the duration of the block; it is stopped (and reaped) on exit."""
-    proc = subprocess.Popen(
+    oom_before = oom_kills()
+    proc = popen_isolated(
         argv,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
@@ -101,7 +105,6 @@ def serve(
         encoding="utf-8",
         errors="replace",
         env=env if env is not None else child_env(),
-        start_new_session=True,
     )
     if children is not None:
         children.add(proc)
@@ -112,7 +115,9 @@ def serve(
     ]
     for reader in readers:
         reader.start()
-    session = ServeSession(proc=proc, argv=tuple(argv), output=output, started=time.monotonic(), readers=readers)
+    session = ServeSession(
+        proc=proc, argv=tuple(argv), output=output, started=time.monotonic(), readers=readers, oom_before=oom_before
+    )
     try:
         yield session
     finally:

@@ -4,19 +4,23 @@ Each stage is a plain function with typed inputs and outputs and no knowledge of
 (``apr.qa.certify``) runs them all in one process, `apr qa` (``apr.qa.deep``) runs them without a cell
 matrix, and each Dagster asset (``pipelines/assets``) runs one of them per model partition. Evidence is
 written in one order whoever composes them: model-level gates, then the cells, then the runtime gates.
+
+A subject may carry a machine ``calibration`` (``calibrate``): its cells then get deadlines grown from what
+the machine delivers and the calibrated thread count, and its throughput floors are judged against a
+calibration measured again right before the benchmarks (``apr.qa.calibration``).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from apr.errors import AprError
 from apr.qa.artifacts import Artifacts
 from apr.qa.axes import Backend, Format, Tier
-from apr.qa.evidence import EvidenceRecord, EvidenceWriter, read_evidence
+from apr.qa.evidence import Calibration, EvidenceRecord, EvidenceWriter, read_evidence
 from apr.qa.executor import ExecutionPlan, ExecutionSummary
 from apr.qa.gates.catalog import GateId
 from apr.qa.gates.thresholds import GateSet
@@ -24,12 +28,15 @@ from apr.qa.matrix import Cell
 from apr.qa.measure import DECODE_TOKENS
 from apr.qa.playbook import FailurePolicy, Playbook
 from apr.qa.procs import apr_command
-from apr.qa.recording import Check, Recorder, Timer, stamp_all
+from apr.qa.progress import SILENT, RunProgress
+from apr.qa.recording import Check, Recorder, Timer, inconclusive, stamp_all
+from apr.qa.rundir import keep_aside
 from apr.qa.score import MqsResult
 
 Emit = Callable[[list[EvidenceRecord]], None]  # receives the stamped records of one gate family as it finishes
 # Gates written per cell by the trace stage (resumed cell by cell); every other gate is resumed as a whole.
 CELL_GATES = frozenset({GateId.G2_INFERENCE, GateId.G3_STABILITY, GateId.G4_QUALITY})
+RUNTIME_GATES = frozenset({GateId.DETERMINISM, GateId.THROUGHPUT, GateId.GPU_SPEEDUP})
 
 
 # ---- acquire --------------------------------------------------------------------------------------------
@@ -99,6 +106,9 @@ class Subject:
     apr_argv: tuple[str, ...] = ()  # the CLI under test; empty: this very apr
     decode_tokens: int = DECODE_TOKENS
     pack_cache: bool = True  # keep packed weights in $APR_HOME/engine-cache (off for throwaway copies: self-test)
+    calibration: Calibration | None = None  # what the machine delivers (None: deadlines and floors as written)
+    threads: int | None = None  # forced CPU threads (--threads); None: the calibration chooses
+    model_bytes: dict[Format, int] = field(default_factory=dict)
 
     def recorder(self) -> Recorder:
         """The stamp every evidence record of this certification carries."""
@@ -109,7 +119,15 @@ class Subject:
             playbook=self.playbook,
             tier=self.tier,
             source=self.artifacts.source,
+            calibration=self.calibration,
         )
+
+    def calibrated(self, progress: RunProgress = SILENT) -> Subject:
+        """This subject with the machine measured again now (unchanged when it was never calibrated)."""
+        if self.calibration is None:
+            return self
+        fresh = calibrate(self.threads, progress, startup_s=self.calibration.startup_s)
+        return replace(self, calibration=fresh) if fresh is not None else self
 
     def plan(self) -> ExecutionPlan:
         """How the cells run (also how the determinism gate reruns one)."""
@@ -123,6 +141,8 @@ class Subject:
             cuda_available=self.cuda,
             apr_argv=self.apr_argv or tuple(apr_command()),
             missing_artifacts=dict(self.artifacts.failures),
+            calibration=self.calibration,
+            model_bytes=dict(self.model_bytes),
         )
 
 
@@ -140,6 +160,21 @@ def cuda_available() -> bool:
     return bool(torch.cuda.is_available())
 
 
+def calibrate(
+    threads: int | None = None, progress: RunProgress = SILENT, *, startup_s: float | None = None
+) -> Calibration | None:
+    """Measure what this machine delivers now (``apr.qa.calibration``); None, said on ``progress``, if it cannot.
+    With ``startup_s`` (known from the run's first calibration) only the stream is measured again, here."""
+    from apr.qa.calibration import calibrate as measure
+
+    phase = progress.phase("machine", 1)
+    phase.start("calibration: free cores, thread count, stream GB/s" + ("" if startup_s else ", python start"))
+    calibration, line = measure(threads, startup_s=startup_s)
+    phase.finish(line)
+    phase.close()
+    return calibration
+
+
 def subject_of(
     playbook: Playbook,
     artifacts: Artifacts,
@@ -148,8 +183,12 @@ def subject_of(
     workers: int | None = None,
     timeout_s: float | None = None,
     apr_argv: Sequence[str] | None = None,
+    calibration: Calibration | None = None,
+    threads: int | None = None,
 ) -> Subject:
     """A playbook's certification of ``artifacts``: its matrix, gates and execution settings."""
+    from apr.qa.calibration import model_bytes
+
     gates = playbook.gates
     return Subject(
         ref=playbook.model.ref,
@@ -167,6 +206,9 @@ def subject_of(
         workers=workers or playbook.execution.workers,
         failure_policy=playbook.execution.failure_policy,
         apr_argv=tuple(apr_argv or ()),
+        calibration=calibration,
+        threads=threads,
+        model_bytes={fmt: model_bytes(path) for fmt, path in artifacts.paths.items()},
     )
 
 
@@ -174,7 +216,11 @@ def subject_of(
 
 
 def trace(
-    subject: Subject, writer: EvidenceWriter, *, done_keys: frozenset[str] = frozenset(), progress: bool = False
+    subject: Subject,
+    writer: EvidenceWriter,
+    *,
+    done_keys: frozenset[str] = frozenset(),
+    progress: RunProgress | None = None,
 ) -> ExecutionSummary:
     """Run every cell of the matrix; G2/G3/G4 records go to ``writer`` as each cell ends."""
     from apr.qa.executor import execute
@@ -185,10 +231,23 @@ def trace(
 # ---- gates ----------------------------------------------------------------------------------------------
 
 
-def model_gates(subject: Subject, emit: Emit, *, done: frozenset[GateId] = frozenset()) -> None:
+def model_gates(
+    subject: Subject, emit: Emit, *, done: frozenset[GateId] = frozenset(), progress: RunProgress = SILENT
+) -> None:
     """Integrity, contract, plausibility, structure, tokenizer parity, load, golden output, attention trace,
     format and reference parity — each family's records emitted as it finishes."""
     from apr.qa.gates.model_level import ModelGateInputs, ModelGateRun
+
+    wanted = set(subject.gates.enabled()) - CELL_GATES - RUNTIME_GATES - done
+    phase = progress.phase("model-level gates", len(wanted))
+    finished: set[GateId] = set()
+
+    def emit_and_show(records: list[EvidenceRecord]) -> None:
+        emit(records)
+        for gate in dict.fromkeys(r.gate for r in records):
+            if gate not in finished:
+                finished.add(gate)
+                phase.finish(f"{gate}: {_outcomes(r for r in records if r.gate is gate)}")
 
     inputs = ModelGateInputs(
         artifacts=dict(subject.artifacts.paths),
@@ -204,38 +263,62 @@ def model_gates(subject: Subject, emit: Emit, *, done: frozenset[GateId] = froze
         ref=subject.ref,
         pack_cache=subject.pack_cache,
     )
-    ModelGateRun(inputs, subject.recorder(), emit).run()
+    ModelGateRun(inputs, subject.recorder(), emit_and_show, on_step=phase.start).run()
+    phase.close()
+
+
+def _outcomes(records) -> str:
+    from collections import Counter
+
+    counts = Counter(str(r.outcome) for r in records)
+    return ", ".join(f"{n} {outcome}" for outcome, n in sorted(counts.items()))
 
 
 def runtime_gates(
-    subject: Subject, records: Sequence[EvidenceRecord], emit: Emit, *, done: frozenset[GateId] = frozenset()
+    subject: Subject,
+    records: Sequence[EvidenceRecord],
+    emit: Emit,
+    *,
+    done: frozenset[GateId] = frozenset(),
+    progress: RunProgress = SILENT,
 ) -> None:
-    """Determinism (reruns of recorded cells), throughput (one `apr bench` per format × backend) and GPU
-    speedup (from the throughput records); ``records`` is the evidence so far."""
+    """Determinism (reruns of recorded cells), throughput (one `apr bench` per format × backend, judged against
+    the machine measured again just before) and GPU speedup (from the throughput records); ``records`` is the
+    evidence so far."""
     from apr.qa.gates import runtime
 
-    recorder, gates = subject.recorder(), subject.gates
-    if gates.determinism is not None and GateId.DETERMINISM not in done:
-        emit(_determinism(subject, records, recorder))
+    gates = subject.gates
+    benches = [(b, f) for b in subject.backends for f in subject.formats] if gates.throughput is not None else []
+    rerun = gates.determinism is not None and GateId.DETERMINISM not in done
+    benches = benches if GateId.THROUGHPUT not in done else []
+    speedup = gates.gpu_speedup is not None and GateId.GPU_SPEEDUP not in done
+    phase = progress.phase("runtime gates", int(rerun) + len(benches) + int(speedup))
+    if rerun:
+        phase.start("determinism: rerun one cell per modality")
+        determinism = _determinism(subject, records, subject.recorder())
+        emit(determinism)
+        phase.finish(f"{GateId.DETERMINISM}: {_outcomes(determinism)}")
     measured: list[EvidenceRecord] = []
-    if gates.throughput is not None and GateId.THROUGHPUT not in done:
-        for backend in subject.backends:
-            for fmt in subject.formats:
-                stamped = stamp_all(recorder, [_throughput(subject, fmt, backend)], Timer())
-                measured += stamped
-                emit(stamped)
-    if gates.gpu_speedup is not None and GateId.GPU_SPEEDUP not in done:
+    if benches:
+        subject = subject.calibrated(progress)  # the floors are judged against the machine as it is now
+        recorder = subject.recorder()
+        for backend, fmt in benches:
+            phase.start(f"apr bench {fmt}/{backend}")
+            stamped = stamp_all(recorder, [_throughput(subject, fmt, backend)], Timer())
+            measured += stamped
+            emit(stamped)
+            phase.finish(f"{GateId.THROUGHPUT} {fmt}/{backend}: {stamped[0].reason}")
+    if speedup and gates.gpu_speedup is not None:
         timer = Timer()
-        emit(
-            stamp_all(
-                recorder, runtime.gpu_speedup_checks([*records, *measured], gates.gpu_speedup, subject.cuda), timer
-            )
-        )
+        checks = runtime.gpu_speedup_checks([*records, *measured], gates.gpu_speedup, subject.cuda)
+        emit(stamp_all(subject.recorder(), checks, timer))
+        phase.finish(f"{GateId.GPU_SPEEDUP}: {checks[0].reason}")
+    phase.close()
 
 
 def _determinism(subject: Subject, records: Sequence[EvidenceRecord], recorder: Recorder) -> list[EvidenceRecord]:
+    from apr.qa.executor import run_attempts
     from apr.qa.gates import runtime
-    from apr.qa.runners import run_cell
 
     timer = Timer()
     settings = subject.gates.determinism
@@ -246,15 +329,35 @@ def _determinism(subject: Subject, records: Sequence[EvidenceRecord], recorder: 
     targets = runtime.determinism_targets(records, plan.cells, settings, subject.artifacts.source)
     checks: list[Check] = []
     for cell, first in targets:
-        reruns = [run_cell(plan.runnable(cell), list(plan.apr_argv)) for _ in range(settings.repeats - 1)]
-        checks.append(runtime.determinism_check(cell, first, [run.text for run in reruns]))
+        reruns = [run_attempts(plan, cell) for _ in range(settings.repeats - 1)]
+        stopped = next((attempts for attempts in reruns if attempts[-1].infra_cause is not None), None)
+        if stopped is not None:
+            last = stopped[-1]
+            assert last.infra_cause is not None  # selected for it just above
+            checks.append(
+                inconclusive(
+                    GateId.DETERMINISM,
+                    f"rerun:{cell.modality}",
+                    last.infra_cause,
+                    f"a rerun could not finish: {last.reason} — {plan.machine_note(cell, stopped)}",
+                    format=cell.format,
+                    backend=cell.backend,
+                    modality=cell.modality,
+                    prompt_id=cell.prompt.id,
+                    prompt=cell.prompt.text,
+                    seed=cell.seed,
+                )
+            )
+            continue
+        checks.append(runtime.determinism_check(cell, first, [attempts[-1].text for attempts in reruns]))
     checks += runtime.modality_skips(settings, [cell.modality for cell, _ in targets])
     return stamp_all(recorder, checks, timer)
 
 
 def _throughput(subject: Subject, fmt: Format, backend: Backend) -> Check:
+    from apr.qa.calibration import attempt_deadline, cell_budget, throughput_floor
     from apr.qa.gates.runtime import throughput_check
-    from apr.qa.measure import measure_speed
+    from apr.qa.measure import MIN_REPS, measure_speed
 
     settings = subject.gates.throughput
     assert settings is not None  # the caller checked
@@ -265,14 +368,28 @@ def _throughput(subject: Subject, fmt: Format, backend: Backend) -> Check:
         )
     if fmt not in subject.artifacts.paths:
         return throughput_check(fmt, backend, minimum, None, None, f"no {fmt} artifact")
-    run = measure_speed(
-        subject.artifacts.paths[fmt],
-        backend.device,
-        timeout_s=subject.timeout_s,
-        apr_argv=list(subject.plan().apr_argv),
-        decode_tokens=subject.decode_tokens,
-    )
-    return throughput_check(fmt, backend, minimum, run.process, run.result)
+    size = subject.model_bytes.get(fmt, 0)
+    calibration = subject.calibration if backend is Backend.CPU else None
+    # warmup + repetitions, each a prompt of decode_tokens and as many generated tokens
+    tokens = (1 + MIN_REPS) * subject.decode_tokens
+    budget = cell_budget(calibration, size, tokens, tokens, subject.timeout_s)
+    run = None
+    for attempt in range(2):  # one retry, with more time, when the machine stopped the bench
+        run = measure_speed(
+            subject.artifacts.paths[fmt],
+            backend.device,
+            timeout_s=attempt_deadline(budget, attempt),
+            apr_argv=list(subject.plan().apr_argv),
+            decode_tokens=subject.decode_tokens,
+            threads=calibration.threads if calibration is not None else None,
+        )
+        if run.process.infra_cause is None:
+            break
+    assert run is not None  # the loop ran at least once
+    # What a decode step reads, as the bench counted it (the file's size where it did not say).
+    read = (run.result or {}).get("bytes_per_token")
+    floor = throughput_floor(minimum, calibration, int(read) if isinstance(read, int) and read > 0 else size)
+    return throughput_check(fmt, backend, minimum, run.process, run.result, floor=floor)
 
 
 @dataclass(frozen=True)
@@ -287,23 +404,28 @@ CellStage = Callable[[EvidenceWriter], object]  # writes the cells' records (run
 
 
 def gate(
-    subject: Subject, evidence: Path, cells: CellStage | None = None, *, prior: Sequence[EvidenceRecord] = ()
+    subject: Subject,
+    evidence: Path,
+    cells: CellStage | None = None,
+    *,
+    prior: Sequence[EvidenceRecord] = (),
+    progress: RunProgress = SILENT,
 ) -> Evidence:
     """Every gate of the certification into one evidence file: model-level gates, the cells (``cells`` writes
     them), then the runtime gates. ``prior`` records (resume) are kept and their gates not redone."""
     done = frozenset(r.gate for r in prior if r.gate not in CELL_GATES)
-    if not prior:
-        evidence.unlink(missing_ok=True)
+    if not prior and evidence.exists():
+        keep_aside(evidence)  # a fresh run never truncates evidence: the earlier file moves under runs/
     with EvidenceWriter(evidence) as writer:
 
         def emit(records: list[EvidenceRecord]) -> None:
             for record in records:
                 writer.append(record)
 
-        model_gates(subject, emit, done=done)
+        model_gates(subject, emit, done=done, progress=progress)
         if cells is not None:
             cells(writer)
-        runtime_gates(subject, read_evidence(evidence).records, emit, done=done)
+        runtime_gates(subject, read_evidence(evidence).records, emit, done=done, progress=progress)
     return Evidence(evidence, read_evidence(evidence).records)
 
 

@@ -1,14 +1,19 @@
-"""Turn what one cell produced into the checks of gates G2 (inference), G3 (stability) and G4 (oracles)."""
+"""Turn what one cell produced into the checks of gates G2 (inference), G3 (stability) and G4 (oracles).
+
+A cell the machine stopped (deadline, OOM, killed from outside, full disk: ``CellRun.infra_cause``) says
+nothing about the model: every check of it is ``inconclusive``, naming the cause and what the machine delivered.
+"""
 
 from __future__ import annotations
 
 from apr.qa.evidence import Outcome
 from apr.qa.gates.catalog import GateId
+from apr.qa.infra import InfraCause
 from apr.qa.matrix import Cell
 from apr.qa.oracles import evaluate
 from apr.qa.oracles.base import Generation
 from apr.qa.procs import Ending
-from apr.qa.recording import Check
+from apr.qa.recording import Check, inconclusive
 from apr.qa.runners import CellRun
 
 G2, G3, G4 = GateId.G2_INFERENCE, GateId.G3_STABILITY, GateId.G4_QUALITY
@@ -54,17 +59,6 @@ def _stability(run: CellRun, fields: dict, metrics: dict) -> Check:
             G3,
             "process",
             Outcome.CRASHED,
-            f"{run.command}: {run.reason}",
-            n_compared=1,
-            metrics=metrics,
-            output=tail,
-            **fields,
-        )
-    if run.ending is Ending.TIMEOUT:
-        return Check(
-            G3,
-            "process",
-            Outcome.TIMEOUT,
             f"{run.command}: {run.reason}",
             n_compared=1,
             metrics=metrics,
@@ -184,10 +178,25 @@ def _quality(cell: Cell, run: CellRun, fields: dict) -> list[Check]:
     return checks
 
 
-def cell_checks(cell: Cell, run: CellRun) -> list[Check]:
-    """G2, G4 (one per oracle of the prompt), then G3 — G3 last, so a cell counts as finished only when whole."""
+def _inconclusive(cell: Cell, run: CellRun, cause: InfraCause, note: str, fields: dict, metrics: dict) -> list[Check]:
+    reason = f"{run.command}: {run.reason}" + (f" — {note}" if note else "")
+    tail = run.process.stderr_tail()
+    checks = [inconclusive(G2, "reply", cause, reason, metrics=metrics, output=tail, **fields)]
+    checks += [inconclusive(G4, f"oracle:{name}", cause, reason, **fields) for name in cell.prompt.oracle_names]
+    checks.append(inconclusive(G3, "process", cause, reason, metrics=metrics, output=tail, **fields))
+    return checks
+
+
+def cell_checks(cell: Cell, run: CellRun, *, attempts: int = 1, machine_note: str = "") -> list[Check]:
+    """G2, G4 (one per oracle of the prompt), then G3 — G3 last, so a cell counts as finished only when whole.
+    ``run`` is the last of ``attempts``; ``machine_note`` explains a machine cause (the deadlines, the machine)."""
     fields = _cell_fields(cell)
     if run.process.argv:
         fields["device"] = cell.backend.device
     metrics = _run_metrics(run)
+    if attempts > 1:
+        metrics["attempts"] = attempts
+    cause = run.infra_cause
+    if cause is not None:
+        return _inconclusive(cell, run, cause, machine_note, fields, metrics)
     return [_inference(cell, run, fields, metrics), *_quality(cell, run, fields), _stability(run, fields, metrics)]

@@ -51,12 +51,19 @@ def _settings(value: _S | None) -> _S:
 class ModelGateRun:
     """Runs the enabled gates and hands every family's records to ``emit`` as it finishes."""
 
-    def __init__(self, inputs: ModelGateInputs, recorder: Recorder, emit: Emit) -> None:
+    def __init__(
+        self, inputs: ModelGateInputs, recorder: Recorder, emit: Emit, on_step: Callable[[str], None] | None = None
+    ) -> None:
         self.inputs = inputs
         self.recorder = recorder
         self.emit = emit
+        self.on_step = on_step  # told what starts now (a progress display), before each long step
         self.models: dict[Format, CanonicalModel] = {}
         self.parity_ids: list[list[int]] = []  # token ids of the parity prompts (source tokenizer)
+
+    def _step(self, what: str) -> None:
+        if self.on_step is not None:
+            self.on_step(what)
 
     def wanted(self, gate: GateId) -> bool:
         return gate not in self.inputs.done_gates and gate in self.inputs.gates.enabled()
@@ -83,6 +90,7 @@ class ModelGateRun:
         from apr.qa.gates.integrity import integrity_checks
         from apr.qa.recording import falsified
 
+        self._step("integrity: read and hash every artifact")
         timer = Timer()
         checks, self.models = integrity_checks(
             self.inputs.artifacts, self.inputs.digests, self.inputs.source, self.inputs.expected_sha256
@@ -99,6 +107,7 @@ class ModelGateRun:
         from apr.qa.gates.stop import stop_static_checks
         from apr.qa.gates.structure import structure_checks
 
+        self._step("contract, plausibility, structure, tokenizer parity")
         self._per_model(GateId.CONTRACT_INVARIANTS, contract_checks)
         self._per_model(GateId.METADATA_PLAUSIBILITY, self._metadata_checks)
         self._per_model(GateId.STRUCTURE, structure_checks)
@@ -160,6 +169,7 @@ class ModelGateRun:
                         )
                     )
                     continue
+                self._step(f"load the {fmt} engine on {backend} (G1), then its parity logits")
                 check, engine = load_engine_check(
                     self.models[fmt], fmt, backend, self.inputs.cuda_available, pack_cache=self.inputs.pack_cache
                 )
@@ -183,6 +193,7 @@ class ModelGateRun:
         if self.wanted(GateId.GOLDEN_OUTPUT):
             from apr.qa.gates.golden import golden_checks
 
+            self._step(f"golden output on {fmt}")
             timer = Timer()
             self._emit(golden_checks(engine, _settings(gates.golden_output), self.inputs.chat, fmt), timer)
         if self.wanted(GateId.STOP_BEHAVIOR):
@@ -199,12 +210,14 @@ class ModelGateRun:
             from apr.qa.gates.attention import TRACE_PROMPT, attention_checks
             from apr.qa.gates.parity import encode_prompts
 
+            self._step(f"attention trace on {fmt}")
             timer = Timer()
             ids = encode_prompts(self.models[fmt], (TRACE_PROMPT,))[0]
             self._emit(attention_checks(engine, ids, _settings(gates.attention_trace), fmt), timer)
         if self.wanted(GateId.NUMERICS_PARITY):
             from apr.qa.gates.numerics import numerics_checks
 
+            self._step(f"numerics parity on {fmt}: an exact float32 engine beside the fast one")
             timer = Timer()
             self._emit(numerics_checks(self.models[fmt], engine, _settings(gates.numerics_parity), fmt), timer)
 
@@ -249,6 +262,7 @@ class ModelGateRun:
         if self.wanted(GateId.REFERENCE_PARITY):
             from apr.qa.gates.reference import reference_parity_checks
 
+            self._step("reference parity: transformers on the SafeTensors artifact")
             timer = Timer()
             self._emit(
                 reference_parity_checks(

@@ -12,12 +12,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from apr.qa.axes import Backend, Format, Modality
+from apr.qa.calibration import Floor
 from apr.qa.evidence import EvidenceRecord, Outcome, excerpt
 from apr.qa.gates.catalog import GateId
 from apr.qa.gates.thresholds import DeterminismGate, GpuSpeedupGate
 from apr.qa.matrix import Cell
 from apr.qa.procs import Ending, ProcessResult
-from apr.qa.recording import Check, falsified, skipped, verdict
+from apr.qa.recording import Check, falsified, inconclusive, skipped, verdict
 
 THROUGHPUT, SPEEDUP, DETERMINISM = GateId.THROUGHPUT, GateId.GPU_SPEEDUP, GateId.DETERMINISM
 
@@ -33,18 +34,26 @@ def throughput_check(
     process: ProcessResult | None,
     bench: dict | None,
     skip_reason: str | None = None,
+    *,
+    floor: Floor | None = None,
 ) -> Check:
-    """One `apr bench` result (``apr.qa.measure.measure_speed``) against the playbook's minimum decode tok/s for the backend."""
+    """One `apr bench` result (``apr.qa.measure.measure_speed``) against the playbook's minimum decode tok/s for
+    the backend — or against the lower ``floor`` the machine measured in the same run allows (the record says
+    which, and why). A bench the machine stopped is inconclusive, never a falsification."""
     name = f"decode:{fmt}/{backend}"
-    fields: dict[str, Any] = {"format": fmt, "backend": backend, "threshold": minimum, "unit": "tok/s"}
+    applied = floor.applied if floor is not None else minimum
+    fields: dict[str, Any] = {"format": fmt, "backend": backend, "threshold": round(applied, 3), "unit": "tok/s"}
     if skip_reason is not None or process is None:
         return skipped(THROUGHPUT, name, skip_reason or "not measured", **fields)
-    if process.ending is Ending.CRASHED or process.ending is Ending.TIMEOUT:
-        outcome = Outcome.CRASHED if process.ending is Ending.CRASHED else Outcome.TIMEOUT
+    cause = process.infra_cause
+    if cause is not None:
+        why = f"apr bench: {process.reason()} — {cause.advice}"
+        return inconclusive(THROUGHPUT, name, cause, why, output=process.stderr_tail(), **fields)
+    if process.ending is Ending.CRASHED:
         return Check(
             THROUGHPUT,
             name,
-            outcome,
+            Outcome.CRASHED,
             f"apr bench: {process.reason()}",
             n_compared=1,
             output=process.stderr_tail(),
@@ -65,12 +74,18 @@ def throughput_check(
         "prefill_tok_s": (bench.get("prefill_tok_s") or {}).get("median"),
         "ttft_s": (bench.get("ttft_s") or {}).get("median"),
         "load_s": bench.get("load_s"),
+        "floor_written_tok_s": minimum,
+        "bytes_per_token": bench.get("bytes_per_token"),
+        "achieved_gb_s": bench.get("achieved_gb_s"),
     }
+    if floor is not None and floor.ceiling_tok_s is not None:
+        metrics["machine_ceiling_tok_s"] = round(floor.ceiling_tok_s, 3)
+    judged = f"min {applied:.2f}: {floor.note}" if floor is not None else f"min {minimum}"
     return verdict(
         THROUGHPUT,
         name,
-        speed >= minimum,
-        f"apr bench: median decode {speed:.1f} tok/s over {bench.get('reps')} repetitions after warmup (min {minimum})",
+        speed >= applied,
+        f"apr bench: median decode {speed:.1f} tok/s over {bench.get('reps')} repetitions after warmup ({judged})",
         int(bench.get("reps") or 1),
         measured=round(float(speed), 3),
         metrics=metrics,

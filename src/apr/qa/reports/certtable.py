@@ -2,24 +2,25 @@
 ``index.html`` and the README table between ``<!-- certification-table:start -->`` and
 ``<!-- certification-table:end -->``.
 
-``models.csv`` has one row per model, tier and GPU (the newest evidence file wins), so a run with the GPU
-cells executed stands beside a run on a machine without one. Columns:
+``models.csv`` has one row per model, tier and GPU (the newest evidence file wins; runs kept under a folder's
+``runs/`` are history and never read), so a run with the GPU cells executed stands beside a run on a machine
+without one. Columns:
 
 =================  ==========================================================================================
 model              model ref as the playbook names it (e.g. ``qwen2.5-coder:1.5b``)
 tier               playbook tier (quick, smoke, mvp, standard, full); ``-`` for ``apr qa`` evidence
 gpu                device the GPU cells ran on, as provenance names it (e.g. ``cuda (NVIDIA H200)``); ``-`` when
                    none ran (no GPU on that machine: the GPU cells are skipped, never passes)
-status             CERTIFIED, PROVISIONAL or BLOCKED (apr.qa.score)
+status             CERTIFIED, PROVISIONAL, INCONCLUSIVE or BLOCKED (apr.qa.score)
 mqs                0–1000 after the gateway rule
-grade              A+, A, B+, B, C or F
+grade              A+, A, B+, B, C or F; I (incomplete) for INCONCLUSIVE
 gateways_passed    gateways passed out of five (G0–G4)
 records            evidence records counted
 corroborated       records that passed
 falsified          records the model failed
-timeout            records that ran out of time
-crashed            records where the program died
+crashed            records where the program died of its own defect
 skipped            records that could not run here (never passes)
+inconclusive       records the machine stopped (deadline, OOM, killed from outside, full disk; older timeouts)
 tok_s_cpu          median measured decode tok/s of the THROUGHPUT records on cpu (empty if none)
 tok_s_gpu          the same on gpu
 model_sha256       sha256 of the artifact most records were run on
@@ -46,6 +47,7 @@ from apr.qa.evidence import EvidenceRecord, Outcome, read_evidence
 from apr.qa.gates.catalog import GateId
 from apr.qa.reports import write_text_atomic
 from apr.qa.reports.html import CSS
+from apr.qa.rundir import ARCHIVE_DIR
 from apr.qa.score import GatewayState, compute_mqs
 
 START_MARKER = "<!-- certification-table:start -->"
@@ -67,9 +69,9 @@ class CertRow:
     records: int
     corroborated: int
     falsified: int
-    timeout: int
     crashed: int
     skipped: int
+    inconclusive: int
     tok_s_cpu: str
     tok_s_gpu: str
     model_sha256: str
@@ -120,9 +122,9 @@ def row_for(records: Sequence[EvidenceRecord], evidence: str) -> CertRow:
         records=len(records),
         corroborated=count[Outcome.CORROBORATED],
         falsified=count[Outcome.FALSIFIED],
-        timeout=count[Outcome.TIMEOUT],
         crashed=count[Outcome.CRASHED],
         skipped=count[Outcome.SKIPPED],
+        inconclusive=count[Outcome.INCONCLUSIVE] + count[Outcome.TIMEOUT],
         tok_s_cpu=_median_tok_s(records, Backend.CPU),
         tok_s_gpu=_median_tok_s(records, Backend.GPU),
         model_sha256=shas.most_common(1)[0][0] if shas else "",
@@ -149,6 +151,8 @@ def collect_rows(certifications: Path) -> list[CertRow]:
         )
     newest: dict[tuple[str, str, str], CertRow] = {}
     for path in sorted(certifications.rglob("evidence.jsonl")):
+        if ARCHIVE_DIR in path.relative_to(certifications).parts[:-1]:
+            continue  # an earlier run kept aside by a re-run (apr.qa.rundir): history, not the current state
         log = read_evidence(path)
         if not log.records:
             continue
@@ -170,44 +174,71 @@ def render_csv(rows: Sequence[CertRow]) -> str:
 def render_markdown(rows: Sequence[CertRow]) -> str:
     """The README table."""
     lines = [
-        "| Model | Tier | GPU cells ran on | Status | MQS | Grade | Gateways | Records (pass / fail / skip) | CPU tok/s"
-        " | GPU tok/s | Last run |",
+        "| Model | Tier | GPU cells ran on | Status | MQS | Grade | Gateways"
+        " | Records (pass / fail / skip / inconclusive) | CPU tok/s | GPU tok/s | Last run |",
         "|---|---|---|---|---:|---|---|---|---:|---:|---|",
     ]
     for r in rows:
-        failed = r.falsified + r.timeout + r.crashed
         lines.append(
             f"| `{r.model}` | {r.tier} | {r.gpu} | **{r.status}** | {r.mqs} | {r.grade} | {r.gateways_passed} | "
-            f"{r.corroborated} / {failed} / {r.skipped} | {r.tok_s_cpu or '-'} | {r.tok_s_gpu or '-'} | "
-            f"{r.last_run[:10]} |"
+            f"{_records_cell(r)} | {r.tok_s_cpu or '-'} | {r.tok_s_gpu or '-'} | {r.last_run[:10]} |"
         )
     if not rows:
         lines.append("| _no evidence yet_ | | | | | | | | | | |")
     return "\n".join(lines) + "\n"
 
 
-def render_index(rows: Sequence[CertRow]) -> str:
-    """``certifications/index.html``: every row, linking each model's report next to its evidence."""
-    head = "".join(f"<th>{escape(c)}</th>" for c in COLUMNS if c not in ("model_sha256", "engine_git_sha"))
-    body = []
-    for r in rows:
+def _records_cell(r: CertRow) -> str:
+    return f"{r.corroborated} / {r.falsified + r.crashed} / {r.skipped} / {r.inconclusive}"
+
+
+# index.html shows what fits a 1280 px window (models.csv has every column): the records' outcomes in one
+# cell, the date of the last run, the links; the digests and the engine commit stay in the CSV.
+INDEX_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("model", "model"),
+    ("tier", "tier"),
+    ("gpu", "GPU cells ran on"),
+    ("status", "status"),
+    ("mqs", "MQS"),
+    ("grade", "grade"),
+    ("gateways_passed", "gateways"),
+    ("records", "pass / fail / skip / inconcl."),
+    ("tok_s_cpu", "CPU tok/s"),
+    ("tok_s_gpu", "GPU tok/s"),
+    ("last_run", "last run"),
+    ("evidence", "files"),
+)
+INDEX_CSS = "table{table-layout:auto}td,th{white-space:nowrap}td.wrap{white-space:normal}"
+
+
+def _index_cell(r: CertRow, column: str) -> str:
+    if column == "status":
+        return f"<td><span class='badge {escape(r.status)}'>{escape(r.status)}</span></td>"
+    if column == "records":
+        return f"<td class='num'>{escape(_records_cell(r))}</td>"
+    if column == "last_run":
+        return f"<td>{escape(r.last_run[:10])}</td>"
+    if column == "model":
+        return f"<td class='wrap'><code>{escape(r.model)}</code></td>"
+    if column == "evidence":
         report = Path(r.evidence).with_name("report.html").as_posix()
-        cells = []
-        for column in COLUMNS:
-            if column in ("model_sha256", "engine_git_sha"):
-                continue
-            value = escape(str(getattr(r, column)))
-            if column == "status":
-                value = f"<span class='badge {value}'>{value}</span>"
-            if column == "evidence":
-                value = f"<a href='{escape(report)}'>report</a> · <a href='{value}'>evidence</a>"
-            cells.append(f"<td>{value}</td>")
-        body.append(f"<tr>{''.join(cells)}</tr>")
+        return f"<td><a href='{escape(report)}'>report</a> · <a href='{escape(r.evidence)}'>evidence</a></td>"
+    numeric = column in ("mqs", "tok_s_cpu", "tok_s_gpu")
+    return f"<td{' class=num' if numeric else ''}>{escape(str(getattr(r, column)) or '-')}</td>"
+
+
+def render_index(rows: Sequence[CertRow]) -> str:
+    """``certifications/index.html``: every row, linking each model's report next to its evidence; it fits a
+    1280 px window (``INDEX_COLUMNS``)."""
+    head = "".join(f"<th>{escape(title)}</th>" for _, title in INDEX_COLUMNS)
+    body = ["<tr>" + "".join(_index_cell(r, column) for column, _ in INDEX_COLUMNS) + "</tr>" for r in rows]
     return (
         f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>apr certifications</title>"
-        f"<style>{CSS}</style></head><body><h1>apr certifications</h1>"
-        f"<p class='muted'>One row per model, tier and GPU, rendered from evidence by <code>apr report --tables</code>."
-        f"</p><table><tr>{head}</tr>{''.join(body)}</table></body></html>\n"
+        f"<meta name='viewport' content='width=device-width, initial-scale=1'>"
+        f"<style>{CSS}{INDEX_CSS}</style></head><body><h1>apr certifications</h1>"
+        f"<p class='muted'>One row per model, tier and GPU, rendered from evidence by <code>apr report --tables</code> "
+        f"(every column, digests included, in <a href='models.csv'>models.csv</a>).</p>"
+        f"<table><tr>{head}</tr>{''.join(body)}</table></body></html>\n"
     )
 
 

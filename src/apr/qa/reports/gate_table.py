@@ -17,7 +17,7 @@ LOWER_IS_BETTER = frozenset({"share of heads"})
 class GateRow:
     gate: str
     title: str
-    status: str  # passed · failed · skipped (nothing corroborated, nothing failed)
+    status: str  # passed · failed · inconclusive (the machine stopped a check) · skipped (nothing corroborated)
     measured: str
     threshold: str
     duration_s: float
@@ -57,9 +57,10 @@ def gate_rows(records: Sequence[EvidenceRecord]) -> list[GateRow]:
         failed = [r for r in mine if r.outcome.is_failure]
         passed = [r for r in mine if r.outcome is Outcome.CORROBORATED]
         skipped = [r for r in mine if r.outcome is Outcome.SKIPPED]
-        status = "failed" if failed else "passed" if passed else "skipped"
+        stopped = [r for r in mine if r.outcome.is_infrastructure]
+        status = "failed" if failed else "inconclusive" if stopped else "passed" if passed else "skipped"
         measured, threshold = _headline(mine)
-        first = (failed or skipped or passed)[0]
+        first = (failed or stopped or skipped or passed)[0]
         rows.append(
             GateRow(
                 gate=gate.value,
@@ -77,7 +78,7 @@ def gate_rows(records: Sequence[EvidenceRecord]) -> list[GateRow]:
     return rows
 
 
-STYLE = {"passed": "green", "failed": "bold red", "skipped": "yellow"}
+STYLE = {"passed": "green", "failed": "bold red", "inconclusive": "bold magenta", "skipped": "yellow"}
 
 
 def render_table(rows: Sequence[GateRow], title: str) -> None:

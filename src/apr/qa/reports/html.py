@@ -1,7 +1,9 @@
 """A self-contained HTML report of one evidence set: inline CSS, no scripts, no external resources.
 
-Sections: verdict (status, MQS, grade), MQS breakdown per category and gate, gateways, the cell
-matrix (format × modality rows, backend columns), every record, and provenance.
+Sections: verdict (status, MQS, grade) with the reasons for anything short of a clean pass right under it
+(which gate, which cell, the evidence line: ``apr.qa.reports.reasons``), gateways, MQS breakdown per category
+and gate, the cell matrix (format × modality rows, backend columns), every record, and provenance (with the
+machine calibration the deadlines and speed floors were derived from).
 """
 
 from __future__ import annotations
@@ -11,17 +13,22 @@ from html import escape
 
 from apr.qa.evidence import EvidenceRecord, Outcome
 from apr.qa.gates.catalog import CATALOG
+from apr.qa.reports.reasons import Kind, why
 from apr.qa.score import MqsResult, Status, compute_mqs
 
 CSS = """
-body{font:14px/1.45 system-ui,-apple-system,Segoe UI,sans-serif;margin:2rem auto;max-width:1200px;color:#1d2330;padding:0 1rem}
+body{font:14px/1.45 system-ui,-apple-system,Segoe UI,sans-serif;margin:2rem auto;max-width:1200px;color:#1d2330;padding:0 1rem;
+overflow-wrap:anywhere}
 h1{font-size:1.6rem;margin-bottom:.2rem}h2{font-size:1.15rem;margin-top:2rem;border-bottom:1px solid #d5d9e0}
 table{border-collapse:collapse;width:100%;margin:.5rem 0}th,td{border:1px solid #d5d9e0;padding:.3rem .5rem;
 text-align:left;vertical-align:top}th{background:#f1f3f6}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .badge{display:inline-block;padding:.15rem .6rem;border-radius:.8rem;font-weight:600;color:#fff}
-.CERTIFIED{background:#1a7f37}.PROVISIONAL{background:#b08800}.BLOCKED{background:#cf222e}
-.corroborated,.passed{color:#1a7f37}.falsified,.failed,.crashed,.timeout{color:#cf222e;font-weight:600}
-.skipped,.unverified{color:#8a6d00}.bar{background:#e6e9ee;height:.6rem;border-radius:.3rem;min-width:8rem}
+.CERTIFIED{background:#1a7f37}.PROVISIONAL{background:#b08800}.BLOCKED{background:#cf222e}.INCONCLUSIVE{background:#5b6472}
+.corroborated,.passed{color:#1a7f37}.falsified,.failed,.crashed{color:#cf222e;font-weight:600}
+.skipped,.unverified{color:#8a6d00}.inconclusive,.timeout{color:#5b6472;font-weight:600}
+.why{border-left:4px solid #cf222e;background:#fff5f5;padding:.4rem .8rem;margin:.6rem 0}
+.why.machine{border-color:#5b6472;background:#f4f5f7}.why.missing,.why.costs{border-color:#b08800;background:#fffbea}
+.why li{margin:.2rem 0}.bar{background:#e6e9ee;height:.6rem;border-radius:.3rem;min-width:8rem}
 .bar>span{display:block;height:100%;background:#1a7f37;border-radius:.3rem}
 details pre{white-space:pre-wrap;word-break:break-word;background:#f6f8fa;padding:.5rem;margin:.3rem 0}
 .muted{color:#5b6472}
@@ -32,20 +39,49 @@ def _e(value: object) -> str:
     return escape(str(value), quote=True)
 
 
-def _verdict(mqs: MqsResult, models: list[str]) -> str:
-    blockers = "".join(f"<li>{_e(line)}</li>" for line in mqs.blockers)
-    blocked = f"<p>Blocked by:</p><ul>{blockers}</ul>" if blockers else ""
+_STATUS_NOTE = {
+    Status.PROVISIONAL: "PROVISIONAL: no P0 gate failed, but the evidence is incomplete (skipped or missing "
+    "checks) or non-blocking gates failed.",
+    Status.INCONCLUSIVE: "INCONCLUSIVE: no evidence against the model, but this machine could not run every "
+    "check (deadline, memory, a killed process or a full disk; see below). The MQS counts only the checks "
+    "that concluded; grade I means incomplete. Re-run on a quieter machine, or with --resume.",
+    Status.BLOCKED: "BLOCKED: evidence against the model in a P0 gate, or a gateway without evidence.",
+}
+_KIND_TITLE = {
+    Kind.BLOCKS: "Blocks the certification",
+    Kind.MACHINE: "Inconclusive: the machine, not the model",
+    Kind.COSTS: "Failed non-blocking gates (cost points)",
+    Kind.MISSING: "Missing evidence (skipped checks)",
+}
+_SHOWN_PER_KIND = 12
+
+
+def _why(records: Sequence[EvidenceRecord], mqs: MqsResult) -> str:
+    reasons = why(records, mqs)
+    parts = []
+    for kind in Kind:
+        mine = [r for r in reasons if r.kind is kind]
+        if not mine:
+            continue
+        items = "".join(
+            f"<li><b>{_e(r.gate)}</b> <code>{_e(r.cell)}</code>: {_e(r.line)}"
+            + (f" <span class='muted'>(+{r.count - 1} more like it)</span>" if r.count > 1 else "")
+            + "</li>"
+            for r in mine[:_SHOWN_PER_KIND]
+        )
+        rest = f"<li class='muted'>… {len(mine) - _SHOWN_PER_KIND} more</li>" if len(mine) > _SHOWN_PER_KIND else ""
+        css = kind.name.lower()
+        parts.append(f"<div class='why {css}'><b>{_e(_KIND_TITLE[kind])}</b><ul>{items}{rest}</ul></div>")
+    return "".join(parts)
+
+
+def _verdict(mqs: MqsResult, models: list[str], records: Sequence[EvidenceRecord]) -> str:
+    note = _STATUS_NOTE.get(mqs.status)
     return (
         f"<h1>{_e(', '.join(models) or 'no model')}</h1>"
         f"<p><span class='badge {mqs.status.value}'>{mqs.status.value}</span> "
         f"MQS <b>{mqs.score}</b>/1000 · grade <b>{_e(mqs.grade)}</b> · raw {mqs.raw} · "
-        f"{mqs.total_records} records</p>{blocked}"
-        + (
-            ""
-            if mqs.status is not Status.PROVISIONAL
-            else "<p class='muted'>PROVISIONAL: no P0 gate failed, but the evidence is incomplete "
-            "(skipped or missing checks) or non-blocking gates failed.</p>"
-        )
+        f"{mqs.total_records} records</p>" + (f"<p class='muted'>{_e(note)}</p>" if note else "") + _why(records, mqs)
     )
 
 
@@ -54,7 +90,13 @@ def _breakdown(mqs: MqsResult) -> str:
     for category in mqs.categories:
         share = category.points / category.weight if category.weight else 0.0
         gates = ", ".join(
-            f"{g.gate} {g.corroborated}/{g.total}" if g.total else f"{g.gate} (no evidence)" for g in category.gates
+            (
+                f"{g.gate} {g.corroborated}/{g.conclusive}"
+                + (f" ({g.inconclusive} inconclusive)" if g.inconclusive else "")
+            )
+            if g.total
+            else f"{g.gate} (no evidence)"
+            for g in category.gates
         )
         rows.append(
             f"<tr><td>{_e(category.category.value)}</td><td class='num'>{category.points:.1f}</td>"
@@ -63,9 +105,10 @@ def _breakdown(mqs: MqsResult) -> str:
         )
     return (
         "<h2>MQS breakdown</h2><table><tr><th>category</th><th>points</th><th>of</th><th></th>"
-        "<th>gates (corroborated/records)</th></tr>" + "".join(rows) + "</table>"
-        "<p class='muted'>Per gate: corroborated ÷ all its records (skipped earn nothing; a gate without "
-        "evidence scores 0). Category = weight × mean over its gates. Any gateway not passed → MQS 0.</p>"
+        "<th>gates (corroborated/conclusive records)</th></tr>" + "".join(rows) + "</table>"
+        "<p class='muted'>Per gate: corroborated ÷ its conclusive records (skipped earn nothing; inconclusive "
+        "records — stopped by the machine — count neither way; a gate without evidence scores 0). Category = "
+        "weight × mean over its gates. A failed or unverified gateway → MQS 0.</p>"
     )
 
 
@@ -80,19 +123,27 @@ def _gates(mqs: MqsResult) -> str:
                 f"<tr><td>{_e(g.gate)}</td><td>{_e(spec.title)}</td><td>{_e(spec.severity)}</td>"
                 f"<td>{gateway}</td>"
                 + "".join(
-                    f"<td class='num'>{n}</td>" for n in (g.corroborated, g.falsified, g.timeout, g.crashed, g.skipped)
+                    f"<td class='num'>{n}</td>"
+                    for n in (g.corroborated, g.falsified, g.crashed, g.skipped, g.inconclusive)
                 )
                 + "</tr>"
             )
     return (
         "<h2>Gates</h2><table><tr><th>gate</th><th>title</th><th>severity</th><th>gateway</th>"
-        "<th>corroborated</th><th>falsified</th><th>timeout</th><th>crashed</th><th>skipped</th></tr>"
+        "<th>corroborated</th><th>falsified</th><th>crashed</th><th>skipped</th><th>inconclusive</th></tr>"
         + "".join(rows)
         + "</table>"
     )
 
 
-_WORST = (Outcome.CRASHED, Outcome.TIMEOUT, Outcome.FALSIFIED, Outcome.SKIPPED, Outcome.CORROBORATED)
+_WORST = (
+    Outcome.CRASHED,
+    Outcome.FALSIFIED,
+    Outcome.INCONCLUSIVE,
+    Outcome.TIMEOUT,
+    Outcome.SKIPPED,
+    Outcome.CORROBORATED,
+)
 
 
 def _cells(records: Sequence[EvidenceRecord]) -> str:
@@ -136,7 +187,9 @@ def _records(records: Sequence[EvidenceRecord]) -> str:
         )
         rows.append(
             f"<tr><td>{_e(r.gate)}</td><td>{_e(r.check)}</td><td>{_e(r.scenario.cell_key)}</td>"
-            f"<td class='{r.outcome.value}'>{_e(r.outcome.value)}</td><td>{_e(r.reason)}{detail}</td>"
+            f"<td class='{r.outcome.value}'>{_e(r.outcome.value)}"
+            + (f" ({_e(r.infra_cause)})" if r.infra_cause else "")
+            + f"</td><td>{_e(r.reason)}{detail}</td>"
             f"<td>{_e(measured)}</td><td class='num'>{r.duration_s:.2f}</td></tr>"
         )
     return (
@@ -156,6 +209,12 @@ def _provenance(records: Sequence[EvidenceRecord]) -> str:
         "devices": {r.provenance.device for r in records},
         "model sha256": {str(r.provenance.model_sha256) for r in records},
         "playbooks": {f"{r.provenance.playbook} ({r.provenance.tier})" for r in records},
+        "machine (calibrated)": {
+            f"{c.measured_at.isoformat(timespec='seconds')}: {c.line()} — {c.threads_reason}"
+            for r in records
+            if (c := r.provenance.calibration) is not None
+        }
+        or {"not calibrated (apr qa, or evidence written before calibration existed)"},
     }
     start = min(r.provenance.started_at for r in records)
     end = max(r.provenance.finished_at for r in records)
@@ -174,7 +233,7 @@ def render_html(records: Sequence[EvidenceRecord], mqs: MqsResult | None = None,
     models = list(dict.fromkeys(r.scenario.model for r in records))
     gateways = "".join(f"<li>{_e(g)}: <span class='{s.value}'>{s.value}</span></li>" for g, s in mqs.gateways.items())
     body = (
-        _verdict(mqs, models)
+        _verdict(mqs, models, records)
         + f"<h2>Gateways</h2><ul>{gateways}</ul>"
         + _breakdown(mqs)
         + _gates(mqs)

@@ -1,5 +1,6 @@
-"""JUnit XML from evidence: one testcase per record; skipped → <skipped>, falsified → <failure>,
-crashed and timeout → <error>. One testsuite per model, MQS in the suite properties."""
+"""JUnit XML from evidence: one testcase per record; skipped and inconclusive (the machine stopped the check;
+older ``timeout`` records too) → <skipped>, falsified → <failure>, crashed → <error>. One testsuite per model,
+MQS in the suite properties."""
 
 from __future__ import annotations
 
@@ -33,9 +34,11 @@ def _testcase(suite: ET.Element, record: EvidenceRecord) -> None:
     body = xml_text(record.output_excerpt)
     if record.outcome is Outcome.SKIPPED:
         ET.SubElement(case, "skipped", {"message": message})
+    elif record.outcome.is_infrastructure:
+        ET.SubElement(case, "skipped", {"message": xml_text(f"inconclusive ({record.infra_cause}): {record.reason}")})
     elif record.outcome is Outcome.FALSIFIED:
         ET.SubElement(case, "failure", {"message": message, "type": "falsified"}).text = body
-    elif record.outcome in (Outcome.CRASHED, Outcome.TIMEOUT):
+    elif record.outcome is Outcome.CRASHED:
         ET.SubElement(case, "error", {"message": message, "type": record.outcome.value}).text = body
     if record.outcome is Outcome.CORROBORATED and record.output_excerpt:
         ET.SubElement(case, "system-out").text = body
@@ -50,8 +53,8 @@ def _suite(parent: ET.Element, model: str, records: Sequence[EvidenceRecord]) ->
             "name": xml_text(model),
             "tests": str(len(records)),
             "failures": str(count[Outcome.FALSIFIED]),
-            "errors": str(count[Outcome.CRASHED] + count[Outcome.TIMEOUT]),
-            "skipped": str(count[Outcome.SKIPPED]),
+            "errors": str(count[Outcome.CRASHED]),
+            "skipped": str(count[Outcome.SKIPPED] + count[Outcome.INCONCLUSIVE] + count[Outcome.TIMEOUT]),
             "time": f"{sum(r.duration_s for r in records):.3f}",
         },
     )
