@@ -21,6 +21,7 @@ VERB_GROUPS = (
     "apr.cli.serve",  # serve
     "apr.cli.qa",  # qa, certify
     "apr.cli.report",  # report
+    "apr.cli.eval",  # eval
 )
 
 

@@ -207,8 +207,9 @@ def model_gates(subject: Subject, emit: Emit, *, done: frozenset[GateId] = froze
 def runtime_gates(
     subject: Subject, records: Sequence[EvidenceRecord], emit: Emit, *, done: frozenset[GateId] = frozenset()
 ) -> None:
-    """Determinism (reruns of recorded cells), throughput (one `apr bench` per format × backend) and GPU
-    speedup (from the throughput records); ``records`` is the evidence so far."""
+    """Determinism (reruns of recorded cells), throughput (one `apr bench` per format × backend), GPU
+    speedup (from the throughput records) and functional correctness (`apr eval` per format against the
+    SafeTensors reference); ``records`` is the evidence so far."""
     from apr.qa.gates import runtime
 
     recorder, gates = subject.recorder(), subject.gates
@@ -228,6 +229,11 @@ def runtime_gates(
                 recorder, runtime.gpu_speedup_checks([*records, *measured], gates.gpu_speedup, subject.cuda), timer
             )
         )
+    if gates.functional_correctness is not None and GateId.FUNCTIONAL_CORRECTNESS not in done:
+        from apr.qa.gates.functional import functional_checks
+
+        timer = Timer()
+        emit(stamp_all(recorder, functional_checks(subject), timer))
 
 
 def _determinism(subject: Subject, records: Sequence[EvidenceRecord], recorder: Recorder) -> list[EvidenceRecord]:
