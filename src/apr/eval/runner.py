@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
@@ -50,6 +50,7 @@ class RunStats:
     completion_tokens: int
     generate_wall_s: float
     wall_s: float
+    finished: bool = True  # False: a checkpoint of a run still going (or killed before it ended)
 
     @property
     def tok_s(self) -> float:
@@ -62,6 +63,7 @@ class RunStats:
             "generate_wall_s": round(self.generate_wall_s, 3),
             "wall_s": round(self.wall_s, 3),
             "tok_s": round(self.tok_s, 3),
+            "finished": self.finished,
         }
 
 
@@ -74,8 +76,11 @@ def evaluate(
     options: EvalOptions,
     *,
     progress: bool = False,
+    checkpoint: Callable[[RunStats], None] | None = None,
 ) -> RunStats:
-    """Generate and score every problem of ``problems`` not already in ``done``; records go to ``folder``."""
+    """Generate and score every problem of ``problems`` not already in ``done``; records go to ``folder``.
+    ``checkpoint`` receives this run's statistics so far each time problems were recorded (a killed run leaves
+    a summary of what it reached)."""
     from apr.engine import SamplingParams
 
     start = time.perf_counter()
@@ -97,7 +102,7 @@ def evaluate(
         flights[problem.task_id] = _InFlight(problem, request, len(ids), 0.0)
         if len(ids) < engine.max_positions:
             decoder.add(problem.task_id, ids, params)
-    tokens = 0
+    tokens = recorded = 0
     scored: list[tuple[Future[Execution], ProblemResult]] = []
     with ThreadPoolExecutor(max_workers=options.exec_workers) as pool:
         for flight in flights.values():
@@ -115,7 +120,12 @@ def evaluate(
                 tokens += 1
                 if event.finish_reason is not None:
                     scored.append(_submit(pool, sandbox, flight, event.finish_reason))
-            scored = _record_finished(scored, folder, bar)
+            waiting = _record_finished(scored, folder, bar)
+            if checkpoint is not None and len(waiting) < len(scored):
+                recorded += len(scored) - len(waiting)
+                now = time.perf_counter()
+                checkpoint(RunStats(recorded, tokens, now - generate_start, now - start, finished=False))
+            scored = waiting
             bar.set_postfix_str(f"{tokens / max(time.perf_counter() - generate_start, 1e-9):.1f} tok/s", refresh=False)
         generate_wall = time.perf_counter() - generate_start
         for future, _ in scored:
@@ -197,21 +207,18 @@ def _progress_bar(total: int, already: int, enabled: bool) -> Any:
     return bar
 
 
-def summarize(config: RunConfig, problems: Sequence[Problem], folder: ResultsFolder, stats: RunStats) -> dict:
-    """The summary of every selected problem scored so far (this run and any it resumed)."""
-    from apr.eval.results import SUMMARY_FILE, read_results
+def summarize(
+    config: RunConfig, problems: Sequence[Problem], folder: ResultsFolder, runs: Sequence[dict[str, Any]]
+) -> dict[str, Any]:
+    """The summary of every selected problem scored so far (this run and any it resumed); ``runs`` are the
+    statistics of every invocation, this one last."""
+    from apr.eval.results import read_results
 
     results = read_results(folder.problems_path) if folder.problems_path.exists() else {}
     selected = [results[p.task_id] for p in problems if p.task_id in results]
     rate = pass_rate(selected)
-    earlier_runs: list[dict[str, Any]] = []
-    summary_path = folder.folder / SUMMARY_FILE
-    if summary_path.exists():
-        import json
-
-        earlier_runs = json.loads(summary_path.read_text(encoding="utf-8")).get("runs", [])
-    runs = [*earlier_runs, stats.to_json()] if stats.problems else earlier_runs
     statuses = {s: sum(r.status == s for r in selected) for s in ("passed", "failed", "timeout")}
+    generate_wall = sum(run["generate_wall_s"] for run in runs)
     return {
         "task": config.task,
         "model": config.model,
@@ -225,9 +232,17 @@ def summarize(config: RunConfig, problems: Sequence[Problem], folder: ResultsFol
         "isolation": sorted({r.isolation for r in selected}),
         "completion_tokens": sum(r.completion_tokens for r in selected),
         "wall_s": round(sum(run["wall_s"] for run in runs), 3),
-        "tok_s": round(
-            sum(run["completion_tokens"] for run in runs) / max(sum(run["generate_wall_s"] for run in runs), 1e-9), 3
-        ),
-        "runs": runs,
+        "tok_s": round(sum(run["completion_tokens"] for run in runs) / generate_wall, 3) if generate_wall else 0.0,
+        "runs": list(runs),
         "config": asdict(config),
     }
+
+
+def earlier_runs(folder: ResultsFolder) -> list[dict[str, Any]]:
+    """The statistics of the invocations an earlier summary recorded (finished or checkpointed)."""
+    import json
+
+    from apr.eval.results import SUMMARY_FILE
+
+    path = folder.folder / SUMMARY_FILE
+    return list(json.loads(path.read_text(encoding="utf-8")).get("runs", [])) if path.exists() else []

@@ -9,7 +9,7 @@ from typing import Any
 
 from apr.errors import AprError
 from apr.eval.results import ResultsFolder, RunConfig
-from apr.eval.runner import EvalOptions, evaluate, summarize
+from apr.eval.runner import EvalOptions, RunStats, earlier_runs, evaluate, summarize
 from apr.eval.tasks import Task, load_problems
 
 
@@ -60,14 +60,20 @@ def run_eval(request: EvalRequest, *, progress: bool = False) -> dict[str, Any]:
     )
     folder = ResultsFolder(request.output)
     done = folder.start(config, resume=request.resume)
+    before = earlier_runs(folder) if request.resume else []
     from apr.engine import load_engine
 
     started = time.perf_counter()
     engine = load_engine(model, device=request.device, threads=request.threads, numerics=request.numerics)
+    load_s = round(time.perf_counter() - started, 3)
+    described = engine.describe()
+
+    def write(stats: RunStats) -> dict[str, Any]:
+        runs = [*before, {**stats.to_json(), "load_s": load_s}] if stats.problems else before
+        summary = {**summarize(config, problems, folder, runs), "engine": described}
+        folder.write_summary(summary)
+        return summary
+
     options = EvalOptions(**{**request.options.__dict__, "chat": chat})
-    stats = evaluate(engine, problems, request.task.family, folder, done, options, progress=progress)
-    summary = summarize(config, problems, folder, stats)
-    summary["engine"] = engine.describe()
-    summary["load_s"] = round(time.perf_counter() - started - stats.wall_s, 3)
-    folder.write_summary(summary)
-    return summary
+    stats = evaluate(engine, problems, request.task.family, folder, done, options, progress=progress, checkpoint=write)
+    return write(stats)
