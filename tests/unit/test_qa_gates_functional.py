@@ -105,3 +105,35 @@ def test_the_eval_command_is_resumable_greedy_cpu_and_carries_the_playbook_setti
     assert pairs["--task"] == "mbpp" and pairs["--data"] == "/data/mbpp.jsonl" and pairs["--limit"] == "50"
     assert pairs["--max-tokens"] == "300" and pairs["--numerics"] == "exact" and pairs["--device"] == "cpu"
     assert "--resume" in argv and "--temperature" not in argv  # greedy is the default
+
+
+def _subject(paths: dict[Format, Path], settings: FunctionalCorrectnessGate):
+    from apr.qa.artifacts import Artifacts
+    from apr.qa.axes import Backend
+    from apr.qa.gates.thresholds import GateSet
+    from apr.qa.stages import Subject
+
+    return Subject(
+        ref="fixture",
+        artifacts=Artifacts(source=Format.GGUF, paths=paths, digests={fmt: "ab" * 32 for fmt in paths}),
+        gates=GateSet.model_validate({"FUNCTIONAL-CORRECTNESS": settings.model_dump()}),
+        backends=(Backend.CPU,),
+        formats=(Format.GGUF, Format.APR),
+    )
+
+
+def test_without_a_safetensors_reference_every_format_is_skipped(tmp_path: Path):
+    from apr.qa.gates.functional import functional_checks
+
+    checks = functional_checks(_subject({Format.GGUF: tmp_path / "m.gguf"}, SETTINGS))
+    assert [c.check for c in checks] == ["pass@1:gguf/cpu", "pass@1:apr/cpu"]
+    assert all(c.outcome is Outcome.SKIPPED and "reference" in c.reason for c in checks)
+
+
+def test_a_task_without_its_data_is_skipped_with_apr_evals_own_error(fixture_models, tmp_path: Path):
+    from apr.qa.gates.functional import functional_checks
+
+    paths = {Format.GGUF: fixture_models["llama"]["gguf"], Format.SAFETENSORS: fixture_models["llama"]["safetensors"]}
+    checks = functional_checks(_subject(paths, FunctionalCorrectnessGate(task="mbpp")))
+    assert len(checks) == 2 and all(c.outcome is Outcome.SKIPPED for c in checks)
+    assert all("--task mbpp: no installable package ships these problems" in c.reason for c in checks)
