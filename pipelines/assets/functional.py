@@ -30,7 +30,9 @@ def asset_name(fmt: str) -> str:
     return f"functional_{fmt}"
 
 
-def run_functional(artifact: StageRecord, settings_json: dict | None, numerics: str, directory: Path) -> StageResult:
+def run_functional(
+    artifact: StageRecord, settings_json: dict | None, numerics: str, chat: bool, directory: Path
+) -> StageResult:
     """`apr eval` of one artifact (resumed in the gate's shared folder); its files copied into ``directory``."""
     if settings_json is None:
         return StageResult(files={}, facts={"enabled": False})
@@ -39,7 +41,8 @@ def run_functional(artifact: StageRecord, settings_json: dict | None, numerics: 
     from apr.qa.procs import apr_command
 
     settings = FunctionalCorrectnessGate.model_validate(settings_json)
-    run = run_eval(Path(artifact.facts["path"]), artifact_sha256(artifact), settings, numerics, apr_argv=apr_command())
+    path, sha256 = Path(artifact.facts["path"]), artifact_sha256(artifact)
+    run = run_eval(path, sha256, settings, numerics, chat=chat, apr_argv=apr_command())
     assert run.process is not None  # run_eval always starts the process
     if run.summary is None:
         return StageResult(files={}, facts={"enabled": True, "failed": run.process.reason(), "numerics": numerics})
@@ -79,14 +82,16 @@ def _settings_json(settings: AprSettings, key: str) -> dict | None:
 def _run(context, settings: AprSettings, work: WorkRoot, asset: str, artifact: StageRecord, numerics: str | None):
     key = context.partition_key
     gate = _settings_json(settings, key)
+    chat = load(settings.playbooks(), key).model.chat_template
     chosen = numerics or (gate or {}).get("reference_numerics", "exact")
+    inputs = {"artifact": artifact.data_version, "gate": gate, "numerics": chosen, "chat": chat}
     return run_stage(
         work.layout(),
         asset=asset,
         partition=key,
         code_version=CODE_VERSION,
-        inputs={"artifact": artifact.data_version, "gate": gate, "numerics": chosen, "apr": apr_code_digest("eval")},
-        build=lambda directory: run_functional(artifact, gate, chosen, directory),
+        inputs={**inputs, "apr": apr_code_digest("eval")},
+        build=lambda directory: run_functional(artifact, gate, chosen, chat, directory),
     )
 
 

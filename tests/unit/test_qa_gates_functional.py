@@ -99,12 +99,12 @@ def test_an_eval_run_that_timed_out_or_crashed_is_infrastructure_and_a_refusal_i
 
 def test_the_eval_command_is_resumable_greedy_cpu_and_carries_the_playbook_settings(tmp_path: Path):
     settings = FunctionalCorrectnessGate(task="mbpp", data="/data/mbpp.jsonl", limit=50, max_tokens=300)
-    argv = eval_argv(["apr"], tmp_path / "m.gguf", tmp_path / "out", settings, "exact")
+    argv = eval_argv(["apr"], tmp_path / "m.gguf", tmp_path / "out", settings, "exact", chat=False)
     assert argv[:3] == ["apr", "eval", str(tmp_path / "m.gguf")]
     pairs = dict(zip(argv[3::1], argv[4::1]))
     assert pairs["--task"] == "mbpp" and pairs["--data"] == "/data/mbpp.jsonl" and pairs["--limit"] == "50"
     assert pairs["--max-tokens"] == "300" and pairs["--numerics"] == "exact" and pairs["--device"] == "cpu"
-    assert "--resume" in argv and "--temperature" not in argv  # greedy is the default
+    assert "--resume" in argv and "--no-chat" in argv and "--temperature" not in argv  # greedy is the default
 
 
 def _subject(paths: dict[Format, Path], settings: FunctionalCorrectnessGate):

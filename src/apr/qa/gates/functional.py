@@ -49,7 +49,7 @@ class EvalRun:
     summary: dict[str, Any] | None
 
 
-def eval_folder(sha256: str, settings: FunctionalCorrectnessGate, numerics: str) -> Path:
+def eval_folder(sha256: str, settings: FunctionalCorrectnessGate, numerics: str, chat: bool) -> Path:
     """Where the results of one artifact under one set of generation settings live (shared by every caller)."""
     from apr import settings as apr_settings
 
@@ -59,16 +59,23 @@ def eval_folder(sha256: str, settings: FunctionalCorrectnessGate, numerics: str)
         "limit": settings.limit,
         "max_tokens": settings.max_tokens,
         "numerics": numerics,
+        "chat": chat,
     }
     key = hashlib.sha256(json.dumps(decided_by, sort_keys=True).encode()).hexdigest()[:12]
     return apr_settings.current().home / "eval" / sha256[:16] / f"{settings.task}-{numerics}-{key}"
 
 
 def eval_argv(
-    apr_argv: Sequence[str], artifact: Path, folder: Path, settings: FunctionalCorrectnessGate, numerics: str
+    apr_argv: Sequence[str],
+    artifact: Path,
+    folder: Path,
+    settings: FunctionalCorrectnessGate,
+    numerics: str,
+    chat: bool,
 ) -> list[str]:
-    """The `apr eval` command line of one run (greedy, CPU, resumable)."""
+    """The `apr eval` command line of one run (greedy, CPU, resumable; the chat template as the playbook says)."""
     argv = [*apr_argv, "eval", str(artifact), "--task", settings.task, "--output", str(folder), "--resume"]
+    argv.append("--chat" if chat else "--no-chat")
     argv += ["--max-tokens", str(settings.max_tokens), "--batch-size", str(settings.batch_size)]
     argv += ["--numerics", numerics, "--device", "cpu", "--json"]
     if settings.data is not None:
@@ -84,13 +91,14 @@ def run_eval(
     settings: FunctionalCorrectnessGate,
     numerics: str,
     *,
+    chat: bool,
     apr_argv: Sequence[str],
 ) -> EvalRun:
     """`apr eval` on ``artifact`` (a subprocess), resumed in its shared folder."""
     from apr.qa.runners import json_document
 
-    folder = eval_folder(sha256, settings, numerics)
-    argv = eval_argv(apr_argv, artifact, folder, settings, numerics)
+    folder = eval_folder(sha256, settings, numerics, chat)
+    argv = eval_argv(apr_argv, artifact, folder, settings, numerics, chat)
     process = run_process(argv, timeout_s=settings.timeout_s, env=child_env())
     summary = json_document(process.stdout) if process.ending is Ending.OK else None
     problems = folder / "problems.jsonl"
@@ -249,6 +257,7 @@ def functional_checks(subject: Subject) -> list[Check]:
         subject.artifacts.digests[REFERENCE_FORMAT],
         settings,
         settings.reference_numerics,
+        chat=subject.chat,
         apr_argv=apr_argv,
     )
     checks: list[Check] = []
@@ -261,7 +270,12 @@ def functional_checks(subject: Subject) -> list[Check]:
             checks.append(skipped(GATE, f"pass@1:{fmt}/cpu", f"no {fmt} artifact", format=fmt, backend=Backend.CPU))
             continue
         candidate = run_eval(
-            subject.artifacts.paths[fmt], subject.artifacts.digests[fmt], settings, "fast", apr_argv=apr_argv
+            subject.artifacts.paths[fmt],
+            subject.artifacts.digests[fmt],
+            settings,
+            "fast",
+            chat=subject.chat,
+            apr_argv=apr_argv,
         )
         failed = run_failure(fmt, candidate, fmt.value, settings)
         checks.append(
