@@ -150,6 +150,26 @@ def test_mbpp_problems_from_a_file_score_their_reference_code(tmp_path: Path):
     ).passed
 
 
+PLUS_ROW = (
+    '{"task_id": "HumanEval/900", "prompt": "def mean(xs):\\n    \\"\\"\\"The mean of xs.\\"\\"\\"\\n", '
+    '"entry_point": "mean", "canonical_solution": "    return sum(xs) / len(xs)\\n", '
+    '"base_input": [[[1, 2, 3]]], "plus_input": [[[0.1, 0.2]], [[5]]], "atol": 0}\n'
+)
+
+
+def test_evalplus_problems_compare_with_the_canonical_solution_on_every_input(tmp_path: Path):
+    data = tmp_path / "plus.jsonl"
+    data.write_text(PLUS_ROW, encoding="utf-8")
+    (problem,) = load_problems(Task.HUMANEVAL_PLUS, data)
+    direct = Request("p", (), chat=False)
+    assert SANDBOX.run(program_of(problem, "    return sum(xs) / len(xs)\n", direct), problem.test).passed
+    # Right on the base input, off on a plus input beyond the default float tolerance:
+    rounded = SANDBOX.run(program_of(problem, "    return round(sum(xs) / len(xs), 1)\n", direct), problem.test)
+    assert rounded.status is Status.FAILED and "input #1" in rounded.error
+    integer = SANDBOX.run(program_of(problem, "    return sum(xs) // len(xs)\n", direct), problem.test)
+    assert integer.status is Status.FAILED and "input #1" in integer.error
+
+
 class _Template:
     has_chat_template = True
 

@@ -216,13 +216,16 @@ class PidsCgroup:
     def __exit__(self, *exc: object) -> None:
         if self.folder is None:
             return
-        for _ in range(50):  # the killed processes leave the cgroup as the kernel reaps them
+        for _ in range(100):  # the killed processes leave the cgroup as the kernel reaps them
+            for pid in _read(self.folder / "cgroup.procs").split():
+                with contextlib.suppress(ProcessLookupError):  # gone between the read and the kill
+                    os.kill(int(pid), signal.SIGKILL)  # only ever a process this run started
             try:
                 self.folder.rmdir()
                 return
             except OSError:
                 time.sleep(0.02)
-        raise RuntimeError(f"{self.folder}: processes of a sandboxed program outlived it")
+        raise RuntimeError(f"{self.folder}: processes of a sandboxed program survived SIGKILL for 2 s")
 
 
 @functools.cache

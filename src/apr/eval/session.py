@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +74,6 @@ def run_eval(request: EvalRequest, *, progress: bool = False) -> dict[str, Any]:
         folder.write_summary(summary)
         return summary
 
-    options = EvalOptions(**{**request.options.__dict__, "chat": chat})
+    options = replace(request.options, chat=chat)
     stats = evaluate(engine, problems, request.task.family, folder, done, options, progress=progress, checkpoint=write)
     return write(stats)
