@@ -44,6 +44,10 @@ def test_records_every_problem_and_resume_skips_the_scored_ones(fixture_models, 
     assert second["total"] == 3 and second["pass@1"] == 0.0
     assert second["ci95"] == [0.0, round(wilson_interval(0, 3)[1], 6)]
 
+    third = run_eval(_request(model, tmp_path / "out", 3, resume=True))  # nothing left: no engine, no new run
+    assert third["runs"] == second["runs"] and third["engine"] == second["engine"] and third["total"] == 3
+    assert (tmp_path / "out" / PROBLEMS_FILE).read_text(encoding="utf-8") == after
+
 
 def test_a_folder_with_a_run_is_refused_without_resume_or_with_other_settings(fixture_models, tmp_path: Path):
     model = fixture_models["llama"]["gguf"]

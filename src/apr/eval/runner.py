@@ -147,6 +147,13 @@ class _Refusal:
         return Execution(Status.FAILED, self.reason, 0.0, "not run")
 
 
+def pending(
+    problems: Sequence[Problem], family: str, tokenizer: Any, done: dict[str, ProblemResult], chat: bool | None
+) -> list[Problem]:
+    """The problems ``done`` does not hold with the same prompt (what a resumed run still has to generate)."""
+    return [p for p in problems if _needs_run(p, build_request(p, family, tokenizer, chat=chat), done)]
+
+
 def _needs_run(problem: Problem, request: Request, done: dict[str, ProblemResult]) -> bool:
     earlier = done.get(problem.task_id)
     return earlier is None or earlier.prompt_sha256 != request.sha256

