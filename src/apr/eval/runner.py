@@ -76,7 +76,7 @@ def evaluate(
     options: EvalOptions,
     *,
     progress: bool = False,
-    checkpoint: Callable[[RunStats], None] | None = None,
+    checkpoint: Callable[[RunStats], object] | None = None,
 ) -> RunStats:
     """Generate and score every problem of ``problems`` not already in ``done``; records go to ``folder``.
     ``checkpoint`` receives this run's statistics so far each time problems were recorded (a killed run leaves
