@@ -1,7 +1,8 @@
 """Runs one generated program against its tests in a subprocess that cannot hurt the host.
 
 Each program runs in a fresh temporary directory, in its own process group, under resource limits
-(address space, CPU seconds, file size) and a wall-clock timeout after which the whole group is killed.
+(address space, CPU seconds, file size; set by the harness before any generated code runs) and a
+wall-clock timeout after which the whole group is killed.
 Where the kernel allows unprivileged namespaces (``unshare --user --net --pid``), the program also has no
 network (an empty network namespace) and lives in its own PID namespace, so every process it started dies
 with it. Its number of processes is capped by a ``pids`` cgroup where apr may make one (as root), else by
@@ -14,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import resource
 import secrets
 import shutil
 import signal
@@ -98,7 +98,9 @@ class Sandbox:
         return Execution(status, detail, time.perf_counter() - start, self.description)
 
     def _execute(self, work: Path, nonce: str) -> tuple[Status, str]:
-        argv = [self.python, "-s", "_harness.py"]
+        limits = self.limits
+        spec = f"{limits.memory_bytes},{limits.cpu_s},{limits.processes},{limits.file_bytes}"
+        argv = [self.python, "-s", "_harness.py", "--limits", spec]
         if self.isolation is Isolation.NAMESPACES:
             argv = [*NAMESPACES, *argv]
         else:
@@ -117,6 +119,8 @@ class Sandbox:
             open(out_path, "wb") as out,
             open(err_path, "wb") as err,
         ):
+            if cgroup.procs_file is not None:  # the shell joins the cgroup, then becomes the sandbox (same pid)
+                argv = ["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', str(cgroup.procs_file), *argv]
             process = subprocess.Popen(
                 argv,
                 cwd=work,
@@ -125,7 +129,6 @@ class Sandbox:
                 stdout=out,
                 stderr=err,
                 start_new_session=True,  # its own process group: the timeout kills the whole group
-                preexec_fn=functools.partial(_limit, self.limits, cgroup.procs_file),
             )
             assert process.stdin is not None
             with contextlib.suppress(BrokenPipeError):  # it died before reading: its exit status says how
@@ -155,17 +158,6 @@ def _verdict(returncode: int, nonce: str, stdout: str, stderr: str) -> tuple[Sta
         return Status.FAILED, f"killed by {name} (a resource limit, or the program's own doing)"
     last = stderr.strip().splitlines()[-1:] or ["no verdict"]
     return Status.FAILED, f"exited {returncode} before its tests finished: {last[0][:300]}"
-
-
-def _limit(limits: Limits, cgroup_procs: Path | None) -> None:
-    """In the child before exec: the resource limits and the pids cgroup (inherited by all it starts)."""
-    if cgroup_procs is not None:
-        cgroup_procs.write_text(str(os.getpid()))
-    resource.setrlimit(resource.RLIMIT_AS, (limits.memory_bytes, limits.memory_bytes))
-    resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_s, limits.cpu_s))
-    resource.setrlimit(resource.RLIMIT_NPROC, (limits.processes, limits.processes))
-    resource.setrlimit(resource.RLIMIT_FSIZE, (limits.file_bytes, limits.file_bytes))
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
 def _kill_group(process: subprocess.Popen) -> None:

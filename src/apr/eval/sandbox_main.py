@@ -1,15 +1,19 @@
 """Runs inside the sandbox (copied next to the program): executes program.py, then test.py, in one namespace.
 
-The verdict goes to the stdout the process started with, behind a nonce read from stdin before any generated
-code runs: output the program prints itself, or an early ``os._exit(0)``, can never read as a pass.
+Before any generated code runs it sets the resource limits given as ``--limits AS,CPU,NPROC,FSIZE`` (inherited
+by every process the program starts; set here rather than in a ``preexec_fn``, which is unsafe in the
+multi-threaded parent) and reads a nonce from stdin. The verdict goes to the stdout the process started with,
+behind that nonce: output the program prints itself, or an early ``os._exit(0)``, can never read as a pass.
 """
 
 import os
+import resource
 import sys
 import traceback
 
 
 def main() -> int:
+    _set_limits(sys.argv[sys.argv.index("--limits") + 1])
     nonce = sys.stdin.readline().strip()
     report = os.fdopen(os.dup(1), "w", encoding="utf-8")
     if "--no-sockets" in sys.argv:
@@ -27,6 +31,18 @@ def main() -> int:
     report.write(f"{nonce} passed\n")
     report.flush()
     return 0
+
+
+def _set_limits(spec: str) -> None:
+    memory, cpu, processes, file_size = (int(part) for part in spec.split(","))
+    for kind, value in (
+        (resource.RLIMIT_AS, memory),
+        (resource.RLIMIT_CPU, cpu),
+        (resource.RLIMIT_NPROC, processes),
+        (resource.RLIMIT_FSIZE, file_size),
+        (resource.RLIMIT_CORE, 0),
+    ):
+        resource.setrlimit(kind, (value, value))
 
 
 def _describe(err: BaseException) -> str:
