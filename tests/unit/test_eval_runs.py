@@ -49,6 +49,29 @@ def test_records_every_problem_and_resume_skips_the_scored_ones(fixture_models, 
     assert (tmp_path / "out" / PROBLEMS_FILE).read_text(encoding="utf-8") == after
 
 
+def test_rescore_reruns_stored_programs_and_resume_regenerates_sandbox_errors(fixture_models, tmp_path: Path):
+    from dataclasses import replace
+
+    from apr.eval.results import ResultsFolder
+
+    model, out = fixture_models["qwen2"]["gguf"], tmp_path / "out"
+    run_eval(_request(model, out, 2, resume=False))
+    folder = ResultsFolder(out)
+    records = read_results(folder.problems_path)
+    # As if the sandbox had broken: no verdict on either problem.
+    folder.rewrite(replace(r, status="error", error="the sandbox failed") for r in records.values())
+    summary = run_eval(replace(_request(model, out, 2, resume=False), rescore=True))
+    assert summary["rescored"] == 2 and summary["statuses"]["error"] == 0 and summary["total"] == 2
+    rescored = read_results(folder.problems_path)
+    assert {k: (r.completion, r.status, r.error) for k, r in rescored.items()} == {
+        k: (r.completion, r.status, r.error) for k, r in records.items()
+    }  # the same programs, run again, give the same verdicts
+    folder.rewrite([replace(rescored["HumanEval/1"], status="error"), rescored["HumanEval/0"]])
+    errored = run_eval(_request(model, out, 2, resume=True))
+    assert errored["runs"][-1]["problems"] == 1  # only the problem without a verdict was generated again
+    assert read_results(folder.problems_path)["HumanEval/1"].status != "error"
+
+
 def test_a_folder_with_a_run_is_refused_without_resume_or_with_other_settings(fixture_models, tmp_path: Path):
     model = fixture_models["llama"]["gguf"]
     run_eval(_request(model, tmp_path / "out", 1, resume=False))

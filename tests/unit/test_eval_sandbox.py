@@ -87,6 +87,14 @@ def test_output_claiming_a_pass_and_an_early_clean_exit_are_not_passes():
     assert exits.status is Status.FAILED and "SystemExit" in exits.error
 
 
+def test_a_sandbox_that_fails_before_the_program_runs_is_an_error_not_a_failure():
+    broken = Sandbox(Limits(timeout_s=3.0))
+    broken.harness = b"import sys\nsys.exit('harness out of date')\n"  # what a mismatched harness did once
+    result = broken.run("def f():\n    return 1\n", "assert f() == 1\n")
+    assert result.status is Status.ERROR and not result.passed
+    assert "before the program ran" in result.error and "harness out of date" in result.error
+
+
 def _humaneval(task_id: str) -> Problem:
     return next(p for p in load_problems(Task.HUMANEVAL) if p.task_id == task_id)
 

@@ -68,6 +68,13 @@ def test_a_timeout_flip_is_left_out_not_counted_against_the_model():
     assert check.outcome is Outcome.CORROBORATED and "HumanEval/1" in check.metrics["undecided_ids"]
 
 
+def test_a_sandbox_error_on_either_side_is_left_out():
+    reference = _results([True, True, True], statuses={0: "error"})
+    candidate = _results([True, False, True], statuses={1: "error"})
+    paired = paired_comparison(reference, candidate)
+    assert paired.undecided == ("HumanEval/0", "HumanEval/1") and paired.compared == ("HumanEval/2",)
+
+
 def test_only_problems_both_sides_scored_are_compared_and_none_is_never_a_pass():
     partial = paired_comparison(_results([True] * 4), {"HumanEval/2": _result(2, True)})
     assert partial.compared == ("HumanEval/2",)

@@ -42,6 +42,14 @@ def register(app: typer.Typer) -> None:
         resume: Annotated[
             bool, typer.Option("--resume", help="Continue the run in --output: skip the problems already scored.")
         ] = False,
+        rescore: Annotated[
+            bool,
+            typer.Option(
+                "--rescore",
+                help="Run the programs of the completions in --output again (after a sandbox change or failure); "
+                "generates nothing.",
+            ),
+        ] = False,
         max_tokens: Annotated[int, typer.Option("--max-tokens", min=1, help="Most tokens per completion.")] = 512,
         temperature: Annotated[float, typer.Option("--temperature", min=0.0, help="0 = greedy (default).")] = 0.0,
         seed: Annotated[int, typer.Option("--seed", help="Sampling seed (used when --temperature > 0).")] = 0,
@@ -90,6 +98,7 @@ def register(app: typer.Typer) -> None:
             device=device.value,
             numerics=numerics.value,
             threads=threads,
+            rescore=rescore,
         )
         summary = run_eval(request, progress=sys.stderr.isatty())
         if as_json:
@@ -102,4 +111,8 @@ def register(app: typer.Typer) -> None:
             f"95% CI {100 * low:.1f}-{100 * high:.1f}){state} · {summary['tok_s']:.1f} tok/s · "
             f"wall {summary['wall_s']:.0f} s"
         )
+        if "rescored" in summary:
+            typer.echo(f"re-ran the programs of {summary['rescored']} stored completions")
+        if summary["statuses"].get("error"):
+            typer.echo(f"{summary['statuses']['error']} sandbox error(s): no verdict; --resume runs them again")
         typer.echo(f"wrote {folder / 'problems.jsonl'}, {folder / 'summary.json'}")

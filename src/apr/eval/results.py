@@ -49,7 +49,7 @@ class ProblemResult:
     prompt_sha256: str
     completion: str
     passed: bool
-    status: str  # passed · failed · timeout (apr.eval.sandbox.Status)
+    status: str  # passed · failed · timeout · error (apr.eval.sandbox.Status; error: the sandbox failed, no verdict)
     error: str
     finish_reason: str
     prompt_tokens: int
@@ -102,6 +102,13 @@ class ResultsFolder:
         with open(self.problems_path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(asdict(result), ensure_ascii=False) + "\n")
             handle.flush()
+
+    def rewrite(self, results: Iterable[ProblemResult]) -> None:
+        """Replace every record at once (a temporary file renamed over the old one)."""
+        from apr.qa.reports import write_text_atomic
+
+        lines = [json.dumps(asdict(result), ensure_ascii=False) + "\n" for result in results]
+        write_text_atomic(self.problems_path, "".join(lines))
 
     def write_summary(self, summary: dict[str, Any]) -> Path:
         path = self.folder / SUMMARY_FILE

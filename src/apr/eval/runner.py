@@ -156,7 +156,8 @@ def pending(
 
 def _needs_run(problem: Problem, request: Request, done: dict[str, ProblemResult]) -> bool:
     earlier = done.get(problem.task_id)
-    return earlier is None or earlier.prompt_sha256 != request.sha256
+    # A sandbox error is no verdict: such a problem is generated and run again.
+    return earlier is None or earlier.prompt_sha256 != request.sha256 or earlier.status == "error"
 
 
 def _submit(
@@ -222,9 +223,10 @@ def summarize(
     from apr.eval.results import read_results
 
     results = read_results(folder.problems_path) if folder.problems_path.exists() else {}
-    selected = [results[p.task_id] for p in problems if p.task_id in results]
+    scored = [results[p.task_id] for p in problems if p.task_id in results]
+    selected = [r for r in scored if r.status != "error"]  # a sandbox error is no verdict on the model
     rate = pass_rate(selected)
-    statuses = {s: sum(r.status == s for r in selected) for s in ("passed", "failed", "timeout")}
+    statuses = {s: sum(r.status == s for r in scored) for s in ("passed", "failed", "timeout", "error")}
     generate_wall = sum(run["generate_wall_s"] for run in runs)
     return {
         "task": config.task,
@@ -253,3 +255,37 @@ def earlier_runs(folder: ResultsFolder) -> list[dict[str, Any]]:
 
     path = folder.folder / SUMMARY_FILE
     return list(json.loads(path.read_text(encoding="utf-8")).get("runs", [])) if path.exists() else []
+
+
+def rescore(
+    problems: Sequence[Problem], family: str, tokenizer: Any, folder: ResultsFolder, chat: bool, limits: Limits
+) -> int:
+    """Run every stored completion's program again in the sandbox (no generation) and rewrite its record; a
+    record whose prompt no longer matches is left for a resumed run. Returns how many were re-executed."""
+    from apr.eval.results import read_results
+
+    results = read_results(folder.problems_path) if folder.problems_path.exists() else {}
+    sandbox = Sandbox(limits)
+    by_id = {p.task_id: p for p in problems}
+    count = 0
+    updated: list[ProblemResult] = []
+    for task_id, record in results.items():
+        problem = by_id.get(task_id)
+        request = build_request(problem, family, tokenizer, chat=chat) if problem else None
+        if problem is None or request is None or request.sha256 != record.prompt_sha256:
+            updated.append(record)
+            continue
+        execution = sandbox.run(program_of(problem, record.completion, request), problem.test)
+        updated.append(
+            replace(
+                record,
+                passed=execution.passed,
+                status=str(execution.status),
+                error=execution.error,
+                exec_s=round(execution.seconds, 3),
+                isolation=execution.isolation,
+            )
+        )
+        count += 1
+    folder.rewrite(updated)
+    return count

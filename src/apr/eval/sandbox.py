@@ -44,6 +44,7 @@ class Status(StrEnum):
     PASSED = "passed"
     FAILED = "failed"  # the program ran and was wrong (an exception, a failed assert, a crash of its own)
     TIMEOUT = "timeout"  # it ran past the wall-clock limit and was killed
+    ERROR = "error"  # the sandbox failed before the program ran: infrastructure, never the model's verdict
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,8 @@ class Sandbox:
     def __init__(self, limits: Limits | None = None, *, python: str | None = None) -> None:
         self.limits = limits or Limits()
         self.python = python or sys.executable
+        # Read once: a long evaluation must not pick up a harness edited (or half-written) under it.
+        self.harness = HARNESS.read_bytes()
         self.isolation = probe_isolation()
         self.cgroups = pids_cgroup_root()
 
@@ -92,7 +95,7 @@ class Sandbox:
             work = Path(folder)
             (work / "program.py").write_text(program, encoding="utf-8")
             (work / "test.py").write_text(test, encoding="utf-8")
-            shutil.copyfile(HARNESS, work / "_harness.py")
+            (work / "_harness.py").write_bytes(self.harness)
             nonce = secrets.token_hex(16)
             status, detail = self._execute(work, nonce)
         return Execution(status, detail, time.perf_counter() - start, self.description)
@@ -141,17 +144,22 @@ class Sandbox:
                 return Status.TIMEOUT, f"timed out after {self.limits.timeout_s:g} s (killed)"
             finally:
                 _kill_group(process)  # whatever it left behind in its group
-        return _verdict(process.returncode, nonce, _tail(out_path, self.limits), _tail(err_path, self.limits))
+        return _verdict(process.returncode, nonce, _nonce_lines(out_path, nonce), _tail(err_path, self.limits))
 
 
-def _verdict(returncode: int, nonce: str, stdout: str, stderr: str) -> tuple[Status, str]:
-    for line in reversed(stdout.splitlines()):
+def _verdict(returncode: int, nonce: str, reported: list[str], stderr: str) -> tuple[Status, str]:
+    started = False
+    for line in reversed(reported):
         if line.startswith(f"{nonce} "):
             word, _, detail = line[len(nonce) + 1 :].partition(" ")
             if word == "passed" and returncode == 0:
                 return Status.PASSED, ""
             if word == "failed":
                 return Status.FAILED, detail
+            started = started or word == "started"
+    if not started:
+        last = stderr.strip().splitlines()[-1:] or [f"exit {returncode}"]
+        return Status.ERROR, f"the sandbox failed before the program ran: {last[0][:300]}"
     if returncode < 0 or returncode > 128:
         number = -returncode if returncode < 0 else returncode - 128
         name = signal.Signals(number).name if number in signal.Signals._value2member_map_ else str(number)
@@ -164,6 +172,13 @@ def _kill_group(process: subprocess.Popen) -> None:
     with contextlib.suppress(ProcessLookupError):  # the group is gone already
         os.killpg(process.pid, signal.SIGKILL)
     process.wait()
+
+
+def _nonce_lines(path: Path, nonce: str) -> list[str]:
+    """The harness's own lines of the program's stdout (whatever the program printed around them)."""
+    marker = f"{nonce} ".encode()
+    with open(path, "rb") as handle:
+        return [line.decode("utf-8", "replace").rstrip("\n") for line in handle if line.startswith(marker)]
 
 
 def _tail(path: Path, limits: Limits) -> str:

@@ -18,6 +18,9 @@ def main() -> int:
     report = os.fdopen(os.dup(1), "w", encoding="utf-8")
     if "--no-sockets" in sys.argv:
         _refuse_sockets()
+    # Set up: from here on a missing verdict is the program's doing, never the sandbox's.
+    report.write(f"{nonce} started\n")
+    report.flush()
     namespace = {"__name__": "__candidate__", "__builtins__": __builtins__}
     try:
         for name in ("program.py", "test.py"):
@@ -25,10 +28,10 @@ def main() -> int:
                 source = handle.read()
             exec(compile(source, name, "exec"), namespace)
     except BaseException as err:  # SystemExit and KeyboardInterrupt included: such a program did not pass
-        report.write(f"{nonce} failed {_describe(err)}\n")
+        report.write(f"\n{nonce} failed {_describe(err)}\n")  # a line of its own after partial output
         report.flush()
         return 1
-    report.write(f"{nonce} passed\n")
+    report.write(f"\n{nonce} passed\n")
     report.flush()
     return 0
 

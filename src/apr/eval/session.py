@@ -9,7 +9,7 @@ from typing import Any
 
 from apr.errors import AprError
 from apr.eval.results import ResultsFolder, RunConfig
-from apr.eval.runner import EvalOptions, RunStats, earlier_runs, evaluate, pending, summarize
+from apr.eval.runner import EvalOptions, RunStats, earlier_runs, evaluate, pending, rescore, summarize
 from apr.eval.tasks import Task, load_problems
 
 
@@ -27,6 +27,7 @@ class EvalRequest:
     device: str = "auto"
     numerics: str = "fast"
     threads: int | None = None
+    rescore: bool = False  # re-run the stored completions' programs only (no generation)
 
 
 def run_eval(request: EvalRequest, *, progress: bool = False) -> dict[str, Any]:
@@ -59,8 +60,13 @@ def run_eval(request: EvalRequest, *, progress: bool = False) -> dict[str, Any]:
         numerics=request.numerics,
     )
     folder = ResultsFolder(request.output)
-    done = folder.start(config, resume=request.resume)
-    before = earlier_runs(folder) if request.resume else []
+    done = folder.start(config, resume=request.resume or request.rescore)
+    before = earlier_runs(folder) if request.resume or request.rescore else []
+    if request.rescore:
+        count = rescore(problems, request.task.family, model.tokenizer, folder, chat, request.options.limits)
+        summary = {**summarize(config, problems, folder, before), "engine": _earlier_engine(folder), "rescored": count}
+        folder.write_summary(summary)
+        return summary
     if not pending(problems, request.task.family, model.tokenizer, done, chat):
         # Everything is scored already (a resumed certification): the summary, without loading the engine.
         summary = {**summarize(config, problems, folder, before), "engine": _earlier_engine(folder)}

@@ -115,7 +115,7 @@ class Paired:
     candidate_passed: int
     lost: tuple[str, ...]  # passed by the reference, failed by the candidate
     gained: tuple[str, ...]  # failed by the reference, passed by the candidate
-    undecided: tuple[str, ...]  # flipped by a timeout on one side: left out (a busy host, not the model)
+    undecided: tuple[str, ...]  # a sandbox error, or a flip by a timeout on one side: left out (not the model)
 
     @property
     def n(self) -> int:
@@ -151,7 +151,9 @@ def paired_comparison(reference: dict[str, ProblemResult], candidate: dict[str, 
     undecided: list[str] = []
     for task_id in sorted(reference.keys() & candidate.keys(), key=_problem_order):
         ref, cand = reference[task_id], candidate[task_id]
-        if ref.passed != cand.passed and "timeout" in (ref.status, cand.status):
+        if "error" in (ref.status, cand.status) or (
+            ref.passed != cand.passed and "timeout" in (ref.status, cand.status)
+        ):
             undecided.append(task_id)
             continue
         compared.append(task_id)
