@@ -10,7 +10,7 @@ import psutil
 import pytest
 
 from apr.eval.prompts import Request, build_request, program_of
-from apr.eval.sandbox import Isolation, Limits, Sandbox, Status, probe_isolation
+from apr.eval.sandbox import Isolation, Limits, ProcessCap, Sandbox, Status, probe_isolation
 from apr.eval.tasks import Problem, Task, load_problems
 
 SANDBOX = Sandbox(Limits(timeout_s=3.0, memory_bytes=512 << 20, processes=16))
@@ -50,6 +50,8 @@ def test_a_fork_bomb_hits_the_process_limit_and_leaves_nothing_behind():
         "        os._exit(0)\n"
         "    count += 1\n"
     )
+    if SANDBOX.process_cap is ProcessCap.NONE:
+        pytest.skip("root without a writable pids cgroup: no kernel limit on processes can be set here")
     result = SANDBOX.run(program, "")
     assert result.status is Status.FAILED, result
     assert "fork refused after" in result.error

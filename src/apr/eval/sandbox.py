@@ -38,6 +38,7 @@ class Isolation(StrEnum):
 class ProcessCap(StrEnum):
     CGROUP = "cgroup"  # a pids cgroup per run: the kernel refuses forks past the limit, for root too
     RLIMIT = "rlimit"  # RLIMIT_NPROC: binds a non-root user only
+    NONE = "uncapped"  # root without a pids cgroup: nothing caps the processes (the timeout still kills them)
 
 
 class Status(StrEnum):
@@ -85,8 +86,14 @@ class Sandbox:
         self.cgroups = pids_cgroup_root()
 
     @property
+    def process_cap(self) -> ProcessCap:
+        if self.cgroups is not None:
+            return ProcessCap.CGROUP
+        return ProcessCap.NONE if os.geteuid() == 0 else ProcessCap.RLIMIT
+
+    @property
     def description(self) -> str:
-        return f"{self.isolation}+{ProcessCap.CGROUP if self.cgroups else ProcessCap.RLIMIT}"
+        return f"{self.isolation}+{self.process_cap}"
 
     def run(self, program: str, test: str) -> Execution:
         """Execute ``program`` then ``test`` in one namespace; passed when neither raises."""
