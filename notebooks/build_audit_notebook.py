@@ -166,9 +166,46 @@ else:
 print(f"matrix cells: {len(cells)}, ran: {len(ran)}, skipped: {len(cells) - len(ran)}")
 latency_chart"""
 
+FUNCTIONAL = """\
+# FUNCTIONAL-CORRECTNESS (full tier): pass@1 of each format and of the reference, with 95% Wilson intervals,
+# and the problems that flipped (passed by one side only). Skipped or failed runs are listed, never charted.
+functional = [r for r in records if str(r.gate) == "FUNCTIONAL-CORRECTNESS"]
+compared = [r for r in functional if r.outcome.value in ("corroborated", "falsified")]
+rows = [{"side": str(r.scenario.format), "pass_at_1": r.metrics["pass_at_1"], "low": r.metrics["ci95_low"],
+         "high": r.metrics["ci95_high"], "verdict": r.outcome.value} for r in compared]
+if compared:
+    first = compared[0].metrics
+    rows.append({"side": f"reference ({first['reference_numerics']})", "pass_at_1": first["reference_pass_at_1"],
+                 "low": first["reference_ci95_low"], "high": first["reference_ci95_high"], "verdict": "reference"})
+if not rows:
+    functional_chart = alt.Chart(pd.DataFrame({"note": ["FUNCTIONAL-CORRECTNESS compared nothing in this evidence"]})
+                                 ).mark_text(size=14).encode(text="note:N").properties(
+        title="Functional correctness (pass@1)", width=420, height=60)
+else:
+    frame = pd.DataFrame(rows)
+    task = compared[0].metrics["task"]
+    base = alt.Chart(frame).encode(y=alt.Y("side:N", title=None, sort=list(frame["side"])))
+    functional_chart = (
+        base.mark_rule(strokeWidth=2).encode(x=alt.X("low:Q", scale=alt.Scale(domain=[0, 1]),
+                                                      title=f"{task} pass@1 (95% CI)"), x2="high:Q")
+        + base.mark_point(filled=True, size=90).encode(
+            x="pass_at_1:Q", color=alt.Color("verdict:N", title="verdict"),
+            tooltip=["side", alt.Tooltip("pass_at_1:Q", format=".3f"), alt.Tooltip("low:Q", format=".3f"),
+                     alt.Tooltip("high:Q", format=".3f"), "verdict"])
+    ).properties(title=f"Functional correctness: {task} pass@1 per format", width=420,
+                 height=40 * len(frame) + 40)
+print(f"FUNCTIONAL-CORRECTNESS records: {len(functional)}, compared: {len(compared)}")
+for r in functional:
+    print(f"{r.scenario.format}: {r.outcome.value}: {r.reason}")
+    for side in ("lost", "gained", "undecided"):
+        listed = r.metrics.get(f"{side}_ids")
+        if listed:
+            print(f"  {side}: {listed}")
+functional_chart"""
+
 EXPORT = """\
 charts = {"throughput": throughput_chart, "gate_outcomes": heatmap_chart, "mqs_by_category": mqs_chart,
-          "latency": latency_chart}
+          "latency": latency_chart, "functional_correctness": functional_chart}
 written = []
 for name, chart in charts.items():
     for suffix in ("png", "svg"):
@@ -196,6 +233,7 @@ def build() -> nbformat.NotebookNode:
         ("code", HEATMAP, []),
         ("code", MQS_CHART, []),
         ("code", LATENCY, []),
+        ("code", FUNCTIONAL, []),
         ("code", EXPORT, []),
     ]
     cells = []

@@ -9,6 +9,7 @@ import dagster as dg
 from pipelines.assets.artifacts import FORMATS, build_artifact
 from pipelines.assets.certification import build_certification, build_certification_table
 from pipelines.assets.checkpoints import build_checkpoint
+from pipelines.assets.functional import build_functional_assets
 from pipelines.assets.gates import build_gate_results
 from pipelines.assets.inference import build_inference_traces
 from pipelines.partitions import DEFAULT_PLAYBOOKS_DIR, model_partitions
@@ -24,6 +25,7 @@ def build_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefinitio
         build_gate_results(partitions),
         build_certification(partitions),
         build_certification_table(partitions),
+        *build_functional_assets(partitions),  # full tier: apr eval per format (issue #17)
     ]
 
 

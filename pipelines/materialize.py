@@ -18,7 +18,7 @@ from pathlib import Path
 
 from apr.errors import AprError
 from apr.settings import current
-from pipelines.partitions import DEFAULT_PLAYBOOKS_DIR, REPO_ROOT, discover_playbooks
+from pipelines.partitions import DEFAULT_PLAYBOOKS_DIR, REPO_ROOT, TIER_SUFFIXES, discover_playbooks
 
 REPO_DAGSTER_HOME = REPO_ROOT / "dagster_home"
 
@@ -31,6 +31,8 @@ def partition_for(playbooks_dir: Path, name: str) -> str:
     if name in found:
         return name
     matches = [key for key in found if model_ref(playbooks_dir, key) == name]
+    if len(matches) > 1:  # several tiers of one model: a ref means its everyday (lowest-tier) partition
+        matches = [key for key in matches if not key.endswith(TIER_SUFFIXES)] or matches
     if len(matches) == 1:
         return matches[0]
     known = ", ".join(found) or "none"

@@ -31,13 +31,20 @@ def discover_playbooks(playbooks_dir: Path) -> dict[str, Path]:
     """Map partition key -> playbook for every ``*.playbook.yaml``, sorted by key.
 
     The key is the model name: the file name without ``.playbook.yaml`` and its tier suffix
-    (``smollm2-135m-mvp.playbook.yaml`` -> ``smollm2-135m``). When two tiers of one model are
-    present, both keep their full stem so no partition is ambiguous.
+    (``smollm2-135m-mvp.playbook.yaml`` -> ``smollm2-135m``). When several tiers of one model are
+    present, the lowest tier (in ``TIER_SUFFIXES`` order) keeps the model name, so `smollm2-135m` stays the
+    model's everyday certification, and the others keep their full stem (``smollm2-135m-full``).
     """
     stems = {_stem(path): path for path in sorted(playbooks_dir.glob(f"*{PLAYBOOK_SUFFIX}"))}
     names = Counter(_model_name(stem) for stem in stems)
-    keyed = {(_model_name(stem) if names[_model_name(stem)] == 1 else stem): path for stem, path in stems.items()}
+    lowest = {name: min((s for s in stems if _model_name(s) == name), key=_tier_rank) for name in names}
+    keyed = {(_model_name(stem) if lowest[_model_name(stem)] == stem else stem): path for stem, path in stems.items()}
     return dict(sorted(keyed.items()))
+
+
+def _tier_rank(stem: str) -> int:
+    ranks = [rank for rank, suffix in enumerate(TIER_SUFFIXES) if stem.endswith(suffix)]
+    return ranks[0] if ranks else -1  # a playbook named without a tier comes first
 
 
 def playbook_for(playbooks_dir: Path, key: str) -> Path:

@@ -15,6 +15,11 @@ EXPECTED_DEPENDENCIES = {
     "gate_results": {"checkpoint", "gguf", "apr", "safetensors", "inference_traces"},
     "certification": {"gate_results"},
     "certification_table": {"certification"},
+    # full tier (FUNCTIONAL-CORRECTNESS): apr eval per format against the SafeTensors reference
+    "functional_reference": {"safetensors"},
+    "functional_gguf": {"gguf", "functional_reference"},
+    "functional_apr": {"apr", "functional_reference"},
+    "functional_safetensors": {"safetensors", "functional_reference"},
 }
 GRAPH_PAGE = "/locations/pipelines.definitions/asset-groups/certification"
 # Text the UI shows when something went wrong, and the first-run modal `nux: enabled: false` removes.

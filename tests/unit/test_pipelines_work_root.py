@@ -96,11 +96,13 @@ def test_root_is_gitignored(tmp_path: Path) -> None:
     assert layout.manifest_path("a", None) == tmp_path / "work" / "_all" / "a" / "manifest.json"
 
 
-def test_partition_keys_are_model_names_unless_two_tiers_collide(tmp_path: Path) -> None:
-    for name in ("smollm2-135m-mvp", "qwen-1b-mvp", "qwen-1b-full", "plain"):
+def test_partition_keys_are_model_names_and_higher_tiers_keep_their_stem(tmp_path: Path) -> None:
+    for name in ("smollm2-135m-mvp", "qwen-1b-full", "qwen-1b-mvp", "plain"):
         (tmp_path / f"{name}.playbook.yaml").write_text("", encoding="utf-8")
     (tmp_path / "notes.yaml").write_text("", encoding="utf-8")
-    assert list(discover_playbooks(tmp_path)) == ["plain", "qwen-1b-full", "qwen-1b-mvp", "smollm2-135m"]
+    found = discover_playbooks(tmp_path)
+    assert list(found) == ["plain", "qwen-1b", "qwen-1b-full", "smollm2-135m"]
+    assert found["qwen-1b"].name == "qwen-1b-mvp.playbook.yaml"
 
 
 def test_io_manager_round_trips_records_and_fans_in_only_materialized_partitions(tmp_path: Path) -> None:
@@ -143,7 +145,8 @@ def test_materialize_accepts_a_partition_key_or_the_ref_its_playbook_names(tmp_p
     keys = list(discover_playbooks(DEFAULT_PLAYBOOKS_DIR))
     assert "smollm2-135m" in keys
     assert partition_for(DEFAULT_PLAYBOOKS_DIR, "smollm2-135m") == "smollm2-135m"
-    assert partition_for(DEFAULT_PLAYBOOKS_DIR, "smollm2:135m") == "smollm2-135m"
+    assert partition_for(DEFAULT_PLAYBOOKS_DIR, "smollm2:135m") == "smollm2-135m"  # the MVP, not the full tier
+    assert "smollm2-135m-full" in keys
     with pytest.raises(AprError, match="neither a model partition"):
         partition_for(DEFAULT_PLAYBOOKS_DIR, "no-such-model:1b")
 

@@ -22,6 +22,7 @@ VERB_GROUPS = (
     "apr.cli.serve",  # serve
     "apr.cli.qa",  # qa, certify
     "apr.cli.report",  # report
+    "apr.cli.eval",  # eval
 )
 
 

@@ -283,8 +283,8 @@ def runtime_gates(
     progress: RunProgress = SILENT,
 ) -> None:
     """Determinism (reruns of recorded cells), throughput (one `apr bench` per format × backend, judged against
-    the machine measured again just before) and GPU speedup (from the throughput records); ``records`` is the
-    evidence so far."""
+    the machine measured again just before), GPU speedup (from the throughput records) and functional
+    correctness (`apr eval` per format against the SafeTensors reference); ``records`` is the evidence so far."""
     from apr.qa.gates import runtime
 
     gates = subject.gates
@@ -292,7 +292,8 @@ def runtime_gates(
     rerun = gates.determinism is not None and GateId.DETERMINISM not in done
     benches = benches if GateId.THROUGHPUT not in done else []
     speedup = gates.gpu_speedup is not None and GateId.GPU_SPEEDUP not in done
-    phase = progress.phase("runtime gates", int(rerun) + len(benches) + int(speedup))
+    functional = gates.functional_correctness is not None and GateId.FUNCTIONAL_CORRECTNESS not in done
+    phase = progress.phase("runtime gates", int(rerun) + len(benches) + int(speedup) + int(functional))
     if rerun:
         phase.start("determinism: rerun one cell per modality")
         determinism = _determinism(subject, records, subject.recorder())
@@ -313,6 +314,14 @@ def runtime_gates(
         checks = runtime.gpu_speedup_checks([*records, *measured], gates.gpu_speedup, subject.cuda)
         emit(stamp_all(subject.recorder(), checks, timer))
         phase.finish(f"{GateId.GPU_SPEEDUP}: {checks[0].reason}")
+    if functional:
+        from apr.qa.gates.functional import functional_checks
+
+        phase.start("functional correctness: apr eval per format against the SafeTensors reference")
+        timer = Timer()
+        stamped = stamp_all(subject.recorder(), functional_checks(subject), timer)
+        emit(stamped)
+        phase.finish(f"{GateId.FUNCTIONAL_CORRECTNESS}: {_outcomes(stamped)}")
     phase.close()
 
 

@@ -28,6 +28,7 @@ class GateId(StrEnum):
     ATTENTION_TRACE = "ATTENTION-TRACE"
     THROUGHPUT = "THROUGHPUT"
     GPU_SPEEDUP = "GPU-SPEEDUP"
+    FUNCTIONAL_CORRECTNESS = "FUNCTIONAL-CORRECTNESS"  # apr.qa.gates.functional (`full` tier)
 
 
 class Category(StrEnum):
@@ -211,6 +212,14 @@ CATALOG: dict[GateId, GateSpec] = {
         _spec(GateId.THROUGHPUT, "Throughput", _F, _P2, "decode tok/s at or above the playbook's per-backend minimum"),
         _spec(
             GateId.GPU_SPEEDUP, "GPU Speedup", _F, _P2, "GPU decode tok/s over CPU decode tok/s at or above the minimum"
+        ),
+        _spec(
+            GateId.FUNCTIONAL_CORRECTNESS,
+            "Functional Correctness",
+            _Q,
+            _P1,
+            "HumanEval/MBPP pass@1 of every format within the playbook's tolerance of the SafeTensors reference's, "
+            "problem by problem",
         ),
     )
 }

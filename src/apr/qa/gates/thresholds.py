@@ -6,7 +6,7 @@ gateways G0–G4 always run: they cannot be disabled, listing them only sets the
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -142,6 +142,21 @@ class GpuSpeedupGate(GateSettings):
     min_speedup: float = Field(2.0, gt=0)
 
 
+class FunctionalCorrectnessGate(GateSettings):
+    """FUNCTIONAL-CORRECTNESS (apr.qa.gates.functional): `apr eval` on every format and on the reference (the
+    SafeTensors artifact with ``reference_numerics``); each format's pass@1 must lie within ``tolerance`` of the
+    reference's, on the same problems."""
+
+    task: Literal["humaneval", "mbpp", "humaneval+", "mbpp+"] = "humaneval"
+    data: str | None = None  # the problems file; required for every task but humaneval (no package ships them)
+    limit: int | None = Field(None, ge=1)  # the first N problems; None: all
+    tolerance: float = Field(0.05, ge=0, le=1)  # most |pass@1(format) - pass@1(reference)|, as a fraction
+    max_tokens: int = Field(512, ge=1)
+    batch_size: int = Field(8, ge=1)
+    reference_numerics: Literal["exact", "fast"] = "exact"
+    timeout_s: float = Field(6 * 3600.0, gt=0)  # per `apr eval` run
+
+
 def _listed(value: Any) -> Any:
     # `GATE-ID:` with no value in YAML means "run with defaults".
     return {} if value is None else value
@@ -171,6 +186,7 @@ class GateSet(BaseModel):
     attention_trace: AttentionTraceGate | None = Field(None, alias="ATTENTION-TRACE")
     throughput: ThroughputGate | None = Field(None, alias="THROUGHPUT")
     gpu_speedup: GpuSpeedupGate | None = Field(None, alias="GPU-SPEEDUP")
+    functional_correctness: FunctionalCorrectnessGate | None = Field(None, alias="FUNCTIONAL-CORRECTNESS")
 
     @field_validator("*", mode="before")
     @classmethod
