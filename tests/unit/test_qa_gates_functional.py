@@ -11,6 +11,7 @@ from apr.qa.axes import Format
 from apr.qa.evidence import Outcome
 from apr.qa.gates.functional import EvalRun, eval_argv, functional_check, paired_comparison, run_failure
 from apr.qa.gates.thresholds import FunctionalCorrectnessGate
+from apr.qa.infra import InfraCause
 from apr.qa.procs import ProcessResult
 
 SETTINGS = FunctionalCorrectnessGate(task="humaneval", tolerance=0.10)
@@ -97,9 +98,12 @@ def test_an_eval_run_that_timed_out_or_crashed_is_infrastructure_and_a_refusal_i
         Format.GGUF, EvalRun(tmp_path, _process(2, "error: --task mbpp: no installable package"), {}, None), "gguf",
         SETTINGS,
     )  # fmt: skip
-    assert timeout is not None and timeout.outcome is Outcome.TIMEOUT
-    assert crashed is not None and crashed.outcome is Outcome.CRASHED
+    # The machine stopped both (a deadline, a SIGKILL from outside): inconclusive, never against the model.
+    assert timeout is not None and timeout.outcome is Outcome.INCONCLUSIVE and timeout.cause is InfraCause.DEADLINE
+    assert crashed is not None and crashed.outcome is Outcome.INCONCLUSIVE and crashed.cause is not None
     assert refused is not None and refused.outcome is Outcome.SKIPPED and "no installable package" in refused.reason
+    segfault = run_failure(Format.SAFETENSORS, EvalRun(tmp_path, _process(-11), {}, None), "safetensors", SETTINGS)
+    assert segfault is not None and segfault.outcome is Outcome.CRASHED  # the program's own defect
     fine = EvalRun(tmp_path, _process(0), {}, {"pass@1": 0.5})
     assert run_failure(Format.GGUF, fine, "gguf", SETTINGS) is None
 

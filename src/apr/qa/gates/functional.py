@@ -28,8 +28,9 @@ from apr.qa.axes import Backend, Format
 from apr.qa.evidence import Outcome
 from apr.qa.gates.catalog import GateId
 from apr.qa.gates.thresholds import FunctionalCorrectnessGate
+from apr.qa.infra import InfraCause
 from apr.qa.procs import Ending, ProcessResult, child_env, run_process
-from apr.qa.recording import Check, skipped, verdict
+from apr.qa.recording import Check, inconclusive, skipped, verdict
 
 if TYPE_CHECKING:
     from apr.qa.stages import Subject
@@ -230,17 +231,13 @@ def run_failure(fmt: Format, run: EvalRun, role: str, settings: FunctionalCorrec
     if process is None or run.summary is not None:
         return None
     ending = process.ending
-    if ending in (Ending.TIMEOUT, Ending.CRASHED):
-        outcome = Outcome.TIMEOUT if ending is Ending.TIMEOUT else Outcome.CRASHED
-        return Check(
-            GATE,
-            name,
-            outcome,
-            f"apr eval of the {role}: {process.reason()} (results so far kept in {run.folder}; rerun resumes)",
-            n_compared=1,
-            output=process.stderr_tail(),
-            **fields,
-        )
+    reason = f"apr eval of the {role}: {process.reason()} (results so far kept in {run.folder}; rerun resumes)"
+    if ending in (Ending.TIMEOUT, Ending.INFRASTRUCTURE):
+        # The machine stopped the run (deadline, OOM, a kill from outside): never a falsification of the model.
+        cause = process.infra_cause or InfraCause.DEADLINE
+        return inconclusive(GATE, name, cause, reason, output=process.stderr_tail(), **fields)
+    if ending is Ending.CRASHED:
+        return Check(GATE, name, Outcome.CRASHED, reason, n_compared=1, output=process.stderr_tail(), **fields)
     return skipped(GATE, name, f"apr eval of the {role} did not run: {process.reason()}", **fields)
 
 

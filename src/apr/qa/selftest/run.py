@@ -150,7 +150,7 @@ def self_test_gates(gates: GateSet, formats: tuple[Format, ...]) -> GateSet:
 
 def judge(defect_id: str, description: str, records: list[EvidenceRecord], seconds: float) -> CopyResult:
     caught = [r for r in records if r.outcome is Outcome.FALSIFIED]
-    broken = [r for r in records if r.outcome in (Outcome.CRASHED, Outcome.TIMEOUT)]
+    broken = [r for r in records if r.outcome is Outcome.CRASHED or r.outcome.is_infrastructure]
 
     def gates_of(rs: list[EvidenceRecord]) -> tuple[str, ...]:
         found = {r.gate for r in rs}
