@@ -177,7 +177,8 @@ class ModelCache:
         temps = self.root / "tmp"
         if temps.is_dir():
             for stale in temps.glob(f"{slug}.*"):
-                shutil.rmtree(stale)
+                # A killed pull's pip child may still be running and deleting its own files meanwhile.
+                shutil.rmtree(stale, onerror=_unless_vanished)
 
     @contextmanager
     def temp_dir(self, slug: str) -> Iterator[Path]:
@@ -192,3 +193,9 @@ class ModelCache:
         finally:
             # Cleanup must not mask the error (or interrupt) that brought us here.
             shutil.rmtree(path, ignore_errors=True)
+
+
+def _unless_vanished(function: object, path: str, exc_info: tuple) -> None:
+    """shutil.rmtree's error hook: an entry already gone is what we wanted; anything else is raised."""
+    if not isinstance(exc_info[1], FileNotFoundError):
+        raise exc_info[1]
