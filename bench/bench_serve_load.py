@@ -36,6 +36,7 @@ from dataclasses import dataclass
 
 import httpx
 import openai
+from stats import percentile  # bench/stats.py, beside this script
 
 READY = re.compile(r"apr serve: ready at (http://\S+)")
 PROMPTS = [
@@ -48,16 +49,6 @@ PROMPTS = [
     "Recipe for pancakes. Ingredients:",
     "In computer science, a hash table is",
 ]
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    rank = (len(ordered) - 1) * q
-    low = int(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
 def summary(values: list[float]) -> dict[str, float]:

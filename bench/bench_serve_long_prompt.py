@@ -30,6 +30,7 @@ import time
 from dataclasses import dataclass, field
 
 import httpx
+from stats import percentile  # bench/stats.py, beside this script
 
 READY = re.compile(r"apr serve: ready at (http://\S+)")
 PROMPTS = [
@@ -43,16 +44,6 @@ PROMPTS = [
     "The best way to learn a new language is",
 ]
 WHOLE_PROMPT_CHUNK = 1_000_000
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    rank = (len(ordered) - 1) * q
-    low = int(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
 @dataclass

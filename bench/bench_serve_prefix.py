@@ -29,6 +29,7 @@ import sys
 import time
 
 import openai
+from stats import percentile  # bench/stats.py, beside this script
 
 READY = re.compile(r"apr serve: ready at (http://\S+)")
 SYSTEM = "You are a careful senior Python engineer. Answer briefly, with code when useful."
@@ -45,14 +46,6 @@ FOLLOW_UPS = [
     "Write one unit test for it.",
     "How would you make it faster?",
 ]
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * q
-    low = int(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
 def summary(values: list[float]) -> dict[str, float]:
