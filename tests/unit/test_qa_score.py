@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 from qa_core_factory import all_gates_pass, record
 
-from apr.qa.axes import Backend
+from apr.qa.axes import Backend, Tier
 from apr.qa.evidence import Outcome
 from apr.qa.gates.catalog import CATALOG, CATEGORY_WEIGHTS, GATEWAYS, Category, GateId, gates_in
 from apr.qa.infra import InfraCause
-from apr.qa.score import GatewayState, Status, compute_mqs, grade_for
+from apr.qa.score import CERTIFIED_MIN, GatewayState, Status, compute_mqs, grade_for
 
 
 def test_catalog_weights_add_up_to_1000_and_every_category_has_gates():
@@ -110,8 +112,8 @@ def test_a_missing_gate_scores_zero_in_its_category():
 
 
 def test_honest_cpu_only_run_is_provisional_not_certified():
-    # Every CPU check corroborated, every GPU twin skipped, GPU speedup skipped; an MVP-tier run, so the
-    # full tier's FUNCTIONAL-CORRECTNESS has no evidence (and earns nothing).
+    # Every CPU check corroborated, every GPU twin skipped, GPU speedup skipped; an MVP-tier run, so
+    # FUNCTIONAL-CORRECTNESS (only the models' -full playbooks run HumanEval) is not planned and costs nothing.
     records = []
     for gate in (g for g in CATALOG if g is not GateId.FUNCTIONAL_CORRECTNESS):
         records.append(record(gate, check=f"{gate}-cpu"))
@@ -139,6 +141,50 @@ def test_honest_cpu_only_run_is_provisional_not_certified():
     result = compute_mqs(records)
     assert result.gateways_passed and not result.blockers
     assert 700 <= result.score < 800 and result.status is Status.PROVISIONAL
+
+
+def planned(records, gates):
+    """``records`` as a plan enabling exactly ``gates`` wrote them."""
+    return [r.model_copy(update={"provenance": r.provenance.model_copy(update={"gates": tuple(gates)})}) for r in records]
+
+
+def test_a_gate_the_plan_did_not_enable_costs_nothing_and_a_planned_one_without_records_costs_its_share():
+    everything_but_humaneval = [r for r in all_gates_pass() if r.gate is not GateId.FUNCTIONAL_CORRECTNESS]
+    plan = [gate for gate in CATALOG if gate is not GateId.FUNCTIONAL_CORRECTNESS]
+    assert compute_mqs(planned(everything_but_humaneval, plan)).score == 1000
+    # The same records from a plan that did enable HumanEval: its absence costs its share of quality.
+    result = compute_mqs(planned(everything_but_humaneval, CATALOG))
+    quality = next(c for c in result.categories if c.category is Category.QUALITY)
+    share = CATEGORY_WEIGHTS[Category.QUALITY] / len(gates_in(Category.QUALITY))
+    assert quality.points == pytest.approx(CATEGORY_WEIGHTS[Category.QUALITY] - share)
+    assert result.status is Status.CERTIFIED and result.score == math.floor(1000 - share + 1e-9)
+
+
+def test_a_plan_that_leaves_out_a_whole_category_cannot_certify():
+    no_performance = [g for g in CATALOG if g not in gates_in(Category.PERFORMANCE)]
+    records = [r for r in all_gates_pass() if r.gate in no_performance]
+    result = compute_mqs(planned(records, no_performance))
+    assert result.score == 1000 - CATEGORY_WEIGHTS[Category.PERFORMANCE]
+    assert next(c for c in result.categories if c.category is Category.PERFORMANCE).points == 0
+
+
+def test_records_that_predate_the_plan_field_are_scored_over_their_tiers_template():
+    # No provenance.gates: an mvp record set is held to what mvp.yaml enables (not HumanEval) ...
+    mvp = [r for r in all_gates_pass(tier=Tier.MVP) if r.gate is not GateId.FUNCTIONAL_CORRECTNESS]
+    assert compute_mqs(mvp).score == 1000
+    # ... a smoke run to smoke.yaml's gates, so its missing parity category scores 0, and with no tier at all,
+    # to the whole catalog.
+    smoke = [r for r in all_gates_pass(tier=Tier.SMOKE) if r.gate in GATEWAYS]
+    assert compute_mqs(smoke).score < CERTIFIED_MIN
+    untiered = [r for r in all_gates_pass(tier=None) if r.gate is not GateId.FUNCTIONAL_CORRECTNESS]
+    assert compute_mqs(untiered).score < 1000
+
+
+def test_evidence_is_never_scored_over_less_than_it_holds():
+    # A record of a gate the plan did not list still counts: a failing extra check is not hidden.
+    records = all_gates_pass() + [record(GateId.FUNCTIONAL_CORRECTNESS, Outcome.FALSIFIED, check="humaneval")]
+    plan = [gate for gate in CATALOG if gate is not GateId.FUNCTIONAL_CORRECTNESS]
+    assert compute_mqs(planned(records, plan)).score < 1000
 
 
 def test_a_p0_non_gateway_failure_blocks_without_zeroing():

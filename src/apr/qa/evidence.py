@@ -142,6 +142,12 @@ class Provenance(BaseModel):
     seed: int | None = Field(None, description="seed the check was run with")
     playbook: str | None = Field(None, description="name of the playbook that planned the check (None for apr qa)")
     tier: Tier | None = Field(None, description="certification tier of that playbook")
+    gates: tuple[GateId, ...] | None = Field(
+        None,
+        description="every gate the plan enabled (the MQS averages each category over these, so a gate a tier "
+        "does not run costs it nothing and a planned gate that left no record costs it everything); None in "
+        "records written before it was kept",
+    )
     started_at: AwareDatetime = Field(description="when the check started (timezone-aware, UTC preferred)")
     finished_at: AwareDatetime = Field(description="when the check finished")
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from apr.cpu import choose_variant, cpu_model
 from apr.qa.axes import Backend, Format, Tier
 from apr.qa.evidence import Calibration, Provenance
+from apr.qa.gates.catalog import GateId
 from apr.settings import current
 
 _SOURCE_DIR = Path(__file__).resolve().parent
@@ -79,6 +80,7 @@ def capture(
     seed: int | None = None,
     playbook: str | None = None,
     tier: Tier | None = None,
+    gates: tuple[GateId, ...] | None = None,
     numerics: str | None = None,
     calibration: Calibration | None = None,
 ) -> Provenance:
@@ -100,6 +102,7 @@ def capture(
         seed=seed,
         playbook=playbook,
         tier=tier,
+        gates=gates,
         started_at=started_at,
         finished_at=finished_at,
     )

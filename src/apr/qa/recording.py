@@ -68,6 +68,7 @@ class Recorder:
     sha256: dict[Format, str] = field(default_factory=dict)
     playbook: str | None = None
     tier: Tier | None = None
+    gates: tuple[GateId, ...] | None = None  # the gates the plan enabled: what the MQS averages over
     default_device: str = "cpu"
     source: Format | None = None  # the checkpoint as given; model-level checks cite its digest
     # Every engine of a certification (cells and model-level gates) runs the default mode; NUMERICS-PARITY
@@ -89,6 +90,7 @@ class Recorder:
             seed=check.seed,
             playbook=self.playbook,
             tier=self.tier,
+            gates=self.gates,
             numerics=self.numerics if check.backend is not None and check.outcome is not Outcome.SKIPPED else None,
             calibration=self.calibration,
         )

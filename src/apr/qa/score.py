@@ -8,9 +8,13 @@ Formula (every number here is also in docs/qa.md):
    check: deadline, OOM, killed from outside, full disk; older ``timeout`` records count as these)
    are left out of it: they say nothing about the model, for or against. A gate with no conclusive
    records has fraction 0 ("no evidence is not a pass").
-2. Each category's points = ``weight × mean(fraction of every catalog gate in the category)``,
+2. Each category's points = ``weight × mean(fraction of every *planned* gate in the category)``,
    weights integrity 200, execution 200, quality 200, parity 250, consistency 50, performance 100.
-   A category with no evidence therefore scores 0.
+   The planned gates are those the playbook enabled, kept in every record's ``provenance.gates``
+   (records written before it was kept: the gates their tier's template enables today; no tier: the
+   whole catalog). So a gate the tier does not run (HumanEval in ``mvp``) costs nothing, while a
+   planned gate that left no record costs its full share. A category with no planned gate, or no
+   evidence, scores 0: a tier that skips a whole category cannot be certified.
 3. ``raw = floor(sum of category points)`` (floor: a score never rounds up into a better grade).
 4. Gateways G0–G4: a gateway *fails* on a falsified or crashed record (G3, stability, on a crashed
    record of ANY gate); it is *inconclusive* when it has inconclusive records and no failure; it
@@ -153,15 +157,34 @@ def inconclusive_lines(records: Iterable[EvidenceRecord]) -> list[str]:
     ]
 
 
+def planned_gates(records: Iterable[EvidenceRecord]) -> frozenset[GateId]:
+    """The gates the evidence's plan enabled: the union of the records' ``provenance.gates``; for older records
+    without it, what their (single) tier's template enables now; failing that, the whole catalog. Gateways and
+    any gate that left a record always count, so evidence can never be scored over less than it holds."""
+    records = list(records)
+    kept = [record.provenance.gates for record in records if record.provenance.gates is not None]
+    present = {record.gate for record in records} | set(GATEWAYS)
+    if kept:
+        return frozenset(gate for gates in kept for gate in gates) | present
+    tiers = {record.provenance.tier for record in records}
+    if len(tiers) == 1 and (tier := tiers.pop()) is not None:
+        from apr.qa.certify import TEMPLATES  # the templates: read only for records that predate the field
+        from apr.qa.playbook import load_template
+
+        return frozenset(load_template(TEMPLATES / f"{tier.value}.yaml").gates.enabled()) | present
+    return frozenset(CATALOG)
+
+
 def compute_mqs(records: Iterable[EvidenceRecord]) -> MqsResult:
     """Score a set of evidence records (see the module docstring for the formula)."""
     records = list(records)
     outcomes = Counter(record.outcome for record in records)
     per_gate = _gate_scores(records)
+    planned = planned_gates(records)
     categories = []
     for category, weight in CATEGORY_WEIGHTS.items():
-        gates = tuple(per_gate[gate] for gate in gates_in(category))
-        points = weight * sum(g.fraction for g in gates) / len(gates)
+        gates = tuple(per_gate[gate] for gate in gates_in(category) if gate in planned)
+        points = weight * sum(g.fraction for g in gates) / len(gates) if gates else 0.0
         categories.append(CategoryScore(category=category, weight=weight, points=points, gates=gates))
     raw = math.floor(sum(c.points for c in categories) + 1e-9)
 
@@ -209,4 +232,5 @@ __all__ = [
     "Status",
     "compute_mqs",
     "grade_for",
+    "planned_gates",
 ]

@@ -118,6 +118,7 @@ class Subject:
             sha256=dict(self.artifacts.digests),
             playbook=self.playbook,
             tier=self.tier,
+            gates=self.gates.enabled(),
             source=self.artifacts.source,
             calibration=self.calibration,
         )
