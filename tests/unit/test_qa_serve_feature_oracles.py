@@ -192,3 +192,22 @@ def test_embeddings_fail_on_degenerate_vectors(triples):
 def test_the_embedding_triples_are_distinct_texts():
     texts = [text for t in EMBEDDING_TRIPLES for text in (t.anchor, t.paraphrase, t.unrelated)]
     assert len(set(texts)) == len(texts) >= 9
+
+
+# ---- applicability ------------------------------------------------------------------------------------------
+
+
+def test_each_gate_applies_only_where_the_checkpoint_has_its_feature():
+    from apr.qa.gates.catalog import GateId
+    from apr.qa.gates.serve_features import Support
+
+    coder = Support(fim=True, chat=True, tools=True)
+    assert all(coder.lacks(g) is None for g in (GateId.FIM, GateId.TOOL_CALLS, GateId.JSON_MODE, GateId.EMBEDDINGS))
+    chat_only = Support(fim=False, chat=True, tools=False)
+    assert "FIM tokens" in (chat_only.lacks(GateId.FIM) or "")
+    assert "render tools" in (chat_only.lacks(GateId.TOOL_CALLS) or "")
+    assert chat_only.lacks(GateId.JSON_MODE) is None and chat_only.lacks(GateId.EMBEDDINGS) is None
+    base = Support(fim=True, chat=False, tools=False)
+    assert "no chat template" in (base.lacks(GateId.JSON_MODE) or "")
+    assert "no chat template" in (base.lacks(GateId.TOOL_CALLS) or "")
+    assert base.lacks(GateId.FIM) is None and base.lacks(GateId.EMBEDDINGS) is None
