@@ -15,7 +15,9 @@ SERVE = (GateId.FIM, GateId.TOOL_CALLS, GateId.JSON_MODE, GateId.EMBEDDINGS)
 
 
 def as_planned(records, gates=tuple(CATALOG)):
-    return [r.model_copy(update={"provenance": r.provenance.model_copy(update={"gates": tuple(gates)})}) for r in records]
+    return [
+        r.model_copy(update={"provenance": r.provenance.model_copy(update={"gates": tuple(gates)})}) for r in records
+    ]
 
 
 def without(records, *gates):
@@ -49,7 +51,9 @@ def test_not_applicable_is_never_a_pass():
     scores = {g.gate: g for c in compute_mqs(mixed).categories for g in c.gates}
     assert scores[GateId.TOOL_CALLS].fraction == 0.0 and scores[GateId.TOOL_CALLS].not_applicable == 1
     # A gateway can never be left out so: one with only not_applicable records is unverified, MQS 0.
-    gateway = as_planned(without(all_gates_pass(), GateId.G4_QUALITY) + [record(GateId.G4_QUALITY, Outcome.NOT_APPLICABLE)])
+    gateway = as_planned(
+        without(all_gates_pass(), GateId.G4_QUALITY) + [record(GateId.G4_QUALITY, Outcome.NOT_APPLICABLE)]
+    )
     assert compute_mqs(gateway).score == 0 and compute_mqs(gateway).status is Status.BLOCKED
 
 

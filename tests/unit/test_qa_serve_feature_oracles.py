@@ -77,7 +77,9 @@ WEATHER = TOOL_CASES[0]
 
 
 def test_tool_call_passes_the_right_function_with_valid_arguments():
-    judged = tool_call.check(WEATHER, [ToolCall("get_weather", '{"city": "Paris", "unit": "celsius"}')], None, "tool_calls")
+    judged = tool_call.check(
+        WEATHER, [ToolCall("get_weather", '{"city": "Paris", "unit": "celsius"}')], None, "tool_calls"
+    )
     assert judged.passed and judged.metrics["called"] == "get_weather"
 
 
