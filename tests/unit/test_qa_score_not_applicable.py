@@ -8,6 +8,7 @@ from qa_core_factory import all_gates_pass, record
 from apr.qa.evidence import Outcome
 from apr.qa.gates.catalog import CATALOG, CATEGORY_WEIGHTS, Category, GateId, gates_in
 from apr.qa.reports.gate_table import gate_rows
+from apr.qa.reports.html import render_html
 from apr.qa.reports.junit import render_junit
 from apr.qa.score import Status, compute_mqs, planned_gates
 
@@ -66,7 +67,9 @@ def test_a_model_without_any_serve_feature_scores_as_if_the_gates_were_never_pla
 
 def test_reports_show_not_applicable_records_as_such():
     records = [*all_gates_pass(), record(GateId.FIM, Outcome.NOT_APPLICABLE, reason="no FIM tokens")]
-    rows = {row.gate: row for row in gate_rows(without(records, GateId.FIM)[:0] + records[-1:])}
+    rows = {row.gate: row for row in gate_rows(records[-1:])}
     assert rows["FIM"].status == "not applicable"
     junit = render_junit(records)
     assert "not applicable: no FIM tokens" in junit
+    html = render_html(records, compute_mqs(records), title="t")
+    assert "not_applicable" in html and "no FIM tokens" in html

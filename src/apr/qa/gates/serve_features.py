@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from apr.errors import AprError
 from apr.qa import coder_cases as cases
 from apr.qa.axes import Backend, Format
 from apr.qa.evidence import Outcome
@@ -219,7 +220,10 @@ def serve_feature_checks(subject: Subject, wanted: tuple[GateId, ...]) -> list[C
     source_path = subject.artifacts.paths.get(source) if source is not None else None
     if source_path is None:
         return [skipped(gate, "serve", "no source artifact to read the model's features from") for gate in wanted]
-    support = support_of(source_path)
+    try:
+        support = support_of(source_path)
+    except AprError as err:  # an unreadable checkpoint: the integrity and load gates say so; nothing to ask here
+        return [skipped(gate, "serve", f"the model's tokenizer could not be read: {err}") for gate in wanted]
     checks = [
         Check(gate, "applicable", Outcome.NOT_APPLICABLE, why)
         for gate in wanted
