@@ -55,6 +55,7 @@ def test_the_four_gates_ask_a_real_server_and_judge_every_case(tmp_path):
         # The grammar lets through only valid calls: random weights may pick the wrong function or ramble in an
         # argument until max_tokens (then the text comes back as content), never break the schema.
         assert "not JSON" not in check.reason and "break the schema" not in check.reason, check.reason
+        assert '"tool_calls"' in check.output  # what the model replied goes into the evidence
     assert "triples" in by_gate[GateId.EMBEDDINGS][0].reason
 
 

@@ -14,10 +14,11 @@ that died of its own defect is crashed; a deadline, OOM or outside kill is incon
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -124,14 +125,14 @@ def _fim_probes(settings: FimGate, fmt: Format, sandbox: Callable[[], Sandbox]) 
                 timeout=timeout_s,
             )
             middle, finish = reply.choices[0].text or "", reply.choices[0].finish_reason
-            parsed = fim.check(case, middle, finish)
+            parsed = replace(fim.check(case, middle, finish), output=middle)
             if not parsed.passed or not case.test or not settings.run_tests:
                 return parsed
             execution = sandbox().run(fim.program(case, middle), case.test)
             judged = fim.check_execution(execution)
             if judged is None:
                 return Undecided(f"the sandbox decided nothing ({execution.status}): {execution.error[-200:]}")
-            return judged
+            return replace(judged, output=middle)
 
         return ask
 
@@ -160,7 +161,12 @@ def _tool_probes(settings: ToolCallsGate, fmt: Format) -> list[Probe]:
             )
             message = reply.choices[0].message
             calls = [tool_call.ToolCall(c.function.name, c.function.arguments) for c in message.tool_calls or []]
-            return tool_call.check(case, calls, message.content, reply.choices[0].finish_reason)
+            judged = tool_call.check(case, calls, message.content, reply.choices[0].finish_reason)
+            shown = {
+                "tool_calls": [{"name": c.name, "arguments": c.arguments} for c in calls],
+                "content": message.content,
+            }
+            return replace(judged, output=json.dumps(shown, ensure_ascii=False))
 
         return ask
 
@@ -187,7 +193,8 @@ def _json_probes(settings: JsonModeGate, fmt: Format) -> list[Probe]:
                 timeout=timeout_s,
             )
             choice = reply.choices[0]
-            return json_schema.check(choice.message.content, choice.finish_reason, case.schema)
+            judged = json_schema.check(choice.message.content, choice.finish_reason, case.schema)
+            return replace(judged, output=choice.message.content or "")
 
         return ask
 
@@ -316,7 +323,9 @@ def _ask(probe: Probe, fmt: Format, client: Any, model: str, session: ServeSessi
         return _process_check(probe, fmt, session.result(), "the server died during the request")
     if isinstance(judged, Undecided):
         return inconclusive(probe.gate, probe.check, InfraCause.DEADLINE, judged.reason, **fields)
-    return verdict(probe.gate, probe.check, judged.passed, judged.reason, 1, metrics=judged.metrics, **fields)
+    return verdict(
+        probe.gate, probe.check, judged.passed, judged.reason, 1, metrics=judged.metrics, output=judged.output, **fields
+    )
 
 
 def _process_check(probe: Probe, fmt: Format, result: ProcessResult, what: str) -> Check:

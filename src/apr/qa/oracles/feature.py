@@ -14,6 +14,7 @@ class FeatureVerdict:
     passed: bool
     reason: str
     metrics: dict[str, MetricValue] = field(default_factory=dict)
+    output: str = ""  # what the model replied (the evidence's output excerpt); the caller fills it in
 
 
 def passed(reason: str, **metrics: MetricValue) -> FeatureVerdict:
