@@ -40,7 +40,6 @@ if TYPE_CHECKING:
     from apr.qa.stages import Subject
 
 GATES = (GateId.FIM, GateId.TOOL_CALLS, GateId.JSON_MODE, GateId.EMBEDDINGS)
-MIN_REQUEST_S = 5.0  # a request gets what remains of the format's deadline, but at least this
 
 
 @dataclass(frozen=True)
@@ -268,16 +267,16 @@ def _serve_format(subject: Subject, fmt: Format, path: Path, asked: list[Probe])
     argv = [*subject.plan().apr_argv, "serve", str(path), "--host", "127.0.0.1", "--port", "0", "--device", "cpu"]
     threads = subject.calibration.threads if subject.calibration is not None else subject.threads
     env = child_env({"OMP_NUM_THREADS": str(threads)} if threads else None)
-    deadline = time.monotonic() + subject.timeout_s
     try:
         with serve(argv, env=env) as session:
-            if not wait_ready(session, deadline):
+            # The server gets the playbook's per-cell deadline to start, and each request as much again.
+            if not wait_ready(session, time.monotonic() + subject.timeout_s):
                 result = session.result(timed_out=session.alive())
                 return [_process_check(p, fmt, result, "apr serve did not become ready") for p in asked]
             assert session.base_url is not None  # wait_ready returned True only after reading it
-            client = _client(session.base_url, max(MIN_REQUEST_S, deadline - time.monotonic()))
-            model = client.models.list().data[0].id
-            return [_ask(probe, fmt, client, model, session, deadline) for probe in asked]
+            client = _client(session.base_url, subject.timeout_s)
+            # The server answers to the path it was started on (docs/serve.md, /v1/models).
+            return [_ask(probe, fmt, client, str(path), session, subject.timeout_s) for probe in asked]
     except OSError as err:  # fork or exec failed: the machine could not start the server
         result = ProcessResult(tuple(argv), None, "", "", 0.0, False, start_error=str(err))
         return [_process_check(p, fmt, result, "apr serve could not start") for p in asked]
@@ -294,13 +293,14 @@ def _client(base_url: str, timeout_s: float) -> Any:
     )
 
 
-def _ask(probe: Probe, fmt: Format, client: Any, model: str, session: ServeSession, deadline: float) -> Check:
+def _ask(probe: Probe, fmt: Format, client: Any, model: str, session: ServeSession, timeout_s: float) -> Check:
     from openai import APIError, APIStatusError
 
     fields: dict[str, Any] = {"format": fmt, "backend": Backend.CPU, "prompt_id": probe.prompt_id}
     fields["prompt"] = probe.prompt
+    deadline = time.monotonic() + timeout_s
     try:
-        judged = probe.ask(client, model, max(MIN_REQUEST_S, deadline - time.monotonic()))
+        judged = probe.ask(client, model, timeout_s)
     except APIStatusError as err:
         if err.status_code >= 500:
             tail = session.result().stderr_tail() or "(empty)"
