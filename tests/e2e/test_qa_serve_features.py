@@ -11,13 +11,13 @@ from serve_coder_fixture import write_coder_fixture
 
 from apr.qa.artifacts import Artifacts
 from apr.qa.axes import Backend, Format
-from apr.qa.evidence import Outcome
+from apr.qa.evidence import EvidenceRecord, Outcome
 from apr.qa.gates.catalog import GateId
 from apr.qa.gates.serve_features import serve_feature_checks, support_of
 from apr.qa.gates.thresholds import GateSet
-from apr.qa.recording import Timer, stamp_all
+from apr.qa.recording import Timer
 from apr.qa.score import planned_gates
-from apr.qa.stages import Subject
+from apr.qa.stages import Subject, runtime_gates
 
 SERVE = (GateId.FIM, GateId.TOOL_CALLS, GateId.JSON_MODE, GateId.EMBEDDINGS)
 
@@ -59,19 +59,19 @@ def test_the_four_gates_ask_a_real_server_and_judge_every_case(tmp_path):
     assert "triples" in by_gate[GateId.EMBEDDINGS][0].reason
 
 
-def test_features_the_checkpoint_lacks_are_not_applicable_and_leave_the_plan(tmp_path, fixture_models):
+def test_features_the_checkpoint_lacks_are_not_applicable_and_leave_the_plan(fixture_models):
     plain = fixture_models["llama"]["gguf"]
     support = support_of(plain)
     assert not support.fim and not support.tools
-    gates = GateSet.model_validate({"FIM": {}, "TOOL-CALLS": {}})
-    subject = subject_for(plain, gates)
+    subject = subject_for(plain, GateSet.model_validate({"FIM": {}, "TOOL-CALLS": {}}))
+    emitted: list[EvidenceRecord] = []
     timer = Timer()
-    checks = serve_feature_checks(subject, (GateId.FIM, GateId.TOOL_CALLS))
+    runtime_gates(subject, [], emitted.extend)  # the runtime stage, as apr certify runs it
     assert timer.elapsed < 10  # nothing applies: no server was started
-    assert [(c.gate, c.outcome) for c in checks] == [
-        (GateId.FIM, Outcome.NOT_APPLICABLE),
-        (GateId.TOOL_CALLS, Outcome.NOT_APPLICABLE),
+    assert [(r.gate, r.outcome, r.check) for r in emitted] == [
+        (GateId.FIM, Outcome.NOT_APPLICABLE, "applicable"),
+        (GateId.TOOL_CALLS, Outcome.NOT_APPLICABLE, "applicable"),
     ]
-    assert "FIM tokens" in checks[0].reason
-    records = stamp_all(subject.recorder(), checks, timer)
-    assert not {GateId.FIM, GateId.TOOL_CALLS} & planned_gates(records)
+    assert "FIM tokens" in emitted[0].reason
+    assert {GateId.FIM, GateId.TOOL_CALLS} <= set(emitted[0].provenance.gates or ())  # planned ...
+    assert not {GateId.FIM, GateId.TOOL_CALLS} & planned_gates(emitted)  # ... and left out of the MQS plan
