@@ -142,6 +142,7 @@ _WORST = (
     Outcome.INCONCLUSIVE,
     Outcome.TIMEOUT,
     Outcome.SKIPPED,
+    Outcome.NOT_APPLICABLE,
     Outcome.CORROBORATED,
 )
 
