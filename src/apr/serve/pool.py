@@ -74,6 +74,8 @@ class _PendingLoad:
 
     task: asyncio.Future[LoadedModel]
     waiters: int = 0
+    # Set once the finished load has handed its holds out (its done-callback ran).
+    settled: bool = False
 
 
 @dataclass(frozen=True)
@@ -206,8 +208,8 @@ class ModelPool:
         try:
             model = await asyncio.shield(pending.task)
         except asyncio.CancelledError:
-            # The load counted this waiter among the holders once it ended; give that hold back.
-            if pending.task.done() and not pending.task.cancelled() and pending.task.exception() is None:
+            # Once the load has ended it counted this waiter among the holders: give that hold back.
+            if pending.settled and not pending.task.cancelled() and pending.task.exception() is None:
                 self.give_back(pending.task.result())
             else:
                 pending.waiters -= 1
@@ -279,6 +281,7 @@ class ModelPool:
         """On the loop, as the load ends: register the model with one hold per waiting request."""
         self._loading.pop(ref, None)
         self._reserved.pop(ref, None)
+        pending.settled = True
         if done.cancelled() or done.exception() is not None:
             return
         model = done.result()
