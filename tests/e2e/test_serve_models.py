@@ -54,6 +54,10 @@ def home(tmp_path_factory, fixture_models) -> Path:
     with big.open("r+b") as handle:  # a real file of that size (sparse: it costs no disk)
         handle.truncate(BIG_FILE_BYTES)
     _register(home, "too-big:1m", big)
+    broken = big.parent / "broken.gguf"  # a GGUF cut in half: a cached file that cannot load
+    data = fixture_models["llama"]["gguf"].read_bytes()
+    broken.write_bytes(data[: len(data) // 2])
+    _register(home, "broken:1m", broken)
     return home
 
 
@@ -121,13 +125,14 @@ def test_models_lists_the_default_model_then_every_cached_model_with_a_loaded_fl
     default = fixture_models["qwen2"]["gguf"].name
     assert [card["id"] for card in listed] == [
         default,
+        "broken:1m",
         "tiny-gemma:1m",
         "tiny-llama:1m",
         "tiny-qwen-apr:1m",
         "too-big:1m",
     ]
-    assert [card["loaded"] for card in listed] == [True, False, False, False, False]
-    assert listed[3]["size_bytes"] == fixture_models["qwen2"]["apr"].stat().st_size
+    assert [card["loaded"] for card in listed] == [True, False, False, False, False, False]
+    assert listed[4]["size_bytes"] == fixture_models["qwen2"]["apr"].stat().st_size
     assert [model.id for model in client.models.list().data] == [card["id"] for card in listed]
     assert httpx.get(f"{server.url}/models").json()["data"] == listed
     state = health(server)
@@ -206,13 +211,17 @@ def test_a_model_serving_a_request_is_never_evicted(server, client):
     assert complete(client, "tiny-gemma:1m")
 
 
-def test_unknown_and_oversized_models_get_openai_errors(server, client):
+def test_unknown_oversized_and_broken_models_get_openai_errors(server, client):
     with pytest.raises(openai.NotFoundError) as unknown:
         complete(client, "no-such-model:7b")
     assert unknown.value.body["code"] == "model_not_found" and unknown.value.body["param"] == "model"
     with pytest.raises(openai.APIStatusError) as big:
         complete(client, "too-big:1m")
     assert big.value.status_code == 507 and big.value.body["code"] == "insufficient_memory"
+    with pytest.raises(openai.InternalServerError) as broken:
+        complete(client, "broken:1m")
+    assert broken.value.body["code"] == "model_load_failed" and "broken:1m" in broken.value.body["message"]
+    assert "broken:1m" not in loaded_ids(server)
     assert health(server)["status"] == "ok"
 
 
