@@ -59,8 +59,8 @@ def start_server(model_dir: Path) -> tuple[subprocess.Popen, str]:
     raise SystemExit(f"apr serve exited ({proc.wait()}) before it was ready")
 
 
-def evaluate(model: str, model_args: str, limit: int | None) -> tuple[dict[str, float], list[int], float]:
-    """(metrics, the chosen answer per question, wall seconds) of one lm-eval run of the task."""
+def evaluate(model: str, model_args: str, limit: int | None) -> tuple[dict[str, float], list[list[float]], float]:
+    """(metrics, every choice's log-likelihood per question, wall seconds) of one lm-eval run of the task."""
     import lm_eval
     from lm_eval.tasks import TaskManager
 
@@ -76,11 +76,15 @@ def evaluate(model: str, model_args: str, limit: int | None) -> tuple[dict[str, 
     wall = time.perf_counter() - start
     assert results is not None  # only None on non-zero ranks of a distributed run
     metrics = results["results"][TASK]
-    picks = []
-    for sample in sorted(results["samples"][TASK], key=lambda s: s["doc_id"]):
-        scores = [float(response[0]) for response in sample["filtered_resps"]]
-        picks.append(max(range(len(scores)), key=scores.__getitem__))
-    return {"acc": float(metrics["acc,none"]), "acc_norm": float(metrics["acc_norm,none"])}, picks, wall
+    scores = [
+        [float(response[0]) for response in sample["filtered_resps"]]
+        for sample in sorted(results["samples"][TASK], key=lambda s: s["doc_id"])
+    ]
+    return {"acc": float(metrics["acc,none"]), "acc_norm": float(metrics["acc_norm,none"])}, scores, wall
+
+
+def pick(choices: list[float]) -> int:
+    return max(range(len(choices)), key=choices.__getitem__)
 
 
 def main() -> None:
@@ -99,28 +103,35 @@ def main() -> None:
             f"model={model_dir.name},base_url={url}/v1/completions,tokenizer={model_dir},"
             "tokenizer_backend=huggingface,max_retries=1"
         )
-        served, served_picks, served_wall = evaluate("local-completions", served_args, args.limit)
+        served, served_scores, served_wall = evaluate("local-completions", served_args, args.limit)
     finally:
         proc.terminate()
         proc.wait(30)
-    reference, reference_picks, reference_wall = evaluate(
+    reference, reference_scores, reference_wall = evaluate(
         "hf", f"pretrained={model_dir},dtype=float32,device=cpu", args.limit
     )
-    differing = sum(a != b for a, b in zip(served_picks, reference_picks))
+    differing = sum(pick(a) != pick(b) for a, b in zip(served_scores, reference_scores))
+    # How far apart the two runs' log-likelihoods of the same (question, choice) are, in nats.
+    gaps = [abs(x - y) for a, b in zip(served_scores, reference_scores) for x, y in zip(a, b)]
     print(f"model {args.model} ({model_dir})")
-    print(f"apr serve (local-completions, --numerics exact): acc {served['acc']:.4f}  acc_norm {served['acc_norm']:.4f}")
-    print(f"transformers (hf, float32):                      acc {reference['acc']:.4f}  acc_norm {reference['acc_norm']:.4f}")
-    print(f"questions answered differently: {differing} of {len(served_picks)}")
+    for name, metrics in (
+        ("apr serve (local-completions, --numerics exact)", served),
+        ("transformers (hf, fp32)", reference),
+    ):
+        print(f"{name:<50} acc {metrics['acc']:.4f}  acc_norm {metrics['acc_norm']:.4f}")
+    print(f"questions answered differently: {differing} of {len(served_scores)}")
+    print(f"log-likelihood gap per choice: max {max(gaps):.2e} nats, mean {sum(gaps) / len(gaps):.2e}")
     print(
         json.dumps(
             {
                 "bench": "lm_eval",
                 "task": TASK,
                 "model": args.model,
-                "questions": len(served_picks),
+                "questions": len(served_scores),
                 "apr_serve": {**served, "wall_s": round(served_wall, 1)},
                 "transformers": {**reference, "wall_s": round(reference_wall, 1)},
                 "answers_differing": differing,
+                "loglikelihood_gap_nats": {"max": max(gaps), "mean": sum(gaps) / len(gaps)},
                 "equal": served == reference and differing == 0,
                 "env": {"python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count()},
             }
