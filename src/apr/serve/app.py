@@ -82,6 +82,7 @@ def create_app(engine: Engine, settings: ServeSettings, load: EngineLoader | Non
                 "max_loaded_bytes": pool.budget_bytes,
                 "max_models": state.settings.max_models,
                 "idle_unload_s": state.settings.idle_unload_s,
+                "loading": pool.loading(),
                 "loads": pool.events.loads,
                 "evicted": pool.events.evicted,
                 "idle_unloaded": pool.events.idle_unloaded,

@@ -173,6 +173,10 @@ class ModelPool:
     def loaded(self) -> list[LoadedModel]:
         return list(self._models.values())
 
+    def loading(self) -> list[str]:
+        """Refs of the models being loaded now."""
+        return sorted(self._loading)
+
     def load_totals(self) -> Load:
         """Requests over every loaded model (totals of evicted models leave with them)."""
         loads = [model.scheduler.load for model in self._models.values()]
