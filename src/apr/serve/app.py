@@ -1,10 +1,10 @@
-"""FastAPI app factory for `apr serve`: routes, OpenAI error shapes, scheduler lifecycle, /health."""
+"""FastAPI app factory for `apr serve`: routes, OpenAI error shapes, the model pool's lifecycle, /health."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from fastapi import Depends, FastAPI
@@ -13,39 +13,37 @@ from apr import __version__
 from apr.serve import chat, completions, downloads, embeddings, tokenize
 from apr.serve.body_limit import BodyLimit
 from apr.serve.errors import install_error_handlers
+from apr.serve.pool import EngineLoader, LoadedModel, ModelPool
 from apr.serve.protocol import ModelCard, ModelList
 from apr.serve.route_meta import ERROR_RESPONSES
-from apr.serve.scheduler import Load, Scheduler
 from apr.serve.served import ServedModel, ServeSettings
 from apr.serve.state import ServeState, check_api_key, serve_state
 
 if TYPE_CHECKING:
     from apr.engine import Engine
+    from apr.hub.cache import CachedModel
 
 
-def create_app(engine: Engine, settings: ServeSettings) -> FastAPI:
-    """The app serving `engine`; its scheduler thread starts and stops with the app's lifespan."""
-    state = ServeState(
-        settings=settings,
-        served=ServedModel.from_engine(engine, settings),
-        described=dict(engine.describe()),
+def create_app(engine: Engine, settings: ServeSettings, load: EngineLoader | None = None) -> FastAPI:
+    """The app serving `engine` (pinned) and, on demand, any model in the apr cache (loaded by `load`);
+    the schedulers start and stop with the app's lifespan."""
+    served = ServedModel.from_engine(engine, settings)
+    pool = ModelPool(
+        settings,
+        served,
+        budget_bytes=budget_bytes(settings, engine),
+        load=load or _engine_loader(settings),
+        cached=_cached_models,
     )
+    state = ServeState(settings=settings, pool=pool, described=dict(engine.describe()))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        scheduler = Scheduler(
-            engine,
-            settings.batch_size,
-            asyncio.get_running_loop(),
-            prefix_cache_bytes=settings.prefix_cache_mb * 2**20,
-            prefill_chunk=settings.prefill_chunk,
-        )
-        scheduler.start()
-        state.scheduler = scheduler
+        pool.start()
         try:
             yield
         finally:
-            scheduler.stop()
+            pool.stop()
 
     app = FastAPI(
         title="apr serve",
@@ -64,18 +62,31 @@ def create_app(engine: Engine, settings: ServeSettings) -> FastAPI:
 
     @app.get("/health")
     async def health(state: ServeState = Depends(serve_state)) -> dict[str, Any]:
-        """Liveness and load; answered on the event loop without touching the engine."""
-        load = state.scheduler.load if state.scheduler is not None else Load()
+        """Liveness, memory and load; answered on the event loop without touching an engine."""
+        pool = state.pool
+        load = pool.load_totals()
         memory = _memory(state)
+        loaded = pool.loaded()
+        now = time.monotonic()
         return {
-            "status": "ok" if state.scheduler is not None else "starting",
+            "status": "ok" if pool.started else "starting",
             "model": state.served.model_id,
-            # The engine is loaded before the socket accepts anything, so a served model is always loaded.
-            "model_loaded": True,
+            # The default model is pinned: loaded before the socket accepts anything, never unloaded.
+            "model_loaded": pool.default is not None,
             "format": state.described.get("format"),
             "device": str(state.served.engine.device),
             "memory": memory,
-            "memory_usage": _memory_usage(memory),
+            "memory_usage": _memory_usage(memory, loaded, pool.budget_bytes),
+            "models": [_loaded_entry(model, now) for model in loaded],
+            "model_pool": {
+                "max_loaded_bytes": pool.budget_bytes,
+                "max_models": state.settings.max_models,
+                "idle_unload_s": state.settings.idle_unload_s,
+                "loading": pool.loading(),
+                "loads": pool.events.loads,
+                "evicted": pool.events.evicted,
+                "idle_unloaded": pool.events.idle_unloaded,
+            },
             "requests": {
                 "active": load.active,
                 "queued": load.queued,
@@ -84,7 +95,7 @@ def create_app(engine: Engine, settings: ServeSettings) -> FastAPI:
                 "cancelled": load.cancelled,
                 "failed": load.failed,
             },
-            "prefix_cache": _prefix_cache(state),
+            "prefix_cache": _prefix_cache(state, loaded),
             "max_context": state.served.max_context,
             "uptime_s": round(time.monotonic() - state.started, 3),
         }
@@ -92,26 +103,87 @@ def create_app(engine: Engine, settings: ServeSettings) -> FastAPI:
     @app.get("/v1/models", response_model=ModelList, dependencies=[Depends(check_api_key)], responses=ERROR_RESPONSES)
     @app.get("/models", response_model=ModelList, dependencies=[Depends(check_api_key)], responses=ERROR_RESPONSES)
     async def list_models(state: ServeState = Depends(serve_state)) -> ModelList:
-        served = state.served
-        return ModelList(data=[ModelCard(id=served.model_id, created=served.created, max_model_len=served.max_context)])
+        """The default model first, then every model in the apr cache; `loaded` says which are in memory."""
+        cards = []
+        for model_id, loaded, entry in await state.pool.listing():
+            served = loaded.served if loaded is not None else None
+            cards.append(
+                ModelCard(
+                    id=model_id,
+                    created=served.created if served is not None else _created(entry),
+                    max_model_len=served.max_context if served is not None else None,
+                    loaded=loaded is not None,
+                    size_bytes=entry.size_bytes if entry is not None else None,
+                )
+            )
+        return ModelList(data=cards)
 
     return app
 
 
-def _prefix_cache(state: ServeState) -> dict[str, Any]:
-    scheduler = state.scheduler
-    enabled = scheduler is not None and scheduler.prefix_cache_enabled
-    entries, nbytes = scheduler.prefix_usage if scheduler is not None and enabled else (0, 0)
+def budget_bytes(settings: ServeSettings, engine: Engine) -> int:
+    """--max-loaded-mb in bytes; unset, half the memory of the device the models load on."""
+    if settings.max_loaded_mb is not None:
+        return int(settings.max_loaded_mb * 2**20)
+    if engine.device.type == "cuda":
+        import torch
+
+        return torch.cuda.get_device_properties(engine.device).total_memory // 2
+    import psutil
+
+    return psutil.virtual_memory().total // 2
+
+
+def _engine_loader(settings: ServeSettings) -> EngineLoader:
+    def load(path):
+        from apr.engine import load_engine
+
+        return load_engine(path, device=settings.device, numerics=settings.numerics)
+
+    return load
+
+
+def _cached_models() -> list[CachedModel]:
+    from apr.hub import list_cached
+
+    return list_cached()
+
+
+def _created(entry: CachedModel | None) -> int:
+    if entry is None or not entry.pulled_at:
+        return 0
+    try:
+        return int(datetime.fromisoformat(entry.pulled_at).timestamp())
+    except ValueError:
+        return 0
+
+
+def _loaded_entry(model: LoadedModel, now: float) -> dict[str, Any]:
+    load = model.scheduler.load
     return {
-        "enabled": enabled,
-        "budget_mb": state.settings.prefix_cache_mb if enabled else 0,
-        "entries": entries,
-        "bytes": nbytes,
+        "id": model.model_id,
+        "pinned": model.pinned,
+        "bytes": model.nbytes,
+        "in_flight": model.in_flight,
+        "idle_s": round(model.idle_for(now), 3),
+        "requests": {"active": load.active, "queued": load.queued, "finished": load.finished},
     }
 
 
-def _memory_usage(memory: dict[str, int | None]) -> dict[str, float | int | None]:
-    """The PRD's `memory_usage`: the process's resident memory in MiB and as a share of the machine's."""
+def _prefix_cache(state: ServeState, loaded: list[LoadedModel]) -> dict[str, Any]:
+    schedulers = [model.scheduler for model in loaded if model.scheduler.prefix_cache_enabled]
+    usages = [scheduler.prefix_usage for scheduler in schedulers]
+    return {
+        "enabled": bool(schedulers),
+        "budget_mb": state.settings.prefix_cache_mb if schedulers else 0,
+        "entries": sum(entries for entries, _ in usages),
+        "bytes": sum(nbytes for _, nbytes in usages),
+    }
+
+
+def _memory_usage(memory: dict[str, int | None], loaded: list[LoadedModel], budget: int) -> dict[str, Any]:
+    """The PRD's `memory_usage`: the process's resident memory in MiB and as a share of the machine's, and
+    the weights' bytes of each loaded model against the budget."""
     import psutil
 
     rss = memory["rss_bytes"] or 0
@@ -120,6 +192,9 @@ def _memory_usage(memory: dict[str, int | None]) -> dict[str, float | int | None
         "rss_mib": round(rss / 2**20, 1),
         "rss_percent": round(100.0 * rss / psutil.virtual_memory().total, 2),
         "vram_mib": None if vram is None else round(vram / 2**20, 1),
+        "models_bytes": {model.model_id: model.nbytes for model in loaded},
+        "loaded_bytes": sum(model.nbytes for model in loaded),
+        "budget_bytes": budget,
     }
 
 

@@ -10,11 +10,11 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import StreamingResponse
 
 from apr.serve.admission import Job, chat_jobs
 from apr.serve.choices import ChoiceRun, cached_prompt_tokens, merged_events, run_all, unless_disconnected
 from apr.serve.errors import ApiError
+from apr.serve.pool import Lease
 from apr.serve.protocol import (
     AssistantMessage,
     ChatChoice,
@@ -24,8 +24,8 @@ from apr.serve.protocol import (
     FinishReason,
 )
 from apr.serve.render import SSE_DONE, chat_chunk, chat_logprobs, sse, usage
-from apr.serve.route_meta import ERROR_RESPONSES, SSE_HEADERS, STREAM_RESPONSE
-from apr.serve.state import ServeState, check_api_key, serve_state
+from apr.serve.route_meta import ERROR_RESPONSES, STREAM_RESPONSE
+from apr.serve.state import ServeState, check_api_key, leased_stream, serve_state
 from apr.serve.tools import CallStreamer, ToolPlan, parse_reply, tool_calls
 
 log = logging.getLogger("apr.serve")
@@ -36,20 +36,26 @@ router = APIRouter(dependencies=[Depends(check_api_key)])
 async def create_chat_completion(
     body: ChatCompletionRequest, request: Request, state: ServeState = Depends(serve_state)
 ):
-    # Rendering and tokenizing run off the event loop, so other streams keep flowing meanwhile.
-    jobs = await asyncio.to_thread(chat_jobs, body, state.served)
-    extras = await constraints(state, jobs)
-    completion_id = f"chatcmpl-{uuid.uuid4().hex}"
-    created = int(time.time())
-    if body.stream:
-        stream = _stream(state, body, jobs, completion_id, created, extras)
-        return StreamingResponse(stream, media_type="text/event-stream", headers=SSE_HEADERS)
-    runs = await unless_disconnected(request, run_all(state.running_scheduler, completion_id, jobs, extras))
+    lease = await state.lease(body.model)
+    streaming = False
+    try:
+        # Rendering and tokenizing run off the event loop, so other streams keep flowing meanwhile.
+        jobs = await asyncio.to_thread(chat_jobs, body, lease.served)
+        extras = await constraints(lease, jobs)
+        completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+        created = int(time.time())
+        if body.stream:
+            streaming = True  # the stream holds the lease from here on
+            return leased_stream(lease, _stream(lease, body, jobs, completion_id, created, extras))
+        runs = await unless_disconnected(request, run_all(lease.scheduler, completion_id, jobs, extras))
+    finally:
+        if not streaming:
+            lease.release()
     return ChatCompletion(
         id=completion_id,
         created=created,
         model=body.model,
-        choices=[_choice(state, body, run) for run in runs],
+        choices=[_choice(lease, body, run) for run in runs],
         usage=usage(
             len(jobs[0].prompt_ids),
             sum(len(run.events) for run in runs),
@@ -58,12 +64,12 @@ async def create_chat_completion(
     )
 
 
-async def constraints(state: ServeState, jobs: list[Job]) -> dict[int, dict]:
+async def constraints(lease: Lease, jobs: list[Job]) -> dict[int, dict]:
     """A fresh grammar matcher per constrained choice; built off the event loop (the first one per model
     builds llguidance's tokenizer view, which takes seconds)."""
     if not any(job.constraint is not None for job in jobs):
         return {}
-    grammar = state.served.grammar
+    grammar = lease.served.grammar
     return {
         job.index: {"constraint": await asyncio.to_thread(grammar.matcher, job.constraint)}
         for job in jobs
@@ -75,8 +81,8 @@ def _top(body: ChatCompletionRequest) -> int:
     return body.top_logprobs or 0
 
 
-def _choice(state: ServeState, body: ChatCompletionRequest, run: ChoiceRun) -> ChatChoice:
-    logprobs = chat_logprobs(state.served, run.events, _top(body)) if body.logprobs else None
+def _choice(lease: Lease, body: ChatCompletionRequest, run: ChoiceRun) -> ChatChoice:
+    logprobs = chat_logprobs(lease.served, run.events, _top(body)) if body.logprobs else None
     plan = run.job.tools
     parsed = parse_reply(run.job.opening + run.text, plan)
     if parsed.rejected:
@@ -110,7 +116,7 @@ def _call_delta(plan: ToolPlan, number: int, call) -> dict:
 
 
 async def _stream(
-    state: ServeState,
+    lease: Lease,
     body: ChatCompletionRequest,
     jobs: list[Job],
     completion_id: str,
@@ -137,13 +143,13 @@ async def _stream(
         return out
 
     try:
-        scheduler = state.running_scheduler
+        scheduler = lease.scheduler
         for job in jobs:
             yield chunk(job, role=True, content="")
         async with aclosing(merged_events(scheduler, completion_id, jobs, extras, cached)) as events:
             async for job, event in events:
                 completion_tokens += 1
-                logprobs = chat_logprobs(state.served, [event], _top(body)) if body.logprobs else None
+                logprobs = chat_logprobs(lease.served, [event], _top(body)) if body.logprobs else None
                 streamer = streamers[job.index]
                 if streamer is None:
                     if event.text or logprobs is not None:

@@ -9,15 +9,15 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import StreamingResponse
 
 from apr.serve.admission import Job, completion_jobs
 from apr.serve.choices import ChoiceRun, cached_prompt_tokens, merged_events, run_all, score, unless_disconnected
 from apr.serve.errors import ApiError
+from apr.serve.pool import Lease
 from apr.serve.protocol import Completion, CompletionChoice, CompletionRequest
 from apr.serve.render import SSE_DONE, completion_logprobs, sse, usage
-from apr.serve.route_meta import ERROR_RESPONSES, SSE_HEADERS, STREAM_RESPONSE
-from apr.serve.state import ServeState, check_api_key, serve_state
+from apr.serve.route_meta import ERROR_RESPONSES, STREAM_RESPONSE
+from apr.serve.state import ServeState, check_api_key, leased_stream, serve_state
 
 router = APIRouter(dependencies=[Depends(check_api_key)])
 
@@ -28,15 +28,21 @@ router = APIRouter(dependencies=[Depends(check_api_key)])
     responses={**ERROR_RESPONSES, **STREAM_RESPONSE},
 )
 async def create_completion(body: CompletionRequest, request: Request, state: ServeState = Depends(serve_state)):
-    # Tokenizing a long prompt takes a while: off the event loop, so other streams keep flowing meanwhile.
-    jobs = await asyncio.to_thread(completion_jobs, body, state.served)
-    completion_id = f"cmpl-{uuid.uuid4().hex}"
-    created = int(time.time())
-    if body.stream:
-        stream = _stream(state, body, jobs, completion_id, created)
-        return StreamingResponse(stream, media_type="text/event-stream", headers=SSE_HEADERS)
-    runs = await unless_disconnected(request, _run(state, body, jobs, completion_id))
-    choices = [_choice(state, body, run) for run in runs]
+    lease = await state.lease(body.model)
+    streaming = False
+    try:
+        # Tokenizing a long prompt takes a while: off the event loop, so other streams keep flowing meanwhile.
+        jobs = await asyncio.to_thread(completion_jobs, body, lease.served)
+        completion_id = f"cmpl-{uuid.uuid4().hex}"
+        created = int(time.time())
+        if body.stream:
+            streaming = True  # the stream holds the lease from here on
+            return leased_stream(lease, _stream(lease, body, jobs, completion_id, created))
+        runs = await unless_disconnected(request, _run(lease, body, jobs, completion_id))
+    finally:
+        if not streaming:
+            lease.release()
+    choices = [_choice(lease, body, run) for run in runs]
     completion_tokens = sum(len(run.events) for run in runs)
     return Completion(
         id=completion_id,
@@ -56,14 +62,14 @@ def _prompt_tokens(jobs: list[Job], n: int) -> int:
     return sum(len(job.prompt_ids) for job in jobs if job.index % n == 0)
 
 
-async def _run(state: ServeState, body: CompletionRequest, jobs: list[Job], completion_id: str) -> list[ChoiceRun]:
-    scheduler = state.running_scheduler
+async def _run(lease: Lease, body: CompletionRequest, jobs: list[Job], completion_id: str) -> list[ChoiceRun]:
+    scheduler = lease.scheduler
     scores = None
     if body.echo and body.logprobs is not None:
         # Scoring is a forward pass per prompt; choices of one prompt share it.
         unique = {job.index // body.n: job for job in jobs}
         computed = await asyncio.gather(
-            *(score(scheduler, state.served.engine, job, body.logprobs) for job in unique.values())
+            *(score(scheduler, lease.served.engine, job, body.logprobs) for job in unique.values())
         )
         scores = dict(zip(unique, computed))
     runs = await run_all(scheduler, completion_id, jobs)
@@ -73,12 +79,12 @@ async def _run(state: ServeState, body: CompletionRequest, jobs: list[Job], comp
     return runs
 
 
-def _choice(state: ServeState, body: CompletionRequest, run: ChoiceRun) -> CompletionChoice:
+def _choice(lease: Lease, body: CompletionRequest, run: ChoiceRun) -> CompletionChoice:
     prefix = run.job.prompt_text if body.echo else ""
     logprobs = None
     if body.logprobs is not None:
         logprobs = completion_logprobs(
-            state.served,
+            lease.served,
             run.events,
             body.logprobs,
             prompt_ids=run.job.prompt_ids if body.echo else (),
@@ -91,7 +97,7 @@ def _choice(state: ServeState, body: CompletionRequest, run: ChoiceRun) -> Compl
 
 
 async def _stream(
-    state: ServeState, body: CompletionRequest, jobs: list[Job], completion_id: str, created: int
+    lease: Lease, body: CompletionRequest, jobs: list[Job], completion_id: str, created: int
 ) -> AsyncIterator[str]:
     def chunk(index: int, text: str, logprobs=None, finish_reason=None, **extra) -> dict:
         choice = {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}
@@ -107,7 +113,7 @@ async def _stream(
     completion_tokens = 0
     cached: dict[int, list[int]] = {}
     try:
-        scheduler = state.running_scheduler
+        scheduler = lease.scheduler
         for job in jobs:
             if body.echo:
                 yield sse(chunk(job.index, job.prompt_text))
@@ -118,7 +124,7 @@ async def _stream(
                 completion_tokens += 1
                 logprobs = None
                 if body.logprobs is not None:
-                    logprobs = completion_logprobs(state.served, [event], body.logprobs).model_dump()
+                    logprobs = completion_logprobs(lease.served, [event], body.logprobs).model_dump()
                 if event.text or logprobs or event.finish_reason:
                     yield sse(chunk(job.index, event.text, logprobs, event.finish_reason))
     except ApiError as error:

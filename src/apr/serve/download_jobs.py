@@ -23,6 +23,10 @@ class DownloadJob:
     error: str | None = None
     # The cache entry once pulled: ref, path, format, size_bytes, sha256, source, pulled_at.
     result: dict[str, Any] | None = None
+    # The pull's current stage (download, assemble, verify, hash) and its bytes done / total (None: unknown).
+    stage: str | None = None
+    bytes_done: int = 0
+    bytes_total: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"object": "model.download", **asdict(self)}
@@ -71,14 +75,25 @@ class Downloads:
         with self._lock:
             self._jobs[job.id] = job
 
+    def _progress(self, job_id: str, stage: str, done: int, total: int | None) -> None:
+        with self._lock:
+            job = self._jobs[job_id]
+            self._jobs[job_id] = replace(job, stage=stage, bytes_done=done, bytes_total=total)
+
+    def _finish(self, job_id: str, **outcome: Any) -> None:
+        with self._lock:
+            self._jobs[job_id] = replace(self._jobs[job_id], finished=time.time(), **outcome)
+
     def _run(self, job: DownloadJob) -> None:
         from apr.errors import AprError
         from apr.hub import Hub
+        from apr.hub.progress import observing
 
         self._put(replace(job, status="running"))
         try:
-            cached = Hub.from_env().pull(job.model, progress=False)
+            with observing(lambda stage, done, total: self._progress(job.id, stage, done, total)):
+                cached = Hub.from_env().pull(job.model, progress=False)
         except (AprError, OSError) as exc:  # a failed pull is the job's outcome, reported on its record
-            self._put(replace(job, status="failed", finished=time.time(), error=str(exc)))
+            self._finish(job.id, status="failed", error=str(exc))
             return
-        self._put(replace(job, status="succeeded", finished=time.time(), result=cached.to_json()))
+        self._finish(job.id, status="succeeded", result=cached.to_json())

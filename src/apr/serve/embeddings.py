@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, Depends
 
-from apr.serve.admission import check_model, prompt_id_lists, prompt_texts
+from apr.serve.admission import prompt_id_lists, prompt_texts
 from apr.serve.choices import as_api_error
 from apr.serve.errors import bad_request
 from apr.serve.protocol_extra import Embedding, EmbeddingList, EmbeddingRequest, EmbeddingUsage
@@ -25,19 +25,22 @@ router = APIRouter(dependencies=[Depends(check_api_key)])
 
 @router.post("/v1/embeddings", response_model=EmbeddingList, responses=ERROR_RESPONSES)
 async def create_embeddings(body: EmbeddingRequest, state: ServeState = Depends(serve_state)) -> EmbeddingList:
-    served = state.served
-    check_model(body, served)
-    hidden = served.engine.config.hidden_size
-    if body.dimensions is not None and body.dimensions != hidden:
-        raise bad_request(
-            f"This model's embeddings have {hidden} dimensions and cannot be shortened; omit 'dimensions'.",
-            param="dimensions",
-        )
-    inputs = _input_ids(body, served)
+    lease = await state.lease(body.model)
     try:
-        vectors = await state.running_scheduler.call(partial(embed_all, served.engine, inputs))
-    except SchedulerError as error:
-        raise as_api_error(error) from error
+        served = lease.served
+        hidden = served.engine.config.hidden_size
+        if body.dimensions is not None and body.dimensions != hidden:
+            raise bad_request(
+                f"This model's embeddings have {hidden} dimensions and cannot be shortened; omit 'dimensions'.",
+                param="dimensions",
+            )
+        inputs = _input_ids(body, served)
+        try:
+            vectors = await lease.scheduler.call(partial(embed_all, served.engine, inputs))
+        except SchedulerError as error:
+            raise as_api_error(error) from error
+    finally:
+        lease.release()
     data = [
         Embedding(index=index, embedding=_encoded(vector, body.encoding_format)) for index, vector in enumerate(vectors)
     ]

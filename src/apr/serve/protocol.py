@@ -331,7 +331,11 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "apr"
+    # Known once the model is loaded (a cached model's context length is read when it loads).
     max_model_len: int | None = None
+    # apr's additions: whether the model is in memory now, and its file's bytes (cached models).
+    loaded: bool = False
+    size_bytes: int | None = None
 
 
 class ModelList(BaseModel):

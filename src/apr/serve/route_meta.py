@@ -12,8 +12,12 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "Invalid request (OpenAI error body)."},
     401: {"model": ErrorResponse, "description": "Missing or wrong API key."},
-    404: {"model": ErrorResponse, "description": "Unknown model."},
-    503: {"model": ErrorResponse, "description": "The server is shutting down."},
+    404: {"model": ErrorResponse, "description": "Unknown model (neither served nor in the apr cache)."},
+    503: {
+        "model": ErrorResponse,
+        "description": "The server is shutting down, or the named model fits only by unloading models in use.",
+    },
+    507: {"model": ErrorResponse, "description": "The named model does not fit in --max-loaded-mb."},
 }
 
 STREAM_RESPONSE: dict[int | str, dict[str, Any]] = {

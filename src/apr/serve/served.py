@@ -35,6 +35,15 @@ class ServeSettings:
     prefill_chunk: int = DEFAULT_PREFILL_CHUNK
     # Request bodies beyond this are refused (413) before they are read whole.
     max_body_bytes: int = DEFAULT_MAX_BODY_MB * 2**20
+    # Models loaded at once (the default included) are bounded by their weights' bytes (None: half the
+    # machine's memory; 0: no bound) and by their number (0: no bound); see pool.py.
+    max_loaded_mb: float | None = None
+    max_models: int = 0
+    # A model other than the default is unloaded after this long without requests (0: never).
+    idle_unload_s: float = 600.0
+    # How models loaded on demand are loaded (the default model is loaded the same way by the CLI).
+    device: str = "auto"
+    numerics: str = "fast"
 
 
 @dataclass
@@ -52,10 +61,17 @@ class ServedModel:
 
     @classmethod
     def from_engine(cls, engine: Engine, settings: ServeSettings) -> ServedModel:
-        described = engine.describe()
-        path = Path(str(described.get("path", settings.model_arg)))
+        """The model named on the command line: called by that argument (a ref) or its file's name (a path)."""
+        path = Path(str(engine.describe().get("path", settings.model_arg)))
         model_id = path.name if Path(settings.model_arg).exists() else settings.model_arg
-        aliases = frozenset({model_id, settings.model_arg, path.name, path.stem, str(path)})
+        return cls.named(engine, settings, model_id, frozenset({settings.model_arg, path.stem}))
+
+    @classmethod
+    def named(cls, engine: Engine, settings: ServeSettings, model_id: str, aliases: frozenset[str]) -> ServedModel:
+        """`engine` served as `model_id`; clients may also call it by `aliases`, its file's name or path."""
+        described = engine.describe()
+        path = Path(str(described.get("path", model_id)))
+        aliases = aliases | {model_id, path.name, str(path)}
         # The engine may hold fewer positions than the model was trained for (its KV-cache bound).
         trained = engine.config.context_length
         model_limit = min(trained, int(described.get("max_positions") or trained))

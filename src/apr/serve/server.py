@@ -78,12 +78,10 @@ def run(app: FastAPI, settings: ServeSettings, sock: socket.socket, announce: Ca
 
 
 def _stopper(app: FastAPI) -> Callable[[], None]:
-    def stop_scheduler() -> None:
-        scheduler = app.state.apr.scheduler
-        if scheduler is not None:
-            scheduler.stop()
+    def stop_schedulers() -> None:
+        app.state.apr.pool.stop()
 
-    return stop_scheduler
+    return stop_schedulers
 
 
 async def _serve(server: uvicorn.Server, sock: socket.socket, announce: Callable[[str], None]) -> None:

@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends
 
-from apr.serve.errors import ApiError, bad_request
+from apr.serve.errors import bad_request
 from apr.serve.protocol_extra import DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse
 from apr.serve.route_meta import ERROR_RESPONSES
 from apr.serve.served import ServedModel
@@ -16,18 +16,20 @@ from apr.serve.tools import template_message
 router = APIRouter(dependencies=[Depends(check_api_key)])
 
 
-def _check_named(model: str | None, served: ServedModel) -> None:
-    # vLLM makes `model` optional here; when sent it must name the served model.
-    if model is not None and not served.knows(model):
-        raise ApiError(
-            404, f"The model '{model}' does not exist on this server.", param="model", code="model_not_found"
-        )
+async def _named(model: str | None, state: ServeState) -> ServedModel:
+    """vLLM makes `model` optional here: unnamed means the default model; a named one is loaded like any
+    request's (the tokenizer comes with the model). The lease ends at once: tokenizing never touches the engine
+    thread, and a model evicted meanwhile stays alive while this request holds it."""
+    if model is None:
+        return state.served
+    lease = await state.lease(model)
+    lease.release()
+    return lease.served
 
 
 @router.post("/tokenize", response_model=TokenizeResponse, response_model_exclude_none=True, responses=ERROR_RESPONSES)
 async def tokenize(body: TokenizeRequest, state: ServeState = Depends(serve_state)) -> TokenizeResponse:
-    served = state.served
-    _check_named(body.model, served)
+    served = await _named(body.model, state)
     tokenizer = served.tokenizer
     if (body.prompt is None) == (body.messages is None):
         raise bad_request("Send exactly one of 'prompt' or 'messages'.", param="prompt")
@@ -51,8 +53,7 @@ async def tokenize(body: TokenizeRequest, state: ServeState = Depends(serve_stat
 
 @router.post("/detokenize", response_model=DetokenizeResponse, responses=ERROR_RESPONSES)
 async def detokenize(body: DetokenizeRequest, state: ServeState = Depends(serve_state)) -> DetokenizeResponse:
-    served = state.served
-    _check_named(body.model, served)
+    served = await _named(body.model, state)
     vocab = served.engine.config.vocab_size
     bad = next((token for token in body.tokens if token >= vocab), None)
     if bad is not None:
@@ -61,8 +62,9 @@ async def detokenize(body: DetokenizeRequest, state: ServeState = Depends(serve_
 
 
 @router.get("/tokenizer_info", responses=ERROR_RESPONSES)
-async def tokenizer_info(state: ServeState = Depends(serve_state)) -> dict[str, Any]:
-    """The tokenizer's configuration, like vLLM's `/tokenizer_info` (tokenizer_config.json fields)."""
-    served = state.served
+async def tokenizer_info(model: str | None = None, state: ServeState = Depends(serve_state)) -> dict[str, Any]:
+    """The tokenizer's configuration, like vLLM's `/tokenizer_info` (tokenizer_config.json fields);
+    `?model=` names another model (default: the default model)."""
+    served = await _named(model, state)
     config = {key: value for key, value in served.tokenizer.tokenizer_config().items() if key != "apr_gguf_tokenizer"}
     return {**config, "model_max_length": served.max_context}
