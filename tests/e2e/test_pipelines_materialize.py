@@ -10,12 +10,12 @@ import dagster as dg
 import nbformat
 import pytest
 
+from pipelines_support import MODEL, fixture_playbook, materialize_graph
+
 from pipelines.definitions import build_definitions
 from pipelines.resources import WorkRoot
 from pipelines.work_root import WorkLayout
 
-MODEL = "fixture-llama"
-PER_MODEL = ("checkpoint", "gguf", "apr", "safetensors", "inference_traces", "gate_results", "certification")
 GATEWAY_CHECKS = {
     ("checkpoint", "loads"),
     ("gguf", "loads"),
@@ -25,64 +25,13 @@ GATEWAY_CHECKS = {
 }
 
 
-def fixture_playbook(gguf: Path) -> str:
-    """A small but complete playbook: all three formats, CPU, `apr run`, one prompt, the cheap gates."""
-    return f"""\
-apr_playbook: 1
-name: {MODEL}-quick
-version: 1.0.0
-tier: quick
-model:
-  ref: {MODEL}
-  path: {gguf}
-  architecture: llama
-  chat_template: true
-matrix:
-  formats: [gguf, safetensors, apr]
-  backends: [cpu]
-  modalities: [run]
-scenarios:
-  seed: 7
-  max_tokens: 8
-  pools: {{arithmetic: 1}}
-  per_cell: 1
-execution:
-  timeout_s: 120
-  failure_policy: collect_all
-gates:
-  CONTRACT-INVARIANTS:
-  TOKENIZER-PARITY:
-  THROUGHPUT: {{min_tok_s: {{cpu: 0.01, gpu: 1.0}}}}
-"""
-
-
 @pytest.fixture(scope="module")
-def graph(tmp_path_factory: pytest.TempPathFactory, fixture_models) -> dict:
-    root = tmp_path_factory.mktemp("pipelines")
-    playbooks = root / "playbooks"
-    playbooks.mkdir()
-    (playbooks / f"{MODEL}-quick.playbook.yaml").write_text(
-        fixture_playbook(fixture_models["llama"]["gguf"]), encoding="utf-8"
-    )
-    work = WorkRoot(root=str(root / "work"), certifications_dir=str(root / "certifications"))
-    defs = build_definitions(playbooks, work)
-    return {"defs": defs, "work": work, "root": root}
+def graph(pipeline_graph: dict) -> dict:
+    return pipeline_graph
 
 
 def materialize(graph: dict, instance: dg.DagsterInstance) -> tuple[dg.ExecuteInProcessResult, ...]:
-    defs = graph["defs"]
-    assets, resources = list(defs.assets), dict(defs.resources)
-    per_model = dg.materialize(
-        assets,
-        selection=dg.AssetSelection.assets("certification").upstream(),
-        partition_key=MODEL,
-        instance=instance,
-        resources=resources,
-    )
-    table = dg.materialize(
-        assets, selection=[dg.AssetKey("certification_table")], instance=instance, resources=resources
-    )
-    return per_model, table
+    return materialize_graph(graph, instance)
 
 
 def metadata_of(result: dg.ExecuteInProcessResult) -> dict[str, dict]:
@@ -91,11 +40,10 @@ def metadata_of(result: dg.ExecuteInProcessResult) -> dict[str, dict]:
 
 
 @pytest.fixture(scope="module")
-def runs(graph: dict):
-    with dg.instance_for_test() as instance:
-        first = materialize(graph, instance)
-        second = materialize(graph, instance)
-        yield {"first": first, "second": second, "instance": instance}
+def runs(graph: dict, in_process_run: dict, pipeline_instance: dg.DagsterInstance):
+    first = (in_process_run["per_model"], in_process_run["table"])
+    second = materialize(graph, pipeline_instance)
+    return {"first": first, "second": second, "instance": pipeline_instance}
 
 
 def test_every_asset_materializes_with_its_metadata(runs: dict) -> None:
