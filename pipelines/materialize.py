@@ -61,9 +61,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-table", action="store_true", help="skip rebuilding certification_table")
     parser.add_argument(
         "--executor",
-        type=ExecutorKind,
-        choices=list(ExecutorKind),
-        default=ExecutorKind.IN_PROCESS,
+        choices=[kind.value for kind in ExecutorKind],
+        default=ExecutorKind.IN_PROCESS.value,
         help="where each model's steps run: in_process (default), multiprocess (a process per step), "
         "dask (a Dask task per step; needs the scale extra)",
     )
@@ -81,6 +80,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="models run at once (default: all of them on dask, whose workers bound the work; 1 otherwise)",
     )
     args = parser.parse_args(argv)
+    args.executor = ExecutorKind(args.executor)
     if args.concurrent_runs is not None and args.concurrent_runs < 1:
         parser.error(f"--concurrent-runs must be at least 1, not {args.concurrent_runs}")
     if args.run_config is not None and args.executor is ExecutorKind.IN_PROCESS:

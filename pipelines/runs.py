@@ -31,6 +31,9 @@ DEFAULT_RUN_CONFIGS = {
     ExecutorKind.DASK: RUN_CONFIGS_DIR / "dask-local.yaml",
 }
 PARTITION_TAG = "dagster/partition"
+# Dask's nanny starts every worker with these set to 1: right for many small numpy tasks, wrong for a step that
+# runs torch (conversions, parity gates). Unset, apr picks its threads from the free cores, as in process.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
 @dataclass(frozen=True)
@@ -69,11 +72,14 @@ def shared_cluster(kind: ExecutorKind, run_config: dict[str, Any]) -> Iterator[d
     if kind is not ExecutorKind.DASK or (cluster and "local" not in cluster):
         yield run_config
         return
+    import dask
     from distributed import LocalCluster
 
     # Dagster's steps are not thread-safe: one thread per worker, as dagster-dask sets for its own local clusters.
     options = {"threads_per_worker": 1, **(cluster.get("local") or {})}
-    with LocalCluster(**options) as local:
+    environ = dask.config.get("distributed.nanny.pre-spawn-environ")
+    worker_environ = {name: value for name, value in environ.items() if name not in THREAD_VARIABLES}
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": worker_environ}), LocalCluster(**options) as local:
         shared = copy.deepcopy(run_config)
         shared.setdefault("execution", {}).setdefault("config", {})["cluster"] = {
             "existing": {"address": local.scheduler_address}
