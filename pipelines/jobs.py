@@ -32,9 +32,7 @@ def executor_definition(kind: ExecutorKind) -> dg.ExecutorDefinition:
     try:
         from dagster_dask import dask_executor
     except ImportError:
-        raise AprError(
-            "the dask executor needs dagster-dask and distributed: pip install -e '.[scale]'"
-        ) from None
+        raise AprError("the dask executor needs dagster-dask and distributed: pip install -e '.[scale]'") from None
     return dask_executor
 
 

@@ -52,7 +52,9 @@ def load_run_config(path: Path) -> dict[str, Any]:
     try:
         document = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as err:
-        raise AprError(f"{path}: not a readable YAML run config ({type(err).__name__}); see pipelines/run_configs/") from None
+        raise AprError(
+            f"{path}: not a readable YAML run config ({type(err).__name__}); see pipelines/run_configs/"
+        ) from None
     if document is None:
         return {}
     if not isinstance(document, dict):

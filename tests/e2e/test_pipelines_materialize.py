@@ -1,21 +1,25 @@
-"""The certification graph materialized in process for a fixture model, end to end, then again (all reused)."""
+"""The certification graph materialized in process for a fixture model, end to end, then again (all reused);
+and on dagster-dask's executor over a LocalCluster of two worker processes, with the same verdicts."""
 
 from __future__ import annotations
 
 import csv
 import json
+import os
+import shutil
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import nbformat
 import pytest
 
-from pipelines_support import MODEL, fixture_playbook, materialize_graph
-
 from pipelines.definitions import build_definitions
 from pipelines.resources import WorkRoot
 from pipelines.work_root import WorkLayout
 
+MODEL = "fixture-llama"
+PER_MODEL = ("checkpoint", "gguf", "apr", "safetensors", "inference_traces", "gate_results", "certification")
 GATEWAY_CHECKS = {
     ("checkpoint", "loads"),
     ("gguf", "loads"),
@@ -25,13 +29,64 @@ GATEWAY_CHECKS = {
 }
 
 
+def fixture_playbook(gguf: Path) -> str:
+    """A small but complete playbook: all three formats, CPU, `apr run`, one prompt, the cheap gates."""
+    return f"""\
+apr_playbook: 1
+name: {MODEL}-quick
+version: 1.0.0
+tier: quick
+model:
+  ref: {MODEL}
+  path: {gguf}
+  architecture: llama
+  chat_template: true
+matrix:
+  formats: [gguf, safetensors, apr]
+  backends: [cpu]
+  modalities: [run]
+scenarios:
+  seed: 7
+  max_tokens: 8
+  pools: {{arithmetic: 1}}
+  per_cell: 1
+execution:
+  timeout_s: 120
+  failure_policy: collect_all
+gates:
+  CONTRACT-INVARIANTS:
+  TOKENIZER-PARITY:
+  THROUGHPUT: {{min_tok_s: {{cpu: 0.01, gpu: 1.0}}}}
+"""
+
+
 @pytest.fixture(scope="module")
-def graph(pipeline_graph: dict) -> dict:
-    return pipeline_graph
+def graph(tmp_path_factory: pytest.TempPathFactory, fixture_models) -> dict:
+    root = tmp_path_factory.mktemp("pipelines")
+    playbooks = root / "playbooks"
+    playbooks.mkdir()
+    (playbooks / f"{MODEL}-quick.playbook.yaml").write_text(
+        fixture_playbook(fixture_models["llama"]["gguf"]), encoding="utf-8"
+    )
+    work = WorkRoot(root=str(root / "work"), certifications_dir=str(root / "certifications"))
+    defs = build_definitions(playbooks, work)
+    return {"defs": defs, "work": work, "root": root, "playbooks": playbooks}
 
 
 def materialize(graph: dict, instance: dg.DagsterInstance) -> tuple[dg.ExecuteInProcessResult, ...]:
-    return materialize_graph(graph, instance)
+    defs = graph["defs"]
+    assets, resources = list(defs.assets), dict(defs.resources)
+    per_model = dg.materialize(
+        assets,
+        selection=dg.AssetSelection.assets("certification").upstream(),
+        partition_key=MODEL,
+        instance=instance,
+        resources=resources,
+    )
+    table = dg.materialize(
+        assets, selection=[dg.AssetKey("certification_table")], instance=instance, resources=resources
+    )
+    return per_model, table
 
 
 def metadata_of(result: dg.ExecuteInProcessResult) -> dict[str, dict]:
@@ -40,10 +95,14 @@ def metadata_of(result: dg.ExecuteInProcessResult) -> dict[str, dict]:
 
 
 @pytest.fixture(scope="module")
-def runs(graph: dict, in_process_run: dict, pipeline_instance: dg.DagsterInstance):
-    first = (in_process_run["per_model"], in_process_run["table"])
-    second = materialize(graph, pipeline_instance)
-    return {"first": first, "second": second, "instance": pipeline_instance}
+def runs(graph: dict):
+    with dg.instance_for_test() as instance:
+        first = materialize(graph, instance)
+        # The first run's evidence, kept aside: a later test edits the playbook and rebuilds the gates.
+        evidence = graph["root"] / "in-process-evidence.jsonl"
+        shutil.copyfile(Path(graph["work"].certifications_dir) / MODEL / "evidence.jsonl", evidence)
+        second = materialize(graph, instance)
+        yield {"first": first, "second": second, "instance": instance, "evidence": evidence}
 
 
 def test_every_asset_materializes_with_its_metadata(runs: dict) -> None:
@@ -163,3 +222,65 @@ def test_a_model_that_does_not_load_stops_the_graph(tmp_path: Path, fixture_mode
     materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events() if e.asset_key}
     assert materialized <= {"checkpoint"}
     assert not (tmp_path / "certifications" / MODEL).exists()
+
+
+# What the machine decides, not the model: when and where a check ran, how long it took, how fast it went (and
+# the reason lines quoting those figures), and the throughput floor derived from the machine's calibration.
+# The gate, check, scenario, outcome, cause, output excerpt, threshold of every other gate, n_compared, the
+# artifact's sha256, engine, device, numerics, seed, playbook, tier and planned gates are all compared.
+MACHINE_FIELDS = ("duration_s", "metrics", "measured", "reason")
+MACHINE_PROVENANCE = ("host", "cpu", "kernels", "threads", "calibration", "started_at", "finished_at")
+MACHINE_THRESHOLD_GATES = ("THROUGHPUT",)
+
+
+def verdicts(evidence: Path) -> list[dict[str, Any]]:
+    """Every record of an evidence file without its timings, host and machine-derived numbers, in file order."""
+    kept = []
+    for line in evidence.read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        verdict = {name: value for name, value in record.items() if name not in MACHINE_FIELDS}
+        verdict["provenance"] = {k: v for k, v in record["provenance"].items() if k not in MACHINE_PROVENANCE}
+        if record["gate"] in MACHINE_THRESHOLD_GATES:
+            verdict.pop("threshold", None)
+        kept.append(verdict)
+    return kept
+
+
+def test_the_dask_executor_on_a_local_cluster_certifies_like_the_in_process_run(
+    graph: dict, runs: dict, tmp_path: Path
+) -> None:
+    from apr.qa.evidence import read_evidence
+    from apr.qa.score import compute_mqs
+    from pipelines.jobs import ExecutorKind, reconstructable_certify_job
+    from pipelines.runs import DEFAULT_RUN_CONFIGS, execute_partitions, load_run_config, shared_cluster
+
+    run_config = load_run_config(DEFAULT_RUN_CONFIGS[ExecutorKind.DASK])  # the committed dask-local.yaml
+    assert run_config["execution"]["config"]["cluster"]["local"]["n_workers"] == 2
+    work, certifications = tmp_path / "work", tmp_path / "certifications"
+    # The work root as a file:// URI: the form a shared mount takes in a cluster's run config.
+    job = reconstructable_certify_job(graph["playbooks"], f"file://{work}", certifications, ExecutorKind.DASK)
+    with dg.instance_for_test() as instance, shared_cluster(ExecutorKind.DASK, run_config) as shared:
+        assert shared["execution"]["config"]["cluster"]["existing"]["address"].startswith("tcp://127.0.0.1:")
+        [outcome] = execute_partitions(job, instance, shared, [MODEL], concurrent_runs=1)
+        starts = instance.all_logs(outcome.run_id, of_type=dg.DagsterEventType.STEP_START)
+        step_pids = {record.dagster_event.pid for record in starts if record.dagster_event is not None}
+    assert outcome.success, "\n".join(outcome.lines)
+    built = [line.split()[:2] for line in outcome.lines if line.startswith("  ") and not line.startswith("  check")]
+    assert sorted(built) == sorted([asset, "built"] for asset in PER_MODEL)
+    # Every step ran in one of the cluster's two worker processes, none in this (orchestrating) one.
+    assert len(starts) == len(PER_MODEL) and len(step_pids) == 2 and os.getpid() not in step_pids, step_pids
+
+    expected = verdicts(runs["evidence"])
+    assert len(expected) > 10 and verdicts(certifications / MODEL / "evidence.jsonl") == expected
+    # The certification the dask run published scores the in-process evidence exactly.
+    certification = WorkLayout(work).read_record("certification", MODEL)
+    assert certification is not None
+    mqs = compute_mqs(read_evidence(runs["evidence"]).records)
+    facts = certification.facts
+    assert (facts["mqs"], facts["raw"], facts["grade"], facts["status"], facts["gateways_passed"]) == (
+        mqs.score,
+        mqs.raw,
+        mqs.grade,
+        mqs.status.value,
+        mqs.gateways_passed,
+    )

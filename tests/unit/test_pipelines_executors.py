@@ -30,7 +30,9 @@ def test_a_work_root_no_worker_could_run_from_is_refused_in_one_line(location: s
 
 
 @pytest.mark.parametrize("kind", [ExecutorKind.MULTIPROCESS, ExecutorKind.DASK])
-def test_the_committed_run_configs_fit_the_job_of_their_executor(tmp_path: Path, kind: ExecutorKind, monkeypatch) -> None:
+def test_the_committed_run_configs_fit_the_job_of_their_executor(
+    tmp_path: Path, kind: ExecutorKind, monkeypatch
+) -> None:
     monkeypatch.setenv("APR_DASK_SCHEDULER", "tcp://scheduler.example:8786")  # what dask-existing.yaml reads
     playbooks = tmp_path / "playbooks"
     playbooks.mkdir()
