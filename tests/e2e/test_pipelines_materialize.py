@@ -265,7 +265,7 @@ def test_the_dask_executor_on_a_local_cluster_certifies_like_the_in_process_run(
         starts = instance.all_logs(outcome.run_id, of_type=dg.DagsterEventType.STEP_START)
         step_pids = {record.dagster_event.pid for record in starts if record.dagster_event is not None}
     assert outcome.success, "\n".join(outcome.lines)
-    built = [line.split()[:2] for line in outcome.lines if line.startswith("  ") and not line.startswith("  check")]
+    built = [line.split()[:2] for line in outcome.lines if line.startswith("  ") and not line.startswith("  check ")]
     assert sorted(built) == sorted([asset, "built"] for asset in PER_MODEL)
     # Every step ran in one of the cluster's two worker processes, none in this (orchestrating) one.
     assert len(starts) == len(PER_MODEL) and len(step_pids) == 2 and os.getpid() not in step_pids, step_pids
