@@ -158,10 +158,13 @@ def run_on_executor(args: argparse.Namespace, playbooks: Path, work, keys: list[
 
     run_config = load_run_config(args.run_config or DEFAULT_RUN_CONFIGS[args.executor])
     concurrent = args.concurrent_runs or (len(keys) if args.executor is ExecutorKind.DASK else 1)
-    recon_job = reconstructable_certify_job(playbooks, work.root, work.certifications(), args.executor)
+    jobs = {
+        key: reconstructable_certify_job(playbooks, work.root, work.certifications(), args.executor, key)
+        for key in keys
+    }
     failed = []
     with shared_cluster(args.executor, run_config) as shared:
-        for outcome in execute_partitions(recon_job, instance, shared, keys, concurrent):
+        for outcome in execute_partitions(jobs, instance, shared, concurrent):
             print("\n".join(outcome.lines), flush=True)
             if not outcome.success:
                 failed.append(outcome.partition)

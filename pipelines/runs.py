@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import multiprocessing
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -111,21 +111,22 @@ def execute_partition(recon_job, instance_ref, run_config: dict[str, Any], parti
 
 
 def execute_partitions(
-    recon_job, instance, run_config: dict[str, Any], partitions: list[str], concurrent_runs: int
+    jobs: Mapping[str, Any], instance, run_config: dict[str, Any], concurrent_runs: int
 ) -> Iterator[RunOutcome]:
-    """Run every partition, up to ``concurrent_runs`` at once (each orchestrated by its own process)."""
+    """Run each partition's reconstructable job, up to ``concurrent_runs`` at once (each in its own process)."""
     from dagster import DagsterInvalidConfigError
 
+    partitions = list(jobs)
     try:
         if concurrent_runs <= 1 or len(partitions) <= 1:
             for partition in partitions:
-                yield execute_partition(recon_job, instance.get_ref(), run_config, partition)
+                yield execute_partition(jobs[partition], instance.get_ref(), run_config, partition)
             return
         # spawn: a fresh interpreter per orchestrator (Dagster and torch do not survive a fork of a busy process).
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=min(concurrent_runs, len(partitions)), mp_context=context) as pool:
             futures = [
-                pool.submit(execute_partition, recon_job, instance.get_ref(), run_config, partition)
+                pool.submit(execute_partition, jobs[partition], instance.get_ref(), run_config, partition)
                 for partition in partitions
             ]
             for future in futures:

@@ -262,10 +262,10 @@ def test_the_dask_executor_on_a_local_cluster_certifies_like_the_in_process_run(
     assert run_config["execution"]["config"]["cluster"]["local"]["n_workers"] == 2
     work, certifications = tmp_path / "work", tmp_path / "certifications"
     # The work root as a file:// URI: the form a shared mount takes in a cluster's run config.
-    job = reconstructable_certify_job(graph["playbooks"], f"file://{work}", certifications, ExecutorKind.DASK)
+    job = reconstructable_certify_job(graph["playbooks"], f"file://{work}", certifications, ExecutorKind.DASK, MODEL)
     with dg.instance_for_test() as instance, shared_cluster(ExecutorKind.DASK, run_config) as shared:
         assert shared["execution"]["config"]["cluster"]["existing"]["address"].startswith("tcp://127.0.0.1:")
-        [outcome] = execute_partitions(job, instance, shared, [MODEL], concurrent_runs=1)
+        [outcome] = execute_partitions({MODEL: job}, instance, shared, concurrent_runs=1)
         starts = instance.all_logs(outcome.run_id, of_type=dg.DagsterEventType.STEP_START)
         step_pids = {record.dagster_event.pid for record in starts if record.dagster_event is not None}
     assert outcome.success, "\n".join(outcome.lines)

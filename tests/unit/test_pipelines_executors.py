@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import dagster as dg
 import pytest
 
 from apr.errors import AprError
-from pipelines.jobs import JOB_NAME, ExecutorKind, certify_job
+from pipelines.jobs import JOB_NAME, ExecutorKind, certify_job, job_name
 from pipelines.materialize import parse_args
 from pipelines.resources import WorkRoot
 from pipelines.runs import DEFAULT_RUN_CONFIGS, RUN_CONFIGS_DIR, load_run_config
@@ -37,8 +38,10 @@ def test_the_committed_run_configs_fit_the_job_of_their_executor(
     playbooks = tmp_path / "playbooks"
     playbooks.mkdir()
     (playbooks / "m-quick.playbook.yaml").write_text("apr_playbook: 1\n", encoding="utf-8")
-    job = certify_job(str(playbooks), str(tmp_path / "work"), str(tmp_path / "certs"), kind.value)
-    assert job.name == JOB_NAME and job.executor_def.name == {"multiprocess": "multiprocess", "dask": "dask"}[kind]
+    job = certify_job(str(playbooks), str(tmp_path / "work"), str(tmp_path / "certs"), kind.value, "m")
+    assert (
+        job.name == f"{JOB_NAME}__m" and job.executor_def.name == {"multiprocess": "multiprocess", "dask": "dask"}[kind]
+    )
     configs = [DEFAULT_RUN_CONFIGS[kind]]
     if kind is ExecutorKind.DASK:
         configs.append(RUN_CONFIGS_DIR / "dask-existing.yaml")
@@ -73,3 +76,11 @@ def test_materialize_refuses_bad_executor_options_in_one_line(argv: list[str], e
 def test_materialize_reads_the_executor_options() -> None:
     args = parse_args(["--executor", "dask", "--concurrent-runs", "3", "m1", "m2"])
     assert (args.executor, args.concurrent_runs, args.run_config) == (ExecutorKind.DASK, 3, None)
+
+
+def test_every_model_gets_its_own_job_name_so_dask_tasks_of_two_models_never_share_a_key() -> None:
+    # dagster-dask submits "<job name>.<step>": equal names on one scheduler would be one task.
+    names = [job_name(key) for key in ("smollm2-135m", "smollm2.135m", "smollm2_135m", "qwen2.5-coder-1.5b")]
+    assert len(set(names)) == len(names) and job_name(None) == JOB_NAME
+    assert names[2] == f"{JOB_NAME}__smollm2_135m"
+    assert all(re.fullmatch(r"[A-Za-z0-9_]+", name) for name in names)
