@@ -67,6 +67,13 @@ def _cluster_config(run_config: dict[str, Any]) -> dict[str, Any]:
     return dict((execution.get("config") or {}).get("cluster") or {})
 
 
+def root_cause(err: BaseException) -> str:
+    """The innermost exception of a chain, as one line (distributed wraps a worker's TypeError twice)."""
+    while err.__cause__ is not None:
+        err = err.__cause__
+    return f"{type(err).__name__}: {err}".splitlines()[0]
+
+
 @contextmanager
 def shared_cluster(kind: ExecutorKind, run_config: dict[str, Any]) -> Iterator[dict[str, Any]]:
     """The run config every run gets: a Dask ``local`` cluster is started once here and passed by address."""
@@ -81,7 +88,15 @@ def shared_cluster(kind: ExecutorKind, run_config: dict[str, Any]) -> Iterator[d
     options = {"threads_per_worker": 1, **(cluster.get("local") or {})}
     environ = dask.config.get("distributed.nanny.pre-spawn-environ")
     worker_environ = {name: value for name, value in environ.items() if name not in THREAD_VARIABLES}
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": worker_environ}), LocalCluster(**options) as local:
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": worker_environ}):
+        try:
+            local = LocalCluster(**options)
+        except (TypeError, RuntimeError) as err:  # a key of `local:` that LocalCluster or its workers do not take
+            raise AprError(
+                f"cluster.local in the run config: the LocalCluster did not start ({root_cause(err)}); "
+                "its keys are distributed.LocalCluster's arguments"
+            ) from None
+    with local:
         shared = copy.deepcopy(run_config)
         shared.setdefault("execution", {}).setdefault("config", {})["cluster"] = {
             "existing": {"address": local.scheduler_address}
