@@ -7,6 +7,10 @@ Each model (a partition key, or the model ref its playbook names, e.g. ``smollm2
 ``certification_table`` is rebuilt over every certified model. Runs are recorded in the Dagster
 instance at ``$DAGSTER_HOME`` (default: ``dagster_home/`` in the repo), so ``dagster dev`` shows them.
 Work whose inputs did not change is skipped (see docs/pipelines.md).
+
+``--executor multiprocess`` or ``--executor dask`` runs each model as a Dagster run on that executor
+(``--run-config`` picks the YAML in ``pipelines/run_configs/``), models in parallel up to
+``--concurrent-runs`` (see docs/scale.md).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from pathlib import Path
 
 from apr.errors import AprError
 from apr.settings import current
+from pipelines.jobs import ExecutorKind
 from pipelines.partitions import DEFAULT_PLAYBOOKS_DIR, REPO_ROOT, TIER_SUFFIXES, discover_playbooks
 
 REPO_DAGSTER_HOME = REPO_ROOT / "dagster_home"
@@ -54,7 +59,33 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="folder of model playbooks, one partition each (default playbooks/models)",
     )
     parser.add_argument("--no-table", action="store_true", help="skip rebuilding certification_table")
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--executor",
+        choices=[kind.value for kind in ExecutorKind],
+        default=ExecutorKind.IN_PROCESS.value,
+        help="where each model's steps run: in_process (default), multiprocess (a process per step), "
+        "dask (a Dask task per step; needs the scale extra)",
+    )
+    parser.add_argument(
+        "--run-config",
+        type=Path,
+        default=None,
+        help="Dagster run config YAML for the executor (default pipelines/run_configs/multiprocess.yaml "
+        "or dask-local.yaml)",
+    )
+    parser.add_argument(
+        "--concurrent-runs",
+        type=int,
+        default=None,
+        help="models run at once (default: all of them on dask, whose workers bound the work; 1 otherwise)",
+    )
+    args = parser.parse_args(argv)
+    args.executor = ExecutorKind(args.executor)
+    if args.concurrent_runs is not None and args.concurrent_runs < 1:
+        parser.error(f"--concurrent-runs must be at least 1, not {args.concurrent_runs}")
+    if args.run_config is not None and args.executor is ExecutorKind.IN_PROCESS:
+        parser.error("--run-config configures --executor multiprocess or dask; in_process takes none")
+    return args
 
 
 def run(argv: list[str] | None = None) -> int:
@@ -66,7 +97,7 @@ def run(argv: list[str] | None = None) -> int:
 
     work_config = {}
     if args.work_root is not None:
-        work_config["root"] = str(args.work_root.resolve())
+        work_config["root"] = str(args.work_root) if "://" in str(args.work_root) else str(args.work_root.resolve())
     if args.certifications is not None:
         work_config["certifications_dir"] = str(args.certifications.resolve())
     playbooks = args.playbooks.resolve()
@@ -83,20 +114,25 @@ def run(argv: list[str] | None = None) -> int:
     home = (current().dagster_home or REPO_DAGSTER_HOME).resolve()
     home.mkdir(parents=True, exist_ok=True)
     with dg.DagsterInstance.from_config(str(home)) as instance:
-        for key in keys:
-            started = time.monotonic()
-            result = dg.materialize(
-                assets,
-                selection=per_model,
-                partition_key=key,
-                instance=instance,
-                resources=resources,
-                raise_on_error=False,
-                tags={"apr/model": key},
-            )
-            report(key, result, time.monotonic() - started)
-            if not result.success:
-                failed.append(key)
+        if args.executor is ExecutorKind.IN_PROCESS:
+            for key in keys:
+                started = time.monotonic()
+                result = dg.materialize(
+                    assets,
+                    selection=per_model,
+                    partition_key=key,
+                    instance=instance,
+                    resources=resources,
+                    raise_on_error=False,
+                    tags={"apr/model": key},
+                )
+                print("\n".join(report_lines(key, result, time.monotonic() - started)))
+                if not result.success:
+                    failed.append(key)
+        else:
+            work = resources["work"]
+            assert isinstance(work, WorkRoot)  # build_definitions puts it there
+            failed += run_on_executor(args, playbooks, work, keys, instance)
         if not args.no_table:
             started = time.monotonic()
             result = dg.materialize(
@@ -106,7 +142,7 @@ def run(argv: list[str] | None = None) -> int:
                 resources=resources,
                 raise_on_error=False,
             )
-            report("certification_table", result, time.monotonic() - started)
+            print("\n".join(report_lines("certification_table", result, time.monotonic() - started)))
             if not result.success:
                 failed.append("certification_table")
     if failed:
@@ -115,8 +151,29 @@ def run(argv: list[str] | None = None) -> int:
     return 0
 
 
-def report(what: str, result, seconds: float) -> None:
+def run_on_executor(args: argparse.Namespace, playbooks: Path, work, keys: list[str], instance) -> list[str]:
+    """Each model as a run of the ``certify_model`` job on the chosen executor; returns the models that failed."""
+    from pipelines.jobs import reconstructable_certify_job
+    from pipelines.runs import DEFAULT_RUN_CONFIGS, execute_partitions, load_run_config, shared_cluster
+
+    run_config = load_run_config(args.run_config or DEFAULT_RUN_CONFIGS[args.executor])
+    concurrent = args.concurrent_runs or (len(keys) if args.executor is ExecutorKind.DASK else 1)
+    jobs = {
+        key: reconstructable_certify_job(playbooks, work.root, work.certifications(), args.executor, key)
+        for key in keys
+    }
+    failed = []
+    with shared_cluster(args.executor, run_config) as shared:
+        for outcome in execute_partitions(jobs, instance, shared, concurrent):
+            print("\n".join(outcome.lines), flush=True)
+            if not outcome.success:
+                failed.append(outcome.partition)
+    return failed
+
+
+def report_lines(what: str, result, seconds: float) -> list[str]:
     """One line per materialized asset (reused or built, key metadata), then the run's verdict."""
+    lines = []
     for event in result.get_asset_materialization_events():
         materialization = event.event_specific_data.materialization
         metadata = materialization.metadata
@@ -127,14 +184,15 @@ def report(what: str, result, seconds: float) -> None:
             if name in metadata
         }
         state = "reused" if reused is not None and reused.value else "built"
-        print(f"  {materialization.asset_key.to_user_string():<18} {state:<6} {shown}")
+        lines.append(f"  {materialization.asset_key.to_user_string():<18} {state:<6} {shown}")
     for evaluation in result.get_asset_check_evaluations():
         verdict = "passed" if evaluation.passed else "FAILED"
-        print(
+        lines.append(
             f"  check {evaluation.asset_key.to_user_string()}:{evaluation.check_name} {verdict}"
             + ("" if evaluation.passed else f" ({evaluation.description})")
         )
-    print(f"{what}: {'success' if result.success else 'FAILED'} in {seconds:.1f} s")
+    lines.append(f"{what}: {'success' if result.success else 'FAILED'} in {seconds:.1f} s")
+    return lines
 
 
 def main() -> int:

@@ -9,7 +9,7 @@ import dagster as dg
 
 from apr.settings import current
 from pipelines.partitions import DEFAULT_PLAYBOOKS_DIR, REPO_ROOT
-from pipelines.work_root import StageRecord, WorkLayout
+from pipelines.work_root import StageRecord, WorkLayout, work_root_path
 
 DEFAULT_WORK_ROOT = REPO_ROOT / ".apr-work"
 DEFAULT_CERTIFICATIONS_DIR = REPO_ROOT / "certifications"
@@ -23,14 +23,15 @@ def default_work_root() -> str:
 class WorkRoot(dg.ConfigurableResource):
     """The one root under which the pipelines write (plus the published certifications folder)."""
 
+    # A path or a file:// URI; on a cluster, a shared mount every worker sees at the same place (docs/scale.md).
     root: str = default_work_root()
     certifications_dir: str = str(DEFAULT_CERTIFICATIONS_DIR)
 
     def layout(self) -> WorkLayout:
-        return WorkLayout(Path(self.root))
+        return WorkLayout(work_root_path(self.root))
 
     def certifications(self) -> Path:
-        return Path(self.certifications_dir).resolve()
+        return work_root_path(self.certifications_dir).resolve()
 
 
 class AprSettings(dg.ConfigurableResource):

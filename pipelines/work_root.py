@@ -11,8 +11,11 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from pydantic import BaseModel, ConfigDict
+
+from apr.errors import AprError
 
 MANIFEST_NAME = "manifest.json"
 UNPARTITIONED = "_all"
@@ -123,6 +126,27 @@ def write_text_atomic(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
+
+
+def work_root_path(location: str) -> Path:
+    """The local path of a work root given as a path or a ``file://`` URI (a shared mount on a cluster).
+
+    The stages hand their files to subprocesses (`apr run`, papermill) and memory-map models, so every
+    worker must see the root as a POSIX path at the same place: an NFS/EFS/Lustre mount, or an object
+    store mounted as a file system. Other URI schemes are refused rather than half supported.
+    """
+    parts = urlsplit(location)
+    if parts.scheme == "file":
+        if parts.netloc not in ("", "localhost"):
+            raise AprError(f"{location}: a file:// work root names a local path (file:///shared/apr-work), not a host")
+        return Path(unquote(parts.path))
+    if parts.scheme and len(parts.scheme) > 1:  # one letter would be a Windows drive, not a scheme
+        raise AprError(
+            f"{location}: the work root must be a path or a file:// URI on a file system every worker mounts at the "
+            f"same place (mount {parts.scheme}:// storage with its FUSE driver and give that path); "
+            "the stages run subprocesses on local files"
+        )
+    return Path(location)
 
 
 class WorkLayout:

@@ -1,10 +1,15 @@
-"""The certification graph materialized in process for a fixture model, end to end, then again (all reused)."""
+"""The certification graph materialized in process for a fixture model, end to end, then again (all reused);
+and on dagster-dask's executor over a LocalCluster of two worker processes, with the same verdicts."""
 
 from __future__ import annotations
 
 import csv
 import json
+import os
+import re
+import shutil
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import nbformat
@@ -66,7 +71,7 @@ def graph(tmp_path_factory: pytest.TempPathFactory, fixture_models) -> dict:
     )
     work = WorkRoot(root=str(root / "work"), certifications_dir=str(root / "certifications"))
     defs = build_definitions(playbooks, work)
-    return {"defs": defs, "work": work, "root": root}
+    return {"defs": defs, "work": work, "root": root, "playbooks": playbooks}
 
 
 def materialize(graph: dict, instance: dg.DagsterInstance) -> tuple[dg.ExecuteInProcessResult, ...]:
@@ -94,8 +99,11 @@ def metadata_of(result: dg.ExecuteInProcessResult) -> dict[str, dict]:
 def runs(graph: dict):
     with dg.instance_for_test() as instance:
         first = materialize(graph, instance)
+        # The first run's evidence, kept aside: a later test edits the playbook and rebuilds the gates.
+        evidence = graph["root"] / "in-process-evidence.jsonl"
+        shutil.copyfile(Path(graph["work"].certifications_dir) / MODEL / "evidence.jsonl", evidence)
         second = materialize(graph, instance)
-        yield {"first": first, "second": second, "instance": instance}
+        yield {"first": first, "second": second, "instance": instance, "evidence": evidence}
 
 
 def test_every_asset_materializes_with_its_metadata(runs: dict) -> None:
@@ -215,3 +223,68 @@ def test_a_model_that_does_not_load_stops_the_graph(tmp_path: Path, fixture_mode
     materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events() if e.asset_key}
     assert materialized <= {"checkpoint"}
     assert not (tmp_path / "certifications" / MODEL).exists()
+
+
+# What the machine decides, not the model: when and where a check ran, how long it took and how fast it went,
+# the throughput gate's floor and reason (derived from the machine's calibration), and the figures quoted in
+# other reasons ("loaded in 0.08s"). Everything else is compared: the gate, check, scenario, outcome, cause,
+# output excerpt, n_compared, every other threshold and reason text, the artifact's sha256, engine, device,
+# numerics, seed, playbook, tier and planned gates.
+MACHINE_FIELDS = ("duration_s", "metrics", "measured")
+MACHINE_PROVENANCE = ("host", "cpu", "kernels", "threads", "calibration", "started_at", "finished_at")
+MACHINE_GATES = ("THROUGHPUT",)
+FIGURE = re.compile(r"\d+(?:\.\d+)?")
+
+
+def verdicts(evidence: Path) -> list[dict[str, Any]]:
+    """Every record of an evidence file without its timings, host and machine-derived numbers, in file order."""
+    kept = []
+    for line in evidence.read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        verdict = {name: value for name, value in record.items() if name not in MACHINE_FIELDS}
+        verdict["provenance"] = {k: v for k, v in record["provenance"].items() if k not in MACHINE_PROVENANCE}
+        verdict["reason"] = FIGURE.sub("#", record["reason"])
+        if record["gate"] in MACHINE_GATES:
+            del verdict["threshold"], verdict["reason"]
+        kept.append(verdict)
+    return kept
+
+
+def test_the_dask_executor_on_a_local_cluster_certifies_like_the_in_process_run(
+    graph: dict, runs: dict, tmp_path: Path
+) -> None:
+    from apr.qa.evidence import read_evidence
+    from apr.qa.score import compute_mqs
+    from pipelines.jobs import ExecutorKind, reconstructable_certify_job
+    from pipelines.runs import DEFAULT_RUN_CONFIGS, execute_partitions, load_run_config, shared_cluster
+
+    run_config = load_run_config(DEFAULT_RUN_CONFIGS[ExecutorKind.DASK])  # the committed dask-local.yaml
+    assert run_config["execution"]["config"]["cluster"]["local"]["n_workers"] == 2
+    work, certifications = tmp_path / "work", tmp_path / "certifications"
+    # The work root as a file:// URI: the form a shared mount takes in a cluster's run config.
+    job = reconstructable_certify_job(graph["playbooks"], f"file://{work}", certifications, ExecutorKind.DASK, MODEL)
+    with dg.instance_for_test() as instance, shared_cluster(ExecutorKind.DASK, run_config) as shared:
+        assert shared["execution"]["config"]["cluster"]["existing"]["address"].startswith("tcp://127.0.0.1:")
+        [outcome] = execute_partitions({MODEL: job}, instance, shared, concurrent_runs=1)
+        starts = instance.all_logs(outcome.run_id, of_type=dg.DagsterEventType.STEP_START)
+        step_pids = {record.dagster_event.pid for record in starts if record.dagster_event is not None}
+    assert outcome.success, "\n".join(outcome.lines)
+    built = [line.split()[:2] for line in outcome.lines if line.startswith("  ") and not line.startswith("  check ")]
+    assert sorted(built) == sorted([asset, "built"] for asset in PER_MODEL)
+    # Every step ran in one of the cluster's two worker processes, none in this (orchestrating) one.
+    assert len(starts) == len(PER_MODEL) and len(step_pids) == 2 and os.getpid() not in step_pids, step_pids
+
+    expected = verdicts(runs["evidence"])
+    assert len(expected) > 10 and verdicts(certifications / MODEL / "evidence.jsonl") == expected
+    # The certification the dask run published scores the in-process evidence exactly.
+    certification = WorkLayout(work).read_record("certification", MODEL)
+    assert certification is not None
+    mqs = compute_mqs(read_evidence(runs["evidence"]).records)
+    facts = certification.facts
+    assert (facts["mqs"], facts["raw"], facts["grade"], facts["status"], facts["gateways_passed"]) == (
+        mqs.score,
+        mqs.raw,
+        mqs.grade,
+        mqs.status.value,
+        mqs.gateways_passed,
+    )
