@@ -60,11 +60,11 @@ scenarios:
 execution:
   timeout_s: 120
   failure_policy: collect_all
+self_test: {{defects: [nan-norm, tokenizer-dropped]}}
 gates:
   CONTRACT-INVARIANTS:
   TOKENIZER-PARITY:
   THROUGHPUT: {{min_tok_s: {{cpu: 0.01, gpu: 1.0}}}}
-self_test: {{defects: [nan-norm, tokenizer-dropped]}}
 """
 
 
