@@ -43,7 +43,9 @@ def run_self_test(playbook, gguf: StageRecord, directory: Path) -> StageResult:
     )
     # Plain progress lines: Dagster keeps the step's stderr.
     result = stages.self_test(artifacts, playbook, folder, progress=RunProgress(live=False))
-    files = {path.relative_to(folder).as_posix(): file_ref(path) for path in sorted(folder.rglob("*")) if path.is_file()}
+    files = {
+        path.relative_to(folder).as_posix(): file_ref(path) for path in sorted(folder.rglob("*")) if path.is_file()
+    }
     planted = len(result.planted)
     return StageResult(
         files=files,

@@ -202,7 +202,9 @@ def test_a_certification_cites_only_its_own_self_test(llama_self_test, tmp_path)
         (row,) = rows_from_records(records, "evidence.jsonl", folder)
         assert row.self_test == (expected or ""), folder.name
         assert (found is not None and found.caught == result.caught) is (expected is not None), folder.name
-        stages.report(records, stages.score(records), folder, title="t", evidence=folder / "evidence.jsonl", self_test=found)
+        stages.report(
+            records, stages.score(records), folder, title="t", evidence=folder / "evidence.jsonl", self_test=found
+        )
         mqs = json.loads((folder / "mqs.json").read_text())
         html = (folder / "report.html").read_text()
         if expected is None:

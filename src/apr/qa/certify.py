@@ -229,7 +229,6 @@ class Certification:
             pb, self.output, self.evidence, mqs, summaries[0], time.monotonic() - started, self.tables, archived
         )
 
-
     def _self_test(self, artifacts, records: tuple[EvidenceRecord, ...], progress: RunProgress):
         """The playbook's self-test into ``self-test/``; a resumed run keeps one that finished for this playbook."""
         import shutil
