@@ -164,11 +164,13 @@ def test_self_test_reports_catches_misses_and_no_false_block(llama_self_test):
 
 
 def test_the_evidence_alone_gives_the_same_table_and_playbook(llama_self_test):
-    from apr.qa.selftest.report import result_from_evidence
+    from apr.qa.selftest.report import render_markdown, result_from_evidence
 
     options, result = llama_self_test
     again = result_from_evidence(options.output, "fixture-llama")
     assert again is not None and again.playbook == "fixture-llama-full"
+    assert "layer-order" in again.unmeasured and "nan-norm" not in again.unmeasured and not result.unmeasured
+    assert "Interrupted run" in render_markdown(again) and "Interrupted run" not in render_markdown(result)
     assert [(d.defect, d.caught_by) for d in again.defects] == [
         (d.defect, d.caught_by) for d in result.defects if d.applicable
     ]

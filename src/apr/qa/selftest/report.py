@@ -51,6 +51,15 @@ def render_markdown(result: SelfTestResult) -> str:
         + (f"{result.caught / len(result.planted):.0%}" if result.planted else "n/a")
         + ").",
         "",
+        *(
+            [
+                f"**Interrupted run**: rebuilt from the evidence of the copies that finished; no evidence for "
+                f"{', '.join(f'`{d}`' for d in result.unmeasured)} (not measured, or not applicable to this model).",
+                "",
+            ]
+            if result.unmeasured
+            else []
+        ),
         f"`{CAUGHT}` the gate falsified the copy · `{CRASHED}` the gate crashed or timed out on it (not a detection) · "
         f"`{MISSED}` it passed or did not apply · `-` defect not applicable to this model. Evidence of every copy: "
         "`evidence/<defect>.jsonl`.",
@@ -118,6 +127,7 @@ def result_from_evidence(folder: Path, model: str) -> SelfTestResult | None:
 
     clean = judged(CLEAN, "unmodified copy (the control)")
     defects = [judged(d.id, d.description) for d in DEFECTS if (evidence / f"{d.id}.jsonl").is_file()]
+    measured = {d.defect for d in defects}
     playbooks = {r.provenance.playbook for r in read_evidence(clean_file).records}
     return SelfTestResult(
         model=model,
@@ -125,6 +135,7 @@ def result_from_evidence(folder: Path, model: str) -> SelfTestResult | None:
         clean=clean,
         defects=defects,
         playbook=playbooks.pop() if len(playbooks) == 1 else None,
+        unmeasured=tuple(d.id for d in DEFECTS if d.id not in measured),
     )
 
 

@@ -98,6 +98,8 @@ class SelfTestResult:
     clean: CopyResult
     defects: list[CopyResult] = field(default_factory=list)
     playbook: str | None = None  # whose gates these are (None: `apr qa --self-test` without --playbook)
+    # Defects of the catalogue with no evidence when the table was rebuilt from evidence (an interrupted run).
+    unmeasured: tuple[str, ...] = ()
 
     @property
     def planted(self) -> list[CopyResult]:
@@ -134,6 +136,7 @@ class SelfTestResult:
             "summary": self.summary(),
             "clean": self.clean.to_json(),
             "defects": [d.to_json() for d in self.defects],
+            "unmeasured": list(self.unmeasured),
         }
 
     @classmethod
@@ -144,6 +147,7 @@ class SelfTestResult:
             clean=CopyResult.from_json(data["clean"]),
             defects=[CopyResult.from_json(d) for d in data["defects"]],
             playbook=data.get("playbook"),
+            unmeasured=tuple(data.get("unmeasured", ())),
         )
 
 
