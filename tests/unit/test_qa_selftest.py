@@ -234,3 +234,28 @@ def test_cli_rejects_an_unknown_defect_in_one_line(fixture_ggufs):
     assert run.returncode == 2
     assert run.stderr.strip().splitlines() == [run.stderr.strip()] and "no-such" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+def test_nan_weights_are_evidence_against_the_model_not_a_crash(fixture_ggufs, tmp_path):
+    """A NaN in a norm makes every logit NaN: the reply gates record falsified checks (the self-test of
+    smollm2:135m once stopped here with the engine's error instead)."""
+    from apr.engine import load_engine
+    from apr.qa.axes import Format
+    from apr.qa.evidence import Outcome
+    from apr.qa.gates.golden import golden_checks
+    from apr.qa.gates.stop import stop_reply_checks
+    from apr.qa.gates.thresholds import GoldenOutputGate, StopBehaviorGate
+
+    copy = read_gguf_copy(fixture_ggufs["llama"])
+    defect("nan-norm").plant(copy)
+    engine = load_engine(write_gguf_copy(copy, tmp_path / "nan.gguf"), dtype="fp32", pack_cache=False)
+    assert engine.tokenizer.has_chat_template  # so the stop gate plans its replies
+    checks = [
+        *golden_checks(engine, GoldenOutputGate(), True, Format.GGUF),
+        *stop_reply_checks(engine, StopBehaviorGate(prompts=("Say hello.",)), True, Format.GGUF),
+    ]
+    assert [(c.gate.value, c.outcome) for c in checks] == [
+        ("GOLDEN-OUTPUT", Outcome.FALSIFIED),
+        ("STOP-BEHAVIOR", Outcome.FALSIFIED),
+    ]
+    assert all("NaN/Inf logits" in c.reason for c in checks)
