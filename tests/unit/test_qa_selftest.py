@@ -170,7 +170,7 @@ def test_the_evidence_alone_gives_the_same_table_and_playbook(llama_self_test):
     again = result_from_evidence(options.output, "fixture-llama")
     assert again is not None and again.playbook == "fixture-llama-full"
     assert "layer-order" in again.unmeasured and "nan-norm" not in again.unmeasured and not result.unmeasured
-    assert "Interrupted run" in render_markdown(again) and "Interrupted run" not in render_markdown(result)
+    assert "Rebuilt from evidence" in render_markdown(again) and "Rebuilt" not in render_markdown(result)
     assert [(d.defect, d.caught_by) for d in again.defects] == [
         (d.defect, d.caught_by) for d in result.defects if d.applicable
     ]

@@ -53,7 +53,7 @@ def render_markdown(result: SelfTestResult) -> str:
         "",
         *(
             [
-                f"**Interrupted run**: rebuilt from the evidence of the copies that finished; no evidence for "
+                f"**Rebuilt from evidence** (e.g. of an interrupted run): no evidence for "
                 f"{', '.join(f'`{d}`' for d in result.unmeasured)} (not measured, or not applicable to this model).",
                 "",
             ]
