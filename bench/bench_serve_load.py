@@ -25,9 +25,7 @@ import argparse
 import json
 import os
 import platform
-import re
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -36,9 +34,9 @@ from dataclasses import dataclass
 
 import httpx
 import openai
+from serve_proc import ServeProcess  # bench/serve_proc.py, beside this script
 from stats import percentile  # bench/stats.py, beside this script
 
-READY = re.compile(r"apr serve: ready at (http://\S+)")
 PROMPTS = [
     "Once upon a time, in a small village by the sea, there lived",
     "The history of the Roman Empire can be summarised as follows:",
@@ -76,29 +74,6 @@ class StreamTiming:
     @property
     def end(self) -> float:
         return self.token_times[-1] if self.token_times else self.start
-
-
-def start_server(model: str, batch_size: int, device: str) -> tuple[subprocess.Popen, str]:
-    argv = [
-        sys.executable,
-        "-m",
-        "apr.cli.main",
-        "serve",
-        model,
-        "--port",
-        "0",
-        "--batch-size",
-        str(batch_size),
-        "--device",
-        device,
-    ]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    assert proc.stdout is not None  # stdout=PIPE
-    for line in iter(proc.stdout.readline, ""):
-        match = READY.search(line)
-        if match:
-            return proc, match.group(1)
-    raise SystemExit(f"apr serve exited ({proc.wait()}) before it was ready")
 
 
 def stream_completion(client: openai.OpenAI, model: str, prompt: str, max_tokens: int) -> StreamTiming:
@@ -281,7 +256,8 @@ def main() -> None:
     args = parser.parse_args()
 
     progress(f"starting apr serve {args.model}")
-    proc, url = start_server(args.model, args.batch_size, args.device)
+    server = ServeProcess.start(args.model, "--batch-size", str(args.batch_size), "--device", args.device)
+    url = server.url
     progress(f"ready at {url}; warmup")
     try:
         client = make_client(url)
@@ -308,8 +284,7 @@ def main() -> None:
         progress("load test")
         load = load_test(url, model, expected, args.clients, args.requests, args.max_tokens // 2)
     finally:
-        proc.terminate()
-        proc.wait(30)
+        server.stop()
     speedup = statistics.median(multi) / statistics.median(single)
     speedup_e2e = statistics.median(multi_e2e) / statistics.median(single_e2e)
     report = {

@@ -21,18 +21,16 @@ import json
 import os
 import platform
 import random
-import re
 import statistics
-import subprocess
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
 
 import httpx
+from serve_proc import ServeProcess  # bench/serve_proc.py, beside this script
 from stats import percentile  # bench/stats.py, beside this script
 
-READY = re.compile(r"apr serve: ready at (http://\S+)")
 PROMPTS = [
     "Once upon a time, in a small village by the sea, there lived",
     "The history of the Roman Empire can be summarised as follows:",
@@ -49,24 +47,19 @@ WHOLE_PROMPT_CHUNK = 1_000_000
 @dataclass
 class Server:
     name: str
-    proc: subprocess.Popen
-    url: str
+    process: ServeProcess
+
+    @property
+    def url(self) -> str:
+        return self.process.url
 
     @classmethod
     def start(cls, name: str, model: str, chunk: int, batch: int) -> Server:
-        argv = [sys.executable, "-m", "apr.cli.main", "serve", model, "--port", "0", "--batch-size", str(batch)]
-        argv += ["--prefill-chunk", str(chunk), "--prefix-cache-mb", "0"]
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            match = READY.search(line)
-            if match:
-                return cls(name, proc, match.group(1))
-        raise RuntimeError(f"apr serve ({name}) exited before it was ready")
+        options = ("--batch-size", str(batch), "--prefill-chunk", str(chunk), "--prefix-cache-mb", "0")
+        return cls(name, ServeProcess.start(model, *options))
 
     def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(30)
+        self.process.stop()
 
 
 @dataclass

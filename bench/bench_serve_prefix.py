@@ -22,16 +22,14 @@ import argparse
 import json
 import os
 import platform
-import re
 import statistics
-import subprocess
 import sys
 import time
 
 import openai
+from serve_proc import ServeProcess  # bench/serve_proc.py, beside this script
 from stats import percentile  # bench/stats.py, beside this script
 
-READY = re.compile(r"apr serve: ready at (http://\S+)")
 SYSTEM = "You are a careful senior Python engineer. Answer briefly, with code when useful."
 OPENINGS = [
     "I am writing a CLI tool that parses log files.",
@@ -54,29 +52,6 @@ def summary(values: list[float]) -> dict[str, float]:
         "p90_s": round(percentile(values, 0.9), 4),
         "n": len(values),
     }
-
-
-def start_server(model: str, device: str, prefix_mb: int) -> tuple[subprocess.Popen, str]:
-    argv = [
-        sys.executable,
-        "-m",
-        "apr.cli.main",
-        "serve",
-        model,
-        "--port",
-        "0",
-        "--device",
-        device,
-        "--prefix-cache-mb",
-        str(prefix_mb),
-    ]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    assert proc.stdout is not None  # stdout=PIPE
-    for line in iter(proc.stdout.readline, ""):
-        match = READY.search(line)
-        if match:
-            return proc, match.group(1)
-    raise SystemExit(f"apr serve exited ({proc.wait()}) before it was ready")
 
 
 def turn(client: openai.OpenAI, model: str, messages: list[dict], max_tokens: int) -> tuple[float, str, int, int]:
@@ -148,12 +123,12 @@ def main() -> None:
     runs = {}
     for label, prefix_mb in (("without_cache", 0), ("with_cache", 1024)):
         print(f"{label}: starting apr serve", file=sys.stderr, flush=True)
-        proc, url = start_server(args.model, args.device, prefix_mb)
+        server = ServeProcess.start(args.model, "--device", args.device, "--prefix-cache-mb", str(prefix_mb))
+        url = server.url
         try:
             runs[label] = run_conversations(url, args.model, args.conversations, args.turns, args.max_tokens)
         finally:
-            proc.terminate()
-            proc.wait(30)
+            server.stop()
     mismatches = sum(
         a["text"] != b["text"]
         for conv_a, conv_b in zip(runs["without_cache"], runs["with_cache"])

@@ -27,11 +27,19 @@ def folder_files(folder: Path) -> dict[str, FileRef]:
 
 
 def publish(source: Path, target: Path) -> None:
-    """Copy a finished folder to its published place, replacing the old one only once the copy is complete."""
+    """Copy a finished folder to its published place, replacing the old one only once the copy is complete.
+
+    Sub-folders of the old one that ``source`` does not have are carried over: they hold evidence of other
+    runs kept beside the pipeline's (``gpu-h200/`` from a GPU machine, ``humaneval/``, ``self-test/``), which
+    a re-run on this machine cannot reproduce and must never delete. Top-level files are the pipeline's own."""
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = target.with_name(f".{target.name}.new")
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(source, staging)
+    if target.is_dir():
+        for entry in sorted(target.iterdir()):
+            if entry.is_dir() and not entry.is_symlink() and not (staging / entry.name).exists():
+                shutil.copytree(entry, staging / entry.name, symlinks=True)
     replace_dir(staging, target)
 
 
@@ -86,7 +94,8 @@ def build_certification(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinit
                 facts = certify_folder(key, folder)
             folder = layout.asset_dir(ASSET, key) / "out"
             publish(folder, published)
-            return StageResult(files=folder_files(published), facts={**facts, "published": str(published)})
+            own = {name: ref for name, ref in folder_files(published).items() if (folder / name).is_file()}
+            return StageResult(files=own, facts={**facts, "published": str(published)})
 
         record = run_stage(
             layout,

@@ -158,3 +158,25 @@ def test_the_code_digest_covers_the_engine_kernels_in_c() -> None:
     names = {path.name for path in package_sources("engine")}
     assert {"qgemm.c", "layer.c", "glue.c", "apr_native.h", "model.py"} <= names
     assert not any(name.endswith((".so", ".pyc")) for name in names)
+
+
+def test_publishing_a_certification_keeps_the_evidence_of_other_runs_beside_it(tmp_path):
+    from pipelines.assets.certification import publish
+
+    published = tmp_path / "certifications" / "demo"
+    (published / "gpu-h200").mkdir(parents=True)
+    (published / "gpu-h200" / "evidence.jsonl").write_text("gpu evidence\n")
+    (published / "charts").mkdir()
+    (published / "charts" / "old.svg").write_text("stale chart")
+    (published / "report.html").write_text("old report")
+    fresh = tmp_path / "out"
+    (fresh / "charts").mkdir(parents=True)
+    (fresh / "charts" / "new.svg").write_text("chart")
+    (fresh / "report.html").write_text("new report")
+
+    publish(fresh, published)
+
+    assert (published / "gpu-h200" / "evidence.jsonl").read_text() == "gpu evidence\n"  # another run's: kept
+    assert (published / "report.html").read_text() == "new report"  # the pipeline's own: replaced
+    assert sorted(p.name for p in (published / "charts").iterdir()) == ["new.svg"]  # its folders: replaced whole
+    assert sorted(p.name for p in tmp_path.joinpath("certifications").iterdir()) == ["demo"]  # no staging left

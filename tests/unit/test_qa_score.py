@@ -113,9 +113,10 @@ def test_a_missing_gate_scores_zero_in_its_category():
 
 def test_honest_cpu_only_run_is_provisional_not_certified():
     # Every CPU check corroborated, every GPU twin skipped, GPU speedup skipped; an MVP-tier run, so
-    # FUNCTIONAL-CORRECTNESS (only the models' -full playbooks run HumanEval) is not planned and costs nothing.
+    # FUNCTIONAL-CORRECTNESS and the serve features (only the full tier runs them) are not planned.
+    full_only = {GateId.FUNCTIONAL_CORRECTNESS, GateId.FIM, GateId.TOOL_CALLS, GateId.JSON_MODE, GateId.EMBEDDINGS}
     records = []
-    for gate in (g for g in CATALOG if g is not GateId.FUNCTIONAL_CORRECTNESS):
+    for gate in (g for g in CATALOG if g not in full_only):
         records.append(record(gate, check=f"{gate}-cpu"))
         if gate in (
             GateId.G1_LOAD,
@@ -145,7 +146,9 @@ def test_honest_cpu_only_run_is_provisional_not_certified():
 
 def planned(records, gates):
     """``records`` as a plan enabling exactly ``gates`` wrote them."""
-    return [r.model_copy(update={"provenance": r.provenance.model_copy(update={"gates": tuple(gates)})}) for r in records]
+    return [
+        r.model_copy(update={"provenance": r.provenance.model_copy(update={"gates": tuple(gates)})}) for r in records
+    ]
 
 
 def test_a_gate_the_plan_did_not_enable_costs_nothing_and_a_planned_one_without_records_costs_its_share():

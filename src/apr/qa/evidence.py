@@ -35,7 +35,8 @@ MetricValue = float | int | str | bool | None
 
 
 class Outcome(StrEnum):
-    """What a check concluded. Only ``corroborated`` is a pass; ``skipped`` and ``inconclusive`` never are.
+    """What a check concluded. Only ``corroborated`` is a pass; ``skipped``, ``not_applicable`` and
+    ``inconclusive`` never are.
 
     Only ``falsified`` and ``crashed`` are evidence against the model. ``inconclusive`` says the machine
     stopped the check (deadline, OOM, a process killed from outside, a full disk: ``cause`` names it) after a
@@ -49,6 +50,9 @@ class Outcome(StrEnum):
     CRASHED = "crashed"  # the program under test died of its own defect (SIGSEGV/SIGABRT, traceback, HTTP 5xx)
     SKIPPED = "skipped"  # the check could not run here (e.g. a GPU cell without CUDA); reason says why
     INCONCLUSIVE = "inconclusive"  # the machine stopped the check; ``cause`` says how; never about the model
+    # The model lacks the feature the check exercises (FIM without FIM tokens, tools with a template that does not
+    # render them): no pass, no failure, and a gate with nothing but these leaves the MQS plan (apr.qa.score).
+    NOT_APPLICABLE = "not_applicable"
 
     @property
     def is_failure(self) -> bool:
@@ -173,7 +177,9 @@ class EvidenceRecord(BaseModel):
         min_length=1, description="which check inside the gate, e.g. 'oracle:arithmetic', 'top1 gguf~apr'"
     )
     scenario: Scenario = Field(description="what was exercised")
-    outcome: Outcome = Field(description="corroborated | falsified | crashed | skipped | inconclusive (| timeout)")
+    outcome: Outcome = Field(
+        description="corroborated | falsified | crashed | skipped | not_applicable | inconclusive (| timeout)"
+    )
     cause: InfraCause | None = Field(
         None, description="for inconclusive: what on the machine stopped the check (deadline, oom, ...)"
     )

@@ -6,14 +6,18 @@ Formula (every number here is also in docs/qa.md):
    ``fraction = corroborated / conclusive records of the gate``. Skipped, falsified and crashed
    records are in the denominator and earn nothing. Inconclusive records (the machine stopped the
    check: deadline, OOM, killed from outside, full disk; older ``timeout`` records count as these)
-   are left out of it: they say nothing about the model, for or against. A gate with no conclusive
-   records has fraction 0 ("no evidence is not a pass").
+   are left out of it: they say nothing about the model, for or against. ``not_applicable`` records
+   (the model lacks the feature the check exercises: FIM without FIM tokens, tools with a template
+   that does not render them) are left out of it too. A gate with no conclusive records has fraction
+   0 ("no evidence is not a pass").
 2. Each category's points = ``weight × mean(fraction of every *planned* gate in the category)``,
    weights integrity 200, execution 200, quality 200, parity 250, consistency 50, performance 100.
    The planned gates are those the playbook enabled, kept in every record's ``provenance.gates``
    (records written before it was kept: the gates their tier's template enables today; no tier: the
    whole catalog). So a gate the tier does not run (HumanEval in ``mvp``) costs nothing, while a
-   planned gate that left no record costs its full share. A category with no planned gate, or no
+   planned gate that left no record costs its full share. A planned gate whose every record is
+   ``not_applicable`` (never a gateway) leaves the plan: it neither earns nor costs; one applicable
+   record (even skipped) keeps it in. A category with no planned gate, or no
    evidence, scores 0: a tier that skips a whole category cannot be certified.
 3. ``raw = floor(sum of category points)`` (floor: a score never rounds up into a better grade).
 4. Gateways G0–G4: a gateway *fails* on a falsified or crashed record (G3, stability, on a crashed
@@ -72,10 +76,16 @@ class GateScore(BaseModel):
     crashed: int = 0
     skipped: int = 0
     inconclusive: int = 0  # includes older ``timeout`` records
+    not_applicable: int = 0  # the model lacks the feature: neither conclusive nor inconclusive
 
     @property
     def total(self) -> int:
-        return self.conclusive + self.inconclusive
+        return self.conclusive + self.inconclusive + self.not_applicable
+
+    @property
+    def inapplicable(self) -> bool:
+        """Every record of the gate says the model lacks its feature (and there is at least one)."""
+        return self.not_applicable > 0 and self.conclusive + self.inconclusive == 0
 
     @property
     def conclusive(self) -> int:
@@ -160,19 +170,23 @@ def inconclusive_lines(records: Iterable[EvidenceRecord]) -> list[str]:
 def planned_gates(records: Iterable[EvidenceRecord]) -> frozenset[GateId]:
     """The gates the evidence's plan enabled: the union of the records' ``provenance.gates``; for older records
     without it, what their (single) tier's template enables now; failing that, the whole catalog. Gateways and
-    any gate that left a record always count, so evidence can never be scored over less than it holds."""
+    any gate that left an applicable record always count, so evidence can never be scored over less than it
+    holds; a gate whose every record is ``not_applicable`` (the model lacks its feature) is left out."""
     records = list(records)
     kept = [record.provenance.gates for record in records if record.provenance.gates is not None]
     present = {record.gate for record in records} | set(GATEWAYS)
+    inapplicable = frozenset(
+        gate for gate, score in _gate_scores(records).items() if score.inapplicable and gate not in GATEWAYS
+    )
     if kept:
-        return frozenset(gate for gates in kept for gate in gates) | present
+        return (frozenset(gate for gates in kept for gate in gates) | present) - inapplicable
     tiers = {record.provenance.tier for record in records}
     if len(tiers) == 1 and (tier := tiers.pop()) is not None:
         from apr.qa.certify import TEMPLATES  # the templates: read only for records that predate the field
         from apr.qa.playbook import load_template
 
-        return frozenset(load_template(TEMPLATES / f"{tier.value}.yaml").gates.enabled()) | present
-    return frozenset(CATALOG)
+        return (frozenset(load_template(TEMPLATES / f"{tier.value}.yaml").gates.enabled()) | present) - inapplicable
+    return frozenset(CATALOG) - inapplicable
 
 
 def compute_mqs(records: Iterable[EvidenceRecord]) -> MqsResult:

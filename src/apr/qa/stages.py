@@ -42,6 +42,8 @@ Emit = Callable[[list[EvidenceRecord]], None]  # receives the stamped records of
 # Gates written per cell by the trace stage (resumed cell by cell); every other gate is resumed as a whole.
 CELL_GATES = frozenset({GateId.G2_INFERENCE, GateId.G3_STABILITY, GateId.G4_QUALITY})
 RUNTIME_GATES = frozenset({GateId.DETERMINISM, GateId.THROUGHPUT, GateId.GPU_SPEEDUP})
+# `apr serve`'s code-tool features (apr.qa.gates.serve_features): one server per format, run in the runtime stage.
+SERVE_FEATURE_GATES = frozenset({GateId.FIM, GateId.TOOL_CALLS, GateId.JSON_MODE, GateId.EMBEDDINGS})
 
 
 # ---- acquire --------------------------------------------------------------------------------------------
@@ -244,7 +246,7 @@ def model_gates(
     format and reference parity — each family's records emitted as it finishes."""
     from apr.qa.gates.model_level import ModelGateInputs, ModelGateRun
 
-    wanted = set(subject.gates.enabled()) - CELL_GATES - RUNTIME_GATES - done
+    wanted = set(subject.gates.enabled()) - CELL_GATES - RUNTIME_GATES - SERVE_FEATURE_GATES - done
     phase = progress.phase("model-level gates", len(wanted))
     finished: set[GateId] = set()
 
@@ -289,8 +291,9 @@ def runtime_gates(
     progress: RunProgress = SILENT,
 ) -> None:
     """Determinism (reruns of recorded cells), throughput (one `apr bench` per format × backend, judged against
-    the machine measured again just before), GPU speedup (from the throughput records) and functional
-    correctness (`apr eval` per format against the SafeTensors reference); ``records`` is the evidence so far."""
+    the machine measured again just before), GPU speedup (from the throughput records), functional
+    correctness (`apr eval` per format against the SafeTensors reference) and the serve features (FIM, tool
+    calls, JSON mode, embeddings: one `apr serve` per format); ``records`` is the evidence so far."""
     from apr.qa.gates import runtime
 
     gates = subject.gates
@@ -299,7 +302,9 @@ def runtime_gates(
     benches = benches if GateId.THROUGHPUT not in done else []
     speedup = gates.gpu_speedup is not None and GateId.GPU_SPEEDUP not in done
     functional = gates.functional_correctness is not None and GateId.FUNCTIONAL_CORRECTNESS not in done
-    phase = progress.phase("runtime gates", int(rerun) + len(benches) + int(speedup) + int(functional))
+    served = tuple(gate for gate in gates.enabled() if gate in SERVE_FEATURE_GATES and gate not in done)
+    steps = int(rerun) + len(benches) + int(speedup) + int(functional) + int(bool(served))
+    phase = progress.phase("runtime gates", steps)
     if rerun:
         phase.start("determinism: rerun one cell per modality")
         determinism = _determinism(subject, records, subject.recorder())
@@ -328,6 +333,14 @@ def runtime_gates(
         stamped = stamp_all(subject.recorder(), functional_checks(subject), timer)
         emit(stamped)
         phase.finish(f"{GateId.FUNCTIONAL_CORRECTNESS}: {_outcomes(stamped)}")
+    if served:
+        from apr.qa.gates.serve_features import serve_feature_checks
+
+        phase.start(f"serve features ({', '.join(served)}): apr serve per format, over HTTP")
+        timer = Timer()
+        stamped = stamp_all(subject.recorder(), serve_feature_checks(subject, served), timer)
+        emit(stamped)
+        phase.finish(f"serve features: {_outcomes(stamped)}")
     phase.close()
 
 

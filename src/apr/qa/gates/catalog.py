@@ -29,6 +29,11 @@ class GateId(StrEnum):
     THROUGHPUT = "THROUGHPUT"
     GPU_SPEEDUP = "GPU-SPEEDUP"
     FUNCTIONAL_CORRECTNESS = "FUNCTIONAL-CORRECTNESS"  # apr.qa.gates.functional (`full` tier)
+    # apr serve's code-tool features (apr.qa.gates.serve_features, `full` tier)
+    FIM = "FIM"
+    TOOL_CALLS = "TOOL-CALLS"
+    JSON_MODE = "JSON-MODE"
+    EMBEDDINGS = "EMBEDDINGS"
 
 
 class Category(StrEnum):
@@ -220,6 +225,40 @@ CATALOG: dict[GateId, GateSpec] = {
             _P1,
             "HumanEval/MBPP pass@1 of every format within the playbook's tolerance of the SafeTensors reference's, "
             "problem by problem",
+        ),
+        # The serve features are quality (what a client gets back), P1: optional features probed on a handful
+        # of fixed cases, so a miss costs points without blocking; a model without the feature records them
+        # not_applicable, which leaves the gate out of the MQS plan (apr.qa.score).
+        _spec(
+            GateId.FIM,
+            "Fill-in-the-Middle",
+            _Q,
+            _P1,
+            "`apr serve` /v1/completions with a suffix: prefix + middle + suffix parses as Python and, where the "
+            "case has one, passes its assertion in the sandbox (models with FIM tokens)",
+        ),
+        _spec(
+            GateId.TOOL_CALLS,
+            "Tool Calls",
+            _Q,
+            _P1,
+            "`apr serve` chat with tools: one tool call, the right function, arguments valid JSON matching its schema "
+            "(models whose chat template renders tools)",
+        ),
+        _spec(
+            GateId.JSON_MODE,
+            "JSON Mode",
+            _Q,
+            _P1,
+            "`apr serve` chat with a json_schema response_format: the reply parses and matches the schema "
+            "(models with a chat template)",
+        ),
+        _spec(
+            GateId.EMBEDDINGS,
+            "Embeddings",
+            _Q,
+            _P1,
+            "`apr serve` /v1/embeddings: paraphrases are closer (cosine) than unrelated texts, over fixed triples",
         ),
     )
 }

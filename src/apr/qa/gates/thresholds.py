@@ -157,6 +157,41 @@ class FunctionalCorrectnessGate(GateSettings):
     timeout_s: float = Field(6 * 3600.0, gt=0)  # per `apr eval` run
 
 
+class FimGate(GateSettings):
+    """FIM (apr.qa.gates.serve_features): the fixed Python cases of ``apr.qa.coder_cases``, greedy, through
+    `apr serve` /v1/completions with ``suffix``; one record per case and served format."""
+
+    cases: int | None = Field(None, ge=1)  # the first N cases; None: all
+    max_tokens: int = Field(64, ge=1, le=4096)
+    run_tests: bool = True  # run each case's assertion on prefix + middle + suffix in the eval sandbox
+
+
+class ToolCallsGate(GateSettings):
+    """TOOL-CALLS: the fixed requests of ``apr.qa.coder_cases`` with one tools list, greedy."""
+
+    cases: int | None = Field(None, ge=1)
+    max_tokens: int = Field(128, ge=1, le=4096)
+    # auto: the model must decide to call, and which (what agents send by default); required: the server's
+    # grammar forces a call and the model chooses which function and its arguments.
+    tool_choice: Literal["auto", "required"] = "auto"
+
+
+class JsonModeGate(GateSettings):
+    """JSON-MODE: the fixed requests of ``apr.qa.coder_cases`` with a json_schema response_format, greedy."""
+
+    cases: int | None = Field(None, ge=1)
+    max_tokens: int = Field(160, ge=1, le=4096)
+
+
+class EmbeddingsGate(GateSettings):
+    """EMBEDDINGS: over the fixed (anchor, paraphrase, unrelated) triples of ``apr.qa.coder_cases``, the share
+    of triples with cos(anchor, paraphrase) > cos(anchor, unrelated) + ``min_margin`` must reach
+    ``min_ordered_fraction``; one record per served format."""
+
+    min_ordered_fraction: float = Field(1.0, gt=0, le=1)
+    min_margin: float = Field(0.0, ge=0, le=2)
+
+
 def _listed(value: Any) -> Any:
     # `GATE-ID:` with no value in YAML means "run with defaults".
     return {} if value is None else value
@@ -187,6 +222,10 @@ class GateSet(BaseModel):
     throughput: ThroughputGate | None = Field(None, alias="THROUGHPUT")
     gpu_speedup: GpuSpeedupGate | None = Field(None, alias="GPU-SPEEDUP")
     functional_correctness: FunctionalCorrectnessGate | None = Field(None, alias="FUNCTIONAL-CORRECTNESS")
+    fim: FimGate | None = Field(None, alias="FIM")
+    tool_calls: ToolCallsGate | None = Field(None, alias="TOOL-CALLS")
+    json_mode: JsonModeGate | None = Field(None, alias="JSON-MODE")
+    embeddings: EmbeddingsGate | None = Field(None, alias="EMBEDDINGS")
 
     @field_validator("*", mode="before")
     @classmethod

@@ -59,8 +59,10 @@ def gate_rows(records: Sequence[EvidenceRecord]) -> list[GateRow]:
         skipped = [r for r in mine if r.outcome is Outcome.SKIPPED]
         stopped = [r for r in mine if r.outcome.is_infrastructure]
         status = "failed" if failed else "inconclusive" if stopped else "passed" if passed else "skipped"
+        if all(r.outcome is Outcome.NOT_APPLICABLE for r in mine):
+            status = "not applicable"  # the model lacks the gate's feature: left out of the MQS plan
         measured, threshold = _headline(mine)
-        first = (failed or stopped or skipped or passed)[0]
+        first = (failed or stopped or skipped or passed or mine)[0]
         rows.append(
             GateRow(
                 gate=gate.value,
@@ -78,7 +80,13 @@ def gate_rows(records: Sequence[EvidenceRecord]) -> list[GateRow]:
     return rows
 
 
-STYLE = {"passed": "green", "failed": "bold red", "inconclusive": "bold magenta", "skipped": "yellow"}
+STYLE = {
+    "passed": "green",
+    "failed": "bold red",
+    "inconclusive": "bold magenta",
+    "skipped": "yellow",
+    "not applicable": "dim",
+}
 
 
 def render_table(rows: Sequence[GateRow], title: str) -> None:

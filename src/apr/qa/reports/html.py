@@ -147,6 +147,7 @@ _WORST = (
     Outcome.INCONCLUSIVE,
     Outcome.TIMEOUT,
     Outcome.SKIPPED,
+    Outcome.NOT_APPLICABLE,
     Outcome.CORROBORATED,
 )
 

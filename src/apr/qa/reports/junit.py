@@ -34,6 +34,8 @@ def _testcase(suite: ET.Element, record: EvidenceRecord) -> None:
     body = xml_text(record.output_excerpt)
     if record.outcome is Outcome.SKIPPED:
         ET.SubElement(case, "skipped", {"message": message})
+    elif record.outcome is Outcome.NOT_APPLICABLE:
+        ET.SubElement(case, "skipped", {"message": xml_text(f"not applicable: {record.reason}")})
     elif record.outcome.is_infrastructure:
         ET.SubElement(case, "skipped", {"message": xml_text(f"inconclusive ({record.infra_cause}): {record.reason}")})
     elif record.outcome is Outcome.FALSIFIED:
@@ -54,7 +56,12 @@ def _suite(parent: ET.Element, model: str, records: Sequence[EvidenceRecord]) ->
             "tests": str(len(records)),
             "failures": str(count[Outcome.FALSIFIED]),
             "errors": str(count[Outcome.CRASHED]),
-            "skipped": str(count[Outcome.SKIPPED] + count[Outcome.INCONCLUSIVE] + count[Outcome.TIMEOUT]),
+            "skipped": str(
+                count[Outcome.SKIPPED]
+                + count[Outcome.NOT_APPLICABLE]
+                + count[Outcome.INCONCLUSIVE]
+                + count[Outcome.TIMEOUT]
+            ),
             "time": f"{sum(r.duration_s for r in records):.3f}",
         },
     )
