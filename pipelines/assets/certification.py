@@ -6,6 +6,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from pipelines.assets.selftest import DETECTION_JSON
 from pipelines.assets.selftest import FOLDER as SELF_TEST_FOLDER
 from pipelines.audit import AUDIT_NOTEBOOK, EVIDENCE_NAME, run_audit_notebook
 from pipelines.code_digest import apr_code_digest
@@ -68,6 +69,17 @@ def certify_folder(model: str, folder: Path) -> dict:
     }
 
 
+def self_test_source(self_test: StageRecord, published: Path) -> Path | None:
+    """The self-test a certification renders beside its evidence: the partition's own (the ``self_test`` asset,
+    full tier), else one kept in the published folder (``apr qa --self-test`` into ``certifications/<model>/
+    self-test``, which publishing carries over), so report, notebook and tables agree on it. ``certify_folder``
+    cites it only when it measured the gates of the playbook behind the evidence."""
+    if self_test.facts.get("enabled"):
+        return Path(self_test.facts["folder"])
+    kept = published / SELF_TEST_FOLDER
+    return kept if (kept / DETECTION_JSON).is_file() else None
+
+
 def build_certification(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
     @dg.asset(
         name=ASSET,
@@ -85,12 +97,13 @@ def build_certification(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinit
         layout = work.layout()
         evidence = gate_results.path("evidence")
         published = work.certifications() / key
+        source = self_test_source(self_test, published)
 
         def build(_: Path) -> StageResult:
             with layout.staging_dir(ASSET, key, "out") as folder:
                 shutil.copy2(evidence, folder / EVIDENCE_NAME)
-                if self_test.facts.get("enabled"):
-                    shutil.copytree(self_test.facts["folder"], folder / SELF_TEST_FOLDER)
+                if source is not None:
+                    shutil.copytree(source, folder / SELF_TEST_FOLDER)
                 facts = certify_folder(key, folder)
             folder = layout.asset_dir(ASSET, key) / "out"
             publish(folder, published)
@@ -104,7 +117,7 @@ def build_certification(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinit
             code_version=CODE_VERSION,
             inputs={
                 "evidence": gate_results.files["evidence"].sha256,
-                "self_test": self_test.data_version,
+                "self_test": sha256_file(source / DETECTION_JSON) if source is not None else None,
                 "notebook": sha256_file(AUDIT_NOTEBOOK),
                 "published": str(published),
                 "apr": apr_code_digest("qa"),

@@ -22,6 +22,7 @@ from pipelines.work_root import StageRecord, file_ref
 CODE_VERSION = "1"
 ASSET = "self_test"
 FOLDER = "self-test"  # apr.qa.selftest.report.SELF_TEST_DIR: the name it has beside a certification's evidence
+DETECTION_JSON = "detection.json"  # apr.qa.selftest.report.DETECTION_JSON
 
 
 def run_self_test(playbook, gguf: StageRecord, directory: Path) -> StageResult:
@@ -112,6 +113,6 @@ def build_self_test(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
             inputs=inputs,
             build=lambda directory: run_self_test(playbook, gguf, directory),
         )
-        return stage_output(record, "detection.json" if record.facts.get("enabled") else None, _metadata(record))
+        return stage_output(record, DETECTION_JSON if record.facts.get("enabled") else None, _metadata(record))
 
     return self_test

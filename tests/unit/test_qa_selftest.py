@@ -259,3 +259,20 @@ def test_nan_weights_are_evidence_against_the_model_not_a_crash(fixture_ggufs, t
         ("STOP-BEHAVIOR", Outcome.FALSIFIED),
     ]
     assert all("NaN/Inf logits" in c.reason for c in checks)
+
+
+def test_the_pipeline_renders_the_partitions_own_self_test_else_one_kept_in_the_published_folder(tmp_path):
+    from pipelines.assets.certification import self_test_source
+    from pipelines.work_root import StageRecord
+
+    def record(**facts) -> StageRecord:
+        return StageRecord(asset="self_test", partition="m", fingerprint="f", files={}, facts=facts)
+
+    published = tmp_path / "certifications" / "m"
+    own = tmp_path / "work" / "self-test"
+    assert self_test_source(record(enabled=False), published) is None  # nothing anywhere: nothing cited
+    (published / "self-test").mkdir(parents=True)
+    assert self_test_source(record(enabled=False), published) is None  # a folder without detection.json
+    (published / "self-test" / "detection.json").write_text("{}")
+    assert self_test_source(record(enabled=False), published) == published / "self-test"
+    assert self_test_source(record(enabled=True, folder=str(own)), published) == own
