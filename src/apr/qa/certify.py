@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from apr.errors import AprError
 from apr.qa import stages
@@ -24,6 +25,10 @@ from apr.qa.playbook import Playbook, load_playbook
 from apr.qa.progress import RunProgress
 from apr.qa.rundir import archive_previous_run, drop_renderings
 from apr.qa.score import MqsResult, Status
+
+if TYPE_CHECKING:
+    from apr.qa.artifacts import Artifacts
+    from apr.qa.selftest.run import SelfTestResult
 
 # playbooks/templates in a checkout, reached through the package's `templates` link; real files in a wheel.
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -229,7 +234,9 @@ class Certification:
             pb, self.output, self.evidence, mqs, summaries[0], time.monotonic() - started, self.tables, archived
         )
 
-    def _self_test(self, artifacts, records: tuple[EvidenceRecord, ...], progress: RunProgress):
+    def _self_test(
+        self, artifacts: Artifacts, records: tuple[EvidenceRecord, ...], progress: RunProgress
+    ) -> SelfTestResult:
         """The playbook's self-test into ``self-test/``; a resumed run keeps one that finished for this playbook."""
         import shutil
 
