@@ -18,7 +18,8 @@ TITLE = """\
 # Audit of a certification run
 
 Everything below is computed from the evidence file alone (`apr.qa.evidence`): the outcome of every
-check, throughput by format and backend, latency, and the MQS by category (`apr.qa.score`).
+check, throughput by format and backend, latency, and the MQS by category (`apr.qa.score`) — and, for a
+certification that ran its self-test (full tier), which gates caught which planted defect (`self-test/detection.json`).
 A skipped check is shown as skipped — never as a pass. Charts are written as PNG and SVG, and
 together into one self-contained HTML page (`audit.html`, no CDN)."""
 
@@ -203,9 +204,51 @@ for r in functional:
             print(f"  {side}: {listed}")
 functional_chart"""
 
+SELF_TEST = """\
+# SELF-TEST (full tier): which gates caught which planted defect, from self-test/detection.json beside the
+# evidence, when it measured the gates of this very playbook (apr.qa.selftest.report.certification_self_test).
+# caught: the gate falsified the copy; crashed: it crashed or timed out on it (never a detection); a falsified
+# record on the unmodified copy is a false block. Without a self-test of its own the verdict says nothing of one.
+from apr.qa.selftest.report import certification_self_test, verdict_sentence
+
+SELF_TEST_STATES = ["caught", "not caught", "crashed", "false block", "not applicable"]
+self_test = certification_self_test(Path(evidence_path).parent, records)
+if self_test is None:
+    self_test_chart = alt.Chart(pd.DataFrame({"note": ["no self-test ran for this certification"]})).mark_text(
+        size=14).encode(text="note:N").properties(title="Self-test: planted defects x gates", width=420, height=60)
+    print("self-test: none ran for this certification")
+else:
+    def state(item, gate, clean):
+        if not item.applicable:
+            return "not applicable"
+        if gate in item.caught_by:
+            return "false block" if clean else "caught"
+        return "crashed" if gate in item.crashed else "not caught"
+
+    copies = [(self_test.clean, True), *((d, False) for d in self_test.defects)]
+    cells_frame = pd.DataFrame([
+        {"defect": "clean (control)" if clean else item.defect, "gate": gate, "state": state(item, gate, clean),
+         "verdict": "blocked" if item.blocked else "not blocked", "note": item.note}
+        for item, clean in copies for gate in self_test.gates
+    ])
+    assert len(cells_frame) == len(copies) * len(self_test.gates)
+    self_test_chart = alt.Chart(cells_frame).mark_rect(stroke="white").encode(
+        x=alt.X("gate:N", sort=list(self_test.gates), title="gate", axis=alt.Axis(labelAngle=-40)),
+        y=alt.Y("defect:N", sort=list(dict.fromkeys(cells_frame["defect"])), title="planted defect"),
+        color=alt.Color("state:N", title=None, scale=alt.Scale(
+            domain=SELF_TEST_STATES, range=["#1a7f37", "#e6e9ee", "#b08800", "#cf222e", "#ffffff"])),
+        tooltip=["defect", "gate", "state", "verdict", "note"],
+    ).properties(title=f"Self-test: {self_test.summary()}", width=max(240, 46 * len(self_test.gates)),
+                 height=22 * len(copies))
+    print(verdict_sentence(self_test))
+    for item in self_test.defects:
+        print(f"{item.defect}: " + (f"n/a ({item.note})" if not item.applicable else
+                                    ", ".join(item.caught_by) or "MISSED"))
+self_test_chart"""
+
 EXPORT = """\
 charts = {"throughput": throughput_chart, "gate_outcomes": heatmap_chart, "mqs_by_category": mqs_chart,
-          "latency": latency_chart, "functional_correctness": functional_chart}
+          "latency": latency_chart, "functional_correctness": functional_chart, "self_test": self_test_chart}
 written = []
 for name, chart in charts.items():
     for suffix in ("png", "svg"):
@@ -234,6 +277,7 @@ def build() -> nbformat.NotebookNode:
         ("code", MQS_CHART, []),
         ("code", LATENCY, []),
         ("code", FUNCTIONAL, []),
+        ("code", SELF_TEST, []),
         ("code", EXPORT, []),
     ]
     cells = []

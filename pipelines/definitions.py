@@ -12,6 +12,7 @@ from pipelines.assets.checkpoints import build_checkpoint
 from pipelines.assets.functional import build_functional_assets
 from pipelines.assets.gates import build_gate_results
 from pipelines.assets.inference import build_inference_traces
+from pipelines.assets.selftest import build_self_test
 from pipelines.partitions import DEFAULT_PLAYBOOKS_DIR, model_partitions
 from pipelines.resources import AprSettings, WorkRoot, WorkRootIOManager
 
@@ -23,6 +24,7 @@ def build_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefinitio
         *(build_artifact(fmt, partitions) for fmt in FORMATS),
         build_inference_traces(partitions),
         build_gate_results(partitions),
+        build_self_test(partitions),  # full tier: planted defects gated once, after the gates (issue #24)
         build_certification(partitions),
         build_certification_table(partitions),
         *build_functional_assets(partitions),  # full tier: apr eval per format (issue #17)

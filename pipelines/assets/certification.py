@@ -1,11 +1,13 @@
-"""The score and report stages as assets: ``certification`` (MQS, JUnit, HTML, audit notebook per model) and
-``certification_table`` (all models)."""
+"""The score and report stages as assets: ``certification`` (MQS, JUnit, HTML, audit notebook per model; with the
+partition's self-test beside the evidence when it had one) and ``certification_table`` (all models)."""
 
 import shutil
 from pathlib import Path
 
 import dagster as dg
 
+from pipelines.assets.selftest import DETECTION_JSON
+from pipelines.assets.selftest import FOLDER as SELF_TEST_FOLDER
 from pipelines.audit import AUDIT_NOTEBOOK, EVIDENCE_NAME, run_audit_notebook
 from pipelines.code_digest import apr_code_digest
 from pipelines.resources import WorkRoot
@@ -43,15 +45,19 @@ def publish(source: Path, target: Path) -> None:
 
 
 def certify_folder(model: str, folder: Path) -> dict:
-    """Render the certification of ``folder/evidence.jsonl`` into ``folder``: score, JUnit, HTML, audit notebook."""
+    """Render the certification of ``folder/evidence.jsonl`` into ``folder``: score, JUnit, HTML, audit notebook
+    (and the sentence of ``folder/self-test`` when it measured the gates of the playbook behind the evidence)."""
     from apr.qa import stages
     from apr.qa.evidence import read_evidence
+    from apr.qa.selftest.report import certification_self_test, verdict_sentence
 
     records = read_evidence(folder / EVIDENCE_NAME).records
     mqs = stages.score(records)
-    stages.report(records, mqs, folder, title=f"apr certification: {model}")
+    self_test = certification_self_test(folder, records)
+    stages.report(records, mqs, folder, title=f"apr certification: {model}", self_test=self_test)
     run_audit_notebook(model, folder)
     return {
+        "self_test": verdict_sentence(self_test) if self_test is not None else None,
         "mqs": mqs.score,
         "raw": mqs.raw,
         "grade": mqs.grade,
@@ -63,6 +69,17 @@ def certify_folder(model: str, folder: Path) -> dict:
     }
 
 
+def self_test_source(self_test: StageRecord, published: Path) -> Path | None:
+    """The self-test a certification renders beside its evidence: the partition's own (the ``self_test`` asset,
+    full tier), else one kept in the published folder (``apr qa --self-test`` into ``certifications/<model>/
+    self-test``, which publishing carries over), so report, notebook and tables agree on it. ``certify_folder``
+    cites it only when it measured the gates of the playbook behind the evidence."""
+    if self_test.facts.get("enabled"):
+        return Path(self_test.facts["folder"])
+    kept = published / SELF_TEST_FOLDER
+    return kept if (kept / DETECTION_JSON).is_file() else None
+
+
 def build_certification(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
     @dg.asset(
         name=ASSET,
@@ -70,18 +87,23 @@ def build_certification(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinit
         code_version=CODE_VERSION,
         group_name="certification",
         kinds={"python", "html"},
-        ins={"gate_results": dg.AssetIn("gate_results")},
+        ins={"gate_results": dg.AssetIn("gate_results"), "self_test": dg.AssetIn("self_test")},
         description="certifications/<model>/: evidence, MQS, JUnit, HTML report and the executed audit notebook with charts.",
     )
-    def certification(context: dg.AssetExecutionContext, work: WorkRoot, gate_results: StageRecord):
+    def certification(
+        context: dg.AssetExecutionContext, work: WorkRoot, gate_results: StageRecord, self_test: StageRecord
+    ):
         key = context.partition_key
         layout = work.layout()
         evidence = gate_results.path("evidence")
         published = work.certifications() / key
+        source = self_test_source(self_test, published)
 
         def build(_: Path) -> StageResult:
             with layout.staging_dir(ASSET, key, "out") as folder:
                 shutil.copy2(evidence, folder / EVIDENCE_NAME)
+                if source is not None:
+                    shutil.copytree(source, folder / SELF_TEST_FOLDER)
                 facts = certify_folder(key, folder)
             folder = layout.asset_dir(ASSET, key) / "out"
             publish(folder, published)
@@ -95,6 +117,7 @@ def build_certification(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinit
             code_version=CODE_VERSION,
             inputs={
                 "evidence": gate_results.files["evidence"].sha256,
+                "self_test": sha256_file(source / DETECTION_JSON) if source is not None else None,
                 "notebook": sha256_file(AUDIT_NOTEBOOK),
                 "published": str(published),
                 "apr": apr_code_digest("qa"),
@@ -112,6 +135,7 @@ def build_certification(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinit
                 "records": dg.MetadataValue.int(facts["records"]),
                 "gateways_passed": dg.MetadataValue.bool(facts["gateways_passed"]),
                 "blockers": dg.MetadataValue.text("; ".join(facts["blockers"]) or "none"),
+                "self_test": dg.MetadataValue.text(facts.get("self_test") or "none ran for this certification"),
                 "folder": dg.MetadataValue.path(facts["published"]),
                 "report": dg.MetadataValue.path(str(Path(facts["published"]) / REPORT_NAME)),
                 "audit_notebook": dg.MetadataValue.path(str(Path(facts["published"]) / "audit.ipynb")),

@@ -20,7 +20,17 @@ from pipelines.resources import WorkRoot
 from pipelines.work_root import WorkLayout
 
 MODEL = "fixture-llama"
-PER_MODEL = ("checkpoint", "gguf", "apr", "safetensors", "inference_traces", "gate_results", "certification")
+PER_MODEL = (
+    "checkpoint",
+    "gguf",
+    "apr",
+    "safetensors",
+    "inference_traces",
+    "gate_results",
+    "self_test",
+    "certification",
+)
+SENTENCE = "this verdict was produced by gates that caught 2/2 planted defects (0 false blocks on the clean copy)"
 GATEWAY_CHECKS = {
     ("checkpoint", "loads"),
     ("gguf", "loads"),
@@ -31,7 +41,8 @@ GATEWAY_CHECKS = {
 
 
 def fixture_playbook(gguf: Path) -> str:
-    """A small but complete playbook: all three formats, CPU, `apr run`, one prompt, the cheap gates."""
+    """A small but complete playbook: all three formats, CPU, `apr run`, one prompt, the cheap gates, and a
+    self-test of two defects those gates catch (NaN in a norm: CONTRACT-INVARIANTS; no tokenizer: G0)."""
     return f"""\
 apr_playbook: 1
 name: {MODEL}-quick
@@ -54,6 +65,7 @@ scenarios:
 execution:
   timeout_s: 120
   failure_policy: collect_all
+self_test: {{defects: [nan-norm, tokenizer-dropped]}}
 gates:
   CONTRACT-INVARIANTS:
   TOKENIZER-PARITY:
@@ -120,6 +132,11 @@ def test_every_asset_materializes_with_its_metadata(runs: dict) -> None:
     assert 0 <= metadata["certification"]["MQS"] <= 1000
     assert metadata["certification"]["status"] in {"CERTIFIED", "PROVISIONAL", "BLOCKED"}
     assert metadata["certification"]["grade"] in {"A+", "A", "B+", "B", "C", "F"}
+    self_test = metadata["self_test"]
+    assert (self_test["planted"], self_test["caught"], self_test["false_blocks"]) == (2, 2, 0)
+    assert self_test["detection_rate"] == 1.0 and self_test["missed"] == "none"
+    assert len(self_test["sha256"]) == 64  # of detection.json
+    assert metadata["certification"]["self_test"] == SENTENCE
 
 
 def test_gateway_checks_ran_and_passed(runs: dict) -> None:
@@ -157,6 +174,24 @@ def test_certification_folder_is_complete_and_rendered_from_the_evidence(graph: 
     with (Path(graph["work"].certifications_dir) / "models.csv").open(encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     assert [(row["model"], row["status"], int(row["mqs"])) for row in rows] == [(MODEL, mqs.status.value, mqs.score)]
+    assert [row["self_test"] for row in rows] == [SENTENCE]
+
+
+def test_the_self_test_is_published_with_the_certification_and_charted(graph: dict) -> None:
+    folder = Path(graph["work"].certifications_dir) / MODEL
+    detection = json.loads((folder / "self-test" / "detection.json").read_text(encoding="utf-8"))
+    caught = {d["defect"]: d["caught_by"] for d in detection["defects"]}
+    assert "CONTRACT-INVARIANTS" in caught["nan-norm"] and "G0-INTEGRITY" in caught["tokenizer-dropped"]
+    assert detection["clean"]["caught_by"] == []
+    assert SENTENCE[0].upper() + SENTENCE[1:] in (folder / "report.html").read_text(encoding="utf-8")
+    assert (folder / "charts" / "self_test.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    printed = "".join(
+        output.get("text", "")
+        for cell in nbformat.read(folder / "audit.ipynb", as_version=4).cells
+        if cell.cell_type == "code" and "SELF-TEST" in cell.source
+        for output in cell.outputs
+    )
+    assert SENTENCE in printed and "nan-norm: CONTRACT-INVARIANTS" in printed
 
 
 def test_each_cell_left_a_trace(graph: dict) -> None:
@@ -194,6 +229,7 @@ def test_a_gate_setting_edit_redoes_the_gates_but_not_the_matrix(graph: dict, ru
         "safetensors": True,
         "inference_traces": True,
         "gate_results": False,
+        "self_test": False,  # the self-test measures the gates: new gates, new measurement
         "certification": False,
     }
     gates = metadata_of(per_model)["gate_results"]["gates"]

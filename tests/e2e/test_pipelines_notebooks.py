@@ -106,7 +106,7 @@ def test_audit_writes_charts_and_a_self_contained_page(tmp_path: Path) -> None:
     charts = sorted(path.name for path in (tmp_path / "charts").iterdir())
     assert charts == sorted(
         f"{name}.{suffix}"
-        for name in ("functional_correctness", "gate_outcomes", "latency", "mqs_by_category", "throughput")
+        for name in ("functional_correctness", "gate_outcomes", "latency", "mqs_by_category", "self_test", "throughput")
         for suffix in ("png", "svg")
     )
     assert (tmp_path / "charts" / "throughput.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -13,7 +13,8 @@ EXPECTED_DEPENDENCIES = {
     "safetensors": {"checkpoint"},
     "inference_traces": {"checkpoint", "gguf", "apr", "safetensors"},
     "gate_results": {"checkpoint", "gguf", "apr", "safetensors", "inference_traces"},
-    "certification": {"gate_results"},
+    "self_test": {"gguf", "gate_results"},  # a no-op for partitions whose playbook has no self_test: block
+    "certification": {"gate_results", "self_test"},
     "certification_table": {"certification"},
     # full tier (FUNCTIONAL-CORRECTNESS): apr eval per format against the SafeTensors reference
     "functional_reference": {"safetensors"},

@@ -1,5 +1,6 @@
 """`apr certify` end to end: the real CLI in a subprocess on a fixture playbook, real `apr run` cells,
-a GPU cell that must come out skipped (never passed), resume, and exit codes."""
+a GPU cell that must come out skipped (never passed), the playbook's self-test once after the gates, resume, and
+exit codes."""
 
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ gates:
   FORMAT-PARITY: {{min_top1_agreement: 0.5, max_kl: 0.5}}
   THROUGHPUT: {{min_tok_s: {{cpu: 0.01}}}}
   GPU-SPEEDUP:
+self_test: {{defects: [nan-norm, rope-theta]}}
 """
 
 
@@ -87,12 +89,36 @@ def test_gpu_cells_are_skipped_with_reason_and_never_counted_as_pass(certified):
     assert mqs["score"] < 800  # skipped cells earn nothing, so an incomplete matrix cannot reach CERTIFIED
 
 
+def test_the_self_test_ran_once_after_the_gates_and_the_verdict_cites_it(certified):
+    """NaN in a norm: CONTRACT-INVARIANTS; rope base 1e4 on qwen2 (whose models use 1e6): STRUCTURE."""
+    import csv
+
+    _, _, output, result = certified
+    detection = json.loads((output / "self-test" / "detection.json").read_text())
+    assert detection["playbook"] == "fixture-qwen2-smoke"
+    caught = {d["defect"]: d["caught_by"] for d in detection["defects"]}
+    assert caught == {"nan-norm": ["CONTRACT-INVARIANTS"], "rope-theta": ["STRUCTURE"]}
+    assert detection["clean"]["caught_by"] == [] and detection["clean"]["crashed"] == []
+    sentence = "this verdict was produced by gates that caught 2/2 planted defects (0 false blocks on the clean copy)"
+    assert (detection["planted"], detection["caught"], detection["false_blocks"]) == (2, 2, 0)
+    mqs = json.loads((output / "mqs.json").read_text())
+    assert mqs["self_test"]["sentence"] == sentence and mqs["self_test"]["detection_rate"] == 1.0
+    assert mqs["status"] == "PROVISIONAL"  # a statement about the gates: the model's verdict is unchanged
+    assert "caught 2/2 planted defects" in (output / "report.html").read_text()
+    with (output / "models.csv").open(encoding="utf-8") as handle:
+        assert [row["self_test"] for row in csv.DictReader(handle)] == [sentence]
+    assert (output / "self-test" / "evidence" / "nan-norm.jsonl").is_file()  # each copy's evidence, apart
+
+
 def test_resume_redoes_nothing_that_finished(certified):
     folder, playbook, output, _ = certified
     before = (output / "evidence.jsonl").read_text()
+    detection = (output / "self-test" / "detection.json").read_text()
     again = apr("certify", str(playbook), "--output", str(output), "--resume", "--quiet", cwd=folder)
     assert again.returncode == 0, again.stderr
     assert (output / "evidence.jsonl").read_text() == before
+    assert (output / "self-test" / "detection.json").read_text() == detection  # kept, not measured again
+    assert "caught 2/2" in json.loads((output / "mqs.json").read_text())["self_test"]["sentence"]
 
 
 def test_bad_playbook_is_one_line_exit_2(tmp_path):

@@ -111,10 +111,9 @@ def test_defects_that_need_a_template_or_biases_say_why_not(fixture_ggufs):
     assert defect("chat-template-broken").why_not(llama) == "the model has no chat template"
 
 
-def test_self_test_reports_catches_misses_and_no_false_block(fixture_ggufs, tmp_path):
-    """Static gates and perplexity on the llama fixture: rope-theta (1e5 -> 1e4 is plausible for llama, and the
-    fixture has no reference config) is honestly reported as missed."""
-    from apr.qa.selftest.report import read_results, render_text
+@pytest.fixture(scope="module")
+def llama_self_test(fixture_ggufs, tmp_path_factory):
+    """Static gates and perplexity on the llama fixture, as the gates of playbook ``fixture-llama-full``."""
     from apr.qa.selftest.run import SelfTestOptions, run_self_test
 
     gates = GateSet.model_validate(
@@ -129,13 +128,23 @@ def test_self_test_reports_catches_misses_and_no_false_block(fixture_ggufs, tmp_
     options = SelfTestOptions(
         model=fixture_ggufs["llama"],
         ref="fixture-llama",
-        output=tmp_path / "out",
+        output=tmp_path_factory.mktemp("self-test") / "out",
         gates=gates,
         defects=("nan-norm", "eos-changed", "tokenizer-dropped", "rope-theta", "bias-dropped"),
         chat=False,
         progress=False,
+        playbook="fixture-llama-full",
     )
-    result = run_self_test(options)
+    return options, run_self_test(options)
+
+
+def test_self_test_reports_catches_misses_and_no_false_block(llama_self_test):
+    """rope-theta (1e5 -> 1e4 is plausible for llama, and the fixture has no reference config) is honestly
+    reported as missed."""
+    from apr.qa.selftest.report import read_results, render_text
+
+    options, result = llama_self_test
+    out = options.output
     caught = {d.defect: d.caught_by for d in result.defects}
     assert result.clean.caught_by == () and result.false_blocks == 0
     assert caught["nan-norm"] == ("CONTRACT-INVARIANTS", "PERPLEXITY")
@@ -145,13 +154,67 @@ def test_self_test_reports_catches_misses_and_no_false_block(fixture_ggufs, tmp_
     assert [d.applicable for d in result.defects][-1] is False  # bias-dropped: llama has none
     assert (result.caught, len(result.planted), result.passed) == (3, 4, False)
     assert "G1-LOAD" in result.gates and "PERPLEXITY" in result.gates
-    stored = read_results(tmp_path / "out")
+    stored = read_results(out)
     assert stored is not None and stored.to_json() == result.to_json()
-    assert json.loads((tmp_path / "out" / "detection.json").read_text())["summary"] == result.summary()
+    assert json.loads((out / "detection.json").read_text())["summary"] == result.summary()
     text = render_text(result)
     assert "MISSED" in text and "no false block" in text and "3/4" in text
-    assert (tmp_path / "out" / "evidence" / "rope-theta.jsonl").is_file()
-    assert not (tmp_path / "out" / "copies").exists()  # throwaway copies removed
+    assert (out / "evidence" / "rope-theta.jsonl").is_file()
+    assert not (out / "copies").exists()  # throwaway copies removed
+
+
+def test_the_evidence_alone_gives_the_same_table_and_playbook(llama_self_test):
+    from apr.qa.selftest.report import render_markdown, result_from_evidence
+
+    options, result = llama_self_test
+    again = result_from_evidence(options.output, "fixture-llama")
+    assert again is not None and again.playbook == "fixture-llama-full"
+    assert "layer-order" in again.unmeasured and "nan-norm" not in again.unmeasured and not result.unmeasured
+    assert "Rebuilt from evidence" in render_markdown(again) and "Rebuilt" not in render_markdown(result)
+    assert [(d.defect, d.caught_by) for d in again.defects] == [
+        (d.defect, d.caught_by) for d in result.defects if d.applicable
+    ]
+
+
+def test_a_certification_cites_only_its_own_self_test(llama_self_test, tmp_path):
+    """The sentence goes into mqs.json, report.html and models.csv when the self-test beside the evidence measured
+    the gates of the playbook behind it; another playbook's, or none, leaves all three silent."""
+    import shutil
+
+    from apr.qa import stages
+    from apr.qa.evidence import read_evidence
+    from apr.qa.reports.certtable import render_index, rows_from_records
+    from apr.qa.selftest.report import certification_self_test
+
+    options, result = llama_self_test
+    sentence = "this verdict was produced by gates that caught 3/4 planted defects (0 false blocks on the clean copy)"
+    # A certification of playbook fixture-llama-full: the clean copy's evidence stands in for its gates' records.
+    certifications = tmp_path / "certifications"
+    cited, other, bare = (certifications / name for name in ("cited", "other", "bare"))
+    for folder in (cited, other, bare):
+        folder.mkdir(parents=True)
+        shutil.copyfile(options.output / "evidence" / "clean.jsonl", folder / "evidence.jsonl")
+    shutil.copytree(options.output, cited / "self-test")
+    shutil.copytree(options.output, other / "self-test")
+    renamed = json.loads((other / "self-test" / "detection.json").read_text())
+    (other / "self-test" / "detection.json").write_text(json.dumps({**renamed, "playbook": "someone-else"}))
+    for folder, expected in ((cited, sentence), (other, None), (bare, None)):
+        records = read_evidence(folder / "evidence.jsonl").records
+        found = certification_self_test(folder, records)
+        (row,) = rows_from_records(records, "evidence.jsonl", folder)
+        assert row.self_test == (expected or ""), folder.name
+        assert (found is not None and found.caught == result.caught) is (expected is not None), folder.name
+        stages.report(
+            records, stages.score(records), folder, title="t", evidence=folder / "evidence.jsonl", self_test=found
+        )
+        mqs = json.loads((folder / "mqs.json").read_text())
+        html = (folder / "report.html").read_text()
+        if expected is None:
+            assert "self_test" not in mqs and "planted defects" not in html, folder.name
+        else:
+            assert mqs["self_test"]["sentence"] == expected and mqs["self_test"]["planted"] == 4
+            assert "caught 3/4 planted defects" in html and "self-test/detection.md" in html
+            assert "self-test: 3/4 planted defects" in render_index([row])
 
 
 def test_cli_rejects_an_unknown_defect_in_one_line(fixture_ggufs):
@@ -171,3 +234,45 @@ def test_cli_rejects_an_unknown_defect_in_one_line(fixture_ggufs):
     assert run.returncode == 2
     assert run.stderr.strip().splitlines() == [run.stderr.strip()] and "no-such" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+def test_nan_weights_are_evidence_against_the_model_not_a_crash(fixture_ggufs, tmp_path):
+    """A NaN in a norm makes every logit NaN: the reply gates record falsified checks (the self-test of
+    smollm2:135m once stopped here with the engine's error instead)."""
+    from apr.engine import load_engine
+    from apr.qa.axes import Format
+    from apr.qa.evidence import Outcome
+    from apr.qa.gates.golden import golden_checks
+    from apr.qa.gates.stop import stop_reply_checks
+    from apr.qa.gates.thresholds import GoldenOutputGate, StopBehaviorGate
+
+    copy = read_gguf_copy(fixture_ggufs["llama"])
+    defect("nan-norm").plant(copy)
+    engine = load_engine(write_gguf_copy(copy, tmp_path / "nan.gguf"), dtype="fp32", pack_cache=False)
+    assert engine.tokenizer.has_chat_template  # so the stop gate plans its replies
+    checks = [
+        *golden_checks(engine, GoldenOutputGate(), True, Format.GGUF),
+        *stop_reply_checks(engine, StopBehaviorGate(prompts=("Say hello.",)), True, Format.GGUF),
+    ]
+    assert [(c.gate.value, c.outcome) for c in checks] == [
+        ("GOLDEN-OUTPUT", Outcome.FALSIFIED),
+        ("STOP-BEHAVIOR", Outcome.FALSIFIED),
+    ]
+    assert all("NaN/Inf logits" in c.reason for c in checks)
+
+
+def test_the_pipeline_renders_the_partitions_own_self_test_else_one_kept_in_the_published_folder(tmp_path):
+    from pipelines.assets.certification import self_test_source
+    from pipelines.work_root import StageRecord
+
+    def record(**facts) -> StageRecord:
+        return StageRecord(asset="self_test", partition="m", fingerprint="f", files={}, facts=facts)
+
+    published = tmp_path / "certifications" / "m"
+    own = tmp_path / "work" / "self-test"
+    assert self_test_source(record(enabled=False), published) is None  # nothing anywhere: nothing cited
+    (published / "self-test").mkdir(parents=True)
+    assert self_test_source(record(enabled=False), published) is None  # a folder without detection.json
+    (published / "self-test" / "detection.json").write_text("{}")
+    assert self_test_source(record(enabled=False), published) == published / "self-test"
+    assert self_test_source(record(enabled=True, folder=str(own)), published) == own

@@ -28,9 +28,14 @@ def _report_evidence(evidence: Path, output: Path | None) -> None:
     mqs = compute_mqs(records)
     target = output or evidence.parent
     summary = {"evidence": str(evidence), **mqs.model_dump(mode="json")}
+    from apr.qa.selftest.report import certification_self_test, summary_json
+
+    self_test = certification_self_test(evidence.parent, records)  # the run's own, beside its evidence
+    if self_test is not None:
+        summary["self_test"] = summary_json(self_test)
     write_text_atomic(target / "mqs.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     write_text_atomic(target / "junit.xml", render_junit(records))
-    write_text_atomic(target / "report.html", render_html(records, mqs))
+    write_text_atomic(target / "report.html", render_html(records, mqs, self_test=self_test))
     from apr.cli.qa import verdict_lines
 
     for line in verdict_lines(records, mqs):

@@ -38,6 +38,7 @@ def run_self_test_command(
         formats=spec.formats,
         chat=playbook.model.chat_template if playbook is not None else True,
         progress=not quiet,
+        playbook=playbook.name if playbook is not None else None,  # whose gates: a certification cites its own
     )
     result = run_self_test(options)
     typer.echo(render_text(result))

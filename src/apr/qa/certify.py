@@ -1,7 +1,8 @@
 """`apr certify`: a playbook in, evidence + MQS + JUnit + HTML + certification tables out.
 
 A thin composition of ``apr.qa.stages``: acquire → convert → calibrate → gate (model-level gates, the cells
-traced through the real CLI, runtime gates) → score → report. Evidence is appended as each step finishes, so an
+traced through the real CLI, runtime gates) → self-test (when the playbook has a ``self_test:`` block, as the full
+tier's do: once, after the gates, into ``self-test/``) → score → report. Evidence is appended as each step finishes, so an
 interrupted run resumes (``resume=True``) where it stopped; a run without ``resume`` keeps the folder's earlier
 run under ``runs/`` (``apr.qa.rundir``). With an explicit output folder nothing outside it is read or written:
 its tables (models.csv, index.html) cover that folder alone.
@@ -12,10 +13,11 @@ from __future__ import annotations
 import errno
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from apr.errors import AprError
 from apr.qa import stages
-from apr.qa.axes import Tier
+from apr.qa.axes import Format, Tier
 from apr.qa.evidence import EvidenceRecord, EvidenceWriter, read_evidence
 from apr.qa.executor import ExecutionSummary
 from apr.qa.infra import InfraCause
@@ -23,6 +25,10 @@ from apr.qa.playbook import Playbook, load_playbook
 from apr.qa.progress import RunProgress
 from apr.qa.rundir import archive_previous_run, drop_renderings
 from apr.qa.score import MqsResult, Status
+
+if TYPE_CHECKING:
+    from apr.qa.artifacts import Artifacts
+    from apr.qa.selftest.run import SelfTestResult
 
 # playbooks/templates in a checkout, reached through the package's `templates` link; real files in a wheel.
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -186,6 +192,11 @@ class Certification:
             steps=len(pb.matrix.formats),
         )
         phase.close()
+        if pb.self_test is not None and Format.GGUF not in artifacts.paths:
+            raise AprError(
+                f"{pb.source}: self_test plants defects into a GGUF file, and this certification has none; "
+                "add gguf to matrix.formats"
+            )
         calibration = stages.calibrate(self.options.threads, progress) if self.options.calibrate else None
         subject = stages.subject_of(
             pb,
@@ -208,12 +219,40 @@ class Certification:
             summaries.append(summary)
 
         evidence = stages.gate(subject, self.evidence, cells, prior=prior, progress=progress)
+        self_test = self._self_test(artifacts, evidence.records, progress) if pb.self_test is not None else None
         mqs = stages.score(evidence.records)
-        stages.report(evidence.records, mqs, self.output, title=f"{pb.model.ref} — {pb.tier}", evidence=self.evidence)
+        stages.report(
+            evidence.records,
+            mqs,
+            self.output,
+            title=f"{pb.model.ref} — {pb.tier}",
+            evidence=self.evidence,
+            self_test=self_test,
+        )
         stages.tables(self.tables)
         return CertifyResult(
             pb, self.output, self.evidence, mqs, summaries[0], time.monotonic() - started, self.tables, archived
         )
+
+    def _self_test(
+        self, artifacts: Artifacts, records: tuple[EvidenceRecord, ...], progress: RunProgress
+    ) -> SelfTestResult:
+        """The playbook's self-test into ``self-test/``; a resumed run keeps one that finished for this playbook."""
+        import shutil
+
+        from apr.qa.selftest.report import SELF_TEST_DIR, certification_self_test, verdict_sentence
+
+        folder = self.output / SELF_TEST_DIR
+        if self.options.resume:
+            done = certification_self_test(self.output, records)
+            if done is not None:
+                progress.say(f"apr certify: self-test already done ({verdict_sentence(done)})")
+                return done
+        shutil.rmtree(folder, ignore_errors=True)  # an interrupted self-test's copies: measured again in full
+        progress.say("apr certify: self-test: the gates on planted defects (once per certification, after the gates)")
+        result = stages.self_test(artifacts, self.playbook, folder, progress=progress)
+        progress.say(f"apr certify: {verdict_sentence(result)}")
+        return result
 
 
 def certify(options: CertifyOptions) -> CertifyResult:

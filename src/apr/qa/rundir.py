@@ -15,8 +15,9 @@ from pathlib import Path
 ARCHIVE_DIR = "runs"
 EVIDENCE = "evidence.jsonl"
 RENDERINGS = ("mqs.json", "junit.xml", "report.html")
-# Everything a run writes into its folder (the Dagster pipeline adds the audit notebook and its charts).
-RUN_FILES = (EVIDENCE, *RENDERINGS, "models.csv", "index.html", "audit.ipynb", "charts")
+# Everything a run writes into its folder (the Dagster pipeline adds the audit notebook and its charts; a
+# full-tier run its self-test, which belongs to that run alone).
+RUN_FILES = (EVIDENCE, *RENDERINGS, "models.csv", "index.html", "audit.ipynb", "charts", "self-test")
 
 
 def archive_previous_run(folder: Path) -> Path | None:

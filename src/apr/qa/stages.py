@@ -1,4 +1,5 @@
-"""The certification as stages — acquire → convert → trace → gate → score → report — that every caller composes.
+"""The certification as stages — acquire → convert → trace → gate → (self-test) → score → report — that every
+caller composes.
 
 Each stage is a plain function with typed inputs and outputs and no knowledge of who calls it: `apr certify`
 (``apr.qa.certify``) runs them all in one process, `apr qa` (``apr.qa.deep``) runs them without a cell
@@ -16,6 +17,7 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from apr.errors import AprError
 from apr.qa.artifacts import Artifacts
@@ -32,6 +34,9 @@ from apr.qa.progress import SILENT, RunProgress
 from apr.qa.recording import Check, Recorder, Timer, inconclusive, stamp_all
 from apr.qa.rundir import keep_aside
 from apr.qa.score import MqsResult
+
+if TYPE_CHECKING:
+    from apr.qa.selftest.run import SelfTestResult
 
 Emit = Callable[[list[EvidenceRecord]], None]  # receives the stamped records of one gate family as it finishes
 # Gates written per cell by the trace stage (resumed cell by cell); every other gate is resumed as a whole.
@@ -452,6 +457,40 @@ def gate(
     return Evidence(evidence, read_evidence(evidence).records)
 
 
+# ---- self-test: the gates' detection power on planted defects ------------------------------------------
+
+
+def self_test(
+    artifacts: Artifacts, playbook: Playbook, folder: Path, *, progress: RunProgress = SILENT
+) -> SelfTestResult:
+    """The playbook's ``self_test:`` run on its GGUF artifact (``apr.qa.selftest``): every planted defect and the
+    clean control gated with the playbook's own gates; ``detection.json``/``.md`` and evidence go to ``folder``.
+    Expensive (the model-level gates once per copy): a certification runs it once, after its own gates."""
+    from apr.qa.selftest.run import SelfTestOptions, run_self_test
+
+    spec = playbook.self_test
+    if spec is None:
+        raise AprError(f"{playbook.source}: the playbook has no self_test: block")
+    source = artifacts.paths.get(Format.GGUF)
+    if source is None:
+        raise AprError(
+            f"{playbook.source}: self_test plants defects into a GGUF file; add gguf to matrix.formats "
+            "or certify a GGUF checkpoint"
+        )
+    options = SelfTestOptions(
+        model=source,
+        ref=playbook.model.ref,
+        output=folder,
+        gates=playbook.gates,
+        defects=spec.defects,
+        formats=spec.formats,
+        chat=playbook.model.chat_template,
+        playbook=playbook.name,
+        say=progress.say,
+    )
+    return run_self_test(options)
+
+
 # ---- score and report -----------------------------------------------------------------------------------
 
 
@@ -472,9 +511,17 @@ class Reports:
 
 
 def report(
-    records: Sequence[EvidenceRecord], mqs: MqsResult, folder: Path, *, title: str, evidence: Path | None = None
+    records: Sequence[EvidenceRecord],
+    mqs: MqsResult,
+    folder: Path,
+    *,
+    title: str,
+    evidence: Path | None = None,
+    self_test: SelfTestResult | None = None,
 ) -> Reports:
-    """JUnit and HTML renderings of the evidence into ``folder``; with ``evidence``, also ``mqs.json`` citing it."""
+    """JUnit and HTML renderings of the evidence into ``folder``; with ``evidence``, also ``mqs.json`` citing it.
+    With ``self_test`` (the certification's own, ``apr.qa.selftest.report.certification_self_test``) both say
+    how many planted defects its gates caught; without one they say nothing about it."""
     from apr.qa.reports import write_text_atomic
     from apr.qa.reports.html import render_html
     from apr.qa.reports.junit import render_junit
@@ -483,9 +530,13 @@ def report(
     if evidence is not None:
         summary = folder / "mqs.json"
         document = {"evidence": str(evidence), **mqs.model_dump(mode="json")}
+        if self_test is not None:
+            from apr.qa.selftest.report import summary_json
+
+            document["self_test"] = summary_json(self_test)
         write_text_atomic(summary, json.dumps(document, indent=2, ensure_ascii=False) + "\n")
     write_text_atomic(folder / "junit.xml", render_junit(records))
-    write_text_atomic(folder / "report.html", render_html(records, mqs, title=title))
+    write_text_atomic(folder / "report.html", render_html(records, mqs, title=title, self_test=self_test))
     return Reports(junit=folder / "junit.xml", html=folder / "report.html", summary=summary)
 
 

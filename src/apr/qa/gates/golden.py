@@ -27,6 +27,7 @@ def prompt_ids(engine: Engine, prompt: str, chat: bool) -> list[int]:
 
 def golden_checks(engine: Engine, settings: GoldenOutputGate, chat: bool, fmt) -> list[Check]:
     from apr.engine import SamplingParams
+    from apr.engine.sampling import NonFiniteLogits
 
     checks = []
     for index, case in enumerate(settings.cases):
@@ -38,7 +39,11 @@ def golden_checks(engine: Engine, settings: GoldenOutputGate, chat: bool, fmt) -
                 verdict(GOLDEN, f"golden:{index}", False, f"prompt not built: {err}", 1, format=fmt, prompt=case.prompt)
             )
             continue
-        result = engine.generate(ids, SamplingParams(temperature=0.0, max_tokens=settings.max_tokens))
+        try:
+            result = engine.generate(ids, SamplingParams(temperature=0.0, max_tokens=settings.max_tokens))
+        except NonFiniteLogits as err:  # NaN/Inf weights: evidence against the model, not a crash of the run
+            checks.append(verdict(GOLDEN, f"golden:{index}", False, str(err), 1, format=fmt, prompt=case.prompt))
+            continue
         text = result.text
         found = [want for want in case.expect_any if want.lower() in text.lower()]
         poison = [p for p in POISON if p in text]

@@ -113,6 +113,7 @@ def stop_reply_checks(engine: Engine, settings: StopBehaviorGate, chat: bool, fm
     """Greedy replies to one-line questions end on an eos id within ``max_fraction`` of the limit (chat models
     only: a base model continues text and is not expected to end a turn; nothing is planned for it)."""
     from apr.engine import SamplingParams
+    from apr.engine.sampling import NonFiniteLogits
     from apr.qa.gates.golden import prompt_ids
 
     if not (chat and engine.tokenizer.has_chat_template):
@@ -125,7 +126,11 @@ def stop_reply_checks(engine: Engine, settings: StopBehaviorGate, chat: bool, fm
         except ValueError as err:  # the chat template does not render
             checks.append(falsified(STOP, f"stops:{index}", f"prompt not built: {err}", format=fmt, prompt=prompt))
             continue
-        result = engine.generate(ids, SamplingParams(temperature=0.0, max_tokens=settings.max_tokens))
+        try:
+            result = engine.generate(ids, SamplingParams(temperature=0.0, max_tokens=settings.max_tokens))
+        except NonFiniteLogits as err:  # NaN/Inf weights: evidence against the model, not a crash of the run
+            checks.append(falsified(STOP, f"stops:{index}", str(err), format=fmt, prompt=prompt))
+            continue
         stopped = result.finish_reason == "stop"
         ok = stopped and bool(result.text.strip()) and result.completion_tokens <= limit
         if ok:

@@ -26,6 +26,9 @@ tok_s_gpu          the same on gpu
 model_sha256       sha256 of the artifact most records were run on
 engine_git_sha     git commit of apr that produced the evidence
 last_run           newest ``finished_at`` of the records (UTC, ISO 8601)
+self_test          the certification's own self-test (``self-test/detection.json`` beside the evidence, of the
+                   same playbook): "this verdict was produced by gates that caught N/M planted defects (F false
+                   blocks on the clean copy)"; empty when that run had none
 evidence           path of the evidence file, relative to the certifications directory
 =================  ==========================================================================================
 """
@@ -77,6 +80,7 @@ class CertRow:
     model_sha256: str
     engine_git_sha: str
     last_run: str
+    self_test: str
     evidence: str
 
 
@@ -104,8 +108,8 @@ def _gpu_used(records: Sequence[EvidenceRecord]) -> str:
     return devices.most_common(1)[0][0] if devices else "-"
 
 
-def row_for(records: Sequence[EvidenceRecord], evidence: str) -> CertRow:
-    """The table row of one model and tier's records."""
+def row_for(records: Sequence[EvidenceRecord], evidence: str, self_test: str = "") -> CertRow:
+    """The table row of one model and tier's records (``self_test``: the sentence of its own self-test)."""
     mqs = compute_mqs(records)
     count = Counter(r.outcome for r in records)
     shas = Counter(r.provenance.model_sha256 for r in records if r.provenance.model_sha256)
@@ -130,17 +134,25 @@ def row_for(records: Sequence[EvidenceRecord], evidence: str) -> CertRow:
         model_sha256=shas.most_common(1)[0][0] if shas else "",
         engine_git_sha=engines.most_common(1)[0][0],
         last_run=max(r.provenance.finished_at for r in records).isoformat(),
+        self_test=self_test,
         evidence=evidence,
     )
 
 
-def rows_from_records(records: Sequence[EvidenceRecord], evidence: str) -> list[CertRow]:
-    """One row per (model, tier) found in one evidence file."""
+def rows_from_records(records: Sequence[EvidenceRecord], evidence: str, folder: Path | None = None) -> list[CertRow]:
+    """One row per (model, tier) found in one evidence file; ``folder`` (the evidence file's) may hold the
+    certification's self-test."""
+    from apr.qa.selftest.report import certification_self_test, verdict_sentence
+
     groups: dict[tuple[str, str], list[EvidenceRecord]] = {}
     for record in records:
         tier = record.provenance.tier.value if record.provenance.tier else "-"
         groups.setdefault((record.scenario.model, tier), []).append(record)
-    return [row_for(group, evidence) for group in groups.values()]
+    rows = []
+    for group in groups.values():
+        self_test = certification_self_test(folder, group) if folder is not None else None
+        rows.append(row_for(group, evidence, verdict_sentence(self_test) if self_test is not None else ""))
+    return rows
 
 
 def collect_rows(certifications: Path) -> list[CertRow]:
@@ -156,7 +168,7 @@ def collect_rows(certifications: Path) -> list[CertRow]:
         log = read_evidence(path)
         if not log.records:
             continue
-        for row in rows_from_records(log.records, path.relative_to(certifications).as_posix()):
+        for row in rows_from_records(log.records, path.relative_to(certifications).as_posix(), path.parent):
             key = (row.model, row.tier, row.gpu)
             if key not in newest or row.last_run > newest[key].last_run:
                 newest[key] = row
@@ -180,12 +192,18 @@ def render_markdown(rows: Sequence[CertRow]) -> str:
     ]
     for r in rows:
         lines.append(
-            f"| `{r.model}` | {r.tier} | {r.gpu} | **{r.status}** | {r.mqs} | {r.grade} | {r.gateways_passed} | "
+            f"| `{r.model}` | {r.tier} | {r.gpu} | **{r.status}**{_self_test_note(r)} | {r.mqs} | {r.grade} | {r.gateways_passed} | "
             f"{_records_cell(r)} | {r.tok_s_cpu or '-'} | {r.tok_s_gpu or '-'} | {r.last_run[:10]} |"
         )
     if not rows:
         lines.append("| _no evidence yet_ | | | | | | | | | | |")
     return "\n".join(lines) + "\n"
+
+
+def _self_test_note(r: CertRow) -> str:
+    from apr.qa.selftest.report import sentence_figures
+
+    return f" (self-test: gates caught {sentence_figures(r.self_test)})" if r.self_test else ""
 
 
 def _records_cell(r: CertRow) -> str:
@@ -212,7 +230,14 @@ INDEX_CSS = "table{table-layout:auto}td,th{white-space:nowrap}td.wrap{white-spac
 
 def _index_cell(r: CertRow, column: str) -> str:
     if column == "status":
-        return f"<td><span class='badge {escape(r.status)}'>{escape(r.status)}</span></td>"
+        badge = f"<span class='badge {escape(r.status)}'>{escape(r.status)}</span>"
+        if r.self_test:
+            # The sentence would not fit 1280 px: its figures under the badge, the whole sentence on hover.
+            from apr.qa.selftest.report import sentence_figures
+
+            figures = sentence_figures(r.self_test)
+            return f"<td title='{escape(r.self_test)}'>{badge}<br><small>self-test: {escape(figures)}</small></td>"
+        return f"<td>{badge}</td>"
     if column == "records":
         return f"<td class='num'>{escape(_records_cell(r))}</td>"
     if column == "tier" and r.gpu != "-":

@@ -3,18 +3,23 @@
 Sections: verdict (status, MQS, grade) with the reasons for anything short of a clean pass right under it
 (which gate, which cell, the evidence line: ``apr.qa.reports.reasons``), gateways, MQS breakdown per category
 and gate, the cell matrix (format × modality rows, backend columns), every record, and provenance (with the
-machine calibration the deadlines and speed floors were derived from).
+machine calibration the deadlines and speed floors were derived from). A certification that ran its playbook's
+self-test says, under the verdict, how many planted defects its gates caught (a link to ``self-test/detection.md``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from html import escape
+from typing import TYPE_CHECKING
 
 from apr.qa.evidence import EvidenceRecord, Outcome
 from apr.qa.gates.catalog import CATALOG
 from apr.qa.reports.reasons import Kind, why
 from apr.qa.score import MqsResult, Status, compute_mqs
+
+if TYPE_CHECKING:
+    from apr.qa.selftest.run import SelfTestResult
 
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,sans-serif;margin:2rem auto;max-width:1200px;color:#1d2330;padding:0 1rem;
@@ -228,13 +233,32 @@ def _provenance(records: Sequence[EvidenceRecord]) -> str:
     )
 
 
-def render_html(records: Sequence[EvidenceRecord], mqs: MqsResult | None = None, *, title: str = "") -> str:
-    """The whole report as one HTML document."""
+def _self_test(result: SelfTestResult | None) -> str:
+    if result is None:
+        return ""
+    from apr.qa.selftest.report import DETECTION_MD, SELF_TEST_DIR, verdict_sentence
+
+    sentence = verdict_sentence(result)
+    return (
+        f"<p class='self-test'>{_e(sentence[0].upper() + sentence[1:])} — "
+        f"<a href='{SELF_TEST_DIR}/{DETECTION_MD}'>detection table</a>.</p>"
+    )
+
+
+def render_html(
+    records: Sequence[EvidenceRecord],
+    mqs: MqsResult | None = None,
+    *,
+    title: str = "",
+    self_test: SelfTestResult | None = None,
+) -> str:
+    """The whole report as one HTML document (with the sentence of the certification's own ``self_test``)."""
     mqs = mqs or compute_mqs(records)
     models = list(dict.fromkeys(r.scenario.model for r in records))
     gateways = "".join(f"<li>{_e(g)}: <span class='{s.value}'>{s.value}</span></li>" for g, s in mqs.gateways.items())
     body = (
         _verdict(mqs, models, records)
+        + _self_test(self_test)
         + f"<h2>Gateways</h2><ul>{gateways}</ul>"
         + _breakdown(mqs)
         + _gates(mqs)

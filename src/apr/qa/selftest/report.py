@@ -7,9 +7,11 @@ from pathlib import Path
 
 from apr.qa.selftest.run import CopyResult, SelfTestResult
 
+SELF_TEST_DIR = "self-test"  # where a certification keeps its self-test, beside evidence.jsonl
 DETECTION_JSON = "detection.json"
 DETECTION_MD = "detection.md"
 CAUGHT, CRASHED, MISSED = "X", "!", "."
+SENTENCE_PREFIX = "this verdict was produced by gates that caught "
 
 
 def _cell(result: CopyResult, gate: str) -> str:
@@ -49,6 +51,15 @@ def render_markdown(result: SelfTestResult) -> str:
         + (f"{result.caught / len(result.planted):.0%}" if result.planted else "n/a")
         + ").",
         "",
+        *(
+            [
+                f"**Rebuilt from evidence** (e.g. of an interrupted run): no evidence for "
+                f"{', '.join(f'`{d}`' for d in result.unmeasured)} (not measured, or not applicable to this model).",
+                "",
+            ]
+            if result.unmeasured
+            else []
+        ),
         f"`{CAUGHT}` the gate falsified the copy · `{CRASHED}` the gate crashed or timed out on it (not a detection) · "
         f"`{MISSED}` it passed or did not apply · `-` defect not applicable to this model. Evidence of every copy: "
         "`evidence/<defect>.jsonl`.",
@@ -116,4 +127,50 @@ def result_from_evidence(folder: Path, model: str) -> SelfTestResult | None:
 
     clean = judged(CLEAN, "unmodified copy (the control)")
     defects = [judged(d.id, d.description) for d in DEFECTS if (evidence / f"{d.id}.jsonl").is_file()]
-    return SelfTestResult(model=model, gates=tuple(g.value for g in GateId if g in seen), clean=clean, defects=defects)
+    measured = {d.defect for d in defects}
+    playbooks = {r.provenance.playbook for r in read_evidence(clean_file).records}
+    return SelfTestResult(
+        model=model,
+        gates=tuple(g.value for g in GateId if g in seen),
+        clean=clean,
+        defects=defects,
+        playbook=playbooks.pop() if len(playbooks) == 1 else None,
+        unmeasured=tuple(d.id for d in DEFECTS if d.id not in measured),
+    )
+
+
+def verdict_sentence(result: SelfTestResult) -> str:
+    """The one sentence a certification carries about its gates' measured detection power."""
+    blocks = result.false_blocks
+    return (
+        f"{SENTENCE_PREFIX}{result.caught}/{len(result.planted)} planted defects "
+        f"({blocks} false block{'' if blocks == 1 else 's'} on the clean copy)"
+    )
+
+
+def sentence_figures(sentence: str) -> str:
+    """The figures of a verdict sentence, for a table cell: ``14/14 planted defects (0 false blocks on …)``."""
+    return sentence.removeprefix(SENTENCE_PREFIX)
+
+
+def certification_self_test(folder: Path, records) -> SelfTestResult | None:
+    """The self-test a certification's evidence in ``folder`` cites: ``folder/self-test/detection.json`` when it
+    measured the gates of the very playbook those records were produced by; None otherwise (a verdict without a
+    self-test of its own gates says nothing about one)."""
+    result = read_results(folder / SELF_TEST_DIR)
+    playbooks = {r.provenance.playbook for r in records}
+    if result is None or result.playbook is None or playbooks != {result.playbook} or not result.planted:
+        return None
+    return result
+
+
+def summary_json(result: SelfTestResult) -> dict:
+    """What mqs.json says of the certification's self-test (the figures are ``self-test/detection.json``'s)."""
+    return {
+        "sentence": verdict_sentence(result),
+        "planted": len(result.planted),
+        "caught": result.caught,
+        "false_blocks": result.false_blocks,
+        "detection_rate": round(result.caught / len(result.planted), 4) if result.planted else None,
+        "detection": f"{SELF_TEST_DIR}/{DETECTION_JSON}",
+    }

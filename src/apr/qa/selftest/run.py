@@ -12,6 +12,7 @@ from __future__ import annotations
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,9 +24,12 @@ from apr.qa.selftest.defects import DEFECT_IDS, DEFECTS
 
 CLEAN = "clean"
 # Gates the self-test does not run: they need the cell matrix, measure speed, or compare formats
-# (a defect planted in the source is converted into every format alike).
+# (a defect planted in the source is converted into every format alike; FUNCTIONAL-CORRECTNESS holds each format
+# to the SafeTensors reference made from the same planted copy, at the cost of a whole benchmark per copy).
 NOT_RUN = frozenset({GateId.DETERMINISM, GateId.THROUGHPUT, GateId.GPU_SPEEDUP})
-NEEDS_FORMATS = frozenset({GateId.FORMAT_PARITY, GateId.REFERENCE_PARITY, GateId.TOKENIZER_PARITY})
+NEEDS_FORMATS = frozenset(
+    {GateId.FORMAT_PARITY, GateId.REFERENCE_PARITY, GateId.TOKENIZER_PARITY, GateId.FUNCTIONAL_CORRECTNESS}
+)
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,8 @@ class SelfTestOptions:
     chat: bool = True
     keep_copies: bool = False
     progress: bool = True
+    playbook: str | None = None  # the playbook whose gates are measured (a certification cites only its own)
+    say: Callable[[str], None] | None = None  # where progress lines go (default: stderr)
 
 
 @dataclass(frozen=True)
@@ -91,6 +97,9 @@ class SelfTestResult:
     gates: tuple[str, ...]  # the gates that ran on every copy, in catalog order
     clean: CopyResult
     defects: list[CopyResult] = field(default_factory=list)
+    playbook: str | None = None  # whose gates these are (None: `apr qa --self-test` without --playbook)
+    # Defects of the catalogue with no evidence when the table was rebuilt from evidence (an interrupted run).
+    unmeasured: tuple[str, ...] = ()
 
     @property
     def planted(self) -> list[CopyResult]:
@@ -118,6 +127,7 @@ class SelfTestResult:
     def to_json(self) -> dict:
         return {
             "model": self.model,
+            "playbook": self.playbook,
             "gates": list(self.gates),
             "planted": len(self.planted),
             "caught": self.caught,
@@ -126,6 +136,7 @@ class SelfTestResult:
             "summary": self.summary(),
             "clean": self.clean.to_json(),
             "defects": [d.to_json() for d in self.defects],
+            "unmeasured": list(self.unmeasured),
         }
 
     @classmethod
@@ -135,6 +146,8 @@ class SelfTestResult:
             gates=tuple(data["gates"]),
             clean=CopyResult.from_json(data["clean"]),
             defects=[CopyResult.from_json(d) for d in data["defects"]],
+            playbook=data.get("playbook"),
+            unmeasured=tuple(data.get("unmeasured", ())),
         )
 
 
@@ -183,6 +196,7 @@ def gate_copy(path: Path, options: SelfTestOptions, gates: GateSet, evidence: Pa
         formats=options.formats,
         chat=options.chat,
         pack_cache=False,
+        playbook=options.playbook,
     )
     return list(stages.gate(subject, evidence).records)
 
@@ -234,11 +248,16 @@ def run_self_test(options: SelfTestOptions) -> SelfTestResult:
         gates=tuple(g.value for g in GateId if g in seen),
         clean=results.pop(CLEAN),
         defects=[results[d.id] for d in wanted],
+        playbook=options.playbook,
     )
     write_results(result, options.output)
     return result
 
 
 def _say(options: SelfTestOptions, line: str) -> None:
-    if options.progress:
+    if not options.progress:
+        return
+    if options.say is not None:
+        options.say(f"self-test: {line}")
+    else:
         print(f"apr qa --self-test: {line}", file=sys.stderr, flush=True)
