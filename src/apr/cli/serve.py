@@ -53,6 +53,14 @@ def register(app: typer.Typer) -> None:
         max_body_mb: float = typer.Option(
             DEFAULT_MAX_BODY_MB, "--max-body-mb", min=0.001, help="Largest request body accepted (413 beyond)."
         ),
+        lookup: int = typer.Option(
+            0,
+            "--lookup",
+            min=0,
+            max=64,
+            help="Prompt-lookup decoding: draft up to N tokens a step from each request's own n-grams, verified "
+            "in one forward pass (0: off; CPU eager only). Greedy replies are unchanged token for token.",
+        ),
         shutdown_grace: float = typer.Option(
             2.0, "--shutdown-grace", min=0.0, help="Seconds in-flight requests may run on after SIGINT/SIGTERM."
         ),
@@ -80,6 +88,7 @@ def register(app: typer.Typer) -> None:
             prefix_cache_mb=prefix_cache_mb,
             prefill_chunk=prefill_chunk,
             max_body_bytes=int(max_body_mb * 2**20),
+            lookup=lookup,
         )
         model_path = resolve_model_arg(model)
         # Bind before the (slow) model load, so a busy port fails at once.

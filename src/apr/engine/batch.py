@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import torch
@@ -219,7 +219,11 @@ class BatchDecoder:
 
     def _decode_drafted(self, decoding: list[Sequence]) -> list[TokenEvent]:
         """One forward pass over every sequence's last token and its draft; each keeps what it accepts."""
-        drafts = [self._draft(seq) for seq in decoding]
+        assert self.lookup is not None
+        # A step of several sequences already shares its weight pass, and each drafted row adds compute: the
+        # sequences split one sequence's draft length between them.
+        share = -(-self.lookup.draft_tokens // len(decoding))
+        drafts = [self._draft(seq, share) for seq in decoding]
         tokens: list[int] = []
         caches: list[SequenceCache] = []
         positions: list[int] = []
@@ -252,12 +256,13 @@ class BatchDecoder:
             events += self._guarded(seq, self._accept, seq, rows, draft) or []
         return events
 
-    def _draft(self, seq: Sequence) -> list[int]:
-        """The sequence's draft, cut to what it may still generate and what its cache still holds."""
-        assert seq.drafter is not None and self.lookup is not None
+    def _draft(self, seq: Sequence, most: int) -> list[int]:
+        """The sequence's draft (at most ``most`` tokens), cut to what it may still generate and what its
+        cache still holds."""
+        assert seq.drafter is not None
         cache = _cache_of(seq)
         room = min(
-            self.lookup.draft_tokens,
+            most,
             seq.params.max_tokens - len(seq.generated) - 1,  # the step's own token comes on top
             cache.capacity - cache.length - 1,
         )
@@ -271,15 +276,24 @@ class BatchDecoder:
         start = cache.length
         seq.lookup_steps += 1
         seq.drafted += len(draft)
-        events = []
+        events: list[TokenEvent] = []
+        accepted = 0
         for i, row in enumerate(rows):
             cache.length = start + i + 1  # what a plain decode step would hold when it chose this token
             proposed = draft[i] if i < len(draft) else None
             event = self._advance(seq, row, proposed)
             events.append(event)
-            if proposed is None or event.token_id != proposed or event.finish_reason is not None:
+            if proposed is None or event.token_id != proposed:
                 break
-            seq.accepted += 1
+            accepted += 1
+            if event.finish_reason is not None:
+                break
+        seq.accepted += accepted
+        if seq.drafter is not None:
+            seq.drafter.record(len(draft), accepted)
+        finish = events[-1].finish_reason
+        if finish is not None:  # its figures were taken before this span's acceptances were added
+            events[-1] = replace(events[-1], lookup=self._lookup_stats(seq, finish))
         return events
 
     def _decode_one(self, seq: Sequence) -> torch.Tensor:

@@ -24,6 +24,10 @@ class NgramDrafter:
         self._following: dict[int, dict[tuple[int, ...], int]] = {
             n: {} for n in range(config.min_ngram, config.max_ngram + 1)
         }
+        # Adaptive draft length: a draft wholly accepted doubles the next one (up to draft_tokens), a rejected
+        # one shrinks it to what was accepted plus one, so a run of text that does not repeat its context
+        # pays for short drafts only (a verified row costs compute even when the step is memory-bound).
+        self.budget = config.draft_tokens
         for token in context:
             self.append(token)
 
@@ -35,11 +39,22 @@ class NgramDrafter:
                 following[tuple(context[end - n : end])] = end
         context.append(token)
 
+    def record(self, drafted: int, accepted: int) -> None:
+        """What the last draft achieved: sets the length of the next one."""
+        if drafted == 0:
+            return
+        if accepted == drafted:
+            self.budget = min(self.config.draft_tokens, 2 * self.budget)
+        else:
+            self.budget = accepted + 1
+
     def draft(self, limit: int) -> list[int]:
-        """Up to ``limit`` tokens that may come next: what followed the longest n-gram of the context's end
-        seen before (its latest occurrence); empty when none is found. A continuation that reaches the end
-        of the context continues with its own start, as a repeating pattern would."""
+        """Up to ``limit`` (and the adaptive budget) tokens that may come next: what followed the longest
+        n-gram of the context's end seen before (its latest occurrence); empty when none is found. A
+        continuation that reaches the end of the context continues with its own start, as a repeating
+        pattern would."""
         context = self.context
+        limit = min(limit, self.budget)
         if limit <= 0:
             return []
         for n in range(self.config.max_ngram, self.config.min_ngram - 1, -1):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
@@ -22,6 +23,8 @@ from apr.serve.state import ServeState, check_api_key, serve_state
 if TYPE_CHECKING:
     from apr.engine import Engine
 
+log = logging.getLogger("apr.serve")
+
 
 def create_app(engine: Engine, settings: ServeSettings) -> FastAPI:
     """The app serving `engine`; its scheduler thread starts and stops with the app's lifespan."""
@@ -39,6 +42,7 @@ def create_app(engine: Engine, settings: ServeSettings) -> FastAPI:
             asyncio.get_running_loop(),
             prefix_cache_bytes=settings.prefix_cache_mb * 2**20,
             prefill_chunk=settings.prefill_chunk,
+            lookup=_lookup_config(engine, settings),
         )
         scheduler.start()
         state.scheduler = scheduler
@@ -85,6 +89,7 @@ def create_app(engine: Engine, settings: ServeSettings) -> FastAPI:
                 "failed": load.failed,
             },
             "prefix_cache": _prefix_cache(state),
+            "lookup": _lookup_usage(state),
             "max_context": state.served.max_context,
             "uptime_s": round(time.monotonic() - state.started, 3),
         }
@@ -96,6 +101,26 @@ def create_app(engine: Engine, settings: ServeSettings) -> FastAPI:
         return ModelList(data=[ModelCard(id=served.model_id, created=served.created, max_model_len=served.max_context)])
 
     return app
+
+
+def _lookup_config(engine: Engine, settings: ServeSettings):
+    """The LookupConfig of ``--lookup N``, or None (0, or an engine that cannot run it: logged)."""
+    if not settings.lookup:
+        return None
+    reason = engine.lookup_unavailable()
+    if reason is not None:
+        log.warning("--lookup %d ignored: %s", settings.lookup, reason)
+        return None
+    from apr.engine import LookupConfig
+
+    return LookupConfig(draft_tokens=settings.lookup)
+
+
+def _lookup_usage(state: ServeState) -> dict[str, Any]:
+    """Lookup decoding over the requests finished so far: drafts verified and accepted."""
+    scheduler = state.scheduler
+    stats = scheduler.lookup_usage if scheduler is not None else None
+    return {"enabled": stats is not None, **(stats.to_dict() if stats is not None else {})}
 
 
 def _prefix_cache(state: ServeState) -> dict[str, Any]:

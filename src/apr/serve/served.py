@@ -35,6 +35,8 @@ class ServeSettings:
     prefill_chunk: int = DEFAULT_PREFILL_CHUNK
     # Request bodies beyond this are refused (413) before they are read whole.
     max_body_bytes: int = DEFAULT_MAX_BODY_MB * 2**20
+    # Prompt-lookup decoding: tokens drafted a step from each request's own n-grams (0: off; docs/serve.md).
+    lookup: int = 0
 
 
 @dataclass
