@@ -134,6 +134,12 @@ def main() -> int:
             rep["steps"] += stats.steps
             rep["drafted"] += stats.drafted
             rep["accepted"] += stats.accepted
+            print(
+                f"  {task.name}: {len(plain['tokens'])} tok, plain {plain['decode_s']:.2f} s, lookup "
+                f"{looked['decode_s']:.2f} s, accepted {stats.accepted}/{stats.drafted}, "
+                f"identical {plain['tokens'] == looked['tokens']}",
+                file=sys.stderr,
+            )
             if not reps:
                 first_rep[task.name] = {
                     "tokens": len(plain["tokens"]),
@@ -187,6 +193,12 @@ def main() -> int:
             "plain": sum(t["expected_plain"] for t in first_rep.values()),
             "lookup": sum(t["expected_lookup"] for t in first_rep.values()),
             "of": len(tasks),
+        },
+        # The ratio per task (first repetition): how it spreads over the edits, p10 the slow tail.
+        "task_ratio": {
+            "median": round(statistics.median(t["ratio"] for t in first_rep.values()), 4),
+            "p10": round(percentile([t["ratio"] for t in first_rep.values()], 0.1), 4),
+            "min": min(t["ratio"] for t in first_rep.values()),
         },
         "prefill_s_per_rep": round(statistics.median(r["prefill_s"] for r in reps), 3),
         "per_task_first_rep": first_rep,

@@ -114,7 +114,10 @@ def test_rollback_leaves_the_cache_plain_decoding_leaves(engines):
     assert torch.equal(lookup_prefix.cache.v[:, :, :length], plain_prefix.cache.v[:, :, :length])
     # The next turn continues from the lookup cache exactly as from the plain one.
     follow = lookup_prefix.ids + ids(6, 9, engine.config.vocab_size)
-    assert engine.generate(follow, params, lookup_prefix, lookup=LOOKUP).token_ids == engine.generate(follow, params).token_ids
+    assert (
+        engine.generate(follow, params, lookup_prefix, lookup=LOOKUP).token_ids
+        == engine.generate(follow, params).token_ids
+    )
 
 
 def test_acceptance_counts_match_the_tokens_each_step_yielded(engines):
@@ -135,6 +138,20 @@ def test_acceptance_counts_match_the_tokens_each_step_yielded(engines):
     assert stats.generated == sum(per_step) == 48
     assert stats.tokens_per_step == 47 / stats.steps > 1
     assert stats.accepted <= stats.drafted
+
+
+def test_run_json_carries_the_lookup_figures(engines):
+    from apr.cli.engine_session import lookup_line, result_json
+
+    engine = engines("qwen2")
+    result = engine.generate(
+        repetitive_prompts(engine.config.vocab_size)[0], SamplingParams(max_tokens=20), lookup=LOOKUP
+    )
+    assert result.lookup is not None
+    figures = result_json(result)["lookup"]
+    assert figures["draft_tokens"] == 6 and figures["accepted"] == result.lookup.accepted
+    assert figures["tokens_per_step"] == round(19 / result.lookup.steps, 4)
+    assert f"{result.lookup.accepted}/{result.lookup.drafted} drafted tokens accepted" in lookup_line(result)
 
 
 def test_stop_strings_and_limits_end_a_drafted_span_where_plain_decoding_ends(engines):
