@@ -154,9 +154,11 @@ def main() -> int:
                     "expected_plain": code_of(plain["text"]) == task.expected,
                     "expected_lookup": code_of(looked["text"]) == task.expected,
                 }
-        plain_rate = rep["plain_tokens"] / rep["plain_s"]
-        lookup_rate = rep["lookup_tokens"] / rep["lookup_s"]
-        rep.update(plain_tok_s=plain_rate, lookup_tok_s=lookup_rate, ratio=lookup_rate / plain_rate)
+        # Replies of one token have no decode time: their rates are 0, never a division by zero.
+        plain_rate = rep["plain_tokens"] / rep["plain_s"] if rep["plain_s"] > 0 else 0.0
+        lookup_rate = rep["lookup_tokens"] / rep["lookup_s"] if rep["lookup_s"] > 0 else 0.0
+        ratio = lookup_rate / plain_rate if plain_rate > 0 else 0.0
+        rep.update(plain_tok_s=plain_rate, lookup_tok_s=lookup_rate, ratio=ratio)
         reps.append(rep)
         print(
             f"rep {len(reps)}: plain {plain_rate:.2f} tok/s, lookup {lookup_rate:.2f} tok/s, "
