@@ -13,7 +13,7 @@ def verdict_lines(records, mqs, seconds: float | None = None) -> list[str]:
 
     took = f" in {seconds:.0f}s" if seconds is not None else ""
     head = (
-        f"{mqs.status.value}  MQS {mqs.score}/1000  grade {mqs.grade}  ({mqs.total_records} records: "
+        f"{mqs.label}  MQS {mqs.score}/1000  grade {mqs.grade}  ({mqs.total_records} records: "
         + ", ".join(f"{n} {outcome.value}" for outcome, n in mqs.outcomes.items() if n)
         + f"){took}"
     )

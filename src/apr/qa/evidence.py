@@ -35,12 +35,15 @@ MetricValue = float | int | str | bool | None
 
 
 class Outcome(StrEnum):
-    """What a check concluded. Only ``corroborated`` is a pass; ``skipped`` and ``inconclusive`` never are.
+    """What a check concluded. Only ``corroborated`` is a pass; ``skipped``, ``inconclusive`` and
+    ``not-applicable`` never are.
 
     Only ``falsified`` and ``crashed`` are evidence against the model. ``inconclusive`` says the machine
     stopped the check (deadline, OOM, a process killed from outside, a full disk: ``cause`` names it) after a
     bounded retry; ``timeout`` is how older evidence (before infrastructure causes existed) recorded a
-    deadline kill, and is read as inconclusive with cause ``deadline``.
+    deadline kill, and is read as inconclusive with cause ``deadline``. ``not-applicable`` exists only in the
+    evidence of a remote endpoint (``provenance.endpoint``): a gate that needs the checkpoint's files or apr's engine
+    (``apr.qa.gates.catalog.Needs``) cannot judge one, and is neither planned nor scored there.
     """
 
     CORROBORATED = "corroborated"  # the check ran, compared something, and the model survived it
@@ -49,6 +52,7 @@ class Outcome(StrEnum):
     CRASHED = "crashed"  # the program under test died of its own defect (SIGSEGV/SIGABRT, traceback, HTTP 5xx)
     SKIPPED = "skipped"  # the check could not run here (e.g. a GPU cell without CUDA); reason says why
     INCONCLUSIVE = "inconclusive"  # the machine stopped the check; ``cause`` says how; never about the model
+    NOT_APPLICABLE = "not-applicable"  # an endpoint cannot be judged by this check (no files, no engine): unscored
 
     @property
     def is_failure(self) -> bool:
@@ -107,6 +111,24 @@ class Calibration(BaseModel):
         )
 
 
+class EndpointProvenance(BaseModel):
+    """The remote OpenAI-compatible endpoint a check ran against (``apr certify --endpoint``). Never a secret: the
+    URL carries no credentials (they are refused) and the API key is neither written nor named beyond its variable."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    url: str = Field(min_length=1, description="the OpenAI base URL requested, e.g. http://127.0.0.1:8080/v1")
+    served_model: str = Field(min_length=1, description="the model name sent in every request")
+    api: Literal["chat", "completion"] = Field(description="the API the scenarios used")
+    server: dict[str, str] = Field(
+        default_factory=dict,
+        description="identifying response headers of the endpoint (server, via, x-powered-by, openai-version, ...)",
+    )
+    api_key_env: str | None = Field(None, description="the environment variable the API key was read from")
+    concurrency: int = Field(1, ge=1, description="requests in flight at once")
+    rate_limit_rps: float | None = Field(None, gt=0, description="most request starts per second; None: no limit")
+
+
 class Provenance(BaseModel):
     """Where, when and with what the check ran: enough to reproduce it or to distrust it."""
 
@@ -115,7 +137,7 @@ class Provenance(BaseModel):
     model_sha256: str | None = Field(
         None,
         pattern=r"^[0-9a-f]{64}$",
-        description="sha256 of the artifact under test; None only when the file could not be read",
+        description="sha256 of the artifact under test; None when the file could not be read, or for an endpoint",
     )
     format: Format | None = Field(None, description="format of that artifact")
     backend: Backend | None = Field(None, description="backend the check used")
@@ -148,6 +170,9 @@ class Provenance(BaseModel):
         "does not run costs it nothing and a planned gate that left no record costs it everything); None in "
         "records written before it was kept",
     )
+    endpoint: EndpointProvenance | None = Field(
+        None, description="the remote endpoint the check ran against (apr certify --endpoint); None: apr's own engine"
+    )
     started_at: AwareDatetime = Field(description="when the check started (timezone-aware, UTC preferred)")
     finished_at: AwareDatetime = Field(description="when the check finished")
 
@@ -173,7 +198,9 @@ class EvidenceRecord(BaseModel):
         min_length=1, description="which check inside the gate, e.g. 'oracle:arithmetic', 'top1 gguf~apr'"
     )
     scenario: Scenario = Field(description="what was exercised")
-    outcome: Outcome = Field(description="corroborated | falsified | crashed | skipped | inconclusive (| timeout)")
+    outcome: Outcome = Field(
+        description="corroborated | falsified | crashed | skipped | inconclusive | not-applicable (| timeout)"
+    )
     cause: InfraCause | None = Field(
         None, description="for inconclusive: what on the machine stopped the check (deadline, oom, ...)"
     )
@@ -197,6 +224,8 @@ class EvidenceRecord(BaseModel):
             )
         if (self.outcome is Outcome.INCONCLUSIVE) != (self.cause is not None):
             raise ValueError("an inconclusive record names its machine cause, and only an inconclusive one does")
+        if self.outcome is Outcome.NOT_APPLICABLE and (self.provenance.endpoint is None or self.n_compared):
+            raise ValueError("only an endpoint's evidence has not-applicable records, and they compared nothing")
         return self
 
     @property
@@ -349,6 +378,7 @@ __all__ = [
     "EvidenceLog",
     "EvidenceRecord",
     "Calibration",
+    "EndpointProvenance",
     "EvidenceWriter",
     "MetricValue",
     "Outcome",

@@ -17,7 +17,7 @@ LOWER_IS_BETTER = frozenset({"share of heads"})
 class GateRow:
     gate: str
     title: str
-    status: str  # passed · failed · inconclusive (the machine stopped a check) · skipped (nothing corroborated)
+    status: str  # passed · failed · inconclusive (the machine stopped a check) · skipped · not applicable (endpoint)
     measured: str
     threshold: str
     duration_s: float
@@ -58,9 +58,20 @@ def gate_rows(records: Sequence[EvidenceRecord]) -> list[GateRow]:
         passed = [r for r in mine if r.outcome is Outcome.CORROBORATED]
         skipped = [r for r in mine if r.outcome is Outcome.SKIPPED]
         stopped = [r for r in mine if r.outcome.is_infrastructure]
-        status = "failed" if failed else "inconclusive" if stopped else "passed" if passed else "skipped"
+        inapplicable = [r for r in mine if r.outcome is Outcome.NOT_APPLICABLE]
+        status = (
+            "failed"
+            if failed
+            else "inconclusive"
+            if stopped
+            else "passed"
+            if passed
+            else "skipped"
+            if skipped
+            else "not applicable"
+        )
         measured, threshold = _headline(mine)
-        first = (failed or stopped or skipped or passed)[0]
+        first = (failed or stopped or skipped or passed or inapplicable)[0]
         rows.append(
             GateRow(
                 gate=gate.value,
@@ -78,7 +89,13 @@ def gate_rows(records: Sequence[EvidenceRecord]) -> list[GateRow]:
     return rows
 
 
-STYLE = {"passed": "green", "failed": "bold red", "inconclusive": "bold magenta", "skipped": "yellow"}
+STYLE = {
+    "passed": "green",
+    "failed": "bold red",
+    "inconclusive": "bold magenta",
+    "skipped": "yellow",
+    "not applicable": "dim",
+}
 
 
 def render_table(rows: Sequence[GateRow], title: str) -> None:

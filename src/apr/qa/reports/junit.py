@@ -1,5 +1,5 @@
-"""JUnit XML from evidence: one testcase per record; skipped and inconclusive (the machine stopped the check;
-older ``timeout`` records too) → <skipped>, falsified → <failure>, crashed → <error>. One testsuite per model,
+"""JUnit XML from evidence: one testcase per record; skipped, not applicable (an endpoint's) and inconclusive (the
+machine stopped the check; older ``timeout`` records too) → <skipped>, falsified → <failure>, crashed → <error>. One testsuite per model,
 MQS in the suite properties."""
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ def _testcase(suite: ET.Element, record: EvidenceRecord) -> None:
     body = xml_text(record.output_excerpt)
     if record.outcome is Outcome.SKIPPED:
         ET.SubElement(case, "skipped", {"message": message})
+    elif record.outcome is Outcome.NOT_APPLICABLE:
+        ET.SubElement(case, "skipped", {"message": xml_text(f"not applicable: {record.reason}")})
     elif record.outcome.is_infrastructure:
         ET.SubElement(case, "skipped", {"message": xml_text(f"inconclusive ({record.infra_cause}): {record.reason}")})
     elif record.outcome is Outcome.FALSIFIED:
@@ -54,7 +56,12 @@ def _suite(parent: ET.Element, model: str, records: Sequence[EvidenceRecord]) ->
             "tests": str(len(records)),
             "failures": str(count[Outcome.FALSIFIED]),
             "errors": str(count[Outcome.CRASHED]),
-            "skipped": str(count[Outcome.SKIPPED] + count[Outcome.INCONCLUSIVE] + count[Outcome.TIMEOUT]),
+            "skipped": str(
+                count[Outcome.SKIPPED]
+                + count[Outcome.INCONCLUSIVE]
+                + count[Outcome.TIMEOUT]
+                + count[Outcome.NOT_APPLICABLE]
+            ),
             "time": f"{sum(r.duration_s for r in records):.3f}",
         },
     )
@@ -64,6 +71,7 @@ def _suite(parent: ET.Element, model: str, records: Sequence[EvidenceRecord]) ->
         ("mqs.score", mqs.score),
         ("mqs.grade", mqs.grade),
         ("mqs.status", mqs.status.value),
+        ("mqs.kind", mqs.kind.value),
         ("mqs.gateways_passed", str(mqs.gateways_passed).lower()),
     ):
         ET.SubElement(properties, "property", {"name": name, "value": str(value)})
