@@ -10,7 +10,7 @@ PY="${PYTHON:-.venv/bin/python}"
 mkdir -p "$DEST"
 DEST="$(cd "$DEST" && pwd)"
 if [ ! -d "$DEST/src" ]; then
-  "$PY" -m pip download --quiet --no-binary :all: --no-deps -d "$DEST/sdist" "llama-cpp-python==$VERSION"
+  "$PY" -m pip download --quiet --no-binary llama-cpp-python --no-deps -d "$DEST/sdist" "llama-cpp-python==$VERSION"
   mkdir -p "$DEST/src"
   tar xzf "$DEST/sdist/llama_cpp_python-$VERSION.tar.gz" -C "$DEST/src" --strip-components=1
 fi
