@@ -54,7 +54,9 @@ gates:
 
 
 def playbook_text(endpoint: str, prompts: int) -> str:
-    lines = [f'    - {{text: "Say something about the number {n}", oracles: [{{name: non_empty}}]}}' for n in range(prompts)]
+    lines = [
+        f'    - {{text: "Say something about the number {n}", oracles: [{{name: non_empty}}]}}' for n in range(prompts)
+    ]
     lines.append('    - {text: "", allows_refusal: true}')
     return PLAYBOOK.format(endpoint=endpoint, prompts="\n".join(lines))
 
@@ -198,4 +200,3 @@ def test_bad_endpoint_input_ends_in_one_line(keyed_server, tmp_path, args, env, 
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], result.stderr
     assert not (tmp_path / "out").exists()  # nothing half-written
-
