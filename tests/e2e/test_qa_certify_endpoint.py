@@ -200,3 +200,45 @@ def test_bad_endpoint_input_ends_in_one_line(keyed_server, tmp_path, args, env, 
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], result.stderr
     assert not (tmp_path / "out").exists()  # nothing half-written
+
+
+LLAMA_SERVER = Path(
+    os.environ.get("APR_LLAMA_SERVER") or Path(__file__).resolve().parents[2] / ".llama-server/build/bin/llama-server"
+)
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(
+    not LLAMA_SERVER.is_file(), reason=f"no llama-server at {LLAMA_SERVER}: bench/build_llama_server.sh builds it"
+)
+def test_llama_cpp_server_is_certified_as_a_different_implementation(real_model, tmp_path):
+    import time
+    import urllib.request
+
+    port = _closed_port()
+    argv = [str(LLAMA_SERVER), "-m", str(real_model("smollm2:135m")), "--host", "127.0.0.1", "--port", str(port)]
+    argv += ["--alias", "smollm2", "-c", "2048", "-t", "2", "--log-disable"]
+    server = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while True:  # /health answers 200 once the model is loaded
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, "llama-server did not come up"
+                time.sleep(0.2)
+        url = f"http://127.0.0.1:{port}/v1"
+        result = apr_certify(
+            "--endpoint", url, "--served-model", "smollm2", "--tier", "smoke", "-o", str(tmp_path / "out"), cwd=tmp_path
+        )
+    finally:
+        server.terminate()
+        server.wait(30)
+    assert result.returncode in (0, 1), result.stdout + result.stderr  # a verdict on the model, not the machine
+    records = read_evidence(tmp_path / "out" / "evidence.jsonl").records
+    assert all("llama.cpp" in r.provenance.endpoint.server.get("server", "") for r in records if r.provenance.endpoint)
+    assert not [r for r in records if r.gate is GateId.G3_STABILITY and r.outcome is not Outcome.CORROBORATED]
+    assert {r.gate for r in records if r.outcome is Outcome.NOT_APPLICABLE} >= {GateId.G0_INTEGRITY}
+    assert next(r for r in records if r.gate is GateId.G1_LOAD).outcome is Outcome.CORROBORATED

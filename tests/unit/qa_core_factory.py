@@ -10,7 +10,9 @@ from apr.qa.gates.catalog import CATALOG, GateId
 
 T0 = datetime(2026, 11, 23, 18, 0, tzinfo=UTC)
 SHA = "ab" * 32
-ENDPOINT = EndpointProvenance(url="http://127.0.0.1:9/v1", served_model="demo", api="chat", server={"server": "uvicorn"})
+ENDPOINT = EndpointProvenance(
+    url="http://127.0.0.1:9/v1", served_model="demo", api="chat", server={"server": "uvicorn"}
+)
 
 
 def provenance(

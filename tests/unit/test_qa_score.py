@@ -145,7 +145,9 @@ def test_honest_cpu_only_run_is_provisional_not_certified():
 
 def planned(records, gates):
     """``records`` as a plan enabling exactly ``gates`` wrote them."""
-    return [r.model_copy(update={"provenance": r.provenance.model_copy(update={"gates": tuple(gates)})}) for r in records]
+    return [
+        r.model_copy(update={"provenance": r.provenance.model_copy(update={"gates": tuple(gates)})}) for r in records
+    ]
 
 
 def test_a_gate_the_plan_did_not_enable_costs_nothing_and_a_planned_one_without_records_costs_its_share():
