@@ -118,7 +118,8 @@ def test_retries_that_run_out_are_a_machine_cause_never_a_verdict(scripted, stat
 def test_backoff_doubles_between_retries(scripted):
     scripted(503, retries=3).ask("hi", 8, seed=1)
     gaps = [b - a for a, b in zip(Scripted.seen, Scripted.seen[1:], strict=False)]
-    assert len(gaps) == 3 and gaps[2] > gaps[0]  # 0.01, 0.02, 0.04 s, plus the request itself
+    # At least 0.01, 0.02, 0.04 s (plus the request itself, however busy the machine).
+    assert len(gaps) == 3 and all(gap >= 0.01 * 2**k for k, gap in enumerate(gaps)), gaps
 
 
 def test_a_clean_4xx_is_a_refusal_and_is_not_retried(scripted):

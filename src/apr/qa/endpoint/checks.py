@@ -10,7 +10,7 @@ from dataclasses import replace
 from typing import Any
 
 from apr.qa.axes import Modality
-from apr.qa.endpoint.client import Answer, Malformed, Refusal, Reply, Unanswered
+from apr.qa.endpoint.client import Answer, Listing, Malformed, Refusal, Reply, Unanswered
 from apr.qa.evidence import Outcome
 from apr.qa.gates.catalog import CATALOG, ENDPOINT_GATES, GateId, Needs
 from apr.qa.gates.cell import oracle_checks
@@ -92,11 +92,12 @@ def cell_checks(prompt: Prompt, seed: int, answer: Answer) -> list[Check]:
     return [g2, *g4, replace(stable, metrics=metrics)]
 
 
-def load_check(answers: Sequence[Answer], listed: list[str] | None, served_model: str) -> Check:
+def load_check(answers: Sequence[Answer], listed: Listing, served_model: str) -> Check:
     """G1 for an endpoint: the served model answers (a 200 reply to at least one request)."""
     replies = [a for a in answers if isinstance(a, Reply)]
-    listing = "GET /models not implemented" if listed is None else f"GET /models lists it among {len(listed)} model(s)"
-    metrics: dict[str, Any] = {"replies": len(replies), "requests": len(answers), "listed": listed is not None}
+    listing = listed.note
+    named = listed.models is not None and served_model in listed.models
+    metrics: dict[str, Any] = {"replies": len(replies), "requests": len(answers), "listed": named}
     if replies:
         return corroborated(
             G1,

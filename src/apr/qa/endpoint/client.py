@@ -85,6 +85,14 @@ class Unanswered:
 Answer = Reply | Refusal | Malformed | Unanswered
 
 
+@dataclass(frozen=True)
+class Listing:
+    """What ``GET /models`` said: the model ids (None: the route is missing or broken), and that in words."""
+
+    models: list[str] | None
+    note: str
+
+
 class EndpointUnusable(Exception):
     """The endpoint cannot be certified at all (unreachable at the start, refuses the key, does not serve the model)."""
 
@@ -149,30 +157,28 @@ class EndpointClient:
 
     # ---- the start: can it be certified at all? ----------------------------------------------------------------
 
-    def served_models(self) -> list[str] | None:
-        """The model ids of ``GET /models`` (None when the endpoint does not implement it); ``EndpointUnusable`` when
-        it cannot be reached or refuses the API key."""
+    def served_models(self) -> Listing:
+        """What ``GET /models`` says (``models`` None when the route is missing or broken: it is not the gate);
+        ``EndpointUnusable`` when the endpoint cannot be reached or refuses the API key."""
         import openai
 
         try:
             raw = self.client.models.with_raw_response.list()
-        except openai.NotFoundError:
-            return None
         except (openai.AuthenticationError, openai.PermissionDeniedError) as err:
             raise EndpointUnusable(
                 f"{self.spec.url}: HTTP {err.status_code} from GET /models: the endpoint refuses the API key "
                 + (f"in ${self.spec.api_key_env}" if self.spec.api_key_env else "(none given: pass --api-key-env VAR)")
             ) from None
         except openai.APIStatusError as err:
-            raise EndpointUnusable(
-                f"{self.spec.url}: HTTP {err.status_code} from GET /models: {_message(err)}"
-            ) from None
+            self.headers = server_headers(err.response.headers)
+            return Listing(None, f"GET /models answered HTTP {err.status_code}")
         except openai.APIConnectionError as err:
             raise EndpointUnusable(
                 f"{self.spec.url}: cannot reach the endpoint ({_cause_text(err)}); check the URL and that the server is up"
             ) from None
         self.headers = server_headers(raw.headers)
-        return [model.id for model in raw.parse().data]
+        models = [model.id for model in raw.parse().data]
+        return Listing(models, f"GET /models lists {len(models)} model(s)")
 
     # ---- one request, retried ------------------------------------------------------------------------------------
 
@@ -297,9 +303,9 @@ class EndpointClient:
 
 def _message(err: Any) -> str:
     body = getattr(err, "body", None)
-    if isinstance(body, dict):
+    if isinstance(body, dict):  # OpenAI's {"error": {"message": ...}}, or FastAPI's {"detail": ...}
         inner = body.get("error", body)
-        message = inner.get("message") if isinstance(inner, dict) else inner
+        message = inner.get("message", inner.get("detail")) if isinstance(inner, dict) else inner
         if isinstance(message, str) and message:
             return message[:300]
     return str(getattr(err, "message", err))[:300]

@@ -23,7 +23,7 @@ from apr.errors import AprError
 from apr.qa import stages
 from apr.qa.axes import Modality
 from apr.qa.endpoint import checks
-from apr.qa.endpoint.client import Answer, EndpointClient, EndpointUnusable, Refusal, Reply, Unanswered
+from apr.qa.endpoint.client import Answer, EndpointClient, EndpointUnusable, Listing, Refusal, Reply, Unanswered
 from apr.qa.endpoint.spec import EndpointSpec
 from apr.qa.evidence import EndpointProvenance, EvidenceWriter, read_evidence
 from apr.qa.gates.catalog import ENDPOINT_GATES, GateId
@@ -109,7 +109,7 @@ class EndpointCertification:
         client = EndpointClient(self.spec, self.plan.served_model, api_key(self.spec), timeout)
         try:
             with RunProgress(self.plan.progress) as progress:
-                listed = self._preflight(client)
+                listing = self._preflight(client)
                 archived = archive_previous_run(self.plan.output)
                 if archived is not None:
                     progress.say(f"apr certify: kept the previous run of {self.plan.output} in {archived}")
@@ -118,7 +118,7 @@ class EndpointCertification:
                     f"model {self.plan.served_model!r}, server {client.headers.get('server', 'unnamed')}"
                 )
                 with EvidenceWriter(self.evidence) as writer:
-                    self._certify(client, self._recorder(client), writer, listed, progress)
+                    self._certify(client, self._recorder(client), writer, listing, progress)
         finally:
             client.close()
         records = read_evidence(self.evidence).records
@@ -129,18 +129,20 @@ class EndpointCertification:
         stages.tables(tables)
         return EndpointResult(self.plan.output, self.evidence, mqs, time.monotonic() - started, tables, archived)
 
-    def _preflight(self, client: EndpointClient) -> list[str] | None:
+    def _preflight(self, client: EndpointClient) -> Listing:
         try:
-            listed = client.served_models()
+            listing = client.served_models()
         except EndpointUnusable as err:
             raise AprError(str(err)) from None
-        if listed is not None and self.plan.served_model not in listed:
-            shown = ", ".join(repr(m) for m in listed[:10]) or "none"
+        listed = listing.models
+        # A list that names other models means a typo; an empty one (servers that load on demand) proves nothing.
+        if listed and self.plan.served_model not in listed:
+            shown = ", ".join(repr(m) for m in listed[:10])
             raise AprError(
                 f"{self.spec.url}: does not serve the model {self.plan.served_model!r} (GET /models lists {shown}); "
                 "pass one of those with --served-model"
             )
-        return listed
+        return listing
 
     def _recorder(self, client: EndpointClient) -> Recorder:
         endpoint = EndpointProvenance(
@@ -169,7 +171,7 @@ class EndpointCertification:
         client: EndpointClient,
         recorder: Recorder,
         writer: EvidenceWriter,
-        listed: list[str] | None,
+        listing: Listing,
         progress: RunProgress,
     ) -> None:
         def emit(found: list[Check], timer: Timer) -> None:
@@ -187,7 +189,7 @@ class EndpointCertification:
             self._family(progress, "determinism", [lambda: self._determinism(client, replies)], emit)
         if gates.throughput is not None:
             self._family(progress, "throughput", [lambda: [self._throughput(client)]], emit)
-        emit([checks.load_check(self.answers, listed, self.plan.served_model)], Timer())
+        emit([checks.load_check(self.answers, listing, self.plan.served_model)], Timer())
 
     def _family(
         self,
