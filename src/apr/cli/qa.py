@@ -40,7 +40,8 @@ def _certify_endpoint(plan) -> None:
     records = read_evidence(result.evidence).records
     for line in verdict_lines(records, result.mqs, result.seconds):
         typer.echo(line)
-    left_out = sorted({str(r.gate) for r in records if r.outcome.value == "not-applicable"})
+    judged = {r.gate for r in records if r.outcome.value != "not-applicable"}
+    left_out = sorted({str(r.gate) for r in records if r.gate not in judged})
     if left_out:
         typer.echo(f"  not applicable to an endpoint (never counted): {', '.join(left_out)}")
     typer.echo(
