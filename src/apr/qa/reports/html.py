@@ -264,7 +264,11 @@ def _provenance(records: Sequence[EvidenceRecord]) -> str:
             for r in records
             if (c := r.provenance.calibration) is not None
         }
-        or {"not calibrated (apr qa, or evidence written before calibration existed)"},
+        or {
+            "not measured: an endpoint's checks ran no engine here"
+            if all(r.provenance.endpoint is not None for r in records)
+            else "not calibrated (apr qa, or evidence written before calibration existed)"
+        },
     }
     start = min(r.provenance.started_at for r in records)
     end = max(r.provenance.finished_at for r in records)
