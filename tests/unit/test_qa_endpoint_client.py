@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from apr.errors import AprError
-from apr.qa.endpoint.client import EndpointClient, Malformed, Refusal, Reply, Unanswered
+from apr.qa.endpoint.client import EndpointClient, Malformed, RateLimiter, Refusal, Reply, Unanswered
 from apr.qa.endpoint.plan import EndpointArgs, endpoint_plan
 from apr.qa.endpoint.spec import EndpointSpec, base_url
 from apr.qa.infra import InfraCause
@@ -138,6 +138,16 @@ def test_a_dead_endpoint_is_retried_once_then_tried_once_per_request(scripted):
     first, second = client.ask("hi", 8, seed=1), client.ask("hi", 8, seed=1)
     assert isinstance(first, Unanswered) and first.cause is InfraCause.ENDPOINT_UNREACHABLE and first.attempts == 4
     assert isinstance(second, Unanswered) and second.attempts == 1 and "unreachable since" in second.reason
+
+
+def test_the_rate_limit_spaces_request_starts_across_threads():
+    limiter, began = RateLimiter(rps=40), time.monotonic()
+    workers = [threading.Thread(target=limiter.wait) for _ in range(5)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert time.monotonic() - began >= 4 / 40  # five starts: four intervals of 25 ms at least, however busy
 
 
 @pytest.mark.parametrize(
