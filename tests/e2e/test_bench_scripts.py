@@ -118,3 +118,32 @@ def test_bench_chat_turns_reports_each_turn_and_that_reuse_changes_no_token(fixt
     assert report["same_tokens"] is True and len(report["turns"]) == 5
     assert report["turns"][0]["cached_prompt_tokens"] == 0
     assert all(0 < turn["cached_prompt_tokens"] < turn["prompt_tokens"] for turn in report["turns"][1:])
+
+
+def test_bench_lookup_compares_both_modes_on_code_edits_and_ends_with_json(fixture_models):
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "bench_lookup.py"),
+            "--model",
+            str(fixture_models["llama"]["gguf"]),
+            "--tasks",
+            "2",
+            "--max-tokens",
+            "16",
+            "--min-reps",
+            "1",
+            "--warmup",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["bench"] == "apr-lookup-code-edit" and report["tasks"] == 2 and report["reps"] == 1
+    assert report["identical"] == {"replies": 2, "of": 2}
+    assert report["plain_tok_s"]["median"] > 0 and report["lookup_tok_s"]["median"] > 0
+    assert set(report["per_task_first_rep"]) == {"rename-variable", "add-type-hints"}

@@ -94,3 +94,19 @@ def test_bad_model_path_is_one_error_line(tmp_path):
 def test_bad_sampling_option_is_one_error_line(fixture_models):
     proc = apr("run", str(fixture_models["llama"]["gguf"]), "--prompt", "x", "--top-p", "0")
     assert proc.returncode == 2 and "top_p" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_run_with_lookup_prints_the_same_reply_and_its_acceptance(fixture_models):
+    """`--lookup` changes the speed, not the reply: streamed, the text of plain greedy on stdout and a stderr
+    line saying how many drafts were accepted (the JSON figures: test_engine_lookup.py). With --compile it
+    is refused in one line before anything loads."""
+    path = str(fixture_models["llama"]["gguf"])
+    base = ("run", path, "--prompt", "abcabcabcabcabcabc", "--max-tokens", "24", "--raw", "--device", "cpu")
+    plain = json.loads(apr(*base, "--json").stdout)
+    streamed = apr(*base, "--lookup", "8")
+    assert streamed.returncode == 0 and streamed.stdout.rstrip("\n") == plain["text"]
+    assert "lookup" not in plain
+    assert "lookup:" in streamed.stderr and "drafted tokens accepted" in streamed.stderr
+    refused = apr(*base, "--lookup", "8", "--compile")
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert refused.stderr.strip().splitlines()[-1].startswith("error: --lookup")

@@ -5,18 +5,26 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from apr.qa.axes import Backend, Format, Modality, Tier
-from apr.qa.evidence import EvidenceRecord, Outcome, Provenance, Scenario
+from apr.qa.evidence import EndpointProvenance, EvidenceRecord, Outcome, Provenance, Scenario
 from apr.qa.gates.catalog import CATALOG, GateId
 
 T0 = datetime(2026, 11, 23, 18, 0, tzinfo=UTC)
 SHA = "ab" * 32
+ENDPOINT = EndpointProvenance(
+    url="http://127.0.0.1:9/v1", served_model="demo", api="chat", server={"server": "uvicorn"}
+)
 
 
 def provenance(
-    *, tier: Tier | None = Tier.MVP, seconds: float = 1.0, backend: Backend | None = Backend.CPU
+    *,
+    tier: Tier | None = Tier.MVP,
+    seconds: float = 1.0,
+    backend: Backend | None = Backend.CPU,
+    endpoint: EndpointProvenance | None = None,
+    gates: tuple[GateId, ...] | None = None,
 ) -> Provenance:
     return Provenance(
-        model_sha256=SHA,
+        model_sha256=None if endpoint else SHA,
         format=Format.GGUF,
         backend=backend,
         engine_git_sha="deadbeef",
@@ -27,6 +35,8 @@ def provenance(
         seed=42,
         playbook="demo-mvp",
         tier=tier,
+        endpoint=endpoint,
+        gates=gates,
         started_at=T0,
         finished_at=T0 + timedelta(seconds=seconds),
     )
@@ -44,11 +54,13 @@ def record(
     tier: Tier | None = Tier.MVP,
     reason: str = "seen",
     output: str = "2 + 2 = 4",
+    endpoint: EndpointProvenance | None = None,
+    gates: tuple[GateId, ...] | None = None,
     **fields,
 ) -> EvidenceRecord:
     scenario = Scenario(
         model=model,
-        format=Format.GGUF,
+        format=None if endpoint else Format.GGUF,
         backend=backend,
         modality=modality,
         prompt_id=prompt_id,
@@ -65,7 +77,7 @@ def record(
         n_compared=n_compared,
         output_excerpt=output,
         duration_s=1.0,
-        provenance=provenance(tier=tier, backend=backend),
+        provenance=provenance(tier=tier, backend=backend, endpoint=endpoint, gates=gates),
         **fields,
     )
 

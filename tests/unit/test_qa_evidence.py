@@ -10,9 +10,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
-from qa_core_factory import T0, provenance, record
+from qa_core_factory import ENDPOINT, T0, provenance, record
 
 from apr.errors import AprError
+from apr.qa.axes import Backend
 from apr.qa.evidence import EvidenceRecord, EvidenceWriter, Outcome, excerpt, finished_keys, read_evidence
 from apr.qa.gates.catalog import GateId
 from apr.qa.infra import InfraCause
@@ -154,6 +155,8 @@ def test_any_record_round_trips_through_the_file(tmp_path, output, reason, outco
         metrics={"m": metric},
         n_compared=1 if outcome is Outcome.CORROBORATED else 0,
         cause=InfraCause.DEADLINE if outcome is Outcome.INCONCLUSIVE else None,
+        endpoint=ENDPOINT if outcome is Outcome.NOT_APPLICABLE else None,
+        backend=None if outcome is Outcome.NOT_APPLICABLE else Backend.CPU,
     )
     path = tmp_path / "round-trip.jsonl"
     path.unlink(missing_ok=True)  # hypothesis reuses tmp_path across examples
@@ -169,6 +172,17 @@ def test_an_inconclusive_record_must_name_its_machine_cause_and_only_it_may():
         record(GateId.G2_INFERENCE, Outcome.FALSIFIED, cause=InfraCause.OOM)
     older = record(GateId.G2_INFERENCE, Outcome.TIMEOUT, n_compared=0)  # evidence from before causes existed
     assert older.infra_cause is InfraCause.DEADLINE and not older.outcome.is_failure
+
+
+def test_only_an_endpoints_evidence_has_not_applicable_records_and_they_compared_nothing():
+    with pytest.raises(ValidationError, match="only an endpoint"):
+        record(GateId.STRUCTURE, Outcome.NOT_APPLICABLE, n_compared=0)  # a checkpoint's gate cannot opt out
+    # ... except the gate of a feature the model may lack (FIM tokens, a template that renders tools).
+    assert record(GateId.FIM, Outcome.NOT_APPLICABLE, n_compared=0).outcome is Outcome.NOT_APPLICABLE
+    with pytest.raises(ValidationError, match="compared nothing"):
+        record(GateId.STRUCTURE, Outcome.NOT_APPLICABLE, n_compared=1, endpoint=ENDPOINT)
+    inapplicable = record(GateId.STRUCTURE, Outcome.NOT_APPLICABLE, n_compared=0, endpoint=ENDPOINT, backend=None)
+    assert not inapplicable.outcome.is_failure and not inapplicable.outcome.is_infrastructure
 
 
 def test_provenance_capture_fills_versions_and_git_sha():

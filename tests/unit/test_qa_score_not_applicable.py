@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 from qa_core_factory import all_gates_pass, record
 
 from apr.qa.evidence import Outcome
@@ -30,7 +31,9 @@ def quality_points(result) -> float:
 
 
 def test_a_gate_whose_records_are_all_not_applicable_neither_earns_nor_costs():
-    records = without(all_gates_pass(), GateId.FIM) + [record(GateId.FIM, Outcome.NOT_APPLICABLE, modality=None)]
+    records = without(all_gates_pass(), GateId.FIM) + [
+        record(GateId.FIM, Outcome.NOT_APPLICABLE, modality=None, n_compared=0)
+    ]
     records = as_planned(records)
     assert GateId.FIM not in planned_gates(records)
     result = compute_mqs(records)
@@ -47,26 +50,27 @@ def test_not_applicable_is_never_a_pass():
     # Next to applicable records, not_applicable ones count neither way: the gate is scored on the others.
     mixed = as_planned(
         without(all_gates_pass(), GateId.TOOL_CALLS)
-        + [record(GateId.TOOL_CALLS, Outcome.NOT_APPLICABLE, check="a"), record(GateId.TOOL_CALLS, Outcome.FALSIFIED)]
+        + [
+            record(GateId.TOOL_CALLS, Outcome.NOT_APPLICABLE, check="a", n_compared=0),
+            record(GateId.TOOL_CALLS, Outcome.FALSIFIED),
+        ]
     )
     scores = {g.gate: g for c in compute_mqs(mixed).categories for g in c.gates}
     assert scores[GateId.TOOL_CALLS].fraction == 0.0 and scores[GateId.TOOL_CALLS].not_applicable == 1
-    # A gateway can never be left out so: one with only not_applicable records is unverified, MQS 0.
-    gateway = as_planned(
-        without(all_gates_pass(), GateId.G4_QUALITY) + [record(GateId.G4_QUALITY, Outcome.NOT_APPLICABLE)]
-    )
-    assert compute_mqs(gateway).score == 0 and compute_mqs(gateway).status is Status.BLOCKED
+    # A checkpoint's gateway (or any gate but a feature's) can never be left out so: the record is refused.
+    with pytest.raises(ValidationError, match="cannot be not_applicable"):
+        record(GateId.G4_QUALITY, Outcome.NOT_APPLICABLE, n_compared=0)
 
 
 def test_a_model_without_any_serve_feature_scores_as_if_the_gates_were_never_planned():
-    na = [record(gate, Outcome.NOT_APPLICABLE, modality=None, check="applicable") for gate in SERVE]
+    na = [record(gate, Outcome.NOT_APPLICABLE, modality=None, check="applicable", n_compared=0) for gate in SERVE]
     with_na = compute_mqs(as_planned(without(all_gates_pass(), *SERVE) + na))
     never = compute_mqs(as_planned(without(all_gates_pass(), *SERVE), [g for g in CATALOG if g not in SERVE]))
     assert with_na.score == never.score == 1000
 
 
 def test_reports_show_not_applicable_records_as_such():
-    records = [*all_gates_pass(), record(GateId.FIM, Outcome.NOT_APPLICABLE, reason="no FIM tokens")]
+    records = [*all_gates_pass(), record(GateId.FIM, Outcome.NOT_APPLICABLE, reason="no FIM tokens", n_compared=0)]
     rows = {row.gate: row for row in gate_rows(records[-1:])}
     assert rows["FIM"].status == "not applicable"
     junit = render_junit(records)

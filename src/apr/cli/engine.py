@@ -69,6 +69,17 @@ CompileOpt = Annotated[
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="Sampling seed (sampling is seeded 0 when omitted).")]
 TempOpt = Annotated[float, typer.Option("--temperature", min=0.0, help="0 = greedy.")]
 MaxTokOpt = Annotated[int, typer.Option("--max-tokens", min=1, help="Most tokens to generate.")]
+LookupOpt = Annotated[
+    int,
+    typer.Option(
+        "--lookup",
+        min=0,
+        max=64,
+        help="Prompt-lookup decoding: draft up to N tokens a step from the prompt and reply's own n-grams and "
+        "verify them in one forward pass (0: off). Greedy output is unchanged token for token; sampling keeps "
+        "its distribution. CPU only, not with --compile. See docs/engine.md.",
+    ),
+]
 
 
 def _options(
@@ -80,6 +91,28 @@ def _options(
     numerics: NumericsChoice = NumericsChoice.fast,
 ) -> EngineOptions:
     return EngineOptions(device.value, dtype.value if dtype else None, threads, compile, dense_prefill, numerics.value)
+
+
+def _lookup(draft_tokens: int, compile: bool | None):
+    """The LookupConfig of ``--lookup N`` (None for 0); refused with --compile before anything loads."""
+    from apr.errors import AprError
+
+    if not draft_tokens:
+        return None
+    if compile:
+        raise AprError("--lookup verifies drafts on the eager decode step; drop --compile (or use --lookup 0)")
+    from apr.engine import LookupConfig
+
+    return LookupConfig(draft_tokens=draft_tokens)
+
+
+def check_lookup(engine, lookup) -> None:
+    """One-line error when the loaded engine cannot run lookup decoding (a GPU, a compiled step)."""
+    from apr.errors import AprError
+
+    reason = None if lookup is None else engine.lookup_unavailable()
+    if reason is not None:
+        raise AprError(f"--lookup: {reason}; use --device cpu or --lookup 0")
 
 
 def _resolve_first(model: str) -> str:
@@ -164,6 +197,7 @@ def register(app: typer.Typer) -> None:
         threads: ThreadsOpt = None,
         compile: CompileOpt = None,
         numerics: NumericsOpt = NumericsChoice.fast,
+        lookup: LookupOpt = 0,
     ) -> None:
         """Generate one reply to --prompt and exit."""
         from apr.cli.engine_session import argv_text
@@ -178,6 +212,7 @@ def register(app: typer.Typer) -> None:
             raise AprError("--trace traces one sequence; drop --batch-size")
         if trace is not None:
             dtype = Precision.fp32
+        lookup_config = _lookup(lookup, compile)
         model = _resolve_first(model)
         params = _sampling(max_tokens, temperature, seed, top_k, top_p, repetition_penalty)
         _run(
@@ -185,6 +220,7 @@ def register(app: typer.Typer) -> None:
             prompt,
             params,
             _options(device, dtype, threads, compile, numerics=numerics),
+            lookup=lookup_config,
             raw=raw,
             as_json=as_json,
             benchmark=benchmark,
@@ -206,6 +242,7 @@ def register(app: typer.Typer) -> None:
         threads: ThreadsOpt = None,
         compile: CompileOpt = None,
         numerics: NumericsOpt = NumericsChoice.fast,
+        lookup: LookupOpt = 0,
     ) -> None:
         """Talk to the model: each line is a user turn; /reset forgets the history, /exit (or Ctrl-D) leaves."""
         from apr.cli.engine_chat import chat_loop
@@ -213,12 +250,14 @@ def register(app: typer.Typer) -> None:
 
         system = None if system is None else argv_text(system)
 
+        lookup_config = _lookup(lookup, compile)
         model = _resolve_first(model)
         params = _sampling(max_tokens, temperature, seed)
         engine, load_s = open_engine(
             model, _options(device, dtype, threads, compile, numerics=numerics), templated=True
         )
-        chat_loop(engine, params, as_json=as_json, system=system, load_s=load_s)
+        check_lookup(engine, lookup_config)
+        chat_loop(engine, params, as_json=as_json, system=system, load_s=load_s, lookup=lookup_config)
 
     @app.command("bench")
     def bench_command(
@@ -269,6 +308,7 @@ def _run(
     params,
     options: EngineOptions,
     *,
+    lookup,
     raw: bool,
     as_json: bool,
     benchmark: bool,
@@ -277,9 +317,17 @@ def _run(
     trace_output: Path,
 ) -> None:
     """`apr run` once its options are valid: load, generate (one stream or a batch), trace if asked."""
-    from apr.cli.engine_session import model_json, open_engine, prompt_ids, result_json, stream_to_stdout
+    from apr.cli.engine_session import (
+        lookup_line,
+        model_json,
+        open_engine,
+        prompt_ids,
+        result_json,
+        stream_to_stdout,
+    )
 
     engine, load_s = open_engine(model, options, templated=not raw)
+    check_lookup(engine, lookup)
     templated = not raw and engine.tokenizer.has_chat_template
     if not raw and not templated:
         print("note: this model has no chat template; running the prompt raw", file=sys.stderr)
@@ -287,7 +335,7 @@ def _run(
     if benchmark or batch_size > 1:
         from apr.cli.engine_batch import run_batch
 
-        measured = run_batch(engine, ids, params, batch_size)
+        measured = run_batch(engine, ids, params, batch_size, lookup)
         if as_json:
             doc = {
                 "text": measured.streams[0].text,
@@ -303,12 +351,14 @@ def _run(
             print(f"load {load_s:.2f} s · " + measured.summary_line(), file=sys.stderr)
         generated = list(measured.streams[0].token_ids)
     elif as_json:
-        result = engine.generate(ids, params)
+        result = engine.generate(ids, params, lookup=lookup)
         doc = {**result_json(result, load_s), "model": model_json(engine), "device": str(engine.device)}
         sys.stdout.write(json.dumps(doc, ensure_ascii=False) + "\n")
         generated = result.token_ids
     else:
-        result = stream_to_stdout(engine, ids, params)
+        result = stream_to_stdout(engine, ids, params, lookup=lookup)
+        if result.lookup is not None:
+            print(lookup_line(result), file=sys.stderr)
         generated = result.token_ids
     if trace is not None:
         _write_trace(engine, ids, generated, trace, trace_output)

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from apr.engine import Engine, SamplingParams
+    from apr.engine import Engine, LookupConfig, LookupStats, SamplingParams
 
 
 @dataclass(frozen=True)
@@ -41,10 +41,14 @@ class BatchBenchmark:
     system_cpu_pct: float
     device: str
     streams: list[StreamResult]
+    # Lookup decoding over all streams (LookupStats.to_dict of the sums), None when it was off.
+    lookup: dict[str, float | int] | None = None
 
     def to_json(self) -> dict[str, Any]:
         doc = asdict(self)
         doc["streams"] = [{k: v for k, v in s.items() if k not in ("text", "token_ids")} for s in doc["streams"]]
+        if self.lookup is None:
+            del doc["lookup"]
         return doc
 
     def summary_line(self) -> str:
@@ -55,15 +59,28 @@ class BatchBenchmark:
             f"{self.aggregate_tok_s:.1f} tok/s aggregate; per stream {streams} tok/s; "
             f"CPU {self.cpu_utilisation_pct:.0f}% of {self.threads} thread(s) "
             f"(system {self.system_cpu_pct:.0f}%)"
+            + (
+                f"; lookup {100 * self.lookup['acceptance_rate']:.0f}% of drafts accepted, "
+                f"{self.lookup['tokens_per_step']:.2f} tokens per forward pass"
+                if self.lookup is not None
+                else ""
+            )
         )
 
 
-def run_batch(engine: Engine, prompt_ids: list[int], params: SamplingParams, batch_size: int) -> BatchBenchmark:
+def run_batch(
+    engine: Engine,
+    prompt_ids: list[int],
+    params: SamplingParams,
+    batch_size: int,
+    lookup: LookupConfig | None = None,
+) -> BatchBenchmark:
     """Decode ``batch_size`` copies of ``prompt_ids`` in one continuous batch (Engine.new_batch)."""
     import psutil
     import torch
 
-    decoder = engine.new_batch(batch_size)
+    decoder = engine.new_batch(batch_size, lookup=lookup)
+    looked: list[LookupStats] = []
     names = [f"copy-{i}" for i in range(batch_size)]
     for name in names:
         decoder.add(name, list(prompt_ids), params)
@@ -88,6 +105,8 @@ def run_batch(engine: Engine, prompt_ids: list[int], params: SamplingParams, bat
             texts[event.request_id].append(event.text)
             if event.finish_reason:
                 finish[event.request_id] = event.finish_reason
+            if event.lookup is not None:
+                looked.append(event.lookup)
     wall = time.perf_counter() - start
     cpu_after = process.cpu_times()
     system_pct = psutil.cpu_percent(interval=None)
@@ -118,4 +137,19 @@ def run_batch(engine: Engine, prompt_ids: list[int], params: SamplingParams, bat
         system_cpu_pct=system_pct,
         device=str(engine.device),
         streams=streams,
+        lookup=_summed(looked) if lookup is not None else None,
     )
+
+
+def _summed(stats: list[LookupStats]) -> dict[str, float | int]:
+    from apr.engine import LookupStats
+
+    total = LookupStats(
+        stats[0].draft_tokens if stats else 0,
+        sum(s.steps for s in stats),
+        sum(s.drafted for s in stats),
+        sum(s.accepted for s in stats),
+        # Each stream's first token comes from its prefill, not a step: tokens_per_step counts the rest.
+        sum(s.generated for s in stats) - len(stats) + 1,
+    )
+    return total.to_dict()

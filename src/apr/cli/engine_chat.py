@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from apr.engine import Engine, PrefixCache, SamplingParams
+    from apr.engine import Engine, LookupConfig, PrefixCache, SamplingParams
 
 HELP = (
     'commands: /reset forgets the conversation, /exit leaves (Ctrl-D too); """ on its own line opens '
@@ -86,7 +86,15 @@ def _json_content(line: str) -> str | None:
     return content if isinstance(content, str) else None
 
 
-def chat_loop(engine: Engine, params: SamplingParams, *, as_json: bool, system: str | None, load_s: float) -> None:
+def chat_loop(
+    engine: Engine,
+    params: SamplingParams,
+    *,
+    as_json: bool,
+    system: str | None,
+    load_s: float,
+    lookup: LookupConfig | None = None,
+) -> None:
     from apr.cli.engine_session import prompt_ids, result_json
 
     interactive = sys.stdin.isatty()
@@ -124,7 +132,7 @@ def chat_loop(engine: Engine, params: SamplingParams, *, as_json: bool, system: 
         transcript += text
         ids = prompt_ids(engine, history, None if templated else transcript)
         try:
-            reply = _reply(engine, ids, params, prefix, show=not as_json)
+            reply = _reply(engine, ids, params, prefix, show=not as_json, lookup=lookup)
         except KeyboardInterrupt:
             print("\n(interrupted)", file=sys.stderr)
             history.pop()
@@ -137,9 +145,19 @@ def chat_loop(engine: Engine, params: SamplingParams, *, as_json: bool, system: 
             sys.stdout.flush()
 
 
-def _reply(engine: Engine, ids: list[int], params: SamplingParams, prefix: PrefixCache, show: bool):
+def _reply(
+    engine: Engine,
+    ids: list[int],
+    params: SamplingParams,
+    prefix: PrefixCache,
+    show: bool,
+    lookup: LookupConfig | None,
+):
     if not show:
-        return engine.generate(ids, params, prefix)
-    from apr.cli.engine_session import stream_to_stdout
+        return engine.generate(ids, params, prefix, lookup)
+    from apr.cli.engine_session import lookup_line, stream_to_stdout
 
-    return stream_to_stdout(engine, ids, params, prefix)
+    reply = stream_to_stdout(engine, ids, params, prefix, lookup)
+    if reply.lookup is not None and sys.stderr.isatty():
+        print(lookup_line(reply), file=sys.stderr)
+    return reply

@@ -114,6 +114,7 @@ def result_json(result: GenerationResult, load_s: float | None = None) -> dict[s
         "completion_tokens": result.completion_tokens,
         "finish_reason": result.finish_reason,
         "timings": {k: round(v, 6) for k, v in timings.items()},
+        **({"lookup": result.lookup.to_dict()} if result.lookup is not None else {}),
     }
 
 
@@ -131,14 +132,26 @@ def timing_line(result: GenerationResult, load_s: float) -> str:
     )
 
 
-def stream_to_stdout(engine, ids: list[int], params, prefix=None):
-    """Print text as it is generated; return the GenerationResult of the same run (``prefix``: Engine.stream's)."""
+def lookup_line(result: GenerationResult) -> str:
+    """The stderr summary of a reply decoded with lookup: acceptance and the effective decode rate."""
+    stats = result.lookup
+    assert stats is not None
+    return (
+        f"lookup: {stats.accepted}/{stats.drafted} drafted tokens accepted ({100 * stats.acceptance_rate:.0f}%), "
+        f"{stats.tokens_per_step:.2f} tokens per forward pass over {stats.steps} steps · "
+        f"{result.completion_tokens} tok, decode {result.timings.decode_tok_s:.1f} tok/s effective"
+    )
+
+
+def stream_to_stdout(engine, ids: list[int], params, prefix=None, lookup=None):
+    """Print text as it is generated; return the GenerationResult of the same run (``prefix``, ``lookup``:
+    Engine.stream's)."""
     from apr.engine import GenerationResult, Timings
 
     start = time.perf_counter()
     first = None
     events = []
-    for event in engine.stream(ids, params, prefix):
+    for event in engine.stream(ids, params, prefix, lookup):
         first = first or time.perf_counter()
         events.append(event)
         if event.text:
@@ -156,6 +169,7 @@ def stream_to_stdout(engine, ids: list[int], params, prefix=None):
         len(ids),
         len(events),
         timings,
+        lookup=events[-1].lookup,
     )
 
 

@@ -13,7 +13,7 @@ def verdict_lines(records, mqs, seconds: float | None = None) -> list[str]:
 
     took = f" in {seconds:.0f}s" if seconds is not None else ""
     head = (
-        f"{mqs.status.value}  MQS {mqs.score}/1000  grade {mqs.grade}  ({mqs.total_records} records: "
+        f"{mqs.label}  MQS {mqs.score}/1000  grade {mqs.grade}  ({mqs.total_records} records: "
         + ", ".join(f"{n} {outcome.value}" for outcome, n in mqs.outcomes.items() if n)
         + f"){took}"
     )
@@ -29,6 +29,26 @@ def _certify_summary(result) -> None:
         f"wrote {result.evidence}, {result.output / 'junit.xml'}, {result.output / 'report.html'}, "
         f"{result.tables / 'models.csv'}" + (f"; the previous run is in {result.archived}" if result.archived else "")
     )
+
+
+def _certify_endpoint(plan) -> None:
+    from apr.qa.endpoint.run import certify_endpoint
+    from apr.qa.evidence import Outcome, read_evidence
+
+    _interrupt_on_termination()
+    result = certify_endpoint(plan)
+    records = read_evidence(result.evidence).records
+    for line in verdict_lines(records, result.mqs, result.seconds):
+        typer.echo(line)
+    judged = {r.gate for r in records if r.outcome is not Outcome.NOT_APPLICABLE}
+    left_out = sorted({str(r.gate) for r in records if r.gate not in judged})
+    if left_out:
+        typer.echo(f"  not applicable to an endpoint (never counted): {', '.join(left_out)}")
+    typer.echo(
+        f"wrote {result.evidence}, {result.output / 'junit.xml'}, {result.output / 'report.html'}, "
+        f"{result.tables / 'models.csv'}" + (f"; the previous run is in {result.archived}" if result.archived else "")
+    )
+    raise typer.Exit(result.exit_code)
 
 
 def _interrupt_on_termination() -> None:
@@ -48,7 +68,9 @@ def register(app: typer.Typer) -> None:
 
     @app.command("certify")
     def certify_command(
-        playbook: Path = typer.Argument(..., help="model playbook (playbooks/models/*.playbook.yaml)"),
+        playbook: Path | None = typer.Argument(
+            None, help="model playbook (playbooks/models/*.playbook.yaml); optional with --endpoint"
+        ),
         model_path: Path | None = typer.Option(None, "--model-path", help="certify this local file instead of the ref"),
         tier: str | None = typer.Option(
             None, "--tier", help="run the model under another tier: quick, smoke, mvp, standard, full"
@@ -72,22 +94,65 @@ def register(app: typer.Typer) -> None:
         ),
         resume: bool = typer.Option(False, "--resume", help="append to an existing evidence file; skip finished cells"),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress on stderr"),
+        endpoint: str | None = typer.Option(
+            None, "--endpoint", help="certify this OpenAI-compatible server instead, e.g. http://127.0.0.1:8080/v1"
+        ),
+        served_model: str | None = typer.Option(
+            None, "--served-model", help="with --endpoint: the model name the server answers to"
+        ),
+        api_key_env: str | None = typer.Option(
+            None, "--api-key-env", help="with --endpoint: environment variable holding the API key (never written)"
+        ),
+        api: str | None = typer.Option(None, "--api", help="with --endpoint: chat (default) or completion"),
+        concurrency: int | None = typer.Option(
+            None, "--concurrency", min=1, max=64, help="with --endpoint: requests in flight at once (default 1)"
+        ),
+        rate_limit: float | None = typer.Option(
+            None, "--rate-limit", min=0.001, help="with --endpoint: most requests started per second"
+        ),
     ) -> None:
         """Certify a model: every cell of the playbook's matrix through the real CLI, every gate, MQS and reports.
 
+        With --endpoint URL (or a playbook with an endpoint: section): certify a remote OpenAI-compatible server's
+        behaviour instead; gates that need the files or apr's engine are recorded not applicable (docs/endpoint.md).
+
         Exit code 0 when CERTIFIED or PROVISIONAL, 1 when BLOCKED, 3 when INCONCLUSIVE (the machine could not
-        run every check: deadline, memory, a killed process, a full disk), 2 on bad input."""
+        run every check: deadline, memory, a killed process, a full disk, an endpoint that stopped answering),
+        2 on bad input (an endpoint unreachable at the start, refusing the key, or not serving the model too)."""
         from apr.errors import AprError
         from apr.qa.axes import Tier
         from apr.qa.certify import CertifyOptions, certify
 
-        if not playbook.is_file():
+        if playbook is not None and not playbook.is_file():
             raise AprError(
                 f"{playbook}: playbook not found; pass a file such as "
                 "playbooks/models/qwen2.5-coder-1.5b-mvp.playbook.yaml"
             )
+        if playbook is None and endpoint is None:
+            raise AprError("pass a PLAYBOOK, or --endpoint URL --served-model NAME to certify a running server")
         if tier is not None and tier not in {t.value for t in Tier}:
             raise AprError(f"--tier {tier!r} is not one of {', '.join(t.value for t in Tier)}")
+        if api is not None and api not in ("chat", "completion"):
+            raise AprError(f"--api {api!r} is not one of chat, completion")
+        from apr.qa.endpoint.plan import EndpointArgs, endpoint_plan
+        from apr.qa.playbook import load_playbook
+
+        args = EndpointArgs(endpoint, served_model, api_key_env, api, concurrency, rate_limit, timeout)
+        plan = endpoint_plan(
+            load_playbook(playbook) if playbook is not None else None,
+            args,
+            tier=Tier(tier) if tier else None,
+            output=output,
+            progress=not quiet,
+        )
+        if plan is not None:
+            for flag, value in (("--model-path", model_path), ("--workers", workers), ("--threads", threads)):
+                if value is not None:
+                    raise AprError(f"{flag} does not apply to an endpoint: it runs no local engine")
+            if resume:
+                raise AprError("--resume does not apply to an endpoint: re-run it (the earlier run is kept in runs/)")
+            _certify_endpoint(plan)
+        assert playbook is not None  # without one, endpoint_plan returned a plan or raised
         if model_path is not None and not model_path.exists():
             raise AprError(f"{model_path}: --model-path does not exist")
         _interrupt_on_termination()

@@ -68,6 +68,14 @@ def register(app: typer.Typer) -> None:
             min=0.0,
             help="Unload a model other than the default after this many seconds without requests (0: never).",
         ),
+        lookup: int = typer.Option(
+            0,
+            "--lookup",
+            min=0,
+            max=64,
+            help="Prompt-lookup decoding: draft up to N tokens a step from each request's own n-grams, verified "
+            "in one forward pass (0: off; CPU eager only). Greedy replies are unchanged token for token.",
+        ),
         shutdown_grace: float = typer.Option(
             2.0, "--shutdown-grace", min=0.0, help="Seconds in-flight requests may run on after SIGINT/SIGTERM."
         ),
@@ -104,6 +112,7 @@ def register(app: typer.Typer) -> None:
             idle_unload_s=idle_unload_s,
             device=device.value,
             numerics=numerics.value,
+            lookup=lookup,
         )
         model_path = resolve_model_arg(model)
         # Bind before the (slow) model load, so a busy port fails at once.

@@ -10,7 +10,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from apr.engine.types import FinishReason, GenerationResult, SamplingParams, Timings, TokenEvent
+from apr.engine.types import (
+    FinishReason,
+    GenerationResult,
+    LookupConfig,
+    LookupStats,
+    SamplingParams,
+    Timings,
+    TokenEvent,
+)
 
 if TYPE_CHECKING:
     from apr.engine.api import Engine, load_engine
@@ -22,6 +30,8 @@ __all__ = [
     "BatchDecoder",
     "PrefixCache",
     "SamplingParams",
+    "LookupConfig",
+    "LookupStats",
     "TokenEvent",
     "GenerationResult",
     "Timings",

@@ -16,7 +16,7 @@ from apr.engine.device import resolve_device, resolve_precision, set_threads
 from apr.engine.kv_cache import SequenceCache
 from apr.engine.loader import LayerProgress, build_transformer, weight_kinds
 from apr.engine.model import Transformer
-from apr.engine.types import GenerationResult, SamplingParams, Timings, TokenEvent
+from apr.engine.types import GenerationResult, LookupConfig, SamplingParams, Timings, TokenEvent
 from apr.engine.weights import WeightPolicy
 from apr.formats.model import CanonicalModel
 
@@ -129,10 +129,33 @@ class Engine:
             return new_cache(capacity)
         return self.transformer.new_cache(capacity)
 
+    def lookup_unavailable(self) -> str | None:
+        """Why lookup decoding (LookupConfig) cannot run on this engine, or None when it can.
+
+        Its guarantee (greedy output token for token that of plain decoding) rests on the verify rows being
+        computed exactly as one-token steps are: true of the eager CPU paths (row-independent products,
+        tests/unit/test_engine_lookup.py), not of a compiled step or of GPU products, whose kernels change
+        with the number of rows."""
+        if self.device.type != "cpu":
+            return (
+                f"lookup decoding runs on the CPU only ({self.device.type} products are not row-identical to "
+                "one-token steps, so greedy output could change)"
+            )
+        if self._decode_step is not None:
+            return "lookup decoding verifies on the eager decode step; it cannot run with --compile"
+        return None
+
     def new_batch(
-        self, max_batch: int, *, prefill_chunk: int | None = None, isolate_failures: bool = False
+        self,
+        max_batch: int,
+        *,
+        prefill_chunk: int | None = None,
+        isolate_failures: bool = False,
+        lookup: LookupConfig | None = None,
     ) -> BatchDecoder:
-        """A continuous batch (see BatchDecoder for ``prefill_chunk`` and ``isolate_failures``)."""
+        """A continuous batch (see BatchDecoder for ``prefill_chunk``, ``isolate_failures`` and ``lookup``;
+        ValueError with ``lookup`` where lookup_unavailable says why not)."""
+        self._check_lookup(lookup)
         return BatchDecoder(
             self.transformer,
             self.tokenizer,
@@ -142,15 +165,27 @@ class Engine:
             cache_factory=self.new_cache,
             prefill_chunk=prefill_chunk,
             isolate_failures=isolate_failures,
+            lookup=lookup,
         )
 
+    def _check_lookup(self, lookup: LookupConfig | None) -> None:
+        reason = None if lookup is None else self.lookup_unavailable()
+        if reason is not None:
+            raise ValueError(reason)
+
     def stream(
-        self, prompt_ids: list[int], params: SamplingParams, prefix: PrefixCache | None = None
+        self,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        prefix: PrefixCache | None = None,
+        lookup: LookupConfig | None = None,
     ) -> Iterator[TokenEvent]:
         """Token events of one request as they are produced; the last one carries ``finish_reason``.
 
         ``prefix``: the cache an earlier request of the same conversation left (see ``PrefixCache``); this
-        request starts from it where its prompt shares a prefix, and leaves its own there."""
+        request starts from it where its prompt shares a prefix, and leaves its own there. ``lookup``:
+        prompt-lookup decoding (several events may then come at once)."""
+        self._check_lookup(lookup)
         decoder = BatchDecoder(
             self.transformer,
             self.tokenizer,
@@ -158,18 +193,23 @@ class Engine:
             1,
             step_hook=self._decode_step,
             cache_factory=self.new_cache,
+            lookup=lookup,
         )
         decoder.add(f"req-{next(self._ids)}", list(prompt_ids), params, prefix)
         while decoder.active:
             yield from decoder.step()
 
     def generate(
-        self, prompt_ids: list[int], params: SamplingParams, prefix: PrefixCache | None = None
+        self,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        prefix: PrefixCache | None = None,
+        lookup: LookupConfig | None = None,
     ) -> GenerationResult:
         start = time.perf_counter()
         first_at = None
         events: list[TokenEvent] = []
-        for event in self.stream(prompt_ids, params, prefix):
+        for event in self.stream(prompt_ids, params, prefix, lookup):
             if first_at is None:
                 first_at = time.perf_counter()
             events.append(event)
@@ -191,6 +231,7 @@ class Engine:
             completion_tokens=len(events),
             timings=timings,
             logprobs=[e.logprob for e in events if e.logprob is not None],
+            lookup=events[-1].lookup,
         )
 
 

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import torch
 
 from apr.engine.detokenize import DecodesIds, TextTracker
 from apr.engine.kv_cache import SequenceCache, capacity_for
+from apr.engine.lookup import NgramDrafter
 from apr.engine.model import Transformer
 from apr.engine.sampling import LogitConstraint, Sampler
-from apr.engine.types import FinishReason, SamplingParams, TokenEvent
+from apr.engine.types import FinishReason, LookupConfig, LookupStats, SamplingParams, TokenEvent
 
 T = TypeVar("T")
 
@@ -55,6 +56,11 @@ class Sequence:
     prefix: PrefixCache | None = None
     # Prompt tokens whose keys and values the cache holds (a long prompt is prefilled over several steps).
     prefilled: int = 0
+    # Lookup decoding (BatchDecoder's ``lookup``): the sequence's drafter and what its drafts achieved.
+    drafter: NgramDrafter | None = None
+    lookup_steps: int = 0
+    drafted: int = 0
+    accepted: int = 0
 
 
 @dataclass(frozen=True)
@@ -73,7 +79,14 @@ class BatchDecoder:
     ``prefill_chunk`` (serve): at most that many prompt tokens are prefilled per step, so a long prompt
     is taken in chunks between decode steps and the other sequences keep producing tokens meanwhile.
     ``isolate_failures`` (serve): a sequence that raises leaves the batch alone (``take_failures``)
-    instead of failing the step for every sequence."""
+    instead of failing the step for every sequence.
+    ``lookup``: prompt-lookup decoding (lookup.py). Each step, every sequence whose context's end was seen
+    before drafts what followed it; the drafted rows join the step's forward pass (Transformer.decode_at),
+    and each sequence keeps its draft up to the first token its own choice disagrees with, plus that
+    choice: several tokens a step for one weight pass. Rejected rows are rolled back by the cache length
+    (their keys and values stay past it, masked, and are overwritten before anything reads them). Only
+    for a model called eagerly (no ``step_hook``): a compiled or graph-replayed step computes other bits
+    than the eager rows that verify (Engine.lookup_unavailable)."""
 
     def __init__(
         self,
@@ -85,9 +98,13 @@ class BatchDecoder:
         cache_factory: Callable[[int], SequenceCache] | None = None,
         prefill_chunk: int | None = None,
         isolate_failures: bool = False,
+        lookup: LookupConfig | None = None,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        if lookup is not None and step_hook is not None:
+            raise ValueError("lookup decoding verifies on the model's own eager decode rows; drop the step hook")
+        self.lookup = lookup
         if prefill_chunk is not None and prefill_chunk < 1:
             raise ValueError(f"prefill_chunk must be >= 1, got {prefill_chunk}")
         self.model, self.tokenizer, self.max_batch = model, tokenizer, max_batch
@@ -138,6 +155,7 @@ class BatchDecoder:
                 TextTracker(self.tokenizer, params.stop),
                 self.eos_ids | frozenset(params.stop_token_ids),
                 prefix=prefix,
+                drafter=None if self.lookup is None else NgramDrafter(self.lookup, prompt_ids),
             )
         )
 
@@ -173,6 +191,8 @@ class BatchDecoder:
         return events
 
     def _decode_all(self, decoding: list[Sequence]) -> list[TokenEvent]:
+        if self.lookup is not None:
+            return self._decode_drafted(decoding)
         device = self.model.embedding.device
         try:
             tokens = torch.tensor([s.generated[-1] for s in decoding], device=device)
@@ -195,6 +215,85 @@ class BatchDecoder:
             event = self._guarded(seq, self._advance, seq, row)
             if event is not None:
                 events.append(event)
+        return events
+
+    def _decode_drafted(self, decoding: list[Sequence]) -> list[TokenEvent]:
+        """One forward pass over every sequence's last token and its draft; each keeps what it accepts."""
+        assert self.lookup is not None
+        # A step of several sequences already shares its weight pass, and each drafted row adds compute: the
+        # sequences split one sequence's draft length between them.
+        share = -(-self.lookup.draft_tokens // len(decoding))
+        drafts = [self._draft(seq, share) for seq in decoding]
+        tokens: list[int] = []
+        caches: list[SequenceCache] = []
+        positions: list[int] = []
+        for seq, draft in zip(decoding, drafts):
+            cache = _cache_of(seq)
+            tokens += [seq.generated[-1], *draft]
+            caches += [cache] * (1 + len(draft))
+            positions += range(cache.length, cache.length + 1 + len(draft))
+        try:
+            logits = self.model.decode_at(torch.tensor(tokens, device=self.model.embedding.device), caches, positions)
+        except Exception:
+            if not self.isolate_failures:
+                raise
+            # Find the sequence that breaks the step: each decodes alone, undrafted (each writes only its own
+            # cache positions, which the failed step may have written already: the same values again).
+            events = []
+            for seq in decoding:
+                row = self._guarded(seq, self._decode_one, seq)
+                if row is not None:
+                    seq.lookup_steps += 1
+                    event = self._guarded(seq, self._advance, seq, row)
+                    if event is not None:
+                        events.append(event)
+            return events
+        events = []
+        first = 0
+        for seq, draft in zip(decoding, drafts):
+            rows = logits[first : first + 1 + len(draft)]
+            first += 1 + len(draft)
+            events += self._guarded(seq, self._accept, seq, rows, draft) or []
+        return events
+
+    def _draft(self, seq: Sequence, most: int) -> list[int]:
+        """The sequence's draft (at most ``most`` tokens), cut to what it may still generate and what its
+        cache still holds."""
+        assert seq.drafter is not None
+        cache = _cache_of(seq)
+        room = min(
+            most,
+            seq.params.max_tokens - len(seq.generated) - 1,  # the step's own token comes on top
+            cache.capacity - cache.length - 1,
+        )
+        return seq.drafter.draft(room)
+
+    def _accept(self, seq: Sequence, rows: torch.Tensor, draft: list[int]) -> list[TokenEvent]:
+        """Tokens of one verified span: row i (fed the last token, then draft[:i]) chooses a token; the span
+        goes on while the choice confirms the draft. The cache then holds what was fed up to the last
+        row used: the positions of rejected rows are past its length, as if never written."""
+        cache = _cache_of(seq)
+        start = cache.length
+        seq.lookup_steps += 1
+        seq.drafted += len(draft)
+        events: list[TokenEvent] = []
+        accepted = 0
+        for i, row in enumerate(rows):
+            cache.length = start + i + 1  # what a plain decode step would hold when it chose this token
+            proposed = draft[i] if i < len(draft) else None
+            event = self._advance(seq, row, proposed)
+            events.append(event)
+            if proposed is None or event.token_id != proposed:
+                break
+            accepted += 1
+            if event.finish_reason is not None:
+                break
+        seq.accepted += accepted
+        if seq.drafter is not None:
+            seq.drafter.record(len(draft), accepted)
+        finish = events[-1].finish_reason
+        if finish is not None:  # its figures were taken before this span's acceptances were added
+            events[-1] = replace(events[-1], lookup=self._lookup_stats(seq, finish))
         return events
 
     def _decode_one(self, seq: Sequence) -> torch.Tensor:
@@ -252,10 +351,12 @@ class BatchDecoder:
         seq.cache, prefix.reused = cache, shared
         return shared
 
-    def _advance(self, seq: Sequence, logits: torch.Tensor) -> TokenEvent:
+    def _advance(self, seq: Sequence, logits: torch.Tensor, draft: int | None = None) -> TokenEvent:
         cache = _cache_of(seq)
-        token, logprob, top = seq.sampler.choose(logits, seq.prompt_ids + seq.generated)
+        token, logprob, top = seq.sampler.choose(logits, seq.prompt_ids + seq.generated, draft)
         seq.generated.append(token)
+        if seq.drafter is not None:
+            seq.drafter.append(token)
         finish: FinishReason | None = None
         text = "" if token in seq.stop_ids else seq.text.add(token)
         if token in seq.stop_ids or seq.text.stopped:
@@ -269,7 +370,12 @@ class BatchDecoder:
                 seq.prefix.cache = cache
                 seq.prefix.ids = (seq.prompt_ids + seq.generated)[: cache.length]
             seq.cache = None  # the sequence leaves the batch after this step
-        return TokenEvent(seq.request_id, token, text, logprob, top, finish)
+        return TokenEvent(seq.request_id, token, text, logprob, top, finish, self._lookup_stats(seq, finish))
+
+    def _lookup_stats(self, seq: Sequence, finish: FinishReason | None) -> LookupStats | None:
+        if finish is None or self.lookup is None:
+            return None
+        return LookupStats(self.lookup.draft_tokens, seq.lookup_steps, seq.drafted, seq.accepted, len(seq.generated))
 
 
 def _cache_of(seq: Sequence) -> SequenceCache:

@@ -259,17 +259,30 @@ class Transformer(nn.Module):
         row-independent kernels, so a row's numbers do not depend on its batch mates. They also equal
         ``decode_one``'s, which needs static shapes for torch.compile.
         """
-        positions = torch.tensor([c.length for c in caches], device=tokens.device)
+        logits = self.decode_at(tokens, caches, [c.length for c in caches])
+        for cache in caches:
+            cache.length += 1
+        return logits
+
+    def decode_at(self, tokens: torch.Tensor, caches: list[SequenceCache], positions: list[int]) -> torch.Tensor:
+        """Logits ``[R, vocab]`` of R rows, row r feeding ``tokens[r]`` at ``positions[r]`` of ``caches[r]``;
+        cache lengths are left to the caller.
+
+        A cache may take several rows at consecutive positions, in order (a drafted span that lookup
+        decoding verifies, lookup.py): each row writes its key/value before it attends, over its cache up
+        to its own position, so row r sees the rows before it as a decode step would. Every row goes
+        through exactly the operations of a one-token ``decode`` step at its position (row-independent
+        products, attention of one query over the masked cache), which is what makes a verified span's
+        tokens those that plain greedy decoding picks."""
         x = self.embed(tokens)
-        masks = [self._decode_masks(c) for c in caches]
+        masks = [self._decode_masks(cache, pos) for cache, pos in zip(caches, positions)]
         rep = self.cfg.num_heads // self.cfg.num_kv_heads
-        tables = self.rope_tables_at(positions)
+        tables = self.rope_tables_at(torch.tensor(positions, device=tokens.device))
         for block in self.blocks:
             cos, sin = tables[block.sliding]
             q, k, v = block.qkv(block.input_norm(x), cos, sin, rows=True)
             outs = []
-            for row, cache in enumerate(caches):
-                pos = cache.length
+            for row, (cache, pos) in enumerate(zip(caches, positions)):
                 keys, values = cache.k[block.index], cache.v[block.index]
                 keys[:, pos] = k[row]
                 values[:, pos] = v[row]
@@ -278,8 +291,6 @@ class Transformer(nn.Module):
                 out = attend_one(qr, keys, values, masks[row][1 if block.sliding else 0], block.scale)
                 outs.append(out.reshape(1, -1))
             x = block.finish(x, torch.cat(outs), rows=True)
-        for cache in caches:
-            cache.length += 1
         return self.head(x, rows=True)
 
     def decode_one(
@@ -348,10 +359,9 @@ class Transformer(nn.Module):
             x = block.finish(x, out.reshape(rows, -1), rows=False)
         return self.head(x)
 
-    def _decode_masks(self, cache: SequenceCache) -> tuple[torch.Tensor, torch.Tensor]:
-        """Additive attention biases over the cache for the token at position ``cache.length``: (global, sliding)."""
+    def _decode_masks(self, cache: SequenceCache, pos: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Additive attention biases over the cache for the token at position ``pos``: (global, sliding)."""
         index = torch.arange(cache.capacity, device=cache.k.device)
-        pos = cache.length
         allowed = index <= pos
         window = self.cfg.sliding_window
         full = mask_bias(allowed, cache.k.dtype)

@@ -145,16 +145,14 @@ class NativeTransformer(Transformer):
             cache.length = start + t
         return x
 
-    def decode(self, tokens: torch.Tensor, caches: list[SequenceCache]) -> torch.Tensor:
-        """Transformer.decode with every layer in one native call (the same kernels as the per-operator path)."""
+    def decode_at(self, tokens: torch.Tensor, caches: list[SequenceCache], positions: list[int]) -> torch.Tensor:
+        """Transformer.decode_at with every layer in one native call (the same kernels as the per-operator
+        path; the rows of one cache are the rows of a prefill, computed as decode computes one row)."""
         if not self._stack_runs():
-            return super().decode(tokens, caches)
+            return super().decode_at(tokens, caches, positions)
         x = self.embed(tokens)
-        positions = torch.tensor([c.length for c in caches], device=tokens.device)
-        rows = native.CacheRows([c.k for c in caches], [c.v for c in caches], [c.length for c in caches])
-        x = self._run_stack(x, positions, rows)
-        for cache in caches:
-            cache.length += 1
+        rows = native.CacheRows([c.k for c in caches], [c.v for c in caches], list(positions))
+        x = self._run_stack(x, torch.tensor(positions, device=tokens.device), rows)
         return self.head(x, rows=True)
 
     def _run_stack(self, x: torch.Tensor, positions: torch.Tensor, rows: native.CacheRows) -> torch.Tensor:

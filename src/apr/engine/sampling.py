@@ -33,8 +33,15 @@ class Sampler:
         self.generator = torch.Generator(device="cpu")
         self.generator.manual_seed(params.effective_seed)
 
-    def choose(self, logits: torch.Tensor, history: list[int]) -> tuple[int, float, dict[int, float] | None]:
-        """(token id, its log-probability, top alternatives or None) from float32 logits ``[vocab]``."""
+    def choose(
+        self, logits: torch.Tensor, history: list[int], draft: int | None = None
+    ) -> tuple[int, float, dict[int, float] | None]:
+        """(token id, its log-probability, top alternatives or None) from float32 logits ``[vocab]``.
+
+        ``draft``: the token lookup decoding proposed here. Greedy ignores it (argmax is argmax); sampling
+        keeps it with probability p(draft) and otherwise draws from p without it, which is speculative
+        sampling with a draft that is certain of its token: the chosen token is still distributed as p,
+        though the generator's draws differ from a run without drafts."""
         logits = logits.float().cpu()
         if bool(torch.isnan(logits).any() or torch.isposinf(logits).any()):
             raise NonFiniteLogits(
@@ -52,7 +59,7 @@ class Sampler:
             token = int(torch.argmax(logits))
         else:
             probs = torch.softmax(filter_logits(scaled(logits, p.temperature), p.top_k, p.top_p), dim=-1)
-            token = int(torch.multinomial(probs, 1, generator=self.generator))
+            token = self._sample(probs, draft)
         if self.constraint is not None:
             self.constraint.accept(token)
         top = None
@@ -60,6 +67,20 @@ class Sampler:
             values, ids = torch.topk(logprobs, min(p.logprobs, logprobs.shape[-1]))
             top = {int(i): float(v) for i, v in zip(ids, values)}
         return token, float(logprobs[token]), top
+
+    def _sample(self, probs: torch.Tensor, draft: int | None) -> int:
+        if draft is None:
+            return int(torch.multinomial(probs, 1, generator=self.generator))
+        # Accept with probability min(1, p(d) / q(d)), q(d) = 1; on rejection the residual max(0, p - q)
+        # normalised is p with d removed: P(d) = p(d), P(x) = (1 - p(d)) p(x) / (1 - p(d)) = p(x).
+        kept = float(probs[draft])
+        if float(torch.rand((), generator=self.generator)) < kept:
+            return draft
+        residual = probs.clone()
+        residual[draft] = 0.0
+        if not float(residual.sum()) > 0.0:  # p(d) rounded to 1: nothing else can be drawn
+            return draft
+        return int(torch.multinomial(residual, 1, generator=self.generator))
 
 
 def scaled(logits: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -57,12 +57,66 @@ class SamplingParams:
 
 
 @dataclass(frozen=True)
+class LookupConfig:
+    """Prompt-lookup decoding (lookup.py): each step drafts up to ``draft_tokens`` tokens by finding the
+    context's last n-gram (``max_ngram`` down to ``min_ngram`` tokens) earlier in the context, and verifies
+    them in the same forward pass as the step's own token. Greedy output is the same token for token as
+    without it; sampled output keeps its distribution (speculative sampling), not its exact draws."""
+
+    draft_tokens: int = 10
+    max_ngram: int = 3
+    min_ngram: int = 1
+
+    def __post_init__(self) -> None:
+        if self.draft_tokens < 1:
+            raise ValueError(f"draft_tokens must be >= 1, got {self.draft_tokens}")
+        if not 1 <= self.min_ngram <= self.max_ngram:
+            raise ValueError(f"need 1 <= min_ngram <= max_ngram, got {self.min_ngram}, {self.max_ngram}")
+
+
+@dataclass(frozen=True)
+class LookupStats:
+    """How lookup decoding went for one request.
+
+    ``steps``: forward passes after the first token (each one weight pass, drafted or not); ``drafted``:
+    draft tokens verified; ``accepted``: those the model's own choice confirmed. Every step also yields
+    one token of its own, so the tokens after the first are ``accepted`` plus the steps, less any rows a
+    stop cut short."""
+
+    draft_tokens: int
+    steps: int
+    drafted: int
+    accepted: int
+    generated: int
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted / self.drafted if self.drafted else 0.0
+
+    @property
+    def tokens_per_step(self) -> float:
+        """Tokens after the first per forward pass (1.0 is plain decoding)."""
+        return (self.generated - 1) / self.steps if self.steps else 0.0
+
+    def to_dict(self) -> dict[str, float | int]:
+        return {
+            "draft_tokens": self.draft_tokens,
+            "steps": self.steps,
+            "drafted": self.drafted,
+            "accepted": self.accepted,
+            "acceptance_rate": round(self.acceptance_rate, 4),
+            "tokens_per_step": round(self.tokens_per_step, 4),
+        }
+
+
+@dataclass(frozen=True)
 class TokenEvent:
     """One generated token of one request.
 
     ``text`` is the UTF-8-safe increment: it is empty while a multibyte character or a possible
     stop string is still incomplete, and the held-back text comes out with a later event.
-    ``finish_reason`` is None until the request's last event.
+    ``finish_reason`` is None until the request's last event. With lookup decoding a request may get
+    several events from one step.
     """
 
     request_id: str
@@ -71,6 +125,7 @@ class TokenEvent:
     logprob: float | None = None
     top_logprobs: dict[int, float] | None = None
     finish_reason: FinishReason | None = None
+    lookup: LookupStats | None = None  # on the last event of a request decoded with lookup
 
 
 @dataclass(frozen=True)
@@ -102,3 +157,4 @@ class GenerationResult:
     completion_tokens: int
     timings: Timings
     logprobs: list[float] = field(default_factory=list)
+    lookup: LookupStats | None = None

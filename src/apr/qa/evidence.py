@@ -25,7 +25,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationErro
 
 from apr.errors import AprError
 from apr.qa.axes import Backend, Format, Modality, Tier
-from apr.qa.gates.catalog import GateId
+from apr.qa.gates.catalog import FEATURE_GATES, GateId
 from apr.qa.infra import InfraCause
 
 SCHEMA_VERSION = 1
@@ -41,7 +41,11 @@ class Outcome(StrEnum):
     Only ``falsified`` and ``crashed`` are evidence against the model. ``inconclusive`` says the machine
     stopped the check (deadline, OOM, a process killed from outside, a full disk: ``cause`` names it) after a
     bounded retry; ``timeout`` is how older evidence (before infrastructure causes existed) recorded a
-    deadline kill, and is read as inconclusive with cause ``deadline``.
+    deadline kill, and is read as inconclusive with cause ``deadline``. ``not_applicable`` says the check
+    cannot judge this subject and compared nothing: the model lacks the feature it exercises (FIM without FIM
+    tokens), or the subject is a remote endpoint (``provenance.endpoint``) and the gate needs the checkpoint's
+    files or apr's engine (``apr.qa.gates.catalog.Needs``). A gate with nothing but these is neither planned nor
+    scored.
     """
 
     CORROBORATED = "corroborated"  # the check ran, compared something, and the model survived it
@@ -50,8 +54,9 @@ class Outcome(StrEnum):
     CRASHED = "crashed"  # the program under test died of its own defect (SIGSEGV/SIGABRT, traceback, HTTP 5xx)
     SKIPPED = "skipped"  # the check could not run here (e.g. a GPU cell without CUDA); reason says why
     INCONCLUSIVE = "inconclusive"  # the machine stopped the check; ``cause`` says how; never about the model
-    # The model lacks the feature the check exercises (FIM without FIM tokens, tools with a template that does not
-    # render them): no pass, no failure, and a gate with nothing but these leaves the MQS plan (apr.qa.score).
+    # The check cannot judge this subject: the model lacks the feature it exercises (FIM without FIM tokens, tools
+    # with a template that does not render them), or an endpoint has no files or engine to judge. No pass, no
+    # failure; a gate with nothing but these leaves the MQS plan (apr.qa.score).
     NOT_APPLICABLE = "not_applicable"
 
     @property
@@ -111,6 +116,24 @@ class Calibration(BaseModel):
         )
 
 
+class EndpointProvenance(BaseModel):
+    """The remote OpenAI-compatible endpoint a check ran against (``apr certify --endpoint``). Never a secret: the
+    URL carries no credentials (they are refused) and the API key is neither written nor named beyond its variable."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    url: str = Field(min_length=1, description="the OpenAI base URL requested, e.g. http://127.0.0.1:8080/v1")
+    served_model: str = Field(min_length=1, description="the model name sent in every request")
+    api: Literal["chat", "completion"] = Field(description="the API the scenarios used")
+    server: dict[str, str] = Field(
+        default_factory=dict,
+        description="identifying response headers of the endpoint (server, via, x-powered-by, openai-version, ...)",
+    )
+    api_key_env: str | None = Field(None, description="the environment variable the API key was read from")
+    concurrency: int = Field(1, ge=1, description="requests in flight at once")
+    rate_limit_rps: float | None = Field(None, gt=0, description="most request starts per second; None: no limit")
+
+
 class Provenance(BaseModel):
     """Where, when and with what the check ran: enough to reproduce it or to distrust it."""
 
@@ -119,7 +142,7 @@ class Provenance(BaseModel):
     model_sha256: str | None = Field(
         None,
         pattern=r"^[0-9a-f]{64}$",
-        description="sha256 of the artifact under test; None only when the file could not be read",
+        description="sha256 of the artifact under test; None when the file could not be read, or for an endpoint",
     )
     format: Format | None = Field(None, description="format of that artifact")
     backend: Backend | None = Field(None, description="backend the check used")
@@ -151,6 +174,9 @@ class Provenance(BaseModel):
         description="every gate the plan enabled (the MQS averages each category over these, so a gate a tier "
         "does not run costs it nothing and a planned gate that left no record costs it everything); None in "
         "records written before it was kept",
+    )
+    endpoint: EndpointProvenance | None = Field(
+        None, description="the remote endpoint the check ran against (apr certify --endpoint); None: apr's own engine"
     )
     started_at: AwareDatetime = Field(description="when the check started (timezone-aware, UTC preferred)")
     finished_at: AwareDatetime = Field(description="when the check finished")
@@ -203,6 +229,14 @@ class EvidenceRecord(BaseModel):
             )
         if (self.outcome is Outcome.INCONCLUSIVE) != (self.cause is not None):
             raise ValueError("an inconclusive record names its machine cause, and only an inconclusive one does")
+        if self.outcome is Outcome.NOT_APPLICABLE:
+            if self.n_compared:
+                raise ValueError("a not_applicable record compared nothing")
+            if self.provenance.endpoint is None and self.gate not in FEATURE_GATES:
+                raise ValueError(
+                    f"{self.gate} cannot be not_applicable to a checkpoint: only an endpoint's evidence, or a gate "
+                    "of a feature the model may lack (FIM, tools, JSON mode, embeddings)"
+                )
         return self
 
     @property
@@ -355,6 +389,7 @@ __all__ = [
     "EvidenceLog",
     "EvidenceRecord",
     "Calibration",
+    "EndpointProvenance",
     "EvidenceWriter",
     "MetricValue",
     "Outcome",

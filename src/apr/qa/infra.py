@@ -1,7 +1,8 @@
 """Infrastructure causes: why a check could not conclude because of the machine, never because of the model.
 
 A cell killed at its deadline, by the OOM killer or by someone else, or one that could not write for a full
-disk, says nothing about the model. Such a check is recorded ``inconclusive`` with one of these causes (see
+disk, says nothing about the model; nor does a remote endpoint that cannot be reached, keeps answering 429 or
+5xx after the retries, or stops answering mid-run (``apr.qa.endpoint``). Such a check is recorded ``inconclusive`` with one of these causes (see
 ``apr.qa.evidence.Outcome``); it is retried (bounded) first, and it never falsifies or blocks a certification.
 """
 
@@ -18,6 +19,9 @@ class InfraCause(StrEnum):
     OOM = "oom"  # out of memory: the kernel's OOM killer, or an allocation the program could not make
     LOST_PROCESS = "lost-process"  # killed from outside apr (a signal apr did not send), or could not start
     DISK_FULL = "disk-full"  # no space left on a device the program wrote to
+    ENDPOINT_UNREACHABLE = "endpoint-unreachable"  # a remote endpoint refused or dropped the connection
+    ENDPOINT_ERROR = "endpoint-error"  # a remote endpoint kept answering HTTP 5xx (overloaded, a gateway, a bug)
+    RATE_LIMITED = "rate-limited"  # a remote endpoint kept answering HTTP 429 after the retries
 
     @property
     def advice(self) -> str:
@@ -27,6 +31,9 @@ class InfraCause(StrEnum):
             InfraCause.OOM: "free memory (close other jobs) or run on a machine with more memory",
             InfraCause.LOST_PROCESS: "re-run with --resume; check what else signals processes on this machine",
             InfraCause.DISK_FULL: "free disk space ($APR_HOME, the output folder, /tmp) and re-run with --resume",
+            InfraCause.ENDPOINT_UNREACHABLE: "check that the endpoint is up and reachable from here, then re-run",
+            InfraCause.ENDPOINT_ERROR: "check the endpoint's logs and load (HTTP 5xx), then re-run",
+            InfraCause.RATE_LIMITED: "re-run with a lower --rate-limit or --concurrency, or a higher quota",
         }[self]
 
 

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from apr.errors import AprError
 from apr.qa.axes import Backend, Format, Modality, Tier
+from apr.qa.endpoint.spec import EndpointSpec
 from apr.qa.gates.thresholds import GateSet
 from apr.qa.matrix import Cell
 from apr.qa.oracles.base import GarbageSpec
@@ -114,6 +115,11 @@ class Playbook(PlaybookTemplate):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9.\-]{0,79}$")
     version: str = Field("1.0.0", pattern=r"^\d+\.\d+\.\d+$")
     model: ModelSpec
+    endpoint: EndpointSpec | None = Field(
+        None,
+        description="certify this remote OpenAI-compatible endpoint instead of model.ref's files (docs/endpoint.md): "
+        "the scenarios, oracles and API-level gates run against it; the matrix is not used",
+    )
 
     _source: Path | None = PrivateAttr(None)
     _unused_keys: tuple[str, ...] = PrivateAttr(())

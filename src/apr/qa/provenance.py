@@ -12,7 +12,7 @@ from pathlib import Path
 
 from apr.cpu import choose_variant, cpu_model
 from apr.qa.axes import Backend, Format, Tier
-from apr.qa.evidence import Calibration, Provenance
+from apr.qa.evidence import Calibration, EndpointProvenance, Provenance
 from apr.qa.gates.catalog import GateId
 from apr.settings import current
 
@@ -83,8 +83,11 @@ def capture(
     gates: tuple[GateId, ...] | None = None,
     numerics: str | None = None,
     calibration: Calibration | None = None,
+    endpoint: EndpointProvenance | None = None,
 ) -> Provenance:
-    """A Provenance for a check that ran on this host (versions and git sha filled in here)."""
+    """A Provenance for a check that ran on this host (versions and git sha filled in here). A check against a
+    remote ``endpoint`` ran no engine here: it names no kernels and no thread count."""
+    remote = endpoint is not None
     return Provenance(
         model_sha256=model_sha256,
         format=format,
@@ -95,14 +98,15 @@ def capture(
         device=named_device(device),
         host=platform.node() or "unknown",
         cpu=cpu_model(),
-        kernels=kernel_family(),
-        threads=calibration.threads if calibration is not None else len(os.sched_getaffinity(0)),
+        kernels=None if remote else kernel_family(),
+        threads=None if remote else calibration.threads if calibration is not None else len(os.sched_getaffinity(0)),
         calibration=calibration,
         numerics=numerics,
         seed=seed,
         playbook=playbook,
         tier=tier,
         gates=gates,
+        endpoint=endpoint,
         started_at=started_at,
         finished_at=finished_at,
     )

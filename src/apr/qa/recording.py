@@ -8,7 +8,16 @@ from datetime import datetime
 from pathlib import Path
 
 from apr.qa.axes import Backend, Format, Modality, Tier
-from apr.qa.evidence import Calibration, EvidenceRecord, MetricValue, Outcome, Scenario, excerpt, utc_now
+from apr.qa.evidence import (
+    Calibration,
+    EndpointProvenance,
+    EvidenceRecord,
+    MetricValue,
+    Outcome,
+    Scenario,
+    excerpt,
+    utc_now,
+)
 from apr.qa.gates.catalog import GateId
 from apr.qa.infra import InfraCause
 from apr.qa.provenance import capture
@@ -75,6 +84,7 @@ class Recorder:
     # measures it against the exact one.
     numerics: str = "fast"
     calibration: Calibration | None = None  # what the machine delivered (apr certify measures it per phase)
+    endpoint: EndpointProvenance | None = None  # the remote endpoint under test (apr certify --endpoint)
 
     def stamp(self, check: Check, *, started_at: datetime, duration_s: float) -> EvidenceRecord:
         device = check.device or (
@@ -91,8 +101,13 @@ class Recorder:
             playbook=self.playbook,
             tier=self.tier,
             gates=self.gates,
-            numerics=self.numerics if check.backend is not None and check.outcome is not Outcome.SKIPPED else None,
+            numerics=(
+                self.numerics
+                if check.backend is not None and check.outcome is not Outcome.SKIPPED and self.endpoint is None
+                else None
+            ),
             calibration=self.calibration,
+            endpoint=self.endpoint,
         )
         scenario = Scenario(
             model=self.model,

@@ -32,6 +32,13 @@ Formula (every number here is also in docs/qa.md):
    why); otherwise CERTIFIED if MQS ≥ 800, else PROVISIONAL (no defect found in a P0 gate, but the
    evidence is incomplete — skipped cells such as GPU on a CPU-only host, missing gates — or
    non-blocking gates failed).
+7. An endpoint's evidence (every record has ``provenance.endpoint``: ``apr certify --endpoint``) is its own kind of
+   verdict. Only the gates an OpenAI-compatible API can reach apply (``catalog.ENDPOINT_GATES``); the others are
+   recorded ``not_applicable`` and are neither planned nor counted, G0 (the file's integrity) included. Whole
+   categories cannot apply — integrity (200) and parity (250) need the checkpoint's files and apr's engine — so the
+   MQS is ``floor(1000 × sum of points / sum of the weights of the categories that apply)`` (550: execution,
+   quality, consistency, performance), graded and given a status by the same rules, and labelled ``endpoint``
+   wherever it is shown: it certifies how the endpoint behaves, never what its weights are.
 """
 
 from __future__ import annotations
@@ -44,7 +51,7 @@ from enum import StrEnum
 from pydantic import BaseModel, ConfigDict
 
 from apr.qa.evidence import EvidenceRecord, Outcome
-from apr.qa.gates.catalog import CATALOG, CATEGORY_WEIGHTS, GATEWAYS, Category, GateId, gates_in
+from apr.qa.gates.catalog import CATALOG, CATEGORY_WEIGHTS, ENDPOINT_GATES, GATEWAYS, Category, GateId, gates_in
 
 CERTIFIED_MIN = 800
 INCOMPLETE_GRADE = "I"
@@ -58,11 +65,19 @@ class Status(StrEnum):
     BLOCKED = "BLOCKED"
 
 
+class SubjectKind(StrEnum):
+    """What the evidence certifies: a checkpoint (its files, through apr's engine) or a remote endpoint's behaviour."""
+
+    CHECKPOINT = "checkpoint"
+    ENDPOINT = "endpoint"
+
+
 class GatewayState(StrEnum):
     PASSED = "passed"
     FAILED = "failed"
     UNVERIFIED = "unverified"  # no failure, but nothing corroborated either: not a pass
     INCONCLUSIVE = "inconclusive"  # no failure, but the machine stopped some of its checks
+    NOT_APPLICABLE = "not_applicable"  # an endpoint cannot be judged by it (G0: the file's integrity)
 
 
 class GateScore(BaseModel):
@@ -76,7 +91,7 @@ class GateScore(BaseModel):
     crashed: int = 0
     skipped: int = 0
     inconclusive: int = 0  # includes older ``timeout`` records
-    not_applicable: int = 0  # the model lacks the feature: neither conclusive nor inconclusive
+    not_applicable: int = 0  # the check cannot judge this subject (feature absent, endpoint): never counted
 
     @property
     def total(self) -> int:
@@ -108,6 +123,7 @@ class CategoryScore(BaseModel):
     weight: int
     points: float
     gates: tuple[GateScore, ...]
+    applicable: bool = True  # False: no gate of it can judge an endpoint; its weight leaves the scale
 
 
 class MqsResult(BaseModel):
@@ -125,10 +141,17 @@ class MqsResult(BaseModel):
     outcomes: dict[Outcome, int]
     inconclusive: tuple[str, ...] = ()  # one line per gate and machine cause that left checks inconclusive
     total_records: int
+    kind: SubjectKind = SubjectKind.CHECKPOINT
+    scale: int = 1000  # the category weights the score is over (an endpoint: those of the categories that apply)
 
     @property
     def gateways_passed(self) -> bool:
-        return all(state is GatewayState.PASSED for state in self.gateways.values())
+        return all(state in (GatewayState.PASSED, GatewayState.NOT_APPLICABLE) for state in self.gateways.values())
+
+    @property
+    def label(self) -> str:
+        """The status as every rendering shows it: an endpoint's verdict says it is one."""
+        return self.status.value if self.kind is SubjectKind.CHECKPOINT else f"{self.status.value} (endpoint)"
 
 
 def grade_for(score: int) -> str:
@@ -142,11 +165,23 @@ def grade_for(score: int) -> str:
 def _gate_scores(records: Iterable[EvidenceRecord]) -> dict[GateId, GateScore]:
     counts: dict[GateId, Counter[str]] = {gate: Counter() for gate in CATALOG}
     for record in records:
-        counts[record.gate]["inconclusive" if record.outcome.is_infrastructure else record.outcome.value] += 1
+        outcome = record.outcome
+        key = "inconclusive" if outcome.is_infrastructure else outcome.name.lower()
+        counts[record.gate][key] += 1
     return {gate: GateScore(gate=gate, **dict(c)) for gate, c in counts.items()}
 
 
-def _gateway_state(gate: GateId, score: GateScore, any_crash: bool) -> GatewayState:
+def subject_kind(records: Iterable[EvidenceRecord]) -> SubjectKind:
+    """ENDPOINT when every record ran against a remote endpoint; CHECKPOINT otherwise (mixed evidence is scored as a
+    checkpoint's: G0 then stays a gateway that no endpoint record can pass)."""
+    records = list(records)
+    remote = bool(records) and all(record.provenance.endpoint is not None for record in records)
+    return SubjectKind.ENDPOINT if remote else SubjectKind.CHECKPOINT
+
+
+def _gateway_state(gate: GateId, score: GateScore, any_crash: bool, kind: SubjectKind) -> GatewayState:
+    if kind is SubjectKind.ENDPOINT and gate not in ENDPOINT_GATES:
+        return GatewayState.NOT_APPLICABLE
     if score.failures or (gate is GateId.G3_STABILITY and any_crash):
         return GatewayState.FAILED
     if score.inconclusive:
@@ -171,8 +206,15 @@ def planned_gates(records: Iterable[EvidenceRecord]) -> frozenset[GateId]:
     """The gates the evidence's plan enabled: the union of the records' ``provenance.gates``; for older records
     without it, what their (single) tier's template enables now; failing that, the whole catalog. Gateways and
     any gate that left an applicable record always count, so evidence can never be scored over less than it
-    holds; a gate whose every record is ``not_applicable`` (the model lacks its feature) is left out."""
+    holds; a gate whose every record is ``not_applicable`` (the model lacks its feature) is left out. For an
+    endpoint's evidence, only gates an endpoint can be judged by (``ENDPOINT_GATES``)."""
     records = list(records)
+    if subject_kind(records) is SubjectKind.ENDPOINT:
+        return _planned(records, ENDPOINT_GATES) & ENDPOINT_GATES
+    return _planned(records, frozenset(CATALOG))
+
+
+def _planned(records: list[EvidenceRecord], everything: frozenset[GateId]) -> frozenset[GateId]:
     kept = [record.provenance.gates for record in records if record.provenance.gates is not None]
     present = {record.gate for record in records} | set(GATEWAYS)
     inapplicable = frozenset(
@@ -186,7 +228,7 @@ def planned_gates(records: Iterable[EvidenceRecord]) -> frozenset[GateId]:
         from apr.qa.playbook import load_template
 
         return (frozenset(load_template(TEMPLATES / f"{tier.value}.yaml").gates.enabled()) | present) - inapplicable
-    return frozenset(CATALOG) - inapplicable
+    return everything - inapplicable
 
 
 def compute_mqs(records: Iterable[EvidenceRecord]) -> MqsResult:
@@ -194,15 +236,21 @@ def compute_mqs(records: Iterable[EvidenceRecord]) -> MqsResult:
     records = list(records)
     outcomes = Counter(record.outcome for record in records)
     per_gate = _gate_scores(records)
+    kind = subject_kind(records)
     planned = planned_gates(records)
     categories = []
     for category, weight in CATEGORY_WEIGHTS.items():
         gates = tuple(per_gate[gate] for gate in gates_in(category) if gate in planned)
         points = weight * sum(g.fraction for g in gates) / len(gates) if gates else 0.0
-        categories.append(CategoryScore(category=category, weight=weight, points=points, gates=gates))
-    raw = math.floor(sum(c.points for c in categories) + 1e-9)
+        applicable = kind is SubjectKind.CHECKPOINT or any(gate in ENDPOINT_GATES for gate in gates_in(category))
+        categories.append(
+            CategoryScore(category=category, weight=weight, points=points, gates=gates, applicable=applicable)
+        )
+    scale = sum(c.weight for c in categories if c.applicable)
+    raw = math.floor(sum(c.points for c in categories) * 1000 / scale + 1e-9)
 
-    gateways = {gate: _gateway_state(gate, per_gate[gate], bool(outcomes[Outcome.CRASHED])) for gate in GATEWAYS}
+    crashed = bool(outcomes[Outcome.CRASHED])
+    gateways = {gate: _gateway_state(gate, per_gate[gate], crashed, kind) for gate in GATEWAYS}
     blockers = [
         f"gateway {gate} {state}" + ("" if state is GatewayState.FAILED else " (no corroborated evidence)")
         for gate, state in gateways.items()
@@ -214,7 +262,7 @@ def compute_mqs(records: Iterable[EvidenceRecord]) -> MqsResult:
         if CATALOG[gate].blocking and not CATALOG[gate].gateway and s.failures
     ]
 
-    counting = (GatewayState.PASSED, GatewayState.INCONCLUSIVE)
+    counting = (GatewayState.PASSED, GatewayState.INCONCLUSIVE, GatewayState.NOT_APPLICABLE)
     score = raw if all(state in counting for state in gateways.values()) else 0
     inconclusive = inconclusive_lines(records)
     if blockers:
@@ -234,6 +282,8 @@ def compute_mqs(records: Iterable[EvidenceRecord]) -> MqsResult:
         outcomes={outcome: outcomes[outcome] for outcome in Outcome},
         total_records=len(records),
         inconclusive=tuple(inconclusive),
+        kind=kind,
+        scale=scale,
     )
 
 
@@ -244,7 +294,9 @@ __all__ = [
     "GatewayState",
     "MqsResult",
     "Status",
+    "SubjectKind",
     "compute_mqs",
     "grade_for",
     "planned_gates",
+    "subject_kind",
 ]

@@ -24,7 +24,7 @@ from apr.qa.artifacts import Artifacts
 from apr.qa.axes import Backend, Format, Tier
 from apr.qa.evidence import Calibration, EvidenceRecord, EvidenceWriter, read_evidence
 from apr.qa.executor import ExecutionPlan, ExecutionSummary
-from apr.qa.gates.catalog import GateId
+from apr.qa.gates.catalog import FEATURE_GATES, GateId
 from apr.qa.gates.thresholds import GateSet
 from apr.qa.matrix import Cell
 from apr.qa.measure import DECODE_TOKENS
@@ -43,7 +43,7 @@ Emit = Callable[[list[EvidenceRecord]], None]  # receives the stamped records of
 CELL_GATES = frozenset({GateId.G2_INFERENCE, GateId.G3_STABILITY, GateId.G4_QUALITY})
 RUNTIME_GATES = frozenset({GateId.DETERMINISM, GateId.THROUGHPUT, GateId.GPU_SPEEDUP})
 # `apr serve`'s code-tool features (apr.qa.gates.serve_features): one server per format, run in the runtime stage.
-SERVE_FEATURE_GATES = frozenset({GateId.FIM, GateId.TOOL_CALLS, GateId.JSON_MODE, GateId.EMBEDDINGS})
+SERVE_FEATURE_GATES = FEATURE_GATES
 
 
 # ---- acquire --------------------------------------------------------------------------------------------

@@ -96,6 +96,7 @@ def create_app(engine: Engine, settings: ServeSettings, load: EngineLoader | Non
                 "failed": load.failed,
             },
             "prefix_cache": _prefix_cache(state, loaded),
+            "lookup": _lookup_usage(state, loaded),
             "max_context": state.served.max_context,
             "uptime_s": round(time.monotonic() - state.started, 3),
         }
@@ -119,6 +120,23 @@ def create_app(engine: Engine, settings: ServeSettings, load: EngineLoader | Non
         return ModelList(data=cards)
 
     return app
+
+
+def _lookup_usage(state: ServeState, loaded: list[LoadedModel]) -> dict[str, Any]:
+    """Lookup decoding over the requests the loaded models finished so far: drafts verified and accepted."""
+    from apr.engine import LookupStats
+
+    usages = [stats for model in loaded if (stats := model.scheduler.lookup_usage) is not None]
+    if not usages:
+        return {"enabled": False}
+    total = LookupStats(
+        state.settings.lookup,
+        sum(u.steps for u in usages),
+        sum(u.drafted for u in usages),
+        sum(u.accepted for u in usages),
+        sum(u.generated - 1 for u in usages) + 1,  # generated - 1 stays the sum of tokens after the first
+    )
+    return {"enabled": True, **total.to_dict()}
 
 
 def budget_bytes(settings: ServeSettings, engine: Engine) -> int:

@@ -17,7 +17,7 @@ from apr.serve.scheduler import Load, Scheduler
 from apr.serve.served import ServedModel, ServeSettings
 
 if TYPE_CHECKING:
-    from apr.engine import Engine
+    from apr.engine import Engine, LookupConfig
     from apr.hub.cache import CachedModel
 
 log = logging.getLogger("apr.serve")
@@ -370,6 +370,7 @@ class ModelPool:
             self._loop,
             prefix_cache_bytes=settings.prefix_cache_mb * 2**20,
             prefill_chunk=settings.prefill_chunk,
+            lookup=lookup_config(engine, settings),
         )
         scheduler.start()
         return scheduler
@@ -381,3 +382,16 @@ def _release_memory(cuda: bool) -> None:
         import torch
 
         torch.cuda.empty_cache()
+
+
+def lookup_config(engine: Engine, settings: ServeSettings) -> LookupConfig | None:
+    """The LookupConfig of ``--lookup N`` for ``engine``, or None (0, or an engine that cannot run it: logged)."""
+    if not settings.lookup:
+        return None
+    reason = engine.lookup_unavailable()
+    if reason is not None:
+        log.warning("--lookup %d ignored: %s", settings.lookup, reason)
+        return None
+    from apr.engine import LookupConfig
+
+    return LookupConfig(draft_tokens=settings.lookup)

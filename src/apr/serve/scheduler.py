@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 if TYPE_CHECKING:
-    from apr.engine import Engine, SamplingParams, TokenEvent
+    from apr.engine import Engine, LookupConfig, LookupStats, SamplingParams, TokenEvent
 
 log = logging.getLogger("apr.serve")
 
@@ -114,10 +114,14 @@ class Scheduler:
         loop: asyncio.AbstractEventLoop,
         prefix_cache_bytes: int = 0,
         prefill_chunk: int | None = None,
+        lookup: LookupConfig | None = None,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self._engine = engine
+        # Lookup decoding for every request (Engine.new_batch's), and its totals over finished requests.
+        self._lookup = lookup
+        self._lookup_usage: LookupStats | None = None
         # Only where a cache can be continued (the CPU native layers) is keeping caches worth their memory;
         # elsewhere (CUDA graph pools among them) kept caches would only hold slots.
         can_continue = getattr(engine.transformer, "can_continue_prefill", lambda tokens: False)
@@ -170,6 +174,18 @@ class Scheduler:
     @property
     def prefill_chunk(self) -> int | None:
         return self._prefill_chunk
+
+    @property
+    def lookup_usage(self) -> LookupStats | None:
+        """Lookup decoding summed over the finished requests (generated: their tokens after the first,
+        plus one); None when lookup is off."""
+        if self._lookup is None:
+            return None
+        if self._lookup_usage is None:
+            from apr.engine import LookupStats
+
+            return LookupStats(self._lookup.draft_tokens, 0, 0, 0, 1)
+        return self._lookup_usage
 
     @property
     def prefix_cache_enabled(self) -> bool:
@@ -306,7 +322,9 @@ class Scheduler:
                 self._settle_leases(running, prefixes)
 
     def _new_batch(self) -> Any:
-        return self._engine.new_batch(self._max_batch, prefill_chunk=self._prefill_chunk, isolate_failures=True)
+        return self._engine.new_batch(
+            self._max_batch, prefill_chunk=self._prefill_chunk, isolate_failures=True, lookup=self._lookup
+        )
 
     def _fail_one(self, admit: _Admit, error: Exception, told: str = ENGINE_FAILED) -> None:
         """End one request whose sequence the engine refused or failed on; its batch mates go on."""
@@ -368,10 +386,27 @@ class Scheduler:
             if event.finish_reason is not None:
                 del running[event.request_id]
                 self._count(finished=1)
+                if event.lookup is not None:
+                    self._add_lookup(event.lookup)
         # Publish first, so a client that sees its last token also sees its slot free.
         self._publish(running, waiting)
         if deliveries:
             self._loop.call_soon_threadsafe(_deliver, deliveries)
+
+    def _add_lookup(self, stats: LookupStats) -> None:
+        """Adds a finished request's lookup figures to the totals (replaced whole: /health reads them)."""
+        from apr.engine import LookupStats
+
+        total = self.lookup_usage
+        if total is None:
+            return
+        self._lookup_usage = LookupStats(
+            total.draft_tokens,
+            total.steps + stats.steps,
+            total.drafted + stats.drafted,
+            total.accepted + stats.accepted,
+            total.generated + stats.generated - 1,  # keeps generated - 1 the sum of tokens after the first
+        )
 
     def _publish(self, running: dict[str, _Admit], waiting: deque[_Admit]) -> None:
         """Replace the snapshot /health reads (one attribute store: atomic for the reading thread)."""

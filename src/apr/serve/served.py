@@ -44,6 +44,8 @@ class ServeSettings:
     # How models loaded on demand are loaded (the default model is loaded the same way by the CLI).
     device: str = "auto"
     numerics: str = "fast"
+    # Prompt-lookup decoding: tokens drafted a step from each request's own n-grams (0: off; docs/serve.md).
+    lookup: int = 0
 
 
 @dataclass

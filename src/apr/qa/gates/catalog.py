@@ -1,4 +1,5 @@
-"""The one table of gate ids: what each gate checks, its MQS category, severity, and whether it is a gateway."""
+"""The one table of gate ids: what each gate checks, its MQS category, severity, whether it is a gateway, and what
+it needs to run (the checkpoint's files, apr's own engine, or only an OpenAI-compatible API)."""
 
 from __future__ import annotations
 
@@ -55,6 +56,15 @@ class Severity(StrEnum):
     P2 = "P2"
 
 
+class Needs(StrEnum):
+    """What a gate must reach to run. Only ``api`` gates can judge a remote endpoint (``apr certify --endpoint``):
+    the others are recorded there as not applicable, never as passes."""
+
+    API = "api"  # replies, finish reasons, token usage and timings, as any OpenAI-compatible server gives them
+    FILES = "files"  # the checkpoint's bytes: digests, tensors, metadata, tokenizer
+    ENGINE = "engine"  # apr's own engine on the files: logits, attention, numerics modes, formats and backends
+
+
 CATEGORY_WEIGHTS: dict[Category, int] = {
     Category.INTEGRITY: 200,
     Category.EXECUTION: 200,
@@ -75,6 +85,7 @@ class GateSpec:
     severity: Severity
     gateway: bool  # a gateway that did not pass zeroes the MQS
     checks: str  # what the gate checks, in one sentence
+    needs: Needs  # what it must reach to run: only API gates can judge a remote endpoint
 
     @property
     def blocking(self) -> bool:
@@ -83,9 +94,16 @@ class GateSpec:
 
 
 def _spec(
-    gate: GateId, title: str, category: Category, severity: Severity, checks: str, *, gateway: bool = False
+    gate: GateId,
+    title: str,
+    category: Category,
+    severity: Severity,
+    checks: str,
+    *,
+    needs: Needs,
+    gateway: bool = False,
 ) -> GateSpec:
-    return GateSpec(gate, title, category, severity, gateway, checks)
+    return GateSpec(gate, title, category, severity, gateway, checks, needs)
 
 
 _I, _E, _Q, _P, _C, _F = (
@@ -97,6 +115,7 @@ _I, _E, _Q, _P, _C, _F = (
     Category.PERFORMANCE,
 )
 _P0, _P1, _P2 = Severity.P0, Severity.P1, Severity.P2
+_api, _files, _engine = Needs.API, Needs.FILES, Needs.ENGINE
 
 CATALOG: dict[GateId, GateSpec] = {
     spec.id: spec
@@ -108,8 +127,17 @@ CATALOG: dict[GateId, GateSpec] = {
             _P0,
             "file sha256 matches, header parses, CRCs verify, config agrees with the tensors",
             gateway=True,
+            needs=_files,
         ),
-        _spec(GateId.G1_LOAD, "Load", _E, _P0, "the model loads in every format and backend under test", gateway=True),
+        _spec(
+            GateId.G1_LOAD,
+            "Load",
+            _E,
+            _P0,
+            "the model loads in every format and backend under test (an endpoint: the served model answers)",
+            gateway=True,
+            needs=_api,
+        ),
         _spec(
             GateId.G2_INFERENCE,
             "Inference",
@@ -117,6 +145,7 @@ CATALOG: dict[GateId, GateSpec] = {
             _P0,
             "every cell exits cleanly and produces a reply (non-empty unless the prompt allows a clean refusal)",
             gateway=True,
+            needs=_api,
         ),
         _spec(
             GateId.G3_STABILITY,
@@ -125,6 +154,7 @@ CATALOG: dict[GateId, GateSpec] = {
             _P0,
             "no crash (signal, traceback, HTTP 5xx) and no timeout anywhere in the run",
             gateway=True,
+            needs=_api,
         ),
         _spec(
             GateId.G4_QUALITY,
@@ -133,6 +163,7 @@ CATALOG: dict[GateId, GateSpec] = {
             _P0,
             "the scenario oracles (arithmetic, code, garbage, expected text, stops on EOS, non-empty) pass",
             gateway=True,
+            needs=_api,
         ),
         _spec(
             GateId.CONTRACT_INVARIANTS,
@@ -140,6 +171,7 @@ CATALOG: dict[GateId, GateSpec] = {
             _I,
             _P0,
             "shapes match the config, dtypes consistent, no NaN/Inf, byte sizes match shapes, tokenizer present",
+            needs=_files,
         ),
         _spec(
             GateId.METADATA_PLAUSIBILITY,
@@ -147,6 +179,7 @@ CATALOG: dict[GateId, GateSpec] = {
             _I,
             _P0,
             "config values within plausible bounds (rope theta per architecture, eps, context length, head counts)",
+            needs=_files,
         ),
         _spec(
             GateId.STRUCTURE,
@@ -155,6 +188,7 @@ CATALOG: dict[GateId, GateSpec] = {
             _P0,
             "rope theta plausible, qwen2 q/k/v biases present and non-zero, norm weights non-zero, "
             "embeddings not transposed",
+            needs=_files,
         ),
         _spec(
             GateId.GOLDEN_OUTPUT,
@@ -162,6 +196,7 @@ CATALOG: dict[GateId, GateSpec] = {
             _Q,
             _P0,
             "greedy answers to fixed golden prompts contain the expected text (e.g. 2+2 -> 4)",
+            needs=_api,
         ),
         _spec(
             GateId.STOP_BEHAVIOR,
@@ -170,6 +205,7 @@ CATALOG: dict[GateId, GateSpec] = {
             _P0,
             "eos ids exist, are end tokens and match the chat template's end of turn; short greedy replies end "
             "on their own well before the token limit",
+            needs=_api,
         ),
         _spec(
             GateId.PERPLEXITY,
@@ -177,6 +213,7 @@ CATALOG: dict[GateId, GateSpec] = {
             _Q,
             _P0,
             "mean negative log-likelihood of fixed natural text and code stays below the playbook's limit",
+            needs=_engine,
         ),
         _spec(
             GateId.FORMAT_PARITY,
@@ -184,6 +221,7 @@ CATALOG: dict[GateId, GateSpec] = {
             _P,
             _P0,
             "same prompts in every format: top-1 agreement and KL divergence of the logits within thresholds",
+            needs=_engine,
         ),
         _spec(
             GateId.REFERENCE_PARITY,
@@ -191,6 +229,7 @@ CATALOG: dict[GateId, GateSpec] = {
             _P,
             _P0,
             "logits and greedy tokens agree with Hugging Face transformers within thresholds",
+            needs=_engine,
         ),
         _spec(
             GateId.NUMERICS_PARITY,
@@ -198,6 +237,7 @@ CATALOG: dict[GateId, GateSpec] = {
             _P,
             _P1,
             "the fast kernels' per-token log-likelihoods stay within bounds of the exact (float32 reference) mode",
+            needs=_engine,
         ),
         _spec(
             GateId.TOKENIZER_PARITY,
@@ -205,18 +245,39 @@ CATALOG: dict[GateId, GateSpec] = {
             _P,
             _P0,
             "identical token ids across formats on a fixed corpus with code and Unicode",
+            needs=_files,
         ),
-        _spec(GateId.DETERMINISM, "Determinism", _C, _P1, "same seed gives the same tokens in run, chat and serve"),
+        _spec(
+            GateId.DETERMINISM,
+            "Determinism",
+            _C,
+            _P1,
+            "same seed gives the same tokens in run, chat and serve",
+            needs=_api,
+        ),
         _spec(
             GateId.ATTENTION_TRACE,
             "Attention Trace",
             _C,
             _P1,
             "attention entropy not collapsed and not always attending to position 0",
+            needs=_engine,
         ),
-        _spec(GateId.THROUGHPUT, "Throughput", _F, _P2, "decode tok/s at or above the playbook's per-backend minimum"),
         _spec(
-            GateId.GPU_SPEEDUP, "GPU Speedup", _F, _P2, "GPU decode tok/s over CPU decode tok/s at or above the minimum"
+            GateId.THROUGHPUT,
+            "Throughput",
+            _F,
+            _P2,
+            "decode tok/s at or above the playbook's per-backend minimum",
+            needs=_api,
+        ),
+        _spec(
+            GateId.GPU_SPEEDUP,
+            "GPU Speedup",
+            _F,
+            _P2,
+            "GPU decode tok/s over CPU decode tok/s at or above the minimum",
+            needs=_engine,
         ),
         _spec(
             GateId.FUNCTIONAL_CORRECTNESS,
@@ -225,10 +286,12 @@ CATALOG: dict[GateId, GateSpec] = {
             _P1,
             "HumanEval/MBPP pass@1 of every format within the playbook's tolerance of the SafeTensors reference's, "
             "problem by problem",
+            needs=_engine,
         ),
         # The serve features are quality (what a client gets back), P1: optional features probed on a handful
         # of fixed cases, so a miss costs points without blocking; a model without the feature records them
-        # not_applicable, which leaves the gate out of the MQS plan (apr.qa.score).
+        # not_applicable, which leaves the gate out of the MQS plan (apr.qa.score). They start their own `apr serve`
+        # from the artifact (files); judging a remote endpoint's FIM/tools/JSON/embeddings is not written yet.
         _spec(
             GateId.FIM,
             "Fill-in-the-Middle",
@@ -236,6 +299,7 @@ CATALOG: dict[GateId, GateSpec] = {
             _P1,
             "`apr serve` /v1/completions with a suffix: prefix + middle + suffix parses as Python and, where the "
             "case has one, passes its assertion in the sandbox (models with FIM tokens)",
+            needs=_files,
         ),
         _spec(
             GateId.TOOL_CALLS,
@@ -244,6 +308,7 @@ CATALOG: dict[GateId, GateSpec] = {
             _P1,
             "`apr serve` chat with tools: one tool call, the right function, arguments valid JSON matching its schema "
             "(models whose chat template renders tools)",
+            needs=_files,
         ),
         _spec(
             GateId.JSON_MODE,
@@ -252,6 +317,7 @@ CATALOG: dict[GateId, GateSpec] = {
             _P1,
             "`apr serve` chat with a json_schema response_format: the reply parses and matches the schema "
             "(models with a chat template)",
+            needs=_files,
         ),
         _spec(
             GateId.EMBEDDINGS,
@@ -259,13 +325,22 @@ CATALOG: dict[GateId, GateSpec] = {
             _Q,
             _P1,
             "`apr serve` /v1/embeddings: paraphrases are closer (cosine) than unrelated texts, over fixed triples",
+            needs=_files,
         ),
     )
 }
 
 GATEWAYS: tuple[GateId, ...] = tuple(gate for gate, spec in CATALOG.items() if spec.gateway)
+# The gates a remote OpenAI-compatible endpoint can be judged by; every other gate is not applicable to one.
+ENDPOINT_GATES: frozenset[GateId] = frozenset(gate for gate, spec in CATALOG.items() if spec.needs is Needs.API)
 
 
 def gates_in(category: Category) -> tuple[GateId, ...]:
     """The catalog's gates of one category, in catalog order."""
     return tuple(gate for gate, spec in CATALOG.items() if spec.category is category)
+
+
+# Gates of features a model may lack (FIM tokens, a template that renders tools, a chat template): the only gates
+# a checkpoint's evidence may record ``not_applicable`` (apr.qa.evidence refuses it elsewhere, so no other gate can
+# opt out of the score).
+FEATURE_GATES: frozenset[GateId] = frozenset({GateId.FIM, GateId.TOOL_CALLS, GateId.JSON_MODE, GateId.EMBEDDINGS})

@@ -15,6 +15,7 @@ from apr.qa.oracles.base import Generation
 from apr.qa.procs import Ending
 from apr.qa.recording import Check, inconclusive
 from apr.qa.runners import CellRun
+from apr.qa.scenarios import Prompt
 
 G2, G3, G4 = GateId.G2_INFERENCE, GateId.G3_STABILITY, GateId.G4_QUALITY
 
@@ -154,15 +155,22 @@ def _quality(cell: Cell, run: CellRun, fields: dict) -> list[Check]:
         return [
             Check(G4, f"oracle:{name}", Outcome.SKIPPED, f"no reply to judge: {run.reason}", **fields) for name in names
         ]
+    return oracle_checks(cell.prompt, run.text, run.finish_reason, run.completion_tokens, fields)
+
+
+def oracle_checks(
+    prompt: Prompt, text: str, finish_reason: str | None, completion_tokens: int | None, fields: dict
+) -> list[Check]:
+    """One G4 check per oracle of ``prompt`` on the reply ``text`` (also how an endpoint's replies are judged)."""
     generation = Generation(
-        text=run.text,
-        finish_reason=run.finish_reason,
-        completion_tokens=run.completion_tokens,
-        max_tokens=cell.prompt.max_tokens,
+        text=text,
+        finish_reason=finish_reason,
+        completion_tokens=completion_tokens,
+        max_tokens=prompt.max_tokens,
     )
     checks = []
-    for name in names:
-        result = evaluate(name, cell.prompt, generation)
+    for name in prompt.oracle_names:
+        result = evaluate(name, prompt, generation)
         checks.append(
             Check(
                 G4,
@@ -171,7 +179,7 @@ def _quality(cell: Cell, run: CellRun, fields: dict) -> list[Check]:
                 result.reason,
                 n_compared=1 if result.outcome is not Outcome.SKIPPED else 0,
                 metrics=dict(result.metrics),
-                output=run.text,
+                output=text,
                 **fields,
             )
         )

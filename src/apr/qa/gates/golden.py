@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from apr.qa.gates.catalog import GateId
-from apr.qa.gates.thresholds import GoldenOutputGate
+from apr.qa.gates.thresholds import GoldenCase, GoldenOutputGate
 from apr.qa.recording import Check, verdict
 
 if TYPE_CHECKING:
@@ -31,7 +31,6 @@ def golden_checks(engine: Engine, settings: GoldenOutputGate, chat: bool, fmt) -
 
     checks = []
     for index, case in enumerate(settings.cases):
-        labels = {"capability": case.capability} if case.capability else {}
         try:
             ids = prompt_ids(engine, case.prompt, chat)
         except ValueError as err:  # a chat template that does not render is the model's defect
@@ -44,34 +43,35 @@ def golden_checks(engine: Engine, settings: GoldenOutputGate, chat: bool, fmt) -
         except NonFiniteLogits as err:  # NaN/Inf weights: evidence against the model, not a crash of the run
             checks.append(verdict(GOLDEN, f"golden:{index}", False, str(err), 1, format=fmt, prompt=case.prompt))
             continue
-        text = result.text
-        found = [want for want in case.expect_any if want.lower() in text.lower()]
-        poison = [p for p in POISON if p in text]
-        ok = bool(text.strip()) and bool(found) and not poison
-        reason = (
-            f"greedy reply contains {found[0]!r}"
-            if ok
-            else "empty reply"
-            if not text.strip()
-            else f"reply contains {poison[0]!r}"
-            if poison
-            else f"reply lacks all of {list(case.expect_any)}"
-        )
-        checks.append(
-            verdict(
-                GOLDEN,
-                f"golden:{index}",
-                ok,
-                reason,
-                1,
-                format=fmt,
-                prompt=case.prompt,
-                output=text,
-                metrics={
-                    "completion_tokens": result.completion_tokens,
-                    "finish_reason": result.finish_reason,
-                    **labels,
-                },
-            )
-        )
+        checks.append(golden_verdict(index, case, result.text, result.completion_tokens, result.finish_reason, fmt))
     return checks
+
+
+def golden_verdict(
+    index: int, case: GoldenCase, text: str, completion_tokens: int | None, finish_reason: str | None, fmt=None
+) -> Check:
+    """One golden case judged on its greedy reply (apr's engine, or an endpoint's answer)."""
+    labels = {"capability": case.capability} if case.capability else {}
+    found = [want for want in case.expect_any if want.lower() in text.lower()]
+    poison = [p for p in POISON if p in text]
+    ok = bool(text.strip()) and bool(found) and not poison
+    reason = (
+        f"greedy reply contains {found[0]!r}"
+        if ok
+        else "empty reply"
+        if not text.strip()
+        else f"reply contains {poison[0]!r}"
+        if poison
+        else f"reply lacks all of {list(case.expect_any)}"
+    )
+    return verdict(
+        GOLDEN,
+        f"golden:{index}",
+        ok,
+        reason,
+        1,
+        format=fmt,
+        prompt=case.prompt,
+        output=text,
+        metrics={"completion_tokens": completion_tokens, "finish_reason": finish_reason, **labels},
+    )

@@ -118,7 +118,6 @@ def stop_reply_checks(engine: Engine, settings: StopBehaviorGate, chat: bool, fm
 
     if not (chat and engine.tokenizer.has_chat_template):
         return []
-    limit = int(settings.max_tokens * settings.max_fraction)
     checks = []
     for index, prompt in enumerate(settings.prompts):
         try:
@@ -131,30 +130,47 @@ def stop_reply_checks(engine: Engine, settings: StopBehaviorGate, chat: bool, fm
         except NonFiniteLogits as err:  # NaN/Inf weights: evidence against the model, not a crash of the run
             checks.append(falsified(STOP, f"stops:{index}", str(err), format=fmt, prompt=prompt))
             continue
-        stopped = result.finish_reason == "stop"
-        ok = stopped and bool(result.text.strip()) and result.completion_tokens <= limit
-        if ok:
-            reason = f"ended on its own after {result.completion_tokens} tokens (limit {settings.max_tokens})"
-        elif not stopped:
-            reason = f"ran to the {settings.max_tokens}-token limit without an eos: the turn never ends"
-        elif not result.text.strip():
-            reason = "stopped at once with an empty reply"
-        else:
-            reason = f"took {result.completion_tokens} tokens for a one-line question (at most {limit} expected)"
         checks.append(
-            verdict(
-                STOP,
-                f"stops:{index}",
-                ok,
-                reason,
-                1,
-                format=fmt,
-                prompt=prompt,
-                output=result.text,
-                measured=float(result.completion_tokens),
-                threshold=float(limit),
-                unit="tokens",
-                metrics={"finish_reason": result.finish_reason, "completion_tokens": result.completion_tokens},
+            stop_reply_verdict(
+                index, prompt, settings, result.text, result.finish_reason, result.completion_tokens, fmt
             )
         )
     return checks
+
+
+def stop_reply_verdict(
+    index: int,
+    prompt: str,
+    settings: StopBehaviorGate,
+    text: str,
+    finish_reason: str | None,
+    completion_tokens: int,
+    fmt: Format | None = None,
+) -> Check:
+    """One greedy reply to a one-line question (apr's engine, or an endpoint's answer): it must end on its own,
+    non-empty, within ``max_fraction`` of the token limit."""
+    limit = int(settings.max_tokens * settings.max_fraction)
+    stopped = finish_reason == "stop"
+    ok = stopped and bool(text.strip()) and completion_tokens <= limit
+    if ok:
+        reason = f"ended on its own after {completion_tokens} tokens (limit {settings.max_tokens})"
+    elif not stopped:
+        reason = f"ran to the {settings.max_tokens}-token limit without an eos: the turn never ends"
+    elif not text.strip():
+        reason = "stopped at once with an empty reply"
+    else:
+        reason = f"took {completion_tokens} tokens for a one-line question (at most {limit} expected)"
+    return verdict(
+        STOP,
+        f"stops:{index}",
+        ok,
+        reason,
+        1,
+        format=fmt,
+        prompt=prompt,
+        output=text,
+        measured=float(completion_tokens),
+        threshold=float(limit),
+        unit="tokens",
+        metrics={"finish_reason": finish_reason, "completion_tokens": completion_tokens},
+    )

@@ -11,10 +11,11 @@ model              model ref as the playbook names it (e.g. ``qwen2.5-coder:1.5b
 tier               playbook tier (quick, smoke, mvp, standard, full); ``-`` for ``apr qa`` evidence
 gpu                device the GPU cells ran on, as provenance names it (e.g. ``cuda (NVIDIA H200)``); ``-`` when
                    none ran (no GPU on that machine: the GPU cells are skipped, never passes)
-status             CERTIFIED, PROVISIONAL, INCONCLUSIVE or BLOCKED (apr.qa.score)
-mqs                0–1000 after the gateway rule
+status             CERTIFIED, PROVISIONAL, INCONCLUSIVE or BLOCKED (apr.qa.score); the README and index.html add
+                   "(endpoint)" to an endpoint's (see ``kind``)
+mqs                0–1000 after the gateway rule (an endpoint's: over the categories that apply, scaled to 1000)
 grade              A+, A, B+, B, C or F; I (incomplete) for INCONCLUSIVE
-gateways_passed    gateways passed out of five (G0–G4)
+gateways_passed    gateways passed out of five (G0–G4; an endpoint's out of the four that apply to it)
 records            evidence records counted
 corroborated       records that passed
 falsified          records the model failed
@@ -30,6 +31,9 @@ self_test          the certification's own self-test (``self-test/detection.json
                    same playbook): "this verdict was produced by gates that caught N/M planted defects (F false
                    blocks on the clean copy)"; empty when that run had none
 evidence           path of the evidence file, relative to the certifications directory
+kind               ``checkpoint`` (the files, through apr's engine) or ``endpoint`` (a remote OpenAI-compatible
+                   server's behaviour, ``apr certify --endpoint``: its own kind of verdict, see docs/endpoint.md)
+endpoint           the endpoint's OpenAI base URL (empty for a checkpoint)
 =================  ==========================================================================================
 """
 
@@ -51,7 +55,7 @@ from apr.qa.gates.catalog import GateId
 from apr.qa.reports import write_text_atomic
 from apr.qa.reports.html import CSS
 from apr.qa.rundir import ARCHIVE_DIR
-from apr.qa.score import GatewayState, compute_mqs
+from apr.qa.score import GatewayState, SubjectKind, compute_mqs
 
 START_MARKER = "<!-- certification-table:start -->"
 END_MARKER = "<!-- certification-table:end -->"
@@ -82,6 +86,13 @@ class CertRow:
     last_run: str
     self_test: str
     evidence: str
+    kind: str = SubjectKind.CHECKPOINT.value
+    endpoint: str = ""
+
+    @property
+    def label(self) -> str:
+        """The status as the README and index.html show it: an endpoint's verdict says it is one."""
+        return self.status if self.kind == SubjectKind.CHECKPOINT.value else f"{self.status} (endpoint)"
 
 
 COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(CertRow))
@@ -115,6 +126,8 @@ def row_for(records: Sequence[EvidenceRecord], evidence: str, self_test: str = "
     shas = Counter(r.provenance.model_sha256 for r in records if r.provenance.model_sha256)
     engines = Counter(r.provenance.engine_git_sha for r in records)
     tier = records[0].provenance.tier
+    endpoint = records[0].provenance.endpoint
+    applicable = [state for state in mqs.gateways.values() if state is not GatewayState.NOT_APPLICABLE]
     return CertRow(
         model=records[0].scenario.model,
         tier=tier.value if tier else "-",
@@ -122,7 +135,7 @@ def row_for(records: Sequence[EvidenceRecord], evidence: str, self_test: str = "
         status=mqs.status.value,
         mqs=mqs.score,
         grade=mqs.grade,
-        gateways_passed=f"{sum(s is GatewayState.PASSED for s in mqs.gateways.values())}/{len(mqs.gateways)}",
+        gateways_passed=f"{sum(s is GatewayState.PASSED for s in applicable)}/{len(applicable)}",
         records=len(records),
         corroborated=count[Outcome.CORROBORATED],
         falsified=count[Outcome.FALSIFIED],
@@ -136,18 +149,21 @@ def row_for(records: Sequence[EvidenceRecord], evidence: str, self_test: str = "
         last_run=max(r.provenance.finished_at for r in records).isoformat(),
         self_test=self_test,
         evidence=evidence,
+        kind=mqs.kind.value,
+        endpoint=endpoint.url if endpoint is not None and mqs.kind is SubjectKind.ENDPOINT else "",
     )
 
 
 def rows_from_records(records: Sequence[EvidenceRecord], evidence: str, folder: Path | None = None) -> list[CertRow]:
-    """One row per (model, tier) found in one evidence file; ``folder`` (the evidence file's) may hold the
-    certification's self-test."""
+    """One row per (model, tier, endpoint) found in one evidence file; ``folder`` (the evidence file's) may hold
+    the certification's self-test."""
     from apr.qa.selftest.report import certification_self_test, verdict_sentence
 
-    groups: dict[tuple[str, str], list[EvidenceRecord]] = {}
+    groups: dict[tuple[str, str, str], list[EvidenceRecord]] = {}
     for record in records:
         tier = record.provenance.tier.value if record.provenance.tier else "-"
-        groups.setdefault((record.scenario.model, tier), []).append(record)
+        endpoint = record.provenance.endpoint.url if record.provenance.endpoint is not None else ""
+        groups.setdefault((record.scenario.model, tier, endpoint), []).append(record)
     rows = []
     for group in groups.values():
         self_test = certification_self_test(folder, group) if folder is not None else None
@@ -156,12 +172,13 @@ def rows_from_records(records: Sequence[EvidenceRecord], evidence: str, folder: 
 
 
 def collect_rows(certifications: Path) -> list[CertRow]:
-    """Rows for every ``evidence.jsonl`` under ``certifications``; per (model, tier, gpu) the newest run wins."""
+    """Rows for every ``evidence.jsonl`` under ``certifications``; per (model, tier, gpu, endpoint) the newest run
+    wins."""
     if not certifications.is_dir():
         raise AprError(
             f"{certifications}: no certifications directory; run apr certify first or pass --certifications DIR"
         )
-    newest: dict[tuple[str, str, str], CertRow] = {}
+    newest: dict[tuple[str, str, str, str], CertRow] = {}
     for path in sorted(certifications.rglob("evidence.jsonl")):
         if ARCHIVE_DIR in path.relative_to(certifications).parts[:-1]:
             continue  # an earlier run kept aside by a re-run (apr.qa.rundir): history, not the current state
@@ -169,10 +186,12 @@ def collect_rows(certifications: Path) -> list[CertRow]:
         if not log.records:
             continue
         for row in rows_from_records(log.records, path.relative_to(certifications).as_posix(), path.parent):
-            key = (row.model, row.tier, row.gpu)
+            key = (row.model, row.tier, row.gpu, row.endpoint)
             if key not in newest or row.last_run > newest[key].last_run:
                 newest[key] = row
-    return sorted(newest.values(), key=lambda r: (r.model, _TIER_ORDER.get(r.tier, len(_TIER_ORDER)), r.gpu))
+    return sorted(
+        newest.values(), key=lambda r: (r.model, _TIER_ORDER.get(r.tier, len(_TIER_ORDER)), r.gpu, r.endpoint)
+    )
 
 
 def render_csv(rows: Sequence[CertRow]) -> str:
@@ -192,7 +211,8 @@ def render_markdown(rows: Sequence[CertRow]) -> str:
     ]
     for r in rows:
         lines.append(
-            f"| `{r.model}` | {r.tier} | {r.gpu} | **{r.status}**{_self_test_note(r)} | {r.mqs} | {r.grade} | {r.gateways_passed} | "
+            f"| {_model_cell(r)} | {r.tier} | {r.gpu} | **{r.label}**{_self_test_note(r)} | {r.mqs} | {r.grade} | "
+            f"{r.gateways_passed} | "
             f"{_records_cell(r)} | {r.tok_s_cpu or '-'} | {r.tok_s_gpu or '-'} | {r.last_run[:10]} |"
         )
     if not rows:
@@ -204,6 +224,10 @@ def _self_test_note(r: CertRow) -> str:
     from apr.qa.selftest.report import sentence_figures
 
     return f" (self-test: gates caught {sentence_figures(r.self_test)})" if r.self_test else ""
+
+
+def _model_cell(r: CertRow) -> str:
+    return f"`{r.model}`" + (f" at `{r.endpoint}`" if r.endpoint else "")
 
 
 def _records_cell(r: CertRow) -> str:
@@ -230,7 +254,7 @@ INDEX_CSS = "table{table-layout:auto}td,th{white-space:nowrap}td.wrap{white-spac
 
 def _index_cell(r: CertRow, column: str) -> str:
     if column == "status":
-        badge = f"<span class='badge {escape(r.status)}'>{escape(r.status)}</span>"
+        badge = f"<span class='badge {escape(r.status)}'>{escape(r.label)}</span>"
         if r.self_test:
             # The sentence would not fit 1280 px: its figures under the badge, the whole sentence on hover.
             from apr.qa.selftest.report import sentence_figures
@@ -246,7 +270,8 @@ def _index_cell(r: CertRow, column: str) -> str:
     if column == "last_run":
         return f"<td>{escape(r.last_run[:10])}</td>"
     if column == "model":
-        return f"<td class='wrap'><code>{escape(r.model)}</code></td>"
+        where = f"<br><small>endpoint {escape(r.endpoint)}</small>" if r.endpoint else ""
+        return f"<td class='wrap'><code>{escape(r.model)}</code>{where}</td>"
     if column == "evidence":
         report = Path(r.evidence).with_name("report.html").as_posix()
         return f"<td><a href='{escape(report)}'>report</a> · <a href='{escape(r.evidence)}'>evidence</a></td>"

@@ -17,7 +17,7 @@ LOWER_IS_BETTER = frozenset({"share of heads"})
 class GateRow:
     gate: str
     title: str
-    status: str  # passed · failed · inconclusive (the machine stopped a check) · skipped (nothing corroborated)
+    status: str  # passed · failed · inconclusive (the machine stopped a check) · skipped · not applicable (endpoint)
     measured: str
     threshold: str
     duration_s: float
@@ -58,11 +58,20 @@ def gate_rows(records: Sequence[EvidenceRecord]) -> list[GateRow]:
         passed = [r for r in mine if r.outcome is Outcome.CORROBORATED]
         skipped = [r for r in mine if r.outcome is Outcome.SKIPPED]
         stopped = [r for r in mine if r.outcome.is_infrastructure]
-        status = "failed" if failed else "inconclusive" if stopped else "passed" if passed else "skipped"
-        if all(r.outcome is Outcome.NOT_APPLICABLE for r in mine):
-            status = "not applicable"  # the model lacks the gate's feature: left out of the MQS plan
+        inapplicable = [r for r in mine if r.outcome is Outcome.NOT_APPLICABLE]
+        status = (
+            "failed"
+            if failed
+            else "inconclusive"
+            if stopped
+            else "passed"
+            if passed
+            else "skipped"
+            if skipped
+            else "not applicable"
+        )
         measured, threshold = _headline(mine)
-        first = (failed or stopped or skipped or passed or mine)[0]
+        first = (failed or stopped or skipped or passed or inapplicable)[0]
         rows.append(
             GateRow(
                 gate=gate.value,

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from apr.qa.evidence import EvidenceRecord, Outcome
 from apr.qa.gates.catalog import CATALOG
 from apr.qa.reports.reasons import Kind, why
-from apr.qa.score import MqsResult, Status, compute_mqs
+from apr.qa.score import MqsResult, Status, SubjectKind, compute_mqs
 
 if TYPE_CHECKING:
     from apr.qa.selftest.run import SelfTestResult
@@ -31,6 +31,7 @@ text-align:left;vertical-align:top}th{background:#f1f3f6}td.num{text-align:right
 .CERTIFIED{background:#1a7f37}.PROVISIONAL{background:#b08800}.BLOCKED{background:#cf222e}.INCONCLUSIVE{background:#5b6472}
 .corroborated,.passed{color:#1a7f37}.falsified,.failed,.crashed{color:#cf222e;font-weight:600}
 .skipped,.unverified{color:#8a6d00}.inconclusive,.timeout{color:#5b6472;font-weight:600}
+.not-applicable{color:#8c959f;font-style:italic}
 .why{border-left:4px solid #cf222e;background:#fff5f5;padding:.4rem .8rem;margin:.6rem 0}
 .why.machine{border-color:#5b6472;background:#f4f5f7}.why.missing,.why.costs{border-color:#b08800;background:#fffbea}
 .why li{margin:.2rem 0}.bar{background:#e6e9ee;height:.6rem;border-radius:.3rem;min-width:8rem}
@@ -80,19 +81,43 @@ def _why(records: Sequence[EvidenceRecord], mqs: MqsResult) -> str:
     return "".join(parts)
 
 
+def _endpoint_note(mqs: MqsResult, records: Sequence[EvidenceRecord]) -> str:
+    """What an endpoint certification is, and is not: said right under its verdict."""
+    if mqs.kind is not SubjectKind.ENDPOINT:
+        return ""
+    endpoints = sorted({f"{e.served_model} at {e.url}" for r in records if (e := r.provenance.endpoint) is not None})
+    left_out = ", ".join(c.category.value for c in mqs.categories if not c.applicable)
+    return (
+        f"<p class='muted'>Endpoint certification of {_e('; '.join(endpoints))}: how the endpoint behaves through "
+        f"its OpenAI-compatible API, not what its weights are. Gates that need the checkpoint's files or apr's "
+        f"engine are recorded not applicable and never counted; the categories {_e(left_out)} cannot apply, so "
+        f"the MQS is over the {mqs.scale} weight points that do, scaled to 1000.</p>"
+    )
+
+
 def _verdict(mqs: MqsResult, models: list[str], records: Sequence[EvidenceRecord]) -> str:
     note = _STATUS_NOTE.get(mqs.status)
     return (
         f"<h1>{_e(', '.join(models) or 'no model')}</h1>"
-        f"<p><span class='badge {mqs.status.value}'>{mqs.status.value}</span> "
+        f"<p><span class='badge {mqs.status.value}'>{_e(mqs.label)}</span> "
         f"MQS <b>{mqs.score}</b>/1000 · grade <b>{_e(mqs.grade)}</b> · raw {mqs.raw} · "
-        f"{mqs.total_records} records</p>" + (f"<p class='muted'>{_e(note)}</p>" if note else "") + _why(records, mqs)
+        f"{mqs.total_records} records</p>"
+        + _endpoint_note(mqs, records)
+        + (f"<p class='muted'>{_e(note)}</p>" if note else "")
+        + _why(records, mqs)
     )
 
 
 def _breakdown(mqs: MqsResult) -> str:
     rows = []
     for category in mqs.categories:
+        if not category.applicable:
+            rows.append(
+                f"<tr><td>{_e(category.category.value)}</td><td class='num not-applicable'>n/a</td>"
+                f"<td class='num'>{category.weight}</td><td></td><td class='not-applicable'>not applicable to an "
+                "endpoint: left out of the scale</td></tr>"
+            )
+            continue
         share = category.points / category.weight if category.weight else 0.0
         gates = ", ".join(
             (
@@ -129,15 +154,14 @@ def _gates(mqs: MqsResult) -> str:
                 f"<td>{gateway}</td>"
                 + "".join(
                     f"<td class='num'>{n}</td>"
-                    for n in (g.corroborated, g.falsified, g.crashed, g.skipped, g.inconclusive)
+                    for n in (g.corroborated, g.falsified, g.crashed, g.skipped, g.inconclusive, g.not_applicable)
                 )
                 + "</tr>"
             )
     return (
         "<h2>Gates</h2><table><tr><th>gate</th><th>title</th><th>severity</th><th>gateway</th>"
-        "<th>corroborated</th><th>falsified</th><th>crashed</th><th>skipped</th><th>inconclusive</th></tr>"
-        + "".join(rows)
-        + "</table>"
+        "<th>corroborated</th><th>falsified</th><th>crashed</th><th>skipped</th><th>inconclusive</th>"
+        "<th>not applicable</th></tr>" + "".join(rows) + "</table>"
     )
 
 
@@ -147,26 +171,34 @@ _WORST = (
     Outcome.INCONCLUSIVE,
     Outcome.TIMEOUT,
     Outcome.SKIPPED,
-    Outcome.NOT_APPLICABLE,
     Outcome.CORROBORATED,
+    Outcome.NOT_APPLICABLE,
 )
 
 
 def _cells(records: Sequence[EvidenceRecord]) -> str:
-    cell_records = [r for r in records if r.scenario.format and r.scenario.backend and r.scenario.modality]
+    # A remote endpoint's cells have a modality and a prompt but no format or backend: one "endpoint" column.
+    cell_records = [
+        r
+        for r in records
+        if r.scenario.modality
+        and r.scenario.prompt_id
+        and ((r.scenario.format and r.scenario.backend) or r.provenance.endpoint is not None)
+    ]
     if not cell_records:
         return "<h2>Cells</h2><p class='muted'>No cell evidence.</p>"
-    backends = sorted({r.scenario.backend for r in cell_records if r.scenario.backend is not None})
-    rows_keys = sorted({(r.scenario.format, r.scenario.modality) for r in cell_records})
+
+    def where(r: EvidenceRecord) -> tuple[str, str, str]:
+        fmt, backend = r.scenario.format, r.scenario.backend
+        return (fmt.value if fmt else "-", str(r.scenario.modality), backend.value if backend else "endpoint")
+
+    backends = sorted({where(r)[2] for r in cell_records})
+    rows_keys = sorted({where(r)[:2] for r in cell_records})
     rows = []
     for fmt, modality in rows_keys:
         tds = []
         for backend in backends:
-            group = [
-                r
-                for r in cell_records
-                if (r.scenario.format, r.scenario.modality, r.scenario.backend) == (fmt, modality, backend)
-            ]
+            group = [r for r in cell_records if where(r) == (fmt, modality, backend)]
             if not group:
                 tds.append("<td class='muted'>—</td>")
                 continue
@@ -204,6 +236,22 @@ def _records(records: Sequence[EvidenceRecord]) -> str:
     )
 
 
+def _endpoint_fields(records: Sequence[EvidenceRecord]) -> dict[str, set[str]]:
+    endpoints = [e for r in records if (e := r.provenance.endpoint) is not None]
+    if not endpoints:
+        return {}
+    return {
+        "endpoint": {f"{e.url} (model {e.served_model}, {e.api} API)" for e in endpoints},
+        "server headers": {", ".join(f"{k}: {v}" for k, v in sorted(e.server.items())) or "none" for e in endpoints},
+        "requests": {
+            f"concurrency {e.concurrency}, "
+            + (f"at most {e.rate_limit_rps:g}/s" if e.rate_limit_rps else "no rate limit")
+            + (f", API key from ${e.api_key_env}" if e.api_key_env else ", no API key")
+            for e in endpoints
+        },
+    }
+
+
 def _provenance(records: Sequence[EvidenceRecord]) -> str:
     if not records:
         return ""
@@ -215,12 +263,17 @@ def _provenance(records: Sequence[EvidenceRecord]) -> str:
         "devices": {r.provenance.device for r in records},
         "model sha256": {str(r.provenance.model_sha256) for r in records},
         "playbooks": {f"{r.provenance.playbook} ({r.provenance.tier})" for r in records},
+        **_endpoint_fields(records),
         "machine (calibrated)": {
             f"{c.measured_at.isoformat(timespec='seconds')}: {c.line()} — {c.threads_reason}"
             for r in records
             if (c := r.provenance.calibration) is not None
         }
-        or {"not calibrated (apr qa, or evidence written before calibration existed)"},
+        or {
+            "not measured: an endpoint's checks ran no engine here"
+            if all(r.provenance.endpoint is not None for r in records)
+            else "not calibrated (apr qa, or evidence written before calibration existed)"
+        },
     }
     start = min(r.provenance.started_at for r in records)
     end = max(r.provenance.finished_at for r in records)

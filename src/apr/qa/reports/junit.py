@@ -1,5 +1,5 @@
-"""JUnit XML from evidence: one testcase per record; skipped and inconclusive (the machine stopped the check;
-older ``timeout`` records too) → <skipped>, falsified → <failure>, crashed → <error>. One testsuite per model,
+"""JUnit XML from evidence: one testcase per record; skipped, not applicable (a feature the model lacks, or a gate an endpoint cannot meet) and inconclusive (the
+machine stopped the check; older ``timeout`` records too) → <skipped>, falsified → <failure>, crashed → <error>. One testsuite per model,
 MQS in the suite properties."""
 
 from __future__ import annotations
@@ -58,9 +58,9 @@ def _suite(parent: ET.Element, model: str, records: Sequence[EvidenceRecord]) ->
             "errors": str(count[Outcome.CRASHED]),
             "skipped": str(
                 count[Outcome.SKIPPED]
-                + count[Outcome.NOT_APPLICABLE]
                 + count[Outcome.INCONCLUSIVE]
                 + count[Outcome.TIMEOUT]
+                + count[Outcome.NOT_APPLICABLE]
             ),
             "time": f"{sum(r.duration_s for r in records):.3f}",
         },
@@ -71,6 +71,7 @@ def _suite(parent: ET.Element, model: str, records: Sequence[EvidenceRecord]) ->
         ("mqs.score", mqs.score),
         ("mqs.grade", mqs.grade),
         ("mqs.status", mqs.status.value),
+        ("mqs.kind", mqs.kind.value),
         ("mqs.gateways_passed", str(mqs.gateways_passed).lower()),
     ):
         ET.SubElement(properties, "property", {"name": name, "value": str(value)})
