@@ -113,6 +113,12 @@ def current() -> Settings:
     return Settings.from_environ(os.environ)
 
 
+def secret_from(variable: str) -> str | None:
+    """The value of a variable the user named for a secret (``apr certify --api-key-env VAR``), None when unset
+    or empty. Read here so that this module stays the one reader of the environment; never logged or kept."""
+    return os.environ.get(variable) or None
+
+
 def child_environ(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment a subprocess gets: all of ours (it reads the same settings), plus ``extra``."""
     return {**os.environ, **(extra or {})}

@@ -49,11 +49,9 @@ def test_large_tensors_land_on_huge_pages():
     assert big.data_ptr() % hugepages.HUGE_PAGE == 0
     big.fill_(7)  # first touch: the kernel backs the advised range with 2 MiB pages
     assert huge_kib_under(big) >= 8 * 1024, "the advised mapping got no huge pages"
-    if "[madvise]" in hugepages.THP_SETTING.read_text():
-        # Only where huge pages must be asked for does unadvised memory go without them; under THP
-        # ``always`` (as on some CI machines) the allocator's memory gets them too.
-        ordinary = torch.empty(16 * MIB, dtype=torch.uint8).fill_(7)
-        assert huge_kib_under(ordinary) < huge_kib_under(big)
+    # No comparison with the allocator's memory: whether that gets huge pages too depends on the machine (THP
+    # ``always`` on some CI machines; under ``madvise``, a heap mapping merged with advised neighbours or
+    # collapsed by khugepaged), not on apr.
 
 
 def test_small_or_switched_off_allocations_are_ordinary_tensors(fresh_setting):

@@ -10,7 +10,6 @@ writing anything (exit 2); one whose endpoint dies mid-run ends INCONCLUSIVE (ex
 
 from __future__ import annotations
 
-import os
 import re
 import threading
 import time
@@ -36,6 +35,7 @@ from apr.qa.recording import Check, Recorder, Timer, falsified, inconclusive, sk
 from apr.qa.rundir import archive_previous_run
 from apr.qa.scenarios import Prompt
 from apr.qa.score import MqsResult, Status
+from apr.settings import secret_from
 
 DETERMINISM_TARGETS = 2  # answered cells asked again
 # A reply long enough to time the decode, in either API; the oracles never judge it.
@@ -85,7 +85,7 @@ def api_key(spec: EndpointSpec) -> str | None:
     """The API key from ``spec.api_key_env`` (None without one); AprError when the variable is not set."""
     if spec.api_key_env is None:
         return None
-    key = os.environ.get(spec.api_key_env)
+    key = secret_from(spec.api_key_env)
     if not key:
         raise AprError(f"--api-key-env {spec.api_key_env}: the environment variable is not set or empty; export it")
     return key
