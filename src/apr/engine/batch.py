@@ -200,16 +200,7 @@ class BatchDecoder:
         except Exception:
             if not self.isolate_failures:
                 raise
-            # Find the sequence that breaks the batched step: each decodes alone (each writes only its own
-            # cache position, which the failed step may have written already: the same values again).
-            events = []
-            for seq in decoding:
-                row = self._guarded(seq, self._decode_one, seq)
-                if row is not None:
-                    event = self._guarded(seq, self._advance, seq, row)
-                    if event is not None:
-                        events.append(event)
-            return events
+            return self._decode_each_alone(decoding)
         events = []
         for seq, row in zip(decoding, logits):
             event = self._guarded(seq, self._advance, seq, row)
@@ -237,23 +228,28 @@ class BatchDecoder:
         except Exception:
             if not self.isolate_failures:
                 raise
-            # Find the sequence that breaks the step: each decodes alone, undrafted (each writes only its own
-            # cache positions, which the failed step may have written already: the same values again).
-            events = []
-            for seq in decoding:
-                row = self._guarded(seq, self._decode_one, seq)
-                if row is not None:
-                    seq.lookup_steps += 1
-                    event = self._guarded(seq, self._advance, seq, row)
-                    if event is not None:
-                        events.append(event)
-            return events
+            return self._decode_each_alone(decoding)
         events = []
         first = 0
         for seq, draft in zip(decoding, drafts):
             rows = logits[first : first + 1 + len(draft)]
             first += 1 + len(draft)
             events += self._guarded(seq, self._accept, seq, rows, draft) or []
+        return events
+
+    def _decode_each_alone(self, decoding: list[Sequence]) -> list[TokenEvent]:
+        """After a batched step failed: each sequence decodes alone and undrafted, so only the one that breaks
+        the step fails (each writes only its own cache positions, which the failed step may have written
+        already: the same values again)."""
+        events = []
+        for seq in decoding:
+            row = self._guarded(seq, self._decode_one, seq)
+            if row is not None:
+                if self.lookup is not None:
+                    seq.lookup_steps += 1  # a pass of its own, as a drafted step would have been
+                event = self._guarded(seq, self._advance, seq, row)
+                if event is not None:
+                    events.append(event)
         return events
 
     def _draft(self, seq: Sequence, most: int) -> list[int]:
