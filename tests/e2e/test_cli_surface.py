@@ -106,8 +106,9 @@ def test_run_benchmark_batch_reports_aggregate_and_per_stream_rates(fixture_mode
             str(fixture_models["llama"]["gguf"]),
             "--prompt",
             "hello",
+            # Enough tokens that the process's CPU time (counted in 10 ms clock ticks) cannot read 0.
             "--max-tokens",
-            "6",
+            "48",
             "--benchmark",
             "--batch-size",
             "3",
