@@ -159,7 +159,7 @@ def main() -> int:
         "--llama-bench",
         type=Path,
         default=os.environ.get("LLAMA_BENCH"),
-        help="llama.cpp's llama-bench binary (default $LLAMA_BENCH; see bench/build_llama_bench.sh)",
+        help="llama.cpp's llama-bench binary (default $LLAMA_BENCH; see bench/build_llama_cpp.sh)",
     )
     args = parser.parse_args()
     try:
@@ -177,7 +177,7 @@ def main() -> int:
         results["llama.cpp"] = llama_bench(args, depths)
     else:
         print(
-            "llama.cpp: skipped (no --llama-bench / $LLAMA_BENCH; bench/build_llama_bench.sh builds it)",
+            "llama.cpp: skipped (no --llama-bench / $LLAMA_BENCH; bench/build_llama_cpp.sh builds it)",
             file=sys.stderr,
         )
     ratios: dict[str, float] = {}

@@ -7,11 +7,11 @@ Figures are medians with p90 (slow tail). Engines run one after another, so on a
 between them is possible: compare ratios from the same run only. Last stdout line: one JSON document.
 
 llama.cpp is measured by its own `llama-bench` (`--llama-bench PATH`, or $LLAMA_BENCH; build it with
-bench/build_llama_bench.sh) on the same GGUF, threads, prompt and decode lengths; where that binary is
+bench/build_llama_cpp.sh) on the same GGUF, threads, prompt and decode lengths; where that binary is
 absent, through `llama-cpp-python` if installed; otherwise it is skipped with a message.
 
     .venv/bin/python bench/bench_engine.py --model /tmp/models/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf --threads 2 \
-        --llama-bench .llama-bench/build/bin/llama-bench
+        --llama-bench .llama-cpp/build/bin/llama-bench
 """
 
 from __future__ import annotations
@@ -247,7 +247,7 @@ def main() -> int:
         "--llama-bench",
         type=Path,
         default=os.environ.get("LLAMA_BENCH"),
-        help="llama.cpp's llama-bench binary (default $LLAMA_BENCH; see bench/build_llama_bench.sh)",
+        help="llama.cpp's llama-bench binary (default $LLAMA_BENCH; see bench/build_llama_cpp.sh)",
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -273,7 +273,7 @@ def main() -> int:
             except ImportError:
                 print(
                     "llama.cpp: skipped (no --llama-bench / $LLAMA_BENCH, and llama-cpp-python is not installed; "
-                    "bench/build_llama_bench.sh builds llama-bench)",
+                    "bench/build_llama_cpp.sh builds llama-bench)",
                     file=sys.stderr,
                 )
                 results[name] = {"skipped": "llama-cpp-python not installed"}

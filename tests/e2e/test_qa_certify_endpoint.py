@@ -203,13 +203,13 @@ def test_bad_endpoint_input_ends_in_one_line(keyed_server, tmp_path, args, env, 
 
 
 LLAMA_SERVER = Path(
-    os.environ.get("APR_LLAMA_SERVER") or Path(__file__).resolve().parents[2] / ".llama-server/build/bin/llama-server"
+    os.environ.get("APR_LLAMA_SERVER") or Path(__file__).resolve().parents[2] / ".llama-cpp/build/bin/llama-server"
 )
 
 
 @pytest.mark.integration
 @pytest.mark.skipif(
-    not LLAMA_SERVER.is_file(), reason=f"no llama-server at {LLAMA_SERVER}: bench/build_llama_server.sh builds it"
+    not LLAMA_SERVER.is_file(), reason=f"no llama-server at {LLAMA_SERVER}: bench/build_llama_cpp.sh builds it"
 )
 def test_llama_cpp_server_is_certified_as_a_different_implementation(real_model, tmp_path):
     import time

@@ -123,15 +123,6 @@ def model_json(engine: Engine) -> dict[str, Any]:
     return {"path": described["path"], "format": described["format"], "architecture": described["architecture"]}
 
 
-def timing_line(result: GenerationResult, load_s: float) -> str:
-    t = result.timings
-    return (
-        f"load {load_s:.2f} s · prompt {result.prompt_tokens} tok, ttft {t.ttft_s:.3f} s "
-        f"({t.prefill_tok_s:.1f} tok/s) · {result.completion_tokens} tok at {t.decode_tok_s:.1f} tok/s · "
-        f"finish {result.finish_reason}"
-    )
-
-
 def lookup_line(result: GenerationResult) -> str:
     """The stderr summary of a reply decoded with lookup: acceptance and the effective decode rate."""
     stats = result.lookup

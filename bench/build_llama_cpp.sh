@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Builds llama.cpp's own programs, the peers of apr's benchmarks and of `apr certify --endpoint`, from the
+# llama.cpp sources that the llama-cpp-python sdist on PyPI vendors, for this machine's CPU (GGML_NATIVE).
+# Nothing is installed: the binaries land in $DEST/build/bin (default .llama-cpp/, ignored by git).
+#
+#   bench/build_llama_cpp.sh [DEST] [TARGET ...]     # targets default to: llama-bench llama-server
+#
+# Useful targets: llama-bench (bench_engine.py, bench_depth.py), llama-server (docs/endpoint.md),
+# llama-lookup (prompt-lookup decoding, bench_lookup.py). About 8 minutes per program on 2 quiet cores; a
+# second call with other targets reuses the libraries already built.
+set -euo pipefail
+VERSION="${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"
+DEST="${1:-.llama-cpp}"
+shift || true
+TARGETS=("$@")
+[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(llama-bench llama-server)
+PY="${PYTHON:-.venv/bin/python}"
+mkdir -p "$DEST"
+DEST="$(cd "$DEST" && pwd)"
+if [ ! -d "$DEST/src" ]; then
+  # --no-binary for this one package only: ":all:" would make pip build the build dependencies from source too.
+  "$PY" -m pip download --quiet --no-binary llama-cpp-python --no-deps -d "$DEST/sdist" "llama-cpp-python==$VERSION"
+  mkdir -p "$DEST/src"
+  tar xzf "$DEST/sdist/llama_cpp_python-$VERSION.tar.gz" -C "$DEST/src" --strip-components=1
+fi
+cmake -S "$DEST/src/vendor/llama.cpp" -B "$DEST/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON \
+  -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_EXAMPLES=ON \
+  -DLLAMA_BUILD_SERVER=ON > "$DEST/cmake.log"
+cmake --build "$DEST/build" --target "${TARGETS[@]}" -j "$(nproc)" > "$DEST/build.log"
+for target in "${TARGETS[@]}"; do echo "$DEST/build/bin/$target"; done
