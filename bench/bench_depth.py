@@ -91,7 +91,9 @@ def ours(args, depths: list[int]) -> dict[int, dict]:
                     f"decode {args.decode_tokens / decode_s:.2f} tok/s",
                     file=sys.stderr,
                 )
+            per_operator = per_operator_prefill(args, model, cfg, engine, prompt) if args.per_operator and not depth else {}
         results[depth] = {
+            **per_operator,
             "reps": len(decodes),
             "context_prefill_s": round(fill_s, 2),
             "prefill_tok_s": {
@@ -104,6 +106,27 @@ def ours(args, depths: list[int]) -> dict[int, dict]:
             },
         }
     return results
+
+
+def per_operator_prefill(args, model, cfg, engine, prompt: torch.Tensor) -> dict:
+    """The prompt once through the per-operator path (Transformer.prefill: PyTorch's scaled_dot_product_attention
+    over the glue kernels), the path prompts over 1024 tokens took before the one-call layers covered any length."""
+    from apr.engine.kv_cache import SequenceCache, capacity_for
+    from apr.engine.model import Transformer
+
+    cache = SequenceCache(
+        cfg.num_layers,
+        cfg.num_kv_heads,
+        cfg.head_dim,
+        capacity_for(len(prompt), model.max_positions),
+        model.dtype,
+        engine.device,
+    )
+    begin = time.perf_counter()
+    Transformer.prefill(model, prompt, cache)
+    seconds = time.perf_counter() - begin
+    print(f"  apr per-operator prefill: {len(prompt) / seconds:.1f} tok/s", file=sys.stderr)
+    return {"per_operator_prefill_tok_s": len(prompt) / seconds}
 
 
 def llama_bench(args, depths: list[int]) -> dict[int, dict]:
@@ -155,6 +178,11 @@ def main() -> int:
     parser.add_argument("--min-reps", type=int, default=3)
     parser.add_argument("--min-seconds", type=float, default=5.0)
     parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument(
+        "--per-operator",
+        action="store_true",
+        help="at depth 0, also time one prefill of the prompt through the per-operator (SDPA) path",
+    )
     parser.add_argument(
         "--llama-bench",
         type=Path,

@@ -34,7 +34,7 @@ HEADERS = (Path(__file__).with_name("apr_native.h"),)
 # change here repacks cached models. glue.c, layer.c and dequant.c have their own (apr_glue_abi, ...).
 ABI = 8
 QGEMM_ABI = 9  # the products' calling convention (apr_qgemm_abi); ABI above is only the packed layouts
-GLUE_ABI = 2
+GLUE_ABI = 3
 LAYER_ABI = 3
 DEQUANT_ABI = 1
 BLOCK = 32  # activation block (and q4 weight block)
@@ -125,6 +125,8 @@ def _library() -> tuple[ctypes.CDLL | None, str]:
     lib.apr_rope_neox.restype = None
     lib.apr_attend_one.argtypes = [p, p, p, p, p, i64, i64, i64, i64, i64, i64, f32, p]
     lib.apr_attend_one.restype = i32
+    lib.apr_attend_run.argtypes = [p, p, p, p, p, i64, i64, i64, i64, i64, i64, i64, f32, p]
+    lib.apr_attend_run.restype = i32
     lib.apr_decode_layer.argtypes = [ctypes.POINTER(_Layer), i64, p, i64, p, p, p, p, p, p, i32]
     lib.apr_decode_layer.restype = i32
     lib.apr_decode_layers.argtypes = [p, p, i64, p, i64, p, p, p, p, p, p, p, p, i32]
@@ -367,6 +369,56 @@ def attend_one(
     )
     if status:
         raise MemoryError(f"no memory for attention over {pos + 1} positions")
+    return out
+
+
+def attend_run(
+    q: torch.Tensor,
+    k_new: torch.Tensor,
+    v_new: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    pos0: int,
+    window: int,
+    scale: float,
+) -> torch.Tensor:
+    """The attention of ``n`` consecutive new positions ``pos0 .. pos0 + n - 1`` of one sequence (glue.c,
+    tiled): stores ``k_new``/``v_new`` ``[n, kv_heads, d]`` at their positions of ``keys``/``values``
+    ``[kv_heads, capacity, d]``, then each row's ``q [n, kv_heads * rep, d]`` attends over its window up to
+    its own position; returns ``[n, kv_heads * rep, d]``, row i bit-identical to ``attend_one`` at ``pos0 + i``."""
+    _check_f32("attend_run", q, k_new, v_new, keys, values)
+    kv_heads, capacity, d = keys.shape
+    n = q.shape[0]
+    heads = q.numel() // (n * d) if n else 0
+    if (
+        values.shape != keys.shape
+        or n < 1
+        or q.numel() != n * heads * d
+        or k_new.numel() != n * kv_heads * d
+        or v_new.numel() != n * kv_heads * d
+        or heads % kv_heads
+        or not 0 <= pos0 <= capacity - n
+    ):
+        raise ValueError(f"attend_run: q {tuple(q.shape)}, cache {tuple(keys.shape)}, positions {pos0}+{n}")
+    out = torch.empty(n, heads, d, dtype=torch.float32)
+    status = _lib().apr_attend_run(
+        q.data_ptr(),
+        k_new.data_ptr(),
+        v_new.data_ptr(),
+        keys.data_ptr(),
+        values.data_ptr(),
+        kv_heads,
+        heads // kv_heads,
+        capacity,
+        d,
+        pos0,
+        n,
+        window,
+        scale,
+        out.data_ptr(),
+    )
+    if status:
+        raise MemoryError(f"no memory for the attention of {n} rows over {pos0 + n} positions")
     return out
 
 

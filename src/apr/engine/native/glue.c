@@ -15,7 +15,7 @@
 
 #include "apr_native.h"
 
-int apr_glue_abi(void) { return 2; }
+int apr_glue_abi(void) { return 3; }
 
 static inline float hsum8(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -226,6 +226,118 @@ int apr_attend_one(const float *q, const float *k_new, const float *v_new, float
         scores(q + first * d, n, kh, len, d, scale, p);
         for (int64_t r = 0; r < n; r++) softmax_in_place(p + r * len, len);
         weighted_sums(p, n, vh, len, d, out + first * d);
+        free(p);
+    }
+    return failed;
+}
+
+/* Query rows attending together: ATTN_RUN_ROWS positions x the rep query heads of one kv head share each
+ * block of keys and values read from memory (a prompt at 4000 positions read every kv head's 4 MB of keys
+ * and values once a row; now once per ATTN_RUN_ROWS rows, from L1 for all of them). */
+#define APR_ATTN_RUN_ROWS 16
+
+/* The attention of one sequence's consecutive new positions pos0 .. pos0 + n - 1 (a prompt, or the rows a
+ * lookup step verifies), giving every row the bits apr_attend_one gives it alone: stores the n keys and
+ * values (k_new, v_new [n][kv_heads][d]) at their positions of the layer's cache (keys, values
+ * [kv_heads][cap][d]), then row i's query heads (q [n][kv_heads * rep][d]) attend over lo_i .. pos0 + i
+ * (lo_i = max(0, pos0 + i - window + 1), window 0: none) into out [n][kv_heads * rep][d]. A row sees no
+ * position after its own, so writing all the keys first is causal attention.
+ *
+ * Why the bits are apr_attend_one's: a query vector's scores are the same dots (dots4 and dot agree to the
+ * bit) times scale; its softmax is softmax_in_place over exactly its own lo_i .. pos_i; each output element
+ * is one chain of FMAs over its positions in order. Only which query vectors share a key block's loads
+ * changes. So a prompt's rows are computed as decode computes them one at a time, whatever the chunking of
+ * the prompt, the blocking here or the thread count. The work is split into (kv head, block of rows) units:
+ * the score buffer is the block's rows x rep heads x their longest span. Returns 0, 1 (no memory) or 2 (a
+ * position outside the cache). */
+int apr_attend_run(const float *q, const float *k_new, const float *v_new, float *keys, float *values,
+                   int64_t kv_heads, int64_t rep, int64_t cap, int64_t d, int64_t pos0, int64_t n, int64_t window,
+                   float scale, float *out) {
+    if (pos0 < 0 || n < 1 || pos0 + n > cap) return 2;
+    const int64_t heads = kv_heads * rep;
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t g = 0; g < kv_heads; g++)
+            for (int64_t e = 0; e < d; e++) {
+                keys[(g * cap + pos0 + i) * d + e] = k_new[(i * kv_heads + g) * d + e];
+                values[(g * cap + pos0 + i) * d + e] = v_new[(i * kv_heads + g) * d + e];
+            }
+    const int64_t blocks = (n + APR_ATTN_RUN_ROWS - 1) / APR_ATTN_RUN_ROWS, units = kv_heads * blocks;
+    int failed = 0;
+    /* Later rows attend over more positions: dynamic scheduling, the longest blocks first. */
+#pragma omp parallel for schedule(dynamic, 1) if (units > 1)
+    for (int64_t unit = 0; unit < units; unit++) {
+        const int64_t g = unit % kv_heads, block = blocks - 1 - unit / kv_heads;
+        const int64_t first = block * APR_ATTN_RUN_ROWS;
+        const int64_t rows = n - first < APR_ATTN_RUN_ROWS ? n - first : APR_ATTN_RUN_ROWS;
+        const int64_t vectors = rows * rep;
+        int64_t lo[APR_ATTN_RUN_ROWS], hi[APR_ATTN_RUN_ROWS]; /* row i of the block: positions lo[i] .. hi[i] - 1 */
+        for (int64_t i = 0; i < rows; i++) {
+            const int64_t pos = pos0 + first + i;
+            lo[i] = (window > 0 && pos - window + 1 > 0) ? pos - window + 1 : 0;
+            hi[i] = pos + 1;
+        }
+        const int64_t span = hi[rows - 1] - lo[0], stride = hi[rows - 1] - lo[rows - 1];
+        /* p: per query vector (row i, head h: vector i * rep + h) its scores at p + vector * stride, from lo[i] */
+        float *p = malloc((size_t)(vectors * stride) * sizeof(float));
+        if (!p) {
+#pragma omp atomic write
+            failed = 1;
+            continue;
+        }
+        const float *kg = keys + g * cap * d, *vg = values + g * cap * d;
+        for (int64_t j0 = lo[0]; j0 < lo[0] + span; j0 += APR_ATTN_BLOCK) {
+            const int64_t j1 = j0 + APR_ATTN_BLOCK < lo[0] + span ? j0 + APR_ATTN_BLOCK : lo[0] + span;
+            for (int64_t i = 0; i < rows; i++) {
+                const int64_t a = j0 > lo[i] ? j0 : lo[i], b = j1 < hi[i] ? j1 : hi[i];
+                if (a >= b) continue;
+                for (int64_t h = 0; h < rep; h++) {
+                    const float *qv = q + ((first + i) * heads + g * rep + h) * d;
+                    float *pv = p + (i * rep + h) * stride - lo[i];
+                    int64_t j = a;
+                    if (d % 16 == 0)
+                        for (; j + 4 <= b; j += 4) {
+                            const float *kj = kg + j * d;
+                            _mm_storeu_ps(pv + j, _mm_mul_ps(dots4(qv, kj, kj + d, kj + 2 * d, kj + 3 * d, d),
+                                                             _mm_set1_ps(scale)));
+                        }
+                    for (; j < b; j++) pv[j] = dot(qv, kg + j * d, d) * scale;
+                }
+            }
+        }
+        for (int64_t i = 0; i < rows; i++)
+            for (int64_t h = 0; h < rep; h++) {
+                softmax_in_place(p + (i * rep + h) * stride, hi[i] - lo[i]);
+                float *ov = out + ((first + i) * heads + g * rep + h) * d;
+                for (int64_t e = 0; e < d; e++) ov[e] = 0.0f;
+            }
+        /* weighted_sums' arithmetic, per vector over its own positions, block by block of value rows */
+        for (int64_t j0 = lo[0]; j0 < lo[0] + span; j0 += APR_ATTN_BLOCK) {
+            const int64_t j1 = j0 + APR_ATTN_BLOCK < lo[0] + span ? j0 + APR_ATTN_BLOCK : lo[0] + span;
+            for (int64_t i = 0; i < rows; i++) {
+                const int64_t a = j0 > lo[i] ? j0 : lo[i], b = j1 < hi[i] ? j1 : hi[i];
+                if (a >= b) continue;
+                for (int64_t h = 0; h < rep; h++) {
+                    const float *pv = p + (i * rep + h) * stride - lo[i];
+                    float *orow = out + ((first + i) * heads + g * rep + h) * d;
+                    int64_t i0 = 0;
+                    for (; i0 + 64 <= d; i0 += 64) {
+                        __m256 acc[8];
+                        for (int c = 0; c < 8; c++) acc[c] = _mm256_loadu_ps(orow + i0 + 8 * c);
+                        for (int64_t j = a; j < b; j++) {
+                            const __m256 w = _mm256_set1_ps(pv[j]);
+                            const float *vj = vg + j * d + i0;
+                            for (int c = 0; c < 8; c++) acc[c] = _mm256_fmadd_ps(w, _mm256_loadu_ps(vj + 8 * c), acc[c]);
+                        }
+                        for (int c = 0; c < 8; c++) _mm256_storeu_ps(orow + i0 + 8 * c, acc[c]);
+                    }
+                    for (int64_t e = i0; e < d; e++) {
+                        float acc = orow[e];
+                        for (int64_t j = a; j < b; j++) acc += pv[j] * vg[j * d + e];
+                        orow[e] = acc;
+                    }
+                }
+            }
+        }
         free(p);
     }
     return failed;

@@ -30,6 +30,9 @@ void apr_rope_neox(float *x, int64_t t, int64_t heads, int64_t d, const float *c
 int apr_attend_one(const float *q, const float *k_new, const float *v_new, float *keys, float *values,
                    int64_t kv_heads, int64_t rep, int64_t cap, int64_t d, int64_t pos, int64_t window, float scale,
                    float *out);
+int apr_attend_run(const float *q, const float *k_new, const float *v_new, float *keys, float *values,
+                   int64_t kv_heads, int64_t rep, int64_t cap, int64_t d, int64_t pos0, int64_t n, int64_t window,
+                   float scale, float *out);
 
 int apr_layer_abi(void) { return 3; }
 
@@ -121,12 +124,22 @@ int apr_decode_layer(const apr_layer *L, int64_t index, float *x, int64_t rows, 
         if (L->k_norm) apr_rms_norm(k, L->k_norm, rows * L->kv_heads, d, eps, k);
         apr_rope_neox(q, rows, L->heads, d, cos, sin);
         apr_rope_neox(k, rows, L->kv_heads, d, cos, sin);
-        for (int64_t r = 0; r < rows && !status; r++) {
+        /* Consecutive rows of one cache at consecutive positions (a prompt, a lookup step's verify rows)
+         * attend together, tiled (apr_attend_run); each row gets the bits apr_attend_one gives it alone. */
+        for (int64_t r = 0, n; r < rows && !status; r += n) {
+            for (n = 1; r + n < rows && keys[r + n] == keys[r] && values[r + n] == values[r] &&
+                        capacity[r + n] == capacity[r] && pos[r + n] == pos[r] + n;
+                 n++) {
+            }
             const int64_t layer = index * L->kv_heads * capacity[r] * d;
-            const int rc = apr_attend_one(q + r * qdim, k + r * kvdim, v + r * kvdim, keys[r] + layer,
-                                          values[r] + layer, L->kv_heads,
-                                          L->heads / L->kv_heads, capacity[r], d, pos[r], L->window,
-                                          (float)L->attn_scale, a + r * qdim);
+            const int rc = n == 1 ? apr_attend_one(q + r * qdim, k + r * kvdim, v + r * kvdim, keys[r] + layer,
+                                                   values[r] + layer, L->kv_heads, L->heads / L->kv_heads,
+                                                   capacity[r], d, pos[r], L->window, (float)L->attn_scale,
+                                                   a + r * qdim)
+                                  : apr_attend_run(q + r * qdim, k + r * kvdim, v + r * kvdim, keys[r] + layer,
+                                                   values[r] + layer, L->kv_heads, L->heads / L->kv_heads,
+                                                   capacity[r], d, pos[r], n, L->window, (float)L->attn_scale,
+                                                   a + r * qdim);
             status = rc == 2 ? -2 : (rc ? -1 : 0);
         }
     }
