@@ -36,26 +36,9 @@ static inline float dot(const float *a, const float *b, int64_t n) {
     return s;
 }
 
-/* The dots of a with b0..b3 (n a multiple of 16), each bit-identical to dot(a, bi, n): the same two
- * accumulators per dot and the same reduction order as hsum8 ((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7)),
- * done for the 4 at once. One load of a serves 4 FMAs, and 8 independent chains keep the FMA pipes busy
- * where one dot's 2 chains wait on FMA latency. */
-static inline __m128 dots4(const float *a, const float *b0, const float *b1, const float *b2, const float *b3,
-                           int64_t n) {
-    __m256 x0 = _mm256_setzero_ps(), x1 = x0, x2 = x0, x3 = x0, y0 = x0, y1 = x0, y2 = x0, y3 = x0;
-    for (int64_t i = 0; i < n; i += 16) {
-        const __m256 a0 = _mm256_loadu_ps(a + i), a1 = _mm256_loadu_ps(a + i + 8);
-        x0 = _mm256_fmadd_ps(a0, _mm256_loadu_ps(b0 + i), x0);
-        y0 = _mm256_fmadd_ps(a1, _mm256_loadu_ps(b0 + i + 8), y0);
-        x1 = _mm256_fmadd_ps(a0, _mm256_loadu_ps(b1 + i), x1);
-        y1 = _mm256_fmadd_ps(a1, _mm256_loadu_ps(b1 + i + 8), y1);
-        x2 = _mm256_fmadd_ps(a0, _mm256_loadu_ps(b2 + i), x2);
-        y2 = _mm256_fmadd_ps(a1, _mm256_loadu_ps(b2 + i + 8), y2);
-        x3 = _mm256_fmadd_ps(a0, _mm256_loadu_ps(b3 + i), x3);
-        y3 = _mm256_fmadd_ps(a1, _mm256_loadu_ps(b3 + i + 8), y3);
-    }
-    const __m256 s0 = _mm256_add_ps(x0, y0), s1 = _mm256_add_ps(x1, y1);
-    const __m256 s2 = _mm256_add_ps(x2, y2), s3 = _mm256_add_ps(x3, y3);
+/* hsum8 of s0..s3 at once, each bit-identical to hsum8(si): ((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7)),
+ * done for the 4 together (~9 operations instead of ~20). */
+static inline __m128 hsum8x4(__m256 s0, __m256 s1, __m256 s2, __m256 s3) {
     /* t = low half + high half: [t of s0 | t of s1] and [t of s2 | t of s3] */
     const __m256 t01 = _mm256_add_ps(_mm256_permute2f128_ps(s0, s1, 0x20), _mm256_permute2f128_ps(s0, s1, 0x31));
     const __m256 t23 = _mm256_add_ps(_mm256_permute2f128_ps(s2, s3, 0x20), _mm256_permute2f128_ps(s2, s3, 0x31));
@@ -66,6 +49,81 @@ static inline __m128 dots4(const float *a, const float *b0, const float *b1, con
     const __m256 sums = _mm256_add_ps(_mm256_shuffle_ps(u, u, _MM_SHUFFLE(2, 0, 2, 0)),
                                       _mm256_shuffle_ps(u, u, _MM_SHUFFLE(3, 1, 3, 1)));
     return _mm_unpacklo_ps(_mm256_castps256_ps128(sums), _mm256_extractf128_ps(sums, 1));
+}
+
+/* Attention scores. Every score is computed by one arithmetic, whichever kernel below computes it: scale *
+ * (hsum8 of one chain of 8-lane FMAs over q[0..d8) . k[0..d8) in order, d8 = d - d % 8, then the d % 8
+ * remaining products added in order). So a score has the same bits in a decode step (apr_attend_one)
+ * and in a prompt (apr_attend_run), whatever query vectors and keys are grouped together. */
+static inline float score(const float *q, const float *k, int64_t d, float scale) {
+    __m256 acc = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 8 <= d; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), _mm256_loadu_ps(k + i), acc);
+    float s = hsum8(acc);
+    for (; i < d; i++) s += q[i] * k[i];
+    return s * scale;
+}
+
+/* The scores of `queries` (1 or 2) query vectors q0, q1 against 4 consecutive keys k [4][d], into p0[0..4)
+ * and p1[0..4). Two queries share each key load: 6 loads for 8 FMAs (one query: 5 for 4), and 8
+ * independent chains keep both FMA pipes busy. */
+static inline void scores_x4(const float *q0, const float *q1, int queries, const float *k, int64_t d, float scale,
+                             float *p0, float *p1) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+    int64_t i = 0;
+    if (queries == 2) {
+        for (; i + 8 <= d; i += 8) {
+            __m256 k0 = _mm256_loadu_ps(k + i), k1 = _mm256_loadu_ps(k + d + i);
+            __m256 k2 = _mm256_loadu_ps(k + 2 * d + i), k3 = _mm256_loadu_ps(k + 3 * d + i);
+            /* Keys in registers: GCC otherwise folds each key load into both of its FMAs (10 loads, not 6). */
+            __asm__("" : "+x"(k0), "+x"(k1), "+x"(k2), "+x"(k3));
+            const __m256 x = _mm256_loadu_ps(q0 + i), y = _mm256_loadu_ps(q1 + i);
+            a0 = _mm256_fmadd_ps(x, k0, a0);
+            a1 = _mm256_fmadd_ps(x, k1, a1);
+            a2 = _mm256_fmadd_ps(x, k2, a2);
+            a3 = _mm256_fmadd_ps(x, k3, a3);
+            b0 = _mm256_fmadd_ps(y, k0, b0);
+            b1 = _mm256_fmadd_ps(y, k1, b1);
+            b2 = _mm256_fmadd_ps(y, k2, b2);
+            b3 = _mm256_fmadd_ps(y, k3, b3);
+        }
+    } else {
+        for (; i + 8 <= d; i += 8) {
+            const __m256 x = _mm256_loadu_ps(q0 + i);
+            a0 = _mm256_fmadd_ps(x, _mm256_loadu_ps(k + i), a0);
+            a1 = _mm256_fmadd_ps(x, _mm256_loadu_ps(k + d + i), a1);
+            a2 = _mm256_fmadd_ps(x, _mm256_loadu_ps(k + 2 * d + i), a2);
+            a3 = _mm256_fmadd_ps(x, _mm256_loadu_ps(k + 3 * d + i), a3);
+        }
+    }
+    float sa[4], sb[4];
+    _mm_storeu_ps(sa, hsum8x4(a0, a1, a2, a3));
+    _mm_storeu_ps(sb, hsum8x4(b0, b1, b2, b3));
+    for (int j = 0; j < 4; j++) {
+        for (int64_t e = i; e < d; e++) sa[j] += q0[e] * k[j * d + e];
+        p0[j] = sa[j] * scale;
+        if (queries == 2) {
+            for (int64_t e = i; e < d; e++) sb[j] += q1[e] * k[j * d + e];
+            p1[j] = sb[j] * scale;
+        }
+    }
+}
+
+/* Scores of query vectors q[v] (v < count; the one at v is at q + v * q_stride, its scores at
+ * p + v * p_stride) against keys k[a..b) ([.][d]): pairs of vectors, 4 keys at a time. */
+static void scores_span(const float *q, int64_t q_stride, int64_t count, const float *k, int64_t a, int64_t b,
+                        int64_t d, float scale, float *p, int64_t p_stride) {
+    for (int64_t v = 0; v < count; v += 2) {
+        const int queries = v + 1 < count ? 2 : 1;
+        const float *q0 = q + v * q_stride, *q1 = q0 + (queries == 2 ? q_stride : 0);
+        float *p0 = p + v * p_stride, *p1 = p0 + (queries == 2 ? p_stride : 0);
+        int64_t j = a;
+        for (; j + 4 <= b; j += 4) scores_x4(q0, q1, queries, k + j * d, d, scale, p0 + j, p1 + j);
+        for (; j < b; j++) {
+            p0[j] = score(q0, k + j * d, d, scale);
+            if (queries == 2) p1[j] = score(q1, k + j * d, d, scale);
+        }
+    }
 }
 
 /* out[r] = x[r] * 1/sqrt(mean(x[r]^2) + eps) * scale, for rows of n; out may be x. */
@@ -121,13 +179,24 @@ static void softmax_in_place(float *p, int64_t len) {
     for (int i = 0; i < 8; i++) top = lanes[i] > top ? lanes[i] : top;
     for (; j < len; j++) top = p[j] > top ? p[j] : top;
     const __m256 vtop = _mm256_set1_ps(top);
+    /* The sum in 8 lanes as the exponentials come (hsum8, then the tail in order): one scalar chain of
+     * additions over the row cost 4 cycles a position, ~20 % of a long prompt's attention. */
+    __m256 vsum = _mm256_setzero_ps();
     j = 0;
-    for (; j + 8 <= len; j += 8) _mm256_storeu_ps(p + j, apr_exp_nonpositive(_mm256_sub_ps(_mm256_loadu_ps(p + j), vtop)));
-    for (; j < len; j++) p[j] = expf(p[j] - top);
-    float total = 0.0f;
-    for (j = 0; j < len; j++) total += p[j];
+    for (; j + 8 <= len; j += 8) {
+        const __m256 e = apr_exp_nonpositive(_mm256_sub_ps(_mm256_loadu_ps(p + j), vtop));
+        _mm256_storeu_ps(p + j, e);
+        vsum = _mm256_add_ps(vsum, e);
+    }
+    float total = hsum8(vsum);
+    for (; j < len; j++) {
+        p[j] = expf(p[j] - top);
+        total += p[j];
+    }
     const float inv = 1.0f / total;
-    for (j = 0; j < len; j++) p[j] *= inv;
+    const __m256 vinv = _mm256_set1_ps(inv);
+    for (j = 0; j + 8 <= len; j += 8) _mm256_storeu_ps(p + j, _mm256_mul_ps(_mm256_loadu_ps(p + j), vinv));
+    for (; j < len; j++) p[j] *= inv;
 }
 
 /* Positions a block of attention keeps in L1 (BLOCK rows of K or V, 64 KiB at d = 128 ... fits twice). */
@@ -135,21 +204,11 @@ static void softmax_in_place(float *p, int64_t len) {
 
 /* Scores p[r][0..len) = scale * q[r] . k[j] for the n query rows q[r] that share the keys k [len][d]: each
  * block of key rows is read from memory once and serves every query row from L1 (one query head at a
- * time re-read the whole cache per head: 6 times over for Qwen's GQA). dots4 and dot give the same bits. */
+ * time re-read the whole cache per head: 6 times over for Qwen's GQA). */
 static void scores(const float *q, int64_t n, const float *k, int64_t len, int64_t d, float scale, float *p) {
     for (int64_t j0 = 0; j0 < len; j0 += APR_ATTN_BLOCK) {
         const int64_t j1 = j0 + APR_ATTN_BLOCK < len ? j0 + APR_ATTN_BLOCK : len;
-        for (int64_t r = 0; r < n; r++) {
-            const float *qr = q + r * d;
-            float *pr = p + r * len;
-            int64_t j = j0;
-            if (d % 16 == 0)
-                for (; j + 4 <= j1; j += 4) {
-                    const float *kj = k + j * d;
-                    _mm_storeu_ps(pr + j, _mm_mul_ps(dots4(qr, kj, kj + d, kj + 2 * d, kj + 3 * d, d), _mm_set1_ps(scale)));
-                }
-            for (; j < j1; j++) pr[j] = dot(qr, k + j * d, d) * scale;
-        }
+        scores_span(q, d, n, k, j0, j1, d, scale, p, len);
     }
 }
 
@@ -181,6 +240,50 @@ static void weighted_sums(const float *p, int64_t n, const float *v, int64_t len
             }
         }
     }
+}
+
+/* out[m'][e] += sum over j in a..b-1 of p[m'][j] v[j][e] for M query vectors (p[m'] at p + m' * p_stride,
+ * out[m'] at out + m' * d), bit-identical to weighted_sums: elements below d - d % 64 take one FMA chain
+ * over j in order, the rest a multiply and an add. M vectors x 32 elements at a time: each value row's
+ * 4 loads serve M rows of FMAs (weighted_sums: 8 loads and a broadcast for 8 FMAs). */
+static inline __attribute__((always_inline)) void weighted_group(const float *p, int64_t p_stride, const int m,
+                                                                 const float *v, int64_t a, int64_t b, int64_t d,
+                                                                 float *out) {
+    const int64_t d64 = d - d % 64;
+    for (int64_t i0 = 0; i0 < d64; i0 += 32) {
+        __m256 acc[3][4];
+        for (int r = 0; r < m; r++)
+            for (int c = 0; c < 4; c++) acc[r][c] = _mm256_loadu_ps(out + r * d + i0 + 8 * c);
+        for (int64_t j = a; j < b; j++) {
+            const float *vj = v + j * d + i0;
+            const __m256 v0 = _mm256_loadu_ps(vj), v1 = _mm256_loadu_ps(vj + 8);
+            const __m256 v2 = _mm256_loadu_ps(vj + 16), v3 = _mm256_loadu_ps(vj + 24);
+            for (int r = 0; r < m; r++) {
+                const __m256 w = _mm256_broadcast_ss(p + r * p_stride + j);
+                acc[r][0] = _mm256_fmadd_ps(w, v0, acc[r][0]);
+                acc[r][1] = _mm256_fmadd_ps(w, v1, acc[r][1]);
+                acc[r][2] = _mm256_fmadd_ps(w, v2, acc[r][2]);
+                acc[r][3] = _mm256_fmadd_ps(w, v3, acc[r][3]);
+            }
+        }
+        for (int r = 0; r < m; r++)
+            for (int c = 0; c < 4; c++) _mm256_storeu_ps(out + r * d + i0 + 8 * c, acc[r][c]);
+    }
+    for (int r = 0; r < m; r++)
+        for (int64_t e = d64; e < d; e++) {
+            float acc = out[r * d + e];
+            for (int64_t j = a; j < b; j++) acc += p[r * p_stride + j] * v[j * d + e];
+            out[r * d + e] = acc;
+        }
+}
+
+/* weighted_group over `count` vectors, 3 at a time. */
+static void weighted_span(const float *p, int64_t p_stride, int64_t count, const float *v, int64_t a, int64_t b,
+                          int64_t d, float *out) {
+    int64_t w = 0;
+    for (; w + 3 <= count; w += 3) weighted_group(p + w * p_stride, p_stride, 3, v, a, b, d, out + w * d);
+    if (count - w == 2) weighted_group(p + w * p_stride, p_stride, 2, v, a, b, d, out + w * d);
+    if (count - w == 1) weighted_group(p + w * p_stride, p_stride, 1, v, a, b, d, out + w * d);
 }
 
 /* One new token of one sequence: writes its key and value (k_new, v_new [kv_heads][d]) at position pos
@@ -243,8 +346,8 @@ int apr_attend_one(const float *q, const float *k_new, const float *v_new, float
  * (lo_i = max(0, pos0 + i - window + 1), window 0: none) into out [n][kv_heads * rep][d]. A row sees no
  * position after its own, so writing all the keys first is causal attention.
  *
- * Why the bits are apr_attend_one's: a query vector's scores are the same dots (dots4 and dot agree to the
- * bit) times scale; its softmax is softmax_in_place over exactly its own lo_i .. pos_i; each output element
+ * Why the bits are apr_attend_one's: a query vector's scores are the same dots (score's arithmetic, see
+ * above); its softmax is softmax_in_place over exactly its own lo_i .. pos_i; each output element
  * is one chain of FMAs over its positions in order. Only which query vectors share a key block's loads
  * changes. So a prompt's rows are computed as decode computes them one at a time, whatever the chunking of
  * the prompt, the blocking here or the thread count. The work is split into (kv head, block of rows) units:
@@ -290,18 +393,8 @@ int apr_attend_run(const float *q, const float *k_new, const float *v_new, float
             for (int64_t i = 0; i < rows; i++) {
                 const int64_t a = j0 > lo[i] ? j0 : lo[i], b = j1 < hi[i] ? j1 : hi[i];
                 if (a >= b) continue;
-                for (int64_t h = 0; h < rep; h++) {
-                    const float *qv = q + ((first + i) * heads + g * rep + h) * d;
-                    float *pv = p + (i * rep + h) * stride - lo[i];
-                    int64_t j = a;
-                    if (d % 16 == 0)
-                        for (; j + 4 <= b; j += 4) {
-                            const float *kj = kg + j * d;
-                            _mm_storeu_ps(pv + j, _mm_mul_ps(dots4(qv, kj, kj + d, kj + 2 * d, kj + 3 * d, d),
-                                                             _mm_set1_ps(scale)));
-                        }
-                    for (; j < b; j++) pv[j] = dot(qv, kg + j * d, d) * scale;
-                }
+                scores_span(q + ((first + i) * heads + g * rep) * d, d, rep, kg, a, b, d, scale,
+                            p + i * rep * stride - lo[i], stride);
             }
         }
         for (int64_t i = 0; i < rows; i++)
@@ -316,26 +409,8 @@ int apr_attend_run(const float *q, const float *k_new, const float *v_new, float
             for (int64_t i = 0; i < rows; i++) {
                 const int64_t a = j0 > lo[i] ? j0 : lo[i], b = j1 < hi[i] ? j1 : hi[i];
                 if (a >= b) continue;
-                for (int64_t h = 0; h < rep; h++) {
-                    const float *pv = p + (i * rep + h) * stride - lo[i];
-                    float *orow = out + ((first + i) * heads + g * rep + h) * d;
-                    int64_t i0 = 0;
-                    for (; i0 + 64 <= d; i0 += 64) {
-                        __m256 acc[8];
-                        for (int c = 0; c < 8; c++) acc[c] = _mm256_loadu_ps(orow + i0 + 8 * c);
-                        for (int64_t j = a; j < b; j++) {
-                            const __m256 w = _mm256_set1_ps(pv[j]);
-                            const float *vj = vg + j * d + i0;
-                            for (int c = 0; c < 8; c++) acc[c] = _mm256_fmadd_ps(w, _mm256_loadu_ps(vj + 8 * c), acc[c]);
-                        }
-                        for (int c = 0; c < 8; c++) _mm256_storeu_ps(orow + i0 + 8 * c, acc[c]);
-                    }
-                    for (int64_t e = i0; e < d; e++) {
-                        float acc = orow[e];
-                        for (int64_t j = a; j < b; j++) acc += pv[j] * vg[j * d + e];
-                        orow[e] = acc;
-                    }
-                }
+                weighted_span(p + i * rep * stride - lo[i], stride, rep, vg, a, b, d,
+                              out + ((first + i) * heads + g * rep) * d);
             }
         }
         free(p);
