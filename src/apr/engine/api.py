@@ -305,9 +305,13 @@ def load_engine(
         decode_step, state = graph_step, graph_step.state
     else:
         from apr.engine.compile import compile_decode
+        from apr.engine.native_model import NativeTransformer
 
         # Off unless asked: the first compile costs tens of seconds, which `apr run` cannot amortize.
         decode_step, state = compile_decode(transformer, bool(compile))
+        if compile and isinstance(transformer, NativeTransformer):
+            transformer.kv_dtype = torch.float32  # the traced per-operator step computes in float32
+
     return Engine(
         canonical,
         transformer,
