@@ -87,7 +87,9 @@ def ours(args, depths: list[int]) -> dict[int, dict]:
                     f"decode {args.decode_tokens / decode_s:.2f} tok/s",
                     file=sys.stderr,
                 )
-            per_operator = per_operator_prefill(args, model, cfg, engine, prompt) if args.per_operator and not depth else {}
+            per_operator = (
+                per_operator_prefill(args, model, cfg, engine, prompt) if args.per_operator and not depth else {}
+            )
         results[depth] = {
             **per_operator,
             "reps": len(decodes),

@@ -36,10 +36,7 @@ def test_tiled_prompt_attention_gives_each_row_the_bits_of_its_decode_step(
     run_keys, run_values = keys.clone(), values.clone()
     together = native.attend_run(q, k_new, v_new, run_keys, run_values, pos0, window, d**-0.5)
     one_by_one = torch.stack(
-        [
-            native.attend_one(q[i], k_new[i], v_new[i], keys, values, pos0 + i, window, d**-0.5)
-            for i in range(rows)
-        ]
+        [native.attend_one(q[i], k_new[i], v_new[i], keys, values, pos0 + i, window, d**-0.5) for i in range(rows)]
     )
     assert torch.equal(together, one_by_one)
     assert torch.equal(run_keys, keys) and torch.equal(run_values, values)
@@ -56,7 +53,9 @@ def test_tiled_prompt_attention_gives_each_row_the_bits_of_its_decode_step(
 def test_tiled_prompt_attention_refuses_rows_past_the_cache():
     keys = torch.zeros(2, 16, 8)
     with pytest.raises(ValueError, match="attend_run"):
-        native.attend_run(torch.zeros(4, 4, 8), torch.zeros(4, 2, 8), torch.zeros(4, 2, 8), keys, keys.clone(), 13, 0, 1.0)
+        native.attend_run(
+            torch.zeros(4, 4, 8), torch.zeros(4, 2, 8), torch.zeros(4, 2, 8), keys, keys.clone(), 13, 0, 1.0
+        )
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +140,9 @@ def test_context_comes_from_the_model_metadata_and_longer_prompts_are_refused(fi
     with pytest.raises(ValueError) as refused:
         engine.generate([5] * 20000, SamplingParams(max_tokens=1))
     assert "\n" not in str(refused.value) and "at most 19999" in str(refused.value)
-    assert load_engine(canonical, device="cpu", compile=False, pack_cache=False, max_positions=1024).max_positions == 1024
+    assert (
+        load_engine(canonical, device="cpu", compile=False, pack_cache=False, max_positions=1024).max_positions == 1024
+    )
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -136,7 +136,9 @@ class NativeTransformer(Transformer):
         if not self._stack_runs() or self.kv_dtype == self.dtype:
             return super().new_cache(capacity)
         cfg = self.cfg
-        return SequenceCache(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, capacity, self.kv_dtype, torch.device("cpu"))
+        return SequenceCache(
+            cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, capacity, self.kv_dtype, torch.device("cpu")
+        )
 
     def _refuse_foreign_caches(self, caches: list[SequenceCache]) -> None:
         """The per-operator path computes in the model's dtype: a cache of another (an fp16 cache made while
