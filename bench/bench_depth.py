@@ -7,7 +7,9 @@ the context (timed: prefill tok/s at depth D) and decodes `--decode-tokens` forc
 decode tok/s at depth D). After `--warmup` untimed repetitions, repetitions continue until both
 `--min-reps` and `--min-seconds` are reached; medians and p90 (slow tail). llama.cpp is measured by its own
 `llama-bench -p <prompt-tokens> -n <decode-tokens> -d D` on the same GGUF and threads: its pp and tg tests
-at depth D, the same quantities. The two run one after another, so on a shared machine compare ratios from
+at depth D, the same quantities. `--per-operator` also times one prefill of the prompt at depth 0 through the
+per-operator path (PyTorch's scaled_dot_product_attention: what prompts over 1024 tokens took before
+2026-12-05). A 32K-token prompt: `--depths 0 --prompt-tokens 32000 --decode-tokens 4 --min-reps 1 --warmup 0`. The two run one after another, so on a shared machine compare ratios from
 the same run only. Last stdout line: one JSON document.
 
     .venv/bin/python bench/bench_depth.py --model /tmp/models/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf \\
@@ -37,7 +39,7 @@ def p90(values: list[float]) -> float:
 def ours(args, depths: list[int]) -> dict[int, dict]:
     from apr.engine import load_engine
     from apr.engine.bench import bench_prompt
-    from apr.engine.kv_cache import SequenceCache, capacity_for
+    from apr.engine.kv_cache import capacity_for
 
     engine = load_engine(args.model, device="cpu", threads=args.threads, compile=False)
     model, cfg = engine.transformer, engine.config
@@ -53,14 +55,8 @@ def ours(args, depths: list[int]) -> dict[int, dict]:
             results[depth] = {"skipped": "this engine cannot prefill on top of a cache (not the native CPU path)"}
             continue
         with torch.inference_mode():
-            cache = SequenceCache(
-                cfg.num_layers,
-                cfg.num_kv_heads,
-                cfg.head_dim,
-                capacity_for(positions, model.max_positions),
-                model.dtype,
-                engine.device,
-            )
+            # The engine's own cache type (fp16 on the native CPU path), as a request gets it.
+            cache = model.new_cache(capacity_for(positions, model.max_positions))
             start = time.perf_counter()
             if depth:
                 model.prefill(torch.tensor(context), cache)
@@ -91,7 +87,11 @@ def ours(args, depths: list[int]) -> dict[int, dict]:
                     f"decode {args.decode_tokens / decode_s:.2f} tok/s",
                     file=sys.stderr,
                 )
+            per_operator = (
+                per_operator_prefill(args, model, cfg, engine, prompt) if args.per_operator and not depth else {}
+            )
         results[depth] = {
+            **per_operator,
             "reps": len(decodes),
             "context_prefill_s": round(fill_s, 2),
             "prefill_tok_s": {
@@ -104,6 +104,28 @@ def ours(args, depths: list[int]) -> dict[int, dict]:
             },
         }
     return results
+
+
+def per_operator_prefill(args, model, cfg, engine, prompt: torch.Tensor) -> dict:
+    """The prompt once through the per-operator path (Transformer.prefill: PyTorch's scaled_dot_product_attention
+    over the glue kernels), the path prompts over 1024 tokens took before the one-call layers covered any length."""
+    from apr.engine.kv_cache import SequenceCache, capacity_for
+    from apr.engine.model import Transformer
+
+    # float32: the cache type of the per-operator path
+    cache = SequenceCache(
+        cfg.num_layers,
+        cfg.num_kv_heads,
+        cfg.head_dim,
+        capacity_for(len(prompt), model.max_positions),
+        model.dtype,
+        engine.device,
+    )
+    begin = time.perf_counter()
+    Transformer.prefill(model, prompt, cache)
+    seconds = time.perf_counter() - begin
+    print(f"  apr per-operator prefill: {len(prompt) / seconds:.1f} tok/s", file=sys.stderr)
+    return {"per_operator_prefill_tok_s": len(prompt) / seconds}
 
 
 def llama_bench(args, depths: list[int]) -> dict[int, dict]:
@@ -120,7 +142,7 @@ def llama_bench(args, depths: list[int]) -> dict[int, dict]:
         "-d",
         ",".join(map(str, depths)),
         "-r",
-        str(max(args.min_reps, 3)),
+        str(args.llama_reps),
         "-o",
         "json",
     ]
@@ -155,6 +177,12 @@ def main() -> int:
     parser.add_argument("--min-reps", type=int, default=3)
     parser.add_argument("--min-seconds", type=float, default=5.0)
     parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--llama-reps", type=int, default=3, help="llama-bench's -r (repetitions of each test)")
+    parser.add_argument(
+        "--per-operator",
+        action="store_true",
+        help="at depth 0, also time one prefill of the prompt through the per-operator (SDPA) path",
+    )
     parser.add_argument(
         "--llama-bench",
         type=Path,

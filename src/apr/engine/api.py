@@ -20,7 +20,16 @@ from apr.engine.types import GenerationResult, LookupConfig, SamplingParams, Tim
 from apr.engine.weights import WeightPolicy
 from apr.formats.model import CanonicalModel
 
-DEFAULT_MAX_POSITIONS = 8192
+# Positions one sequence may use come from the model's metadata (its trained context length: 32768 for
+# qwen2.5-coder:1.5b), bounded by POSITIONS_CEILING: RoPE tables are built for every position up front
+# (cos and sin, float32, head_dim wide: 128 MiB at 131072 positions and head_dim 128) and a metadata
+# context of millions would allocate gigabytes. The KV cache is sized per request (kv_cache.capacity_for),
+# never for the whole context: at 32768 positions the 1.5B's float32 cache is 28 layers x 2 kv heads x
+# 128 x 4 bytes x 2 (keys, values) = 56 KiB a position, 1.75 GiB in all.
+POSITIONS_CEILING = 131072
+# CUDA graphs keep the caches of all their sequences in one pool preallocated for the whole context
+# (cuda_graphs.CachePool): there the default stays where it was, 8192 positions.
+CUDA_GRAPH_POSITIONS = 8192
 
 
 class Engine:
@@ -276,7 +285,11 @@ def load_engine(
         dense_prefill=bool(dense_prefill) and precision.kernels != "native",
         kernels=precision.kernels,
     )
-    positions = min(canonical.config.context_length, max_positions or DEFAULT_MAX_POSITIONS)
+    graphs = dev.type == "cuda" and cuda_graphs
+    positions = min(
+        canonical.config.context_length,
+        max_positions or (CUDA_GRAPH_POSITIONS if graphs else POSITIONS_CEILING),
+    )
     store = _pack_store(canonical, policy) if pack_cache else None
     with torch.inference_mode():
         transformer = build_transformer(canonical, policy, positions, store, progress)
@@ -284,7 +297,7 @@ def load_engine(
     if store is not None:
         pack_state = "hit" if store.hit else "written"
         store.save()
-    if dev.type == "cuda" and cuda_graphs:
+    if graphs:
         from apr.engine.cuda_graphs import GraphDecode
 
         # Graph replay removes the per-kernel launch cost that bounds an eager decode step on a GPU.
@@ -292,9 +305,13 @@ def load_engine(
         decode_step, state = graph_step, graph_step.state
     else:
         from apr.engine.compile import compile_decode
+        from apr.engine.native_model import NativeTransformer
 
         # Off unless asked: the first compile costs tens of seconds, which `apr run` cannot amortize.
         decode_step, state = compile_decode(transformer, bool(compile))
+        if compile and isinstance(transformer, NativeTransformer):
+            transformer.kv_dtype = torch.float32  # the traced per-operator step computes in float32
+
     return Engine(
         canonical,
         transformer,

@@ -14,10 +14,11 @@ from apr.engine import native
 from apr.engine.kv_cache import SequenceCache
 from apr.engine.model import Block, RMSNorm, Transformer
 
-# Prompts up to this long run through native.DecodeStack, one row per position: its attention is one row
-# at a time, so longer prompts go to scaled_dot_product_attention's matrix products instead. Measured on
-# the 1.5B, 2 threads: 512 tokens 5.8 % faster one-call, 1024 even, 2048 5 % slower.
-NATIVE_PREFILL_MAX_TOKENS = 1024
+# A prompt runs through native.DecodeStack in chunks of at most this many rows (its positions, sharing the
+# cache; layer.c attends each chunk's rows together, tiled). Chunking changes no number: the products and
+# the attention compute every row on its own (each row as a decode step would), so the chunk only bounds
+# the activations of one call (~43 KB a row on the 1.5B: ~22 MB at 512).
+PREFILL_CHUNK_ROWS = 512
 
 
 def runs_native(x: torch.Tensor) -> bool:
@@ -92,9 +93,10 @@ class NativeBlock(Block):
 
 
 class NativeTransformer(Transformer):
-    """Transformer of NativeBlocks: float32 CPU decode steps and prompts up to NATIVE_PREFILL_MAX_TOKENS run
-    through ``native_stack`` (every layer in one call); longer prompts, traced steps and models with a
-    projection the kernels cannot hold take Transformer's per-operator path (over the glue kernels)."""
+    """Transformer of NativeBlocks: float32 CPU decode steps and prompts of any length run through
+    ``native_stack`` (every layer in one call, a prompt PREFILL_CHUNK_ROWS rows at a time); traced steps and
+    models with a projection the kernels cannot hold take Transformer's per-operator path (over the glue
+    kernels)."""
 
     def __init__(
         self, cfg, embedding, blocks: list[Block], final_norm: torch.Tensor, lm_head, max_positions: int
@@ -109,6 +111,10 @@ class NativeTransformer(Transformer):
             else None
         )
         self.native_stack: native.DecodeStack | None = self._stack
+        # The KV cache's type where the one-call layers run: fp16 halves the bytes attention streams (a 32K
+        # context: 0.9 instead of 1.75 GiB on the 1.5B); float32 keeps the exact numbers of the
+        # per-operator reference (api.load_engine picks float32 for torch.compile, which traces that path).
+        self.kv_dtype = torch.float16
 
     def use_native(self, enabled: bool) -> None:
         """False: the per-operator PyTorch ops over the same native products (tests compare the two paths)."""
@@ -125,22 +131,50 @@ class NativeTransformer(Transformer):
             and not torch.compiler.is_compiling()
         )
 
+    def new_cache(self, capacity: int) -> SequenceCache:
+        """Transformer.new_cache, in ``kv_dtype`` where the one-call layers run (the only path that reads fp16)."""
+        if not self._stack_runs() or self.kv_dtype == self.dtype:
+            return super().new_cache(capacity)
+        cfg = self.cfg
+        return SequenceCache(
+            cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, capacity, self.kv_dtype, torch.device("cpu")
+        )
+
+    def _refuse_foreign_caches(self, caches: list[SequenceCache]) -> None:
+        """The per-operator path computes in the model's dtype: a cache of another (an fp16 cache made while
+        the one-call layers ran) would fail deep in PyTorch; say so in one line instead."""
+        for cache in caches:
+            if cache.k.dtype != self.dtype:
+                raise RuntimeError(
+                    f"a {cache.k.dtype} KV cache reaches the per-operator path, which computes in {self.dtype}"
+                )
+
     def can_continue_prefill(self, tokens: int) -> bool:
         """The one-call layers take a prompt from any start position; the per-operator path from 0 only."""
-        return tokens <= NATIVE_PREFILL_MAX_TOKENS and self._stack_runs()
+        return tokens > 0 and self._stack_runs()
 
     def prefill(self, ids: torch.Tensor, cache: SequenceCache | None) -> torch.Tensor:
-        """Transformer.prefill through native.DecodeStack: the prompt's positions are the rows of one batch
-        that share a cache; row p writes its key/value at p and attends over 0..p, which is causal
-        attention, since each row's key/value is written before that row attends."""
+        """Transformer.prefill through native.DecodeStack: the prompt's positions are the rows of batches
+        (chunks of PREFILL_CHUNK_ROWS) that share a cache; row p writes its key/value at p and attends over
+        0..p, which is causal attention, since each row's key/value is written before that row attends."""
         t, start = ids.shape[0], cache.length if cache is not None else 0
-        if t > NATIVE_PREFILL_MAX_TOKENS or not self._stack_runs():
+        if not self._stack_runs():
+            self._refuse_foreign_caches([] if cache is None else [cache])
             return super().prefill(ids, cache)
-        x = self.embed(ids)
+        if start + t > (cache.capacity if cache is not None else self.max_positions):
+            raise ValueError(
+                f"a prompt of {t} tokens from position {start} does not fit "
+                f"{cache.capacity if cache is not None else self.max_positions} positions"
+            )
+        x = self.embed(ids).contiguous()
         # Whole-sequence logits (no cache given) still need somewhere to keep the keys: a scratch cache.
         target = cache if cache is not None else self.new_cache(t)
-        rows = native.CacheRows([target.k] * t, [target.v] * t, list(range(start, start + t)))
-        x = self._run_stack(x, torch.arange(start, start + t, device=ids.device), rows)
+        for first in range(0, t, PREFILL_CHUNK_ROWS):
+            rows = min(PREFILL_CHUNK_ROWS, t - first)
+            at = start + first
+            chunk = native.CacheRows([target.k] * rows, [target.v] * rows, list(range(at, at + rows)))
+            # In place: a slice of rows of the contiguous x is contiguous.
+            self._run_stack(x[first : first + rows], torch.arange(at, at + rows, device=ids.device), chunk)
         if cache is not None:
             cache.length = start + t
         return x
@@ -149,6 +183,7 @@ class NativeTransformer(Transformer):
         """Transformer.decode_at with every layer in one native call (the same kernels as the per-operator
         path; the rows of one cache are the rows of a prefill, computed as decode computes one row)."""
         if not self._stack_runs():
+            self._refuse_foreign_caches(caches)
             return super().decode_at(tokens, caches, positions)
         x = self.embed(tokens)
         rows = native.CacheRows([c.k for c in caches], [c.v for c in caches], list(positions))

@@ -34,8 +34,8 @@ HEADERS = (Path(__file__).with_name("apr_native.h"),)
 # change here repacks cached models. glue.c, layer.c and dequant.c have their own (apr_glue_abi, ...).
 ABI = 8
 QGEMM_ABI = 9  # the products' calling convention (apr_qgemm_abi); ABI above is only the packed layouts
-GLUE_ABI = 2
-LAYER_ABI = 3
+GLUE_ABI = 4
+LAYER_ABI = 4
 DEQUANT_ABI = 1
 BLOCK = 32  # activation block (and q4 weight block)
 KGROUP = 128  # K is padded to a multiple of this in every packed layout
@@ -123,11 +123,13 @@ def _library() -> tuple[ctypes.CDLL | None, str]:
     lib.apr_rms_norm.restype = None
     lib.apr_rope_neox.argtypes = [p, i64, i64, i64, p, p]
     lib.apr_rope_neox.restype = None
-    lib.apr_attend_one.argtypes = [p, p, p, p, p, i64, i64, i64, i64, i64, i64, f32, p]
+    lib.apr_attend_one.argtypes = [p, p, p, p, p, i64, i64, i64, i64, i64, i64, f32, p, i32]
     lib.apr_attend_one.restype = i32
-    lib.apr_decode_layer.argtypes = [ctypes.POINTER(_Layer), i64, p, i64, p, p, p, p, p, p, i32]
+    lib.apr_attend_run.argtypes = [p, p, p, p, p, i64, i64, i64, i64, i64, i64, i64, f32, p, i32]
+    lib.apr_attend_run.restype = i32
+    lib.apr_decode_layer.argtypes = [ctypes.POINTER(_Layer), i64, p, i64, p, p, p, p, p, p, i32, i32]
     lib.apr_decode_layer.restype = i32
-    lib.apr_decode_layers.argtypes = [p, p, i64, p, i64, p, p, p, p, p, p, p, p, i32]
+    lib.apr_decode_layers.argtypes = [p, p, i64, p, i64, p, p, p, p, p, p, p, p, i32, i32]
     lib.apr_decode_layers.restype = i32
     lib.apr_dequantize_rows.argtypes = [p, i64, i64, i64, i64, p, i64, p]
     lib.apr_dequantize_rows.restype = i32
@@ -304,6 +306,17 @@ def _check_f32(what: str, *tensors: torch.Tensor) -> None:
         raise ValueError(f"{what} needs contiguous float32 CPU tensors")
 
 
+KV_DTYPES = (torch.float32, torch.float16)  # what the attention kernels read a KV cache as (glue.c)
+
+
+def _check_kv(what: str, *caches: torch.Tensor) -> bool:
+    """Whether the caches are fp16 (else float32): contiguous CPU tensors, all of one of KV_DTYPES."""
+    dtype = caches[0].dtype
+    if dtype not in KV_DTYPES or not all(c.dtype is dtype and c.is_cpu and c.is_contiguous() for c in caches):
+        raise ValueError(f"{what} needs contiguous CPU KV caches, all float32 or all float16")
+    return dtype is torch.float16
+
+
 def rms_norm(x: torch.Tensor, scale: torch.Tensor, eps: float) -> torch.Tensor:
     """``x * rsqrt(mean(x**2, -1) + eps) * scale`` over the last dimension (glue.c)."""
     _check_f32("rms_norm", x, scale)
@@ -337,8 +350,10 @@ def attend_one(
 ) -> torch.Tensor:
     """One token's attention (glue.c): stores ``k_new``/``v_new`` ``[kv_heads, d]`` at ``pos`` of ``keys``/
     ``values`` ``[kv_heads, capacity, d]``, then attends q ``[kv_heads * rep, d]`` over positions
-    ``max(0, pos - window + 1) .. pos`` (``window`` 0: all); returns ``[kv_heads * rep, d]``."""
-    _check_f32("attend_one", q, k_new, v_new, keys, values)
+    ``max(0, pos - window + 1) .. pos`` (``window`` 0: all); returns ``[kv_heads * rep, d]``. The cache may be
+    float32 or float16 (the new key and value are stored rounded to it)."""
+    _check_f32("attend_one", q, k_new, v_new)
+    half = _check_kv("attend_one", keys, values)
     kv_heads, capacity, d = keys.shape
     heads = q.numel() // d
     if (
@@ -364,9 +379,63 @@ def attend_one(
         window,
         scale,
         out.data_ptr(),
+        int(half),
     )
     if status:
         raise MemoryError(f"no memory for attention over {pos + 1} positions")
+    return out
+
+
+def attend_run(
+    q: torch.Tensor,
+    k_new: torch.Tensor,
+    v_new: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    pos0: int,
+    window: int,
+    scale: float,
+) -> torch.Tensor:
+    """The attention of ``n`` consecutive new positions ``pos0 .. pos0 + n - 1`` of one sequence (glue.c,
+    tiled): stores ``k_new``/``v_new`` ``[n, kv_heads, d]`` at their positions of ``keys``/``values``
+    ``[kv_heads, capacity, d]``, then each row's ``q [n, kv_heads * rep, d]`` attends over its window up to
+    its own position; returns ``[n, kv_heads * rep, d]``, row i bit-identical to ``attend_one`` at ``pos0 + i``.
+    The cache may be float32 or float16."""
+    _check_f32("attend_run", q, k_new, v_new)
+    half = _check_kv("attend_run", keys, values)
+    kv_heads, capacity, d = keys.shape
+    n = q.shape[0]
+    heads = q.numel() // (n * d) if n else 0
+    if (
+        values.shape != keys.shape
+        or n < 1
+        or q.numel() != n * heads * d
+        or k_new.numel() != n * kv_heads * d
+        or v_new.numel() != n * kv_heads * d
+        or heads % kv_heads
+        or not 0 <= pos0 <= capacity - n
+    ):
+        raise ValueError(f"attend_run: q {tuple(q.shape)}, cache {tuple(keys.shape)}, positions {pos0}+{n}")
+    out = torch.empty(n, heads, d, dtype=torch.float32)
+    status = _lib().apr_attend_run(
+        q.data_ptr(),
+        k_new.data_ptr(),
+        v_new.data_ptr(),
+        keys.data_ptr(),
+        values.data_ptr(),
+        kv_heads,
+        heads // kv_heads,
+        capacity,
+        d,
+        pos0,
+        n,
+        window,
+        scale,
+        out.data_ptr(),
+        int(half),
+    )
+    if status:
+        raise MemoryError(f"no memory for the attention of {n} rows over {pos0 + n} positions")
     return out
 
 
@@ -407,14 +476,15 @@ class LayerShape:
 
 
 class CacheRows:
-    """The caches of a decode batch as apr_decode_layer takes them: per row the base of its float32
-    ``[layers, kv_heads, capacity, head_dim]`` keys and values, its capacity and its new token's position."""
+    """The caches of a decode batch as apr_decode_layer takes them: per row the base of its
+    ``[layers, kv_heads, capacity, head_dim]`` keys and values (all float32 or all float16: ``half``), its
+    capacity and its new token's position."""
 
     def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor], positions: list[int]) -> None:
-        _check_f32("decode caches", *keys, *values)
         rows = len(keys)
         if not rows or len(values) != rows or len(positions) != rows:
             raise ValueError("a decode batch needs one cache and one position per row")
+        self.half = _check_kv("decode caches", *keys, *values)
         if any(not 0 <= p < k.shape[2] for k, p in zip(keys, positions)):
             raise ValueError(f"positions {positions} outside the caches")
         self.rows = rows
@@ -478,6 +548,7 @@ class DecodeLayer:
             caches.positions,
             cos.data_ptr(),
             sin.data_ptr(),
+            int(caches.half),
             torch.get_num_threads(),
         )
         _raise_for_layer_status(status)
@@ -529,6 +600,7 @@ class DecodeStack:
             caches.capacity,
             caches.positions,
             *(table.data_ptr() for table in tables),
+            int(caches.half),
             torch.get_num_threads(),
         )
         _raise_for_layer_status(status)

@@ -27,11 +27,14 @@ typedef struct {
 
 void apr_rms_norm(const float *x, const float *scale, int64_t rows, int64_t n, float eps, float *out);
 void apr_rope_neox(float *x, int64_t t, int64_t heads, int64_t d, const float *cos, const float *sin);
-int apr_attend_one(const float *q, const float *k_new, const float *v_new, float *keys, float *values,
+int apr_attend_one(const float *q, const float *k_new, const float *v_new, void *keys, void *values,
                    int64_t kv_heads, int64_t rep, int64_t cap, int64_t d, int64_t pos, int64_t window, float scale,
-                   float *out);
+                   float *out, int half);
+int apr_attend_run(const float *q, const float *k_new, const float *v_new, void *keys, void *values,
+                   int64_t kv_heads, int64_t rep, int64_t cap, int64_t d, int64_t pos0, int64_t n, int64_t window,
+                   float scale, float *out, int half);
 
-int apr_layer_abi(void) { return 3; }
+int apr_layer_abi(void) { return 4; }
 
 /* y [m][w->n] = x [m][w->k] W^T (+ bias). */
 static int product(const apr_weight *w, const float *x, int64_t m, float *y, int threads) {
@@ -94,12 +97,13 @@ static void add_into(float *x, const float *y, int64_t count) {
 }
 
 /* x [rows][hidden] <- layer `index` (weights L) applied to x, one new token per row. Row r's cache is
- * keys[r] / values[r] ([layers][kv_heads][capacity[r]][head_dim]); its token is at position pos[r], with
+ * keys[r] / values[r] ([layers][kv_heads][capacity[r]][head_dim], fp16 where `half`, else float32); its
+ * token is at position pos[r], with
  * RoPE tables cos/sin [rows][head_dim]. Returns 0, or nonzero (x then undefined): -1 no memory, -2 a
  * position outside its cache, -3 an unknown weight layout. */
-int apr_decode_layer(const apr_layer *L, int64_t index, float *x, int64_t rows, float *const *keys,
-                     float *const *values, const int64_t *capacity, const int64_t *pos, const float *cos,
-                     const float *sin, int threads) {
+int apr_decode_layer(const apr_layer *L, int64_t index, float *x, int64_t rows, void *const *keys,
+                     void *const *values, const int64_t *capacity, const int64_t *pos, const float *cos,
+                     const float *sin, int half, int threads) {
     const int64_t hidden = L->hidden, d = L->head_dim, qdim = L->heads * d, kvdim = L->kv_heads * d;
     const int64_t widest = L->ffn > qdim ? L->ffn : qdim;
     float *h = malloc((size_t)(rows * (hidden > qdim ? hidden : qdim)) * sizeof(float));
@@ -121,12 +125,21 @@ int apr_decode_layer(const apr_layer *L, int64_t index, float *x, int64_t rows, 
         if (L->k_norm) apr_rms_norm(k, L->k_norm, rows * L->kv_heads, d, eps, k);
         apr_rope_neox(q, rows, L->heads, d, cos, sin);
         apr_rope_neox(k, rows, L->kv_heads, d, cos, sin);
-        for (int64_t r = 0; r < rows && !status; r++) {
-            const int64_t layer = index * L->kv_heads * capacity[r] * d;
-            const int rc = apr_attend_one(q + r * qdim, k + r * kvdim, v + r * kvdim, keys[r] + layer,
-                                          values[r] + layer, L->kv_heads,
-                                          L->heads / L->kv_heads, capacity[r], d, pos[r], L->window,
-                                          (float)L->attn_scale, a + r * qdim);
+        /* Consecutive rows of one cache at consecutive positions (a prompt, a lookup step's verify rows)
+         * attend together, tiled (apr_attend_run); each row gets the bits apr_attend_one gives it alone. */
+        for (int64_t r = 0, n; r < rows && !status; r += n) {
+            for (n = 1; r + n < rows && keys[r + n] == keys[r] && values[r + n] == values[r] &&
+                        capacity[r + n] == capacity[r] && pos[r + n] == pos[r] + n;
+                 n++) {
+            }
+            const int64_t layer = index * L->kv_heads * capacity[r] * d * (half ? 2 : 4); /* bytes */
+            char *const lk = (char *)keys[r] + layer, *const lv = (char *)values[r] + layer;
+            const int rc = n == 1 ? apr_attend_one(q + r * qdim, k + r * kvdim, v + r * kvdim, lk, lv, L->kv_heads,
+                                                   L->heads / L->kv_heads, capacity[r], d, pos[r], L->window,
+                                                   (float)L->attn_scale, a + r * qdim, half)
+                                  : apr_attend_run(q + r * qdim, k + r * kvdim, v + r * kvdim, lk, lv, L->kv_heads,
+                                                   L->heads / L->kv_heads, capacity[r], d, pos[r], n, L->window,
+                                                   (float)L->attn_scale, a + r * qdim, half);
             status = rc == 2 ? -2 : (rc ? -1 : 0);
         }
     }
@@ -161,13 +174,13 @@ int apr_decode_layer(const apr_layer *L, int64_t index, float *x, int64_t rows, 
  * ones. One call a step instead of one a layer: the Python between layers was ~0.4 ms of a ~40 ms token.
  * Returns 0 or the first failing layer's status (x then undefined). */
 int apr_decode_layers(const apr_layer *const *layers, const uint8_t *local, int64_t count, float *x, int64_t rows,
-                      float *const *keys, float *const *values, const int64_t *capacity, const int64_t *pos,
+                      void *const *keys, void *const *values, const int64_t *capacity, const int64_t *pos,
                       const float *cos_global, const float *sin_global, const float *cos_local,
-                      const float *sin_local, int threads) {
+                      const float *sin_local, int half, int threads) {
     for (int64_t l = 0; l < count; l++) {
         const int status = apr_decode_layer(layers[l], l, x, rows, keys, values, capacity, pos,
                                             local[l] ? cos_local : cos_global, local[l] ? sin_local : sin_global,
-                                            threads);
+                                            half, threads);
         if (status) return status;
     }
     return 0;
