@@ -44,6 +44,9 @@
  *       but fewer other operations than |q - 32| with x's sign moved over (10 multiplies), measured
  *       faster at 1, 8 and 128 rows.
  *
+ * Variants: the avx512vnni build adds 512-bit versions of the q4k8 and q6k8 kernels for two activation rows
+ * a vector (q4k8_tile_pairs, q6k8_tile_pairs below), bit-identical to these.
+ *
  * Batch invariance: every output element is computed by the same operations in the same order
  * whatever M (rows of activations), the thread count or the row's position in the batch, because work
  * is split over output columns only and each activation row has its own accumulators.
@@ -445,9 +448,7 @@ static inline __attribute__((always_inline)) void q6k8_tile(const int8_t *qx, co
  * per product (apr_pair_rows); a row without a partner (M odd) takes the 256-bit kernel. */
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__)
 #define APR_ZMM 1
-#ifndef APR_MP
 #define APR_MP 8 /* row pairs sharing a sub-block's unpacked weights (then APR_MP / 2, then 1) */
-#endif
 
 /* A 256-bit vector's 8 lanes, each doubled: lane r -> lanes 2r and 2r + 1. */
 static inline __m512i double_lanes(__m256i v) {
