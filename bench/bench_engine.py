@@ -28,6 +28,8 @@ from pathlib import Path
 
 import torch
 
+from apr.cpu import cpu_model
+
 
 def measure(
     name: str, once: Callable[[], tuple[float, float]], args, batch_once: Callable[[], float] | None = None
@@ -81,7 +83,7 @@ def measure(
 
 def ours(args, prompt: list[int]):
     from apr.engine import load_engine
-    from apr.engine.bench import run_batch_once, run_once
+    from apr.engine.bench import run_batch_once, run_once, weight_bytes_per_token
 
     start = time.perf_counter()
     engine = load_engine(
@@ -89,7 +91,27 @@ def ours(args, prompt: list[int]):
     )
     load_s = time.perf_counter() - start
     batch_once = (lambda: run_batch_once(engine, prompt, args.decode_tokens, args.batch)) if args.batch > 1 else None
-    return load_s, lambda: run_once(engine, prompt, args.decode_tokens), engine.describe(), batch_once
+    info = {**engine.describe(), "weight_bytes_per_token": weight_bytes_per_token(engine)}
+    return load_s, lambda: run_once(engine, prompt, args.decode_tokens), info, batch_once
+
+
+def memory_read_gb_s(threads: int, gib: float = 1.0, reps: int = 5) -> dict:
+    """What this machine reads from memory now, on ``threads`` threads: a float32 array of ``gib`` GiB (beyond
+    any cache) summed by torch, the median of ``reps`` after one warmup. The decode roofline is this over the
+    bytes a decode token reads: a step cannot stream its weights faster than plain loads do."""
+    values = torch.ones(int(gib * 2**30) // 4)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        values.sum()
+        seconds = []
+        for _ in range(reps):
+            start = time.perf_counter()
+            values.sum()
+            seconds.append(time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(previous)
+    return {"gb_s": round(values.numel() * 4 / statistics.median(seconds) / 1e9, 2), "gib": gib, "reps": reps}
 
 
 def transformers_bf16(args, prompt: list[int]):
@@ -244,6 +266,12 @@ def main() -> int:
         help="above 1: also the aggregate decode rate of this many sequences decoded together",
     )
     parser.add_argument(
+        "--roofline",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="measure the memory read rate in the same run and the decode roofline it allows (CPU; default on)",
+    )
+    parser.add_argument(
         "--llama-bench",
         type=Path,
         default=os.environ.get("LLAMA_BENCH"),
@@ -302,6 +330,29 @@ def main() -> int:
                     ratios[f"{metric} apr/{other}"] = round(
                         results["apr"][metric]["median"] / results[other][metric]["median"], 3
                     )
+    apr_result = results.get("apr", {})
+    if "reps" in apr_result and "batch_decode_tok_s" in apr_result:
+        # The batching figures: aggregate over one stream, and what each of the streams gets (rate, step time).
+        aggregate = apr_result["batch_decode_tok_s"]["median"]
+        apr_result["batch"] = {
+            "speedup_over_one_stream": round(aggregate / apr_result["decode_tok_s"]["median"], 3),
+            "per_stream_tok_s": round(aggregate / args.batch, 2),
+            "per_stream_token_latency_ms": round(1000 * args.batch / aggregate, 1),
+        }
+        ratios["batch_decode apr/apr single stream"] = apr_result["batch"]["speedup_over_one_stream"]
+    if args.roofline and "reps" in apr_result and args.device == "cpu":
+        memory = memory_read_gb_s(args.threads)
+        per_token = apr_result["info"]["weight_bytes_per_token"]
+        roofline = memory["gb_s"] * 1e9 / per_token
+        apr_result["roofline"] = {**memory, "weight_bytes_per_token": per_token, "decode_tok_s": round(roofline, 2)}
+        ratios["decode_tok_s apr/roofline"] = round(apr_result["decode_tok_s"]["median"] / roofline, 3)
+        if "reps" in results.get("llama.cpp", {}):
+            ratios["decode_tok_s llama.cpp/roofline"] = round(
+                results["llama.cpp"]["decode_tok_s"]["median"] / roofline, 3
+            )
+        print(
+            f"memory read {memory['gb_s']:.1f} GB/s: decode roofline {roofline:.1f} tok/s ({per_token / 1e9:.3f} GB/token)"
+        )
     for key, value in ratios.items():
         print(f"ratio {key}: {value:.2f}x")
     for name, r in results.items():
@@ -325,6 +376,8 @@ def main() -> int:
         "ratios": ratios,
         "torch": torch.__version__,
         "machine": platform.machine(),
+        "cpu": cpu_model(),
+        "load_average": [round(v, 2) for v in os.getloadavg()],
     }
     print(json.dumps(doc, default=str))
     return 0

@@ -4,13 +4,16 @@
  *
  * Build and run (from the repository root):
  *     cc -O3 -std=c11 -D_DEFAULT_SOURCE -mavx2 -mfma -mf16c -fopenmp bench/bench_products.c -o /tmp/bench_products -lm
- *     /tmp/bench_products [--reps 20] [--threads 2] [--pages 4k|huge] [--loads-only]
+ *     /tmp/bench_products [--reps 20] [--threads 2] [--pages 4k|huge] [--loads-only] [--rows M]
+ * (a kernel variant: add its flags from apr/cpu.py, e.g. -mavx512f -mavx512vl -mavx512bw -mavx512vnni for
+ * avx512vnni, -mavxvnni for avxvnni; the output names the variant that ran)
  *
  * --pages huge asks for transparent huge pages (madvise before first touch), as apr's loader does;
  * --loads-only replaces the products by plain vector loads of the same bytes in the same order (the
  * memory-side ceiling of this access pattern). Warmup 2 tokens, then --reps tokens; median and p90; the
  * last line is one JSON document. The layouts follow Q4_K_M: Q4_K everywhere except Q6_K for the head
- * and for V and down in every other layer (q4k8/q6k8 tiles, see qgemm.c).
+ * and for V and down in every other layer (q4k8/q6k8 tiles, see qgemm.c). --rows M multiplies M activation
+ * rows at once (a batched decode step of M sequences; M = 128 is a prompt's products, head included).
  */
 #include "../src/apr/engine/native/qgemm.c"
 
@@ -26,7 +29,9 @@ static double now(void) {
 }
 
 static int huge_pages, loads_only;
+static int64_t rows = 1; /* activation rows a product takes (batched decode, prefill) */
 static size_t total_bytes;
+static double total_macs; /* multiply-adds of one activation row through every weight */
 
 static apr_weight make_weight(int64_t layout, int64_t n, int64_t k) {
     const size_t tile = layout == APR_Q4K8 ? APR_Q4K8_TILE : APR_Q6K8_TILE;
@@ -44,6 +49,7 @@ static apr_weight make_weight(int64_t layout, int64_t n, int64_t k) {
         for (int i = 0; i < (layout == APR_Q4K8 ? 16 : 8); i++) scales[i] = 0x2000;
     }
     total_bytes += bytes;
+    total_macs += (double)n * (double)k;
     return (apr_weight){layout, p, NULL, NULL, NULL, n, k, k};
 }
 
@@ -72,8 +78,14 @@ static void stream(const apr_weight *const *ws, int count, int threads, float *s
 static void run(const apr_weight *const *ws, int count, const float *x, float *const *ys, int threads) {
     if (loads_only)
         stream(ws, count, threads, ys[0]);
-    else if (apr_products(ws, count, x, 1, ys, threads))
+    else if (apr_products(ws, count, x, rows, ys, threads))
         exit(2);
+}
+
+static double cpu_now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+    return t.tv_sec + t.tv_nsec * 1e-9;
 }
 
 static int by_value(const void *a, const void *b) {
@@ -88,13 +100,14 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--threads") && i + 1 < argc) threads = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--pages") && i + 1 < argc) huge_pages = !strcmp(argv[++i], "huge");
         else if (!strcmp(argv[i], "--loads-only")) loads_only = 1;
+        else if (!strcmp(argv[i], "--rows") && i + 1 < argc) rows = atoi(argv[++i]);
         else {
-            fprintf(stderr, "usage: %s [--reps N] [--threads N] [--pages 4k|huge] [--loads-only]\n", argv[0]);
+            fprintf(stderr, "usage: %s [--reps N] [--threads N] [--pages 4k|huge] [--loads-only] [--rows M]\n", argv[0]);
             return 1;
         }
     }
-    if (reps < 1 || reps > 1000 || threads < 1) {
-        fprintf(stderr, "bench_products: --reps must be 1..1000 and --threads >= 1\n");
+    if (reps < 1 || reps > 1000 || threads < 1 || rows < 1 || rows > 256) {
+        fprintf(stderr, "bench_products: --reps must be 1..1000, --threads >= 1 and --rows 1..256\n");
         return 1;
     }
     enum { LAYERS = 28 };
@@ -107,12 +120,12 @@ int main(int argc, char **argv) {
         down[l] = make_weight(six, 1536, 8960);
     }
     apr_weight head = make_weight(APR_Q6K8, 151936, 1536);
-    float *x = malloc(8960 * sizeof(float)), *a = malloc(151936 * sizeof(float));
-    float *b = malloc(8960 * sizeof(float)), *c = malloc(8960 * sizeof(float));
-    for (int i = 0; i < 8960; i++) x[i] = (float)((i * 7919) % 200 - 100) / 50.0f;
-    double *times = malloc((size_t)reps * sizeof(double));
+    float *x = malloc((size_t)rows * 8960 * sizeof(float)), *a = malloc((size_t)rows * 151936 * sizeof(float));
+    float *b = malloc((size_t)rows * 8960 * sizeof(float)), *c = malloc((size_t)rows * 8960 * sizeof(float));
+    for (int64_t i = 0; i < rows * 8960; i++) x[i] = (float)((i * 7919) % 200 - 100) / 50.0f;
+    double *times = malloc((size_t)reps * sizeof(double)), *cpu = malloc((size_t)reps * sizeof(double));
     for (int r = -2; r < reps; r++) {
-        const double start = now();
+        const double start = now(), cpu_start = cpu_now();
         for (int l = 0; l < LAYERS; l++) {
             /* as layer.c calls them: q/k/v together, o, gate/up together, down */
             const apr_weight *qkv[3] = {&q[l], &k[l], &v[l]}, *gu[2] = {&gate[l], &up[l]};
@@ -125,15 +138,19 @@ int main(int argc, char **argv) {
         }
         const apr_weight *hw = &head;
         run(&hw, 1, x, &a, threads);
-        if (r >= 0) times[r] = now() - start;
+        if (r >= 0) times[r] = now() - start, cpu[r] = cpu_now() - cpu_start;
     }
     qsort(times, (size_t)reps, sizeof(double), by_value);
-    const double median = times[reps / 2], p90 = times[(int)(0.9 * (reps - 1) + 0.5)];
-    printf("token: %.2f ms median, %.2f ms p90, %.1f GB/s (%.3f GB a token, %s, %s pages, %d threads)\n", median * 1e3,
-           p90 * 1e3, total_bytes / median / 1e9, total_bytes / 1e9, loads_only ? "loads only" : "products",
-           huge_pages ? "huge" : "4 KiB", threads);
-    printf("{\"median_ms\": %.3f, \"p90_ms\": %.3f, \"gb_s\": %.2f, \"bytes\": %zu, \"loads_only\": %s, \"huge_pages\": %s, "
-           "\"threads\": %d, \"reps\": %d}\n", median * 1e3, p90 * 1e3, total_bytes / median / 1e9, total_bytes,
-           loads_only ? "true" : "false", huge_pages ? "true" : "false", threads, reps);
+    qsort(cpu, (size_t)reps, sizeof(double), by_value);
+    /* CPU seconds of all threads a step: on a shared machine, what the work costs apart from waiting for a core */
+    const double median = times[reps / 2], p90 = times[(int)(0.9 * (reps - 1) + 0.5)], cpu_median = cpu[reps / 2];
+    const double gmacs = total_macs * (double)rows / median / 1e9;
+    printf("step of %lld rows: %.2f ms median, %.2f ms p90, CPU %.2f ms, %.1f GB/s, %.1f GMAC/s (%.3f GB a step, %s, %s pages, %d threads, "
+           "variant %d)\n", (long long)rows, median * 1e3, p90 * 1e3, cpu_median * 1e3, total_bytes / median / 1e9, gmacs, total_bytes / 1e9,
+           loads_only ? "loads only" : "products", huge_pages ? "huge" : "4 KiB", threads, apr_qgemm_variant());
+    printf("{\"rows\": %lld, \"median_ms\": %.3f, \"p90_ms\": %.3f, \"cpu_ms\": %.3f, \"gb_s\": %.2f, \"gmac_s\": %.1f, \"bytes\": %zu, "
+           "\"loads_only\": %s, \"huge_pages\": %s, \"threads\": %d, \"reps\": %d, \"variant\": %d}\n", (long long)rows,
+           median * 1e3, p90 * 1e3, cpu_median * 1e3, total_bytes / median / 1e9, gmacs, total_bytes, loads_only ? "true" : "false",
+           huge_pages ? "true" : "false", threads, reps, apr_qgemm_variant());
     return 0;
 }

@@ -11,6 +11,8 @@ Method (all over loopback with the official `openai` client against a real `apr 
      Aggregate decode tok/s = tokens of all streams inside the window where every stream is
      decoding (from the last first token to the first last token) / window length;
      end-to-end = all tokens / wall time.
+     Per stream (what each client sees): its decode tok/s, the gaps between its tokens and its time to
+     first token, over every stream of every repeat.
      Meanwhile a poller times GET /health every 20 ms.
   5. load: first every prompt once, alone, greedy (plain completion and chat) -> the reference
      texts; then CLIENTS threads each send REQUESTS greedy requests back to back (alternating plain
@@ -109,6 +111,7 @@ def concurrent_streams(url, model, clients: int, max_tokens: int, repeats: int):
     decode: list[float] = []
     end_to_end: list[float] = []
     health_ms: list[float] = []
+    per_stream: dict[str, list[float]] = {"decode_tok_s": [], "token_gap_ms": [], "ttft_s": []}
     for _ in range(repeats):
         stop = threading.Event()
         poller = threading.Thread(target=poll_health, args=(url, stop, health_ms))
@@ -131,7 +134,14 @@ def concurrent_streams(url, model, clients: int, max_tokens: int, repeats: int):
             progress("no window where every stream was decoding (a stream ended early); raise --max-tokens")
         wall = max(t.end for t in timings) - min(t.start for t in timings)
         end_to_end.append(sum(t.tokens for t in timings) / wall)
-    return decode, end_to_end, health_ms
+        # What each client sees: its own decode rate, the gaps between its tokens, its time to first token.
+        for t in timings:
+            if t.tokens > 1:
+                per_stream["decode_tok_s"].append((t.tokens - 1) / (t.end - t.token_times[0]))
+                gaps = [1000 * (b - a) for a, b in zip(t.token_times, t.token_times[1:])]
+                per_stream["token_gap_ms"] += gaps
+            per_stream["ttft_s"].append(t.token_times[0] - t.start if t.token_times else 0.0)
+    return decode, end_to_end, health_ms, per_stream
 
 
 def poll_health(url: str, stop: threading.Event, latencies_ms: list[float]) -> None:
@@ -253,7 +263,12 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=3, help="requests per client in the load test")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument(
+        "--threads", type=int, help="the server's CPU threads (OMP_NUM_THREADS; default: apr serve's own choice)"
+    )
     args = parser.parse_args()
+    if args.threads is not None:
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the server process inherits it
 
     progress(f"starting apr serve {args.model}")
     server = ServeProcess.start(args.model, "--batch-size", str(args.batch_size), "--device", args.device)
@@ -270,14 +285,17 @@ def main() -> None:
         progress(f"short completion median {statistics.median(short):.2f} s; single streams")
         # Single and concurrent runs alternate, so drifting machine load hits both alike.
         single, single_e2e, multi, multi_e2e, health_ms = [], [], [], [], []
+        streams: dict[str, list[float]] = {"decode_tok_s": [], "token_gap_ms": [], "ttft_s": []}
         for repeat in range(args.repeats):
             decode, end_to_end = single_stream(client, model, args.max_tokens, 1)
             single += decode
             single_e2e += end_to_end
-            decode, end_to_end, latencies = concurrent_streams(url, model, args.clients, args.max_tokens, 1)
+            decode, end_to_end, latencies, per_stream = concurrent_streams(url, model, args.clients, args.max_tokens, 1)
             multi += decode
             multi_e2e += end_to_end
             health_ms += latencies
+            for key, values in per_stream.items():
+                streams[key] += values
             progress(f"repeat {repeat + 1}: single {single[-1:]} tok/s, {args.clients} streams {multi[-1:]} tok/s")
         progress("references for the load test")
         expected = references(client, model, args.max_tokens // 2)
@@ -300,6 +318,9 @@ def main() -> None:
             "max_tokens": args.max_tokens,
             "repeats": args.repeats,
             "warmup": args.warmup,
+            "threads": health.get("threads", args.threads),
+            "kernels": health.get("kernels"),
+            "load_average": [round(v, 2) for v in os.getloadavg()],
         },
         "single_stream_decode_tok_s": summary(single),
         "concurrent_decode_tok_s": summary(multi),
@@ -307,6 +328,8 @@ def main() -> None:
         "single_stream_end_to_end_tok_s": summary(single_e2e),
         "concurrent_end_to_end_tok_s": summary(multi_e2e),
         "batching_speedup_end_to_end": round(speedup_e2e, 3),
+        # Each concurrent stream's own figures, over every stream of every repeat (latency a client sees).
+        "concurrent_per_stream": {key: summary(values) for key, values in streams.items() if values},
         "health_ms_while_generating": summary(health_ms),
         "short_completion_10_tokens_s": summary(short),
         "load": load,
@@ -317,9 +340,11 @@ def main() -> None:
             "no_lost_or_garbled": load["lost"] == 0 and load["garbled"] == 0,
         },
     }
+    gaps = streams["token_gap_ms"] or [0.0]
     print(
         f"single stream {statistics.median(single):.2f} tok/s; {args.clients} streams "
-        f"{statistics.median(multi):.2f} tok/s (x{speedup:.2f}); /health p90 {percentile(health_ms, 0.9):.1f} ms; "
+        f"{statistics.median(multi):.2f} tok/s (x{speedup:.2f}), each stream's token gap median "
+        f"{statistics.median(gaps):.0f} ms, p90 {percentile(gaps, 0.9):.0f} ms; /health p90 {percentile(health_ms, 0.9):.1f} ms; "
         f"10-token completion {statistics.median(short):.2f} s; load {load['ok']}/{load['requests']} ok"
     )
     print(json.dumps(report))

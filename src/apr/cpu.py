@@ -18,16 +18,18 @@ class Variant:
     flags: tuple[str, ...]
 
 
-# Best first; each needs AVX2, FMA and F16C besides its own features. The VNNI builds are bit-identical to
-# avx2 (see qgemm.c); 256-bit vectors throughout, so no build switches to 512-bit code on its own.
+# Best first; each needs AVX2, FMA and F16C besides its own features. Every build is bit-identical to avx2
+# (see qgemm.c). avx512vnni runs the tiled products of two or more activation rows (batched decode, prompts)
+# on 512-bit vectors, two rows a vector; everything else, and every product in the other builds, is 256-bit
+# (-mprefer-vector-width=256 keeps the compiler's own vectorization there too).
 VARIANTS = (
-    Variant("avxvnni", 2, ("avx_vnni",), ("-mavxvnni",)),
     Variant(
         "avx512vnni",
         1,
-        ("avx512_vnni", "avx512vl"),
-        ("-mavx512f", "-mavx512vl", "-mavx512vnni", "-mprefer-vector-width=256"),
+        ("avx512_vnni", "avx512vl", "avx512bw"),
+        ("-mavx512f", "-mavx512vl", "-mavx512bw", "-mavx512vnni", "-mprefer-vector-width=256"),
     ),
+    Variant("avxvnni", 2, ("avx_vnni",), ("-mavxvnni",)),
     Variant("avx2", 0, (), ()),
 )
 BASE_FEATURES = ("avx2", "fma", "f16c")

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -105,16 +110,19 @@ def test_products_match_the_float_reference(make, n, k, m):
 
 @pytest.mark.parametrize("make", LAYOUT_MAKERS, ids=LAYOUT_IDS)
 def test_a_row_gets_the_same_bits_alone_in_any_batch_and_thread_count(make):
+    """19 rows cover every row group of every build: the 512-bit kernels' 8 and 4 row pairs, a single pair and
+    a row without a partner; the 256-bit kernels' 8 and 4 rows and single rows."""
     parts, _ = make(72, 768, seed=3)
     layer = native.PackedLinear(parts)
-    x = torch.randn(11, 768, generator=torch.Generator().manual_seed(9))
-    alone = torch.cat([layer(x[i : i + 1].contiguous(), None) for i in range(11)])
+    x = torch.randn(19, 768, generator=torch.Generator().manual_seed(9))
+    alone = torch.cat([layer(x[i : i + 1].contiguous(), None) for i in range(19)])
     threads = torch.get_num_threads()
     try:
         for count in (1, 2, 3):
             torch.set_num_threads(count)
             assert torch.equal(layer(x, None), alone)
             assert torch.equal(layer(x[3:8].contiguous(), None), alone[3:8])
+            assert torch.equal(layer(x[2:18].contiguous(), None), alone[2:18])
     finally:
         torch.set_num_threads(threads)
 
@@ -204,9 +212,6 @@ def test_float_weights_with_tiny_groups_still_pack_and_stay_accurate():
 def test_the_kernels_share_torchs_openmp_runtime():
     """One OpenMP runtime in the process: the kernels link the libgomp torch loaded, not the system's."""
     import json
-    import subprocess
-    import sys
-    from pathlib import Path
 
     probe = (
         "import json; from apr.engine import native; assert native.available(), native.unavailable_reason(); "
@@ -230,44 +235,53 @@ LAYOUT_BUILDERS = {
 
 
 def products_of_every_layout() -> dict[str, torch.Tensor]:
-    """Every layout's products for 1, 3, 8 and 13 activation rows (the kernels' row groups), seeded."""
+    """Every layout's products for 1, 3, 8, 13 and 19 activation rows (the row groups of every build), seeded."""
     out = {}
     for name, build in LAYOUT_BUILDERS.items():
         parts, _ = build(64, 512, seed=3)
         layer = native.PackedLinear(parts)
-        for rows in (1, 3, 8, 13):
+        for rows in (1, 3, 8, 13, 19):
             x = torch.randn(rows, 512, generator=torch.Generator().manual_seed(rows)) * 2
             out[f"{name}-{rows}"] = layer(x, None)
     return out
 
 
-@pytest.mark.parametrize("variant", [v.name for v in cpu.supported_variants()])
-def test_every_kernel_variant_this_cpu_runs_gives_the_avx2_bits(variant, tmp_path):
-    """Each variant (built and chosen as APR_NATIVE_VARIANT forces it, in its own process) computes the same
-    integer sums as the AVX2 build: every layout's products equal bit for bit."""
-    import os
-    import subprocess
-    import sys
+def products_of_build(variant: str, out: Path) -> dict[str, torch.Tensor]:
+    """products_of_every_layout() computed by the ``variant`` build, forced by APR_NATIVE_VARIANT in a process
+    of its own (a process builds and loads one variant)."""
+    env = {**os.environ, "APR_NATIVE_VARIANT": variant}
+    done = subprocess.run([sys.executable, __file__, str(out)], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[0] == variant  # the build that ran is the one asked for
+    return torch.load(out)
 
-    results = {}
-    for name in sorted({variant, "avx2"}):
-        out = tmp_path / f"{name}.pt"
-        env = {**os.environ, "APR_NATIVE_VARIANT": name}
-        done = subprocess.run(
-            [sys.executable, __file__, str(out)], env=env, capture_output=True, text=True, timeout=600
-        )
-        assert done.returncode == 0, done.stderr[-2000:]
-        assert done.stdout.split()[0] == name  # the build that ran is the one asked for
-        results[name] = torch.load(out)
-    for key, expected in results["avx2"].items():
-        assert torch.equal(results[variant][key], expected), key
+
+@pytest.fixture(scope="module")
+def avx2_products(tmp_path_factory) -> dict[str, torch.Tensor]:
+    return products_of_build("avx2", tmp_path_factory.mktemp("avx2") / "avx2.pt")
+
+
+@pytest.mark.parametrize("variant", [v.name for v in cpu.supported_variants() if v.name != "avx2"])
+def test_every_kernel_variant_this_cpu_runs_gives_the_avx2_bits(variant, avx2_products, tmp_path):
+    """Each variant computes the same integer sums as the AVX2 build, and the same float operations on each
+    output (avx512vnni's 512-bit kernels included, at every row group): every layout's products equal bit for
+    bit."""
+    results = products_of_build(variant, tmp_path / f"{variant}.pt")
+    assert results.keys() == avx2_products.keys()
+    for key, expected in avx2_products.items():
+        assert torch.equal(results[key], expected), key
 
 
 def test_variant_choice_follows_the_cpu_flags():
     base = frozenset({"avx2", "fma", "f16c"})
     assert [v.name for v in cpu.supported_variants(base)] == ["avx2"]
-    assert [v.name for v in cpu.supported_variants(base | {"avx512_vnni", "avx512vl"})] == ["avx512vnni", "avx2"]
+    avx512 = base | {"avx512_vnni", "avx512vl", "avx512bw"}
+    assert [v.name for v in cpu.supported_variants(avx512)] == ["avx512vnni", "avx2"]
+    # Without AVX512BW (the 512-bit byte and word operations) no 512-bit kernels.
+    assert [v.name for v in cpu.supported_variants(base | {"avx512_vnni", "avx512vl"})] == ["avx2"]
     assert cpu.choose_variant(None, base | {"avx_vnni"})[0].name == "avxvnni"
+    # Both VNNI forms (Sapphire Rapids): the build with 512-bit kernels first.
+    assert cpu.choose_variant(None, base | {"avx_vnni", "avx512_vnni", "avx512vl", "avx512bw"})[0].name == "avx512vnni"
     assert cpu.choose_variant(None, frozenset({"avx2", "fma"}))[0] is None  # no F16C: no build at all
     chosen, why = cpu.choose_variant("avx512vnni", base)
     assert chosen is None and "cannot run" in why
@@ -275,7 +289,5 @@ def test_variant_choice_follows_the_cpu_flags():
 
 
 if __name__ == "__main__":  # the probe the variant test runs in a process of its own
-    import sys
-
     torch.save(products_of_every_layout(), sys.argv[1])
     print(native.variant())

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from apr.cpu import cpu_model
 from apr.engine.api import Engine
 from apr.engine.kv_cache import capacity_for
 from apr.engine.loader import LINEARS
@@ -78,6 +79,7 @@ class BenchReport:
             "host": {
                 "machine": platform.machine(),
                 "processor": platform.processor(),
+                "cpu": cpu_model(),
                 "threads": torch.get_num_threads(),
             },
         }

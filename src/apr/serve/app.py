@@ -75,6 +75,9 @@ def create_app(engine: Engine, settings: ServeSettings, load: EngineLoader | Non
             "model_loaded": pool.default is not None,
             "format": state.described.get("format"),
             "device": str(state.served.engine.device),
+            # The default model's kernel family and CPU threads (what its throughput figures were measured on).
+            "kernels": state.described.get("kernels"),
+            "threads": state.described.get("threads"),
             "memory": memory,
             "memory_usage": _memory_usage(memory, loaded, pool.budget_bytes),
             "models": [_loaded_entry(model, now) for model in loaded],

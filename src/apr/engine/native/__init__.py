@@ -784,7 +784,10 @@ def describe() -> str:
     lib, reason = _library()
     if lib is None:
         return f"unavailable: {reason}"
-    return f"{variant()} q4/q4k/q4k8/q6/q6k8/q8 (int8 activations), one call per decode layer"
+    name = variant()
+    # Only avx512vnni has 512-bit kernels (the tiled layouts, at two or more activation rows).
+    vectors = "512-bit q4k8/q6k8 products of 2+ rows, else 256-bit" if name == "avx512vnni" else "256-bit"
+    return f"{name} q4/q4k/q4k8/q6/q6k8/q8 (int8 activations; {vectors}), one call per decode layer"
 
 
 if __name__ == "__main__":  # `python -m apr.engine.native` builds the kernels and says whether they load

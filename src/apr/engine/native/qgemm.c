@@ -44,6 +44,9 @@
  *       but fewer other operations than |q - 32| with x's sign moved over (10 multiplies), measured
  *       faster at 1, 8 and 128 rows.
  *
+ * Variants: the avx512vnni build adds 512-bit versions of the q4k8 and q6k8 kernels for two activation rows
+ * a vector (q4k8_tile_pairs, q6k8_tile_pairs below), bit-identical to these.
+ *
  * Batch invariance: every output element is computed by the same operations in the same order
  * whatever M (rows of activations), the thread count or the row's position in the batch, because work
  * is split over output columns only and each activation row has its own accumulators.
@@ -433,15 +436,190 @@ static inline __attribute__((always_inline)) void q6k8_tile(const int8_t *qx, co
     for (int t = 0; t < mt; t++) _mm256_storeu_ps(y + (r0 + t) * n + j0, _mm256_add_ps(acc[t], b8));
 }
 
+/* 512-bit kernels of the tiled layouts (the avx512vnni build). A 256-bit q4k8/q6k8 vector holds one
+ * sub-block's 4 elements of the tile's 8 output rows; here a 512-bit vector holds them for two activation
+ * rows at once: every 32-bit lane of the weight vector is doubled (lanes 2r and 2r + 1 are output row r)
+ * and the activations come as pairs (row a's 4 bytes, row b's 4 bytes) broadcast by one 64-bit load, so
+ * even lanes compute row a and odd lanes row b. One vpdpbusd (or maddubs) then does the work of two
+ * 256-bit ones, and the broadcasts stay plain loads (no shuffle port). Each lane goes through exactly the
+ * operations of the 256-bit kernel, in the same order (the integer sums, their conversion, the scale
+ * products, the fused multiply-adds), so the results are the avx2 build's bits; only which rows share a
+ * vector changes, and that never reaches a row's own numbers. The activations are laid out in pairs once
+ * per product (apr_pair_rows); a row without a partner (M odd) takes the 256-bit kernel. */
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+#define APR_ZMM 1
+#define APR_MP 8 /* row pairs sharing a sub-block's unpacked weights (then APR_MP / 2, then 1) */
+
+/* A 256-bit vector's 8 lanes, each doubled: lane r -> lanes 2r and 2r + 1. */
+static inline __m512i double_lanes(__m256i v) {
+    return _mm512_permutexvar_epi32(_mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7),
+                                    _mm512_castsi256_si512(v));
+}
+
+static inline __m512 double_lanes_ps(__m256 v) { return _mm512_castsi512_ps(double_lanes(_mm256_castps_si256(v))); }
+
+/* Even lanes (row a) to y[a], odd lanes (row b) to y[b], plus the bias (8 outputs each). */
+static inline void store_pair(__m512 acc, __m256 b8, float *ya, float *yb) {
+    const __m512 split = _mm512_permutexvar_ps(
+        _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15), acc);
+    _mm256_storeu_ps(ya, _mm256_add_ps(_mm512_castps512_ps256(split), b8));
+    _mm256_storeu_ps(yb, _mm256_add_ps(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(split), 1)), b8));
+}
+
+/* Row pairs p0 .. p0+mp-1 (rows 2p, 2p + 1) against one q4k8 tile. px [pairs][k/4] holds each pair's
+ * activation dwords side by side, pd / ps [pairs][k/32] their block scales and sums likewise. */
+static inline __attribute__((always_inline)) void q4k8_tile_pairs(const int64_t *px, const int64_t *pd,
+                                                                  const int64_t *ps, int64_t k, const uint8_t *tile,
+                                                                  const float *bias, int64_t p0, const int mp,
+                                                                  int64_t n, int64_t j0, float *y) {
+    const int64_t nb = k / APR_QK, nsb = k / 256, nd = k / 4;
+    const __m512i low = _mm512_set1_epi8(0x0F);
+    __m512 acc[APR_MP];
+    for (int t = 0; t < mp; t++) acc[t] = _mm512_setzero_ps();
+    for (int64_t sb = 0; sb < nsb; sb++) {
+        const uint8_t *head = tile + sb * APR_Q4K8_TILE, *nib = head + 160;
+        const __m512 d = double_lanes_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)head)));
+        const __m512 dmin = double_lanes_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(head + 16))));
+        for (int b = 0; b < 8; b++) {
+            const __m512 scale = _mm512_mul_ps(
+                d, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_unpacklo_epi8(
+                       _mm_loadl_epi64((const __m128i *)(head + 32 + 8 * b)), _mm_loadl_epi64((const __m128i *)(head + 32 + 8 * b))))));
+            const __m512 offset = _mm512_mul_ps(
+                dmin, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_unpacklo_epi8(
+                          _mm_loadl_epi64((const __m128i *)(head + 96 + 8 * b)), _mm_loadl_epi64((const __m128i *)(head + 96 + 8 * b))))));
+            const int64_t block = sb * 8 + b;
+            const uint8_t *nb8 = nib + b * 128;
+            const __m512i n0 = double_lanes(_mm256_loadu_si256((const __m256i *)nb8));
+            const __m512i n1 = double_lanes(_mm256_loadu_si256((const __m256i *)(nb8 + 32)));
+            const __m512i n2 = double_lanes(_mm256_loadu_si256((const __m256i *)(nb8 + 64)));
+            const __m512i n3 = double_lanes(_mm256_loadu_si256((const __m256i *)(nb8 + 96)));
+            const __m512i wl0 = _mm512_and_si512(n0, low), wh0 = _mm512_and_si512(_mm512_srli_epi16(n0, 4), low);
+            const __m512i wl1 = _mm512_and_si512(n1, low), wh1 = _mm512_and_si512(_mm512_srli_epi16(n1, 4), low);
+            const __m512i wl2 = _mm512_and_si512(n2, low), wh2 = _mm512_and_si512(_mm512_srli_epi16(n2, 4), low);
+            const __m512i wl3 = _mm512_and_si512(n3, low), wh3 = _mm512_and_si512(_mm512_srli_epi16(n3, 4), low);
+#pragma GCC unroll 8 /* unlike the 256-bit kernels: 32 vector registers hold the weights and accumulators */
+            for (int t = 0; t < mp; t++) {
+                const int64_t *xr = px + (p0 + t) * nd + block * 8;
+                __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wl0, _mm512_set1_epi64(xr[0]));
+                dot = _mm512_dpbusd_epi32(dot, wh0, _mm512_set1_epi64(xr[4]));
+                dot = _mm512_dpbusd_epi32(dot, wl1, _mm512_set1_epi64(xr[1]));
+                dot = _mm512_dpbusd_epi32(dot, wh1, _mm512_set1_epi64(xr[5]));
+                dot = _mm512_dpbusd_epi32(dot, wl2, _mm512_set1_epi64(xr[2]));
+                dot = _mm512_dpbusd_epi32(dot, wh2, _mm512_set1_epi64(xr[6]));
+                dot = _mm512_dpbusd_epi32(dot, wl3, _mm512_set1_epi64(xr[3]));
+                dot = _mm512_dpbusd_epi32(dot, wh3, _mm512_set1_epi64(xr[7]));
+                const int64_t bi = (p0 + t) * nb + block;
+                const __m512 dx2 = _mm512_castsi512_ps(_mm512_set1_epi64(pd[bi]));
+                const __m512 sx2 = _mm512_castsi512_ps(_mm512_set1_epi64(ps[bi]));
+                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(scale, dx2), acc[t]);
+                acc[t] = _mm512_fnmadd_ps(offset, sx2, acc[t]);
+            }
+        }
+    }
+    const __m256 b8 = bias ? _mm256_loadu_ps(bias + j0) : _mm256_setzero_ps();
+    for (int t = 0; t < mp; t++)
+        store_pair(acc[t], b8, y + 2 * (p0 + t) * n + j0, y + (2 * (p0 + t) + 1) * n + j0);
+}
+
+/* q6k8 for row pairs (see q6k8_tile); pi [pairs][k/32] holds each pair's per-16 activation sums (two int16
+ * of one block, as q6k8_tile reads them) side by side. */
+static inline __attribute__((always_inline)) void q6k8_tile_pairs(const int64_t *px, const int64_t *pd,
+                                                                  const int64_t *pi, int64_t k, const uint8_t *tile,
+                                                                  const float *bias, int64_t p0, const int mp,
+                                                                  int64_t n, int64_t j0, float *y) {
+    const int64_t nb = k / APR_QK, nsb = k / 256, nd = k / 4;
+    const __m512i low = _mm512_set1_epi8(0x0F), high = _mm512_set1_epi8(0x30);
+    const __m128i twice = _mm_setr_epi8(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
+    __m512 acc[APR_MP];
+    for (int t = 0; t < mp; t++) acc[t] = _mm512_setzero_ps();
+    for (int64_t sb = 0; sb < nsb; sb++) {
+        const uint8_t *head = tile + sb * APR_Q6K8_TILE, *body = head + 144;
+        const __m512 d = double_lanes_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)head)));
+        for (int b = 0; b < 8; b++) {
+            const uint8_t *qb = body + b * 192;
+            const __m128i sc0b = _mm_loadl_epi64((const __m128i *)(head + 16 + 16 * b));
+            const __m128i sc1b = _mm_loadl_epi64((const __m128i *)(head + 24 + 16 * b));
+            const __m512i sc0 = double_lanes(_mm256_cvtepi8_epi16(_mm_shuffle_epi8(sc0b, twice)));
+            const __m512i sc1 = double_lanes(_mm256_cvtepi8_epi16(_mm_shuffle_epi8(sc1b, twice)));
+            const __m512i pair = double_lanes(_mm256_cvtepi8_epi16(_mm_unpacklo_epi8(sc0b, sc1b)));
+            const int64_t block = sb * 8 + b;
+            const __m512i hb0 = double_lanes(_mm256_loadu_si256((const __m256i *)(qb + 128)));
+            const __m512i hb1 = double_lanes(_mm256_loadu_si256((const __m256i *)(qb + 160)));
+            const __m512i n0 = double_lanes(_mm256_loadu_si256((const __m256i *)qb));
+            const __m512i n1 = double_lanes(_mm256_loadu_si256((const __m256i *)(qb + 32)));
+            const __m512i n2 = double_lanes(_mm256_loadu_si256((const __m256i *)(qb + 64)));
+            const __m512i n3 = double_lanes(_mm256_loadu_si256((const __m256i *)(qb + 96)));
+            const __m512i wl00 = _mm512_or_si512(_mm512_and_si512(n0, low), _mm512_and_si512(_mm512_slli_epi16(hb0, 4), high));
+            const __m512i wh00 = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(n0, 4), low),
+                                                 _mm512_and_si512(_mm512_slli_epi16(hb0, 2), high));
+            const __m512i wl01 = _mm512_or_si512(_mm512_and_si512(n1, low), _mm512_and_si512(hb0, high));
+            const __m512i wh01 = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(n1, 4), low),
+                                                 _mm512_and_si512(_mm512_srli_epi16(hb0, 2), high));
+            const __m512i wl10 = _mm512_or_si512(_mm512_and_si512(n2, low), _mm512_and_si512(_mm512_slli_epi16(hb1, 4), high));
+            const __m512i wh10 = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(n2, 4), low),
+                                                 _mm512_and_si512(_mm512_slli_epi16(hb1, 2), high));
+            const __m512i wl11 = _mm512_or_si512(_mm512_and_si512(n3, low), _mm512_and_si512(hb1, high));
+            const __m512i wh11 = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(n3, 4), low),
+                                                 _mm512_and_si512(_mm512_srli_epi16(hb1, 2), high));
+#pragma GCC unroll 8 /* unlike the 256-bit kernels: 32 vector registers hold the weights and accumulators */
+            for (int t = 0; t < mp; t++) {
+                const int64_t *xr = px + (p0 + t) * nd + block * 8;
+                const __m512i lo0 = _mm512_add_epi16(_mm512_maddubs_epi16(wl00, _mm512_set1_epi64(xr[0])),
+                                                     _mm512_maddubs_epi16(wl01, _mm512_set1_epi64(xr[1])));
+                const __m512i hi0 = _mm512_add_epi16(_mm512_maddubs_epi16(wh00, _mm512_set1_epi64(xr[4])),
+                                                     _mm512_maddubs_epi16(wh01, _mm512_set1_epi64(xr[5])));
+                const __m512i lo1 = _mm512_add_epi16(_mm512_maddubs_epi16(wl10, _mm512_set1_epi64(xr[2])),
+                                                     _mm512_maddubs_epi16(wl11, _mm512_set1_epi64(xr[3])));
+                const __m512i hi1 = _mm512_add_epi16(_mm512_maddubs_epi16(wh10, _mm512_set1_epi64(xr[6])),
+                                                     _mm512_maddubs_epi16(wh11, _mm512_set1_epi64(xr[7])));
+                const __m512i i32 = _mm512_add_epi32(_mm512_add_epi32(_mm512_madd_epi16(lo0, sc0), _mm512_madd_epi16(hi0, sc1)),
+                                                     _mm512_add_epi32(_mm512_madd_epi16(lo1, sc0), _mm512_madd_epi16(hi1, sc1)));
+                const int64_t bi = (p0 + t) * nb + block;
+                const __m512i sums = _mm512_set1_epi64(pi[bi]);
+                const __m512i q32 = _mm512_sub_epi32(i32, _mm512_slli_epi32(_mm512_madd_epi16(pair, sums), 5));
+                const __m512 dx2 = _mm512_castsi512_ps(_mm512_set1_epi64(pd[bi]));
+                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(q32), _mm512_mul_ps(d, dx2), acc[t]);
+            }
+        }
+    }
+    const __m256 b8 = bias ? _mm256_loadu_ps(bias + j0) : _mm256_setzero_ps();
+    for (int t = 0; t < mp; t++)
+        store_pair(acc[t], b8, y + 2 * (p0 + t) * n + j0, y + (2 * (p0 + t) + 1) * n + j0);
+}
+
+/* Interleaves rows 2p and 2p + 1 of a [m][count] array of 32-bit values: out [m/2][count] 64-bit pairs. */
+static void pair_rows(const void *in, int64_t m, int64_t count, int64_t *out) {
+    const uint32_t *src = in;
+    for (int64_t p = 0; p < m / 2; p++) {
+        const uint32_t *a = src + 2 * p * count, *b = a + count;
+        int64_t *o = out + p * count;
+        for (int64_t i = 0; i < count; i++) o[i] = (int64_t)((uint64_t)a[i] | ((uint64_t)b[i] << 32));
+    }
+}
+#else
+#define APR_ZMM 0
+#endif
+
 /* Output rows (per-row layouts) or tiles of 8 of them (tiled layouts): the units that threads share. */
 static int64_t units_of(const apr_weight *w) {
     return (w->layout == APR_Q4K8 || w->layout == APR_Q6K8) ? w->n / 8 : w->n;
 }
 
+/* One product's quantized activations: per row (qx, dx, sx, isx) and, for the 512-bit kernels, the same
+ * in row pairs (px, pd, ps, pi: NULL when not made). */
+typedef struct {
+    const int8_t *qx;
+    const float *dx, *sx;
+    const int16_t *isx;
+    const int64_t *px, *pd, *ps, *pi;
+} apr_acts;
+
 /* Every activation row against unit u of w. The row groups (APR_MT_TILED, APR_MT, then 1) change only
  * how many rows share a weight load, never a row's own operations: see "Batch invariance" above. */
-static void run_unit(const apr_weight *w, const int8_t *qx, const float *dx, const float *sx, const int16_t *isx,
-                     int64_t m, int64_t u, float *y) {
+static void run_unit(const apr_weight *w, const apr_acts *a, int64_t m, int64_t u, float *y) {
+    const int8_t *qx = a->qx;
+    const float *dx = a->dx, *sx = a->sx;
+    const int16_t *isx = a->isx;
     const int64_t kpad = w->kpad, n = w->n, nb = kpad / APR_QK;
     const float b = (w->bias && w->layout != APR_Q4K8 && w->layout != APR_Q6K8) ? w->bias[u] : 0.0f;
     int64_t r0 = 0;
@@ -477,6 +655,15 @@ static void run_unit(const apr_weight *w, const int8_t *qx, const float *dx, con
     }
     case APR_Q4K8: {
         const uint8_t *wt = (const uint8_t *)w->w + u * (kpad / 256 * APR_Q4K8_TILE);
+#if APR_ZMM
+        if (a->px) {
+            int64_t p = 0;
+            for (; p + APR_MP <= m / 2; p += APR_MP) q4k8_tile_pairs(a->px, a->pd, a->ps, kpad, wt, w->bias, p, APR_MP, n, u * 8, y);
+            for (; p + APR_MP / 2 <= m / 2; p += APR_MP / 2) q4k8_tile_pairs(a->px, a->pd, a->ps, kpad, wt, w->bias, p, APR_MP / 2, n, u * 8, y);
+            for (; p < m / 2; p++) q4k8_tile_pairs(a->px, a->pd, a->ps, kpad, wt, w->bias, p, 1, n, u * 8, y);
+            r0 = 2 * p;
+        }
+#endif
         for (; r0 + APR_MT_TILED <= m; r0 += APR_MT_TILED)
             q4k8_tile(qx, dx, sx, kpad, wt, w->bias, r0, APR_MT_TILED, n, u * 8, y);
         for (; r0 + APR_MT <= m; r0 += APR_MT) q4k8_tile(qx, dx, sx, kpad, wt, w->bias, r0, APR_MT, n, u * 8, y);
@@ -485,6 +672,15 @@ static void run_unit(const apr_weight *w, const int8_t *qx, const float *dx, con
     }
     case APR_Q6K8: {
         const uint8_t *wt = (const uint8_t *)w->w + u * (kpad / 256 * APR_Q6K8_TILE);
+#if APR_ZMM
+        if (a->px) {
+            int64_t p = 0;
+            for (; p + APR_MP <= m / 2; p += APR_MP) q6k8_tile_pairs(a->px, a->pd, a->pi, kpad, wt, w->bias, p, APR_MP, n, u * 8, y);
+            for (; p + APR_MP / 2 <= m / 2; p += APR_MP / 2) q6k8_tile_pairs(a->px, a->pd, a->pi, kpad, wt, w->bias, p, APR_MP / 2, n, u * 8, y);
+            for (; p < m / 2; p++) q6k8_tile_pairs(a->px, a->pd, a->pi, kpad, wt, w->bias, p, 1, n, u * 8, y);
+            r0 = 2 * p;
+        }
+#endif
         for (; r0 + APR_MT_TILED <= m; r0 += APR_MT_TILED)
             q6k8_tile(qx, dx, isx, kpad, wt, w->bias, r0, APR_MT_TILED, n, u * 8, y);
         for (; r0 + APR_MT <= m; r0 += APR_MT) q6k8_tile(qx, dx, isx, kpad, wt, w->bias, r0, APR_MT, n, u * 8, y);
@@ -510,6 +706,7 @@ int apr_products(const apr_weight *const *ws, int count, const float *x, int64_t
     float *dx = malloc((size_t)(m * nb) * sizeof(float));
     float *sx = malloc((size_t)(m * nb) * sizeof(float));
     int16_t *isx = malloc((size_t)(m * (kpad / 16)) * sizeof(int16_t));
+    int64_t *px = NULL, *pd = NULL, *ps = NULL, *pi = NULL; /* row pairs for the 512-bit kernels */
     int status = -1;
     if (qx && dx && sx && isx) {
         apr_quantize_rows(x, m, k, kpad, qx, dx, sx);
@@ -522,16 +719,44 @@ int apr_products(const apr_weight *const *ws, int count, const float *x, int64_t
             const __m128i sad = _mm_sad_epu8(biased, _mm_setzero_si128());
             isx[i] = (int16_t)(_mm_cvtsi128_si32(sad) + _mm_extract_epi16(sad, 4) - 16 * 128);
         }
+        apr_acts acts = {qx, dx, sx, isx, NULL, NULL, NULL, NULL};
+#if APR_ZMM
+        int tiled = 0;
+        for (int i = 0; i < count; i++) tiled |= ws[i]->layout == APR_Q4K8 || ws[i]->layout == APR_Q6K8;
+        if (tiled && m >= 2) {
+            const int64_t pairs = m / 2;
+            px = malloc((size_t)(pairs * (kpad / 4)) * sizeof(int64_t));
+            pd = malloc((size_t)(pairs * nb) * sizeof(int64_t));
+            ps = malloc((size_t)(pairs * nb) * sizeof(int64_t));
+            pi = need_isx ? malloc((size_t)(pairs * nb) * sizeof(int64_t)) : NULL;
+            if (!px || !pd || !ps || (need_isx && !pi)) {
+                status = -1;
+                goto done;
+            }
+            pair_rows(qx, m, kpad / 4, px);
+            pair_rows(dx, m, nb, pd);
+            pair_rows(sx, m, nb, ps);
+            if (need_isx) pair_rows(isx, m, nb, pi);
+            acts = (apr_acts){qx, dx, sx, isx, px, pd, ps, pi};
+        }
+#endif
         /* One region for all the weights; nowait lets a thread start on the next weight's units while
          * the other finishes this one's (each output element is still computed by one thread alone). */
 #pragma omp parallel num_threads(threads)
         for (int i = 0; i < count; i++) {
             const int64_t units = units_of(ws[i]);
 #pragma omp for schedule(static) nowait
-            for (int64_t u = 0; u < units; u++) run_unit(ws[i], qx, dx, sx, isx, m, u, ys[i]);
+            for (int64_t u = 0; u < units; u++) run_unit(ws[i], &acts, m, u, ys[i]);
         }
         status = 0;
     }
+#if APR_ZMM
+done:
+#endif
+    free(px);
+    free(pd);
+    free(ps);
+    free(pi);
     free(qx);
     free(dx);
     free(sx);
