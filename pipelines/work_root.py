@@ -208,6 +208,17 @@ class WorkLayout:
             raise
         replace_dir(staging, final)
 
+    def discard_unfinished(self, partition: str | None) -> None:
+        """Remove the staging folders that interrupted stages of a partition left (never visible as results)."""
+        folder = self.root / (partition or UNPARTITIONED)
+        if not folder.is_dir():
+            return
+        for asset_dir in folder.iterdir():
+            if asset_dir.is_dir() and not asset_dir.name.startswith("."):
+                names = {entry.name.split(".")[1] for entry in asset_dir.glob(".*.*") if entry.is_dir()}
+                for name in names:
+                    discard_unfinished(asset_dir, name)
+
 
 def replace_dir(source: Path, final: Path) -> None:
     """Move ``source`` onto ``final``, removing the old directory only after the new one is in place."""
@@ -217,3 +228,23 @@ def replace_dir(source: Path, final: Path) -> None:
         os.replace(final, old)
     os.replace(source, final)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def restore_dir(final: Path) -> None:
+    """Undo a ``replace_dir`` cut short between its two renames: the old folder goes back where it was when
+    no new one took its place; the leftover ``.old`` copy is removed either way."""
+    old = final.with_name(f".{final.name}.old")
+    if old.is_dir() and not final.exists():
+        os.replace(old, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def discard_unfinished(parent: Path, name: str) -> None:
+    """Remove what an interrupted ``staging_dir``/``replace_dir`` of ``parent/name`` left: hidden staging folders
+    (``.name.*``) never renamed into place, after putting back an old folder that lost its replacement."""
+    if not parent.is_dir():
+        return
+    restore_dir(parent / name)
+    for leftover in parent.glob(f".{name}.*"):
+        if leftover.is_dir() and not leftover.is_symlink():
+            shutil.rmtree(leftover, ignore_errors=True)
