@@ -61,7 +61,18 @@ def partition_for(playbooks_dir: Path, name: str) -> str:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m pipelines.materialize", description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="+", help="partition keys or model refs, e.g. smollm2-135m or smollm2:135m")
-    parser.add_argument("--work-root", type=Path, default=None, help="work root (default $APR_WORK or .apr-work/)")
+    parser.add_argument(
+        "--work-root",
+        default=None,
+        help="work root: a path, a file:// URI or an object-store URI such as s3://bucket/prefix "
+        "(default $APR_WORK or .apr-work/)",
+    )
+    parser.add_argument(
+        "--work-cache",
+        type=Path,
+        default=None,
+        help="this machine's cache of an object-store work root (default $APR_HOME/work-cache/<digest>)",
+    )
     parser.add_argument("--certifications", type=Path, default=None, help="published folder (default certifications/)")
     parser.add_argument(
         "--playbooks",
@@ -108,7 +119,9 @@ def run(argv: list[str] | None = None) -> int:
 
     work_config = {}
     if args.work_root is not None:
-        work_config["root"] = str(args.work_root) if "://" in str(args.work_root) else str(args.work_root.resolve())
+        work_config["root"] = args.work_root if "://" in args.work_root else str(Path(args.work_root).resolve())
+    if args.work_cache is not None:
+        work_config["cache_dir"] = str(args.work_cache.resolve())
     if args.certifications is not None:
         work_config["certifications_dir"] = str(args.certifications.resolve())
     playbooks = args.playbooks.resolve()
@@ -204,7 +217,9 @@ def run_on_executor(
     run_config = load_run_config(args.run_config or DEFAULT_RUN_CONFIGS[args.executor])
     concurrent = args.concurrent_runs or (len(keys) if args.executor is ExecutorKind.DASK else 1)
     jobs = {
-        key: reconstructable_certify_job(playbooks, work.root, work.certifications(), args.executor, key)
+        key: reconstructable_certify_job(
+            playbooks, work.root, work.certifications(), args.executor, key, work.cache_dir
+        )
         for key in keys
     }
     failed = []
