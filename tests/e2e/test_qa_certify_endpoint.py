@@ -146,7 +146,9 @@ def test_the_api_key_is_never_written(certified):
     assert KEY not in result.stdout + result.stderr
 
 
-def test_an_endpoint_killed_mid_run_is_inconclusive_never_blocked(fixture_models, tmp_path):
+def test_an_endpoint_killed_mid_run_is_inconclusive_never_blocked_and_resume_asks_only_the_rest(
+    fixture_models, tmp_path
+):
     server = start_server(fixture_models["qwen2"]["gguf"])
     try:
         name = served_model(server)
@@ -168,12 +170,39 @@ def test_an_endpoint_killed_mid_run_is_inconclusive_never_blocked(fixture_models
         server.stop()
     assert run.returncode == 3, stdout + "".join(progress) + rest
     assert stdout.startswith("INCONCLUSIVE (endpoint)") and "Traceback" not in rest
-    records = read_evidence(tmp_path / "out" / "evidence.jsonl").records
+    evidence = tmp_path / "out" / "evidence.jsonl"
+    records = read_evidence(evidence).records
     assert not [r for r in records if r.outcome.is_failure], "a dead endpoint is no evidence against the model"
     stopped = [r for r in records if r.outcome is Outcome.INCONCLUSIVE]
     assert stopped and {r.cause.value for r in stopped if r.cause} == {"endpoint-unreachable"}
     assert any(r.gate is GateId.G2_INFERENCE and r.outcome is Outcome.CORROBORATED for r in records)
     assert json.loads((tmp_path / "out" / "mqs.json").read_text())["status"] == "INCONCLUSIVE"
+
+    # The endpoint is back (on another port): --resume keeps what was answered and asks only what was not.
+    first_lines = evidence.read_text().splitlines()
+    answered = {r.scenario.prompt_id for r in records if r.gate is GateId.G3_STABILITY and r.outcome is Outcome.CORROBORATED}
+    server = start_server(fixture_models["qwen2"]["gguf"])
+    try:
+        resumed = apr_certify(
+            str(playbook), "--served-model", name, "--endpoint", server.base_url, "-o", str(tmp_path / "out"),
+            "--resume", "--quiet", cwd=tmp_path,
+        )
+    finally:
+        server.stop()
+    assert resumed.returncode == 0 and resumed.stdout.startswith("CERTIFIED (endpoint)"), resumed.stdout + resumed.stderr
+    assert "carried over" in resumed.stdout
+    again = read_evidence(evidence).records
+    assert not [r for r in again if r.outcome is Outcome.INCONCLUSIVE]
+    lines = evidence.read_text().splitlines()
+    carried = [line for line in first_lines if line in lines]  # byte for byte: carried over, never asked again
+    assert answered and all(
+        any(f'"prompt_id":"{prompt_id}"' in line.replace(" ", "") for line in carried) for prompt_id in answered
+    )
+    assert [r.scenario.prompt_id for r in again if r.gate is GateId.G3_STABILITY].count(next(iter(answered))) == 1
+    keys = [r.key for r in again if r.gate is not GateId.DETERMINISM]
+    assert len(keys) == len(set(keys)), "a resumed run records every unit once"
+    [archived] = (tmp_path / "out" / "runs").glob("*/evidence.jsonl")  # the interrupted run, as it was
+    assert archived.read_text().splitlines() == first_lines
 
 
 def _closed_port() -> int:
