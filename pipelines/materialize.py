@@ -265,8 +265,11 @@ def main() -> int:
         return err.exit_code
     except Interrupted as interrupted:  # before any run started (loading the playbooks, say)
         stopped = stop_descendants()
-        print(f"materialize: interrupted by {interrupted} before any run started; stopped {len(stopped.pids)} "
-              "process(es) it had started", file=sys.stderr)
+        print(
+            f"materialize: interrupted by {interrupted} before any run started; stopped {len(stopped.pids)} "
+            "process(es) it had started",
+            file=sys.stderr,
+        )
         return interrupted.exit_code
 
 

@@ -96,7 +96,9 @@ def test_sigterm_stops_every_process_materialize_started(tmp_path: Path, fixture
     with dg.DagsterInstance.from_config(str(home)) as instance:
         runs = instance.get_runs()
     assert {run.tags["apr/model"] for run in runs} == set(MODELS)
-    assert all(run.status in (dg.DagsterRunStatus.CANCELED, dg.DagsterRunStatus.FAILURE) for run in runs), [run.status for run in runs]
+    assert all(run.status in (dg.DagsterRunStatus.CANCELED, dg.DagsterRunStatus.FAILURE) for run in runs), [
+        run.status for run in runs
+    ]
     # No staging folder left; a published folder (none is expected this early) would be complete.
     assert not [path for path in work.rglob(".*") if path.is_dir()]
     assert not certifications.exists() or not list(certifications.glob(".*"))

@@ -180,16 +180,28 @@ def test_an_endpoint_killed_mid_run_is_inconclusive_never_blocked_and_resume_ask
 
     # The endpoint is back (on another port): --resume keeps what was answered and asks only what was not.
     first_lines = evidence.read_text().splitlines()
-    answered = {r.scenario.prompt_id for r in records if r.gate is GateId.G3_STABILITY and r.outcome is Outcome.CORROBORATED}
+    answered = {
+        r.scenario.prompt_id for r in records if r.gate is GateId.G3_STABILITY and r.outcome is Outcome.CORROBORATED
+    }
     server = start_server(fixture_models["qwen2"]["gguf"])
     try:
         resumed = apr_certify(
-            str(playbook), "--served-model", name, "--endpoint", server.base_url, "-o", str(tmp_path / "out"),
-            "--resume", "--quiet", cwd=tmp_path,
+            str(playbook),
+            "--served-model",
+            name,
+            "--endpoint",
+            server.base_url,
+            "-o",
+            str(tmp_path / "out"),
+            "--resume",
+            "--quiet",
+            cwd=tmp_path,
         )
     finally:
         server.stop()
-    assert resumed.returncode == 0 and resumed.stdout.startswith("CERTIFIED (endpoint)"), resumed.stdout + resumed.stderr
+    assert resumed.returncode == 0 and resumed.stdout.startswith("CERTIFIED (endpoint)"), (
+        resumed.stdout + resumed.stderr
+    )
     assert "carried over" in resumed.stdout
     again = read_evidence(evidence).records
     assert not [r for r in again if r.outcome is Outcome.INCONCLUSIVE]

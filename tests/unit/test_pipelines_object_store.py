@@ -7,6 +7,7 @@ import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import pytest
@@ -36,7 +37,7 @@ def s3_endpoint() -> Iterator[str]:
 
 
 @pytest.fixture
-def bucket(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[s3fs.S3FileSystem]:
+def bucket(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """Credentials and endpoint in the environment only, as a worker gets them; a fresh bucket per test."""
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "apr-test-key")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
@@ -84,9 +85,7 @@ def test_a_stage_one_worker_built_is_read_and_reused_from_the_bucket_by_another(
     with dg.instance_for_test() as instance:
         first = dg.materialize([made], resources=resources(uri, tmp_path / "worker-a"), instance=instance)
         # A second worker: an empty cache elsewhere, only the bucket in common.
-        second = dg.materialize(
-            [made, used_asset], resources=resources(uri, tmp_path / "worker-b"), instance=instance
-        )
+        second = dg.materialize([made, used_asset], resources=resources(uri, tmp_path / "worker-b"), instance=instance)
     assert first.success and second.success
     assert len(builds) == 1, builds  # worker b reused the stage from the bucket instead of building it again
     keys = sorted(key.removeprefix(f"{BUCKET}/runs/one/") for key in bucket.find(f"{BUCKET}/runs/one"))

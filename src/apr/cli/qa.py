@@ -46,7 +46,8 @@ def _certify_endpoint(plan) -> None:
         typer.echo(f"  not applicable to an endpoint (never counted): {', '.join(left_out)}")
     typer.echo(
         f"wrote {result.evidence}, {result.output / 'junit.xml'}, {result.output / 'report.html'}, "
-        f"{result.tables / 'models.csv'}" + (f"; the previous run is in {result.archived}" if result.archived else "")
+        f"{result.tables / 'models.csv'}"
+        + (f"; the previous run is in {result.archived}" if result.archived else "")
         + (f"; {result.carried} record(s) carried over from it" if result.carried else "")
     )
     raise typer.Exit(result.exit_code)

@@ -253,7 +253,9 @@ class EndpointCertification:
             return step
 
         cases = range(len(settings.cases))
-        return [case_step(i) for i in cases if not self.carried.done(unit_of(GateId.GOLDEN_OUTPUT, f"golden:{i}", None))]
+        return [
+            case_step(i) for i in cases if not self.carried.done(unit_of(GateId.GOLDEN_OUTPUT, f"golden:{i}", None))
+        ]
 
     def _stops(self, client: EndpointClient) -> list[Callable[[], list[Check]]]:
         settings = self.playbook.gates.stop_behavior
@@ -275,7 +277,9 @@ class EndpointCertification:
             return step
 
         steps = range(len(settings.prompts))
-        return [prompt_step(i) for i in steps if not self.carried.done(unit_of(GateId.STOP_BEHAVIOR, f"stops:{i}", None))]
+        return [
+            prompt_step(i) for i in steps if not self.carried.done(unit_of(GateId.STOP_BEHAVIOR, f"stops:{i}", None))
+        ]
 
     def _cells(
         self, client: EndpointClient, emit: Callable[[list[Check], Timer], None], progress: RunProgress
