@@ -163,22 +163,22 @@ class RemoteRoot:
 
     # Records name files by absolute paths under the cache; stored, those paths are relative to the root.
     def to_stored(self, document: Any) -> Any:
-        return _rewrite(document, str(self.cache), ROOT_TOKEN)
+        return rewrite(document, str(self.cache), ROOT_TOKEN)
 
     def from_stored(self, document: Any) -> Any:
-        return _rewrite(document, ROOT_TOKEN, str(self.cache))
+        return rewrite(document, ROOT_TOKEN, str(self.cache))
 
 
-def _rewrite(value: Any, prefix: str, replacement: str) -> Any:
+def rewrite(value: Any, prefix: str, replacement: str) -> Any:
     """Every string of a JSON document that is ``prefix`` or starts with ``prefix/``, re-rooted at ``replacement``."""
     if isinstance(value, str):
         if value == prefix or value.startswith(prefix.rstrip("/") + "/"):
             return replacement + value[len(prefix) :]
         return value
     if isinstance(value, dict):
-        return {name: _rewrite(item, prefix, replacement) for name, item in value.items()}
+        return {name: rewrite(item, prefix, replacement) for name, item in value.items()}
     if isinstance(value, list):
-        return [_rewrite(item, prefix, replacement) for item in value]
+        return [rewrite(item, prefix, replacement) for item in value]
     return value
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, PrivateAttr
 
 from apr.errors import AprError
 
@@ -66,15 +66,28 @@ class StageRecord(BaseModel):
     files: dict[str, FileRef]
     facts: dict[str, Any]
     reused: bool = False
+    # The local folder standing for an object-store root (a worker's cache), if the record lives in one: paths in
+    # the facts under it do not count in the data version, so every worker computes the same one.
+    _cache_root: str | None = PrivateAttr(default=None)
 
     @property
     def data_version(self) -> str:
         """A digest of the produced files (and facts), independent of how they were produced."""
+        facts = self.facts
+        if self._cache_root is not None:
+            from pipelines.object_store import ROOT_TOKEN, rewrite
+
+            facts = rewrite(facts, self._cache_root, ROOT_TOKEN)
         payload = {
             "files": {name: ref.sha256 for name, ref in sorted(self.files.items())},
-            "facts": self.facts,
+            "facts": facts,
         }
         return sha256_json(payload)
+
+    def in_cache(self, root: Path) -> StageRecord:
+        """This record, marked as living in an object-store root cached at ``root`` (see ``data_version``)."""
+        self._cache_root = str(root)
+        return self
 
     def path(self, name: str) -> Path:
         """The absolute path of a named file of this stage."""
@@ -192,7 +205,7 @@ class WorkLayout:
             text = self.remote.read_text(path)
             if text is None:
                 return None
-            return StageRecord.model_validate(self.remote.from_stored(json.loads(text)))
+            return StageRecord.model_validate(self.remote.from_stored(json.loads(text))).in_cache(self.root)
         if not path.is_file():
             return None
         return StageRecord.model_validate_json(path.read_text(encoding="utf-8"))

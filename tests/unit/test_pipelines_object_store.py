@@ -98,6 +98,10 @@ def test_a_stage_one_worker_built_is_read_and_reused_from_the_bucket_by_another(
     facts = second.asset_value("used").facts
     assert facts["read"] == str((tmp_path / "worker-b" / "_all/made/out/weights.bin").resolve())
     assert facts["sha"] == hashlib.sha256(PAYLOAD).hexdigest()
+    # Each worker sees the record under its own cache, with one data version (downstream fingerprints agree).
+    seen = [resources(uri, tmp_path / worker)["work"].layout().read_record("made", None) for worker in ("a", "b")]
+    assert seen[0] is not None and seen[1] is not None and seen[0].facts != seen[1].facts
+    assert seen[0].data_version == seen[1].data_version == first.asset_value("made").data_version
 
 
 def test_a_file_changed_in_the_bucket_behind_the_manifest_is_refused_not_used(tmp_path: Path, bucket) -> None:
