@@ -43,9 +43,15 @@ class Carried:
     records: tuple[EvidenceRecord, ...]  # the previous run's records of the units that carry over, in its order
     units: frozenset[Unit]
     dropped: int  # records of units asked again
+    dropped_units: frozenset[Unit] = frozenset()
 
     def done(self, unit: Unit) -> bool:
         return unit in self.units
+
+    def finished_gate(self, gate: GateId) -> bool:
+        """True when the gate's records all carried over (none of its units is asked again)."""
+        name = str(gate)
+        return any(u[0] == name for u in self.units) and not any(u[0] == name for u in self.dropped_units)
 
     def replied(self) -> list[str]:
         """Prompt ids whose carried-over G2 holds a non-empty reply (candidates for the determinism reruns)."""
@@ -88,4 +94,4 @@ def select(records: Iterable[EvidenceRecord]) -> Carried:
     kept_units = {unit for unit, group in by_unit.items() if all(r.outcome not in NOT_CONCLUSIVE for r in group)}
     ordered = tuple(record for record in records if record_unit(record) in kept_units)
     dropped = sum(len(group) for unit, group in by_unit.items() if unit not in kept_units)
-    return Carried(ordered, frozenset(kept_units), dropped)
+    return Carried(ordered, frozenset(kept_units), dropped, frozenset(by_unit) - frozenset(kept_units))

@@ -40,6 +40,7 @@ from apr.qa.score import MqsResult, Status
 from apr.settings import secret_from
 
 DETERMINISM_TARGETS = 2  # answered cells asked again
+SERVE_FEATURES = (GateId.FIM, GateId.TOOL_CALLS, GateId.JSON_MODE, GateId.EMBEDDINGS)
 # A reply long enough to time the decode, in either API; the oracles never judge it.
 THROUGHPUT_PROMPTS = {
     "chat": "Count from 1 to 100, separated by commas. Reply with the numbers only.",
@@ -205,6 +206,9 @@ class EndpointCertification:
         replies = self._cells(client, emit, progress)
         if gates.determinism is not None and not done(unit_of(GateId.DETERMINISM, "", None)):
             self._family(progress, "determinism", [lambda: self._determinism(client, replies)], emit)
+        features = [gate for gate in SERVE_FEATURES if gate in gates.enabled() and not self.carried.finished_gate(gate)]
+        if features:
+            self._family(progress, "serve features", [lambda: self._features(client, features)], emit)
         if gates.throughput is not None and not done(unit_of(GateId.THROUGHPUT, checks.THROUGHPUT_CHECK, None)):
             self._family(progress, "throughput", [lambda: [self._throughput(client)]], emit)
         if not done(unit_of(GateId.G1_LOAD, checks.LOAD_CHECK, None)):
@@ -328,6 +332,19 @@ class EndpointCertification:
                 again = self._ask(client, prompt.text, prompt.max_tokens)
                 found.append(checks.rerun_check(prompt, self.seed, first, again))
         return found
+
+    def _features(self, client: EndpointClient, features: list[GateId]) -> list[Check]:
+        """FIM, TOOL-CALLS, JSON-MODE, EMBEDDINGS (those planned and not carried over) against the endpoint."""
+        from apr.qa.endpoint.features import endpoint_feature_checks
+
+        only = self.playbook.gates.model_copy(
+            update={
+                field: None
+                for field, info in type(self.playbook.gates).model_fields.items()
+                if info.alias in {str(g) for g in SERVE_FEATURES if g not in features}
+            }
+        )
+        return endpoint_feature_checks(only, client.client, self.plan.served_model, client.timeout_s)
 
     def _throughput(self, client: EndpointClient) -> Check:
         settings = self.playbook.gates.throughput
