@@ -1,4 +1,4 @@
-"""SIGTERM to a running ``python -m pipelines.materialize`` (multiprocess and Dask executors, two models): it exits
+"""SIGTERM to a running ``python -m pipelines.materialize`` (multiprocess and Dask executors): it exits
 143 with one line, no process it started survives (the test is their subreaper, so even orphans are seen), its
 Dagster runs end canceled, and nothing half-written is published."""
 
@@ -25,7 +25,7 @@ apr_playbook: 1
 name: {name}-quick
 version: 1.0.0
 tier: quick
-model: {{ref: {name}, path: {gguf}, architecture: llama, chat_template: true}}
+model: {{ref: {name}, path: {gguf}, architecture: {architecture}, chat_template: true}}
 matrix: {{formats: [gguf, safetensors, apr], backends: [cpu], modalities: [run]}}
 scenarios: {{seed: 7, max_tokens: 8, pools: {{arithmetic: 1}}, per_cell: 1}}
 execution: {{timeout_s: 120, failure_policy: collect_all}}
@@ -42,18 +42,23 @@ def running(process: psutil.Process) -> bool:
         return False
 
 
-@pytest.mark.parametrize("executor", ["multiprocess", "dask"])
-def test_sigterm_stops_every_process_materialize_started(tmp_path: Path, fixture_models, executor: str) -> None:
+# Dask: two models, so two orchestrating processes beside the cluster's workers; multiprocess: one model (the command
+# orchestrates it itself), whose step processes and their subprocesses are the levels below.
+@pytest.mark.parametrize(("executor", "models"), [("multiprocess", MODELS[:1]), ("dask", MODELS)])
+def test_sigterm_stops_every_process_materialize_started(
+    tmp_path: Path, fixture_models, executor: str, models: tuple[str, ...]
+) -> None:
     playbooks, work, certifications = tmp_path / "playbooks", tmp_path / "work", tmp_path / "certifications"
     playbooks.mkdir()
-    for name in MODELS:
-        text = PLAYBOOK.format(name=name, gguf=fixture_models["llama"]["gguf"])
+    # One checkpoint file per model: two checkpoint steps on one file at once are not what this test is about.
+    for name, architecture in zip(models, ("llama", "qwen2"), strict=False):
+        text = PLAYBOOK.format(name=name, gguf=fixture_models[architecture]["gguf"], architecture=architecture)
         (playbooks / f"{name}-quick.playbook.yaml").write_text(text, encoding="utf-8")
     home = tmp_path / "dagster"
     environ = {**os.environ, "DAGSTER_HOME": str(home), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO_ROOT)}
     argv = [sys.executable, "-m", "pipelines.materialize", "--executor", executor, "--concurrent-runs", "2"]
     argv += ["--no-table", "--work-root", str(work), "--certifications", str(certifications)]
-    argv += ["--playbooks", str(playbooks), *MODELS]
+    argv += ["--playbooks", str(playbooks), *models]
     me = psutil.Process()
     ours_before = {child.pid for child in me.children(recursive=True)}
     assert become_subreaper(), "the test needs Linux's child subreaper to see orphans"
@@ -78,6 +83,7 @@ def test_sigterm_stops_every_process_materialize_started(tmp_path: Path, fixture
         materialize.wait(timeout=120)
         reader.join(timeout=10)
         stderr = "".join(lines)
+        (tmp_path / "materialize.stderr").write_text(stderr)  # kept for a failure's diagnosis (pytest keeps failed)
         # A resource tracker ends on its own once its owner has (it reads the owner's pipe): a few seconds' grace.
         psutil.wait_procs([process for process in seen.values() if running(process)], timeout=5)
         survivors = [process for process in seen.values() if running(process)]
@@ -85,8 +91,8 @@ def test_sigterm_stops_every_process_materialize_started(tmp_path: Path, fixture
         psutil.wait_procs(orphans, timeout=5)  # reap any that ended as zombies of this process
     finally:
         become_subreaper(False)
-    # Orchestrators (two runs at once) and the executor's processes: several levels were started and stopped.
-    assert len(seen) >= 3, seen
+    # Orchestrators or step processes, workers, subprocesses: several processes were started and stopped.
+    assert len(seen) >= 2, seen
     assert survivors == [] and [p for p in orphans if running(p)] == [], (survivors, orphans)
     message = stderr.strip().splitlines()[-1]
     assert materialize.returncode == 143 and message.startswith("materialize: interrupted by SIGTERM: stopped"), (
@@ -95,7 +101,7 @@ def test_sigterm_stops_every_process_materialize_started(tmp_path: Path, fixture
     )
     with dg.DagsterInstance.from_config(str(home)) as instance:
         runs = instance.get_runs()
-    assert {run.tags["apr/model"] for run in runs} == set(MODELS)
+    assert {run.tags["apr/model"] for run in runs} == set(models)
     assert all(run.status in (dg.DagsterRunStatus.CANCELED, dg.DagsterRunStatus.FAILURE) for run in runs), [
         run.status for run in runs
     ]
