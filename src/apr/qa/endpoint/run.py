@@ -3,8 +3,8 @@ OpenAI-compatible endpoint → evidence (provenance names the endpoint, the serv
 never the API key) → MQS (an endpoint's own kind of verdict: ``apr.qa.score``) → JUnit/HTML → tables.
 
 Evidence order: the gates that do not apply (not-applicable records), golden output, stop behaviour, the scenario
-cells (``concurrency`` at once), determinism (reruns of answered cells), throughput and TTFT, then G1 (the served
-model answered). A run that finds the endpoint unreachable, refusing the key or not serving the model ends before
+cells (``concurrency`` at once), determinism (reruns of answered cells), the serve features (FIM, tool calls, JSON
+mode, embeddings: ``features.py``), throughput and TTFT, then G1 (the served model answered). A run that finds the endpoint unreachable, refusing the key or not serving the model ends before
 writing anything (exit 2); one whose endpoint dies mid-run ends INCONCLUSIVE (exit 3), never BLOCKED. Resumed
 (``resume``), a run carries over the previous run's conclusive units and asks only the rest (``resume.py``).
 """
