@@ -47,21 +47,34 @@ def become_subreaper(enabled: bool = True) -> bool:
     return libc.prctl(PR_SET_CHILD_SUBREAPER, int(enabled), 0, 0, 0) == 0
 
 
+class Signals:
+    """The signal received, if any. The exception a signal raises can be caught by code it lands in — Dagster
+    records any exception inside a run as the run's failure and returns normally — so callers also ``check``."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+
+    def check(self) -> None:
+        """Raise :class:`Interrupted` again if a signal came (after code that may have swallowed it)."""
+        if self.received is not None:
+            raise Interrupted(self.received)
+
+
 @contextmanager
-def signals_raise_interrupted() -> Iterator[None]:
+def signals_raise_interrupted() -> Iterator[Signals]:
     """SIGTERM and SIGINT raise :class:`Interrupted` in the main thread, once: a second signal while the first is
     being handled (stopping the processes takes seconds) does not cut that clean-up short."""
-    raised: list[int] = []
+    signals = Signals()
 
     def handler(signum: int, _frame: FrameType | None) -> None:
-        if raised:
+        if signals.received is not None:
             return
-        raised.append(signum)
+        signals.received = signum
         raise Interrupted(signum)
 
     previous = {signum: signal.signal(signum, handler) for signum in HANDLED_SIGNALS}
     try:
-        yield
+        yield signals
     finally:
         for signum, old in previous.items():
             signal.signal(signum, old)

@@ -20,6 +20,7 @@ number with one line on stderr (``pipelines.interrupts``).
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 import uuid
@@ -27,7 +28,7 @@ from pathlib import Path
 
 from apr.errors import AprError
 from apr.settings import current
-from pipelines.interrupts import Interrupted, become_subreaper, signals_raise_interrupted, stop_descendants
+from pipelines.interrupts import Interrupted, Signals, become_subreaper, signals_raise_interrupted, stop_descendants
 from pipelines.jobs import ExecutorKind
 from pipelines.partitions import DEFAULT_PLAYBOOKS_DIR, REPO_ROOT, TIER_SUFFIXES, discover_playbooks
 from pipelines.work_root import discard_unfinished
@@ -110,8 +111,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def run(argv: list[str] | None = None) -> int:
+def run(argv: list[str] | None = None, signals: Signals | None = None) -> int:
+    """Materialize the models of ``argv``; with ``signals`` (the command's), an interrupt stops what it started."""
     args = parse_args(argv)
+    signals = signals or Signals()
     import dagster as dg
 
     from pipelines.definitions import build_definitions
@@ -144,6 +147,7 @@ def run(argv: list[str] | None = None) -> int:
         try:
             if args.executor is ExecutorKind.IN_PROCESS:
                 for key in keys:
+                    signals.check()  # a signal during the previous model's run may have ended as its failure
                     started = time.monotonic()
                     result = dg.materialize(
                         assets,
@@ -155,10 +159,13 @@ def run(argv: list[str] | None = None) -> int:
                         tags={**invocation, "apr/model": key},
                     )
                     print("\n".join(report_lines(key, result, time.monotonic() - started)))
+                    if interrupted_inside(result):
+                        raise Interrupted(signal.SIGINT)  # Dagster handles SIGTERM as SIGINT in the thread of a run
                     if not result.success:
                         failed.append(key)
             else:
-                failed += run_on_executor(args, playbooks, work, keys, instance, invocation)
+                failed += run_on_executor(args, playbooks, work, keys, instance, invocation, signals)
+            signals.check()
             if not args.no_table:
                 started = time.monotonic()
                 result = dg.materialize(
@@ -172,6 +179,7 @@ def run(argv: list[str] | None = None) -> int:
                 print("\n".join(report_lines("certification_table", result, time.monotonic() - started)))
                 if not result.success:
                     failed.append("certification_table")
+            signals.check()
         except Interrupted as interrupted:
             print(stop_after_interrupt(interrupted, instance, invocation, work, keys), file=sys.stderr)
             return interrupted.exit_code
@@ -208,7 +216,13 @@ def stop_after_interrupt(interrupted: Interrupted, instance, invocation: dict[st
 
 
 def run_on_executor(
-    args: argparse.Namespace, playbooks: Path, work, keys: list[str], instance, invocation: dict[str, str]
+    args: argparse.Namespace,
+    playbooks: Path,
+    work,
+    keys: list[str],
+    instance,
+    invocation: dict[str, str],
+    signals: Signals,
 ) -> list[str]:
     """Each model as a run of the ``certify_model`` job on the chosen executor; returns the models that failed."""
     from pipelines.jobs import reconstructable_certify_job
@@ -225,10 +239,21 @@ def run_on_executor(
     failed = []
     with shared_cluster(args.executor, run_config) as shared:
         for outcome in execute_partitions(jobs, instance, shared, concurrent, invocation):
+            signals.check()  # an orchestrator in this process may have recorded the signal as its run's failure
             print("\n".join(outcome.lines), flush=True)
             if not outcome.success:
                 failed.append(outcome.partition)
     return failed
+
+
+def interrupted_inside(result) -> bool:
+    """True when Dagster itself caught a signal during an in-process run (it records it as a failed step)."""
+    interrupts = {"DagsterExecutionInterruptedError", "KeyboardInterrupt"}
+    for event in result.all_events:
+        error = getattr(event.event_specific_data, "error", None)
+        if error is not None and error.cls_name in interrupts:
+            return True
+    return False
 
 
 def report_lines(what: str, result, seconds: float) -> list[str]:
@@ -258,8 +283,8 @@ def report_lines(what: str, result, seconds: float) -> list[str]:
 def main() -> int:
     become_subreaper()  # the orphans of processes stopped on an interrupt come back to us, to be stopped too
     try:
-        with signals_raise_interrupted():
-            return run()
+        with signals_raise_interrupted() as signals:
+            return run(signals=signals)
     except AprError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code

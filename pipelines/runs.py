@@ -139,17 +139,18 @@ def execute_partitions(
 
     Interrupted (an exception from a signal, or the generator closed early), it returns without waiting for the
     orchestrating processes: the caller stops them (``pipelines.interrupts``), as they may wait on steps for hours."""
-    from dagster import DagsterInvalidConfigError
+    from dagster import DagsterInvalidConfigError, validate_run_config
 
     partitions = list(jobs)
     try:
-        if concurrent_runs <= 1 or len(partitions) <= 1:
-            for partition in partitions:
-                yield execute_partition(jobs[partition], instance.get_ref(), run_config, partition, tags)
-            return
+        if partitions:  # here, in one line, not as an orchestrator's exception (Dagster's does not survive pickling)
+            validate_run_config(jobs[partitions[0]].get_definition(), run_config)
+        # Every run is orchestrated in a process of its own, even one at a time: Dagster takes over SIGINT and SIGTERM
+        # in the thread that orchestrates a run (it interrupts the step and records a failed run), which must not be
+        # this process's main thread, whose signals stop everything (pipelines.interrupts).
         # spawn: a fresh interpreter per orchestrator (Dagster and torch do not survive a fork of a busy process).
         context = multiprocessing.get_context("spawn")
-        pool = ProcessPoolExecutor(max_workers=min(concurrent_runs, len(partitions)), mp_context=context)
+        pool = ProcessPoolExecutor(max_workers=max(1, min(concurrent_runs, len(partitions))), mp_context=context)
         try:
             futures = [
                 pool.submit(execute_partition, jobs[partition], instance.get_ref(), run_config, partition, tags)
