@@ -19,8 +19,8 @@ URI that carries them (``s3://key:secret@bucket``) is refused, so they never rea
 from __future__ import annotations
 
 import hashlib
-import json
 import os
+import sys
 import tempfile
 import uuid
 from pathlib import Path
@@ -90,15 +90,7 @@ class RemoteRoot:
 
     def upload(self, local: Path) -> None:
         """Copy a cached file to its key through a temporary key, so the final name only ever holds whole files."""
-        key = self.key(local)
-        parent, name = key.rsplit("/", 1)
-        temporary = f"{parent}/.{name}.{uuid.uuid4().hex}.part"
-        try:
-            self.fs.put_file(str(local), temporary)
-            self.fs.mv(temporary, key)
-        except BaseException:
-            self._remove_quietly(temporary)
-            raise
+        self._put(local, self.key(local))
 
     def upload_text(self, local: Path, text: str) -> None:
         """Write ``text`` to the key of ``local`` (through a temporary key), without touching the local file."""
@@ -106,17 +98,19 @@ class RemoteRoot:
             handle.write(text)
         staged = Path(handle.name)
         try:
-            key = self.key(local)
-            parent, name = key.rsplit("/", 1)
-            temporary = f"{parent}/.{name}.{uuid.uuid4().hex}.part"
-            try:
-                self.fs.put_file(str(staged), temporary)
-                self.fs.mv(temporary, key)
-            except BaseException:
-                self._remove_quietly(temporary)
-                raise
+            self._put(staged, self.key(local))
         finally:
             staged.unlink(missing_ok=True)
+
+    def _put(self, source: Path, key: str) -> None:
+        parent, name = key.rsplit("/", 1)
+        temporary = f"{parent}/.{name}.{uuid.uuid4().hex}.part"
+        try:
+            self.fs.put_file(str(source), temporary)
+            self.fs.mv(temporary, key)
+        except BaseException:
+            self._remove_quietly(temporary)
+            raise
 
     def read_text(self, local: Path) -> str | None:
         """The stored text of a cached path's key, or None when the store has no such object."""
@@ -159,7 +153,7 @@ class RemoteRoot:
         try:
             self.fs.rm_file(key)
         except OSError as err:
-            print(f"apr: could not remove the temporary object {key} ({type(err).__name__})")
+            print(f"apr: could not remove the temporary object {key} ({type(err).__name__})", file=sys.stderr)
 
     # Records name files by absolute paths under the cache; stored, those paths are relative to the root.
     def to_stored(self, document: Any) -> Any:
@@ -180,8 +174,3 @@ def rewrite(value: Any, prefix: str, replacement: str) -> Any:
     if isinstance(value, list):
         return [rewrite(item, prefix, replacement) for item in value]
     return value
-
-
-def dumps(document: Any) -> str:
-    """A stored record's text (the same layout as the local manifests)."""
-    return json.dumps(document, indent=2) + "\n"
