@@ -56,13 +56,19 @@ def job_name(partition: str | None) -> str:
 
 
 def certify_job(
-    playbooks_dir: str, work_root: str, certifications_dir: str, executor: str, partition: str | None = None
+    playbooks_dir: str,
+    work_root: str,
+    certifications_dir: str,
+    executor: str,
+    partition: str | None = None,
+    work_cache: str | None = None,
 ) -> dg.JobDefinition:
     """The partitioned ``certify_model`` job over a playbooks folder, writing under a work root.
 
     Every argument is a plain string so that ``build_reconstructable_job`` can pass them to the
     process (a multiprocess child, a Dask worker) that rebuilds the job to run one of its steps.
-    ``partition`` names the job after the model its runs certify (``job_name``).
+    ``partition`` names the job after the model its runs certify (``job_name``); ``work_cache`` is where workers
+    cache an object-store work root (``WorkRoot.cache_dir``).
     """
     from pipelines.definitions import build_assets, build_resources
     from pipelines.resources import AprSettings, WorkRoot
@@ -79,7 +85,7 @@ def certify_job(
     defs = dg.Definitions(
         assets=build_assets(partitions),
         resources=build_resources(
-            WorkRoot(root=work_root, certifications_dir=certifications_dir),
+            WorkRoot(root=work_root, certifications_dir=certifications_dir, cache_dir=work_cache),
             AprSettings(playbooks_dir=playbooks_dir),
         ),
         jobs=[job],
@@ -88,7 +94,12 @@ def certify_job(
 
 
 def reconstructable_certify_job(
-    playbooks_dir: Path, work_root: str, certifications_dir: Path, executor: ExecutorKind, partition: str
+    playbooks_dir: Path,
+    work_root: str,
+    certifications_dir: Path,
+    executor: ExecutorKind,
+    partition: str,
+    work_cache: str | None = None,
 ) -> dg.ReconstructableJob:
     """``certify_job`` for one model's runs as a pointer that worker processes follow (module, function, arguments)."""
     kwargs = {
@@ -97,6 +108,7 @@ def reconstructable_certify_job(
         "certifications_dir": str(certifications_dir),
         "executor": executor.value,
         "partition": partition,
+        "work_cache": work_cache,
     }
     return dg.build_reconstructable_job(
         "pipelines.jobs",

@@ -8,6 +8,7 @@ from typing import Any
 import dagster as dg
 
 from apr.settings import current
+from pipelines.object_store import default_cache_dir, is_object_store
 from pipelines.partitions import DEFAULT_PLAYBOOKS_DIR, REPO_ROOT
 from pipelines.work_root import StageRecord, WorkLayout, work_root_path
 
@@ -23,11 +24,17 @@ def default_work_root() -> str:
 class WorkRoot(dg.ConfigurableResource):
     """The one root under which the pipelines write (plus the published certifications folder)."""
 
-    # A path or a file:// URI; on a cluster, a shared mount every worker sees at the same place (docs/scale.md).
+    # A path or a file:// URI (on a cluster, a shared mount every worker sees at the same place), or an object-store
+    # URI fsspec resolves (s3://bucket/prefix), cached per worker in `cache_dir` (docs/scale.md).
     root: str = default_work_root()
     certifications_dir: str = str(DEFAULT_CERTIFICATIONS_DIR)
+    # This worker's cache of an object-store root (default $APR_HOME/work-cache/<digest of the URI>).
+    cache_dir: str | None = None
 
     def layout(self) -> WorkLayout:
+        if is_object_store(self.root):
+            cache = Path(self.cache_dir) if self.cache_dir else default_cache_dir(self.root)
+            return WorkLayout(cache, remote_uri=self.root)
         return WorkLayout(work_root_path(self.root))
 
     def certifications(self) -> Path:
@@ -70,10 +77,13 @@ class WorkRootIOManager(dg.ConfigurableIOManager):
         if context.has_asset_partitions and not context.has_partition_key:
             # An unpartitioned asset reading a partitioned one: every materialized partition.
             records = {key: layout.read_record(asset, key) for key in context.asset_partition_keys}
-            return {key: record for key, record in records.items() if record is not None}
+            return {key: record for key, record in records.items() if record is not None and layout.fetch(record)}
         partition = context.asset_partition_key if context.has_asset_partitions else None
         record = layout.read_record(asset, partition)
+        where = f" partition {partition!r}" if partition else ""
         if record is None:
-            where = f" partition {partition!r}" if partition else ""
-            raise dg.Failure(f"{asset}{where} has not been materialized under {layout.root}; materialize it first")
+            root = self.work.root if layout.remote is not None else layout.root
+            raise dg.Failure(f"{asset}{where} has not been materialized under {root}; materialize it first")
+        if not layout.fetch(record):  # an object-store root: the files into this worker's cache
+            raise dg.Failure(f"{asset}{where}: a file its manifest names is missing from {self.work.root}; rerun it")
         return record

@@ -104,8 +104,11 @@ def shared_cluster(kind: ExecutorKind, run_config: dict[str, Any]) -> Iterator[d
         yield shared
 
 
-def execute_partition(recon_job, instance_ref, run_config: dict[str, Any], partition: str) -> RunOutcome:
-    """Orchestrate one model's run (its steps go to the executor's processes or cluster); top-level to be picklable."""
+def execute_partition(
+    recon_job, instance_ref, run_config: dict[str, Any], partition: str, tags: Mapping[str, str] | None = None
+) -> RunOutcome:
+    """Orchestrate one model's run (its steps go to the executor's processes or cluster); top-level to be picklable.
+    ``tags`` are added to the run's (``materialize`` finds the runs of one invocation by them)."""
     import dagster as dg
 
     from pipelines.materialize import report_lines
@@ -116,7 +119,7 @@ def execute_partition(recon_job, instance_ref, run_config: dict[str, Any], parti
             recon_job,
             instance,
             run_config=run_config,
-            tags={PARTITION_TAG: partition, "apr/model": partition},
+            tags={**(tags or {}), PARTITION_TAG: partition, "apr/model": partition},
             raise_on_error=False,
         )
         with result:
@@ -126,26 +129,39 @@ def execute_partition(recon_job, instance_ref, run_config: dict[str, Any], parti
 
 
 def execute_partitions(
-    jobs: Mapping[str, Any], instance, run_config: dict[str, Any], concurrent_runs: int
+    jobs: Mapping[str, Any],
+    instance,
+    run_config: dict[str, Any],
+    concurrent_runs: int,
+    tags: Mapping[str, str] | None = None,
 ) -> Iterator[RunOutcome]:
-    """Run each partition's reconstructable job, up to ``concurrent_runs`` at once (each in its own process)."""
-    from dagster import DagsterInvalidConfigError
+    """Run each partition's reconstructable job, up to ``concurrent_runs`` at once (each in its own process).
+
+    Interrupted (an exception from a signal, or the generator closed early), it returns without waiting for the
+    orchestrating processes: the caller stops them (``pipelines.interrupts``), as they may wait on steps for hours."""
+    from dagster import DagsterInvalidConfigError, validate_run_config
 
     partitions = list(jobs)
     try:
-        if concurrent_runs <= 1 or len(partitions) <= 1:
-            for partition in partitions:
-                yield execute_partition(jobs[partition], instance.get_ref(), run_config, partition)
-            return
+        if partitions:  # here, in one line, not as an orchestrator's exception (Dagster's does not survive pickling)
+            validate_run_config(jobs[partitions[0]].get_definition(), run_config)
+        # Every run is orchestrated in a process of its own, even one at a time: Dagster takes over SIGINT and SIGTERM
+        # in the thread that orchestrates a run (it interrupts the step and records a failed run), which must not be
+        # this process's main thread, whose signals stop everything (pipelines.interrupts).
         # spawn: a fresh interpreter per orchestrator (Dagster and torch do not survive a fork of a busy process).
         context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=min(concurrent_runs, len(partitions)), mp_context=context) as pool:
+        pool = ProcessPoolExecutor(max_workers=max(1, min(concurrent_runs, len(partitions))), mp_context=context)
+        try:
             futures = [
-                pool.submit(execute_partition, jobs[partition], instance.get_ref(), run_config, partition)
+                pool.submit(execute_partition, jobs[partition], instance.get_ref(), run_config, partition, tags)
                 for partition in partitions
             ]
             for future in futures:
                 yield future.result()
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)  # `with` would wait for every running orchestrator
+            raise
+        pool.shutdown(wait=True)
     except DagsterInvalidConfigError as err:
         problems = "; ".join(error.message for error in err.errors) or str(err)
         raise AprError(f"the run config does not fit the {JOB_NAME} job: {problems}") from None

@@ -42,13 +42,14 @@ def run_stage(
     directory = layout.asset_dir(asset, partition)
     directory.mkdir(parents=True, exist_ok=True)
     result = build(directory)
-    return StageRecord(
+    record = StageRecord(
         asset=asset,
         partition=partition or "",
         fingerprint=wanted,
         files=result.files,
         facts=result.facts,
     )
+    return record.in_cache(layout.root) if layout.remote is not None else record
 
 
 def file_metadata(ref: FileRef) -> dict[str, dg.MetadataValue]:

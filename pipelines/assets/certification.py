@@ -12,7 +12,7 @@ from pipelines.audit import AUDIT_NOTEBOOK, EVIDENCE_NAME, run_audit_notebook
 from pipelines.code_digest import apr_code_digest
 from pipelines.resources import WorkRoot
 from pipelines.stage import StageResult, run_stage, stage_output
-from pipelines.work_root import FileRef, StageRecord, file_ref, replace_dir, sha256_file
+from pipelines.work_root import FileRef, StageRecord, discard_unfinished, file_ref, replace_dir, sha256_file
 
 CODE_VERSION = "1"
 ASSET = "certification"
@@ -34,8 +34,8 @@ def publish(source: Path, target: Path) -> None:
     runs kept beside the pipeline's (``gpu-h200/`` from a GPU machine, ``humaneval/``, ``self-test/``), which
     a re-run on this machine cannot reproduce and must never delete. Top-level files are the pipeline's own."""
     target.parent.mkdir(parents=True, exist_ok=True)
+    discard_unfinished(target.parent, target.name)  # what an interrupted publish left, before this one starts
     staging = target.with_name(f".{target.name}.new")
-    shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(source, staging)
     if target.is_dir():
         for entry in sorted(target.iterdir()):

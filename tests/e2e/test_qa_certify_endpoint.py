@@ -18,6 +18,7 @@ from serve_harness import RunningServer, start_server
 
 from apr.qa.evidence import Outcome, read_evidence
 from apr.qa.gates.catalog import ENDPOINT_GATES, GateId
+from apr.qa.infra import InfraCause
 from apr.qa.score import compute_mqs
 
 KEY_ENV = "APR_ENDPOINT_TEST_KEY"
@@ -146,7 +147,9 @@ def test_the_api_key_is_never_written(certified):
     assert KEY not in result.stdout + result.stderr
 
 
-def test_an_endpoint_killed_mid_run_is_inconclusive_never_blocked(fixture_models, tmp_path):
+def test_an_endpoint_killed_mid_run_is_inconclusive_never_blocked_and_resume_asks_only_the_rest(
+    fixture_models, tmp_path
+):
     server = start_server(fixture_models["qwen2"]["gguf"])
     try:
         name = served_model(server)
@@ -168,12 +171,51 @@ def test_an_endpoint_killed_mid_run_is_inconclusive_never_blocked(fixture_models
         server.stop()
     assert run.returncode == 3, stdout + "".join(progress) + rest
     assert stdout.startswith("INCONCLUSIVE (endpoint)") and "Traceback" not in rest
-    records = read_evidence(tmp_path / "out" / "evidence.jsonl").records
+    evidence = tmp_path / "out" / "evidence.jsonl"
+    records = read_evidence(evidence).records
     assert not [r for r in records if r.outcome.is_failure], "a dead endpoint is no evidence against the model"
     stopped = [r for r in records if r.outcome is Outcome.INCONCLUSIVE]
     assert stopped and {r.cause.value for r in stopped if r.cause} == {"endpoint-unreachable"}
     assert any(r.gate is GateId.G2_INFERENCE and r.outcome is Outcome.CORROBORATED for r in records)
     assert json.loads((tmp_path / "out" / "mqs.json").read_text())["status"] == "INCONCLUSIVE"
+
+    # The endpoint is back (on another port): --resume keeps what was answered and asks only what was not.
+    first_lines = evidence.read_text().splitlines()
+    answered = {
+        r.scenario.prompt_id for r in records if r.gate is GateId.G3_STABILITY and r.outcome is Outcome.CORROBORATED
+    }
+    server = start_server(fixture_models["qwen2"]["gguf"])
+    try:
+        resumed = apr_certify(
+            str(playbook),
+            "--served-model",
+            name,
+            "--endpoint",
+            server.base_url,
+            "-o",
+            str(tmp_path / "out"),
+            "--resume",
+            "--quiet",
+            cwd=tmp_path,
+        )
+    finally:
+        server.stop()
+    assert resumed.returncode == 0 and resumed.stdout.startswith("CERTIFIED (endpoint)"), (
+        resumed.stdout + resumed.stderr
+    )
+    assert "carried over" in resumed.stdout
+    again = read_evidence(evidence).records
+    assert not [r for r in again if r.outcome is Outcome.INCONCLUSIVE]
+    lines = evidence.read_text().splitlines()
+    carried = [line for line in first_lines if line in lines]  # byte for byte: carried over, never asked again
+    assert answered and all(
+        any(f'"prompt_id":"{prompt_id}"' in line.replace(" ", "") for line in carried) for prompt_id in answered
+    )
+    assert [r.scenario.prompt_id for r in again if r.gate is GateId.G3_STABILITY].count(next(iter(answered))) == 1
+    keys = [r.key for r in again if r.gate is not GateId.DETERMINISM]
+    assert len(keys) == len(set(keys)), "a resumed run records every unit once"
+    [archived] = (tmp_path / "out" / "runs").glob("*/evidence.jsonl")  # the interrupted run, as it was
+    assert archived.read_text().splitlines() == first_lines
 
 
 def _closed_port() -> int:
@@ -242,3 +284,45 @@ def test_llama_cpp_server_is_certified_as_a_different_implementation(real_model,
     assert not [r for r in records if r.gate is GateId.G3_STABILITY and r.outcome is not Outcome.CORROBORATED]
     assert {r.gate for r in records if r.outcome is Outcome.NOT_APPLICABLE} >= {GateId.G0_INTEGRITY}
     assert next(r for r in records if r.gate is GateId.G1_LOAD).outcome is Outcome.CORROBORATED
+
+
+FEATURES = {GateId.FIM, GateId.TOOL_CALLS, GateId.JSON_MODE, GateId.EMBEDDINGS}
+
+
+def feature_gates():
+    from apr.qa.gates.thresholds import GateSet
+
+    settings = {"cases": 1, "max_tokens": 16}
+    return GateSet.model_validate(
+        {"FIM": {**settings, "run_tests": False}, "TOOL-CALLS": settings, "JSON-MODE": settings, "EMBEDDINGS": {}}
+    )
+
+
+def test_serve_feature_gates_judge_an_endpoint_by_its_answers(keyed_server, fixture_models):
+    from apr.qa.endpoint.features import endpoint_feature_checks
+    from apr.qa.gates.serve_features import support_of
+
+    name = served_model(keyed_server, KEY)
+    found = endpoint_feature_checks(feature_gates(), keyed_server.client(KEY), name, 60.0)
+    by_gate = {gate: [c for c in found if c.gate is gate] for gate in FEATURES}
+    assert all(by_gate.values()), by_gate  # every enabled gate left a record
+    # What apr serve refuses for this checkpoint (no FIM tokens, a template without tools) is a 400 it does not
+    # take: not applicable, with the server's words; what it serves is judged by the oracle, never skipped.
+    support = support_of(fixture_models["qwen2"]["gguf"])
+    for gate, checks in by_gate.items():
+        if support.lacks(gate) is not None:
+            assert [c.outcome for c in checks] == [Outcome.NOT_APPLICABLE] and "HTTP 400" in checks[0].reason, checks
+        else:
+            assert all(c.outcome in (Outcome.CORROBORATED, Outcome.FALSIFIED) and c.n_compared for c in checks)
+    assert by_gate[GateId.EMBEDDINGS][0].outcome is not Outcome.NOT_APPLICABLE  # apr serve serves /v1/embeddings
+
+
+def test_serve_feature_gates_on_an_unreachable_endpoint_are_inconclusive(tmp_path):
+    import openai
+
+    from apr.qa.endpoint.features import endpoint_feature_checks
+
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{_closed_port()}/v1", api_key="unused", max_retries=0)
+    found = endpoint_feature_checks(feature_gates(), client, "m", 5.0)
+    assert {c.gate for c in found} == FEATURES
+    assert {(c.outcome, c.cause) for c in found} == {(Outcome.INCONCLUSIVE, InfraCause.ENDPOINT_UNREACHABLE)}

@@ -180,3 +180,38 @@ def test_publishing_a_certification_keeps_the_evidence_of_other_runs_beside_it(t
     assert (published / "report.html").read_text() == "new report"  # the pipeline's own: replaced
     assert sorted(p.name for p in (published / "charts").iterdir()) == ["new.svg"]  # its folders: replaced whole
     assert sorted(p.name for p in tmp_path.joinpath("certifications").iterdir()) == ["demo"]  # no staging left
+
+
+def test_a_publication_cut_short_between_its_renames_is_put_back_and_its_staging_removed(tmp_path: Path) -> None:
+    from pipelines.assets.certification import publish
+    from pipelines.work_root import discard_unfinished
+
+    certifications = tmp_path / "certifications"
+    # Killed after moving the old folder aside and before renaming the new one in: only hidden folders remain.
+    (certifications / ".demo.old").mkdir(parents=True)
+    (certifications / ".demo.old" / "report.html").write_text("the last complete report")
+    (certifications / ".demo.new").mkdir()
+    (certifications / ".demo.new" / "report.html").write_text("half of a new rep")
+    discard_unfinished(certifications, "demo")
+    assert sorted(p.name for p in certifications.iterdir()) == ["demo"]
+    assert (certifications / "demo" / "report.html").read_text() == "the last complete report"
+
+    # A publication that starts over such leftovers replaces the restored folder, leaving nothing hidden.
+    (certifications / ".demo.new").mkdir()
+    fresh = tmp_path / "out"
+    fresh.mkdir()
+    (fresh / "report.html").write_text("new report")
+    publish(fresh, certifications / "demo")
+    assert sorted(p.name for p in certifications.iterdir()) == ["demo"]
+    assert (certifications / "demo" / "report.html").read_text() == "new report"
+
+
+def test_a_partition_s_interrupted_stages_leave_no_staging_folder(tmp_path: Path) -> None:
+    layout = WorkLayout(tmp_path / "work")
+    gguf = layout.asset_dir("gguf", "m")
+    (gguf / "out").mkdir(parents=True)
+    (gguf / ".out.k2j3h4").mkdir()  # a staging_dir never renamed into place
+    (gguf / ".out.k2j3h4" / "model.gguf").write_bytes(b"GGUF half")
+    (gguf / "manifest.json").write_text("{}")
+    layout.discard_unfinished("m")
+    assert sorted(p.name for p in gguf.iterdir()) == ["manifest.json", "out"]

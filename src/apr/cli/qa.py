@@ -46,7 +46,9 @@ def _certify_endpoint(plan) -> None:
         typer.echo(f"  not applicable to an endpoint (never counted): {', '.join(left_out)}")
     typer.echo(
         f"wrote {result.evidence}, {result.output / 'junit.xml'}, {result.output / 'report.html'}, "
-        f"{result.tables / 'models.csv'}" + (f"; the previous run is in {result.archived}" if result.archived else "")
+        f"{result.tables / 'models.csv'}"
+        + (f"; the previous run is in {result.archived}" if result.archived else "")
+        + (f"; {result.carried} record(s) carried over from it" if result.carried else "")
     )
     raise typer.Exit(result.exit_code)
 
@@ -92,7 +94,12 @@ def register(app: typer.Typer) -> None:
         threads: int | None = typer.Option(
             None, "--threads", min=1, help="CPU threads of every cell (default: the free cores, measured)"
         ),
-        resume: bool = typer.Option(False, "--resume", help="append to an existing evidence file; skip finished cells"),
+        resume: bool = typer.Option(
+            False,
+            "--resume",
+            help="continue the run in the output folder: skip finished cells (with --endpoint: ask again only what "
+            "got no answer)",
+        ),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress on stderr"),
         endpoint: str | None = typer.Option(
             None, "--endpoint", help="certify this OpenAI-compatible server instead, e.g. http://127.0.0.1:8080/v1"
@@ -144,13 +151,12 @@ def register(app: typer.Typer) -> None:
             tier=Tier(tier) if tier else None,
             output=output,
             progress=not quiet,
+            resume=resume,
         )
         if plan is not None:
             for flag, value in (("--model-path", model_path), ("--workers", workers), ("--threads", threads)):
                 if value is not None:
                     raise AprError(f"{flag} does not apply to an endpoint: it runs no local engine")
-            if resume:
-                raise AprError("--resume does not apply to an endpoint: re-run it (the earlier run is kept in runs/)")
             _certify_endpoint(plan)
         assert playbook is not None  # without one, endpoint_plan returned a plan or raised
         if model_path is not None and not model_path.exists():

@@ -18,6 +18,8 @@ from apr.qa.recording import Check, corroborated, falsified, inconclusive, skipp
 from apr.qa.scenarios import Prompt
 
 G1, G2, G3, G4 = GateId.G1_LOAD, GateId.G2_INFERENCE, GateId.G3_STABILITY, GateId.G4_QUALITY
+LOAD_CHECK = "serves"
+THROUGHPUT_CHECK = "decode:endpoint"
 _WHAT_IS_MISSING = {
     Needs.FILES: "the checkpoint's files (bytes, tensors, metadata, tokenizer)",
     Needs.ENGINE: "apr's own engine on the files (logits, attention, numerics modes, formats, backends)",
@@ -101,7 +103,7 @@ def load_check(answers: Sequence[Answer], listed: Listing, served_model: str) ->
     if replies:
         return corroborated(
             G1,
-            "serves",
+            LOAD_CHECK,
             f"{served_model!r} answered {len(replies)} of {len(answers)} requests; {listing}",
             len(replies),
             metrics=metrics,
@@ -109,11 +111,11 @@ def load_check(answers: Sequence[Answer], listed: Listing, served_model: str) ->
     stopped = [a for a in answers if isinstance(a, Unanswered)]
     if stopped:
         return inconclusive(
-            G1, "serves", stopped[0].cause, f"no reply from {served_model!r}: {stopped[0].reason}", metrics=metrics
+            G1, LOAD_CHECK, stopped[0].cause, f"no reply from {served_model!r}: {stopped[0].reason}", metrics=metrics
         )
     return falsified(
         G1,
-        "serves",
+        LOAD_CHECK,
         f"{served_model!r} answered none of {len(answers)} requests with a reply; {listing}",
         max(1, len(answers)),
         metrics=metrics,
@@ -154,7 +156,7 @@ def throughput_check(
 ) -> Check:
     """THROUGHPUT from the client: the median decode tok/s of single streams (after a warmup) against ``minimum``;
     TTFT median and p90, and with ``concurrency`` > 1 the tokens per second of that many streams at once."""
-    name = "decode:endpoint"
+    name = THROUGHPUT_CHECK
     fields: dict[str, Any] = {"threshold": minimum, "unit": "tok/s"}
     stopped = [a for a in runs if isinstance(a, Unanswered)]
     if stopped:

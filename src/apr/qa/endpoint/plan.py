@@ -64,6 +64,7 @@ def endpoint_plan(
     tier: Tier | None,
     output: Path | None,
     progress: bool,
+    resume: bool = False,
 ) -> EndpointPlan | None:
     """The plan when this is an endpoint certification (``--endpoint``, or a playbook with ``endpoint:``); None when
     it certifies a checkpoint. AprError (one line) for any option that does not fit."""
@@ -102,4 +103,5 @@ def endpoint_plan(
         output=output or default_output(served, playbook),
         explicit_output=output is not None,
         progress=progress,
+        resume=resume,
     )

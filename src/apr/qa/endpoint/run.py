@@ -3,9 +3,10 @@ OpenAI-compatible endpoint → evidence (provenance names the endpoint, the serv
 never the API key) → MQS (an endpoint's own kind of verdict: ``apr.qa.score``) → JUnit/HTML → tables.
 
 Evidence order: the gates that do not apply (not-applicable records), golden output, stop behaviour, the scenario
-cells (``concurrency`` at once), determinism (reruns of answered cells), throughput and TTFT, then G1 (the served
-model answered). A run that finds the endpoint unreachable, refusing the key or not serving the model ends before
-writing anything (exit 2); one whose endpoint dies mid-run ends INCONCLUSIVE (exit 3), never BLOCKED.
+cells (``concurrency`` at once), determinism (reruns of answered cells), the serve features (FIM, tool calls, JSON
+mode, embeddings: ``features.py``), throughput and TTFT, then G1 (the served model answered). A run that finds the endpoint unreachable, refusing the key or not serving the model ends before
+writing anything (exit 2); one whose endpoint dies mid-run ends INCONCLUSIVE (exit 3), never BLOCKED. Resumed
+(``resume``), a run carries over the previous run's conclusive units and asks only the rest (``resume.py``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from apr.qa import stages
 from apr.qa.axes import Modality
 from apr.qa.endpoint import checks
 from apr.qa.endpoint.client import Answer, EndpointClient, EndpointUnusable, Listing, Refusal, Reply, Unanswered
+from apr.qa.endpoint.resume import NOTHING, Carried, carried_over, record_unit, unit_of
 from apr.qa.endpoint.spec import EndpointSpec
 from apr.qa.evidence import EndpointProvenance, EvidenceWriter, read_evidence
 from apr.qa.gates.catalog import ENDPOINT_GATES, GateId
@@ -38,6 +40,7 @@ from apr.qa.score import MqsResult, Status
 from apr.settings import secret_from
 
 DETERMINISM_TARGETS = 2  # answered cells asked again
+SERVE_FEATURES = (GateId.FIM, GateId.TOOL_CALLS, GateId.JSON_MODE, GateId.EMBEDDINGS)
 # A reply long enough to time the decode, in either API; the oracles never judge it.
 THROUGHPUT_PROMPTS = {
     "chat": "Count from 1 to 100, separated by commas. Reply with the numbers only.",
@@ -57,6 +60,7 @@ class EndpointPlan:
     output: Path
     explicit_output: bool = True  # False: the default folder under certifications/, whose tables cover every model
     progress: bool = True
+    resume: bool = False  # carry over the conclusive units of the run in `output`; ask only the rest
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,7 @@ class EndpointResult:
     seconds: float
     tables: Path
     archived: Path | None = None
+    carried: int = 0  # records carried over from the resumed run
 
     @property
     def exit_code(self) -> int:
@@ -102,6 +107,7 @@ class EndpointCertification:
         self.seed = plan.playbook.scenarios.seed
         self.answers: list[Answer] = []
         self._lock = threading.Lock()
+        self.carried: Carried = NOTHING
 
     def run(self) -> EndpointResult:
         started = time.monotonic()
@@ -110,14 +116,23 @@ class EndpointCertification:
         try:
             with RunProgress(self.plan.progress) as progress:
                 listing = self._preflight(client)
+                if self.plan.resume:
+                    self.carried = carried_over(self.evidence, self.plan.served_model, self.playbook.name)
                 archived = archive_previous_run(self.plan.output)
                 if archived is not None:
                     progress.say(f"apr certify: kept the previous run of {self.plan.output} in {archived}")
+                if self.plan.resume:
+                    progress.say(
+                        f"apr certify: resuming: {len(self.carried.records)} record(s) carried over, "
+                        f"{self.carried.dropped} inconclusive one(s) to ask again"
+                    )
                 progress.say(
                     f"apr certify: {self.playbook.name} ({self.playbook.tier}) on the endpoint {self.spec.url}, "
                     f"model {self.plan.served_model!r}, server {client.headers.get('server', 'unnamed')}"
                 )
                 with EvidenceWriter(self.evidence) as writer:
+                    for record in self.carried.records:
+                        writer.append(record)
                     self._certify(client, self._recorder(client), writer, listing, progress)
         finally:
             client.close()
@@ -127,7 +142,9 @@ class EndpointCertification:
         stages.report(records, mqs, self.plan.output, title=title, evidence=self.evidence)
         tables = self.plan.output if self.plan.explicit_output else self.plan.output.parent
         stages.tables(tables)
-        return EndpointResult(self.plan.output, self.evidence, mqs, time.monotonic() - started, tables, archived)
+        seconds = time.monotonic() - started
+        carried = len(self.carried.records)
+        return EndpointResult(self.plan.output, self.evidence, mqs, seconds, tables, archived, carried)
 
     def _preflight(self, client: EndpointClient) -> Listing:
         try:
@@ -176,20 +193,29 @@ class EndpointCertification:
     ) -> None:
         def emit(found: list[Check], timer: Timer) -> None:
             for record in stamp_all(recorder, found, timer):
-                writer.append(record)
+                if not self.carried.done(record_unit(record)):  # a resumed run never records a unit twice
+                    writer.append(record)
 
         gates = self.playbook.gates
+        done = self.carried.done
         emit(checks.not_applicable_checks(gates.enabled()), Timer())
         if gates.golden_output is not None:
             self._family(progress, "golden output", self._golden(client), emit)
         if gates.stop_behavior is not None and self.spec.api == "chat":
             self._family(progress, "stop behavior", self._stops(client), emit)
         replies = self._cells(client, emit, progress)
-        if gates.determinism is not None:
+        if gates.determinism is not None and not done(unit_of(GateId.DETERMINISM, "", None)):
             self._family(progress, "determinism", [lambda: self._determinism(client, replies)], emit)
-        if gates.throughput is not None:
+        features = [gate for gate in SERVE_FEATURES if gate in gates.enabled() and not self.carried.finished_gate(gate)]
+        if features:
+            self._family(progress, "serve features", [lambda: self._features(client, features)], emit)
+        if gates.throughput is not None and not done(unit_of(GateId.THROUGHPUT, checks.THROUGHPUT_CHECK, None)):
             self._family(progress, "throughput", [lambda: [self._throughput(client)]], emit)
-        emit([checks.load_check(self.answers, listing, self.plan.served_model)], Timer())
+        if not done(unit_of(GateId.G1_LOAD, checks.LOAD_CHECK, None)):
+            if not self.answers:  # everything else carried over: G1 needs this run's endpoint to answer once
+                first = self.playbook.prompts()[0]
+                self._ask(client, first.text, first.max_tokens)
+            emit([checks.load_check(self.answers, listing, self.plan.served_model)], Timer())
 
     def _family(
         self,
@@ -230,7 +256,10 @@ class EndpointCertification:
 
             return step
 
-        return [case_step(index) for index in range(len(settings.cases))]
+        cases = range(len(settings.cases))
+        return [
+            case_step(i) for i in cases if not self.carried.done(unit_of(GateId.GOLDEN_OUTPUT, f"golden:{i}", None))
+        ]
 
     def _stops(self, client: EndpointClient) -> list[Callable[[], list[Check]]]:
         settings = self.playbook.gates.stop_behavior
@@ -251,7 +280,10 @@ class EndpointCertification:
 
             return step
 
-        return [prompt_step(index) for index in range(len(settings.prompts))]
+        steps = range(len(settings.prompts))
+        return [
+            prompt_step(i) for i in steps if not self.carried.done(unit_of(GateId.STOP_BEHAVIOR, f"stops:{i}", None))
+        ]
 
     def _cells(
         self, client: EndpointClient, emit: Callable[[list[Check], Timer], None], progress: RunProgress
@@ -261,6 +293,7 @@ class EndpointCertification:
         prompts = self.playbook.prompts()
         phase = progress.phase("cells", len(prompts))
         replies: dict[int, Reply] = {}
+        asked = [i for i, p in enumerate(prompts) if not self.carried.done(unit_of(GateId.G3_STABILITY, "", p.id))]
 
         def one(index: int) -> None:
             prompt = prompts[index]
@@ -276,7 +309,7 @@ class EndpointCertification:
             phase.finish(f"endpoint/{prompt.id}: {status}{cause}", seconds=timer.elapsed)
 
         with ThreadPoolExecutor(max_workers=self.spec.concurrency, thread_name_prefix="apr-endpoint") as pool:
-            for future in [pool.submit(one, index) for index in range(len(prompts))]:
+            for future in [pool.submit(one, index) for index in asked]:
                 future.result()
         phase.close()
         return [(prompts[index], replies[index]) for index in sorted(replies)]
@@ -284,6 +317,13 @@ class EndpointCertification:
     def _determinism(self, client: EndpointClient, replies: list[tuple[Prompt, Reply]]) -> list[Check]:
         settings = self.playbook.gates.determinism
         assert settings is not None  # the caller checked
+        if len(replies) < DETERMINISM_TARGETS:  # resumed: prompts answered in the earlier run, asked for a first reply
+            by_id = {prompt.id: prompt for prompt in self.playbook.prompts()}
+            for prompt_id in self.carried.replied()[: DETERMINISM_TARGETS - len(replies)]:
+                prompt = by_id[prompt_id]
+                first = self._ask(client, prompt.text, prompt.max_tokens)
+                if isinstance(first, Reply) and first.text.strip():
+                    replies.append((prompt, first))
         if not replies:
             return [skipped(GateId.DETERMINISM, "rerun:serve", "no answered cell to rerun", modality=Modality.SERVE)]
         found = []
@@ -292,6 +332,19 @@ class EndpointCertification:
                 again = self._ask(client, prompt.text, prompt.max_tokens)
                 found.append(checks.rerun_check(prompt, self.seed, first, again))
         return found
+
+    def _features(self, client: EndpointClient, features: list[GateId]) -> list[Check]:
+        """FIM, TOOL-CALLS, JSON-MODE, EMBEDDINGS (those planned and not carried over) against the endpoint."""
+        from apr.qa.endpoint.features import endpoint_feature_checks
+
+        only = self.playbook.gates.model_copy(
+            update={
+                field: None
+                for field, info in type(self.playbook.gates).model_fields.items()
+                if info.alias in {str(g) for g in SERVE_FEATURES if g not in features}
+            }
+        )
+        return endpoint_feature_checks(only, client.client, self.plan.served_model, client.timeout_s)
 
     def _throughput(self, client: EndpointClient) -> Check:
         settings = self.playbook.gates.throughput

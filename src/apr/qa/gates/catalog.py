@@ -290,8 +290,9 @@ CATALOG: dict[GateId, GateSpec] = {
         ),
         # The serve features are quality (what a client gets back), P1: optional features probed on a handful
         # of fixed cases, so a miss costs points without blocking; a model without the feature records them
-        # not_applicable, which leaves the gate out of the MQS plan (apr.qa.score). They start their own `apr serve`
-        # from the artifact (files); judging a remote endpoint's FIM/tools/JSON/embeddings is not written yet.
+        # not_applicable, which leaves the gate out of the MQS plan (apr.qa.score). On a checkpoint they start their
+        # own `apr serve` per format (applicability read from the files); on an endpoint they ask it, and a request it
+        # does not take makes the gate not applicable (apr.qa.endpoint.features): they need the API only.
         _spec(
             GateId.FIM,
             "Fill-in-the-Middle",
@@ -299,7 +300,7 @@ CATALOG: dict[GateId, GateSpec] = {
             _P1,
             "`apr serve` /v1/completions with a suffix: prefix + middle + suffix parses as Python and, where the "
             "case has one, passes its assertion in the sandbox (models with FIM tokens)",
-            needs=_files,
+            needs=_api,
         ),
         _spec(
             GateId.TOOL_CALLS,
@@ -308,7 +309,7 @@ CATALOG: dict[GateId, GateSpec] = {
             _P1,
             "`apr serve` chat with tools: one tool call, the right function, arguments valid JSON matching its schema "
             "(models whose chat template renders tools)",
-            needs=_files,
+            needs=_api,
         ),
         _spec(
             GateId.JSON_MODE,
@@ -317,7 +318,7 @@ CATALOG: dict[GateId, GateSpec] = {
             _P1,
             "`apr serve` chat with a json_schema response_format: the reply parses and matches the schema "
             "(models with a chat template)",
-            needs=_files,
+            needs=_api,
         ),
         _spec(
             GateId.EMBEDDINGS,
@@ -325,7 +326,7 @@ CATALOG: dict[GateId, GateSpec] = {
             _Q,
             _P1,
             "`apr serve` /v1/embeddings: paraphrases are closer (cosine) than unrelated texts, over fixed triples",
-            needs=_files,
+            needs=_api,
         ),
     )
 }

@@ -97,21 +97,22 @@ class Probe:
     ask: Ask
 
 
-def probes(gates: GateSet, wanted: tuple[GateId, ...], fmt: Format, sandbox: Callable[[], Sandbox]) -> list[Probe]:
-    """Every case of the wanted gates against one served format, in gate order."""
+def probes(gates: GateSet, wanted: tuple[GateId, ...], where: str, sandbox: Callable[[], Sandbox]) -> list[Probe]:
+    """Every case of the wanted gates against one server, in gate order; ``where`` names it in the check names
+    (``gguf/cpu`` for a format apr serves here, ``endpoint`` for a remote one)."""
     found: list[Probe] = []
     if GateId.FIM in wanted and gates.fim is not None:
-        found += _fim_probes(gates.fim, fmt, sandbox)
+        found += _fim_probes(gates.fim, where, sandbox)
     if GateId.TOOL_CALLS in wanted and gates.tool_calls is not None:
-        found += _tool_probes(gates.tool_calls, fmt)
+        found += _tool_probes(gates.tool_calls, where)
     if GateId.JSON_MODE in wanted and gates.json_mode is not None:
-        found += _json_probes(gates.json_mode, fmt)
+        found += _json_probes(gates.json_mode, where)
     if GateId.EMBEDDINGS in wanted and gates.embeddings is not None:
-        found.append(_embedding_probe(gates.embeddings, fmt))
+        found.append(_embedding_probe(gates.embeddings, where))
     return found
 
 
-def _fim_probes(settings: FimGate, fmt: Format, sandbox: Callable[[], Sandbox]) -> list[Probe]:
+def _fim_probes(settings: FimGate, where: str, sandbox: Callable[[], Sandbox]) -> list[Probe]:
     def make(case: cases.FimCase) -> Ask:
         def ask(client: Any, model: str, timeout_s: float) -> Asked:
             reply = client.completions.create(
@@ -139,13 +140,13 @@ def _fim_probes(settings: FimGate, fmt: Format, sandbox: Callable[[], Sandbox]) 
     made = []
     for index, case in enumerate(chosen):
         prompt_id = cases.case_id("fim", index, case.prefix + case.suffix)
-        check = f"fim:{fmt}/cpu/{prompt_id}"
+        check = f"fim:{where}/{prompt_id}"
         shown = f"{case.prefix}<FILL>{case.suffix}"
         made.append(Probe(GateId.FIM, check, prompt_id, shown, make(case)))
     return made
 
 
-def _tool_probes(settings: ToolCallsGate, fmt: Format) -> list[Probe]:
+def _tool_probes(settings: ToolCallsGate, where: str) -> list[Probe]:
     def make(case: cases.ToolCase) -> Ask:
         def ask(client: Any, model: str, timeout_s: float) -> FeatureVerdict:
             reply = client.chat.completions.create(
@@ -172,11 +173,11 @@ def _tool_probes(settings: ToolCallsGate, fmt: Format) -> list[Probe]:
     made = []
     for index, case in enumerate(cases.TOOL_CASES[: settings.cases]):
         prompt_id = cases.case_id("tools", index, case.request)
-        made.append(Probe(GateId.TOOL_CALLS, f"tool-call:{fmt}/cpu/{prompt_id}", prompt_id, case.request, make(case)))
+        made.append(Probe(GateId.TOOL_CALLS, f"tool-call:{where}/{prompt_id}", prompt_id, case.request, make(case)))
     return made
 
 
-def _json_probes(settings: JsonModeGate, fmt: Format) -> list[Probe]:
+def _json_probes(settings: JsonModeGate, where: str) -> list[Probe]:
     def make(case: cases.JsonCase) -> Ask:
         def ask(client: Any, model: str, timeout_s: float) -> FeatureVerdict:
             reply = client.chat.completions.create(
@@ -200,11 +201,11 @@ def _json_probes(settings: JsonModeGate, fmt: Format) -> list[Probe]:
     made = []
     for index, case in enumerate(cases.JSON_CASES[: settings.cases]):
         prompt_id = cases.case_id("json", index, case.request)
-        made.append(Probe(GateId.JSON_MODE, f"json-schema:{fmt}/cpu/{prompt_id}", prompt_id, case.request, make(case)))
+        made.append(Probe(GateId.JSON_MODE, f"json-schema:{where}/{prompt_id}", prompt_id, case.request, make(case)))
     return made
 
 
-def _embedding_probe(settings: EmbeddingsGate, fmt: Format) -> Probe:
+def _embedding_probe(settings: EmbeddingsGate, where: str) -> Probe:
     texts = [text for t in cases.EMBEDDING_TRIPLES for text in (t.anchor, t.paraphrase, t.unrelated)]
 
     def ask(client: Any, model: str, timeout_s: float) -> FeatureVerdict:
@@ -214,7 +215,7 @@ def _embedding_probe(settings: EmbeddingsGate, fmt: Format) -> Probe:
         return embedding.check(triples, settings.min_ordered_fraction, settings.min_margin)
 
     prompt_id = cases.case_id("embeddings", 0, "\n".join(texts))
-    return Probe(GateId.EMBEDDINGS, f"similarity:{fmt}/cpu", prompt_id, " | ".join(texts[:3]) + " | ...", ask)
+    return Probe(GateId.EMBEDDINGS, f"similarity:{where}", prompt_id, " | ".join(texts[:3]) + " | ...", ask)
 
 
 # ---- running them -----------------------------------------------------------------------------------------
@@ -238,17 +239,17 @@ def serve_feature_checks(subject: Subject, wanted: tuple[GateId, ...]) -> list[C
     applicable = tuple(gate for gate in wanted if support.lacks(gate) is None)
     if not applicable:
         return checks
-    sandbox = _lazy_sandbox()
+    sandbox = lazy_sandbox()
     for fmt in subject.formats:
         path = subject.artifacts.paths.get(fmt)
         if path is None:
             checks += [skipped(g, f"serve:{fmt}/cpu", f"no {fmt} artifact", format=fmt) for g in applicable]
             continue
-        checks += _serve_format(subject, fmt, path, probes(subject.gates, applicable, fmt, sandbox))
+        checks += _serve_format(subject, fmt, path, probes(subject.gates, applicable, f"{fmt}/cpu", sandbox))
     return checks
 
 
-def _lazy_sandbox() -> Callable[[], Sandbox]:
+def lazy_sandbox() -> Callable[[], Sandbox]:
     made: list[Sandbox] = []
 
     def get() -> Sandbox:
