@@ -84,15 +84,16 @@ def _listed(items: list[str]) -> str:
 def reference_weights_check(model: CanonicalModel, fmt: Format, ref: str | None) -> Check | None:
     """G0: every tensor against the published checkpoint's fingerprint; None (not planned) for unknown models."""
     fingerprint = _fingerprint_of(model, ref)
-    if fingerprint is None:
-        return None
+    return None if fingerprint is None else weights_check(model, fmt, fingerprint)
+
+
+def weights_check(model: CanonicalModel, fmt: Format, fingerprint: ModelFingerprint) -> Check:
     problems, compared = weight_problems(model, fingerprint)
     return verdict(
         GateId.G0_INTEGRITY,
         f"reference-weights:{fmt}",
         not problems,
-        f"all {compared} tensors match the fingerprint of {fingerprint.source} (shape, RMS, mean |w|, "
-        f"{len(next(iter(fingerprint.tensors.values())).probes)} probe values each)"
+        f"all {compared} tensors match the fingerprint of {fingerprint.source} (shape, RMS, mean |w|, probe values)"
         if not problems
         else f"{len(problems)} of {len(fingerprint.tensors)} tensors differ from {fingerprint.source}: "
         + _listed(problems),
@@ -126,17 +127,21 @@ def reference_tokenizer_check(model: CanonicalModel, fmt: Format, ref: str | Non
     fingerprint = _fingerprint_of(model, ref)
     if fingerprint is None or fingerprint.tokenizer is None:
         return None
+    return tokenizer_check(model, fmt, fingerprint)
+
+
+def tokenizer_check(model: CanonicalModel, fmt: Format, fingerprint: ModelFingerprint) -> Check:
     problems = tokenizer_problems(model, fingerprint)
-    expected = fingerprint.tokenizer
+    texts = len(fingerprint.tokenizer.texts) if fingerprint.tokenizer else 0
+    tokens = fingerprint.tokenizer.tokens if fingerprint.tokenizer else 0
     return verdict(
         GateId.CONTRACT_INVARIANTS,
         "reference-tokenizer",
         not problems,
-        f"{expected.tokens} tokens and the ids of {len(expected.texts)} fixed texts match {fingerprint.repo}"
+        f"{tokens} tokens and the ids of {texts} fixed texts match {fingerprint.repo}"
         if not problems
         else f"tokenizer differs from {fingerprint.repo}: " + _listed(problems),
-        1 + len(expected.texts),
+        1 + texts,
         format=fmt,
         metrics={"reference": fingerprint.repo, "differences": len(problems)},
     )
-
