@@ -63,7 +63,7 @@ class TensorFingerprint:
 @dataclass(frozen=True)
 class TokenizerFingerprint:
     tokens: int
-    tokens_sha256: str  # of the token texts joined by "\n", in id order
+    tokens_sha256: str  # of the token texts joined by "\n", in id order (SentencePiece spaces spelled "▁")
     texts: dict[str, list[int]]  # each of TOKENIZER_TEXTS: its ids (no special tokens added)
 
     def to_json(self) -> dict:
@@ -146,7 +146,10 @@ def tokenizer_fingerprint(model: CanonicalModel) -> TokenizerFingerprint | None:
     tok = model.tokenizer
     if tok is None:
         return None
-    digest = hashlib.sha256("\n".join(tok.spec.tokens).encode("utf-8", "surrogatepass")).hexdigest()
+    # SentencePiece vocabularies spell a space "▁"; GGUF and tokenizer.json disagree on it for pure-whitespace
+    # tokens of gemma ("  " vs "▁▁"), which encode the same. Digest one spelling (the fixed texts check ids).
+    tokens = [t.replace(" ", "▁") for t in tok.spec.tokens] if tok.spec.model == "llama" else list(tok.spec.tokens)
+    digest = hashlib.sha256("\n".join(tokens).encode("utf-8", "surrogatepass")).hexdigest()
     return TokenizerFingerprint(
         tokens=len(tok.spec.tokens), tokens_sha256=digest, texts={text: tok.encode(text) for text in TOKENIZER_TEXTS}
     )
