@@ -12,9 +12,9 @@ import math
 import numpy as np
 import pytest
 import torch
+from test_engine_native import LAYOUT_IDS, LAYOUT_MAKERS
 
 from apr.engine import native
-from tests.unit.test_engine_native import LAYOUT_IDS, LAYOUT_MAKERS
 
 pytestmark = pytest.mark.skipif(not native.available(), reason=f"native kernels: {native.unavailable_reason()}")
 

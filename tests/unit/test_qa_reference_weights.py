@@ -70,7 +70,10 @@ def test_the_clean_copy_passes_both_checks(clean):
 
     path, fingerprint = clean
     model = load_model(path)
-    weights, tokenizer = weights_check(model, Format.GGUF, fingerprint), tokenizer_check(model, Format.GGUF, fingerprint)
+    weights, tokenizer = (
+        weights_check(model, Format.GGUF, fingerprint),
+        tokenizer_check(model, Format.GGUF, fingerprint),
+    )
     assert weights.outcome.value == "corroborated", weights.reason
     assert tokenizer.outcome.value == "corroborated", tokenizer.reason
 
@@ -93,7 +96,10 @@ def test_the_apr_and_safetensors_conversions_pass(clean, target, tmp_path):
     out = tmp_path / f"model.{target}"
     convert(path, target, out, report=False)
     model = load_model(out)
-    for check in (weights_check(model, Format(target), fingerprint), tokenizer_check(model, Format(target), fingerprint)):
+    for check in (
+        weights_check(model, Format(target), fingerprint),
+        tokenizer_check(model, Format(target), fingerprint),
+    ):
         assert check.outcome.value == "corroborated", check.reason
 
 
