@@ -89,7 +89,10 @@ static inline void quantize_block32(const float *x, int8_t *q, float *d_out, flo
     float sum = 0.0f;
     for (int i = 0; i < APR_QK; i++) sum += x[i];
     *sum_out = sum;
-    const float d = amax / 127.0f;
+    /* max_ps drops a NaN lane (it returns its other operand) and the clamp below turns it into -127: a NaN
+     * or Inf activation would come out of the product as a finite number. The block sum sees every value;
+     * a non-finite one makes the block's scale NaN, so the product is NaN as float arithmetic makes it. */
+    const float d = isfinite(sum) ? amax / 127.0f : NAN;
     const __m256 id = _mm256_set1_ps(d > 0.0f ? 1.0f / d : 0.0f);
     const __m256 hi = _mm256_set1_ps(127.0f), lo = _mm256_set1_ps(-127.0f);
 #define APR_Q8LANES(v) _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps( \
@@ -125,7 +128,7 @@ void apr_quantize_rows(const float *x, int64_t m, int64_t k, int64_t kpad, int8_
                 amax = fmaxf(amax, fabsf(v));
                 sum += v;
             }
-            const float d = amax / 127.0f;
+            const float d = isfinite(sum) ? amax / 127.0f : NAN; /* as in quantize_block32 */
             const float id = d > 0.0f ? 1.0f / d : 0.0f;
             for (int64_t i = 0; i < len; i++) {
                 const float v = rintf(xr[start + i] * id);

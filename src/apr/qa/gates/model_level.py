@@ -95,6 +95,12 @@ class ModelGateRun:
         checks, self.models = integrity_checks(
             self.inputs.artifacts, self.inputs.digests, self.inputs.source, self.inputs.expected_sha256
         )
+        if self.wanted(GateId.G0_INTEGRITY):
+            from apr.qa.gates.reference_weights import reference_weights_check
+
+            self._step("integrity: every tensor against the published checkpoint's fingerprint")
+            weights = [reference_weights_check(model, fmt, self.inputs.ref) for fmt, model in self.models.items()]
+            checks += [check for check in weights if check is not None]
         checks += [
             falsified(GateId.G0_INTEGRITY, f"convert:{fmt}", f"conversion to {fmt} failed: {why}", format=fmt)
             for fmt, why in self.inputs.conversion_failures.items()
@@ -103,12 +109,11 @@ class ModelGateRun:
             self._emit(checks, timer)
 
     def static_gates(self) -> None:
-        from apr.qa.gates.contract import contract_checks
         from apr.qa.gates.stop import stop_static_checks
         from apr.qa.gates.structure import structure_checks
 
         self._step("contract, plausibility, structure, tokenizer parity")
-        self._per_model(GateId.CONTRACT_INVARIANTS, contract_checks)
+        self._per_model(GateId.CONTRACT_INVARIANTS, self._contract_checks)
         self._per_model(GateId.METADATA_PLAUSIBILITY, self._metadata_checks)
         self._per_model(GateId.STRUCTURE, structure_checks)
         self._per_model(GateId.STOP_BEHAVIOR, stop_static_checks)
@@ -120,6 +125,14 @@ class ModelGateRun:
             self._emit(
                 tokenizer_parity_checks(self.models, self.inputs.source, corpus, tuple(self.inputs.artifacts)), timer
             )
+
+    def _contract_checks(self, model: CanonicalModel, fmt: Format) -> list[Check]:
+        """The tensor contract, and the published tokenizer where the model is a known one."""
+        from apr.qa.gates.contract import contract_checks
+        from apr.qa.gates.reference_weights import reference_tokenizer_check
+
+        reference = reference_tokenizer_check(model, fmt, self.inputs.ref)
+        return contract_checks(model, fmt) + ([reference] if reference is not None else [])
 
     def _metadata_checks(self, model: CanonicalModel, fmt: Format) -> list[Check]:
         """Plausibility bounds, and the reference config where the model is a known one."""

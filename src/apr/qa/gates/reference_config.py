@@ -40,6 +40,8 @@ class ReferenceConfig:
     rope_theta: float
     eos_token_ids: tuple[int, ...]  # config.json eos plus generation_config.json eos
     rope_local_theta: float | None = None
+    # The committed fingerprint of the published checkpoint (apr.qa.gates.fingerprint; fingerprints/<this>).
+    fingerprint: str | None = None
 
 
 # From the model repositories' config.json and generation_config.json (the GGUF files of the hub catalogue were
@@ -61,6 +63,7 @@ REFERENCE_CONFIGS: tuple[ReferenceConfig, ...] = (
         rms_norm_eps=1e-5,
         rope_theta=100_000.0,
         eos_token_ids=(2,),
+        fingerprint="smollm2-135m.json",
     ),
     ReferenceConfig(
         repo="google/gemma-3-270m",
@@ -79,6 +82,7 @@ REFERENCE_CONFIGS: tuple[ReferenceConfig, ...] = (
         rope_theta=1_000_000.0,
         rope_local_theta=10_000.0,
         eos_token_ids=(1, 106),
+        fingerprint="gemma3-270m.json",
     ),
     ReferenceConfig(
         repo="Qwen/Qwen2.5-Coder-1.5B-Instruct",
@@ -101,6 +105,7 @@ REFERENCE_CONFIGS: tuple[ReferenceConfig, ...] = (
         rms_norm_eps=1e-6,
         rope_theta=1_000_000.0,
         eos_token_ids=(151645, 151643),
+        fingerprint="qwen2.5-coder-1.5b.json",
     ),
 )
 
