@@ -89,6 +89,14 @@ def rate(tokens: int, seconds: float) -> float:
     return tokens / seconds if seconds > 0 else 0.0
 
 
+def without_end(text: str, pieces: tuple[str, ...]) -> str:
+    """`text` less a trailing end-of-generation piece."""
+    for piece in pieces:
+        if piece and text.endswith(piece):
+            return text[: -len(piece)]
+    return text
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="A ref (qwen2.5-coder:1.5b), cached name or GGUF path.")
@@ -141,6 +149,8 @@ class Bench:
                 self.texts.append(tokenizer.apply_chat_template(message, add_generation_prompt=True))
             else:
                 self.texts.append(prompt_text(task) + "\n\n```python\n")
+        # llama-lookup prints the end-of-generation token's piece (`<|im_end|>`); apr's text has none.
+        self.end_pieces = tuple(tokenizer.spec.tokens[i] for i in tokenizer.eos_token_ids)
         self.ids = [tokenizer.encode(text, add_special_tokens=not tokenizer.has_chat_template) for text in self.texts]
 
     @property
@@ -211,7 +221,7 @@ def one_task(bench: Bench, index: int, rep: dict, rep_number: int) -> dict:
             "identical": peer_same,
             "ratio": round(peer_looked.effective_tok_s / max(peer_plain.effective_tok_s, 1e-9), 3),
             "acceptance": round(peer_looked.accepted / peer_looked.drafted, 3) if peer_looked.drafted else 0.0,
-            "same_text_as_apr": peer_plain.text == plain["text"],
+            "same_text_as_apr": without_end(peer_plain.text, bench.end_pieces) == plain["text"],
             "expected_plain": code_of(peer_plain.text) == task.expected,
             "expected_lookup": code_of(peer_looked.text) == task.expected,
         }

@@ -92,7 +92,6 @@ def command(settings: PeerSettings, prompt_file: Path, draft_tokens: int) -> lis
         str(settings.context),
         "--spec-draft-n-max",
         str(draft_tokens),
-        "--no-warmup",  # the prefill touches every weight before the decode clock starts
         "--log-colors",
         "off",
     ]
@@ -124,7 +123,8 @@ def generate(settings: PeerSettings, prompt: str, draft_tokens: int) -> PeerRun:
     if not out.startswith(echo):
         raise PeerError("llama-lookup's stdout does not begin with the prompt it was given")
     reply = out[len(echo) :]
-    reply = reply[:-2] if reply.endswith("\n\n") else reply  # the program's closing blank line
+    closing = "\n\n\n\n"  # the program's two closing `LOG("\n\n")`
+    reply = reply[: -len(closing)] if reply.endswith(closing) else reply
     return PeerRun(
         text=reply,
         tokens=int(decoded.group(1)),
