@@ -109,6 +109,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--min-seconds", type=float, default=0.0)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument(
+        "--partial",
+        type=Path,
+        default=None,
+        help="Write the report so far to this file after every repetition (a long run stopped early keeps its reps).",
+    )
+    parser.add_argument(
         "--llama-lookup",
         type=Path,
         default=Path(os.environ["LLAMA_LOOKUP"]) if os.environ.get("LLAMA_LOOKUP") else None,
@@ -141,6 +147,7 @@ class Bench:
             peer.PeerSettings(args.llama_lookup, path, self.threads, args.max_tokens) if args.llama_lookup else None
         )
         self.tasks = TASKS[: args.tasks]
+        self.peer_retries = 0
         tokenizer = engine.tokenizer
         self.texts: list[str] = []
         for task in self.tasks:
@@ -163,7 +170,9 @@ class Bench:
         if mode == "apr-lookup":
             return generate(self.engine, self.ids[index], self.params, self.lookup)
         assert self.peer is not None
-        return peer.generate(self.peer, self.texts[index], self.args.lookup if mode == "llama.cpp-lookup" else 0)
+        run, retries = peer.generate(self.peer, self.texts[index], self.args.lookup if mode == "llama.cpp-lookup" else 0)
+        self.peer_retries += retries
+        return run
 
 
 def empty_rep() -> dict:
@@ -332,6 +341,7 @@ def report(bench: Bench, reps: list[dict], first_rep: dict, load_before: tuple[f
                 "of": len(tasks),
             },
             "prefill_s_per_rep": round(statistics.median(r["llama.cpp-plain_prefill_s"] for r in reps), 3),
+            "retries": bench.peer_retries,
         }
     else:
         doc["llama_cpp"] = {"skipped": "no --llama-lookup / $LLAMA_LOOKUP (bench/build_llama_lookup.sh builds it)"}
@@ -386,6 +396,8 @@ def main() -> int:
             line = ", ".join(f"{mode} {rep[f'{mode}_tok_s']:.2f}" for mode in bench.modes)
             ratios = ", ".join(f"{name} {value:.2f}x" for name, value in rep["ratios"].items())
             print(f"rep {len(reps)} (load {rep['load_average']}): {line} tok/s; {ratios}", file=sys.stderr)
+            if args.partial is not None:
+                args.partial.write_text(json.dumps(report(bench, reps, first_rep, load_before), sort_keys=True) + "\n")
     except peer.PeerError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

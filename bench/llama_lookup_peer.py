@@ -97,8 +97,29 @@ def command(settings: PeerSettings, prompt_file: Path, draft_tokens: int) -> lis
     ]
 
 
-def generate(settings: PeerSettings, prompt: str, draft_tokens: int) -> PeerRun:
-    """One greedy generation of `prompt` (already in its chat template) by llama-lookup."""
+class LostOutput(PeerError):
+    """llama-lookup exited 0 without the end of its output (its log thread was not flushed at exit)."""
+
+
+def generate(settings: PeerSettings, prompt: str, draft_tokens: int, attempts: int = 3) -> tuple[PeerRun, int]:
+    """One greedy generation of `prompt` (already in its chat template) by llama-lookup; the run and its retries.
+
+    llama.cpp's log is written by a thread of its own that the program does not flush before it exits
+    (`common_log_main`, "logs may be lost if not flushed before the program exits"): on a loaded machine the
+    end of the reply and the timings are sometimes missing. Such a run is repeated, up to `attempts` in all;
+    the retries are counted in the report.
+    """
+    for attempt in range(attempts):
+        try:
+            return generate_once(settings, prompt, draft_tokens), attempt
+        except LostOutput:
+            if attempt + 1 == attempts:
+                raise
+    raise AssertionError("unreachable")
+
+
+def generate_once(settings: PeerSettings, prompt: str, draft_tokens: int) -> PeerRun:
+    """One llama-lookup process: its reply and figures."""
     with tempfile.TemporaryDirectory(prefix="apr-llama-lookup-") as scratch:
         prompt_file = Path(scratch) / "prompt.txt"
         prompt_file.write_bytes(prompt.encode())
@@ -118,13 +139,17 @@ def generate(settings: PeerSettings, prompt: str, draft_tokens: int) -> PeerRun:
     encoded, decoded = _ENCODED.search(err), _DECODED.search(err)
     drafted, accepted = _DRAFTED.search(err), _ACCEPTED.search(err)
     if not (encoded and decoded and drafted and accepted):
-        raise PeerError("llama-lookup printed no timings (encoded/decoded/n_drafted/n_accept lines)")
+        raise LostOutput("llama-lookup printed no timings (encoded/decoded/n_drafted/n_accept lines), run after run")
     echo = "\n\n" + prompt
     if not out.startswith(echo):
         raise PeerError("llama-lookup's stdout does not begin with the prompt it was given")
     reply = out[len(echo) :]
-    closing = "\n\n\n\n"  # the program's two closing `LOG("\n\n")`
-    reply = reply[: -len(closing)] if reply.endswith(closing) else reply
+    # The program closes with `LOG("\n\n")` before its timings (so present when they are) and once more at its
+    # very end (the piece most often lost).
+    for closing in ("\n\n\n\n", "\n\n"):
+        if reply.endswith(closing):
+            reply = reply[: -len(closing)]
+            break
     return PeerRun(
         text=reply,
         tokens=int(decoded.group(1)),
