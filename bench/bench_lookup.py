@@ -4,11 +4,11 @@ Method: the model is loaded once. Each task's prompt (the chat template around "
 with the whole edited function") is generated greedily to its end (EOS) or `--max-tokens`, by apr with plain
 decoding and with lookup decoding (`--lookup` draft tokens), and, given `--llama-lookup` (llama.cpp's
 `llama-lookup` program, bench/build_llama_lookup.sh; bench/llama_lookup_peer.py says how it is driven), by
-llama.cpp plain (`--spec-draft-n-max 0`) and with its own lookup decoding (the same draft length), on the same
-GGUF, the same prompt text and the same thread count. The configurations of one task run back to back, in an
-order that rotates with the task and the repetition, so drift on a shared machine hits them alike. One
-repetition is every task in every configuration; after `--warmup` untimed repetitions of the first task,
-repetitions continue until both `--min-reps` and `--min-seconds`.
+llama.cpp plain (`--spec-draft-n-max 0`) and with its own lookup decoding (the same draft length unless
+`--llama-draft`), on the same GGUF, the same prompt text and the same thread count. The configurations of one
+task run back to back, in an order that rotates with the task and the repetition, so drift on a shared machine
+hits them alike. One repetition is every task in every configuration; after `--warmup` untimed repetitions of
+the first task, repetitions continue until both `--min-reps` and `--min-seconds`.
 
 Effective decode tok/s of a repetition = the tokens after the first over the decode time, summed over the
 tasks. apr: the time from the first token to the last (the prefill and the first token are the time to first
@@ -109,6 +109,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--min-seconds", type=float, default=0.0)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument(
+        "--llama-draft",
+        type=int,
+        default=None,
+        help="llama.cpp's draft tokens a step (--spec-draft-n-max; default --lookup, llama-lookup's own default is 3).",
+    )
+    parser.add_argument(
         "--partial",
         type=Path,
         default=None,
@@ -121,7 +127,9 @@ def parse_args() -> argparse.Namespace:
         help="llama.cpp's llama-lookup program, the peer (default $LLAMA_LOOKUP; none: apr only).",
     )
     args = parser.parse_args()
-    for name in ("lookup", "max_tokens", "tasks", "min_reps"):
+    if args.llama_draft is None:
+        args.llama_draft = args.lookup
+    for name in ("lookup", "llama_draft", "max_tokens", "tasks", "min_reps"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.threads is not None and args.threads < 1:
@@ -170,7 +178,9 @@ class Bench:
         if mode == "apr-lookup":
             return generate(self.engine, self.ids[index], self.params, self.lookup)
         assert self.peer is not None
-        run, retries = peer.generate(self.peer, self.texts[index], self.args.lookup if mode == "llama.cpp-lookup" else 0)
+        run, retries = peer.generate(
+            self.peer, self.texts[index], self.args.llama_draft if mode == "llama.cpp-lookup" else 0
+        )
         self.peer_retries += retries
         return run
 
@@ -327,6 +337,7 @@ def report(bench: Bench, reps: list[dict], first_rep: dict, load_before: tuple[f
         peer_tasks = [t["llama.cpp"] for t in first_rep.values()]
         doc["llama_cpp"] = {
             "program": str(bench.peer.binary),
+            "draft_tokens": bench.args.llama_draft,
             "plain_tok_s": summary([r["llama.cpp-plain_tok_s"] for r in reps]),
             "lookup_tok_s": summary([r["llama.cpp-lookup_tok_s"] for r in reps]),
             "acceptance_rate": round(sum(r["peer_accepted"] for r in reps) / peer_drafted, 4) if peer_drafted else 0.0,
