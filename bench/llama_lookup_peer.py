@@ -129,8 +129,8 @@ def generate_once(settings: PeerSettings, prompt: str, draft_tokens: int) -> Pee
                 capture_output=True,
                 timeout=settings.timeout_s,
             )
-        except subprocess.TimeoutExpired as err:
-            raise PeerError(f"llama-lookup ran past {settings.timeout_s:.0f} s") from err
+        except subprocess.TimeoutExpired as timeout:
+            raise PeerError(f"llama-lookup ran past {settings.timeout_s:.0f} s") from timeout
     out = done.stdout.decode(errors="replace")
     err = done.stderr.decode(errors="replace")
     if done.returncode != 0:
