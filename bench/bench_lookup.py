@@ -3,9 +3,9 @@
 Method: the model is loaded once. Each task's prompt (the chat template around "edit this function, reply
 with the whole edited function") is generated greedily to its end (EOS) or `--max-tokens`, by apr with plain
 decoding and with lookup decoding (`--lookup` draft tokens), and, given `--llama-lookup` (llama.cpp's
-`llama-lookup` program, bench/build_llama_lookup.sh; bench/llama_lookup_peer.py says how it is driven), by
-llama.cpp plain (`--spec-draft-n-max 0`) and with its own lookup decoding (the same draft length unless
-`--llama-draft`), on the same GGUF, the same prompt text and the same thread count. The configurations of one
+`llama-lookup` program: `bench/build_llama_cpp.sh .llama-cpp llama-lookup`; bench/llama_lookup_peer.py says how
+it is driven), by llama.cpp plain (`--spec-draft-n-max 0`) and with its own lookup decoding (the same draft
+length unless `--llama-draft`), on the same GGUF, the same prompt text and the same thread count. The configurations of one
 task run back to back, in an order that rotates with the task and the repetition, so drift on a shared machine
 hits them alike. One repetition is every task in every configuration; after `--warmup` untimed repetitions of
 the first task, repetitions continue until both `--min-reps` and `--min-seconds`.
@@ -24,7 +24,7 @@ average is recorded before, after and at every repetition: on a shared machine a
 ratios of the same run are the figure.
 
     .venv/bin/python bench/bench_lookup.py --model qwen2.5-coder:1.5b --threads 1 \\
-        --llama-lookup .llama-lookup/build/bin/llama-lookup
+        --llama-lookup .llama-cpp/build/bin/llama-lookup
 """
 
 from __future__ import annotations
@@ -355,7 +355,9 @@ def report(bench: Bench, reps: list[dict], first_rep: dict, load_before: tuple[f
             "retries": bench.peer_retries,
         }
     else:
-        doc["llama_cpp"] = {"skipped": "no --llama-lookup / $LLAMA_LOOKUP (bench/build_llama_lookup.sh builds it)"}
+        doc["llama_cpp"] = {
+            "skipped": "no --llama-lookup / $LLAMA_LOOKUP (bench/build_llama_cpp.sh .llama-cpp llama-lookup builds it)"
+        }
     return doc
 
 
@@ -386,7 +388,10 @@ def main() -> int:
         return 2
     bench = Bench(args, engine, path)
     if bench.peer is None:
-        print("llama.cpp: skipped (no --llama-lookup / $LLAMA_LOOKUP; bench/build_llama_lookup.sh)", file=sys.stderr)
+        print(
+            "llama.cpp: skipped (no --llama-lookup / $LLAMA_LOOKUP; bench/build_llama_cpp.sh .llama-cpp llama-lookup)",
+            file=sys.stderr,
+        )
 
     try:
         for i in range(args.warmup):

@@ -61,7 +61,7 @@ _ACCEPTED = re.compile(r"n_accept\s+=\s+(\d+)")
 def check_binary(binary: Path) -> str | None:
     """Why `binary` cannot be the peer (None when it can)."""
     if not binary.is_file():
-        return f"llama-lookup not found: {binary} (bench/build_llama_lookup.sh builds it)"
+        return f"llama-lookup not found: {binary} (bench/build_llama_cpp.sh .llama-cpp llama-lookup builds it)"
     if not os.access(binary, os.X_OK):
         return f"llama-lookup is not executable: {binary}"
     return None

@@ -173,13 +173,13 @@ def test_bench_lookup_refuses_a_missing_peer_or_bad_arguments_in_one_line(tmp_pa
 
 
 def _llama_lookup() -> Path | None:
-    """llama.cpp's llama-lookup: $LLAMA_LOOKUP, else bench/build_llama_lookup.sh's default place."""
-    candidate = Path(os.environ.get("LLAMA_LOOKUP") or ROOT / ".llama-lookup" / "build" / "bin" / "llama-lookup")
+    """llama.cpp's llama-lookup: $LLAMA_LOOKUP, else where bench/build_llama_cpp.sh puts it."""
+    candidate = Path(os.environ.get("LLAMA_LOOKUP") or ROOT / ".llama-cpp" / "build" / "bin" / "llama-lookup")
     return candidate if candidate.is_file() else None
 
 
 @pytest.mark.skipif(
-    _llama_lookup() is None, reason="no llama-lookup ($LLAMA_LOOKUP or bench/build_llama_lookup.sh; CI builds none)"
+    _llama_lookup() is None, reason="no llama-lookup ($LLAMA_LOOKUP or bench/build_llama_cpp.sh; CI builds none)"
 )
 def test_bench_lookup_runs_llama_cpp_plain_and_lookup_beside_apr(fixture_models):
     binary = _llama_lookup()
