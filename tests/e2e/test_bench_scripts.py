@@ -139,11 +139,84 @@ def test_bench_lookup_compares_both_modes_on_code_edits_and_ends_with_json(fixtu
         capture_output=True,
         text=True,
         timeout=300,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        env={**{k: v for k, v in os.environ.items() if k != "LLAMA_LOOKUP"}, "HF_HUB_OFFLINE": "1"},
     )
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["bench"] == "apr-lookup-code-edit" and report["tasks"] == 2 and report["reps"] == 1
+    assert "skipped" in report["llama_cpp"] and "llama.cpp: skipped" in done.stderr
     assert report["identical"] == {"replies": 2, "of": 2}
     assert report["plain_tok_s"]["median"] > 0 and report["lookup_tok_s"]["median"] > 0
     assert set(report["per_task_first_rep"]) == {"rename-variable", "add-type-hints"}
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--llama-lookup", "{tmp}/no-llama-lookup"], "error: llama-lookup not found:"),
+        (["--llama-lookup", "{tmp}"], "error: llama-lookup not found:"),
+        (["--lookup", "0"], "--lookup must be at least 1"),
+        (["--max-tokens", "0"], "--max-tokens must be at least 1"),
+    ],
+)
+def test_bench_lookup_refuses_a_missing_peer_or_bad_arguments_in_one_line(tmp_path, arguments, message):
+    """Refused before any model is loaded: the model named here does not even exist."""
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "bench_lookup.py"), "--model", str(tmp_path / "none.gguf")]
+        + [argument.format(tmp=tmp_path) for argument in arguments],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
+    assert done.stdout == ""
+
+
+def _llama_lookup() -> Path | None:
+    """llama.cpp's llama-lookup: $LLAMA_LOOKUP, else where bench/build_llama_cpp.sh puts it."""
+    candidate = Path(os.environ.get("LLAMA_LOOKUP") or ROOT / ".llama-cpp" / "build" / "bin" / "llama-lookup")
+    return candidate if candidate.is_file() else None
+
+
+@pytest.mark.skipif(
+    _llama_lookup() is None, reason="no llama-lookup ($LLAMA_LOOKUP or bench/build_llama_cpp.sh; CI builds none)"
+)
+def test_bench_lookup_runs_llama_cpp_plain_and_lookup_beside_apr(fixture_models):
+    binary = _llama_lookup()
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "bench_lookup.py"),
+            "--model",
+            str(fixture_models["qwen2"]["gguf"]),
+            "--tasks",
+            "1",
+            "--max-tokens",
+            "8",
+            "--min-reps",
+            "1",
+            "--warmup",
+            "0",
+            "--threads",
+            "1",
+            "--llama-lookup",
+            str(binary),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    peer = report["llama_cpp"]
+    assert peer["program"] == str(binary) and peer["identical"]["of"] == 1
+    assert set(report["ratios"]) == {
+        "apr lookup / apr plain",
+        "llama.cpp lookup / llama.cpp plain",
+        "apr lookup / llama.cpp lookup",
+        "apr plain / llama.cpp plain",
+    }
+    task = report["per_task_first_rep"]["rename-variable"]
+    # llama.cpp read the same prompt text: its prompt is apr's token for token, and it generated a reply.
+    assert task["llama.cpp"]["prompt_tokens"] == task["prompt_tokens"] and task["llama.cpp"]["tokens"] >= 1
