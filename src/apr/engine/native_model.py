@@ -111,10 +111,11 @@ class NativeTransformer(Transformer):
             else None
         )
         self.native_stack: native.DecodeStack | None = self._stack
-        # The KV cache's type where the one-call layers run: fp16 halves the bytes attention streams (a 32K
-        # context: 0.9 instead of 1.75 GiB on the 1.5B); float32 keeps the exact numbers of the
-        # per-operator reference (api.load_engine picks float32 for torch.compile, which traces that path).
-        self.kv_dtype = torch.float16
+        # The KV cache's type where the one-call layers run. fp16 would halve the bytes attention streams (a 32K
+        # context: 0.9 instead of 1.75 GiB on the 1.5B) and the kernels support it, but it is not the default:
+        # fast mode's int8 activations amplify its rounding, and on smollm2:135m it flipped two of the
+        # certification's greedy replies from right to wrong (2026-12-05; docs/engine.md "KV cache in fp16").
+        self.kv_dtype = torch.float32
 
     def use_native(self, enabled: bool) -> None:
         """False: the per-operator PyTorch ops over the same native products (tests compare the two paths)."""
