@@ -304,11 +304,17 @@ def test_the_dask_executor_on_a_local_cluster_certifies_like_the_in_process_run(
         [outcome] = execute_partitions({MODEL: job}, instance, shared, concurrent_runs=1)
         starts = instance.all_logs(outcome.run_id, of_type=dg.DagsterEventType.STEP_START)
         step_pids = {record.dagster_event.pid for record in starts if record.dagster_event is not None}
+        from distributed import Client
+
+        with Client(shared["execution"]["config"]["cluster"]["existing"]["address"]) as client:
+            worker_pids = set(client.run(os.getpid).values())
     assert outcome.success, "\n".join(outcome.lines)
     built = [line.split()[:2] for line in outcome.lines if line.startswith("  ") and not line.startswith("  check ")]
     assert sorted(built) == sorted([asset, "built"] for asset in PER_MODEL)
-    # Every step ran in one of the cluster's two worker processes, none in this (orchestrating) one.
-    assert len(starts) == len(PER_MODEL) and len(step_pids) == 2 and os.getpid() not in step_pids, step_pids
+    # Every step ran in one of the cluster's two worker processes, none in this (orchestrating) one. Which
+    # worker takes which step is Dask's choice (a CI run once put all eight on one), so no spread is asserted.
+    assert len(worker_pids) == 2 and os.getpid() not in worker_pids
+    assert len(starts) == len(PER_MODEL) and step_pids <= worker_pids, (step_pids, worker_pids)
 
     expected = verdicts(runs["evidence"])
     assert len(expected) > 10 and verdicts(certifications / MODEL / "evidence.jsonl") == expected
