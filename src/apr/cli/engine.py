@@ -31,6 +31,11 @@ class NumericsChoice(str, Enum):
     exact = "exact"
 
 
+class KvCacheChoice(str, Enum):
+    f32 = "f32"
+    f16 = "f16"
+
+
 class TraceKind(str, Enum):
     attention = "attention"
     hidden = "hidden"
@@ -53,6 +58,14 @@ NumericsOpt = Annotated[
         "--numerics",
         help="fast (default: the quickest kernels) or exact (float32 reference numerics, what lm-eval "
         "log-likelihood tasks need; slower, more memory).",
+    ),
+]
+KvCacheOpt = Annotated[
+    KvCacheChoice,
+    typer.Option(
+        "--kv-cache",
+        help="f32 (default) or f16: keys and values in half precision, half the KV cache memory (long contexts); "
+        "apr's native CPU kernels only. Rounds attention: greedy replies may differ (docs/engine.md).",
     ),
 ]
 ThreadsOpt = Annotated[
@@ -89,8 +102,11 @@ def _options(
     compile: bool | None,
     dense_prefill: bool | None = None,
     numerics: NumericsChoice = NumericsChoice.fast,
+    kv_cache: KvCacheChoice = KvCacheChoice.f32,
 ) -> EngineOptions:
-    return EngineOptions(device.value, dtype.value if dtype else None, threads, compile, dense_prefill, numerics.value)
+    return EngineOptions(
+        device.value, dtype.value if dtype else None, threads, compile, dense_prefill, numerics.value, kv_cache.value
+    )
 
 
 def _lookup(draft_tokens: int, compile: bool | None):
@@ -197,6 +213,7 @@ def register(app: typer.Typer) -> None:
         threads: ThreadsOpt = None,
         compile: CompileOpt = None,
         numerics: NumericsOpt = NumericsChoice.fast,
+        kv_cache: KvCacheOpt = KvCacheChoice.f32,
         lookup: LookupOpt = 0,
     ) -> None:
         """Generate one reply to --prompt and exit."""
@@ -219,7 +236,7 @@ def register(app: typer.Typer) -> None:
             model,
             prompt,
             params,
-            _options(device, dtype, threads, compile, numerics=numerics),
+            _options(device, dtype, threads, compile, numerics=numerics, kv_cache=kv_cache),
             lookup=lookup_config,
             raw=raw,
             as_json=as_json,
@@ -242,6 +259,7 @@ def register(app: typer.Typer) -> None:
         threads: ThreadsOpt = None,
         compile: CompileOpt = None,
         numerics: NumericsOpt = NumericsChoice.fast,
+        kv_cache: KvCacheOpt = KvCacheChoice.f32,
         lookup: LookupOpt = 0,
     ) -> None:
         """Talk to the model: each line is a user turn; /reset forgets the history, /exit (or Ctrl-D) leaves."""
@@ -254,7 +272,7 @@ def register(app: typer.Typer) -> None:
         model = _resolve_first(model)
         params = _sampling(max_tokens, temperature, seed)
         engine, load_s = open_engine(
-            model, _options(device, dtype, threads, compile, numerics=numerics), templated=True
+            model, _options(device, dtype, threads, compile, numerics=numerics, kv_cache=kv_cache), templated=True
         )
         check_lookup(engine, lookup_config)
         chat_loop(engine, params, as_json=as_json, system=system, load_s=load_s, lookup=lookup_config)
@@ -284,6 +302,7 @@ def register(app: typer.Typer) -> None:
         threads: ThreadsOpt = None,
         compile: CompileOpt = None,
         numerics: NumericsOpt = NumericsChoice.fast,
+        kv_cache: KvCacheOpt = KvCacheChoice.f32,
         dense_prefill: Annotated[
             bool | None, typer.Option("--dense-prefill/--no-dense-prefill", help="Keep dense bf16 copies for prompts.")
         ] = None,
@@ -294,7 +313,7 @@ def register(app: typer.Typer) -> None:
         model = _resolve_first(model)
         from apr.engine.bench import BenchPlan, run_bench
 
-        engine, load_s = open_engine(model, _options(device, dtype, threads, compile, dense_prefill, numerics))
+        engine, load_s = open_engine(model, _options(device, dtype, threads, compile, dense_prefill, numerics, kv_cache))
         plan = BenchPlan(prompt_tokens, decode_tokens, min_reps, min_seconds, warmup, batch)
         report = run_bench(engine, plan, load_s=load_s, progress=lambda line: print(line, file=sys.stderr))
         for line in report.summary_lines():
@@ -341,6 +360,7 @@ def _run(
                 "text": measured.streams[0].text,
                 "model": model_json(engine),
                 "device": str(engine.device),
+                "kv_cache": engine.describe()["kv_cache"],
                 "load_s": round(load_s, 3),
                 "benchmark": measured.to_json(),
             }
@@ -352,7 +372,12 @@ def _run(
         generated = list(measured.streams[0].token_ids)
     elif as_json:
         result = engine.generate(ids, params, lookup=lookup)
-        doc = {**result_json(result, load_s), "model": model_json(engine), "device": str(engine.device)}
+        doc = {
+            **result_json(result, load_s),
+            "model": model_json(engine),
+            "device": str(engine.device),
+            "kv_cache": engine.describe()["kv_cache"],
+        }
         sys.stdout.write(json.dumps(doc, ensure_ascii=False) + "\n")
         generated = result.token_ids
     else:

@@ -9,6 +9,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from apr.engine.types import KvCache
+
 if TYPE_CHECKING:
     from apr.engine import Engine, GenerationResult
 
@@ -23,6 +25,7 @@ class EngineOptions:
     compile: bool | None = None
     dense_prefill: bool | None = None
     numerics: str = "fast"
+    kv_cache: KvCache = "f32"
 
 
 def utf8_stdio() -> None:
@@ -82,6 +85,7 @@ def open_engine(model_arg: str, options: EngineOptions, *, templated: bool = Fal
             compile=options.compile,
             dense_prefill=options.dense_prefill,
             numerics=options.numerics,
+            kv_cache=options.kv_cache,
             progress=progress,
         )
     warn_kernel_fallback(engine)

@@ -7,7 +7,7 @@ from enum import Enum
 
 import typer
 
-from apr.cli.engine import NumericsChoice
+from apr.cli.engine import KvCacheChoice, NumericsChoice
 from apr.serve.defaults import DEFAULT_MAX_BODY_MB, DEFAULT_PREFILL_CHUNK
 
 
@@ -36,6 +36,12 @@ def register(app: typer.Typer) -> None:
             NumericsChoice.fast,
             "--numerics",
             help="fast (default) or exact: float32 reference numerics, for lm-eval log-likelihoods.",
+        ),
+        kv_cache: KvCacheChoice = typer.Option(
+            KvCacheChoice.f32,
+            "--kv-cache",
+            help="f32 (default) or f16: keys and values in half precision, half the KV cache memory (long "
+            "contexts); apr's native CPU kernels only. Rounds attention: greedy replies may differ.",
         ),
         max_context: int | None = typer.Option(
             None, "--max-context", min=1, help="Cap prompt + completion tokens (default: the model's context)."
@@ -112,6 +118,7 @@ def register(app: typer.Typer) -> None:
             idle_unload_s=idle_unload_s,
             device=device.value,
             numerics=numerics.value,
+            kv_cache=kv_cache.value,
             lookup=lookup,
         )
         model_path = resolve_model_arg(model)
@@ -123,7 +130,13 @@ def register(app: typer.Typer) -> None:
         from apr.serve.app import create_app
 
         with layer_bar(f"loading {model_path.name} on {device.value}") as progress:
-            engine = load_engine(model_path, device=device.value, numerics=numerics.value, progress=progress)
+            engine = load_engine(
+                model_path,
+                device=device.value,
+                numerics=numerics.value,
+                kv_cache=settings.kv_cache,
+                progress=progress,
+            )
 
         warn_kernel_fallback(engine)
         app = create_app(engine, settings)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from apr.engine.types import (
     FinishReason,
     GenerationResult,
+    KvCache,
     LookupConfig,
     LookupStats,
     SamplingParams,
@@ -36,6 +37,7 @@ __all__ = [
     "GenerationResult",
     "Timings",
     "FinishReason",
+    "KvCache",
 ]
 
 _TORCH_BACKED = {"Engine": "apr.engine.api", "load_engine": "apr.engine.api", "BatchDecoder": "apr.engine.batch"}

@@ -12,12 +12,13 @@ import torch
 
 from apr.engine import native
 from apr.engine.batch import BatchDecoder, PrefixCache
-from apr.engine.device import resolve_device, resolve_precision, set_threads
+from apr.engine.device import resolve_device, resolve_kv_cache, resolve_precision, set_threads
 from apr.engine.kv_cache import SequenceCache
 from apr.engine.loader import LayerProgress, build_transformer, weight_kinds
 from apr.engine.model import Transformer
-from apr.engine.types import GenerationResult, LookupConfig, SamplingParams, Timings, TokenEvent
+from apr.engine.types import GenerationResult, KvCache, LookupConfig, SamplingParams, Timings, TokenEvent
 from apr.engine.weights import WeightPolicy
+from apr.errors import AprError
 from apr.formats.model import CanonicalModel
 
 # Positions one sequence may use come from the model's metadata (its trained context length: 32768 for
@@ -98,6 +99,8 @@ class Engine:
             "weights_cache": self.pack_state,
             "threads": torch.get_num_threads(),
             "max_positions": self.transformer.max_positions,
+            # What new caches are allocated as (--kv-cache; the activations' dtype off the native CPU path).
+            "kv_cache": str(self.transformer.kv_cache_dtype).removeprefix("torch."),
             "load_s": round(self.load_s, 3),
         }
 
@@ -256,6 +259,7 @@ def load_engine(
     pack_cache: bool = True,
     cuda_graphs: bool = True,
     numerics: str = "fast",
+    kv_cache: KvCache = "f32",
     progress: LayerProgress | None = None,
 ) -> Engine:
     """Load ``model`` (a CanonicalModel, a path to any format, or a model ref) for inference.
@@ -269,7 +273,9 @@ def load_engine(
     of seconds). ``dense_prefill`` keeps dense bf16 copies of packed matrices for faster prompts.
     ``numerics`` ``exact`` computes like the float32 reference (every tensor dequantized, as ``dtype`` fp32);
     ``fast`` (default) takes the fastest kernels. ``cuda_graphs`` (CUDA only, on by default) replays each decode step from a captured CUDA graph, with the
-    KV caches of up to 16 sequences in one pool (cuda_graphs.py). ``progress(done, total)`` is called after
+    KV caches of up to 16 sequences in one pool (cuda_graphs.py). ``kv_cache`` ``f16`` keeps keys and values
+    in fp16 (half the cache memory) on apr's native CPU layers; ``f32`` (default) keeps float32 there (other
+    paths hold the activations' dtype); AprError before anything loads where f16 cannot run. ``progress(done, total)`` is called after
     each layer is built (dequantized, packed or read from the weights cache): the slow part of a cold load.
     """
     start = time.perf_counter()
@@ -277,6 +283,7 @@ def load_engine(
     canonical = model if isinstance(model, CanonicalModel) else _load_canonical(model)
     dev = resolve_device(device)
     precision = resolve_precision(dtype, dev, numerics)
+    kv_dtype = resolve_kv_cache(kv_cache, dev, precision, numerics, bool(compile))
     # Dense prefill twins belong to the PyTorch packed kernels; native layers never keep one.
     policy = WeightPolicy(
         dtype=precision.dtype,
@@ -309,8 +316,13 @@ def load_engine(
 
         # Off unless asked: the first compile costs tens of seconds, which `apr run` cannot amortize.
         decode_step, state = compile_decode(transformer, bool(compile))
-        if compile and isinstance(transformer, NativeTransformer):
-            transformer.kv_dtype = torch.float32  # the traced per-operator step computes in float32
+        if isinstance(transformer, NativeTransformer):
+            transformer.kv_dtype = kv_dtype  # float32 with compile: the traced per-operator step computes in it
+    if transformer.kv_cache_dtype != kv_dtype and kv_dtype != torch.float32:
+        raise AprError(
+            f"--kv-cache {kv_cache}: this model's layers do not all run on apr's native one-call path, which "
+            "alone reads an fp16 cache; use --kv-cache f32"
+        )
 
     return Engine(
         canonical,

@@ -8,6 +8,7 @@ from typing import Literal
 
 import torch
 
+from apr.engine.types import KV_CACHES, KvCache
 from apr.engine.weights import KernelFamily
 from apr.errors import AprError
 from apr.machine import ThreadChoice, choose_threads
@@ -19,6 +20,7 @@ DeviceChoice = Literal["auto", "cpu", "cuda"]
 # log-likelihood evaluations (lm-eval's loglikelihood tasks) need.
 Numerics = Literal["fast", "exact"]
 NUMERICS: tuple[Numerics, ...] = ("fast", "exact")
+KV_CACHE_DTYPES: dict[KvCache, torch.dtype] = {"f32": torch.float32, "f16": torch.float16}
 DTYPES = {
     "bf16": torch.bfloat16,
     "bfloat16": torch.bfloat16,
@@ -88,6 +90,32 @@ def resolve_precision(choice: str | torch.dtype | None, device: torch.device, nu
     if dtype == torch.float16 and device.type == "cpu":
         raise AprError("--dtype fp16 is not supported on CPU (its kernels are slow there); use auto, bf16 or fp32")
     return Precision(dtype, dtype != torch.float32, "torch")
+
+
+def resolve_kv_cache(
+    choice: str, device: torch.device, precision: Precision, numerics: str, compile: bool
+) -> torch.dtype:
+    """The KV cache dtype ``--kv-cache`` asks for, refused in one line before any weight is read where the
+    engine could not hold it: f16 needs apr's native CPU kernels, eager (not torch.compile's trace)."""
+    if choice not in KV_CACHES:
+        raise AprError(f"--kv-cache {choice!r}: expected one of {', '.join(KV_CACHES)}")
+    dtype = KV_CACHE_DTYPES[choice]  # type: ignore[index]
+    if dtype == torch.float32:
+        return dtype
+    if device.type != "cpu":
+        raise AprError(
+            f"--kv-cache f16 runs on apr's native CPU kernels only; on {device.type} the cache holds the "
+            "activations' dtype (use --kv-cache f32 or --device cpu)"
+        )
+    if numerics == "exact":
+        raise AprError("--kv-cache f16 contradicts --numerics exact (float32 reference numerics); drop one of them")
+    if precision.kernels != "native":
+        named = next(name for name, dtype in DTYPES.items() if dtype == precision.dtype)  # bf16, fp32 or fp16
+        why = precision.note or f"--dtype {named} runs PyTorch's kernels"
+        raise AprError(f"--kv-cache f16 needs apr's native CPU kernels ({why}); use --kv-cache f32")
+    if compile:
+        raise AprError("--kv-cache f16 runs on the eager native layers, not the traced step; drop --compile")
+    return dtype
 
 
 def set_threads(threads: int | None) -> int:

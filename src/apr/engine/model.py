@@ -173,11 +173,16 @@ class Transformer(nn.Module):
     def max_positions(self) -> int:
         return self.cos_global.shape[0]
 
+    @property
+    def kv_cache_dtype(self) -> torch.dtype:
+        """The element type of the caches new_cache allocates (the activations' here; see NativeTransformer)."""
+        return self.dtype
+
     def new_cache(self, capacity: int) -> SequenceCache:
         """A private zeroed KV cache of ``capacity`` positions for one sequence of this model, on its device."""
         cfg = self.cfg
         return SequenceCache(
-            cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, capacity, self.dtype, self.cos_global.device
+            cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, capacity, self.kv_cache_dtype, self.cos_global.device
         )
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:

@@ -132,14 +132,10 @@ class NativeTransformer(Transformer):
             and not torch.compiler.is_compiling()
         )
 
-    def new_cache(self, capacity: int) -> SequenceCache:
-        """Transformer.new_cache, in ``kv_dtype`` where the one-call layers run (the only path that reads fp16)."""
-        if not self._stack_runs() or self.kv_dtype == self.dtype:
-            return super().new_cache(capacity)
-        cfg = self.cfg
-        return SequenceCache(
-            cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, capacity, self.kv_dtype, torch.device("cpu")
-        )
+    @property
+    def kv_cache_dtype(self) -> torch.dtype:
+        """``kv_dtype`` where the one-call layers run (the only path that reads fp16), else the activations'."""
+        return self.kv_dtype if self._stack_runs() else self.dtype
 
     def _refuse_foreign_caches(self, caches: list[SequenceCache]) -> None:
         """The per-operator path computes in the model's dtype: a cache of another (an fp16 cache made while

@@ -6,6 +6,11 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 FinishReason = Literal["stop", "length"]
+# The KV cache's element type (`--kv-cache`): f32 (default) keeps the numbers the certifications were
+# measured with; f16 halves the cache's memory and the bytes attention streams, on apr's native CPU
+# layers only (the only path whose kernels read fp16 keys and values; docs/engine.md "KV cache in fp16").
+KvCache = Literal["f32", "f16"]
+KV_CACHES: tuple[KvCache, ...] = ("f32", "f16")
 
 
 @dataclass(frozen=True)

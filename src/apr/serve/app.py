@@ -78,6 +78,8 @@ def create_app(engine: Engine, settings: ServeSettings, load: EngineLoader | Non
             # The default model's kernel family and CPU threads (what its throughput figures were measured on).
             "kernels": state.described.get("kernels"),
             "threads": state.described.get("threads"),
+            # The default model's KV cache dtype (--kv-cache; models loaded on demand get the same option).
+            "kv_cache": state.described.get("kv_cache"),
             "memory": memory,
             "memory_usage": _memory_usage(memory, loaded, pool.budget_bytes),
             "models": [_loaded_entry(model, now) for model in loaded],
@@ -159,7 +161,7 @@ def _engine_loader(settings: ServeSettings) -> EngineLoader:
     def load(path):
         from apr.engine import load_engine
 
-        return load_engine(path, device=settings.device, numerics=settings.numerics)
+        return load_engine(path, device=settings.device, numerics=settings.numerics, kv_cache=settings.kv_cache)
 
     return load
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from apr.engine.types import KvCache
 from apr.serve.defaults import DEFAULT_MAX_BODY_MB, DEFAULT_PREFILL_CHUNK
 from apr.serve.grammar import GrammarTokenizer
 
@@ -44,6 +45,7 @@ class ServeSettings:
     # How models loaded on demand are loaded (the default model is loaded the same way by the CLI).
     device: str = "auto"
     numerics: str = "fast"
+    kv_cache: KvCache = "f32"
     # Prompt-lookup decoding: tokens drafted a step from each request's own n-grams (0: off; docs/serve.md).
     lookup: int = 0
 
