@@ -31,6 +31,7 @@ def test_run_json_document(fixture_models, fmt):
     assert doc["prompt_tokens"] > 0 and 1 <= doc["completion_tokens"] <= 5
     assert doc["finish_reason"] in ("stop", "length")
     assert doc["device"] == "cpu"
+    assert doc["kv_cache"] == "float32"  # the default: the cache the certifications were measured with
 
 
 def test_run_is_deterministic_greedy_and_seeded(fixture_models):
@@ -110,3 +111,19 @@ def test_run_with_lookup_prints_the_same_reply_and_its_acceptance(fixture_models
     refused = apr(*base, "--lookup", "8", "--compile")
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
     assert refused.stderr.strip().splitlines()[-1].startswith("error: --lookup")
+
+
+def test_run_with_an_fp16_kv_cache_and_its_refusal(fixture_models):
+    """`--kv-cache f16` reaches the engine (its JSON names the cache's dtype, read from the engine); where f16
+    cannot run (here: exact numerics) it is one error line, not a silently float32 run."""
+    path = str(fixture_models["qwen2"]["gguf"])
+    base = ("run", path, "--prompt", "hello there", "--max-tokens", "5", "--device", "cpu", "--kv-cache", "f16")
+    ran = apr(*base, "--json")
+    assert ran.returncode == 0, ran.stderr
+    doc = json.loads(ran.stdout.strip().splitlines()[-1])
+    assert doc["kv_cache"] == "float16" and 1 <= doc["completion_tokens"] <= 5
+    refused = apr(*base, "--numerics", "exact")
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr and refused.stdout == ""
+    assert refused.stderr.strip().splitlines() == [
+        "error: --kv-cache f16 contradicts --numerics exact (float32 reference numerics); drop one of them"
+    ]

@@ -62,6 +62,7 @@ def test_models_and_health_describe_the_served_model(server, client, model_path)
     assert health["model"] == model_path.name
     assert health["format"] == "gguf"
     assert health["device"] == "cpu"
+    assert health["kv_cache"] == "float32"  # --kv-cache's default
     assert health["memory"]["rss_bytes"] > 0
     requests = health["requests"]
     assert (requests["active"], requests["queued"], requests["batch_size"]) == (0, 0, 4)

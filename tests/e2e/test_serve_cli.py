@@ -57,3 +57,19 @@ def test_help_lists_the_options():
     assert result.returncode == 0
     for option in ("--host", "--port", "--batch-size", "--api-key", "--device", "--max-context"):
         assert option in result.stdout
+
+
+def test_serve_with_an_fp16_kv_cache_says_so_and_answers(fixture_models):
+    """`apr serve --kv-cache f16`: /health names the cache the default model was loaded with; a request runs."""
+    import httpx
+    from serve_harness import start_server
+
+    server = start_server(fixture_models["qwen2"]["gguf"], "--kv-cache", "f16", "--device", "cpu")
+    try:
+        assert httpx.get(f"{server.url}/health").json()["kv_cache"] == "float16"
+        client = server.client()
+        model_id = client.models.list().data[0].id
+        reply = client.completions.create(model=model_id, prompt="hello", max_tokens=4, temperature=0.0)
+        assert 1 <= reply.usage.completion_tokens <= 4
+    finally:
+        server.stop()

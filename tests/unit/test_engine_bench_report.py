@@ -13,6 +13,7 @@ def test_bench_json_names_the_kernels_cpu_and_threads(fixture_models):
     doc = run_bench(engine, plan, load_s=0.0).to_json()
     assert doc["host"]["cpu"] == cpu_model() != ""
     assert doc["host"]["threads"] == doc["engine"]["threads"] >= 1
+    assert doc["engine"]["kv_cache"] == "float32"  # --kv-cache's default, named with the figures
     if native.available():  # the variant that ran, e.g. "apr native avx512vnni ..."
         assert doc["engine"]["kernels"].startswith(f"apr native {native.variant()} ")
     else:
