@@ -25,6 +25,8 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from cli_common import add_shared_options  # bench/cli_common.py, beside this script
+
 T = TypeVar("T")
 
 
@@ -97,12 +99,10 @@ def measure(args: argparse.Namespace) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="qwen2.5-coder:1.5b")
-    parser.add_argument("--threads", type=int, default=1)
+    add_shared_options(parser, model="qwen2.5-coder:1.5b", threads=1, reps=3)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--prompt-tokens", type=int, default=128)
     parser.add_argument("--decode-tokens", type=int, default=16)
-    parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--variants", default="", help="comma-separated (default: every variant this CPU runs)")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # a child: measure this build
     args = parser.parse_args()

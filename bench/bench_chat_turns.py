@@ -19,6 +19,7 @@ import statistics
 import sys
 
 import torch
+from cli_common import add_shared_options  # bench/cli_common.py, beside this script
 
 QUESTIONS = (
     "Write a Python function that checks whether a number is prime.",
@@ -36,11 +37,15 @@ def p90(values: list[float]) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="qwen2.5-coder:1.5b", help="a ref, cached name or path with a chat template")
-    parser.add_argument("--threads", type=int, default=2)
+    add_shared_options(
+        parser,
+        model="qwen2.5-coder:1.5b",
+        model_help="a ref, cached name or path with a chat template",
+        threads=2,
+        reps=3,
+        warmup=1,
+    )
     parser.add_argument("--max-tokens", type=int, default=48)
-    parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--warmup", type=int, default=1)
     args = parser.parse_args()
     if args.reps < 1 or args.max_tokens < 1 or args.warmup < 0:
         parser.error("--reps and --max-tokens must be >= 1, --warmup >= 0")

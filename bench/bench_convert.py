@@ -23,6 +23,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from cli_common import add_shared_options  # bench/cli_common.py, beside this script
+
 CHILD = r"""
 import json, resource, sys, time
 from apr.formats.convert import convert
@@ -70,9 +72,8 @@ def run_case(src: Path, to: str, dtype: str, workdir: Path, warmup: int, repeat:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="qwen2.5-coder:1.5b", help="a ref or a GGUF path")
+    add_shared_options(parser, model="qwen2.5-coder:1.5b", model_help="a ref or a GGUF path", warmup=1)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--cases", default="apr,safetensors:bf16", help="comma list of TARGET[:DTYPE]")
     args = parser.parse_args()
     from apr.formats import load_model

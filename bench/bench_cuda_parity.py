@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 import torch
+from cli_common import add_shared_options  # bench/cli_common.py, beside this script
 
 PROMPTS = [
     "What is 2+2?",
@@ -31,7 +32,7 @@ PROMPTS = [
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, required=True, help="a GGUF file")
+    add_shared_options(parser, model=None, model_type=Path, model_help="a GGUF file")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument(

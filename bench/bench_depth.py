@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 import torch
+from cli_common import add_shared_options  # bench/cli_common.py, beside this script
 
 
 def p90(values: list[float]) -> float:
@@ -169,14 +170,12 @@ def llama_bench(args, depths: list[int]) -> dict[int, dict]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, required=True, help="a GGUF file")
+    add_shared_options(
+        parser, model=None, model_type=Path, model_help="a GGUF file", threads=2, min_reps=3, min_seconds=5.0, warmup=1
+    )
     parser.add_argument("--depths", default="0,1000,4000", help="context lengths, comma-separated")
-    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--prompt-tokens", type=int, default=128)
     parser.add_argument("--decode-tokens", type=int, default=32)
-    parser.add_argument("--min-reps", type=int, default=3)
-    parser.add_argument("--min-seconds", type=float, default=5.0)
-    parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--llama-reps", type=int, default=3, help="llama-bench's -r (repetitions of each test)")
     parser.add_argument(
         "--per-operator",

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from cli_common import add_shared_options  # bench/cli_common.py, beside this script
 
 from apr.cpu import cpu_model
 
@@ -237,13 +238,11 @@ def llama_bench(args) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, required=True, help="a GGUF file")
-    parser.add_argument("--threads", type=int, default=2)
+    add_shared_options(
+        parser, model=None, model_type=Path, model_help="a GGUF file", threads=2, min_reps=5, min_seconds=10.0, warmup=1
+    )
     parser.add_argument("--prompt-tokens", type=int, default=128)
     parser.add_argument("--decode-tokens", type=int, default=64)
-    parser.add_argument("--min-reps", type=int, default=5)
-    parser.add_argument("--min-seconds", type=float, default=10.0)
-    parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--compile", action="store_true", help="torch.compile our decode step")
     parser.add_argument("--dense-prefill", action="store_true", help="keep dense bf16 copies for prompts")
     parser.add_argument("--engines", default="apr,transformers,llama.cpp")

@@ -19,6 +19,8 @@ import platform
 import statistics
 import time
 
+from cli_common import add_shared_options  # bench/cli_common.py, beside this script
+
 SCHEMA = {
     "type": "object",
     "properties": {
@@ -123,8 +125,7 @@ def bench_xgrammar(tokenizer, ids: list[int], repeats: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="qwen2.5-coder:1.5b")
-    parser.add_argument("--repeats", type=int, default=5)
+    add_shared_options(parser, model="qwen2.5-coder:1.5b", repeats=5)
     args = parser.parse_args()
     from apr.formats import load_model
     from apr.hub import resolve_model_arg

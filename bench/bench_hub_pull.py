@@ -17,6 +17,8 @@ import platform
 import statistics
 import time
 
+from cli_common import add_shared_options  # bench/cli_common.py, beside this script
+
 from apr.hub import Hub
 
 
@@ -27,10 +29,8 @@ def _p90(values: list[float]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_shared_options(parser, warmup=1, repeats=5, min_seconds=5.0)
     parser.add_argument("--ref", default="qwen2.5-coder:1.5b")
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--min-seconds", type=float, default=5.0)
     args = parser.parse_args()
 
     hub = Hub.from_env()

@@ -27,6 +27,8 @@ import sys
 import time
 from pathlib import Path
 
+from cli_common import add_shared_options  # bench/cli_common.py, beside this script
+
 REPO = Path(__file__).resolve().parent.parent
 TASK_DIR = REPO / "bench" / "lm_eval_task"
 TASK = "apr_mini_mc"
@@ -89,7 +91,7 @@ def pick(choices: list[float]) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="smollm2:135m", help="apr ref of the model (default: smollm2:135m)")
+    add_shared_options(parser, model="smollm2:135m", model_help="apr ref of the model (default: smollm2:135m)")
     parser.add_argument("--limit", type=int, default=None, help="score only the first N questions")
     args = parser.parse_args()
     os.chdir(REPO)  # the task's data_files path is relative to the repository root

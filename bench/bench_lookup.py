@@ -40,6 +40,7 @@ import time
 from pathlib import Path
 
 import llama_lookup_peer as peer  # bench/, beside this script
+from cli_common import add_shared_options  # bench/cli_common.py, beside this script
 from code_edit_tasks import TASKS, EditTask
 from stats import percentile
 
@@ -99,15 +100,20 @@ def without_end(text: str, pieces: tuple[str, ...]) -> str:
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="A ref (qwen2.5-coder:1.5b), cached name or GGUF path.")
+    add_shared_options(
+        parser,
+        model=None,
+        model_help="A ref (qwen2.5-coder:1.5b), cached name or GGUF path.",
+        threads=None,
+        threads_help="Threads of both engines (default: apr's).",
+        min_reps=3,
+        min_seconds=0.0,
+        warmup=1,
+    )
     parser.add_argument("--lookup", type=int, default=10, help="Draft tokens a step, apr and llama.cpp alike.")
     parser.add_argument("--max-ngram", type=int, default=3)
     parser.add_argument("--max-tokens", type=int, default=256)
     parser.add_argument("--tasks", type=int, default=len(TASKS), help="Use the first N tasks.")
-    parser.add_argument("--threads", type=int, default=None, help="Threads of both engines (default: apr's).")
-    parser.add_argument("--min-reps", type=int, default=3)
-    parser.add_argument("--min-seconds", type=float, default=0.0)
-    parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument(
         "--llama-draft",
         type=int,

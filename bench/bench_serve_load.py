@@ -36,6 +36,7 @@ from dataclasses import dataclass
 
 import httpx
 import openai
+from cli_common import add_shared_options  # bench/cli_common.py, beside this script
 from serve_proc import ServeProcess  # bench/serve_proc.py, beside this script
 from stats import percentile  # bench/stats.py, beside this script
 
@@ -255,17 +256,19 @@ def short_completion(client, model, repeats: int) -> list[float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="qwen2.5-coder:1.5b")
+    add_shared_options(
+        parser,
+        model="qwen2.5-coder:1.5b",
+        threads=None,
+        threads_help="the server's CPU threads (OMP_NUM_THREADS; default: apr serve's own choice)",
+        repeats=3,
+        warmup=2,
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=48)
     parser.add_argument("--requests", type=int, default=3, help="requests per client in the load test")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument(
-        "--threads", type=int, help="the server's CPU threads (OMP_NUM_THREADS; default: apr serve's own choice)"
-    )
     args = parser.parse_args()
     if args.threads is not None:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the server process inherits it

@@ -28,6 +28,7 @@ import time
 from dataclasses import dataclass, field
 
 import httpx
+from cli_common import add_shared_options  # bench/cli_common.py, beside this script
 from serve_proc import ServeProcess  # bench/serve_proc.py, beside this script
 from stats import percentile  # bench/stats.py, beside this script
 
@@ -118,11 +119,10 @@ def one_run(server: Server, model: str, args: argparse.Namespace, long_ids: list
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="smollm2:135m")
+    add_shared_options(parser, model="smollm2:135m", repeats=2)
     parser.add_argument("--streams", type=int, default=8)
     parser.add_argument("--prompt-tokens", type=int, default=4000)
     parser.add_argument("--chunk", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--stream-tokens", type=int, default=2000)
     parser.add_argument("--scenarios", default="score,prefill")
     args = parser.parse_args()

@@ -27,6 +27,7 @@ import sys
 import time
 
 import openai
+from cli_common import add_shared_options  # bench/cli_common.py, beside this script
 from serve_proc import ServeProcess  # bench/serve_proc.py, beside this script
 from stats import percentile  # bench/stats.py, beside this script
 
@@ -114,7 +115,7 @@ def run_conversations(url: str, model: str, conversations: int, turns: int, max_
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="qwen2.5-coder:1.5b")
+    add_shared_options(parser, model="qwen2.5-coder:1.5b")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--conversations", type=int, default=3)
     parser.add_argument("--turns", type=int, default=4)

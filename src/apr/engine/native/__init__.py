@@ -352,38 +352,7 @@ def attend_one(
     ``values`` ``[kv_heads, capacity, d]``, then attends q ``[kv_heads * rep, d]`` over positions
     ``max(0, pos - window + 1) .. pos`` (``window`` 0: all); returns ``[kv_heads * rep, d]``. The cache may be
     float32 or float16 (the new key and value are stored rounded to it)."""
-    _check_f32("attend_one", q, k_new, v_new)
-    half = _check_kv("attend_one", keys, values)
-    kv_heads, capacity, d = keys.shape
-    heads = q.numel() // d
-    if (
-        values.shape != keys.shape
-        or k_new.numel() != kv_heads * d
-        or v_new.numel() != kv_heads * d
-        or heads % kv_heads
-        or not 0 <= pos < capacity
-    ):
-        raise ValueError(f"attend_one: q {tuple(q.shape)}, cache {tuple(keys.shape)}, position {pos}")
-    out = torch.empty(heads, d, dtype=torch.float32)
-    status = _lib().apr_attend_one(
-        q.data_ptr(),
-        k_new.data_ptr(),
-        v_new.data_ptr(),
-        keys.data_ptr(),
-        values.data_ptr(),
-        kv_heads,
-        heads // kv_heads,
-        capacity,
-        d,
-        pos,
-        window,
-        scale,
-        out.data_ptr(),
-        int(half),
-    )
-    if status:
-        raise MemoryError(f"no memory for attention over {pos + 1} positions")
-    return out
+    return _attend(q, k_new, v_new, keys, values, pos, 1, window, scale, single=True)
 
 
 def attend_run(
@@ -401,10 +370,29 @@ def attend_run(
     ``[kv_heads, capacity, d]``, then each row's ``q [n, kv_heads * rep, d]`` attends over its window up to
     its own position; returns ``[n, kv_heads * rep, d]``, row i bit-identical to ``attend_one`` at ``pos0 + i``.
     The cache may be float32 or float16."""
-    _check_f32("attend_run", q, k_new, v_new)
-    half = _check_kv("attend_run", keys, values)
+    return _attend(q, k_new, v_new, keys, values, pos0, q.shape[0], window, scale, single=False)
+
+
+def _attend(
+    q: torch.Tensor,
+    k_new: torch.Tensor,
+    v_new: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    pos0: int,
+    n: int,
+    window: int,
+    scale: float,
+    *,
+    single: bool,
+) -> torch.Tensor:
+    """attend_one (``single``: one row, ``apr_attend_one``, the kernel decode steps run) and attend_run (n rows,
+    ``apr_attend_run``): the same checks, then the C call. Both entry points stay bound, so the tests hold
+    the prompt kernel's rows to the decode kernel's bits."""
+    what = "attend_one" if single else "attend_run"
+    _check_f32(what, q, k_new, v_new)
+    half = _check_kv(what, keys, values)
     kv_heads, capacity, d = keys.shape
-    n = q.shape[0]
     heads = q.numel() // (n * d) if n else 0
     if (
         values.shape != keys.shape
@@ -415,25 +403,18 @@ def attend_run(
         or heads % kv_heads
         or not 0 <= pos0 <= capacity - n
     ):
-        raise ValueError(f"attend_run: q {tuple(q.shape)}, cache {tuple(keys.shape)}, positions {pos0}+{n}")
-    out = torch.empty(n, heads, d, dtype=torch.float32)
-    status = _lib().apr_attend_run(
-        q.data_ptr(),
-        k_new.data_ptr(),
-        v_new.data_ptr(),
-        keys.data_ptr(),
-        values.data_ptr(),
-        kv_heads,
-        heads // kv_heads,
-        capacity,
-        d,
-        pos0,
-        n,
-        window,
-        scale,
-        out.data_ptr(),
-        int(half),
-    )
+        where = f"position {pos0}" if single else f"positions {pos0}+{n}"
+        raise ValueError(f"{what}: q {tuple(q.shape)}, cache {tuple(keys.shape)}, {where}")
+    out = torch.empty(*(() if single else (n,)), heads, d, dtype=torch.float32)
+    pointers = (q.data_ptr(), k_new.data_ptr(), v_new.data_ptr(), keys.data_ptr(), values.data_ptr())
+    shape = (kv_heads, heads // kv_heads, capacity, d)
+    lib = _lib()
+    if single:
+        status = lib.apr_attend_one(*pointers, *shape, pos0, window, scale, out.data_ptr(), int(half))
+    else:
+        status = lib.apr_attend_run(*pointers, *shape, pos0, n, window, scale, out.data_ptr(), int(half))
+    if status and single:
+        raise MemoryError(f"no memory for attention over {pos0 + 1} positions")
     if status:
         raise MemoryError(f"no memory for the attention of {n} rows over {pos0 + n} positions")
     return out
