@@ -22,7 +22,7 @@ def add_shared_options(
     parser: argparse.ArgumentParser,
     *,
     model: str | None | _Absent = ABSENT,
-    model_type: Callable[[str], Any] | None = None,
+    model_type: Callable[[str], Any] = str,
     model_help: str | None = None,
     threads: int | None | _Absent = ABSENT,
     threads_help: str | None = None,

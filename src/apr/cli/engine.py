@@ -313,7 +313,9 @@ def register(app: typer.Typer) -> None:
         model = _resolve_first(model)
         from apr.engine.bench import BenchPlan, run_bench
 
-        engine, load_s = open_engine(model, _options(device, dtype, threads, compile, dense_prefill, numerics, kv_cache))
+        engine, load_s = open_engine(
+            model, _options(device, dtype, threads, compile, dense_prefill, numerics, kv_cache)
+        )
         plan = BenchPlan(prompt_tokens, decode_tokens, min_reps, min_seconds, warmup, batch)
         report = run_bench(engine, plan, load_s=load_s, progress=lambda line: print(line, file=sys.stderr))
         for line in report.summary_lines():
