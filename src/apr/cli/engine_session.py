@@ -9,10 +9,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from apr.engine.types import KvCache
-
 if TYPE_CHECKING:
     from apr.engine import Engine, GenerationResult
+    from apr.engine.types import KvCache  # only a type: a bad ref is refused before apr.engine is imported
 
 
 @dataclass(frozen=True)

@@ -8,12 +8,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from apr.engine.types import KvCache
 from apr.serve.defaults import DEFAULT_MAX_BODY_MB, DEFAULT_PREFILL_CHUNK
 from apr.serve.grammar import GrammarTokenizer
 
 if TYPE_CHECKING:
     from apr.engine import Engine
+    from apr.engine.types import KvCache
 
 
 @dataclass(frozen=True)
