@@ -57,3 +57,4 @@ def test_records_of_checks_that_ran_an_engine_name_its_numerics_mode():
     )
     on_file = recorder.stamp(corroborated(GateId.G0_INTEGRITY, "sha256", "ok", 1), started_at=now, duration_s=0.1)
     assert on_engine.provenance.numerics == "fast" and on_file.provenance.numerics is None
+    assert on_engine.provenance.kv_cache == "float32" and on_file.provenance.kv_cache is None

@@ -163,6 +163,12 @@ class Provenance(BaseModel):
         description="numerics mode of the engine behind a check that ran one ('fast': int8 activations on the "
         "native kernels, the default; 'exact': the float32 reference); None for checks that ran no engine",
     )
+    kv_cache: str | None = Field(
+        None,
+        description="element type of the KV cache of the engine behind a check that ran one ('float32', the "
+        "default; 'float16' with --kv-cache f16); None for checks that ran no engine and in records written "
+        "before it was kept",
+    )
     calibration: Calibration | None = Field(
         None, description="what the machine delivered when the check ran (apr certify's calibration)"
     )

@@ -82,6 +82,7 @@ def capture(
     tier: Tier | None = None,
     gates: tuple[GateId, ...] | None = None,
     numerics: str | None = None,
+    kv_cache: str | None = None,
     calibration: Calibration | None = None,
     endpoint: EndpointProvenance | None = None,
 ) -> Provenance:
@@ -102,6 +103,7 @@ def capture(
         threads=None if remote else calibration.threads if calibration is not None else len(os.sched_getaffinity(0)),
         calibration=calibration,
         numerics=numerics,
+        kv_cache=kv_cache,
         seed=seed,
         playbook=playbook,
         tier=tier,

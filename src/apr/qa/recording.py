@@ -83,6 +83,8 @@ class Recorder:
     # Every engine of a certification (cells and model-level gates) runs the default mode; NUMERICS-PARITY
     # measures it against the exact one.
     numerics: str = "fast"
+    # ... and the default KV cache (Engine.describe()["kv_cache"]; --kv-cache f16 is no certification option).
+    kv_cache: str = "float32"
     calibration: Calibration | None = None  # what the machine delivered (apr certify measures it per phase)
     endpoint: EndpointProvenance | None = None  # the remote endpoint under test (apr certify --endpoint)
 
@@ -90,6 +92,7 @@ class Recorder:
         device = check.device or (
             "none" if check.backend is Backend.GPU and check.outcome is Outcome.SKIPPED else self.default_device
         )
+        ran_engine = check.backend is not None and check.outcome is not Outcome.SKIPPED and self.endpoint is None
         provenance = capture(
             started_at=started_at,
             finished_at=utc_now(),
@@ -101,11 +104,8 @@ class Recorder:
             playbook=self.playbook,
             tier=self.tier,
             gates=self.gates,
-            numerics=(
-                self.numerics
-                if check.backend is not None and check.outcome is not Outcome.SKIPPED and self.endpoint is None
-                else None
-            ),
+            numerics=self.numerics if ran_engine else None,
+            kv_cache=self.kv_cache if ran_engine else None,
             calibration=self.calibration,
             endpoint=self.endpoint,
         )
