@@ -110,7 +110,7 @@ def resolve_kv_cache(
     if numerics == "exact":
         raise AprError("--kv-cache f16 contradicts --numerics exact (float32 reference numerics); drop one of them")
     if precision.kernels != "native":
-        named = next(name for name, dtype in DTYPES.items() if dtype == precision.dtype)  # bf16, fp32 or fp16
+        named = next(name for name, known in DTYPES.items() if known == precision.dtype)  # bf16, fp32 or fp16
         why = precision.note or f"--dtype {named} runs PyTorch's kernels"
         raise AprError(f"--kv-cache f16 needs apr's native CPU kernels ({why}); use --kv-cache f32")
     if compile:
