@@ -45,6 +45,7 @@ class Check:
     seed: int | None = None
     device: str | None = None
     cause: InfraCause | None = None  # set exactly when outcome is inconclusive
+    numerics: str | None = None  # the engine's numerics when not the certification's (an exact second opinion)
 
 
 def inconclusive(gate: GateId, check: str, cause: InfraCause, reason: str, **kw) -> Check:
@@ -101,11 +102,7 @@ class Recorder:
             playbook=self.playbook,
             tier=self.tier,
             gates=self.gates,
-            numerics=(
-                self.numerics
-                if check.backend is not None and check.outcome is not Outcome.SKIPPED and self.endpoint is None
-                else None
-            ),
+            numerics=check.numerics or self._default_numerics(check),
             calibration=self.calibration,
             endpoint=self.endpoint,
         )
@@ -134,6 +131,11 @@ class Recorder:
             duration_s=max(0.0, duration_s),
             provenance=provenance,
         )
+
+    def _default_numerics(self, check: Check) -> str | None:
+        """The certification's numerics for a check that ran an engine of a cell or backend; None otherwise."""
+        ran_engine = check.backend is not None and check.outcome is not Outcome.SKIPPED and self.endpoint is None
+        return self.numerics if ran_engine else None
 
     def _source_sha(self) -> str | None:
         if self.source is not None and self.source in self.sha256:
