@@ -160,6 +160,7 @@ def test_self_test_reports_catches_misses_and_no_false_block(llama_self_test):
     text = render_text(result)
     assert "MISSED" in text and "no false block" in text and "3/4" in text
     assert (out / "evidence" / "rope-theta.jsonl").is_file()
+    assert not list((out / "evidence").glob("*.part"))  # each finished copy's evidence took its final name
     assert not (out / "copies").exists()  # throwaway copies removed
 
 

@@ -201,6 +201,15 @@ def gate_copy(path: Path, options: SelfTestOptions, gates: GateSet, evidence: Pa
     return list(stages.gate(subject, evidence).records)
 
 
+def publish_evidence(partial: Path, final: Path) -> None:
+    """Give a finished copy's evidence its final name; an earlier run's file of that name moves under runs/."""
+    from apr.qa.rundir import keep_aside
+
+    if final.exists():
+        keep_aside(final)
+    partial.replace(final)
+
+
 def run_self_test(options: SelfTestOptions) -> SelfTestResult:
     """Plant, gate and judge every defect (and the clean control); writes detection.json/.md into the output."""
     from apr.qa.selftest.gguf_edit import read_gguf_copy, write_gguf_copy
@@ -228,7 +237,11 @@ def run_self_test(options: SelfTestOptions) -> SelfTestResult:
         target = copies / f"{defect_id}.gguf"
         write_gguf_copy(copy, target)
         del copy
-        records = gate_copy(target, options, gates, evidence_dir / f"{defect_id}.jsonl")
+        # The copy's evidence is written as .part and takes its final name when the copy is done, so an interrupted
+        # run never leaves a half-gated copy that result_from_evidence would judge as if finished.
+        partial = evidence_dir / f"{defect_id}.jsonl.part"
+        records = gate_copy(target, options, gates, partial)
+        publish_evidence(partial, evidence_dir / f"{defect_id}.jsonl")
         seen.update(r.gate for r in records)
         results[defect_id] = judge(defect_id, description, records, time.monotonic() - started)
         outcome = results[defect_id]
