@@ -94,3 +94,55 @@ class ExactSecondOpinion:
             )
             for flip in self.flips
         ]
+
+
+def judge_cell(fast: list[Check], exact: list[Check], *, record_flips: bool) -> list[Check]:
+    """A matrix cell's checks once its program ran again with ``--numerics exact`` (``exact``: that run's checks).
+
+    Each oracle (G4) the fast run failed takes the exact run's verdict: passed there, it is a numerics flip
+    (the check passes with numerics ``exact``; with ``record_flips`` a NUMERICS-PARITY record keeps the fast
+    reply); failed there too, it stays falsified with both reasons; stopped by the machine there, it is
+    inconclusive with that cause (the fast failure alone no longer says whose it is). G2 and G3 stay the fast
+    run's (it is the program under test) and G3 stays last: a cell is finished when its G3 is written."""
+    exact_by_check = {check.check: check for check in exact if check.gate is GateId.G4_QUALITY}
+    judged: list[Check] = []
+    flips: list[Check] = []
+    for check in fast:
+        second = exact_by_check.get(check.check)
+        if check.gate is not GateId.G4_QUALITY or check.outcome is not Outcome.FALSIFIED or second is None:
+            judged.append(check)
+        elif second.outcome is Outcome.CORROBORATED:
+            judged.append(
+                replace(
+                    second,
+                    numerics=EXACT,
+                    reason=f"exact float32 engine: {second.reason}; the fast engine's reply failed ({check.reason}): "
+                    f"a numerics finding, not the model's",
+                )
+            )
+            flips.append(
+                falsified(
+                    GateId.NUMERICS_PARITY,
+                    f"reply:{check.check}:{check.format}/{check.backend}/{check.modality}/{check.prompt_id}",
+                    f"the fast engine's reply fails {check.check} ({check.reason}) where the exact float32 engine "
+                    f"passes it ({second.reason}): apr's fast numerics change this model's answer",
+                    format=check.format,
+                    backend=check.backend,
+                    prompt=check.prompt,
+                    output=check.output,
+                )
+            )
+        elif second.outcome.is_infrastructure:
+            judged.append(
+                replace(
+                    second,
+                    numerics=EXACT,
+                    reason=f"the fast engine's reply failed ({check.reason}); its exact second opinion was stopped "
+                    f"by the machine: {second.reason}",
+                )
+            )
+        else:
+            judged.append(replace(check, reason=f"{check.reason}; the exact float32 engine too: {second.reason}"))
+    if record_flips and flips:
+        judged[-1:-1] = flips  # before G3, the cell's last record
+    return judged
