@@ -123,7 +123,7 @@ def judge_cell(fast: list[Check], exact: list[Check], *, record_flips: bool) -> 
             flips.append(
                 falsified(
                     GateId.NUMERICS_PARITY,
-                    f"reply:{check.check}:{check.format}/{check.backend}/{check.modality}/{check.prompt_id}",
+                    f"reply:{check.check}:{check.format}/{check.backend}/{check.modality}/{check.prompt_id}/seed{check.seed}",
                     f"the fast engine's reply fails {check.check} ({check.reason}) where the exact float32 engine "
                     f"passes it ({second.reason}): apr's fast numerics change this model's answer",
                     format=check.format,
