@@ -208,10 +208,11 @@ SELF_TEST = """\
 # SELF-TEST (full tier): which gates caught which planted defect, from self-test/detection.json beside the
 # evidence, when it measured the gates of this very playbook (apr.qa.selftest.report.certification_self_test).
 # caught: the gate falsified the copy; crashed: it crashed or timed out on it (never a detection); a falsified
-# record on the unmodified copy is a false block. Without a self-test of its own the verdict says nothing of one.
+# record of a blocking gate on the unmodified copy is a false block, of a P1/P2 gate a finding (it blocks nothing).
+# Without a self-test of its own the verdict says nothing of one.
 from apr.qa.selftest.report import certification_self_test, verdict_sentence
 
-SELF_TEST_STATES = ["caught", "not caught", "crashed", "false block", "not applicable"]
+SELF_TEST_STATES = ["caught", "not caught", "crashed", "false block", "finding", "not applicable"]
 self_test = certification_self_test(Path(evidence_path).parent, records)
 if self_test is None:
     self_test_chart = alt.Chart(pd.DataFrame({"note": ["no self-test ran for this certification"]})).mark_text(
@@ -222,7 +223,7 @@ else:
         if not item.applicable:
             return "not applicable"
         if gate in item.caught_by:
-            return "false block" if clean else "caught"
+            return ("false block" if gate in item.blocked_by else "finding") if clean else "caught"
         return "crashed" if gate in item.crashed else "not caught"
 
     copies = [(self_test.clean, True), *((d, False) for d in self_test.defects)]
@@ -236,7 +237,7 @@ else:
         x=alt.X("gate:N", sort=list(self_test.gates), title="gate", axis=alt.Axis(labelAngle=-40)),
         y=alt.Y("defect:N", sort=list(dict.fromkeys(cells_frame["defect"])), title="planted defect"),
         color=alt.Color("state:N", title=None, scale=alt.Scale(
-            domain=SELF_TEST_STATES, range=["#1a7f37", "#e6e9ee", "#b08800", "#cf222e", "#ffffff"])),
+            domain=SELF_TEST_STATES, range=["#1a7f37", "#e6e9ee", "#b08800", "#cf222e", "#f0b37e", "#ffffff"])),
         tooltip=["defect", "gate", "state", "verdict", "note"],
     ).properties(title=f"Self-test: {self_test.summary()}", width=max(240, 46 * len(self_test.gates)),
                  height=22 * len(copies))

@@ -6,7 +6,9 @@ HANG sleeps past any deadline, "HANG_ONCE <file>" only while <file> does not exi
 that was slow once), SEGV kills itself with SIGSEGV, RAISE dies with a traceback, MEMORY dies of a MemoryError
 and NOSPACE of a full disk (the machine's failures, not the model's), REFUSE exits 2 with an error line, EMPTY
 answers with nothing, ECHO answers with the prompt exactly as received. In serve, CRASH_SERVER aborts (its own
-defect) and KILLED_SERVER is SIGKILLed (as the OOM killer would). Otherwise it answers "4".
+defect) and KILLED_SERVER is SIGKILLed (as the OOM killer would). Numerics: FAST_WRONG answers "5" unless run
+with `--numerics exact` (a reply only the fast engine gets wrong), ALWAYS_WRONG answers "5" either way, and
+EXACT_HANG hangs under `--numerics exact` only. Otherwise it answers "4".
 """
 
 from __future__ import annotations
@@ -21,7 +23,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 
-def answer(prompt: str) -> str:
+def answer(prompt: str, numerics: str = "fast") -> str:
+    if "EXACT_HANG" in prompt and numerics == "exact":
+        time.sleep(600)
+    if "ALWAYS_WRONG" in prompt or ("FAST_WRONG" in prompt and numerics != "exact"):
+        return "2 + 2 equals 5."
     if "HANG_ONCE " in prompt:
         marker = Path(prompt.split("HANG_ONCE ", 1)[1].split()[0])
         if not marker.exists():
@@ -47,8 +53,8 @@ def answer(prompt: str) -> str:
     return "2 + 2 equals 4."
 
 
-def reply(prompt: str) -> dict:
-    text = answer(prompt)
+def reply(prompt: str, numerics: str = "fast") -> dict:
+    text = answer(prompt, numerics)
     return {
         "text": text,
         "prompt_tokens": 5,
@@ -79,7 +85,7 @@ class Handler(BaseHTTPRequestHandler):
             os.abort()  # its own defect: SIGABRT
         if "KILLED_SERVER" in prompt:
             os.kill(os.getpid(), signal.SIGKILL)  # what the OOM killer or a neighbour's kill looks like
-        text = answer(prompt)
+        text = answer(prompt, self.server.numerics)  # type: ignore[attr-defined]
         usage = {"prompt_tokens": 5, "completion_tokens": len(text.split()), "total_tokens": 5 + len(text.split())}
         if "messages" in body:
             choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
@@ -103,16 +109,18 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--numerics", default="fast")
     args, _ = parser.parse_known_args()
     if args.verb == "run":
-        print(json.dumps(reply(args.prompt)))
+        print(json.dumps(reply(args.prompt, args.numerics)))
     elif args.verb == "chat":
         for line in sys.stdin:  # one JSON message a line, as the QA runner sends turns
-            print(json.dumps(reply(json.loads(line)["content"])), flush=True)
+            print(json.dumps(reply(json.loads(line)["content"], args.numerics)), flush=True)
     elif args.verb == "serve":
         if "SERVE_NEVER_READY" in args.model:
             time.sleep(600)
         server = ThreadingHTTPServer((args.host, args.port), Handler)
+        server.numerics = args.numerics  # type: ignore[attr-defined]
         print(f"apr serve: ready at http://{args.host}:{server.server_port}", flush=True)
         server.serve_forever()
 

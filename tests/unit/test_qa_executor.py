@@ -202,3 +202,47 @@ def test_an_interrupt_kills_running_cells_and_records_nothing_about_them(tmp_pat
         worker.join(timeout=30)
     assert not worker.is_alive() and time.monotonic() - started < 30
     assert read_evidence(evidence).records == ()
+
+
+# ---- the exact second opinion of a failed oracle (apr.qa.gates.second_opinion) --------------------------
+
+
+def blocking_failures(records):
+    from apr.qa.gates.catalog import CATALOG
+
+    return [r for r in records if r.outcome.is_failure and CATALOG[r.gate].blocking]
+
+
+def test_an_oracle_only_the_fast_engine_fails_passes_on_the_exact_rerun_and_is_recorded_under_numerics(tmp_path):
+    matrix = cells(prompt("What is 2+2? FAST_WRONG", "flip"), modalities=(Modality.RUN, Modality.CHAT, Modality.SERVE))
+    _, records = run(matrix, tmp_path, tmp_path / "e.jsonl")
+    for modality in (Modality.RUN, Modality.CHAT, Modality.SERVE):
+        mine = [r for r in records if r.scenario.modality is modality or modality.value in r.check]
+        arithmetic = next(r for r in mine if r.check == "oracle:arithmetic")
+        assert arithmetic.outcome is Outcome.CORROBORATED, arithmetic.reason
+        assert arithmetic.provenance.numerics == "exact" and "the fast engine's reply failed" in arithmetic.reason
+        flip = next(r for r in records if r.gate.value == "NUMERICS-PARITY" and f"/{modality}/" in r.check)
+        assert flip.outcome is Outcome.FALSIFIED and "5" in flip.output_excerpt
+        assert [r.gate.value for r in mine if r.scenario.modality is modality][-1] == "G3-STABILITY"
+    assert not blocking_failures(records)  # a numerics finding costs points, never blocks
+
+
+def test_an_oracle_both_engines_fail_stays_falsified_and_a_stopped_second_opinion_is_inconclusive(tmp_path):
+    matrix = cells(prompt("What is 2+2? ALWAYS_WRONG", "wrong"), prompt("What is 2+2? FAST_WRONG EXACT_HANG", "slow"))
+    _, records = run(matrix, tmp_path, tmp_path / "e.jsonl", timeout_s=2.0, retries=0, exact_deadline_factor=1.0)
+    by = {(r.scenario.prompt_id, r.check): r for r in records}
+    wrong = by[("wrong", "oracle:arithmetic")]
+    assert wrong.outcome is Outcome.FALSIFIED and "the exact float32 engine too" in wrong.reason
+    slow = by[("slow", "oracle:arithmetic")]
+    assert (slow.outcome, slow.cause) == (Outcome.INCONCLUSIVE, InfraCause.DEADLINE)
+    assert "exact second opinion was stopped by the machine" in slow.reason
+    assert not [r for r in records if r.gate.value == "NUMERICS-PARITY"]
+    assert blocking_failures(records) == [wrong]
+
+
+def test_without_the_second_opinion_the_fast_reply_is_the_verdict(tmp_path):
+    _, records = run(
+        cells(prompt("What is 2+2? FAST_WRONG", "flip")), tmp_path, tmp_path / "e.jsonl", second_opinion=False
+    )
+    arithmetic = next(r for r in records if r.check == "oracle:arithmetic")
+    assert arithmetic.outcome is Outcome.FALSIFIED and "exact" not in arithmetic.reason

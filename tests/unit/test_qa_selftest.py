@@ -160,6 +160,7 @@ def test_self_test_reports_catches_misses_and_no_false_block(llama_self_test):
     text = render_text(result)
     assert "MISSED" in text and "no false block" in text and "3/4" in text
     assert (out / "evidence" / "rope-theta.jsonl").is_file()
+    assert not list((out / "evidence").glob("*.part"))  # each finished copy's evidence took its final name
     assert not (out / "copies").exists()  # throwaway copies removed
 
 
@@ -276,3 +277,20 @@ def test_the_pipeline_renders_the_partitions_own_self_test_else_one_kept_in_the_
     (published / "self-test" / "detection.json").write_text("{}")
     assert self_test_source(record(enabled=False), published) == published / "self-test"
     assert self_test_source(record(enabled=True, folder=str(own)), published) == own
+
+
+def test_a_non_blocking_gate_on_the_clean_copy_is_a_finding_and_a_blocking_one_a_false_block():
+    from apr.qa.selftest.report import render_markdown
+    from apr.qa.selftest.run import CopyResult, SelfTestResult
+
+    planted = CopyResult("rope-theta", "rope base changed", caught_by=("METADATA-PLAUSIBILITY", "GOLDEN-OUTPUT"))
+    flipped = CopyResult("clean", "unmodified copy (the control)", caught_by=("NUMERICS-PARITY",))
+    result = SelfTestResult(model="m", gates=("GOLDEN-OUTPUT", "NUMERICS-PARITY"), clean=flipped, defects=[planted])
+    assert result.false_blocks == 0 and result.passed and flipped.findings == ("NUMERICS-PARITY",)
+    assert result.summary().endswith(
+        "0 false block(s) on the clean copy; non-blocking finding(s) there: NUMERICS-PARITY"
+    )
+    assert "no false block (finding, does not block: NUMERICS-PARITY)" in render_markdown(result)
+    blocked = CopyResult("clean", "unmodified copy (the control)", caught_by=("GOLDEN-OUTPUT", "NUMERICS-PARITY"))
+    again = SelfTestResult(model="m", gates=result.gates, clean=blocked, defects=[planted])
+    assert again.false_blocks == 1 and not again.passed and "FALSE BLOCK by GOLDEN-OUTPUT" in render_markdown(again)

@@ -31,6 +31,10 @@ POSITIONS_CEILING = 131072
 # CUDA graphs keep the caches of all their sequences in one pool preallocated for the whole context
 # (cuda_graphs.CachePool): there the default stays where it was, 8192 positions.
 CUDA_GRAPH_POSITIONS = 8192
+# logits() returns every row at once: [positions, vocab] float32 is 20 GB for a 32K-token qwen sequence. It is
+# refused beyond this many bytes; prompt_logprobs() scores a longer sequence chunk by chunk instead.
+MAX_LOGITS_BYTES = 2 << 30
+SCORING_CHUNK = 512  # prompt positions scored per chunk when prompt_logprobs() cannot hold every row
 
 
 class Engine:
@@ -106,21 +110,47 @@ class Engine:
 
     @torch.inference_mode()
     def logits(self, ids: list[int]) -> torch.Tensor:
-        """float32 ``[len(ids), vocab]`` logits of the whole sequence, computed without a cache."""
+        """float32 ``[len(ids), vocab]`` logits of the whole sequence, computed without a cache (at most
+        ``MAX_LOGITS_BYTES`` of them: a longer sequence is refused, use ``prompt_logprobs``)."""
+        self._check_ids(ids)
+        if len(ids) * self.config.vocab_size * 4 > MAX_LOGITS_BYTES:
+            raise ValueError(
+                f"logits of {len(ids)} positions x {self.config.vocab_size} tokens exceed "
+                f"{MAX_LOGITS_BYTES >> 20} MiB; score long sequences with prompt_logprobs()"
+            )
+        return self.transformer(torch.tensor(ids, device=self.device)).float().cpu()
+
+    def prompt_logprobs(self, ids: list[int]) -> list[float | None]:
+        """log p(ids[i] | ids[:i]) for every position; the first has no context and is None. A sequence whose
+        logits would exceed ``MAX_LOGITS_BYTES`` is prefilled into a private cache ``SCORING_CHUNK`` positions at
+        a time, each chunk's rows scored and dropped."""
+        self._check_ids(ids)
+        if len(ids) * self.config.vocab_size * 4 <= MAX_LOGITS_BYTES:
+            logprobs = torch.log_softmax(self.logits(ids)[:-1], dim=-1)
+            picked = logprobs.gather(1, torch.tensor(ids[1:])[:, None])[:, 0]
+            return [None, *(float(x) for x in picked)]
+        return [None, *self._chunked_logprobs(ids)]
+
+    @torch.inference_mode()
+    def _chunked_logprobs(self, ids: list[int]) -> list[float]:
+        cache = self.transformer.new_cache(len(ids))
+        scores: list[float] = []
+        for start in range(0, len(ids), SCORING_CHUNK):
+            stop = min(len(ids), start + SCORING_CHUNK)
+            hidden = self.transformer.prefill(torch.tensor(ids[start:stop], device=self.device), cache)
+            targets = ids[start + 1 : stop + 1]  # row i predicts token start + i + 1
+            if targets:
+                logprobs = torch.log_softmax(self.transformer.head(hidden[: len(targets)]).float().cpu(), dim=-1)
+                scores.extend(float(x) for x in logprobs.gather(1, torch.tensor(targets)[:, None])[:, 0])
+        return scores
+
+    def _check_ids(self, ids: list[int]) -> None:
         if not ids:
-            raise ValueError("logits() needs at least one token id")
+            raise ValueError("logits need at least one token id")
         if len(ids) > self.transformer.max_positions:
             raise ValueError(f"{len(ids)} tokens exceed this engine's {self.transformer.max_positions} positions")
         if any(not 0 <= i < self.config.vocab_size for i in ids):
             raise ValueError(f"token ids must lie in [0, {self.config.vocab_size})")
-        return self.transformer(torch.tensor(ids, device=self.device)).float().cpu()
-
-    def prompt_logprobs(self, ids: list[int]) -> list[float | None]:
-        """log p(ids[i] | ids[:i]) for every position; the first has no context and is None."""
-        logits = self.logits(ids)
-        logprobs = torch.log_softmax(logits[:-1], dim=-1)
-        picked = logprobs.gather(1, torch.tensor(ids[1:])[:, None])[:, 0]
-        return [None, *(float(x) for x in picked)]
 
     @torch.inference_mode()
     def hidden_states(self, ids: list[int]) -> torch.Tensor:

@@ -14,9 +14,10 @@ from pathlib import Path
 from apr.qa.axes import Backend, Format
 from apr.qa.calibration import attempt_deadline, cell_budget, prompt_tokens
 from apr.qa.evidence import Calibration, EvidenceRecord, EvidenceWriter, Outcome
-from apr.qa.gates.catalog import CATALOG
+from apr.qa.gates.catalog import CATALOG, GateId
 from apr.qa.gates.cell import cell_checks, skipped_cell_checks
-from apr.qa.invocation import Invocation
+from apr.qa.gates.second_opinion import judge_cell
+from apr.qa.invocation import Invocation, Numerics
 from apr.qa.matrix import Cell
 from apr.qa.playbook import FailurePolicy
 from apr.qa.procs import Children, apr_command
@@ -26,6 +27,9 @@ from apr.qa.runners import CellRun, run_cell
 
 NO_CUDA_REASON = "no CUDA device on this host (torch.cuda.is_available() is False): GPU cell not run"
 RETRIES = 1  # a cell the machine stopped runs once more, with a longer deadline, before it is inconclusive
+# The exact engine reads every weight as float32 (~6x the bytes of a Q4_K_M file per token) and dequantizes them
+# all at load: its second opinion gets this many times the cell's deadline.
+EXACT_DEADLINE_FACTOR = 8.0
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,10 @@ class ExecutionPlan:
     calibration: Calibration | None = None
     model_bytes: dict[Format, int] = field(default_factory=dict)
     retries: int = RETRIES
+    # A CPU cell whose oracle failed runs again with --numerics exact and the exact verdict stands
+    # (apr.qa.gates.second_opinion); False judges on the fast run alone.
+    second_opinion: bool = True
+    exact_deadline_factor: float = EXACT_DEADLINE_FACTOR
 
     def budget(self, cell: Cell) -> float:
         """The cell's first deadline on this machine."""
@@ -56,7 +64,8 @@ class ExecutionPlan:
             self.calibration, size, prompt_tokens(cell.prompt.text), cell.prompt.max_tokens, self.timeout_s
         )
 
-    def runnable(self, cell: Cell, attempt: int = 0) -> Invocation:
+    def runnable(self, cell: Cell, attempt: int = 0, numerics: Numerics = "fast") -> Invocation:
+        deadline = attempt_deadline(self.budget(cell), attempt)
         return Invocation(
             model_path=self.artifacts[cell.format],
             format=cell.format,
@@ -66,9 +75,10 @@ class ExecutionPlan:
             prompt=cell.prompt.text,
             seed=cell.seed,
             max_tokens=cell.prompt.max_tokens,
-            timeout_s=attempt_deadline(self.budget(cell), attempt),
+            timeout_s=deadline * (self.exact_deadline_factor if numerics == "exact" else 1.0),
             use_chat_template=self.use_chat_template,
             threads=self.calibration.threads if self.calibration is not None and cell.backend is Backend.CPU else None,
+            numerics=numerics,
         )
 
     def machine_note(self, cell: Cell, attempts: list[CellRun]) -> str:
@@ -84,11 +94,13 @@ class ExecutionPlan:
         return note + (f": {cause.advice}" if cause is not None else "")
 
 
-def run_attempts(plan: ExecutionPlan, cell: Cell, children: Children | None = None) -> list[CellRun]:
+def run_attempts(
+    plan: ExecutionPlan, cell: Cell, children: Children | None = None, numerics: Numerics = "fast"
+) -> list[CellRun]:
     """Run a cell until it ends without a machine cause or its retries are spent; every attempt, in order."""
     attempts: list[CellRun] = []
     for attempt in range(plan.retries + 1):
-        attempts.append(run_cell(plan.runnable(cell, attempt), list(plan.apr_argv), children))
+        attempts.append(run_cell(plan.runnable(cell, attempt, numerics), list(plan.apr_argv), children))
         if attempts[-1].infra_cause is None or (children is not None and children.cancelled):
             break
     return attempts
@@ -160,7 +172,27 @@ class CellExecutor:
         attempts = run_attempts(self.plan, cell, self.children)
         run = attempts[-1]
         note = self.plan.machine_note(cell, attempts) if run.infra_cause is not None else ""
-        return cell_checks(cell, run, attempts=len(attempts), machine_note=note), run
+        checks = cell_checks(cell, run, attempts=len(attempts), machine_note=note)
+        if self._wants_second_opinion(cell, checks):
+            checks = self._second_opinion(cell, checks)
+        return checks, run
+
+    def _wants_second_opinion(self, cell: Cell, checks: list[Check]) -> bool:
+        """A CPU cell an oracle failed on: the GPU's cells judge the GPU's numerics, as its model-level gates do."""
+        return (
+            self.plan.second_opinion
+            and cell.backend is Backend.CPU
+            and any(c.gate is GateId.G4_QUALITY and c.outcome is Outcome.FALSIFIED for c in checks)
+            and not self.children.cancelled
+        )
+
+    def _second_opinion(self, cell: Cell, fast: list[Check]) -> list[Check]:
+        attempts = run_attempts(self.plan, cell, self.children, numerics="exact")
+        run = attempts[-1]
+        note = self.plan.machine_note(cell, attempts) if run.infra_cause is not None else ""
+        exact = cell_checks(cell, run, attempts=len(attempts), machine_note=note)
+        planned = self.recorder.gates
+        return judge_cell(fast, exact, record_flips=planned is None or GateId.NUMERICS_PARITY in planned)
 
     def _cell_finished(self, cell: Cell) -> bool:
         # G3 is written last for a cell; its key being present means every record of the cell was written.

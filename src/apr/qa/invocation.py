@@ -9,6 +9,7 @@ from typing import Literal
 from apr.qa.axes import Backend, Modality
 
 ServeApi = Literal["chat", "completion"]
+Numerics = Literal["fast", "exact"]
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,8 @@ class Invocation:
     timeout_s: float
     use_chat_template: bool = True
     threads: int | None = None  # CPU threads of the program (OMP_NUM_THREADS); None: it chooses itself
+    # "exact": the program runs with --numerics exact (the reply gates' second opinion, apr.qa.gates.second_opinion)
+    numerics: Numerics = "fast"
 
     def environment(self) -> dict[str, str]:
         """The program's environment: ours, plus the thread count the certification chose for this machine."""
@@ -47,6 +50,10 @@ class Invocation:
     def device(self) -> str:
         """The `--device` value the CLI takes for this backend."""
         return "cuda" if self.backend == "gpu" else "cpu"
+
+    def engine_flags(self) -> list[str]:
+        """The CLI options that pick the engine: device, and numerics when not the default."""
+        return ["--device", self.device, *(["--numerics", self.numerics] if self.numerics != "fast" else [])]
 
     @property
     def serve_api(self) -> ServeApi:

@@ -45,6 +45,7 @@ class Check:
     seed: int | None = None
     device: str | None = None
     cause: InfraCause | None = None  # set exactly when outcome is inconclusive
+    numerics: str | None = None  # the engine's numerics when not the certification's (an exact second opinion)
 
 
 def inconclusive(gate: GateId, check: str, cause: InfraCause, reason: str, **kw) -> Check:
@@ -92,7 +93,6 @@ class Recorder:
         device = check.device or (
             "none" if check.backend is Backend.GPU and check.outcome is Outcome.SKIPPED else self.default_device
         )
-        ran_engine = check.backend is not None and check.outcome is not Outcome.SKIPPED and self.endpoint is None
         provenance = capture(
             started_at=started_at,
             finished_at=utc_now(),
@@ -104,8 +104,8 @@ class Recorder:
             playbook=self.playbook,
             tier=self.tier,
             gates=self.gates,
-            numerics=self.numerics if ran_engine else None,
-            kv_cache=self.kv_cache if ran_engine else None,
+            numerics=check.numerics or self._default_numerics(check),
+            kv_cache=self.kv_cache if self._ran_engine(check) else None,
             calibration=self.calibration,
             endpoint=self.endpoint,
         )
@@ -134,6 +134,14 @@ class Recorder:
             duration_s=max(0.0, duration_s),
             provenance=provenance,
         )
+
+    def _ran_engine(self, check: Check) -> bool:
+        """Whether the check ran an engine of a cell or backend here (not skipped, not a remote endpoint)."""
+        return check.backend is not None and check.outcome is not Outcome.SKIPPED and self.endpoint is None
+
+    def _default_numerics(self, check: Check) -> str | None:
+        """The certification's numerics for a check that ran an engine of a cell or backend; None otherwise."""
+        return self.numerics if self._ran_engine(check) else None
 
     def _source_sha(self) -> str | None:
         if self.source is not None and self.source in self.sha256:

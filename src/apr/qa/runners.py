@@ -98,8 +98,7 @@ def run_cell_run(cell: Invocation, apr_argv: list[str], children: Children | Non
         "0",
         "--seed",
         str(cell.seed),
-        "--device",
-        cell.device,
+        *cell.engine_flags(),
         "--json",
     ]
     if not cell.use_chat_template:
@@ -119,8 +118,7 @@ def run_cell_chat(cell: Invocation, apr_argv: list[str], children: Children | No
         *apr_argv,
         "chat",
         str(cell.model_path),
-        "--device",
-        cell.device,
+        *cell.engine_flags(),
         "--max-tokens",
         str(cell.max_tokens),
         "--seed",
@@ -192,7 +190,7 @@ def _await_exit(session, seconds: float) -> None:
 
 def run_cell_serve(cell: Invocation, apr_argv: list[str], children: Children | None = None) -> CellRun:
     """`apr serve MODEL --port 0`, then one request over real HTTP; the server is always stopped."""
-    argv = [*apr_argv, "serve", str(cell.model_path), "--host", "127.0.0.1", "--port", "0", "--device", cell.device]
+    argv = [*apr_argv, "serve", str(cell.model_path), "--host", "127.0.0.1", "--port", "0", *cell.engine_flags()]
     deadline = time.monotonic() + cell.timeout_s
     try:
         return _serve_and_ask(cell, argv, deadline, children)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import TYPE_CHECKING
 
 from apr.qa.gates.catalog import GateId
@@ -10,6 +11,7 @@ from apr.qa.recording import Check, verdict
 
 if TYPE_CHECKING:
     from apr.engine import Engine
+    from apr.qa.gates.second_opinion import ExactSecondOpinion
 
 GOLDEN = GateId.GOLDEN_OUTPUT
 # Text that is never a real answer: replacement characters, unknown tokens, NUL (after upstream's golden gate).
@@ -25,26 +27,36 @@ def prompt_ids(engine: Engine, prompt: str, chat: bool) -> list[int]:
     return bos + tok.encode(prompt)
 
 
-def golden_checks(engine: Engine, settings: GoldenOutputGate, chat: bool, fmt) -> list[Check]:
+def golden_checks(
+    engine: Engine, settings: GoldenOutputGate, chat: bool, fmt, second: ExactSecondOpinion | None = None
+) -> list[Check]:
+    """Each golden case on ``engine``; a reply it fails is asked again of ``second``'s exact engine, whose
+    verdict then stands (apr.qa.gates.second_opinion)."""
+    checks = []
+    for index, case in enumerate(settings.cases):
+        check = golden_case_check(engine, index, case, settings.max_tokens, chat, fmt)
+        if second is not None:
+            again = partial(
+                golden_case_check, index=index, case=case, max_tokens=settings.max_tokens, chat=chat, fmt=fmt
+            )
+            check = second.judge(engine, check, again)
+        checks.append(check)
+    return checks
+
+
+def golden_case_check(engine: Engine, index: int, case: GoldenCase, max_tokens: int, chat: bool, fmt) -> Check:
     from apr.engine import SamplingParams
     from apr.engine.sampling import NonFiniteLogits
 
-    checks = []
-    for index, case in enumerate(settings.cases):
-        try:
-            ids = prompt_ids(engine, case.prompt, chat)
-        except ValueError as err:  # a chat template that does not render is the model's defect
-            checks.append(
-                verdict(GOLDEN, f"golden:{index}", False, f"prompt not built: {err}", 1, format=fmt, prompt=case.prompt)
-            )
-            continue
-        try:
-            result = engine.generate(ids, SamplingParams(temperature=0.0, max_tokens=settings.max_tokens))
-        except NonFiniteLogits as err:  # NaN/Inf weights: evidence against the model, not a crash of the run
-            checks.append(verdict(GOLDEN, f"golden:{index}", False, str(err), 1, format=fmt, prompt=case.prompt))
-            continue
-        checks.append(golden_verdict(index, case, result.text, result.completion_tokens, result.finish_reason, fmt))
-    return checks
+    try:
+        ids = prompt_ids(engine, case.prompt, chat)
+    except ValueError as err:  # a chat template that does not render is the model's defect
+        return verdict(GOLDEN, f"golden:{index}", False, f"prompt not built: {err}", 1, format=fmt, prompt=case.prompt)
+    try:
+        result = engine.generate(ids, SamplingParams(temperature=0.0, max_tokens=max_tokens))
+    except NonFiniteLogits as err:  # NaN/Inf weights: evidence against the model, not a crash of the run
+        return verdict(GOLDEN, f"golden:{index}", False, str(err), 1, format=fmt, prompt=case.prompt)
+    return golden_verdict(index, case, result.text, result.completion_tokens, result.finish_reason, fmt)
 
 
 def golden_verdict(

@@ -202,18 +202,29 @@ class ModelGateRun:
         return logits
 
     def _source_engine_gates(self, engine, fmt: Format) -> None:
+        """The reply gates judge the checkpoint: a reply the fast engine fails is asked again of the exact engine,
+        whose verdict stands; the flips it finds go to NUMERICS-PARITY (apr.qa.gates.second_opinion)."""
+        from apr.qa.gates.second_opinion import ExactSecondOpinion
+
+        second = ExactSecondOpinion(self.models[fmt])
+        try:
+            self._source_engine_gates_with(engine, fmt, second)
+        finally:
+            second.close()
+
+    def _source_engine_gates_with(self, engine, fmt: Format, second) -> None:
         gates = self.inputs.gates
         if self.wanted(GateId.GOLDEN_OUTPUT):
             from apr.qa.gates.golden import golden_checks
 
             self._step(f"golden output on {fmt}")
             timer = Timer()
-            self._emit(golden_checks(engine, _settings(gates.golden_output), self.inputs.chat, fmt), timer)
+            self._emit(golden_checks(engine, _settings(gates.golden_output), self.inputs.chat, fmt, second), timer)
         if self.wanted(GateId.STOP_BEHAVIOR):
             from apr.qa.gates.stop import stop_reply_checks
 
             timer = Timer()
-            self._emit(stop_reply_checks(engine, _settings(gates.stop_behavior), self.inputs.chat, fmt), timer)
+            self._emit(stop_reply_checks(engine, _settings(gates.stop_behavior), self.inputs.chat, fmt, second), timer)
         if self.wanted(GateId.PERPLEXITY):
             from apr.qa.gates.perplexity import perplexity_checks
 
@@ -232,11 +243,11 @@ class ModelGateRun:
 
             self._step(f"numerics parity on {fmt}: an exact float32 engine beside the fast one")
             timer = Timer()
-            self._emit(numerics_checks(self.models[fmt], engine, _settings(gates.numerics_parity), fmt), timer)
+            self._emit(numerics_checks(self.models[fmt], engine, _settings(gates.numerics_parity), fmt, second), timer)
 
     def _device_gates(self, engine, fmt: Format, backend: Backend) -> None:
-        """Perplexity and stop behaviour on a second backend: they judge that backend's numerics too. Without an
-        engine there (no CUDA) each is recorded skipped, never passed."""
+        """Perplexity and stop behaviour on a second backend: they judge that backend's numerics too (so no exact
+        second opinion here). Without an engine there (no CUDA) each is recorded skipped, never passed."""
         from apr.qa.gates.perplexity import perplexity_checks
         from apr.qa.gates.stop import stop_reply_checks
 

@@ -7,6 +7,7 @@ only (a common conversion bug); a reply that runs to the token limit on "Say hel
 
 from __future__ import annotations
 
+from functools import partial
 from typing import TYPE_CHECKING
 
 from apr.formats.model import CanonicalModel
@@ -18,6 +19,7 @@ from apr.qa.recording import Check, falsified, verdict
 
 if TYPE_CHECKING:
     from apr.engine import Engine
+    from apr.qa.gates.second_opinion import ExactSecondOpinion
 
 STOP = GateId.STOP_BEHAVIOR
 # Texts of tokens that end a sequence or a turn: llama.cpp's end-of-generation texts plus the plain eos tokens.
@@ -109,33 +111,40 @@ def stop_static_checks(model: CanonicalModel, fmt: Format) -> list[Check]:
     return [check for check in checks if check is not None]
 
 
-def stop_reply_checks(engine: Engine, settings: StopBehaviorGate, chat: bool, fmt: Format) -> list[Check]:
+def stop_reply_checks(
+    engine: Engine, settings: StopBehaviorGate, chat: bool, fmt: Format, second: ExactSecondOpinion | None = None
+) -> list[Check]:
     """Greedy replies to one-line questions end on an eos id within ``max_fraction`` of the limit (chat models
-    only: a base model continues text and is not expected to end a turn; nothing is planned for it)."""
-    from apr.engine import SamplingParams
-    from apr.engine.sampling import NonFiniteLogits
-    from apr.qa.gates.golden import prompt_ids
-
+    only: a base model continues text and is not expected to end a turn; nothing is planned for it). A reply that
+    fails on ``engine`` is asked again of ``second``'s exact engine, whose verdict then stands."""
     if not (chat and engine.tokenizer.has_chat_template):
         return []
     checks = []
     for index, prompt in enumerate(settings.prompts):
-        try:
-            ids = prompt_ids(engine, prompt, chat)
-        except ValueError as err:  # the chat template does not render
-            checks.append(falsified(STOP, f"stops:{index}", f"prompt not built: {err}", format=fmt, prompt=prompt))
-            continue
-        try:
-            result = engine.generate(ids, SamplingParams(temperature=0.0, max_tokens=settings.max_tokens))
-        except NonFiniteLogits as err:  # NaN/Inf weights: evidence against the model, not a crash of the run
-            checks.append(falsified(STOP, f"stops:{index}", str(err), format=fmt, prompt=prompt))
-            continue
-        checks.append(
-            stop_reply_verdict(
-                index, prompt, settings, result.text, result.finish_reason, result.completion_tokens, fmt
-            )
-        )
+        check = stop_prompt_check(engine, index, prompt, settings, chat, fmt)
+        if second is not None:
+            again = partial(stop_prompt_check, index=index, prompt=prompt, settings=settings, chat=chat, fmt=fmt)
+            check = second.judge(engine, check, again)
+        checks.append(check)
     return checks
+
+
+def stop_prompt_check(
+    engine: Engine, index: int, prompt: str, settings: StopBehaviorGate, chat: bool, fmt: Format
+) -> Check:
+    from apr.engine import SamplingParams
+    from apr.engine.sampling import NonFiniteLogits
+    from apr.qa.gates.golden import prompt_ids
+
+    try:
+        ids = prompt_ids(engine, prompt, chat)
+    except ValueError as err:  # the chat template does not render
+        return falsified(STOP, f"stops:{index}", f"prompt not built: {err}", format=fmt, prompt=prompt)
+    try:
+        result = engine.generate(ids, SamplingParams(temperature=0.0, max_tokens=settings.max_tokens))
+    except NonFiniteLogits as err:  # NaN/Inf weights: evidence against the model, not a crash of the run
+        return falsified(STOP, f"stops:{index}", str(err), format=fmt, prompt=prompt)
+    return stop_reply_verdict(index, prompt, settings, result.text, result.finish_reason, result.completion_tokens, fmt)
 
 
 def stop_reply_verdict(

@@ -26,7 +26,10 @@ def _row_verdict(result: CopyResult, clean: bool = False) -> str:
     if not result.applicable:
         return f"n/a ({result.note})"
     if clean:
-        return "no false block" if not result.caught_by else f"FALSE BLOCK by {', '.join(result.caught_by)}"
+        if result.blocked_by:
+            return f"FALSE BLOCK by {', '.join(result.blocked_by)}"
+        findings = f" (finding, does not block: {', '.join(result.findings)})" if result.findings else ""
+        return "no false block" + findings
     if not result.blocked:
         return "MISSED"
     return f"caught by {len(result.caught_by)} gate(s)"

@@ -3,8 +3,10 @@ copy, and measure which gates caught what — the detection power behind a verdi
 
 A defect counts as *caught* by a gate when that gate wrote at least one falsified record on the copy, and as
 *blocked* when a caught gate is P0 (the certification would be BLOCKED by it). The unmodified copy is the
-control: any falsified record there is a false block. Crashed or timed-out records are shown apart: an
-infrastructure failure is never counted as a detection.
+control: a falsified record of a P0 gate there is a false block; one of a P1/P2 gate is a *finding* on the clean
+copy, shown in the table and the summary (e.g. NUMERICS-PARITY: apr's fast numerics flip one of the model's
+greedy replies, apr.qa.gates.second_opinion), which costs the certification points but blocks nothing.
+Crashed or timed-out records are shown apart: an infrastructure failure is never counted as a detection.
 """
 
 from __future__ import annotations
@@ -62,7 +64,17 @@ class CopyResult:
 
     @property
     def blocked(self) -> bool:
-        return any(CATALOG[GateId(g)].blocking for g in self.caught_by)
+        return bool(self.blocked_by)
+
+    @property
+    def blocked_by(self) -> tuple[str, ...]:
+        """The caught gates that block a certification (P0)."""
+        return tuple(g for g in self.caught_by if CATALOG[GateId(g)].blocking)
+
+    @property
+    def findings(self) -> tuple[str, ...]:
+        """The caught gates that only cost points (P1/P2)."""
+        return tuple(g for g in self.caught_by if not CATALOG[GateId(g)].blocking)
 
     def to_json(self) -> dict:
         return {
@@ -111,7 +123,8 @@ class SelfTestResult:
 
     @property
     def false_blocks(self) -> int:
-        return len(self.clean.caught_by)
+        """Blocking gates that falsified the clean copy."""
+        return len(self.clean.blocked_by)
 
     @property
     def passed(self) -> bool:
@@ -119,9 +132,11 @@ class SelfTestResult:
         return self.caught == len(self.planted) and not self.false_blocks and not self.clean.crashed
 
     def summary(self) -> str:
+        findings = self.clean.findings
         return (
             f"gates caught {self.caught}/{len(self.planted)} planted defects; "
             f"{self.false_blocks} false block(s) on the clean copy"
+            + (f"; non-blocking finding(s) there: {', '.join(findings)}" if findings else "")
         )
 
     def to_json(self) -> dict:
@@ -201,6 +216,15 @@ def gate_copy(path: Path, options: SelfTestOptions, gates: GateSet, evidence: Pa
     return list(stages.gate(subject, evidence).records)
 
 
+def publish_evidence(partial: Path, final: Path) -> None:
+    """Give a finished copy's evidence its final name; an earlier run's file of that name moves under runs/."""
+    from apr.qa.rundir import keep_aside
+
+    if final.exists():
+        keep_aside(final)
+    partial.replace(final)
+
+
 def run_self_test(options: SelfTestOptions) -> SelfTestResult:
     """Plant, gate and judge every defect (and the clean control); writes detection.json/.md into the output."""
     from apr.qa.selftest.gguf_edit import read_gguf_copy, write_gguf_copy
@@ -228,7 +252,11 @@ def run_self_test(options: SelfTestOptions) -> SelfTestResult:
         target = copies / f"{defect_id}.gguf"
         write_gguf_copy(copy, target)
         del copy
-        records = gate_copy(target, options, gates, evidence_dir / f"{defect_id}.jsonl")
+        # The copy's evidence is written as .part and takes its final name when the copy is done, so an interrupted
+        # run never leaves a half-gated copy that result_from_evidence would judge as if finished.
+        partial = evidence_dir / f"{defect_id}.jsonl.part"
+        records = gate_copy(target, options, gates, partial)
+        publish_evidence(partial, evidence_dir / f"{defect_id}.jsonl")
         seen.update(r.gate for r in records)
         results[defect_id] = judge(defect_id, description, records, time.monotonic() - started)
         outcome = results[defect_id]
