@@ -177,7 +177,7 @@ def test_certification_folder_is_complete_and_rendered_from_the_evidence(graph: 
     assert [row["self_test"] for row in rows] == [SENTENCE]
 
 
-def test_the_self_test_is_published_with_the_certification_and_charted(graph: dict) -> None:
+def test_the_self_test_is_published_with_the_certification_and_charted(graph: dict, runs: dict) -> None:
     folder = Path(graph["work"].certifications_dir) / MODEL
     detection = json.loads((folder / "self-test" / "detection.json").read_text(encoding="utf-8"))
     caught = {d["defect"]: d["caught_by"] for d in detection["defects"]}
@@ -194,7 +194,7 @@ def test_the_self_test_is_published_with_the_certification_and_charted(graph: di
     assert SENTENCE in printed and "nan-norm: CONTRACT-INVARIANTS" in printed
 
 
-def test_each_cell_left_a_trace(graph: dict) -> None:
+def test_each_cell_left_a_trace(graph: dict, runs: dict) -> None:
     record = WorkLayout(Path(graph["work"].root)).read_record("inference_traces", MODEL)
     assert record is not None
     traces = [ref for name, ref in record.files.items() if name.startswith("traces/")]
