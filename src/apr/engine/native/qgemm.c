@@ -524,15 +524,20 @@ static inline __attribute__((always_inline)) void q4k8_tile_pairs(const int64_t 
         store_pair(acc[t], b8, y + 2 * (p0 + t) * n + j0, y + (2 * (p0 + t) + 1) * n + j0);
 }
 
-/* q6k8 for row pairs (see q6k8_tile); pi [pairs][k/32] holds each pair's per-16 activation sums (two int16
- * of one block, as q6k8_tile reads them) side by side. */
+/* q6k8 for row pairs with vpdpbusd. Each block's 16-element halves are summed in 32 bits by a chain of 4
+ * vpdpbusd started from -32 * (the half's activation sum), which gives sum (q - 32) x over the half exactly
+ * (|.| <= 16 * 32 * 127); the two halves are then scaled in float: sc0 * lo + sc1 * hi is an integer of
+ * magnitude <= 2 * 65024 * 128 < 2^24, so cvt(hi) * sc1 and the fused multiply-add with cvt(lo) * sc0 are
+ * exact and equal the 256-bit kernel's cvt of its int32 sum bit for bit. 8 vpdpbusd and 4 float operations
+ * a row pair and block, where the maddubs form took 8 maddubs, 5 madd and 9 other integer operations.
+ * po [pairs][k/32][2] holds each pair's (-32 * sum) of the block's first and second 16 activations, as
+ * (row a, row b) int32 pairs. */
 static inline __attribute__((always_inline)) void q6k8_tile_pairs(const int64_t *px, const int64_t *pd,
-                                                                  const int64_t *pi, int64_t k, const uint8_t *tile,
+                                                                  const int64_t *po, int64_t k, const uint8_t *tile,
                                                                   const float *bias, int64_t p0, const int mp,
                                                                   int64_t n, int64_t j0, float *y) {
     const int64_t nb = k / APR_QK, nsb = k / 256, nd = k / 4;
     const __m512i low = _mm512_set1_epi8(0x0F), high = _mm512_set1_epi8(0x30);
-    const __m128i twice = _mm_setr_epi8(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
     __m512 acc[APR_MP];
     for (int t = 0; t < mp; t++) acc[t] = _mm512_setzero_ps();
     for (int64_t sb = 0; sb < nsb; sb++) {
@@ -540,11 +545,8 @@ static inline __attribute__((always_inline)) void q6k8_tile_pairs(const int64_t 
         const __m512 d = double_lanes_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)head)));
         for (int b = 0; b < 8; b++) {
             const uint8_t *qb = body + b * 192;
-            const __m128i sc0b = _mm_loadl_epi64((const __m128i *)(head + 16 + 16 * b));
-            const __m128i sc1b = _mm_loadl_epi64((const __m128i *)(head + 24 + 16 * b));
-            const __m512i sc0 = double_lanes(_mm256_cvtepi8_epi16(_mm_shuffle_epi8(sc0b, twice)));
-            const __m512i sc1 = double_lanes(_mm256_cvtepi8_epi16(_mm_shuffle_epi8(sc1b, twice)));
-            const __m512i pair = double_lanes(_mm256_cvtepi8_epi16(_mm_unpacklo_epi8(sc0b, sc1b)));
+            const __m512 sc0 = double_lanes_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(head + 16 + 16 * b)))));
+            const __m512 sc1 = double_lanes_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(head + 24 + 16 * b)))));
             const int64_t block = sb * 8 + b;
             const __m512i hb0 = double_lanes(_mm256_loadu_si256((const __m256i *)(qb + 128)));
             const __m512i hb1 = double_lanes(_mm256_loadu_si256((const __m256i *)(qb + 160)));
@@ -567,27 +569,35 @@ static inline __attribute__((always_inline)) void q6k8_tile_pairs(const int64_t 
 #pragma GCC unroll 8 /* unlike the 256-bit kernels: 32 vector registers hold the weights and accumulators */
             for (int t = 0; t < mp; t++) {
                 const int64_t *xr = px + (p0 + t) * nd + block * 8;
-                const __m512i lo0 = _mm512_add_epi16(_mm512_maddubs_epi16(wl00, _mm512_set1_epi64(xr[0])),
-                                                     _mm512_maddubs_epi16(wl01, _mm512_set1_epi64(xr[1])));
-                const __m512i hi0 = _mm512_add_epi16(_mm512_maddubs_epi16(wh00, _mm512_set1_epi64(xr[4])),
-                                                     _mm512_maddubs_epi16(wh01, _mm512_set1_epi64(xr[5])));
-                const __m512i lo1 = _mm512_add_epi16(_mm512_maddubs_epi16(wl10, _mm512_set1_epi64(xr[2])),
-                                                     _mm512_maddubs_epi16(wl11, _mm512_set1_epi64(xr[3])));
-                const __m512i hi1 = _mm512_add_epi16(_mm512_maddubs_epi16(wh10, _mm512_set1_epi64(xr[6])),
-                                                     _mm512_maddubs_epi16(wh11, _mm512_set1_epi64(xr[7])));
-                const __m512i i32 = _mm512_add_epi32(_mm512_add_epi32(_mm512_madd_epi16(lo0, sc0), _mm512_madd_epi16(hi0, sc1)),
-                                                     _mm512_add_epi32(_mm512_madd_epi16(lo1, sc0), _mm512_madd_epi16(hi1, sc1)));
                 const int64_t bi = (p0 + t) * nb + block;
-                const __m512i sums = _mm512_set1_epi64(pi[bi]);
-                const __m512i q32 = _mm512_sub_epi32(i32, _mm512_slli_epi32(_mm512_madd_epi16(pair, sums), 5));
+                __m512i lo = _mm512_dpbusd_epi32(_mm512_set1_epi64(po[2 * bi]), wl00, _mm512_set1_epi64(xr[0]));
+                __m512i hi = _mm512_dpbusd_epi32(_mm512_set1_epi64(po[2 * bi + 1]), wh00, _mm512_set1_epi64(xr[4]));
+                lo = _mm512_dpbusd_epi32(lo, wl01, _mm512_set1_epi64(xr[1]));
+                hi = _mm512_dpbusd_epi32(hi, wh01, _mm512_set1_epi64(xr[5]));
+                lo = _mm512_dpbusd_epi32(lo, wl10, _mm512_set1_epi64(xr[2]));
+                hi = _mm512_dpbusd_epi32(hi, wh10, _mm512_set1_epi64(xr[6]));
+                lo = _mm512_dpbusd_epi32(lo, wl11, _mm512_set1_epi64(xr[3]));
+                hi = _mm512_dpbusd_epi32(hi, wh11, _mm512_set1_epi64(xr[7]));
+                const __m512 q = _mm512_fmadd_ps(_mm512_cvtepi32_ps(lo), sc0, _mm512_mul_ps(_mm512_cvtepi32_ps(hi), sc1));
                 const __m512 dx2 = _mm512_castsi512_ps(_mm512_set1_epi64(pd[bi]));
-                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(q32), _mm512_mul_ps(d, dx2), acc[t]);
+                acc[t] = _mm512_fmadd_ps(q, _mm512_mul_ps(d, dx2), acc[t]);
             }
         }
     }
     const __m256 b8 = bias ? _mm256_loadu_ps(bias + j0) : _mm256_setzero_ps();
     for (int t = 0; t < mp; t++)
         store_pair(acc[t], b8, y + 2 * (p0 + t) * n + j0, y + (2 * (p0 + t) + 1) * n + j0);
+}
+
+/* po for q6k8_tile_pairs: per row pair and block, (-32 * row a's sum, -32 * row b's sum) of the block's first
+ * 16 quantized activations, then the same of its second 16 (isx [m][k/16]). */
+static void pair_offsets(const int16_t *isx, int64_t m, int64_t nb, int64_t *out) {
+    for (int64_t p = 0; p < m / 2; p++) {
+        const int16_t *a = isx + 2 * p * (2 * nb), *b = a + 2 * nb;
+        int64_t *o = out + p * (2 * nb);
+        for (int64_t i = 0; i < 2 * nb; i++)
+            o[i] = (int64_t)((uint64_t)(uint32_t)(-32 * (int32_t)a[i]) | ((uint64_t)(uint32_t)(-32 * (int32_t)b[i]) << 32));
+    }
 }
 
 /* Interleaves rows 2p and 2p + 1 of a [m][count] array of 32-bit values: out [m/2][count] 64-bit pairs. */
@@ -731,7 +741,7 @@ int apr_products(const apr_weight *const *ws, int count, const float *x, int64_t
             px = malloc((size_t)(pairs * (kpad / 4)) * sizeof(int64_t));
             pd = malloc((size_t)(pairs * nb) * sizeof(int64_t));
             ps = malloc((size_t)(pairs * nb) * sizeof(int64_t));
-            pi = need_isx ? malloc((size_t)(pairs * nb) * sizeof(int64_t)) : NULL;
+            pi = need_isx ? malloc((size_t)(pairs * nb * 2) * sizeof(int64_t)) : NULL;
             if (!px || !pd || !ps || (need_isx && !pi)) {
                 status = -1;
                 goto done;
@@ -739,7 +749,7 @@ int apr_products(const apr_weight *const *ws, int count, const float *x, int64_t
             pair_rows(qx, m, kpad / 4, px);
             pair_rows(dx, m, nb, pd);
             pair_rows(sx, m, nb, ps);
-            if (need_isx) pair_rows(isx, m, nb, pi);
+            if (need_isx) pair_offsets(isx, m, nb, pi);
             acts = (apr_acts){qx, dx, sx, isx, px, pd, ps, pi};
         }
 #endif
