@@ -451,7 +451,12 @@ static inline __attribute__((always_inline)) void q6k8_tile(const int8_t *qx, co
  * per product (apr_pair_rows); a row without a partner (M odd) takes the 256-bit kernel. */
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__)
 #define APR_ZMM 1
-#define APR_MP 8 /* row pairs sharing a sub-block's unpacked weights (then APR_MP / 2, then 1) */
+#ifndef APR_MP4
+#define APR_MP4 16 /* q4k8: row pairs sharing a sub-block's unpacked weights (then half as many, then 1) */
+#endif
+#ifndef APR_MP6
+#define APR_MP6 8 /* the same for q6k8 */
+#endif
 
 /* A 256-bit vector's 8 lanes, each doubled: lane r -> lanes 2r and 2r + 1. */
 static inline __m512i double_lanes(__m256i v) {
@@ -477,7 +482,7 @@ static inline __attribute__((always_inline)) void q4k8_tile_pairs(const int64_t 
                                                                   int64_t n, int64_t j0, float *y) {
     const int64_t nb = k / APR_QK, nsb = k / 256, nd = k / 4;
     const __m512i low = _mm512_set1_epi8(0x0F);
-    __m512 acc[APR_MP];
+    __m512 acc[APR_MP4];
     for (int t = 0; t < mp; t++) acc[t] = _mm512_setzero_ps();
     for (int64_t sb = 0; sb < nsb; sb++) {
         const uint8_t *head = tile + sb * APR_Q4K8_TILE, *nib = head + 160;
@@ -538,7 +543,7 @@ static inline __attribute__((always_inline)) void q6k8_tile_pairs(const int64_t 
                                                                   int64_t n, int64_t j0, float *y) {
     const int64_t nb = k / APR_QK, nsb = k / 256, nd = k / 4;
     const __m512i low = _mm512_set1_epi8(0x0F), high = _mm512_set1_epi8(0x30);
-    __m512 acc[APR_MP];
+    __m512 acc[APR_MP6];
     for (int t = 0; t < mp; t++) acc[t] = _mm512_setzero_ps();
     for (int64_t sb = 0; sb < nsb; sb++) {
         const uint8_t *head = tile + sb * APR_Q6K8_TILE, *body = head + 144;
@@ -592,6 +597,7 @@ static inline __attribute__((always_inline)) void q6k8_tile_pairs(const int64_t 
 /* po for q6k8_tile_pairs: per row pair and block, (-32 * row a's sum, -32 * row b's sum) of the block's first
  * 16 quantized activations, then the same of its second 16 (isx [m][k/16]). */
 static void pair_offsets(const int16_t *isx, int64_t m, int64_t nb, int64_t *out) {
+#pragma omp parallel for schedule(static) if (m * nb >= 16384)
     for (int64_t p = 0; p < m / 2; p++) {
         const int16_t *a = isx + 2 * p * (2 * nb), *b = a + 2 * nb;
         int64_t *o = out + p * (2 * nb);
@@ -603,6 +609,7 @@ static void pair_offsets(const int16_t *isx, int64_t m, int64_t nb, int64_t *out
 /* Interleaves rows 2p and 2p + 1 of a [m][count] array of 32-bit values: out [m/2][count] 64-bit pairs. */
 static void pair_rows(const void *in, int64_t m, int64_t count, int64_t *out) {
     const uint32_t *src = in;
+#pragma omp parallel for schedule(static) if (m * count >= 65536) /* a prompt's pairs over the threads */
     for (int64_t p = 0; p < m / 2; p++) {
         const uint32_t *a = src + 2 * p * count, *b = a + count;
         int64_t *o = out + p * count;
@@ -671,8 +678,8 @@ static void run_unit(const apr_weight *w, const apr_acts *a, int64_t m, int64_t 
 #if APR_ZMM
         if (a->px) {
             int64_t p = 0;
-            for (; p + APR_MP <= m / 2; p += APR_MP) q4k8_tile_pairs(a->px, a->pd, a->ps, kpad, wt, w->bias, p, APR_MP, n, u * 8, y);
-            for (; p + APR_MP / 2 <= m / 2; p += APR_MP / 2) q4k8_tile_pairs(a->px, a->pd, a->ps, kpad, wt, w->bias, p, APR_MP / 2, n, u * 8, y);
+            for (; p + APR_MP4 <= m / 2; p += APR_MP4) q4k8_tile_pairs(a->px, a->pd, a->ps, kpad, wt, w->bias, p, APR_MP4, n, u * 8, y);
+            for (; p + APR_MP4 / 2 <= m / 2; p += APR_MP4 / 2) q4k8_tile_pairs(a->px, a->pd, a->ps, kpad, wt, w->bias, p, APR_MP4 / 2, n, u * 8, y);
             for (; p < m / 2; p++) q4k8_tile_pairs(a->px, a->pd, a->ps, kpad, wt, w->bias, p, 1, n, u * 8, y);
             r0 = 2 * p;
         }
@@ -688,8 +695,8 @@ static void run_unit(const apr_weight *w, const apr_acts *a, int64_t m, int64_t 
 #if APR_ZMM
         if (a->px) {
             int64_t p = 0;
-            for (; p + APR_MP <= m / 2; p += APR_MP) q6k8_tile_pairs(a->px, a->pd, a->pi, kpad, wt, w->bias, p, APR_MP, n, u * 8, y);
-            for (; p + APR_MP / 2 <= m / 2; p += APR_MP / 2) q6k8_tile_pairs(a->px, a->pd, a->pi, kpad, wt, w->bias, p, APR_MP / 2, n, u * 8, y);
+            for (; p + APR_MP6 <= m / 2; p += APR_MP6) q6k8_tile_pairs(a->px, a->pd, a->pi, kpad, wt, w->bias, p, APR_MP6, n, u * 8, y);
+            for (; p + APR_MP6 / 2 <= m / 2; p += APR_MP6 / 2) q6k8_tile_pairs(a->px, a->pd, a->pi, kpad, wt, w->bias, p, APR_MP6 / 2, n, u * 8, y);
             for (; p < m / 2; p++) q6k8_tile_pairs(a->px, a->pd, a->pi, kpad, wt, w->bias, p, 1, n, u * 8, y);
             r0 = 2 * p;
         }
@@ -727,7 +734,9 @@ int apr_products(const apr_weight *const *ws, int count, const float *x, int64_t
         for (int i = 0; i < count; i++) need_isx |= ws[i]->layout == APR_Q6K8;
         /* Sums of the quantized activations per 16 (|sum| <= 2032), for q6k8's offset of 32: the bytes
          * biased to unsigned (+128 each) and summed by psadbw, 8 at a time. */
-        for (int64_t i = 0; need_isx && i < m * (kpad / 16); i++) {
+        const int64_t sums16 = need_isx ? m * (kpad / 16) : 0;
+#pragma omp parallel for schedule(static) if (sums16 >= 16384)
+        for (int64_t i = 0; i < sums16; i++) {
             const __m128i biased = _mm_xor_si128(_mm_loadu_si128((const __m128i *)(qx + i * 16)), _mm_set1_epi8((char)0x80));
             const __m128i sad = _mm_sad_epu8(biased, _mm_setzero_si128());
             isx[i] = (int16_t)(_mm_cvtsi128_si32(sad) + _mm_extract_epi16(sad, 4) - 16 * 128);
