@@ -452,7 +452,7 @@ static inline __attribute__((always_inline)) void q6k8_tile(const int8_t *qx, co
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__)
 #define APR_ZMM 1
 #ifndef APR_MP4
-#define APR_MP4 16 /* q4k8: row pairs sharing a sub-block's unpacked weights (then half as many, then 1) */
+#define APR_MP4 8 /* q4k8: row pairs sharing a sub-block's unpacked weights (then half as many, then 1) */
 #endif
 #ifndef APR_MP6
 #define APR_MP6 8 /* the same for q6k8 */
@@ -596,8 +596,8 @@ static inline __attribute__((always_inline)) void q6k8_tile_pairs(const int64_t 
 
 /* po for q6k8_tile_pairs: per row pair and block, (-32 * row a's sum, -32 * row b's sum) of the block's first
  * 16 quantized activations, then the same of its second 16 (isx [m][k/16]). */
-static void pair_offsets(const int16_t *isx, int64_t m, int64_t nb, int64_t *out) {
-#pragma omp parallel for schedule(static) if (m * nb >= 16384)
+static void pair_offsets(const int16_t *isx, int64_t m, int64_t nb, int64_t *out, int threads) {
+#pragma omp parallel for schedule(static) num_threads(threads) if (m * nb >= 16384)
     for (int64_t p = 0; p < m / 2; p++) {
         const int16_t *a = isx + 2 * p * (2 * nb), *b = a + 2 * nb;
         int64_t *o = out + p * (2 * nb);
@@ -607,9 +607,9 @@ static void pair_offsets(const int16_t *isx, int64_t m, int64_t nb, int64_t *out
 }
 
 /* Interleaves rows 2p and 2p + 1 of a [m][count] array of 32-bit values: out [m/2][count] 64-bit pairs. */
-static void pair_rows(const void *in, int64_t m, int64_t count, int64_t *out) {
+static void pair_rows(const void *in, int64_t m, int64_t count, int64_t *out, int threads) {
     const uint32_t *src = in;
-#pragma omp parallel for schedule(static) if (m * count >= 65536) /* a prompt's pairs over the threads */
+#pragma omp parallel for schedule(static) num_threads(threads) if (m * count >= 65536) /* a prompt's pairs over the threads */
     for (int64_t p = 0; p < m / 2; p++) {
         const uint32_t *a = src + 2 * p * count, *b = a + count;
         int64_t *o = out + p * count;
@@ -735,7 +735,7 @@ int apr_products(const apr_weight *const *ws, int count, const float *x, int64_t
         /* Sums of the quantized activations per 16 (|sum| <= 2032), for q6k8's offset of 32: the bytes
          * biased to unsigned (+128 each) and summed by psadbw, 8 at a time. */
         const int64_t sums16 = need_isx ? m * (kpad / 16) : 0;
-#pragma omp parallel for schedule(static) if (sums16 >= 16384)
+#pragma omp parallel for schedule(static) num_threads(threads) if (sums16 >= 16384)
         for (int64_t i = 0; i < sums16; i++) {
             const __m128i biased = _mm_xor_si128(_mm_loadu_si128((const __m128i *)(qx + i * 16)), _mm_set1_epi8((char)0x80));
             const __m128i sad = _mm_sad_epu8(biased, _mm_setzero_si128());
@@ -755,10 +755,10 @@ int apr_products(const apr_weight *const *ws, int count, const float *x, int64_t
                 status = -1;
                 goto done;
             }
-            pair_rows(qx, m, kpad / 4, px);
-            pair_rows(dx, m, nb, pd);
-            pair_rows(sx, m, nb, ps);
-            if (need_isx) pair_offsets(isx, m, nb, pi);
+            pair_rows(qx, m, kpad / 4, px, threads);
+            pair_rows(dx, m, nb, pd, threads);
+            pair_rows(sx, m, nb, ps, threads);
+            if (need_isx) pair_offsets(isx, m, nb, pi, threads);
             acts = (apr_acts){qx, dx, sx, isx, px, pd, ps, pi};
         }
 #endif
