@@ -415,6 +415,30 @@ static inline __attribute__((always_inline)) void q6k8_tile(const int8_t *qx, co
             const __m256i wl11 = _mm256_or_si256(_mm256_and_si256(n3, low), _mm256_and_si256(hb1, high));
             const __m256i wh11 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(n3, 4), low),
                                                  _mm256_and_si256(_mm256_srli_epi16(hb1, 2), high));
+#ifdef APR_DPBUSD
+            /* VNNI: each 16-element half summed in 32 bits from -32 * its activation sum, then scaled in float
+             * exactly (see q6k8_tile_pairs): the same bits as the maddubs form below. */
+            const __m256 sc0f = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(sc0b));
+            const __m256 sc1f = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(sc1b));
+            (void)sc0;
+            (void)sc1;
+            (void)pair;
+#pragma GCC unroll 1
+            for (int t = 0; t < mt; t++) {
+                const int32_t *xr = (const int32_t *)(qx + (r0 + t) * k + block * APR_QK);
+                const int16_t *sums = isx + (r0 + t) * ns + 2 * block;
+                __m256i lo = APR_DPBUSD(_mm256_set1_epi32(-32 * (int32_t)sums[0]), wl00, _mm256_set1_epi32(xr[0]));
+                __m256i hi = APR_DPBUSD(_mm256_set1_epi32(-32 * (int32_t)sums[1]), wh00, _mm256_set1_epi32(xr[4]));
+                lo = APR_DPBUSD(lo, wl01, _mm256_set1_epi32(xr[1]));
+                hi = APR_DPBUSD(hi, wh01, _mm256_set1_epi32(xr[5]));
+                lo = APR_DPBUSD(lo, wl10, _mm256_set1_epi32(xr[2]));
+                hi = APR_DPBUSD(hi, wh10, _mm256_set1_epi32(xr[6]));
+                lo = APR_DPBUSD(lo, wl11, _mm256_set1_epi32(xr[3]));
+                hi = APR_DPBUSD(hi, wh11, _mm256_set1_epi32(xr[7]));
+                const __m256 q = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lo), sc0f, _mm256_mul_ps(_mm256_cvtepi32_ps(hi), sc1f));
+                acc[t] = _mm256_fmadd_ps(q, _mm256_mul_ps(d, _mm256_set1_ps(dx[(r0 + t) * nb + block])), acc[t]);
+            }
+#else
 #pragma GCC unroll 1 /* unrolled (as GCC 12 did), 5 of the 8 weight vectors spilled: 106 -> 118 GMAC/s */
             for (int t = 0; t < mt; t++) {
                 const int32_t *xr = (const int32_t *)(qx + (r0 + t) * k + block * APR_QK);
@@ -433,6 +457,7 @@ static inline __attribute__((always_inline)) void q6k8_tile(const int8_t *qx, co
                 acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(q32),
                                          _mm256_mul_ps(d, _mm256_set1_ps(dx[(r0 + t) * nb + block])), acc[t]);
             }
+#endif
         }
     }
     const __m256 b8 = bias ? _mm256_loadu_ps(bias + j0) : _mm256_setzero_ps();
