@@ -4,7 +4,7 @@
  *
  * Build and run (from the repository root):
  *     cc -O3 -std=c11 -D_DEFAULT_SOURCE -mavx2 -mfma -mf16c -fopenmp bench/bench_products.c -o /tmp/bench_products -lm
- *     /tmp/bench_products [--reps 20] [--threads 2] [--pages 4k|huge] [--loads-only] [--rows M]
+ *     /tmp/bench_products [--reps 20] [--threads 2] [--pages 4k|huge] [--loads-only] [--rows M] [--by-product]
  * (a kernel variant: add its flags from apr/cpu.py, e.g. -mavx512f -mavx512vl -mavx512bw -mavx512vnni for
  * avx512vnni, -mavxvnni for avxvnni; the output names the variant that ran)
  *
@@ -14,6 +14,8 @@
  * last line is one JSON document. The layouts follow Q4_K_M: Q4_K everywhere except Q6_K for the head
  * and for V and down in every other layer (q4k8/q6k8 tiles, see qgemm.c). --rows M multiplies M activation
  * rows at once (a batched decode step of M sequences; M = 128 is a prompt's products, head included).
+ * --by-product adds each kind of product's share of a step (q/k/v together, o, gate/up together, down as
+ * q4k8 and as q6k8, the head): median wall and CPU ms a step, and GMAC/s, one line each and in the JSON.
  */
 #include "../src/apr/engine/native/qgemm.c"
 
@@ -28,7 +30,7 @@ static double now(void) {
     return t.tv_sec + t.tv_nsec * 1e-9;
 }
 
-static int huge_pages, loads_only;
+static int huge_pages, loads_only, by_product;
 static int64_t rows = 1; /* activation rows a product takes (batched decode, prefill) */
 static size_t total_bytes;
 static double total_macs; /* multiply-adds of one activation row through every weight */
@@ -93,6 +95,19 @@ static int by_value(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
+/* --by-product: the kinds of product a step makes, and per repetition the wall and CPU seconds each took. */
+enum { KIND_QKV, KIND_O, KIND_GATE_UP, KIND_DOWN_Q4K8, KIND_DOWN_Q6K8, KIND_HEAD, KINDS };
+static const char *const kind_names[KINDS] = {"qkv", "o", "gate_up", "down_q4k8", "down_q6k8", "head"};
+static double kind_macs[KINDS]; /* multiply-adds of one activation row */
+static double *kind_wall[KINDS], *kind_cpu[KINDS];
+
+static void run_kind(int kind, int rep, const apr_weight *const *ws, int count, const float *x, float *const *ys,
+                     int threads) {
+    const double start = now(), cpu_start = cpu_now();
+    run(ws, count, x, ys, threads);
+    if (rep >= 0 && by_product) kind_wall[kind][rep] += now() - start, kind_cpu[kind][rep] += cpu_now() - cpu_start;
+}
+
 int main(int argc, char **argv) {
     int reps = 20, threads = 2;
     for (int i = 1; i < argc; i++) {
@@ -101,8 +116,10 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--pages") && i + 1 < argc) huge_pages = !strcmp(argv[++i], "huge");
         else if (!strcmp(argv[i], "--loads-only")) loads_only = 1;
         else if (!strcmp(argv[i], "--rows") && i + 1 < argc) rows = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--by-product")) by_product = 1;
         else {
-            fprintf(stderr, "usage: %s [--reps N] [--threads N] [--pages 4k|huge] [--loads-only] [--rows M]\n", argv[0]);
+            fprintf(stderr, "usage: %s [--reps N] [--threads N] [--pages 4k|huge] [--loads-only] [--rows M] [--by-product]\n",
+                    argv[0]);
             return 1;
         }
     }
@@ -124,6 +141,16 @@ int main(int argc, char **argv) {
     float *b = malloc((size_t)rows * 8960 * sizeof(float)), *c = malloc((size_t)rows * 8960 * sizeof(float));
     for (int64_t i = 0; i < rows * 8960; i++) x[i] = (float)((i * 7919) % 200 - 100) / 50.0f;
     double *times = malloc((size_t)reps * sizeof(double)), *cpu = malloc((size_t)reps * sizeof(double));
+    for (int kind = 0; kind < KINDS; kind++) {
+        kind_wall[kind] = calloc((size_t)reps, sizeof(double));
+        kind_cpu[kind] = calloc((size_t)reps, sizeof(double));
+    }
+    for (int l = 0; l < LAYERS; l++) {
+        kind_macs[KIND_QKV] += (double)(1536 + 256 + 256) * 1536, kind_macs[KIND_O] += 1536.0 * 1536;
+        kind_macs[KIND_GATE_UP] += 2.0 * 8960 * 1536;
+        kind_macs[down[l].layout == APR_Q6K8 ? KIND_DOWN_Q6K8 : KIND_DOWN_Q4K8] += 1536.0 * 8960;
+    }
+    kind_macs[KIND_HEAD] = 151936.0 * 1536;
     for (int r = -2; r < reps; r++) {
         const double start = now(), cpu_start = cpu_now();
         for (int l = 0; l < LAYERS; l++) {
@@ -131,13 +158,13 @@ int main(int argc, char **argv) {
             const apr_weight *qkv[3] = {&q[l], &k[l], &v[l]}, *gu[2] = {&gate[l], &up[l]};
             const apr_weight *ow = &o[l], *dw = &down[l];
             float *qkv_out[3] = {a, b, c}, *gu_out[2] = {a, b};
-            run(qkv, 3, x, qkv_out, threads);
-            run(&ow, 1, x, &a, threads);
-            run(gu, 2, x, gu_out, threads);
-            run(&dw, 1, x, &c, threads);
+            run_kind(KIND_QKV, r, qkv, 3, x, qkv_out, threads);
+            run_kind(KIND_O, r, &ow, 1, x, &a, threads);
+            run_kind(KIND_GATE_UP, r, gu, 2, x, gu_out, threads);
+            run_kind(dw->layout == APR_Q6K8 ? KIND_DOWN_Q6K8 : KIND_DOWN_Q4K8, r, &dw, 1, x, &c, threads);
         }
         const apr_weight *hw = &head;
-        run(&hw, 1, x, &a, threads);
+        run_kind(KIND_HEAD, r, &hw, 1, x, &a, threads);
         if (r >= 0) times[r] = now() - start, cpu[r] = cpu_now() - cpu_start;
     }
     qsort(times, (size_t)reps, sizeof(double), by_value);
@@ -148,8 +175,19 @@ int main(int argc, char **argv) {
     printf("step of %lld rows: %.2f ms median, %.2f ms p90, CPU %.2f ms, %.1f GB/s, %.1f GMAC/s (%.3f GB a step, %s, %s pages, %d threads, "
            "variant %d)\n", (long long)rows, median * 1e3, p90 * 1e3, cpu_median * 1e3, total_bytes / median / 1e9, gmacs, total_bytes / 1e9,
            loads_only ? "loads only" : "products", huge_pages ? "huge" : "4 KiB", threads, apr_qgemm_variant());
-    printf("{\"rows\": %lld, \"median_ms\": %.3f, \"p90_ms\": %.3f, \"cpu_ms\": %.3f, \"gb_s\": %.2f, \"gmac_s\": %.1f, \"bytes\": %zu, "
-           "\"loads_only\": %s, \"huge_pages\": %s, \"threads\": %d, \"reps\": %d, \"variant\": %d}\n", (long long)rows,
+    char kinds_json[1024] = "";
+    for (int kind = 0; by_product && kind < KINDS; kind++) {
+        qsort(kind_wall[kind], (size_t)reps, sizeof(double), by_value);
+        qsort(kind_cpu[kind], (size_t)reps, sizeof(double), by_value);
+        const double wall = kind_wall[kind][reps / 2], kcpu = kind_cpu[kind][reps / 2];
+        printf("  %-10s %8.2f ms, CPU %8.2f ms, %6.1f GMAC/s (wall), %4.1f %% of the step's CPU\n", kind_names[kind], wall * 1e3,
+               kcpu * 1e3, kind_macs[kind] * (double)rows / wall / 1e9, 100.0 * kcpu / cpu_median);
+        const size_t used = strlen(kinds_json);
+        snprintf(kinds_json + used, sizeof kinds_json - used, "%s\"%s\": {\"ms\": %.3f, \"cpu_ms\": %.3f, \"gmac_s\": %.1f}",
+                 kind ? ", " : "", kind_names[kind], wall * 1e3, kcpu * 1e3, kind_macs[kind] * (double)rows / wall / 1e9);
+    }
+    printf("{\"rows\": %lld, \"by_product\": {%s}, \"median_ms\": %.3f, \"p90_ms\": %.3f, \"cpu_ms\": %.3f, \"gb_s\": %.2f, \"gmac_s\": %.1f, \"bytes\": %zu, "
+           "\"loads_only\": %s, \"huge_pages\": %s, \"threads\": %d, \"reps\": %d, \"variant\": %d}\n", (long long)rows, kinds_json,
            median * 1e3, p90 * 1e3, cpu_median * 1e3, total_bytes / median / 1e9, gmacs, total_bytes, loads_only ? "true" : "false",
            huge_pages ? "true" : "false", threads, reps, apr_qgemm_variant());
     return 0;

@@ -234,8 +234,20 @@ LAYOUT_BUILDERS = {
 }
 
 
+def q6k_extreme_bytes(n: int, k: int) -> np.ndarray:
+    """Q6_K bytes at the edge of the VNNI kernels' exact float scaling: every sub-block scale -128, every q 0
+    (q - 32 = -32) in even output rows and 63 (q - 32 = 31) in odd ones, so with every activation at +-127 a
+    half-block's scaled sum reaches 16 * 32 * 127 * 128 and a block's two halves ~2^24."""
+    blocks = np.zeros((n, k // 256, 210), dtype=np.uint8)
+    blocks[1::2, :, :192] = 0xFF
+    blocks[..., 192:208] = 0x80
+    blocks[..., 208:210] = np.full((n, k // 256, 1), 0.001, dtype=np.float16).view(np.uint8)
+    return blocks.reshape(n, -1)
+
+
 def products_of_every_layout() -> dict[str, torch.Tensor]:
-    """Every layout's products for 1, 3, 8, 13 and 19 activation rows (the row groups of every build), seeded."""
+    """Every layout's products for 1, 3, 8, 13 and 19 activation rows (the row groups of every build), seeded;
+    and q6k8 at its extreme values, activations of one magnitude (all quantized to +-127) and mixed signs."""
     out = {}
     for name, build in LAYOUT_BUILDERS.items():
         parts, _ = build(64, 512, seed=3)
@@ -243,6 +255,11 @@ def products_of_every_layout() -> dict[str, torch.Tensor]:
         for rows in (1, 3, 8, 13, 19):
             x = torch.randn(rows, 512, generator=torch.Generator().manual_seed(rows)) * 2
             out[f"{name}-{rows}"] = layer(x, None)
+    extreme = native.PackedLinear(native.pack_q6k8(quant.q6_k_parts(q6k_extreme_bytes(64, 512), (64, 512))))
+    for rows in (1, 3, 19):
+        signs = torch.randint(0, 2, (rows, 512), generator=torch.Generator().manual_seed(rows)) * 2 - 1
+        out[f"q6k8-extreme-{rows}"] = extreme(3.0 * torch.ones(rows, 512), None)
+        out[f"q6k8-extreme-mixed-{rows}"] = extreme(3.0 * signs.float(), None)
     return out
 
 

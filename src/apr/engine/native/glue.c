@@ -53,6 +53,9 @@ static inline __m128 hsum8x4(__m256 s0, __m256 s1, __m256 s2, __m256 s3) {
 
 /* out[r] = x[r] * 1/sqrt(mean(x[r]^2) + eps) * scale, for rows of n; out may be x. */
 void apr_rms_norm(const float *x, const float *scale, int64_t rows, int64_t n, float eps, float *out) {
+    /* Rows are independent: a prompt's rows split over the threads (which row a thread takes never changes
+     * a row's operations); one decode row stays on the calling thread. */
+#pragma omp parallel for schedule(static) if (rows * n >= 65536)
     for (int64_t r = 0; r < rows; r++) {
         const float *xr = x + r * n;
         float *yr = out + r * n;
@@ -70,6 +73,7 @@ void apr_rms_norm(const float *x, const float *scale, int64_t rows, int64_t n, f
  * them): y_i = x_i cos_i - x_{i+h} sin_i and y_{i+h} = x_{i+h} cos_{i+h} + x_i sin_{i+h}, h = d/2. */
 void apr_rope_neox(float *x, int64_t t, int64_t heads, int64_t d, const float *cos, const float *sin) {
     const int64_t h = d / 2;
+#pragma omp parallel for schedule(static) if (t * heads * d >= 65536) /* positions are independent */
     for (int64_t p = 0; p < t; p++) {
         const float *c = cos + p * d, *s = sin + p * d;
         for (int64_t head = 0; head < heads; head++) {

@@ -72,8 +72,12 @@ static inline float sigmoid1(float z) {
  * 0.5 z (1 + tanh(y)) = z * sigmoid(2y), y = sqrt(2/pi) (z + 0.044715 z^3). */
 static void gated(float *gate, const float *up, int64_t count, int gelu) {
     const float c = 0.7978845608028654f, c3 = 0.044715f;
-    int64_t i = 0;
-    for (; i + 8 <= count; i += 8) {
+    const int64_t vectors = count / 8; /* the first 8 * vectors elements in lanes, the rest one by one */
+    /* Elementwise: a prompt's elements split over the threads in whole vectors, so each element takes the
+     * same path (lanes or scalar tail) whatever the thread count. */
+#pragma omp parallel for schedule(static) if (count >= 65536)
+    for (int64_t v = 0; v < vectors; v++) {
+        const int64_t i = 8 * v;
         const __m256 z = _mm256_loadu_ps(gate + i);
         __m256 s;
         if (gelu) {
@@ -85,7 +89,7 @@ static void gated(float *gate, const float *up, int64_t count, int gelu) {
         }
         _mm256_storeu_ps(gate + i, _mm256_mul_ps(_mm256_mul_ps(z, s), _mm256_loadu_ps(up + i)));
     }
-    for (; i < count; i++) {
+    for (int64_t i = 8 * vectors; i < count; i++) {
         const float z = gate[i];
         const float s = gelu ? sigmoid1(2.0f * c * (z + c3 * z * z * z)) : sigmoid1(z);
         gate[i] = z * s * up[i];
@@ -93,6 +97,7 @@ static void gated(float *gate, const float *up, int64_t count, int gelu) {
 }
 
 static void add_into(float *x, const float *y, int64_t count) {
+#pragma omp parallel for schedule(static) if (count >= 65536)
     for (int64_t i = 0; i < count; i++) x[i] += y[i];
 }
 

@@ -62,6 +62,7 @@
 #define APR_KGROUP 128 /* inner-loop step: 4 blocks */
 #define APR_MT 4      /* activation rows sharing one unpacked weight group */
 #define APR_MT_TILED 8 /* the same for the tiled layouts, whose accumulators fit better */
+#define APR_PF_ROWS 32 /* activation rows from which the tiled kernels prefetch the next tile (prompts) */
 
 int apr_qgemm_abi(void) { return 9; }
 
@@ -305,13 +306,26 @@ static inline __attribute__((always_inline)) void q6_tile(const int8_t *qx, cons
 
 
 
+/* At many rows a tile's products take long enough to bring the next tile in from memory alongside: the
+ * first row group of each tile prefetches the next tile's bytes, an eighth of a super-block per sub-block
+ * (pf NULL: no prefetch). Without it each tile began with cache misses the hardware prefetcher had not
+ * foreseen: bench_products --rows 128 --threads 1, 512-bit kernels, 1.87-2.12 s -> 1.68-1.78 s a step
+ * (three interleaved pairs). Decode (few rows) passes NULL: there it measured no better (README). */
+#define PREFETCH_NEXT_TILE(pf, tile_bytes, sb, b)                                                                \
+    do {                                                                                                     \
+        if (pf)                                                                                              \
+            for (int off_ = 0; off_ < ((tile_bytes) + 7) / 8; off_ += 64)                                    \
+                _mm_prefetch((const char *)(pf) + (sb) * (tile_bytes) + (b) * (((tile_bytes) + 7) / 8) + off_, \
+                             _MM_HINT_T0);                                                                   \
+    } while (0)
+
 #define APR_Q4K8_TILE 1184 /* bytes per tile of 8 rows and super-block of 256 (see the layout above) */
 
 /* Rows r0 .. r0+mt-1 of x against the 8 weight rows of one q4k8 tile; y gets 8 consecutive outputs a row. */
 static inline __attribute__((always_inline)) void q4k8_tile(const int8_t *qx, const float *dx, const float *sx,
                                                             int64_t k, const uint8_t *tile, const float *bias,
                                                             int64_t r0, const int mt, int64_t n, int64_t j0,
-                                                            float *y) {
+                                                            float *y, const uint8_t *pf) {
     const int64_t nb = k / APR_QK, nsb = k / 256;
     const __m256i low = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
     __m256 acc[APR_MT_TILED];
@@ -332,6 +346,7 @@ static inline __attribute__((always_inline)) void q4k8_tile(const int8_t *qx, co
              * this order is ~25 % faster at 8 and 128 rows. An assembly version of this loop, with every
              * constant kept in a register, measured no faster (~10 cycles a row and sub-block either way). */
             const uint8_t *nb8 = nib + b * 128;
+            PREFETCH_NEXT_TILE(pf, APR_Q4K8_TILE, sb, b);
             const __m256i n0 = _mm256_loadu_si256((const __m256i *)nb8), n1 = _mm256_loadu_si256((const __m256i *)(nb8 + 32));
             const __m256i n2 = _mm256_loadu_si256((const __m256i *)(nb8 + 64)), n3 = _mm256_loadu_si256((const __m256i *)(nb8 + 96));
             const __m256i wl0 = _mm256_and_si256(n0, low), wh0 = _mm256_and_si256(_mm256_srli_epi16(n0, 4), low);
@@ -342,15 +357,16 @@ static inline __attribute__((always_inline)) void q4k8_tile(const int8_t *qx, co
             for (int t = 0; t < mt; t++) {
                 const int32_t *xr = (const int32_t *)(qx + (r0 + t) * k + block * APR_QK);
 #ifdef APR_DPBUSD
-                __m256i dot = APR_DPBUSD(_mm256_setzero_si256(), wl0, _mm256_set1_epi32(xr[0]));
-                dot = APR_DPBUSD(dot, wh0, _mm256_set1_epi32(xr[4]));
-                dot = APR_DPBUSD(dot, wl1, _mm256_set1_epi32(xr[1]));
-                dot = APR_DPBUSD(dot, wh1, _mm256_set1_epi32(xr[5]));
-                dot = APR_DPBUSD(dot, wl2, _mm256_set1_epi32(xr[2]));
-                dot = APR_DPBUSD(dot, wh2, _mm256_set1_epi32(xr[6]));
-                dot = APR_DPBUSD(dot, wl3, _mm256_set1_epi32(xr[3]));
-                dot = APR_DPBUSD(dot, wh3, _mm256_set1_epi32(xr[7]));
-                const __m256 p = _mm256_cvtepi32_ps(dot);
+                /* Two chains of 4, as in q4k8_tile_pairs: ~8 % faster on avxvnni at 128 rows. */
+                __m256i da = APR_DPBUSD(_mm256_setzero_si256(), wl0, _mm256_set1_epi32(xr[0]));
+                __m256i db = APR_DPBUSD(_mm256_setzero_si256(), wl2, _mm256_set1_epi32(xr[2]));
+                da = APR_DPBUSD(da, wh0, _mm256_set1_epi32(xr[4]));
+                db = APR_DPBUSD(db, wh2, _mm256_set1_epi32(xr[6]));
+                da = APR_DPBUSD(da, wl1, _mm256_set1_epi32(xr[1]));
+                db = APR_DPBUSD(db, wl3, _mm256_set1_epi32(xr[3]));
+                da = APR_DPBUSD(da, wh1, _mm256_set1_epi32(xr[5]));
+                db = APR_DPBUSD(db, wh3, _mm256_set1_epi32(xr[7]));
+                const __m256 p = _mm256_cvtepi32_ps(_mm256_add_epi32(da, db));
                 (void)ones;
 #else
                 __m256i sum = _mm256_maddubs_epi16(wl0, _mm256_set1_epi32(xr[0]));
@@ -381,7 +397,8 @@ static inline __attribute__((always_inline)) void q4k8_tile(const int8_t *qx, co
  * |q x| pairs reach 2 * 63 * 127, so two maddubs are summed in 16 bits before each madd by the scale. */
 static inline __attribute__((always_inline)) void q6k8_tile(const int8_t *qx, const float *dx, const int16_t *isx,
                                                              int64_t k, const uint8_t *tile, const float *bias,
-                                                             int64_t r0, const int mt, int64_t n, int64_t j0, float *y) {
+                                                             int64_t r0, const int mt, int64_t n, int64_t j0, float *y,
+                                                             const uint8_t *pf) {
     const int64_t nb = k / APR_QK, nsb = k / 256, ns = k / 16;
     const __m256i low = _mm256_set1_epi8(0x0F), high = _mm256_set1_epi8(0x30);
     const __m128i twice = _mm_setr_epi8(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
@@ -392,6 +409,7 @@ static inline __attribute__((always_inline)) void q6k8_tile(const int8_t *qx, co
         const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)head));
         for (int b = 0; b < 8; b++) {
             const uint8_t *qb = body + b * 192;
+            PREFETCH_NEXT_TILE(pf, APR_Q6K8_TILE, sb, b);
             const __m128i sc0b = _mm_loadl_epi64((const __m128i *)(head + 16 + 16 * b));
             const __m128i sc1b = _mm_loadl_epi64((const __m128i *)(head + 24 + 16 * b));
             const __m256i sc0 = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(sc0b, twice));
@@ -415,6 +433,30 @@ static inline __attribute__((always_inline)) void q6k8_tile(const int8_t *qx, co
             const __m256i wl11 = _mm256_or_si256(_mm256_and_si256(n3, low), _mm256_and_si256(hb1, high));
             const __m256i wh11 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(n3, 4), low),
                                                  _mm256_and_si256(_mm256_srli_epi16(hb1, 2), high));
+#ifdef APR_DPBUSD
+            /* VNNI: each 16-element half summed in 32 bits from -32 * its activation sum, then scaled in float
+             * exactly (see q6k8_tile_pairs): the same bits as the maddubs form below. */
+            const __m256 sc0f = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(sc0b));
+            const __m256 sc1f = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(sc1b));
+            (void)sc0;
+            (void)sc1;
+            (void)pair;
+#pragma GCC unroll 1
+            for (int t = 0; t < mt; t++) {
+                const int32_t *xr = (const int32_t *)(qx + (r0 + t) * k + block * APR_QK);
+                const int16_t *sums = isx + (r0 + t) * ns + 2 * block;
+                __m256i lo = APR_DPBUSD(_mm256_set1_epi32(-32 * (int32_t)sums[0]), wl00, _mm256_set1_epi32(xr[0]));
+                __m256i hi = APR_DPBUSD(_mm256_set1_epi32(-32 * (int32_t)sums[1]), wh00, _mm256_set1_epi32(xr[4]));
+                lo = APR_DPBUSD(lo, wl01, _mm256_set1_epi32(xr[1]));
+                hi = APR_DPBUSD(hi, wh01, _mm256_set1_epi32(xr[5]));
+                lo = APR_DPBUSD(lo, wl10, _mm256_set1_epi32(xr[2]));
+                hi = APR_DPBUSD(hi, wh10, _mm256_set1_epi32(xr[6]));
+                lo = APR_DPBUSD(lo, wl11, _mm256_set1_epi32(xr[3]));
+                hi = APR_DPBUSD(hi, wh11, _mm256_set1_epi32(xr[7]));
+                const __m256 q = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lo), sc0f, _mm256_mul_ps(_mm256_cvtepi32_ps(hi), sc1f));
+                acc[t] = _mm256_fmadd_ps(q, _mm256_mul_ps(d, _mm256_set1_ps(dx[(r0 + t) * nb + block])), acc[t]);
+            }
+#else
 #pragma GCC unroll 1 /* unrolled (as GCC 12 did), 5 of the 8 weight vectors spilled: 106 -> 118 GMAC/s */
             for (int t = 0; t < mt; t++) {
                 const int32_t *xr = (const int32_t *)(qx + (r0 + t) * k + block * APR_QK);
@@ -433,6 +475,7 @@ static inline __attribute__((always_inline)) void q6k8_tile(const int8_t *qx, co
                 acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(q32),
                                          _mm256_mul_ps(d, _mm256_set1_ps(dx[(r0 + t) * nb + block])), acc[t]);
             }
+#endif
         }
     }
     const __m256 b8 = bias ? _mm256_loadu_ps(bias + j0) : _mm256_setzero_ps();
@@ -451,7 +494,12 @@ static inline __attribute__((always_inline)) void q6k8_tile(const int8_t *qx, co
  * per product (apr_pair_rows); a row without a partner (M odd) takes the 256-bit kernel. */
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__)
 #define APR_ZMM 1
-#define APR_MP 8 /* row pairs sharing a sub-block's unpacked weights (then APR_MP / 2, then 1) */
+#ifndef APR_MP4
+#define APR_MP4 8 /* q4k8: row pairs sharing a sub-block's unpacked weights (then half as many, then 1) */
+#endif
+#ifndef APR_MP6
+#define APR_MP6 8 /* the same for q6k8 */
+#endif
 
 /* A 256-bit vector's 8 lanes, each doubled: lane r -> lanes 2r and 2r + 1. */
 static inline __m512i double_lanes(__m256i v) {
@@ -474,10 +522,10 @@ static inline void store_pair(__m512 acc, __m256 b8, float *ya, float *yb) {
 static inline __attribute__((always_inline)) void q4k8_tile_pairs(const int64_t *px, const int64_t *pd,
                                                                   const int64_t *ps, int64_t k, const uint8_t *tile,
                                                                   const float *bias, int64_t p0, const int mp,
-                                                                  int64_t n, int64_t j0, float *y) {
+                                                                  int64_t n, int64_t j0, float *y, const uint8_t *pf) {
     const int64_t nb = k / APR_QK, nsb = k / 256, nd = k / 4;
     const __m512i low = _mm512_set1_epi8(0x0F);
-    __m512 acc[APR_MP];
+    __m512 acc[APR_MP4];
     for (int t = 0; t < mp; t++) acc[t] = _mm512_setzero_ps();
     for (int64_t sb = 0; sb < nsb; sb++) {
         const uint8_t *head = tile + sb * APR_Q4K8_TILE, *nib = head + 160;
@@ -492,6 +540,7 @@ static inline __attribute__((always_inline)) void q4k8_tile_pairs(const int64_t 
                           _mm_loadl_epi64((const __m128i *)(head + 96 + 8 * b)), _mm_loadl_epi64((const __m128i *)(head + 96 + 8 * b))))));
             const int64_t block = sb * 8 + b;
             const uint8_t *nb8 = nib + b * 128;
+            PREFETCH_NEXT_TILE(pf, APR_Q4K8_TILE, sb, b);
             const __m512i n0 = double_lanes(_mm256_loadu_si256((const __m256i *)nb8));
             const __m512i n1 = double_lanes(_mm256_loadu_si256((const __m256i *)(nb8 + 32)));
             const __m512i n2 = double_lanes(_mm256_loadu_si256((const __m256i *)(nb8 + 64)));
@@ -503,14 +552,17 @@ static inline __attribute__((always_inline)) void q4k8_tile_pairs(const int64_t 
 #pragma GCC unroll 8 /* unlike the 256-bit kernels: 32 vector registers hold the weights and accumulators */
             for (int t = 0; t < mp; t++) {
                 const int64_t *xr = px + (p0 + t) * nd + block * 8;
-                __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wl0, _mm512_set1_epi64(xr[0]));
-                dot = _mm512_dpbusd_epi32(dot, wh0, _mm512_set1_epi64(xr[4]));
-                dot = _mm512_dpbusd_epi32(dot, wl1, _mm512_set1_epi64(xr[1]));
-                dot = _mm512_dpbusd_epi32(dot, wh1, _mm512_set1_epi64(xr[5]));
-                dot = _mm512_dpbusd_epi32(dot, wl2, _mm512_set1_epi64(xr[2]));
-                dot = _mm512_dpbusd_epi32(dot, wh2, _mm512_set1_epi64(xr[6]));
-                dot = _mm512_dpbusd_epi32(dot, wl3, _mm512_set1_epi64(xr[3]));
-                dot = _mm512_dpbusd_epi32(dot, wh3, _mm512_set1_epi64(xr[7]));
+                /* Two chains of 4 (integer sums: any order gives the same int32) halve the dependent latency,
+                 * so more row pairs' products are in flight: ~8 % faster at 128 rows. */
+                __m512i da = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wl0, _mm512_set1_epi64(xr[0]));
+                __m512i db = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wl2, _mm512_set1_epi64(xr[2]));
+                da = _mm512_dpbusd_epi32(da, wh0, _mm512_set1_epi64(xr[4]));
+                db = _mm512_dpbusd_epi32(db, wh2, _mm512_set1_epi64(xr[6]));
+                da = _mm512_dpbusd_epi32(da, wl1, _mm512_set1_epi64(xr[1]));
+                db = _mm512_dpbusd_epi32(db, wl3, _mm512_set1_epi64(xr[3]));
+                da = _mm512_dpbusd_epi32(da, wh1, _mm512_set1_epi64(xr[5]));
+                db = _mm512_dpbusd_epi32(db, wh3, _mm512_set1_epi64(xr[7]));
+                const __m512i dot = _mm512_add_epi32(da, db);
                 const int64_t bi = (p0 + t) * nb + block;
                 const __m512 dx2 = _mm512_castsi512_ps(_mm512_set1_epi64(pd[bi]));
                 const __m512 sx2 = _mm512_castsi512_ps(_mm512_set1_epi64(ps[bi]));
@@ -524,27 +576,30 @@ static inline __attribute__((always_inline)) void q4k8_tile_pairs(const int64_t 
         store_pair(acc[t], b8, y + 2 * (p0 + t) * n + j0, y + (2 * (p0 + t) + 1) * n + j0);
 }
 
-/* q6k8 for row pairs (see q6k8_tile); pi [pairs][k/32] holds each pair's per-16 activation sums (two int16
- * of one block, as q6k8_tile reads them) side by side. */
+/* q6k8 for row pairs with vpdpbusd. Each block's 16-element halves are summed in 32 bits by a chain of 4
+ * vpdpbusd started from -32 * (the half's activation sum), which gives sum (q - 32) x over the half exactly
+ * (|.| <= 16 * 32 * 127); the two halves are then scaled in float: sc0 * lo + sc1 * hi is an integer of
+ * magnitude <= 2 * 65024 * 128 < 2^24, so cvt(hi) * sc1 and the fused multiply-add with cvt(lo) * sc0 are
+ * exact and equal the 256-bit kernel's cvt of its int32 sum bit for bit. 8 vpdpbusd and 4 float operations
+ * a row pair and block, where the maddubs form took 8 maddubs, 5 madd and 9 other integer operations.
+ * po [pairs][k/32][2] holds each pair's (-32 * sum) of the block's first and second 16 activations, as
+ * (row a, row b) int32 pairs. */
 static inline __attribute__((always_inline)) void q6k8_tile_pairs(const int64_t *px, const int64_t *pd,
-                                                                  const int64_t *pi, int64_t k, const uint8_t *tile,
+                                                                  const int64_t *po, int64_t k, const uint8_t *tile,
                                                                   const float *bias, int64_t p0, const int mp,
-                                                                  int64_t n, int64_t j0, float *y) {
+                                                                  int64_t n, int64_t j0, float *y, const uint8_t *pf) {
     const int64_t nb = k / APR_QK, nsb = k / 256, nd = k / 4;
     const __m512i low = _mm512_set1_epi8(0x0F), high = _mm512_set1_epi8(0x30);
-    const __m128i twice = _mm_setr_epi8(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
-    __m512 acc[APR_MP];
+    __m512 acc[APR_MP6];
     for (int t = 0; t < mp; t++) acc[t] = _mm512_setzero_ps();
     for (int64_t sb = 0; sb < nsb; sb++) {
         const uint8_t *head = tile + sb * APR_Q6K8_TILE, *body = head + 144;
         const __m512 d = double_lanes_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)head)));
         for (int b = 0; b < 8; b++) {
             const uint8_t *qb = body + b * 192;
-            const __m128i sc0b = _mm_loadl_epi64((const __m128i *)(head + 16 + 16 * b));
-            const __m128i sc1b = _mm_loadl_epi64((const __m128i *)(head + 24 + 16 * b));
-            const __m512i sc0 = double_lanes(_mm256_cvtepi8_epi16(_mm_shuffle_epi8(sc0b, twice)));
-            const __m512i sc1 = double_lanes(_mm256_cvtepi8_epi16(_mm_shuffle_epi8(sc1b, twice)));
-            const __m512i pair = double_lanes(_mm256_cvtepi8_epi16(_mm_unpacklo_epi8(sc0b, sc1b)));
+            PREFETCH_NEXT_TILE(pf, APR_Q6K8_TILE, sb, b);
+            const __m512 sc0 = double_lanes_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(head + 16 + 16 * b)))));
+            const __m512 sc1 = double_lanes_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(head + 24 + 16 * b)))));
             const int64_t block = sb * 8 + b;
             const __m512i hb0 = double_lanes(_mm256_loadu_si256((const __m256i *)(qb + 128)));
             const __m512i hb1 = double_lanes(_mm256_loadu_si256((const __m256i *)(qb + 160)));
@@ -567,21 +622,18 @@ static inline __attribute__((always_inline)) void q6k8_tile_pairs(const int64_t 
 #pragma GCC unroll 8 /* unlike the 256-bit kernels: 32 vector registers hold the weights and accumulators */
             for (int t = 0; t < mp; t++) {
                 const int64_t *xr = px + (p0 + t) * nd + block * 8;
-                const __m512i lo0 = _mm512_add_epi16(_mm512_maddubs_epi16(wl00, _mm512_set1_epi64(xr[0])),
-                                                     _mm512_maddubs_epi16(wl01, _mm512_set1_epi64(xr[1])));
-                const __m512i hi0 = _mm512_add_epi16(_mm512_maddubs_epi16(wh00, _mm512_set1_epi64(xr[4])),
-                                                     _mm512_maddubs_epi16(wh01, _mm512_set1_epi64(xr[5])));
-                const __m512i lo1 = _mm512_add_epi16(_mm512_maddubs_epi16(wl10, _mm512_set1_epi64(xr[2])),
-                                                     _mm512_maddubs_epi16(wl11, _mm512_set1_epi64(xr[3])));
-                const __m512i hi1 = _mm512_add_epi16(_mm512_maddubs_epi16(wh10, _mm512_set1_epi64(xr[6])),
-                                                     _mm512_maddubs_epi16(wh11, _mm512_set1_epi64(xr[7])));
-                const __m512i i32 = _mm512_add_epi32(_mm512_add_epi32(_mm512_madd_epi16(lo0, sc0), _mm512_madd_epi16(hi0, sc1)),
-                                                     _mm512_add_epi32(_mm512_madd_epi16(lo1, sc0), _mm512_madd_epi16(hi1, sc1)));
                 const int64_t bi = (p0 + t) * nb + block;
-                const __m512i sums = _mm512_set1_epi64(pi[bi]);
-                const __m512i q32 = _mm512_sub_epi32(i32, _mm512_slli_epi32(_mm512_madd_epi16(pair, sums), 5));
+                __m512i lo = _mm512_dpbusd_epi32(_mm512_set1_epi64(po[2 * bi]), wl00, _mm512_set1_epi64(xr[0]));
+                __m512i hi = _mm512_dpbusd_epi32(_mm512_set1_epi64(po[2 * bi + 1]), wh00, _mm512_set1_epi64(xr[4]));
+                lo = _mm512_dpbusd_epi32(lo, wl01, _mm512_set1_epi64(xr[1]));
+                hi = _mm512_dpbusd_epi32(hi, wh01, _mm512_set1_epi64(xr[5]));
+                lo = _mm512_dpbusd_epi32(lo, wl10, _mm512_set1_epi64(xr[2]));
+                hi = _mm512_dpbusd_epi32(hi, wh10, _mm512_set1_epi64(xr[6]));
+                lo = _mm512_dpbusd_epi32(lo, wl11, _mm512_set1_epi64(xr[3]));
+                hi = _mm512_dpbusd_epi32(hi, wh11, _mm512_set1_epi64(xr[7]));
+                const __m512 q = _mm512_fmadd_ps(_mm512_cvtepi32_ps(lo), sc0, _mm512_mul_ps(_mm512_cvtepi32_ps(hi), sc1));
                 const __m512 dx2 = _mm512_castsi512_ps(_mm512_set1_epi64(pd[bi]));
-                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(q32), _mm512_mul_ps(d, dx2), acc[t]);
+                acc[t] = _mm512_fmadd_ps(q, _mm512_mul_ps(d, dx2), acc[t]);
             }
         }
     }
@@ -590,9 +642,22 @@ static inline __attribute__((always_inline)) void q6k8_tile_pairs(const int64_t 
         store_pair(acc[t], b8, y + 2 * (p0 + t) * n + j0, y + (2 * (p0 + t) + 1) * n + j0);
 }
 
+/* po for q6k8_tile_pairs: per row pair and block, (-32 * row a's sum, -32 * row b's sum) of the block's first
+ * 16 quantized activations, then the same of its second 16 (isx [m][k/16]). */
+static void pair_offsets(const int16_t *isx, int64_t m, int64_t nb, int64_t *out, int threads) {
+#pragma omp parallel for schedule(static) num_threads(threads) if (m * nb >= 16384)
+    for (int64_t p = 0; p < m / 2; p++) {
+        const int16_t *a = isx + 2 * p * (2 * nb), *b = a + 2 * nb;
+        int64_t *o = out + p * (2 * nb);
+        for (int64_t i = 0; i < 2 * nb; i++)
+            o[i] = (int64_t)((uint64_t)(uint32_t)(-32 * (int32_t)a[i]) | ((uint64_t)(uint32_t)(-32 * (int32_t)b[i]) << 32));
+    }
+}
+
 /* Interleaves rows 2p and 2p + 1 of a [m][count] array of 32-bit values: out [m/2][count] 64-bit pairs. */
-static void pair_rows(const void *in, int64_t m, int64_t count, int64_t *out) {
+static void pair_rows(const void *in, int64_t m, int64_t count, int64_t *out, int threads) {
     const uint32_t *src = in;
+#pragma omp parallel for schedule(static) num_threads(threads) if (m * count >= 65536) /* a prompt's pairs over the threads */
     for (int64_t p = 0; p < m / 2; p++) {
         const uint32_t *a = src + 2 * p * count, *b = a + count;
         int64_t *o = out + p * count;
@@ -658,36 +723,42 @@ static void run_unit(const apr_weight *w, const apr_acts *a, int64_t m, int64_t 
     }
     case APR_Q4K8: {
         const uint8_t *wt = (const uint8_t *)w->w + u * (kpad / 256 * APR_Q4K8_TILE);
+        const uint8_t *next = m >= APR_PF_ROWS && u + 1 < units_of(w) ? wt + kpad / 256 * APR_Q4K8_TILE : NULL;
 #if APR_ZMM
         if (a->px) {
             int64_t p = 0;
-            for (; p + APR_MP <= m / 2; p += APR_MP) q4k8_tile_pairs(a->px, a->pd, a->ps, kpad, wt, w->bias, p, APR_MP, n, u * 8, y);
-            for (; p + APR_MP / 2 <= m / 2; p += APR_MP / 2) q4k8_tile_pairs(a->px, a->pd, a->ps, kpad, wt, w->bias, p, APR_MP / 2, n, u * 8, y);
-            for (; p < m / 2; p++) q4k8_tile_pairs(a->px, a->pd, a->ps, kpad, wt, w->bias, p, 1, n, u * 8, y);
+            for (; p + APR_MP4 <= m / 2; p += APR_MP4)
+                q4k8_tile_pairs(a->px, a->pd, a->ps, kpad, wt, w->bias, p, APR_MP4, n, u * 8, y, p ? NULL : next);
+            for (; p + APR_MP4 / 2 <= m / 2; p += APR_MP4 / 2)
+                q4k8_tile_pairs(a->px, a->pd, a->ps, kpad, wt, w->bias, p, APR_MP4 / 2, n, u * 8, y, NULL);
+            for (; p < m / 2; p++) q4k8_tile_pairs(a->px, a->pd, a->ps, kpad, wt, w->bias, p, 1, n, u * 8, y, NULL);
             r0 = 2 * p;
         }
 #endif
         for (; r0 + APR_MT_TILED <= m; r0 += APR_MT_TILED)
-            q4k8_tile(qx, dx, sx, kpad, wt, w->bias, r0, APR_MT_TILED, n, u * 8, y);
-        for (; r0 + APR_MT <= m; r0 += APR_MT) q4k8_tile(qx, dx, sx, kpad, wt, w->bias, r0, APR_MT, n, u * 8, y);
-        for (; r0 < m; r0++) q4k8_tile(qx, dx, sx, kpad, wt, w->bias, r0, 1, n, u * 8, y);
+            q4k8_tile(qx, dx, sx, kpad, wt, w->bias, r0, APR_MT_TILED, n, u * 8, y, r0 ? NULL : next);
+        for (; r0 + APR_MT <= m; r0 += APR_MT) q4k8_tile(qx, dx, sx, kpad, wt, w->bias, r0, APR_MT, n, u * 8, y, NULL);
+        for (; r0 < m; r0++) q4k8_tile(qx, dx, sx, kpad, wt, w->bias, r0, 1, n, u * 8, y, NULL);
         break;
     }
     case APR_Q6K8: {
         const uint8_t *wt = (const uint8_t *)w->w + u * (kpad / 256 * APR_Q6K8_TILE);
+        const uint8_t *next = m >= APR_PF_ROWS && u + 1 < units_of(w) ? wt + kpad / 256 * APR_Q6K8_TILE : NULL;
 #if APR_ZMM
         if (a->px) {
             int64_t p = 0;
-            for (; p + APR_MP <= m / 2; p += APR_MP) q6k8_tile_pairs(a->px, a->pd, a->pi, kpad, wt, w->bias, p, APR_MP, n, u * 8, y);
-            for (; p + APR_MP / 2 <= m / 2; p += APR_MP / 2) q6k8_tile_pairs(a->px, a->pd, a->pi, kpad, wt, w->bias, p, APR_MP / 2, n, u * 8, y);
-            for (; p < m / 2; p++) q6k8_tile_pairs(a->px, a->pd, a->pi, kpad, wt, w->bias, p, 1, n, u * 8, y);
+            for (; p + APR_MP6 <= m / 2; p += APR_MP6)
+                q6k8_tile_pairs(a->px, a->pd, a->pi, kpad, wt, w->bias, p, APR_MP6, n, u * 8, y, p ? NULL : next);
+            for (; p + APR_MP6 / 2 <= m / 2; p += APR_MP6 / 2)
+                q6k8_tile_pairs(a->px, a->pd, a->pi, kpad, wt, w->bias, p, APR_MP6 / 2, n, u * 8, y, NULL);
+            for (; p < m / 2; p++) q6k8_tile_pairs(a->px, a->pd, a->pi, kpad, wt, w->bias, p, 1, n, u * 8, y, NULL);
             r0 = 2 * p;
         }
 #endif
         for (; r0 + APR_MT_TILED <= m; r0 += APR_MT_TILED)
-            q6k8_tile(qx, dx, isx, kpad, wt, w->bias, r0, APR_MT_TILED, n, u * 8, y);
-        for (; r0 + APR_MT <= m; r0 += APR_MT) q6k8_tile(qx, dx, isx, kpad, wt, w->bias, r0, APR_MT, n, u * 8, y);
-        for (; r0 < m; r0++) q6k8_tile(qx, dx, isx, kpad, wt, w->bias, r0, 1, n, u * 8, y);
+            q6k8_tile(qx, dx, isx, kpad, wt, w->bias, r0, APR_MT_TILED, n, u * 8, y, r0 ? NULL : next);
+        for (; r0 + APR_MT <= m; r0 += APR_MT) q6k8_tile(qx, dx, isx, kpad, wt, w->bias, r0, APR_MT, n, u * 8, y, NULL);
+        for (; r0 < m; r0++) q6k8_tile(qx, dx, isx, kpad, wt, w->bias, r0, 1, n, u * 8, y, NULL);
         break;
     }
     }
@@ -717,7 +788,9 @@ int apr_products(const apr_weight *const *ws, int count, const float *x, int64_t
         for (int i = 0; i < count; i++) need_isx |= ws[i]->layout == APR_Q6K8;
         /* Sums of the quantized activations per 16 (|sum| <= 2032), for q6k8's offset of 32: the bytes
          * biased to unsigned (+128 each) and summed by psadbw, 8 at a time. */
-        for (int64_t i = 0; need_isx && i < m * (kpad / 16); i++) {
+        const int64_t sums16 = need_isx ? m * (kpad / 16) : 0;
+#pragma omp parallel for schedule(static) num_threads(threads) if (sums16 >= 16384)
+        for (int64_t i = 0; i < sums16; i++) {
             const __m128i biased = _mm_xor_si128(_mm_loadu_si128((const __m128i *)(qx + i * 16)), _mm_set1_epi8((char)0x80));
             const __m128i sad = _mm_sad_epu8(biased, _mm_setzero_si128());
             isx[i] = (int16_t)(_mm_cvtsi128_si32(sad) + _mm_extract_epi16(sad, 4) - 16 * 128);
@@ -731,15 +804,15 @@ int apr_products(const apr_weight *const *ws, int count, const float *x, int64_t
             px = malloc((size_t)(pairs * (kpad / 4)) * sizeof(int64_t));
             pd = malloc((size_t)(pairs * nb) * sizeof(int64_t));
             ps = malloc((size_t)(pairs * nb) * sizeof(int64_t));
-            pi = need_isx ? malloc((size_t)(pairs * nb) * sizeof(int64_t)) : NULL;
+            pi = need_isx ? malloc((size_t)(pairs * nb * 2) * sizeof(int64_t)) : NULL;
             if (!px || !pd || !ps || (need_isx && !pi)) {
                 status = -1;
                 goto done;
             }
-            pair_rows(qx, m, kpad / 4, px);
-            pair_rows(dx, m, nb, pd);
-            pair_rows(sx, m, nb, ps);
-            if (need_isx) pair_rows(isx, m, nb, pi);
+            pair_rows(qx, m, kpad / 4, px, threads);
+            pair_rows(dx, m, nb, pd, threads);
+            pair_rows(sx, m, nb, ps, threads);
+            if (need_isx) pair_offsets(isx, m, nb, pi, threads);
             acts = (apr_acts){qx, dx, sx, isx, px, pd, ps, pi};
         }
 #endif
