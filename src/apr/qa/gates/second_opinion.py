@@ -82,11 +82,10 @@ class ExactSecondOpinion:
     def flip_checks(self) -> list[Check]:
         """NUMERICS-PARITY records of the flips: the fast numerics changed a reply the model gets right."""
         return [
-            falsified(
-                GateId.NUMERICS_PARITY,
+            numerics_flip(
                 f"reply:{flip.check}",
-                f"the fast engine's greedy reply fails {flip.gate} {flip.check} ({flip.fast_reason}) where the exact "
-                f"float32 engine passes it ({flip.exact_reason}): apr's fast numerics change this model's answer",
+                f"greedy reply fails {flip.gate} {flip.check} ({flip.fast_reason})",
+                flip.exact_reason,
                 format=flip.format,
                 backend=Backend.CPU,
                 prompt=flip.prompt,
@@ -94,6 +93,18 @@ class ExactSecondOpinion:
             )
             for flip in self.flips
         ]
+
+
+def numerics_flip(check: str, fast_failure: str, exact_reason: str, **fields) -> Check:
+    """The NUMERICS-PARITY record of one reply that only the fast engine fails; ``fields`` name the scenario and
+    carry the fast reply as ``output``."""
+    return falsified(
+        GateId.NUMERICS_PARITY,
+        check,
+        f"the fast engine's {fast_failure} where the exact float32 engine passes it ({exact_reason}): apr's fast "
+        f"numerics change this model's answer",
+        **fields,
+    )
 
 
 def judge_cell(fast: list[Check], exact: list[Check], *, record_flips: bool) -> list[Check]:
@@ -121,11 +132,10 @@ def judge_cell(fast: list[Check], exact: list[Check], *, record_flips: bool) -> 
                 )
             )
             flips.append(
-                falsified(
-                    GateId.NUMERICS_PARITY,
+                numerics_flip(
                     f"reply:{check.check}:{check.format}/{check.backend}/{check.modality}/{check.prompt_id}/seed{check.seed}",
-                    f"the fast engine's reply fails {check.check} ({check.reason}) where the exact float32 engine "
-                    f"passes it ({second.reason}): apr's fast numerics change this model's answer",
+                    f"reply fails {check.check} ({check.reason})",
+                    second.reason,
                     format=check.format,
                     backend=check.backend,
                     prompt=check.prompt,
