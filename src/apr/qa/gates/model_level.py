@@ -11,13 +11,16 @@ import gc
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from apr.formats.model import CanonicalModel
 from apr.qa.axes import Backend, Format
 from apr.qa.gates.catalog import GateId
 from apr.qa.gates.thresholds import GateSet, ParityGate
 from apr.qa.recording import Check, Recorder, Timer, skipped, stamp_all
+
+if TYPE_CHECKING:
+    from apr.qa.gates.second_opinion import ExactSecondOpinion
 
 _S = TypeVar("_S")
 Emit = Callable[[list], None]  # receives the stamped records of one gate family
@@ -212,7 +215,7 @@ class ModelGateRun:
         finally:
             second.close()
 
-    def _source_engine_gates_with(self, engine, fmt: Format, second) -> None:
+    def _source_engine_gates_with(self, engine, fmt: Format, second: ExactSecondOpinion) -> None:
         gates = self.inputs.gates
         if self.wanted(GateId.GOLDEN_OUTPUT):
             from apr.qa.gates.golden import golden_checks
