@@ -62,7 +62,6 @@
 #define APR_KGROUP 128 /* inner-loop step: 4 blocks */
 #define APR_MT 4      /* activation rows sharing one unpacked weight group */
 #define APR_MT_TILED 8 /* the same for the tiled layouts, whose accumulators fit better */
-#define APR_PF_ROWS 32 /* activation rows from which the tiled kernels prefetch the next tile (prompts) */
 
 int apr_qgemm_abi(void) { return 9; }
 
@@ -159,6 +158,27 @@ void apr_quantize_rows(const float *x, int64_t m, int64_t k, int64_t kpad, int8_
 
 int apr_qgemm_variant(void) { return APR_VARIANT; }
 
+/* Streaming the weights. A thread's units are consecutive in memory, so its share of a product reads the
+ * packed weight as one sequential stream, and the first row group of each unit is the one that brings the
+ * unit's bytes in from memory (later groups find them in cache). That group prefetches, at each step of
+ * its loop, the bytes the step reads APR_STREAM_AHEAD further on (an eighth of a super-block tile per
+ * sub-block in the tiled layouts, a k-group's weights in the others), so the prefetches cover the stream
+ * without gaps; the separate scale arrays of the per-row layouts are 1/8 of it and left to the hardware.
+ * The hardware prefetcher alone left one activation row's products (decode) at ~0.7 of the rate plain
+ * loads of the same bytes reach: it restarts at every 4 KiB page and runs only a little ahead, so a core's
+ * misses in flight ran dry while it computed. The 1.5B's products, bench_products --threads 1 --pages huge
+ * (avx512vnni, 2026-12-05, interleaved runs): 1 row 137-156 ms -> 78-103 ms a token, 8 rows 191-220 ->
+ * 114-131 ms, 128 rows unchanged (2.6-3.1 s either way, a noisy machine); 4096 bytes ahead beat 1024, 2048
+ * and 8192. It replaces a prefetch of the next tile that prompts (32 rows and more) used. Prefetches never
+ * fault and change no result. */
+#define APR_STREAM_AHEAD 4096
+#define PREFETCH_STREAM(stream, at, slice)                                                                   \
+    do {                                                                                                     \
+        if (stream)                                                                                          \
+            for (int off_ = 0; off_ < (slice); off_ += 64)                                                   \
+                _mm_prefetch((const char *)(at) + APR_STREAM_AHEAD + off_, _MM_HINT_T0);                     \
+    } while (0)
+
 /* 8 int32 lanes; lane j sums the products of elements 4j..4j+3 (w unsigned, x signed). */
 static inline __m256i dot_u8_s8(__m256i w, __m256i x) {
 #ifdef APR_DPBUSD
@@ -183,13 +203,14 @@ static inline __attribute__((always_inline)) void q4_tile(const int8_t *qx, cons
                                                           int64_t kpad, const uint8_t *wr, const void *sr,
                                                           const void *orow, const uint16_t *kdm, const int kq,
                                                           float bias, int64_t r0, const int mt, int64_t n, int64_t j,
-                                                          float *y) {
+                                                          float *y, const int stream) {
     const int64_t nb = kpad / APR_QK, ng = kpad / APR_KGROUP;
     const __m256i low = _mm256_set1_epi8(0x0F);
     __m128 acc[APR_MT], acco[APR_MT];
     for (int t = 0; t < mt; t++) acc[t] = acco[t] = _mm_setzero_ps();
     __m256 dm = _mm256_setzero_ps(); /* (d x4, -dmin x4) of the current super-block (q4k) */
     for (int64_t g = 0; g < ng; g++) {
+        PREFETCH_STREAM(stream, wr + g * 64, 64);
         const __m256i v01 = _mm256_loadu_si256((const __m256i *)(wr + g * 64));
         const __m256i v23 = _mm256_loadu_si256((const __m256i *)(wr + g * 64 + 32));
         const __m256i w0 = _mm256_and_si256(v01, low), w1 = _mm256_and_si256(_mm256_srli_epi16(v01, 4), low);
@@ -225,12 +246,14 @@ static inline __attribute__((always_inline)) void q4_tile(const int8_t *qx, cons
 
 static inline __attribute__((always_inline)) void q8_tile(const int8_t *qx, const float *dx, int64_t kpad,
                                                           const int8_t *wr, const uint16_t *sr, float bias,
-                                                          int64_t r0, const int mt, int64_t n, int64_t j, float *y) {
+                                                          int64_t r0, const int mt, int64_t n, int64_t j, float *y,
+                                                          const int stream) {
     const int64_t nb = kpad / APR_QK, ng = kpad / APR_KGROUP;
     __m256 acc[APR_MT];
     for (int t = 0; t < mt; t++) acc[t] = _mm256_setzero_ps();
     for (int64_t g = 0; g < ng; g++) {
         const int8_t *wg = wr + g * APR_KGROUP;
+        PREFETCH_STREAM(stream, wg, APR_KGROUP);
         const __m256i w0 = _mm256_loadu_si256((const __m256i *)wg);
         const __m256i w1 = _mm256_loadu_si256((const __m256i *)(wg + 32));
         const __m256i w2 = _mm256_loadu_si256((const __m256i *)(wg + 64));
@@ -260,13 +283,14 @@ static inline __attribute__((always_inline)) void q8_tile(const int8_t *qx, cons
 static inline __attribute__((always_inline)) void q6_tile(const int8_t *qx, const float *dx, int64_t kpad,
                                                           const uint8_t *wr, const int8_t *scr, const uint16_t *dr,
                                                           float bias, int64_t r0, const int mt, int64_t n, int64_t j,
-                                                          float *y) {
+                                                          float *y, const int stream) {
     const int64_t nb = kpad / APR_QK, ng = kpad / APR_KGROUP;
     const __m256i low = _mm256_set1_epi8(0x0F), high = _mm256_set1_epi8(0x30), offset = _mm256_set1_epi8(32);
     __m256 acc[APR_MT];
     for (int t = 0; t < mt; t++) acc[t] = _mm256_setzero_ps();
     for (int64_t g = 0; g < ng; g++) {
         const uint8_t *wg = wr + g * 96;
+        PREFETCH_STREAM(stream, wg, 96);
         const __m256i v01 = _mm256_loadu_si256((const __m256i *)wg);
         const __m256i v23 = _mm256_loadu_si256((const __m256i *)(wg + 32));
         const __m256i hb = _mm256_loadu_si256((const __m256i *)(wg + 64));
@@ -306,26 +330,14 @@ static inline __attribute__((always_inline)) void q6_tile(const int8_t *qx, cons
 
 
 
-/* At many rows a tile's products take long enough to bring the next tile in from memory alongside: the
- * first row group of each tile prefetches the next tile's bytes, an eighth of a super-block per sub-block
- * (pf NULL: no prefetch). Without it each tile began with cache misses the hardware prefetcher had not
- * foreseen: bench_products --rows 128 --threads 1, 512-bit kernels, 1.87-2.12 s -> 1.68-1.78 s a step
- * (three interleaved pairs). Decode (few rows) passes NULL: there it measured no better (README). */
-#define PREFETCH_NEXT_TILE(pf, tile_bytes, sb, b)                                                                \
-    do {                                                                                                     \
-        if (pf)                                                                                              \
-            for (int off_ = 0; off_ < ((tile_bytes) + 7) / 8; off_ += 64)                                    \
-                _mm_prefetch((const char *)(pf) + (sb) * (tile_bytes) + (b) * (((tile_bytes) + 7) / 8) + off_, \
-                             _MM_HINT_T0);                                                                   \
-    } while (0)
-
 #define APR_Q4K8_TILE 1184 /* bytes per tile of 8 rows and super-block of 256 (see the layout above) */
+#define APR_Q4K8_SLICE (APR_Q4K8_TILE / 8) /* a sub-block's share of a tile's bytes */
 
 /* Rows r0 .. r0+mt-1 of x against the 8 weight rows of one q4k8 tile; y gets 8 consecutive outputs a row. */
 static inline __attribute__((always_inline)) void q4k8_tile(const int8_t *qx, const float *dx, const float *sx,
                                                             int64_t k, const uint8_t *tile, const float *bias,
                                                             int64_t r0, const int mt, int64_t n, int64_t j0,
-                                                            float *y, const uint8_t *pf) {
+                                                            float *y, const int stream) {
     const int64_t nb = k / APR_QK, nsb = k / 256;
     const __m256i low = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
     __m256 acc[APR_MT_TILED];
@@ -346,7 +358,7 @@ static inline __attribute__((always_inline)) void q4k8_tile(const int8_t *qx, co
              * this order is ~25 % faster at 8 and 128 rows. An assembly version of this loop, with every
              * constant kept in a register, measured no faster (~10 cycles a row and sub-block either way). */
             const uint8_t *nb8 = nib + b * 128;
-            PREFETCH_NEXT_TILE(pf, APR_Q4K8_TILE, sb, b);
+            PREFETCH_STREAM(stream, head + b * APR_Q4K8_SLICE, APR_Q4K8_SLICE);
             const __m256i n0 = _mm256_loadu_si256((const __m256i *)nb8), n1 = _mm256_loadu_si256((const __m256i *)(nb8 + 32));
             const __m256i n2 = _mm256_loadu_si256((const __m256i *)(nb8 + 64)), n3 = _mm256_loadu_si256((const __m256i *)(nb8 + 96));
             const __m256i wl0 = _mm256_and_si256(n0, low), wh0 = _mm256_and_si256(_mm256_srli_epi16(n0, 4), low);
@@ -391,6 +403,7 @@ static inline __attribute__((always_inline)) void q4k8_tile(const int8_t *qx, co
 
 
 #define APR_Q6K8_TILE 1680 /* bytes per tile of 8 rows and super-block of 256 */
+#define APR_Q6K8_SLICE (APR_Q6K8_TILE / 8)
 
 /* q6k8 with the stored q in [0, 63] as maddubs' unsigned operand: sum (q - 32) x = sum q x - 32 sum x,
  * with the per-16 sums of the quantized activations (isx) applied through one madd with (sc0, sc1) pairs.
@@ -398,7 +411,7 @@ static inline __attribute__((always_inline)) void q4k8_tile(const int8_t *qx, co
 static inline __attribute__((always_inline)) void q6k8_tile(const int8_t *qx, const float *dx, const int16_t *isx,
                                                              int64_t k, const uint8_t *tile, const float *bias,
                                                              int64_t r0, const int mt, int64_t n, int64_t j0, float *y,
-                                                             const uint8_t *pf) {
+                                                             const int stream) {
     const int64_t nb = k / APR_QK, nsb = k / 256, ns = k / 16;
     const __m256i low = _mm256_set1_epi8(0x0F), high = _mm256_set1_epi8(0x30);
     const __m128i twice = _mm_setr_epi8(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
@@ -409,7 +422,7 @@ static inline __attribute__((always_inline)) void q6k8_tile(const int8_t *qx, co
         const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)head));
         for (int b = 0; b < 8; b++) {
             const uint8_t *qb = body + b * 192;
-            PREFETCH_NEXT_TILE(pf, APR_Q6K8_TILE, sb, b);
+            PREFETCH_STREAM(stream, head + b * APR_Q6K8_SLICE, APR_Q6K8_SLICE);
             const __m128i sc0b = _mm_loadl_epi64((const __m128i *)(head + 16 + 16 * b));
             const __m128i sc1b = _mm_loadl_epi64((const __m128i *)(head + 24 + 16 * b));
             const __m256i sc0 = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(sc0b, twice));
@@ -522,7 +535,7 @@ static inline void store_pair(__m512 acc, __m256 b8, float *ya, float *yb) {
 static inline __attribute__((always_inline)) void q4k8_tile_pairs(const int64_t *px, const int64_t *pd,
                                                                   const int64_t *ps, int64_t k, const uint8_t *tile,
                                                                   const float *bias, int64_t p0, const int mp,
-                                                                  int64_t n, int64_t j0, float *y, const uint8_t *pf) {
+                                                                  int64_t n, int64_t j0, float *y, const int stream) {
     const int64_t nb = k / APR_QK, nsb = k / 256, nd = k / 4;
     const __m512i low = _mm512_set1_epi8(0x0F);
     __m512 acc[APR_MP4];
@@ -540,7 +553,7 @@ static inline __attribute__((always_inline)) void q4k8_tile_pairs(const int64_t 
                           _mm_loadl_epi64((const __m128i *)(head + 96 + 8 * b)), _mm_loadl_epi64((const __m128i *)(head + 96 + 8 * b))))));
             const int64_t block = sb * 8 + b;
             const uint8_t *nb8 = nib + b * 128;
-            PREFETCH_NEXT_TILE(pf, APR_Q4K8_TILE, sb, b);
+            PREFETCH_STREAM(stream, head + b * APR_Q4K8_SLICE, APR_Q4K8_SLICE);
             const __m512i n0 = double_lanes(_mm256_loadu_si256((const __m256i *)nb8));
             const __m512i n1 = double_lanes(_mm256_loadu_si256((const __m256i *)(nb8 + 32)));
             const __m512i n2 = double_lanes(_mm256_loadu_si256((const __m256i *)(nb8 + 64)));
@@ -587,7 +600,7 @@ static inline __attribute__((always_inline)) void q4k8_tile_pairs(const int64_t 
 static inline __attribute__((always_inline)) void q6k8_tile_pairs(const int64_t *px, const int64_t *pd,
                                                                   const int64_t *po, int64_t k, const uint8_t *tile,
                                                                   const float *bias, int64_t p0, const int mp,
-                                                                  int64_t n, int64_t j0, float *y, const uint8_t *pf) {
+                                                                  int64_t n, int64_t j0, float *y, const int stream) {
     const int64_t nb = k / APR_QK, nsb = k / 256, nd = k / 4;
     const __m512i low = _mm512_set1_epi8(0x0F), high = _mm512_set1_epi8(0x30);
     __m512 acc[APR_MP6];
@@ -597,7 +610,7 @@ static inline __attribute__((always_inline)) void q6k8_tile_pairs(const int64_t 
         const __m512 d = double_lanes_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)head)));
         for (int b = 0; b < 8; b++) {
             const uint8_t *qb = body + b * 192;
-            PREFETCH_NEXT_TILE(pf, APR_Q6K8_TILE, sb, b);
+            PREFETCH_STREAM(stream, head + b * APR_Q6K8_SLICE, APR_Q6K8_SLICE);
             const __m512 sc0 = double_lanes_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(head + 16 + 16 * b)))));
             const __m512 sc1 = double_lanes_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(head + 24 + 16 * b)))));
             const int64_t block = sb * 8 + b;
@@ -695,70 +708,68 @@ static void run_unit(const apr_weight *w, const apr_acts *a, int64_t m, int64_t 
     case APR_Q4: {
         const uint8_t *wr = (const uint8_t *)w->w + u * (kpad / 2);
         const uint16_t *sr = (const uint16_t *)w->scale + u * nb, *orow = (const uint16_t *)w->offset + u * nb;
-        for (; r0 + APR_MT <= m; r0 += APR_MT) q4_tile(qx, dx, sx, kpad, wr, sr, orow, NULL, 0, b, r0, APR_MT, n, u, y);
-        for (; r0 < m; r0++) q4_tile(qx, dx, sx, kpad, wr, sr, orow, NULL, 0, b, r0, 1, n, u, y);
+        for (; r0 + APR_MT <= m; r0 += APR_MT) q4_tile(qx, dx, sx, kpad, wr, sr, orow, NULL, 0, b, r0, APR_MT, n, u, y, r0 == 0);
+        for (; r0 < m; r0++) q4_tile(qx, dx, sx, kpad, wr, sr, orow, NULL, 0, b, r0, 1, n, u, y, r0 == 0);
         break;
     }
     case APR_Q4K: {
         const uint8_t *wr = (const uint8_t *)w->w + u * (kpad / 2), *smr = (const uint8_t *)w->scale + u * (kpad / 16);
         const uint16_t *dmr = (const uint16_t *)w->offset + u * (kpad / 128);
-        for (; r0 + APR_MT <= m; r0 += APR_MT) q4_tile(qx, dx, sx, kpad, wr, smr, NULL, dmr, 1, b, r0, APR_MT, n, u, y);
-        for (; r0 < m; r0++) q4_tile(qx, dx, sx, kpad, wr, smr, NULL, dmr, 1, b, r0, 1, n, u, y);
+        for (; r0 + APR_MT <= m; r0 += APR_MT) q4_tile(qx, dx, sx, kpad, wr, smr, NULL, dmr, 1, b, r0, APR_MT, n, u, y, r0 == 0);
+        for (; r0 < m; r0++) q4_tile(qx, dx, sx, kpad, wr, smr, NULL, dmr, 1, b, r0, 1, n, u, y, r0 == 0);
         break;
     }
     case APR_Q8: {
         const int8_t *wr = (const int8_t *)w->w + u * kpad;
         const uint16_t *sr = (const uint16_t *)w->scale + u * (kpad / 16);
-        for (; r0 + APR_MT <= m; r0 += APR_MT) q8_tile(qx, dx, kpad, wr, sr, b, r0, APR_MT, n, u, y);
-        for (; r0 < m; r0++) q8_tile(qx, dx, kpad, wr, sr, b, r0, 1, n, u, y);
+        for (; r0 + APR_MT <= m; r0 += APR_MT) q8_tile(qx, dx, kpad, wr, sr, b, r0, APR_MT, n, u, y, r0 == 0);
+        for (; r0 < m; r0++) q8_tile(qx, dx, kpad, wr, sr, b, r0, 1, n, u, y, r0 == 0);
         break;
     }
     case APR_Q6: {
         const uint8_t *wr = (const uint8_t *)w->w + u * (kpad / 4 * 3);
         const int8_t *scr = (const int8_t *)w->scale + u * (kpad / 16);
         const uint16_t *dr = (const uint16_t *)w->offset + u * (kpad / APR_KGROUP);
-        for (; r0 + APR_MT <= m; r0 += APR_MT) q6_tile(qx, dx, kpad, wr, scr, dr, b, r0, APR_MT, n, u, y);
-        for (; r0 < m; r0++) q6_tile(qx, dx, kpad, wr, scr, dr, b, r0, 1, n, u, y);
+        for (; r0 + APR_MT <= m; r0 += APR_MT) q6_tile(qx, dx, kpad, wr, scr, dr, b, r0, APR_MT, n, u, y, r0 == 0);
+        for (; r0 < m; r0++) q6_tile(qx, dx, kpad, wr, scr, dr, b, r0, 1, n, u, y, r0 == 0);
         break;
     }
     case APR_Q4K8: {
         const uint8_t *wt = (const uint8_t *)w->w + u * (kpad / 256 * APR_Q4K8_TILE);
-        const uint8_t *next = m >= APR_PF_ROWS && u + 1 < units_of(w) ? wt + kpad / 256 * APR_Q4K8_TILE : NULL;
 #if APR_ZMM
         if (a->px) {
             int64_t p = 0;
             for (; p + APR_MP4 <= m / 2; p += APR_MP4)
-                q4k8_tile_pairs(a->px, a->pd, a->ps, kpad, wt, w->bias, p, APR_MP4, n, u * 8, y, p ? NULL : next);
+                q4k8_tile_pairs(a->px, a->pd, a->ps, kpad, wt, w->bias, p, APR_MP4, n, u * 8, y, p == 0);
             for (; p + APR_MP4 / 2 <= m / 2; p += APR_MP4 / 2)
-                q4k8_tile_pairs(a->px, a->pd, a->ps, kpad, wt, w->bias, p, APR_MP4 / 2, n, u * 8, y, NULL);
-            for (; p < m / 2; p++) q4k8_tile_pairs(a->px, a->pd, a->ps, kpad, wt, w->bias, p, 1, n, u * 8, y, NULL);
+                q4k8_tile_pairs(a->px, a->pd, a->ps, kpad, wt, w->bias, p, APR_MP4 / 2, n, u * 8, y, p == 0);
+            for (; p < m / 2; p++) q4k8_tile_pairs(a->px, a->pd, a->ps, kpad, wt, w->bias, p, 1, n, u * 8, y, p == 0);
             r0 = 2 * p;
         }
 #endif
         for (; r0 + APR_MT_TILED <= m; r0 += APR_MT_TILED)
-            q4k8_tile(qx, dx, sx, kpad, wt, w->bias, r0, APR_MT_TILED, n, u * 8, y, r0 ? NULL : next);
-        for (; r0 + APR_MT <= m; r0 += APR_MT) q4k8_tile(qx, dx, sx, kpad, wt, w->bias, r0, APR_MT, n, u * 8, y, NULL);
-        for (; r0 < m; r0++) q4k8_tile(qx, dx, sx, kpad, wt, w->bias, r0, 1, n, u * 8, y, NULL);
+            q4k8_tile(qx, dx, sx, kpad, wt, w->bias, r0, APR_MT_TILED, n, u * 8, y, r0 == 0);
+        for (; r0 + APR_MT <= m; r0 += APR_MT) q4k8_tile(qx, dx, sx, kpad, wt, w->bias, r0, APR_MT, n, u * 8, y, r0 == 0);
+        for (; r0 < m; r0++) q4k8_tile(qx, dx, sx, kpad, wt, w->bias, r0, 1, n, u * 8, y, r0 == 0);
         break;
     }
     case APR_Q6K8: {
         const uint8_t *wt = (const uint8_t *)w->w + u * (kpad / 256 * APR_Q6K8_TILE);
-        const uint8_t *next = m >= APR_PF_ROWS && u + 1 < units_of(w) ? wt + kpad / 256 * APR_Q6K8_TILE : NULL;
 #if APR_ZMM
         if (a->px) {
             int64_t p = 0;
             for (; p + APR_MP6 <= m / 2; p += APR_MP6)
-                q6k8_tile_pairs(a->px, a->pd, a->pi, kpad, wt, w->bias, p, APR_MP6, n, u * 8, y, p ? NULL : next);
+                q6k8_tile_pairs(a->px, a->pd, a->pi, kpad, wt, w->bias, p, APR_MP6, n, u * 8, y, p == 0);
             for (; p + APR_MP6 / 2 <= m / 2; p += APR_MP6 / 2)
-                q6k8_tile_pairs(a->px, a->pd, a->pi, kpad, wt, w->bias, p, APR_MP6 / 2, n, u * 8, y, NULL);
-            for (; p < m / 2; p++) q6k8_tile_pairs(a->px, a->pd, a->pi, kpad, wt, w->bias, p, 1, n, u * 8, y, NULL);
+                q6k8_tile_pairs(a->px, a->pd, a->pi, kpad, wt, w->bias, p, APR_MP6 / 2, n, u * 8, y, p == 0);
+            for (; p < m / 2; p++) q6k8_tile_pairs(a->px, a->pd, a->pi, kpad, wt, w->bias, p, 1, n, u * 8, y, p == 0);
             r0 = 2 * p;
         }
 #endif
         for (; r0 + APR_MT_TILED <= m; r0 += APR_MT_TILED)
-            q6k8_tile(qx, dx, isx, kpad, wt, w->bias, r0, APR_MT_TILED, n, u * 8, y, r0 ? NULL : next);
-        for (; r0 + APR_MT <= m; r0 += APR_MT) q6k8_tile(qx, dx, isx, kpad, wt, w->bias, r0, APR_MT, n, u * 8, y, NULL);
-        for (; r0 < m; r0++) q6k8_tile(qx, dx, isx, kpad, wt, w->bias, r0, 1, n, u * 8, y, NULL);
+            q6k8_tile(qx, dx, isx, kpad, wt, w->bias, r0, APR_MT_TILED, n, u * 8, y, r0 == 0);
+        for (; r0 + APR_MT <= m; r0 += APR_MT) q6k8_tile(qx, dx, isx, kpad, wt, w->bias, r0, APR_MT, n, u * 8, y, r0 == 0);
+        for (; r0 < m; r0++) q6k8_tile(qx, dx, isx, kpad, wt, w->bias, r0, 1, n, u * 8, y, r0 == 0);
         break;
     }
     }
