@@ -43,6 +43,11 @@ VARIABLES: tuple[Variable, ...] = (
         "(the free cores: apr.machine)",
         "CPU threads of the engine when --threads is not given; apr certify sets it for every cell",
     ),
+    Variable(
+        "OMP_WAIT_POLICY",
+        "passive (set by the apr CLI)",
+        "OpenMP threads sleep at barriers instead of spinning, so a busy neighbour does not stall a step",
+    ),
     Variable("CC", "cc, then gcc on PATH", "the C compiler that builds the native kernels"),
     Variable("HF_HUB_OFFLINE", "(unset)", "1/true: hf:// refs come only from the local Hugging Face cache"),
     Variable(
@@ -69,6 +74,7 @@ class Settings:
     native_variant: str | None
     compiler: str | None
     omp_threads: int | None
+    omp_wait_policy: str | None
     hf_offline: bool
     dagster_home: Path | None
 
@@ -88,6 +94,7 @@ class Settings:
             native_variant=environ.get("APR_NATIVE_VARIANT", "").strip() or None,
             compiler=environ.get("CC") or None,
             omp_threads=_positive_int(environ.get("OMP_NUM_THREADS", "")),
+            omp_wait_policy=environ.get("OMP_WAIT_POLICY", "").strip() or None,
             hf_offline=environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE,
             dagster_home=path("DAGSTER_HOME"),
         )
@@ -128,3 +135,17 @@ def export_inductor_cache_dir(path: Path) -> None:
     """Point torch's Inductor cache under ``path`` unless the user chose one: Inductor reads its location only
     from TORCHINDUCTOR_CACHE_DIR, when it first compiles, so the variable is set for this process."""
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(path))
+
+
+def export_passive_omp_waits() -> str:
+    """Set OMP_WAIT_POLICY=passive unless the user chose a policy; returns the policy in force.
+
+    libgomp reads the policy once, when it is loaded (torch loads it on import), so the CLI calls this first
+    thing; child processes inherit it. Its default spins up to ~300 000 times at every barrier: two threads of a
+    decode step beside a neighbour holding one of the two cores decoded qwen2.5-coder:1.5b at 1.3 tok/s that
+    way and at 11.0 tok/s with passive waits, above one thread's rate (bench/README.md, "OpenMP waits").
+    """
+    policy = os.environ.get("OMP_WAIT_POLICY", "").strip()
+    if not policy:
+        os.environ["OMP_WAIT_POLICY"] = policy = "passive"
+    return policy

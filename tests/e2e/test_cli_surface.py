@@ -15,8 +15,13 @@ import pytest
 APR = [sys.executable, "-m", "apr.cli.main"]
 
 
-def apr(*args: str, home: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+def apr(
+    *args: str, home: Path | None = None, timeout: float = 300, wait_policy: str | None = None
+) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONIOENCODING": "utf-8", "HF_HUB_OFFLINE": "1"}
+    env.pop("OMP_WAIT_POLICY", None)
+    if wait_policy:
+        env["OMP_WAIT_POLICY"] = wait_policy
     if home is not None:
         env["APR_HOME"] = str(home)
     return subprocess.run(
@@ -39,7 +44,10 @@ def test_version_names_kernels_cpu_threads_torch_and_device() -> None:
     out = ok(apr("--version")).stdout
     keys = [line.split(":")[0] for line in out.splitlines()[1:]]
     assert re.match(r"^apr \d+\.\d+\.\d+$", out.splitlines()[0])
-    assert keys == ["kernels", "cpu", "threads", "torch", "python", "device"]
+    assert keys == ["kernels", "cpu", "threads", "openmp waits", "torch", "python", "device"]
+    # The CLI makes OpenMP's waiting threads sleep unless the user chose otherwise.
+    assert "openmp waits: passive (OMP_WAIT_POLICY)" in out.splitlines()
+    assert "openmp waits: active (OMP_WAIT_POLICY)" in ok(apr("--version", wait_policy="active")).stdout.splitlines()
 
     # The same report (the threads line's reason quotes the load average, which moves between two calls).
     def steady(text: str) -> list[str]:

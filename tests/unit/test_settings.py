@@ -5,7 +5,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from apr.settings import DEFAULT_ENGINE_CACHE_GB, VARIABLES, Settings, child_environ
+import pytest
+
+from apr.settings import DEFAULT_ENGINE_CACHE_GB, VARIABLES, Settings, child_environ, export_passive_omp_waits
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -53,3 +55,15 @@ def test_the_docs_table_lists_every_variable() -> None:
     text = (REPO_ROOT / "docs" / "contracts.md").read_text(encoding="utf-8")
     documented = set(re.findall(r"^\| `([A-Z_]+)` \|", text, flags=re.MULTILINE))
     assert documented == {variable.name for variable in VARIABLES}
+
+
+def test_passive_omp_waits_unless_the_user_chose(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Set, then deleted through monkeypatch: teardown restores the variable as it was, whatever the test set.
+    monkeypatch.setenv("OMP_WAIT_POLICY", "unset-me")
+    monkeypatch.delenv("OMP_WAIT_POLICY")
+    assert Settings.from_environ({}).omp_wait_policy is None
+    assert export_passive_omp_waits() == "passive"
+    assert child_environ()["OMP_WAIT_POLICY"] == "passive"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "active")
+    assert export_passive_omp_waits() == "active"
+    assert Settings.from_environ({"OMP_WAIT_POLICY": " active "}).omp_wait_policy == "active"

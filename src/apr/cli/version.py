@@ -27,6 +27,7 @@ def version_lines() -> list[str]:
         f"kernels: {native.describe()}",
         f"cpu: {cpu_model()} ({os.cpu_count()} logical cores)",
         f"threads: {threads_line(set_threads(None), current().omp_threads)}",
+        f"openmp waits: {current().omp_wait_policy or 'libgomp default (spin, then sleep)'} (OMP_WAIT_POLICY)",
         f"torch: {torch.__version__}",
         f"python: {platform.python_version()}",
         f"device: {device}",
