@@ -26,10 +26,16 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
-from cli_common import add_shared_options  # bench/cli_common.py, beside this script
-
 from apr.cpu import cpu_model
+from apr.settings import export_passive_omp_waits
+
+# apr's engine runs here as the CLI runs it (OpenMP threads waiting passively); the variable must be set before
+# torch loads libgomp. llama.cpp keeps its own default unless the caller set a policy (PEER_ENV).
+PEER_ENV = dict(os.environ)
+OMP_WAIT_POLICY = export_passive_omp_waits()
+
+import torch  # noqa: E402
+from cli_common import add_shared_options  # noqa: E402  (bench/cli_common.py, beside this script)
 
 
 def measure(
@@ -205,7 +211,7 @@ def llama_bench(args) -> dict:
         "json",
     ]
     print(f"llama.cpp: {' '.join(command)}", file=sys.stderr)
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    done = subprocess.run(command, capture_output=True, text=True, check=False, env=PEER_ENV)
     if done.returncode != 0:
         return {"skipped": f"llama-bench exited {done.returncode}: {done.stderr.strip().splitlines()[-1:]}"}
     rows = json.loads(done.stdout)
@@ -374,6 +380,7 @@ def main() -> int:
         "results": results,
         "ratios": ratios,
         "torch": torch.__version__,
+        "omp_wait_policy": {"apr": OMP_WAIT_POLICY, "llama.cpp": PEER_ENV.get("OMP_WAIT_POLICY", "default")},
         "machine": platform.machine(),
         "cpu": cpu_model(),
         "load_average": [round(v, 2) for v in os.getloadavg()],
