@@ -67,11 +67,11 @@ def real_converted(real_model, tmp_path_factory: pytest.TempPathFactory):
     blocks; ``safetensors`` is the default float32). Several tests read the same conversion of the 1.5B model,
     which costs tens of seconds a time. No conversion report: the converters' fidelity is what
     tests/integration/test_formats_real.py proves; the readers re-read the output strictly either way."""
-    from apr.formats.convert import convert
+    from apr.formats.convert import TargetFormat, convert
 
     made: dict[tuple[str, str], Path] = {}
 
-    def _convert(ref: str, fmt: str) -> Path:
+    def _convert(ref: str, fmt: TargetFormat) -> Path:
         if (ref, fmt) not in made:
             folder = tmp_path_factory.mktemp(f"{ref.replace(':', '-')}-{fmt}")
             target = folder / ("model.apr" if fmt == "apr" else "model")
