@@ -59,3 +59,43 @@ def real_model():
         return hub.pull(ref, progress=False).path
 
     return _pull
+
+
+@pytest.fixture(scope="session")
+def real_converted(real_model, tmp_path_factory: pytest.TempPathFactory):
+    """A real model converted once per session: a callable ``(ref, format) -> Path`` (``apr`` keeps the stored
+    blocks; ``safetensors`` is the default float32). Several tests read the same conversion of the 1.5B model,
+    which costs tens of seconds a time. No conversion report: the converters' fidelity is what
+    tests/integration/test_formats_real.py proves; the readers re-read the output strictly either way."""
+    from apr.formats.convert import TargetFormat, convert
+
+    made: dict[tuple[str, str], Path] = {}
+
+    def _convert(ref: str, fmt: TargetFormat) -> Path:
+        if (ref, fmt) not in made:
+            folder = tmp_path_factory.mktemp(f"{ref.replace(':', '-')}-{fmt}")
+            target = folder / ("model.apr" if fmt == "apr" else "model")
+            convert(real_model(ref), fmt, target, report=False)
+            made[ref, fmt] = target
+        return made[ref, fmt]
+
+    return _convert
+
+
+@pytest.fixture(scope="session")
+def hf_reference():
+    """transformers' own float32 model read from a GGUF file (its reader, its dequantization): a callable
+    ``path -> model``, loaded once per session. The reference several real-model tests compare against; its
+    load parses the whole GGUF twice in Python (tens of seconds for gemma3's 262k-token vocabulary)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    loaded: dict[Path, object] = {}
+
+    def _load(path: Path):
+        if path not in loaded:
+            model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+            loaded[path] = model.eval()
+        return loaded[path]
+
+    return _load

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-
 import pytest
 import torch
 
@@ -35,18 +33,9 @@ PROMPTS = [
 ]
 
 
-@functools.lru_cache(maxsize=2)  # both models' references, shared by the parity and the numerics tests
-def _hf_from_gguf(path):
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).eval()
-
-
-def _parity(path, fp32_greedy_prompts: int):
-    """Our engine (fp32 reference mode and the default packed path) against transformers fp32 on the same GGUF.
-
-    The default path on CPU is apr's native kernels where they build (``kernels`` in describe() says)."""
-    hf = _hf_from_gguf(path)
+def _parity(hf, path, fp32_greedy_prompts: int):
+    """Our engine (fp32 reference mode and the default packed path) against transformers fp32 (``hf``, read from
+    the same GGUF). The default path on CPU is apr's native kernels where they build (``kernels`` in describe())."""
     exact = load_engine(path, device="cpu", dtype="fp32", compile=False)
     packed = load_engine(path, device="cpu", compile=False)
     tok = exact.tokenizer
@@ -84,8 +73,9 @@ def _parity(path, fp32_greedy_prompts: int):
 
 
 @pytest.mark.parametrize("ref", ["smollm2:135m", "gemma3:270m"])
-def test_parity_with_transformers_on_the_same_gguf(real_model, ref):
-    stats, greedy = _parity(real_model(ref), fp32_greedy_prompts=5)
+def test_parity_with_transformers_on_the_same_gguf(real_model, hf_reference, ref):
+    path = real_model(ref)
+    stats, greedy = _parity(hf_reference(path), path, fp32_greedy_prompts=5)
     agree, total, _ = stats["fp32"]
     assert agree / total >= 0.99
     assert greedy["fp32"] == 5
@@ -104,14 +94,9 @@ SANITY = [
 
 
 @pytest.mark.parametrize("fmt", ["gguf", "apr", "safetensors"])
-def test_qwen_coder_answers_sanely_in_every_format(real_model, tmp_path_factory, fmt):
-    from apr.formats.convert import convert
-
-    path = real_model("qwen2.5-coder:1.5b")
-    if fmt != "gguf":
-        target = tmp_path_factory.mktemp(f"qwen-{fmt}") / ("qwen.apr" if fmt == "apr" else "qwen-st")
-        convert(path, fmt, target)
-        path = target
+def test_qwen_coder_answers_sanely_in_every_format(real_model, real_converted, fmt):
+    ref = "qwen2.5-coder:1.5b"
+    path = real_model(ref) if fmt == "gguf" else real_converted(ref, fmt)
     engine = load_engine(path, device="cpu")
     tok = engine.tokenizer
     assert tok.has_chat_template
@@ -123,11 +108,11 @@ def test_qwen_coder_answers_sanely_in_every_format(real_model, tmp_path_factory,
 
 
 @pytest.mark.parametrize("ref", ["smollm2:135m", "gemma3:270m"])
-def test_exact_numerics_match_the_float32_log_likelihoods(real_model, ref):
+def test_exact_numerics_match_the_float32_log_likelihoods(real_model, hf_reference, ref):
     """--numerics exact: per-token log-likelihoods within 1e-3 nats of transformers fp32 on the same GGUF (what
     lm-eval's loglikelihood tasks compare); the default fast mode's deviation is measured and printed."""
     path = real_model(ref)
-    hf = _hf_from_gguf(path)
+    hf = hf_reference(path)
     engines = {"exact": load_engine(path, device="cpu", numerics="exact"), "fast": load_engine(path, device="cpu")}
     worst = {"exact": 0.0, "fast": 0.0}
     for prompt in PROMPTS[:4]:

@@ -61,12 +61,12 @@ def test_smollm2_through_all_formats_and_back(real_model, tmp_path):
     assert last.tokenizer.apply_chat_template(messages) == original.tokenizer.apply_chat_template(messages)
 
 
-def test_smollm2_transformers_logits_equal_on_our_safetensors(real_model, tmp_path):
+def test_smollm2_transformers_logits_equal_on_our_safetensors(real_model, hf_reference, tmp_path):
     transformers = pytest.importorskip("transformers")
     src = real_model("smollm2:135m")
     convert(src, "safetensors", tmp_path / "hf", dtype="f32")
     ours = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32)
-    reference = transformers.AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name, dtype=torch.float32)
+    reference = hf_reference(src)  # transformers reading the GGUF itself
     ids = load_model(src).tokenizer.encode("The capital of France is")
     with torch.no_grad():
         a, b = ours(torch.tensor([ids])).logits, reference(torch.tensor([ids])).logits

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import astuple, dataclass
 from typing import Literal
 
@@ -344,14 +346,26 @@ class BlockRows:
             and raw.flags.c_contiguous
         )
 
-    @torch.compiler.disable  # numpy indexing: a compiled decode step calls it as a plain function
     def __getitem__(self, ids: torch.Tensor) -> torch.Tensor:
+        if torch.compiler.is_compiling():  # traced: numpy indexing and ctypes stay out of the graph
+            return _rows_outside_the_graph()(self, ids)
+        return self.rows(ids)
+
+    def rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """The dequantized rows ``ids`` (any shape), as ``(*ids.shape, columns)`` of the embedding's dtype."""
         if self.native:  # the same values in microseconds instead of ~20 operators' dispatch
             values = native.dequantize_rows(self.raw, self.ggml_type, self.shape[1], ids)
         else:
             flat = ids.reshape(-1).cpu().numpy()
             values = quant.dequantize_raw(self.raw[flat], self.ggml_type, (len(flat), self.shape[1]))
         return values.to(self.dtype).view(*ids.shape, self.shape[1])
+
+
+@functools.cache
+def _rows_outside_the_graph() -> Callable[[BlockRows, torch.Tensor], torch.Tensor]:
+    """BlockRows.rows as a compiled decode step calls it: a plain function torch.compile does not trace. Made on
+    first use, because torch.compiler.disable imports torch._dynamo (~2 s a process), which eager runs never need."""
+    return torch.compiler.disable(BlockRows.rows)
 
 
 def embedding_rows(source, policy: WeightPolicy, store: PackStore | None, *, shared_with_head: bool):
