@@ -143,7 +143,9 @@ def export_passive_omp_waits() -> str:
     libgomp reads the policy once, when it is loaded (torch loads it on import), so the CLI calls this first
     thing; child processes inherit it. Its default spins up to ~300 000 times at every barrier: two threads of a
     decode step beside a neighbour holding one of the two cores decoded qwen2.5-coder:1.5b at 1.3 tok/s that
-    way and at 11.0 tok/s with passive waits, above one thread's rate (bench/README.md, "OpenMP waits").
+    way and at 10.5–11.0 tok/s with passive waits, about one thread's rate. The price is paid on a quiet machine:
+    ~20 % of decode there (waking a sleeping thread at each of a step's parallel regions); bench/README.md, "OpenMP
+    waits". A user who owns the machine sets OMP_WAIT_POLICY=active, which this never overrides.
     """
     policy = os.environ.get("OMP_WAIT_POLICY", "").strip()
     if not policy:
