@@ -27,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from apr.cpu import cpu_model
-from apr.settings import export_passive_omp_waits
+from apr.settings import Settings, export_passive_omp_waits
 
 # apr's engine runs here as the CLI runs it (OpenMP threads waiting passively); the variable must be set before
 # torch loads libgomp. llama.cpp keeps its own default unless the caller set a policy (PEER_ENV).
@@ -380,7 +380,10 @@ def main() -> int:
         "results": results,
         "ratios": ratios,
         "torch": torch.__version__,
-        "omp_wait_policy": {"apr": OMP_WAIT_POLICY, "llama.cpp": PEER_ENV.get("OMP_WAIT_POLICY", "default")},
+        "omp_wait_policy": {
+            "apr": OMP_WAIT_POLICY,
+            "llama.cpp": Settings.from_environ(PEER_ENV).omp_wait_policy or "default",
+        },
         "machine": platform.machine(),
         "cpu": cpu_model(),
         "load_average": [round(v, 2) for v in os.getloadavg()],

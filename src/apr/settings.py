@@ -147,7 +147,7 @@ def export_passive_omp_waits() -> str:
     ~20 % of decode there (waking a sleeping thread at each of a step's parallel regions); bench/README.md, "OpenMP
     waits". A user who owns the machine sets OMP_WAIT_POLICY=active, which this never overrides.
     """
-    policy = os.environ.get("OMP_WAIT_POLICY", "").strip()
-    if not policy:
+    policy = current().omp_wait_policy
+    if policy is None:
         os.environ["OMP_WAIT_POLICY"] = policy = "passive"
     return policy
