@@ -6,7 +6,8 @@
  *     cc -O3 -std=c11 -D_DEFAULT_SOURCE -mavx2 -mfma -mf16c -fopenmp bench/bench_products.c -o /tmp/bench_products -lm
  *     /tmp/bench_products [--reps 20] [--threads 2] [--pages 4k|huge] [--loads-only] [--rows M] [--by-product]
  * (a kernel variant: add its flags from apr/cpu.py, e.g. -mavx512f -mavx512vl -mavx512bw -mavx512vnni for
- * avx512vnni, -mavxvnni for avxvnni; the output names the variant that ran)
+ * avx512vnni, the same plus -mamx-tile -mamx-int8 for amx, -mavxvnni for avxvnni; the output names the
+ * variant that ran)
  *
  * --pages huge asks for transparent huge pages (madvise before first touch), as apr's loader does;
  * --loads-only replaces the products by plain vector loads of the same bytes in the same order (the
@@ -110,6 +111,10 @@ static void run_kind(int kind, int rep, const apr_weight *const *ws, int count, 
 
 int main(int argc, char **argv) {
     int reps = 20, threads = 2;
+    if (apr_amx_enable() != 0) { /* the amx build: Linux hands out the tile state on request */
+        fprintf(stderr, "bench_products: this kernel cannot use the AMX tiles (build without -mamx-*)\n");
+        return 1;
+    }
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--reps") && i + 1 < argc) reps = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--threads") && i + 1 < argc) threads = atoi(argv[++i]);

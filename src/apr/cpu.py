@@ -3,6 +3,8 @@ native kernel variant (engine/native builds it; qa provenance records it)."""
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import platform
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,16 +20,27 @@ class Variant:
     flags: tuple[str, ...]
 
 
+AVX512_VNNI_FLAGS = ("-mavx512f", "-mavx512vl", "-mavx512bw", "-mavx512vnni", "-mprefer-vector-width=256")
+TILE_FLAGS = ("amx_tile", "amx_int8")
+
 # Best first; each needs AVX2, FMA and F16C besides its own features. Every build is bit-identical to avx2
 # (see qgemm.c). avx512vnni runs the tiled products of two or more activation rows (batched decode, prompts)
 # on 512-bit vectors, two rows a vector; everything else, and every product in the other builds, is 256-bit
-# (-mprefer-vector-width=256 keeps the compiler's own vectorization there too).
+# (-mprefer-vector-width=256 keeps the compiler's own vectorization there too). amx is avx512vnni plus the
+# AMX tile unit for the tiled products of 16 or more rows (prompts); Linux must also grant the process the
+# tile state (tiles_granted).
 VARIANTS = (
+    Variant(
+        "amx",
+        3,
+        ("avx512_vnni", "avx512vl", "avx512bw", *TILE_FLAGS),
+        (*AVX512_VNNI_FLAGS, "-mamx-tile", "-mamx-int8"),
+    ),
     Variant(
         "avx512vnni",
         1,
         ("avx512_vnni", "avx512vl", "avx512bw"),
-        ("-mavx512f", "-mavx512vl", "-mavx512bw", "-mavx512vnni", "-mprefer-vector-width=256"),
+        AVX512_VNNI_FLAGS,
     ),
     Variant("avxvnni", 2, ("avx_vnni",), ("-mavxvnni",)),
     Variant("avx2", 0, (), ()),
@@ -56,17 +69,37 @@ def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
-def supported_variants(flags: frozenset[str] | None = None) -> list[Variant]:
-    """The variants this CPU can run, best first ([] without AVX2/FMA/F16C)."""
+@functools.cache
+def tiles_granted() -> bool:
+    """Whether Linux gives this process the AMX tile state: it must be asked for (arch_prctl
+    ARCH_REQ_XCOMP_PERM, Linux 5.16+), and asking is what grants it, to this process and its children."""
+    if platform.system() != "Linux" or platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    sys_arch_prctl, req_xcomp_perm, xfeature_xtiledata = 158, 0x1023, 18
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.syscall(sys_arch_prctl, req_xcomp_perm, xfeature_xtiledata) == 0
+    except (OSError, AttributeError):  # no libc symbol table to call through: no tiles
+        return False
+
+
+def supported_variants(flags: frozenset[str] | None = None, *, granted: bool | None = None) -> list[Variant]:
+    """The variants this CPU can run, best first ([] without AVX2/FMA/F16C). ``granted``: whether the OS gives
+    the tile state (default: ask it, when the flags have AMX)."""
     flags = cpu_flags() if flags is None else flags
     if not all(feature in flags for feature in BASE_FEATURES):
         return []
-    return [v for v in VARIANTS if all(feature in flags for feature in v.needs)]
+    found = [v for v in VARIANTS if all(feature in flags for feature in v.needs)]
+    if any(set(TILE_FLAGS) <= set(v.needs) for v in found) and not (tiles_granted() if granted is None else granted):
+        found = [v for v in found if not set(TILE_FLAGS) <= set(v.needs)]
+    return found
 
 
-def choose_variant(requested: str | None, flags: frozenset[str] | None = None) -> tuple[Variant | None, str]:
+def choose_variant(
+    requested: str | None, flags: frozenset[str] | None = None, *, granted: bool | None = None
+) -> tuple[Variant | None, str]:
     """(the variant to build, "" or why none): the best supported one, or ``requested`` (APR_NATIVE_VARIANT)."""
-    supported = supported_variants(flags)
+    supported = supported_variants(flags, granted=granted)
     if not supported:
         return None, "the native kernels need AVX2, FMA and F16C (this CPU lacks some)"
     if not requested:

@@ -246,17 +246,22 @@ def q6k_extreme_bytes(n: int, k: int) -> np.ndarray:
 
 
 def products_of_every_layout() -> dict[str, torch.Tensor]:
-    """Every layout's products for 1, 3, 8, 13 and 19 activation rows (the row groups of every build), seeded;
-    and q6k8 at its extreme values, activations of one magnitude (all quantized to +-127) and mixed signs."""
+    """Every layout's products for 1, 3, 8, 13, 19 and 40 activation rows (the row groups of every build: amx
+    takes 16 rows a tile, then the 512-bit pairs the rest), seeded; the tiled layouts also with an odd number
+    of tiles (amx pairs tiles), and q6k8 at its extreme values, activations of one magnitude (all quantized
+    to +-127) and mixed signs."""
     out = {}
     for name, build in LAYOUT_BUILDERS.items():
-        parts, _ = build(64, 512, seed=3)
-        layer = native.PackedLinear(parts)
-        for rows in (1, 3, 8, 13, 19):
-            x = torch.randn(rows, 512, generator=torch.Generator().manual_seed(rows)) * 2
-            out[f"{name}-{rows}"] = layer(x, None)
+        for n in (64, 24) if name in ("q4k8", "q6k8") else (64,):
+            parts, _ = build(n, 512, seed=3)
+            layer = native.PackedLinear(parts)
+            bias = torch.randn(n, generator=torch.Generator().manual_seed(n))
+            for rows in (1, 3, 8, 13, 19, 40):
+                x = torch.randn(rows, 512, generator=torch.Generator().manual_seed(rows)) * 2
+                out[f"{name}-{n}-{rows}"] = layer(x, None)
+                out[f"{name}-{n}-{rows}-bias"] = layer(x, bias)
     extreme = native.PackedLinear(native.pack_q6k8(quant.q6_k_parts(q6k_extreme_bytes(64, 512), (64, 512))))
-    for rows in (1, 3, 19):
+    for rows in (1, 3, 19, 40):
         signs = torch.randint(0, 2, (rows, 512), generator=torch.Generator().manual_seed(rows)) * 2 - 1
         out[f"q6k8-extreme-{rows}"] = extreme(3.0 * torch.ones(rows, 512), None)
         out[f"q6k8-extreme-mixed-{rows}"] = extreme(3.0 * signs.float(), None)
@@ -294,6 +299,11 @@ def test_variant_choice_follows_the_cpu_flags():
     assert [v.name for v in cpu.supported_variants(base)] == ["avx2"]
     avx512 = base | {"avx512_vnni", "avx512vl", "avx512bw"}
     assert [v.name for v in cpu.supported_variants(avx512)] == ["avx512vnni", "avx2"]
+    # AMX (Sapphire Rapids): the tile build first, when the OS grants the tile state; else avx512vnni.
+    tiles = avx512 | {"amx_tile", "amx_int8"}
+    assert [v.name for v in cpu.supported_variants(tiles, granted=True)] == ["amx", "avx512vnni", "avx2"]
+    assert [v.name for v in cpu.supported_variants(tiles, granted=False)] == ["avx512vnni", "avx2"]
+    assert [v.name for v in cpu.supported_variants(base | {"amx_tile", "amx_int8"}, granted=True)] == ["avx2"]
     # Without AVX512BW (the 512-bit byte and word operations) no 512-bit kernels.
     assert [v.name for v in cpu.supported_variants(base | {"avx512_vnni", "avx512vl"})] == ["avx2"]
     assert cpu.choose_variant(None, base | {"avx_vnni"})[0].name == "avxvnni"

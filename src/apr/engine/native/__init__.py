@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from apr.cpu import VARIANTS, choose_variant
+from apr.cpu import VARIANTS, Variant, choose_variant, supported_variants
 from apr.engine import quant
 from apr.settings import current
 
@@ -77,7 +77,8 @@ def openmp_runtime_in_process() -> Path | None:
 
 @functools.cache
 def _library() -> tuple[ctypes.CDLL | None, str]:
-    """The loaded kernel library, or None and the reason it cannot be used here."""
+    """The loaded kernel library, or None and the reason it cannot be used here. Without APR_NATIVE_VARIANT, a
+    build the compiler cannot make (e.g. amx with a gcc older than 11) gives way to the next variant."""
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return None, f"the native kernels need x86-64 (this is {platform.machine()})"
     settings = current()
@@ -89,6 +90,20 @@ def _library() -> tuple[ctypes.CDLL | None, str]:
     compiler = settings.compiler or shutil.which("cc") or shutil.which("gcc")
     if not compiler:
         return None, "no C compiler (cc/gcc) to build them"
+    candidates = [variant] if settings.native_variant else supported_variants()
+    failures = []
+    for candidate in candidates:
+        lib, why = _build(candidate, compiler)
+        if lib is not None:
+            if failures:
+                print(f"apr: native kernels: {'; '.join(failures)}; using {candidate.name}", file=sys.stderr)
+            return _declare(lib), ""
+        failures.append(why)
+    return None, failures[-1]
+
+
+def _build(variant: Variant, compiler: str) -> tuple[ctypes.CDLL | None, str]:
+    """The ``variant`` build of the kernels (compiled once into the kernel cache, then loaded), or None and why."""
     source = b"".join(path.read_bytes() for path in (*SOURCES, *HEADERS))
     runtime = openmp_runtime_in_process()
     # Linked against the OpenMP runtime torch already loaded (by its own file), so the process keeps one
@@ -106,7 +121,7 @@ def _library() -> tuple[ctypes.CDLL | None, str]:
             done = subprocess.run(command, capture_output=True, text=True)
             if done.returncode != 0:
                 first = (done.stderr.strip().splitlines() or ["(no message)"])[0]
-                return None, f"building the native kernels failed: {first}"
+                return None, f"building the {variant.name} kernels failed: {first}"
             os.replace(tmp, target)  # atomic: a concurrent build of the same source writes the same bytes
         finally:
             Path(tmp).unlink(missing_ok=True)
@@ -116,6 +131,14 @@ def _library() -> tuple[ctypes.CDLL | None, str]:
         return None, f"{target} has ABI {found}, expected {(QGEMM_ABI, GLUE_ABI, LAYER_ABI, DEQUANT_ABI)}"
     if lib.apr_qgemm_variant() != variant.code:  # e.g. a compiler that ignored the variant's flags
         return None, f"{target} built as variant {lib.apr_qgemm_variant()}, expected {variant.name}"
+    granted = lib.apr_amx_enable()  # 0 where the build has no tiles; cpu.tiles_granted() asked already
+    if granted != 0:
+        return None, f"the {variant.name} kernels cannot use the AMX tiles (arch_prctl: errno {granted})"
+    return lib, ""
+
+
+def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
+    """``lib`` with the argument and result types of the functions apr calls."""
     p, i64, i32, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
     lib.apr_products.argtypes = [p, i32, p, i64, p, i32]
     lib.apr_products.restype = i32
@@ -133,7 +156,7 @@ def _library() -> tuple[ctypes.CDLL | None, str]:
     lib.apr_decode_layers.restype = i32
     lib.apr_dequantize_rows.argtypes = [p, i64, i64, i64, i64, p, i64, p]
     lib.apr_dequantize_rows.restype = i32
-    return lib, ""
+    return lib
 
 
 class _Weight(ctypes.Structure):
@@ -753,7 +776,7 @@ def int8_groups_of_16(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
 
 
 def variant() -> str | None:
-    """The name of the kernel build in use (avx2, avx512vnni, avxvnni), None when the kernels are unavailable."""
+    """The name of the kernel build in use (avx2, avxvnni, avx512vnni, amx), None when the kernels are unavailable."""
     lib, _ = _library()
     if lib is None:
         return None
@@ -766,8 +789,11 @@ def describe() -> str:
     if lib is None:
         return f"unavailable: {reason}"
     name = variant()
-    # Only avx512vnni has 512-bit kernels (the tiled layouts, at two or more activation rows).
-    vectors = "512-bit q4k8/q6k8 products of 2+ rows, else 256-bit" if name == "avx512vnni" else "256-bit"
+    # Only avx512vnni and amx have 512-bit kernels (the tiled layouts, at two or more activation rows).
+    vectors = {
+        "avx512vnni": "512-bit q4k8/q6k8 products of 2+ rows, else 256-bit",
+        "amx": "AMX tiles for q4k8/q6k8 products of 16+ rows, 512-bit for 2+, else 256-bit",
+    }.get(name, "256-bit")
     return f"{name} q4/q4k/q4k8/q6/q6k8/q8 (int8 activations; {vectors}), one call per decode layer"
 
 

@@ -51,12 +51,19 @@
  * whatever M (rows of activations), the thread count or the row's position in the batch, because work
  * is split over output columns only and each activation row has its own accumulators.
  */
+#ifndef _DEFAULT_SOURCE
+#define _DEFAULT_SOURCE /* syscall() under -std=c11 (the AMX build asks Linux for the tile state) */
+#endif
 #include <immintrin.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 
 #include "apr_native.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #define APR_QK 32     /* activation block */
 #define APR_KGROUP 128 /* inner-loop step: 4 blocks */
@@ -149,6 +156,9 @@ void apr_quantize_rows(const float *x, int64_t m, int64_t k, int64_t kpad, int8_
 #if defined(__AVXVNNI__)
 #define APR_VARIANT 2 /* avxvnni: VEX-encoded 256-bit VNNI (Alder Lake, Sapphire Rapids, Zen 5) */
 #define APR_DPBUSD(acc, w, x) _mm256_dpbusd_avx_epi32((acc), (w), (x))
+#elif defined(__AVX512VNNI__) && defined(__AVX512VL__) && defined(__AMX_INT8__) && defined(__AMX_TILE__)
+#define APR_VARIANT 3 /* amx: avx512vnni plus AMX tiles for prompts (Sapphire Rapids and later) */
+#define APR_DPBUSD(acc, w, x) _mm256_dpbusd_epi32((acc), (w), (x))
 #elif defined(__AVX512VNNI__) && defined(__AVX512VL__)
 #define APR_VARIANT 1 /* avx512vnni: EVEX-encoded 256-bit VNNI (Ice Lake, Zen 4) */
 #define APR_DPBUSD(acc, w, x) _mm256_dpbusd_epi32((acc), (w), (x))
@@ -677,8 +687,278 @@ static void pair_rows(const void *in, int64_t m, int64_t count, int64_t *out, in
         for (int64_t i = 0; i < count; i++) o[i] = (int64_t)((uint64_t)a[i] | ((uint64_t)b[i] << 32));
     }
 }
+
+/* AMX (the amx build: Sapphire Rapids and later). A prompt's products against the tiled layouts run on the
+ * tile unit, 16 activation rows by 16 output rows (two tiles of 8) by one block of 32 per TDPBSSD, which
+ * does in one instruction the integer work of 64 vpdpbusd of the pairs kernels. TDPBSSD multiplies signed
+ * by signed bytes: A is the activations as quantized (16 rows of 32 bytes, read in place from qx), B the
+ * weights, unpacked once per pair of tiles into bytes (q4k8: q in [0, 15]; q6k8: q - 32 in [-32, 31]) in
+ * the tile unit's B order (row i holds k-group i, elements 4i .. 4i + 3, of each output), which is exactly
+ * the order of the nibble vectors of the packed layouts: unpacking is two masks and a shift a vector.
+ * Each block's int32 sums then go through the float operations of the kernels above, lane for lane and in
+ * the same order (a lane is one output row, a vector one activation row), so the results are the avx2
+ * build's bits. q6k8's two 16-element halves need their own sums (their scales differ): two TDPBSSD of
+ * K = 16 into two accumulator tiles. Rows past the last multiple of 16 take the pairs kernels. */
+#if defined(__AMX_INT8__) && defined(__AMX_TILE__)
+#define APR_AMX 1
+#include <errno.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#define APR_AMX_ROWS 16                 /* activation rows a tile holds */
+#define APR_AMX_BLOCK_BYTES (8 * 64)    /* one block of 32 of 16 output rows in B order */
+#define APR_AMX_BLOCK_FLOATS (3 * 16)   /* one block's per-output float factors (see amx_pack_*) */
+
+/* Linux hands out the tile state only to a process that asked for it (arch_prctl, Linux 5.16+): 0, or
+ * the errno (EINVAL: a kernel without it; the caller then runs another build). */
+int apr_amx_enable(void) {
+    if (syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XFEATURE_XTILEDATA */) == 0) return 0;
+    return errno ? errno : -1;
+}
+
+typedef struct {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} apr_tile_config;
+
+/* Tile shapes, one configuration per layout. q4k8: 0 / 1 the int32 sums (16 activation rows x 16 outputs) of
+ * even / odd blocks, 2 the activations (16 x 32 bytes), 3 the weights (8 k-groups x 16 outputs x 4).
+ * q6k8: 0 / 1 the sums of an even block's first / second 16 elements and 2 / 3 an odd block's, 4 / 5 the
+ * activations' first / second 16 of a block, 6 / 7 the weights of each half (4 k-groups each). Sums of
+ * consecutive blocks go to different tiles so that the tile unit works ahead while the vector unit scales.
+ * ldtilecfg zeroes the tiles, so a thread loads a configuration only when the layout changes. */
+static _Thread_local int amx_loaded = -1; /* the layout whose configuration this thread has loaded, or -1 */
+
+static void amx_configure(int q6) {
+    if (amx_loaded == q6) return;
+    apr_tile_config c = {0};
+    c.palette = 1;
+    const uint8_t rows[2][8] = {{16, 16, 16, 8, 0, 0, 0, 0}, {16, 16, 16, 16, 16, 16, 4, 4}};
+    const uint16_t colsb[2][8] = {{64, 64, 32, 64, 0, 0, 0, 0}, {64, 64, 64, 64, 16, 16, 64, 64}};
+    for (int t = 0; t < 8; t++) {
+        c.rows[t] = rows[q6][t];
+        c.colsb[t] = colsb[q6][t];
+    }
+    _tile_loadconfig(&c);
+    amx_loaded = q6;
+}
+
+/* Gives the tile state back at the end of a product (a thread holding it costs every context switch 8 KiB). */
+static void amx_release(void) {
+    if (amx_loaded < 0) return;
+    _tile_release();
+    amx_loaded = -1;
+}
+
+/* One tile's 8 output rows as the upper or lower 32 bytes of each B row (zeros where the tile is absent). */
+static inline void amx_store_half(uint8_t *bt, int row, int half, __m256i v) {
+    _mm256_storeu_si256((__m256i *)(bt + row * 64 + half * 32), v);
+}
+
+/* Tiles t[0], t[1] (t[1] NULL: none) of a q4k8 weight in B order, nb blocks: bt [nb][8][64] bytes, and per block
+ * f [nb][3][16]: scale d * sc and offset dmin * m of each output (the third row unused). */
+static void amx_pack_q4k8(const uint8_t *const t[2], int64_t nb, uint8_t *bt, float *f) {
+    const __m256i low = _mm256_set1_epi8(0x0F);
+    for (int64_t block = 0; block < nb; block++) {
+        const int64_t sb = block / 8, b = block % 8;
+        uint8_t *out = bt + block * APR_AMX_BLOCK_BYTES;
+        float *fb = f + block * APR_AMX_BLOCK_FLOATS;
+        for (int h = 0; h < 2; h++) {
+            if (!t[h]) {
+                for (int v = 0; v < 8; v++) amx_store_half(out, v, h, _mm256_setzero_si256());
+                _mm256_storeu_ps(fb + 8 * h, _mm256_setzero_ps());
+                _mm256_storeu_ps(fb + 16 + 8 * h, _mm256_setzero_ps());
+                continue;
+            }
+            const uint8_t *head = t[h] + sb * APR_Q4K8_TILE, *nib = head + 160 + b * 128;
+            for (int v = 0; v < 4; v++) {
+                const __m256i n4 = _mm256_loadu_si256((const __m256i *)(nib + 32 * v));
+                amx_store_half(out, v, h, _mm256_and_si256(n4, low));                          /* elements 4v .. */
+                amx_store_half(out, 4 + v, h, _mm256_and_si256(_mm256_srli_epi16(n4, 4), low)); /* 16 + 4v .. */
+            }
+            const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)head));
+            const __m256 dmin = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(head + 16)));
+            const __m256 sc = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(head + 32 + 8 * b))));
+            const __m256 m = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(head + 96 + 8 * b))));
+            _mm256_storeu_ps(fb + 8 * h, _mm256_mul_ps(d, sc));
+            _mm256_storeu_ps(fb + 16 + 8 * h, _mm256_mul_ps(dmin, m));
+        }
+    }
+}
+
+/* The same for q6k8: bt [nb][2][4][64] (the block's first 16 elements, then its second 16), values q - 32,
+ * and f [nb][3][16]: sc of the first 16, sc of the second 16, d. */
+static void amx_pack_q6k8(const uint8_t *const t[2], int64_t nb, uint8_t *bt, float *f) {
+    const __m256i low = _mm256_set1_epi8(0x0F), high = _mm256_set1_epi8(0x30), bias = _mm256_set1_epi8(32);
+    for (int64_t block = 0; block < nb; block++) {
+        const int64_t sb = block / 8, b = block % 8;
+        uint8_t *out = bt + block * APR_AMX_BLOCK_BYTES;
+        float *fb = f + block * APR_AMX_BLOCK_FLOATS;
+        for (int h = 0; h < 2; h++) {
+            if (!t[h]) {
+                for (int v = 0; v < 8; v++) amx_store_half(out, v, h, _mm256_setzero_si256());
+                for (int i = 0; i < 3; i++) _mm256_storeu_ps(fb + 16 * i + 8 * h, _mm256_setzero_ps());
+                continue;
+            }
+            const uint8_t *head = t[h] + sb * APR_Q6K8_TILE, *qb = head + 144 + b * 192;
+            const __m256i hb0 = _mm256_loadu_si256((const __m256i *)(qb + 128));
+            const __m256i hb1 = _mm256_loadu_si256((const __m256i *)(qb + 160));
+            const __m256i n0 = _mm256_loadu_si256((const __m256i *)qb), n1 = _mm256_loadu_si256((const __m256i *)(qb + 32));
+            const __m256i n2 = _mm256_loadu_si256((const __m256i *)(qb + 64)), n3 = _mm256_loadu_si256((const __m256i *)(qb + 96));
+            /* As q6k8_tile's wl00 .. wh11: k-groups 0-3 are the block's first 16 elements, 4-7 its second 16. */
+            const __m256i g[8] = {
+                _mm256_or_si256(_mm256_and_si256(n0, low), _mm256_and_si256(_mm256_slli_epi16(hb0, 4), high)),
+                _mm256_or_si256(_mm256_and_si256(n1, low), _mm256_and_si256(hb0, high)),
+                _mm256_or_si256(_mm256_and_si256(n2, low), _mm256_and_si256(_mm256_slli_epi16(hb1, 4), high)),
+                _mm256_or_si256(_mm256_and_si256(n3, low), _mm256_and_si256(hb1, high)),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(n0, 4), low), _mm256_and_si256(_mm256_slli_epi16(hb0, 2), high)),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(n1, 4), low), _mm256_and_si256(_mm256_srli_epi16(hb0, 2), high)),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(n2, 4), low), _mm256_and_si256(_mm256_slli_epi16(hb1, 2), high)),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(n3, 4), low), _mm256_and_si256(_mm256_srli_epi16(hb1, 2), high)),
+            };
+            for (int v = 0; v < 8; v++) amx_store_half(out, v, h, _mm256_sub_epi8(g[v], bias));
+            const __m256 sc0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(head + 16 + 16 * b))));
+            const __m256 sc1 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(head + 24 + 16 * b))));
+            _mm256_storeu_ps(fb + 8 * h, sc0);
+            _mm256_storeu_ps(fb + 16 + 8 * h, sc1);
+            _mm256_storeu_ps(fb + 32 + 8 * h, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)head)));
+        }
+    }
+}
+
+/* q4k8: the tile unit's sums of one block of 16 activation rows (a, a row every kpad bytes) against the 16
+ * outputs of w into sums tile 0 or 1 (`odd`), and their store to sums [16][16]. Tile numbers must be
+ * constants, hence the branches. */
+static inline void amx_q4_start(int odd, const int8_t *a, int64_t kpad, const uint8_t *w) {
+    _tile_loadd(2, a, kpad);
+    _tile_loadd(3, w, 64);
+    if (odd) {
+        _tile_zero(1);
+        _tile_dpbssd(1, 2, 3);
+    } else {
+        _tile_zero(0);
+        _tile_dpbssd(0, 2, 3);
+    }
+}
+
+static inline void amx_q4_store(int odd, int32_t (*sums)[16]) {
+    if (odd)
+        _tile_stored(1, sums, 64);
+    else
+        _tile_stored(0, sums, 64);
+}
+
+/* q6k8: the same for a block's two halves (tiles 0 / 1 when `odd` is 0, else 2 / 3), stored to sums [2][16][16]. */
+static inline void amx_q6_start(int odd, const int8_t *a, int64_t kpad, const uint8_t *w) {
+    _tile_loadd(4, a, kpad);
+    _tile_loadd(5, a + 16, kpad);
+    _tile_loadd(6, w, 64);
+    _tile_loadd(7, w + 256, 64);
+    if (odd) {
+        _tile_zero(2);
+        _tile_zero(3);
+        _tile_dpbssd(2, 4, 6);
+        _tile_dpbssd(3, 5, 7);
+    } else {
+        _tile_zero(0);
+        _tile_zero(1);
+        _tile_dpbssd(0, 4, 6);
+        _tile_dpbssd(1, 5, 7);
+    }
+}
+
+static inline void amx_q6_store(int odd, int32_t (*sums)[16][16]) {
+    if (odd) {
+        _tile_stored(2, sums[0], 64);
+        _tile_stored(3, sums[1], 64);
+    } else {
+        _tile_stored(0, sums[0], 64);
+        _tile_stored(1, sums[1], 64);
+    }
+}
+
+/* Activation rows [0, m16) (m16 a multiple of 16) against output rows j0 .. j0 + width - 1 (width 16, or 8
+ * for a weight's last, unpaired tile) of a tiled weight packed by amx_pack_*: the tile unit's sums of each
+ * block, then the float operations of q4k8_tile_pairs / q6k8_tile_pairs on each (activation row, output),
+ * block after block. dxt / sxt are the activations' block scales and sums by group of 16 rows, block and row
+ * (amx_transpose), so that a block's 16 rows read one cache line of each. Software-pipelined, because a tile
+ * store waits for its multiply and the vector loads wait for the store: block b + 1 is multiplied before
+ * block b is scaled and stored after it. Measured on a Sapphire Rapids-class VM, one thread, 128 rows
+ * (bench_products --by-product, 2026-12-05): gate/up 145 GMAC/s with the pairs kernels; here 150 one block at
+ * a time, 224-250 with the transposed scales and this pipeline; two blocks ahead (three sums tiles) was slower
+ * (158-190). */
+static void amx_rows(int q6, const int8_t *qx, const float *dxt, const float *sxt, int64_t kpad, const uint8_t *bt,
+                     const float *f, const float *bias, int64_t m16, int64_t n, int64_t j0, int width, float *y) {
+    const int64_t nb = kpad / APR_QK;
+    int32_t sums[2][2][APR_AMX_ROWS][16] __attribute__((aligned(64))); /* [parity][half][row][output] */
+    const __mmask16 lanes = width == 16 ? 0xFFFF : 0x00FF;
+    const __m512 b16 = bias ? _mm512_maskz_loadu_ps(lanes, bias + j0) : _mm512_setzero_ps();
+    amx_configure(q6);
+    for (int64_t r0 = 0; r0 < m16; r0 += APR_AMX_ROWS) {
+        __m512 acc[APR_AMX_ROWS];
+        for (int t = 0; t < APR_AMX_ROWS; t++) acc[t] = _mm512_setzero_ps();
+        const int8_t *a = qx + r0 * kpad;
+        if (!q6) {
+            amx_q4_start(0, a, kpad, bt);
+            amx_q4_store(0, sums[0][0]);
+            for (int64_t block = 0; block < nb; block++) {
+                const int next = (int)((block + 1) & 1);
+                if (block + 1 < nb) amx_q4_start(next, a + (block + 1) * APR_QK, kpad, bt + (block + 1) * APR_AMX_BLOCK_BYTES);
+                int32_t(*s)[16] = sums[block & 1][0];
+                const float *fb = f + block * APR_AMX_BLOCK_FLOATS;
+                const float *dxr = dxt + (r0 * nb + block * APR_AMX_ROWS), *sxr = sxt + (r0 * nb + block * APR_AMX_ROWS);
+                const __m512 scale = _mm512_loadu_ps(fb), offset = _mm512_loadu_ps(fb + 16);
+                for (int t = 0; t < APR_AMX_ROWS; t++) {
+                    const __m512 dot = _mm512_cvtepi32_ps(_mm512_load_si512(s[t]));
+                    acc[t] = _mm512_fmadd_ps(dot, _mm512_mul_ps(scale, _mm512_set1_ps(dxr[t])), acc[t]);
+                    acc[t] = _mm512_fnmadd_ps(offset, _mm512_set1_ps(sxr[t]), acc[t]);
+                }
+                if (block + 1 < nb) amx_q4_store(next, sums[next][0]);
+            }
+        } else {
+            amx_q6_start(0, a, kpad, bt);
+            amx_q6_store(0, sums[0]);
+            for (int64_t block = 0; block < nb; block++) {
+                const int next = (int)((block + 1) & 1);
+                if (block + 1 < nb) amx_q6_start(next, a + (block + 1) * APR_QK, kpad, bt + (block + 1) * APR_AMX_BLOCK_BYTES);
+                int32_t(*s)[16][16] = sums[block & 1];
+                const float *fb = f + block * APR_AMX_BLOCK_FLOATS, *dxr = dxt + (r0 * nb + block * APR_AMX_ROWS);
+                const __m512 sc0 = _mm512_loadu_ps(fb), sc1 = _mm512_loadu_ps(fb + 16), d = _mm512_loadu_ps(fb + 32);
+                for (int t = 0; t < APR_AMX_ROWS; t++) {
+                    const __m512 lo = _mm512_cvtepi32_ps(_mm512_load_si512(s[0][t]));
+                    const __m512 hi = _mm512_cvtepi32_ps(_mm512_load_si512(s[1][t]));
+                    const __m512 q = _mm512_fmadd_ps(lo, sc0, _mm512_mul_ps(hi, sc1));
+                    acc[t] = _mm512_fmadd_ps(q, _mm512_mul_ps(d, _mm512_set1_ps(dxr[t])), acc[t]);
+                }
+                if (block + 1 < nb) amx_q6_store(next, sums[next]);
+            }
+        }
+        for (int t = 0; t < APR_AMX_ROWS; t++) _mm512_mask_storeu_ps(y + (r0 + t) * n + j0, lanes, _mm512_add_ps(acc[t], b16));
+    }
+}
+
+/* [m16][nb] per-row block values -> [m16 / 16][nb][16]: each group of 16 rows' values of a block together. */
+static void amx_transpose(const float *in, int64_t m16, int64_t nb, float *out) {
+    for (int64_t g = 0; g < m16 / APR_AMX_ROWS; g++)
+        for (int64_t t = 0; t < APR_AMX_ROWS; t++)
+            for (int64_t b = 0; b < nb; b++) out[(g * nb + b) * APR_AMX_ROWS + t] = in[(g * APR_AMX_ROWS + t) * nb + b];
+}
+
+/* Bytes of one thread's scratch for a weight of kpad: the B bytes and float factors of a pair of tiles. */
+static size_t amx_scratch_bytes(int64_t kpad) {
+    return (size_t)(kpad / APR_QK) * (APR_AMX_BLOCK_BYTES + APR_AMX_BLOCK_FLOATS * sizeof(float));
+}
+#else
+#define APR_AMX 0
+int apr_amx_enable(void) { return 0; } /* no tiles in this build: nothing to ask for */
+#endif
 #else
 #define APR_ZMM 0
+#endif
+#if !APR_ZMM
+#define APR_AMX 0
+int apr_amx_enable(void) { return 0; }
 #endif
 
 /* Output rows (per-row layouts) or tiles of 8 of them (tiled layouts): the units that threads share. */
@@ -695,81 +975,84 @@ typedef struct {
     const int64_t *px, *pd, *ps, *pi;
 } apr_acts;
 
-/* Every activation row against unit u of w. The row groups (APR_MT_TILED, APR_MT, then 1) change only
- * how many rows share a weight load, never a row's own operations: see "Batch invariance" above. */
-static void run_unit(const apr_weight *w, const apr_acts *a, int64_t m, int64_t u, float *y) {
+/* Activation rows [r_start, m) against unit u of w (r_start is 0, or for the tiled layouts the even row
+ * where the AMX kernels stopped). The row groups (APR_MT_TILED, APR_MT, then 1) change only how many rows
+ * share a weight load, never a row's own operations: see "Batch invariance" above. */
+static void run_unit(const apr_weight *w, const apr_acts *a, int64_t m, int64_t u, float *y, int64_t r_start) {
     const int8_t *qx = a->qx;
     const float *dx = a->dx, *sx = a->sx;
     const int16_t *isx = a->isx;
     const int64_t kpad = w->kpad, n = w->n, nb = kpad / APR_QK;
     const float b = (w->bias && w->layout != APR_Q4K8 && w->layout != APR_Q6K8) ? w->bias[u] : 0.0f;
-    int64_t r0 = 0;
+    int64_t r0 = r_start;
     switch (w->layout) {
     case APR_Q4: {
         const uint8_t *wr = (const uint8_t *)w->w + u * (kpad / 2);
         const uint16_t *sr = (const uint16_t *)w->scale + u * nb, *orow = (const uint16_t *)w->offset + u * nb;
-        for (; r0 + APR_MT <= m; r0 += APR_MT) q4_tile(qx, dx, sx, kpad, wr, sr, orow, NULL, 0, b, r0, APR_MT, n, u, y, r0 == 0);
-        for (; r0 < m; r0++) q4_tile(qx, dx, sx, kpad, wr, sr, orow, NULL, 0, b, r0, 1, n, u, y, r0 == 0);
+        for (; r0 + APR_MT <= m; r0 += APR_MT) q4_tile(qx, dx, sx, kpad, wr, sr, orow, NULL, 0, b, r0, APR_MT, n, u, y, r0 == r_start);
+        for (; r0 < m; r0++) q4_tile(qx, dx, sx, kpad, wr, sr, orow, NULL, 0, b, r0, 1, n, u, y, r0 == r_start);
         break;
     }
     case APR_Q4K: {
         const uint8_t *wr = (const uint8_t *)w->w + u * (kpad / 2), *smr = (const uint8_t *)w->scale + u * (kpad / 16);
         const uint16_t *dmr = (const uint16_t *)w->offset + u * (kpad / 128);
-        for (; r0 + APR_MT <= m; r0 += APR_MT) q4_tile(qx, dx, sx, kpad, wr, smr, NULL, dmr, 1, b, r0, APR_MT, n, u, y, r0 == 0);
-        for (; r0 < m; r0++) q4_tile(qx, dx, sx, kpad, wr, smr, NULL, dmr, 1, b, r0, 1, n, u, y, r0 == 0);
+        for (; r0 + APR_MT <= m; r0 += APR_MT) q4_tile(qx, dx, sx, kpad, wr, smr, NULL, dmr, 1, b, r0, APR_MT, n, u, y, r0 == r_start);
+        for (; r0 < m; r0++) q4_tile(qx, dx, sx, kpad, wr, smr, NULL, dmr, 1, b, r0, 1, n, u, y, r0 == r_start);
         break;
     }
     case APR_Q8: {
         const int8_t *wr = (const int8_t *)w->w + u * kpad;
         const uint16_t *sr = (const uint16_t *)w->scale + u * (kpad / 16);
-        for (; r0 + APR_MT <= m; r0 += APR_MT) q8_tile(qx, dx, kpad, wr, sr, b, r0, APR_MT, n, u, y, r0 == 0);
-        for (; r0 < m; r0++) q8_tile(qx, dx, kpad, wr, sr, b, r0, 1, n, u, y, r0 == 0);
+        for (; r0 + APR_MT <= m; r0 += APR_MT) q8_tile(qx, dx, kpad, wr, sr, b, r0, APR_MT, n, u, y, r0 == r_start);
+        for (; r0 < m; r0++) q8_tile(qx, dx, kpad, wr, sr, b, r0, 1, n, u, y, r0 == r_start);
         break;
     }
     case APR_Q6: {
         const uint8_t *wr = (const uint8_t *)w->w + u * (kpad / 4 * 3);
         const int8_t *scr = (const int8_t *)w->scale + u * (kpad / 16);
         const uint16_t *dr = (const uint16_t *)w->offset + u * (kpad / APR_KGROUP);
-        for (; r0 + APR_MT <= m; r0 += APR_MT) q6_tile(qx, dx, kpad, wr, scr, dr, b, r0, APR_MT, n, u, y, r0 == 0);
-        for (; r0 < m; r0++) q6_tile(qx, dx, kpad, wr, scr, dr, b, r0, 1, n, u, y, r0 == 0);
+        for (; r0 + APR_MT <= m; r0 += APR_MT) q6_tile(qx, dx, kpad, wr, scr, dr, b, r0, APR_MT, n, u, y, r0 == r_start);
+        for (; r0 < m; r0++) q6_tile(qx, dx, kpad, wr, scr, dr, b, r0, 1, n, u, y, r0 == r_start);
         break;
     }
     case APR_Q4K8: {
         const uint8_t *wt = (const uint8_t *)w->w + u * (kpad / 256 * APR_Q4K8_TILE);
 #if APR_ZMM
         if (a->px) {
-            int64_t p = 0;
+            const int64_t p_start = r_start / 2;
+            int64_t p = p_start;
             for (; p + APR_MP4 <= m / 2; p += APR_MP4)
-                q4k8_tile_pairs(a->px, a->pd, a->ps, kpad, wt, w->bias, p, APR_MP4, n, u * 8, y, p == 0);
+                q4k8_tile_pairs(a->px, a->pd, a->ps, kpad, wt, w->bias, p, APR_MP4, n, u * 8, y, p == p_start);
             for (; p + APR_MP4 / 2 <= m / 2; p += APR_MP4 / 2)
-                q4k8_tile_pairs(a->px, a->pd, a->ps, kpad, wt, w->bias, p, APR_MP4 / 2, n, u * 8, y, p == 0);
-            for (; p < m / 2; p++) q4k8_tile_pairs(a->px, a->pd, a->ps, kpad, wt, w->bias, p, 1, n, u * 8, y, p == 0);
+                q4k8_tile_pairs(a->px, a->pd, a->ps, kpad, wt, w->bias, p, APR_MP4 / 2, n, u * 8, y, p == p_start);
+            for (; p < m / 2; p++) q4k8_tile_pairs(a->px, a->pd, a->ps, kpad, wt, w->bias, p, 1, n, u * 8, y, p == p_start);
             r0 = 2 * p;
         }
 #endif
         for (; r0 + APR_MT_TILED <= m; r0 += APR_MT_TILED)
-            q4k8_tile(qx, dx, sx, kpad, wt, w->bias, r0, APR_MT_TILED, n, u * 8, y, r0 == 0);
-        for (; r0 + APR_MT <= m; r0 += APR_MT) q4k8_tile(qx, dx, sx, kpad, wt, w->bias, r0, APR_MT, n, u * 8, y, r0 == 0);
-        for (; r0 < m; r0++) q4k8_tile(qx, dx, sx, kpad, wt, w->bias, r0, 1, n, u * 8, y, r0 == 0);
+            q4k8_tile(qx, dx, sx, kpad, wt, w->bias, r0, APR_MT_TILED, n, u * 8, y, r0 == r_start);
+        for (; r0 + APR_MT <= m; r0 += APR_MT) q4k8_tile(qx, dx, sx, kpad, wt, w->bias, r0, APR_MT, n, u * 8, y, r0 == r_start);
+        for (; r0 < m; r0++) q4k8_tile(qx, dx, sx, kpad, wt, w->bias, r0, 1, n, u * 8, y, r0 == r_start);
         break;
     }
     case APR_Q6K8: {
         const uint8_t *wt = (const uint8_t *)w->w + u * (kpad / 256 * APR_Q6K8_TILE);
 #if APR_ZMM
         if (a->px) {
-            int64_t p = 0;
+            const int64_t p_start = r_start / 2;
+            int64_t p = p_start;
             for (; p + APR_MP6 <= m / 2; p += APR_MP6)
-                q6k8_tile_pairs(a->px, a->pd, a->pi, kpad, wt, w->bias, p, APR_MP6, n, u * 8, y, p == 0);
+                q6k8_tile_pairs(a->px, a->pd, a->pi, kpad, wt, w->bias, p, APR_MP6, n, u * 8, y, p == p_start);
             for (; p + APR_MP6 / 2 <= m / 2; p += APR_MP6 / 2)
-                q6k8_tile_pairs(a->px, a->pd, a->pi, kpad, wt, w->bias, p, APR_MP6 / 2, n, u * 8, y, p == 0);
-            for (; p < m / 2; p++) q6k8_tile_pairs(a->px, a->pd, a->pi, kpad, wt, w->bias, p, 1, n, u * 8, y, p == 0);
+                q6k8_tile_pairs(a->px, a->pd, a->pi, kpad, wt, w->bias, p, APR_MP6 / 2, n, u * 8, y, p == p_start);
+            for (; p < m / 2; p++) q6k8_tile_pairs(a->px, a->pd, a->pi, kpad, wt, w->bias, p, 1, n, u * 8, y, p == p_start);
             r0 = 2 * p;
         }
 #endif
         for (; r0 + APR_MT_TILED <= m; r0 += APR_MT_TILED)
-            q6k8_tile(qx, dx, isx, kpad, wt, w->bias, r0, APR_MT_TILED, n, u * 8, y, r0 == 0);
-        for (; r0 + APR_MT <= m; r0 += APR_MT) q6k8_tile(qx, dx, isx, kpad, wt, w->bias, r0, APR_MT, n, u * 8, y, r0 == 0);
-        for (; r0 < m; r0++) q6k8_tile(qx, dx, isx, kpad, wt, w->bias, r0, 1, n, u * 8, y, r0 == 0);
+            q6k8_tile(qx, dx, isx, kpad, wt, w->bias, r0, APR_MT_TILED, n, u * 8, y, r0 == r_start);
+        for (; r0 + APR_MT <= m; r0 += APR_MT) q6k8_tile(qx, dx, isx, kpad, wt, w->bias, r0, APR_MT, n, u * 8, y, r0 == r_start);
+        for (; r0 < m; r0++) q6k8_tile(qx, dx, isx, kpad, wt, w->bias, r0, 1, n, u * 8, y, r0 == r_start);
         break;
     }
     }
@@ -827,14 +1110,71 @@ int apr_products(const apr_weight *const *ws, int count, const float *x, int64_t
             acts = (apr_acts){qx, dx, sx, isx, px, pd, ps, pi};
         }
 #endif
+#if APR_AMX
+        /* A prompt (16 rows or more) takes the tile unit for the tiled layouts; each thread unpacks a pair of
+         * tiles at a time into its own scratch. */
+        const int64_t m16 = m / APR_AMX_ROWS * APR_AMX_ROWS;
+        const size_t scratch_bytes = amx_scratch_bytes(kpad);
+        uint8_t *scratch = NULL;
+        float *dxt = NULL, *sxt = NULL;
+        if (tiled && m16 > 0) {
+            scratch = aligned_alloc(64, (size_t)threads * scratch_bytes);
+            dxt = malloc((size_t)(m16 * nb) * sizeof(float));
+            sxt = malloc((size_t)(m16 * nb) * sizeof(float));
+            if (!scratch || !dxt || !sxt) {
+                free(scratch);
+                free(dxt);
+                free(sxt);
+                status = -1;
+                goto done;
+            }
+            amx_transpose(dx, m16, nb, dxt);
+            amx_transpose(sx, m16, nb, sxt);
+        }
+#endif
         /* One region for all the weights; nowait lets a thread start on the next weight's units while
          * the other finishes this one's (each output element is still computed by one thread alone). */
 #pragma omp parallel num_threads(threads)
-        for (int i = 0; i < count; i++) {
-            const int64_t units = units_of(ws[i]);
+        {
+#if APR_AMX
+            uint8_t *mine = scratch ? scratch + (size_t)omp_get_thread_num() * scratch_bytes : NULL;
+#endif
+            for (int i = 0; i < count; i++) {
+                const apr_weight *w = ws[i];
+#if APR_AMX
+                if (mine && (w->layout == APR_Q4K8 || w->layout == APR_Q6K8)) {
+                    const int q6 = w->layout == APR_Q6K8;
+                    const int64_t tiles = w->n / 8, tile_bytes = kpad / 256 * (q6 ? APR_Q6K8_TILE : APR_Q4K8_TILE);
+                    float *f = (float *)(mine + (size_t)nb * APR_AMX_BLOCK_BYTES);
 #pragma omp for schedule(static) nowait
-            for (int64_t u = 0; u < units; u++) run_unit(ws[i], &acts, m, u, ys[i]);
+                    for (int64_t u = 0; u < (tiles + 1) / 2; u++) {
+                        const int64_t t0 = 2 * u;
+                        const uint8_t *pair[2] = {(const uint8_t *)w->w + t0 * tile_bytes,
+                                                  t0 + 1 < tiles ? (const uint8_t *)w->w + (t0 + 1) * tile_bytes : NULL};
+                        if (q6)
+                            amx_pack_q6k8(pair, nb, mine, f);
+                        else
+                            amx_pack_q4k8(pair, nb, mine, f);
+                        amx_rows(q6, qx, dxt, sxt, kpad, mine, f, w->bias, m16, w->n, t0 * 8, pair[1] ? 16 : 8, ys[i]);
+                        if (m16 < m)
+                            for (int64_t t = t0; t < t0 + 2 && t < tiles; t++) run_unit(w, &acts, m, t, ys[i], m16);
+                    }
+                    continue;
+                }
+#endif
+                const int64_t units = units_of(w);
+#pragma omp for schedule(static) nowait
+                for (int64_t u = 0; u < units; u++) run_unit(w, &acts, m, u, ys[i], 0);
+            }
+#if APR_AMX
+            if (mine) amx_release();
+#endif
         }
+#if APR_AMX
+        free(scratch);
+        free(dxt);
+        free(sxt);
+#endif
         status = 0;
     }
 #if APR_ZMM
