@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import statistics
 import sys
 import time
@@ -209,6 +210,7 @@ def llama_bench(args) -> dict:
         str(max(args.min_reps, 3)),
         "-o",
         "json",
+        *shlex.split(args.llama_args),
     ]
     print(f"llama.cpp: {' '.join(command)}", file=sys.stderr)
     done = subprocess.run(command, capture_output=True, text=True, check=False, env=PEER_ENV)
@@ -238,6 +240,8 @@ def llama_bench(args) -> dict:
             "build": f"{prefill.get('build_commit')} ({prefill.get('build_number')})",
             "cpu": prefill.get("cpu_info"),
             "type": prefill.get("model_type"),
+            "binary": str(args.llama_bench),
+            "extra_args": args.llama_args,
         },
     }
 
@@ -251,6 +255,12 @@ def main() -> int:
     parser.add_argument("--decode-tokens", type=int, default=64)
     parser.add_argument("--compile", action="store_true", help="torch.compile our decode step")
     parser.add_argument("--dense-prefill", action="store_true", help="keep dense bf16 copies for prompts")
+    parser.add_argument(
+        "--llama-args",
+        default="",
+        help="more llama-bench options, e.g. '--repack 0' (its own kernels for the GGUF's layout instead of the "
+        "repacked ones, faster on some CPUs); recorded in the JSON",
+    )
     parser.add_argument("--engines", default="apr,transformers,llama.cpp")
     parser.add_argument(
         "--device",

@@ -27,7 +27,7 @@ TILE_FLAGS = ("amx_tile", "amx_int8")
 # (see qgemm.c). avx512vnni runs the tiled products of two or more activation rows (batched decode, prompts)
 # on 512-bit vectors, two rows a vector; everything else, and every product in the other builds, is 256-bit
 # (-mprefer-vector-width=256 keeps the compiler's own vectorization there too). amx is avx512vnni plus the
-# AMX tile unit for the tiled products of 16 or more rows (prompts); Linux must also grant the process the
+# AMX tile unit for the tiled products of 32 or more rows (prompts); Linux must also grant the process the
 # tile state (tiles_granted).
 VARIANTS = (
     Variant(

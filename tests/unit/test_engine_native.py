@@ -247,9 +247,9 @@ def q6k_extreme_bytes(n: int, k: int) -> np.ndarray:
 
 def products_of_every_layout() -> dict[str, torch.Tensor]:
     """Every layout's products for 1, 3, 8, 13, 19 and 40 activation rows (the row groups of every build: amx
-    takes 16 rows a tile, then the 512-bit pairs the rest), seeded; the tiled layouts also with an odd number
-    of tiles (amx pairs tiles), and q6k8 at its extreme values, activations of one magnitude (all quantized
-    to +-127) and mixed signs."""
+    takes 16 rows a tile from 32 rows on, then the 512-bit pairs the rest), seeded; the tiled layouts also with
+    an odd number of tiles (amx pairs tiles), and q6k8 at its extreme values, activations of one magnitude (all
+    quantized to +-127) and mixed signs."""
     out = {}
     for name, build in LAYOUT_BUILDERS.items():
         for n in (64, 24) if name in ("q4k8", "q6k8") else (64,):
@@ -292,6 +292,31 @@ def test_every_kernel_variant_this_cpu_runs_gives_the_avx2_bits(variant, avx2_pr
     assert results.keys() == avx2_products.keys()
     for key, expected in avx2_products.items():
         assert torch.equal(results[key], expected), key
+
+
+def test_a_variant_the_compiler_cannot_build_gives_way_to_the_next(tmp_path):
+    """A compiler that refuses the best variant's flags (e.g. a gcc older than 11 and -mamx-tile): the kernels
+    load in the next variant this CPU runs, with a one-line warning, instead of not at all."""
+    supported = cpu.supported_variants()
+    if len(supported) < 2:
+        pytest.skip(f"this CPU runs only {supported[0].name if supported else 'no'} variant: nothing to fall back to")
+    best, following = supported[0], supported[1]
+    refused = next(flag for flag in best.flags if flag not in following.flags)
+    compiler = tmp_path / "cc"
+    compiler.write_text(
+        f'#!/bin/sh\nfor a in "$@"; do [ "$a" = "{refused}" ] && echo "cc: error: unrecognized {refused}" >&2 && exit 1; done\n'
+        'exec gcc "$@"\n'
+    )
+    compiler.chmod(0o755)
+    env = {**os.environ, "CC": str(compiler), "APR_HOME": str(tmp_path / "home")}
+    env.pop("APR_NATIVE_VARIANT", None)
+    probe = "from apr.engine import native; print(native.variant())"
+    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == [following.name]
+    warning = [line for line in done.stderr.splitlines() if line.startswith("apr: native kernels:")]
+    assert len(warning) == 1 and f"building the {best.name} kernels failed" in warning[0], done.stderr
+    assert warning[0].endswith(f"using {following.name}")
 
 
 def test_variant_choice_follows_the_cpu_flags():

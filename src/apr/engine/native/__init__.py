@@ -792,7 +792,7 @@ def describe() -> str:
     # Only avx512vnni and amx have 512-bit kernels (the tiled layouts, at two or more activation rows).
     vectors = {
         "avx512vnni": "512-bit q4k8/q6k8 products of 2+ rows, else 256-bit",
-        "amx": "AMX tiles for q4k8/q6k8 products of 16+ rows, 512-bit for 2+, else 256-bit",
+        "amx": "AMX tiles for q4k8/q6k8 products of 32+ rows, 512-bit for 2+, else 256-bit",
     }.get(name, "256-bit")
     return f"{name} q4/q4k/q4k8/q6/q6k8/q8 (int8 activations; {vectors}), one call per decode layer"
 

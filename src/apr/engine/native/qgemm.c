@@ -706,6 +706,9 @@ static void pair_rows(const void *in, int64_t m, int64_t count, int64_t *out, in
 #include <unistd.h>
 
 #define APR_AMX_ROWS 16                 /* activation rows a tile holds */
+/* Fewer rows take the pairs kernels: unpacking a pair of tiles is paid once per product, and at 16 rows it
+ * outweighed the gain (bench_products --rows 16: 217 ms against the pairs' 170; 32 rows: 328 against 345). */
+#define APR_AMX_MIN_ROWS 32
 #define APR_AMX_BLOCK_BYTES (8 * 64)    /* one block of 32 of 16 output rows in B order */
 #define APR_AMX_BLOCK_FLOATS (3 * 16)   /* one block's per-output float factors (see amx_pack_*) */
 
@@ -1111,9 +1114,9 @@ int apr_products(const apr_weight *const *ws, int count, const float *x, int64_t
         }
 #endif
 #if APR_AMX
-        /* A prompt (16 rows or more) takes the tile unit for the tiled layouts; each thread unpacks a pair of
-         * tiles at a time into its own scratch. */
-        const int64_t m16 = m / APR_AMX_ROWS * APR_AMX_ROWS;
+        /* A prompt (APR_AMX_MIN_ROWS rows or more) takes the tile unit for the tiled layouts, 16 rows at a time;
+         * each thread unpacks a pair of tiles at a time into its own scratch. */
+        const int64_t m16 = m >= APR_AMX_MIN_ROWS ? m / APR_AMX_ROWS * APR_AMX_ROWS : 0;
         const size_t scratch_bytes = amx_scratch_bytes(kpad);
         uint8_t *scratch = NULL;
         float *dxt = NULL, *sxt = NULL;
