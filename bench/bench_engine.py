@@ -28,12 +28,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from apr.cpu import cpu_model
-from apr.settings import Settings, export_passive_omp_waits
+from apr.settings import Settings, export_omp_waits, omp_waits
 
-# apr's engine runs here as the CLI runs it (OpenMP threads waiting passively); the variable must be set before
-# torch loads libgomp. llama.cpp keeps its own default unless the caller set a policy (PEER_ENV).
+# apr's engine runs here as the CLI runs it (OpenMP threads spin briefly, then sleep); the variable must be set
+# before torch loads libgomp. llama.cpp keeps its own default unless the caller set one (PEER_ENV).
 PEER_ENV = dict(os.environ)
-OMP_WAIT_POLICY = export_passive_omp_waits()
+OMP_WAITS = export_omp_waits()
 
 import torch  # noqa: E402
 from cli_common import add_shared_options  # noqa: E402  (bench/cli_common.py, beside this script)
@@ -390,10 +390,7 @@ def main() -> int:
         "results": results,
         "ratios": ratios,
         "torch": torch.__version__,
-        "omp_wait_policy": {
-            "apr": OMP_WAIT_POLICY,
-            "llama.cpp": Settings.from_environ(PEER_ENV).omp_wait_policy or "default",
-        },
+        "omp_waits": {"apr": OMP_WAITS, "llama.cpp": omp_waits(Settings.from_environ(PEER_ENV))},
         "machine": platform.machine(),
         "cpu": cpu_model(),
         "load_average": [round(v, 2) for v in os.getloadavg()],

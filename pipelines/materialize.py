@@ -27,7 +27,7 @@ import uuid
 from pathlib import Path
 
 from apr.errors import AprError
-from apr.settings import current, export_passive_omp_waits
+from apr.settings import current, export_omp_waits
 from pipelines.interrupts import Interrupted, Signals, become_subreaper, signals_raise_interrupted, stop_descendants
 from pipelines.jobs import ExecutorKind
 from pipelines.partitions import DEFAULT_PLAYBOOKS_DIR, REPO_ROOT, TIER_SUFFIXES, discover_playbooks
@@ -281,7 +281,7 @@ def report_lines(what: str, result, seconds: float) -> list[str]:
 
 
 def main() -> int:
-    export_passive_omp_waits()  # as the apr CLI does; the steps' processes and Dask workers inherit it
+    export_omp_waits()  # as the apr CLI does; the steps' processes and Dask workers inherit it
     become_subreaper()  # the orphans of processes stopped on an interrupt come back to us, to be stopped too
     try:
         with signals_raise_interrupted() as signals:

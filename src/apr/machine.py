@@ -5,8 +5,8 @@ An oversubscribed box is the case that matters: OpenMP threads spin at every bar
 threads beside a neighbour holding the other core decode several times slower than one (measured in issue 21:
 smollm2 9.1 tok/s with 2 threads vs 33.9 with 1 beside three 2-thread PyTorch jobs). The default is therefore the
 number of cores that are free now, not ``os.cpu_count()``. The load changes after that choice (a server runs for
-hours), so the CLI also makes OpenMP's waiting threads sleep instead of spinning
-(``apr.settings.export_passive_omp_waits``): a thread whose partner lost its core then gives its own core back.
+hours), so the CLI also makes OpenMP's waiting threads sleep after a short spin instead of spinning long
+(``apr.settings.export_omp_waits``): a thread whose partner lost its core then gives its own core back.
 """
 
 from __future__ import annotations

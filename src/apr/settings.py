@@ -36,7 +36,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable(
         "APR_NATIVE_VARIANT",
         "(the best this CPU runs)",
-        "force a native kernel build: avxvnni, avx512vnni or avx2 (refused if the CPU lacks it)",
+        "force a native kernel build: amx, avx512vnni, avxvnni or avx2 (refused if the CPU or, for amx, the OS lacks it)",
     ),
     Variable(
         "OMP_NUM_THREADS",
@@ -45,8 +45,14 @@ VARIABLES: tuple[Variable, ...] = (
     ),
     Variable(
         "OMP_WAIT_POLICY",
-        "passive (set by the apr CLI)",
-        "OpenMP threads sleep at barriers instead of spinning, so a busy neighbour does not stall a step",
+        "(unset: GOMP_SPINCOUNT decides)",
+        "active: OpenMP threads spin at barriers; passive: they sleep at once (apr never overrides a value set)",
+    ),
+    Variable(
+        "GOMP_SPINCOUNT",
+        "3000 (set by the apr CLI when neither is set)",
+        "how long OpenMP threads spin at a barrier before they sleep: short enough that a busy neighbour does not "
+        "stall a step, long enough that a quiet machine loses nothing",
     ),
     Variable("CC", "cc, then gcc on PATH", "the C compiler that builds the native kernels"),
     Variable("HF_HUB_OFFLINE", "(unset)", "1/true: hf:// refs come only from the local Hugging Face cache"),
@@ -75,6 +81,7 @@ class Settings:
     compiler: str | None
     omp_threads: int | None
     omp_wait_policy: str | None
+    gomp_spincount: str | None
     hf_offline: bool
     dagster_home: Path | None
 
@@ -95,6 +102,7 @@ class Settings:
             compiler=environ.get("CC") or None,
             omp_threads=_positive_int(environ.get("OMP_NUM_THREADS", "")),
             omp_wait_policy=environ.get("OMP_WAIT_POLICY", "").strip() or None,
+            gomp_spincount=environ.get("GOMP_SPINCOUNT", "").strip() or None,
             hf_offline=environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE,
             dagster_home=path("DAGSTER_HOME"),
         )
@@ -137,17 +145,35 @@ def export_inductor_cache_dir(path: Path) -> None:
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(path))
 
 
-def export_passive_omp_waits() -> str:
-    """Set OMP_WAIT_POLICY=passive unless the user chose a policy; returns the policy in force.
+# Barrier spins before a waiting OpenMP thread sleeps (libgomp's GOMP_SPINCOUNT) where the user chose nothing.
+SPINS_BEFORE_SLEEP = 3000
 
-    libgomp reads the policy once, when it is loaded (torch loads it on import), so the CLI calls this first
-    thing; child processes inherit it. Its default spins up to ~300 000 times at every barrier: two threads of a
-    decode step beside a neighbour holding one of the two cores decoded qwen2.5-coder:1.5b at 1.3 tok/s that
-    way and at 10.5–11.0 tok/s with passive waits, about one thread's rate. The price is paid on a quiet machine:
-    ~20 % of decode there (waking a sleeping thread at each of a step's parallel regions); bench/README.md, "OpenMP
-    waits". A user who owns the machine sets OMP_WAIT_POLICY=active, which this never overrides.
+
+def omp_waits(settings: Settings | None = None) -> str:
+    """How OpenMP threads wait at barriers under ``settings`` (default: the environment now), for reports."""
+    settings = settings or current()
+    if settings.omp_wait_policy:
+        return f"{settings.omp_wait_policy} (OMP_WAIT_POLICY)"
+    if settings.gomp_spincount:
+        return f"spin {settings.gomp_spincount} times, then sleep (GOMP_SPINCOUNT)"
+    return "libgomp default (spin ~300000 times, then sleep)"
+
+
+def export_omp_waits() -> str:
+    """Set GOMP_SPINCOUNT=SPINS_BEFORE_SLEEP unless the user chose a wait policy or a spin count; returns
+    omp_waits() of the result.
+
+    libgomp reads these once, when it is loaded (torch loads it on import), so the CLI calls this first thing;
+    child processes inherit them. Its default spins up to ~300 000 times at every barrier: two threads of a decode
+    step beside a neighbour holding one of the two cores decoded qwen2.5-coder:1.5b at 1.3 tok/s that way (the
+    spinning thread keeps the core its partner needs). Sleeping at once (passive) avoids that but wakes a thread
+    at each of a step's ~140 parallel regions, ~20 % of quiet decode. 3000 spins kept all of the quiet speed and
+    lost ~10 % to passive beside a busy neighbour (Sapphire Rapids-class VM, 2026-12-05: quiet 26.1-26.8 tok/s
+    against passive's 20.8-21.4, loaded 12.1-12.2 against 13.3-13.8; 100 000 spins collapsed to 3.3 loaded);
+    bench/README.md, "OpenMP waits". A pause instruction lasts ~10-140 cycles by CPU, so the same count is a
+    different time elsewhere; OMP_WAIT_POLICY=active or passive, or a GOMP_SPINCOUNT of one's own, wins.
     """
-    policy = current().omp_wait_policy
-    if policy is None:
-        os.environ["OMP_WAIT_POLICY"] = policy = "passive"
-    return policy
+    settings = current()
+    if settings.omp_wait_policy is None and settings.gomp_spincount is None:
+        os.environ["GOMP_SPINCOUNT"] = str(SPINS_BEFORE_SLEEP)
+    return omp_waits()

@@ -20,6 +20,7 @@ def apr(
 ) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONIOENCODING": "utf-8", "HF_HUB_OFFLINE": "1"}
     env.pop("OMP_WAIT_POLICY", None)
+    env.pop("GOMP_SPINCOUNT", None)
     if wait_policy:
         env["OMP_WAIT_POLICY"] = wait_policy
     if home is not None:
@@ -45,8 +46,8 @@ def test_version_names_kernels_cpu_threads_torch_and_device() -> None:
     keys = [line.split(":")[0] for line in out.splitlines()[1:]]
     assert re.match(r"^apr \d+\.\d+\.\d+$", out.splitlines()[0])
     assert keys == ["kernels", "cpu", "threads", "openmp waits", "torch", "python", "device"]
-    # The CLI makes OpenMP's waiting threads sleep unless the user chose otherwise.
-    assert "openmp waits: passive (OMP_WAIT_POLICY)" in out.splitlines()
+    # The CLI makes OpenMP's waiting threads sleep after a short spin unless the user chose otherwise.
+    assert "openmp waits: spin 3000 times, then sleep (GOMP_SPINCOUNT)" in out.splitlines()
     assert "openmp waits: active (OMP_WAIT_POLICY)" in ok(apr("--version", wait_policy="active")).stdout.splitlines()
 
     # The same report (the threads line's reason quotes the load average, which moves between two calls).

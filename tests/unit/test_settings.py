@@ -7,7 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from apr.settings import DEFAULT_ENGINE_CACHE_GB, VARIABLES, Settings, child_environ, export_passive_omp_waits
+from apr.settings import (
+    DEFAULT_ENGINE_CACHE_GB,
+    SPINS_BEFORE_SLEEP,
+    VARIABLES,
+    Settings,
+    child_environ,
+    export_omp_waits,
+    omp_waits,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -57,13 +65,21 @@ def test_the_docs_table_lists_every_variable() -> None:
     assert documented == {variable.name for variable in VARIABLES}
 
 
-def test_passive_omp_waits_unless_the_user_chose(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Set, then deleted through monkeypatch: teardown restores the variable as it was, whatever the test set.
-    monkeypatch.setenv("OMP_WAIT_POLICY", "unset-me")
-    monkeypatch.delenv("OMP_WAIT_POLICY")
+def test_short_omp_spins_unless_the_user_chose(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Set, then deleted through monkeypatch: teardown restores the variables as they were, whatever the test set.
+    for name in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT"):
+        monkeypatch.setenv(name, "unset-me")
+        monkeypatch.delenv(name)
     assert Settings.from_environ({}).omp_wait_policy is None
-    assert export_passive_omp_waits() == "passive"
-    assert child_environ()["OMP_WAIT_POLICY"] == "passive"
-    monkeypatch.setenv("OMP_WAIT_POLICY", "active")
-    assert export_passive_omp_waits() == "active"
+    assert export_omp_waits() == f"spin {SPINS_BEFORE_SLEEP} times, then sleep (GOMP_SPINCOUNT)"
+    assert child_environ()["GOMP_SPINCOUNT"] == str(SPINS_BEFORE_SLEEP)
+    assert "OMP_WAIT_POLICY" not in child_environ()
+    # A policy or a spin count of the user's own is never overridden.
+    monkeypatch.setenv("GOMP_SPINCOUNT", "50")
+    assert export_omp_waits() == "spin 50 times, then sleep (GOMP_SPINCOUNT)"
+    monkeypatch.delenv("GOMP_SPINCOUNT")
+    monkeypatch.setenv("OMP_WAIT_POLICY", "passive")
+    assert export_omp_waits() == "passive (OMP_WAIT_POLICY)"
+    assert "GOMP_SPINCOUNT" not in child_environ()
     assert Settings.from_environ({"OMP_WAIT_POLICY": " active "}).omp_wait_policy == "active"
+    assert omp_waits(Settings.from_environ({})) == "libgomp default (spin ~300000 times, then sleep)"

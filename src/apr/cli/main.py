@@ -12,7 +12,7 @@ from typer._click.exceptions import NoArgsIsHelpError, UsageError
 
 from apr.cli.usage import usage_line
 from apr.errors import AprError
-from apr.settings import export_passive_omp_waits
+from apr.settings import export_omp_waits
 
 # Each module defines `register(app)` and imports torch & co. only inside its commands,
 # so `apr --help` stays well under a second.
@@ -96,7 +96,7 @@ def _debugging(args: list[str]) -> bool:
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI. Every failure prints one `error:` line and exits 2 (130 when interrupted); a traceback
     only with --debug."""
-    export_passive_omp_waits()  # before any verb imports torch, which loads libgomp
+    export_omp_waits()  # before any verb imports torch, which loads libgomp
     args = list(sys.argv[1:] if argv is None else argv)
     debug = _debugging(args)
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:

@@ -16,7 +16,7 @@ def version_lines() -> list[str]:
     from apr import __version__
     from apr.engine import native
     from apr.engine.device import set_threads
-    from apr.settings import current
+    from apr.settings import current, omp_waits
 
     if torch.cuda.is_available():
         device = f"cuda ({torch.cuda.get_device_name(0)}, {torch.cuda.device_count()} device(s))"
@@ -27,7 +27,7 @@ def version_lines() -> list[str]:
         f"kernels: {native.describe()}",
         f"cpu: {cpu_model()} ({os.cpu_count()} logical cores)",
         f"threads: {threads_line(set_threads(None), current().omp_threads)}",
-        f"openmp waits: {current().omp_wait_policy or 'libgomp default (spin, then sleep)'} (OMP_WAIT_POLICY)",
+        f"openmp waits: {omp_waits()}",
         f"torch: {torch.__version__}",
         f"python: {platform.python_version()}",
         f"device: {device}",

@@ -154,7 +154,7 @@ class Provenance(BaseModel):
     cpu: str | None = Field(None, description="CPU model of the host (None in records written before it was kept)")
     kernels: str | None = Field(
         None,
-        description="CPU kernel family the check's engine builds: a native variant (avxvnni, avx512vnni, avx2) "
+        description="CPU kernel family the check's engine builds: a native variant (amx, avx512vnni, avxvnni, avx2) "
         "or 'torch' (native kernels off or impossible here)",
     )
     threads: int | None = Field(None, description="CPU threads available to the check's processes")

@@ -91,7 +91,7 @@ def _library() -> tuple[ctypes.CDLL | None, str]:
     if not compiler:
         return None, "no C compiler (cc/gcc) to build them"
     candidates = [variant] if settings.native_variant else supported_variants()
-    failures = []
+    failures: list[str] = []
     for candidate in candidates:
         lib, why = _build(candidate, compiler)
         if lib is not None:
@@ -789,11 +789,11 @@ def describe() -> str:
     if lib is None:
         return f"unavailable: {reason}"
     name = variant()
-    # Only avx512vnni and amx have 512-bit kernels (the tiled layouts, at two or more activation rows).
+    # Only avx512vnni and amx have 512-bit kernels (the tiled layouts: two rows a vector, or at one row two tiles).
     vectors = {
-        "avx512vnni": "512-bit q4k8/q6k8 products of 2+ rows, else 256-bit",
-        "amx": "AMX tiles for q4k8/q6k8 products of 32+ rows, 512-bit for 2+, else 256-bit",
-    }.get(name, "256-bit")
+        "avx512vnni": "512-bit q4k8/q6k8 products, else 256-bit",
+        "amx": "AMX tiles for q4k8/q6k8 products of 32+ rows, 512-bit below, else 256-bit",
+    }.get(name or "", "256-bit")
     return f"{name} q4/q4k/q4k8/q6/q6k8/q8 (int8 activations; {vectors}), one call per decode layer"
 
 
