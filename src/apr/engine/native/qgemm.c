@@ -861,79 +861,79 @@ static void amx_release(void) {
     amx_loaded = -1;
 }
 
-/* One tile's 8 output rows as the upper or lower 32 bytes of each B row (zeros where the tile is absent). */
-static inline void amx_store_half(uint8_t *bt, int row, int half, __m256i v) {
-    _mm256_storeu_si256((__m256i *)(bt + row * 64 + half * 32), v);
+/* 32 bytes of each of two tiles as one vector (a's in the lower half); b NULL: zeros there. */
+static inline __m512i amx_two(const uint8_t *a, const uint8_t *b) {
+    const __m512i lower = _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)a));
+    return b ? _mm512_inserti64x4(lower, _mm256_loadu_si256((const __m256i *)b), 1) : _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *)a));
 }
 
-/* Tiles t[0], t[1] (t[1] NULL: none) of a q4k8 weight in B order, nb blocks: bt [nb][8][64] bytes, and per block
- * f [nb][3][16]: scale d * sc and offset dmin * m of each output (the third row unused). */
+/* 8 bytes of each of two tiles as 16 floats (b NULL: zeros there), unsigned or signed. */
+static inline __m512 amx_two_bytes_ps(const uint8_t *a, const uint8_t *b, int is_signed) {
+    const __m128i lo = _mm_loadl_epi64((const __m128i *)a);
+    const __m128i bytes = b ? _mm_unpacklo_epi64(lo, _mm_loadl_epi64((const __m128i *)b)) : lo;
+    return _mm512_cvtepi32_ps(is_signed ? _mm512_cvtepi8_epi32(bytes) : _mm512_cvtepu8_epi32(bytes));
+}
+
+/* 8 fp16 of each of two tiles as 16 floats (b NULL: zeros there). */
+static inline __m512 amx_two_ph(const uint8_t *a, const uint8_t *b) {
+    const __m128i lo = _mm_loadu_si128((const __m128i *)a);
+    return _mm512_cvtph_ps(b ? _mm256_inserti128_si256(_mm256_castsi128_si256(lo), _mm_loadu_si128((const __m128i *)b), 1)
+                             : _mm256_zextsi128_si256(lo));
+}
+
+/* Tiles t[0], t[1] (t[1] NULL: none, its outputs zero) of a q4k8 weight in B order, nb blocks: bt [nb][8][64]
+ * bytes (row i: k-group i of tile 0's 8 outputs, then tile 1's), and per block f [nb][3][16]: scale d * sc and
+ * offset dmin * m of each output (the third row unused). */
 static void amx_pack_q4k8(const uint8_t *const t[2], int64_t nb, uint8_t *bt, float *f) {
-    const __m256i low = _mm256_set1_epi8(0x0F);
+    const __m512i low = _mm512_set1_epi8(0x0F);
     for (int64_t block = 0; block < nb; block++) {
         const int64_t sb = block / 8, b = block % 8;
+        const uint8_t *ha = t[0] + sb * APR_Q4K8_TILE, *hb = t[1] ? t[1] + sb * APR_Q4K8_TILE : NULL;
         uint8_t *out = bt + block * APR_AMX_BLOCK_BYTES;
         float *fb = f + block * APR_AMX_BLOCK_FLOATS;
-        for (int h = 0; h < 2; h++) {
-            if (!t[h]) {
-                for (int v = 0; v < 8; v++) amx_store_half(out, v, h, _mm256_setzero_si256());
-                _mm256_storeu_ps(fb + 8 * h, _mm256_setzero_ps());
-                _mm256_storeu_ps(fb + 16 + 8 * h, _mm256_setzero_ps());
-                continue;
-            }
-            const uint8_t *head = t[h] + sb * APR_Q4K8_TILE, *nib = head + 160 + b * 128;
-            for (int v = 0; v < 4; v++) {
-                const __m256i n4 = _mm256_loadu_si256((const __m256i *)(nib + 32 * v));
-                amx_store_half(out, v, h, _mm256_and_si256(n4, low));                          /* elements 4v .. */
-                amx_store_half(out, 4 + v, h, _mm256_and_si256(_mm256_srli_epi16(n4, 4), low)); /* 16 + 4v .. */
-            }
-            const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)head));
-            const __m256 dmin = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(head + 16)));
-            const __m256 sc = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(head + 32 + 8 * b))));
-            const __m256 m = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(head + 96 + 8 * b))));
-            _mm256_storeu_ps(fb + 8 * h, _mm256_mul_ps(d, sc));
-            _mm256_storeu_ps(fb + 16 + 8 * h, _mm256_mul_ps(dmin, m));
+        for (int v = 0; v < 4; v++) {
+            const __m512i n4 = amx_two(ha + 160 + b * 128 + 32 * v, hb ? hb + 160 + b * 128 + 32 * v : NULL);
+            _mm512_storeu_si512(out + v * 64, _mm512_and_si512(n4, low));                             /* 4v .. */
+            _mm512_storeu_si512(out + (4 + v) * 64, _mm512_and_si512(_mm512_srli_epi16(n4, 4), low)); /* 16 + 4v */
         }
+        const __m512 d = amx_two_ph(ha, hb), dmin = amx_two_ph(ha + 16, hb ? hb + 16 : NULL);
+        _mm512_storeu_ps(fb, _mm512_mul_ps(d, amx_two_bytes_ps(ha + 32 + 8 * b, hb ? hb + 32 + 8 * b : NULL, 0)));
+        _mm512_storeu_ps(fb + 16, _mm512_mul_ps(dmin, amx_two_bytes_ps(ha + 96 + 8 * b, hb ? hb + 96 + 8 * b : NULL, 0)));
     }
 }
 
 /* The same for q6k8: bt [nb][2][4][64] (the block's first 16 elements, then its second 16), values q - 32,
  * and f [nb][3][16]: sc of the first 16, sc of the second 16, d. */
 static void amx_pack_q6k8(const uint8_t *const t[2], int64_t nb, uint8_t *bt, float *f) {
-    const __m256i low = _mm256_set1_epi8(0x0F), high = _mm256_set1_epi8(0x30), bias = _mm256_set1_epi8(32);
+    const __m512i low = _mm512_set1_epi8(0x0F), high = _mm512_set1_epi8(0x30), bias = _mm512_set1_epi8(32);
     for (int64_t block = 0; block < nb; block++) {
         const int64_t sb = block / 8, b = block % 8;
+        const uint8_t *ha = t[0] + sb * APR_Q6K8_TILE, *hb = t[1] ? t[1] + sb * APR_Q6K8_TILE : NULL;
+        const uint8_t *qa = ha + 144 + b * 192, *qb = hb ? hb + 144 + b * 192 : NULL;
+#define APR_AT(p, off) ((p) ? (p) + (off) : NULL)
+        const __m512i hb0 = amx_two(qa + 128, APR_AT(qb, 128)), hb1 = amx_two(qa + 160, APR_AT(qb, 160));
+        const __m512i n0 = amx_two(qa, qb), n1 = amx_two(qa + 32, APR_AT(qb, 32));
+        const __m512i n2 = amx_two(qa + 64, APR_AT(qb, 64)), n3 = amx_two(qa + 96, APR_AT(qb, 96));
+        /* As q6k8_tile's wl00 .. wh11: k-groups 0-3 are the block's first 16 elements, 4-7 its second 16. */
+        const __m512i g[8] = {
+            _mm512_or_si512(_mm512_and_si512(n0, low), _mm512_and_si512(_mm512_slli_epi16(hb0, 4), high)),
+            _mm512_or_si512(_mm512_and_si512(n1, low), _mm512_and_si512(hb0, high)),
+            _mm512_or_si512(_mm512_and_si512(n2, low), _mm512_and_si512(_mm512_slli_epi16(hb1, 4), high)),
+            _mm512_or_si512(_mm512_and_si512(n3, low), _mm512_and_si512(hb1, high)),
+            _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(n0, 4), low), _mm512_and_si512(_mm512_slli_epi16(hb0, 2), high)),
+            _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(n1, 4), low), _mm512_and_si512(_mm512_srli_epi16(hb0, 2), high)),
+            _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(n2, 4), low), _mm512_and_si512(_mm512_slli_epi16(hb1, 2), high)),
+            _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(n3, 4), low), _mm512_and_si512(_mm512_srli_epi16(hb1, 2), high)),
+        };
         uint8_t *out = bt + block * APR_AMX_BLOCK_BYTES;
+        /* A missing tile's bytes are zero, so its q - 32 would be -32: mask them back to zero. */
+        const __mmask64 present = hb ? ~(__mmask64)0 : (__mmask64)0xFFFFFFFFu;
+        for (int v = 0; v < 8; v++) _mm512_storeu_si512(out + v * 64, _mm512_maskz_sub_epi8(present, g[v], bias));
         float *fb = f + block * APR_AMX_BLOCK_FLOATS;
-        for (int h = 0; h < 2; h++) {
-            if (!t[h]) {
-                for (int v = 0; v < 8; v++) amx_store_half(out, v, h, _mm256_setzero_si256());
-                for (int i = 0; i < 3; i++) _mm256_storeu_ps(fb + 16 * i + 8 * h, _mm256_setzero_ps());
-                continue;
-            }
-            const uint8_t *head = t[h] + sb * APR_Q6K8_TILE, *qb = head + 144 + b * 192;
-            const __m256i hb0 = _mm256_loadu_si256((const __m256i *)(qb + 128));
-            const __m256i hb1 = _mm256_loadu_si256((const __m256i *)(qb + 160));
-            const __m256i n0 = _mm256_loadu_si256((const __m256i *)qb), n1 = _mm256_loadu_si256((const __m256i *)(qb + 32));
-            const __m256i n2 = _mm256_loadu_si256((const __m256i *)(qb + 64)), n3 = _mm256_loadu_si256((const __m256i *)(qb + 96));
-            /* As q6k8_tile's wl00 .. wh11: k-groups 0-3 are the block's first 16 elements, 4-7 its second 16. */
-            const __m256i g[8] = {
-                _mm256_or_si256(_mm256_and_si256(n0, low), _mm256_and_si256(_mm256_slli_epi16(hb0, 4), high)),
-                _mm256_or_si256(_mm256_and_si256(n1, low), _mm256_and_si256(hb0, high)),
-                _mm256_or_si256(_mm256_and_si256(n2, low), _mm256_and_si256(_mm256_slli_epi16(hb1, 4), high)),
-                _mm256_or_si256(_mm256_and_si256(n3, low), _mm256_and_si256(hb1, high)),
-                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(n0, 4), low), _mm256_and_si256(_mm256_slli_epi16(hb0, 2), high)),
-                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(n1, 4), low), _mm256_and_si256(_mm256_srli_epi16(hb0, 2), high)),
-                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(n2, 4), low), _mm256_and_si256(_mm256_slli_epi16(hb1, 2), high)),
-                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(n3, 4), low), _mm256_and_si256(_mm256_srli_epi16(hb1, 2), high)),
-            };
-            for (int v = 0; v < 8; v++) amx_store_half(out, v, h, _mm256_sub_epi8(g[v], bias));
-            const __m256 sc0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(head + 16 + 16 * b))));
-            const __m256 sc1 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(head + 24 + 16 * b))));
-            _mm256_storeu_ps(fb + 8 * h, sc0);
-            _mm256_storeu_ps(fb + 16 + 8 * h, sc1);
-            _mm256_storeu_ps(fb + 32 + 8 * h, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)head)));
-        }
+        _mm512_storeu_ps(fb, amx_two_bytes_ps(ha + 16 + 16 * b, APR_AT(hb, 16 + 16 * b), 1));
+        _mm512_storeu_ps(fb + 16, amx_two_bytes_ps(ha + 24 + 16 * b, APR_AT(hb, 24 + 16 * b), 1));
+        _mm512_storeu_ps(fb + 32, amx_two_ph(ha, hb));
+#undef APR_AT
     }
 }
 
@@ -1188,23 +1188,32 @@ int apr_products(const apr_weight *const *ws, int count, const float *x, int64_t
     int status = -1;
     if (qx && dx && sx && isx) {
         apr_quantize_rows(x, m, k, kpad, qx, dx, sx);
-        int need_isx = 0;
-        for (int i = 0; i < count; i++) need_isx |= ws[i]->layout == APR_Q6K8;
+        int need_isx = 0, tiled = 0;
+        for (int i = 0; i < count; i++) {
+            need_isx |= ws[i]->layout == APR_Q6K8;
+            tiled |= ws[i]->layout == APR_Q4K8 || ws[i]->layout == APR_Q6K8;
+        }
+#if APR_AMX
+        /* A prompt (APR_AMX_MIN_ROWS rows or more) takes the tile unit for the tiled layouts, 16 rows at a time:
+         * rows [0, m16). Only the rows after those need q6k8's per-16 sums and the row pairs below. */
+        const int64_t m16 = tiled && m >= APR_AMX_MIN_ROWS ? m / APR_AMX_ROWS * APR_AMX_ROWS : 0;
+#else
+        const int64_t m16 = 0;
+#endif
         /* Sums of the quantized activations per 16 (|sum| <= 2032), for q6k8's offset of 32: the bytes
          * biased to unsigned (+128 each) and summed by psadbw, 8 at a time. */
-        const int64_t sums16 = need_isx ? m * (kpad / 16) : 0;
-#pragma omp parallel for schedule(static) num_threads(threads) if (sums16 >= 16384)
-        for (int64_t i = 0; i < sums16; i++) {
+        const int64_t sums_from = need_isx ? m16 * (kpad / 16) : 0, sums16 = need_isx ? m * (kpad / 16) : 0;
+#pragma omp parallel for schedule(static) num_threads(threads) if (sums16 - sums_from >= 16384)
+        for (int64_t i = sums_from; i < sums16; i++) {
             const __m128i biased = _mm_xor_si128(_mm_loadu_si128((const __m128i *)(qx + i * 16)), _mm_set1_epi8((char)0x80));
             const __m128i sad = _mm_sad_epu8(biased, _mm_setzero_si128());
             isx[i] = (int16_t)(_mm_cvtsi128_si32(sad) + _mm_extract_epi16(sad, 4) - 16 * 128);
         }
         apr_acts acts = {qx, dx, sx, isx, NULL, NULL, NULL, NULL};
 #if APR_ZMM
-        int tiled = 0;
-        for (int i = 0; i < count; i++) tiled |= ws[i]->layout == APR_Q4K8 || ws[i]->layout == APR_Q6K8;
-        if (tiled && m >= 2) {
-            const int64_t pairs = m / 2;
+        if (tiled && m - m16 >= 2) {
+            /* Pairs of rows m16 + 2j, m16 + 2j + 1 at pair index m16 / 2 + j (m16 is even). */
+            const int64_t pairs = m / 2, p0 = m16 / 2, rows = m - m16;
             px = malloc((size_t)(pairs * (kpad / 4)) * sizeof(int64_t));
             pd = malloc((size_t)(pairs * nb) * sizeof(int64_t));
             ps = malloc((size_t)(pairs * nb) * sizeof(int64_t));
@@ -1213,21 +1222,19 @@ int apr_products(const apr_weight *const *ws, int count, const float *x, int64_t
                 status = -1;
                 goto done;
             }
-            pair_rows(qx, m, kpad / 4, px, threads);
-            pair_rows(dx, m, nb, pd, threads);
-            pair_rows(sx, m, nb, ps, threads);
-            if (need_isx) pair_offsets(isx, m, nb, pi, threads);
+            pair_rows(qx + m16 * kpad, rows, kpad / 4, px + p0 * (kpad / 4), threads);
+            pair_rows(dx + m16 * nb, rows, nb, pd + p0 * nb, threads);
+            pair_rows(sx + m16 * nb, rows, nb, ps + p0 * nb, threads);
+            if (need_isx) pair_offsets(isx + m16 * (kpad / 16), rows, nb, pi + p0 * nb * 2, threads);
             acts = (apr_acts){qx, dx, sx, isx, px, pd, ps, pi};
         }
 #endif
 #if APR_AMX
-        /* A prompt (APR_AMX_MIN_ROWS rows or more) takes the tile unit for the tiled layouts, 16 rows at a time;
-         * each thread unpacks a pair of tiles at a time into its own scratch. */
-        const int64_t m16 = m >= APR_AMX_MIN_ROWS ? m / APR_AMX_ROWS * APR_AMX_ROWS : 0;
+        /* Each thread unpacks a pair of tiles at a time into its own scratch. */
         const size_t scratch_bytes = amx_scratch_bytes(kpad);
         uint8_t *scratch = NULL;
         float *dxt = NULL, *sxt = NULL;
-        if (tiled && m16 > 0) {
+        if (m16 > 0) {
             scratch = aligned_alloc(64, (size_t)threads * scratch_bytes);
             dxt = malloc((size_t)(m16 * nb) * sizeof(float));
             sxt = malloc((size_t)(m16 * nb) * sizeof(float));
