@@ -294,6 +294,13 @@ def test_every_kernel_variant_this_cpu_runs_gives_the_avx2_bits(variant, avx2_pr
         assert torch.equal(results[key], expected), key
 
 
+def test_python_m_native_names_the_variant_that_runs_here():
+    """The README's way to ask which kernels run: `python -m apr.engine.native` prints the build, exit 0."""
+    done = subprocess.run([sys.executable, "-m", "apr.engine.native"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[0] == cpu.choose_variant(os.environ.get("APR_NATIVE_VARIANT") or None)[0].name
+
+
 def test_a_variant_the_compiler_cannot_build_gives_way_to_the_next(tmp_path):
     """A compiler that refuses the best variant's flags (e.g. a gcc older than 11 and -mamx-tile): the kernels
     load in the next variant this CPU runs, with a one-line warning, instead of not at all."""

@@ -796,7 +796,3 @@ def describe() -> str:
     }.get(name or "", "256-bit")
     return f"{name} q4/q4k/q4k8/q6/q6k8/q8 (int8 activations; {vectors}), one call per decode layer"
 
-
-if __name__ == "__main__":  # `python -m apr.engine.native` builds the kernels and says whether they load
-    print(describe())
-    sys.exit(0 if available() else 1)
