@@ -863,8 +863,8 @@ static void amx_release(void) {
 
 /* 32 bytes of each of two tiles as one vector (a's in the lower half); b NULL: zeros there. */
 static inline __m512i amx_two(const uint8_t *a, const uint8_t *b) {
-    const __m512i lower = _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)a));
-    return b ? _mm512_inserti64x4(lower, _mm256_loadu_si256((const __m256i *)b), 1) : _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *)a));
+    const __m512i lower = _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *)a));
+    return b ? _mm512_inserti64x4(lower, _mm256_loadu_si256((const __m256i *)b), 1) : lower;
 }
 
 /* 8 bytes of each of two tiles as 16 floats (b NULL: zeros there), unsigned or signed. */
