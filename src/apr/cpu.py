@@ -24,8 +24,9 @@ AVX512_VNNI_FLAGS = ("-mavx512f", "-mavx512vl", "-mavx512bw", "-mavx512vnni", "-
 TILE_FLAGS = ("amx_tile", "amx_int8")
 
 # Best first; each needs AVX2, FMA and F16C besides its own features. Every build is bit-identical to avx2
-# (see qgemm.c). avx512vnni runs the tiled products of two or more activation rows (batched decode, prompts)
-# on 512-bit vectors, two rows a vector; everything else, and every product in the other builds, is 256-bit
+# (see qgemm.c). avx512vnni runs the tiled products on 512-bit vectors, two activation rows a vector (batched
+# decode, prompts) or, at one row, two weight tiles a vector; everything else, and every product in the other
+# builds, is 256-bit
 # (-mprefer-vector-width=256 keeps the compiler's own vectorization there too). amx is avx512vnni plus the
 # AMX tile unit for the tiled products of 32 or more rows (prompts); Linux must also grant the process the
 # tile state (tiles_granted).
@@ -108,6 +109,8 @@ def choose_variant(
     if requested not in names:
         return None, f"APR_NATIVE_VARIANT={requested!r}: expected one of {', '.join(names)}"
     chosen = next((v for v in supported if v.name == requested), None)
+    if chosen is None and requested == "amx" and set(TILE_FLAGS) <= (cpu_flags() if flags is None else flags):
+        return None, "APR_NATIVE_VARIANT=amx: the OS does not grant this process the AMX tile state (Linux 5.16+)"
     if chosen is None:
         return None, (
             f"APR_NATIVE_VARIANT={requested}: this CPU cannot run it (it runs {', '.join(v.name for v in supported)})"

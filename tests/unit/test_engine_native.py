@@ -336,6 +336,8 @@ def test_variant_choice_follows_the_cpu_flags():
     assert [v.name for v in cpu.supported_variants(tiles, granted=True)] == ["amx", "avx512vnni", "avx2"]
     assert [v.name for v in cpu.supported_variants(tiles, granted=False)] == ["avx512vnni", "avx2"]
     assert [v.name for v in cpu.supported_variants(base | {"amx_tile", "amx_int8"}, granted=True)] == ["avx2"]
+    chosen, why = cpu.choose_variant("amx", tiles, granted=False)
+    assert chosen is None and "does not grant" in why
     # Without AVX512BW (the 512-bit byte and word operations) no 512-bit kernels.
     assert [v.name for v in cpu.supported_variants(base | {"avx512_vnni", "avx512vl"})] == ["avx2"]
     assert cpu.choose_variant(None, base | {"avx_vnni"})[0].name == "avxvnni"

@@ -795,4 +795,3 @@ def describe() -> str:
         "amx": "AMX tiles for q4k8/q6k8 products of 32+ rows, 512-bit below, else 256-bit",
     }.get(name or "", "256-bit")
     return f"{name} q4/q4k/q4k8/q6/q6k8/q8 (int8 activations; {vectors}), one call per decode layer"
-
