@@ -110,12 +110,13 @@ def test_products_match_the_float_reference(make, n, k, m):
 
 @pytest.mark.parametrize("make", LAYOUT_MAKERS, ids=LAYOUT_IDS)
 def test_a_row_gets_the_same_bits_alone_in_any_batch_and_thread_count(make):
-    """19 rows cover every row group of every build: the 512-bit kernels' 8 and 4 row pairs, a single pair and
-    a row without a partner; the 256-bit kernels' 8 and 4 rows and single rows."""
+    """40 rows cover every row group of every build: amx's tiles of 16 rows (from 32 rows on, 9 weight tiles: an
+    unpaired one), the 512-bit kernels' 8 and 4 row pairs, a single pair and a row without a partner; the 256-bit
+    kernels' 8 and 4 rows and single rows; one row alone takes the one-row kernels (two tiles a vector)."""
     parts, _ = make(72, 768, seed=3)
     layer = native.PackedLinear(parts)
-    x = torch.randn(19, 768, generator=torch.Generator().manual_seed(9))
-    alone = torch.cat([layer(x[i : i + 1].contiguous(), None) for i in range(19)])
+    x = torch.randn(40, 768, generator=torch.Generator().manual_seed(9))
+    alone = torch.cat([layer(x[i : i + 1].contiguous(), None) for i in range(40)])
     threads = torch.get_num_threads()
     try:
         for count in (1, 2, 3):
@@ -123,6 +124,7 @@ def test_a_row_gets_the_same_bits_alone_in_any_batch_and_thread_count(make):
             assert torch.equal(layer(x, None), alone)
             assert torch.equal(layer(x[3:8].contiguous(), None), alone[3:8])
             assert torch.equal(layer(x[2:18].contiguous(), None), alone[2:18])
+            assert torch.equal(layer(x[1:36].contiguous(), None), alone[1:36])
     finally:
         torch.set_num_threads(threads)
 
