@@ -537,7 +537,7 @@ static inline void store_pair(__m512 acc, __m256 b8, float *ya, float *yb) {
     const __m512 split = _mm512_permutexvar_ps(
         _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15), acc);
     _mm256_storeu_ps(ya, _mm256_add_ps(_mm512_castps512_ps256(split), b8));
-    _mm256_storeu_ps(yb, _mm256_add_ps(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(split), 1)), b8));
+    if (yb) _mm256_storeu_ps(yb, _mm256_add_ps(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(split), 1)), b8));
 }
 
 /* Row pairs p0 .. p0+mp-1 (rows 2p, 2p + 1) against one q4k8 tile. px [pairs][k/4] holds each pair's
@@ -545,7 +545,8 @@ static inline void store_pair(__m512 acc, __m256 b8, float *ya, float *yb) {
 static inline __attribute__((always_inline)) void q4k8_tile_pairs(const int64_t *px, const int64_t *pd,
                                                                   const int64_t *ps, int64_t k, const uint8_t *tile,
                                                                   const float *bias, int64_t p0, const int mp,
-                                                                  int64_t n, int64_t j0, float *y, const int stream) {
+                                                                  int64_t n, int64_t j0, float *y, const int stream,
+                                                                  int64_t m) {
     const int64_t nb = k / APR_QK, nsb = k / 256, nd = k / 4;
     const __m512i low = _mm512_set1_epi8(0x0F);
     __m512 acc[APR_MP4];
@@ -596,7 +597,7 @@ static inline __attribute__((always_inline)) void q4k8_tile_pairs(const int64_t 
     }
     const __m256 b8 = bias ? _mm256_loadu_ps(bias + j0) : _mm256_setzero_ps();
     for (int t = 0; t < mp; t++)
-        store_pair(acc[t], b8, y + 2 * (p0 + t) * n + j0, y + (2 * (p0 + t) + 1) * n + j0);
+        store_pair(acc[t], b8, y + 2 * (p0 + t) * n + j0, 2 * (p0 + t) + 1 < m ? y + (2 * (p0 + t) + 1) * n + j0 : NULL);
 }
 
 /* q6k8 for row pairs with vpdpbusd. Each block's 16-element halves are summed in 32 bits by a chain of 4
@@ -610,7 +611,8 @@ static inline __attribute__((always_inline)) void q4k8_tile_pairs(const int64_t 
 static inline __attribute__((always_inline)) void q6k8_tile_pairs(const int64_t *px, const int64_t *pd,
                                                                   const int64_t *po, int64_t k, const uint8_t *tile,
                                                                   const float *bias, int64_t p0, const int mp,
-                                                                  int64_t n, int64_t j0, float *y, const int stream) {
+                                                                  int64_t n, int64_t j0, float *y, const int stream,
+                                                                  int64_t m) {
     const int64_t nb = k / APR_QK, nsb = k / 256, nd = k / 4;
     const __m512i low = _mm512_set1_epi8(0x0F), high = _mm512_set1_epi8(0x30);
     __m512 acc[APR_MP6];
@@ -662,15 +664,15 @@ static inline __attribute__((always_inline)) void q6k8_tile_pairs(const int64_t 
     }
     const __m256 b8 = bias ? _mm256_loadu_ps(bias + j0) : _mm256_setzero_ps();
     for (int t = 0; t < mp; t++)
-        store_pair(acc[t], b8, y + 2 * (p0 + t) * n + j0, y + (2 * (p0 + t) + 1) * n + j0);
+        store_pair(acc[t], b8, y + 2 * (p0 + t) * n + j0, 2 * (p0 + t) + 1 < m ? y + (2 * (p0 + t) + 1) * n + j0 : NULL);
 }
 
 /* po for q6k8_tile_pairs: per row pair and block, (-32 * row a's sum, -32 * row b's sum) of the block's first
  * 16 quantized activations, then the same of its second 16 (isx [m][k/16]). */
 static void pair_offsets(const int16_t *isx, int64_t m, int64_t nb, int64_t *out, int threads) {
 #pragma omp parallel for schedule(static) num_threads(threads) if (m * nb >= 16384)
-    for (int64_t p = 0; p < m / 2; p++) {
-        const int16_t *a = isx + 2 * p * (2 * nb), *b = a + 2 * nb;
+    for (int64_t p = 0; p < (m + 1) / 2; p++) { /* an odd last row with itself */
+        const int16_t *a = isx + 2 * p * (2 * nb), *b = 2 * p + 1 < m ? a + 2 * nb : a;
         int64_t *o = out + p * (2 * nb);
         for (int64_t i = 0; i < 2 * nb; i++)
             o[i] = (int64_t)((uint64_t)(uint32_t)(-32 * (int32_t)a[i]) | ((uint64_t)(uint32_t)(-32 * (int32_t)b[i]) << 32));
@@ -784,12 +786,13 @@ static void q6k8_two_tiles_row(const int8_t *qx, const float *dx, const int16_t 
     _mm512_storeu_ps(y + j0, _mm512_add_ps(acc, bias ? _mm512_loadu_ps(bias + j0) : _mm512_setzero_ps()));
 }
 
-/* Interleaves rows 2p and 2p + 1 of a [m][count] array of 32-bit values: out [m/2][count] 64-bit pairs. */
+/* Interleaves rows 2p and 2p + 1 of a [m][count] array of 32-bit values: out [(m + 1) / 2][count] 64-bit pairs (an odd
+ * last row paired with itself). */
 static void pair_rows(const void *in, int64_t m, int64_t count, int64_t *out, int threads) {
     const uint32_t *src = in;
 #pragma omp parallel for schedule(static) num_threads(threads) if (m * count >= 65536) /* a prompt's pairs over the threads */
-    for (int64_t p = 0; p < m / 2; p++) {
-        const uint32_t *a = src + 2 * p * count, *b = a + count;
+    for (int64_t p = 0; p < (m + 1) / 2; p++) { /* an odd last row with itself */
+        const uint32_t *a = src + 2 * p * count, *b = 2 * p + 1 < m ? a + count : a;
         int64_t *o = out + p * count;
         for (int64_t i = 0; i < count; i++) o[i] = (int64_t)((uint64_t)a[i] | ((uint64_t)b[i] << 32));
     }
@@ -1129,14 +1132,20 @@ static void run_unit(const apr_weight *w, const apr_acts *a, int64_t m, int64_t 
         const uint8_t *wt = (const uint8_t *)w->w + u * (kpad / 256 * APR_Q4K8_TILE);
 #if APR_ZMM
         if (a->px) {
-            const int64_t p_start = r_start / 2;
+            /* An odd last row is paired with itself (and stored once) where that completes a group of 2 pairs
+             * (m % 4 == 3), so that it shares the group's unpacked weights; a self pair alone measured slower
+             * than the 256-bit kernel (bench_products, amx build, one thread: 3 rows 114-119 -> 98-103 ms a
+             * step, 11 rows 183 -> 170; 5 rows with a lone self pair 124 -> 138-144). */
+            const int64_t p_start = r_start / 2, pairs = m % 4 == 3 ? (m + 1) / 2 : m / 2;
             int64_t p = p_start;
-            for (; p + APR_MP4 <= m / 2; p += APR_MP4)
-                q4k8_tile_pairs(a->px, a->pd, a->ps, kpad, wt, w->bias, p, APR_MP4, n, u * 8, y, p == p_start);
-            for (; p + APR_MP4 / 2 <= m / 2; p += APR_MP4 / 2)
-                q4k8_tile_pairs(a->px, a->pd, a->ps, kpad, wt, w->bias, p, APR_MP4 / 2, n, u * 8, y, p == p_start);
-            for (; p < m / 2; p++) q4k8_tile_pairs(a->px, a->pd, a->ps, kpad, wt, w->bias, p, 1, n, u * 8, y, p == p_start);
-            r0 = 2 * p;
+            for (; p + APR_MP4 <= pairs; p += APR_MP4)
+                q4k8_tile_pairs(a->px, a->pd, a->ps, kpad, wt, w->bias, p, APR_MP4, n, u * 8, y, p == p_start, m);
+            for (; p + APR_MP4 / 2 <= pairs; p += APR_MP4 / 2)
+                q4k8_tile_pairs(a->px, a->pd, a->ps, kpad, wt, w->bias, p, APR_MP4 / 2, n, u * 8, y, p == p_start, m);
+            /* Two pairs share one unpacking of the weights too (a lookup step's 4-5 rows: ~25 % of its work). */
+            for (; p + 2 <= pairs; p += 2) q4k8_tile_pairs(a->px, a->pd, a->ps, kpad, wt, w->bias, p, 2, n, u * 8, y, p == p_start, m);
+            for (; p < pairs; p++) q4k8_tile_pairs(a->px, a->pd, a->ps, kpad, wt, w->bias, p, 1, n, u * 8, y, p == p_start, m);
+            r0 = 2 * p < m ? 2 * p : m;
         }
 #endif
         for (; r0 + APR_MT_TILED <= m; r0 += APR_MT_TILED)
@@ -1149,14 +1158,20 @@ static void run_unit(const apr_weight *w, const apr_acts *a, int64_t m, int64_t 
         const uint8_t *wt = (const uint8_t *)w->w + u * (kpad / 256 * APR_Q6K8_TILE);
 #if APR_ZMM
         if (a->px) {
-            const int64_t p_start = r_start / 2;
+            /* An odd last row is paired with itself (and stored once) where that completes a group of 2 pairs
+             * (m % 4 == 3), so that it shares the group's unpacked weights; a self pair alone measured slower
+             * than the 256-bit kernel (bench_products, amx build, one thread: 3 rows 114-119 -> 98-103 ms a
+             * step, 11 rows 183 -> 170; 5 rows with a lone self pair 124 -> 138-144). */
+            const int64_t p_start = r_start / 2, pairs = m % 4 == 3 ? (m + 1) / 2 : m / 2;
             int64_t p = p_start;
-            for (; p + APR_MP6 <= m / 2; p += APR_MP6)
-                q6k8_tile_pairs(a->px, a->pd, a->pi, kpad, wt, w->bias, p, APR_MP6, n, u * 8, y, p == p_start);
-            for (; p + APR_MP6 / 2 <= m / 2; p += APR_MP6 / 2)
-                q6k8_tile_pairs(a->px, a->pd, a->pi, kpad, wt, w->bias, p, APR_MP6 / 2, n, u * 8, y, p == p_start);
-            for (; p < m / 2; p++) q6k8_tile_pairs(a->px, a->pd, a->pi, kpad, wt, w->bias, p, 1, n, u * 8, y, p == p_start);
-            r0 = 2 * p;
+            for (; p + APR_MP6 <= pairs; p += APR_MP6)
+                q6k8_tile_pairs(a->px, a->pd, a->pi, kpad, wt, w->bias, p, APR_MP6, n, u * 8, y, p == p_start, m);
+            for (; p + APR_MP6 / 2 <= pairs; p += APR_MP6 / 2)
+                q6k8_tile_pairs(a->px, a->pd, a->pi, kpad, wt, w->bias, p, APR_MP6 / 2, n, u * 8, y, p == p_start, m);
+            /* Two pairs share one unpacking of the weights too (a lookup step's 4-5 rows: ~25 % of its work). */
+            for (; p + 2 <= pairs; p += 2) q6k8_tile_pairs(a->px, a->pd, a->pi, kpad, wt, w->bias, p, 2, n, u * 8, y, p == p_start, m);
+            for (; p < pairs; p++) q6k8_tile_pairs(a->px, a->pd, a->pi, kpad, wt, w->bias, p, 1, n, u * 8, y, p == p_start, m);
+            r0 = 2 * p < m ? 2 * p : m;
         }
 #endif
         for (; r0 + APR_MT_TILED <= m; r0 += APR_MT_TILED)
@@ -1213,7 +1228,7 @@ int apr_products(const apr_weight *const *ws, int count, const float *x, int64_t
 #if APR_ZMM
         if (tiled && m - m16 >= 2) {
             /* Pairs of rows m16 + 2j, m16 + 2j + 1 at pair index m16 / 2 + j (m16 is even). */
-            const int64_t pairs = m / 2, p0 = m16 / 2, rows = m - m16;
+            const int64_t pairs = (m + 1) / 2, p0 = m16 / 2, rows = m - m16;
             px = malloc((size_t)(pairs * (kpad / 4)) * sizeof(int64_t));
             pd = malloc((size_t)(pairs * nb) * sizeof(int64_t));
             ps = malloc((size_t)(pairs * nb) * sizeof(int64_t));
