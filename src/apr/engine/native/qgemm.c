@@ -701,6 +701,18 @@ static inline __m512 two_halves_ph(const uint8_t *a, const uint8_t *b) {
                                                    _mm_loadu_si128((const __m128i *)b), 1));
 }
 
+/* The two streams of a unit, each prefetched APR_STREAM_AHEAD ahead in the order the thread reads them: past the
+ * end of its tile a stream's prefetch continues in the same tile of the thread's next unit (two tiles on, under
+ * the static schedule) instead of running into the partner tile, which the other stream reads already. With
+ * K = 1536 (7 KiB a tile) the plain 4 KiB ahead left every unit to start on misses. */
+static inline void prefetch_two_streams(const uint8_t *ta, const uint8_t *tb, int64_t at, int64_t slice, int64_t tile_bytes) {
+    const int64_t ahead = at + APR_STREAM_AHEAD + (at + APR_STREAM_AHEAD >= tile_bytes ? tile_bytes : 0);
+    for (int64_t off = 0; off < slice; off += 64) {
+        _mm_prefetch((const char *)ta + ahead + off, _MM_HINT_T0);
+        _mm_prefetch((const char *)tb + ahead + off, _MM_HINT_T0);
+    }
+}
+
 static void q4k8_two_tiles_row(const int8_t *qx, const float *dx, const float *sx, int64_t k, const uint8_t *ta,
                                const uint8_t *tb, const float *bias, int64_t j0, float *y) {
     const int64_t nsb = k / 256;
@@ -710,8 +722,7 @@ static void q4k8_two_tiles_row(const int8_t *qx, const float *dx, const float *s
         const uint8_t *ha = ta + sb * APR_Q4K8_TILE, *hb = tb + sb * APR_Q4K8_TILE;
         const __m512 d = two_halves_ph(ha, hb), dmin = two_halves_ph(ha + 16, hb + 16);
         for (int b = 0; b < 8; b++) {
-            PREFETCH_STREAM(1, ha + b * APR_Q4K8_SLICE, APR_Q4K8_SLICE);
-            PREFETCH_STREAM(1, hb + b * APR_Q4K8_SLICE, APR_Q4K8_SLICE);
+            prefetch_two_streams(ta, tb, sb * APR_Q4K8_TILE + b * APR_Q4K8_SLICE, APR_Q4K8_SLICE, nsb * APR_Q4K8_TILE);
             const __m512 scale = _mm512_mul_ps(d, two_byte_rows_ps(ha + 32 + 8 * b, hb + 32 + 8 * b, 0));
             const __m512 offset = _mm512_mul_ps(dmin, two_byte_rows_ps(ha + 96 + 8 * b, hb + 96 + 8 * b, 0));
             const int64_t block = sb * 8 + b;
@@ -748,8 +759,7 @@ static void q6k8_two_tiles_row(const int8_t *qx, const float *dx, const int16_t 
         const uint8_t *ha = ta + sb * APR_Q6K8_TILE, *hb = tb + sb * APR_Q6K8_TILE;
         const __m512 d = two_halves_ph(ha, hb);
         for (int b = 0; b < 8; b++) {
-            PREFETCH_STREAM(1, ha + b * APR_Q6K8_SLICE, APR_Q6K8_SLICE);
-            PREFETCH_STREAM(1, hb + b * APR_Q6K8_SLICE, APR_Q6K8_SLICE);
+            prefetch_two_streams(ta, tb, sb * APR_Q6K8_TILE + b * APR_Q6K8_SLICE, APR_Q6K8_SLICE, nsb * APR_Q6K8_TILE);
             const uint8_t *qa = ha + 144 + b * 192, *qb = hb + 144 + b * 192;
             const __m512 sc0f = two_byte_rows_ps(ha + 16 + 16 * b, hb + 16 + 16 * b, 1);
             const __m512 sc1f = two_byte_rows_ps(ha + 24 + 16 * b, hb + 24 + 16 * b, 1);
