@@ -600,6 +600,22 @@ static inline __attribute__((always_inline)) void q4k8_tile_pairs(const int64_t 
         store_pair(acc[t], b8, y + 2 * (p0 + t) * n + j0, 2 * (p0 + t) + 1 < m ? y + (2 * (p0 + t) + 1) * n + j0 : NULL);
 }
 
+/* One q6k8 block's 6-bit weights from its 4 low-nibble vectors and 2 high-bit vectors (512-bit: two rows' or two
+ * tiles' lanes side by side), in k-group order: w[0..3] the block's first 16 elements (q6k8_tile's wl00, wl01,
+ * wl10, wl11), w[4..7] its second 16 (wh00 .. wh11); values q in [0, 63]. */
+static inline __attribute__((always_inline)) void q6k8_unpack512(__m512i n0, __m512i n1, __m512i n2, __m512i n3,
+                                                                 __m512i hb0, __m512i hb1, __m512i w[8]) {
+    const __m512i low = _mm512_set1_epi8(0x0F), high = _mm512_set1_epi8(0x30);
+    w[0] = _mm512_or_si512(_mm512_and_si512(n0, low), _mm512_and_si512(_mm512_slli_epi16(hb0, 4), high));
+    w[1] = _mm512_or_si512(_mm512_and_si512(n1, low), _mm512_and_si512(hb0, high));
+    w[2] = _mm512_or_si512(_mm512_and_si512(n2, low), _mm512_and_si512(_mm512_slli_epi16(hb1, 4), high));
+    w[3] = _mm512_or_si512(_mm512_and_si512(n3, low), _mm512_and_si512(hb1, high));
+    w[4] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(n0, 4), low), _mm512_and_si512(_mm512_slli_epi16(hb0, 2), high));
+    w[5] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(n1, 4), low), _mm512_and_si512(_mm512_srli_epi16(hb0, 2), high));
+    w[6] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(n2, 4), low), _mm512_and_si512(_mm512_slli_epi16(hb1, 2), high));
+    w[7] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(n3, 4), low), _mm512_and_si512(_mm512_srli_epi16(hb1, 2), high));
+}
+
 /* q6k8 for row pairs with vpdpbusd. Each block's 16-element halves are summed in 32 bits by a chain of 4
  * vpdpbusd started from -32 * (the half's activation sum), which gives sum (q - 32) x over the half exactly
  * (|.| <= 16 * 32 * 127); the two halves are then scaled in float: sc0 * lo + sc1 * hi is an integer of
@@ -614,7 +630,6 @@ static inline __attribute__((always_inline)) void q6k8_tile_pairs(const int64_t 
                                                                   int64_t n, int64_t j0, float *y, const int stream,
                                                                   int64_t m) {
     const int64_t nb = k / APR_QK, nsb = k / 256, nd = k / 4;
-    const __m512i low = _mm512_set1_epi8(0x0F), high = _mm512_set1_epi8(0x30);
     __m512 acc[APR_MP6];
     for (int t = 0; t < mp; t++) acc[t] = _mm512_setzero_ps();
     for (int64_t sb = 0; sb < nsb; sb++) {
@@ -632,30 +647,20 @@ static inline __attribute__((always_inline)) void q6k8_tile_pairs(const int64_t 
             const __m512i n1 = double_lanes(_mm256_loadu_si256((const __m256i *)(qb + 32)));
             const __m512i n2 = double_lanes(_mm256_loadu_si256((const __m256i *)(qb + 64)));
             const __m512i n3 = double_lanes(_mm256_loadu_si256((const __m256i *)(qb + 96)));
-            const __m512i wl00 = _mm512_or_si512(_mm512_and_si512(n0, low), _mm512_and_si512(_mm512_slli_epi16(hb0, 4), high));
-            const __m512i wh00 = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(n0, 4), low),
-                                                 _mm512_and_si512(_mm512_slli_epi16(hb0, 2), high));
-            const __m512i wl01 = _mm512_or_si512(_mm512_and_si512(n1, low), _mm512_and_si512(hb0, high));
-            const __m512i wh01 = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(n1, 4), low),
-                                                 _mm512_and_si512(_mm512_srli_epi16(hb0, 2), high));
-            const __m512i wl10 = _mm512_or_si512(_mm512_and_si512(n2, low), _mm512_and_si512(_mm512_slli_epi16(hb1, 4), high));
-            const __m512i wh10 = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(n2, 4), low),
-                                                 _mm512_and_si512(_mm512_slli_epi16(hb1, 2), high));
-            const __m512i wl11 = _mm512_or_si512(_mm512_and_si512(n3, low), _mm512_and_si512(hb1, high));
-            const __m512i wh11 = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(n3, 4), low),
-                                                 _mm512_and_si512(_mm512_srli_epi16(hb1, 2), high));
+            __m512i w[8];
+            q6k8_unpack512(n0, n1, n2, n3, hb0, hb1, w);
 #pragma GCC unroll 8 /* unlike the 256-bit kernels: 32 vector registers hold the weights and accumulators */
             for (int t = 0; t < mp; t++) {
                 const int64_t *xr = px + (p0 + t) * nd + block * 8;
                 const int64_t bi = (p0 + t) * nb + block;
-                __m512i lo = _mm512_dpbusd_epi32(_mm512_set1_epi64(po[2 * bi]), wl00, _mm512_set1_epi64(xr[0]));
-                __m512i hi = _mm512_dpbusd_epi32(_mm512_set1_epi64(po[2 * bi + 1]), wh00, _mm512_set1_epi64(xr[4]));
-                lo = _mm512_dpbusd_epi32(lo, wl01, _mm512_set1_epi64(xr[1]));
-                hi = _mm512_dpbusd_epi32(hi, wh01, _mm512_set1_epi64(xr[5]));
-                lo = _mm512_dpbusd_epi32(lo, wl10, _mm512_set1_epi64(xr[2]));
-                hi = _mm512_dpbusd_epi32(hi, wh10, _mm512_set1_epi64(xr[6]));
-                lo = _mm512_dpbusd_epi32(lo, wl11, _mm512_set1_epi64(xr[3]));
-                hi = _mm512_dpbusd_epi32(hi, wh11, _mm512_set1_epi64(xr[7]));
+                __m512i lo = _mm512_dpbusd_epi32(_mm512_set1_epi64(po[2 * bi]), w[0], _mm512_set1_epi64(xr[0]));
+                __m512i hi = _mm512_dpbusd_epi32(_mm512_set1_epi64(po[2 * bi + 1]), w[4], _mm512_set1_epi64(xr[4]));
+                lo = _mm512_dpbusd_epi32(lo, w[1], _mm512_set1_epi64(xr[1]));
+                hi = _mm512_dpbusd_epi32(hi, w[5], _mm512_set1_epi64(xr[5]));
+                lo = _mm512_dpbusd_epi32(lo, w[2], _mm512_set1_epi64(xr[2]));
+                hi = _mm512_dpbusd_epi32(hi, w[6], _mm512_set1_epi64(xr[6]));
+                lo = _mm512_dpbusd_epi32(lo, w[3], _mm512_set1_epi64(xr[3]));
+                hi = _mm512_dpbusd_epi32(hi, w[7], _mm512_set1_epi64(xr[7]));
                 const __m512 q = _mm512_fmadd_ps(_mm512_cvtepi32_ps(lo), sc0, _mm512_mul_ps(_mm512_cvtepi32_ps(hi), sc1));
                 const __m512 dx2 = _mm512_castsi512_ps(_mm512_set1_epi64(pd[bi]));
                 acc[t] = _mm512_fmadd_ps(q, _mm512_mul_ps(d, dx2), acc[t]);
@@ -753,7 +758,6 @@ static void q4k8_two_tiles_row(const int8_t *qx, const float *dx, const float *s
 static void q6k8_two_tiles_row(const int8_t *qx, const float *dx, const int16_t *isx, int64_t k, const uint8_t *ta,
                                const uint8_t *tb, const float *bias, int64_t j0, float *y) {
     const int64_t nsb = k / 256;
-    const __m512i low = _mm512_set1_epi8(0x0F), high = _mm512_set1_epi8(0x30);
     __m512 acc = _mm512_setzero_ps();
     for (int64_t sb = 0; sb < nsb; sb++) {
         const uint8_t *ha = ta + sb * APR_Q6K8_TILE, *hb = tb + sb * APR_Q6K8_TILE;
@@ -767,28 +771,18 @@ static void q6k8_two_tiles_row(const int8_t *qx, const float *dx, const int16_t 
             const __m512i hb0 = two_halves(qa + 128, qb + 128), hb1 = two_halves(qa + 160, qb + 160);
             const __m512i n0 = two_halves(qa, qb), n1 = two_halves(qa + 32, qb + 32);
             const __m512i n2 = two_halves(qa + 64, qb + 64), n3 = two_halves(qa + 96, qb + 96);
-            const __m512i wl00 = _mm512_or_si512(_mm512_and_si512(n0, low), _mm512_and_si512(_mm512_slli_epi16(hb0, 4), high));
-            const __m512i wh00 = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(n0, 4), low),
-                                                 _mm512_and_si512(_mm512_slli_epi16(hb0, 2), high));
-            const __m512i wl01 = _mm512_or_si512(_mm512_and_si512(n1, low), _mm512_and_si512(hb0, high));
-            const __m512i wh01 = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(n1, 4), low),
-                                                 _mm512_and_si512(_mm512_srli_epi16(hb0, 2), high));
-            const __m512i wl10 = _mm512_or_si512(_mm512_and_si512(n2, low), _mm512_and_si512(_mm512_slli_epi16(hb1, 4), high));
-            const __m512i wh10 = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(n2, 4), low),
-                                                 _mm512_and_si512(_mm512_slli_epi16(hb1, 2), high));
-            const __m512i wl11 = _mm512_or_si512(_mm512_and_si512(n3, low), _mm512_and_si512(hb1, high));
-            const __m512i wh11 = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(n3, 4), low),
-                                                 _mm512_and_si512(_mm512_srli_epi16(hb1, 2), high));
+            __m512i w[8];
+            q6k8_unpack512(n0, n1, n2, n3, hb0, hb1, w);
             const int32_t *xr = (const int32_t *)(qx + block * APR_QK);
             const int16_t *sums = isx + 2 * block;
-            __m512i lo = _mm512_dpbusd_epi32(_mm512_set1_epi32(-32 * (int32_t)sums[0]), wl00, _mm512_set1_epi32(xr[0]));
-            __m512i hi = _mm512_dpbusd_epi32(_mm512_set1_epi32(-32 * (int32_t)sums[1]), wh00, _mm512_set1_epi32(xr[4]));
-            lo = _mm512_dpbusd_epi32(lo, wl01, _mm512_set1_epi32(xr[1]));
-            hi = _mm512_dpbusd_epi32(hi, wh01, _mm512_set1_epi32(xr[5]));
-            lo = _mm512_dpbusd_epi32(lo, wl10, _mm512_set1_epi32(xr[2]));
-            hi = _mm512_dpbusd_epi32(hi, wh10, _mm512_set1_epi32(xr[6]));
-            lo = _mm512_dpbusd_epi32(lo, wl11, _mm512_set1_epi32(xr[3]));
-            hi = _mm512_dpbusd_epi32(hi, wh11, _mm512_set1_epi32(xr[7]));
+            __m512i lo = _mm512_dpbusd_epi32(_mm512_set1_epi32(-32 * (int32_t)sums[0]), w[0], _mm512_set1_epi32(xr[0]));
+            __m512i hi = _mm512_dpbusd_epi32(_mm512_set1_epi32(-32 * (int32_t)sums[1]), w[4], _mm512_set1_epi32(xr[4]));
+            lo = _mm512_dpbusd_epi32(lo, w[1], _mm512_set1_epi32(xr[1]));
+            hi = _mm512_dpbusd_epi32(hi, w[5], _mm512_set1_epi32(xr[5]));
+            lo = _mm512_dpbusd_epi32(lo, w[2], _mm512_set1_epi32(xr[2]));
+            hi = _mm512_dpbusd_epi32(hi, w[6], _mm512_set1_epi32(xr[6]));
+            lo = _mm512_dpbusd_epi32(lo, w[3], _mm512_set1_epi32(xr[3]));
+            hi = _mm512_dpbusd_epi32(hi, w[7], _mm512_set1_epi32(xr[7]));
             const __m512 q = _mm512_fmadd_ps(_mm512_cvtepi32_ps(lo), sc0f, _mm512_mul_ps(_mm512_cvtepi32_ps(hi), sc1f));
             acc = _mm512_fmadd_ps(q, _mm512_mul_ps(d, _mm512_set1_ps(dx[block])), acc);
         }
@@ -874,79 +868,44 @@ static void amx_release(void) {
     amx_loaded = -1;
 }
 
-/* 32 bytes of each of two tiles as one vector (a's in the lower half); b NULL: zeros there. */
-static inline __m512i amx_two(const uint8_t *a, const uint8_t *b) {
-    const __m512i lower = _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *)a));
-    return b ? _mm512_inserti64x4(lower, _mm256_loadu_si256((const __m256i *)b), 1) : lower;
-}
-
-/* 8 bytes of each of two tiles as 16 floats (b NULL: zeros there), unsigned or signed. */
-static inline __m512 amx_two_bytes_ps(const uint8_t *a, const uint8_t *b, int is_signed) {
-    const __m128i lo = _mm_loadl_epi64((const __m128i *)a);
-    const __m128i bytes = b ? _mm_unpacklo_epi64(lo, _mm_loadl_epi64((const __m128i *)b)) : lo;
-    return _mm512_cvtepi32_ps(is_signed ? _mm512_cvtepi8_epi32(bytes) : _mm512_cvtepu8_epi32(bytes));
-}
-
-/* 8 fp16 of each of two tiles as 16 floats (b NULL: zeros there). */
-static inline __m512 amx_two_ph(const uint8_t *a, const uint8_t *b) {
-    const __m128i lo = _mm_loadu_si128((const __m128i *)a);
-    return _mm512_cvtph_ps(b ? _mm256_inserti128_si256(_mm256_castsi128_si256(lo), _mm_loadu_si128((const __m128i *)b), 1)
-                             : _mm256_zextsi128_si256(lo));
-}
-
-/* Tiles t[0], t[1] (t[1] NULL: none, its outputs zero) of a q4k8 weight in B order, nb blocks: bt [nb][8][64]
- * bytes (row i: k-group i of tile 0's 8 outputs, then tile 1's), and per block f [nb][3][16]: scale d * sc and
- * offset dmin * m of each output (the third row unused). */
+/* Tiles t[0], t[1] of a q4k8 weight in B order, nb blocks: bt [nb][8][64] bytes (row i: k-group i of tile 0's 8
+ * outputs, then tile 1's), and per block f [nb][3][16]: scale d * sc and offset dmin * m of each output (the
+ * third row unused). A weight's last, unpaired tile comes as t[1] == t[0]: its second 8 outputs are computed
+ * and never stored. */
 static void amx_pack_q4k8(const uint8_t *const t[2], int64_t nb, uint8_t *bt, float *f) {
     const __m512i low = _mm512_set1_epi8(0x0F);
     for (int64_t block = 0; block < nb; block++) {
         const int64_t sb = block / 8, b = block % 8;
-        const uint8_t *ha = t[0] + sb * APR_Q4K8_TILE, *hb = t[1] ? t[1] + sb * APR_Q4K8_TILE : NULL;
+        const uint8_t *ha = t[0] + sb * APR_Q4K8_TILE, *hb = t[1] + sb * APR_Q4K8_TILE;
         uint8_t *out = bt + block * APR_AMX_BLOCK_BYTES;
         float *fb = f + block * APR_AMX_BLOCK_FLOATS;
         for (int v = 0; v < 4; v++) {
-            const __m512i n4 = amx_two(ha + 160 + b * 128 + 32 * v, hb ? hb + 160 + b * 128 + 32 * v : NULL);
+            const __m512i n4 = two_halves(ha + 160 + b * 128 + 32 * v, hb + 160 + b * 128 + 32 * v);
             _mm512_storeu_si512(out + v * 64, _mm512_and_si512(n4, low));                             /* 4v .. */
             _mm512_storeu_si512(out + (4 + v) * 64, _mm512_and_si512(_mm512_srli_epi16(n4, 4), low)); /* 16 + 4v */
         }
-        const __m512 d = amx_two_ph(ha, hb), dmin = amx_two_ph(ha + 16, hb ? hb + 16 : NULL);
-        _mm512_storeu_ps(fb, _mm512_mul_ps(d, amx_two_bytes_ps(ha + 32 + 8 * b, hb ? hb + 32 + 8 * b : NULL, 0)));
-        _mm512_storeu_ps(fb + 16, _mm512_mul_ps(dmin, amx_two_bytes_ps(ha + 96 + 8 * b, hb ? hb + 96 + 8 * b : NULL, 0)));
+        _mm512_storeu_ps(fb, _mm512_mul_ps(two_halves_ph(ha, hb), two_byte_rows_ps(ha + 32 + 8 * b, hb + 32 + 8 * b, 0)));
+        _mm512_storeu_ps(fb + 16, _mm512_mul_ps(two_halves_ph(ha + 16, hb + 16), two_byte_rows_ps(ha + 96 + 8 * b, hb + 96 + 8 * b, 0)));
     }
 }
 
 /* The same for q6k8: bt [nb][2][4][64] (the block's first 16 elements, then its second 16), values q - 32,
  * and f [nb][3][16]: sc of the first 16, sc of the second 16, d. */
 static void amx_pack_q6k8(const uint8_t *const t[2], int64_t nb, uint8_t *bt, float *f) {
-    const __m512i low = _mm512_set1_epi8(0x0F), high = _mm512_set1_epi8(0x30), bias = _mm512_set1_epi8(32);
+    const __m512i bias = _mm512_set1_epi8(32);
     for (int64_t block = 0; block < nb; block++) {
         const int64_t sb = block / 8, b = block % 8;
-        const uint8_t *ha = t[0] + sb * APR_Q6K8_TILE, *hb = t[1] ? t[1] + sb * APR_Q6K8_TILE : NULL;
-        const uint8_t *qa = ha + 144 + b * 192, *qb = hb ? hb + 144 + b * 192 : NULL;
-#define APR_AT(p, off) ((p) ? (p) + (off) : NULL)
-        const __m512i hb0 = amx_two(qa + 128, APR_AT(qb, 128)), hb1 = amx_two(qa + 160, APR_AT(qb, 160));
-        const __m512i n0 = amx_two(qa, qb), n1 = amx_two(qa + 32, APR_AT(qb, 32));
-        const __m512i n2 = amx_two(qa + 64, APR_AT(qb, 64)), n3 = amx_two(qa + 96, APR_AT(qb, 96));
-        /* As q6k8_tile's wl00 .. wh11: k-groups 0-3 are the block's first 16 elements, 4-7 its second 16. */
-        const __m512i g[8] = {
-            _mm512_or_si512(_mm512_and_si512(n0, low), _mm512_and_si512(_mm512_slli_epi16(hb0, 4), high)),
-            _mm512_or_si512(_mm512_and_si512(n1, low), _mm512_and_si512(hb0, high)),
-            _mm512_or_si512(_mm512_and_si512(n2, low), _mm512_and_si512(_mm512_slli_epi16(hb1, 4), high)),
-            _mm512_or_si512(_mm512_and_si512(n3, low), _mm512_and_si512(hb1, high)),
-            _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(n0, 4), low), _mm512_and_si512(_mm512_slli_epi16(hb0, 2), high)),
-            _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(n1, 4), low), _mm512_and_si512(_mm512_srli_epi16(hb0, 2), high)),
-            _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(n2, 4), low), _mm512_and_si512(_mm512_slli_epi16(hb1, 2), high)),
-            _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(n3, 4), low), _mm512_and_si512(_mm512_srli_epi16(hb1, 2), high)),
-        };
+        const uint8_t *ha = t[0] + sb * APR_Q6K8_TILE, *hb = t[1] + sb * APR_Q6K8_TILE;
+        const uint8_t *qa = ha + 144 + b * 192, *qb = hb + 144 + b * 192;
+        __m512i w[8];
+        q6k8_unpack512(two_halves(qa, qb), two_halves(qa + 32, qb + 32), two_halves(qa + 64, qb + 64),
+                       two_halves(qa + 96, qb + 96), two_halves(qa + 128, qb + 128), two_halves(qa + 160, qb + 160), w);
         uint8_t *out = bt + block * APR_AMX_BLOCK_BYTES;
-        /* A missing tile's bytes are zero, so its q - 32 would be -32: mask them back to zero. */
-        const __mmask64 present = hb ? ~(__mmask64)0 : (__mmask64)0xFFFFFFFFu;
-        for (int v = 0; v < 8; v++) _mm512_storeu_si512(out + v * 64, _mm512_maskz_sub_epi8(present, g[v], bias));
+        for (int v = 0; v < 8; v++) _mm512_storeu_si512(out + v * 64, _mm512_sub_epi8(w[v], bias));
         float *fb = f + block * APR_AMX_BLOCK_FLOATS;
-        _mm512_storeu_ps(fb, amx_two_bytes_ps(ha + 16 + 16 * b, APR_AT(hb, 16 + 16 * b), 1));
-        _mm512_storeu_ps(fb + 16, amx_two_bytes_ps(ha + 24 + 16 * b, APR_AT(hb, 24 + 16 * b), 1));
-        _mm512_storeu_ps(fb + 32, amx_two_ph(ha, hb));
-#undef APR_AT
+        _mm512_storeu_ps(fb, two_byte_rows_ps(ha + 16 + 16 * b, hb + 16 + 16 * b, 1));
+        _mm512_storeu_ps(fb + 16, two_byte_rows_ps(ha + 24 + 16 * b, hb + 24 + 16 * b, 1));
+        _mm512_storeu_ps(fb + 32, two_halves_ph(ha, hb));
     }
 }
 
@@ -1291,13 +1250,14 @@ int apr_products(const apr_weight *const *ws, int count, const float *x, int64_t
 #pragma omp for schedule(static) nowait
                     for (int64_t u = 0; u < (tiles + 1) / 2; u++) {
                         const int64_t t0 = 2 * u;
+                        const int paired = t0 + 1 < tiles; /* the last tile alone: twice, half stored */
                         const uint8_t *pair[2] = {(const uint8_t *)w->w + t0 * tile_bytes,
-                                                  t0 + 1 < tiles ? (const uint8_t *)w->w + (t0 + 1) * tile_bytes : NULL};
+                                                  (const uint8_t *)w->w + (t0 + paired) * tile_bytes};
                         if (q6)
                             amx_pack_q6k8(pair, nb, mine, f);
                         else
                             amx_pack_q4k8(pair, nb, mine, f);
-                        amx_rows(q6, qx, dxt, sxt, kpad, mine, f, w->bias, m16, w->n, t0 * 8, pair[1] ? 16 : 8, ys[i]);
+                        amx_rows(q6, qx, dxt, sxt, kpad, mine, f, w->bias, m16, w->n, t0 * 8, paired ? 16 : 8, ys[i]);
                         if (m16 < m)
                             for (int64_t t = t0; t < t0 + 2 && t < tiles; t++) run_unit(w, &acts, m, t, ys[i], m16);
                     }
