@@ -1043,10 +1043,15 @@ int apr_amx_enable(void) { return 0; } /* no tiles in this build: nothing to ask
 int apr_amx_enable(void) { return 0; }
 #endif
 
-/* Output rows (per-row layouts) or tiles of 8 of them (tiled layouts): the units that threads share. */
-static int64_t units_of(const apr_weight *w) {
-    return (w->layout == APR_Q4K8 || w->layout == APR_Q6K8) ? w->n / 8 : w->n;
+static int tiled_layout(int64_t layout) { return layout == APR_Q4K8 || layout == APR_Q6K8; }
+
+/* Bytes of one tile of 8 output rows of a tiled weight (all its super-blocks). */
+static int64_t tile_bytes_of(const apr_weight *w) {
+    return w->kpad / 256 * (w->layout == APR_Q6K8 ? APR_Q6K8_TILE : APR_Q4K8_TILE);
 }
+
+/* Output rows (per-row layouts) or tiles of 8 of them (tiled layouts): the units that threads share. */
+static int64_t units_of(const apr_weight *w) { return tiled_layout(w->layout) ? w->n / 8 : w->n; }
 
 /* One product's quantized activations: per row (qx, dx, sx, isx) and, for the 512-bit kernels, the same
  * in row pairs (px, pd, ps, pi: NULL when not made). */
@@ -1065,7 +1070,7 @@ static void run_unit(const apr_weight *w, const apr_acts *a, int64_t m, int64_t 
     const float *dx = a->dx, *sx = a->sx;
     const int16_t *isx = a->isx;
     const int64_t kpad = w->kpad, n = w->n, nb = kpad / APR_QK;
-    const float b = (w->bias && w->layout != APR_Q4K8 && w->layout != APR_Q6K8) ? w->bias[u] : 0.0f;
+    const float b = (w->bias && !tiled_layout(w->layout)) ? w->bias[u] : 0.0f;
     int64_t r0 = r_start;
     switch (w->layout) {
     case APR_Q4: {
@@ -1098,7 +1103,7 @@ static void run_unit(const apr_weight *w, const apr_acts *a, int64_t m, int64_t 
         break;
     }
     case APR_Q4K8: {
-        const uint8_t *wt = (const uint8_t *)w->w + u * (kpad / 256 * APR_Q4K8_TILE);
+        const uint8_t *wt = (const uint8_t *)w->w + u * tile_bytes_of(w);
 #if APR_ZMM
         if (a->px) {
             /* An odd last row is paired with itself (and stored once) where that completes a group of 2 pairs
@@ -1124,7 +1129,7 @@ static void run_unit(const apr_weight *w, const apr_acts *a, int64_t m, int64_t 
         break;
     }
     case APR_Q6K8: {
-        const uint8_t *wt = (const uint8_t *)w->w + u * (kpad / 256 * APR_Q6K8_TILE);
+        const uint8_t *wt = (const uint8_t *)w->w + u * tile_bytes_of(w);
 #if APR_ZMM
         if (a->px) {
             /* An odd last row is paired with itself (and stored once) where that completes a group of 2 pairs
@@ -1175,7 +1180,7 @@ int apr_products(const apr_weight *const *ws, int count, const float *x, int64_t
         int need_isx = 0, tiled = 0;
         for (int i = 0; i < count; i++) {
             need_isx |= ws[i]->layout == APR_Q6K8;
-            tiled |= ws[i]->layout == APR_Q4K8 || ws[i]->layout == APR_Q6K8;
+            tiled |= tiled_layout(ws[i]->layout);
         }
 #if APR_AMX
         /* A prompt (APR_AMX_MIN_ROWS rows or more) takes the tile unit for the tiled layouts, 16 rows at a time:
@@ -1243,9 +1248,9 @@ int apr_products(const apr_weight *const *ws, int count, const float *x, int64_t
             for (int i = 0; i < count; i++) {
                 const apr_weight *w = ws[i];
 #if APR_AMX
-                if (mine && (w->layout == APR_Q4K8 || w->layout == APR_Q6K8)) {
+                if (mine && tiled_layout(w->layout)) {
                     const int q6 = w->layout == APR_Q6K8;
-                    const int64_t tiles = w->n / 8, tile_bytes = kpad / 256 * (q6 ? APR_Q6K8_TILE : APR_Q4K8_TILE);
+                    const int64_t tiles = w->n / 8, tile_bytes = tile_bytes_of(w);
                     float *f = (float *)(mine + (size_t)nb * APR_AMX_BLOCK_BYTES);
 #pragma omp for schedule(static) nowait
                     for (int64_t u = 0; u < (tiles + 1) / 2; u++) {
@@ -1265,9 +1270,9 @@ int apr_products(const apr_weight *const *ws, int count, const float *x, int64_t
                 }
 #endif
 #if APR_ZMM
-                if (m == 1 && (w->layout == APR_Q4K8 || w->layout == APR_Q6K8)) { /* decode: two tiles a unit */
+                if (m == 1 && tiled_layout(w->layout)) { /* decode: two tiles a unit */
                     const int q6 = w->layout == APR_Q6K8;
-                    const int64_t tiles = w->n / 8, tile_bytes = kpad / 256 * (q6 ? APR_Q6K8_TILE : APR_Q4K8_TILE);
+                    const int64_t tiles = w->n / 8, tile_bytes = tile_bytes_of(w);
                     const uint8_t *base = w->w;
 #pragma omp for schedule(static) nowait
                     for (int64_t u = 0; u < (tiles + 1) / 2; u++) {
