@@ -19,6 +19,11 @@ class Variant:
     needs: tuple[str, ...]
     flags: tuple[str, ...]
 
+    @property
+    def needs_tiles(self) -> bool:
+        """Whether the build uses the AMX tile unit (so the OS must grant the process the tile state)."""
+        return set(TILE_FLAGS) <= set(self.needs)
+
 
 AVX512_VNNI_FLAGS = ("-mavx512f", "-mavx512vl", "-mavx512bw", "-mavx512vnni", "-mprefer-vector-width=256")
 TILE_FLAGS = ("amx_tile", "amx_int8")
@@ -91,8 +96,8 @@ def supported_variants(flags: frozenset[str] | None = None, *, granted: bool | N
     if not all(feature in flags for feature in BASE_FEATURES):
         return []
     found = [v for v in VARIANTS if all(feature in flags for feature in v.needs)]
-    if any(set(TILE_FLAGS) <= set(v.needs) for v in found) and not (tiles_granted() if granted is None else granted):
-        found = [v for v in found if not set(TILE_FLAGS) <= set(v.needs)]
+    if any(v.needs_tiles for v in found) and not (tiles_granted() if granted is None else granted):
+        found = [v for v in found if not v.needs_tiles]
     return found
 
 
