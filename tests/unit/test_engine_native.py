@@ -270,8 +270,49 @@ def products_of_every_layout() -> dict[str, torch.Tensor]:
     return out
 
 
+# (kv heads, query heads a kv head, head size, rows, first position, window): every grouping of the 512-bit
+# attention (query vectors in pairs, 3 pairs at a time, an odd vector doubled), head sizes with a tail past
+# the last 64 elements (80) and past the last 8 (68), a window, rows on top of a cache.
+ATTENTION_SHAPES = (
+    (2, 6, 128, 37, 0, 0),
+    (1, 7, 64, 21, 9, 0),
+    (3, 5, 80, 19, 4, 12),
+    (2, 1, 68, 13, 0, 0),
+    (1, 4, 128, 6, 30, 0),
+)
+
+
+def attention_of_every_shape() -> dict[str, torch.Tensor]:
+    """The prompt attention (attend_run) and a decode step (attend_one) at every ATTENTION_SHAPES shape, over
+    float32 and fp16 caches, seeded."""
+    out = {}
+    for kv_heads, rep, d, rows, pos0, window in ATTENTION_SHAPES:
+        for kv_dtype in (torch.float32, torch.float16):
+            g = torch.Generator().manual_seed(rows * d + rep)
+            q = torch.randn(rows + 1, kv_heads * rep, d, generator=g)
+            k_new, v_new = (
+                torch.randn(rows + 1, kv_heads, d, generator=g),
+                torch.randn(rows + 1, kv_heads, d, generator=g),
+            )
+            keys = torch.randn(kv_heads, pos0 + rows + 1, d, generator=g).to(kv_dtype)
+            values = torch.randn(kv_heads, pos0 + rows + 1, d, generator=g).to(kv_dtype)
+            name = f"attention-{kv_heads}x{rep}-{d}-{rows}-{pos0}-{window}-{kv_dtype}"
+            out[f"{name}-run"] = native.attend_run(
+                q[:rows], k_new[:rows], v_new[:rows], keys, values, pos0, window, 0.1
+            )
+            out[f"{name}-one"] = native.attend_one(
+                q[rows], k_new[rows], v_new[rows], keys, values, pos0 + rows, window, 0.1
+            )
+    return out
+
+
+def outputs_of_every_kernel() -> dict[str, torch.Tensor]:
+    """What the variant test compares between builds: every product layout and the attention kernels."""
+    return {**products_of_every_layout(), **attention_of_every_shape()}
+
+
 def products_of_build(variant: str, out: Path) -> dict[str, torch.Tensor]:
-    """products_of_every_layout() computed by the ``variant`` build, forced by APR_NATIVE_VARIANT in a process
+    """outputs_of_every_kernel() computed by the ``variant`` build, forced by APR_NATIVE_VARIANT in a process
     of its own (a process builds and loads one variant)."""
     env = {**os.environ, "APR_NATIVE_VARIANT": variant}
     done = subprocess.run([sys.executable, __file__, str(out)], env=env, capture_output=True, text=True, timeout=600)
@@ -288,8 +329,8 @@ def avx2_products(tmp_path_factory) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("variant", [v.name for v in cpu.supported_variants() if v.name != "avx2"])
 def test_every_kernel_variant_this_cpu_runs_gives_the_avx2_bits(variant, avx2_products, tmp_path):
     """Each variant computes the same integer sums as the AVX2 build, and the same float operations on each
-    output (avx512vnni's 512-bit kernels included, at every row group): every layout's products equal bit for
-    bit."""
+    output (avx512vnni's 512-bit kernels included, at every row group): every layout's products, and the
+    attention of prompts and of decode steps (512-bit in the AVX-512 builds), equal bit for bit."""
     results = products_of_build(variant, tmp_path / f"{variant}.pt")
     assert results.keys() == avx2_products.keys()
     for key, expected in avx2_products.items():
@@ -352,5 +393,5 @@ def test_variant_choice_follows_the_cpu_flags():
 
 
 if __name__ == "__main__":  # the probe the variant test runs in a process of its own
-    torch.save(products_of_every_layout(), sys.argv[1])
+    torch.save(outputs_of_every_kernel(), sys.argv[1])
     print(native.variant())

@@ -99,9 +99,17 @@ void apr_rope_neox(float *x, int64_t t, int64_t heads, int64_t d, const float *c
 
 /* p[0..len) <- softmax(p); the exponentials in 8 lanes, the tail and the sums in order. */
 static void softmax_in_place(float *p, int64_t len) {
-    /* The maximum in 8 lanes (the same value in any order; fmaxf one at a time was a libm call each) */
-    __m256 vmax = _mm256_set1_ps(-INFINITY);
+    /* The maximum in 8 lanes (the same value in any order; fmaxf one at a time was a libm call each), four
+     * independent chains: one chain waited on each max's latency, a third of the softmax's time. */
+    __m256 vmax = _mm256_set1_ps(-INFINITY), vmax1 = vmax, vmax2 = vmax, vmax3 = vmax;
     int64_t j = 0;
+    for (; j + 32 <= len; j += 32) {
+        vmax = _mm256_max_ps(vmax, _mm256_loadu_ps(p + j));
+        vmax1 = _mm256_max_ps(vmax1, _mm256_loadu_ps(p + j + 8));
+        vmax2 = _mm256_max_ps(vmax2, _mm256_loadu_ps(p + j + 16));
+        vmax3 = _mm256_max_ps(vmax3, _mm256_loadu_ps(p + j + 24));
+    }
+    vmax = _mm256_max_ps(_mm256_max_ps(vmax, vmax1), _mm256_max_ps(vmax2, vmax3));
     for (; j + 8 <= len; j += 8) vmax = _mm256_max_ps(vmax, _mm256_loadu_ps(p + j));
     float lanes[8], top = -INFINITY;
     _mm256_storeu_ps(lanes, vmax);
@@ -112,6 +120,17 @@ static void softmax_in_place(float *p, int64_t len) {
      * additions over the row cost 4 cycles a position, ~20 % of a long prompt's attention. */
     __m256 vsum = _mm256_setzero_ps();
     j = 0;
+#if defined(__AVX512F__)
+    /* 16 exponentials at a time (the same function on every lane); the sum still adds 8 lanes at a time, the
+     * low 8 then the high 8, as the loop below would. */
+    const __m512 vtop16 = _mm512_set1_ps(top);
+    for (; j + 16 <= len; j += 16) {
+        const __m512 e = apr_exp_nonpositive16(_mm512_sub_ps(_mm512_loadu_ps(p + j), vtop16));
+        _mm512_storeu_ps(p + j, e);
+        vsum = _mm256_add_ps(vsum, _mm512_castps512_ps256(e));
+        vsum = _mm256_add_ps(vsum, _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(e), 1)));
+    }
+#endif
     for (; j + 8 <= len; j += 8) {
         const __m256 e = apr_exp_nonpositive(_mm256_sub_ps(_mm256_loadu_ps(p + j), vtop));
         _mm256_storeu_ps(p + j, e);
@@ -124,7 +143,11 @@ static void softmax_in_place(float *p, int64_t len) {
     }
     const float inv = 1.0f / total;
     const __m256 vinv = _mm256_set1_ps(inv);
-    for (j = 0; j + 8 <= len; j += 8) _mm256_storeu_ps(p + j, _mm256_mul_ps(_mm256_loadu_ps(p + j), vinv));
+    j = 0;
+#if defined(__AVX512F__)
+    for (; j + 16 <= len; j += 16) _mm512_storeu_ps(p + j, _mm512_mul_ps(_mm512_loadu_ps(p + j), _mm512_set1_ps(inv)));
+#endif
+    for (; j + 8 <= len; j += 8) _mm256_storeu_ps(p + j, _mm256_mul_ps(_mm256_loadu_ps(p + j), vinv));
     for (; j < len; j++) p[j] *= inv;
 }
 
@@ -204,6 +227,12 @@ APR_INLINE void scores_x4(const float *q0, const float *q1, int queries, const v
             a3 = _mm256_fmadd_ps(x, kv_load8(k, at + 3 * d + i, half), a3);
         }
     }
+    if (i == d) { /* no tail: scale the 4 sums at once */
+        const __m128 vscale = _mm_set1_ps(scale);
+        _mm_storeu_ps(p0, _mm_mul_ps(hsum8x4(a0, a1, a2, a3), vscale));
+        if (queries == 2) _mm_storeu_ps(p1, _mm_mul_ps(hsum8x4(b0, b1, b2, b3), vscale));
+        return;
+    }
     float sa[4], sb[4];
     _mm_storeu_ps(sa, hsum8x4(a0, a1, a2, a3));
     _mm_storeu_ps(sb, hsum8x4(b0, b1, b2, b3));
@@ -269,13 +298,243 @@ APR_INLINE void weighted_group(const float *p, int64_t p_stride, const int m, co
         }
 }
 
-/* weighted_group over `count` vectors, 3 at a time. */
+#if defined(__AVX512F__)
+/* The 512-bit attention of the avx512vnni and amx builds: the same float operations on every score and every
+ * output element as the 256-bit kernels above, lane for lane, on twice the lanes (the variant test checks the
+ * bits). A score is one 8-lane FMA chain over d, so a 512-bit register carries two of them: two query vectors
+ * side by side (pack_query_pairs) against one key broadcast to both halves. An output element is its own chain
+ * over positions, so the weighted sums simply take 16 elements a register. */
+#define APR_ATTN_WIDE 1
+
+/* qp[(s * chunks + c) * 16 ..]: the 8 floats of chunk c (elements 8c .. 8c + 7, chunks = d / 8) of query vector
+ * 2s in the low half and of vector 2s + 1 in the high half (vector 2s again when count is odd); vector v is at
+ * q + v * q_stride. */
+static inline void pack_query_pairs(const float *q, int64_t q_stride, int64_t count, int64_t chunks, float *qp) {
+    for (int64_t s = 0; s < (count + 1) / 2; s++) {
+        const float *lo = q + 2 * s * q_stride, *hi = 2 * s + 1 < count ? lo + q_stride : lo;
+        for (int64_t c = 0; c < chunks; c++) {
+            _mm256_storeu_ps(qp + (s * chunks + c) * 16, _mm256_loadu_ps(lo + 8 * c));
+            _mm256_storeu_ps(qp + (s * chunks + c) * 16 + 8, _mm256_loadu_ps(hi + 8 * c));
+        }
+    }
+}
+
+/* The 8 keys values at element `index` of the cache in both halves of a register (a load-unit broadcast). */
+APR_INLINE __m512 kv_broadcast8(const void *base, int64_t index, const int half) {
+    return half ? _mm512_cvtph_ps(_mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)((const uint16_t *)base + index))))
+                : _mm512_castpd_ps(_mm512_broadcast_f64x4(_mm256_castps_pd(_mm256_loadu_ps((const float *)base + index))));
+}
+
+/* hsum8x4 of the 8 halves of z0..z3 at once, each sum the bits of hsum8 of its half (the same additions in the
+ * same order, on 512-bit registers: half the shuffles): lanes 0..3 the low halves' sums, 4..7 the high ones'. */
+static inline __m256 hsum8x4_halves(__m512 z0, __m512 z1, __m512 z2, __m512 z3) {
+    /* t = each half's low 128 bits + its high 128 bits: [z0.lo, z0.hi, z1.lo, z1.hi] and the same of z2, z3 */
+    const __m512 t01 = _mm512_add_ps(_mm512_shuffle_f32x4(z0, z1, _MM_SHUFFLE(2, 0, 2, 0)),
+                                     _mm512_shuffle_f32x4(z0, z1, _MM_SHUFFLE(3, 1, 3, 1)));
+    const __m512 t23 = _mm512_add_ps(_mm512_shuffle_f32x4(z2, z3, _MM_SHUFFLE(2, 0, 2, 0)),
+                                     _mm512_shuffle_f32x4(z2, z3, _MM_SHUFFLE(3, 1, 3, 1)));
+    /* u = (t0 + t2, t1 + t3) per 128-bit lane, lane i: half i of z0 (or z1) beside the same half of z2 (or z3) */
+    const __m512 u = _mm512_add_ps(_mm512_shuffle_ps(t01, t23, _MM_SHUFFLE(1, 0, 1, 0)),
+                                   _mm512_shuffle_ps(t01, t23, _MM_SHUFFLE(3, 2, 3, 2)));
+    /* u0 + u1: lanes [z0.lo z2.lo | z0.hi z2.hi | z1.lo z3.lo | z1.hi z3.hi] (each twice) */
+    const __m512 sums = _mm512_add_ps(_mm512_shuffle_ps(u, u, _MM_SHUFFLE(2, 0, 2, 0)),
+                                      _mm512_shuffle_ps(u, u, _MM_SHUFFLE(3, 1, 3, 1)));
+    /* lane 0 with lane 2 and lane 1 with lane 3: [z0.lo z1.lo z2.lo z3.lo | z0.hi z1.hi z2.hi z3.hi] */
+    const __m512 both = _mm512_unpacklo_ps(sums, _mm512_shuffle_f32x4(sums, sums, _MM_SHUFFLE(1, 0, 3, 2)));
+    return _mm512_castps512_ps256(both);
+}
+
+/* The scores of the 2 * `pairs` (1..3) query vectors packed at qp (from vector `first`, vectors at q +
+ * v * q_stride, count in all) against the 4 consecutive keys from element `at` of k, into p[v][0..4)
+ * (p[v] at p + v * p_stride): one register per pair and key, the halves summed as hsum8 sums them, then the
+ * d % 8 tail in order and the scale, as scores_x4 does. */
+APR_INLINE void scores_pairs_x4(const float *qp, const int pairs, int64_t chunks, const float *q, int64_t q_stride,
+                                int64_t first, int64_t count, const void *k, int64_t at, int64_t d, float scale,
+                                float *p, int64_t p_stride, const int half) {
+    __m512 acc[3][4];
+    for (int s = 0; s < pairs; s++)
+        for (int j = 0; j < 4; j++) acc[s][j] = _mm512_setzero_ps();
+    for (int64_t c = 0; c < chunks; c++) {
+        __m512 k0 = kv_broadcast8(k, at + 8 * c, half), k1 = kv_broadcast8(k, at + d + 8 * c, half);
+        __m512 k2 = kv_broadcast8(k, at + 2 * d + 8 * c, half), k3 = kv_broadcast8(k, at + 3 * d + 8 * c, half);
+        for (int s = 0; s < pairs; s++) {
+            __m512 x = _mm512_loadu_ps(qp + (s * chunks + c) * 16);
+            __asm__("" : "+v"(x)); /* one load for 4 FMAs: GCC otherwise folds it into each */
+            acc[s][0] = _mm512_fmadd_ps(x, k0, acc[s][0]);
+            acc[s][1] = _mm512_fmadd_ps(x, k1, acc[s][1]);
+            acc[s][2] = _mm512_fmadd_ps(x, k2, acc[s][2]);
+            acc[s][3] = _mm512_fmadd_ps(x, k3, acc[s][3]);
+        }
+    }
+    const int64_t d8 = 8 * chunks;
+    for (int s = 0; s < pairs; s++) {
+        const __m256 sums = hsum8x4_halves(acc[s][0], acc[s][1], acc[s][2], acc[s][3]);
+        const int64_t v = first + 2 * s;
+        const int both = v + 1 < count;
+        if (d8 == d) { /* no tail: scale the 8 sums at once */
+            const __m256 scaled = _mm256_mul_ps(sums, _mm256_set1_ps(scale));
+            _mm_storeu_ps(p + v * p_stride, _mm256_castps256_ps128(scaled));
+            if (both) _mm_storeu_ps(p + (v + 1) * p_stride, _mm256_extractf128_ps(scaled, 1));
+            continue;
+        }
+        float lanes[8];
+        _mm256_storeu_ps(lanes, sums);
+        for (int h = 0; h < 1 + both; h++)
+            for (int j = 0; j < 4; j++) {
+                float sum = lanes[4 * h + j];
+                for (int64_t e = d8; e < d; e++) sum += q[(v + h) * q_stride + e] * kv_load1(k, at + j * d + e, half);
+                p[(v + h) * p_stride + j] = sum * scale;
+            }
+    }
+}
+
+/* scores_span on 512-bit registers: the `count` query vectors at q (q_stride apart; packed at qp by
+ * pack_query_pairs) against keys a..b-1 of k ([.][d]), 3 pairs of vectors and 4 keys at a time. */
+APR_INLINE void scores_span_wide(const float *qp, const float *q, int64_t q_stride, int64_t count, const void *k,
+                                 int64_t a, int64_t b, int64_t d, float scale, float *p, int64_t p_stride,
+                                 const int half) {
+    const int64_t chunks = d / 8, pairs = (count + 1) / 2;
+    for (int64_t s = 0; s < pairs; s += 3) {
+        const int64_t group = pairs - s < 3 ? pairs - s : 3;
+        const float *qs = qp + s * chunks * 16;
+        int64_t j = a;
+        for (; j + 4 <= b; j += 4) {
+            if (group == 3)
+                scores_pairs_x4(qs, 3, chunks, q, q_stride, 2 * s, count, k, j * d, d, scale, p + j, p_stride, half);
+            else if (group == 2)
+                scores_pairs_x4(qs, 2, chunks, q, q_stride, 2 * s, count, k, j * d, d, scale, p + j, p_stride, half);
+            else
+                scores_pairs_x4(qs, 1, chunks, q, q_stride, 2 * s, count, k, j * d, d, scale, p + j, p_stride, half);
+        }
+        for (; j < b; j++)
+            for (int64_t v = 2 * s; v < 2 * (s + group) && v < count; v++)
+                p[v * p_stride + j] = score(q + v * q_stride, k, j * d, d, scale, half);
+    }
+}
+
+APR_INLINE __m512 kv_load16(const void *base, int64_t index, const int half) {
+    return half ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)base + index)))
+                : _mm512_loadu_ps((const float *)base + index);
+}
+
+/* weighted_group on 512-bit registers: M vectors x 64 elements at a time, each element the same FMA chain. */
+APR_INLINE void weighted_group_wide(const float *p, int64_t p_stride, const int m, const void *v, int64_t a,
+                                    int64_t b, int64_t d, float *out, const int half) {
+    const int64_t d64 = d - d % 64;
+    for (int64_t i0 = 0; i0 < d64; i0 += 64) {
+        __m512 acc[3][4];
+        for (int r = 0; r < m; r++)
+            for (int c = 0; c < 4; c++) acc[r][c] = _mm512_loadu_ps(out + r * d + i0 + 16 * c);
+        for (int64_t j = a; j < b; j++) {
+            const int64_t at = j * d + i0;
+            const __m512 v0 = kv_load16(v, at, half), v1 = kv_load16(v, at + 16, half);
+            const __m512 v2 = kv_load16(v, at + 32, half), v3 = kv_load16(v, at + 48, half);
+            for (int r = 0; r < m; r++) {
+                const __m512 w = _mm512_set1_ps(p[r * p_stride + j]);
+                acc[r][0] = _mm512_fmadd_ps(w, v0, acc[r][0]);
+                acc[r][1] = _mm512_fmadd_ps(w, v1, acc[r][1]);
+                acc[r][2] = _mm512_fmadd_ps(w, v2, acc[r][2]);
+                acc[r][3] = _mm512_fmadd_ps(w, v3, acc[r][3]);
+            }
+        }
+        for (int r = 0; r < m; r++)
+            for (int c = 0; c < 4; c++) _mm512_storeu_ps(out + r * d + i0 + 16 * c, acc[r][c]);
+    }
+    for (int r = 0; r < m; r++)
+        for (int64_t e = d64; e < d; e++) {
+            float acc = out[r * d + e];
+            for (int64_t j = a; j < b; j++) acc += p[r * p_stride + j] * kv_load1(v, j * d + e, half);
+            out[r * d + e] = acc;
+        }
+}
+#endif
+
+/* weighted_group (weighted_group_wide where built) over `count` vectors, 3 at a time. */
 APR_INLINE void weighted_span(const float *p, int64_t p_stride, int64_t count, const void *v, int64_t a, int64_t b,
                               int64_t d, float *out, const int half) {
+#if defined(APR_ATTN_WIDE)
+#define WEIGHTED_GROUP weighted_group_wide
+#else
+#define WEIGHTED_GROUP weighted_group
+#endif
     int64_t w = 0;
-    for (; w + 3 <= count; w += 3) weighted_group(p + w * p_stride, p_stride, 3, v, a, b, d, out + w * d, half);
-    if (count - w == 2) weighted_group(p + w * p_stride, p_stride, 2, v, a, b, d, out + w * d, half);
-    if (count - w == 1) weighted_group(p + w * p_stride, p_stride, 1, v, a, b, d, out + w * d, half);
+    for (; w + 3 <= count; w += 3) WEIGHTED_GROUP(p + w * p_stride, p_stride, 3, v, a, b, d, out + w * d, half);
+    if (count - w == 2) WEIGHTED_GROUP(p + w * p_stride, p_stride, 2, v, a, b, d, out + w * d, half);
+    if (count - w == 1) WEIGHTED_GROUP(p + w * p_stride, p_stride, 1, v, a, b, d, out + w * d, half);
+#undef WEIGHTED_GROUP
+}
+
+/* Where a build has the wide kernels, the query vectors of one row (or one decode step) are packed in pairs
+ * once per unit (packed_query_floats floats; 0 without them) and every score and weighted sum takes 512 bits. */
+static inline int64_t packed_query_floats(int64_t count, int64_t d) {
+#if defined(APR_ATTN_WIDE)
+    return (count + 1) / 2 * (d / 8) * 16;
+#else
+    (void)count, (void)d;
+    return 0;
+#endif
+}
+
+static inline void pack_queries(const float *q, int64_t q_stride, int64_t count, int64_t d, float *qp) {
+#if defined(APR_ATTN_WIDE)
+    pack_query_pairs(q, q_stride, count, d / 8, qp);
+#else
+    (void)q, (void)q_stride, (void)count, (void)d, (void)qp;
+#endif
+}
+
+/* scores_span of `count` vectors at q (packed at qp by pack_queries). */
+APR_INLINE void scores_of(const float *qp, const float *q, int64_t q_stride, int64_t count, const void *k, int64_t a,
+                          int64_t b, int64_t d, float scale, float *p, int64_t p_stride, const int half) {
+#if defined(APR_ATTN_WIDE)
+    scores_span_wide(qp, q, q_stride, count, k, a, b, d, scale, p, p_stride, half);
+#else
+    (void)qp;
+    scores_span(q, q_stride, count, k, a, b, d, scale, p, p_stride, half);
+#endif
+}
+
+/* What every unit of one attention call shares: the queries, the layer's cache, where the outputs go, the
+ * shapes. */
+typedef struct {
+    const float *q;
+    void *keys, *values;
+    float *out;
+    int64_t kv_heads, rep, cap, d, window;
+    float scale;
+} attend_job;
+
+/* The start of kv head g in a cache of `half` (fp16) or float32 elements. */
+APR_INLINE const void *kv_head(const void *cache, int64_t g, const attend_job *job, const int half) {
+    const int64_t at = g * job->cap * job->d;
+    return half ? (const void *)((const uint16_t *)cache + at) : (const void *)((const float *)cache + at);
+}
+
+/* apr_attend_one's unit: query heads first .. first + n - 1 (all reading kv head g) over positions lo .. pos.
+ * Returns 1 when out of memory. Inlined once per cache type (half is a constant in each copy). */
+APR_INLINE int attend_one_unit(const attend_job *job, int64_t pos, int64_t g, int64_t first, int64_t n,
+                               const int half) {
+    const int64_t d = job->d, lo = (job->window > 0 && pos - job->window + 1 > 0) ? pos - job->window + 1 : 0;
+    const int64_t len = pos - lo + 1, packed = packed_query_floats(n, d);
+    float *p = malloc((size_t)(n * len + packed) * sizeof(float)), *qp = p + n * len;
+    if (!p) return 1;
+    /* p + r * len - lo: head r's scores, indexed by position */
+    const void *kh = kv_head(job->keys, g, job, half), *vh = kv_head(job->values, g, job, half);
+    const float *q = job->q + first * d;
+    float *out = job->out + first * d;
+    pack_queries(q, d, n, d, qp);
+    for (int64_t j0 = lo; j0 <= pos; j0 += APR_ATTN_BLOCK) {
+        const int64_t j1 = j0 + APR_ATTN_BLOCK < pos + 1 ? j0 + APR_ATTN_BLOCK : pos + 1;
+        scores_of(qp, q, d, n, kh, j0, j1, d, job->scale, p - lo, len, half);
+    }
+    for (int64_t r = 0; r < n; r++) softmax_in_place(p + r * len, len);
+    for (int64_t i = 0; i < n * d; i++) out[i] = 0.0f;
+    for (int64_t j0 = lo; j0 <= pos; j0 += APR_ATTN_BLOCK) {
+        const int64_t j1 = j0 + APR_ATTN_BLOCK < pos + 1 ? j0 + APR_ATTN_BLOCK : pos + 1;
+        weighted_span(p - lo, len, n, vh, j0, j1, d, out, half);
+    }
+    free(p);
+    return 0;
 }
 
 /* One new token of one sequence: writes its key and value (k_new, v_new [kv_heads][d]) at position pos
@@ -289,16 +548,16 @@ APR_INLINE void weighted_span(const float *p, int64_t p_stride, int64_t count, c
  * APR_ATTN_BLOCK positions serving every head from L1: for Qwen2.5-1.5B's 28 layers at 4096 positions,
  * 25 -> 16.5 ms a token than a head at a time (13.3 with the cache on huge pages). A head's numbers do not
  * depend on the split or the thread count. */
-APR_INLINE int attend_one(const float *q, const float *k_new, const float *v_new, void *keys, void *values,
-                          int64_t kv_heads, int64_t rep, int64_t cap, int64_t d, int64_t pos, int64_t window,
-                          float scale, float *out, const int half) {
+int apr_attend_one(const float *q, const float *k_new, const float *v_new, void *keys, void *values,
+                   int64_t kv_heads, int64_t rep, int64_t cap, int64_t d, int64_t pos, int64_t window, float scale,
+                   float *out, int half) {
     if (pos < 0 || pos >= cap) return 2;
     for (int64_t g = 0; g < kv_heads; g++) {
         kv_store(keys, (g * cap + pos) * d, k_new + g * d, d, half);
         kv_store(values, (g * cap + pos) * d, v_new + g * d, d, half);
     }
-    const int64_t lo = (window > 0 && pos - window + 1 > 0) ? pos - window + 1 : 0;
-    const int64_t len = pos - lo + 1;
+    const attend_job job = {q, keys, values, out, kv_heads, rep, cap, d, window, scale};
+    const int64_t lo = (window > 0 && pos - window + 1 > 0) ? pos - window + 1 : 0, len = pos - lo + 1;
     const int threads = omp_get_max_threads();
     int64_t parts = (threads + kv_heads - 1) / kv_heads;
     if (parts > rep) parts = rep;
@@ -309,43 +568,67 @@ APR_INLINE int attend_one(const float *q, const float *k_new, const float *v_new
         const int64_t g = unit / parts, first = g * rep + (unit % parts) * per_part;
         const int64_t end = g * rep + rep < first + per_part ? g * rep + rep : first + per_part;
         if (first >= end) continue;
-        const int64_t n = end - first;
-        float *p = malloc((size_t)(n * len) * sizeof(float));
-        if (!p) {
+        const int rc = half ? attend_one_unit(&job, pos, g, first, end - first, 1)
+                            : attend_one_unit(&job, pos, g, first, end - first, 0);
+        if (rc) {
 #pragma omp atomic write
             failed = 1;
-            continue;
         }
-        /* p + r * len - lo: head r's scores, indexed by position */
-        const int64_t head = g * cap * d;
-        const void *kh = half ? (const void *)((const uint16_t *)keys + head) : (const void *)((const float *)keys + head);
-        const void *vh = half ? (const void *)((const uint16_t *)values + head) : (const void *)((const float *)values + head);
-        for (int64_t j0 = lo; j0 <= pos; j0 += APR_ATTN_BLOCK) {
-            const int64_t j1 = j0 + APR_ATTN_BLOCK < pos + 1 ? j0 + APR_ATTN_BLOCK : pos + 1;
-            scores_span(q + first * d, d, n, kh, j0, j1, d, scale, p - lo, len, half);
-        }
-        for (int64_t r = 0; r < n; r++) softmax_in_place(p + r * len, len);
-        for (int64_t i = 0; i < n * d; i++) out[first * d + i] = 0.0f;
-        for (int64_t j0 = lo; j0 <= pos; j0 += APR_ATTN_BLOCK) {
-            const int64_t j1 = j0 + APR_ATTN_BLOCK < pos + 1 ? j0 + APR_ATTN_BLOCK : pos + 1;
-            weighted_span(p - lo, len, n, vh, j0, j1, d, out + first * d, half);
-        }
-        free(p);
     }
     return failed;
-}
-
-int apr_attend_one(const float *q, const float *k_new, const float *v_new, void *keys, void *values,
-                   int64_t kv_heads, int64_t rep, int64_t cap, int64_t d, int64_t pos, int64_t window, float scale,
-                   float *out, int half) {
-    return half ? attend_one(q, k_new, v_new, keys, values, kv_heads, rep, cap, d, pos, window, scale, out, 1)
-                : attend_one(q, k_new, v_new, keys, values, kv_heads, rep, cap, d, pos, window, scale, out, 0);
 }
 
 /* Query rows attending together: ATTN_RUN_ROWS positions x the rep query heads of one kv head share each
  * block of keys and values read from memory (a prompt at 4000 positions read every kv head's 4 MB of keys
  * and values once a row; now once per ATTN_RUN_ROWS rows, from L1 for all of them). */
 #define APR_ATTN_RUN_ROWS 16
+
+/* apr_attend_run's unit: rows first .. first + APR_ATTN_RUN_ROWS - 1 (of the n from pos0) x the rep query heads of
+ * kv head g. Returns 1 when out of memory. Inlined once per cache type. */
+APR_INLINE int attend_run_unit(const attend_job *job, int64_t pos0, int64_t n, int64_t g, int64_t first,
+                               const int half) {
+    const int64_t d = job->d, rep = job->rep, heads = job->kv_heads * rep, window = job->window;
+    const int64_t rows = n - first < APR_ATTN_RUN_ROWS ? n - first : APR_ATTN_RUN_ROWS;
+    const int64_t vectors = rows * rep;
+    int64_t lo[APR_ATTN_RUN_ROWS], hi[APR_ATTN_RUN_ROWS]; /* row i of the block: positions lo[i] .. hi[i] - 1 */
+    for (int64_t i = 0; i < rows; i++) {
+        const int64_t pos = pos0 + first + i;
+        lo[i] = (window > 0 && pos - window + 1 > 0) ? pos - window + 1 : 0;
+        hi[i] = pos + 1;
+    }
+    const int64_t end = hi[rows - 1], stride = hi[rows - 1] - lo[rows - 1];
+    /* p: per query vector (row i, head h: vector i * rep + h) its scores at p + vector * stride, from lo[i] */
+    const int64_t packed = packed_query_floats(rep, d); /* a row's */
+    float *p = malloc((size_t)(vectors * stride + rows * packed) * sizeof(float)), *qp = p + vectors * stride;
+    if (!p) return 1;
+    const void *kg = kv_head(job->keys, g, job, half), *vg = kv_head(job->values, g, job, half);
+    const float *q = job->q + (first * heads + g * rep) * d; /* row i's at q + i * heads * d */
+    float *out = job->out + (first * heads + g * rep) * d;
+    for (int64_t i = 0; i < rows; i++) pack_queries(q + i * heads * d, d, rep, d, qp + i * packed);
+    for (int64_t j0 = lo[0]; j0 < end; j0 += APR_ATTN_BLOCK) {
+        const int64_t j1 = j0 + APR_ATTN_BLOCK < end ? j0 + APR_ATTN_BLOCK : end;
+        for (int64_t i = 0; i < rows; i++) {
+            const int64_t a = j0 > lo[i] ? j0 : lo[i], b = j1 < hi[i] ? j1 : hi[i];
+            if (a < b)
+                scores_of(qp + i * packed, q + i * heads * d, d, rep, kg, a, b, d, job->scale,
+                          p + i * rep * stride - lo[i], stride, half);
+        }
+    }
+    for (int64_t i = 0; i < rows; i++)
+        for (int64_t h = 0; h < rep; h++) {
+            softmax_in_place(p + (i * rep + h) * stride, hi[i] - lo[i]);
+            for (int64_t e = 0; e < d; e++) out[(i * heads + h) * d + e] = 0.0f;
+        }
+    for (int64_t j0 = lo[0]; j0 < end; j0 += APR_ATTN_BLOCK) {
+        const int64_t j1 = j0 + APR_ATTN_BLOCK < end ? j0 + APR_ATTN_BLOCK : end;
+        for (int64_t i = 0; i < rows; i++) {
+            const int64_t a = j0 > lo[i] ? j0 : lo[i], b = j1 < hi[i] ? j1 : hi[i];
+            if (a < b) weighted_span(p + i * rep * stride - lo[i], stride, rep, vg, a, b, d, out + i * heads * d, half);
+        }
+    }
+    free(p);
+    return 0;
+}
 
 /* The attention of one sequence's consecutive new positions pos0 .. pos0 + n - 1 (a prompt, or the rows a
  * lookup step verifies), giving every row the bits apr_attend_one gives it alone: stores the n keys and
@@ -362,74 +645,27 @@ int apr_attend_one(const float *q, const float *k_new, const float *v_new, void 
  * chunking of the prompt, the blocking here or the thread count. The work is split into (kv head, block of
  * rows) units: the score buffer is the block's rows x rep heads x their longest span. Returns 0, 1 (no
  * memory) or 2 (a position outside the cache). */
-APR_INLINE int attend_run(const float *q, const float *k_new, const float *v_new, void *keys, void *values,
-                          int64_t kv_heads, int64_t rep, int64_t cap, int64_t d, int64_t pos0, int64_t n,
-                          int64_t window, float scale, float *out, const int half) {
+int apr_attend_run(const float *q, const float *k_new, const float *v_new, void *keys, void *values,
+                   int64_t kv_heads, int64_t rep, int64_t cap, int64_t d, int64_t pos0, int64_t n, int64_t window,
+                   float scale, float *out, int half) {
     if (pos0 < 0 || n < 1 || pos0 + n > cap) return 2;
-    const int64_t heads = kv_heads * rep;
     for (int64_t i = 0; i < n; i++)
         for (int64_t g = 0; g < kv_heads; g++) {
             kv_store(keys, (g * cap + pos0 + i) * d, k_new + (i * kv_heads + g) * d, d, half);
             kv_store(values, (g * cap + pos0 + i) * d, v_new + (i * kv_heads + g) * d, d, half);
         }
+    const attend_job job = {q, keys, values, out, kv_heads, rep, cap, d, window, scale};
     const int64_t blocks = (n + APR_ATTN_RUN_ROWS - 1) / APR_ATTN_RUN_ROWS, units = kv_heads * blocks;
     int failed = 0;
     /* Later rows attend over more positions: dynamic scheduling, the longest blocks first. */
 #pragma omp parallel for schedule(dynamic, 1) if (units > 1)
     for (int64_t unit = 0; unit < units; unit++) {
-        const int64_t g = unit % kv_heads, block = blocks - 1 - unit / kv_heads;
-        const int64_t first = block * APR_ATTN_RUN_ROWS;
-        const int64_t rows = n - first < APR_ATTN_RUN_ROWS ? n - first : APR_ATTN_RUN_ROWS;
-        const int64_t vectors = rows * rep;
-        int64_t lo[APR_ATTN_RUN_ROWS], hi[APR_ATTN_RUN_ROWS]; /* row i of the block: positions lo[i] .. hi[i] - 1 */
-        for (int64_t i = 0; i < rows; i++) {
-            const int64_t pos = pos0 + first + i;
-            lo[i] = (window > 0 && pos - window + 1 > 0) ? pos - window + 1 : 0;
-            hi[i] = pos + 1;
-        }
-        const int64_t end = hi[rows - 1], stride = hi[rows - 1] - lo[rows - 1];
-        /* p: per query vector (row i, head h: vector i * rep + h) its scores at p + vector * stride, from lo[i] */
-        float *p = malloc((size_t)(vectors * stride) * sizeof(float));
-        if (!p) {
+        const int64_t g = unit % kv_heads, first = (blocks - 1 - unit / kv_heads) * APR_ATTN_RUN_ROWS;
+        const int rc = half ? attend_run_unit(&job, pos0, n, g, first, 1) : attend_run_unit(&job, pos0, n, g, first, 0);
+        if (rc) {
 #pragma omp atomic write
             failed = 1;
-            continue;
         }
-        const int64_t head = g * cap * d;
-        const void *kg = half ? (const void *)((const uint16_t *)keys + head) : (const void *)((const float *)keys + head);
-        const void *vg = half ? (const void *)((const uint16_t *)values + head) : (const void *)((const float *)values + head);
-        for (int64_t j0 = lo[0]; j0 < end; j0 += APR_ATTN_BLOCK) {
-            const int64_t j1 = j0 + APR_ATTN_BLOCK < end ? j0 + APR_ATTN_BLOCK : end;
-            for (int64_t i = 0; i < rows; i++) {
-                const int64_t a = j0 > lo[i] ? j0 : lo[i], b = j1 < hi[i] ? j1 : hi[i];
-                if (a < b)
-                    scores_span(q + ((first + i) * heads + g * rep) * d, d, rep, kg, a, b, d, scale,
-                                p + i * rep * stride - lo[i], stride, half);
-            }
-        }
-        for (int64_t i = 0; i < rows; i++)
-            for (int64_t h = 0; h < rep; h++) {
-                softmax_in_place(p + (i * rep + h) * stride, hi[i] - lo[i]);
-                float *ov = out + ((first + i) * heads + g * rep + h) * d;
-                for (int64_t e = 0; e < d; e++) ov[e] = 0.0f;
-            }
-        for (int64_t j0 = lo[0]; j0 < end; j0 += APR_ATTN_BLOCK) {
-            const int64_t j1 = j0 + APR_ATTN_BLOCK < end ? j0 + APR_ATTN_BLOCK : end;
-            for (int64_t i = 0; i < rows; i++) {
-                const int64_t a = j0 > lo[i] ? j0 : lo[i], b = j1 < hi[i] ? j1 : hi[i];
-                if (a < b)
-                    weighted_span(p + i * rep * stride - lo[i], stride, rep, vg, a, b, d,
-                                  out + ((first + i) * heads + g * rep) * d, half);
-            }
-        }
-        free(p);
     }
     return failed;
-}
-
-int apr_attend_run(const float *q, const float *k_new, const float *v_new, void *keys, void *values,
-                   int64_t kv_heads, int64_t rep, int64_t cap, int64_t d, int64_t pos0, int64_t n, int64_t window,
-                   float scale, float *out, int half) {
-    return half ? attend_run(q, k_new, v_new, keys, values, kv_heads, rep, cap, d, pos0, n, window, scale, out, 1)
-                : attend_run(q, k_new, v_new, keys, values, kv_heads, rep, cap, d, pos0, n, window, scale, out, 0);
 }
