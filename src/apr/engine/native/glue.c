@@ -427,8 +427,11 @@ APR_INLINE void weighted_group_wide(const float *p, int64_t p_stride, const int 
             for (int c = 0; c < 4; c++) acc[r][c] = _mm512_loadu_ps(out + r * d + i0 + 16 * c);
         for (int64_t j = a; j < b; j++) {
             const int64_t at = j * d + i0;
-            const __m512 v0 = kv_load16(v, at, half), v1 = kv_load16(v, at + 16, half);
-            const __m512 v2 = kv_load16(v, at + 32, half), v3 = kv_load16(v, at + 48, half);
+            __m512 v0 = kv_load16(v, at, half), v1 = kv_load16(v, at + 16, half);
+            __m512 v2 = kv_load16(v, at + 32, half), v3 = kv_load16(v, at + 48, half);
+            /* Values in registers: GCC otherwise folds each load into its M FMAs, and the 512-bit loads (two a
+             * cycle) become the bound. */
+            __asm__("" : "+v"(v0), "+v"(v1), "+v"(v2), "+v"(v3));
             for (int r = 0; r < m; r++) {
                 const __m512 w = _mm512_set1_ps(p[r * p_stride + j]);
                 acc[r][0] = _mm512_fmadd_ps(w, v0, acc[r][0]);
