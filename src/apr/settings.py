@@ -39,6 +39,13 @@ VARIABLES: tuple[Variable, ...] = (
         "force a native kernel build: amx, avx512vnni, avxvnni or avx2 (refused if the CPU or, for amx, the OS lacks it)",
     ),
     Variable(
+        "APR_STREAM_AHEAD",
+        "2048",
+        "bytes ahead of its reads that a native product prefetches its weight stream (decode's two-tile kernel keeps "
+        "4096 a stream; a multiple of 64, 0 to 65536; 0: none; other values are ignored): a build flag, so another "
+        "value builds kernels of its own",
+    ),
+    Variable(
         "OMP_NUM_THREADS",
         "(the free cores: apr.machine)",
         "CPU threads of the engine when --threads is not given; apr certify sets it for every cell",
@@ -78,6 +85,7 @@ class Settings:
     huge_pages: bool
     native_kernels: bool
     native_variant: str | None
+    stream_ahead: int | None
     compiler: str | None
     omp_threads: int | None
     omp_wait_policy: str | None
@@ -99,6 +107,7 @@ class Settings:
             huge_pages=environ.get("APR_HUGE_PAGES", "1") != "0",
             native_kernels=environ.get("APR_NATIVE_KERNELS", "1") != "0",
             native_variant=environ.get("APR_NATIVE_VARIANT", "").strip() or None,
+            stream_ahead=_stream_ahead(environ.get("APR_STREAM_AHEAD", "")),
             compiler=environ.get("CC") or None,
             omp_threads=_positive_int(environ.get("OMP_NUM_THREADS", "")),
             omp_wait_policy=environ.get("OMP_WAIT_POLICY", "").strip() or None,
@@ -121,6 +130,16 @@ def _positive_int(value: str) -> int | None:
     # OpenMP ignores a malformed or non-positive count too; apr then chooses as if it were unset.
     value = value.strip()
     return int(value) if value.isdigit() and int(value) > 0 else None
+
+
+def _stream_ahead(value: str) -> int | None:
+    # A prefetch distance is a tuning knob: a malformed one keeps the kernels' own default rather than
+    # stopping the engine (apr --version says which distance the kernels use).
+    value = value.strip()
+    if not value.isdigit():
+        return None
+    ahead = int(value)
+    return ahead if ahead <= 65536 and ahead % 64 == 0 else None
 
 
 def current() -> Settings:

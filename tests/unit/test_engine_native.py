@@ -344,6 +344,20 @@ def test_python_m_native_names_the_variant_that_runs_here():
     assert done.stdout.split()[0] == cpu.choose_variant(os.environ.get("APR_NATIVE_VARIANT") or None)[0].name
 
 
+@pytest.mark.parametrize(
+    ("value", "reported"), [("1024", "1024 B ahead"), ("0", "no weight prefetch"), ("1000", "2048 B ahead")]
+)
+def test_the_prefetch_distance_is_a_build_flag_the_kernels_report(value, reported):
+    """APR_STREAM_AHEAD builds kernels that prefetch that far ahead, and the kernel description (apr --version,
+    bench JSON) names the distance the loaded build uses; a value that is not a multiple of 64 keeps the default."""
+    env = {**os.environ, "APR_STREAM_AHEAD": value}
+    done = subprocess.run(
+        [sys.executable, "-m", "apr.engine.native"], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert reported in done.stdout
+
+
 def test_a_variant_the_compiler_cannot_build_gives_way_to_the_next(tmp_path):
     """A compiler that refuses the best variant's flags (e.g. a gcc older than 11 and -mamx-tile): the kernels
     load in the next variant this CPU runs, with a one-line warning, instead of not at all."""

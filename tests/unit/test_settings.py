@@ -83,3 +83,11 @@ def test_short_omp_spins_unless_the_user_chose(monkeypatch: pytest.MonkeyPatch) 
     assert "GOMP_SPINCOUNT" not in child_environ()
     assert Settings.from_environ({"OMP_WAIT_POLICY": " active "}).omp_wait_policy == "active"
     assert omp_waits(Settings.from_environ({})) == "libgomp default (spin ~300000 times, then sleep)"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("", None), ("4096", 4096), ("0", 0), ("1000", None), ("-64", None), ("131072", None), ("x", None)],
+)
+def test_the_prefetch_distance_takes_multiples_of_64_up_to_64_kib(value: str, expected: int | None) -> None:
+    assert Settings.from_environ({"APR_STREAM_AHEAD": value}).stream_ahead == expected

@@ -109,7 +109,8 @@ def _build(variant: Variant, compiler: str) -> tuple[ctypes.CDLL | None, str]:
     # Linked against the OpenMP runtime torch already loaded (by its own file), so the process keeps one
     # runtime and one thread pool: a second libgomp would size, spin and bind its threads separately.
     link = [str(runtime), f"-Wl,-rpath,{runtime.parent}"] if runtime is not None else []
-    flags = (*CFLAGS, *variant.flags)
+    ahead = current().stream_ahead
+    flags = (*CFLAGS, *variant.flags, *((f"-DAPR_STREAM_AHEAD={ahead}",) if ahead is not None else ()))
     tag = hashlib.sha256(source + " ".join((*flags, *link)).encode() + compiler.encode()).hexdigest()[:16]
     target = _cache_dir() / f"qgemm-{variant.name}-{tag}.so"
     if not target.exists():
@@ -794,4 +795,6 @@ def describe() -> str:
         "avx512vnni": "512-bit q4k8/q6k8 products, else 256-bit",
         "amx": "AMX tiles for q4k8/q6k8 products of 32+ rows, 512-bit below, else 256-bit",
     }.get(name or "", "256-bit")
-    return f"{name} q4/q4k/q4k8/q6/q6k8/q8 (int8 activations; {vectors}), one call per decode layer"
+    ahead = lib.apr_qgemm_stream_ahead()
+    prefetch = f"weights prefetched {ahead} B ahead" if ahead else "no weight prefetch"
+    return f"{name} q4/q4k/q4k8/q6/q6k8/q8 (int8 activations; {vectors}; {prefetch}), one call per decode layer"

@@ -178,16 +178,28 @@ int apr_qgemm_variant(void) { return APR_VARIANT; }
  * loads of the same bytes reach: it restarts at every 4 KiB page and runs only a little ahead, so a core's
  * misses in flight ran dry while it computed. The 1.5B's products, bench_products --threads 1 --pages huge
  * (avx512vnni, 2026-12-05, interleaved runs): 1 row 137-156 ms -> 78-103 ms a token, 8 rows 191-220 ->
- * 114-131 ms, 128 rows unchanged (2.6-3.1 s either way, a noisy machine); 4096 bytes ahead beat 1024, 2048
- * and 8192. It replaces a prefetch of the next tile that prompts (32 rows and more) used. Prefetches never
- * fault and change no result. */
-#define APR_STREAM_AHEAD 4096
+ * 114-131 ms, 128 rows unchanged (2.6-3.1 s either way, a noisy machine); there 4096 bytes ahead beat 1024,
+ * 2048 and 8192. On the AMX Xeon of sessions 13-14 (2026-12-05, bench_products --rows 1 --pages huge) 2048
+ * beat 4096 for this one-stream kernel by ~20 % (avx2 build: 2 threads 42.9-43.6 -> 35.0 ms a token, plain
+ * loads of the same bytes 32.3; one thread 86-89 -> 67.5; avxvnni 42.1-42.7 -> 34.5-35.2), 1024, 1536, 3072
+ * and 8192 were slower, prefetcht1 and prefetchnta too; 8 rows unchanged. With 4096 the samples piled up on
+ * the prefetch instructions themselves: too many lines in flight for the core's fill buffers. In the
+ * engine, qwen2.5-coder:1.5b decode (avx2 build) 21.8-22.5 -> 26.1-26.9 tok/s; the AMX build's
+ * gemma3:270m 77 -> 82, smollm2:135m 166-176 -> 177-178 (its qwen decode takes the two-stream kernel below,
+ * which keeps 4096 a stream). APR_STREAM_AHEAD is a build flag (apr.settings: env APR_STREAM_AHEAD) for other
+ * machines. Prefetches never fault and change no result. */
+#ifndef APR_STREAM_AHEAD
+#define APR_STREAM_AHEAD 2048
+#endif
 #define PREFETCH_STREAM(stream, at, slice)                                                                   \
     do {                                                                                                     \
-        if (stream)                                                                                          \
+        if ((stream) && APR_STREAM_AHEAD > 0)                                                                \
             for (int off_ = 0; off_ < (slice); off_ += 64)                                                   \
                 _mm_prefetch((const char *)(at) + APR_STREAM_AHEAD + off_, _MM_HINT_T0);                     \
     } while (0)
+
+/* The distance this build prefetches (apr --version reports it; APR_STREAM_AHEAD may set it). */
+int apr_qgemm_stream_ahead(void) { return APR_STREAM_AHEAD; }
 
 /* 8 int32 lanes; lane j sums the products of elements 4j..4j+3 (w unsigned, x signed). */
 static inline __m256i dot_u8_s8(__m256i w, __m256i x) {
@@ -706,12 +718,18 @@ static inline __m512 two_halves_ph(const uint8_t *a, const uint8_t *b) {
                                                    _mm_loadu_si128((const __m128i *)b), 1));
 }
 
-/* The two streams of a unit, each prefetched APR_STREAM_AHEAD ahead in the order the thread reads them: past the
+/* How far ahead each of decode's two weight streams is prefetched: 4096 and 2048 measured the same there
+ * (33.4-33.5 vs 33.5-33.8 ms a token, bench_products --rows 1, amx build), 4096 slightly faster in the engine. */
+#ifndef APR_TWO_STREAMS_AHEAD
+#define APR_TWO_STREAMS_AHEAD 4096
+#endif
+
+/* The two streams of a unit, each prefetched APR_TWO_STREAMS_AHEAD ahead in the order the thread reads them: past the
  * end of its tile a stream's prefetch continues in the same tile of the thread's next unit (two tiles on, under
  * the static schedule) instead of running into the partner tile, which the other stream reads already. With
  * K = 1536 (7 KiB a tile) the plain 4 KiB ahead left every unit to start on misses. */
 static inline void prefetch_two_streams(const uint8_t *ta, const uint8_t *tb, int64_t at, int64_t slice, int64_t tile_bytes) {
-    const int64_t ahead = at + APR_STREAM_AHEAD + (at + APR_STREAM_AHEAD >= tile_bytes ? tile_bytes : 0);
+    const int64_t ahead = at + APR_TWO_STREAMS_AHEAD + (at + APR_TWO_STREAMS_AHEAD >= tile_bytes ? tile_bytes : 0);
     for (int64_t off = 0; off < slice; off += 64) {
         _mm_prefetch((const char *)ta + ahead + off, _MM_HINT_T0);
         _mm_prefetch((const char *)tb + ahead + off, _MM_HINT_T0);
