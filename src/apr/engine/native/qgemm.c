@@ -987,7 +987,10 @@ static inline void amx_q6_store(int odd, int32_t (*sums)[16][16]) {
  * block b is scaled and stored after it. Measured on a Sapphire Rapids-class VM, one thread, 128 rows
  * (bench_products --by-product, 2026-12-05): gate/up 145 GMAC/s with the pairs kernels; here 150 one block at
  * a time, 224-250 with the transposed scales and this pipeline; two blocks ahead (three sums tiles) was slower
- * (158-190). */
+ * (158-190). The packing of a unit's pair of tiles reads its weight bytes from memory while the tile unit waits
+ * (~7 % of a 128-token prompt); prefetching the next unit's pair during this unit's first 16 rows (into L1, L2 or
+ * L3) made the products ~20 % slower (bench_products --rows 128, 2 threads: 505-540 -> 610-660 ms a step,
+ * session 14): the prefetches compete with the A tile loads, whose 16 rows are kpad bytes apart. */
 static void amx_rows(int q6, const int8_t *qx, const float *dxt, const float *sxt, int64_t kpad, const uint8_t *bt,
                      const float *f, const float *bias, int64_t m16, int64_t n, int64_t j0, int width, float *y) {
     const int64_t nb = kpad / APR_QK;
