@@ -790,10 +790,11 @@ def describe() -> str:
     if lib is None:
         return f"unavailable: {reason}"
     name = variant()
-    # Only avx512vnni and amx have 512-bit kernels (the tiled layouts: two rows a vector, or at one row two tiles).
+    # Only avx512vnni and amx have 512-bit kernels (the tiled layouts: two rows a vector, or at one row two tiles;
+    # the attention).
     vectors = {
-        "avx512vnni": "512-bit q4k8/q6k8 products, else 256-bit",
-        "amx": "AMX tiles for q4k8/q6k8 products of 32+ rows, 512-bit below, else 256-bit",
+        "avx512vnni": "512-bit q4k8/q6k8 products and attention, else 256-bit",
+        "amx": "AMX tiles for q4k8/q6k8 products of 32+ rows, 512-bit below and attention, else 256-bit",
     }.get(name or "", "256-bit")
     ahead = lib.apr_qgemm_stream_ahead()
     prefetch = f"weights prefetched {ahead} B ahead" if ahead else "no weight prefetch"

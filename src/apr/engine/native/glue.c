@@ -319,7 +319,7 @@ static inline void pack_query_pairs(const float *q, int64_t q_stride, int64_t co
     }
 }
 
-/* The 8 keys values at element `index` of the cache in both halves of a register (a load-unit broadcast). */
+/* The 8 values from element `index` of a cache (part of one key) in both halves of a register (a load-unit broadcast). */
 APR_INLINE __m512 kv_broadcast8(const void *base, int64_t index, const int half) {
     return half ? _mm512_cvtph_ps(_mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)((const uint16_t *)base + index))))
                 : _mm512_castpd_ps(_mm512_broadcast_f64x4(_mm256_castps_pd(_mm256_loadu_ps((const float *)base + index))));
