@@ -990,7 +990,9 @@ static inline void amx_q6_store(int odd, int32_t (*sums)[16][16]) {
  * (158-190). The packing of a unit's pair of tiles reads its weight bytes from memory while the tile unit waits
  * (~7 % of a 128-token prompt); prefetching the next unit's pair during this unit's first 16 rows (into L1, L2 or
  * L3) made the products ~20 % slower (bench_products --rows 128, 2 threads: 505-540 -> 610-660 ms a step,
- * session 14): the prefetches compete with the A tile loads, whose 16 rows are kpad bytes apart. */
+ * session 14): the prefetches compete with the A tile loads, whose 16 rows are kpad bytes apart. Laying the
+ * activations out tile by tile (each A tile 512 contiguous bytes) measured no different (502-547 ms against
+ * 518-538 at 2 threads, 931-968 against 969-1019 at one). */
 static void amx_rows(int q6, const int8_t *qx, const float *dxt, const float *sxt, int64_t kpad, const uint8_t *bt,
                      const float *f, const float *bias, int64_t m16, int64_t n, int64_t j0, int width, float *y) {
     const int64_t nb = kpad / APR_QK;
