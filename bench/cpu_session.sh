@@ -24,7 +24,9 @@ TAG="$VARIANT"
 [ -n "${APR_NATIVE_VARIANT:-}" ] && TAG="forced-$VARIANT"
 OUT="${1:-bench/results/cpu-session-$TAG-$(date -u +%Y-%m-%d)}"
 mkdir -p "$OUT"
+rm -f "$OUT/QUICK"
 if [ "${QUICK:-0}" = 1 ]; then
+  touch "$OUT/QUICK" # cpu_summary.py then calls no target met
   REPS=(--min-reps 1 --min-seconds 0)
   LONG=512
   LOOKUP_TASKS=(--tasks 3)

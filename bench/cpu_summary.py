@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 
@@ -25,11 +25,14 @@ class Target:
     bound: float
     detail: str
     broken: str = ""  # a condition the figure needs that failed (lookup's replies differing from plain decode)
+    quick: bool = False  # the session ran QUICK=1: a plumbing check, its figures are not measurements
 
     @property
     def verdict(self) -> str:
         if self.measured is None:
             return "NOT MEASURED"
+        if self.quick:
+            return "NOT MEASURED (QUICK run)"
         if self.broken:
             return f"not met ({self.broken})"
         return "met" if self.measured >= self.bound else "not met"
@@ -109,7 +112,10 @@ def main(argv: list[str]) -> int:
     if not directory.is_dir():
         print(f"cpu_summary: {directory} is not a directory", file=sys.stderr)
         return 2
-    found = targets(directory)
+    quick = (directory / "QUICK").exists()
+    found = [replace(target, quick=quick) for target in targets(directory)]
+    if quick:
+        print("QUICK run (bench/cpu_session.sh QUICK=1): a plumbing check, its figures are not measurements")
     kernels = next(
         (doc["results"]["apr"]["info"].get("kernels") for doc in (load(directory, "engine-llama-default"),) if doc),
         "unknown (engine-llama-default.json missing)",
@@ -124,6 +130,7 @@ def main(argv: list[str]) -> int:
         print(f"{key:<52} {value:>7.3f}  (for the record)")
     summary = {
         "kernels": kernels,
+        "quick": quick,
         "targets": [{**asdict(t), "verdict": t.verdict} for t in found],
         "depth_ratios": depth,
     }

@@ -66,3 +66,11 @@ def test_a_lookup_speedup_with_other_replies_is_not_met(tmp_path):
 def test_a_missing_directory_is_one_line_and_exit_2(tmp_path):
     done = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "absent")], capture_output=True, text=True)
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "not a directory" in done.stderr
+
+
+def test_a_quick_session_meets_no_target(tmp_path):
+    (tmp_path / "engine-llama-default.json").write_text(json.dumps(engine_run(2.6, 100.0, 0.95, 4.0)))
+    (tmp_path / "QUICK").touch()
+    done, targets = summarize(tmp_path)
+    assert targets["prefill-128 / llama.cpp"]["verdict"] == "NOT MEASURED (QUICK run)"
+    assert "QUICK run" in done.stdout.splitlines()[0]
