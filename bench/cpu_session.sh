@@ -2,7 +2,7 @@
 # Issue 22's CPU figures on this machine in one command: every benchmark the issue's targets need, apr against
 # llama.cpp in the same runs, then a table of each figure against its target (bench/cpu_summary.py).
 #
-#   bash bench/cpu_session.sh [OUT]        # default bench/results/cpu-session-<cpu flags tag>-<UTC date>/
+#   bash bench/cpu_session.sh [OUT]        # default bench/results/cpu-session-<kernel build>-<UTC date>/
 #
 # Environment: LLAMA_DIR, a llama.cpp build with build/bin/llama-bench and llama-lookup (default .llama-cpp,
 # built by bench/build_llama_cpp.sh when missing, ~15 minutes on 2 cores; LLAMA_CMAKE_ARGS passes through, see

@@ -60,7 +60,7 @@ def targets(directory: Path) -> list[Target]:
     runs = [(doc, label) for doc, label in ((default, "default"), (repack0, "--repack 0")) if doc]
 
     def peer_prefill(doc: dict) -> float:
-        return doc["results"]["llama.cpp"]["prefill_tok_s"]["median"]
+        return float(doc.get("results", {}).get("llama.cpp", {}).get("prefill_tok_s", {}).get("median") or 0.0)
 
     # Prefill-128 against llama.cpp's faster prompt configuration, in the run that measured it.
     fastest = max(runs, key=lambda run: peer_prefill(run[0]), default=None)
@@ -116,10 +116,8 @@ def main(argv: list[str]) -> int:
     found = [replace(target, quick=quick) for target in targets(directory)]
     if quick:
         print("QUICK run (bench/cpu_session.sh QUICK=1): a plumbing check, its figures are not measurements")
-    kernels = next(
-        (doc["results"]["apr"]["info"].get("kernels") for doc in (load(directory, "engine-llama-default"),) if doc),
-        "unknown (engine-llama-default.json missing)",
-    )
+    engine = load(directory, "engine-llama-default") or {}
+    kernels = engine.get("results", {}).get("apr", {}).get("info", {}).get("kernels") or "unknown (no engine JSON)"
     print(f"kernels: {kernels}")
     for target in found:
         shown = "—" if target.measured is None else f"{target.measured:.3f}"
