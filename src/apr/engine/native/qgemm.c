@@ -1085,6 +1085,38 @@ typedef struct {
     const int64_t *px, *pd, *ps, *pi;
 } apr_acts;
 
+#if APR_ZMM
+/* One group of `mp` row pairs from pair p of one unit's tiled weight (q6: q6k8, else q4k8). */
+static inline __attribute__((always_inline)) void tile_pairs(const int q6, const apr_acts *a, int64_t kpad,
+                                                             const uint8_t *wt, const float *bias, int64_t p,
+                                                             const int mp, int64_t n, int64_t j0, float *y,
+                                                             const int stream, int64_t m) {
+    if (q6)
+        q6k8_tile_pairs(a->px, a->pd, a->pi, kpad, wt, bias, p, mp, n, j0, y, stream, m);
+    else
+        q4k8_tile_pairs(a->px, a->pd, a->ps, kpad, wt, bias, p, mp, n, j0, y, stream, m);
+}
+
+/* The row pairs of one unit of a tiled weight, from row r_start (even): groups of APR_MP4 (q4k8) or APR_MP6 (q6k8)
+ * pairs, then half that, then 2 (a lookup step's 4-5 rows: ~25 % of its work was unpacking the weights once per
+ * pair), then 1. An odd last row is paired with itself (and stored once) where that completes a group of 2 pairs
+ * (m % 4 == 3), so that it shares the group's unpacked weights; a self pair alone measured slower than the
+ * 256-bit kernel (bench_products, amx build, one thread: 3 rows 114-119 -> 98-103 ms a step, 11 rows 183 -> 170;
+ * 5 rows with a lone self pair 124 -> 138-144). Returns the first row left to the 256-bit kernels. */
+static inline __attribute__((always_inline)) int64_t tile_pairs_of_unit(const int q6, const apr_acts *a, int64_t kpad,
+                                                                        const uint8_t *wt, const float *bias, int64_t m,
+                                                                        int64_t r_start, int64_t n, int64_t j0, float *y) {
+    const int mp = q6 ? APR_MP6 : APR_MP4;
+    const int64_t p_start = r_start / 2, pairs = m % 4 == 3 ? (m + 1) / 2 : m / 2;
+    int64_t p = p_start;
+    for (; p + mp <= pairs; p += mp) tile_pairs(q6, a, kpad, wt, bias, p, mp, n, j0, y, p == p_start, m);
+    for (; p + mp / 2 <= pairs; p += mp / 2) tile_pairs(q6, a, kpad, wt, bias, p, mp / 2, n, j0, y, p == p_start, m);
+    for (; p + 2 <= pairs; p += 2) tile_pairs(q6, a, kpad, wt, bias, p, 2, n, j0, y, p == p_start, m);
+    for (; p < pairs; p++) tile_pairs(q6, a, kpad, wt, bias, p, 1, n, j0, y, p == p_start, m);
+    return 2 * p < m ? 2 * p : m;
+}
+#endif
+
 /* Activation rows [r_start, m) against unit u of w (r_start is 0, or for the tiled layouts the even row
  * where the AMX kernels stopped). The row groups (APR_MT_TILED, APR_MT, then 1) change only how many rows
  * share a weight load, never a row's own operations: see "Batch invariance" above. */
@@ -1128,22 +1160,7 @@ static void run_unit(const apr_weight *w, const apr_acts *a, int64_t m, int64_t 
     case APR_Q4K8: {
         const uint8_t *wt = (const uint8_t *)w->w + u * tile_bytes_of(w);
 #if APR_ZMM
-        if (a->px) {
-            /* An odd last row is paired with itself (and stored once) where that completes a group of 2 pairs
-             * (m % 4 == 3), so that it shares the group's unpacked weights; a self pair alone measured slower
-             * than the 256-bit kernel (bench_products, amx build, one thread: 3 rows 114-119 -> 98-103 ms a
-             * step, 11 rows 183 -> 170; 5 rows with a lone self pair 124 -> 138-144). */
-            const int64_t p_start = r_start / 2, pairs = m % 4 == 3 ? (m + 1) / 2 : m / 2;
-            int64_t p = p_start;
-            for (; p + APR_MP4 <= pairs; p += APR_MP4)
-                q4k8_tile_pairs(a->px, a->pd, a->ps, kpad, wt, w->bias, p, APR_MP4, n, u * 8, y, p == p_start, m);
-            for (; p + APR_MP4 / 2 <= pairs; p += APR_MP4 / 2)
-                q4k8_tile_pairs(a->px, a->pd, a->ps, kpad, wt, w->bias, p, APR_MP4 / 2, n, u * 8, y, p == p_start, m);
-            /* Two pairs share one unpacking of the weights too (a lookup step's 4-5 rows: ~25 % of its work). */
-            for (; p + 2 <= pairs; p += 2) q4k8_tile_pairs(a->px, a->pd, a->ps, kpad, wt, w->bias, p, 2, n, u * 8, y, p == p_start, m);
-            for (; p < pairs; p++) q4k8_tile_pairs(a->px, a->pd, a->ps, kpad, wt, w->bias, p, 1, n, u * 8, y, p == p_start, m);
-            r0 = 2 * p < m ? 2 * p : m;
-        }
+        if (a->px) r0 = tile_pairs_of_unit(0, a, kpad, wt, w->bias, m, r_start, n, u * 8, y);
 #endif
         for (; r0 + APR_MT_TILED <= m; r0 += APR_MT_TILED)
             q4k8_tile(qx, dx, sx, kpad, wt, w->bias, r0, APR_MT_TILED, n, u * 8, y, r0 == r_start);
@@ -1154,22 +1171,7 @@ static void run_unit(const apr_weight *w, const apr_acts *a, int64_t m, int64_t 
     case APR_Q6K8: {
         const uint8_t *wt = (const uint8_t *)w->w + u * tile_bytes_of(w);
 #if APR_ZMM
-        if (a->px) {
-            /* An odd last row is paired with itself (and stored once) where that completes a group of 2 pairs
-             * (m % 4 == 3), so that it shares the group's unpacked weights; a self pair alone measured slower
-             * than the 256-bit kernel (bench_products, amx build, one thread: 3 rows 114-119 -> 98-103 ms a
-             * step, 11 rows 183 -> 170; 5 rows with a lone self pair 124 -> 138-144). */
-            const int64_t p_start = r_start / 2, pairs = m % 4 == 3 ? (m + 1) / 2 : m / 2;
-            int64_t p = p_start;
-            for (; p + APR_MP6 <= pairs; p += APR_MP6)
-                q6k8_tile_pairs(a->px, a->pd, a->pi, kpad, wt, w->bias, p, APR_MP6, n, u * 8, y, p == p_start, m);
-            for (; p + APR_MP6 / 2 <= pairs; p += APR_MP6 / 2)
-                q6k8_tile_pairs(a->px, a->pd, a->pi, kpad, wt, w->bias, p, APR_MP6 / 2, n, u * 8, y, p == p_start, m);
-            /* Two pairs share one unpacking of the weights too (a lookup step's 4-5 rows: ~25 % of its work). */
-            for (; p + 2 <= pairs; p += 2) q6k8_tile_pairs(a->px, a->pd, a->pi, kpad, wt, w->bias, p, 2, n, u * 8, y, p == p_start, m);
-            for (; p < pairs; p++) q6k8_tile_pairs(a->px, a->pd, a->pi, kpad, wt, w->bias, p, 1, n, u * 8, y, p == p_start, m);
-            r0 = 2 * p < m ? 2 * p : m;
-        }
+        if (a->px) r0 = tile_pairs_of_unit(1, a, kpad, wt, w->bias, m, r_start, n, u * 8, y);
 #endif
         for (; r0 + APR_MT_TILED <= m; r0 += APR_MT_TILED)
             q6k8_tile(qx, dx, isx, kpad, wt, w->bias, r0, APR_MT_TILED, n, u * 8, y, r0 == r_start);
