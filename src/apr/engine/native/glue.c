@@ -515,10 +515,9 @@ APR_INLINE const void *kv_head(const void *cache, int64_t g, const attend_job *j
 
 /* apr_attend_one's unit: query heads first .. first + n - 1 (all reading kv head g) over positions lo .. pos.
  * Returns 1 when out of memory. Inlined once per cache type (half is a constant in each copy). */
-APR_INLINE int attend_one_unit(const attend_job *job, int64_t pos, int64_t g, int64_t first, int64_t n,
+APR_INLINE int attend_one_unit(const attend_job *job, int64_t lo, int64_t pos, int64_t g, int64_t first, int64_t n,
                                const int half) {
-    const int64_t d = job->d, lo = (job->window > 0 && pos - job->window + 1 > 0) ? pos - job->window + 1 : 0;
-    const int64_t len = pos - lo + 1, packed = packed_query_floats(n, d);
+    const int64_t d = job->d, len = pos - lo + 1, packed = packed_query_floats(n, d);
     float *p = malloc((size_t)(n * len + packed) * sizeof(float)), *qp = p + n * len;
     if (!p) return 1;
     /* p + r * len - lo: head r's scores, indexed by position */
@@ -571,8 +570,8 @@ int apr_attend_one(const float *q, const float *k_new, const float *v_new, void 
         const int64_t g = unit / parts, first = g * rep + (unit % parts) * per_part;
         const int64_t end = g * rep + rep < first + per_part ? g * rep + rep : first + per_part;
         if (first >= end) continue;
-        const int rc = half ? attend_one_unit(&job, pos, g, first, end - first, 1)
-                            : attend_one_unit(&job, pos, g, first, end - first, 0);
+        const int rc = half ? attend_one_unit(&job, lo, pos, g, first, end - first, 1)
+                            : attend_one_unit(&job, lo, pos, g, first, end - first, 0);
         if (rc) {
 #pragma omp atomic write
             failed = 1;
