@@ -54,6 +54,16 @@ def ratio(doc: dict | None, key: str) -> float | None:
     return float(value) if isinstance(value, (int, float)) else None
 
 
+def lowest(name: str, figures: list[float], bound: float) -> Target:
+    """A target measured in each engine run, judged on the lowest of them."""
+    return Target(
+        name,
+        min(figures) if figures else None,
+        bound,
+        "lowest of the runs: " + ", ".join(f"{r:.3f}" for r in figures),
+    )
+
+
 def targets(directory: Path) -> list[Target]:
     default, repack0 = load(directory, "engine-llama-default"), load(directory, "engine-llama-repack0")
     long_prompt, lookup = load(directory, "prefill-long"), load(directory, "lookup")
@@ -78,21 +88,11 @@ def targets(directory: Path) -> list[Target]:
             2.0,
             f"llama.cpp {fastest[1]}" if fastest else "engine-llama-*.json missing",
         ),
-        Target(
-            "decode / memory roofline (same run)",
-            min(roofline) if roofline else None,
-            0.90,
-            "lowest of the runs: " + ", ".join(f"{r:.3f}" for r in roofline),
-        ),
+        lowest("decode / memory roofline (same run)", roofline, 0.90),
         Target(
             f"prefill of {long_tokens} tokens / llama.cpp", ratio(long_prompt, "prefill_tok_s apr/llama.cpp"), 1.0, ""
         ),
-        Target(
-            "8 streams decoded together / one stream",
-            min(batch) if batch else None,
-            2.5,
-            "lowest of the runs: " + ", ".join(f"{r:.2f}" for r in batch),
-        ),
+        lowest("8 streams decoded together / one stream", batch, 2.5),
         Target(
             "lookup / apr plain (code edits, one thread)",
             ratio(lookup, "apr lookup / apr plain"),
