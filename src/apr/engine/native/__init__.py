@@ -93,7 +93,7 @@ def _library() -> tuple[ctypes.CDLL | None, str]:
     candidates = [variant] if settings.native_variant else supported_variants()
     failures: list[str] = []
     for candidate in candidates:
-        lib, why = _build(candidate, compiler)
+        lib, why = _build(candidate, compiler, settings.stream_ahead)
         if lib is not None:
             if failures:
                 print(f"apr: native kernels: {'; '.join(failures)}; using {candidate.name}", file=sys.stderr)
@@ -102,15 +102,15 @@ def _library() -> tuple[ctypes.CDLL | None, str]:
     return None, failures[-1]
 
 
-def _build(variant: Variant, compiler: str) -> tuple[ctypes.CDLL | None, str]:
-    """The ``variant`` build of the kernels (compiled once into the kernel cache, then loaded), or None and why."""
+def _build(variant: Variant, compiler: str, stream_ahead: int | None) -> tuple[ctypes.CDLL | None, str]:
+    """The ``variant`` build of the kernels (compiled once into the kernel cache, then loaded), or None and why;
+    ``stream_ahead`` (APR_STREAM_AHEAD) overrides the kernels' prefetch distance."""
     source = b"".join(path.read_bytes() for path in (*SOURCES, *HEADERS))
     runtime = openmp_runtime_in_process()
     # Linked against the OpenMP runtime torch already loaded (by its own file), so the process keeps one
     # runtime and one thread pool: a second libgomp would size, spin and bind its threads separately.
     link = [str(runtime), f"-Wl,-rpath,{runtime.parent}"] if runtime is not None else []
-    ahead = current().stream_ahead
-    flags = (*CFLAGS, *variant.flags, *((f"-DAPR_STREAM_AHEAD={ahead}",) if ahead is not None else ()))
+    flags = (*CFLAGS, *variant.flags, *((f"-DAPR_STREAM_AHEAD={stream_ahead}",) if stream_ahead is not None else ()))
     tag = hashlib.sha256(source + " ".join((*flags, *link)).encode() + compiler.encode()).hexdigest()[:16]
     target = _cache_dir() / f"qgemm-{variant.name}-{tag}.so"
     if not target.exists():
