@@ -154,8 +154,9 @@ class Provenance(BaseModel):
     cpu: str | None = Field(None, description="CPU model of the host (None in records written before it was kept)")
     kernels: str | None = Field(
         None,
-        description="CPU kernel family the check's engine builds: a native variant (amx, avx512vnni, avxvnni, avx2) "
-        "or 'torch' (native kernels off or impossible here)",
+        description="CPU kernel family the check's engine loads: a native variant (amx, avx512vnni, avxvnni, avx2; "
+        "the one a failed build fell back to) or 'torch' (native kernels off or impossible here); None for a "
+        "remote endpoint, a check on the GPU, or when the probe that asks the kernels failed",
     )
     threads: int | None = Field(None, description="CPU threads available to the check's processes")
     numerics: str | None = Field(

@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
+import sys
 from datetime import datetime
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 
-from apr.cpu import choose_variant, cpu_model
+from apr.cpu import VARIANTS, cpu_model
 from apr.qa.axes import Backend, Format, Tier
 from apr.qa.evidence import Calibration, EndpointProvenance, Provenance
 from apr.qa.gates.catalog import GateId
@@ -62,11 +63,36 @@ def named_device(device: str) -> str:
     return device
 
 
-def kernel_family() -> str:
-    """The CPU kernels an engine started now would run (from the CPU flags and settings; nothing is built)."""
+# Building the kernels the first time takes seconds to a minute; a probe that has not answered in this long
+# says the machine is in trouble, and the record then names no kernels rather than a guess.
+KERNEL_PROBE_TIMEOUT_S = 600.0
+
+
+def kernel_family() -> str | None:
+    """The CPU kernels an engine started now from this environment runs: the native build that loads (a variant
+    the first choice fell back to, when the first would not build), 'torch' when none can, None when the probe
+    itself failed. Asked of a child process (the cells' environment; this module stays free of torch), once
+    per process and kernel settings: the kernel cache keeps the build, so the cells load the same one."""
     settings = current()
-    variant, _ = choose_variant(settings.native_variant)
-    return variant.name if variant is not None and settings.native_kernels else "torch"
+    if not settings.native_kernels:
+        return "torch"
+    return _probe_kernels(settings.home, settings.native_variant, settings.compiler, settings.stream_ahead)
+
+
+@lru_cache(maxsize=8)
+def _probe_kernels(home: Path, variant: str | None, compiler: str | None, stream_ahead: int | None) -> str | None:
+    """kernel_family's child, for one set of the settings that choose and build the kernels (the arguments only
+    key the cache: the child reads the same environment)."""
+    from apr.qa.procs import child_env, run_process
+
+    argv = [sys.executable, "-m", "apr.engine.native", "--name"]
+    probe = run_process(argv, timeout_s=KERNEL_PROBE_TIMEOUT_S, env=child_env())
+    name = probe.stdout.strip()
+    if probe.returncode == 0 and name in {known.name for known in VARIANTS}:
+        return name
+    if probe.returncode == 1 and not name:  # ran, and no build can serve this machine: the engine runs PyTorch
+        return "torch"
+    return None
 
 
 def capture(
@@ -87,7 +113,8 @@ def capture(
     endpoint: EndpointProvenance | None = None,
 ) -> Provenance:
     """A Provenance for a check that ran on this host (versions and git sha filled in here). A check against a
-    remote ``endpoint`` ran no engine here: it names no kernels and no thread count."""
+    remote ``endpoint`` ran no engine here: it names no kernels and no thread count; a check on the GPU names no
+    CPU kernels."""
     remote = endpoint is not None
     return Provenance(
         model_sha256=model_sha256,
@@ -99,7 +126,7 @@ def capture(
         device=named_device(device),
         host=platform.node() or "unknown",
         cpu=cpu_model(),
-        kernels=None if remote else kernel_family(),
+        kernels=None if remote or backend is Backend.GPU else kernel_family(),
         threads=None if remote else calibration.threads if calibration is not None else len(os.sched_getaffinity(0)),
         calibration=calibration,
         numerics=numerics,
