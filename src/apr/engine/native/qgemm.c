@@ -875,7 +875,10 @@ static void amx_configure(int q6) {
         c.rows[t] = rows[q6][t];
         c.colsb[t] = colsb[q6][t];
     }
-    _tile_loadconfig(&c);
+    /* Not _tile_loadconfig: GCC 12's declares its operand as the first 8 bytes of the configuration only, so at -O3
+     * the stores to rows and colsb can be dropped as dead and ldtilecfg faults on the garbage (seen with this
+     * function inlined into a benchmark's main). The whole 64-byte structure is the operand here. */
+    __asm__ volatile("ldtilecfg %0" ::"m"(c));
     amx_loaded = q6;
 }
 
