@@ -99,5 +99,14 @@ else
   echo "   bench_products did not build (see $OUT/session.log)" | tee -a "$OUT/session.log"
 fi
 
+step "the avx2 prompt kernel against the ceiling of its own instruction mix, one thread (bench_q4k8_mix.c)"
+if cc -O3 -std=c11 -D_DEFAULT_SOURCE -mavx2 -mfma -mf16c -fopenmp bench/bench_q4k8_mix.c -o "$OUT/bench_q4k8_mix" \
+  -lm 2>>"$OUT/session.log"; then
+  json_of q4k8-mix "$OUT/bench_q4k8_mix"
+  rm -f "$OUT/bench_q4k8_mix"
+else
+  echo "   bench_q4k8_mix did not build (see $OUT/session.log)" | tee -a "$OUT/session.log"
+fi
+
 step "summary"
 $PY bench/cpu_summary.py "$OUT" | tee "$OUT/summary.txt"

@@ -126,8 +126,18 @@ def main(argv: list[str]) -> int:
     depth = (load(directory, "depth") or {}).get("ratios", {})
     for key, value in depth.items():
         print(f"{key:<52} {value:>7.3f}  (for the record)")
+    # Why the avx2 prompt kernel runs as it does on this core: no bound in the issue, for the record.
+    mix = load(directory, "q4k8-mix") or {}
+    mix_ratios = {
+        key: mix[key] for key in ("kernel_l1_over_mix", "kernel_l2_over_mix") if isinstance(mix.get(key), (int, float))
+    }
+    for key, value in mix_ratios.items():
+        print(
+            f"avx2 q4k8 {key.replace('_', ' '):<42} {value:>7.3f}  (for the record: 1.0 is the instruction mix's ceiling)"
+        )
     summary = {
         "kernels": kernels,
+        "q4k8_mix": mix_ratios,
         "quick": quick,
         "targets": [{**asdict(t), "verdict": t.verdict} for t in found],
         "depth_ratios": depth,

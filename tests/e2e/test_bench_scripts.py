@@ -81,6 +81,31 @@ def test_bench_products_builds_and_reports_a_token(tmp_path):
     assert run_bench(binary, "--reps", "0", timeout=60)[0].returncode == 1
 
 
+C_BUILD = ("cc", "-O2", "-std=c11", "-D_DEFAULT_SOURCE", "-mavx2", "-mfma", "-mf16c", "-fopenmp")
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler")
+def test_bench_q4k8_mix_measures_the_kernel_against_its_mix_and_refuses_a_vnni_build(tmp_path):
+    binary = tmp_path / "bench_q4k8_mix"
+    source = str(ROOT / "bench" / "bench_q4k8_mix.c")
+    build = subprocess.run([*C_BUILD, source, "-o", str(binary), "-lm"], capture_output=True, text=True, timeout=120)
+    assert build.returncode == 0, build.stderr
+    done, report = run_bench(binary, "--rounds", "2", timeout=120)
+    assert done.returncode == 0 and report is not None, done.stderr
+    assert report["variant"] == 0 and report["clock_ghz"] > 0.3
+    # The integer part alone is quicker than the whole mix (the float epilogue is ~a third of it).
+    assert 0 < report["mix_int"]["ns"] < report["mix_full"]["ns"]
+    assert report["kernel_l1_over_mix"] == pytest.approx(report["kernel_l1"]["ns"] / report["mix_full"]["ns"], rel=2e-3)
+    assert run_bench(binary, "--rounds", "0", timeout=60)[0].returncode == 2
+    vnni = subprocess.run(
+        [*C_BUILD, "-mavxvnni", source, "-o", str(tmp_path / "vnni"), "-lm"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert vnni.returncode != 0 and "build it without the VNNI" in vnni.stderr
+
+
 def test_bench_chat_turns_reports_each_turn_and_that_reuse_changes_no_token(fixture_models):
     gguf = fixture_models["qwen2"]["gguf"]
     done, report = run_bench(

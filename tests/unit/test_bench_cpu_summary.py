@@ -40,6 +40,7 @@ def test_each_target_is_judged_on_its_own_run_and_missing_json_is_not_measured(t
         json.dumps({"prompt_tokens": 4000, "ratios": {"prefill_tok_s apr/llama.cpp": 1.3}})
     )
     (tmp_path / "lookup.json").write_text("rc=0\n")  # a run whose JSON line was lost
+    (tmp_path / "q4k8-mix.json").write_text(json.dumps({"kernel_l1_over_mix": 1.19, "kernel_l2_over_mix": "?"}))
     done, targets = summarize(tmp_path)
     prefill = targets["prefill-128 / llama.cpp"]
     assert (prefill["measured"], prefill["verdict"], prefill["detail"]) == (1.9, "not met", "llama.cpp --repack 0")
@@ -50,6 +51,9 @@ def test_each_target_is_judged_on_its_own_run_and_missing_json_is_not_measured(t
     for name in ("lookup / apr plain", "lookup / llama.cpp lookup"):
         assert targets[name]["measured"] is None and targets[name]["verdict"] == "NOT MEASURED"
     assert "apr native avx2 test" in done.stdout
+    # The instruction-mix figures are kept for the record, a non-number dropped rather than shown.
+    assert json.loads((tmp_path / "summary.json").read_text())["q4k8_mix"] == {"kernel_l1_over_mix": 1.19}
+    assert "kernel l1 over mix" in done.stdout
 
 
 def test_a_lookup_speedup_with_other_replies_is_not_met(tmp_path):

@@ -69,6 +69,9 @@
 #define APR_KGROUP 128 /* inner-loop step: 4 blocks */
 #define APR_MT 4      /* activation rows sharing one unpacked weight group */
 #define APR_MT_TILED 8 /* the same for the tiled layouts, whose accumulators fit better */
+#ifndef APR_MT_PROMPT
+#define APR_MT_PROMPT 16 /* ... and for prompts: twice the rows share each unpacked sub-block (~5 % faster at 128 rows) */
+#endif
 
 int apr_qgemm_abi(void) { return 9; }
 
@@ -362,7 +365,7 @@ static inline __attribute__((always_inline)) void q4k8_tile(const int8_t *qx, co
                                                             float *y, const int stream) {
     const int64_t nb = k / APR_QK, nsb = k / 256;
     const __m256i low = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
-    __m256 acc[APR_MT_TILED];
+    __m256 acc[APR_MT_PROMPT > APR_MT_TILED ? APR_MT_PROMPT : APR_MT_TILED];
     for (int t = 0; t < mt; t++) acc[t] = _mm256_setzero_ps();
     for (int64_t sb = 0; sb < nsb; sb++) {
         const uint8_t *head = tile + sb * APR_Q4K8_TILE, *nib = head + 160;
@@ -437,7 +440,7 @@ static inline __attribute__((always_inline)) void q6k8_tile(const int8_t *qx, co
     const int64_t nb = k / APR_QK, nsb = k / 256, ns = k / 16;
     const __m256i low = _mm256_set1_epi8(0x0F), high = _mm256_set1_epi8(0x30);
     const __m128i twice = _mm_setr_epi8(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
-    __m256 acc[APR_MT_TILED];
+    __m256 acc[APR_MT_PROMPT > APR_MT_TILED ? APR_MT_PROMPT : APR_MT_TILED];
     for (int t = 0; t < mt; t++) acc[t] = _mm256_setzero_ps();
     for (int64_t sb = 0; sb < nsb; sb++) {
         const uint8_t *head = tile + sb * APR_Q6K8_TILE, *body = head + 144;
@@ -1165,6 +1168,8 @@ static void run_unit(const apr_weight *w, const apr_acts *a, int64_t m, int64_t 
 #if APR_ZMM
         if (a->px) r0 = tile_pairs_of_unit(0, a, kpad, wt, w->bias, m, r_start, n, u * 8, y);
 #endif
+        for (; r0 + APR_MT_PROMPT <= m; r0 += APR_MT_PROMPT)
+            q4k8_tile(qx, dx, sx, kpad, wt, w->bias, r0, APR_MT_PROMPT, n, u * 8, y, r0 == r_start);
         for (; r0 + APR_MT_TILED <= m; r0 += APR_MT_TILED)
             q4k8_tile(qx, dx, sx, kpad, wt, w->bias, r0, APR_MT_TILED, n, u * 8, y, r0 == r_start);
         for (; r0 + APR_MT <= m; r0 += APR_MT) q4k8_tile(qx, dx, sx, kpad, wt, w->bias, r0, APR_MT, n, u * 8, y, r0 == r_start);
@@ -1176,6 +1181,8 @@ static void run_unit(const apr_weight *w, const apr_acts *a, int64_t m, int64_t 
 #if APR_ZMM
         if (a->px) r0 = tile_pairs_of_unit(1, a, kpad, wt, w->bias, m, r_start, n, u * 8, y);
 #endif
+        for (; r0 + APR_MT_PROMPT <= m; r0 += APR_MT_PROMPT)
+            q6k8_tile(qx, dx, isx, kpad, wt, w->bias, r0, APR_MT_PROMPT, n, u * 8, y, r0 == r_start);
         for (; r0 + APR_MT_TILED <= m; r0 += APR_MT_TILED)
             q6k8_tile(qx, dx, isx, kpad, wt, w->bias, r0, APR_MT_TILED, n, u * 8, y, r0 == r_start);
         for (; r0 + APR_MT <= m; r0 += APR_MT) q6k8_tile(qx, dx, isx, kpad, wt, w->bias, r0, APR_MT, n, u * 8, y, r0 == r_start);
