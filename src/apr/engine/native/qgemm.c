@@ -998,7 +998,12 @@ static inline void amx_q6_store(int odd, int32_t (*sums)[16][16]) {
  * L3) made the products ~20 % slower (bench_products --rows 128, 2 threads: 505-540 -> 610-660 ms a step,
  * session 14): the prefetches compete with the A tile loads, whose 16 rows are kpad bytes apart. Laying the
  * activations out tile by tile (each A tile 512 contiguous bytes) measured no different (502-547 ms against
- * 518-538 at 2 threads, 931-968 against 969-1019 at one). */
+ * 518-538 at 2 threads, 931-968 against 969-1019 at one). Session 15, this function alone on one unit's packed
+ * weights (q4k8, k = 1536, 128 rows, one thread): ~105 cycles a block step of 16 rows; its float work alone
+ * (tile instructions removed) ~50, its tile work alone (float work removed) ~60: the two barely overlap, and any
+ * single kind of tile instruction added to the float work (only the A loads, only the stores, only the products)
+ * costs 40-65 cycles a step. Four blocks' tile work issued back to back (four sums tiles, A and B alternating)
+ * before their float work measured slower (115-118), so the sums tiles stay two. */
 static void amx_rows(int q6, const int8_t *qx, const float *dxt, const float *sxt, int64_t kpad, const uint8_t *bt,
                      const float *f, const float *bias, int64_t m16, int64_t n, int64_t j0, int width, float *y) {
     const int64_t nb = kpad / APR_QK;
