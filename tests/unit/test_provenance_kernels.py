@@ -47,3 +47,31 @@ def test_a_variant_that_does_not_build_is_not_recorded(tmp_path, monkeypatch):
 def test_kernels_switched_off_are_recorded_as_torch(monkeypatch):
     monkeypatch.setenv("APR_NATIVE_KERNELS", "0")
     assert provenance.kernel_family() == "torch"
+
+
+@pytest.mark.parametrize("script", ["exit 1", "echo Traceback >&2; exit 1", "echo torch; exit 1", "echo avx9; exit 0"])
+def test_a_probe_that_does_not_answer_records_no_kernels(script, tmp_path, monkeypatch):
+    """A crashed or garbled probe is not evidence of any kernel family (least of all of 'torch')."""
+    fake = tmp_path / "python"
+    fake.write_text(f"#!/bin/sh\n{script}\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(provenance.sys, "executable", str(fake))
+    provenance._probe_kernels.cache_clear()
+    try:
+        assert provenance.kernel_family() is None
+    finally:
+        provenance._probe_kernels.cache_clear()
+
+
+def test_exact_numerics_and_gpu_checks_name_the_kernels_that_ran(monkeypatch):
+    from datetime import UTC, datetime
+
+    from apr.qa.axes import Backend
+
+    now = datetime.now(UTC)
+    exact = provenance.capture(started_at=now, finished_at=now, device="cpu", backend=Backend.CPU, numerics="exact")
+    assert exact.kernels == "torch"  # every tensor dequantized to float32: PyTorch's kernels, not the native ones
+    gpu = provenance.capture(started_at=now, finished_at=now, device="cuda", backend=Backend.GPU, numerics="fast")
+    assert gpu.kernels is None
+    fast = provenance.capture(started_at=now, finished_at=now, device="cpu", backend=Backend.CPU, numerics="fast")
+    assert fast.kernels == native.variant()

@@ -155,8 +155,8 @@ class Provenance(BaseModel):
     kernels: str | None = Field(
         None,
         description="CPU kernel family the check's engine loads: a native variant (amx, avx512vnni, avxvnni, avx2; "
-        "the one a failed build fell back to) or 'torch' (native kernels off or impossible here); None for a "
-        "remote endpoint, a check on the GPU, or when the probe that asks the kernels failed",
+        "the one a failed build fell back to) or 'torch' (native kernels off or impossible here, or exact numerics); "
+        "None for a remote endpoint, a check on the GPU, or when the probe that asks the kernels failed",
     )
     threads: int | None = Field(None, description="CPU threads available to the check's processes")
     numerics: str | None = Field(

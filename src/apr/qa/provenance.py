@@ -88,11 +88,7 @@ def _probe_kernels(home: Path, variant: str | None, compiler: str | None, stream
     argv = [sys.executable, "-m", "apr.engine.native", "--name"]
     probe = run_process(argv, timeout_s=KERNEL_PROBE_TIMEOUT_S, env=child_env())
     name = probe.stdout.strip()
-    if probe.returncode == 0 and name in {known.name for known in VARIANTS}:
-        return name
-    if probe.returncode == 1 and not name:  # ran, and no build can serve this machine: the engine runs PyTorch
-        return "torch"
-    return None
+    return name if probe.returncode == 0 and name in {*(known.name for known in VARIANTS), "torch"} else None
 
 
 def capture(
@@ -114,7 +110,7 @@ def capture(
 ) -> Provenance:
     """A Provenance for a check that ran on this host (versions and git sha filled in here). A check against a
     remote ``endpoint`` ran no engine here: it names no kernels and no thread count; a check on the GPU names no
-    CPU kernels."""
+    CPU kernels, and one in exact numerics (every tensor dequantized to float32) ran PyTorch's."""
     remote = endpoint is not None
     return Provenance(
         model_sha256=model_sha256,
@@ -126,7 +122,7 @@ def capture(
         device=named_device(device),
         host=platform.node() or "unknown",
         cpu=cpu_model(),
-        kernels=None if remote or backend is Backend.GPU else kernel_family(),
+        kernels=None if remote or backend is Backend.GPU else "torch" if numerics == "exact" else kernel_family(),
         threads=None if remote else calibration.threads if calibration is not None else len(os.sched_getaffinity(0)),
         calibration=calibration,
         numerics=numerics,
