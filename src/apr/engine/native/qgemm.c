@@ -70,7 +70,8 @@
 #define APR_MT 4      /* activation rows sharing one unpacked weight group */
 #define APR_MT_TILED 8 /* the same for the tiled layouts, whose accumulators fit better */
 #ifndef APR_MT_PROMPT
-#define APR_MT_PROMPT 16 /* ... and prompts: twice the rows share an unpacked sub-block (128 rows: avx2 ~1 %, avxvnni 3-7 % faster) */
+/* ... and prompts: twice the rows share an unpacked sub-block (128 rows: avx2 ~1 %, avxvnni 3-7 % faster) */
+#define APR_MT_PROMPT 16
 #endif
 
 int apr_qgemm_abi(void) { return 9; }
@@ -1128,13 +1129,42 @@ static inline __attribute__((always_inline)) int64_t tile_pairs_of_unit(const in
 }
 #endif
 
+/* One group of `mt` activation rows from row r0 against one unit of a tiled weight, with the 256-bit kernels
+ * (q6: q6k8, else q4k8). */
+static inline __attribute__((always_inline)) void tile_rows(const int q6, const apr_acts *a, int64_t kpad,
+                                                            const uint8_t *wt, const float *bias, int64_t r0,
+                                                            const int mt, int64_t n, int64_t j0, float *y,
+                                                            const int stream) {
+    if (q6)
+        q6k8_tile(a->qx, a->dx, a->isx, kpad, wt, bias, r0, mt, n, j0, y, stream);
+    else
+        q4k8_tile(a->qx, a->dx, a->sx, kpad, wt, bias, r0, mt, n, j0, y, stream);
+}
+
+/* run_unit for the tiled layouts (q6 a constant at each call, so each copy holds one layout's kernels): the
+ * 512-bit row pairs where this build has them, then groups of APR_MT_PROMPT, APR_MT_TILED, APR_MT and 1 rows. */
+static inline __attribute__((always_inline)) void tiled_unit(const int q6, const apr_weight *w, const apr_acts *a,
+                                                             int64_t m, int64_t u, float *y, int64_t r_start) {
+    const int64_t kpad = w->kpad, n = w->n, j0 = u * 8;
+    const uint8_t *wt = (const uint8_t *)w->w + u * tile_bytes_of(w);
+    int64_t r0 = r_start;
+#if APR_ZMM
+    if (a->px) r0 = tile_pairs_of_unit(q6, a, kpad, wt, w->bias, m, r_start, n, j0, y);
+#endif
+    for (; r0 + APR_MT_PROMPT <= m; r0 += APR_MT_PROMPT)
+        tile_rows(q6, a, kpad, wt, w->bias, r0, APR_MT_PROMPT, n, j0, y, r0 == r_start);
+    for (; r0 + APR_MT_TILED <= m; r0 += APR_MT_TILED)
+        tile_rows(q6, a, kpad, wt, w->bias, r0, APR_MT_TILED, n, j0, y, r0 == r_start);
+    for (; r0 + APR_MT <= m; r0 += APR_MT) tile_rows(q6, a, kpad, wt, w->bias, r0, APR_MT, n, j0, y, r0 == r_start);
+    for (; r0 < m; r0++) tile_rows(q6, a, kpad, wt, w->bias, r0, 1, n, j0, y, r0 == r_start);
+}
+
 /* Activation rows [r_start, m) against unit u of w (r_start is 0, or for the tiled layouts the even row
- * where the AMX kernels stopped). The row groups (APR_MT_TILED, APR_MT, then 1) change only how many rows
- * share a weight load, never a row's own operations: see "Batch invariance" above. */
+ * where the AMX kernels stopped). The row groups (APR_MT_PROMPT, APR_MT_TILED, APR_MT, then 1) change only how
+ * many rows share a weight load, never a row's own operations: see "Batch invariance" above. */
 static void run_unit(const apr_weight *w, const apr_acts *a, int64_t m, int64_t u, float *y, int64_t r_start) {
     const int8_t *qx = a->qx;
     const float *dx = a->dx, *sx = a->sx;
-    const int16_t *isx = a->isx;
     const int64_t kpad = w->kpad, n = w->n, nb = kpad / APR_QK;
     const float b = (w->bias && !tiled_layout(w->layout)) ? w->bias[u] : 0.0f;
     int64_t r0 = r_start;
@@ -1168,32 +1198,12 @@ static void run_unit(const apr_weight *w, const apr_acts *a, int64_t m, int64_t 
         for (; r0 < m; r0++) q6_tile(qx, dx, kpad, wr, scr, dr, b, r0, 1, n, u, y, r0 == r_start);
         break;
     }
-    case APR_Q4K8: {
-        const uint8_t *wt = (const uint8_t *)w->w + u * tile_bytes_of(w);
-#if APR_ZMM
-        if (a->px) r0 = tile_pairs_of_unit(0, a, kpad, wt, w->bias, m, r_start, n, u * 8, y);
-#endif
-        for (; r0 + APR_MT_PROMPT <= m; r0 += APR_MT_PROMPT)
-            q4k8_tile(qx, dx, sx, kpad, wt, w->bias, r0, APR_MT_PROMPT, n, u * 8, y, r0 == r_start);
-        for (; r0 + APR_MT_TILED <= m; r0 += APR_MT_TILED)
-            q4k8_tile(qx, dx, sx, kpad, wt, w->bias, r0, APR_MT_TILED, n, u * 8, y, r0 == r_start);
-        for (; r0 + APR_MT <= m; r0 += APR_MT) q4k8_tile(qx, dx, sx, kpad, wt, w->bias, r0, APR_MT, n, u * 8, y, r0 == r_start);
-        for (; r0 < m; r0++) q4k8_tile(qx, dx, sx, kpad, wt, w->bias, r0, 1, n, u * 8, y, r0 == r_start);
+    case APR_Q4K8:
+        tiled_unit(0, w, a, m, u, y, r_start);
         break;
-    }
-    case APR_Q6K8: {
-        const uint8_t *wt = (const uint8_t *)w->w + u * tile_bytes_of(w);
-#if APR_ZMM
-        if (a->px) r0 = tile_pairs_of_unit(1, a, kpad, wt, w->bias, m, r_start, n, u * 8, y);
-#endif
-        for (; r0 + APR_MT_PROMPT <= m; r0 += APR_MT_PROMPT)
-            q6k8_tile(qx, dx, isx, kpad, wt, w->bias, r0, APR_MT_PROMPT, n, u * 8, y, r0 == r_start);
-        for (; r0 + APR_MT_TILED <= m; r0 += APR_MT_TILED)
-            q6k8_tile(qx, dx, isx, kpad, wt, w->bias, r0, APR_MT_TILED, n, u * 8, y, r0 == r_start);
-        for (; r0 + APR_MT <= m; r0 += APR_MT) q6k8_tile(qx, dx, isx, kpad, wt, w->bias, r0, APR_MT, n, u * 8, y, r0 == r_start);
-        for (; r0 < m; r0++) q6k8_tile(qx, dx, isx, kpad, wt, w->bias, r0, 1, n, u * 8, y, r0 == r_start);
+    case APR_Q6K8:
+        tiled_unit(1, w, a, m, u, y, r_start);
         break;
-    }
     }
 }
 
