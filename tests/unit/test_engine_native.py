@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from native_compilers import compiler_refusing, refused_flag
 
 from apr import cpu
 from apr.engine import native, quant
@@ -365,13 +366,7 @@ def test_a_variant_the_compiler_cannot_build_gives_way_to_the_next(tmp_path):
     if len(supported) < 2:
         pytest.skip(f"this CPU runs only {supported[0].name if supported else 'no'} variant: nothing to fall back to")
     best, following = supported[0], supported[1]
-    refused = next(flag for flag in best.flags if flag not in following.flags)
-    compiler = tmp_path / "cc"
-    compiler.write_text(
-        f'#!/bin/sh\nfor a in "$@"; do [ "$a" = "{refused}" ] && echo "cc: error: unrecognized {refused}" >&2 && exit 1; done\n'
-        'exec gcc "$@"\n'
-    )
-    compiler.chmod(0o755)
+    compiler = compiler_refusing(tmp_path, refused_flag(best, following))
     env = {**os.environ, "CC": str(compiler), "APR_HOME": str(tmp_path / "home")}
     env.pop("APR_NATIVE_VARIANT", None)
     probe = "from apr.engine import native; print(native.variant())"

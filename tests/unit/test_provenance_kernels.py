@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import shlex
 import shutil
 
 import pytest
+from native_compilers import compiler_refusing, refused_flag
 
 from apr.cpu import supported_variants
 from apr.engine import native
@@ -25,17 +25,7 @@ def test_a_variant_that_does_not_build_is_not_recorded(tmp_path, monkeypatch):
     """A compiler that refuses the first choice's flags (as a gcc too old for AMX does): the engine falls back
     to the next build, and the evidence must name that one, not the choice the CPU flags predicted."""
     first, *rest = supported_variants()
-    refused = " ".join(first.flags)  # avx2 has no flags of its own: refusing it refuses every build
-    wrapper = tmp_path / "cc-without-first"
-    wrapper.write_text(
-        "#!/bin/sh\n"
-        f"for flag in {refused}; do\n"
-        '  case " $* " in *" $flag "*) ;; *) exec ' + shlex.quote(COMPILER) + ' "$@" ;; esac\n'
-        "done\n"
-        f"echo \"cc: error: unrecognized command-line option '{first.flags[0] if first.flags else '-mavx2'}'\" >&2\n"
-        "exit 1\n"
-    )
-    wrapper.chmod(0o755)
+    wrapper = compiler_refusing(tmp_path, refused_flag(first, rest[0] if rest else None))
     monkeypatch.setenv("CC", str(wrapper))
     monkeypatch.setenv("APR_HOME", str(tmp_path / "home"))  # an empty kernel cache: every build runs the compiler
     monkeypatch.delenv("APR_NATIVE_VARIANT", raising=False)
