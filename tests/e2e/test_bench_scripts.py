@@ -52,36 +52,20 @@ def test_bench_depth_refuses_a_missing_model_without_a_traceback(tmp_path):
     assert report is None
 
 
+# How the bench C programs build (their headers' line, at -O2: these tests check what they report, not speed).
+C_BUILD = ("cc", "-O2", "-std=c11", "-D_DEFAULT_SOURCE", "-mavx2", "-mfma", "-mf16c", "-fopenmp")
+
+
 @pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler")
 def test_bench_products_builds_and_reports_a_token(tmp_path):
     binary = tmp_path / "bench_products"
-    build = subprocess.run(
-        [
-            "cc",
-            "-O2",
-            "-std=c11",
-            "-D_DEFAULT_SOURCE",
-            "-mavx2",
-            "-mfma",
-            "-mf16c",
-            "-fopenmp",
-            str(ROOT / "bench" / "bench_products.c"),
-            "-o",
-            str(binary),
-            "-lm",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    source = str(ROOT / "bench" / "bench_products.c")
+    build = subprocess.run([*C_BUILD, source, "-o", str(binary), "-lm"], capture_output=True, text=True, timeout=120)
     assert build.returncode == 0, build.stderr
     done, report = run_bench(binary, "--reps", "1", "--pages", "huge", "--loads-only")
     assert done.returncode == 0 and report is not None, done.stderr
     assert report["loads_only"] is True and report["bytes"] > 0.9e9 and report["median_ms"] > 0
     assert run_bench(binary, "--reps", "0", timeout=60)[0].returncode == 1
-
-
-C_BUILD = ("cc", "-O2", "-std=c11", "-D_DEFAULT_SOURCE", "-mavx2", "-mfma", "-mf16c", "-fopenmp")
 
 
 @pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler")
